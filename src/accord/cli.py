@@ -1,0 +1,78 @@
+"""The ``accord`` command. The only place that configures logging.
+
+Each sub-command lives in :mod:`accord.commands` as a module with ``add_parser`` and a
+``run`` stored in the parser defaults. Modules are imported lazily by the sub-command
+so that ``accord align`` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from accord import __version__
+from accord.errors import AccordError
+
+__all__ = ["main"]
+
+# name -> one-line help; the module accord.commands.<name> defines add_parser(subparsers).
+COMMANDS: dict[str, str] = {
+    "simulate": "run federated training in one process (Actor-Critic against baselines)",
+}
+
+logger = logging.getLogger(__name__)
+
+
+def _configure_logging(verbosity: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbosity > 0 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="accord",
+        description="Accord: federated training with Actor-Critic node weights, and "
+        "sample alignment inside trusted execution environments.",
+    )
+    parser.add_argument("--version", action="version", version=f"accord {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    # Import only the module of the command being run (or all of them for --help).
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, help_text in COMMANDS.items():
+        if chosen is not None and name != chosen:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+            continue
+        module = importlib.import_module(f"accord.commands.{name}")
+        module.add_parser(subparsers, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        result: int = args.run(args)
+    except AccordError as error:
+        logger.debug("failed", exc_info=True)
+        sys.stderr.write(f"accord {args.command}: error: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"accord {args.command}: interrupted\n")
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

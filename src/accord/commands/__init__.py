@@ -1,0 +1,1 @@
+"""One module per ``accord`` sub-command: ``add_parser(subparsers, help)`` and a ``run``."""
