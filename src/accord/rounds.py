@@ -1,0 +1,344 @@
+"""One gradient update process, written once and driven by both runtimes.
+
+:class:`RoundEngine` owns the global weights and the policy. A driver (the in-process
+:mod:`accord.simulation` or the networked :mod:`accord.federation`) broadcasts
+:attr:`RoundEngine.global_weights`, collects first gradients however it likes, and calls
+:meth:`RoundEngine.aggregate` and then :meth:`RoundEngine.conclude`. Between the two calls
+the driver sends the second gradient to the nodes and, for federated evaluation, collects
+their accuracy on ``w_{t+1}``.
+
+A first gradient that is missing, of the wrong shape or dtype, or not finite is left out of
+the round with a logged reason; probabilities are renormalised over the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from accord._validation import require_number
+from accord.aggregation.base import (
+    Aggregation,
+    Aggregator,
+    FloatArray,
+    RoundFeedback,
+    RoundInput,
+    ValidationFn,
+    ValidationScores,
+)
+from accord.errors import ConfigurationError, ProtocolError
+
+__all__ = [
+    "PendingRound",
+    "RoundEngine",
+    "RoundRecord",
+    "RoundSettings",
+    "check_first_gradient",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Scores flat weights on a held-out set: (K, dim) -> losses and accuracies.
+TestFn = Callable[[FloatArray], ValidationScores]
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """``server_learning_rate``: η_server in ``w_{t+1} = w_t − η_server · G`` (default 1.0,
+    which with data-size probabilities is exactly FedAvg)."""
+
+    server_learning_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        require_number(
+            "server_learning_rate", self.server_learning_rate, minimum=0.0, exclusive_minimum=True
+        )
+
+
+def check_first_gradient(gradient: object, dim: int) -> str | None:
+    """Why ``gradient`` cannot be used as a first gradient of length ``dim``, or ``None``."""
+    if not isinstance(gradient, np.ndarray):
+        return f"expected a numpy array, got {type(gradient).__name__}"
+    if gradient.dtype != np.float32:
+        return f"expected dtype float32, got {gradient.dtype}"
+    if gradient.shape != (dim,):
+        return f"expected shape ({dim},), got {gradient.shape}"
+    if not np.isfinite(gradient).all():
+        return "contains NaN or Inf"
+    return None
+
+
+@dataclass(frozen=True)
+class PendingRound:
+    """A round whose second gradient is known but whose outcome is not yet scored."""
+
+    round_index: int
+    present: tuple[str, ...]
+    dropped: Mapping[str, str]
+    aggregation: Aggregation
+    new_weights: FloatArray
+    aggregate_seconds: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The metrics of one finished round (what ``metrics.jsonl`` holds, one per line)."""
+
+    round_index: int
+    probabilities: dict[str, float]
+    present: tuple[str, ...]
+    dropped: dict[str, str]
+    validation_accuracy_before: float | None
+    validation_accuracy_after: float | None
+    validation_loss_before: float | None
+    validation_loss_after: float | None
+    test_accuracy: float | None
+    test_loss: float | None
+    aggregate_seconds: float
+    learn_seconds: float
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round_index,
+            "probabilities": self.probabilities,
+            "present": list(self.present),
+            "dropped": self.dropped,
+            "validation_accuracy_before": self.validation_accuracy_before,
+            "validation_accuracy_after": self.validation_accuracy_after,
+            "validation_loss_before": self.validation_loss_before,
+            "validation_loss_after": self.validation_loss_after,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+            "aggregate_seconds": self.aggregate_seconds,
+            "learn_seconds": self.learn_seconds,
+            "diagnostics": self.diagnostics,
+        }
+
+
+class RoundEngine:
+    """The server side of the gradient update process, free of any transport."""
+
+    def __init__(
+        self,
+        roster: tuple[str, ...],
+        sample_counts: Mapping[str, float],
+        initial_weights: FloatArray,
+        aggregator: Aggregator,
+        *,
+        validate: ValidationFn | None = None,
+        test: TestFn | None = None,
+        settings: RoundSettings | None = None,
+    ) -> None:
+        if len(roster) == 0 or len(set(roster)) != len(roster):
+            raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
+        missing = [node for node in roster if node not in sample_counts]
+        if missing:
+            raise ConfigurationError(f"sample_counts: no count for nodes {missing}")
+        if aggregator.needs_validation and validate is None:
+            raise ConfigurationError(
+                f"policy {aggregator.name!r} needs a server validation set; none was given"
+            )
+        self.roster = roster
+        self.sample_counts = np.array([float(sample_counts[n]) for n in roster], dtype=np.float64)
+        self.aggregator = aggregator
+        self.validate = validate
+        self.test = test
+        self.settings = settings or RoundSettings()
+        self.round_index = 0
+        self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
+        self._scores_of_current: tuple[float, float] | None = None  # (loss, accuracy) of w_t
+        self._federated_accuracy: float | None = None  # nodes' accuracy of w_t, if federated
+
+    @property
+    def global_weights(self) -> FloatArray:
+        """``w_t``: a read-only view; drivers copy it into messages."""
+        view = self._weights.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def dim(self) -> int:
+        return int(self._weights.shape[0])
+
+    def aggregate(
+        self,
+        first_gradients: Mapping[str, object],
+        failures: Mapping[str, str] | None = None,
+    ) -> PendingRound:
+        """Check the first gradients, weigh the nodes and form the second gradient.
+
+        ``failures`` carries nodes the driver already knows failed (timeouts, errors).
+        Raises :class:`ProtocolError` when no usable first gradient arrived.
+        """
+        dropped: dict[str, str] = dict(failures or {})
+        usable: dict[str, FloatArray] = {}
+        for node in self.roster:
+            if node in dropped:
+                continue
+            if node not in first_gradients:
+                dropped[node] = "no first gradient this round"
+                continue
+            reason = check_first_gradient(first_gradients[node], self.dim)
+            if reason is None:
+                usable[node] = first_gradients[node]  # type: ignore[assignment]
+            else:
+                dropped[node] = f"malformed first gradient: {reason}"
+        unknown = sorted(set(first_gradients) - set(self.roster))
+        for node in unknown:
+            logger.warning(
+                "round %d: ignoring gradient from unknown node %s", self.round_index, node
+            )
+        for node, reason in dropped.items():
+            logger.warning("round %d: node %s left out: %s", self.round_index, node, reason)
+        if not usable:
+            raise ProtocolError(f"round {self.round_index}: no usable first gradient")
+        present_mask = np.array([node in usable for node in self.roster], dtype=bool)
+        stacked = np.stack([usable[node] for node in self.roster if node in usable])
+        round_input = RoundInput(
+            round_index=self.round_index,
+            roster=self.roster,
+            sample_counts=self.sample_counts,
+            present=present_mask,
+            global_weights=self.global_weights,
+            first_gradients=stacked,
+            validate=self.validate,
+        )
+        started = time.perf_counter()
+        aggregation = self.aggregator.aggregate(round_input)
+        aggregate_seconds = time.perf_counter() - started
+        _check_aggregation(aggregation, present_mask, self.dim)
+        new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
+            aggregation.second_gradient
+        )
+        return PendingRound(
+            round_index=self.round_index,
+            present=tuple(node for node in self.roster if node in usable),
+            dropped=dropped,
+            aggregation=aggregation,
+            new_weights=new_weights.astype(np.float32),
+            aggregate_seconds=aggregate_seconds,
+        )
+
+    def conclude(
+        self,
+        pending: PendingRound,
+        federated_accuracy_after: float | None = None,
+    ) -> RoundRecord:
+        """Apply ``w_{t+1}``, score it, let the policy learn and return the round's record.
+
+        With ``federated_accuracy_after`` (the nodes' sample-weighted validation accuracy of
+        ``w_{t+1}``) the reward uses it instead of the server's validation set.
+        """
+        if pending.round_index != self.round_index:
+            raise ProtocolError(
+                f"conclude: pending round {pending.round_index} is not the current round "
+                f"{self.round_index}"
+            )
+        loss_before: float | None = None
+        loss_after: float | None = None
+        accuracy_before: float | None = None
+        accuracy_after: float | None = None
+        if self.validate is not None:
+            candidates = [pending.new_weights]
+            if self._scores_of_current is None:
+                candidates.insert(0, self._weights)
+            scores = self.validate(np.stack(candidates))
+            if self._scores_of_current is None:
+                self._scores_of_current = (float(scores.losses[0]), float(scores.accuracies[0]))
+            loss_before, accuracy_before = self._scores_of_current
+            loss_after, accuracy_after = float(scores.losses[-1]), float(scores.accuracies[-1])
+        if federated_accuracy_after is not None:
+            accuracy_before = self._federated_accuracy
+            accuracy_after = federated_accuracy_after
+        learn_seconds = 0.0
+        if accuracy_before is not None and accuracy_after is not None:
+            started = time.perf_counter()
+            self.aggregator.learn(
+                RoundFeedback(
+                    round_index=self.round_index,
+                    accuracy_before=accuracy_before,
+                    accuracy_after=accuracy_after,
+                    loss_before=loss_before,
+                    loss_after=loss_after,
+                )
+            )
+            learn_seconds = time.perf_counter() - started
+        if federated_accuracy_after is not None:
+            self._federated_accuracy = federated_accuracy_after
+        test_loss: float | None = None
+        test_accuracy: float | None = None
+        if self.test is not None:
+            test_scores = self.test(pending.new_weights[None, :])
+            test_loss, test_accuracy = (
+                float(test_scores.losses[0]),
+                float(test_scores.accuracies[0]),
+            )
+        self._weights = pending.new_weights
+        self._scores_of_current = (
+            (loss_after, accuracy_after)
+            if loss_after is not None and accuracy_after is not None and self.validate is not None
+            else None
+        )
+        record = RoundRecord(
+            round_index=self.round_index,
+            probabilities={
+                node: float(p)
+                for node, p in zip(self.roster, pending.aggregation.probabilities, strict=True)
+            },
+            present=pending.present,
+            dropped=dict(pending.dropped),
+            validation_accuracy_before=accuracy_before,
+            validation_accuracy_after=accuracy_after,
+            validation_loss_before=loss_before,
+            validation_loss_after=loss_after,
+            test_accuracy=test_accuracy,
+            test_loss=test_loss,
+            aggregate_seconds=pending.aggregate_seconds,
+            learn_seconds=learn_seconds,
+            diagnostics=self.aggregator.diagnostics(),
+        )
+        self.round_index += 1
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run (weights, round, policy state)."""
+        return {
+            "round_index": self.round_index,
+            "weights": self._weights.copy(),
+            "scores_of_current": self._scores_of_current,
+            "federated_accuracy": self._federated_accuracy,
+            "aggregator": self.aggregator.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        weights = np.asarray(state["weights"], dtype=np.float32)
+        if weights.shape != self._weights.shape:
+            raise ConfigurationError(
+                f"checkpoint weights: expected shape {self._weights.shape}, got {weights.shape}"
+            )
+        self.round_index = int(state["round_index"])
+        self._weights = weights.copy()
+        scores = state["scores_of_current"]
+        self._scores_of_current = None if scores is None else (float(scores[0]), float(scores[1]))
+        federated = state.get("federated_accuracy")
+        self._federated_accuracy = None if federated is None else float(federated)
+        self.aggregator.load_state_dict(state["aggregator"])
+
+
+def _check_aggregation(aggregation: Aggregation, present: npt.NDArray[np.bool_], dim: int) -> None:
+    """A policy bug must not silently corrupt the model: check its answer."""
+    p = aggregation.probabilities
+    if p.shape != present.shape or not np.isfinite(p).all() or np.any(p < -1e-9):
+        raise ProtocolError(f"policy returned invalid probabilities {p}")
+    if abs(float(p.sum()) - 1.0) > 1e-6 or np.any(p[~present] > 0):
+        raise ProtocolError(f"policy probabilities must sum to 1 over present nodes: {p}")
+    g = aggregation.second_gradient
+    if g.shape != (dim,) or g.dtype != np.float32 or not np.isfinite(g).all():
+        raise ProtocolError("policy returned a malformed second gradient")

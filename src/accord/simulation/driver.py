@@ -1,0 +1,168 @@
+"""The in-process driver of :class:`accord.rounds.RoundEngine`, for experiments.
+
+Every node trains in this process, one after another; the round logic is the same object
+the networked server uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from accord.aggregation.actor_critic import ActorCriticSettings
+from accord.aggregation.base import Aggregator, FloatArray
+from accord.aggregation.hedge import HedgeLooSettings
+from accord.aggregation.registry import make_policy
+from accord.data.faults import corrupt_gradient
+from accord.rounds import RoundEngine, RoundRecord, RoundSettings
+from accord.scenario import ScenarioData, ScenarioSettings, build_scenario
+from accord.simulation.stop import StopConditions, StopTracker
+from accord.training.evaluation import make_validation_fn
+from accord.training.local import LocalTrainer, LocalTrainingSettings
+from accord.training.models import FlatModel, ModelSpec, build_model
+
+__all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """A whole in-process run: scenario, model, local training, round, stop and policy."""
+
+    scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    local: LocalTrainingSettings = field(default_factory=LocalTrainingSettings)
+    rounds: RoundSettings = field(default_factory=RoundSettings)
+    stop: StopConditions = field(default_factory=StopConditions)
+    actor_critic: ActorCriticSettings = field(default_factory=ActorCriticSettings)
+    hedge: HedgeLooSettings = field(default_factory=HedgeLooSettings)
+
+
+@dataclass(frozen=True)
+class TimedRecord:
+    """A round's record plus where its wall time went."""
+
+    record: RoundRecord
+    round_seconds: float
+    local_training_seconds: float
+
+
+@dataclass(frozen=True)
+class RunResult:
+    policy: str
+    rounds: tuple[TimedRecord, ...]
+    stop_reason: str
+    faulty_nodes: tuple[str, ...]
+    seconds: float
+
+
+def node_seed(scenario_seed: int, index: int) -> int:
+    return scenario_seed * 1009 + index + 1
+
+
+class Simulation:
+    """One policy on one scenario, all in this process."""
+
+    def __init__(
+        self,
+        settings: SimulationSettings,
+        policy: str | Aggregator,
+        data: ScenarioData | None = None,
+    ) -> None:
+        self.settings = settings
+        self.data = data or build_scenario(settings.scenario)
+        seed = settings.scenario.seed
+        model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
+        self.flat = FlatModel(model)
+        self.trainers = [
+            LocalTrainer(
+                build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
+                node.features,
+                node.labels,
+                settings.local,
+                node_seed(seed, node.index),
+            )
+            for node in self.data.nodes
+        ]
+        self.fault_rng = np.random.default_rng([seed, 104729])
+        self.policy = (
+            policy
+            if isinstance(policy, Aggregator)
+            else make_policy(
+                policy,
+                seed=seed,
+                server_learning_rate=settings.rounds.server_learning_rate,
+                actor_critic=settings.actor_critic,
+                hedge=settings.hedge,
+            )
+        )
+        holdout = self.data.holdout
+        self.engine = RoundEngine(
+            roster=tuple(node.node_id for node in self.data.nodes),
+            sample_counts={node.node_id: node.sample_count for node in self.data.nodes},
+            initial_weights=self.flat.get_flat(),
+            aggregator=self.policy,
+            validate=make_validation_fn(
+                self.flat, holdout.validation.features, holdout.validation.labels
+            ),
+            test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
+            settings=settings.rounds,
+        )
+
+    def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
+        fault = self.settings.scenario.fault
+        gradients: dict[str, FloatArray] = {}
+        for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
+            if node.faulty and fault.kind == "free-rider":
+                gradients[node.node_id] = np.zeros(self.engine.dim, dtype=np.float32)
+                continue
+            honest = trainer.first_gradient(weights, round_index)
+            if node.faulty and not fault.corrupts_labels:
+                honest = corrupt_gradient(fault, honest, self.fault_rng)
+            gradients[node.node_id] = honest
+        return gradients
+
+    def run_round(self) -> TimedRecord:
+        started = time.perf_counter()
+        weights = np.array(self.engine.global_weights)
+        gradients = self.first_gradients(weights, self.engine.round_index)
+        local_seconds = time.perf_counter() - started
+        pending = self.engine.aggregate(gradients)
+        record = self.engine.conclude(pending)
+        return TimedRecord(record, time.perf_counter() - started, local_seconds)
+
+    def run(
+        self,
+        on_round: Callable[[TimedRecord], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> RunResult:
+        """Run rounds until a stop condition holds."""
+        tracker = StopTracker(self.settings.stop, clock())
+        rounds: list[TimedRecord] = []
+        started = time.perf_counter()
+        while True:
+            timed = self.run_round()
+            rounds.append(timed)
+            if on_round is not None:
+                on_round(timed)
+            reason = tracker.update(timed.record.validation_accuracy_after, clock())
+            if reason is not None:
+                logger.info(
+                    "%s: stopping after round %d: %s",
+                    self.policy.name,
+                    timed.record.round_index,
+                    reason,
+                )
+                break
+        return RunResult(
+            policy=self.policy.name,
+            rounds=tuple(rounds),
+            stop_reason=reason,
+            faulty_nodes=self.data.faulty_nodes,
+            seconds=time.perf_counter() - started,
+        )

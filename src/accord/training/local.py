@@ -1,0 +1,106 @@
+"""A node's local training: from ``w_t`` to ``w_i`` and the first gradient ``w_t − w_i``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from accord._validation import require_int, require_number
+from accord.aggregation.base import FloatArray
+from accord.errors import InputDataError
+from accord.training.models import FlatModel
+
+__all__ = ["LocalTrainer", "LocalTrainingSettings"]
+
+
+@dataclass(frozen=True)
+class LocalTrainingSettings:
+    """SGD on a node's own samples.
+
+    ``learning_rate`` η_local (default 0.2), ``epochs`` per round (default 1),
+    ``batch_size`` (default 16), ``momentum`` (default 0.0, reset every round).
+    """
+
+    learning_rate: float = 0.2
+    epochs: int = 1
+    batch_size: int = 16
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        require_number(
+            "local_learning_rate", self.learning_rate, minimum=0.0, exclusive_minimum=True
+        )
+        require_int("local_epochs", self.epochs, minimum=1)
+        require_int("batch_size", self.batch_size, minimum=1)
+        require_number("momentum", self.momentum, minimum=0.0, maximum=0.999)
+
+
+class LocalTrainer:
+    """Holds one node's data and model copy between rounds."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        features: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        settings: LocalTrainingSettings,
+        seed: int,
+    ) -> None:
+        if features.shape[0] == 0:
+            raise InputDataError("a node needs at least one training sample")
+        if features.shape[0] != labels.shape[0]:
+            raise InputDataError(
+                f"features and labels differ in length: {features.shape[0]} != {labels.shape[0]}"
+            )
+        self.flat = FlatModel(model)
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        self.settings = settings
+        self.seed = seed
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    @property
+    def sample_count(self) -> int:
+        return int(self.labels.shape[0])
+
+    def first_gradient(self, global_weights: FloatArray, round_index: int) -> FloatArray:
+        """Train from ``global_weights`` and return ``w_t − w_i`` (float32)."""
+        self.flat.set_flat(global_weights)
+        params = list(self.flat.module.parameters())
+        optimizer = torch.optim.SGD(
+            params, lr=self.settings.learning_rate, momentum=self.settings.momentum
+        )
+        rng = np.random.default_rng([self.seed, round_index])
+        n = self.sample_count
+        batch = self.settings.batch_size
+        for _ in range(self.settings.epochs):
+            order = torch.from_numpy(rng.permutation(n))
+            for start in range(0, n, batch):
+                index = order[start : start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.flat.module(self.features[index]), self.labels[index])
+                loss.backward()
+                optimizer.step()
+        return np.asarray(global_weights - self.flat.get_flat(), dtype=np.float32)
+
+    def apply_second_gradient(
+        self, global_weights: FloatArray, second_gradient: FloatArray, server_learning_rate: float
+    ) -> FloatArray:
+        """``w_{t+1} = w_t − η_server · G``, kept as this node's copy."""
+        updated = (global_weights - np.float32(server_learning_rate) * second_gradient).astype(
+            np.float32
+        )
+        self.flat.set_flat(updated)
+        return updated
+
+    def evaluate(self) -> tuple[float, float]:
+        """Loss and accuracy of the node's current weights on its own samples."""
+        with torch.no_grad():
+            logits = self.flat.module(self.features)
+            loss = float(self.loss_fn(logits, self.labels))
+            accuracy = float((logits.argmax(dim=1) == self.labels).float().mean())
+        return loss, accuracy
