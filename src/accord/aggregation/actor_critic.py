@@ -35,7 +35,11 @@ from torch import nn
 
 from accord._validation import require_choice, require_int, require_number, require_probability
 from accord.aggregation.base import Aggregation, Aggregator, FloatArray, RoundFeedback, RoundInput
-from accord.aggregation.combine import expand_to_roster, second_gradient
+from accord.aggregation.combine import (
+    bounded_prior_softmax,
+    expand_to_roster,
+    second_gradient,
+)
 from accord.aggregation.credit import FEATURE_NAMES, leave_one_out_credit, node_features
 from accord.errors import ConfigurationError
 
@@ -76,7 +80,9 @@ class ActorCriticSettings:
       ``exploration_decay`` every round (default 0.97).
     - ``target_noise`` and ``target_noise_clip`` of TD3's target smoothing (0.2, 0.5).
     - ``kl_weight`` λ of the pull toward data-size weights (default 0.5).
-    - ``bound`` b: at most b nats from the data-size prior (default 4.0).
+    - ``credit_decay`` δ of the running leave-one-out credit feature (default 0.9).
+    - ``bound`` b: a node falls at most b nats below its data-size prior (default 4.0);
+      ``upper_bound``: it rises at most this many nats above it (default 4.0).
     - ``learning``: False freezes the networks (the no-learning control; default True).
     - ``server_learning_rate``: must match the round's η_server (default 1.0).
     - ``seed`` of initialisation, noise and replay sampling (default 0).
@@ -101,7 +107,9 @@ class ActorCriticSettings:
     target_noise: float = 0.2
     target_noise_clip: float = 0.5
     kl_weight: float = 0.5
+    credit_decay: float = 0.9
     bound: float = 4.0
+    upper_bound: float = 4.0
     learning: bool = True
     server_learning_rate: float = 1.0
     seed: int = 0
@@ -130,7 +138,9 @@ class ActorCriticSettings:
         require_number("target_noise", self.target_noise, minimum=0.0)
         require_number("target_noise_clip", self.target_noise_clip, minimum=0.0)
         require_number("kl_weight", self.kl_weight, minimum=0.0)
+        require_probability("credit_decay", self.credit_decay)
         require_number("bound", self.bound, minimum=0.0, exclusive_minimum=True)
+        require_number("upper_bound", self.upper_bound, minimum=0.0, exclusive_minimum=True)
         require_number(
             "server_learning_rate", self.server_learning_rate, minimum=0.0, exclusive_minimum=True
         )
@@ -149,6 +159,15 @@ def make_actor_critic(settings: ActorCriticSettings | None = None) -> Aggregator
 # ----------------------------------------------------------------------------- shared pieces
 
 
+def _bounded_logits(
+    log_prior: np.ndarray, scores: torch.Tensor, settings: ActorCriticSettings
+) -> torch.Tensor:
+    """Torch twin of :func:`accord.aggregation.combine.bounded_logits`."""
+    up = settings.upper_bound * torch.tanh(scores / settings.upper_bound)
+    down = settings.bound * torch.tanh(scores / settings.bound)
+    return torch.from_numpy(log_prior).float() + torch.where(scores > 0, up, down)
+
+
 def _masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
 
@@ -162,8 +181,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters(), strict=True):
-            t.mul_(1.0 - tau).add_(s, alpha=tau)
+        targets = list(target.parameters())
+        torch._foreach_mul_(targets, 1.0 - tau)
+        torch._foreach_add_(targets, list(source.parameters()), alpha=tau)
 
 
 def _small_last_layer(layer: nn.Linear) -> nn.Linear:
@@ -266,20 +286,46 @@ class _ScoreActor(nn.Module):
         return self.head(self.body(context)).squeeze(-1)
 
 
-class _ActionLinearCritic(nn.Module):
-    """``Q_i = N · a_i · V(c_i) + U(c_i)``, ``c_i = [φ(x_i), mean_j φ(x_j)]``."""
+class _EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, M, in) → (K, M, out)."""
 
-    def __init__(self, features: int, hidden: int) -> None:
+    def __init__(self, members: int, inputs: int, outputs: int) -> None:
         super().__init__()
-        self.phi = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
-        self.value = _mlp(2 * hidden, hidden, 1, nn.ReLU)
-        self.baseline = _mlp(2 * hidden, hidden, 1, nn.ReLU)
+        bound = 1.0 / inputs**0.5
+        self.weight = nn.Parameter(torch.empty(members, inputs, outputs).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, outputs).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class _ActionLinearCritics(nn.Module):
+    """K critics ``Q_i = N · a_i · V(c_i) + U(c_i)``, ``c_i = [φ(x_i), mean_j φ(x_j)]``.
+
+    The critics share nothing but their shapes; they are evaluated together as one batched
+    network, which halves the per-step cost of TD3's twin critics on tiny inputs.
+    """
+
+    def __init__(self, members: int, features: int, hidden: int) -> None:
+        super().__init__()
+        self.members = members
+        self.phi = _EnsembleLinear(members, features, hidden)
+        self.trunk1 = _EnsembleLinear(members, 2 * hidden, hidden)
+        self.trunk2 = _EnsembleLinear(members, hidden, hidden)
+        self.heads = _EnsembleLinear(members, hidden, 2)  # V and U
 
     def forward(self, x: torch.Tensor, action: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.phi(x)
-        context = torch.cat([h, _masked_mean(h, mask)], dim=-1)
+        """x (B, R, F), action and mask (B, R) → Q of every critic, (K, B, R)."""
+        k = self.members
+        batch, roster, _ = x.shape
+        flat = x.reshape(1, batch * roster, -1).expand(k, -1, -1)
+        h = torch.relu(self.phi(flat)).reshape(k, batch, roster, -1)
+        context = torch.cat([h, _masked_mean(h, mask.unsqueeze(0).expand(k, -1, -1))], dim=-1)
+        z = torch.relu(self.trunk1(context.reshape(k, batch * roster, -1)))
+        z = torch.relu(self.trunk2(z))
+        value, baseline = self.heads(z).reshape(k, batch, roster, 2).unbind(-1)
         count = mask.sum(dim=-1, keepdim=True).to(action.dtype)
-        return count * action * self.value(context).squeeze(-1) + self.baseline(context).squeeze(-1)
+        return count * action * value + baseline
 
 
 class RichActorCritic(Aggregator):
@@ -295,22 +341,21 @@ class RichActorCritic(Aggregator):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
             self.actor = _ScoreActor(n_features, settings.hidden)
-            self.critics = nn.ModuleList(
-                _ActionLinearCritic(n_features, settings.hidden) for _ in range(settings.critics)
-            )
+            self.critics = _ActionLinearCritics(settings.critics, n_features, settings.hidden)
         self.target_actor = copy.deepcopy(self.actor)
         self.target_critics = copy.deepcopy(self.critics)
         self.actor_optimizer = torch.optim.Adam(
-            self.actor.parameters(), lr=settings.actor_learning_rate
+            self.actor.parameters(), lr=settings.actor_learning_rate, foreach=True
         )
         self.critic_optimizer = torch.optim.Adam(
-            self.critics.parameters(), lr=settings.critic_learning_rate
+            self.critics.parameters(), lr=settings.critic_learning_rate, foreach=True
         )
         self.replay: _Replay | None = None
         self.log_prior: np.ndarray | None = None
         self.previous_second_gradient: FloatArray | None = None
         self.previous_probabilities: np.ndarray | None = None
         self.pending: dict[str, np.ndarray] | None = None
+        self.running_credit: np.ndarray | None = None
         self.rounds_seen = 0
         self.updates = 0
         self._diagnostics: dict[str, float] = {}
@@ -333,6 +378,8 @@ class RichActorCritic(Aggregator):
         if self.previous_probabilities is None:
             counts = round_input.sample_counts
             self.previous_probabilities = counts / counts.sum()
+            self.running_credit = np.zeros(roster_size)
+        assert self.running_credit is not None
         started = time.perf_counter()
         features = node_features(
             round_input.validate,
@@ -341,6 +388,7 @@ class RichActorCritic(Aggregator):
             s.server_learning_rate,
             self.previous_second_gradient,
             roster_size * self.previous_probabilities[present],
+            self.running_credit[present] * (1.0 - s.credit_decay),
         )
         x = np.zeros((roster_size, len(FEATURE_NAMES)), dtype=np.float32)
         x[present] = features.values
@@ -359,9 +407,9 @@ class RichActorCritic(Aggregator):
         sigma = self._exploration_sigma()
         if sigma > 0:
             scores_np = scores_np + sigma * self.rng.standard_normal(scores_np.shape)
-        logits = self.log_prior[present] + s.bound * np.tanh(scores_np / s.bound)
-        logits -= logits.max()
-        probabilities = np.exp(logits) / np.exp(logits).sum()
+        probabilities = bounded_prior_softmax(
+            self.log_prior[present], scores_np, s.bound, s.upper_bound
+        )
         loo = leave_one_out_credit(
             round_input.validate,
             round_input.global_weights,
@@ -369,7 +417,11 @@ class RichActorCritic(Aggregator):
             round_input.first_gradients,
             s.server_learning_rate,
         )
+        credit_scale = float(np.mean(np.abs(loo.credit)))
         rewards = s.reward_scale * (np.power(s.reward_base, loo.credit) - 1.0)
+        self.running_credit *= s.credit_decay
+        if credit_scale > 0:
+            self.running_credit[present] += loo.credit / credit_scale
         full_probabilities = expand_to_roster(probabilities, present)
         reward_row = np.zeros(roster_size, dtype=np.float32)
         reward_row[present] = rewards
@@ -403,8 +455,7 @@ class RichActorCritic(Aggregator):
         scores = actor(x, mask)
         if noise is not None:
             scores = scores + noise
-        bound = self.settings.bound
-        logits = torch.from_numpy(self.log_prior).float() + bound * torch.tanh(scores / bound)
+        logits = _bounded_logits(self.log_prior, scores, self.settings)
         return _masked_softmax(logits, mask)
 
     def learn(self, feedback: RoundFeedback) -> None:
@@ -428,28 +479,16 @@ class RichActorCritic(Aggregator):
                     next_mask,
                     torch.from_numpy(noise_np).float(),
                 )
-                next_q = (
-                    torch.stack(
-                        [
-                            critic(batch["next_x"], next_action, next_mask)
-                            for critic in self.target_critics
-                        ]
-                    )
-                    .min(dim=0)
-                    .values
-                )
+                next_q = self.target_critics(batch["next_x"], next_action, next_mask)
+                next_q = next_q.min(dim=0).values
                 target = batch["reward"] + s.discount * next_q * next_mask.float()
             weights = mask.float()
-            loss = sum(
-                (((critic(batch["x"], batch["action"], mask) - target) ** 2) * weights).sum()
-                / weights.sum()
-                for critic in self.critics
-            )
-            assert isinstance(loss, torch.Tensor)
+            errors = (self.critics(batch["x"], batch["action"], mask) - target) ** 2
+            loss = (errors * weights).sum() / weights.sum()
             self.critic_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.critic_optimizer.step()
-            critic_losses.append(float(loss))
+            critic_losses.append(loss.item())
             if (step + 1) % s.policy_delay == 0:
                 self._actor_step(batch)
         self.updates += 1
@@ -462,7 +501,7 @@ class RichActorCritic(Aggregator):
         assert self.log_prior is not None
         mask = batch["mask"]
         action = self._policy(self.actor, batch["x"], mask)
-        q = (self.critics[0](batch["x"], action, mask) * mask.float()).sum(dim=-1)
+        q = (self.critics(batch["x"], action, mask)[0] * mask.float()).sum(dim=-1)
         prior = _masked_softmax(torch.from_numpy(self.log_prior).float().expand_as(action), mask)
         ratio = torch.where(
             mask,
@@ -502,6 +541,7 @@ class RichActorCritic(Aggregator):
             "previous_second_gradient": self.previous_second_gradient,
             "previous_probabilities": self.previous_probabilities,
             "pending": self.pending,
+            "running_credit": self.running_credit,
             "rounds_seen": self.rounds_seen,
             "updates": self.updates,
         }
@@ -520,6 +560,7 @@ class RichActorCritic(Aggregator):
         self.previous_second_gradient = state["previous_second_gradient"]
         self.previous_probabilities = state["previous_probabilities"]
         self.pending = state["pending"]
+        self.running_credit = state["running_credit"]
         self.rounds_seen = int(state["rounds_seen"])
         self.updates = int(state["updates"])
 
@@ -561,9 +602,11 @@ class PatentActorCritic(Aggregator):
             )
         self.target_actor = copy.deepcopy(self.actor)
         self.target_critics = copy.deepcopy(self.critics)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=s.actor_learning_rate)
+        self.actor_optimizer = torch.optim.Adam(
+            self.actor.parameters(), lr=s.actor_learning_rate, foreach=True
+        )
         self.critic_optimizer = torch.optim.Adam(
-            self.critics.parameters(), lr=s.critic_learning_rate
+            self.critics.parameters(), lr=s.critic_learning_rate, foreach=True
         )
         self.replay = _Replay(s.replay_capacity, roster_size, 1)
 
@@ -578,8 +621,7 @@ class PatentActorCritic(Aggregator):
         raw = actor(state)
         if noise is not None:
             raw = raw + noise
-        bound = self.settings.bound
-        logits = torch.from_numpy(self.log_prior).float() + bound * torch.tanh(raw / bound)
+        logits = _bounded_logits(self.log_prior, raw, self.settings)
         return _masked_softmax(logits, mask)
 
     def aggregate(self, round_input: RoundInput) -> Aggregation:

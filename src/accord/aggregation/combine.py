@@ -9,6 +9,7 @@ from accord.aggregation.base import FloatArray
 from accord.errors import ProtocolError
 
 __all__ = [
+    "bounded_logits",
     "bounded_prior_softmax",
     "data_size_probabilities",
     "expand_to_roster",
@@ -61,11 +62,31 @@ def expand_to_roster(
     return full
 
 
-def bounded_prior_softmax(
-    log_prior: npt.NDArray[np.float64], scores: npt.NDArray[np.float64], bound: float
+def bounded_logits(
+    log_prior: npt.NDArray[np.float64],
+    scores: npt.NDArray[np.float64],
+    bound: float,
+    upper_bound: float,
 ) -> npt.NDArray[np.float64]:
-    """``softmax(log prior + b·tanh(score / b))``: a data-size prior moved at most ``b`` nats."""
-    logits = log_prior + bound * np.tanh(scores / bound)
+    """``log prior + b·tanh(score / b)``, with ``b = upper_bound`` for positive scores.
+
+    A node may fall ``bound`` nats below its data-size prior but rise only ``upper_bound``
+    above it: suppressing a bad node is what the weights are for, while piling the weight
+    onto a few good nodes loses the data of the others (non-IID).
+    """
+    up = upper_bound * np.tanh(scores / upper_bound)
+    down = bound * np.tanh(scores / bound)
+    return np.asarray(log_prior + np.where(scores > 0, up, down), dtype=np.float64)
+
+
+def bounded_prior_softmax(
+    log_prior: npt.NDArray[np.float64],
+    scores: npt.NDArray[np.float64],
+    bound: float,
+    upper_bound: float | None = None,
+) -> npt.NDArray[np.float64]:
+    """``softmax(bounded_logits(...))``: a data-size prior moved by a bounded score."""
+    logits = bounded_logits(log_prior, scores, bound, bound if upper_bound is None else upper_bound)
     logits = logits - logits.max()
     weights = np.exp(logits)
     return np.asarray(weights / weights.sum(), dtype=np.float64)

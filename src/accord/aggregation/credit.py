@@ -28,7 +28,13 @@ __all__ = [
     "robust_z",
 ]
 
-FEATURE_NAMES = ("alone_loss_z", "cosine_previous", "log_norm_ratio", "previous_share")
+FEATURE_NAMES = (
+    "alone_loss_z",
+    "cosine_previous",
+    "log_norm_ratio",
+    "previous_share",
+    "running_credit",
+)
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
@@ -42,7 +48,7 @@ def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[
 
 @dataclass(frozen=True)
 class NodeFeatures:
-    """``values``: (n_present, 4) features in :data:`FEATURE_NAMES` order; ``loss_now``:
+    """``values``: (n_present, 5) features in :data:`FEATURE_NAMES` order; ``loss_now``:
     validation loss of ``w_t``."""
 
     values: npt.NDArray[np.float64]
@@ -56,8 +62,13 @@ def node_features(
     server_learning_rate: float,
     previous_second_gradient: FloatArray | None,
     previous_shares: npt.NDArray[np.float64],
+    running_credit: npt.NDArray[np.float64],
 ) -> NodeFeatures:
-    """The state ``x_i`` of each present node (``previous_shares``: ``N · p_{t−1,i}``)."""
+    """The state ``x_i`` of each present node.
+
+    ``previous_shares`` is ``N · p_{t−1,i}``; ``running_credit`` each node's decayed sum of
+    past leave-one-out credit (scaled per round), the evidence Hedge-LOO acts on.
+    """
     candidates = np.concatenate(
         [weights[None, :], weights[None, :] - np.float32(server_learning_rate) * first_gradients]
     )
@@ -73,7 +84,7 @@ def node_features(
         reference = previous_second_gradient.astype(np.float64)
         denominator = np.maximum(norms * float(np.linalg.norm(reference)), 1e-12)
         cosine = (first_gradients.astype(np.float64) @ reference) / denominator
-    values = np.stack([alone, cosine, log_norm, previous_shares], axis=1)
+    values = np.stack([alone, cosine, log_norm, previous_shares, running_credit], axis=1)
     return NodeFeatures(values=values.astype(np.float64), loss_now=loss_now)
 
 

@@ -72,7 +72,7 @@ class LocalTrainer:
         self.flat.set_flat(global_weights)
         params = list(self.flat.module.parameters())
         optimizer = torch.optim.SGD(
-            params, lr=self.settings.learning_rate, momentum=self.settings.momentum
+            params, lr=self.settings.learning_rate, momentum=self.settings.momentum, foreach=True
         )
         rng = np.random.default_rng([self.seed, round_index])
         n = self.sample_count
