@@ -9,7 +9,9 @@
     leave-one-out credit: ``r_i = c·(g^(B − B₋ᵢ) − 1)``. Critics are linear in the action,
     ``Q_i = N·a_i·V(c_i) + U(c_i)`` with ``c_i = [h_i, mean_j h_j]`` and ``h = φ(x)``; two
     critics with target copies, a TD3 target with smoothed action noise, discount γ. The
-    actor maximises ``Σ_i Q_i(x, π(x)) − λ·KL(π(x) ‖ n/Σn)``.
+    actor maximises ``Σ_i Q_i(x, π(x)) − λ·KL(π(x) ‖ n/Σn)``, where each node's term
+    moves only that node's own score (the others' weights held fixed): a per-node
+    objective, like Hedge-LOO's, instead of the nodes competing for one unit of weight.
 
 ``patent``
     Exactly as the patent words it: the state is the previous round's probability vector
@@ -72,7 +74,7 @@ class ActorCriticSettings:
     - ``critics``: how many critics, the target takes their minimum (default 2, TD3).
     - ``hidden``: width of every hidden layer (default 32).
     - ``actor_learning_rate`` (default 1e-3), ``critic_learning_rate`` (default 3e-3), Adam.
-    - ``critic_steps`` per round (default 8); ``policy_delay``: critic steps per actor step
+    - ``critic_steps`` per round (default 6); ``policy_delay``: critic steps per actor step
       (default 2); ``batch_size`` of transitions (default 32); ``replay_capacity`` (default
       1000); ``warmup_rounds`` before learning starts (default 3).
     - ``target_update`` τ of the soft target update (default 0.05).
@@ -96,7 +98,7 @@ class ActorCriticSettings:
     hidden: int = 32
     actor_learning_rate: float = 1e-3
     critic_learning_rate: float = 3e-3
-    critic_steps: int = 8
+    critic_steps: int = 6
     policy_delay: int = 2
     batch_size: int = 32
     replay_capacity: int = 1000
@@ -500,8 +502,17 @@ class RichActorCritic(Aggregator):
         s = self.settings
         assert self.log_prior is not None
         mask = batch["mask"]
-        action = self._policy(self.actor, batch["x"], mask)
-        q = (self.critics(batch["x"], action, mask)[0] * mask.float()).sum(dim=-1)
+        logits = _bounded_logits(self.log_prior, self.actor(batch["x"], mask), s)
+        action = _masked_softmax(logits, mask)
+        # Each node's score maximises its own Q_i with the other nodes' weights held fixed.
+        # The shared objective Σ_i Q_i makes the nodes compete for one unit of weight and,
+        # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
+        # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
+        logits = logits.masked_fill(~mask, float("-inf"))
+        own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
+        others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
+        own_action = own / (own + others)
+        q = (self.critics(batch["x"], own_action, mask)[0] * mask.float()).sum(dim=-1)
         prior = _masked_softmax(torch.from_numpy(self.log_prior).float().expand_as(action), mask)
         ratio = torch.where(
             mask,
