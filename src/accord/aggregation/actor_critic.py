@@ -183,9 +183,10 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     with torch.no_grad():
-        targets = list(target.parameters())
+        targets: list[torch.Tensor] = list(target.parameters())
+        sources: list[torch.Tensor] = list(source.parameters())
         torch._foreach_mul_(targets, 1.0 - tau)
-        torch._foreach_add_(targets, list(source.parameters()), alpha=tau)
+        torch._foreach_add_(targets, sources, alpha=tau)
 
 
 def _small_last_layer(layer: nn.Linear) -> nn.Linear:
@@ -285,7 +286,8 @@ class _ScoreActor(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         context = torch.cat([x, _masked_mean(x, mask)], dim=-1)
-        return self.head(self.body(context)).squeeze(-1)
+        scores: torch.Tensor = self.head(self.body(context)).squeeze(-1)
+        return scores
 
 
 class _EnsembleLinear(nn.Module):
@@ -327,7 +329,8 @@ class _ActionLinearCritics(nn.Module):
         z = torch.relu(self.trunk2(z))
         value, baseline = self.heads(z).reshape(k, batch, roster, 2).unbind(-1)
         count = mask.sum(dim=-1, keepdim=True).to(action.dtype)
-        return count * action * value + baseline
+        q: torch.Tensor = count * action * value + baseline
+        return q
 
 
 class RichActorCritic(Aggregator):
@@ -722,7 +725,7 @@ class PatentActorCritic(Aggregator):
             )
             assert isinstance(loss, torch.Tensor)
             self.critic_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.critic_optimizer.step()
             if (step + 1) % s.policy_delay == 0:
                 action = self._policy(self.actor, state, mask)

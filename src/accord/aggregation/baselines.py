@@ -48,7 +48,7 @@ def _shares_from_ranks(
     """Fraction of all (coordinate, kept rank) slots that each node supplied."""
     kept = order[kept_ranks]
     counts = np.bincount(kept.ravel(), minlength=n_nodes).astype(np.float64)
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum(), dtype=np.float64)
 
 
 def coordinate_median(first_gradients: FloatArray) -> tuple[FloatArray, npt.NDArray[np.float64]]:

@@ -23,7 +23,7 @@ def data_size_probabilities(sample_counts: npt.NDArray[np.float64]) -> npt.NDArr
     counts = np.asarray(sample_counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0 or np.any(counts < 0) or counts.sum() <= 0:
         raise ProtocolError(f"sample counts must be non-negative with a positive sum: {counts}")
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum(), dtype=np.float64)
 
 
 def second_gradient(

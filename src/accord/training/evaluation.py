@@ -30,7 +30,8 @@ def make_validation_fn(
     module = model.module
 
     def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        return functional_call(module, params, (inputs,))
+        logits: torch.Tensor = functional_call(module, params, (inputs,))
+        return logits
 
     batched_forward = vmap(forward)
 
