@@ -1,0 +1,587 @@
+"""Reading key columns and writing alignment outputs: CSV and Parquet through pyarrow.
+
+This is the host side of alignment (files only; the pure core is :mod:`accord.alignment`).
+
+Formats are chosen by suffix: ``.csv`` (comma) and ``.tsv`` (tab), optionally compressed
+(``.gz``, ``.bz2``, ``.zst``, ``.lz4``: read and written through pyarrow's codecs), and
+``.parquet`` / ``.pq``. A CSV file has a header row; rows are numbered from 0 after it (the
+*local row index* used everywhere in alignment); empty lines are skipped, as pyarrow does.
+
+Reading
+    :func:`iter_key_batches` streams only the key column(s) in record batches (CSV blocks of
+    16 MiB, Parquet batches of 1M rows), so the peak stays near one batch plus the result.
+    CSV key columns are read as raw ``binary`` so that undecodable bytes reach
+    :func:`accord.alignment.prepare_ids`, which reports them by row; Parquet keeps its types.
+    :func:`read_table` reads a whole table; CSV columns are read as text, exactly as written.
+
+Writing
+    :func:`write_row_map` writes ``position,row`` (shared position → local row index) and,
+    if asked, the ID column(s). :func:`write_aligned_table` writes that party's rows in the
+    shared order with every column kept. CSV → CSV with the same delimiter copies each data
+    line's bytes verbatim (lines are located with a vectorised, quote-aware scan and gathered
+    with ``pyarrow``'s ``take``); other combinations gather a pyarrow table chunk by chunk.
+    Every write goes to a temporary file in the destination directory, is flushed to disk
+    and then renamed over the destination (:func:`atomic_output`): a failure leaves no file
+    and no partial file behind, and an existing destination is untouched until the rename.
+
+Errors are :class:`~accord.errors.InputDataError` naming the file and, where it applies, the
+column: a missing key column (listing the columns the file has), an empty file, a file with
+a header but no rows, a malformed or unreadable file, an unsupported suffix. Failures to
+write are :class:`~accord.errors.ConfigurationError` naming the output path. Messages never
+quote row contents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from accord.errors import ConfigurationError, InputDataError, ProtocolError
+
+__all__ = [
+    "TableFormat",
+    "atomic_output",
+    "file_format",
+    "iter_key_batches",
+    "read_key_columns",
+    "read_table",
+    "write_aligned_table",
+    "write_row_map",
+]
+
+StrPath = str | os.PathLike[str]
+Progress = Callable[[int], None]
+
+_CSV_BLOCK_BYTES = 16 << 20
+_PARQUET_BATCH_ROWS = 1 << 20
+_WRITE_CHUNK_ROWS = 1 << 20
+_SCAN_BYTES = 4 << 20
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+_ROW_MAP_COLUMNS = ("position", "row")
+
+
+class TableFormat(StrEnum):
+    """A table file's format, from its suffix."""
+
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+def file_format(path: StrPath) -> TableFormat:
+    """The format of ``path`` from its suffix, or :class:`InputDataError`."""
+    name = Path(path).name.lower()
+    for suffix in _COMPRESSIONS:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            if name.endswith((".csv", ".tsv")):
+                return TableFormat.CSV
+            break
+    else:
+        if name.endswith((".csv", ".tsv")):
+            return TableFormat.CSV
+        if name.endswith((".parquet", ".pq")):
+            return TableFormat.PARQUET
+    raise InputDataError(
+        f"{path}: expected a .csv, .tsv (optionally .gz, .bz2, .zst, .lz4), .parquet or .pq file"
+    )
+
+
+def _compression(path: StrPath) -> str | None:
+    name = Path(path).name.lower()
+    return next((codec for suffix, codec in _COMPRESSIONS.items() if name.endswith(suffix)), None)
+
+
+def _delimiter(path: StrPath) -> str:
+    name = Path(path).name.lower()
+    for suffix in _COMPRESSIONS:
+        name = name.removesuffix(suffix)
+    return "\t" if name.endswith(".tsv") else ","
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def iter_key_batches(path: StrPath, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Stream the key column(s) of ``path`` as record batches, in row order.
+
+    Raises :class:`InputDataError` (naming the file) for a missing key column, an empty
+    file, a file without data rows, or an unreadable or malformed file — the last possibly
+    only while iterating.
+    """
+    wanted = _check_key_names(path, columns)
+    fmt = file_format(path)
+    batches = (
+        _iter_csv_keys(path, wanted) if fmt is TableFormat.CSV else _iter_parquet_keys(path, wanted)
+    )
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        if batch.num_rows:
+            yield batch
+    if rows == 0:
+        raise InputDataError(f"{path}: no data rows (the file has only a header)")
+
+
+def read_key_columns(path: StrPath, columns: Sequence[str]) -> pa.Table:
+    """All of ``path``'s key column(s) as one table (read by streaming; see above)."""
+    batches = list(iter_key_batches(path, columns))
+    return pa.Table.from_batches(batches)
+
+
+def read_table(path: StrPath) -> pa.Table:
+    """The whole table in ``path``. CSV columns are read as text, exactly as written."""
+    fmt = file_format(path)
+    _check_readable(path)
+    if fmt is TableFormat.PARQUET:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputDataError(f"{path}: not a readable Parquet file: {_describe(exc)}") from exc
+        if table.num_rows == 0:
+            raise InputDataError(f"{path}: no data rows")
+        return table
+    names = _csv_header(path)
+    convert = pcsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    try:
+        table = pcsv.read_csv(path, parse_options=_parse_options(path), convert_options=convert)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"{path}: cannot read CSV: {_describe(exc, names)}") from exc
+    if table.num_rows == 0:
+        raise InputDataError(f"{path}: no data rows (the file has only a header)")
+    return table
+
+
+def _check_key_names(path: StrPath, columns: Sequence[str]) -> list[str]:
+    wanted = list(columns)
+    if not wanted:
+        raise ConfigurationError(f"{path}: key columns: expected at least one name, got none")
+    if len(set(wanted)) != len(wanted):
+        raise ConfigurationError(f"{path}: key columns: expected distinct names, got {wanted}")
+    return wanted
+
+
+def _check_readable(path: StrPath) -> None:
+    target = Path(path)
+    if not target.exists():
+        raise InputDataError(f"{path}: no such file")
+    if not target.is_file():
+        raise InputDataError(f"{path}: not a regular file")
+    if target.stat().st_size == 0:
+        raise InputDataError(f"{path}: the file is empty")
+    if not os.access(target, os.R_OK):
+        raise InputDataError(f"{path}: permission denied")
+
+
+def _parse_options(path: StrPath) -> pcsv.ParseOptions:
+    return pcsv.ParseOptions(delimiter=_delimiter(path))
+
+
+def _csv_header(path: StrPath) -> list[str]:
+    """Column names of a CSV file (parses the first block only)."""
+    try:
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(block_size=1 << 20),
+            parse_options=_parse_options(path),
+            convert_options=pcsv.ConvertOptions(include_columns=[]),
+        )
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"{path}: cannot read CSV: {_describe(exc)}") from exc
+    names = list(reader.schema.names)
+    reader.close()
+    return names
+
+
+def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    _check_readable(path)
+    convert = pcsv.ConvertOptions(
+        include_columns=columns,
+        column_types={name: pa.binary() for name in columns},
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+    )
+    try:
+        reader = pcsv.open_csv(
+            path,
+            read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            parse_options=_parse_options(path),
+            convert_options=convert,
+        )
+    except KeyError as exc:  # pyarrow.lib.ArrowKeyError: an include_columns name is absent
+        available = _csv_header(path)
+        raise _missing_columns(path, columns, available) from exc
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"{path}: cannot read CSV: {_describe(exc)}") from exc
+    with contextlib.closing(reader):
+        rows = 0
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:
+                raise InputDataError(
+                    f"{path}: malformed CSV after data row {rows}: {_describe(exc)}"
+                ) from exc
+            rows += batch.num_rows
+            yield batch
+
+
+def _iter_parquet_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    _check_readable(path)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"{path}: not a readable Parquet file: {_describe(exc)}") from exc
+    with contextlib.closing(parquet):
+        available = list(parquet.schema_arrow.names)
+        if any(name not in available for name in columns):
+            raise _missing_columns(path, columns, available)
+        try:
+            yield from parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputDataError(f"{path}: cannot read Parquet data: {_describe(exc)}") from exc
+
+
+def _missing_columns(path: StrPath, wanted: list[str], available: list[str]) -> InputDataError:
+    missing = [name for name in wanted if name not in available]
+    shown = ", ".join(repr(name) for name in available) or "none"
+    noun = "key column" if len(missing) == 1 else "key columns"
+    listed = ", ".join(repr(name) for name in missing)
+    return InputDataError(f"{path}: {noun} {listed} not found; the file has columns {shown}")
+
+
+_ROW_TEXT = re.compile(r"(Expected \d+ columns, got \d+):.*", re.DOTALL)
+
+
+def _describe(exc: BaseException, names: Sequence[str] | None = None) -> str:
+    """A one-line description of a pyarrow/OS error without quoting row contents."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _ROW_TEXT.sub(r"\1", text)
+    column = re.search(r"In CSV column #(\d+)", text)
+    if column and names is not None and int(column.group(1)) < len(names):
+        text += f" (column {names[int(column.group(1))]!r})"
+    return text
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_output(path: StrPath) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it over.
+
+    On any exception the temporary file is removed and ``path`` is left as it was. The
+    file is created with the usual permissions (0666 minus the umask).
+    """
+    final = Path(path)
+    directory = final.parent
+    if not directory.is_dir():
+        raise ConfigurationError(f"{path}: the output directory {directory} does not exist")
+    temporary = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot write: {exc.strerror}") from exc
+    os.close(descriptor)
+    try:
+        yield temporary
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, final)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if isinstance(exc, OSError):
+            raise ConfigurationError(f"{path}: cannot write: {_describe(exc)}") from exc
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
+        directory_descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_descriptor)
+        finally:
+            os.close(directory_descriptor)
+
+
+def write_row_map(
+    path: StrPath,
+    row_map: np.ndarray,
+    *,
+    ids: pa.Table | None = None,
+    source_rows: int | None = None,
+) -> None:
+    """Write ``position,row`` (and the ID columns of ``ids`` if given) to ``path``, atomically.
+
+    ``row_map[j]`` is the local row index at shared position ``j``. ``ids`` is the table of
+    key columns as read by :func:`read_key_columns` (one row per local row); its columns are
+    written after ``row`` under their own names.
+    """
+    rows = _check_row_map(path, row_map, ids.num_rows if ids is not None else source_rows)
+    columns: dict[str, Any] = {
+        "position": pa.array(np.arange(len(rows), dtype=np.int64)),
+        "row": pa.array(rows),
+    }
+    if ids is not None:
+        taken = ids.take(pa.array(rows))
+        for name, column in zip(taken.column_names, taken.columns, strict=True):
+            if name in _ROW_MAP_COLUMNS:
+                raise ConfigurationError(
+                    f"{path}: a key column is named {name!r}, which the row map uses itself"
+                )
+            binary = pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
+            columns[name] = _binary_to_text(path, name, column) if binary else column
+    _write_arrow(path, pa.table(columns), chunk_rows=_WRITE_CHUNK_ROWS)
+
+
+def write_aligned_table(
+    path: StrPath,
+    source: StrPath | pa.Table,
+    row_map: np.ndarray,
+    *,
+    source_rows: int | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Write ``source``'s rows in the order of ``row_map`` to ``path``, every column kept.
+
+    ``source`` is the party's input file (or a table already read). ``source_rows`` — the
+    number of data rows found when the key columns were read — lets a CSV → CSV copy take
+    the verbatim-lines path safely (the scan must find exactly that many rows, else the
+    table path is used). ``progress`` is called with the number of rows written so far.
+    """
+    out_format = file_format(path)
+    if isinstance(source, pa.Table):
+        rows = _check_row_map(path, row_map, source.num_rows)
+        _write_arrow(path, source, rows, progress=progress)
+        return
+    in_format = file_format(source)
+    if (
+        in_format is TableFormat.CSV
+        and out_format is TableFormat.CSV
+        and source_rows is not None
+        and _delimiter(source) == _delimiter(path)
+        and _compression(source) is None
+    ):
+        rows = _check_row_map(path, row_map, source_rows)
+        if _write_csv_lines(path, source, rows, source_rows, progress):
+            return
+    table = read_table(source)
+    rows = _check_row_map(path, row_map, table.num_rows)
+    _write_arrow(path, table, rows, progress=progress)
+
+
+def _check_row_map(path: StrPath, row_map: Any, source_rows: int | None) -> np.ndarray:
+    rows = np.asarray(row_map)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu":
+        raise ProtocolError(
+            f"{path}: row map: expected a 1-D integer array, got shape {rows.shape} "
+            f"dtype {rows.dtype}"
+        )
+    rows = rows.astype(np.int64, copy=False)
+    if rows.size and (
+        int(rows.min()) < 0 or (source_rows is not None and int(rows.max()) >= source_rows)
+    ):
+        raise ProtocolError(
+            f"{path}: row map: expected row indices in [0, {source_rows}), got "
+            f"[{int(rows.min())}, {int(rows.max())}]"
+        )
+    return rows
+
+
+def _binary_to_text(path: StrPath, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    target = pa.large_string() if pa.types.is_large_binary(column.type) else pa.string()
+    try:
+        return column.cast(target)
+    except pa.ArrowInvalid:
+        return column  # Parquet keeps bytes; CSV writing will report the column.
+    except pa.ArrowException as exc:  # pragma: no cover - defensive
+        raise InputDataError(f"{path}: column {name!r}: {_describe(exc)}") from exc
+
+
+def _open_sink(temporary: Path, final: StrPath) -> pa.NativeFile:
+    codec = _compression(final)
+    if codec is None:
+        return pa.OSFile(str(temporary), "wb")
+    return pa.CompressedOutputStream(str(temporary), codec)
+
+
+def _write_arrow(
+    path: StrPath,
+    table: pa.Table,
+    rows: np.ndarray | None = None,
+    *,
+    chunk_rows: int = _WRITE_CHUNK_ROWS,
+    progress: Progress | None = None,
+) -> None:
+    """Write ``table`` (its rows ``rows`` in that order, if given) chunk by chunk."""
+    fmt = file_format(path)
+    total = table.num_rows if rows is None else len(rows)
+    with atomic_output(path) as temporary, _open_sink(temporary, path) as sink:
+        writer: Any
+        if fmt is TableFormat.CSV:
+            writer = pcsv.CSVWriter(
+                sink, table.schema, write_options=pcsv.WriteOptions(delimiter=_delimiter(path))
+            )
+        else:
+            writer = pq.ParquetWriter(sink, table.schema)
+        try:
+            for start in range(0, max(total, 1), chunk_rows):
+                if rows is None:
+                    piece = table.slice(start, chunk_rows)
+                else:
+                    piece = table.take(pa.array(rows[start : start + chunk_rows]))
+                try:
+                    writer.write_table(piece)
+                except (pa.ArrowException, OSError) as exc:
+                    raise InputDataError(
+                        f"{path}: cannot write the table: {_describe(exc, table.column_names)}"
+                    ) from exc
+                if progress is not None:
+                    progress(min(start + chunk_rows, total))
+        finally:
+            writer.close()
+
+
+def _write_csv_lines(
+    path: StrPath,
+    source: StrPath,
+    rows: np.ndarray,
+    source_rows: int,
+    progress: Progress | None,
+) -> bool:
+    """Copy ``source``'s header and the data lines ``rows`` verbatim; False if not possible.
+
+    The row structure is recomputed from the bytes (quote-aware); if it does not give
+    exactly ``source_rows`` data rows, or the file is not plain RFC 4180 quoting, nothing is
+    written and the caller falls back to the table path.
+    """
+    raw = _read_bytes(source)
+    lines = _csv_lines(raw, ord(_delimiter(source)))
+    if lines is None:
+        return False
+    offsets, nonempty = lines
+    line_count = len(offsets) - 1
+    if (line_count if nonempty is None else len(nonempty)) != source_rows + 1:
+        return False
+    values = pa.Array.from_buffers(
+        pa.large_binary(), line_count, [None, pa.py_buffer(offsets), pa.py_buffer(raw)]
+    )
+    header = 0 if nonempty is None else int(nonempty[0])
+    with atomic_output(path) as temporary, open(temporary, "wb") as sink:
+        sink.write(values[header].as_py())
+        for start in range(0, len(rows), _WRITE_CHUNK_ROWS):
+            chosen = rows[start : start + _WRITE_CHUNK_ROWS]
+            chosen = chosen + 1 if nonempty is None else np.take(nonempty, chosen + 1)
+            taken = values.take(pa.array(chosen))
+            bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
+            data = taken.buffers()[2]
+            if data is not None:
+                sink.write(memoryview(data)[int(bounds[0]) : int(bounds[-1])])
+            if progress is not None:
+                progress(min(start + _WRITE_CHUNK_ROWS, len(rows)))
+    return True
+
+
+def _read_bytes(source: StrPath) -> np.ndarray:
+    """The file's bytes, with one extra ``\\n`` appended if it does not end with a newline."""
+    _check_readable(source)
+    size = os.path.getsize(source)
+    raw = np.empty(size + 1, dtype=np.uint8)
+    try:
+        with open(source, "rb") as handle:
+            got = handle.readinto(raw[:size].data)
+    except OSError as exc:
+        raise InputDataError(f"{source}: cannot read: {_describe(exc)}") from exc
+    if got != size:
+        raise InputDataError(f"{source}: the file changed while being read")
+    if size and raw[size - 1] in (0x0A, 0x0D):
+        return raw[:size]
+    raw[size] = 0x0A
+    return raw
+
+
+_QUOTE, _NEWLINE, _RETURN = 0x22, 0x0A, 0x0D
+
+
+def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Split ``raw`` into rows the way pyarrow's CSV reader does, or None if unsure.
+
+    A row ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` outside double quotes; empty lines
+    are skipped. Returns ``(offsets, nonempty)``: line ``i`` (terminator included) is
+    ``raw[offsets[i]:offsets[i + 1]]``, and ``nonempty`` lists the non-empty lines (None when
+    all are). Returns None when a quote is not at the edge of a field (pyarrow would read it
+    literally, so quote parity would mislead) or the quotes do not balance.
+    """
+    size = raw.size
+    newline_chunks: list[np.ndarray] = []
+    return_chunks: list[np.ndarray] = []
+    quote_chunks: list[np.ndarray] = []
+    quotes_before = 0
+    flags_buffer = np.empty(_SCAN_BYTES, dtype=bool)
+    for start in range(0, size, _SCAN_BYTES):
+        segment = raw[start : start + _SCAN_BYTES]
+        flags = flags_buffer[: segment.size]
+        np.equal(segment, _QUOTE, out=flags)
+        quotes = int(np.count_nonzero(flags))
+        outside: np.ndarray | None = None
+        if quotes:
+            quote_chunks.append(np.flatnonzero(flags) + start)
+            parity = np.cumsum(flags, dtype=np.int32)
+            parity += quotes_before & 1
+            outside = (parity & 1) == 0
+        for byte, found in ((_NEWLINE, newline_chunks), (_RETURN, return_chunks)):
+            np.equal(segment, byte, out=flags)
+            if outside is not None:
+                flags &= outside
+            found.append(np.flatnonzero(flags) + start)
+        quotes_before += quotes
+    if quotes_before % 2:
+        return None
+    if quote_chunks and not _quotes_at_field_edges(raw, np.concatenate(quote_chunks), delimiter):
+        return None
+    ends = np.concatenate(newline_chunks) + 1
+    returns = np.concatenate(return_chunks)
+    if returns.size:
+        following = np.minimum(returns + 1, size - 1)
+        lone = returns[(raw[following] != _NEWLINE) | (returns + 1 >= size)]
+        ends = np.sort(np.concatenate((ends, lone + 1)))
+    if ends.size == 0 or int(ends[-1]) != size:
+        return None
+    offsets = np.empty(ends.size + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:] = ends
+    content = np.diff(offsets) - 1
+    crlf = np.flatnonzero(content >= 1)
+    crlf = crlf[(raw[ends[crlf] - 1] == _NEWLINE) & (raw[ends[crlf] - 2] == _RETURN)]
+    content[crlf] -= 1
+    empty = content == 0
+    if not empty.any():
+        return offsets, None
+    return offsets, np.flatnonzero(~empty)
+
+
+def _quotes_at_field_edges(raw: np.ndarray, quotes: np.ndarray, delimiter: int) -> bool:
+    """True if every quote opens or closes a field (or is a doubled quote inside one)."""
+    edge = np.array([delimiter, _NEWLINE, _RETURN, _QUOTE], dtype=np.uint8)
+    before = np.where(quotes > 0, raw[np.maximum(quotes - 1, 0)], _NEWLINE)
+    after = np.where(quotes + 1 < raw.size, raw[np.minimum(quotes + 1, raw.size - 1)], _NEWLINE)
+    return bool(np.all(np.isin(before, edge) | np.isin(after, edge)))

@@ -1,0 +1,293 @@
+"""Table I/O: streaming key reads, clear errors naming file and column, atomic writes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accord import tables
+from accord.errors import ConfigurationError, InputDataError, ProtocolError
+
+SAMPLE = pa.table(
+    {
+        "id": ["a1", "b2", "c3", "d4"],
+        "name": ["Smith, J", 'say "hi"', "multi\nline", ""],
+        "age": ["31", "07", "1.50", "x"],
+    }
+)
+
+
+def write_csv_text(path: Path, text: bytes) -> Path:
+    path.write_bytes(text)
+    return path
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("name", ["in.csv", "in.tsv", "in.csv.gz", "in.parquet"])
+def test_read_key_columns_in_every_format(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(SAMPLE, path)
+    else:
+        delimiter = "\t" if ".tsv" in name else ","
+        codec = "gzip" if name.endswith(".gz") else None
+        with pa.output_stream(str(path), compression=codec) as sink:
+            pcsv.write_csv(SAMPLE, sink, pcsv.WriteOptions(delimiter=delimiter))
+    keys = tables.read_key_columns(path, ["id", "age"])
+    assert keys.column_names == ["id", "age"]
+    got = [[v if isinstance(v, str) else v.decode() for v in c.to_pylist()] for c in keys.columns]
+    assert got == [SAMPLE["id"].to_pylist(), SAMPLE["age"].to_pylist()]
+
+
+def test_csv_keys_are_raw_bytes_and_keep_leading_zeros(tmp_path: Path) -> None:
+    path = write_csv_text(tmp_path / "k.csv", b"id,x\n007,1\n\xff\xfe,2\n, 3\n")
+    keys = tables.read_key_columns(path, ["id"])
+    assert keys.schema.field("id").type == pa.binary()
+    assert keys["id"].to_pylist() == [b"007", b"\xff\xfe", b""]
+
+
+def test_streaming_read_spans_many_blocks_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tables, "_CSV_BLOCK_BYTES", 4096)
+    ids = [f"id-{i:06d}" for i in range(5000)]
+    path = tmp_path / "many.csv"
+    pcsv.write_csv(pa.table({"id": ids, "v": list(range(5000))}), path)
+    batches = list(tables.iter_key_batches(path, ["id"]))
+    assert len(batches) > 5
+    assert [v.decode() for b in batches for v in b.column(0).to_pylist()] == ids
+    # A ragged row far into the file is reported while streaming, with no row contents.
+    path.write_bytes(path.read_bytes() + b"secret-id\n")
+    with pytest.raises(InputDataError) as caught:
+        list(tables.iter_key_batches(path, ["id"]))
+    assert "many.csv: malformed CSV after data row" in str(caught.value)
+    assert "secret-id" not in str(caught.value)
+
+
+def test_missing_key_column_lists_available_columns(tmp_path: Path) -> None:
+    csv_path = write_csv_text(tmp_path / "t.csv", b"id,name\n1,a\n")
+    with pytest.raises(InputDataError) as caught:
+        tables.read_key_columns(csv_path, ["patient"])
+    assert str(caught.value) == (
+        f"{csv_path}: key column 'patient' not found; the file has columns 'id', 'name'"
+    )
+    parquet_path = tmp_path / "t.parquet"
+    pq.write_table(SAMPLE, parquet_path)
+    with pytest.raises(
+        InputDataError, match=r"key columns 'x', 'y' not found; .* 'id', 'name', 'age'"
+    ):
+        tables.read_key_columns(parquet_path, ["id", "x", "y"])
+
+
+def test_empty_header_only_and_missing_files(tmp_path: Path) -> None:
+    empty = write_csv_text(tmp_path / "empty.csv", b"")
+    with pytest.raises(InputDataError, match=r"empty\.csv: the file is empty"):
+        tables.read_key_columns(empty, ["id"])
+    header = write_csv_text(tmp_path / "header.csv", b"id,x\n")
+    with pytest.raises(InputDataError, match=r"header\.csv: no data rows"):
+        tables.read_key_columns(header, ["id"])
+    with pytest.raises(InputDataError, match=r"nope\.csv: no such file"):
+        tables.read_key_columns(tmp_path / "nope.csv", ["id"])
+    empty_parquet = tmp_path / "empty.parquet"
+    pq.write_table(SAMPLE.slice(0, 0), empty_parquet)
+    with pytest.raises(InputDataError, match=r"empty\.parquet: no data rows"):
+        tables.read_key_columns(empty_parquet, ["id"])
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    fake = write_csv_text(tmp_path / "fake.parquet", b"id,x\nsecret-id,1\n")
+    with pytest.raises(InputDataError, match=r"fake\.parquet: not a readable Parquet file"):
+        tables.read_key_columns(fake, ["id"])
+    ragged = write_csv_text(tmp_path / "ragged.csv", b"id,x\nok,1\nsecret-id\n")
+    with pytest.raises(InputDataError) as caught:
+        tables.read_key_columns(ragged, ["id"])
+    assert str(caught.value).startswith(f"{ragged}: ")
+    assert "Expected 2 columns, got 1" in str(caught.value)
+    assert "secret-id" not in str(caught.value)
+    with pytest.raises(InputDataError, match=r"data\.json: expected a \.csv"):
+        tables.read_key_columns(tmp_path / "data.json", ["id"])
+    with pytest.raises(ConfigurationError, match="distinct"):
+        tables.read_key_columns(ragged, ["id", "id"])
+
+
+def test_read_table_keeps_csv_text_exactly(tmp_path: Path) -> None:
+    path = write_csv_text(tmp_path / "t.csv", b'id,age\n"a",007\nb,1.50\n')
+    table = tables.read_table(path)
+    assert table.to_pydict() == {"id": ["a", "b"], "age": ["007", "1.50"]}
+
+
+def test_read_table_names_a_non_utf8_column(tmp_path: Path) -> None:
+    path = write_csv_text(tmp_path / "t.csv", b"id,notes\na,\xff\n")
+    with pytest.raises(InputDataError, match=r"t\.csv: cannot read CSV: .*\(column 'notes'\)"):
+        tables.read_table(path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_write_row_map_with_ids(tmp_path: Path, suffix: str) -> None:
+    ids = pa.table({"id": pa.array([b"a1", b"b2", b"c3"])})
+    path = tmp_path / f"map.{suffix}"
+    tables.write_row_map(path, np.array([2, 0]), ids=ids)
+    written = pq.read_table(path) if suffix == "parquet" else pcsv.read_csv(path)
+    assert written.column("position").to_pylist() == [0, 1]
+    assert written.column("row").to_pylist() == [2, 0]
+    assert written.column("id").to_pylist() == ["c3", "a1"]
+    assert leftovers(tmp_path) == []
+
+
+def test_write_row_map_without_ids_and_empty(tmp_path: Path) -> None:
+    path = tmp_path / "map.csv"
+    tables.write_row_map(path, np.array([], dtype=np.int64))
+    assert path.read_text().splitlines() == ['"position","row"']
+
+
+def source_csv(tmp_path: Path) -> Path:
+    # Quoted delimiter, doubled quotes, an embedded newline, CRLF, an empty line, no final EOL.
+    return write_csv_text(
+        tmp_path / "src.csv",
+        b'id,name,age\r\n"a1","Smith, J",31\r\n\r\nb2,"say ""hi""",07\nc3,"multi\nline",1.50\n'
+        b"d4,,x",
+    )
+
+
+def test_aligned_csv_copies_lines_verbatim(tmp_path: Path) -> None:
+    source = source_csv(tmp_path)
+    out = tmp_path / "aligned.csv"
+    seen: list[int] = []
+    tables.write_aligned_table(
+        out, source, np.array([2, 0, 3]), source_rows=4, progress=seen.append
+    )
+    assert out.read_bytes() == (
+        b'id,name,age\r\nc3,"multi\nline",1.50\n"a1","Smith, J",31\r\nd4,,x\n'
+    )
+    assert seen == [3]
+    assert leftovers(tmp_path) == []
+
+
+def test_aligned_table_path_for_other_formats(tmp_path: Path) -> None:
+    source = source_csv(tmp_path)
+    expected = {
+        "id": ["c3", "a1"],
+        "name": ["multi\nline", "Smith, J"],
+        "age": ["1.50", "31"],
+    }
+    parquet_out = tmp_path / "aligned.parquet"
+    tables.write_aligned_table(parquet_out, source, np.array([2, 0]), source_rows=4)
+    assert pq.read_table(parquet_out).to_pydict() == expected
+    # Without source_rows, and to TSV: the table path; the text is the same.
+    tsv_out = tmp_path / "aligned.tsv"
+    tables.write_aligned_table(tsv_out, source, np.array([2, 0]))
+    read_back = pcsv.read_csv(
+        tsv_out,
+        parse_options=pcsv.ParseOptions(delimiter="\t"),
+        convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(expected, pa.string())),
+    )
+    assert read_back.to_pydict() == expected
+    # Parquet source keeps its types; a table source works too.
+    parquet_in = tmp_path / "in.parquet"
+    typed = pa.table({"id": ["x", "y", "z"], "score": [1.5, 2.5, 3.5]})
+    pq.write_table(typed, parquet_in)
+    for source_value in (parquet_in, typed):
+        out = tmp_path / "typed.parquet"
+        tables.write_aligned_table(out, source_value, np.array([1, 2]))
+        assert pq.read_table(out).to_pydict() == {"id": ["y", "z"], "score": [2.5, 3.5]}
+
+
+def test_stray_quotes_fall_back_to_the_table_path(tmp_path: Path) -> None:
+    # pyarrow reads a quote inside an unquoted field literally; the line scan must not guess.
+    source = write_csv_text(tmp_path / "s.csv", b'id,v\na"b,1\n"c\nd",2\ne,3\n')
+    out = tmp_path / "o.csv"
+    tables.write_aligned_table(out, source, np.array([2, 1, 0]), source_rows=3)
+    read_back = pcsv.read_csv(
+        out, convert_options=pcsv.ConvertOptions(column_types={"v": pa.string()})
+    )
+    assert read_back.to_pydict() == {"id": ["e", "c\nd", 'a"b'], "v": ["3", "2", "1"]}
+
+
+csv_field = st.text(alphabet='ab ,"\n\r\t', max_size=5)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(csv_field, csv_field), min_size=1, max_size=15), st.data())
+def test_line_copy_equals_table_gather(
+    tmp_path: Path, rows: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    source = tmp_path / "h.csv"
+    table = pa.table({"k": [r[0] for r in rows], "v": [r[1] for r in rows]})
+    buffer = io.BytesIO()
+    pcsv.write_csv(table, buffer, pcsv.WriteOptions(quoting_style="all_valid"))
+    source.write_bytes(buffer.getvalue())
+    read = tables.read_table(source)
+    order = np.array(data.draw(st.permutations(list(range(read.num_rows)))), dtype=np.int64)
+    out = tmp_path / "h_out.csv"
+    tables.write_aligned_table(out, source, order, source_rows=read.num_rows)
+    assert tables.read_table(out).to_pydict() == read.take(pa.array(order)).to_pydict()
+
+
+def test_bad_row_map_writes_nothing(tmp_path: Path) -> None:
+    source = source_csv(tmp_path)
+    out = tmp_path / "aligned.csv"
+    with pytest.raises(ProtocolError, match=r"row indices in \[0, 4\), got \[0, 4\]"):
+        tables.write_aligned_table(out, source, np.array([0, 4]), source_rows=4)
+    with pytest.raises(ProtocolError, match="1-D integer array"):
+        tables.write_aligned_table(out, source, np.array([0.5]), source_rows=4)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> None:
+    # A binary column that is not UTF-8 cannot go to CSV: the writer fails mid-way.
+    out = tmp_path / "aligned.csv"
+    out.write_text("previous result\n")
+    bad = pa.table({"id": pa.array([b"ok"] * 5 + [b"\xff"], type=pa.binary())})
+    with pytest.raises(InputDataError, match=r"aligned\.csv: cannot write the table"):
+        tables.write_aligned_table(out, bad, np.arange(6))
+    assert out.read_text() == "previous result\n"
+    assert leftovers(tmp_path) == []
+    fresh = tmp_path / "fresh.csv"
+    with pytest.raises(InputDataError):
+        tables.write_aligned_table(fresh, bad, np.arange(6))
+    assert not fresh.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_output_cleans_up_on_any_exception(tmp_path: Path) -> None:
+    target = tmp_path / "x.csv"
+    with pytest.raises(RuntimeError), tables.atomic_output(target) as temporary:
+        temporary.write_text("partial")
+        raise RuntimeError("boom")
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+    with (
+        pytest.raises(ConfigurationError, match="does not exist"),
+        tables.atomic_output(tmp_path / "no" / "x.csv"),
+    ):
+        pass
+
+
+def test_unsupported_output_suffix_and_key_name_clash(tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match=r"out\.xlsx: expected"):
+        tables.write_row_map(tmp_path / "out.xlsx", np.array([0]))
+    with pytest.raises(ConfigurationError, match="named 'row'"):
+        tables.write_row_map(
+            tmp_path / "m.csv", np.array([0]), ids=pa.table({"row": pa.array([b"a"])})
+        )
+    assert leftovers(tmp_path) == []
