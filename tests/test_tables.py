@@ -235,11 +235,55 @@ def test_line_copy_equals_table_gather(
     buffer = io.BytesIO()
     pcsv.write_csv(table, buffer, pcsv.WriteOptions(quoting_style="all_valid"))
     source.write_bytes(buffer.getvalue())
+    assert_line_copy_matches(tmp_path, source, data)
+
+
+def assert_line_copy_matches(tmp_path: Path, source: Path, data: st.DataObject) -> None:
     read = tables.read_table(source)
     order = np.array(data.draw(st.permutations(list(range(read.num_rows)))), dtype=np.int64)
     out = tmp_path / "h_out.csv"
-    tables.write_aligned_table(out, source, order, source_rows=read.num_rows)
+    copied = []
+    # Tiny scan pieces and write chunks: quote parity and CRLF pairs cross piece borders.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tables, "_SCAN_BYTES", 5)
+        patch.setattr(tables, "_WRITE_CHUNK_ROWS", 3)
+        patch.setattr(tables, "_write_arrow", lambda *a, **k: copied.append("table path"))
+        tables.write_aligned_table(out, source, order, source_rows=read.num_rows)
+    assert copied == []  # the verbatim line path was taken
     assert tables.read_table(out).to_pydict() == read.take(pa.array(order)).to_pydict()
+
+
+terminators = st.sampled_from(["\n", "\r\n", "\r"])
+plain_field = st.text(alphabet="ab ", min_size=1, max_size=3)
+quoted_field = st.text(alphabet='ab,\n\r"', max_size=4).map(
+    lambda t: '"' + t.replace('"', '""') + '"'
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(plain_field, quoted_field | plain_field, terminators, st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+    st.data(),
+)
+def test_line_copy_handles_terminators_and_blank_lines(
+    tmp_path: Path, rows: list[tuple[str, str, str, bool]], final_newline: bool, data: st.DataObject
+) -> None:
+    text = "k,v\r\n"
+    for index, (key, value, end, blank_after) in enumerate(rows):
+        last = index == len(rows) - 1
+        text += f"{key},{value}" + (end if final_newline or not last else "")
+        if blank_after and not last:
+            text += end
+    source = tmp_path / "t.csv"
+    source.write_bytes(text.encode())
+    assert_line_copy_matches(tmp_path, source, data)
 
 
 def test_bad_row_map_writes_nothing(tmp_path: Path) -> None:

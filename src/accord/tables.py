@@ -34,6 +34,7 @@ quote row contents.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 import secrets
@@ -470,53 +471,67 @@ def _write_csv_lines(
 ) -> bool:
     """Copy ``source``'s header and the data lines ``rows`` verbatim; False if not possible.
 
-    The row structure is recomputed from the bytes (quote-aware); if it does not give
-    exactly ``source_rows`` data rows, or the file is not plain RFC 4180 quoting, nothing is
-    written and the caller falls back to the table path.
+    The file is memory-mapped (its pages come from the page cache, no copy). The row
+    structure is recomputed from the bytes (quote-aware); if it does not give exactly
+    ``source_rows`` data rows, or the quoting is not plain RFC 4180, nothing is written and
+    the caller falls back to the table path.
     """
-    raw = _read_bytes(source)
-    lines = _csv_lines(raw, ord(_delimiter(source)))
+    _check_readable(source)
+    try:
+        with open(source, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{source}: cannot read: {exc}") from exc
+    try:
+        return _copy_lines(path, mapped, ord(_delimiter(source)), rows, source_rows, progress)
+    finally:
+        with contextlib.suppress(BufferError):
+            mapped.close()
+
+
+def _copy_lines(
+    path: StrPath,
+    mapped: mmap.mmap,
+    delimiter: int,
+    rows: np.ndarray,
+    source_rows: int,
+    progress: Progress | None,
+) -> bool:
+    raw = np.frombuffer(mapped, dtype=np.uint8)
+    lines = _csv_lines(raw, delimiter)
     if lines is None:
         return False
     offsets, nonempty = lines
     line_count = len(offsets) - 1
     if (line_count if nonempty is None else len(nonempty)) != source_rows + 1:
         return False
+    # The last line may lack a terminator: it gets a "\n" when written.
+    unterminated = line_count - 1 if raw[-1] not in (_NEWLINE, _RETURN) else -1
     values = pa.Array.from_buffers(
         pa.large_binary(), line_count, [None, pa.py_buffer(offsets), pa.py_buffer(raw)]
     )
     header = 0 if nonempty is None else int(nonempty[0])
     with atomic_output(path) as temporary, open(temporary, "wb") as sink:
         sink.write(values[header].as_py())
+        if header == unterminated:  # pragma: no cover - a header-only file has no rows
+            sink.write(b"\n")
         for start in range(0, len(rows), _WRITE_CHUNK_ROWS):
-            chosen = rows[start : start + _WRITE_CHUNK_ROWS]
-            chosen = chosen + 1 if nonempty is None else np.take(nonempty, chosen + 1)
+            chosen = rows[start : start + _WRITE_CHUNK_ROWS] + 1
+            if nonempty is not None:
+                chosen = np.take(nonempty, chosen)
             taken = values.take(pa.array(chosen))
             bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
-            data = taken.buffers()[2]
-            if data is not None:
-                sink.write(memoryview(data)[int(bounds[0]) : int(bounds[-1])])
+            data = memoryview(taken.buffers()[2])
+            cut = int(bounds[0])
+            for at in np.flatnonzero(chosen == unterminated).tolist():
+                sink.write(data[cut : int(bounds[at + 1])])
+                sink.write(b"\n")
+                cut = int(bounds[at + 1])
+            sink.write(data[cut : int(bounds[-1])])
+            del taken, data
             if progress is not None:
                 progress(min(start + _WRITE_CHUNK_ROWS, len(rows)))
     return True
-
-
-def _read_bytes(source: StrPath) -> np.ndarray:
-    """The file's bytes, with one extra ``\\n`` appended if it does not end with a newline."""
-    _check_readable(source)
-    size = os.path.getsize(source)
-    raw = np.empty(size + 1, dtype=np.uint8)
-    try:
-        with open(source, "rb") as handle:
-            got = handle.readinto(raw[:size].data)
-    except OSError as exc:
-        raise InputDataError(f"{source}: cannot read: {_describe(exc)}") from exc
-    if got != size:
-        raise InputDataError(f"{source}: the file changed while being read")
-    if size and raw[size - 1] in (0x0A, 0x0D):
-        return raw[:size]
-    raw[size] = 0x0A
-    return raw
 
 
 _QUOTE, _NEWLINE, _RETURN = 0x22, 0x0A, 0x0D
@@ -529,59 +544,76 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     are skipped. Returns ``(offsets, nonempty)``: line ``i`` (terminator included) is
     ``raw[offsets[i]:offsets[i + 1]]``, and ``nonempty`` lists the non-empty lines (None when
     all are). Returns None when a quote is not at the edge of a field (pyarrow would read it
-    literally, so quote parity would mislead) or the quotes do not balance.
+    literally, so quote parity would mislead) or the quotes do not balance. Works in
+    4 MiB pieces, so its temporaries stay small; the result is one int64 per line.
     """
     size = raw.size
-    newline_chunks: list[np.ndarray] = []
-    return_chunks: list[np.ndarray] = []
-    quote_chunks: list[np.ndarray] = []
+    pieces: list[np.ndarray] = []
     quotes_before = 0
     flags_buffer = np.empty(_SCAN_BYTES, dtype=bool)
     for start in range(0, size, _SCAN_BYTES):
         segment = raw[start : start + _SCAN_BYTES]
         flags = flags_buffer[: segment.size]
         np.equal(segment, _QUOTE, out=flags)
-        quotes = int(np.count_nonzero(flags))
-        outside: np.ndarray | None = None
-        if quotes:
-            quote_chunks.append(np.flatnonzero(flags) + start)
-            parity = np.cumsum(flags, dtype=np.int32)
-            parity += quotes_before & 1
-            outside = (parity & 1) == 0
-        for byte, found in ((_NEWLINE, newline_chunks), (_RETURN, return_chunks)):
-            np.equal(segment, byte, out=flags)
-            if outside is not None:
-                flags &= outside
-            found.append(np.flatnonzero(flags) + start)
-        quotes_before += quotes
+        quotes = np.flatnonzero(flags)
+        np.equal(segment, _NEWLINE, out=flags)
+        newlines = np.flatnonzero(flags)
+        np.equal(segment, _RETURN, out=flags)
+        returns = np.flatnonzero(flags)
+        if quotes.size and not _quotes_at_field_edges(raw, quotes + start, delimiter):
+            return None
+        if quotes.size or quotes_before & 1:
+            # A terminator is inside quotes when an odd number of quotes precede it.
+            parity = quotes_before & 1
+            newlines = newlines[((np.searchsorted(quotes, newlines) + parity) & 1) == 0]
+            returns = returns[((np.searchsorted(quotes, returns) + parity) & 1) == 0]
+            quotes_before += quotes.size
+        ends = newlines + (start + 1)
+        if returns.size:
+            following = returns + (start + 1)
+            lone = following >= size
+            lone[~lone] = raw[following[~lone]] != _NEWLINE
+            ends = np.sort(np.concatenate((ends, following[lone])))
+        pieces.append(ends)
     if quotes_before % 2:
         return None
-    if quote_chunks and not _quotes_at_field_edges(raw, np.concatenate(quote_chunks), delimiter):
-        return None
-    ends = np.concatenate(newline_chunks) + 1
-    returns = np.concatenate(return_chunks)
-    if returns.size:
-        following = np.minimum(returns + 1, size - 1)
-        lone = returns[(raw[following] != _NEWLINE) | (returns + 1 >= size)]
-        ends = np.sort(np.concatenate((ends, lone + 1)))
-    if ends.size == 0 or int(ends[-1]) != size:
-        return None
-    offsets = np.empty(ends.size + 1, dtype=np.int64)
+    count = sum(len(piece) for piece in pieces)
+    unterminated = size > 0 and raw[-1] not in (_NEWLINE, _RETURN)
+    offsets = np.empty(count + 1 + int(unterminated), dtype=np.int64)
     offsets[0] = 0
-    offsets[1:] = ends
-    content = np.diff(offsets) - 1
-    crlf = np.flatnonzero(content >= 1)
-    crlf = crlf[(raw[ends[crlf] - 1] == _NEWLINE) & (raw[ends[crlf] - 2] == _RETURN)]
-    content[crlf] -= 1
-    empty = content == 0
-    if not empty.any():
+    position = 1
+    for piece in pieces:
+        offsets[position : position + len(piece)] = piece
+        position += len(piece)
+    del pieces
+    if unterminated:
+        offsets[-1] = size
+    empty_chunks = []
+    line_count = len(offsets) - 1
+    for first in range(0, line_count, _WRITE_CHUNK_ROWS):
+        last = min(first + _WRITE_CHUNK_ROWS, line_count)
+        lo = offsets[first:last]
+        hi = offsets[first + 1 : last + 1]
+        lengths = hi - lo
+        # An empty line is just its terminator: "\\n", "\\r" or "\\r\\n".
+        empty = lengths == 2
+        empty[empty] = (raw[lo[empty]] == _RETURN) & (raw[lo[empty] + 1] == _NEWLINE)
+        single = lengths == 1
+        single[single] = (raw[lo[single]] == _NEWLINE) | (raw[lo[single]] == _RETURN)
+        empty |= single
+        if empty.any():
+            empty_chunks.append(np.flatnonzero(empty) + first)
+    if not empty_chunks:
         return offsets, None
-    return offsets, np.flatnonzero(~empty)
+    keep = np.ones(line_count, dtype=bool)
+    keep[np.concatenate(empty_chunks)] = False
+    return offsets, np.flatnonzero(keep)
 
 
 def _quotes_at_field_edges(raw: np.ndarray, quotes: np.ndarray, delimiter: int) -> bool:
     """True if every quote opens or closes a field (or is a doubled quote inside one)."""
-    edge = np.array([delimiter, _NEWLINE, _RETURN, _QUOTE], dtype=np.uint8)
-    before = np.where(quotes > 0, raw[np.maximum(quotes - 1, 0)], _NEWLINE)
-    after = np.where(quotes + 1 < raw.size, raw[np.minimum(quotes + 1, raw.size - 1)], _NEWLINE)
-    return bool(np.all(np.isin(before, edge) | np.isin(after, edge)))
+    edge = np.zeros(256, dtype=bool)
+    edge[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
+    before = edge[raw[np.maximum(quotes - 1, 0)]]
+    before |= edge[raw[np.minimum(quotes + 1, raw.size - 1)]]
+    return bool(before.all())

@@ -58,9 +58,10 @@ def sort_order(digests: np.ndarray) -> np.ndarray:
     packed |= np.arange(n, dtype=np.uint64)
     packed.sort()
     order = (packed & index_mask).view(np.int64)
-    prefix = packed >> np.uint64(bits)
-    del packed
+    prefix = packed
+    prefix >>= np.uint64(bits)
     tie = prefix[1:] == prefix[:-1]
+    del prefix, packed
     if tie.any():
         involved = np.zeros(n, dtype=bool)
         involved[:-1] |= tie

@@ -159,9 +159,10 @@ def digest_ids(
         raise ConfigurationError(
             f"duplicates: expected one of {accepted}; got {duplicates!r}"
         ) from exc
-    digests = keyed_digests(prepared.keys, key)
-    order = sort_order(digests)
-    digests = np.take(digests, order, axis=0)
+    unsorted = keyed_digests(prepared.keys, key)
+    order = sort_order(unsorted)
+    digests = np.take(unsorted, order, axis=0)
+    del unsorted
     rows = np.take(np.asarray(prepared.row_index), order)
     del order
     report, keep = _apply_duplicate_policy(digests, rows, policy)

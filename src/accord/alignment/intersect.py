@@ -19,6 +19,7 @@ from accord.errors import ProtocolError
 __all__ = ["intersect"]
 
 _BUCKET_ROWS = 4096
+_CUT_CHUNK_ROWS = 1 << 20
 
 
 def intersect(own_digests: np.ndarray, peer_digests: Sequence[np.ndarray]) -> np.ndarray:
@@ -37,19 +38,15 @@ def intersect(own_digests: np.ndarray, peer_digests: Sequence[np.ndarray]) -> np
     if not is_canonical(own):
         order = sort_order(own)
         own = np.take(own, order, axis=0)
-    own_high = np.ascontiguousarray(own[:, 0])
-    own_low = np.ascontiguousarray(own[:, 1])
     # Positions (into the sorted own digests) still present in every peer seen so far;
     # smaller peers first, so the candidates shrink fastest. None means "all".
     candidates: np.ndarray | None = None
     for given in sorted(peers, key=len):
         peer = given if is_canonical(given) else np.take(given, sort_order(given), axis=0)
         if candidates is None:
-            found = _members(own_high, own_low, peer)
-            candidates = np.flatnonzero(found)
+            candidates = np.flatnonzero(_members(own, peer))
         else:
-            found = _members(np.take(own_high, candidates), np.take(own_low, candidates), peer)
-            candidates = candidates[found]
+            candidates = candidates[_members(np.take(own, candidates, axis=0), peer)]
         if candidates.size == 0:
             break
     assert candidates is not None
@@ -59,26 +56,56 @@ def intersect(own_digests: np.ndarray, peer_digests: Sequence[np.ndarray]) -> np
     return np.sort(np.take(order, candidates))
 
 
-def _members(query_high: np.ndarray, query_low: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Whether each query (sorted by (high, low)) occurs in ``table`` (sorted the same way).
+def _members(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Whether each row of ``queries`` occurs in ``table``; both sorted by (word 0, word 1).
 
-    ``table`` may hold runs of equal word 0 (even equal rows, when it came unsorted); each
-    extra position of a run is checked in one more vectorised pass over the few queries
-    whose first try missed.
+    Both are cut by the top bits of word 0 into buckets of 2048-4096 table rows, so each
+    bucket's search and compares run on small contiguous copies that stay in cache, and no
+    whole-array temporary is made.
     """
+    found = np.zeros(len(queries), dtype=bool)
+    if len(table) == 0 or len(queries) == 0:
+        return found
+    bits = max(0, (len(table) // _BUCKET_ROWS).bit_length() - 1)
+    buckets = 1 << bits
+    table_cuts = _bucket_cuts(table[:, 0], bits)
+    query_cuts = _bucket_cuts(queries[:, 0], bits)
+    for bucket in range(buckets):
+        q0, q1 = query_cuts[bucket], query_cuts[bucket + 1]
+        t0, t1 = table_cuts[bucket], table_cuts[bucket + 1]
+        if q0 == q1 or t0 == t1:
+            continue
+        found[q0:q1] = _members_small(queries[q0:q1], table[t0:t1])
+    return found
+
+
+def _bucket_cuts(words: np.ndarray, bits: int) -> list[int]:
+    """Start of each of the ``2**bits`` buckets (by the top bits) in sorted ``words``."""
+    if bits == 0:
+        return [0, len(words)]
+    counts = np.zeros(1 << bits, dtype=np.int64)
+    shift = np.uint64(64 - bits)
+    for start in range(0, len(words), _CUT_CHUNK_ROWS):
+        top = (words[start : start + _CUT_CHUNK_ROWS] >> shift).astype(np.intp)
+        counts += np.bincount(top, minlength=1 << bits)
+    return [0, *np.cumsum(counts).tolist()]
+
+
+def _members_small(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """:func:`_members` for one bucket (small arrays)."""
     size = len(table)
-    if size == 0 or len(query_high) == 0:
-        return np.zeros(len(query_high), dtype=bool)
     high = np.ascontiguousarray(table[:, 0])
     low = np.ascontiguousarray(table[:, 1])
-    start = _sorted_searchsorted(high, query_high)
+    query_high = np.ascontiguousarray(queries[:, 0])
+    query_low = np.ascontiguousarray(queries[:, 1])
+    start = np.searchsorted(high, query_high)
     at = np.minimum(start, size - 1)
-    high_match = np.take(high, at) == query_high
-    high_match &= start < size
-    found: np.ndarray = high_match & (np.take(low, at) == query_low)
-    if not bool(np.any(high[1:] == high[:-1])):
+    high_match = (high[at] == query_high) & (start < size)
+    found: np.ndarray = high_match & (low[at] == query_low)
+    if size < 2 or not bool(np.any(high[1:] == high[:-1])):
         return found
-    # Rare: ties in word 0 within the table. Walk each missed query's run.
+    # Rare: ties in word 0 within the table (even equal rows when it came unsorted).
+    # Walk the run of each query whose first try missed, one position per pass.
     pending = np.flatnonzero(high_match & ~found)
     step = 1
     while pending.size:
@@ -92,23 +119,3 @@ def _members(query_high: np.ndarray, query_low: np.ndarray, table: np.ndarray) -
         pending = pending[~hit]
         step += 1
     return found
-
-
-def _sorted_searchsorted(table: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(table, queries)`` for sorted uint64 arrays, bucketed to stay in cache."""
-    buckets = len(table) // _BUCKET_ROWS
-    if buckets < 2:
-        return np.searchsorted(table, queries).astype(np.int64, copy=False)
-    width = np.uint64((1 << 64) // buckets)
-    bounds = np.arange(1, buckets, dtype=np.uint64) * width
-    table_cuts = np.concatenate(([0], np.searchsorted(table, bounds), [len(table)])).tolist()
-    query_cuts = np.concatenate(([0], np.searchsorted(queries, bounds), [len(queries)])).tolist()
-    out = np.empty(len(queries), dtype=np.int64)
-    for bucket in range(buckets):
-        q0, q1 = query_cuts[bucket], query_cuts[bucket + 1]
-        if q0 == q1:
-            continue
-        t0, t1 = table_cuts[bucket], table_cuts[bucket + 1]
-        out[q0:q1] = np.searchsorted(table[t0:t1], queries[q0:q1])
-        out[q0:q1] += t0
-    return out

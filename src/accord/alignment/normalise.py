@@ -277,10 +277,38 @@ def _normalise_column(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarra
         text = pc.if_else(pa.array(bad), blank, column).cast(string_type)
     if not _is_ascii(column):
         text = pc.utf8_normalize(text, form="NFC")
-    text = pc.utf8_trim_whitespace(text)
-    lengths = pc.binary_length(text)
-    empty = np.asarray(pc.fill_null(pc.equal(lengths, 0), True), dtype=bool)
+    if _may_need_trim(text):
+        text = pc.utf8_trim_whitespace(text)
+    empty = np.diff(value_offsets(text)) == 0
+    if text.null_count:
+        empty |= np.asarray(text.is_null(), dtype=bool)
     return text, empty, bad
+
+
+# First or last bytes that may belong to whitespace: the ASCII whitespace of str.strip()
+# (\t \n \v \f \r space and U+001C..U+001F) and any non-ASCII byte (U+0085, U+00A0,
+# U+3000, ...). When no value starts or ends with one, trimming is the identity: skip it.
+_MAYBE_WHITESPACE = np.zeros(256, dtype=bool)
+_MAYBE_WHITESPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
+_MAYBE_WHITESPACE[0x80:] = True
+
+
+def _may_need_trim(text: pa.Array) -> bool:
+    """False when no value begins or ends with a byte that could be whitespace."""
+    buffer = text.buffers()[2]
+    if buffer is None or len(text) == 0:
+        return False
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    offsets = value_offsets(text)
+    starts = offsets[:-1]
+    ends = offsets[1:]
+    nonempty = ends > starts
+    if not nonempty.all():
+        starts = starts[nonempty]
+        ends = ends[nonempty]
+    if starts.size == 0:
+        return False
+    return bool(_MAYBE_WHITESPACE[data[starts]].any() or _MAYBE_WHITESPACE[data[ends - 1]].any())
 
 
 def _is_ascii(column: pa.Array) -> bool:
@@ -300,7 +328,8 @@ def _value_bytes(column: pa.Array) -> np.ndarray:
 
 def value_offsets(column: pa.Array) -> np.ndarray:
     """The ``len + 1`` value offsets of a binary-like chunk, as a read-only numpy view."""
-    dtype = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    large = pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
+    dtype = np.int64 if large else np.int32
     buffer = column.buffers()[1]
     if buffer is None:
         return np.zeros(len(column) + 1, dtype=dtype)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from accord.alignment._sorting import check_digests
-from accord.alignment.digests import DigestSet, digests_to_bytes
+from accord.alignment.digests import DIGEST_DTYPE, DigestSet
 from accord.alignment.intersect import intersect
 from accord.alignment.order import shared_order
 
@@ -52,7 +52,9 @@ def align(own: DigestSet, peer_digests: Sequence[np.ndarray], seed: bytes) -> Al
     row_map = np.take(np.asarray(own.row_index), positions).astype(np.int64, copy=False)
     row_map.flags.writeable = False
     fingerprint = hashlib.sha256(_FINGERPRINT_LABEL)
-    fingerprint.update(digests_to_bytes(np.take(common, order, axis=0)))
+    fingerprint.update(
+        np.ascontiguousarray(np.take(common, order, axis=0), dtype=DIGEST_DTYPE).data
+    )
     return AlignmentResult(
         own_size=len(own.digests),
         peer_sizes=tuple(len(p) for p in peers),
