@@ -21,6 +21,10 @@ __all__ = ["main"]
 # name -> one-line help; the module accord.commands.<name> defines add_parser(subparsers).
 COMMANDS: dict[str, str] = {
     "simulate": "run federated training in one process (Actor-Critic against baselines)",
+    "server": "run the federation server (gRPC) with checkpoints and --resume",
+    "node": "run a long-lived federation node on its own data",
+    "federate": "run a server and N node processes on this machine in one command",
+    "certs": "make a local CA, server and node certificates and node tokens",
 }
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,69 @@
+"""``accord certs DIR``: a local CA, a server certificate and node credentials."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "certs",
+        help=help_text,
+        description="Write a certificate authority, a TLS certificate for the server and, for "
+        "every node, a folder with the CA, a client certificate and a token. Copy "
+        "DIR/<node-id>/ to that node's machine; the server uses DIR itself. Keep DIR/ca.key "
+        "offline: it only serves to issue more certificates.",
+    )
+    parser.add_argument("directory", metavar="DIR", help="folder to write into")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--nodes", type=int, default=None, help="node count: ids node-00, node-01, ... (default 10)"
+    )
+    group.add_argument(
+        "--node-ids", default=None, help="comma-separated node ids instead of --nodes"
+    )
+    parser.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a DNS name or IP address the server is reached at, besides localhost, "
+        "127.0.0.1 and ::1 (repeatable)",
+    )
+    parser.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    parser.add_argument("--force", action="store_true", help="replace existing files")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import sys
+    from pathlib import Path
+
+    from accord.errors import ConfigurationError
+    from accord.federation.auth import make_credentials
+
+    if args.node_ids is not None:
+        node_ids = [n.strip() for n in args.node_ids.split(",") if n.strip()]
+    else:
+        count = 10 if args.nodes is None else args.nodes
+        if count < 1:
+            raise ConfigurationError(f"nodes: expected at least 1, got {count}")
+        node_ids = [f"node-{index:02d}" for index in range(count)]
+    paths = make_credentials(
+        Path(args.directory),
+        node_ids,
+        hosts=args.host,
+        now=dt.datetime.now(dt.UTC),
+        days=args.days,
+        overwrite=args.force,
+    )
+    sys.stdout.write(
+        f"wrote credentials for the server and {len(node_ids)} nodes to {args.directory}\n"
+        f"  server: accord server --credentials {args.directory} ...\n"
+        f"  node:   accord node --credentials {paths[node_ids[0]]} --node-id {node_ids[0]} ...\n"
+    )
+    return 0

@@ -1,0 +1,163 @@
+"""``accord node``: a long-lived federation node that trains on its own data."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    from accord.commands.server import add_scenario_arguments
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "node",
+        help=help_text,
+        description="Join a federation: load the data once, keep the model in memory, answer "
+        "the server's rounds, reconnect with backoff when the server restarts. Data is one "
+        "partition of an embedded scenario (--scenario-node K with the same scenario "
+        "options as the server) or a CSV/Parquet file with a label column (--data).",
+    )
+    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="server address")
+    parser.add_argument("--node-id", default=None, help="this node's id [node-KK for a scenario]")
+    data = parser.add_argument_group("data")
+    source = data.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--scenario-node", type=int, default=None, metavar="K", help="hold scenario partition K"
+    )
+    source.add_argument("--data", default=None, help="CSV or Parquet file of samples")
+    data.add_argument("--label-column", default="label", help="label column of --data [label]")
+    data.add_argument(
+        "--node-validation-fraction",
+        type=float,
+        default=0.0,
+        help="share of this node's samples kept for federated evaluation [0]",
+    )
+    add_scenario_arguments(parser)
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--credentials",
+        default=None,
+        metavar="DIR",
+        help="this node's folder from `accord certs` (ca.pem, node.pem, node.key, token)",
+    )
+    security.add_argument("--tls-ca", default=None, help="CA of the server certificate (PEM)")
+    security.add_argument("--tls-cert", default=None, help="client certificate (PEM)")
+    security.add_argument("--tls-key", default=None, help="client private key (PEM)")
+    security.add_argument("--token-file", default=None, help="file holding this node's token")
+    security.add_argument(
+        "--server-name", default=None, help="name to check the server certificate against"
+    )
+    security.add_argument(
+        "--insecure", action="store_true", help="plaintext (local experiments only)"
+    )
+    connection = parser.add_argument_group("connection")
+    connection.add_argument(
+        "--give-up-after",
+        type=float,
+        default=None,
+        help="exit after this many seconds without a session [never]",
+    )
+    connection.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="after a run ends, wait for the next one instead of exiting",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from accord.federation.launcher import prepare_process
+
+    prepare_process()
+    import logging
+    import os
+    import zlib
+    from pathlib import Path
+
+    import numpy as np
+
+    from accord.commands.server import scenario_from_args
+    from accord.errors import ConfigurationError
+    from accord.federation.auth import load_node_credentials
+    from accord.federation.client import NodeClient, NodeSettings, parse_failpoints
+    from accord.federation.node_data import split_validation
+    from accord.federation.worker import NodeFault, NodeWorker
+
+    logger = logging.getLogger("accord.commands.node")
+    if args.scenario_node is not None:
+        from accord.scenario import build_scenario, node_id
+        from accord.simulation.driver import node_seed
+
+        scenario_settings = scenario_from_args(args)
+        if not 0 <= args.scenario_node < scenario_settings.nodes:
+            raise ConfigurationError(
+                f"scenario_node: expected 0..{scenario_settings.nodes - 1}, got "
+                f"{args.scenario_node}"
+            )
+        node = build_scenario(scenario_settings).nodes[args.scenario_node]
+        node_name = args.node_id or node_id(args.scenario_node)
+        seed = node_seed(scenario_settings.seed, node.index)
+        features, labels = node.features, node.labels
+        fault = (
+            NodeFault(scenario_settings.fault, scenario_settings.seed, node.index)
+            if node.faulty
+            else None
+        )
+    else:
+        from accord.federation.node_data import load_table
+
+        if args.node_id is None:
+            raise ConfigurationError("--node-id: required with --data")
+        table = load_table(Path(args.data), args.label_column)
+        node_name = args.node_id
+        seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
+        features, labels, fault = table.features, table.labels, None
+    features, labels, validation = split_validation(
+        features, labels, args.node_validation_fraction, seed
+    )
+    worker = NodeWorker(node_name, features, labels, seed=seed, validation=validation, fault=fault)
+    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
+    if args.insecure:
+        if any(value is not None for value in given[:4]):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        logger.warning("--insecure: talking to the server in plaintext")
+        credentials = (
+            None
+            if args.token_file is None
+            else load_node_credentials(None, token_file=Path(args.token_file))
+        )
+    else:
+        if all(value is None for value in given):
+            raise ConfigurationError(
+                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
+                "a token or client certificate, or --insecure for a local experiment"
+            )
+        credentials = load_node_credentials(
+            None if args.credentials is None else Path(args.credentials),
+            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
+            certificate=None if args.tls_cert is None else Path(args.tls_cert),
+            private_key=None if args.tls_key is None else Path(args.tls_key),
+            token_file=None if args.token_file is None else Path(args.token_file),
+        )
+    settings = NodeSettings(
+        server=args.server,
+        insecure=args.insecure,
+        server_name=args.server_name,
+        give_up_after=args.give_up_after,
+        keep_alive=args.keep_alive,
+        failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
+    )
+    logger.info(
+        "node %s: %d samples, %d features; server %s",
+        node_name,
+        len(labels),
+        features.shape[1],
+        args.server,
+    )
+    client = NodeClient(worker, settings, credentials, rng=np.random.default_rng([seed, 5]))
+    reason = client.run()
+    logger.info("node %s done: %s", node_name, reason)
+    return 0

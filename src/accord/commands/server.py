@@ -1,0 +1,381 @@
+"""``accord server``: the federation server (gRPC), with checkpoints and ``--resume``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accord.federation.settings import ServerSettings
+
+__all__ = [
+    "add_parser",
+    "add_run_arguments",
+    "add_scenario_arguments",
+    "run",
+    "run_settings_from_args",
+    "scenario_from_args",
+]
+
+# Options that decide a run's results; they come from the run folder on --resume.
+_RUN_OPTIONS = (
+    "dataset",
+    "nodes",
+    "partition",
+    "alpha",
+    "fault",
+    "faulty",
+    "fault_scale",
+    "seed",
+    "validation_fraction",
+    "test_fraction",
+    "model",
+    "hidden",
+    "local_learning_rate",
+    "local_epochs",
+    "batch_size",
+    "momentum",
+    "server_learning_rate",
+    "rounds",
+    "target_accuracy",
+    "patience",
+    "time_budget",
+    "policy",
+)
+
+
+def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data side of a run, as ``accord simulate`` takes it (defaults in brackets)."""
+    group = parser.add_argument_group("scenario (as accord simulate)")
+    group.add_argument("--dataset", default=None, help="embedded dataset [digits]")
+    group.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    group.add_argument("--partition", default=None, help="dirichlet, iid or shards [dirichlet]")
+    group.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha [0.5]")
+    group.add_argument(
+        "--fault",
+        default=None,
+        help="faulty-node recipe: label-flip, noise, sign-flip, scale, free-rider [label-flip]",
+    )
+    group.add_argument("--faulty", type=int, default=None, help="faulty node count [3]")
+    group.add_argument(
+        "--fault-scale", type=float, default=None, help="scale of sign-flip/scale faults [4]"
+    )
+    group.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    group.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of the data held out as the server's validation set [0.1]",
+    )
+    group.add_argument(
+        "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Scenario, model, local training, rounds, stop conditions and policy."""
+    add_scenario_arguments(parser)
+    group = parser.add_argument_group("model, training and stop conditions")
+    group.add_argument("--model", default=None, help="mlp or logistic [mlp]")
+    group.add_argument(
+        "--hidden", default=None, help="hidden layer widths of the MLP, comma-separated [32]"
+    )
+    group.add_argument(
+        "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
+    )
+    group.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
+    group.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
+    group.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
+    group.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+    group.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
+    group.add_argument(
+        "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
+    )
+    group.add_argument(
+        "--patience", type=int, default=None, help="stop after this many rounds without gain"
+    )
+    group.add_argument(
+        "--time-budget", type=float, default=None, help="stop after this many seconds"
+    )
+    group.add_argument("--policy", default=None, help="weighting policy [actor-critic]")
+
+
+def scenario_from_args(args: argparse.Namespace) -> Any:
+    """A :class:`ScenarioSettings` from the scenario options (unset ones keep defaults)."""
+    import dataclasses
+
+    from accord.data.faults import FaultSpec
+    from accord.scenario import ScenarioSettings
+
+    base = ScenarioSettings()
+    partition = base.partition
+    if args.partition is not None or args.alpha is not None:
+        partition = dataclasses.replace(
+            partition,
+            **{k: v for k, v in (("kind", args.partition), ("alpha", args.alpha)) if v is not None},
+        )
+    fault = base.fault
+    if args.fault is not None or args.faulty is not None or args.fault_scale is not None:
+        fault = FaultSpec(
+            kind=fault.kind if args.fault is None else args.fault,
+            count=fault.count if args.faulty is None else args.faulty,
+            scale=fault.scale if args.fault_scale is None else args.fault_scale,
+        )
+    changes = {
+        key: value
+        for key, value in (
+            ("dataset", args.dataset),
+            ("nodes", args.nodes),
+            ("seed", args.seed),
+            ("validation_fraction", args.validation_fraction),
+            ("test_fraction", args.test_fraction),
+        )
+        if value is not None
+    }
+    return dataclasses.replace(base, partition=partition, fault=fault, **changes)
+
+
+def run_settings_from_args(args: argparse.Namespace) -> tuple[Any, str]:
+    """(:class:`SimulationSettings`, policy name) from :func:`add_run_arguments` options."""
+    import dataclasses
+
+    from accord.errors import ConfigurationError
+    from accord.simulation.driver import SimulationSettings
+
+    base = SimulationSettings()
+    model = base.model
+    if args.model is not None or args.hidden is not None:
+        hidden = model.hidden
+        if args.hidden is not None:
+            try:
+                hidden = tuple(int(w) for w in args.hidden.split(",") if w.strip())
+            except ValueError as error:
+                raise ConfigurationError(
+                    f"hidden: expected comma-separated integers, got {args.hidden!r}"
+                ) from error
+        model = dataclasses.replace(
+            model, kind=model.kind if args.model is None else args.model, hidden=hidden
+        )
+    local = dataclasses.replace(
+        base.local,
+        **{
+            k: v
+            for k, v in (
+                ("learning_rate", args.local_learning_rate),
+                ("epochs", args.local_epochs),
+                ("batch_size", args.batch_size),
+                ("momentum", args.momentum),
+            )
+            if v is not None
+        },
+    )
+    rounds = base.rounds
+    if args.server_learning_rate is not None:
+        rounds = dataclasses.replace(rounds, server_learning_rate=args.server_learning_rate)
+    stop = dataclasses.replace(
+        base.stop,
+        **{
+            k: v
+            for k, v in (
+                ("max_rounds", args.rounds),
+                ("target_accuracy", args.target_accuracy),
+                ("patience", args.patience),
+                ("time_budget_seconds", args.time_budget),
+            )
+            if v is not None
+        },
+    )
+    settings = dataclasses.replace(
+        base, scenario=scenario_from_args(args), model=model, local=local, rounds=rounds, stop=stop
+    )
+    return settings, args.policy or "actor-critic"
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "server",
+        help=help_text,
+        description="Run the federation server: wait for a quorum of nodes, run rounds with "
+        "a per-round deadline, checkpoint after every round into the run folder. "
+        "Nodes connect with `accord node`.",
+    )
+    add_run_arguments(parser)
+    folder = parser.add_argument_group("run folder")
+    where = folder.add_mutually_exclusive_group()
+    where.add_argument("--out", default=None, help="run folder to create [runs/federation-<id>]")
+    where.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR"
+    )
+    add_federation_arguments(parser)
+    add_server_security_arguments(parser)
+    data = parser.add_argument_group("server data (instead of the scenario's held-out sets)")
+    data.add_argument("--validation-data", default=None, help="CSV/Parquet validation file")
+    data.add_argument("--test-data", default=None, help="CSV/Parquet test file")
+    data.add_argument("--label-column", default=None, help="label column of those [label]")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("federation")
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    group.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one [50051]")
+    group.add_argument(
+        "--expected-nodes", type=int, default=None, help="roster size to wait for [--nodes]"
+    )
+    group.add_argument(
+        "--quorum", type=int, default=None, help="nodes needed to start a round [all expected]"
+    )
+    group.add_argument(
+        "--registration-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for all expected nodes before starting with a quorum [60]",
+    )
+    group.add_argument(
+        "--quorum-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for a quorum before a round, then stop [300]",
+    )
+    group.add_argument(
+        "--round-deadline",
+        type=float,
+        default=None,
+        help="seconds nodes have to answer in a round [60]",
+    )
+    group.add_argument(
+        "--evaluation",
+        default=None,
+        choices=("server", "federated"),
+        help="reward accuracy from the server's validation set or the nodes' [server]",
+    )
+
+
+def add_server_security_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--credentials", default=None, metavar="DIR", help="folder written by `accord certs`"
+    )
+    group.add_argument(
+        "--client-auth",
+        default="both",
+        choices=("both", "mtls", "token"),
+        help="how nodes prove who they are: client certificate, token, or both [both]",
+    )
+    group.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
+    group.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    group.add_argument("--tls-ca", default=None, help="CA that signs node certificates (PEM)")
+    group.add_argument("--tokens", default=None, help="tokens.json with node token hashes")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, and any node id is accepted unless --tokens is given "
+        "(local experiments only)",
+    )
+
+
+def _explicit_federation_options(args: argparse.Namespace) -> dict[str, Any]:
+    names = (
+        "expected_nodes",
+        "quorum",
+        "registration_timeout",
+        "quorum_timeout",
+        "round_deadline",
+        "evaluation",
+    )
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def federation_settings_from_args(args: argparse.Namespace) -> Any:
+    from accord.federation.settings import FederationSettings
+
+    return FederationSettings(**_explicit_federation_options(args))
+
+
+def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(ServerCredentials or None, Authenticator) from the security options."""
+    import logging
+    from pathlib import Path
+
+    from accord.errors import ConfigurationError
+    from accord.federation.auth import Authenticator, load_server_credentials, read_token_hashes
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    logger = logging.getLogger("accord.commands.server")
+    given = [args.credentials, args.tls_cert, args.tls_key, args.tls_ca]
+    if args.insecure:
+        if any(value is not None for value in given):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        hashes = None if args.tokens is None else read_token_hashes(Path(args.tokens))
+        if hashes is None:
+            logger.warning(
+                "--insecure: plaintext and NO node authentication; any process that reaches "
+                "this port can join. Use only for local experiments."
+            )
+        else:
+            logger.warning("--insecure: plaintext; node tokens travel unencrypted")
+        return None, Authenticator(hashes, require_client_cert=False)
+    if all(value is None for value in given):
+        raise ConfigurationError(
+            "no TLS credentials: give --credentials DIR (make one with `accord certs DIR`) "
+            "or --tls-cert/--tls-key, or --insecure for a local experiment"
+        )
+    credentials = load_server_credentials(
+        path(args.credentials),
+        args.client_auth,
+        certificate=path(args.tls_cert),
+        private_key=path(args.tls_key),
+        client_ca=path(args.tls_ca),
+        tokens=path(args.tokens),
+    )
+    return credentials, Authenticator(
+        credentials.token_hashes, require_client_cert=credentials.client_ca is not None
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from accord.federation.launcher import prepare_process, serve
+
+    prepare_process()
+    from accord.errors import ConfigurationError
+
+    if args.resume is not None:
+        explicit = [name for name in _RUN_OPTIONS if getattr(args, name) is not None]
+        explicit += [
+            name
+            for name in ("validation_data", "test_data", "label_column")
+            if getattr(args, name) is not None
+        ]
+        if explicit:
+            flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
+            raise ConfigurationError(
+                f"--resume continues with the run's saved settings; drop {flags}"
+            )
+        settings: ServerSettings | None = None
+    else:
+        from accord.federation.settings import ServerSettings
+
+        run_settings, policy = run_settings_from_args(args)
+        settings = ServerSettings(
+            run=run_settings,
+            policy=policy,
+            federation=federation_settings_from_args(args),
+            validation_data=args.validation_data,
+            test_data=args.test_data,
+            label_column=args.label_column or "label",
+        )
+    from accord.federation.server import TransportSettings
+
+    credentials, authenticator = security_from_args(args)
+    return serve(
+        settings,
+        TransportSettings(host=args.host, port=args.port),
+        credentials,
+        authenticator,
+        out=args.out,
+        resume=args.resume,
+        overrides=_explicit_federation_options(args) if args.resume is not None else None,
+    )

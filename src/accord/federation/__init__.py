@@ -1,0 +1,63 @@
+"""Networked federation: the gRPC driver of :mod:`accord.rounds` (one round logic, two
+drivers), with its server, nodes, credentials and checkpoints.
+
+Layout::
+
+    proto/        the versioned protobuf schema and its committed generated code
+    tensors.py    tensors as raw bytes + dtype + shape, in chunks; weight digests
+    grid.py       Grid: what the round driver needs from a transport; InMemoryGrid
+    driver.py     FederatedRun: quorum, deadlines, drops, stop conditions, checkpoints
+    server.py     GrpcGrid: the server's gRPC transport (asyncio, one stream per node)
+    worker.py     NodeWorker: a node's data, model and round logic, transport-free
+    client.py     NodeClient: the node's gRPC session, reconnection with backoff
+    auth.py       CA/certificates/tokens (``accord certs``) and the server's node check
+    checkpoint.py atomic, pickle-free checkpoints
+    engine.py     the server's data, model and RoundEngine, built as the simulation does
+    launcher.py   ``accord server`` and ``accord federate`` process logic
+
+Names are imported lazily: ``import accord.federation`` loads neither torch nor gRPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "Authenticator",
+    "FederatedResult",
+    "FederatedRun",
+    "FederationSettings",
+    "Grid",
+    "GrpcGrid",
+    "InMemoryGrid",
+    "NodeClient",
+    "NodeSettings",
+    "NodeWorker",
+    "ServerSettings",
+    "TransportSettings",
+    "make_credentials",
+]
+
+_WHERE = {
+    "Authenticator": "auth",
+    "FederatedResult": "driver",
+    "FederatedRun": "driver",
+    "FederationSettings": "settings",
+    "Grid": "grid",
+    "GrpcGrid": "server",
+    "InMemoryGrid": "grid",
+    "NodeClient": "client",
+    "NodeSettings": "client",
+    "NodeWorker": "worker",
+    "ServerSettings": "settings",
+    "TransportSettings": "server",
+    "make_credentials": "auth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'accord.federation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"accord.federation.{module}"), name)

@@ -1,0 +1,430 @@
+"""The node process's transport: :class:`NodeClient` keeps a session with the server.
+
+The node opens a stream, registers, and answers the server's messages one at a time with
+its :class:`~accord.federation.worker.NodeWorker` (which keeps data and model in memory).
+When the server goes away the client reconnects with exponential backoff and jitter and
+registers again; the server then sends full weights. A refusal (credentials, protocol
+version, roster) is final and raises :class:`PeerError`.
+
+Testing failpoints (``ACCORD_FAILPOINT``, comma-separated; read by ``accord node``):
+``exit@R`` kills the node with SIGKILL when round R starts; ``stall@R:S`` sleeps S seconds
+before answering round R; ``nan@R`` and ``shape@R`` send a first gradient full of NaN or
+one element short in round R.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from accord import __version__
+from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
+from accord.federation.auth import NodeCredentials
+from accord.federation.grid import RunSpec
+from accord.federation.proto import federation_pb2 as pb
+from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.server import channel_options
+from accord.federation.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    PROTOCOL_VERSION,
+    TensorAssembler,
+    encode_tensor,
+)
+from accord.federation.worker import NodeWorker
+from accord.training.local import LocalTrainingSettings
+from accord.training.models import ModelSpec
+
+__all__ = ["Failpoint", "NodeClient", "NodeSettings", "parse_failpoints"]
+
+logger = logging.getLogger(__name__)
+
+_FINAL_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED: "the server refused this node's credentials",
+    grpc.StatusCode.PERMISSION_DENIED: "the server refused this node's credentials",
+    grpc.StatusCode.FAILED_PRECONDITION: "the server refused this node",
+    grpc.StatusCode.INVALID_ARGUMENT: "the server refused this node's messages",
+}
+
+
+@dataclass(frozen=True)
+class Failpoint:
+    """A deliberate misbehaviour in one round (tests and demonstrations only)."""
+
+    action: str
+    round_index: int
+    seconds: float = 0.0
+
+
+FAILPOINT_ACTIONS = ("exit", "nan", "shape", "stall")
+
+
+def parse_failpoints(text: str) -> tuple[Failpoint, ...]:
+    """``"exit@2,stall@3:1.5"`` -> failpoints; a bad entry is a :class:`ConfigurationError`."""
+    points = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        if entry.startswith("crash-after-round@"):  # the server's failpoint
+            continue
+        action, _, rest = entry.partition("@")
+        round_text, _, seconds_text = rest.partition(":")
+        try:
+            point = Failpoint(action, int(round_text), float(seconds_text or 0.0))
+        except ValueError as error:
+            raise ConfigurationError(
+                f"failpoint {entry!r}: expected ACTION@ROUND[:SECONDS]"
+            ) from error
+        if point.action not in FAILPOINT_ACTIONS:
+            raise ConfigurationError(
+                f"failpoint {entry!r}: expected one of {', '.join(FAILPOINT_ACTIONS)}"
+            )
+        points.append(point)
+    return tuple(points)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """How a node reaches its server.
+
+    ``server`` is ``HOST:PORT``; ``insecure`` uses plaintext (no TLS); ``server_name``
+    overrides the name checked against the server certificate; ``reconnect_initial`` and
+    ``reconnect_max`` bound the backoff between attempts (default 0.05 s .. 5 s);
+    ``give_up_after`` seconds without a session ends the node (default: never);
+    ``keep_alive`` serves the next run after a shutdown instead of exiting."""
+
+    server: str
+    insecure: bool = False
+    server_name: str | None = None
+    reconnect_initial: float = 0.05
+    reconnect_max: float = 5.0
+    give_up_after: float | None = None
+    keep_alive: bool = False
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_message_bytes: int = 4 << 20
+    failpoints: tuple[Failpoint, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        host, _, port = self.server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigurationError(f"server: expected HOST:PORT, got {self.server!r}")
+        if not 0 < self.reconnect_initial <= self.reconnect_max:
+            raise ConfigurationError(
+                "reconnect: expected 0 < reconnect_initial <= reconnect_max, got "
+                f"{self.reconnect_initial!r} and {self.reconnect_max!r}"
+            )
+
+
+def _spec_from_welcome(welcome: pb.Welcome) -> RunSpec:
+    try:
+        return RunSpec(
+            run_id=welcome.run_id,
+            model=ModelSpec(kind=welcome.model.kind, hidden=tuple(welcome.model.hidden)),
+            n_features=int(welcome.n_features),
+            n_classes=int(welcome.n_classes),
+            dim=int(welcome.dim),
+            local=LocalTrainingSettings(
+                learning_rate=welcome.local.learning_rate,
+                epochs=int(welcome.local.epochs),
+                batch_size=int(welcome.local.batch_size),
+                momentum=welcome.local.momentum,
+            ),
+            server_learning_rate=float(welcome.server_learning_rate),
+            federated_evaluation=bool(welcome.federated_evaluation),
+        )
+    except ConfigurationError as error:
+        raise ProtocolError(f"the server's Welcome is not usable: {error}") from error
+
+
+class _SessionEndedError(Exception):
+    """The stream broke; reconnect."""
+
+
+class NodeClient:
+    """Runs one node until the server shuts the run down (or forever, with keep_alive)."""
+
+    def __init__(
+        self,
+        worker: NodeWorker,
+        settings: NodeSettings,
+        credentials: NodeCredentials | None,
+        *,
+        rng: np.random.Generator,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        parent_pid: int | None = None,
+    ) -> None:
+        if credentials is None and not settings.insecure:
+            raise ConfigurationError("a node needs credentials unless it runs --insecure")
+        self.worker = worker
+        self.settings = settings
+        self.credentials = credentials
+        self.rng = rng
+        self.clock = clock
+        self.sleep = sleep
+        self.parent_pid = parent_pid
+        self.sessions = 0
+        self._failpoints = {(p.action, p.round_index): p for p in settings.failpoints}
+
+    # ------------------------------------------------------------------ channel
+
+    def _channel(self) -> grpc.Channel:
+        options: list[tuple[str, int | str]] = [
+            *channel_options(self.settings.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if self.settings.insecure:
+            return grpc.insecure_channel(self.settings.server, options=options)
+        assert self.credentials is not None
+        if self.settings.server_name:
+            options.append(("grpc.ssl_target_name_override", self.settings.server_name))
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.credentials.root_ca,
+            private_key=self.credentials.private_key,
+            certificate_chain=self.credentials.certificate_chain,
+        )
+        return grpc.secure_channel(self.settings.server, creds, options=options)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.credentials is None or self.credentials.token is None:
+            return ()
+        return (("authorization", f"Bearer {self.credentials.token}"),)
+
+    # --------------------------------------------------------------------- run
+
+    def run(self) -> str:
+        """Serve rounds; return the server's shutdown reason."""
+        delay = self.settings.reconnect_initial
+        last_session = self.clock()
+        while True:
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                raise PeerError("the process that started this node is gone")
+            registered = False
+            try:
+                reason = self._session()
+            except _SessionEndedError as ended:
+                registered = bool(ended.args and ended.args[0])
+                reason = None
+            if reason is not None:
+                logger.info("the server ended the run: %s", reason)
+                if not self.settings.keep_alive:
+                    return reason
+                registered = True
+            if registered:
+                delay, last_session = self.settings.reconnect_initial, self.clock()
+            give_up = self.settings.give_up_after
+            if give_up is not None and self.clock() - last_session > give_up:
+                raise PeerError(
+                    f"no session with the server at {self.settings.server} for {give_up:g} s"
+                )
+            pause = delay * (0.5 + self.rng.random())
+            logger.debug("reconnecting in %.2f s", pause)
+            self.sleep(pause)
+            delay = min(self.settings.reconnect_max, delay * 2)
+
+    def _session(self) -> str | None:
+        """One stream from registration to shutdown; ``_SessionEndedError(registered)`` if it
+        breaks."""
+        outbox: queue.Queue[pb.NodeMessage | None] = queue.Queue()
+
+        def requests() -> Iterator[pb.NodeMessage]:
+            while True:
+                message = outbox.get()
+                if message is None:
+                    return
+                yield message
+
+        info = self.worker.info()
+        outbox.put(
+            pb.NodeMessage(
+                register=pb.Register(
+                    protocol_version=PROTOCOL_VERSION,
+                    node_id=info.node_id,
+                    sample_count=info.sample_count,
+                    n_features=info.n_features,
+                    n_classes=info.n_classes,
+                    validation_sample_count=info.validation_sample_count,
+                    software_version=__version__,
+                )
+            )
+        )
+        channel = self._channel()
+        registered = False
+        stub = pb_grpc.FederationStub(channel)  # type: ignore[no-untyped-call]
+        call = stub.Session(requests(), metadata=self._metadata())
+        try:
+            handler = _MessageHandler(self, outbox)
+            for message in call:
+                kind = message.WhichOneof("body")
+                if kind == "welcome":
+                    handler.welcome(message.welcome)
+                    registered = True
+                    self.sessions += 1
+                elif kind == "shutdown":
+                    return str(message.shutdown.reason)
+                else:
+                    handler.handle(message)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            details = error.details() if isinstance(error, grpc.Call) else str(error)
+            if code in _FINAL_CODES:
+                raise PeerError(f"{_FINAL_CODES[code]}: {details}") from error
+            logger.info("session with %s ended: %s %s", self.settings.server, code, details)
+            raise _SessionEndedError(registered) from error
+        finally:
+            outbox.put(None)
+            call.cancel()
+            channel.close()
+        logger.info("the server closed the session")
+        raise _SessionEndedError(registered)
+
+
+class _MessageHandler:
+    """Answers the server's messages on one session."""
+
+    def __init__(self, client: NodeClient, outbox: queue.Queue[pb.NodeMessage | None]) -> None:
+        self.client = client
+        self.worker = client.worker
+        self.outbox = outbox
+        self.spec: RunSpec | None = None
+        self._pending: tuple[str, int] | None = None
+        self._assembler: TensorAssembler | None = None
+
+    def welcome(self, welcome: pb.Welcome) -> None:
+        if welcome.protocol_version != PROTOCOL_VERSION:
+            raise PeerError(
+                f"the server speaks protocol version {welcome.protocol_version}, this node "
+                f"{PROTOCOL_VERSION}"
+            )
+        spec = _spec_from_welcome(welcome)
+        try:
+            self.worker.configure(spec)
+        except AccordError as error:
+            raise PeerError(f"this node cannot take part in run {spec.run_id}: {error}") from error
+        self.spec = spec
+        logger.info(
+            "registered with run %s as %s (model %s, %d weights)",
+            spec.run_id,
+            welcome.node_id,
+            spec.model.kind,
+            spec.dim,
+        )
+
+    def _fail(self, round_index: int, reason: str) -> None:
+        logger.warning("round %d: %s", round_index, reason)
+        self.outbox.put(
+            pb.NodeMessage(failure=pb.RoundFailure(round_index=round_index, reason=reason))
+        )
+
+    def _tensor(self, kind: str, round_index: int, chunk: pb.TensorChunk) -> np.ndarray | None:
+        """Feed one chunk; the whole tensor once complete. Raises ProtocolError."""
+        assert self.spec is not None
+        if self._pending != (kind, round_index) or self._assembler is None:
+            self._pending = (kind, round_index)
+            self._assembler = TensorAssembler(self.spec.dim * 4)
+        array = self._assembler.add(chunk)
+        if array is not None:
+            self._pending, self._assembler = None, None
+        return array
+
+    def handle(self, message: pb.ServerMessage) -> None:
+        if self.spec is None:
+            raise PeerError("the server sent a round before its Welcome")
+        kind = message.WhichOneof("body")
+        if kind == "round_start":
+            self._round_start(message.round_start)
+        elif kind == "second_gradient":
+            part = message.second_gradient
+            try:
+                gradient = self._tensor("second", part.round_index, part.gradient)
+                if gradient is None:
+                    return
+                self.worker.apply_second_gradient(
+                    int(part.round_index),
+                    gradient,
+                    float(part.server_learning_rate),
+                    bytes(part.next_weights_sha256),
+                )
+            except ProtocolError as error:
+                self._pending, self._assembler = None, None
+                self._fail(int(part.round_index), str(error))
+        elif kind == "evaluate":
+            request = message.evaluate
+            try:
+                evaluation = self.worker.evaluate(
+                    int(request.round_index), bytes(request.weights_sha256)
+                )
+            except ProtocolError as error:
+                self._fail(int(request.round_index), str(error))
+                return
+            self.outbox.put(
+                pb.NodeMessage(
+                    evaluate_reply=pb.EvaluateReply(
+                        round_index=request.round_index,
+                        accuracy=evaluation.accuracy,
+                        loss=evaluation.loss,
+                        sample_count=evaluation.sample_count,
+                    )
+                )
+            )
+        else:
+            logger.info("ignoring an unknown message from the server")
+
+    def _round_start(self, start: pb.RoundStart) -> None:
+        round_index = int(start.round_index)
+        weights = None
+        try:
+            if start.HasField("global_weights"):
+                weights = self._tensor("weights", round_index, start.global_weights)
+                if weights is None:
+                    return
+            self._failpoint_before(round_index)
+            started = time.perf_counter()
+            gradient = self.worker.start_round(
+                round_index,
+                weights,
+                bytes(start.weights_sha256),
+            )
+            seconds = time.perf_counter() - started
+        except ProtocolError as error:
+            self._pending, self._assembler = None, None
+            self._fail(round_index, str(error))
+            return
+        gradient = self._failpoint_gradient(round_index, gradient)
+        for chunk in encode_tensor(gradient, self.client.settings.chunk_bytes):
+            self.outbox.put(
+                pb.NodeMessage(
+                    first_gradient=pb.FirstGradient(
+                        round_index=round_index, gradient=chunk, train_seconds=seconds
+                    )
+                )
+            )
+
+    # -------------------------------------------------------------- failpoints
+
+    def _failpoint_before(self, round_index: int) -> None:
+        points = self.client._failpoints
+        if ("exit", round_index) in points:
+            logger.warning("failpoint: killing this node in round %d", round_index)
+            os.kill(os.getpid(), signal.SIGKILL)
+        stall = points.get(("stall", round_index))
+        if stall is not None:
+            logger.warning("failpoint: stalling %g s in round %d", stall.seconds, round_index)
+            self.client.sleep(stall.seconds)
+
+    def _failpoint_gradient(self, round_index: int, gradient: np.ndarray) -> np.ndarray:
+        points = self.client._failpoints
+        if ("nan", round_index) in points:
+            logger.warning("failpoint: sending NaN in round %d", round_index)
+            gradient = np.full_like(gradient, np.nan)
+        if ("shape", round_index) in points:
+            logger.warning("failpoint: sending a short gradient in round %d", round_index)
+            gradient = gradient[:-1]
+        return gradient

@@ -1,0 +1,327 @@
+"""The networked driver of :class:`accord.rounds.RoundEngine`.
+
+:class:`FederatedRun` does what :meth:`accord.simulation.Simulation.run` does, through a
+:class:`~accord.federation.grid.Grid`: wait for a quorum, fix the roster, then per round
+collect first gradients before a deadline (late, failed and disconnected nodes become the
+``failures`` the engine renormalises around), send the second gradient, optionally collect
+federated evaluations, conclude, checkpoint, and stop on the stop conditions. A round in
+which no usable first gradient arrived is retried, up to ``max_failed_rounds`` times.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from accord.errors import InputDataError, PeerError, ProtocolError
+from accord.federation.checkpoint import read_checkpoint, write_checkpoint
+from accord.federation.grid import Evaluation, Grid
+from accord.federation.settings import FederationSettings
+from accord.rounds import RoundEngine, RoundRecord
+from accord.simulation.driver import TimedRecord
+from accord.simulation.stop import StopConditions, StopTracker
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FederatedResult",
+    "FederatedRun",
+    "RoundTraffic",
+    "load_run_checkpoint",
+    "record_from_json",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "accord-federation-checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: Builds the engine once the roster is known: (roster, sample counts) -> engine.
+EngineFactory = Callable[[tuple[str, ...], Mapping[str, float]], RoundEngine]
+
+
+@dataclass(frozen=True)
+class RoundTraffic:
+    """Bytes the server sent and received during one round (all nodes together)."""
+
+    sent: int
+    received: int
+
+
+@dataclass(frozen=True)
+class FederatedResult:
+    policy: str
+    roster: tuple[str, ...]
+    rounds: tuple[TimedRecord, ...]
+    traffic: tuple[RoundTraffic, ...]
+    stop_reason: str
+    seconds: float
+    resumed_at: int | None = None
+    first_round_done_at: float | None = None  # time.time() when round 0 was concluded
+
+
+def record_from_json(data: Mapping[str, Any]) -> RoundRecord:
+    """The inverse of :meth:`RoundRecord.to_json`."""
+    return RoundRecord(
+        round_index=int(data["round"]),
+        probabilities={str(k): float(v) for k, v in data["probabilities"].items()},
+        present=tuple(data["present"]),
+        dropped={str(k): str(v) for k, v in data["dropped"].items()},
+        validation_accuracy_before=data["validation_accuracy_before"],
+        validation_accuracy_after=data["validation_accuracy_after"],
+        validation_loss_before=data["validation_loss_before"],
+        validation_loss_after=data["validation_loss_after"],
+        test_accuracy=data["test_accuracy"],
+        test_loss=data["test_loss"],
+        aggregate_seconds=float(data["aggregate_seconds"]),
+        learn_seconds=float(data["learn_seconds"]),
+        diagnostics={str(k): float(v) for k, v in data.get("diagnostics", {}).items()},
+    )
+
+
+def load_run_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a run checkpoint and check that it is one."""
+    state = read_checkpoint(path)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise InputDataError(f"{path}: not a federated-run checkpoint")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise InputDataError(
+            f"{path}: checkpoint version {state.get('version')!r}; this Accord reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    return state
+
+
+@dataclass
+class _Progress:
+    rounds: list[TimedRecord] = field(default_factory=list)
+    traffic: list[RoundTraffic] = field(default_factory=list)
+
+
+class FederatedRun:
+    """One run of the gradient update process over a grid of nodes."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        engine_factory: EngineFactory,
+        policy_name: str,
+        stop: StopConditions,
+        settings: FederationSettings,
+        *,
+        expected_nodes: int,
+        quorum: int,
+        run_id: str,
+        checkpoint_path: Path | None = None,
+        resume: Mapping[str, Any] | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+        on_round: Callable[[TimedRecord], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        after_checkpoint: Callable[[int], None] | None = None,
+    ) -> None:
+        self.grid = grid
+        self.engine_factory = engine_factory
+        self.policy_name = policy_name
+        self.stop = stop
+        self.settings = settings
+        self.expected_nodes = expected_nodes
+        self.quorum = quorum
+        self.run_id = run_id
+        self.checkpoint_path = checkpoint_path
+        self.resume = resume
+        self.extra_state = dict(extra_state or {})
+        self.on_round = on_round
+        self.clock = clock
+        self.after_checkpoint = after_checkpoint
+        self.engine: RoundEngine | None = None
+
+    # ------------------------------------------------------------------ roster
+
+    def _register_roster(self) -> tuple[tuple[str, ...], dict[str, float]]:
+        s = self.settings
+        logger.info(
+            "waiting for %d nodes (quorum %d, %g s)",
+            self.expected_nodes,
+            self.quorum,
+            s.registration_timeout,
+        )
+        nodes = self.grid.wait_for_nodes(self.expected_nodes, s.registration_timeout)
+        if len(nodes) < self.quorum:
+            nodes = self.grid.wait_for_nodes(self.quorum, s.quorum_timeout)
+        if len(nodes) < self.quorum:
+            raise PeerError(
+                f"only {len(nodes)} of the quorum of {self.quorum} nodes registered within "
+                f"{s.registration_timeout + s.quorum_timeout:g} s"
+            )
+        chosen = sorted(nodes)[: self.expected_nodes]
+        return tuple(chosen), {node: float(nodes[node].sample_count) for node in chosen}
+
+    # --------------------------------------------------------------------- run
+
+    def run(self) -> FederatedResult:
+        """Run (or continue) rounds until a stop condition holds; always shuts the grid."""
+        reason = "interrupted"
+        try:
+            result = self._run()
+            reason = result.stop_reason
+            return result
+        finally:
+            self.grid.shutdown(reason)
+
+    def _run(self) -> FederatedResult:
+        started = time.perf_counter()
+        progress = _Progress()
+        elapsed_before = 0.0
+        resumed_at: int | None = None
+        if self.resume is not None:
+            state = self.resume
+            roster = tuple(state["roster"])
+            counts = {str(k): float(v) for k, v in state["sample_counts"].items()}
+            engine = self.engine_factory(roster, counts)
+            engine.load_state_dict(state["engine"])
+            for record, timing, traffic in zip(
+                state["records"], state["timings"], state["traffic"], strict=True
+            ):
+                progress.rounds.append(
+                    TimedRecord(record_from_json(record), float(timing[0]), float(timing[1]))
+                )
+                progress.traffic.append(RoundTraffic(int(traffic[0]), int(traffic[1])))
+            elapsed_before = float(state["elapsed_seconds"])
+            resumed_at = engine.round_index
+            logger.info("resuming run %s at round %d", self.run_id, resumed_at)
+        else:
+            roster, counts = self._register_roster()
+            engine = self.engine_factory(roster, counts)
+        self.engine = engine
+        self.grid.fix_roster(roster)
+        roster_set = frozenset(roster)
+        tracker = StopTracker(self.stop, self.clock() - elapsed_before)
+        reason: str | None = None
+        for timed in progress.rounds:
+            reason = tracker.update(timed.record.validation_accuracy_after, tracker.started_at)
+        if self.resume is not None and self.resume.get("stop_reason"):
+            reason = str(self.resume["stop_reason"])
+        failed_attempts = 0
+        first_round_done_at: float | None = None
+        while reason is None:
+            connected = self.grid.wait_for_nodes(
+                self.quorum, self.settings.quorum_timeout, among=roster_set
+            )
+            if len(connected) < self.quorum:
+                reason = (
+                    f"quorum lost: {len(connected)} of {self.quorum} nodes connected after "
+                    f"{self.settings.quorum_timeout:g} s"
+                )
+                logger.warning("%s; the run can be resumed from its checkpoint", reason)
+                break
+            sent_before, received_before = self.grid.traffic()
+            round_started = time.perf_counter()
+            round_index = engine.round_index
+            weights = np.array(engine.global_weights)
+            targets = tuple(node for node in roster if node in connected)
+            replies = self.grid.collect_first_gradients(
+                round_index, weights, targets, self.settings.round_deadline
+            )
+            local_seconds = time.perf_counter() - round_started
+            failures = {node: "not connected" for node in roster if node not in connected}
+            failures.update(replies.failures)
+            try:
+                pending = engine.aggregate(replies.values, failures)
+            except ProtocolError as error:
+                failed_attempts += 1
+                logger.warning(
+                    "round %d: attempt %d failed: %s", round_index, failed_attempts, error
+                )
+                if failed_attempts >= self.settings.max_failed_rounds:
+                    reason = f"no usable first gradient in {failed_attempts} attempts"
+                continue
+            failed_attempts = 0
+            self.grid.broadcast_second_gradient(
+                round_index,
+                pending.aggregation.second_gradient,
+                engine.settings.server_learning_rate,
+                weights,
+                pending.new_weights,
+            )
+            federated_accuracy: float | None = None
+            if self.settings.evaluation == "federated":
+                federated_accuracy = self._federated_accuracy(
+                    round_index, pending.new_weights, pending.present
+                )
+            record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+            if first_round_done_at is None:
+                first_round_done_at = time.time()
+            timed = TimedRecord(record, time.perf_counter() - round_started, local_seconds)
+            sent_after, received_after = self.grid.traffic()
+            progress.rounds.append(timed)
+            progress.traffic.append(
+                RoundTraffic(sent_after - sent_before, received_after - received_before)
+            )
+            reason = tracker.update(record.validation_accuracy_after, self.clock())
+            elapsed = elapsed_before + (time.perf_counter() - started)
+            self._checkpoint(engine, roster, counts, progress, elapsed, reason)
+            if self.after_checkpoint is not None:
+                self.after_checkpoint(engine.round_index)
+            if self.on_round is not None:
+                self.on_round(timed)
+        assert reason is not None
+        logger.info("stopping after %d rounds: %s", engine.round_index, reason)
+        return FederatedResult(
+            policy=self.policy_name,
+            roster=roster,
+            rounds=tuple(progress.rounds),
+            traffic=tuple(progress.traffic),
+            stop_reason=reason,
+            seconds=elapsed_before + (time.perf_counter() - started),
+            resumed_at=resumed_at,
+            first_round_done_at=first_round_done_at,
+        )
+
+    def _federated_accuracy(
+        self, round_index: int, next_weights: np.ndarray[Any, Any], present: tuple[str, ...]
+    ) -> float | None:
+        replies = self.grid.collect_evaluations(
+            round_index, next_weights, present, self.settings.round_deadline
+        )
+        for node, problem in replies.failures.items():
+            logger.warning("round %d: no evaluation from node %s: %s", round_index, node, problem)
+        evaluations = [value for value in replies.values.values() if isinstance(value, Evaluation)]
+        total = sum(e.sample_count for e in evaluations)
+        if total == 0:
+            logger.warning("round %d: no federated evaluation arrived", round_index)
+            return None
+        return float(sum(e.accuracy * e.sample_count for e in evaluations) / total)
+
+    def _checkpoint(
+        self,
+        engine: RoundEngine,
+        roster: tuple[str, ...],
+        counts: Mapping[str, float],
+        progress: _Progress,
+        elapsed: float,
+        reason: str | None,
+    ) -> None:
+        if self.checkpoint_path is None:
+            return
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "run_id": self.run_id,
+            "policy": self.policy_name,
+            "rounds_done": engine.round_index,
+            "roster": list(roster),
+            "sample_counts": dict(counts),
+            "engine": engine.state_dict(),
+            "records": [timed.record.to_json() for timed in progress.rounds],
+            "timings": [[t.round_seconds, t.local_training_seconds] for t in progress.rounds],
+            "traffic": [[t.sent, t.received] for t in progress.traffic],
+            "elapsed_seconds": elapsed,
+            "stop_reason": reason,
+            **self.extra_state,
+        }
+        write_checkpoint(self.checkpoint_path, state)

@@ -1,0 +1,113 @@
+"""The server's side of a run before any network: its data, the model and the engine.
+
+Built exactly as :class:`accord.simulation.Simulation` builds them (same model seed, same
+policy seed, same validation and test functions), so the same settings give the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from accord.aggregation.registry import make_policy
+from accord.errors import InputDataError
+from accord.federation.driver import EngineFactory
+from accord.federation.grid import RunSpec
+from accord.federation.settings import ServerSettings
+from accord.rounds import RoundEngine
+from accord.scenario import ScenarioData, build_scenario
+from accord.training.evaluation import make_validation_fn
+from accord.training.models import FlatModel, build_model
+
+__all__ = ["ServerData", "load_server_data", "prepare_run"]
+
+Split = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """The server's held-out data: validation (for the reward) and test (for reporting)."""
+
+    n_features: int
+    n_classes: int
+    validation: Split
+    test: Split | None
+    faulty_nodes: tuple[str, ...] = ()
+
+
+def load_server_data(settings: ServerSettings, scenario: ScenarioData | None = None) -> ServerData:
+    """The scenario's held-out sets, or the files named in ``settings``."""
+    if settings.validation_data is None:
+        data = scenario or build_scenario(settings.run.scenario)
+        holdout = data.holdout
+        return ServerData(
+            n_features=data.n_features,
+            n_classes=data.n_classes,
+            validation=(holdout.validation.features, holdout.validation.labels),
+            test=(holdout.test.features, holdout.test.labels),
+            faulty_nodes=data.faulty_nodes,
+        )
+    from accord.federation.node_data import load_table
+
+    validation = load_table(Path(settings.validation_data), settings.label_column)
+    test = (
+        None
+        if settings.test_data is None
+        else load_table(Path(settings.test_data), settings.label_column)
+    )
+    if test is not None and test.feature_names != validation.feature_names:
+        raise InputDataError(
+            f"{settings.test_data}: columns {list(test.feature_names)} differ from the "
+            f"validation file's {list(validation.feature_names)}"
+        )
+    labels = [validation.labels] + ([] if test is None else [test.labels])
+    return ServerData(
+        n_features=validation.features.shape[1],
+        n_classes=int(max(int(part.max()) for part in labels)) + 1,
+        validation=(validation.features, validation.labels),
+        test=None if test is None else (test.features, test.labels),
+    )
+
+
+def prepare_run(
+    settings: ServerSettings, data: ServerData, run_id: str
+) -> tuple[RunSpec, EngineFactory]:
+    """The ``Welcome`` every node receives, and the engine factory of the run."""
+    run = settings.run
+    seed = run.scenario.seed
+    flat = FlatModel(build_model(run.model, data.n_features, data.n_classes, seed))
+    initial_weights = flat.get_flat()
+    spec = RunSpec(
+        run_id=run_id,
+        model=run.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        dim=flat.dim,
+        local=run.local,
+        server_learning_rate=run.rounds.server_learning_rate,
+        federated_evaluation=settings.federation.evaluation == "federated",
+    )
+
+    def factory(roster: tuple[str, ...], counts: Mapping[str, float]) -> RoundEngine:
+        policy = make_policy(
+            settings.policy,
+            seed=seed,
+            server_learning_rate=run.rounds.server_learning_rate,
+            actor_critic=run.actor_critic,
+            hedge=run.hedge,
+        )
+        return RoundEngine(
+            roster=roster,
+            sample_counts=counts,
+            initial_weights=initial_weights,
+            aggregator=policy,
+            validate=make_validation_fn(flat, data.validation[0], data.validation[1]),
+            test=None if data.test is None else make_validation_fn(flat, *data.test),
+            settings=run.rounds,
+        )
+
+    return spec, factory

@@ -1,0 +1,522 @@
+"""Processes of a federation: the server's main loop (``accord server``) and a local
+federation in one command (``accord federate``).
+
+``accord federate`` imports torch and builds the scenario once, then forks one process per
+node (copy-on-write: a node starts in milliseconds instead of re-importing torch for two
+seconds), then serves as the federation's server itself. The nodes are real processes that
+speak gRPC over 127.0.0.1 with TLS, client certificates and tokens generated for the run
+(or plaintext with ``--insecure``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from accord.errors import ConfigurationError, InputDataError
+from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.checkpoint import write_atomically
+from accord.federation.settings import (
+    ServerSettings,
+    settings_from_json,
+    settings_to_json,
+)
+
+__all__ = [
+    "RUN_FILE",
+    "FederateSettings",
+    "federate",
+    "free_port",
+    "peak_rss_bytes",
+    "prepare_process",
+    "serve",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "federation.json"
+CHECKPOINT_FILE = "checkpoint.npz"
+ADDRESS_FILE = "server.json"
+STATS_FILE = "federation_stats.json"
+RUN_FORMAT = "accord-federation-run"
+
+#: Server failpoint for tests (``ACCORD_FAILPOINT=crash-after-round@3``): SIGKILL the
+#: server right after the checkpoint of that many rounds is written.
+SERVER_FAILPOINT = "crash-after-round@"
+
+
+def prepare_process() -> None:
+    """One torch thread per process: nodes and server share few cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(RuntimeError):  # already set, or torch already ran a job
+        torch.set_num_interop_threads(1)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    write_atomically(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def _crash_after(env: Mapping[str, str]) -> int | None:
+    text = env.get("ACCORD_FAILPOINT", "")
+    for entry in text.split(","):
+        if entry.strip().startswith(SERVER_FAILPOINT):
+            try:
+                return int(entry.strip()[len(SERVER_FAILPOINT) :])
+            except ValueError as error:
+                raise ConfigurationError(f"failpoint {entry!r}: expected a round count") from error
+    return None
+
+
+class _RunFolder:
+    """The run folder's metrics while the shared run-folder writer is not available:
+    ``metrics.jsonl`` (one line per round, rewritten atomically) and ``summary.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def rounds(self, records: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        write_atomically(self.directory / "metrics.jsonl", lines.encode())
+
+    def summary(self, data: Mapping[str, Any]) -> None:
+        _write_json(self.directory / "summary.json", data)
+
+
+def serve(
+    settings: ServerSettings | None,
+    transport: Any,
+    credentials: ServerCredentials | None,
+    authenticator: Authenticator,
+    *,
+    out: str | None,
+    resume: str | None,
+    overrides: Mapping[str, Any] | None = None,
+    scenario: Any = None,
+    on_round: Callable[[Any], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    extra_stats: Callable[[], Mapping[str, Any]] | None = None,
+) -> int:
+    """Run (or resume) a federated run with the server in this process; 0 on success."""
+    import numpy as np
+
+    from accord.federation.driver import FederatedRun, load_run_checkpoint
+    from accord.federation.engine import load_server_data, prepare_run
+    from accord.federation.server import GrpcGrid
+
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = Path(resume)
+        run_file = run_dir / RUN_FILE
+        try:
+            saved = json.loads(run_file.read_text())
+        except FileNotFoundError as error:
+            raise InputDataError(f"{run_file}: not found; is {run_dir} a run folder?") from error
+        except json.JSONDecodeError as error:
+            raise InputDataError(f"{run_file}: not JSON: {error}") from error
+        if saved.get("format") != RUN_FORMAT:
+            raise InputDataError(f"{run_file}: not an Accord federation run file")
+        settings = settings_from_json(ServerSettings, saved["settings"], "settings")
+        if overrides:
+            if "evaluation" in overrides and overrides["evaluation"] != (
+                settings.federation.evaluation
+            ):
+                raise ConfigurationError("--evaluation cannot change when a run is resumed")
+            settings = replace(settings, federation=replace(settings.federation, **overrides))
+        run_id = str(saved["run_id"])
+        state = load_run_checkpoint(run_dir / CHECKPOINT_FILE)
+        if state.get("run_id") != run_id:
+            raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
+    else:
+        if settings is None:
+            raise ConfigurationError("settings: required for a new run")
+        run_id = secrets.token_hex(6)
+        run_dir = Path(out) if out is not None else Path("runs") / f"federation-{run_id}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigurationError(f"{run_dir}: exists and is not empty; choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            run_dir / RUN_FILE,
+            {
+                "format": RUN_FORMAT,
+                "version": 1,
+                "run_id": run_id,
+                "created": dt.datetime.now(dt.UTC).isoformat(),
+                "settings": settings_to_json(settings),
+            },
+        )
+    assert settings is not None
+    crash_after = _crash_after(os.environ)
+    data = load_server_data(settings, scenario)
+    spec, factory = prepare_run(settings, data, run_id)
+    grid = GrpcGrid(spec, transport, credentials, authenticator)
+    _write_json(
+        run_dir / ADDRESS_FILE,
+        {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
+    )
+    if on_start is not None:
+        on_start(grid.port)
+    folder = _RunFolder(run_dir)
+
+    def after_checkpoint(rounds_done: int) -> None:
+        if crash_after is not None and rounds_done >= crash_after:
+            logger.warning("failpoint: killing the server after round %d", rounds_done)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    records: list[dict[str, Any]] = []
+    if state is not None:
+        records = list(state["records"])
+
+    def round_done(timed: Any) -> None:
+        record = timed.record
+        records.append(record.to_json())
+        folder.rounds(records)
+        logger.info(
+            "round %d: validation accuracy %s, test accuracy %s, %d/%d nodes, %.3f s",
+            record.round_index,
+            _fmt(record.validation_accuracy_after),
+            _fmt(record.test_accuracy),
+            len(record.present),
+            len(record.probabilities),
+            timed.round_seconds,
+        )
+        if on_round is not None:
+            on_round(timed)
+
+    federation = settings.federation
+    run = FederatedRun(
+        grid,
+        factory,
+        settings.policy,
+        settings.run.stop,
+        federation,
+        expected_nodes=settings.expected_nodes,
+        quorum=settings.quorum,
+        run_id=run_id,
+        checkpoint_path=run_dir / CHECKPOINT_FILE,
+        resume=state,
+        on_round=round_done,
+        after_checkpoint=after_checkpoint,
+    )
+    result = run.run()
+    folder.rounds([timed.record.to_json() for timed in result.rounds])
+    final = result.rounds[-1].record if result.rounds else None
+    folder.summary(
+        {
+            "run_id": run_id,
+            "policy": result.policy,
+            "roster": list(result.roster),
+            "faulty_nodes": list(data.faulty_nodes),
+            "rounds": len(result.rounds),
+            "stop_reason": result.stop_reason,
+            "seconds": result.seconds,
+            "final_test_accuracy": None if final is None else final.test_accuracy,
+            "final_validation_accuracy": None if final is None else final.validation_accuracy_after,
+        }
+    )
+    round_seconds = [t.round_seconds for t in result.rounds]
+    _write_json(
+        run_dir / STATS_FILE,
+        {
+            "rounds": len(result.rounds),
+            "resumed_at": result.resumed_at,
+            "round_seconds": round_seconds,
+            "median_round_seconds": float(np.median(round_seconds)) if round_seconds else None,
+            "bytes_sent": [t.sent for t in result.traffic],
+            "bytes_received": [t.received for t in result.traffic],
+            "first_round_done_at": result.first_round_done_at,
+            "server_peak_rss_bytes": peak_rss_bytes(),
+            **(dict(extra_stats()) if extra_stats is not None else {}),
+        },
+    )
+    logger.info(
+        "run %s finished after %d rounds: %s", run_id, len(result.rounds), result.stop_reason
+    )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------ accord federate
+
+
+@dataclass(frozen=True)
+class FederateSettings:
+    """A local federation: ``insecure`` skips TLS and authentication; ``node_log_level``
+    is the nodes' logging threshold (default WARNING)."""
+
+    insecure: bool = False
+    node_log_level: int = logging.WARNING
+
+
+def warm_up_torch() -> None:
+    """Run one tiny SGD step: torch imports its compiler stack lazily on the first optimiser
+    step (about a second); paying it before the first round keeps round 0 as fast as the
+    others, and a forked node inherits it for free."""
+    import torch
+
+    module = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, foreach=True)
+    module(torch.zeros(1, 2)).sum().backward()
+    optimizer.step()
+
+
+def _read_all(descriptor: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(descriptor, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+def _node_child(
+    data_fd: int,
+    settings: ServerSettings,
+    port: int,
+    credentials_dir: Path | None,
+    parent_pid: int,
+    log_level: int,
+) -> int:
+    """Body of a forked node process: read its partition from the parent, then serve."""
+    import numpy as np
+
+    from accord.data.faults import FaultSpec
+    from accord.federation.auth import load_node_credentials
+    from accord.federation.checkpoint import loads_tree
+    from accord.federation.client import NodeClient, NodeSettings
+    from accord.federation.node_data import split_validation
+    from accord.federation.worker import NodeFault, NodeWorker
+    from accord.simulation.driver import node_seed
+
+    logging.getLogger().setLevel(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes
+    node = loads_tree(_read_all(data_fd), "node data from the launcher")
+    os.close(data_fd)
+    scenario = settings.run.scenario
+    index = int(node["index"])
+    seed = node_seed(scenario.seed, index)
+    features, labels = node["features"], node["labels"]
+    validation = None
+    if settings.federation.evaluation == "federated":
+        features, labels, validation = split_validation(features, labels, 0.1, seed)
+    fault_spec: FaultSpec = scenario.fault
+    worker = NodeWorker(
+        str(node["node_id"]),
+        features,
+        labels,
+        seed=seed,
+        validation=validation,
+        fault=NodeFault(fault_spec, scenario.seed, index) if node["faulty"] else None,
+    )
+    credentials = (
+        None if credentials_dir is None else load_node_credentials(credentials_dir / worker.node_id)
+    )
+    client = NodeClient(
+        worker,
+        NodeSettings(
+            server=f"127.0.0.1:{port}",
+            insecure=credentials_dir is None,
+            give_up_after=60.0,
+        ),
+        credentials,
+        rng=np.random.default_rng([seed, 5]),
+        parent_pid=parent_pid,
+    )
+    client.run()
+    return 0
+
+
+def federate(
+    settings: ServerSettings,
+    options: FederateSettings,
+    *,
+    out: str | None,
+    on_round: Callable[[Any], None] | None = None,
+    launched_at: float | None = None,
+) -> int:
+    """Fork one process per scenario node, then serve them from this process.
+
+    The nodes are forked right after torch is imported and warmed up, before the scenario
+    (and scikit-learn) is loaded, so each node process holds torch, gRPC and its own
+    partition only; the partition arrives through a pipe (``.npz`` bytes, no pickle).
+    """
+    prepare_process()
+    warm_up_torch()
+    import accord.federation.client
+    import accord.federation.worker  # noqa: F401 - imported once, before the fork
+    from accord.federation.auth import (
+        Authenticator,
+        load_server_credentials,
+        make_credentials,
+    )
+    from accord.federation.checkpoint import dumps_tree
+    from accord.federation.server import TransportSettings
+    from accord.scenario import node_id
+
+    count = settings.run.scenario.nodes
+    node_ids = [node_id(index) for index in range(count)]
+    run_dir = Path(out) if out is not None else Path("runs") / f"federate-{secrets.token_hex(6)}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigurationError(f"{run_dir}: exists and is not empty; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    credentials_dir: Path | None = None
+    credentials: ServerCredentials | None = None
+    if options.insecure:
+        logger.warning("--insecure: the local federation runs in plaintext without authentication")
+        authenticator = Authenticator(None, require_client_cert=False)
+    else:
+        # Throw-away credentials in a private temporary folder, removed at the end.
+        credentials_dir = Path(tempfile.mkdtemp(prefix="accord-federate-"))
+        make_credentials(
+            credentials_dir, node_ids, now=dt.datetime.now(dt.UTC), days=7, overwrite=True
+        )
+        credentials = load_server_credentials(credentials_dir, "both")
+        authenticator = Authenticator(credentials.token_hashes, require_client_cert=True)
+    port = free_port()
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children: dict[int, str] = {}
+    data_pipes: dict[str, int] = {}
+    node_rss: dict[str, int] = {}
+    exit_codes: dict[str, int] = {}
+    try:
+        for name in node_ids:
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    os.close(write_fd)
+                    for inherited in data_pipes.values():
+                        os.close(inherited)
+                    code = _node_child(
+                        read_fd, settings, port, credentials_dir, parent, options.node_log_level
+                    )
+                except BaseException as error:
+                    logger.error("node %s failed: %s", name, error)
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            os.close(read_fd)
+            children[pid] = name
+            data_pipes[name] = write_fd
+        from accord.scenario import build_scenario
+
+        scenario = build_scenario(settings.run.scenario)
+        for node in scenario.nodes:
+            descriptor = data_pipes.pop(node.node_id)
+            try:
+                _write_all(
+                    descriptor,
+                    dumps_tree(
+                        {
+                            "node_id": node.node_id,
+                            "index": node.index,
+                            "faulty": node.faulty,
+                            "features": node.features,
+                            "labels": node.labels,
+                        }
+                    ),
+                )
+            finally:
+                os.close(descriptor)
+        federation = replace(settings.federation, expected_nodes=count)
+        return serve(
+            replace(settings, federation=federation),
+            TransportSettings(host="127.0.0.1", port=port),
+            credentials,
+            authenticator,
+            out=str(run_dir),
+            resume=None,
+            scenario=scenario,
+            on_round=on_round,
+            extra_stats=lambda: {
+                "launched_at": launched_at,
+                "nodes": count,
+                "node_peak_rss_bytes": _reap(children, node_rss, exit_codes, 10.0),
+                "node_exit_codes": exit_codes,
+            },
+        )
+    finally:
+        for descriptor in data_pipes.values():
+            os.close(descriptor)
+        _reap(children, node_rss, exit_codes, 5.0)
+        if credentials_dir is not None:
+            shutil.rmtree(credentials_dir, ignore_errors=True)
+
+
+def _reap(
+    children: dict[int, str],
+    rss: dict[str, int],
+    codes: dict[str, int],
+    timeout: float,
+) -> dict[str, int]:
+    """Wait for the node processes (killing stragglers after ``timeout``); record each
+    one's peak RSS and exit code."""
+    deadline = time.monotonic() + timeout
+    signalled = False
+    while children:
+        for pid in list(children):
+            try:
+                done, status, usage = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                children.pop(pid)
+                continue
+            if done:
+                node = children.pop(pid)
+                rss[node] = int(usage.ru_maxrss) * 1024
+                codes[node] = os.waitstatus_to_exitcode(status)
+        if not children:
+            break
+        if time.monotonic() > deadline:
+            if signalled:
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            else:
+                for pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                signalled = True
+                deadline = time.monotonic() + 2.0
+        time.sleep(0.02)
+    return dict(rss)

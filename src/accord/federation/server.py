@@ -1,0 +1,565 @@
+"""The gRPC transport of the server: :class:`GrpcGrid`.
+
+An asyncio gRPC server runs on its own thread; the round driver calls the grid's blocking
+methods from the main thread, and each call runs as a coroutine on that loop. Every node
+holds one bidirectional stream (``Federation.Session``). Per node, the grid tracks the
+digest of the global weights the node is known to hold, so a round start carries the full
+weights only to nodes that (re)joined or fell out of step; the others receive the digest
+and check their copy against it.
+
+A node can only hurt itself: bad credentials, a wrong protocol version, an unknown id,
+malformed or oversized tensors, messages out of order, silence or disconnection all end
+in a logged reason and, for the round, a ``failures`` entry — never in an exception on the
+server's side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from accord.aggregation.base import FloatArray
+from accord.errors import ConfigurationError, ProtocolError
+from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.grid import (
+    Evaluation,
+    Grid,
+    NodeInfo,
+    Replies,
+    RunSpec,
+    admission_problem,
+)
+from accord.federation.naming import check_node_id
+from accord.federation.proto import federation_pb2 as pb
+from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.tensors import (
+    DEFAULT_CHUNK_BYTES,
+    PROTOCOL_VERSION,
+    TensorAssembler,
+    encode_tensor,
+    weights_digest,
+)
+
+__all__ = ["GrpcGrid", "TransportSettings", "channel_options", "format_address"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Where and how the server listens.
+
+    ``host`` (default 127.0.0.1; 0.0.0.0 for every interface) and ``port`` (default 50051;
+    0 picks a free one); ``chunk_bytes`` of tensor data per message (default 1 MiB);
+    ``max_message_bytes`` accepted from a node (default 4 MiB); ``registration_timeout``
+    seconds a new stream has to send ``Register`` (default 10); ``shutdown_grace`` seconds
+    given to nodes to close their streams at the end (default 2)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_message_bytes: int = 4 << 20
+    registration_timeout: float = 10.0
+    shutdown_grace: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ConfigurationError(f"port: expected 0..65535, got {self.port!r}")
+        if self.chunk_bytes < 1024 or self.chunk_bytes > self.max_message_bytes - 4096:
+            raise ConfigurationError(
+                f"chunk_bytes: expected 1024 .. max_message_bytes - 4096, got {self.chunk_bytes}"
+            )
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC options both ends use: message limits, keepalive, no port sharing."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
+class _Connection:
+    """One node's live session (touched only on the event loop)."""
+
+    def __init__(self, info: NodeInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.info = info
+        self.context = context
+        self.outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
+        self.weights_digest: bytes | None = None
+        self.expect: tuple[str, int] | None = None
+        self.future: asyncio.Future[tuple[str, Any, float]] | None = None
+        self.assembler: TensorAssembler | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.info.node_id
+
+    def send(self, message: pb.ServerMessage | None) -> None:
+        self.outbox.put_nowait(message)
+
+    def resolve(self, outcome: tuple[str, Any, float]) -> None:
+        if self.future is not None and not self.future.done():
+            self.future.set_result(outcome)
+        self.expect, self.future, self.assembler = None, None, None
+
+
+class _Servicer(pb_grpc.FederationServicer):
+    def __init__(self, grid: GrpcGrid) -> None:
+        self.grid = grid
+
+    async def Session(  # noqa: N802 - the gRPC method name
+        self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        await self.grid._session(context)
+
+
+class GrpcGrid(Grid):
+    """The server end of the federation protocol."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        transport: TransportSettings,
+        credentials: ServerCredentials | None,
+        authenticator: Authenticator,
+    ) -> None:
+        if credentials is None and not authenticator.open and authenticator.require_client_cert:
+            raise ConfigurationError("mutual TLS needs TLS credentials")
+        self.spec = spec
+        self.transport = transport
+        self.credentials = credentials
+        self.authenticator = authenticator
+        self._connections: dict[str, _Connection] = {}
+        self._roster: frozenset[str] | None = None
+        self._sent = 0
+        self._received = 0
+        self._next_round = 0
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="accord-grpc-server", daemon=True
+        )
+        self._thread.start()
+        self._changed: asyncio.Condition | None = None
+        self._server: grpc.aio.Server | None = None
+        try:
+            self.port = self._call(self._start())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    async def _start(self) -> int:
+        self._changed = asyncio.Condition()
+        server = grpc.aio.server(
+            options=[*channel_options(self.transport.max_message_bytes), ("grpc.so_reuseport", 0)]
+        )
+        pb_grpc.add_FederationServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
+        address = format_address(self.transport.host, self.transport.port)
+        try:
+            if self.credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(self.credentials.private_key, self.credentials.certificate_chain)],
+                    root_certificates=self.credentials.client_ca,
+                    require_client_auth=self.credentials.client_ca is not None,
+                )
+                port = server.add_secure_port(address, creds)
+        except RuntimeError as error:
+            raise ConfigurationError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise ConfigurationError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        logger.info(
+            "listening on %s (%s)",
+            format_address(self.transport.host, port),
+            "TLS" if self.credentials is not None else "plaintext",
+        )
+        return int(port)
+
+    async def _notify(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ----------------------------------------------------------------- sessions
+
+    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        peer = context.peer()
+        try:
+            first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)
+        except TimeoutError:
+            logger.warning("peer %s sent no registration in time", peer)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Register message in time")
+        if first is grpc.aio.EOF or first.WhichOneof("body") != "register":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Register"
+            )
+        self._received += first.ByteSize()
+        register = first.register
+        if register.protocol_version != PROTOCOL_VERSION:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {register.protocol_version} is not supported; this server "
+                f"speaks version {PROTOCOL_VERSION}",
+            )
+        problem = check_node_id(register.node_id)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        refusal = None
+        if not self.authenticator.open:
+            refusal = self.authenticator.refusal(
+                register.node_id,
+                [(m.key, m.value) for m in (context.invocation_metadata() or ())],
+                context.auth_context(),
+            )
+        if refusal is not None:
+            logger.warning("refused node %s from %s: %s", register.node_id, peer, refusal)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
+        info = NodeInfo(
+            node_id=register.node_id,
+            sample_count=int(register.sample_count),
+            n_features=int(register.n_features),
+            n_classes=int(register.n_classes),
+            validation_sample_count=int(register.validation_sample_count),
+        )
+        problem = admission_problem(info, self.spec, self._roster)
+        if problem is not None:
+            logger.warning("node %s cannot join: %s", info.node_id, problem)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        connection = _Connection(info, context)
+        connection.task = asyncio.current_task()
+        await self._attach(connection)
+        writer = asyncio.create_task(self._write_loop(connection))
+        connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+        try:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    break
+                self._received += message.ByteSize()
+                try:
+                    self._on_message(connection, message)
+                except ProtocolError as error:
+                    logger.warning("node %s broke the protocol: %s", info.node_id, error)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        finally:
+            writer.cancel()
+            await self._detach(connection, "disconnected")
+
+    def _welcome(self, node_id: str) -> pb.Welcome:
+        spec = self.spec
+        return pb.Welcome(
+            protocol_version=PROTOCOL_VERSION,
+            run_id=spec.run_id,
+            node_id=node_id,
+            model=pb.ModelSpec(kind=spec.model.kind, hidden=list(spec.model.hidden)),
+            n_features=spec.n_features,
+            n_classes=spec.n_classes,
+            dim=spec.dim,
+            local=pb.LocalTraining(
+                learning_rate=spec.local.learning_rate,
+                epochs=spec.local.epochs,
+                batch_size=spec.local.batch_size,
+                momentum=spec.local.momentum,
+            ),
+            server_learning_rate=spec.server_learning_rate,
+            federated_evaluation=spec.federated_evaluation,
+            next_round=self._next_round,
+        )
+
+    async def _attach(self, connection: _Connection) -> None:
+        old = self._connections.get(connection.node_id)
+        if old is not None:
+            logger.warning("node %s opened a new session; closing its old one", old.node_id)
+            await self._detach(old, "superseded by a new session")
+            if old.task is not None:
+                old.task.cancel()
+        self._connections[connection.node_id] = connection
+        logger.info(
+            "node %s registered (%d samples); %d connected",
+            connection.node_id,
+            connection.info.sample_count,
+            len(self._connections),
+        )
+        await self._notify()
+
+    async def _detach(self, connection: _Connection, reason: str) -> None:
+        connection.resolve(("failed", f"node {reason}", 0.0))
+        if self._connections.get(connection.node_id) is connection:
+            del self._connections[connection.node_id]
+            if not self._closed:
+                logger.warning("node %s %s", connection.node_id, reason)
+            await self._notify()
+
+    async def _write_loop(self, connection: _Connection) -> None:
+        try:
+            while True:
+                message = await connection.outbox.get()
+                if message is None:
+                    return
+                await connection.context.write(message)
+                self._sent += message.ByteSize()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the stream is gone: the reader notices and detaches
+            logger.debug("writing to node %s failed: %s", connection.node_id, error)
+
+    def _on_message(self, connection: _Connection, message: pb.NodeMessage) -> None:
+        kind = message.WhichOneof("body")
+        if kind == "first_gradient":
+            part = message.first_gradient
+            if connection.expect != ("first", part.round_index) or connection.assembler is None:
+                logger.info(
+                    "ignoring a late or unexpected first gradient from node %s (round %d)",
+                    connection.node_id,
+                    part.round_index,
+                )
+                return
+            try:
+                array = connection.assembler.add(part.gradient)
+            except ProtocolError as error:
+                connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
+                return
+            if array is not None:
+                connection.resolve(("ok", array, float(part.train_seconds)))
+        elif kind == "evaluate_reply":
+            reply = message.evaluate_reply
+            if connection.expect != ("evaluate", reply.round_index):
+                logger.info("ignoring a late evaluation from node %s", connection.node_id)
+                return
+            accuracy, loss = float(reply.accuracy), float(reply.loss)
+            if not (0.0 <= accuracy <= 1.0 and np.isfinite(loss) and reply.sample_count > 0):
+                connection.resolve(("failed", "malformed evaluation reply", 0.0))
+                return
+            connection.resolve(("ok", Evaluation(accuracy, loss, int(reply.sample_count)), 0.0))
+        elif kind == "failure":
+            failure = message.failure
+            connection.weights_digest = None  # its copy can no longer be trusted
+            reason = failure.reason[:300]
+            logger.warning(
+                "node %s failed round %d: %s", connection.node_id, failure.round_index, reason
+            )
+            if connection.expect is not None and connection.expect[1] == failure.round_index:
+                connection.resolve(("failed", f"node reported: {reason}", 0.0))
+        elif kind == "register":
+            raise ProtocolError("Register sent twice on one session")
+        else:
+            logger.info("ignoring an unknown message from node %s", connection.node_id)
+
+    # ------------------------------------------------------------ Grid methods
+
+    def connected(self) -> dict[str, NodeInfo]:
+        async def snapshot() -> dict[str, NodeInfo]:
+            return {node: c.info for node, c in self._connections.items()}
+
+        return self._call(snapshot())
+
+    def wait_for_nodes(
+        self, count: int, timeout: float, among: frozenset[str] | None = None
+    ) -> dict[str, NodeInfo]:
+        return self._call(self._wait_for_nodes(count, timeout, among))
+
+    async def _wait_for_nodes(
+        self, count: int, timeout: float, among: frozenset[str] | None
+    ) -> dict[str, NodeInfo]:
+        assert self._changed is not None
+
+        def present() -> dict[str, NodeInfo]:
+            return {
+                node: c.info
+                for node, c in self._connections.items()
+                if among is None or node in among
+            }
+
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(present()) >= count), timeout
+                )
+        return present()
+
+    def fix_roster(self, roster: tuple[str, ...]) -> None:
+        async def fix() -> None:
+            self._roster = frozenset(roster)
+            for node, connection in list(self._connections.items()):
+                if node not in self._roster:
+                    logger.warning("node %s is not in the roster; closing its session", node)
+                    connection.send(
+                        pb.ServerMessage(
+                            shutdown=pb.Shutdown(reason="this node is not in the run's roster")
+                        )
+                    )
+                    connection.send(None)
+                    await self._detach(connection, "left out of the roster")
+
+        self._call(fix())
+
+    def collect_first_gradients(
+        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+    ) -> Replies:
+        return self._call(self._collect("first", round_index, weights, node_ids, timeout))
+
+    def collect_evaluations(
+        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+    ) -> Replies:
+        return self._call(self._collect("evaluate", round_index, weights, node_ids, timeout))
+
+    async def _collect(
+        self,
+        kind: str,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: Sequence[str],
+        timeout: float,
+    ) -> Replies:
+        self._next_round = round_index
+        digest = weights_digest(weights)
+        full: list[pb.ServerMessage] | None = None
+        replies = Replies()
+        waiting: dict[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]] = {}
+        loop = asyncio.get_running_loop()
+        for node in node_ids:
+            connection = self._connections.get(node)
+            if connection is None:
+                replies.failures[node] = "not connected"
+                continue
+            connection.resolve(("failed", "superseded by a newer request", 0.0))
+            future: asyncio.Future[tuple[str, Any, float]] = loop.create_future()
+            connection.expect, connection.future = (kind, round_index), future
+            if kind == "evaluate":
+                connection.send(
+                    pb.ServerMessage(
+                        evaluate=pb.EvaluateRequest(round_index=round_index, weights_sha256=digest)
+                    )
+                )
+            elif connection.weights_digest == digest:
+                connection.assembler = TensorAssembler(self.spec.dim * 8)
+                connection.send(
+                    pb.ServerMessage(
+                        round_start=pb.RoundStart(round_index=round_index, weights_sha256=digest)
+                    )
+                )
+            else:
+                connection.assembler = TensorAssembler(self.spec.dim * 8)
+                if full is None:
+                    full = [
+                        pb.ServerMessage(
+                            round_start=pb.RoundStart(
+                                round_index=round_index, weights_sha256=digest, global_weights=chunk
+                            )
+                        )
+                        for chunk in encode_tensor(weights, self.transport.chunk_bytes)
+                    ]
+                for message in full:
+                    connection.send(message)
+                connection.weights_digest = digest  # unless the node reports a failure
+            waiting[node] = (connection, future)
+        if waiting:
+            await asyncio.wait([future for _, future in waiting.values()], timeout=timeout)
+        what = "first gradient" if kind == "first" else "evaluation"
+        for node, (connection, future) in waiting.items():
+            if not future.done():
+                connection.resolve(
+                    ("failed", f"no {what} within the {timeout:g} s round deadline", 0.0)
+                )
+            status, value, seconds = future.result()
+            if status == "ok":
+                replies.values[node] = value
+                replies.work_seconds[node] = seconds
+            else:
+                replies.failures[node] = str(value)
+        return replies
+
+    def broadcast_second_gradient(
+        self,
+        round_index: int,
+        second_gradient: FloatArray,
+        server_learning_rate: float,
+        weights: FloatArray,
+        next_weights: FloatArray,
+    ) -> None:
+        async def broadcast() -> None:
+            before, after = weights_digest(weights), weights_digest(next_weights)
+            messages: list[pb.ServerMessage] | None = None
+            for connection in self._connections.values():
+                if connection.weights_digest != before:
+                    connection.weights_digest = None
+                    continue
+                if messages is None:
+                    messages = [
+                        pb.ServerMessage(
+                            second_gradient=pb.SecondGradient(
+                                round_index=round_index,
+                                gradient=chunk,
+                                server_learning_rate=server_learning_rate,
+                                next_weights_sha256=after,
+                            )
+                        )
+                        for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)
+                    ]
+                for message in messages:
+                    connection.send(message)
+                connection.weights_digest = after
+
+        self._call(broadcast())
+
+    def traffic(self) -> tuple[int, int]:
+        return self._sent, self._received
+
+    def shutdown(self, reason: str) -> None:
+        if self._closed:
+            return
+
+        async def close() -> None:
+            self._closed = True
+            for connection in list(self._connections.values()):
+                connection.send(pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
+                connection.send(None)
+            assert self._changed is not None
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: not self._connections),
+                        self.transport.shutdown_grace,
+                    )
+            if self._server is not None:
+                await self._server.stop(0.5)
+
+        try:
+            self._call(close())
+        finally:
+            self._stop_loop()

@@ -1,0 +1,131 @@
+"""Settings of a networked run, and their JSON form (kept in the run folder for resume)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from accord._validation import require_choice, require_int, require_number
+from accord.aggregation.registry import POLICIES
+from accord.errors import ConfigurationError
+from accord.simulation.driver import SimulationSettings
+
+__all__ = [
+    "EVALUATIONS",
+    "FederationSettings",
+    "ServerSettings",
+    "settings_from_json",
+    "settings_to_json",
+]
+
+#: Where the reward's accuracy comes from: the server's validation set, or the nodes'.
+EVALUATIONS = ("federated", "server")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """How the server runs rounds over the network.
+
+    - ``expected_nodes``: roster size the server waits for before round 0 (default: the
+      scenario's node count).
+    - ``quorum``: nodes that must be connected to start the run and each round (default:
+      ``expected_nodes``).
+    - ``registration_timeout``: seconds to wait for every expected node before starting with
+      a quorum (default 60).
+    - ``quorum_timeout``: seconds to wait for a quorum before a round; then the run stops and
+      can be resumed (default 300).
+    - ``round_deadline``: seconds the nodes have to send a first gradient or an evaluation
+      (default 60); a node later than that is left out of the round.
+    - ``evaluation``: ``server`` (default: the server's validation set) or ``federated``
+      (sample-weighted mean of the nodes' validation accuracies).
+    - ``max_failed_rounds``: consecutive attempts without one usable first gradient before
+      the run stops (default 3).
+    """
+
+    expected_nodes: int | None = None
+    quorum: int | None = None
+    registration_timeout: float = 60.0
+    quorum_timeout: float = 300.0
+    round_deadline: float = 60.0
+    evaluation: str = "server"
+    max_failed_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.expected_nodes is not None:
+            require_int("expected_nodes", self.expected_nodes, minimum=1)
+        if self.quorum is not None:
+            require_int("quorum", self.quorum, minimum=1)
+            if self.expected_nodes is not None and self.quorum > self.expected_nodes:
+                raise ConfigurationError(
+                    f"quorum: expected at most {self.expected_nodes} (the expected nodes), "
+                    f"got {self.quorum}"
+                )
+        require_number("registration_timeout", self.registration_timeout, minimum=0.0)
+        require_number("quorum_timeout", self.quorum_timeout, minimum=0.0)
+        require_number("round_deadline", self.round_deadline, minimum=0.0, exclusive_minimum=True)
+        require_choice("evaluation", self.evaluation, EVALUATIONS)
+        require_int("max_failed_rounds", self.max_failed_rounds, minimum=1)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything that decides a networked run's results (saved with its checkpoints).
+
+    ``run`` holds the same scenario, model, local-training, round, stop and policy settings
+    as ``accord simulate``; ``policy`` names the weighting policy; ``validation_data`` and
+    ``test_data`` are CSV/Parquet files (with ``label_column``) the server scores on instead
+    of the scenario's held-out sets.
+    """
+
+    run: SimulationSettings = field(default_factory=SimulationSettings)
+    policy: str = "actor-critic"
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    validation_data: str | None = None
+    test_data: str | None = None
+    label_column: str = "label"
+
+    def __post_init__(self) -> None:
+        require_choice("policy", self.policy, POLICIES)
+        if self.test_data is not None and self.validation_data is None:
+            raise ConfigurationError("test_data: give validation_data as well")
+
+    @property
+    def expected_nodes(self) -> int:
+        expected = self.federation.expected_nodes
+        return self.run.scenario.nodes if expected is None else expected
+
+    @property
+    def quorum(self) -> int:
+        quorum = self.federation.quorum
+        return self.expected_nodes if quorum is None else min(quorum, self.expected_nodes)
+
+
+T = TypeVar("T")
+
+
+def settings_to_json(settings: object) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        raise TypeError("expected a settings dataclass instance")
+    return dataclasses.asdict(settings)
+
+
+def settings_from_json(cls: type[T], data: object, where: str = "settings") -> T:
+    """Rebuild a (nested) settings dataclass from :func:`settings_to_json`'s output."""
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    template = cls()
+    names = {f.name for f in dataclasses.fields(template)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown fields {unknown}")
+    values: dict[str, Any] = {}
+    for name, raw in data.items():
+        default = getattr(template, name)
+        value = raw
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            value = settings_from_json(type(default), raw, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(raw, list):
+            value = tuple(raw)
+        values[name] = value
+    return cls(**values)

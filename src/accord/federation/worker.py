@@ -1,0 +1,196 @@
+"""A node's side of a round, without any transport.
+
+:class:`NodeWorker` holds the node's samples and its model between rounds, and computes the
+first gradient exactly as :class:`accord.simulation.Simulation` does for the same node (the
+same :class:`~accord.training.local.LocalTrainer`, the same seed
+:func:`accord.simulation.driver.node_seed`, the same faulty-node recipe), so a networked
+run and an in-process run of the same scenario reach the same metrics.
+
+Everything the server sends is checked before it is applied: dtype float32, shape
+``(dim,)``, finite values, and the SHA-256 digest of the weights it should produce.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from accord.aggregation.base import FloatArray, ValidationFn
+from accord.data.faults import FaultSpec, corrupt_gradient
+from accord.errors import InputDataError, ProtocolError
+from accord.federation.grid import Evaluation, NodeInfo, RunSpec
+from accord.federation.naming import check_node_id
+from accord.federation.tensors import check_weights, weights_digest
+from accord.training.evaluation import make_validation_fn
+from accord.training.local import LocalTrainer
+from accord.training.models import build_model
+
+__all__ = ["NodeFault", "NodeWorker", "fault_rng"]
+
+logger = logging.getLogger(__name__)
+
+
+def fault_rng(scenario_seed: int, node_index: int, round_index: int) -> np.random.Generator:
+    """The noise a faulty node draws in one round: a function of (seed, node, round) only,
+    so a resumed run or a restarted node draws exactly the same noise."""
+    return np.random.default_rng([scenario_seed, 104729, node_index, round_index])
+
+
+@dataclass(frozen=True)
+class NodeFault:
+    """The faulty-node recipe this node follows (scenario runs only)."""
+
+    spec: FaultSpec
+    scenario_seed: int
+    node_index: int
+
+
+class NodeWorker:
+    """One node: its samples, its model copy and the digest of the global weights it holds."""
+
+    def __init__(
+        self,
+        node_id: str,
+        features: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        *,
+        seed: int,
+        validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
+        fault: NodeFault | None = None,
+    ) -> None:
+        problem = check_node_id(node_id)
+        if problem is not None:
+            raise InputDataError(problem)
+        if features.ndim != 2 or labels.shape != (features.shape[0],):
+            raise InputDataError(
+                f"node data: expected features (n, d) and labels (n,), got {features.shape} "
+                f"and {labels.shape}"
+            )
+        if features.shape[0] == 0:
+            raise InputDataError("node data: a node needs at least one training sample")
+        self.node_id = node_id
+        self.features = np.ascontiguousarray(features, dtype=np.float32)
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.seed = seed
+        self.validation = validation
+        self.fault = fault
+        self.spec: RunSpec | None = None
+        self.trainer: LocalTrainer | None = None
+        self._validate: ValidationFn | None = None
+        self.weights: FloatArray | None = None
+        self._digest: bytes | None = None
+
+    def info(self) -> NodeInfo:
+        label_max = int(self.labels.max())
+        if self.validation is not None:
+            label_max = max(label_max, int(self.validation[1].max(initial=0)))
+        return NodeInfo(
+            node_id=self.node_id,
+            sample_count=int(self.labels.shape[0]),
+            n_features=int(self.features.shape[1]),
+            n_classes=label_max + 1,
+            validation_sample_count=0 if self.validation is None else len(self.validation[1]),
+        )
+
+    def configure(self, spec: RunSpec) -> None:
+        """Build the model the server asks for; keep model and weights when it is unchanged
+        (a reconnection to the same run)."""
+        if spec.n_features != self.features.shape[1]:
+            raise ProtocolError(
+                f"the server's model takes {spec.n_features} features; this node has "
+                f"{self.features.shape[1]}"
+            )
+        if self.spec is not None and replace(self.spec, run_id=spec.run_id) == spec:
+            self.spec = spec
+            return
+        model = build_model(spec.model, spec.n_features, spec.n_classes, self.seed)
+        trainer = LocalTrainer(model, self.features, self.labels, spec.local, self.seed)
+        if trainer.flat.dim != spec.dim:
+            raise ProtocolError(
+                f"the server's model has {spec.dim} weights; built here it has {trainer.flat.dim}"
+            )
+        self.spec, self.trainer = spec, trainer
+        self._validate = (
+            None
+            if self.validation is None
+            else make_validation_fn(trainer.flat, self.validation[0], self.validation[1])
+        )
+        self.weights, self._digest = None, None
+
+    def _ready(self) -> tuple[RunSpec, LocalTrainer]:
+        if self.spec is None or self.trainer is None:
+            raise ProtocolError("a round started before the node was configured")
+        return self.spec, self.trainer
+
+    def holds(self, weights_sha256: bytes) -> bool:
+        return self._digest is not None and self._digest == weights_sha256
+
+    def start_round(
+        self, round_index: int, weights: FloatArray | None, weights_sha256: bytes
+    ) -> FloatArray:
+        """Take ``w_t`` (or check the local copy against its digest); return ``g_i``."""
+        spec, trainer = self._ready()
+        if weights is not None:
+            weights = check_weights(weights, spec.dim, "global weights")
+            digest = weights_digest(weights)
+            if digest != weights_sha256:
+                self.weights, self._digest = None, None
+                raise ProtocolError("global weights: digest does not match the weights sent")
+            self.weights, self._digest = np.array(weights, dtype=np.float32), digest
+        elif not self.holds(weights_sha256):
+            self.weights, self._digest = None, None
+            raise ProtocolError("the local copy of the global weights is out of date")
+        assert self.weights is not None
+        return self._first_gradient(trainer, self.weights, round_index)
+
+    def _first_gradient(
+        self, trainer: LocalTrainer, weights: FloatArray, round_index: int
+    ) -> FloatArray:
+        # The same recipe as Simulation.first_gradients, node by node.
+        fault = self.fault
+        if fault is not None and fault.spec.kind == "free-rider":
+            return np.zeros(weights.shape[0], dtype=np.float32)
+        honest = trainer.first_gradient(weights, round_index)
+        if fault is not None and not fault.spec.corrupts_labels:
+            rng = fault_rng(fault.scenario_seed, fault.node_index, round_index)
+            honest = corrupt_gradient(fault.spec, honest, rng)
+        return honest
+
+    def apply_second_gradient(
+        self,
+        round_index: int,
+        second_gradient: FloatArray,
+        server_learning_rate: float,
+        next_weights_sha256: bytes,
+    ) -> None:
+        """``w_{t+1} = w_t − η_server · G`` on the local copy, checked against the digest."""
+        spec, trainer = self._ready()
+        if self.weights is None:
+            raise ProtocolError("no copy of the global weights to apply the second gradient to")
+        gradient = check_weights(second_gradient, spec.dim, "second gradient")
+        updated = trainer.apply_second_gradient(self.weights, gradient, server_learning_rate)
+        digest = weights_digest(updated)
+        if digest != next_weights_sha256:
+            self.weights, self._digest = None, None
+            raise ProtocolError(
+                f"round {round_index}: the weights after the second gradient differ from the "
+                "server's"
+            )
+        self.weights, self._digest = updated, digest
+
+    def evaluate(self, round_index: int, weights_sha256: bytes) -> Evaluation:
+        """Accuracy and loss of the local copy of ``w_{t+1}`` on the validation split."""
+        self._ready()
+        if self._validate is None or self.validation is None:
+            raise ProtocolError("this node has no validation split")
+        if self.weights is None or not self.holds(weights_sha256):
+            raise ProtocolError(f"round {round_index}: the weights to evaluate are not held here")
+        scores = self._validate(self.weights[None, :])
+        return Evaluation(
+            accuracy=float(scores.accuracies[0]),
+            loss=float(scores.losses[0]),
+            sample_count=len(self.validation[1]),
+        )
