@@ -14,9 +14,9 @@ Prints one JSON object. Usage::
     python3 benchmarks/alignment_core.py --sizes 1000000 --allocator default
 
 ``--allocator tuned`` (default) keeps freed memory in the process (glibc ``M_MMAP_MAX=0``,
-no trimming; pyarrow on the system allocator): on this VM freshly mapped memory costs about
-2 ms per MB on first touch, which otherwise dominates several stages. ``default`` leaves
-the allocators alone.
+no trimming; pyarrow keeps its own jemalloc pool): on this VM freshly mapped memory costs
+0.2-2 ms per MB on first touch, which otherwise dominates several stages. ``default`` leaves
+the allocator alone. ``kernel_per_stage`` shows kernel time and page faults per stage.
 """
 
 from __future__ import annotations
@@ -46,16 +46,12 @@ _M_MMAP_MAX = -4
 
 
 def tune_allocator() -> bool:
-    """Keep freed memory in-process (glibc) and route pyarrow through malloc."""
+    """Keep memory freed by numpy (glibc malloc) in the process for reuse."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**30) == 1
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-    return ok
+    return libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
 
 def peak_rss_mib() -> float:
@@ -68,12 +64,22 @@ def current_rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+#: Per stage: kernel CPU seconds and minor page faults (first touches of fresh memory).
+FAULTS: dict[str, dict[str, float]] = {}
+
+
 @contextlib.contextmanager
 def stopwatch(stages: dict[str, float], name: str) -> Iterator[None]:
-    """Record the wall time of the ``with`` body under ``name``."""
+    """Record the wall time of the ``with`` body under ``name`` (and its page faults)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     yield
     stages[name] = round(time.perf_counter() - start, 4)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    FAULTS[name] = {
+        "sys_s": round(after.ru_stime - usage.ru_stime, 3),
+        "minor_faults": after.ru_minflt - usage.ru_minflt,
+    }
 
 
 def make_ids(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -241,6 +247,7 @@ def run_size(n: int, seed: int, workdir: Path) -> dict[str, Any]:
         "core_over_set_intersection": round(core / set_time, 3),
         "digest_alternatives": alternatives,
         "rss": rss,
+        "kernel_per_stage": {name: FAULTS.pop(name) for name in list(FAULTS)},
         "setup_s": setup,
     }
 

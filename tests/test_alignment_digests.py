@@ -28,9 +28,10 @@ from accord.errors import ConfigurationError, InputDataError, ProtocolError
 KEY = bytes(range(32))
 
 
-def oracle_digest(value: bytes, key: bytes) -> bytes:
+def oracle_digest(value: bytes, key: bytes, columns: int = 1) -> bytes:
     """The documented construction, computed per ID with AES-CBC (zero IV): last block."""
-    aes_key = hmac.new(key, b"accord/alignment/digest/v1", hashlib.sha256).digest()
+    label = b"accord/alignment/digest/v1/columns=%d" % columns
+    aes_key = hmac.new(key, label, hashlib.sha256).digest()
     message = len(value).to_bytes(8, "little") + value
     message += b"\0" * (-len(message) % 16)
     encryptor = Cipher(algorithms.AES(aes_key), modes.CBC(b"\0" * 16)).encryptor()
@@ -45,9 +46,9 @@ def test_known_answers() -> None:
     values = [b"abc", b"", b"0123456789abcdef0123456789abcdef"]
     digests = keyed_digests(pa.array(values, type=pa.binary()), KEY)
     assert [d.hex() for d in as_bytes(digests)] == [
-        "9aee11003deff52f13e14eea37197434",
-        "69ae38818288ce9e1a082a9119839631",
-        "4e9cca7616ef8f5adeae07588f6406be",
+        "6ca4f2da18488992bfbb07b84df3d599",
+        "1f5406535a6541831be128bdd747c46b",
+        "f948416ecc6a9ef0b82eac3965a1b002",
     ]
     assert digests.dtype == np.dtype("<u8") and digests.shape == (3, 2)
 
@@ -95,12 +96,44 @@ def test_digests_depend_on_the_key() -> None:
     assert not np.any(np.all(one == other, axis=1))
 
 
-def test_a_host_with_the_raw_secret_but_not_the_construction_key_cannot_reproduce() -> None:
+def test_the_raw_secret_is_not_used_as_the_aes_key() -> None:
     # The secret is domain-separated: AES-CBC-MAC under the raw secret is not the digest.
     value = b"alice"
     message = len(value).to_bytes(8, "little") + value + b"\0" * 3
     raw = Cipher(algorithms.AES(KEY), modes.CBC(b"\0" * 16)).encryptor().update(message)[-16:]
     assert as_bytes(keyed_digests(pa.array([value], type=pa.binary()), KEY)) != [raw]
+
+
+def test_key_column_count_separates_domains() -> None:
+    # ("a", "b") joined is b"a\x1fb"; a one-column ID b"a\x1fb" must still not match it.
+    two = prepare_ids([pa.array(["a"]), pa.array(["b"])])
+    one = prepare_ids([pa.array([b"a\x1fb"])])
+    assert two.keys.to_pylist() == one.keys.to_pylist()
+    two_digest = digest_ids(two, KEY).digests
+    one_digest = digest_ids(one, KEY).digests
+    assert not np.array_equal(two_digest, one_digest)
+    assert as_bytes(two_digest) == [oracle_digest(b"a\x1fb", KEY, columns=2)]
+
+
+def naive_cbc_mac(value: bytes, key: bytes) -> bytes:
+    """Plain CBC-MAC of the zero-padded value, without the length prefix (insecure)."""
+    message = value + b"\0" * (-len(value) % 16)
+    return Cipher(algorithms.AES(key), modes.CBC(b"\0" * 16)).encryptor().update(message)[-16:]
+
+
+def test_cbc_mac_splice_forgery_fails_against_the_length_prefix() -> None:
+    # Attack: someone who learned t = MAC(x) builds z = x || (y XOR t). Under plain CBC-MAC,
+    # MAC(z) == MAC(y): two different IDs collide (a false match). The length prefix stops it.
+    x, y = b"A" * 16, b"B" * 16
+    naive_key = bytes(32)
+    t = naive_cbc_mac(x, naive_key)
+    z = x + bytes(a ^ b for a, b in zip(y, t, strict=True))
+    assert naive_cbc_mac(z, naive_key) == naive_cbc_mac(y, naive_key)  # the attack works there
+    # Same splice against the real construction, with the attacker knowing its digest of x.
+    t_real = as_bytes(keyed_digests(pa.array([x], type=pa.binary()), KEY))[0]
+    z_real = x + bytes(a ^ b for a, b in zip(y, t_real, strict=True))
+    digests = as_bytes(keyed_digests(pa.array([x, y, z_real], type=pa.binary()), KEY))
+    assert len(set(digests)) == 3
 
 
 def test_bad_keys_and_nulls_are_refused() -> None:
@@ -111,6 +144,8 @@ def test_bad_keys_and_nulls_are_refused() -> None:
         keyed_digests(pa.array([b"a", None], type=pa.binary()), KEY)
     with pytest.raises(InputDataError, match="binary or string"):
         keyed_digests(pa.array([1, 2]), KEY)
+    with pytest.raises(ConfigurationError, match="key_columns: expected an integer >= 1"):
+        keyed_digests(values, KEY, key_columns=0)
 
 
 def prepared_of(ids: list[str]):  # type: ignore[no-untyped-def]

@@ -159,7 +159,9 @@ def read_table(path: StrPath) -> pa.Table:
         quoted_strings_can_be_null=False,
     )
     try:
-        table = pcsv.read_csv(path, parse_options=_parse_options(path), convert_options=convert)
+        table = pcsv.read_csv(
+            _csv_source(path), parse_options=_parse_options(path), convert_options=convert
+        )
     except (pa.ArrowException, OSError) as exc:
         raise InputDataError(f"{path}: cannot read CSV: {_describe(exc, names)}") from exc
     if table.num_rows == 0:
@@ -218,7 +220,7 @@ def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch
     )
     try:
         reader = pcsv.open_csv(
-            path,
+            _csv_source(path),
             read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
             parse_options=_parse_options(path),
             convert_options=convert,
@@ -241,6 +243,16 @@ def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch
                 ) from exc
             rows += batch.num_rows
             yield batch
+
+
+def _csv_source(path: StrPath) -> str | pa.NativeFile:
+    """A memory map for an uncompressed file (no copy into fresh memory), else the path."""
+    if _compression(path) is not None:
+        return str(path)
+    try:
+        return pa.memory_map(str(path))
+    except (pa.ArrowException, OSError) as exc:
+        raise InputDataError(f"{path}: cannot read: {_describe(exc)}") from exc
 
 
 def _iter_parquet_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch]:

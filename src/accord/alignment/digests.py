@@ -5,8 +5,9 @@ Construction
 A digest is a pseudo-random function of the normalised key bytes ``x`` under a secret key
 ``K`` that only the enclaves hold:
 
-* ``k = HMAC-SHA256(K, "accord/alignment/digest/v1")`` (domain separation: ``K`` may be any
-  secret of at least 16 bytes, e.g. straight out of the channel's key schedule);
+* ``k = HMAC-SHA256(K, "accord/alignment/digest/v1/columns=<c>")`` with ``c`` the number of
+  key columns (domain separation: ``K`` may be any secret of at least 16 bytes, e.g. straight
+  out of the channel's key schedule; keys of different column counts can never match);
 * ``M = LE64(len(x)) ‖ x ‖ 0…0``, zero-padded to a multiple of 16 bytes;
 * ``digest = CBC-MAC_k(M)`` with AES-256: ``c_0 = 0``, ``c_i = AES_k(c_{i-1} ⊕ M_i)``,
   digest = ``c_last`` (16 bytes), i.e. the last block of AES-CBC encryption of ``M`` with a
@@ -119,13 +120,18 @@ def derive_key(secret: bytes, label: bytes) -> bytes:
     return hmac.new(bytes(secret), label, hashlib.sha256).digest()
 
 
-def keyed_digests(keys: pa.Array | pa.ChunkedArray, key: bytes) -> np.ndarray:
+def keyed_digests(
+    keys: pa.Array | pa.ChunkedArray, key: bytes, *, key_columns: int = 1
+) -> np.ndarray:
     """The keyed 128-bit digest of every key, in row order: shape ``(n, 2)``, dtype ``<u8``.
 
     ``keys`` are binary (or string) values, normally :attr:`PreparedIds.keys`; ``key`` is
-    the session's digest secret (at least 16 bytes). Nulls are refused.
+    the session's digest secret (at least 16 bytes); ``key_columns`` the number of key columns
+    the keys were joined from (part of the derivation). Nulls are refused.
     """
-    aes_key = derive_key(key, _DIGEST_LABEL)
+    if isinstance(key_columns, bool) or not isinstance(key_columns, int) or key_columns < 1:
+        raise ConfigurationError(f"key_columns: expected an integer >= 1, got {key_columns!r}")
+    aes_key = derive_key(key, _DIGEST_LABEL + b"/columns=%d" % key_columns)
     chunks = keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]
     total = sum(len(c) for c in chunks)
     out = np.empty((total, 2), dtype=DIGEST_DTYPE)
@@ -159,7 +165,7 @@ def digest_ids(
         raise ConfigurationError(
             f"duplicates: expected one of {accepted}; got {duplicates!r}"
         ) from exc
-    unsorted = keyed_digests(prepared.keys, key)
+    unsorted = keyed_digests(prepared.keys, key, key_columns=prepared.key_columns)
     order = sort_order(unsorted)
     digests = np.take(unsorted, order, axis=0)
     del unsorted
