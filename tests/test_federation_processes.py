@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -59,6 +60,9 @@ class Processes:
                 descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.dup2(descriptor, 1)
                 os.dup2(descriptor, 2)
+                # pytest replaced sys.stdout/sys.stderr; write to the log file instead
+                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
                 os.environ.update(env or {})
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -244,3 +248,271 @@ def test_server_and_four_nodes_reach_the_simulation_metrics(
     assert server_code == 0, processes.log("server")
     assert node_codes == [0] * NODES
     assert_same_metrics(run_records(run_dir), simulation_records(5))
+
+
+def fedavg_probabilities(present: Sequence[str]) -> dict[str, float]:
+    """The FedAvg oracle: data-size weights over the nodes that answered, 0 elsewhere."""
+    from accord.scenario import build_scenario
+
+    data = build_scenario(
+        ScenarioSettings(nodes=NODES, fault=FaultSpec("label-flip", 1), seed=SEED)
+    )
+    counts = {node.node_id: node.sample_count for node in data.nodes}
+    total = sum(counts[node] for node in present)
+    return {node: (counts[node] / total if node in present else 0.0) for node in counts}
+
+
+def test_failing_nodes_are_dropped_with_reasons_and_the_run_goes_on(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: node-01 sends NaN in round 1, node-02 a short gradient in round 2, node-00 is
+    # 3 s late in round 2 (deadline 2 s), node-03 is killed when round 3 starts.
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start(
+        "server",
+        server_args(
+            run_dir,
+            port,
+            credentials,
+            *scenario_args(6, policy="fedavg"),
+            "--quorum",
+            "3",
+            "--round-deadline",
+            "2",
+        ),
+    )
+    failpoints = {0: "stall@2:3", 1: "nan@1", 2: "shape@2", 3: "exit@3"}
+    for i in range(NODES):
+        processes.start(
+            f"node-{i}",
+            node_args(i, port, credentials),
+            env={"ACCORD_FAILPOINT": failpoints[i]},
+        )
+
+    # Act
+    server_code = processes.wait("server")
+    node_codes = [processes.wait(f"node-{i}") for i in range(NODES)]
+
+    # Assert
+    assert server_code == 0, processes.log("server")
+    assert node_codes == [0, 0, 0, -signal.SIGKILL]
+    records = run_records(run_dir)
+    assert [r["round"] for r in records] == list(range(6))
+    dropped = [r["dropped"] for r in records]
+    assert dropped[0] == {}
+    assert dropped[1] == {"node-01": "malformed first gradient: contains NaN or Inf"}
+    assert dropped[2]["node-02"].startswith("malformed first gradient: expected shape (")
+    assert dropped[2]["node-00"] == "no first gradient within the 2 s round deadline"
+    assert dropped[3]["node-03"] == "node disconnected"
+    assert dropped[4] == dropped[5] == {"node-03": "not connected"}
+    # the late node rejoined, and the probabilities are FedAvg's over those who answered
+    assert records[4]["present"] == records[5]["present"] == ["node-00", "node-01", "node-02"]
+    for record in records:
+        expected = fedavg_probabilities(record["present"])
+        assert record["probabilities"] == pytest.approx(expected, abs=1e-9)
+    assert "failed round 1" not in processes.log("server")  # NaN was the server's finding
+
+
+def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: the server SIGKILLs itself right after writing the checkpoint of round 3.
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start(
+        "server",
+        server_args(run_dir, port, credentials, *scenario_args(6)),
+        env={"ACCORD_FAILPOINT": "crash-after-round@3"},
+    )
+    for i in range(NODES):
+        processes.start(f"node-{i}", node_args(i, port, credentials))
+    assert processes.wait("server") == -signal.SIGKILL
+    assert len(run_records(run_dir)) == 3
+    assert all(processes.poll(f"node-{i}") is None for i in range(NODES))  # still waiting
+
+    # Act: a new server process continues the run on the same port
+    processes.start(
+        "resumed",
+        [
+            "server",
+            "--resume",
+            str(run_dir),
+            "--port",
+            str(port),
+            "--credentials",
+            str(credentials),
+        ],
+    )
+    resumed_code = processes.wait("resumed")
+    node_codes = [processes.wait(f"node-{i}") for i in range(NODES)]
+
+    # Assert
+    assert resumed_code == 0, processes.log("resumed")
+    assert node_codes == [0] * NODES
+    log = processes.log("resumed")
+    assert "resuming run" in log
+    for i in range(NODES):  # the same node processes reconnected to the new server
+        assert f"node node-{i:02d} registered" in log
+    stats = json.loads((run_dir / "federation_stats.json").read_text())
+    assert stats["resumed_at"] == 3
+    assert_same_metrics(run_records(run_dir), simulation_records(6))
+
+
+ATTACKS = textwrap.dedent(
+    """
+    import json, sys
+    import grpc
+    from accord.federation.proto import federation_pb2 as pb
+    from accord.federation.proto import federation_pb2_grpc as pb_grpc
+
+    address, good, rogue = sys.argv[1:4]
+
+    def read(path):
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    def token(node):
+        return read(f"{good}/{node}/token").decode().strip()
+
+    def attempt(node_id, cert_dir=None, bearer=None, plaintext=False):
+        if plaintext:
+            channel = grpc.insecure_channel(address)
+        else:
+            key = cert = None
+            if cert_dir is not None:
+                key, cert = read(f"{cert_dir}/node.key"), read(f"{cert_dir}/node.pem")
+            creds = grpc.ssl_channel_credentials(read(f"{good}/ca.pem"), key, cert)
+            channel = grpc.secure_channel(address, creds)
+        metadata = () if bearer is None else (("authorization", "Bearer " + bearer),)
+        register = pb.NodeMessage(register=pb.Register(
+            protocol_version=1, node_id=node_id, sample_count=100, n_features=64, n_classes=10))
+        try:
+            stub = pb_grpc.FederationStub(channel)
+            for reply in stub.Session(iter([register]), metadata=metadata, timeout=10):
+                return "JOINED:" + reply.WhichOneof("body")
+            return "CLOSED"
+        except grpc.RpcError as error:
+            return error.code().name
+        finally:
+            channel.close()
+
+    print(json.dumps({
+        "no client certificate": attempt("node-02", bearer=token("node-02")),
+        "no token": attempt("node-02", cert_dir=f"{good}/node-02"),
+        "another node's token": attempt(
+            "node-02", cert_dir=f"{good}/node-02", bearer=token("node-03")),
+        "another node's certificate": attempt(
+            "node-00", cert_dir=f"{good}/node-02", bearer=token("node-00")),
+        "certificate from another CA": attempt(
+            "node-02", cert_dir=f"{rogue}/node-02", bearer=token("node-02")),
+        "plaintext": attempt("node-02", plaintext=True),
+    }))
+    """
+)
+
+
+def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: a run of node-00 and node-01; node-01 takes 3 s in round 1, so the attacks
+    # below happen while the two train.
+    port = free_port()
+    run_dir = tmp_path / "run"
+    rogue_ca = tmp_path / "rogue"
+    make_credentials(rogue_ca, ["node-02"], now=dt.datetime.now(dt.UTC), days=1)
+    processes.start(
+        "server",
+        server_args(
+            run_dir,
+            port,
+            credentials,
+            *scenario_args(4, policy="fedavg"),
+            "--expected-nodes",
+            "2",
+            "--round-deadline",
+            "20",
+        ),
+    )
+    processes.start("node-0", node_args(0, port, credentials))
+    processes.start(
+        "node-1", node_args(1, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:3"}
+    )
+    deadline = time.monotonic() + 60
+    while not (run_dir / "metrics.jsonl").exists():
+        assert time.monotonic() < deadline, processes.log("server")
+        time.sleep(0.02)
+    wrong_token = tmp_path / "wrong-token"
+    wrong_token.write_text("not-the-token\n")
+
+    # Act: a real node process with a valid certificate but a wrong token, and protocol-level
+    # attempts with missing or borrowed credentials
+    processes.start(
+        "rogue-node",
+        [
+            "node",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--scenario-node",
+            "2",
+            "--tls-ca",
+            str(credentials / "ca.pem"),
+            "--tls-cert",
+            str(credentials / "node-02" / "node.pem"),
+            "--tls-key",
+            str(credentials / "node-02" / "node.key"),
+            "--token-file",
+            str(wrong_token),
+            *scenario_args(1)[:-4],
+        ],
+    )
+    script = tmp_path / "attacks.py"
+    script.write_text(ATTACKS)
+    attacks = subprocess.run(
+        [sys.executable, str(script), f"127.0.0.1:{port}", str(credentials), str(rogue_ca)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rogue_code = processes.wait("rogue-node")
+    rounds_during_attacks = len(run_records(run_dir))
+    server_code = processes.wait("server")
+
+    # Assert
+    assert json.loads(attacks.stdout) == {
+        "no client certificate": "UNAVAILABLE",  # the TLS handshake fails
+        "no token": "UNAUTHENTICATED",
+        "another node's token": "UNAUTHENTICATED",
+        "another node's certificate": "UNAUTHENTICATED",
+        "certificate from another CA": "UNAVAILABLE",
+        "plaintext": "UNAVAILABLE",
+    }
+    assert rogue_code == 2
+    assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")
+    assert rounds_during_attacks < 4  # the run was still going on
+    assert server_code == 0, processes.log("server")
+    records = run_records(run_dir)
+    assert len(records) == 4
+    assert all(set(r["probabilities"]) == {"node-00", "node-01"} for r in records)
+    server_log = processes.log("server")
+    assert "wrong token for node id 'node-02'" in server_log  # precise reasons stay local
+    assert "client certificate is for 'node-02', not 'node-00'" in server_log
+
+
+def test_accord_federate_writes_the_simulation_metrics(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange
+    run_dir = tmp_path / "run"
+
+    # Act: the installed command, from scratch
+    processes.exec("federate", ["federate", "--out", str(run_dir), *scenario_args(3)])
+    code = processes.wait("federate", timeout=120)
+
+    # Assert
+    assert code == 0, processes.log("federate")
+    assert_same_metrics(run_records(run_dir), simulation_records(3))
+    stats = json.loads((run_dir / "federation_stats.json").read_text())
+    assert stats["node_exit_codes"] == {f"node-{i:02d}": 0 for i in range(NODES)}
+    assert "round 3/3" in processes.log("federate")

@@ -122,7 +122,7 @@ class FederatedRun:
         extra_state: Mapping[str, Any] | None = None,
         on_round: Callable[[TimedRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        after_checkpoint: Callable[[int], None] | None = None,
+        after_round: Callable[[int], None] | None = None,
     ) -> None:
         self.grid = grid
         self.engine_factory = engine_factory
@@ -137,7 +137,7 @@ class FederatedRun:
         self.extra_state = dict(extra_state or {})
         self.on_round = on_round
         self.clock = clock
-        self.after_checkpoint = after_checkpoint
+        self.after_round = after_round
         self.engine: RoundEngine | None = None
 
     # ------------------------------------------------------------------ roster
@@ -265,10 +265,10 @@ class FederatedRun:
             reason = tracker.update(record.validation_accuracy_after, self.clock())
             elapsed = elapsed_before + (time.perf_counter() - started)
             self._checkpoint(engine, roster, counts, progress, elapsed, reason)
-            if self.after_checkpoint is not None:
-                self.after_checkpoint(engine.round_index)
             if self.on_round is not None:
                 self.on_round(timed)
+            if self.after_round is not None:
+                self.after_round(engine.round_index)
         assert reason is not None
         logger.info("stopping after %d rounds: %s", engine.round_index, reason)
         return FederatedResult(

@@ -185,7 +185,7 @@ def serve(
         on_start(grid.port)
     folder = _RunFolder(run_dir)
 
-    def after_checkpoint(rounds_done: int) -> None:
+    def after_round(rounds_done: int) -> None:
         if crash_after is not None and rounds_done >= crash_after:
             logger.warning("failpoint: killing the server after round %d", rounds_done)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -223,7 +223,7 @@ def serve(
         checkpoint_path=run_dir / CHECKPOINT_FILE,
         resume=state,
         on_round=round_done,
-        after_checkpoint=after_checkpoint,
+        after_round=after_round,
     )
     result = run.run()
     folder.rounds([timed.record.to_json() for timed in result.rounds])
