@@ -1,0 +1,182 @@
+"""The host's handle on its enclave process (asyncio).
+
+:meth:`EnclaveProcess.start` launches ``python -m accord.tee.enclave`` with one end of a
+Unix socket pair; :meth:`EnclaveProcess.call` sends one call frame and awaits its reply.
+Calls are serialised (the enclave serves one at a time). Bulk bodies go out as a list of
+buffers, back to back, without being joined, and replies are received straight into one
+buffer. A failed call raises the error class the enclave named, with its message; an
+enclave that dies raises :class:`~accord.errors.PeerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from accord import errors
+from accord.errors import AccordError, PeerError, ProtocolError
+from accord.tee.backend import EnclaveIdentity
+from accord.tee.protocol import Call
+from accord.tee.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
+
+__all__ = ["EnclaveProcess"]
+
+logger = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+_ERRORS: dict[str, type[AccordError]] = {
+    name: getattr(errors, name) for name in errors.__all__ if name != "AccordError"
+}
+
+
+class EnclaveProcess:
+    """A running enclave process and the socket to it."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, sock: socket.socket, identity: EnclaveIdentity
+    ) -> None:
+        self._process = process
+        self._sock = sock
+        self._lock = asyncio.Lock()
+        self.identity = identity
+
+    @property
+    def pid(self) -> int:
+        """The enclave's process id."""
+        return self._process.pid
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        platform_key: Path | None = None,
+        debug: bool = False,
+        log_level: str = "WARNING",
+        python: str = sys.executable,
+    ) -> EnclaveProcess:
+        """Launch the enclave process and wait for it to report its identity."""
+        host_end, enclave_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for end in (host_end, enclave_end):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        command = [
+            python,
+            "-m",
+            "accord.tee.enclave",
+            "--fd",
+            str(enclave_end.fileno()),
+            "--log-level",
+            log_level,
+        ]
+        if platform_key is not None:
+            command += ["--platform-key", str(platform_key)]
+        if debug:
+            command.append("--debug")
+        environment = dict(os.environ)
+        environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                pass_fds=(enclave_end.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                env=environment,
+            )
+        except OSError as error:
+            host_end.close()
+            raise PeerError(f"cannot start the enclave process: {error}") from error
+        finally:
+            enclave_end.close()
+        host_end.setblocking(False)
+        enclave = cls(process, host_end, EnclaveIdentity("", "", 0, False, None))
+        try:
+            ready, _ = await enclave._receive_reply("start-up")
+        except BaseException:
+            await enclave.close()
+            raise
+        identity = ready.get("identity")
+        if not isinstance(identity, dict):
+            await enclave.close()
+            raise ProtocolError("the enclave's start-up frame carries no identity")
+        enclave.identity = EnclaveIdentity(**identity)
+        logger.debug("enclave process %d started", process.pid)
+        return enclave
+
+    async def call(
+        self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Buffer] = ()
+    ) -> tuple[dict[str, Any], bytearray]:
+        """Send one call and return the enclave's reply (parameters, body)."""
+        loop = asyncio.get_running_loop()
+        payload = encode_meta(meta or {})
+        size = sum(memoryview(part).nbytes for part in body)
+        async with self._lock:
+            try:
+                await loop.sock_sendall(
+                    self._sock, CALL_HEADER.pack(call, len(payload), size) + payload
+                )
+                for part in body:
+                    await loop.sock_sendall(self._sock, part)
+            except OSError as error:
+                raise await self._died(f"{call.name}: {error}") from error
+            return await self._receive_reply(call.name)
+
+    async def _receive_reply(self, what: str) -> tuple[dict[str, Any], bytearray]:
+        header = await self._receive(CALL_HEADER.size, what)
+        status, meta_size, body_size = CALL_HEADER.unpack(header)
+        if meta_size > MAX_CALL_META:
+            raise ProtocolError(f"enclave reply to {what}: metadata of {meta_size} bytes")
+        reply = decode_meta(bytes(await self._receive(meta_size, what)), f"reply to {what}")
+        body = await self._receive(body_size, what)
+        if status != 0:
+            kind = _ERRORS.get(str(reply.get("error")), ProtocolError)
+            raise kind(str(reply.get("message", "enclave error")), detail=reply.get("detail"))
+        return reply, body
+
+    async def _receive(self, size: int, what: str) -> bytearray:
+        loop = asyncio.get_running_loop()
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:
+            try:
+                count = await loop.sock_recv_into(self._sock, view[received:])
+            except OSError as error:
+                raise await self._died(f"{what}: {error}") from error
+            if count == 0:
+                raise await self._died(what)
+            received += count
+        return buffer
+
+    async def _died(self, what: str) -> PeerError:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._process.wait(), 5)
+        code = self._process.returncode
+        return PeerError(
+            f"the enclave process stopped during {what} "
+            f"(exit code {code if code is not None else 'unknown'})"
+        )
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the socket (the enclave then exits) and reap the process; kill if stuck."""
+        self._sock.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+
+    async def kill(self) -> None:
+        """Stop the enclave at once (after a failure): nothing more is released."""
+        self._sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+        await self._process.wait()

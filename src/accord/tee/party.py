@@ -1,0 +1,588 @@
+"""One party's alignment run: init → attest → exchange → intersect → report.
+
+:func:`run_party` (or :func:`align_party` outside asyncio) starts this party's enclave
+process, connects to every peer (:mod:`accord.tee.transport`), relays the attested
+handshake, streams the key column(s) of the input into the enclave, relays sealed records
+both ways until the enclaves have intersected and confirmed, then writes the outputs.
+
+What each output reveals, and to whom
+-------------------------------------
+* **Row map** (``--output-map``): for each shared position ``j``, this party's own local row
+  index (and, with ``--include-ids``, its own ID). It tells this host which of *its own* rows
+  are shared with every other party, and nothing else: the positions follow a keyed
+  pseudo-random order agreed inside the enclaves, unrelated to any party's row order.
+  Every party's row map has the same length and lines up position by position.
+* **Aligned table** (``--output-table``): this party's own rows, every column, in the shared
+  order — the same information as the row map.
+* **Summary** (returned, printed by the CLI, ``--summary``): ``|own set|`` (distinct usable
+  IDs), ``|I|``, problems found in the own input, the attested identities of the peers'
+  enclaves, and each peer's set size — unless that peer padded its digest stream
+  (``pad_to``), in which case it is ``None``. Without padding the sizes are revealed anyway:
+  the relayed ciphertext is 16 bytes per distinct ID.
+* **To the peers' hosts**: only ciphertext, the cleartext hello (party name, session name,
+  party count) and the handshake (nonces, public keys, quotes naming this enclave's
+  measurement and platform key). Nothing about this party's IDs.
+* **To the peers' enclaves**: this party's keyed digests (hence which of the peer's own IDs
+  are shared, i.e. the intersection) and its set size. Never the digest key's input IDs that
+  do not match.
+
+Failures are fail-closed: any error stops the run, every peer gets one opaque ``ABORT``
+word, the enclave is killed, and no output file is written (outputs are staged next to
+their destination and renamed into place only when all of them are complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from accord._validation import require_int, require_number
+from accord.errors import (
+    AccordError,
+    ConfigurationError,
+    InputDataError,
+    PeerError,
+    ProtocolError,
+)
+from accord.tee.attestation import parse_policy
+from accord.tee.channel import validate_party_name
+from accord.tee.host import EnclaveProcess
+from accord.tee.protocol import Call, encode_columns
+from accord.tee.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
+from accord.tee.wire import PeerFrame
+
+__all__ = [
+    "DUPLICATE_POLICIES",
+    "PartySettings",
+    "PartySummary",
+    "Progress",
+    "align_party",
+    "run_party",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Called with a stage name and, for ``load`` and ``write``, the rows done so far.
+Progress = Callable[[str, int | None], None]
+
+DUPLICATE_POLICIES = ("error", "first", "drop-all")
+
+
+@dataclass(frozen=True)
+class PartySettings:
+    """Everything one party's run needs; the ``accord align`` flags map onto it one to one."""
+
+    #: The party's table (CSV/TSV, optionally compressed, or Parquet).
+    input: Path
+    #: Key column(s); a key of several columns is joined unambiguously.
+    key_columns: tuple[str, ...]
+    #: Attestation policy (TOML) the peers' enclaves must satisfy.
+    policy: Path
+    #: This party's name, unique in the session.
+    party_name: str
+    #: Address to accept peers on (``None``: dial only).
+    listen: Endpoint | None = None
+    #: Peers to dial.
+    peers: tuple[Endpoint, ...] = ()
+    #: Number of parties in the session (this one included).
+    parties: int = 2
+    #: Session name; every party must use the same.
+    session: str = "accord-align"
+    #: Row map output (position, row [, key columns]); ``None``: not written.
+    output_map: Path | None = None
+    #: Aligned table output (own rows in the shared order); ``None``: not written.
+    output_table: Path | None = None
+    #: Also write the ID column(s) into the row map.
+    include_ids: bool = False
+    #: What to do with an ID on several rows: ``error``, ``first`` or ``drop-all``.
+    duplicates: str = "error"
+    #: Drop (and count) empty and undecodable IDs instead of refusing the input.
+    skip_invalid: bool = False
+    #: Pad this party's digest stream to this many IDs, hiding its set size (``None``: no).
+    pad_to: int | None = None
+    #: Where to write the summary JSON (``None``: only returned).
+    summary: Path | None = None
+    #: The simulated platform key (``None``: the default path).
+    platform_key: Path | None = None
+    #: Run the enclave in debug mode (peers refuse it unless their policy allows debug).
+    debug_enclave: bool = False
+    #: Seconds to reach every peer.
+    connect_timeout: float = 60.0
+    #: Seconds a peer may stay silent during the run.
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        validate_party_name(self.party_name, "party_name")
+        validate_party_name(self.session, "session")
+        require_int("parties", self.parties, minimum=2)
+        if not self.key_columns:
+            raise ConfigurationError("key_columns: expected at least one key column")
+        if len(set(self.key_columns)) != len(self.key_columns):
+            raise ConfigurationError(f"key_columns: a column is named twice in {self.key_columns}")
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ConfigurationError(
+                f"duplicates: expected one of {', '.join(DUPLICATE_POLICIES)}; "
+                f"got {self.duplicates!r}"
+            )
+        if self.listen is None and not self.peers:
+            raise ConfigurationError("give --listen, --peer, or both: a party needs its peers")
+        if len(self.peers) > self.parties - 1:
+            raise ConfigurationError(
+                f"peers: {len(self.peers)} given, but {self.parties} parties have "
+                f"{self.parties - 1} peers"
+            )
+        if self.listen is None and len(self.peers) < self.parties - 1:
+            raise ConfigurationError(
+                f"peers: {self.parties} parties need {self.parties - 1} peer links; give "
+                "--listen or more --peer"
+            )
+        if self.pad_to is not None:
+            require_int("pad_to", self.pad_to, minimum=1)
+        require_number("connect_timeout", self.connect_timeout, minimum=0, exclusive_minimum=True)
+        require_number("idle_timeout", self.idle_timeout, minimum=0, exclusive_minimum=True)
+        outputs = [p for p in (self.output_map, self.output_table, self.summary) if p is not None]
+        resolved = [p.resolve() for p in outputs]
+        if len(set(resolved)) != len(resolved):
+            raise ConfigurationError("outputs: two outputs name the same file")
+        if self.input.resolve() in resolved:
+            raise ConfigurationError(
+                f"outputs: {self.input} is the input; refusing to overwrite it"
+            )
+        if self.include_ids and self.output_map is None:
+            raise ConfigurationError("include_ids needs an output_map to write the IDs into")
+
+
+@dataclass(frozen=True)
+class PartySummary:
+    """What this party learned (see the module docstring for who learns what)."""
+
+    party: str
+    session: str
+    #: Every party's name, sorted.
+    parties: tuple[str, ...]
+    #: Data rows in the input.
+    input_rows: int
+    #: Distinct usable IDs of this party (after the duplicate policy).
+    own_ids: int
+    #: Each peer's number of distinct IDs, ``None`` when that peer hid it.
+    peer_ids: dict[str, int | None]
+    #: Size of the intersection of every party's IDs.
+    intersection: int
+    #: Empty, undecodable and duplicate IDs found in this party's input.
+    input_report: dict[str, Any]
+    #: This party's enclave identity, and each peer's as verified.
+    enclave: dict[str, Any]
+    peer_enclaves: dict[str, dict[str, Any]]
+    #: Output files written.
+    outputs: dict[str, str]
+    #: Wall seconds per stage.
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return asdict(self)
+
+
+def _read_policy(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ConfigurationError(
+            f"policy {path}: no such file (see `accord align identity` for a ready policy)"
+        ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigurationError(f"policy {path}: cannot read: {error}") from error
+    parse_policy(text, str(path))  # fail early, naming the file
+    return text
+
+
+def _check_paths(settings: PartySettings) -> None:
+    from accord.tables import file_format
+
+    if not settings.input.is_file():
+        raise InputDataError(f"{settings.input}: no such input file")
+    file_format(settings.input)
+    for output in (settings.output_map, settings.output_table):
+        if output is not None:
+            try:
+                file_format(output)
+            except InputDataError as error:
+                raise ConfigurationError(f"output {error}") from error
+    for output in (settings.output_map, settings.output_table, settings.summary):
+        if output is not None and not output.parent.is_dir():
+            raise ConfigurationError(
+                f"{output}: the output directory {output.parent} does not exist"
+            )
+
+
+def _first_error(error: BaseException) -> BaseException:
+    """The most telling error inside an exception group (local errors before peer errors)."""
+    if not isinstance(error, BaseExceptionGroup):
+        return error
+    leaves: list[BaseException] = []
+
+    def collect(group: BaseExceptionGroup[BaseException]) -> None:
+        for item in group.exceptions:
+            if isinstance(item, BaseExceptionGroup):
+                collect(item)
+            else:
+                leaves.append(item)
+
+    collect(error)
+    preferences: tuple[Callable[[BaseException], bool], ...] = (
+        lambda e: isinstance(e, AccordError) and not isinstance(e, PeerError),
+        lambda e: isinstance(e, AccordError),
+        lambda e: not isinstance(e, asyncio.CancelledError),
+    )
+    for wanted in preferences:
+        for leaf in leaves:
+            if wanted(leaf):
+                return leaf
+    return leaves[0] if leaves else error
+
+
+class _Run:
+    """The state of one run: the enclave, the links and the enclave's last status."""
+
+    def __init__(
+        self,
+        settings: PartySettings,
+        enclave: EnclaveProcess,
+        links: Sequence[PeerLink],
+        progress: Progress,
+    ) -> None:
+        self.settings = settings
+        self.enclave = enclave
+        self.links = list(links)
+        self.progress = progress
+        self.status: dict[str, Any] = {"outbound": [], "done": False}
+        self._changed = asyncio.Event()
+        self.peer_enclaves: dict[str, dict[str, Any]] = {}
+        self.seconds: dict[str, float] = {}
+
+    async def call(
+        self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Any] = ()
+    ) -> tuple[dict[str, Any], bytearray]:
+        try:
+            reply, reply_body = await self.enclave.call(call, meta, body)
+        except InputDataError as error:
+            raise InputDataError(f"{self.settings.input}: {error}", detail=error.detail) from error
+        status = reply.get("status")
+        if isinstance(status, dict):
+            self.status = status
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        return reply, reply_body
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
+        while not predicate(self.status):
+            await self._changed.wait()
+
+    async def handshake(self, slot: int, link: PeerLink) -> None:
+        async def expect_handshake() -> bytes:
+            kind, body = await link.receive()
+            if kind is not PeerFrame.HANDSHAKE:
+                raise ProtocolError(f"peer {link.name!r} sent {kind.name} during the handshake")
+            return body
+
+        if link.initiator:
+            _, hello = await self.call(Call.HANDSHAKE, {"link": slot, "step": "hello"})
+            await link.send(PeerFrame.HANDSHAKE, hello)
+            reply, finish = await self.call(
+                Call.HANDSHAKE, {"link": slot, "step": "finish"}, [await expect_handshake()]
+            )
+            await link.send(PeerFrame.HANDSHAKE, finish)
+        else:
+            _, response = await self.call(
+                Call.HANDSHAKE, {"link": slot, "step": "respond"}, [await expect_handshake()]
+            )
+            await link.send(PeerFrame.HANDSHAKE, response)
+            reply, _ = await self.call(
+                Call.HANDSHAKE, {"link": slot, "step": "complete"}, [await expect_handshake()]
+            )
+        if reply.get("peer") != link.name:
+            raise ProtocolError(
+                f"the host at {link.address} announced party {link.name!r}, but its enclave "
+                f"attests party {reply.get('peer')!r}"
+            )
+        self.peer_enclaves[link.name] = dict(reply["peer_identity"])
+        logger.info("attested channel to %r open", link.name)
+
+    async def send_loop(self, slot: int, link: PeerLink) -> None:
+        while True:
+            await self.wait_for(lambda status: slot in status["outbound"])
+            reply, batch = await self.call(Call.SEAL, {"link": slot})
+            if batch:
+                await link.send(PeerFrame.RECORDS, batch)
+            if reply.get("closed"):
+                return
+
+    async def receive_loop(self, slot: int, link: PeerLink) -> None:
+        while True:
+            kind, body = await link.receive()
+            if kind is not PeerFrame.RECORDS:
+                raise ProtocolError(f"peer {link.name!r} sent {kind.name} after the handshake")
+            reply, _ = await self.call(Call.UNSEAL, {"link": slot}, [body])
+            if reply.get("ended"):
+                return
+
+    def _timed(self, stage: str, start: float) -> None:
+        self.seconds[stage] = round(time.perf_counter() - start, 4)
+
+    async def exchange(
+        self, keep_ids: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
+        """Load the IDs, relay until the enclaves agree, return (report, counts, row map, ids)."""
+        from accord.tables import iter_key_batches
+
+        start = time.perf_counter()
+        self.progress("load", 0)
+        batches: Iterator[Any] = iter_key_batches(self.settings.input, self.settings.key_columns)
+        kept: list[Any] = []
+        rows = 0
+        while True:
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                break
+            meta, buffers = encode_columns(list(batch.columns))
+            await self.call(Call.LOAD_IDS, meta, buffers)
+            rows += batch.num_rows
+            if keep_ids:
+                kept.append(batch)
+            self.progress("load", rows)
+        self._timed("read_ids", start)
+        start = time.perf_counter()
+        reply, _ = await self.call(Call.LOAD_DONE)
+        report = dict(reply["ids"])
+        self.progress("exchange", None)
+        await self.wait_for(lambda status: bool(status["digests_received"]))
+        self._timed("digest_exchange", start)
+        start = time.perf_counter()
+        self.progress("intersect", None)
+        reply, _ = await self.call(Call.INTERSECT)
+        counts = dict(reply["counts"])
+        await self.wait_for(lambda status: bool(status["done"]))
+        reply, body = await self.call(Call.RESULT)
+        row_map = np.frombuffer(body, dtype=np.int64)
+        if len(row_map) != counts["intersection_size"]:
+            raise ProtocolError("the enclave's row map does not match its counts")
+        self._timed("intersect_confirm", start)
+        ids = None
+        if keep_ids:
+            import pyarrow as pa
+
+            ids = pa.Table.from_batches(kept)
+        return report, counts, row_map, ids
+
+
+def _staging_path(final: Path) -> Path:
+    return final.parent / f".accord-{secrets.token_hex(6)}-{final.name}"
+
+
+def _write_outputs(
+    settings: PartySettings,
+    row_map: np.ndarray,
+    source_rows: int,
+    ids: Any,
+    summary_of: Callable[[dict[str, str]], PartySummary],
+    progress: Progress,
+) -> PartySummary:
+    """Write every output next to its destination, then rename them all into place."""
+    from accord.tables import write_aligned_table, write_row_map
+
+    outputs: dict[str, str] = {}
+    staged: list[tuple[Path, Path]] = []
+    try:
+        if settings.output_map is not None:
+            temporary = _staging_path(settings.output_map)
+            staged.append((temporary, settings.output_map))
+            write_row_map(temporary, row_map, ids=ids, source_rows=source_rows)
+            outputs["row_map"] = str(settings.output_map)
+        if settings.output_table is not None:
+            temporary = _staging_path(settings.output_table)
+            staged.append((temporary, settings.output_table))
+            progress("write", 0)
+            write_aligned_table(
+                temporary,
+                settings.input,
+                row_map,
+                source_rows=source_rows,
+                progress=lambda rows: progress("write", rows),
+            )
+            outputs["aligned_table"] = str(settings.output_table)
+        if settings.summary is not None:
+            outputs["summary"] = str(settings.summary)
+        summary = summary_of(outputs)
+        if settings.summary is not None:
+            temporary = _staging_path(settings.summary)
+            staged.append((temporary, settings.summary))
+            temporary.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
+        for temporary, final in staged:
+            os.replace(temporary, final)
+        return summary
+    except OSError as error:
+        raise ConfigurationError(f"cannot write the outputs: {error}") from error
+    finally:
+        for temporary, _ in staged:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+
+
+async def run_party(
+    settings: PartySettings,
+    *,
+    progress: Progress | None = None,
+    on_listening: Callable[[Endpoint], None] | None = None,
+) -> PartySummary:
+    """Run one party's side of an alignment session; see the module docstring."""
+    report_progress: Progress = progress or (lambda stage, rows: None)
+    started = time.perf_counter()
+    policy_text = _read_policy(settings.policy)
+    _check_paths(settings)
+    report_progress("connect", None)
+    enclave_start = asyncio.ensure_future(
+        EnclaveProcess.start(platform_key=settings.platform_key, debug=settings.debug_enclave)
+    )
+    link_start = asyncio.ensure_future(
+        connect_links(
+            Hello(settings.party_name, settings.session, settings.parties),
+            listen=settings.listen,
+            peers=settings.peers,
+            connect_timeout=settings.connect_timeout,
+            idle_timeout=settings.idle_timeout,
+            on_listening=on_listening,
+        )
+    )
+    started_enclave: EnclaveProcess | None = None
+    links: list[PeerLink] = []
+    try:
+        enclave, links = await asyncio.gather(enclave_start, link_start)
+        started_enclave = enclave
+        run = _Run(settings, enclave, links, report_progress)
+        run.seconds["connect"] = round(time.perf_counter() - started, 4)
+        result = await _drive(run, policy_text)
+    except BaseException as error:
+        await _cleanup(enclave_start, link_start, started_enclave, links, error)
+        leaf = _first_error(error)
+        if leaf is error:
+            raise
+        raise leaf from None
+    report, counts, row_map, ids = result
+    start = time.perf_counter()
+
+    def summary_of(outputs: dict[str, str]) -> PartySummary:
+        duplicates = counts.get("duplicates", {})
+        return PartySummary(
+            party=settings.party_name,
+            session=settings.session,
+            parties=tuple(sorted([settings.party_name, *(link.name for link in links)])),
+            input_rows=int(report["rows"]),
+            own_ids=int(counts["own_size"]),
+            peer_ids=dict(counts["peer_sizes"]),
+            intersection=int(counts["intersection_size"]),
+            input_report={
+                "empty_rows": report["empty_rows"],
+                "empty_examples": list(report["empty_examples"]),
+                "undecodable_rows": report["undecodable_rows"],
+                "undecodable_examples": list(report["undecodable_examples"]),
+                "duplicate_policy": duplicates.get("policy"),
+                "duplicated_ids": duplicates.get("duplicated_ids"),
+                "duplicate_rows": duplicates.get("duplicate_rows"),
+                "dropped_rows": duplicates.get("dropped_rows"),
+            },
+            enclave=asdict(enclave.identity),
+            peer_enclaves=dict(run.peer_enclaves),
+            outputs=outputs,
+            seconds={
+                **run.seconds,
+                "write": round(time.perf_counter() - start, 4),
+                "total": round(time.perf_counter() - started, 4),
+            },
+        )
+
+    try:
+        summary = await asyncio.to_thread(
+            _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
+        )
+    finally:
+        await asyncio.gather(enclave.close(), *(link.close() for link in links))
+    report_progress("done", None)
+    return summary
+
+
+async def _drive(run: _Run, policy_text: str) -> tuple[Any, Any, np.ndarray, Any]:
+    settings = run.settings
+    await run.call(
+        Call.INIT,
+        {
+            "party_name": settings.party_name,
+            "session": settings.session,
+            "parties": settings.parties,
+            "policy": policy_text,
+            "policy_source": str(settings.policy),
+            "key_columns": list(settings.key_columns),
+            "duplicates": settings.duplicates,
+            "skip_invalid": settings.skip_invalid,
+            "pad_to": settings.pad_to,
+        },
+    )
+    run.progress("attest", None)
+    start = time.perf_counter()
+    await asyncio.gather(*(run.handshake(slot, link) for slot, link in enumerate(run.links)))
+    run.seconds["attest"] = round(time.perf_counter() - start, 4)
+    async with asyncio.TaskGroup() as group:
+        for slot, link in enumerate(run.links):
+            group.create_task(run.send_loop(slot, link))
+            group.create_task(run.receive_loop(slot, link))
+        result = await run.exchange(keep_ids=settings.include_ids)
+    return result
+
+
+async def _cleanup(
+    enclave_start: asyncio.Future[EnclaveProcess],
+    link_start: asyncio.Future[list[PeerLink]],
+    enclave: EnclaveProcess | None,
+    links: list[PeerLink],
+    error: BaseException,
+) -> None:
+    """After a failure: one opaque word to every peer, kill the enclave, close everything."""
+    category = abort_category(_first_error(error))
+    waits: list[Awaitable[Any]] = []
+    for task in (enclave_start, link_start):
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.gather(enclave_start, link_start, return_exceptions=True)
+    if enclave is None and _succeeded(enclave_start):
+        enclave = enclave_start.result()
+    if not links and _succeeded(link_start):
+        links = link_start.result()
+    waits.extend(link.abort(category) for link in links)
+    if enclave is not None:
+        waits.append(enclave.kill())
+    with contextlib.suppress(BaseException):
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+def _succeeded(task: asyncio.Future[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+def align_party(
+    settings: PartySettings,
+    *,
+    progress: Progress | None = None,
+    on_listening: Callable[[Endpoint], None] | None = None,
+) -> PartySummary:
+    """:func:`run_party` in a fresh event loop."""
+    return asyncio.run(run_party(settings, progress=progress, on_listening=on_listening))

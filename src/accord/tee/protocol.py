@@ -1,0 +1,633 @@
+"""What one enclave does in an alignment session: a state machine driven by its host.
+
+The host drives the enclave through a small fixed set of calls (:class:`Call`); each call
+takes small JSON parameters and a bulk byte body and returns the same. This module is the
+enclave's side of those calls, with no I/O of its own: :mod:`accord.tee.enclave` moves the
+bytes between the host and :meth:`EnclaveSession.call`.
+
+A session goes **init → attest → exchange → intersect → report**:
+
+1. ``INIT`` — this party's name, the session name, the number of parties, the attestation
+   policy (TOML), the key columns, the duplicate policy.
+2. ``HANDSHAKE`` — for each peer link, the steps of the attested handshake
+   (:mod:`accord.tee.channel`): make a quote, verify the peer's, open the channel.
+3. Once every link is open the enclave seals a ``ROSTER`` message to each peer: the sorted
+   names of all parties it is connected to, the number of key columns, and its 32-byte
+   random share. Every enclave checks that every peer reports the same roster; the session
+   secret is :func:`accord.alignment.shared_seed` of all shares, so all enclaves hold it
+   and no host can compute it. The digest key and the shuffle seed derive from it.
+4. ``LOAD_IDS`` (repeated) and ``LOAD_DONE`` — this party's key columns as raw Arrow
+   buffers; the enclave normalises them (:func:`accord.alignment.prepare_ids`), digests
+   them under the session key and seals a ``DIGESTS`` message to each peer.
+   ``SEAL``/``UNSEAL`` hand sealed records to the host for relaying and take the peers'.
+5. ``INTERSECT`` — once every peer's digests are in: the intersection of all parties, in
+   the shared order; a ``CONFIRM`` message (|I| and the result fingerprint) goes to each
+   peer, then the end-of-stream record.
+6. ``RESULT`` — only once every peer confirmed the same fingerprint and closed its stream
+   cleanly: this party's row map.
+
+Any failure poisons the session: every later call fails, so nothing is released after an
+error (fail closed).
+
+What crosses the call boundary to the host: this enclave's identity, the handshake
+messages (nonces, public keys, quotes — nothing secret), sealed records (ciphertext), the
+peers' names and verified claims, counts (|own set|, the peers' set sizes unless a peer
+padded its stream, |I|, problems found in the own IDs), and the row map. Never the session
+secret, the digest key, the seed, or any peer's digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from accord.alignment import (
+    DIGEST_BYTES,
+    AlignmentResult,
+    DigestSet,
+    DuplicatePolicy,
+    PreparedIds,
+    align,
+    digest_ids,
+    digests_from_bytes,
+    prepare_ids,
+    shared_seed,
+)
+from accord.errors import (
+    AccordError,
+    ChannelError,
+    ConfigurationError,
+    InputDataError,
+    ProtocolError,
+)
+from accord.tee.attestation import parse_policy
+from accord.tee.backend import EnclaveBackend
+from accord.tee.channel import (
+    ChannelKeys,
+    ChannelReader,
+    ChannelWriter,
+    HandshakeConfig,
+    InitiatorHandshake,
+    ResponderHandshake,
+)
+
+__all__ = [
+    "Call",
+    "EnclaveSession",
+    "MessageKind",
+    "Reply",
+    "decode_columns",
+    "encode_columns",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What a call returns: small JSON parameters and a bulk body.
+Reply = tuple[dict[str, Any], bytes | bytearray]
+
+_SHARE_BYTES = 32
+_DIGESTS_HEADER = struct.Struct("!QB")  # real count, flags
+_HIDDEN_SIZE = 0x01
+_CONFIRM = struct.Struct("!Q32s")
+_DIGEST_KEY_LABEL = b"accord-align/v1 digest key"
+_ORDER_SEED_LABEL = b"accord-align/v1 order seed"
+
+
+class Call(IntEnum):
+    """The fixed set of calls a host can make into its enclave."""
+
+    INIT = 1  # configure the session (name, parties, policy, key columns, duplicates)
+    HANDSHAKE = 2  # one step of the attested handshake with one peer link
+    LOAD_IDS = 3  # a batch of this party's key columns (raw Arrow buffers)
+    LOAD_DONE = 4  # all IDs loaded: normalise, digest, queue the digests for the peers
+    SEAL = 5  # the next sealed records for one peer link (b"" when none are ready)
+    UNSEAL = 6  # sealed records received from one peer link (or its end of stream)
+    INTERSECT = 7  # intersect and shuffle; returns the counts
+    RESULT = 8  # this party's row map, once every peer confirmed
+
+
+class MessageKind(IntEnum):
+    """Messages two enclaves exchange inside their channel."""
+
+    ROSTER = 1
+    DIGESTS = 2
+    CONFIRM = 3
+
+
+# ------------------------------------------------------------------ key columns on the wire
+
+
+def encode_columns(columns: list[pa.Array]) -> tuple[dict[str, Any], list[pa.Buffer | bytes]]:
+    """Describe ``columns`` (binary/string arrays) by their raw Arrow buffers, no copying.
+
+    Returns the JSON description and the list of buffers to send back to back.
+    """
+    described: list[dict[str, Any]] = []
+    buffers: list[pa.Buffer | bytes] = []
+    for column in columns:
+        sizes: list[int | None] = []
+        for buffer in column.buffers():
+            if buffer is None:
+                sizes.append(None)
+            else:
+                sizes.append(buffer.size)
+                buffers.append(buffer)
+        described.append(
+            {
+                "type": str(column.type),
+                "length": len(column),
+                "offset": column.offset,
+                "null_count": column.null_count,
+                "buffers": sizes,
+            }
+        )
+    return {"columns": described}, buffers
+
+
+_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "binary": pa.binary(),
+    "large_binary": pa.large_binary(),
+    "string": pa.string(),
+    "large_string": pa.large_string(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+}
+
+
+def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview) -> list[pa.Array]:
+    """Rebuild the arrays described by :func:`encode_columns` over ``body`` (zero copy)."""
+    try:
+        columns = meta["columns"]
+        source = pa.py_buffer(body)
+        position = 0
+        arrays: list[pa.Array] = []
+        for column in columns:
+            kind = _COLUMN_TYPES.get(column["type"])
+            if kind is None:
+                raise ProtocolError(f"LOAD_IDS: unsupported key column type {column['type']!r}")
+            buffers: list[pa.Buffer | None] = []
+            for size in column["buffers"]:
+                if size is None:
+                    buffers.append(None)
+                    continue
+                if not isinstance(size, int) or size < 0 or position + size > len(source):
+                    raise ProtocolError("LOAD_IDS: buffer sizes exceed the body")
+                buffers.append(source.slice(position, size))
+                position += size
+            array = pa.Array.from_buffers(
+                kind, column["length"], buffers, column["null_count"], column["offset"]
+            )
+            array.validate(full=True)
+            arrays.append(array)
+        if position != len(source):
+            raise ProtocolError("LOAD_IDS: trailing bytes after the key columns")
+        return arrays
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
+        raise ProtocolError(f"LOAD_IDS: malformed key columns ({error})") from error
+
+
+# ------------------------------------------------------------------ session state
+
+
+@dataclass
+class _Link:
+    """One peer link as the enclave sees it."""
+
+    role: str
+    handshake: InitiatorHandshake | ResponderHandshake
+    keys: ChannelKeys | None = None
+    writer: ChannelWriter | None = None
+    reader: ChannelReader | None = None
+    roster: dict[str, Any] | None = None
+    share: bytes | None = None
+    digests: np.ndarray | None = None
+    got_digests: bool = False
+    size_hidden: bool = False
+    confirm: tuple[int, bytes] | None = None
+    closed: bool = False
+
+
+@dataclass(frozen=True)
+class _Config:
+    party_name: str
+    session: str
+    parties: int
+    key_columns: tuple[str, ...]
+    duplicates: DuplicatePolicy
+    skip_invalid: bool
+    pad_to: int | None
+
+
+@dataclass
+class _Loaded:
+    columns: list[list[pa.Array]] = field(default_factory=list)
+    rows: int = 0
+
+
+def _secret(session_secret: bytes, label: bytes) -> bytes:
+    return hmac.new(session_secret, label, hashlib.sha256).digest()
+
+
+class EnclaveSession:
+    """The enclave's state for one alignment session (see the module docstring)."""
+
+    def __init__(self, backend: EnclaveBackend, random_bytes: Callable[[int], bytes]) -> None:
+        self._backend = backend
+        self._random_bytes = random_bytes
+        self._config: _Config | None = None
+        self._handshake_config: HandshakeConfig | None = None
+        self._links: dict[int, _Link] = {}
+        self._share = b""
+        self._session_secret: bytes | None = None
+        self._loaded = _Loaded()
+        self._prepared: PreparedIds | None = None
+        self._own: DigestSet | None = None
+        self._result: AlignmentResult | None = None
+        self._failed: str | None = None
+        self._handlers: dict[Call, Callable[[dict[str, Any], memoryview], Reply]] = {
+            Call.INIT: self._init,
+            Call.HANDSHAKE: self._handshake,
+            Call.LOAD_IDS: self._load_ids,
+            Call.LOAD_DONE: self._load_done,
+            Call.SEAL: self._seal,
+            Call.UNSEAL: self._unseal,
+            Call.INTERSECT: self._intersect,
+            Call.RESULT: self._result_call,
+        }
+
+    # -------------------------------------------------------------- dispatch
+
+    def call(self, code: int, meta: dict[str, Any], body: memoryview) -> Reply:
+        """Run one host call; the reply carries the session status. Errors poison the session."""
+        if self._failed is not None:
+            raise ProtocolError(f"the enclave session already failed: {self._failed}")
+        try:
+            call = Call(code)
+        except ValueError as error:
+            raise ProtocolError(f"unknown enclave call {code}") from error
+        if call is not Call.INIT and self._config is None:
+            raise ProtocolError(f"{call.name} before INIT")
+        try:
+            reply, reply_body = self._handlers[call](meta, body)
+        except AccordError as error:
+            self._failed = f"{type(error).__name__} in {call.name}"
+            raise
+        except Exception as error:  # an unexpected bug must still fail closed
+            self._failed = f"{type(error).__name__} in {call.name}"
+            raise ProtocolError(f"enclave failed in {call.name}: {type(error).__name__}") from error
+        reply["status"] = self.status()
+        return reply, reply_body
+
+    def status(self) -> dict[str, Any]:
+        """Where the session stands: which links have records to send, what is complete."""
+        return {
+            "outbound": sorted(
+                slot for slot, link in self._links.items() if link.writer and link.writer.pending
+            ),
+            "keys_ready": self._session_secret is not None,
+            "digests_received": self._all_digests_received(),
+            "done": self._done(),
+        }
+
+    # -------------------------------------------------------------- INIT
+
+    def _init(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        if self._config is not None:
+            raise ProtocolError("INIT called twice")
+        try:
+            key_columns = tuple(str(name) for name in meta["key_columns"])
+            pad_to = meta.get("pad_to")
+            config = _Config(
+                party_name=str(meta["party_name"]),
+                session=str(meta["session"]),
+                parties=int(meta["parties"]),
+                key_columns=key_columns,
+                duplicates=DuplicatePolicy(meta.get("duplicates", "error")),
+                skip_invalid=bool(meta.get("skip_invalid", False)),
+                pad_to=None if pad_to is None else int(pad_to),
+            )
+            policy = parse_policy(str(meta["policy"]), str(meta.get("policy_source", "policy")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigurationError(f"INIT: bad session parameters ({error})") from error
+        if not key_columns:
+            raise ConfigurationError("key columns: expected at least one")
+        if config.pad_to is not None and config.pad_to < 0:
+            raise ConfigurationError(f"pad_to: expected a count >= 0, got {config.pad_to}")
+        self._handshake_config = HandshakeConfig(
+            party_name=config.party_name,
+            session=config.session,
+            parties=config.parties,
+            policy=policy,
+            make_evidence=self._backend.make_evidence,
+            random_bytes=self._random_bytes,
+        )
+        self._config = config
+        self._share = self._random_bytes(_SHARE_BYTES)
+        return {}, b""
+
+    # -------------------------------------------------------------- HANDSHAKE
+
+    def _handshake(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        assert self._handshake_config is not None and self._config is not None
+        slot = int(meta["link"])
+        step = meta.get("step")
+        if step == "hello":
+            if slot in self._links or len(self._links) >= self._config.parties - 1:
+                raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
+            initiator = InitiatorHandshake(self._handshake_config)
+            self._links[slot] = _Link(role="initiator", handshake=initiator)
+            return {}, initiator.hello()
+        if step == "respond":
+            if slot in self._links or len(self._links) >= self._config.parties - 1:
+                raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
+            responder = ResponderHandshake(self._handshake_config)
+            self._links[slot] = _Link(role="responder", handshake=responder)
+            return {}, responder.respond(bytes(body))
+        link = self._links.get(slot)
+        if link is None or link.keys is not None:
+            raise ProtocolError(f"HANDSHAKE {step}: no handshake in progress on link {slot}")
+        if step == "finish" and isinstance(link.handshake, InitiatorHandshake):
+            finish, keys = link.handshake.finish(bytes(body))
+            self._open(link, keys)
+            return self._opened(keys), finish
+        if step == "complete" and isinstance(link.handshake, ResponderHandshake):
+            keys = link.handshake.complete(bytes(body))
+            self._open(link, keys)
+            return self._opened(keys), b""
+        raise ProtocolError(f"HANDSHAKE: unexpected step {step!r} on link {slot}")
+
+    @staticmethod
+    def _opened(keys: ChannelKeys) -> dict[str, Any]:
+        claims = keys.peer_claims
+        return {
+            "peer": keys.peer_name,
+            "peer_identity": {
+                "backend": claims.backend,
+                "measurement": claims.measurement.hex(),
+                "security_version": claims.security_version,
+                "debug": claims.debug,
+                "platform_key": claims.signer,
+            },
+        }
+
+    def _open(self, link: _Link, keys: ChannelKeys) -> None:
+        assert self._config is not None
+        if any(
+            other.keys and other.keys.peer_name == keys.peer_name for other in self._links.values()
+        ):
+            raise ProtocolError(f"two links claim to be party {keys.peer_name!r}")
+        link.keys = keys
+        link.writer = ChannelWriter(keys.send_key)
+        link.reader = ChannelReader(keys.receive_key)
+        if len(self._links) == self._config.parties - 1 and all(
+            other.keys is not None for other in self._links.values()
+        ):
+            roster = self._roster()
+            for other in self._links.values():
+                assert other.writer is not None
+                other.writer.send(MessageKind.ROSTER, roster)
+
+    def _roster_fields(self) -> dict[str, Any]:
+        assert self._config is not None
+        names = [self._config.party_name] + [
+            link.keys.peer_name for link in self._links.values() if link.keys is not None
+        ]
+        return {
+            "parties": sorted(names),
+            "session": self._config.session,
+            "key_columns": len(self._config.key_columns),
+        }
+
+    def _roster(self) -> bytes:
+        text = json.dumps(self._roster_fields(), sort_keys=True).encode()
+        return struct.pack("!I", len(text)) + text + self._share
+
+    # -------------------------------------------------------------- LOAD
+
+    def _load_ids(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        assert self._config is not None
+        if self._prepared is not None:
+            raise ProtocolError("LOAD_IDS after LOAD_DONE")
+        arrays = decode_columns(meta, body)
+        if len(arrays) != len(self._config.key_columns):
+            raise ProtocolError(
+                f"LOAD_IDS: expected {len(self._config.key_columns)} key columns, got {len(arrays)}"
+            )
+        rows = {len(array) for array in arrays}
+        if len(rows) != 1:
+            raise ProtocolError("LOAD_IDS: key columns of different lengths")
+        self._loaded.columns.append(arrays)
+        self._loaded.rows += rows.pop()
+        return {"rows": self._loaded.rows}, b""
+
+    def _load_done(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        assert self._config is not None
+        if self._prepared is not None or self._own is not None:
+            raise ProtocolError("LOAD_DONE called twice")
+        if self._loaded.rows == 0:
+            raise InputDataError("no IDs were loaded (the input has no data rows)")
+        columns = [
+            pa.chunked_array([batch[index] for batch in self._loaded.columns])
+            for index in range(len(self._config.key_columns))
+        ]
+        self._loaded = _Loaded()
+        prepared = prepare_ids(
+            columns, names=list(self._config.key_columns), skip_invalid=self._config.skip_invalid
+        )
+        del columns
+        if len(prepared) == 0:
+            raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
+        self._prepared = prepared
+        report = asdict(prepared.report)
+        self._digest_if_ready()
+        return {"ids": report}, b""
+
+    def _digest_if_ready(self) -> None:
+        """Digest the prepared IDs once both they and the session key exist."""
+        assert self._config is not None
+        if self._prepared is None or self._session_secret is None or self._own is not None:
+            return
+        own = digest_ids(
+            self._prepared,
+            _secret(self._session_secret, _DIGEST_KEY_LABEL),
+            duplicates=self._config.duplicates,
+        )
+        self._prepared = None  # the normalised key bytes are no longer needed
+        self._own = own
+        wire = np.ascontiguousarray(own.digests).data.cast("B")
+        flags = 0
+        padding = 0
+        if self._config.pad_to is not None:
+            if len(own) > self._config.pad_to:
+                raise ConfigurationError(
+                    f"pad_to: this party has {len(own)} distinct IDs, more than pad_to "
+                    f"{self._config.pad_to}"
+                )
+            flags |= _HIDDEN_SIZE
+            padding = (self._config.pad_to - len(own)) * DIGEST_BYTES
+        header = _DIGESTS_HEADER.pack(len(own), flags)
+        pad = bytes(padding)
+        for link in self._links.values():
+            assert link.writer is not None
+            link.writer.send(MessageKind.DIGESTS, header, wire, pad)
+
+    # -------------------------------------------------------------- SEAL / UNSEAL
+
+    def _link(self, meta: Mapping[str, Any]) -> _Link:
+        link = self._links.get(int(meta["link"]))
+        if link is None or link.writer is None or link.reader is None:
+            raise ProtocolError(f"no open channel on link {meta.get('link')!r}")
+        return link
+
+    def _seal(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        link = self._link(meta)
+        assert link.writer is not None
+        batch = link.writer.next_batch(int(meta.get("max_bytes", 16 << 20)))
+        return {"closed": link.writer.closed and not link.writer.pending}, batch
+
+    def _unseal(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        link = self._link(meta)
+        assert link.reader is not None and link.keys is not None
+        peer = link.keys.peer_name
+        if len(body):
+            for kind, message in link.reader.feed(body):
+                self._receive(link, peer, kind, message)
+        if meta.get("eof"):
+            link.reader.check_closed()
+        if link.reader.ended and not link.closed:
+            if link.confirm is None:
+                raise ChannelError(f"peer {peer!r} closed its channel before confirming the result")
+            link.closed = True
+        return {"ended": link.reader.ended}, b""
+
+    def _receive(self, link: _Link, peer: str, kind: int, message: bytearray) -> None:
+        assert self._config is not None
+        if kind == MessageKind.ROSTER:
+            if link.roster is not None:
+                raise ProtocolError(f"peer {peer!r} sent its roster twice")
+            (length,) = struct.unpack_from("!I", message)
+            roster = json.loads(bytes(message[4 : 4 + length]))
+            share = bytes(message[4 + length :])
+            mine = self._roster_fields()
+            if roster != mine:
+                raise ProtocolError(
+                    f"peer {peer!r} sees a different session: parties {roster.get('parties')}, "
+                    f"{roster.get('key_columns')} key column(s); this party sees "
+                    f"{mine['parties']}, {mine['key_columns']} key column(s)"
+                )
+            if len(share) != _SHARE_BYTES:
+                raise ProtocolError(f"peer {peer!r} sent a share of {len(share)} bytes")
+            link.roster, link.share = roster, share
+            if all(other.share is not None for other in self._links.values()):
+                shares = [self._share] + [
+                    other.share for other in self._links.values() if other.share
+                ]
+                self._session_secret = shared_seed(shares)
+                self._digest_if_ready()
+        elif kind == MessageKind.DIGESTS:
+            if link.share is None or link.got_digests:
+                raise ProtocolError(f"peer {peer!r} sent digests out of order")
+            count, flags = _DIGESTS_HEADER.unpack_from(message)
+            start = _DIGESTS_HEADER.size
+            end = start + count * DIGEST_BYTES
+            if end > len(message) or any(message[end:]):
+                raise ProtocolError(f"peer {peer!r} sent a malformed digest message")
+            link.digests = digests_from_bytes(memoryview(message)[start:end])
+            link.got_digests = True
+            link.size_hidden = bool(flags & _HIDDEN_SIZE)
+        elif kind == MessageKind.CONFIRM:
+            if not link.got_digests or link.confirm is not None:
+                raise ProtocolError(f"peer {peer!r} confirmed out of order")
+            size, fingerprint = _CONFIRM.unpack(message)
+            link.confirm = (size, fingerprint)
+            if self._result is not None:
+                self._check_confirm(link, peer)
+        else:
+            raise ProtocolError(f"peer {peer!r} sent an unknown message kind {kind}")
+
+    # -------------------------------------------------------------- INTERSECT / RESULT
+
+    def _check_confirm(self, link: _Link, peer: str) -> None:
+        """Fail closed unless ``peer`` computed exactly this party's result."""
+        assert self._result is not None and link.confirm is not None
+        size, fingerprint = link.confirm
+        if size != self._result.intersection_size or not hmac.compare_digest(
+            fingerprint, self._result.fingerprint
+        ):
+            raise ProtocolError(
+                f"peer {peer!r} computed a different result ({size} shared IDs, this party "
+                f"{self._result.intersection_size}); nothing is released"
+            )
+
+    def _all_digests_received(self) -> bool:
+        return bool(self._links) and all(link.got_digests for link in self._links.values())
+
+    def _done(self) -> bool:
+        return (
+            self._result is not None
+            and bool(self._links)
+            and all(link.closed and link.confirm for link in self._links.values())
+        )
+
+    def _intersect(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        assert self._config is not None
+        if self._result is not None:
+            raise ProtocolError("INTERSECT called twice")
+        if self._own is None or self._session_secret is None or not self._all_digests_received():
+            raise ProtocolError("INTERSECT before every party's digests arrived")
+        links = list(self._links.values())
+        peers = [link.digests for link in links if link.digests is not None]
+        result = align(self._own, peers, _secret(self._session_secret, _ORDER_SEED_LABEL))
+        for link in links:
+            link.digests = None  # the peers' digests are no longer needed
+        self._result = result
+        for link in links:
+            if link.confirm is not None and link.keys is not None:
+                self._check_confirm(link, link.keys.peer_name)
+        confirm = _CONFIRM.pack(result.intersection_size, result.fingerprint)
+        for link in links:
+            assert link.writer is not None
+            link.writer.send(MessageKind.CONFIRM, confirm)
+            link.writer.end()
+        return {"counts": self._counts(links)}, b""
+
+    def _counts(self, links: list[_Link]) -> dict[str, Any]:
+        assert self._result is not None and self._own is not None
+        peer_sizes = {
+            link.keys.peer_name: (None if link.size_hidden else size)
+            for link, size in zip(links, self._result.peer_sizes, strict=True)
+            if link.keys is not None
+        }
+        return {
+            "own_size": self._result.own_size,
+            "peer_sizes": peer_sizes,
+            "intersection_size": self._result.intersection_size,
+            "duplicates": {
+                key: (value.value if isinstance(value, DuplicatePolicy) else value)
+                for key, value in asdict(self._own.duplicates).items()
+            },
+        }
+
+    def _result_call(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        if not self._done():
+            raise ProtocolError(
+                "RESULT before every peer confirmed the same result and closed its channel"
+            )
+        assert self._result is not None
+        return {"rows": self._result.intersection_size}, self._result.row_map.tobytes()

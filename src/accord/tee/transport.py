@@ -1,0 +1,428 @@
+"""TCP links between the parties' hosts (asyncio streams).
+
+Every party listens on ``--listen`` (if given) and dials every ``--peer`` address, retrying
+until a deadline; with ``n`` parties it needs ``n - 1`` links, one per peer (a full mesh:
+for each pair, one side lists the other as a peer and the other listens).
+
+On a new connection both sides first send a **hello**, in the clear::
+
+    magic "ACCORD-ALIGN\\0" | protocol version (u16) | length (u32) | JSON {party, session, parties}
+
+so an endpoint that is not Accord, or speaks another protocol version, is reported plainly
+(the magic and version keep this layout in every version). Then come frames
+(:data:`accord.tee.wire.PEER_HEADER`): handshake messages and batches of sealed records that
+the hosts relay between their enclaves without being able to read them, and ``ABORT``,
+which carries one opaque word (why a party gave up is in its own log only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from accord.errors import (
+    AttestationError,
+    ConfigurationError,
+    PeerError,
+    ProtocolError,
+)
+from accord.tee.channel import PROTOCOL_VERSION, validate_party_name
+from accord.tee.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+
+__all__ = ["HELLO_MAGIC", "Endpoint", "Hello", "PeerLink", "abort_category", "connect_links"]
+
+logger = logging.getLogger(__name__)
+
+#: First bytes an Accord alignment endpoint sends on every connection.
+HELLO_MAGIC = b"ACCORD-ALIGN\x00"
+_HELLO_PREFIX = struct.Struct("!13sHI")
+_MAX_HELLO = 4096
+_STREAM_LIMIT = 16 << 20
+#: Opaque words a party may send in ``ABORT``.
+ABORT_CATEGORIES = ("attestation", "channel", "input", "protocol", "peer", "internal")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A TCP address: ``host:port`` (IPv6 as ``[addr]:port``)."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ConfigurationError("address: the host part is empty")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise ConfigurationError(f"address: port must be an integer, got {self.port!r}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"address: port must be 0-65535, got {self.port}")
+
+    @classmethod
+    def parse(cls, text: str, field: str = "address") -> Endpoint:
+        """Parse ``host:port`` or ``[ipv6]:port``; the error names ``field``."""
+        value = text.strip()
+        if value.startswith("["):
+            host, _, rest = value[1:].partition("]")
+            port_text = rest.removeprefix(":") if rest.startswith(":") else ""
+        else:
+            host, _, port_text = value.rpartition(":")
+        if not host or not port_text.isdigit():
+            raise ConfigurationError(f"{field}: expected HOST:PORT, got {text!r}")
+        try:
+            return cls(host, int(port_text))
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{field}: {error} (in {text!r})") from error
+
+    def __str__(self) -> str:
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(self.host).version == 6:
+                return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What a host announces on every connection, in the clear."""
+
+    party: str
+    session: str
+    parties: int
+
+    def __post_init__(self) -> None:
+        validate_party_name(self.party, "party name")
+        validate_party_name(self.session, "session")
+
+    def encode(self) -> bytes:
+        body = json.dumps(
+            {"party": self.party, "session": self.session, "parties": self.parties},
+            sort_keys=True,
+        ).encode()
+        return _HELLO_PREFIX.pack(HELLO_MAGIC, PROTOCOL_VERSION, len(body)) + body
+
+
+def abort_category(error: BaseException) -> str:
+    """The opaque word sent to peers for ``error`` (never its message)."""
+    from accord.errors import ChannelError, InputDataError
+
+    if isinstance(error, AttestationError):
+        return "attestation"
+    if isinstance(error, ChannelError):
+        return "channel"
+    if isinstance(error, InputDataError):
+        return "input"
+    if isinstance(error, ProtocolError):
+        return "protocol"
+    if isinstance(error, PeerError):
+        return "peer"
+    return "internal"
+
+
+class PeerLink:
+    """One TCP connection to one peer's host, after the hello exchange."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        peer: Hello,
+        address: str,
+        initiator: bool,
+        idle_timeout: float,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.peer = peer
+        self.address = address
+        #: True when this side dialled (it then starts the enclave handshake).
+        self.initiator = initiator
+        self._idle_timeout = idle_timeout
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def name(self) -> str:
+        """The peer's party name, as announced in its hello."""
+        return self.peer.party
+
+    async def send(self, kind: PeerFrame, body: bytes | bytearray | memoryview = b"") -> None:
+        """Send one frame; a broken connection raises :class:`PeerError`."""
+        size = memoryview(body).nbytes
+        if size > MAX_PEER_FRAME:
+            raise ProtocolError(f"frame of {size} bytes exceeds the limit {MAX_PEER_FRAME}")
+        try:
+            self._writer.write(PEER_HEADER.pack(kind, size))
+            if size:
+                self._writer.write(body)
+            await self._writer.drain()
+        except (ConnectionError, OSError) as error:
+            raise PeerError(
+                f"peer {self.name!r} ({self.address}): connection lost: {error}"
+            ) from error
+        self.bytes_sent += PEER_HEADER.size + size
+
+    async def receive(self) -> tuple[PeerFrame, bytes]:
+        """The next frame; ``ABORT`` from the peer, a timeout or a closed connection raise."""
+        try:
+            header = await asyncio.wait_for(
+                self._reader.readexactly(PEER_HEADER.size), self._idle_timeout
+            )
+            kind_code, size = PEER_HEADER.unpack(header)
+            if size > MAX_PEER_FRAME:
+                raise ProtocolError(f"peer {self.name!r} sent a frame of {size} bytes (too large)")
+            body = await asyncio.wait_for(self._reader.readexactly(size), self._idle_timeout)
+        except asyncio.IncompleteReadError as error:
+            raise PeerError(
+                f"peer {self.name!r} ({self.address}) closed the connection before the end "
+                "of the session"
+            ) from error
+        except TimeoutError as error:
+            raise PeerError(
+                f"peer {self.name!r} ({self.address}) sent nothing for {self._idle_timeout:g} s"
+            ) from error
+        except (ConnectionError, OSError) as error:
+            raise PeerError(
+                f"peer {self.name!r} ({self.address}): connection lost: {error}"
+            ) from error
+        self.bytes_received += PEER_HEADER.size + size
+        try:
+            kind = PeerFrame(kind_code)
+        except ValueError as error:
+            raise ProtocolError(
+                f"peer {self.name!r} sent an unknown frame kind {kind_code}"
+            ) from error
+        if kind is PeerFrame.ABORT:
+            category = body.decode("ascii", "replace")[:32]
+            if category == "attestation":
+                raise AttestationError(
+                    f"peer {self.name!r} refused the attestation (its own log has the reason)"
+                )
+            raise PeerError(
+                f"peer {self.name!r} aborted the session ({category}; its own log has the reason)"
+            )
+        return kind, body
+
+    async def abort(self, category: str) -> None:
+        """Tell the peer this party gives up (best effort), then close."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.send(PeerFrame.ABORT, category.encode()), 2)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), 2)
+
+
+async def _exchange_hello(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    own: Hello,
+    address: str,
+    timeout: float,
+) -> Hello:
+    writer.write(own.encode())
+    await writer.drain()
+    prefix = await asyncio.wait_for(reader.readexactly(_HELLO_PREFIX.size), timeout)
+    magic, version, size = _HELLO_PREFIX.unpack(prefix)
+    if magic != HELLO_MAGIC:
+        raise ProtocolError(f"{address} is not an accord align endpoint (unexpected greeting)")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"{address} speaks accord align protocol version {version}; this installation "
+            f"speaks version {PROTOCOL_VERSION}: run the same Accord version on every party"
+        )
+    if size > _MAX_HELLO:
+        raise ProtocolError(f"{address} sent a hello of {size} bytes (too large)")
+    body = await asyncio.wait_for(reader.readexactly(size), timeout)
+    try:
+        fields = json.loads(body)
+        peer = Hello(str(fields["party"]), str(fields["session"]), int(fields["parties"]))
+    except (ValueError, KeyError, TypeError, ConfigurationError) as error:
+        raise ProtocolError(f"{address} sent a malformed hello ({error})") from error
+    if peer.session != own.session:
+        raise ProtocolError(
+            f"{address} (party {peer.party!r}) is in session {peer.session!r}, "
+            f"this party in {own.session!r}"
+        )
+    if peer.parties != own.parties:
+        raise ProtocolError(
+            f"{address} (party {peer.party!r}) expects {peer.parties} parties, "
+            f"this party {own.parties}"
+        )
+    if peer.party == own.party:
+        raise ProtocolError(
+            f"{address} is also named {own.party!r}: give every party its own --party-name"
+        )
+    return peer
+
+
+def _tune(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.transport.set_write_buffer_limits(high=4 << 20)
+
+
+async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float) -> PeerLink:
+    delay = 0.05
+    last: BaseException | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PeerError(
+                f"cannot reach peer at {endpoint}: {last or 'no answer'} "
+                "(is it running and listening there?)"
+            )
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(endpoint.host, endpoint.port, limit=_STREAM_LIMIT),
+                remaining,
+            )
+        except (OSError, TimeoutError) as error:
+            last = error
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+            continue
+        _tune(writer)
+        try:
+            peer = await _exchange_hello(reader, writer, own, str(endpoint), max(remaining, 1.0))
+        except asyncio.IncompleteReadError:
+            # The listener went away between accept and hello (e.g. still starting): retry.
+            writer.close()
+            last = ConnectionResetError("connection closed during hello")
+            await asyncio.sleep(delay)
+            continue
+        except BaseException:
+            writer.close()
+            raise
+        return PeerLink(
+            reader,
+            writer,
+            peer=peer,
+            address=str(endpoint),
+            initiator=True,
+            idle_timeout=idle_timeout,
+        )
+
+
+async def connect_links(
+    own: Hello,
+    *,
+    listen: Endpoint | None,
+    peers: Sequence[Endpoint],
+    connect_timeout: float,
+    idle_timeout: float,
+    on_listening: Callable[[Endpoint], None] | None = None,
+) -> list[PeerLink]:
+    """Open one link to every other party: dial ``peers``, accept the rest on ``listen``.
+
+    Returns ``parties - 1`` links with distinct peer names, or raises :class:`PeerError`
+    (unreachable, too few peers by the deadline) or :class:`ProtocolError` (another
+    protocol version, another session, a name used twice).
+    """
+    needed = own.parties - 1
+    if len(peers) > needed:
+        raise ConfigurationError(
+            f"--peer given {len(peers)} times, but {own.parties} parties have only {needed} peers"
+        )
+    if listen is None and len(peers) < needed:
+        raise ConfigurationError(
+            f"{own.parties} parties need {needed} peer links: give --listen or more --peer"
+        )
+    deadline = time.monotonic() + connect_timeout
+    accepted: asyncio.Queue[PeerLink | BaseException] = asyncio.Queue()
+    server: asyncio.base_events.Server | None = None
+
+    async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _tune(writer)
+        name = writer.get_extra_info("peername")
+        address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+        try:
+            peer = await _exchange_hello(reader, writer, own, address, 10.0)
+        except ProtocolError as error:
+            writer.close()
+            if "not an accord align endpoint" in str(error):
+                logger.warning("ignored a connection from %s: %s", address, error)
+                return
+            await accepted.put(error)
+            return
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
+            writer.close()
+            logger.warning("ignored a connection from %s: %s", address, error)
+            return
+        await accepted.put(
+            PeerLink(
+                reader,
+                writer,
+                peer=peer,
+                address=address,
+                initiator=False,
+                idle_timeout=idle_timeout,
+            )
+        )
+
+    links: list[PeerLink] = []
+    try:
+        if listen is not None and len(peers) < needed:
+            try:
+                server = await asyncio.start_server(
+                    on_accept, listen.host, listen.port, limit=_STREAM_LIMIT, reuse_address=True
+                )
+            except OSError as error:
+                raise ConfigurationError(
+                    f"--listen {listen}: cannot listen: {error.strerror}"
+                ) from error
+            bound = server.sockets[0].getsockname()
+            logger.info("listening on %s:%s", bound[0], bound[1])
+            if on_listening is not None:
+                on_listening(Endpoint(str(bound[0]), int(bound[1])))
+        dials = [asyncio.ensure_future(_dial(p, own, deadline, idle_timeout)) for p in peers]
+        try:
+            for dial in asyncio.as_completed(dials):
+                links.append(await dial)
+        except BaseException:
+            for dial in dials:
+                dial.cancel()
+            for dial in dials:
+                with contextlib.suppress(BaseException):
+                    link = await dial
+                    await link.close()
+            raise
+        while len(links) < needed:
+            remaining = deadline - time.monotonic()
+            try:
+                item = await asyncio.wait_for(accepted.get(), max(remaining, 0.0))
+            except TimeoutError as error:
+                have = ", ".join(repr(link.name) for link in links) or "none"
+                raise PeerError(
+                    f"waited {connect_timeout:g} s for {needed} peer(s) to connect on {listen}; "
+                    f"connected: {have}"
+                ) from error
+            if isinstance(item, BaseException):
+                raise item
+            links.append(item)
+        names = [link.name for link in links]
+        if len(set(names)) != len(names):
+            raise ProtocolError(
+                f"two connections claim the same party name among {sorted(names)}: list each "
+                "peer once, on one side only"
+            )
+        return links
+    except BaseException:
+        for link in links:
+            await link.close()
+        raise
+    finally:
+        if server is not None:
+            server.close()  # stop accepting; the links themselves stay open
