@@ -562,18 +562,38 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     size = raw.size
     pieces: list[np.ndarray] = []
     quotes_before = 0
-    flags_buffer = np.empty(_SCAN_BYTES, dtype=bool)
+    scratch = np.empty((5, _SCAN_BYTES), dtype=bool)
+    edge_byte = np.zeros(256, dtype=bool)
+    edge_byte[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
     for start in range(0, size, _SCAN_BYTES):
         segment = raw[start : start + _SCAN_BYTES]
-        flags = flags_buffer[: segment.size]
-        np.equal(segment, _QUOTE, out=flags)
-        quotes = np.flatnonzero(flags)
-        np.equal(segment, _NEWLINE, out=flags)
-        newlines = np.flatnonzero(flags)
-        np.equal(segment, _RETURN, out=flags)
-        returns = np.flatnonzero(flags)
-        if quotes.size and not _quotes_at_field_edges(raw, quotes + start, delimiter):
-            return None
+        width = segment.size
+        is_quote, is_newline, is_return, edge, bad = (row[:width] for row in scratch)
+        np.equal(segment, _QUOTE, out=is_quote)
+        np.equal(segment, _NEWLINE, out=is_newline)
+        np.equal(segment, _RETURN, out=is_return)
+        quotes = np.flatnonzero(is_quote)
+        if quotes.size:
+            # Every quote must touch a field edge (delimiter, terminator or another quote).
+            np.equal(segment, delimiter, out=edge)
+            edge |= is_quote
+            edge |= is_newline
+            edge |= is_return
+            inner = bad[: max(width - 2, 0)]
+            np.logical_or(edge[:-2], edge[2:], out=inner)
+            np.logical_not(inner, out=inner)
+            inner &= is_quote[1:-1]
+            if inner.any():
+                return None
+            for at in {start, start + width - 1} & {
+                start + int(quotes[0]),
+                start + int(quotes[-1]),
+            }:
+                # The start and the end of the file count as edges.
+                if all(0 <= i < size and not edge_byte[raw[i]] for i in (at - 1, at + 1)):
+                    return None
+        newlines = np.flatnonzero(is_newline)
+        returns = np.flatnonzero(is_return)
         if quotes.size or quotes_before & 1:
             # A terminator is inside quotes when an odd number of quotes precede it.
             parity = quotes_before & 1
@@ -620,12 +640,3 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     keep = np.ones(line_count, dtype=bool)
     keep[np.concatenate(empty_chunks)] = False
     return offsets, np.flatnonzero(keep)
-
-
-def _quotes_at_field_edges(raw: np.ndarray, quotes: np.ndarray, delimiter: int) -> bool:
-    """True if every quote opens or closes a field (or is a doubled quote inside one)."""
-    edge = np.zeros(256, dtype=bool)
-    edge[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
-    before = edge[raw[np.maximum(quotes - 1, 0)]]
-    before |= edge[raw[np.minimum(quotes + 1, raw.size - 1)]]
-    return bool(before.all())
