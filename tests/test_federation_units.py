@@ -1,0 +1,523 @@
+"""Pieces of the networked federation in isolation: wire tensors, checkpoints, credentials,
+node data, settings, the node's checks, and the round driver over an in-memory grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accord.data.faults import FaultSpec
+from accord.errors import ConfigurationError, InputDataError, ProtocolError
+from accord.federation.auth import (
+    Authenticator,
+    hash_token,
+    load_node_credentials,
+    load_server_credentials,
+    make_credentials,
+)
+from accord.federation.checkpoint import (
+    dumps_tree,
+    loads_tree,
+    read_checkpoint,
+    write_checkpoint,
+)
+from accord.federation.client import Failpoint, parse_failpoints
+from accord.federation.driver import FederatedRun, load_run_checkpoint
+from accord.federation.engine import load_server_data, prepare_run
+from accord.federation.grid import InMemoryGrid, NodeInfo, admission_problem
+from accord.federation.node_data import load_table, split_validation
+from accord.federation.proto import federation_pb2 as pb
+from accord.federation.settings import ServerSettings, settings_from_json, settings_to_json
+from accord.federation.tensors import (
+    TensorAssembler,
+    check_weights,
+    decode_tensor,
+    encode_tensor,
+    weights_digest,
+)
+from accord.federation.worker import NodeFault, NodeWorker
+from accord.scenario import ScenarioSettings, build_scenario
+from accord.simulation.driver import Simulation, SimulationSettings, node_seed
+from accord.simulation.stop import StopConditions
+
+# ------------------------------------------------------------------ wire tensors
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 40), min_size=0, max_size=3),
+    dtype=st.sampled_from(["float32", "float64", "float16", "int64", "int32"]),
+    chunk_bytes=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_tensor_survives_chunking(
+    shape: list[int], dtype: str, chunk_bytes: int, seed: int
+) -> None:
+    array = (np.random.default_rng(seed).standard_normal(shape) * 100).astype(dtype)
+    chunks = encode_tensor(array, chunk_bytes)
+    assert all(len(c.data) <= chunk_bytes for c in chunks)
+    assert [c.last for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    back = decode_tensor(chunks)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert back.tobytes() == array.tobytes()
+
+
+def test_a_big_endian_tensor_travels_little_endian() -> None:
+    array = np.arange(5, dtype=">f4")
+    [chunk] = encode_tensor(array)
+    assert chunk.data == np.arange(5, dtype="<f4").tobytes()
+    assert np.array_equal(decode_tensor([chunk]), np.arange(5, dtype=np.float32))
+
+
+def _chunks(n: int = 10, chunk_bytes: int = 8) -> list[pb.TensorChunk]:
+    return encode_tensor(np.arange(n, dtype=np.float32), chunk_bytes)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda cs: [cs[0], cs[2], *cs[3:]], "expected byte offset 8, got 16"),
+        (lambda cs: [cs[0], cs[0], *cs[1:]], "expected byte offset 8, got 0"),
+        (lambda cs: cs[:-1], "the last chunk is missing"),
+        (lambda cs: [*cs[:-1], _with(cs[-1], shape=[11])], "dtype or shape changed"),
+        (lambda cs: [*cs[:-1], _with(cs[-1], dtype=pb.DTYPE_INT32)], "dtype or shape changed"),
+        (lambda cs: [_with(cs[0], last=True)], "last chunk after 8 of 40 bytes"),
+        (lambda cs: [_with(cs[0], dtype=99)], "unknown dtype code 99"),
+        (lambda cs: [_with(cs[0], shape=[-1])], "negative size"),
+        (lambda cs: [*cs[:-1], _with(cs[-1], data=b"x" * 16)], "more than the 40 declared"),
+    ],
+)
+def test_malformed_chunks_are_refused(tamper: Any, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode_tensor(tamper(_chunks()))
+
+
+def _with(chunk: pb.TensorChunk, **changes: Any) -> pb.TensorChunk:
+    copy = pb.TensorChunk()
+    copy.CopyFrom(chunk)
+    for name, value in changes.items():
+        if name == "shape":
+            del copy.shape[:]
+            copy.shape.extend(value)
+        else:
+            setattr(copy, name, value)
+    return copy
+
+
+def test_a_declared_size_beyond_the_limit_is_refused_before_allocation() -> None:
+    huge = pb.TensorChunk(dtype=pb.DTYPE_FLOAT64, shape=[1 << 40], offset=0, data=b"", last=False)
+    with pytest.raises(ProtocolError, match="more than the 1000 allowed"):
+        TensorAssembler(1000).add(huge)
+
+
+def test_weights_digest_is_sha256_of_little_endian_float32_bytes() -> None:
+    weights = np.array([0.0, 1.0, 2.0], dtype=np.float32)
+    expected = hashlib.sha256(b"\x00\x00\x00\x00\x00\x00\x80?\x00\x00\x00@").digest()
+    assert weights_digest(weights) == expected
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros(3, dtype=np.float64), "expected dtype float32, got float64"),
+        (np.zeros(4, dtype=np.float32), r"expected shape \(3,\), got \(4,\)"),
+        (np.array([0, np.inf, 0], dtype=np.float32), "NaN or Inf"),
+    ],
+)
+def test_check_weights_refuses_bad_tensors(array: np.ndarray, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        check_weights(array, 3, "second gradient")
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_a_checkpoint_round_trips_every_kind_of_value(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    state = {
+        "weights": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "blob": b"\x00\xffnetworks",
+        "tuple": (1, 2.5, None, "x"),
+        "int_keys": {3: "three"},
+        "scalar": np.float64(0.1),
+        "big_int": 2**100,
+        "rng": rng.bit_generator.state,
+        "nested": [{"a": np.int64(7)}, [True, False]],
+        "nan": float("nan"),
+    }
+    path = tmp_path / "checkpoint.npz"
+    write_checkpoint(path, state)
+    back = read_checkpoint(path)
+    assert np.array_equal(back["weights"], state["weights"])
+    assert back["blob"] == state["blob"] and back["tuple"] == state["tuple"]
+    assert back["int_keys"] == {3: "three"} and back["big_int"] == 2**100
+    assert back["scalar"] == np.float64(0.1) and type(back["scalar"]) is np.float64
+    assert back["nested"] == [{"a": 7}, [True, False]] and np.isnan(back["nan"])
+    restored = np.random.default_rng(0)
+    restored.bit_generator.state = back["rng"]
+    assert restored.random() == rng.random()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left
+
+
+def test_a_checkpoint_never_unpickles(tmp_path: Path) -> None:
+    path = tmp_path / "evil.npz"
+    np.savez(
+        path, __tree__=np.frombuffer(b'{"a": 1}', dtype=np.uint8), a0=np.array([{}], dtype=object)
+    )
+    with pytest.raises(InputDataError, match="not a readable checkpoint"):
+        read_checkpoint(path)
+
+
+def test_a_truncated_checkpoint_is_an_input_error(tmp_path: Path) -> None:
+    data = dumps_tree({"weights": np.zeros(1000, dtype=np.float32)})
+    with pytest.raises(InputDataError, match="not a readable checkpoint"):
+        loads_tree(data[: len(data) // 2], "cut.npz")
+    with pytest.raises(InputDataError, match="no checkpoint there"):
+        read_checkpoint(tmp_path / "missing.npz")
+
+
+# ------------------------------------------------------------------ credentials
+
+
+@pytest.fixture(scope="module")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("credentials")
+    make_credentials(
+        directory,
+        ["node-00", "node-01"],
+        hosts=["fl.example.org", "10.1.2.3"],
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        days=3650,
+    )
+    return directory
+
+
+def test_certs_form_a_chain_with_the_right_names_and_private_keys(credentials: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = x509.load_pem_x509_certificate((credentials / "ca.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((credentials / "server.pem").read_bytes())
+    node = x509.load_pem_x509_certificate((credentials / "node-00" / "node.pem").read_bytes())
+    for leaf in (server, node):
+        leaf.verify_directly_issued_by(ca)
+        assert isinstance(leaf.public_key(), ec.EllipticCurvePublicKey)
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"localhost", "fl.example.org"}
+    assert {str(a) for a in names.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "::1",
+        "10.1.2.3",
+    }
+    for secret in ("ca.key", "server.key", "node-00/node.key", "node-00/token"):
+        assert stat.S_IMODE((credentials / secret).stat().st_mode) == 0o600
+    tokens = load_server_credentials(credentials, "token").token_hashes
+    assert tokens is not None
+    token = (credentials / "node-01" / "token").read_text().strip()
+    assert (
+        tokens["node-01"] == hash_token(token)
+        and token not in (credentials / "tokens.json").read_text()
+    )
+
+
+def test_certs_refuse_to_overwrite(credentials: Path) -> None:
+    with pytest.raises(ConfigurationError, match="exists already"):
+        make_credentials(credentials, ["node-00"], now=dt.datetime.now(dt.UTC))
+
+
+def _context(credentials: Path, pem: str) -> dict[str, list[bytes]]:
+    return {"x509_pem_cert": [(credentials / pem).read_bytes()]}
+
+
+def test_a_token_is_bound_to_its_node(credentials: Path) -> None:
+    server = load_server_credentials(credentials, "token")
+    check = Authenticator(server.token_hashes, require_client_cert=False)
+    token = load_node_credentials(credentials / "node-00").token
+    bearer = [("authorization", f"Bearer {token}")]
+    assert check.refusal("node-00", bearer, {}) is None
+    assert check.refusal("node-01", bearer, {}) == "wrong token for node id 'node-01'"
+    assert check.refusal("node-07", bearer, {}) == "no token is registered for node id 'node-07'"
+    assert check.refusal("node-00", [], {}) == "expected one authorization header, got 0"
+    assert check.refusal("node-00", bearer * 2, {}) == "expected one authorization header, got 2"
+    assert check.refusal("node-00", [("authorization", token or "")], {}) == (
+        "authorization header is not a bearer token"
+    )
+
+
+def test_a_client_certificate_must_name_the_node_and_be_for_clients(credentials: Path) -> None:
+    check = Authenticator(None, require_client_cert=True)
+    assert check.refusal("node-00", [], _context(credentials, "node-00/node.pem")) is None
+    assert check.refusal("node-01", [], _context(credentials, "node-00/node.pem")) == (
+        "client certificate is for 'node-00', not 'node-01'"
+    )
+    assert check.refusal("accord-server", [], _context(credentials, "server.pem")) == (
+        "client certificate is not for client authentication"
+    )
+    assert check.refusal("node-00", [], {}) == "no client certificate"
+
+
+def test_server_credentials_need_their_files(tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match="server certificate not found"):
+        load_server_credentials(tmp_path, "both")
+    with pytest.raises(ConfigurationError, match="client_auth: expected one of"):
+        load_server_credentials(tmp_path, "password")
+
+
+# ------------------------------------------------------------------ node data
+
+
+def test_a_csv_node_file_loads_and_bad_rows_are_named(tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("a,b,label\n0.5,1,0\n1.5,2,2\n")
+    table = load_table(good, "label")
+    assert table.features.dtype == np.float32 and table.features.tolist() == [[0.5, 1], [1.5, 2]]
+    assert table.labels.tolist() == [0, 2] and table.feature_names == ("a", "b")
+    cases = {
+        "a,b,y\n1,2,0\n": "no label column 'label'; columns are \\['a', 'b', 'y'\\]",
+        "a,label\n1,0\nx,1\n": "column 'a': expected numbers, found type string",
+        "a,label\n1,0\n,1\n": "column 'a', row 2: missing or NaN value",
+        "a,label\n1,0\n2,-1\n": "column 'label', row 2: expected an integer label >= 0",
+        "a,label\n1,0\n2,1.5\n": "column 'label', row 2: expected an integer label",
+    }
+    for index, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"bad{index}.csv"
+        path.write_text(text)
+        with pytest.raises(InputDataError, match=message):
+            load_table(path, "label")
+    with pytest.raises(InputDataError, match="no such file"):
+        load_table(tmp_path / "none.csv", "label")
+
+
+def test_a_parquet_node_file_loads(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "node.parquet"
+    pq.write_table(pa.table({"x": [1.0, 2.0, 3.0], "label": [1, 0, 1]}), path)
+    table = load_table(path, "label")
+    assert table.features[:, 0].tolist() == [1.0, 2.0, 3.0] and table.labels.tolist() == [1, 0, 1]
+
+
+def test_split_validation_is_seeded_and_disjoint() -> None:
+    features = np.arange(20, dtype=np.float32)[:, None]
+    labels = np.arange(20) % 3
+    train_x, _, held = split_validation(features, labels, 0.25, seed=4)
+    again = split_validation(features, labels, 0.25, seed=4)[2]
+    assert held is not None and again is not None
+    assert len(held[0]) == 5 and np.array_equal(held[0], again[0])
+    assert sorted(train_x[:, 0].tolist() + held[0][:, 0].tolist()) == list(range(20))
+    assert split_validation(features, labels, 0.0, seed=4)[2] is None
+
+
+# ------------------------------------------------------------------ settings and admission
+
+
+def test_server_settings_survive_json() -> None:
+    base = ServerSettings()
+    settings_in = dataclasses.replace(
+        base,
+        policy="hedge-loo",
+        run=dataclasses.replace(
+            base.run,
+            scenario=dataclasses.replace(base.run.scenario, nodes=7, fault=FaultSpec("noise", 2)),
+            model=dataclasses.replace(base.run.model, hidden=(16, 8)),
+            stop=StopConditions(max_rounds=9, patience=3),
+        ),
+    )
+    assert settings_from_json(ServerSettings, settings_to_json(settings_in)) == settings_in
+    with pytest.raises(ConfigurationError, match=r"settings.run: unknown fields \['bogus'\]"):
+        settings_from_json(ServerSettings, {"run": {"bogus": 1}})
+
+
+def test_admission_checks_name_the_problem() -> None:
+    data = build_scenario(ScenarioSettings(nodes=2, fault=FaultSpec("label-flip", 0)))
+    spec, _ = prepare_run(ServerSettings(), load_server_data(ServerSettings(), data), "run")
+    good = NodeInfo("node-00", 10, 64, 10)
+    assert admission_problem(good, spec, None) is None
+    assert "not in this run's roster" in str(admission_problem(good, spec, frozenset({"x"})))
+    wrong = dataclasses.replace(good, n_features=63)
+    assert admission_problem(wrong, spec, None) == "the model takes 64 features; the node has 63"
+    assert "holds label 11" in str(
+        admission_problem(dataclasses.replace(good, n_classes=12), spec, None)
+    )
+    assert "node id" in str(
+        admission_problem(dataclasses.replace(good, node_id="../x"), spec, None)
+    )
+    federated = dataclasses.replace(spec, federated_evaluation=True)
+    assert "no validation split" in str(admission_problem(good, federated, None))
+
+
+def test_failpoints_parse() -> None:
+    assert parse_failpoints("exit@2, stall@3:1.5,crash-after-round@4") == (
+        Failpoint("exit", 2),
+        Failpoint("stall", 3, 1.5),
+    )
+    with pytest.raises(ConfigurationError, match="expected one of"):
+        parse_failpoints("explode@1")
+
+
+# ------------------------------------------------------------------ node worker
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[Any, Any]:
+    scenario = ScenarioSettings(nodes=3, fault=FaultSpec("noise", 1), seed=2)
+    return scenario, build_scenario(scenario)
+
+
+def _workers(scenario: ScenarioSettings, data: Any) -> dict[str, NodeWorker]:
+    return {
+        node.node_id: NodeWorker(
+            node.node_id,
+            node.features,
+            node.labels,
+            seed=node_seed(scenario.seed, node.index),
+            fault=NodeFault(scenario.fault, scenario.seed, node.index) if node.faulty else None,
+        )
+        for node in data.nodes
+    }
+
+
+def test_a_node_checks_what_it_is_sent(small: tuple[Any, Any]) -> None:
+    scenario, data = small
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, factory = prepare_run(settings_, load_server_data(settings_, data), "run")
+    worker = _workers(scenario, data)["node-00"]
+    worker.configure(spec)
+    weights = factory(("node-00",), {"node-00": 1.0}).global_weights.copy()
+    digest = weights_digest(weights)
+    with pytest.raises(ProtocolError, match="out of date"):
+        worker.start_round(0, None, digest)
+    with pytest.raises(ProtocolError, match="digest does not match"):
+        worker.start_round(0, weights, b"\x00" * 32)
+    gradient = worker.start_round(0, weights, digest)
+    assert worker.start_round(0, None, digest).tobytes() == gradient.tobytes()  # same seed
+    with pytest.raises(ProtocolError, match="second gradient: expected shape"):
+        worker.apply_second_gradient(0, gradient[:-1], 1.0, digest)
+    with pytest.raises(ProtocolError, match="differ from the server's"):
+        worker.apply_second_gradient(0, gradient, 1.0, digest)
+    assert worker.weights is None  # a copy that disagrees with the server is dropped
+    with pytest.raises(ProtocolError, match="features"):
+        worker.configure(dataclasses.replace(spec, n_features=10))
+
+
+# ------------------------------------------------------------------ the round driver
+
+
+def _federated_run(
+    scenario: ScenarioSettings, data: Any, rounds: int, **kwargs: Any
+) -> tuple[FederatedRun, InMemoryGrid]:
+    settings_ = ServerSettings(
+        run=SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=rounds))
+    )
+    spec, factory = prepare_run(settings_, load_server_data(settings_, data), "run")
+    grid = InMemoryGrid(spec, _workers(scenario, data))
+    run = FederatedRun(
+        grid,
+        factory,
+        settings_.policy,
+        settings_.run.stop,
+        settings_.federation,
+        expected_nodes=scenario.nodes,
+        quorum=scenario.nodes,
+        run_id="run",
+        **kwargs,
+    )
+    return run, grid
+
+
+def test_the_in_memory_grid_reproduces_the_simulation() -> None:
+    scenario = ScenarioSettings(nodes=3, fault=FaultSpec("label-flip", 1), seed=2)
+    data = build_scenario(scenario)
+    run, _ = _federated_run(scenario, data, 4)
+    federated = run.run()
+    simulation_settings = SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=4))
+    expected = Simulation(simulation_settings, "actor-critic", data).run()
+    for got, want in zip(federated.rounds, expected.rounds, strict=True):
+        assert got.record.to_json() | _timing() == want.record.to_json() | _timing()
+
+
+def test_a_noise_node_draws_its_noise_from_seed_node_and_round(small: tuple[Any, Any]) -> None:
+    from accord.data.faults import corrupt_gradient
+    from accord.federation.worker import fault_rng
+
+    scenario, data = small
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, factory = prepare_run(settings_, load_server_data(settings_, data), "run")
+    faulty = next(node for node in data.nodes if node.faulty)
+    worker = _workers(scenario, data)[faulty.node_id]
+    worker.configure(spec)
+    honest = NodeWorker(faulty.node_id, faulty.features, faulty.labels, seed=worker.seed)
+    honest.configure(spec)
+    weights = factory((faulty.node_id,), {faulty.node_id: 1.0}).global_weights.copy()
+    digest = weights_digest(weights)
+    for round_index in (0, 3):
+        expected = corrupt_gradient(
+            scenario.fault,
+            honest.start_round(round_index, weights, digest),
+            fault_rng(scenario.seed, faulty.index, round_index),
+        )
+        sent = worker.start_round(round_index, weights, digest)
+        assert sent.tobytes() == expected.tobytes()
+        assert np.linalg.norm(sent) == pytest.approx(np.linalg.norm(expected), rel=1e-6)
+
+
+def _timing() -> dict[str, Any]:
+    return {"aggregate_seconds": 0, "learn_seconds": 0, "diagnostics": {}}
+
+
+class _CrashError(Exception):
+    pass
+
+
+def test_a_run_interrupted_after_round_2_resumes_to_the_same_records(
+    small: tuple[Any, Any], tmp_path: Path
+) -> None:
+    scenario, data = small
+    uninterrupted, _ = _federated_run(scenario, data, 5)
+    expected = uninterrupted.run()
+    path = tmp_path / "checkpoint.npz"
+
+    def crash(rounds_done: int) -> None:
+        if rounds_done == 2:
+            raise _CrashError
+
+    first, _ = _federated_run(scenario, data, 5, checkpoint_path=path, after_round=crash)
+    with pytest.raises(_CrashError):
+        first.run()
+    state = load_run_checkpoint(path)
+    assert state["rounds_done"] == 2 and len(state["records"]) == 2
+    resumed, _ = _federated_run(scenario, data, 5, checkpoint_path=path, resume=state)
+    result = resumed.run()
+    assert result.resumed_at == 2
+    for got, want in zip(result.rounds, expected.rounds, strict=True):
+        assert got.record.to_json() | _timing() == want.record.to_json() | _timing()
+
+
+def test_a_disconnected_node_is_left_out_and_rejoins(small: tuple[Any, Any]) -> None:
+    scenario, data = small
+    run, grid = _federated_run(scenario, data, 3)
+    run.quorum = 2
+
+    def toggle(rounds_done: int) -> None:
+        if rounds_done == 1:
+            grid.disconnect("node-01")
+        if rounds_done == 2:
+            assert grid.connect("node-01") is None
+
+    run.after_round = toggle
+    result = run.run()
+    records = [timed.record for timed in result.rounds]
+    assert records[0].dropped == {} and records[2].dropped == {}
+    assert records[1].dropped == {"node-01": "not connected"}
+    assert records[1].probabilities["node-01"] == 0.0
+    assert sum(records[1].probabilities.values()) == pytest.approx(1.0)
