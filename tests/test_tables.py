@@ -78,6 +78,25 @@ def test_streaming_read_spans_many_blocks_in_order(
     assert "secret-id" not in str(caught.value)
 
 
+def test_quoted_values_spanning_lines_and_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Multi-line values crossing pyarrow's block boundaries must not desynchronise the reader.
+    monkeypatch.setattr(tables, "_CSV_BLOCK_BYTES", 4096)
+    rows = 2000
+    path = tmp_path / "notes.csv"
+    ids = [f"id{i}" for i in range(rows)]
+    pcsv.write_csv(pa.table({"id": ids, "note": [f"a\nb {i}\r\n" for i in range(rows)]}), path)
+    keys = tables.read_key_columns(path, ["id"])
+    assert [v.decode() for v in keys["id"].to_pylist()] == ids
+    out = tmp_path / "aligned.csv"
+    tables.write_aligned_table(out, path, np.array([1999, 0]), source_rows=rows)
+    assert tables.read_table(out).to_pydict() == {
+        "id": ["id1999", "id0"],
+        "note": ["a\nb 1999\r\n", "a\nb 0\r\n"],
+    }
+
+
 def test_missing_key_column_lists_available_columns(tmp_path: Path) -> None:
     csv_path = write_csv_text(tmp_path / "t.csv", b"id,name\n1,a\n")
     with pytest.raises(InputDataError) as caught:

@@ -191,7 +191,8 @@ def _check_readable(path: StrPath) -> None:
 
 
 def _parse_options(path: StrPath) -> pcsv.ParseOptions:
-    return pcsv.ParseOptions(delimiter=_delimiter(path))
+    # Quoted values may span lines; without this pyarrow's block chunker loses sync on them.
+    return pcsv.ParseOptions(delimiter=_delimiter(path), newlines_in_values=True)
 
 
 def _csv_header(path: StrPath) -> list[str]:
