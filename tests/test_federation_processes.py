@@ -516,3 +516,77 @@ def test_accord_federate_writes_the_simulation_metrics(
     stats = json.loads((run_dir / "federation_stats.json").read_text())
     assert stats["node_exit_codes"] == {f"node-{i:02d}": 0 for i in range(NODES)}
     assert "round 3/3" in processes.log("federate")
+
+
+def in_memory_records(rounds: int, policy: str, node_validation_fraction: float) -> list[Any]:
+    """The same run through the in-memory grid: nodes 0 and 1 with validation splits."""
+    from accord.federation.driver import FederatedRun
+    from accord.federation.engine import load_server_data, prepare_run
+    from accord.federation.grid import InMemoryGrid
+    from accord.federation.node_data import split_validation
+    from accord.federation.settings import FederationSettings, ServerSettings
+    from accord.federation.worker import NodeWorker
+    from accord.scenario import build_scenario
+    from accord.simulation.driver import node_seed
+
+    scenario = ScenarioSettings(nodes=NODES, fault=FaultSpec("label-flip", 1), seed=SEED)
+    settings = ServerSettings(
+        run=SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=rounds)),
+        policy=policy,
+        federation=FederationSettings(expected_nodes=2, evaluation="federated"),
+    )
+    data = build_scenario(scenario)
+    workers = {}
+    for node in data.nodes[:2]:
+        seed = node_seed(SEED, node.index)
+        x, y, held = split_validation(node.features, node.labels, node_validation_fraction, seed)
+        workers[node.node_id] = NodeWorker(node.node_id, x, y, seed=seed, validation=held)
+    spec, factory = prepare_run(settings, load_server_data(settings, data), "run")
+    run = FederatedRun(
+        InMemoryGrid(spec, workers),
+        factory,
+        policy,
+        settings.run.stop,
+        settings.federation,
+        expected_nodes=2,
+        quorum=2,
+        run_id="run",
+    )
+    return [timed.record.to_json() for timed in run.run().rounds]
+
+
+def test_federated_evaluation_over_grpc_equals_the_in_memory_grid(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: the patent Actor-Critic learns from the nodes' validation accuracy
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start(
+        "server",
+        server_args(
+            run_dir,
+            port,
+            credentials,
+            *scenario_args(3, policy="actor-critic-patent"),
+            "--expected-nodes",
+            "2",
+            "--evaluation",
+            "federated",
+        ),
+    )
+    for i in range(2):
+        processes.start(
+            f"node-{i}", [*node_args(i, port, credentials), "--node-validation-fraction", "0.25"]
+        )
+
+    # Act
+    server_code = processes.wait("server")
+
+    # Assert
+    assert server_code == 0, processes.log("server")
+    records = run_records(run_dir)
+    assert all(0.0 < r["validation_accuracy_after"] < 1.0 for r in records)
+    assert_same_metrics(records, in_memory_records(3, "actor-critic-patent", 0.25))
+    assert [r["validation_accuracy_before"] for r in records[1:]] == [
+        r["validation_accuracy_after"] for r in records[:-1]
+    ]

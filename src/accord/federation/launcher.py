@@ -177,6 +177,7 @@ def serve(
     data = load_server_data(settings, scenario)
     spec, factory = prepare_run(settings, data, run_id)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
+    warm_up_torch()  # while the first nodes register, not in round 0
     _write_json(
         run_dir / ADDRESS_FILE,
         {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
