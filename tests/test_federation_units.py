@@ -521,3 +521,41 @@ def test_a_disconnected_node_is_left_out_and_rejoins(small: tuple[Any, Any]) -> 
     assert records[1].dropped == {"node-01": "not connected"}
     assert records[1].probabilities["node-01"] == 0.0
     assert sum(records[1].probabilities.values()) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ command-line options
+
+
+def test_command_line_options_map_onto_the_settings() -> None:
+    from accord.cli import build_parser
+    from accord.commands.server import run_settings_from_args
+
+    argv = [
+        "server",
+        "--insecure",
+        *("--dataset", "wine", "--nodes", "5", "--partition", "iid", "--alpha", "0.3"),
+        *("--fault", "noise", "--faulty", "2", "--fault-scale", "2", "--seed", "9"),
+        *("--model", "mlp", "--hidden", "16,8", "--local-learning-rate", "0.05"),
+        *("--local-epochs", "2", "--batch-size", "8", "--momentum", "0.5"),
+        *("--server-learning-rate", "0.5", "--rounds", "7", "--target-accuracy", "0.9"),
+        *("--patience", "3", "--time-budget", "60", "--policy", "hedge-loo"),
+    ]
+    settings_, policy = run_settings_from_args(build_parser(argv).parse_args(argv))
+    scenario = settings_.scenario
+    assert (scenario.dataset, scenario.nodes, scenario.seed) == ("wine", 5, 9)
+    assert (scenario.partition.kind, scenario.partition.alpha) == ("iid", 0.3)
+    assert scenario.fault == FaultSpec("noise", 2, 2.0)
+    assert settings_.model.hidden == (16, 8)
+    local = settings_.local
+    assert (local.learning_rate, local.epochs, local.batch_size, local.momentum) == (
+        0.05,
+        2,
+        8,
+        0.5,
+    )
+    assert settings_.rounds.server_learning_rate == 0.5
+    assert settings_.stop == StopConditions(7, 0.9, 3, 60.0)
+    assert policy == "hedge-loo"
+    bad = ["server", "--hidden", "16,x"]
+    with pytest.raises(ConfigurationError, match="hidden: expected comma-separated integers"):
+        run_settings_from_args(build_parser(bad).parse_args(bad))

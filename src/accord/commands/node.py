@@ -87,6 +87,30 @@ def run(args: argparse.Namespace) -> int:
     from accord.federation.worker import NodeFault, NodeWorker
 
     logger = logging.getLogger("accord.commands.node")
+    # Credentials first: a mistake there should not wait for the data to load.
+    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
+    if args.insecure:
+        if any(value is not None for value in given[:4]):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        logger.warning("--insecure: talking to the server in plaintext")
+        credentials = (
+            None
+            if args.token_file is None
+            else load_node_credentials(None, token_file=Path(args.token_file))
+        )
+    else:
+        if all(value is None for value in given):
+            raise ConfigurationError(
+                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
+                "a token or client certificate, or --insecure for a local experiment"
+            )
+        credentials = load_node_credentials(
+            None if args.credentials is None else Path(args.credentials),
+            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
+            certificate=None if args.tls_cert is None else Path(args.tls_cert),
+            private_key=None if args.tls_key is None else Path(args.tls_key),
+            token_file=None if args.token_file is None else Path(args.token_file),
+        )
     if args.scenario_node is not None:
         from accord.scenario import build_scenario, node_id
         from accord.simulation.driver import node_seed
@@ -119,29 +143,6 @@ def run(args: argparse.Namespace) -> int:
         features, labels, args.node_validation_fraction, seed
     )
     worker = NodeWorker(node_name, features, labels, seed=seed, validation=validation, fault=fault)
-    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
-    if args.insecure:
-        if any(value is not None for value in given[:4]):
-            raise ConfigurationError("--insecure cannot be combined with TLS options")
-        logger.warning("--insecure: talking to the server in plaintext")
-        credentials = (
-            None
-            if args.token_file is None
-            else load_node_credentials(None, token_file=Path(args.token_file))
-        )
-    else:
-        if all(value is None for value in given):
-            raise ConfigurationError(
-                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
-                "a token or client certificate, or --insecure for a local experiment"
-            )
-        credentials = load_node_credentials(
-            None if args.credentials is None else Path(args.credentials),
-            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
-            certificate=None if args.tls_cert is None else Path(args.tls_cert),
-            private_key=None if args.tls_key is None else Path(args.tls_key),
-            token_file=None if args.token_file is None else Path(args.token_file),
-        )
     settings = NodeSettings(
         server=args.server,
         insecure=args.insecure,
