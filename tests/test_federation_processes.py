@@ -233,12 +233,13 @@ def node_args(index: int, port: int, credentials: Path) -> list[str]:
 def test_server_and_four_nodes_reach_the_simulation_metrics(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
-    # Arrange
+    # Arrange: 4 KiB chunks, so every 9640-byte tensor travels in three messages
     port = free_port()
     run_dir = tmp_path / "run"
-    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(5)))
+    chunks = ["--chunk-bytes", "4096"]
+    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(5), *chunks))
     for i in range(NODES):
-        processes.start(f"node-{i}", node_args(i, port, credentials))
+        processes.start(f"node-{i}", [*node_args(i, port, credentials), *chunks])
 
     # Act
     server_code = processes.wait("server")

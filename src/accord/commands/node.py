@@ -60,6 +60,12 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help="exit after this many seconds without a session [never]",
     )
     connection.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=None,
+        help="tensor bytes per gRPC message, for large models [1048576]",
+    )
+    connection.add_argument(
         "--keep-alive",
         action="store_true",
         help="after a run ends, wait for the next one instead of exiting",
@@ -149,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         server_name=args.server_name,
         give_up_after=args.give_up_after,
         keep_alive=args.keep_alive,
+        **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
         failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
     )
     logger.info(

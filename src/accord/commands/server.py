@@ -250,6 +250,12 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("server", "federated"),
         help="reward accuracy from the server's validation set or the nodes' [server]",
     )
+    group.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=None,
+        help="tensor bytes per gRPC message, for large models [1048576]",
+    )
 
 
 def add_server_security_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,7 +378,11 @@ def run(args: argparse.Namespace) -> int:
     credentials, authenticator = security_from_args(args)
     return serve(
         settings,
-        TransportSettings(host=args.host, port=args.port),
+        TransportSettings(
+            host=args.host,
+            port=args.port,
+            **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
+        ),
         credentials,
         authenticator,
         out=args.out,

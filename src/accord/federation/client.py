@@ -113,6 +113,11 @@ class NodeSettings:
         host, _, port = self.server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigurationError(f"server: expected HOST:PORT, got {self.server!r}")
+        if not 1024 <= self.chunk_bytes <= self.max_message_bytes - 4096:
+            raise ConfigurationError(
+                f"chunk_bytes: expected 1024 .. {self.max_message_bytes - 4096}, got "
+                f"{self.chunk_bytes!r}"
+            )
         if not 0 < self.reconnect_initial <= self.reconnect_max:
             raise ConfigurationError(
                 "reconnect: expected 0 < reconnect_initial <= reconnect_max, got "

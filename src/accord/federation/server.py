@@ -94,6 +94,7 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
     ]
 
 
@@ -417,14 +418,11 @@ class GrpcGrid(Grid):
             self._roster = frozenset(roster)
             for node, connection in list(self._connections.items()):
                 if node not in self._roster:
+                    # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
-                    connection.send(
-                        pb.ServerMessage(
-                            shutdown=pb.Shutdown(reason="this node is not in the run's roster")
-                        )
-                    )
-                    connection.send(None)
                     await self._detach(connection, "left out of the roster")
+                    if connection.task is not None:
+                        connection.task.cancel()
 
         self._call(fix())
 
