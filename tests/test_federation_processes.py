@@ -467,6 +467,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
             *scenario_args(1)[:-4],
         ],
     )
+    processes.start("late-node", node_args(3, port, credentials))  # valid, not in the roster
     script = tmp_path / "attacks.py"
     script.write_text(ATTACKS)
     attacks = subprocess.run(
@@ -477,6 +478,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         check=True,
     )
     rogue_code = processes.wait("rogue-node")
+    late_code = processes.wait("late-node")
     rounds_during_attacks = len(run_records(run_dir))
     server_code = processes.wait("server")
 
@@ -491,6 +493,8 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     }
     assert rogue_code == 2
     assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")
+    assert late_code == 2
+    assert "node node-03 is not in this run's roster" in processes.log("late-node")
     assert rounds_during_attacks < 4  # the run was still going on
     assert server_code == 0, processes.log("server")
     records = run_records(run_dir)
