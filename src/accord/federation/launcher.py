@@ -1,11 +1,11 @@
 """Processes of a federation: the server's main loop (``accord server``) and a local
 federation in one command (``accord federate``).
 
-``accord federate`` imports torch and builds the scenario once, then forks one process per
-node (copy-on-write: a node starts in milliseconds instead of re-importing torch for two
-seconds), then serves as the federation's server itself. The nodes are real processes that
-speak gRPC over 127.0.0.1 with TLS, client certificates and tokens generated for the run
-(or plaintext with ``--insecure``).
+``accord federate`` imports torch once, builds the scenario in a helper process, then forks
+one process per node (copy-on-write: a node starts in milliseconds instead of re-importing
+torch for two seconds) and serves as the federation's server itself. The nodes are real
+processes that speak gRPC over 127.0.0.1 with TLS, client certificates and tokens
+generated for the run (or plaintext with ``--insecure``).
 """
 
 from __future__ import annotations
@@ -307,20 +307,115 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _scenario_to_tree(scenario: Any) -> dict[str, Any]:
+    def dataset(part: Any) -> dict[str, Any]:
+        return {
+            "name": part.name,
+            "features": part.features,
+            "labels": part.labels,
+            "n_classes": part.n_classes,
+        }
+
+    holdout = scenario.holdout
+    return {
+        "holdout": {
+            "train": dataset(holdout.train),
+            "validation": dataset(holdout.validation),
+            "test": dataset(holdout.test),
+        },
+        "nodes": [
+            {
+                "node_id": node.node_id,
+                "index": node.index,
+                "features": node.features,
+                "labels": node.labels,
+                "faulty": node.faulty,
+            }
+            for node in scenario.nodes
+        ],
+    }
+
+
+def _scenario_from_tree(tree: Mapping[str, Any], settings: Any) -> Any:
+    from accord.data.datasets import Dataset, HoldoutSplit
+    from accord.scenario import NodeData, ScenarioData
+
+    def dataset(part: Mapping[str, Any]) -> Dataset:
+        return Dataset(str(part["name"]), part["features"], part["labels"], int(part["n_classes"]))
+
+    holdout = tree["holdout"]
+    return ScenarioData(
+        settings=settings,
+        holdout=HoldoutSplit(
+            train=dataset(holdout["train"]),
+            validation=dataset(holdout["validation"]),
+            test=dataset(holdout["test"]),
+        ),
+        nodes=tuple(
+            NodeData(
+                node_id=str(node["node_id"]),
+                index=int(node["index"]),
+                features=node["features"],
+                labels=node["labels"],
+                faulty=bool(node["faulty"]),
+            )
+            for node in tree["nodes"]
+        ),
+    )
+
+
+def _build_scenario_aside(settings: Any) -> Callable[[], Any]:
+    """Build the scenario in a forked helper (scikit-learn is imported there only) while
+    this process does something else; the returned function collects it. If the helper
+    fails, the scenario is built here, which raises the real error."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the helper
+        code = 1
+        try:
+            os.close(read_fd)
+            from accord.federation.checkpoint import dumps_tree
+            from accord.scenario import build_scenario
+
+            _write_all(write_fd, dumps_tree(_scenario_to_tree(build_scenario(settings))))
+            code = 0
+        except BaseException:  # the parent builds it again and reports the error
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+
+    def collect() -> Any:
+        from accord.federation.checkpoint import loads_tree
+
+        try:
+            data = _read_all(read_fd)
+        finally:
+            os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            from accord.scenario import build_scenario
+
+            return build_scenario(settings)
+        return _scenario_from_tree(loads_tree(data, "scenario from the helper"), settings)
+
+    return collect
+
+
 def _node_child(
-    data_fd: int,
+    node: Any,
     settings: ServerSettings,
     port: int,
     credentials_dir: Path | None,
     parent_pid: int,
     log_level: int,
 ) -> int:
-    """Body of a forked node process: read its partition from the parent, then serve."""
+    """Body of a forked node process."""
     import numpy as np
 
-    from accord.data.faults import FaultSpec
     from accord.federation.auth import load_node_credentials
-    from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeFault, NodeWorker
@@ -328,26 +423,22 @@ def _node_child(
 
     logging.getLogger().setLevel(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes
-    node = loads_tree(_read_all(data_fd), "node data from the launcher")
-    os.close(data_fd)
     scenario = settings.run.scenario
-    index = int(node["index"])
-    seed = node_seed(scenario.seed, index)
-    features, labels = node["features"], node["labels"]
+    seed = node_seed(scenario.seed, node.index)
+    features, labels = node.features, node.labels
     validation = None
     if settings.federation.evaluation == "federated":
         features, labels, validation = split_validation(features, labels, 0.1, seed)
-    fault_spec: FaultSpec = scenario.fault
     worker = NodeWorker(
-        str(node["node_id"]),
+        node.node_id,
         features,
         labels,
         seed=seed,
         validation=validation,
-        fault=NodeFault(fault_spec, scenario.seed, index) if node["faulty"] else None,
+        fault=NodeFault(scenario.fault, scenario.seed, node.index) if node.faulty else None,
     )
     credentials = (
-        None if credentials_dir is None else load_node_credentials(credentials_dir / worker.node_id)
+        None if credentials_dir is None else load_node_credentials(credentials_dir / node.node_id)
     )
     client = NodeClient(
         worker,
@@ -374,11 +465,12 @@ def federate(
 ) -> int:
     """Fork one process per scenario node, then serve them from this process.
 
-    The nodes are forked right after torch is imported and warmed up, before the scenario
-    (and scikit-learn) is loaded, so each node process holds torch, gRPC and its own
-    partition only; the partition arrives through a pipe (``.npz`` bytes, no pickle).
+    A helper process builds the scenario (and imports scikit-learn) while this one warms
+    torch up; the node processes are then forked with their partition in memory, so each
+    holds torch, gRPC and its own data, and none re-imports anything.
     """
     prepare_process()
+    collect_scenario = _build_scenario_aside(settings.run.scenario)
     warm_up_torch()
     import accord.federation.client
     import accord.federation.worker  # noqa: F401 - imported once, before the fork
@@ -387,12 +479,10 @@ def federate(
         load_server_credentials,
         make_credentials,
     )
-    from accord.federation.checkpoint import dumps_tree
     from accord.federation.server import TransportSettings
-    from accord.scenario import node_id
 
-    count = settings.run.scenario.nodes
-    node_ids = [node_id(index) for index in range(count)]
+    scenario = collect_scenario()
+    nodes = scenario.nodes
     run_dir = Path(out) if out is not None else Path("runs") / f"federate-{secrets.token_hex(6)}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigurationError(f"{run_dir}: exists and is not empty; choose another --out")
@@ -406,7 +496,11 @@ def federate(
         # Throw-away credentials in a private temporary folder, removed at the end.
         credentials_dir = Path(tempfile.mkdtemp(prefix="accord-federate-"))
         make_credentials(
-            credentials_dir, node_ids, now=dt.datetime.now(dt.UTC), days=7, overwrite=True
+            credentials_dir,
+            [node.node_id for node in nodes],
+            now=dt.datetime.now(dt.UTC),
+            days=7,
+            overwrite=True,
         )
         credentials = load_server_credentials(credentials_dir, "both")
         authenticator = Authenticator(credentials.token_hashes, require_client_cert=True)
@@ -415,52 +509,25 @@ def federate(
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, str] = {}
-    data_pipes: dict[str, int] = {}
     node_rss: dict[str, int] = {}
     exit_codes: dict[str, int] = {}
     try:
-        for name in node_ids:
-            read_fd, write_fd = os.pipe()
+        for node in nodes:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
-                    os.close(write_fd)
-                    for inherited in data_pipes.values():
-                        os.close(inherited)
                     code = _node_child(
-                        read_fd, settings, port, credentials_dir, parent, options.node_log_level
+                        node, settings, port, credentials_dir, parent, options.node_log_level
                     )
                 except BaseException as error:
-                    logger.error("node %s failed: %s", name, error)
+                    logger.error("node %s failed: %s", node.node_id, error)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(code)
-            os.close(read_fd)
-            children[pid] = name
-            data_pipes[name] = write_fd
-        from accord.scenario import build_scenario
-
-        scenario = build_scenario(settings.run.scenario)
-        for node in scenario.nodes:
-            descriptor = data_pipes.pop(node.node_id)
-            try:
-                _write_all(
-                    descriptor,
-                    dumps_tree(
-                        {
-                            "node_id": node.node_id,
-                            "index": node.index,
-                            "faulty": node.faulty,
-                            "features": node.features,
-                            "labels": node.labels,
-                        }
-                    ),
-                )
-            finally:
-                os.close(descriptor)
-        federation = replace(settings.federation, expected_nodes=count)
+            children[pid] = node.node_id
+        federation = replace(settings.federation, expected_nodes=len(nodes))
         return serve(
             replace(settings, federation=federation),
             TransportSettings(host="127.0.0.1", port=port),
@@ -472,14 +539,12 @@ def federate(
             on_round=on_round,
             extra_stats=lambda: {
                 "launched_at": launched_at,
-                "nodes": count,
+                "nodes": len(nodes),
                 "node_peak_rss_bytes": _reap(children, node_rss, exit_codes, 10.0),
                 "node_exit_codes": exit_codes,
             },
         )
     finally:
-        for descriptor in data_pipes.values():
-            os.close(descriptor)
         _reap(children, node_rss, exit_codes, 5.0)
         if credentials_dir is not None:
             shutil.rmtree(credentials_dir, ignore_errors=True)
