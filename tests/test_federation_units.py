@@ -559,3 +559,83 @@ def test_command_line_options_map_onto_the_settings() -> None:
     bad = ["server", "--hidden", "16,x"]
     with pytest.raises(ConfigurationError, match="hidden: expected comma-separated integers"):
         run_settings_from_args(build_parser(bad).parse_args(bad))
+
+
+def test_a_run_stops_when_the_quorum_is_lost(small: tuple[Any, Any]) -> None:
+    scenario, data = small
+    run, grid = _federated_run(scenario, data, 5)
+    run.quorum = 2
+    run.settings = dataclasses.replace(run.settings, quorum_timeout=0.0)
+
+    def leave(rounds_done: int) -> None:
+        if rounds_done == 2:
+            grid.disconnect("node-00")
+            grid.disconnect("node-02")
+
+    run.after_round = leave
+    result = run.run()
+    assert len(result.rounds) == 2
+    assert result.stop_reason == "quorum lost: 1 of 2 nodes connected after 0 s"
+
+
+class _BrokenNode:
+    """A node that registers and then fails every round."""
+
+    def __init__(self, info: NodeInfo) -> None:
+        self._info = info
+
+    def info(self) -> NodeInfo:
+        return self._info
+
+    def configure(self, spec: Any) -> None:
+        pass
+
+    def start_round(self, round_index: int, weights: Any, weights_sha256: bytes) -> Any:
+        raise ProtocolError("disk full")
+
+    def apply_second_gradient(self, *args: Any) -> None:
+        raise ProtocolError("disk full")
+
+    def evaluate(self, round_index: int, weights_sha256: bytes) -> Any:
+        raise ProtocolError("disk full")
+
+
+def test_a_run_without_usable_gradients_gives_up_after_three_attempts(
+    small: tuple[Any, Any],
+) -> None:
+    scenario, data = small
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, factory = prepare_run(settings_, load_server_data(settings_, data), "run")
+    grid = InMemoryGrid(spec, {"node-00": _BrokenNode(NodeInfo("node-00", 50, 64, 10))})
+    run = FederatedRun(
+        grid,
+        factory,
+        "fedavg",
+        StopConditions(max_rounds=5),
+        settings_.federation,
+        expected_nodes=1,
+        quorum=1,
+        run_id="run",
+    )
+    result = run.run()
+    assert result.rounds == () and result.stop_reason == "no usable first gradient in 3 attempts"
+
+
+def test_the_server_can_score_on_its_own_files(tmp_path: Path) -> None:
+    validation, test = tmp_path / "validation.csv", tmp_path / "test.parquet"
+    validation.write_text("a,b,label\n0,1,0\n1,0,1\n1,1,1\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [0.0], "b": [0.0], "label": [3]}), test)
+    server = ServerSettings(validation_data=str(validation), test_data=str(test))
+    data = load_server_data(server)
+    assert (data.n_features, data.n_classes) == (2, 4)
+    assert data.validation[1].tolist() == [0, 1, 1] and data.test is not None
+    spec, factory = prepare_run(server, data, "run")
+    engine = factory(("n",), {"n": 1.0})
+    assert spec.dim == engine.dim == 2 * 32 + 32 + 32 * 4 + 4
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text("a,c,label\n0,1,0\n")
+    with pytest.raises(InputDataError, match="differ from the validation file's"):
+        load_server_data(ServerSettings(validation_data=str(validation), test_data=str(renamed)))
