@@ -5,7 +5,9 @@
 collect first gradients before a deadline (late, failed and disconnected nodes become the
 ``failures`` the engine renormalises around), send the second gradient, optionally collect
 federated evaluations, conclude, checkpoint, and stop on the stop conditions. A round in
-which no usable first gradient arrived is retried, up to ``max_failed_rounds`` times.
+which no usable first gradient arrived is retried, up to ``max_failed_rounds`` times; that,
+or a quorum missing for ``quorum_timeout`` seconds, raises :class:`PeerError` and leaves
+the run to ``--resume``.
 """
 
 from __future__ import annotations
@@ -164,8 +166,10 @@ class FederatedRun:
     # --------------------------------------------------------------------- run
 
     def run(self) -> FederatedResult:
-        """Run (or continue) rounds until a stop condition holds; always shuts the grid."""
-        reason = "interrupted"
+        """Run (or continue) rounds until a stop condition holds, then tell the nodes. If
+        the server is interrupted or fails, the grid is closed without ending the run for
+        the nodes: they keep reconnecting, and ``--resume`` continues from the checkpoint."""
+        reason: str | None = None
         try:
             result = self._run()
             reason = result.stop_reason
@@ -213,12 +217,11 @@ class FederatedRun:
                 self.quorum, self.settings.quorum_timeout, among=roster_set
             )
             if len(connected) < self.quorum:
-                reason = (
-                    f"quorum lost: {len(connected)} of {self.quorum} nodes connected after "
-                    f"{self.settings.quorum_timeout:g} s"
+                raise PeerError(
+                    f"quorum lost before round {engine.round_index}: {len(connected)} of "
+                    f"{self.quorum} nodes connected after {self.settings.quorum_timeout:g} s; "
+                    "the run can be continued with --resume"
                 )
-                logger.warning("%s; the run can be resumed from its checkpoint", reason)
-                break
             sent_before, received_before = self.grid.traffic()
             round_started = time.perf_counter()
             round_index = engine.round_index
@@ -238,7 +241,10 @@ class FederatedRun:
                     "round %d: attempt %d failed: %s", round_index, failed_attempts, error
                 )
                 if failed_attempts >= self.settings.max_failed_rounds:
-                    reason = f"no usable first gradient in {failed_attempts} attempts"
+                    raise PeerError(
+                        f"round {round_index}: no usable first gradient in {failed_attempts} "
+                        "attempts; the run can be continued with --resume"
+                    ) from error
                 continue
             failed_attempts = 0
             self.grid.broadcast_second_gradient(

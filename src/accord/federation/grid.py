@@ -152,8 +152,10 @@ class Grid(ABC):
         """Ask ``node_ids`` for their validation accuracy of ``weights`` (w_{t+1})."""
 
     @abstractmethod
-    def shutdown(self, reason: str) -> None:
-        """Tell every node the run is over and release the transport."""
+    def shutdown(self, reason: str | None) -> None:
+        """Tell every node the run is over (``reason``) and release the transport; with
+        ``None`` release it without ending the run for the nodes, which then wait and
+        reconnect (the server was interrupted and may be resumed)."""
 
     def traffic(self) -> tuple[int, int]:
         """Bytes (sent, received) so far, where the transport counts them."""
@@ -275,5 +277,5 @@ class InMemoryGrid(Grid):
                 replies.failures[node] = f"node reported: {error}"
         return replies
 
-    def shutdown(self, reason: str) -> None:
+    def shutdown(self, reason: str | None) -> None:
         self._connected.clear()

@@ -538,15 +538,20 @@ class GrpcGrid(Grid):
     def traffic(self) -> tuple[int, int]:
         return self._sent, self._received
 
-    def shutdown(self, reason: str) -> None:
+    def shutdown(self, reason: str | None) -> None:
         if self._closed:
             return
 
         async def close() -> None:
             self._closed = True
             for connection in list(self._connections.values()):
-                connection.send(pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
+                if reason is not None:
+                    connection.send(pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
                 connection.send(None)
+            if reason is None:  # just go away: the nodes reconnect to the next server
+                for connection in list(self._connections.values()):
+                    if connection.task is not None:
+                        connection.task.cancel()
             assert self._changed is not None
             async with self._changed:
                 with contextlib.suppress(TimeoutError):
