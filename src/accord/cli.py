@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "node": "run a long-lived federation node on its own data",
     "federate": "run a server and N node processes on this machine in one command",
     "certs": "make a local CA, server and node certificates and node tokens",
+    "align": "align samples across parties inside TEEs (intersect, shared shuffle)",
 }
 
 logger = logging.getLogger(__name__)

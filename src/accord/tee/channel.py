@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from accord.errors import ChannelError, ConfigurationError, ProtocolError
+from accord.errors import AttestationError, ChannelError, ConfigurationError, ProtocolError
 from accord.tee.attestation import (
     DIGEST_SIZE,
     AttestationPolicy,
@@ -200,6 +200,23 @@ def _peer_name(raw: bytes, own: str) -> str:
     return name
 
 
+def _verify(
+    peer: str,
+    evidence: bytes,
+    policy: AttestationPolicy,
+    peer_public: bytes,
+    own_nonce: bytes,
+    sid: bytes,
+) -> EvidenceClaims:
+    """Verify the peer's evidence, bound to its key share, this side's nonce and the session."""
+    try:
+        return verify_evidence(evidence, policy, channel_report_data(peer_public, own_nonce, sid))
+    except AttestationError as error:
+        raise AttestationError(
+            f"refused the enclave of peer {peer!r}: {error}", detail=error.detail
+        ) from error
+
+
 class InitiatorHandshake:
     """The dialling side: :meth:`hello`, then :meth:`finish` with the peer's response."""
 
@@ -235,9 +252,7 @@ class InitiatorHandshake:
             raise ProtocolError("malformed handshake response")
         peer = _peer_name(name_raw, self._config.party_name)
         sid = session_id(hello, peer, nonce_r)
-        claims = verify_evidence(
-            evidence_r, self._config.policy, channel_report_data(public_r, self._nonce, sid)
-        )
+        claims = _verify(peer, evidence_r, self._config.policy, public_r, self._nonce, sid)
         evidence = self._config.make_evidence(channel_report_data(self._public, nonce_r, sid))
         finish = pack_fields([_FINISH, self._public, evidence])
         send, receive = derive_channel_keys(
@@ -304,9 +319,7 @@ class ResponderHandshake:
         context, public_i, evidence_i = unpack_fields(finish, 3, "handshake finish")
         if context != _FINISH or len(public_i) != 32:
             raise ProtocolError("malformed handshake finish")
-        claims = verify_evidence(
-            evidence_i, self._config.policy, channel_report_data(public_i, self._nonce, sid)
-        )
+        claims = _verify(peer, evidence_i, self._config.policy, public_i, self._nonce, sid)
         receive, send = derive_channel_keys(
             _shared_secret(self._private, public_i), transcript_hash(hello, response, finish)
         )

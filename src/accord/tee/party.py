@@ -252,6 +252,53 @@ def _first_error(error: BaseException) -> BaseException:
     return leaves[0] if leaves else error
 
 
+class _KeyReader:
+    """Reads the key column(s) in a worker thread, ahead of the enclave's need for them.
+
+    The first batch is read before any peer is contacted, so a missing column, an empty or
+    unreadable file fails at once; the rest is read while the enclave starts and attests.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        from accord.tables import iter_key_batches
+
+        self._iterator: Iterator[Any] = iter_key_batches(path, columns)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read the first batch (raising input errors now), then read on in the background."""
+        first = await asyncio.to_thread(next, self._iterator, None)
+        self._queue.put_nowait(first)
+        self._task = asyncio.create_task(self._read_rest())
+
+    async def _read_rest(self) -> None:
+        while True:
+            try:
+                batch = await asyncio.to_thread(next, self._iterator, None)
+            except Exception as error:  # handed to the consumer, raised there
+                self._queue.put_nowait(error)
+                return
+            self._queue.put_nowait(batch)
+            if batch is None:
+                return
+
+    def __aiter__(self) -> _KeyReader:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class _Run:
     """The state of one run: the enclave, the links and the enclave's last status."""
 
@@ -260,9 +307,11 @@ class _Run:
         settings: PartySettings,
         enclave: EnclaveProcess,
         links: Sequence[PeerLink],
+        keys: _KeyReader,
         progress: Progress,
     ) -> None:
         self.settings = settings
+        self.keys = keys
         self.enclave = enclave
         self.links = list(links)
         self.progress = progress
@@ -296,6 +345,18 @@ class _Run:
                 raise ProtocolError(f"peer {link.name!r} sent {kind.name} during the handshake")
             return body
 
+        reply = await self._handshake_steps(slot, link, expect_handshake)
+        if reply.get("peer") != link.name:
+            raise ProtocolError(
+                f"the host at {link.address} announced party {link.name!r}, but its enclave "
+                f"attests party {reply.get('peer')!r}"
+            )
+        self.peer_enclaves[link.name] = dict(reply["peer_identity"])
+        logger.info("attested channel to %r open", link.name)
+
+    async def _handshake_steps(
+        self, slot: int, link: PeerLink, expect_handshake: Callable[[], Awaitable[bytes]]
+    ) -> dict[str, Any]:
         if link.initiator:
             _, hello = await self.call(Call.HANDSHAKE, {"link": slot, "step": "hello"})
             await link.send(PeerFrame.HANDSHAKE, hello)
@@ -311,13 +372,7 @@ class _Run:
             reply, _ = await self.call(
                 Call.HANDSHAKE, {"link": slot, "step": "complete"}, [await expect_handshake()]
             )
-        if reply.get("peer") != link.name:
-            raise ProtocolError(
-                f"the host at {link.address} announced party {link.name!r}, but its enclave "
-                f"attests party {reply.get('peer')!r}"
-            )
-        self.peer_enclaves[link.name] = dict(reply["peer_identity"])
-        logger.info("attested channel to %r open", link.name)
+        return reply
 
     async def send_loop(self, slot: int, link: PeerLink) -> None:
         while True:
@@ -344,17 +399,11 @@ class _Run:
         self, keep_ids: bool
     ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
         """Load the IDs, relay until the enclaves agree, return (report, counts, row map, ids)."""
-        from accord.tables import iter_key_batches
-
         start = time.perf_counter()
         self.progress("load", 0)
-        batches: Iterator[Any] = iter_key_batches(self.settings.input, self.settings.key_columns)
         kept: list[Any] = []
         rows = 0
-        while True:
-            batch = await asyncio.to_thread(next, batches, None)
-            if batch is None:
-                break
+        async for batch in self.keys:
             meta, buffers = encode_columns(list(batch.columns))
             await self.call(Call.LOAD_IDS, meta, buffers)
             rows += batch.num_rows
@@ -450,6 +499,8 @@ async def run_party(
     started = time.perf_counter()
     policy_text = _read_policy(settings.policy)
     _check_paths(settings)
+    keys = _KeyReader(settings.input, settings.key_columns)
+    await keys.start()
     report_progress("connect", None)
     enclave_start = asyncio.ensure_future(
         EnclaveProcess.start(platform_key=settings.platform_key, debug=settings.debug_enclave)
@@ -469,10 +520,11 @@ async def run_party(
     try:
         enclave, links = await asyncio.gather(enclave_start, link_start)
         started_enclave = enclave
-        run = _Run(settings, enclave, links, report_progress)
+        run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)
         result = await _drive(run, policy_text)
     except BaseException as error:
+        keys.cancel()
         await _cleanup(enclave_start, link_start, started_enclave, links, error)
         leaf = _first_error(error)
         if leaf is error:

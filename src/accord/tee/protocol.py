@@ -505,11 +505,14 @@ class EnclaveSession:
         link = self._link(meta)
         assert link.reader is not None and link.keys is not None
         peer = link.keys.peer_name
-        if len(body):
-            for kind, message in link.reader.feed(body):
-                self._receive(link, peer, kind, message)
-        if meta.get("eof"):
-            link.reader.check_closed()
+        try:
+            if len(body):
+                for kind, message in link.reader.feed(body):
+                    self._receive(link, peer, kind, message)
+            if meta.get("eof"):
+                link.reader.check_closed()
+        except ChannelError as error:
+            raise ChannelError(f"channel from peer {peer!r}: {error}") from error
         if link.reader.ended and not link.closed:
             if link.confirm is None:
                 raise ChannelError(f"peer {peer!r} closed its channel before confirming the result")

@@ -210,10 +210,21 @@ class PeerLink:
             )
         return kind, body
 
-    async def abort(self, category: str) -> None:
-        """Tell the peer this party gives up (best effort), then close."""
+    async def abort(self, category: str, linger: float = 2.0) -> None:
+        """Tell the peer this party gives up (best effort), then close.
+
+        After the ``ABORT`` frame the sending side is shut down and incoming bytes are read
+        and discarded until the peer closes (at most ``linger`` seconds): closing a socket
+        with unread data would reset the connection, and the reset can destroy the ``ABORT``
+        before the peer reads it.
+        """
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.send(PeerFrame.ABORT, category.encode()), 2)
+            await asyncio.wait_for(self.send(PeerFrame.ABORT, category.encode()), linger)
+            if self._writer.can_write_eof():
+                self._writer.write_eof()
+            async with asyncio.timeout(linger):
+                while await self._reader.read(1 << 20):
+                    pass
         await self.close()
 
     async def close(self) -> None:
