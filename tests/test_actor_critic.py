@@ -105,3 +105,12 @@ def test_make_actor_critic_picks_the_mode() -> None:
     assert make_actor_critic(ActorCriticSettings(mode="patent")).name == "actor-critic-patent"
     rich = make_actor_critic(dataclasses.replace(ActorCriticSettings(), mode="rich"))
     assert rich.needs_validation
+
+
+def test_a_wildly_harmful_node_does_not_overflow_the_reward() -> None:
+    settings = SimulationSettings(
+        scenario=ScenarioSettings(nodes=4, fault=FaultSpec("sign-flip", 1, 50.0), seed=5),
+        stop=StopConditions(max_rounds=5),
+    )
+    result = Simulation(settings, "actor-critic").run()  # warnings are errors here
+    assert all(np.isfinite(r.record.validation_loss_after) for r in result.rounds)

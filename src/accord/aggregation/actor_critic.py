@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 MODES = ("patent", "rich")
+#: Largest |B − B₋ᵢ| (in nats of validation loss) that enters the reward.
+MAX_CREDIT = 10.0
 
 
 def reward(base: float, before: float, after: float) -> float:
@@ -423,7 +425,10 @@ class RichActorCritic(Aggregator):
             s.server_learning_rate,
         )
         credit_scale = float(np.mean(np.abs(loo.credit)))
-        rewards = s.reward_scale * (np.power(s.reward_base, loo.credit) - 1.0)
+        # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
+        # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
+        delta = np.clip(loo.credit, -MAX_CREDIT, MAX_CREDIT)
+        rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
         self.running_credit *= s.credit_decay
         if credit_scale > 0:
             self.running_credit[present] += loo.credit / credit_scale

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from accord._validation import require_choice, require_int, require_number
 from accord.aggregation.base import FloatArray
 
-__all__ = ["FAULT_KINDS", "FaultSpec", "corrupt_gradient", "flip_labels"]
+__all__ = ["FAULT_KINDS", "FaultSpec", "corrupt_gradient", "fault_rng", "flip_labels"]
 
 FAULT_KINDS = ("free-rider", "label-flip", "noise", "scale", "sign-flip")
 
@@ -45,6 +45,12 @@ def flip_labels(labels: npt.NDArray[np.int64], n_classes: int) -> npt.NDArray[np
     """``y → C − 1 − y``: every label changes when C > 1 and C is even; for odd C the middle
     class maps to itself."""
     return np.asarray(n_classes - 1 - labels, dtype=np.int64)
+
+
+def fault_rng(scenario_seed: int, node_index: int, round_index: int) -> np.random.Generator:
+    """The noise a faulty node draws in one round: a function of (seed, node, round) only,
+    so a resumed run or a node in its own process draws exactly the same noise."""
+    return np.random.default_rng([scenario_seed, 104729, node_index, round_index])
 
 
 def corrupt_gradient(spec: FaultSpec, honest: FloatArray, rng: np.random.Generator) -> FloatArray:

@@ -17,7 +17,7 @@ from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
-from accord.data.faults import corrupt_gradient
+from accord.data.faults import corrupt_gradient, fault_rng
 from accord.rounds import RoundEngine, RoundRecord, RoundSettings
 from accord.scenario import ScenarioData, ScenarioSettings, build_scenario
 from accord.simulation.stop import StopConditions, StopTracker
@@ -89,7 +89,6 @@ class Simulation:
             )
             for node in self.data.nodes
         ]
-        self.fault_rng = np.random.default_rng([seed, 104729])
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -123,7 +122,8 @@ class Simulation:
                 continue
             honest = trainer.first_gradient(weights, round_index)
             if node.faulty and not fault.corrupts_labels:
-                honest = corrupt_gradient(fault, honest, self.fault_rng)
+                rng = fault_rng(self.settings.scenario.seed, node.index, round_index)
+                honest = corrupt_gradient(fault, honest, rng)
             gradients[node.node_id] = honest
         return gradients
 

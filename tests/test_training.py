@@ -1,0 +1,73 @@
+"""Local training against torch's own SGD, and batched validation against a plain loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accord.training import (
+    FlatModel,
+    LocalTrainer,
+    LocalTrainingSettings,
+    ModelSpec,
+    build_model,
+    make_validation_fn,
+)
+
+
+def _data(n: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 6)).astype(np.float32), rng.integers(0, 3, n).astype(np.int64)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_first_gradient_equals_torch_sgd(momentum: float) -> None:
+    features, labels = _data()
+    settings = LocalTrainingSettings(learning_rate=0.1, epochs=2, batch_size=8, momentum=momentum)
+    trainer = LocalTrainer(build_model(ModelSpec(), 6, 3, 1), features, labels, settings, seed=3)
+    start = trainer.flat.get_flat()
+    ours = trainer.first_gradient(start, round_index=4)
+
+    oracle = FlatModel(build_model(ModelSpec(), 6, 3, 1))
+    oracle.set_flat(start)
+    optimizer = torch.optim.SGD(oracle.module.parameters(), lr=0.1, momentum=momentum)
+    rng = np.random.default_rng([3, 4])
+    x, y = torch.from_numpy(features), torch.from_numpy(labels)
+    for _ in range(2):
+        order = torch.from_numpy(rng.permutation(50))
+        for s in range(0, 50, 8):
+            index = order[s : s + 8]
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(oracle.module(x[index]), y[index]).backward()
+            optimizer.step()
+    np.testing.assert_allclose(ours, start - oracle.get_flat(), rtol=1e-5, atol=1e-7)
+
+
+def test_first_gradient_leaves_the_global_weights_untouched() -> None:
+    features, labels = _data()
+    trainer = LocalTrainer(
+        build_model(ModelSpec(), 6, 3, 0), features, labels, LocalTrainingSettings(), seed=0
+    )
+    weights = trainer.flat.get_flat()
+    copy = weights.copy()
+    gradient = trainer.first_gradient(weights, 0)
+    np.testing.assert_array_equal(weights, copy)
+    assert np.linalg.norm(gradient) > 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "logistic"])
+def test_batched_validation_equals_one_model_at_a_time(kind: str) -> None:
+    features, labels = _data()
+    flat = FlatModel(build_model(ModelSpec(kind=kind), 6, 3, 0))
+    rng = np.random.default_rng(1)
+    stack = rng.standard_normal((5, flat.dim)).astype(np.float32)
+    scores = make_validation_fn(flat, features, labels, chunk=2)(stack)
+    for i in range(5):
+        flat.set_flat(stack[i])
+        with torch.no_grad():
+            logits = flat.module(torch.from_numpy(features))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item()
+        accuracy = (logits.argmax(1).numpy() == labels).mean()
+        assert scores.losses[i] == pytest.approx(loss, rel=1e-5)
+        assert scores.accuracies[i] == pytest.approx(accuracy)
