@@ -70,7 +70,7 @@ class LocalTrainer:
     def first_gradient(self, global_weights: FloatArray, round_index: int) -> FloatArray:
         """Train from ``global_weights`` and return ``w_t − w_i`` (float32)."""
         self.flat.set_flat(global_weights)
-        params = list(self.flat.module.parameters())
+        params: list[torch.Tensor] = list(self.flat.module.parameters())
         learning_rate, momentum = self.settings.learning_rate, self.settings.momentum
         buffers: list[torch.Tensor] | None = None  # momentum, reset every round
         rng = np.random.default_rng([self.seed, round_index])
@@ -87,7 +87,10 @@ class LocalTrainer:
                 # SGD (no dampening, no Nesterov) written out: torch.optim's first step
                 # imports torch._dynamo, 1.2 s and 80 MB in every node process.
                 with torch.no_grad():
-                    grads = [parameter.grad for parameter in params]
+                    grads: list[torch.Tensor] = []
+                    for parameter in params:
+                        assert parameter.grad is not None  # every parameter is used
+                        grads.append(parameter.grad)
                     if momentum:
                         if buffers is None:
                             buffers = [torch.clone(g).detach() for g in grads]
