@@ -123,6 +123,7 @@ class FederatedRun:
         resume: Mapping[str, Any] | None = None,
         extra_state: Mapping[str, Any] | None = None,
         on_round: Callable[[TimedRecord], None] | None = None,
+        on_resume: Callable[[tuple[TimedRecord, ...]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         after_round: Callable[[int], None] | None = None,
     ) -> None:
@@ -138,6 +139,7 @@ class FederatedRun:
         self.resume = resume
         self.extra_state = dict(extra_state or {})
         self.on_round = on_round
+        self.on_resume = on_resume
         self.clock = clock
         self.after_round = after_round
         self.engine: RoundEngine | None = None
@@ -197,6 +199,8 @@ class FederatedRun:
                 progress.traffic.append(RoundTraffic(int(traffic[0]), int(traffic[1])))
             elapsed_before = float(state["elapsed_seconds"])
             resumed_at = engine.round_index
+            if self.on_resume is not None:
+                self.on_resume(tuple(progress.rounds))
             logger.info("resuming run %s at round %d", self.run_id, resumed_at)
         else:
             roster, counts = self._register_roster()

@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,19 +95,58 @@ def _crash_after(env: Mapping[str, str]) -> int | None:
     return None
 
 
-class _RunFolder:
-    """The run folder's metrics while the shared run-folder writer is not available:
-    ``metrics.jsonl`` (one line per round, rewritten atomically) and ``summary.json``."""
+class _Report:
+    """The run folder, written by the shared :class:`accord.reporting.RunFolder` (the same
+    ``metrics.jsonl``, ``summary.json`` and plots as ``accord simulate``). A resumed run
+    rewrites ``metrics.jsonl`` from its checkpoint, then appends as the folder does."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, run_dir: Path, run_id: str, policy: str, folder: Any | None) -> None:
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.policy = policy
+        self.folder = folder
 
-    def rounds(self, records: list[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in records)
-        write_atomically(self.directory / "metrics.jsonl", lines.encode())
+    def restart(self, rounds: Sequence[Any]) -> None:
+        from accord.reporting import METRICS_FILE, metrics_line
 
-    def summary(self, data: Mapping[str, Any]) -> None:
-        _write_json(self.directory / "summary.json", data)
+        lines = "".join(
+            json.dumps(metrics_line(self.policy, timed), allow_nan=False) + "\n" for timed in rounds
+        )
+        write_atomically(self.run_dir / METRICS_FILE, lines.encode())
+
+    def append(self, timed: Any) -> None:
+        if self.folder is not None:
+            self.folder.append_round(self.policy, timed)
+            return
+        from accord.reporting import METRICS_FILE, metrics_line
+
+        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics_line(self.policy, timed), allow_nan=False) + "\n")
+
+    def finish(self, result: Any, settings: ServerSettings, faulty_nodes: Sequence[str]) -> None:
+        from accord.reporting import SUMMARY_FILE, policy_summary
+        from accord.reporting.plots import plot_run
+
+        policy_settings: Any = None
+        if settings.policy.startswith("actor-critic"):
+            policy_settings = settings.run.actor_critic
+        elif settings.policy == "hedge-loo":
+            policy_settings = settings.run.hedge
+        summary = {
+            "run_id": self.run_id,
+            "roster": list(result.roster),
+            "faulty_nodes": list(faulty_nodes),
+            "policies": [policy_summary(result, faulty_nodes, policy_settings=policy_settings)],
+        }
+        text = json.dumps(summary, indent=2, allow_nan=False, default=_plain)
+        write_atomically(self.run_dir / SUMMARY_FILE, (text + "\n").encode())
+        plot_run([result], result.roster, faulty_nodes, self.run_dir, "networked federation")
+
+
+def _plain(value: object) -> object:
+    if hasattr(value, "item"):
+        return value.item()  # numpy scalars
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def serve(
@@ -132,6 +171,7 @@ def serve(
     from accord.federation.server import GrpcGrid
 
     state: dict[str, Any] | None = None
+    folder: Any = None
     if resume is not None:
         run_dir = Path(resume)
         run_file = run_dir / RUN_FILE
@@ -157,11 +197,11 @@ def serve(
     else:
         if settings is None:
             raise ConfigurationError("settings: required for a new run")
+        from accord.reporting import RunFolder
+
         run_id = secrets.token_hex(6)
         run_dir = Path(out) if out is not None else Path("runs") / f"federation-{run_id}"
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigurationError(f"{run_dir}: exists and is not empty; choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = RunFolder(run_dir, option="--out")  # refuses a folder that is not empty
         _write_json(
             run_dir / RUN_FILE,
             {
@@ -184,21 +224,16 @@ def serve(
     )
     if on_start is not None:
         on_start(grid.port)
-    folder = _RunFolder(run_dir)
+    report = _Report(run_dir, run_id, settings.policy, folder)
 
     def after_round(rounds_done: int) -> None:
         if crash_after is not None and rounds_done >= crash_after:
             logger.warning("failpoint: killing the server after round %d", rounds_done)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    records: list[dict[str, Any]] = []
-    if state is not None:
-        records = list(state["records"])
-
     def round_done(timed: Any) -> None:
         record = timed.record
-        records.append(record.to_json())
-        folder.rounds(records)
+        report.append(timed)
         logger.info(
             "round %d: validation accuracy %s, test accuracy %s, %d/%d nodes, %.3f s",
             record.round_index,
@@ -224,24 +259,11 @@ def serve(
         checkpoint_path=run_dir / CHECKPOINT_FILE,
         resume=state,
         on_round=round_done,
+        on_resume=report.restart,
         after_round=after_round,
     )
     result = run.run()
-    folder.rounds([timed.record.to_json() for timed in result.rounds])
-    final = result.rounds[-1].record if result.rounds else None
-    folder.summary(
-        {
-            "run_id": run_id,
-            "policy": result.policy,
-            "roster": list(result.roster),
-            "faulty_nodes": list(data.faulty_nodes),
-            "rounds": len(result.rounds),
-            "stop_reason": result.stop_reason,
-            "seconds": result.seconds,
-            "final_test_accuracy": None if final is None else final.test_accuracy,
-            "final_validation_accuracy": None if final is None else final.validation_accuracy_after,
-        }
-    )
+    report.finish(result, settings, data.faulty_nodes)
     round_seconds = [t.round_seconds for t in result.rounds]
     _write_json(
         run_dir / STATS_FILE,
