@@ -505,22 +505,42 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     assert "client certificate is for 'node-02', not 'node-00'" in server_log
 
 
-def test_accord_federate_writes_the_simulation_metrics(
+def test_accord_federate_writes_the_run_folder_of_accord_simulate(
     processes: Processes, tmp_path: Path
 ) -> None:
     # Arrange
-    run_dir = tmp_path / "run"
+    federated, simulated = tmp_path / "federated", tmp_path / "simulated"
+    processes.start("simulate", ["simulate", "--out", str(simulated), *scenario_args(3)])
+    assert processes.wait("simulate") == 0, processes.log("simulate")
 
     # Act: the installed command, from scratch
-    processes.exec("federate", ["federate", "--out", str(run_dir), *scenario_args(3)])
+    processes.exec("federate", ["federate", "--out", str(federated), *scenario_args(3)])
     code = processes.wait("federate", timeout=120)
 
     # Assert
     assert code == 0, processes.log("federate")
-    assert_same_metrics(run_records(run_dir), simulation_records(3))
-    stats = json.loads((run_dir / "federation_stats.json").read_text())
+    simulate_files = {path.name for path in simulated.iterdir()}
+    assert simulate_files <= {path.name for path in federated.iterdir()}
+    assert (federated / "config.toml").read_text() == (simulated / "config.toml").read_text()
+    timing = ("round_seconds", "local_training_seconds", "aggregate_seconds", "learn_seconds")
+    for got, want in zip(run_records(federated), run_records(simulated), strict=True):
+        assert {k: v for k, v in got.items() if k not in timing and k != "diagnostics"} == {
+            k: v for k, v in want.items() if k not in timing and k != "diagnostics"
+        }
+    ours = json.loads((federated / "summary.json").read_text())
+    theirs = json.loads((simulated / "summary.json").read_text())
+    assert set(ours) == set(theirs) | {"federation"}
+    assert (
+        ours["results"]["actor-critic"]["final_test_accuracy"]
+        == (theirs["results"]["actor-critic"]["final_test_accuracy"])
+    )
+    # the same table as accord simulate
+    table = [line for line in processes.log("federate").splitlines() if line.startswith("    ")]
+    assert table == [
+        line for line in processes.log("simulate").splitlines() if line.startswith("    ")
+    ]
+    stats = json.loads((federated / "federation_stats.json").read_text())
     assert stats["node_exit_codes"] == {f"node-{i:02d}": 0 for i in range(NODES)}
-    assert "round 3/3" in processes.log("federate")
 
 
 def in_memory_records(rounds: int, policy: str, node_validation_fraction: float) -> list[Any]:

@@ -435,9 +435,8 @@ def _federated_run(
     return run, grid
 
 
-def test_the_in_memory_grid_reproduces_the_simulation() -> None:
-    scenario = ScenarioSettings(nodes=3, fault=FaultSpec("label-flip", 1), seed=2)
-    data = build_scenario(scenario)
+def test_the_in_memory_grid_reproduces_the_simulation(small: tuple[Any, Any]) -> None:
+    scenario, data = small  # with a node sending noise
     run, _ = _federated_run(scenario, data, 4)
     federated = run.run()
     simulation_settings = SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=4))
@@ -447,8 +446,7 @@ def test_the_in_memory_grid_reproduces_the_simulation() -> None:
 
 
 def test_a_noise_node_draws_its_noise_from_seed_node_and_round(small: tuple[Any, Any]) -> None:
-    from accord.data.faults import corrupt_gradient
-    from accord.federation.worker import fault_rng
+    from accord.data.faults import corrupt_gradient, fault_rng
 
     scenario, data = small
     settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
@@ -556,9 +554,14 @@ def test_command_line_options_map_onto_the_settings() -> None:
     assert settings_.rounds.server_learning_rate == 0.5
     assert settings_.stop == StopConditions(7, 0.9, 3, 60.0)
     assert policy == "hedge-loo"
-    bad = ["server", "--hidden", "16,x"]
-    with pytest.raises(ConfigurationError, match="hidden: expected comma-separated integers"):
-        run_settings_from_args(build_parser(bad).parse_args(bad))
+    two = ["server", "--policy", "fedavg,median"]
+    with pytest.raises(ConfigurationError, match="a federation runs one policy"):
+        run_settings_from_args(build_parser(two).parse_args(two))
+    unset = ["server"]
+    assert run_settings_from_args(build_parser(unset).parse_args(unset)) == (
+        SimulationSettings(),
+        "actor-critic",
+    )
 
 
 def test_a_run_stops_when_the_quorum_is_lost(small: tuple[Any, Any]) -> None:

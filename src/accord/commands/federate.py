@@ -1,8 +1,16 @@
-"""``accord federate --nodes N``: a server and N node processes on 127.0.0.1, one command."""
+"""``accord federate --nodes N``: a server and N node processes on 127.0.0.1, one command.
+
+Takes the options of ``accord simulate`` (one policy), shows the same table and summary,
+and writes the same run folder (plus the federation's checkpoint and statistics).
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -16,27 +24,134 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help=help_text,
         description="Run a whole federation on this machine: the server and one process per "
         "node talking gRPC over 127.0.0.1 with freshly generated TLS certificates and tokens. "
-        "Takes the same options as `accord simulate` and writes the same run folder.",
+        "Takes the options of `accord simulate` (one policy), shows the same table and "
+        "writes the same run folder.",
     )
     add_run_arguments(parser)
-    parser.add_argument("--out", default=None, help="run folder [runs/federate-<id>]")
     parser.add_argument(
+        "--out", metavar="RUN_DIR", default=None, help="run folder [runs/<time>-<id>]"
+    )
+    parser.add_argument(
+        "--every", type=int, default=None, metavar="K", help="a table row every K rounds [auto]"
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="simulate_quiet",
+        action="store_true",
+        help="no progress bar and no per-round table, only the final summary",
+    )
+    federation = parser.add_argument_group("federation")
+    federation.add_argument(
         "--round-deadline", type=float, default=None, help="seconds nodes have per round [60]"
     )
-    parser.add_argument(
+    federation.add_argument(
         "--quorum", type=int, default=None, help="nodes needed to start a round [all]"
     )
-    parser.add_argument(
+    federation.add_argument(
         "--evaluation",
         default=None,
         choices=("server", "federated"),
         help="reward accuracy from the server's validation set or the nodes' [server]",
     )
-    parser.add_argument(
-        "--insecure", action="store_true", help="plaintext, no authentication (faster start)"
-    )
+    federation.add_argument("--insecure", action="store_true", help="plaintext, no authentication")
     parser.set_defaults(run=run)
     return parser
+
+
+class _Display:
+    """What ``accord simulate`` shows, for one policy: a line about the scenario, a table
+    row every few rounds (a progress bar on a terminal), then the summary."""
+
+    def __init__(
+        self, policy: str, max_rounds: int, every: int | None, quiet: bool, insecure: bool
+    ) -> None:
+        self.policy = policy
+        self.insecure = insecure
+        self.max_rounds = max_rounds
+        self.every = every or max(1, math.ceil(max_rounds / 20))
+        self.quiet = quiet
+        self.faulty: tuple[str, ...] = ()
+        self.table: Any = None
+        self.bar: Any = None
+        self.rounds_done = 0
+        self.last_row: tuple[int, Mapping[str, Any]] | None = None
+        self.printed = 0
+
+    def say(self, line: str) -> None:
+        if self.bar is None or self.bar.disable:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stdout)
+
+    def start(self, scenario: Any, settings: Any) -> None:
+        from tqdm import tqdm
+
+        from accord.commands.simulate import _describe, _Table
+
+        self.faulty = tuple(scenario.faulty_nodes)
+        self.table = _Table([self.policy], with_faulty=bool(self.faulty))
+        self.bar = tqdm(
+            total=self.max_rounds,
+            file=sys.stderr,
+            disable=self.quiet or not sys.stderr.isatty(),
+            unit="round",
+            dynamic_ncols=True,
+            leave=False,
+        )
+        self.say(
+            f"{_describe(scenario, settings.run)}; {self.max_rounds} rounds; policies {self.policy}"
+        )
+        transport = "plaintext" if self.insecure else "TLS, client certificates and tokens"
+        self.say(
+            f"federation: a server and {scenario.settings.nodes} node processes on "
+            f"127.0.0.1 ({transport})"
+        )
+        if not self.quiet:
+            for line in self.table.header():
+                self.say(line)
+
+    def round(self, timed: Any) -> None:
+        from accord.reporting import faulty_mass
+
+        self.rounds_done += 1
+        record = timed.record
+        cells = {self.policy: (record.test_accuracy, faulty_mass(record, self.faulty))}
+        self.last_row = (self.rounds_done, cells)
+        if self.bar is not None:
+            self.bar.update(1)
+            accuracy = record.test_accuracy
+            if accuracy is not None:
+                self.bar.set_postfix_str(f"{self.policy}={accuracy:.3f}", refresh=False)
+        due = self.rounds_done % self.every == 0 or self.rounds_done == 1
+        if not self.quiet and self.table is not None and due:
+            self.say(self.table.row(self.rounds_done, cells))
+            self.printed = self.rounds_done
+
+    def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
+        from accord.commands.simulate import _summary_lines
+
+        if self.bar is not None:
+            self.bar.close()
+        if (
+            not self.quiet
+            and self.table is not None
+            and self.last_row is not None
+            and self.printed != self.last_row[0]
+        ):
+            self.say(self.table.row(*self.last_row))
+        self.say("")
+        for line in _summary_lines(summary["results"], with_faulty=bool(self.faulty)):
+            self.say(line)
+        if self.faulty:
+            share = summary["faulty_data_share"]
+            self.say(
+                "(faulty mass: probability on the faulty nodes at the end; FedAvg gives them "
+                f"their data share, {'-' if share is None else f'{share:.3f}'})"
+            )
+        self.say(f"run folder: {run_dir}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +159,15 @@ def run(args: argparse.Namespace) -> int:
 
     launched_at = time.time()
     import logging
-    import sys
 
     from accord.commands.server import run_settings_from_args
+    from accord.errors import ConfigurationError
     from accord.federation.launcher import FederateSettings, federate
     from accord.federation.settings import FederationSettings, ServerSettings
 
     run_settings, policy = run_settings_from_args(args)
+    if args.every is not None and args.every < 1:
+        raise ConfigurationError(f"--every: expected an integer >= 1, got {args.every}")
     federation = FederationSettings(
         **{
             k: v
@@ -63,25 +180,15 @@ def run(args: argparse.Namespace) -> int:
         }
     )
     settings = ServerSettings(run=run_settings, policy=policy, federation=federation)
-    total = run_settings.stop.max_rounds
-    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
-
-    def progress(timed: Any) -> None:
-        record = timed.record
-        if quiet:
-            return
-        accuracy = record.test_accuracy
-        sys.stderr.write(
-            f"round {record.round_index + 1}/{total}: test accuracy "
-            f"{'-' if accuracy is None else f'{accuracy:.4f}'}, "
-            f"{len(record.present)}/{len(record.probabilities)} nodes, "
-            f"{timed.round_seconds * 1000:.0f} ms\n"
-        )
-
+    quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        # The table says what the server's per-round log lines would; -v shows them.
+        logging.getLogger("accord.federation").setLevel(logging.WARNING)
+    display = _Display(policy, run_settings.stop.max_rounds, args.every, quiet, args.insecure)
     return federate(
         settings,
         FederateSettings(insecure=args.insecure),
         out=args.out,
-        on_round=progress,
+        progress=display,
         launched_at=launched_at,
     )

@@ -75,7 +75,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accord.federation.launcher import prepare_process, warm_up_torch
+    from accord.federation.launcher import prepare_process
 
     prepare_process()
     import logging
@@ -165,7 +165,6 @@ def run(args: argparse.Namespace) -> int:
         features.shape[1],
         args.server,
     )
-    warm_up_torch()  # now rather than in round 0, where it could miss the deadline
     client = NodeClient(worker, settings, credentials, rng=np.random.default_rng([seed, 5]))
     reason = client.run()
     logger.info("node %s done: %s", node_name, reason)

@@ -19,6 +19,8 @@ __all__ = [
 
 # Options that decide a run's results; they come from the run folder on --resume.
 _RUN_OPTIONS = (
+    "config",
+    "policies",
     "dataset",
     "nodes",
     "partition",
@@ -40,155 +42,108 @@ _RUN_OPTIONS = (
     "target_accuracy",
     "patience",
     "time_budget",
-    "policy",
 )
 
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data side of a run, as ``accord simulate`` takes it (defaults in brackets)."""
-    group = parser.add_argument_group("scenario (as accord simulate)")
-    group.add_argument("--dataset", default=None, help="embedded dataset [digits]")
-    group.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
-    group.add_argument("--partition", default=None, help="dirichlet, iid or shards [dirichlet]")
-    group.add_argument("--alpha", type=float, default=None, help="Dirichlet alpha [0.5]")
-    group.add_argument(
+    """The data side of a run: the options of ``accord simulate``, with the same names,
+    choices and meaning (they go through :func:`accord.commands.simulate.config_from_args`),
+    and ``--config`` for a TOML file (a run folder's ``config.toml`` works)."""
+    from accord.commands.simulate import NO_FAULT
+    from accord.data import DATASETS, FAULT_KINDS, PARTITIONS
+
+    parser.add_argument(
+        "--config", metavar="FILE.toml", default=None, help="settings file, as accord simulate"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    scenario = parser.add_argument_group("scenario (as accord simulate)")
+    scenario.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
+    scenario.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    scenario.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
+    scenario.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration [0.5]")
+    scenario.add_argument(
         "--fault",
+        choices=(*sorted(FAULT_KINDS), NO_FAULT),
         default=None,
-        help="faulty-node recipe: label-flip, noise, sign-flip, scale, free-rider [label-flip]",
+        help="what the faulty nodes do [label-flip]",
     )
-    group.add_argument("--faulty", type=int, default=None, help="faulty node count [3]")
-    group.add_argument(
-        "--fault-scale", type=float, default=None, help="scale of sign-flip/scale faults [4]"
+    scenario.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
+    scenario.add_argument(
+        "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
     )
-    group.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
-    group.add_argument(
+    scenario.add_argument(
         "--validation-fraction",
         type=float,
         default=None,
         help="share of the data held out as the server's validation set [0.1]",
     )
-    group.add_argument(
+    scenario.add_argument(
         "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
     )
+    parser.set_defaults(policies=None, every=None)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Scenario, model, local training, rounds, stop conditions and policy."""
+    """Scenario, model, local training, rounds, stop conditions and the policy: the options
+    of ``accord simulate`` (one policy instead of several)."""
+    from accord.commands.simulate import MODEL_CHOICES, _policy_list, _widths
+
     add_scenario_arguments(parser)
-    group = parser.add_argument_group("model, training and stop conditions")
-    group.add_argument("--model", default=None, help="mlp or logistic [mlp]")
-    group.add_argument(
-        "--hidden", default=None, help="hidden layer widths of the MLP, comma-separated [32]"
+    parser.add_argument(
+        "--policy",
+        "--policies",
+        dest="policies",
+        type=_policy_list,
+        default=None,
+        metavar="NAME",
+        help="weighting policy [actor-critic]",
     )
-    group.add_argument(
+    parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
+    training = parser.add_argument_group("model and training (as accord simulate)")
+    training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
+    training.add_argument(
+        "--hidden", type=_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
+    )
+    training.add_argument(
         "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
     )
-    group.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
-    group.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
-    group.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
-    group.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
-    group.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
-    group.add_argument(
+    training.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
+    training.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
+    training.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
+    training.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+    stop = parser.add_argument_group("stop conditions (whichever comes first)")
+    stop.add_argument(
         "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
     )
-    group.add_argument(
-        "--patience", type=int, default=None, help="stop after this many rounds without gain"
+    stop.add_argument(
+        "--patience", type=int, default=None, help="stop after N rounds without a better one"
     )
-    group.add_argument(
-        "--time-budget", type=float, default=None, help="stop after this many seconds"
+    stop.add_argument(
+        "--time-budget", type=float, default=None, metavar="SECONDS", help="stop after this long"
     )
-    group.add_argument("--policy", default=None, help="weighting policy [actor-critic]")
 
 
 def scenario_from_args(args: argparse.Namespace) -> Any:
-    """A :class:`ScenarioSettings` from the scenario options (unset ones keep defaults)."""
-    import dataclasses
+    """The :class:`ScenarioSettings` of the options (and ``--config``)."""
+    from accord.commands.simulate import config_from_args
 
-    from accord.data.faults import FaultSpec
-    from accord.scenario import ScenarioSettings
-
-    base = ScenarioSettings()
-    partition = base.partition
-    if args.partition is not None or args.alpha is not None:
-        partition = dataclasses.replace(
-            partition,
-            **{k: v for k, v in (("kind", args.partition), ("alpha", args.alpha)) if v is not None},
-        )
-    fault = base.fault
-    if args.fault is not None or args.faulty is not None or args.fault_scale is not None:
-        fault = FaultSpec(
-            kind=fault.kind if args.fault is None else args.fault,
-            count=fault.count if args.faulty is None else args.faulty,
-            scale=fault.scale if args.fault_scale is None else args.fault_scale,
-        )
-    changes = {
-        key: value
-        for key, value in (
-            ("dataset", args.dataset),
-            ("nodes", args.nodes),
-            ("seed", args.seed),
-            ("validation_fraction", args.validation_fraction),
-            ("test_fraction", args.test_fraction),
-        )
-        if value is not None
-    }
-    return dataclasses.replace(base, partition=partition, fault=fault, **changes)
+    return config_from_args(args).simulation.scenario
 
 
 def run_settings_from_args(args: argparse.Namespace) -> tuple[Any, str]:
-    """(:class:`SimulationSettings`, policy name) from :func:`add_run_arguments` options."""
-    import dataclasses
-
+    """(:class:`SimulationSettings`, policy name) from the options and ``--config``, read
+    exactly as ``accord simulate`` reads them."""
+    from accord.commands.simulate import config_from_args
     from accord.errors import ConfigurationError
-    from accord.simulation.driver import SimulationSettings
 
-    base = SimulationSettings()
-    model = base.model
-    if args.model is not None or args.hidden is not None:
-        hidden = model.hidden
-        if args.hidden is not None:
-            try:
-                hidden = tuple(int(w) for w in args.hidden.split(",") if w.strip())
-            except ValueError as error:
-                raise ConfigurationError(
-                    f"hidden: expected comma-separated integers, got {args.hidden!r}"
-                ) from error
-        model = dataclasses.replace(
-            model, kind=model.kind if args.model is None else args.model, hidden=hidden
+    config = config_from_args(args)
+    if args.policies is None and args.config is None:
+        return config.simulation, "actor-critic"
+    if len(config.policies) != 1:
+        raise ConfigurationError(
+            f"--policy: a federation runs one policy; got {', '.join(config.policies)}"
         )
-    local = dataclasses.replace(
-        base.local,
-        **{
-            k: v
-            for k, v in (
-                ("learning_rate", args.local_learning_rate),
-                ("epochs", args.local_epochs),
-                ("batch_size", args.batch_size),
-                ("momentum", args.momentum),
-            )
-            if v is not None
-        },
-    )
-    rounds = base.rounds
-    if args.server_learning_rate is not None:
-        rounds = dataclasses.replace(rounds, server_learning_rate=args.server_learning_rate)
-    stop = dataclasses.replace(
-        base.stop,
-        **{
-            k: v
-            for k, v in (
-                ("max_rounds", args.rounds),
-                ("target_accuracy", args.target_accuracy),
-                ("patience", args.patience),
-                ("time_budget_seconds", args.time_budget),
-            )
-            if v is not None
-        },
-    )
-    settings = dataclasses.replace(
-        base, scenario=scenario_from_args(args), model=model, local=local, rounds=rounds, stop=stop
-    )
-    return settings, args.policy or "actor-critic"
+    return config.simulation, config.policies[0]
 
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:

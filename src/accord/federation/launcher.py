@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from accord.errors import ConfigurationError, InputDataError
 from accord.federation.auth import Authenticator, ServerCredentials
@@ -95,16 +95,30 @@ def _crash_after(env: Mapping[str, str]) -> int | None:
     return None
 
 
+class Progress(Protocol):
+    """What a command shows while a run goes on (``accord federate`` shows what ``accord
+    simulate`` shows)."""
+
+    def start(self, scenario: Any, settings: ServerSettings) -> None: ...
+
+    def round(self, timed: Any) -> None: ...
+
+    def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None: ...
+
+
 class _Report:
-    """The run folder, written by the shared :class:`accord.reporting.RunFolder` (the same
-    ``metrics.jsonl``, ``summary.json`` and plots as ``accord simulate``). A resumed run
-    rewrites ``metrics.jsonl`` from its checkpoint, then appends as the folder does."""
+    """The run folder, written by the shared :class:`accord.reporting.RunFolder`: the same
+    ``metrics.jsonl``, ``summary.json``, ``config.toml`` and plots as ``accord simulate``,
+    plus ``federation.json`` (settings for ``--resume``), ``checkpoint.npz``,
+    ``server.json`` and ``federation_stats.json``. A resumed run rewrites
+    ``metrics.jsonl`` from its checkpoint, then appends as the folder does."""
 
     def __init__(self, run_dir: Path, run_id: str, policy: str, folder: Any | None) -> None:
         self.run_dir = run_dir
         self.run_id = run_id
         self.policy = policy
         self.folder = folder
+        self.timing: dict[str, float | None] = {}
 
     def restart(self, rounds: Sequence[Any]) -> None:
         from accord.reporting import METRICS_FILE, metrics_line
@@ -115,6 +129,8 @@ class _Report:
         write_atomically(self.run_dir / METRICS_FILE, lines.encode())
 
     def append(self, timed: Any) -> None:
+        if "process_to_first_round_done_seconds" not in self.timing:
+            self.timing["process_to_first_round_done_seconds"] = _process_age()
         if self.folder is not None:
             self.folder.append_round(self.policy, timed)
             return
@@ -123,24 +139,82 @@ class _Report:
         with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics_line(self.policy, timed), allow_nan=False) + "\n")
 
-    def finish(self, result: Any, settings: ServerSettings, faulty_nodes: Sequence[str]) -> None:
-        from accord.reporting import SUMMARY_FILE, policy_summary
-        from accord.reporting.plots import plot_run
+    def summary(
+        self,
+        result: Any,
+        settings: ServerSettings,
+        engine: Any,
+        scenario: Any,
+        faulty_nodes: Sequence[str],
+        federation: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``summary.json`` with the keys of ``accord simulate``'s, plus ``federation``."""
+        import platform
 
-        policy_settings: Any = None
-        if settings.policy.startswith("actor-critic"):
-            policy_settings = settings.run.actor_critic
-        elif settings.policy == "hedge-loo":
-            policy_settings = settings.run.hedge
-        summary = {
-            "run_id": self.run_id,
-            "roster": list(result.roster),
-            "faulty_nodes": list(faulty_nodes),
-            "policies": [policy_summary(result, faulty_nodes, policy_settings=policy_settings)],
+        import torch
+
+        from accord import __version__
+        from accord.config import settings_to_mapping
+        from accord.reporting import data_share, policy_summary
+
+        counts = {
+            node: float(count)
+            for node, count in zip(engine.roster, engine.sample_counts, strict=True)
         }
+        return {
+            "format": "accord-simulate-run",
+            "version": 1,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "accord_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "scenario": describe_run(scenario, settings),
+            "policies": [result.policy],
+            "roster": list(engine.roster),
+            "faulty_nodes": list(faulty_nodes),
+            "sample_counts": counts,
+            "faulty_data_share": data_share(counts, faulty_nodes),
+            "timing": dict(self.timing),
+            "results": {
+                result.policy: policy_summary(
+                    result,
+                    faulty_nodes,
+                    policy_settings=getattr(engine.aggregator, "settings", None),
+                )
+            },
+            "settings": settings_to_mapping(settings.run),
+            "federation": dict(federation),
+        }
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        from accord.reporting import SUMMARY_FILE
+
         text = json.dumps(summary, indent=2, allow_nan=False, default=_plain)
         write_atomically(self.run_dir / SUMMARY_FILE, (text + "\n").encode())
-        plot_run([result], result.roster, faulty_nodes, self.run_dir, "networked federation")
+
+    def plots(self, result: Any, faulty_nodes: Sequence[str], title: str) -> list[str]:
+        from accord.reporting.plots import plot_run
+
+        if not result.rounds:
+            return []
+        paths = plot_run([result], result.roster, faulty_nodes, self.run_dir, title)
+        return [path.name for path in paths]
+
+
+def describe_run(scenario: Any, settings: ServerSettings) -> str:
+    """One line about the data, as ``accord simulate`` prints it."""
+    if scenario is not None:
+        from accord.commands.simulate import _describe
+
+        return str(_describe(scenario, settings.run))
+    return f"server data {settings.validation_data} (test: {settings.test_data or 'none'})"
+
+
+def _process_age() -> float | None:
+    from accord.commands.simulate import _process_age as age
+
+    value: float | None = age()
+    return value
 
 
 def _plain(value: object) -> object:
@@ -158,20 +232,23 @@ def serve(
     out: str | None,
     resume: str | None,
     overrides: Mapping[str, Any] | None = None,
+    folder: Any = None,
     scenario: Any = None,
-    on_round: Callable[[Any], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
 ) -> int:
-    """Run (or resume) a federated run with the server in this process; 0 on success."""
+    """Run (or resume) a federated run with the server in this process; 0 on success.
+
+    ``folder`` is a :class:`accord.reporting.RunFolder` already made for a new run (else
+    one is made at ``out``); ``scenario`` the scenario already built, if any."""
     import numpy as np
 
+    from accord.config import SimulateConfig, simulate_config_to_toml
     from accord.federation.driver import FederatedRun, load_run_checkpoint
     from accord.federation.engine import load_server_data, prepare_run
     from accord.federation.server import GrpcGrid
 
     state: dict[str, Any] | None = None
-    folder: Any = None
     if resume is not None:
         run_dir = Path(resume)
         run_file = run_dir / RUN_FILE
@@ -195,13 +272,17 @@ def serve(
         if state.get("run_id") != run_id:
             raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
     else:
-        if settings is None:
-            raise ConfigurationError("settings: required for a new run")
         from accord.reporting import RunFolder
 
+        if settings is None:
+            raise ConfigurationError("settings: required for a new run")
         run_id = secrets.token_hex(6)
-        run_dir = Path(out) if out is not None else Path("runs") / f"federation-{run_id}"
-        folder = RunFolder(run_dir, option="--out")  # refuses a folder that is not empty
+        if folder is None:
+            folder = RunFolder(out if out is not None else _default_out(), option="--out")
+        run_dir = Path(folder.path)
+        folder.write_config(
+            simulate_config_to_toml(SimulateConfig(settings.run, policies=(settings.policy,)))
+        )
         _write_json(
             run_dir / RUN_FILE,
             {
@@ -214,6 +295,10 @@ def serve(
         )
     assert settings is not None
     crash_after = _crash_after(os.environ)
+    if scenario is None and settings.validation_data is None:
+        from accord.scenario import build_scenario
+
+        scenario = build_scenario(settings.run.scenario)
     data = load_server_data(settings, scenario)
     spec, factory = prepare_run(settings, data, run_id)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
@@ -222,8 +307,6 @@ def serve(
         run_dir / ADDRESS_FILE,
         {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
     )
-    if on_start is not None:
-        on_start(grid.port)
     report = _Report(run_dir, run_id, settings.policy, folder)
 
     def after_round(rounds_done: int) -> None:
@@ -243,8 +326,8 @@ def serve(
             len(record.probabilities),
             timed.round_seconds,
         )
-        if on_round is not None:
-            on_round(timed)
+        if progress is not None:
+            progress.round(timed)
 
     federation = settings.federation
     run = FederatedRun(
@@ -263,7 +346,26 @@ def serve(
         after_round=after_round,
     )
     result = run.run()
-    report.finish(result, settings, data.faulty_nodes)
+    assert run.engine is not None
+    summary = report.summary(
+        result,
+        settings,
+        run.engine,
+        scenario,
+        data.faulty_nodes,
+        {
+            "run_id": run_id,
+            "command": "federate" if extra_stats is not None else "server",
+            "resumed_at": result.resumed_at,
+            "evaluation": federation.evaluation,
+            "quorum": settings.quorum,
+            "round_deadline_seconds": federation.round_deadline,
+            "transport": "plaintext" if credentials is None else "TLS",
+        },
+    )
+    report.write_summary(summary)
+    summary["plots"] = report.plots(result, data.faulty_nodes, describe_run(scenario, settings))
+    report.write_summary(summary)
     round_seconds = [t.round_seconds for t in result.rounds]
     _write_json(
         run_dir / STATS_FILE,
@@ -282,6 +384,8 @@ def serve(
     logger.info(
         "run %s finished after %d rounds: %s", run_id, len(result.rounds), result.stop_reason
     )
+    if progress is not None:
+        progress.finish(summary, run_dir)
     return 0
 
 
@@ -427,17 +531,18 @@ def _build_scenario_aside(settings: Any) -> Callable[[], Any]:
 
 
 def _node_child(
-    node: Any,
+    data_fd: int,
     settings: ServerSettings,
     port: int,
     credentials_dir: Path | None,
     parent_pid: int,
     log_level: int,
 ) -> int:
-    """Body of a forked node process."""
+    """Body of a forked node process: wait for its partition from the parent, then serve."""
     import numpy as np
 
     from accord.federation.auth import load_node_credentials
+    from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeFault, NodeWorker
@@ -445,22 +550,27 @@ def _node_child(
 
     logging.getLogger().setLevel(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes
+    try:
+        node = loads_tree(_read_all(data_fd), "node data from the launcher")
+    finally:
+        os.close(data_fd)
     scenario = settings.run.scenario
-    seed = node_seed(scenario.seed, node.index)
-    features, labels = node.features, node.labels
+    index = int(node["index"])
+    seed = node_seed(scenario.seed, index)
+    features, labels = node["features"], node["labels"]
     validation = None
     if settings.federation.evaluation == "federated":
         features, labels, validation = split_validation(features, labels, 0.1, seed)
     worker = NodeWorker(
-        node.node_id,
+        str(node["node_id"]),
         features,
         labels,
         seed=seed,
         validation=validation,
-        fault=NodeFault(scenario.fault, scenario.seed, node.index) if node.faulty else None,
+        fault=NodeFault(scenario.fault, scenario.seed, index) if node["faulty"] else None,
     )
     credentials = (
-        None if credentials_dir is None else load_node_credentials(credentials_dir / node.node_id)
+        None if credentials_dir is None else load_node_credentials(credentials_dir / worker.node_id)
     )
     client = NodeClient(
         worker,
@@ -482,33 +592,34 @@ def federate(
     options: FederateSettings,
     *,
     out: str | None,
-    on_round: Callable[[Any], None] | None = None,
+    progress: Any = None,
     launched_at: float | None = None,
 ) -> int:
     """Fork one process per scenario node, then serve them from this process.
 
-    A helper process builds the scenario (and imports scikit-learn) while this one warms
-    torch up; the node processes are then forked with their partition in memory, so each
-    holds torch, gRPC and its own data, and none re-imports anything.
+    Right after torch is imported, a helper process starts building the scenario (it alone
+    imports scikit-learn) and the node processes are forked; they hold torch and gRPC only
+    and wait for their partition, which arrives through a pipe (``.npz`` bytes, no pickle)
+    once the helper is done. Meanwhile this process warms up the server's torch stack.
     """
     prepare_process()
-    collect_scenario = _build_scenario_aside(settings.run.scenario)
-    warm_up_torch()
     import accord.federation.client
-    import accord.federation.worker  # noqa: F401 - imported once, before the fork
+    import accord.federation.worker  # noqa: F401 - imported once, before the forks
     from accord.federation.auth import (
         Authenticator,
         load_server_credentials,
         make_credentials,
     )
+    from accord.federation.checkpoint import dumps_tree
     from accord.federation.server import TransportSettings
+    from accord.reporting import RunFolder
+    from accord.scenario import node_id
 
-    scenario = collect_scenario()
-    nodes = scenario.nodes
-    run_dir = Path(out) if out is not None else Path("runs") / f"federate-{secrets.token_hex(6)}"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigurationError(f"{run_dir}: exists and is not empty; choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    count = settings.run.scenario.nodes
+    node_ids = [node_id(index) for index in range(count)]
+    run_dir = Path(out) if out is not None else _default_out()
+    folder = RunFolder(run_dir, option="--out")
+    collect_scenario = _build_scenario_aside(settings.run.scenario)
     credentials_dir: Path | None = None
     credentials: ServerCredentials | None = None
     if options.insecure:
@@ -518,11 +629,7 @@ def federate(
         # Throw-away credentials in a private temporary folder, removed at the end.
         credentials_dir = Path(tempfile.mkdtemp(prefix="accord-federate-"))
         make_credentials(
-            credentials_dir,
-            [node.node_id for node in nodes],
-            now=dt.datetime.now(dt.UTC),
-            days=7,
-            overwrite=True,
+            credentials_dir, node_ids, now=dt.datetime.now(dt.UTC), days=7, overwrite=True
         )
         credentials = load_server_credentials(credentials_dir, "both")
         authenticator = Authenticator(credentials.token_hashes, require_client_cert=True)
@@ -531,25 +638,53 @@ def federate(
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, str] = {}
+    data_pipes: dict[str, int] = {}
     node_rss: dict[str, int] = {}
     exit_codes: dict[str, int] = {}
     try:
-        for node in nodes:
+        for name in node_ids:
+            read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child
                 code = 1
                 try:
+                    os.close(write_fd)
+                    for inherited in data_pipes.values():
+                        os.close(inherited)
                     code = _node_child(
-                        node, settings, port, credentials_dir, parent, options.node_log_level
+                        read_fd, settings, port, credentials_dir, parent, options.node_log_level
                     )
                 except BaseException as error:
-                    logger.error("node %s failed: %s", node.node_id, error)
+                    logger.error("node %s failed: %s", name, error)
                 finally:
                     sys.stdout.flush()
                     sys.stderr.flush()
                     os._exit(code)
-            children[pid] = node.node_id
-        federation = replace(settings.federation, expected_nodes=len(nodes))
+            os.close(read_fd)
+            children[pid] = name
+            data_pipes[name] = write_fd
+        warm_up_torch()  # the server's optimisers; the nodes do not need it
+        scenario = collect_scenario()
+        for node in scenario.nodes:
+            descriptor = data_pipes.pop(node.node_id)
+            try:
+                _write_all(
+                    descriptor,
+                    dumps_tree(
+                        {
+                            "node_id": node.node_id,
+                            "index": node.index,
+                            "faulty": node.faulty,
+                            "features": node.features,
+                            "labels": node.labels,
+                        }
+                    ),
+                )
+            finally:
+                os.close(descriptor)
+        if progress is not None:
+            progress.start(scenario, settings)
+        federation = replace(settings.federation, expected_nodes=count)
         return serve(
             replace(settings, federation=federation),
             TransportSettings(host="127.0.0.1", port=port),
@@ -557,19 +692,26 @@ def federate(
             authenticator,
             out=str(run_dir),
             resume=None,
+            folder=folder,
             scenario=scenario,
-            on_round=on_round,
+            progress=progress,
             extra_stats=lambda: {
                 "launched_at": launched_at,
-                "nodes": len(nodes),
+                "nodes": count,
                 "node_peak_rss_bytes": _reap(children, node_rss, exit_codes, 10.0),
                 "node_exit_codes": exit_codes,
             },
         )
     finally:
+        for descriptor in data_pipes.values():
+            os.close(descriptor)
         _reap(children, node_rss, exit_codes, 5.0)
         if credentials_dir is not None:
             shutil.rmtree(credentials_dir, ignore_errors=True)
+
+
+def _default_out() -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
 def _reap(

@@ -3,7 +3,8 @@
 :class:`NodeWorker` holds the node's samples and its model between rounds, and computes the
 first gradient exactly as :class:`accord.simulation.Simulation` does for the same node (the
 same :class:`~accord.training.local.LocalTrainer`, the same seed
-:func:`accord.simulation.driver.node_seed`, the same faulty-node recipe), so a networked
+:func:`accord.simulation.driver.node_seed`, the same faulty-node recipe with noise from
+:func:`accord.data.faults.fault_rng`), so a networked
 run and an in-process run of the same scenario reach the same metrics.
 
 Everything the server sends is checked before it is applied: dtype float32, shape
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray, ValidationFn
-from accord.data.faults import FaultSpec, corrupt_gradient
+from accord.data.faults import FaultSpec, corrupt_gradient, fault_rng
 from accord.errors import InputDataError, ProtocolError
 from accord.federation.grid import Evaluation, NodeInfo, RunSpec
 from accord.federation.naming import check_node_id
@@ -28,15 +29,9 @@ from accord.training.evaluation import make_validation_fn
 from accord.training.local import LocalTrainer
 from accord.training.models import build_model
 
-__all__ = ["NodeFault", "NodeWorker", "fault_rng"]
+__all__ = ["NodeFault", "NodeWorker"]
 
 logger = logging.getLogger(__name__)
-
-
-def fault_rng(scenario_seed: int, node_index: int, round_index: int) -> np.random.Generator:
-    """The noise a faulty node draws in one round: a function of (seed, node, round) only,
-    so a resumed run or a restarted node draws exactly the same noise."""
-    return np.random.default_rng([scenario_seed, 104729, node_index, round_index])
 
 
 @dataclass(frozen=True)
