@@ -235,6 +235,7 @@ def serve(
     folder: Any = None,
     scenario: Any = None,
     progress: Progress | None = None,
+    on_listening: Callable[[int], None] | None = None,
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
 ) -> int:
     """Run (or resume) a federated run with the server in this process; 0 on success.
@@ -302,6 +303,8 @@ def serve(
     data = load_server_data(settings, scenario)
     spec, factory = prepare_run(settings, data, run_id)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
+    if on_listening is not None:
+        on_listening(grid.port)
     warm_up_torch()  # while the first nodes register, not in round 0
     _write_json(
         run_dir / ADDRESS_FILE,
@@ -665,23 +668,27 @@ def federate(
             data_pipes[name] = write_fd
         warm_up_torch()  # the server's optimisers; the nodes do not need it
         scenario = collect_scenario()
-        for node in scenario.nodes:
-            descriptor = data_pipes.pop(node.node_id)
-            try:
-                _write_all(
-                    descriptor,
-                    dumps_tree(
-                        {
-                            "node_id": node.node_id,
-                            "index": node.index,
-                            "faulty": node.faulty,
-                            "features": node.features,
-                            "labels": node.labels,
-                        }
-                    ),
-                )
-            finally:
-                os.close(descriptor)
+
+        def release_nodes(listening_port: int) -> None:
+            # The server listens: hand each node its partition, and it connects at once.
+            for node in scenario.nodes:
+                descriptor = data_pipes.pop(node.node_id)
+                try:
+                    _write_all(
+                        descriptor,
+                        dumps_tree(
+                            {
+                                "node_id": node.node_id,
+                                "index": node.index,
+                                "faulty": node.faulty,
+                                "features": node.features,
+                                "labels": node.labels,
+                            }
+                        ),
+                    )
+                finally:
+                    os.close(descriptor)
+
         if progress is not None:
             progress.start(scenario, settings)
         federation = replace(settings.federation, expected_nodes=count)
@@ -695,6 +702,7 @@ def federate(
             folder=folder,
             scenario=scenario,
             progress=progress,
+            on_listening=release_nodes,
             extra_stats=lambda: {
                 "launched_at": launched_at,
                 "nodes": count,
