@@ -1,0 +1,799 @@
+"""``accord simulate``: federated training in one process, policies side by side.
+
+The default is the scenario that shows why the Actor-Critic exists: digits, 10 nodes,
+Dirichlet 0.5, 3 label-flipping nodes, 100 rounds, the Actor-Critic against FedAvg. Every
+option maps onto one field of :class:`accord.simulation.SimulationSettings`; ``--config``
+reads the same fields from a TOML file (:mod:`accord.config`) and options given on the
+command line override it.
+
+The policies run interleaved, round by round, each on its own copy of the model and the
+same data, so the per-round table compares them as they go. Output: a progress bar on
+stderr (only on a terminal), a compact table on stdout every few rounds, a final summary,
+and the run folder (:mod:`accord.reporting.writer`).
+
+Only the standard library and the option choices (numpy) load while parsing: torch, the
+training stack and matplotlib load inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from accord.config import SimulateConfig
+    from accord.errors import ConfigurationError
+    from accord.scenario import ScenarioData, ScenarioSettings
+    from accord.simulation.driver import RunResult, Simulation, SimulationSettings, TimedRecord
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "add_parser",
+    "config_from_args",
+    "run",
+    "scenario_from_npz",
+    "scenario_helper_main",
+    "scenario_to_npz",
+]
+
+#: Model kinds (as :data:`accord.training.models.MODEL_KINDS`, which imports torch).
+MODEL_CHOICES = ("logistic", "mlp")
+#: ``--fault none``: no faulty nodes.
+NO_FAULT = "none"
+#: Rows of the per-round table for a full run (one every ``ceil(rounds / TABLE_ROWS)``).
+TABLE_ROWS = 20
+
+# option -> (argparse dest, path of the field in SimulationSettings)
+_OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--dataset": ("dataset", ("scenario", "dataset")),
+    "--nodes": ("nodes", ("scenario", "nodes")),
+    "--partition": ("partition", ("scenario", "partition", "kind")),
+    "--alpha": ("alpha", ("scenario", "partition", "alpha")),
+    "--fault": ("fault", ("scenario", "fault", "kind")),
+    "--faulty": ("faulty", ("scenario", "fault", "count")),
+    "--fault-scale": ("fault_scale", ("scenario", "fault", "scale")),
+    "--seed": ("seed", ("scenario", "seed")),
+    "--validation-fraction": ("validation_fraction", ("scenario", "validation_fraction")),
+    "--test-fraction": ("test_fraction", ("scenario", "test_fraction")),
+    "--model": ("model", ("model", "kind")),
+    "--hidden": ("hidden", ("model", "hidden")),
+    "--local-learning-rate": ("local_learning_rate", ("local", "learning_rate")),
+    "--local-epochs": ("local_epochs", ("local", "epochs")),
+    "--batch-size": ("batch_size", ("local", "batch_size")),
+    "--momentum": ("momentum", ("local", "momentum")),
+    "--server-learning-rate": ("server_learning_rate", ("rounds", "server_learning_rate")),
+    "--rounds": ("rounds", ("stop", "max_rounds")),
+    "--target-accuracy": ("target_accuracy", ("stop", "target_accuracy")),
+    "--patience": ("patience", ("stop", "patience")),
+    "--time-budget": ("time_budget", ("stop", "time_budget_seconds")),
+}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Bad options end in one line naming the option and what it accepts (exit code 2),
+    instead of argparse's usage block; unknown options are refused here too."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = parse_known(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
+
+
+def _policy_list(text: str) -> tuple[str, ...]:
+    from accord.aggregation.registry import POLICIES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    accepted = ", ".join(POLICIES)
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected policy names from {accepted}")
+    for name in names:
+        if name not in POLICIES:
+            raise argparse.ArgumentTypeError(f"unknown policy {name!r}; accepted: {accepted}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"a policy is listed twice in {text!r}")
+    return names
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 64,32; got {text!r}"
+        ) from error
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer widths; got {text!r}")
+    return widths
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    from accord.aggregation.registry import POLICIES
+    from accord.data import DATASETS, FAULT_KINDS, PARTITIONS
+
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help=help_text,
+        description="Federated training with every node in this process. Runs the policies "
+        "side by side on the same nodes and prints a table every few rounds; writes "
+        "metrics.jsonl, summary.json, config.toml and PNG plots into the run folder. "
+        "Defaults: digits, 10 nodes, Dirichlet 0.5, 3 label-flipping nodes, 100 rounds, "
+        "actor-critic against fedavg. Options override --config.",
+    )
+    _one_line_errors(parser)
+    parser.add_argument(
+        "--config", metavar="FILE.toml", default=None, help="settings file (see README)"
+    )
+    parser.add_argument(
+        "--policies",
+        "--policy",
+        dest="policies",
+        type=_policy_list,
+        default=None,
+        metavar="NAMES",
+        help=f"comma-separated, from {', '.join(POLICIES)} [actor-critic,fedavg]",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
+    parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    parser.add_argument(
+        "--out", metavar="RUN_DIR", default=None, help="run folder [runs/<time>-<id>]"
+    )
+    parser.add_argument(
+        "--every", type=int, default=None, metavar="K", help="a table row every K rounds [auto]"
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="simulate_quiet",
+        action="store_true",
+        help="no progress bar and no per-round table, only the final summary",
+    )
+    scenario = parser.add_argument_group("scenario")
+    scenario.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
+    scenario.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    scenario.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
+    scenario.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="Dirichlet concentration, smaller is more skewed [0.5]",
+    )
+    scenario.add_argument(
+        "--fault",
+        choices=(*sorted(FAULT_KINDS), NO_FAULT),
+        default=None,
+        help="what the faulty nodes do [label-flip]",
+    )
+    scenario.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
+    scenario.add_argument(
+        "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
+    )
+    scenario.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of the data held out as the server's validation set [0.1]",
+    )
+    scenario.add_argument(
+        "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
+    )
+    training = parser.add_argument_group("model and training")
+    training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
+    training.add_argument(
+        "--hidden", type=_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
+    )
+    training.add_argument(
+        "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
+    )
+    training.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
+    training.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
+    training.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
+    training.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+    stop = parser.add_argument_group("stop conditions (per policy, whichever comes first)")
+    stop.add_argument(
+        "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
+    )
+    stop.add_argument(
+        "--patience", type=int, default=None, help="stop after N rounds without a better one"
+    )
+    stop.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this much training time per policy",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _option_of_field(field: str) -> str | None:
+    option = "--" + field.replace("_", "-")
+    return option if option in _OPTION_FIELDS else None
+
+
+def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) -> Exception:
+    """Rewrite a settings error (``field: ...``) to name the command-line option."""
+    from accord.errors import ConfigurationError
+
+    match = re.match(r"^([a-z_]+): (.*)$", str(error), re.DOTALL)
+    if match is None:
+        return error
+    option = _option_of_field(match.group(1))
+    if option is None:
+        return error
+    text = f"{option}: {match.group(2)}"
+    others = [f"{name} {_show(value)}" for name, value in given if name != option]
+    if others and option not in {name for name, _ in given}:
+        text += f" (with {', '.join(others)})"
+    return ConfigurationError(text)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _apply(
+    settings: Any,
+    overrides: Mapping[tuple[str, ...], tuple[str, Any]],
+    path: tuple[str, ...] = (),
+) -> Any:
+    """``settings`` with the overridden fields replaced, each dataclass rebuilt once."""
+    from accord.errors import ConfigurationError
+
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(settings):
+        key = (*path, field.name)
+        if any(len(p) > len(key) and p[: len(key)] == key for p in overrides):
+            changes[field.name] = _apply(getattr(settings, field.name), overrides, key)
+        elif key in overrides:
+            changes[field.name] = overrides[key][1]
+    if not changes:
+        return settings
+    try:
+        return dataclasses.replace(settings, **changes)
+    except ConfigurationError as error:
+        raise _name_option(error, list(overrides.values())) from error
+
+
+def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """``{field path: (option, value)}`` of the options given on the command line."""
+    from accord.errors import ConfigurationError
+
+    overrides: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for option, (dest, path) in _OPTION_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            overrides[path] = (option, value)
+    if getattr(args, "fault", None) == NO_FAULT:
+        del overrides[_OPTION_FIELDS["--fault"][1]]
+        if args.faulty not in (None, 0):
+            raise ConfigurationError(
+                f"--faulty: {args.faulty} faulty nodes need a fault recipe, but --fault none "
+                "means no faulty node; choose a --fault or drop --faulty"
+            )
+        overrides[_OPTION_FIELDS["--faulty"][1]] = ("--fault", 0)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> SimulateConfig:
+    """The effective settings: defaults, then ``--config``, then the options given."""
+    from accord.config import SimulateConfig, load_simulate_config
+    from accord.errors import ConfigurationError
+    from accord.simulation.driver import SimulationSettings
+
+    if args.config is not None:
+        config = load_simulate_config(args.config)
+    else:
+        config = SimulateConfig(simulation=SimulationSettings())
+    if getattr(args, "every", None) is not None and args.every < 1:
+        raise ConfigurationError(f"--every: expected an integer >= 1, got {args.every}")
+    simulation = _apply(config.simulation, _overrides(args))
+    return SimulateConfig(simulation=simulation, policies=args.policies or config.policies)
+
+
+def _early_scenario(args: argparse.Namespace) -> ScenarioSettings | None:
+    """The scenario settings without importing torch (for the helper), or ``None`` when
+    they cannot be known yet (the full settings then report the error)."""
+    from accord.config import read_toml, settings_from_mapping
+    from accord.errors import AccordError
+    from accord.scenario import ScenarioSettings
+
+    try:
+        base = ScenarioSettings()
+        if args.config is not None:
+            table = read_toml(args.config).get("scenario", {})
+            if not isinstance(table, dict):
+                return None
+            base = settings_from_mapping(
+                ScenarioSettings, table, source=str(args.config), prefix="scenario."
+            )
+        scenario_overrides = {
+            path[1:]: given for path, given in _overrides(args).items() if path[0] == "scenario"
+        }
+        settings: ScenarioSettings = _apply(base, scenario_overrides)
+    except AccordError:
+        return None
+    return settings
+
+
+# ----------------------------------------------------------------------------- scenario helper
+
+_HELPER_CODE = (
+    "import sys\n"
+    "from accord.commands.simulate import scenario_helper_main\n"
+    "sys.exit(scenario_helper_main())\n"
+)
+
+
+def scenario_helper_main() -> int:
+    """Body of the helper process: scenario settings (JSON) on stdin, the built scenario
+    (``.npz``, no pickle) on stdout. Runs scikit-learn's import and the data split while
+    the parent imports torch."""
+    import json
+
+    from accord.config import settings_from_mapping
+    from accord.scenario import ScenarioSettings, build_scenario
+
+    settings = settings_from_mapping(
+        ScenarioSettings, json.loads(sys.stdin.buffer.read()), source="scenario helper"
+    )
+    sys.stdout.buffer.write(scenario_to_npz(build_scenario(settings)))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def scenario_to_npz(data: ScenarioData) -> bytes:
+    """A built scenario as ``.npz`` bytes (arrays plus a JSON index), read by
+    :func:`scenario_from_npz`."""
+    import io
+    import json
+
+    import numpy as np
+
+    holdout = data.holdout
+    arrays: dict[str, Any] = {}
+    for part in ("train", "validation", "test"):
+        dataset = getattr(holdout, part)
+        arrays[f"{part}_features"] = dataset.features
+        arrays[f"{part}_labels"] = dataset.labels
+    for node in data.nodes:
+        arrays[f"node{node.index}_features"] = node.features
+        arrays[f"node{node.index}_labels"] = node.labels
+    index = {
+        "name": holdout.train.name,
+        "n_classes": holdout.train.n_classes,
+        "nodes": [
+            {"node_id": node.node_id, "index": node.index, "faulty": node.faulty}
+            for node in data.nodes
+        ],
+    }
+    arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def scenario_from_npz(blob: bytes, settings: ScenarioSettings) -> ScenarioData:
+    import io
+    import json
+
+    import numpy as np
+
+    from accord.data.datasets import Dataset, HoldoutSplit
+    from accord.scenario import NodeData, ScenarioData
+
+    with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+        index = json.loads(arrays["index"].tobytes())
+        name, n_classes = str(index["name"]), int(index["n_classes"])
+        parts = {
+            part: Dataset(name, arrays[f"{part}_features"], arrays[f"{part}_labels"], n_classes)
+            for part in ("train", "validation", "test")
+        }
+        nodes = tuple(
+            NodeData(
+                node_id=str(node["node_id"]),
+                index=int(node["index"]),
+                features=arrays[f"node{node['index']}_features"],
+                labels=arrays[f"node{node['index']}_labels"],
+                faulty=bool(node["faulty"]),
+            )
+            for node in index["nodes"]
+        )
+    return ScenarioData(settings=settings, holdout=HoldoutSplit(**parts), nodes=nodes)
+
+
+class _ScenarioHelper:
+    """Builds the scenario in a separate Python process while this one imports torch.
+
+    Whatever goes wrong there (a bad setting, a crash), :meth:`collect` returns ``None`` and
+    the caller builds the scenario itself, which raises the real error.
+    """
+
+    def __init__(self, settings: ScenarioSettings) -> None:
+        import json
+        import subprocess
+
+        from accord.config import settings_to_mapping
+
+        self.settings = settings
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.payload = json.dumps(settings_to_mapping(settings)).encode()
+
+    def collect(self, settings: ScenarioSettings) -> ScenarioData | None:
+        import subprocess
+
+        if settings != self.settings:
+            self.close()
+            return None
+        try:
+            blob, _ = self.process.communicate(self.payload, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            self.close()
+            return None
+        if self.process.returncode != 0:
+            return None
+        try:
+            return scenario_from_npz(blob, settings)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        self.process.wait()
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux), for time-to-first-round."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+        return max(0.0, now - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class _Table:
+    """The compact per-round table: round, then per policy test accuracy and faulty mass."""
+
+    def __init__(self, policies: Sequence[str], with_faulty: bool) -> None:
+        self.policies = policies
+        self.with_faulty = with_faulty
+        self.cell = 18 if with_faulty else 9
+        self.width = max(self.cell, *(len(p) for p in policies))
+
+    def header(self) -> list[str]:
+        names = " | ".join(p.ljust(self.width) for p in self.policies)
+        sub = ("test acc  faulty" if self.with_faulty else "test acc").ljust(self.width)
+        subs = " | ".join(sub for _ in self.policies)
+        return [f"round | {names}".rstrip(), f"      | {subs}".rstrip()]
+
+    def row(self, round_number: int, cells: Mapping[str, tuple[float | None, float] | None]) -> str:
+        parts = []
+        for policy in self.policies:
+            cell = cells.get(policy)
+            if cell is None:
+                text = "(stopped)"
+            else:
+                accuracy, mass = cell
+                text = f"{_fmt(accuracy):>8}"
+                if self.with_faulty:
+                    text += f"  {mass:6.3f}"
+            parts.append(text.ljust(self.width))
+        return (f"{round_number:>5} | " + " | ".join(parts)).rstrip()
+
+
+def _summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -> list[str]:
+    width = max(6, *(len(name) for name in results))
+    head = f"{'policy':<{width}}  final acc  best acc  rounds"
+    if with_faulty:
+        head += "  faulty mass"
+    head += "  round ms  policy share  stop reason"
+    lines = [head]
+    for name, entry in results.items():
+        line = (
+            f"{name:<{width}}  {_fmt(entry['final_test_accuracy']):>9}  "
+            f"{_fmt(entry['best_test_accuracy']):>8}  {entry['rounds']:>6}"
+        )
+        if with_faulty:
+            line += f"  {_fmt(entry['faulty_mass_final'], '.3f'):>11}"
+        mean_round = entry["mean_round_seconds"]
+        share = entry["policy_share_of_round_time"]
+        line += (
+            f"  {_fmt(None if mean_round is None else mean_round * 1000, '.1f'):>8}"
+            f"  {_fmt(None if share is None else share * 100, '.1f') + '%':>12}"
+            f"  {entry['stop_reason']}"
+        )
+        lines.append(line)
+    return lines
+
+
+def _describe(data: ScenarioData, settings: SimulationSettings) -> str:
+    scenario = settings.scenario
+    partition = scenario.partition
+    split = (
+        f"Dirichlet {partition.alpha:g}"
+        if partition.kind == "dirichlet"
+        else ("IID" if partition.kind == "iid" else f"{partition.shards_per_node} label shards")
+    )
+    faulty = (
+        f"{len(data.faulty_nodes)} {scenario.fault.kind} nodes ({', '.join(data.faulty_nodes)})"
+        if data.faulty_nodes
+        else "no faulty node"
+    )
+    return f"{scenario.dataset}, {scenario.nodes} nodes, {split}, {faulty}"
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _default_out() -> str:
+    import secrets
+
+    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    early = _early_scenario(args)
+    helper = _ScenarioHelper(early) if early is not None else None
+    try:
+        return _run(args, started, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | None) -> int:
+    import contextlib
+
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(RuntimeError):  # set already, or torch already ran parallel work
+        torch.set_num_interop_threads(1)
+    startup = {"torch_imported": time.perf_counter() - started}
+
+    from accord.config import simulate_config_to_toml
+    from accord.errors import ConfigurationError
+    from accord.reporting.writer import RunFolder
+    from accord.scenario import build_scenario
+    from accord.simulation.driver import Simulation
+
+    config = config_from_args(args)
+    settings = config.simulation
+    data = helper.collect(settings.scenario) if helper is not None else None
+    if data is None:
+        try:
+            data = build_scenario(settings.scenario)
+        except ConfigurationError as error:
+            raise _name_option(error, list(_overrides(args).values())) from error
+    startup["scenario_ready"] = time.perf_counter() - started
+    folder = RunFolder(args.out or _default_out())
+    folder.write_config(simulate_config_to_toml(config))
+    simulations = {name: Simulation(settings, name, data=data) for name in config.policies}
+    startup["policies_ready"] = time.perf_counter() - started
+    logger.debug(
+        "startup: torch imported after %.2f s, scenario ready after %.2f s (%s), "
+        "policies ready after %.2f s",
+        startup["torch_imported"],
+        startup["scenario_ready"],
+        "helper process" if helper is not None else "built here",
+        startup["policies_ready"],
+    )
+    quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
+    return _drive(
+        args, config.policies, simulations, data, settings, folder, quiet, started, startup
+    )
+
+
+def _drive(
+    args: argparse.Namespace,
+    policies: Sequence[str],
+    simulations: Mapping[str, Simulation],
+    data: ScenarioData,
+    settings: SimulationSettings,
+    folder: Any,
+    quiet: bool,
+    started: float,
+    startup: Mapping[str, float],
+) -> int:
+    from tqdm import tqdm
+
+    from accord.reporting.summary import faulty_mass
+    from accord.simulation.driver import RunResult
+    from accord.simulation.stop import StopTracker
+
+    faulty = data.faulty_nodes
+    max_rounds = settings.stop.max_rounds
+    every = args.every or max(1, math.ceil(max_rounds / TABLE_ROWS))
+    table = _Table(policies, with_faulty=bool(faulty))
+    bar = tqdm(
+        total=max_rounds * len(policies),
+        file=sys.stderr,
+        disable=quiet or not sys.stderr.isatty(),
+        unit="round",
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+    def say(line: str) -> None:
+        if bar.disable:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            tqdm.write(line, file=sys.stdout)
+
+    say(f"{_describe(data, settings)}; {max_rounds} rounds; policies {', '.join(policies)}")
+    if not quiet:
+        for line in table.header():
+            say(line)
+    trackers = {name: StopTracker(settings.stop, 0.0) for name in policies}
+    spent = dict.fromkeys(policies, 0.0)
+    rounds: dict[str, list[TimedRecord]] = {name: [] for name in policies}
+    reasons: dict[str, str] = {}
+    active = list(policies)
+    timing: dict[str, float | None] = {f"run_to_{k}_seconds": v for k, v in startup.items()}
+    interrupted = False
+    failure: BaseException | None = None
+    try:
+        round_number = 0
+        while active:
+            round_number += 1
+            cells: dict[str, tuple[float | None, float] | None] = {}
+            for name in list(active):
+                if "run_to_first_round_seconds" not in timing:
+                    timing["run_to_first_round_seconds"] = time.perf_counter() - started
+                    timing["process_to_first_round_seconds"] = _process_age()
+                timed = simulations[name].run_round()
+                if "process_to_first_round_done_seconds" not in timing:
+                    timing["process_to_first_round_done_seconds"] = _process_age()
+                rounds[name].append(timed)
+                folder.append_round(name, timed)
+                spent[name] += timed.round_seconds
+                record = timed.record
+                cells[name] = (record.test_accuracy, faulty_mass(record, faulty))
+                reason = trackers[name].update(record.validation_accuracy_after, spent[name])
+                bar.update(1)
+                if reason is not None:
+                    reasons[name] = reason
+                    active.remove(name)
+                    bar.total -= max_rounds - round_number
+                    bar.refresh()
+            bar.set_postfix_str(
+                " ".join(f"{n}={_fmt(c[0], '.3f')}" for n, c in cells.items() if c is not None),
+                refresh=False,
+            )
+            if not quiet and (round_number % every == 0 or round_number == 1 or not active):
+                say(table.row(round_number, cells))
+    except KeyboardInterrupt:
+        interrupted = True
+        for name in active:
+            reasons[name] = "interrupted"
+    except Exception as error:  # keep what was learned, then report the failure
+        failure = error
+        for name in active:
+            reasons[name] = f"failed: {error}"
+    finally:
+        bar.close()
+    results = [
+        RunResult(
+            policy=name,
+            rounds=tuple(rounds[name]),
+            stop_reason=reasons.get(name, "failed"),
+            faulty_nodes=faulty,
+            seconds=spent[name],
+        )
+        for name in policies
+    ]
+    summary = _summary(results, simulations, data, settings, timing)
+    folder.write_summary(summary)
+    if failure is not None:
+        raise failure
+    plots = folder.write_plots(
+        [r for r in results if r.rounds],
+        [n.node_id for n in data.nodes],
+        faulty,
+        title=_describe(data, settings),
+    )
+    summary["plots"] = [path.name for path in plots]
+    folder.write_summary(summary)
+    say("")
+    for line in _summary_lines(summary["results"], with_faulty=bool(faulty)):
+        say(line)
+    if faulty:
+        share = summary["faulty_data_share"]
+        say(
+            f"(faulty mass: probability on the faulty nodes at the end; FedAvg gives them "
+            f"their data share, {_fmt(share, '.3f')})"
+        )
+    say(f"run folder: {folder.path}")
+    return 130 if interrupted else 0
+
+
+def _summary(
+    results: Sequence[RunResult],
+    simulations: Mapping[str, Simulation],
+    data: ScenarioData,
+    settings: SimulationSettings,
+    timing: Mapping[str, float | None],
+) -> dict[str, Any]:
+    import datetime as dt
+    import platform
+
+    import torch
+
+    from accord import __version__
+    from accord.config import settings_to_mapping
+    from accord.reporting.summary import data_share, policy_summary
+
+    counts = {node.node_id: float(node.sample_count) for node in data.nodes}
+    return {
+        "format": "accord-simulate-run",
+        "version": 1,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "accord_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "scenario": _describe(data, settings),
+        "policies": [r.policy for r in results],
+        "roster": [node.node_id for node in data.nodes],
+        "faulty_nodes": list(data.faulty_nodes),
+        "sample_counts": counts,
+        "faulty_data_share": data_share(counts, data.faulty_nodes),
+        "timing": dict(timing),
+        "results": {
+            r.policy: policy_summary(
+                r,
+                data.faulty_nodes,
+                policy_settings=getattr(simulations[r.policy].policy, "settings", None),
+            )
+            for r in results
+        },
+        "settings": settings_to_mapping(settings),
+    }
