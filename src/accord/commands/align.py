@@ -300,7 +300,10 @@ class _ProgressDisplay:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from accord.tee.enclave import tune_allocator
     from accord.tee.party import align_party
+
+    tune_allocator()  # big buffers come and go: keep freed memory for reuse
 
     settings = settings_from_args(args)
     display = _ProgressDisplay(args.progress)

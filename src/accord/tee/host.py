@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ class EnclaveProcess:
         if debug:
             command.append("--debug")
         environment = dict(os.environ)
+        # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
         environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -118,6 +120,7 @@ class EnclaveProcess:
         payload = encode_meta(meta or {})
         size = sum(memoryview(part).nbytes for part in body)
         async with self._lock:
+            started = time.perf_counter()
             try:
                 await loop.sock_sendall(
                     self._sock, CALL_HEADER.pack(call, len(payload), size) + payload
@@ -126,7 +129,16 @@ class EnclaveProcess:
                     await loop.sock_sendall(self._sock, part)
             except OSError as error:
                 raise await self._died(f"{call.name}: {error}") from error
-            return await self._receive_reply(call.name)
+            reply = await self._receive_reply(call.name)
+            logger.debug(
+                "enclave %s: %d+%d bytes in, %d out, %.3f s",
+                call.name,
+                len(payload),
+                size,
+                len(reply[1]),
+                time.perf_counter() - started,
+            )
+            return reply
 
     async def _receive_reply(self, what: str) -> tuple[dict[str, Any], bytearray]:
         header = await self._receive(CALL_HEADER.size, what)

@@ -78,6 +78,8 @@ Progress = Callable[[str, int | None], None]
 
 DUPLICATE_POLICIES = ("error", "first", "drop-all")
 
+_READ_AHEAD_BATCHES = 4
+
 
 @dataclass(frozen=True)
 class PartySettings:
@@ -263,7 +265,8 @@ class _KeyReader:
         from accord.tables import iter_key_batches
 
         self._iterator: Iterator[Any] = iter_key_batches(path, columns)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -277,9 +280,9 @@ class _KeyReader:
             try:
                 batch = await asyncio.to_thread(next, self._iterator, None)
             except Exception as error:  # handed to the consumer, raised there
-                self._queue.put_nowait(error)
+                await self._queue.put(error)
                 return
-            self._queue.put_nowait(batch)
+            await self._queue.put(batch)
             if batch is None:
                 return
 
@@ -563,12 +566,12 @@ async def run_party(
             },
         )
 
-    try:
-        summary = await asyncio.to_thread(
-            _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
-        )
-    finally:
-        await asyncio.gather(enclave.close(), *(link.close() for link in links))
+    # The enclave and the links have done their part: release them (and the enclave's
+    # memory) before the outputs are written.
+    await asyncio.gather(enclave.close(), *(link.close() for link in links))
+    summary = await asyncio.to_thread(
+        _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
+    )
     report_progress("done", None)
     return summary
 
