@@ -35,44 +35,96 @@ SEED = 5
 NODES = 4
 
 
+ZYGOTE = textwrap.dedent(
+    """
+    # Imports and warms up once what every process needs, then forks one child per request:
+    # {"op": "start", "args": [...], "env": {...}, "log": path} -> {"pid": n};
+    # {"op": "poll", "pid": n} -> {"code": exit code or null}.
+    import json, os, signal, sys
+    from accord.federation.launcher import prepare_process, warm_up_torch
+    prepare_process()
+    warm_up_torch()
+    from accord.scenario import ScenarioSettings, build_scenario
+    build_scenario(ScenarioSettings(nodes=4, seed=5))
+    import accord.cli, accord.commands.node, accord.commands.server, accord.commands.simulate
+    import accord.federation.client, accord.federation.server
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "start":
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    os.dup2(log, 1)
+                    os.dup2(log, 2)
+                    os.environ.update(request["env"])
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    code = accord.cli.main(request["args"])
+                except BaseException as error:
+                    os.write(2, f"child failed: {error!r}\\n".encode())
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            answer = {"pid": pid}
+        else:
+            done, status = os.waitpid(request["pid"], os.WNOHANG)
+            answer = {"code": os.waitstatus_to_exitcode(status) if done else None}
+        print(json.dumps(answer), flush=True)
+    """
+)
+
+
+class Zygote:
+    """A clean, single-threaded process that has imported torch, gRPC and the scenario data
+    once and forks the test's ``accord`` processes: each starts in milliseconds, and none
+    inherits anything from the pytest process."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        answer: dict[str, Any] = json.loads(self.process.stdout.readline())
+        return answer
+
+    def close(self) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
 class Processes:
     """Runs ``accord`` commands as separate processes and makes sure none outlives the test.
 
-    ``start`` forks this (torch-importing) test process and calls ``accord.cli.main`` in
-    the child: a real process with its own sockets and memory, without paying two seconds
-    of imports per process; ``exec`` runs the installed command from scratch instead.
+    ``start`` has the zygote fork a process that calls ``accord.cli.main``: a real process
+    with its own sockets and memory, without paying seconds of imports per process;
+    ``exec`` runs the installed command from scratch instead.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, zygote: Zygote) -> None:
         self.directory = directory
+        self.zygote = zygote
         self.started: dict[str, int] = {}
         self.codes: dict[int, int] = {}
         self._popen: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> int:
-        log_path = self.directory / f"{name}.log"
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child
-            code = 70
-            try:
-                descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.dup2(descriptor, 1)
-                os.dup2(descriptor, 2)
-                # pytest replaced sys.stdout/sys.stderr; write to the log file instead
-                sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-                sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-                os.environ.update(env or {})
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                from accord.cli import main
-
-                code = main(list(args))
-            except BaseException as error:
-                os.write(2, f"child failed: {error!r}\n".encode())
-            finally:
-                os._exit(code)
+        log = str(self.directory / f"{name}.log")
+        answer = self.zygote.ask({"op": "start", "args": list(args), "env": env or {}, "log": log})
+        pid = int(answer["pid"])
         self.started[name] = pid
         return pid
 
@@ -99,8 +151,7 @@ class Processes:
         if pid in self._popen:
             code = self._popen[pid].poll()
         else:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            code = os.waitstatus_to_exitcode(status) if done else None
+            code = self.zygote.ask({"op": "poll", "pid": pid})["code"]
         if code is not None:
             self.codes[pid] = code
         return code
@@ -121,20 +172,17 @@ class Processes:
 
 
 @pytest.fixture(scope="module")
-def warm() -> None:
-    """Import and warm up once what every forked process needs (torch's optimiser stack,
-    scikit-learn's datasets), so forks start in milliseconds."""
-    from accord.federation.launcher import prepare_process, warm_up_torch
-    from accord.scenario import build_scenario
-
-    prepare_process()
-    warm_up_torch()
-    build_scenario(ScenarioSettings(nodes=NODES, seed=SEED))
+def zygote() -> Iterator[Zygote]:
+    process = Zygote()
+    try:
+        yield process
+    finally:
+        process.close()
 
 
 @pytest.fixture
-def processes(tmp_path: Path, warm: None) -> Iterator[Processes]:
-    running = Processes(tmp_path)
+def processes(tmp_path: Path, zygote: Zygote) -> Iterator[Processes]:
+    running = Processes(tmp_path, zygote)
     try:
         yield running
     finally:
