@@ -36,12 +36,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MODEL_CHOICES",
+    "NO_FAULT",
+    "RoundTable",
     "add_parser",
     "config_from_args",
+    "describe_scenario",
+    "layer_widths",
+    "policy_list",
+    "process_age",
     "run",
     "scenario_from_npz",
     "scenario_helper_main",
     "scenario_to_npz",
+    "summary_lines",
 ]
 
 #: Model kinds (as :data:`accord.training.models.MODEL_KINDS`, which imports torch).
@@ -101,7 +109,8 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
 
-def _policy_list(text: str) -> tuple[str, ...]:
+def policy_list(text: str) -> tuple[str, ...]:
+    """argparse type of ``--policies``: comma-separated names from ``POLICIES``, no repeats."""
     from accord.aggregation.registry import POLICIES
 
     names = tuple(name.strip() for name in text.split(",") if name.strip())
@@ -116,7 +125,8 @@ def _policy_list(text: str) -> tuple[str, ...]:
     return names
 
 
-def _widths(text: str) -> tuple[int, ...]:
+def layer_widths(text: str) -> tuple[int, ...]:
+    """argparse type of ``--hidden``: comma-separated positive layer widths."""
     try:
         widths = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as error:
@@ -149,7 +159,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--policies",
         "--policy",
         dest="policies",
-        type=_policy_list,
+        type=policy_list,
         default=None,
         metavar="NAMES",
         help=f"comma-separated, from {', '.join(POLICIES)} [actor-critic,fedavg]",
@@ -200,7 +210,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     training = parser.add_argument_group("model and training")
     training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
     training.add_argument(
-        "--hidden", type=_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
+        "--hidden", type=layer_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
     )
     training.add_argument(
         "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
@@ -480,7 +490,7 @@ class _ScenarioHelper:
 # ----------------------------------------------------------------------------- output
 
 
-def _process_age() -> float | None:
+def process_age() -> float | None:
     """Seconds since this process started (Linux), for time-to-first-round."""
     import os
 
@@ -498,7 +508,7 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-class _Table:
+class RoundTable:
     """The compact per-round table: round, then per policy test accuracy and faulty mass."""
 
     def __init__(self, policies: Sequence[str], with_faulty: bool) -> None:
@@ -528,7 +538,8 @@ class _Table:
         return (f"{round_number:>5} | " + " | ".join(parts)).rstrip()
 
 
-def _summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -> list[str]:
+def summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -> list[str]:
+    """The final table: one line per policy from its ``summary.json`` entry."""
     width = max(6, *(len(name) for name in results))
     head = f"{'policy':<{width}}  final acc  best acc  rounds"
     if with_faulty:
@@ -553,7 +564,8 @@ def _summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) 
     return lines
 
 
-def _describe(data: ScenarioData, settings: SimulationSettings) -> str:
+def describe_scenario(data: ScenarioData, settings: SimulationSettings) -> str:
+    """One line about the data: dataset, nodes, split and the faulty nodes."""
     scenario = settings.scenario
     partition = scenario.partition
     split = (
@@ -599,6 +611,7 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
         torch.set_num_interop_threads(1)
     startup = {"torch_imported": time.perf_counter() - started}
 
+    from accord.aggregation.registry import make_policy
     from accord.config import simulate_config_to_toml
     from accord.errors import ConfigurationError
     from accord.reporting.writer import RunFolder
@@ -607,6 +620,20 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
 
     config = config_from_args(args)
     settings = config.simulation
+    # The policies need no data: build them (the Actor-Critic's networks and optimisers,
+    # which import a good part of torch) while the helper process is still at work.
+    # Same arguments as Simulation uses (tests check the runs are equal).
+    policies = {
+        name: make_policy(
+            name,
+            seed=settings.scenario.seed,
+            server_learning_rate=settings.rounds.server_learning_rate,
+            actor_critic=settings.actor_critic,
+            hedge=settings.hedge,
+        )
+        for name in config.policies
+    }
+    startup["policies_ready"] = time.perf_counter() - started
     data = helper.collect(settings.scenario) if helper is not None else None
     if data is None:
         try:
@@ -616,15 +643,16 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     startup["scenario_ready"] = time.perf_counter() - started
     folder = RunFolder(args.out or _default_out())
     folder.write_config(simulate_config_to_toml(config))
-    simulations = {name: Simulation(settings, name, data=data) for name in config.policies}
-    startup["policies_ready"] = time.perf_counter() - started
+    simulations = {name: Simulation(settings, policies[name], data=data) for name in policies}
+    startup["simulations_ready"] = time.perf_counter() - started
     logger.debug(
-        "startup: torch imported after %.2f s, scenario ready after %.2f s (%s), "
-        "policies ready after %.2f s",
+        "startup: torch imported after %.2f s, policies ready after %.2f s, scenario ready "
+        "after %.2f s (%s), simulations ready after %.2f s",
         startup["torch_imported"],
+        startup["policies_ready"],
         startup["scenario_ready"],
         "helper process" if helper is not None else "built here",
-        startup["policies_ready"],
+        startup["simulations_ready"],
     )
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
     return _drive(
@@ -652,7 +680,7 @@ def _drive(
     faulty = data.faulty_nodes
     max_rounds = settings.stop.max_rounds
     every = args.every or max(1, math.ceil(max_rounds / TABLE_ROWS))
-    table = _Table(policies, with_faulty=bool(faulty))
+    table = RoundTable(policies, with_faulty=bool(faulty))
     bar = tqdm(
         total=max_rounds * len(policies),
         file=sys.stderr,
@@ -669,7 +697,7 @@ def _drive(
         else:
             tqdm.write(line, file=sys.stdout)
 
-    say(f"{_describe(data, settings)}; {max_rounds} rounds; policies {', '.join(policies)}")
+    say(f"{describe_scenario(data, settings)}; {max_rounds} rounds; policies {', '.join(policies)}")
     if not quiet:
         for line in table.header():
             say(line)
@@ -689,10 +717,10 @@ def _drive(
             for name in list(active):
                 if "run_to_first_round_seconds" not in timing:
                     timing["run_to_first_round_seconds"] = time.perf_counter() - started
-                    timing["process_to_first_round_seconds"] = _process_age()
+                    timing["process_to_first_round_seconds"] = process_age()
                 timed = simulations[name].run_round()
                 if "process_to_first_round_done_seconds" not in timing:
-                    timing["process_to_first_round_done_seconds"] = _process_age()
+                    timing["process_to_first_round_done_seconds"] = process_age()
                 rounds[name].append(timed)
                 folder.append_round(name, timed)
                 spent[name] += timed.round_seconds
@@ -739,12 +767,12 @@ def _drive(
         [r for r in results if r.rounds],
         [n.node_id for n in data.nodes],
         faulty,
-        title=_describe(data, settings),
+        title=describe_scenario(data, settings),
     )
     summary["plots"] = [path.name for path in plots]
     folder.write_summary(summary)
     say("")
-    for line in _summary_lines(summary["results"], with_faulty=bool(faulty)):
+    for line in summary_lines(summary["results"], with_faulty=bool(faulty)):
         say(line)
     if faulty:
         share = summary["faulty_data_share"]
@@ -780,7 +808,7 @@ def _summary(
         "accord_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "scenario": _describe(data, settings),
+        "scenario": describe_scenario(data, settings),
         "policies": [r.policy for r in results],
         "roster": [node.node_id for node in data.nodes],
         "faulty_nodes": list(data.faulty_nodes),
@@ -797,3 +825,12 @@ def _summary(
         },
         "settings": settings_to_mapping(settings),
     }
+
+
+# The names `accord federate` and `accord server` imported before they were public.
+_policy_list = policy_list
+_widths = layer_widths
+_describe = describe_scenario
+_Table = RoundTable
+_summary_lines = summary_lines
+_process_age = process_age
