@@ -300,15 +300,20 @@ class _ProgressDisplay:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from accord.tee.enclave import tune_allocator
+    from accord.tee.host import EnclaveProcess
+
+    settings = settings_from_args(args)
+    # The enclave process starts first and loads while this host imports the rest.
+    enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
+    from accord.tee.allocator import tune_allocator
     from accord.tee.party import align_party
 
     tune_allocator()  # big buffers come and go: keep freed memory for reuse
-
-    settings = settings_from_args(args)
     display = _ProgressDisplay(args.progress)
     try:
-        summary = align_party(settings, progress=display, on_listening=display.listening)
+        summary = align_party(
+            settings, enclave=enclave, progress=display, on_listening=display.listening
+        )
     finally:
         display.close()
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -17,8 +17,6 @@ or keys.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import logging
 import os
 import socket
@@ -29,30 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from accord.errors import AccordError, PeerError, ProtocolError
+from accord.tee.allocator import tune_allocator
 from accord.tee.backend import SimulatedBackend
 from accord.tee.measurement import SECURITY_VERSION, enclave_measurement, unmeasured_modules
 from accord.tee.platform_key import load_or_create_platform_key
 from accord.tee.protocol import EnclaveSession
 from accord.tee.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
 
-__all__ = ["main", "serve", "tune_allocator"]
+__all__ = ["main", "serve"]
 
 logger = logging.getLogger(__name__)
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-
-
-def tune_allocator() -> None:
-    """Keep freed memory in the process (glibc ``mallopt``) instead of returning it.
-
-    Big numpy temporaries are otherwise mapped fresh each time, and first-touching fresh
-    pages is slow on virtual machines that report free pages to the host. No-op elsewhere.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_MAX, 0)
-        libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytearray | None:

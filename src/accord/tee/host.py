@@ -1,11 +1,12 @@
 """The host's handle on its enclave process (asyncio).
 
-:meth:`EnclaveProcess.start` launches ``python -m accord.tee.enclave`` with one end of a
-Unix socket pair; :meth:`EnclaveProcess.call` sends one call frame and awaits its reply.
-Calls are serialised (the enclave serves one at a time). Bulk bodies go out as a list of
-buffers, back to back, without being joined, and replies are received straight into one
-buffer. A failed call raises the error class the enclave named, with its message; an
-enclave that dies raises :class:`~accord.errors.PeerError`.
+:meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.enclave`` with one end of a
+Unix socket pair, and :meth:`~EnclaveProcess.ready` awaits the identity it reports;
+:meth:`EnclaveProcess.call` sends one call frame and awaits its reply. Calls are serialised
+(the enclave serves one at a time). Bulk bodies go out as a list of buffers, back to back,
+without being joined, and replies are received straight into one buffer. A failed call
+raises the error class the enclave named, with its message; an enclave that dies raises
+:class:`~accord.errors.PeerError`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +26,7 @@ from typing import Any
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
 from accord.tee.backend import EnclaveIdentity
-from accord.tee.protocol import Call
-from accord.tee.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
+from accord.tee.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 
 __all__ = ["EnclaveProcess"]
 
@@ -39,23 +40,33 @@ _ERRORS: dict[str, type[AccordError]] = {
 
 
 class EnclaveProcess:
-    """A running enclave process and the socket to it."""
+    """A running enclave process and the socket to it.
 
-    def __init__(
-        self, process: asyncio.subprocess.Process, sock: socket.socket, identity: EnclaveIdentity
-    ) -> None:
+    :meth:`spawn` only launches the process (cheap, no heavy imports), so a host can start
+    its enclave first and let it load while the host itself starts up; :meth:`ready` then
+    waits for the enclave's identity. :meth:`start` does both.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self._process = process
         self._sock = sock
         self._lock = asyncio.Lock()
-        self.identity = identity
+        self._identity: EnclaveIdentity | None = None
 
     @property
     def pid(self) -> int:
         """The enclave's process id."""
         return self._process.pid
 
+    @property
+    def identity(self) -> EnclaveIdentity:
+        """What the enclave reported about itself at start (after :meth:`ready`)."""
+        if self._identity is None:
+            raise ProtocolError("the enclave has not reported its identity yet")
+        return self._identity
+
     @classmethod
-    async def start(
+    def spawn(
         cls,
         *,
         platform_key: Path | None = None,
@@ -63,7 +74,7 @@ class EnclaveProcess:
         log_level: str = "WARNING",
         python: str = sys.executable,
     ) -> EnclaveProcess:
-        """Launch the enclave process and wait for it to report its identity."""
+        """Launch the enclave process (it then measures itself and loads its code)."""
         host_end, enclave_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for end in (host_end, enclave_end):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -85,11 +96,11 @@ class EnclaveProcess:
         # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
         environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
         try:
-            process = await asyncio.create_subprocess_exec(
-                *command,
+            process = subprocess.Popen(
+                command,
                 pass_fds=(enclave_end.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 env=environment,
             )
         except OSError as error:
@@ -98,18 +109,37 @@ class EnclaveProcess:
         finally:
             enclave_end.close()
         host_end.setblocking(False)
-        enclave = cls(process, host_end, EnclaveIdentity("", "", 0, False, None))
-        try:
-            ready, _ = await enclave._receive_reply("start-up")
-        except BaseException:
-            await enclave.close()
-            raise
-        identity = ready.get("identity")
-        if not isinstance(identity, dict):
-            await enclave.close()
-            raise ProtocolError("the enclave's start-up frame carries no identity")
-        enclave.identity = EnclaveIdentity(**identity)
-        logger.debug("enclave process %d started", process.pid)
+        logger.debug("enclave process %d spawned", process.pid)
+        return cls(process, host_end)
+
+    async def ready(self) -> EnclaveIdentity:
+        """Wait for the enclave's start-up frame: its identity, or why it could not start."""
+        if self._identity is None:
+            try:
+                reply, _ = await self._receive_reply("start-up")
+                self._identity = EnclaveIdentity(**reply["identity"])
+            except (KeyError, TypeError) as error:
+                await self.kill()
+                raise ProtocolError("the enclave's start-up frame carries no identity") from error
+            except BaseException:
+                await self.kill()
+                raise
+        return self._identity
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        platform_key: Path | None = None,
+        debug: bool = False,
+        log_level: str = "WARNING",
+        python: str = sys.executable,
+    ) -> EnclaveProcess:
+        """Launch the enclave process and wait for it to report its identity."""
+        enclave = cls.spawn(
+            platform_key=platform_key, debug=debug, log_level=log_level, python=python
+        )
+        await enclave.ready()
         return enclave
 
     async def call(
@@ -167,10 +197,14 @@ class EnclaveProcess:
             received += count
         return buffer
 
+    async def _wait(self, timeout: float) -> int | None:
+        try:
+            return await asyncio.to_thread(self._process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     async def _died(self, what: str) -> PeerError:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._process.wait(), 5)
-        code = self._process.returncode
+        code = await self._wait(5)
         return PeerError(
             f"the enclave process stopped during {what} "
             f"(exit code {code if code is not None else 'unknown'})"
@@ -179,16 +213,12 @@ class EnclaveProcess:
     async def close(self, timeout: float = 10.0) -> None:
         """Close the socket (the enclave then exits) and reap the process; kill if stuck."""
         self._sock.close()
-        try:
-            await asyncio.wait_for(self._process.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-            await self._process.wait()
+        if await self._wait(timeout) is None:
+            await self.kill()
 
     async def kill(self) -> None:
         """Stop the enclave at once (after a failure): nothing more is released."""
         self._sock.close()
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
-        await self._process.wait()
+        await self._wait(30)

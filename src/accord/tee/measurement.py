@@ -47,6 +47,7 @@ ENCLAVE_FILES = (
     "_validation.py",
     "errors.py",
     "tee/__init__.py",
+    "tee/allocator.py",
     "tee/attestation.py",
     "tee/backend.py",
     "tee/channel.py",

@@ -43,9 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from accord._validation import require_int, require_number
 from accord.errors import (
@@ -58,9 +56,8 @@ from accord.errors import (
 from accord.tee.attestation import parse_policy
 from accord.tee.channel import validate_party_name
 from accord.tee.host import EnclaveProcess
-from accord.tee.protocol import Call, encode_columns
 from accord.tee.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
-from accord.tee.wire import PeerFrame
+from accord.tee.wire import Call, PeerFrame, encode_columns
 
 __all__ = [
     "DUPLICATE_POLICIES",
@@ -70,6 +67,9 @@ __all__ = [
     "align_party",
     "run_party",
 ]
+
+if TYPE_CHECKING:
+    import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +426,9 @@ class _Run:
         counts = dict(reply["counts"])
         await self.wait_for(lambda status: bool(status["done"]))
         reply, body = await self.call(Call.RESULT)
-        row_map = np.frombuffer(body, dtype=np.int64)
+        import numpy
+
+        row_map = numpy.frombuffer(body, dtype=numpy.int64)
         if len(row_map) != counts["intersection_size"]:
             raise ProtocolError("the enclave's row map does not match its counts")
         self._timed("intersect_confirm", start)
@@ -494,41 +496,49 @@ def _write_outputs(
 async def run_party(
     settings: PartySettings,
     *,
+    enclave: EnclaveProcess | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
 ) -> PartySummary:
-    """Run one party's side of an alignment session; see the module docstring."""
+    """Run one party's side of an alignment session; see the module docstring.
+
+    ``enclave`` is an enclave process already spawned for this run (the CLI spawns it first
+    thing, so it loads while the host starts); by default one is spawned here. Either way it
+    is stopped when the run ends.
+    """
     report_progress: Progress = progress or (lambda stage, rows: None)
     started = time.perf_counter()
-    policy_text = _read_policy(settings.policy)
-    _check_paths(settings)
-    keys = _KeyReader(settings.input, settings.key_columns)
-    await keys.start()
-    report_progress("connect", None)
-    enclave_start = asyncio.ensure_future(
-        EnclaveProcess.start(platform_key=settings.platform_key, debug=settings.debug_enclave)
-    )
-    link_start = asyncio.ensure_future(
-        connect_links(
-            Hello(settings.party_name, settings.session, settings.parties),
-            listen=settings.listen,
-            peers=settings.peers,
-            connect_timeout=settings.connect_timeout,
-            idle_timeout=settings.idle_timeout,
-            on_listening=on_listening,
+    if enclave is None:
+        enclave = EnclaveProcess.spawn(
+            platform_key=settings.platform_key, debug=settings.debug_enclave
         )
-    )
-    started_enclave: EnclaveProcess | None = None
+    keys: _KeyReader | None = None
     links: list[PeerLink] = []
+    link_start: asyncio.Future[list[PeerLink]] | None = None
     try:
-        enclave, links = await asyncio.gather(enclave_start, link_start)
-        started_enclave = enclave
+        policy_text = _read_policy(settings.policy)
+        _check_paths(settings)
+        keys = _KeyReader(settings.input, settings.key_columns)
+        await keys.start()
+        report_progress("connect", None)
+        link_start = asyncio.ensure_future(
+            connect_links(
+                Hello(settings.party_name, settings.session, settings.parties),
+                listen=settings.listen,
+                peers=settings.peers,
+                connect_timeout=settings.connect_timeout,
+                idle_timeout=settings.idle_timeout,
+                on_listening=on_listening,
+            )
+        )
+        _, links = await asyncio.gather(enclave.ready(), link_start)
         run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)
         result = await _drive(run, policy_text)
     except BaseException as error:
-        keys.cancel()
-        await _cleanup(enclave_start, link_start, started_enclave, links, error)
+        if keys is not None:
+            keys.cancel()
+        await _cleanup(enclave, link_start, links, error)
         leaf = _first_error(error)
         if leaf is error:
             raise
@@ -605,26 +615,21 @@ async def _drive(run: _Run, policy_text: str) -> tuple[Any, Any, np.ndarray, Any
 
 
 async def _cleanup(
-    enclave_start: asyncio.Future[EnclaveProcess],
-    link_start: asyncio.Future[list[PeerLink]],
-    enclave: EnclaveProcess | None,
+    enclave: EnclaveProcess,
+    link_start: asyncio.Future[list[PeerLink]] | None,
     links: list[PeerLink],
     error: BaseException,
 ) -> None:
     """After a failure: one opaque word to every peer, kill the enclave, close everything."""
     category = abort_category(_first_error(error))
-    waits: list[Awaitable[Any]] = []
-    for task in (enclave_start, link_start):
-        task.cancel()
-    with contextlib.suppress(BaseException):
-        await asyncio.gather(enclave_start, link_start, return_exceptions=True)
-    if enclave is None and _succeeded(enclave_start):
-        enclave = enclave_start.result()
-    if not links and _succeeded(link_start):
-        links = link_start.result()
-    waits.extend(link.abort(category) for link in links)
-    if enclave is not None:
-        waits.append(enclave.kill())
+    if link_start is not None:
+        link_start.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(link_start, return_exceptions=True)
+        if not links and _succeeded(link_start):
+            links = link_start.result()
+    waits: list[Awaitable[Any]] = [link.abort(category) for link in links]
+    waits.append(enclave.kill())
     with contextlib.suppress(BaseException):
         await asyncio.gather(*waits, return_exceptions=True)
 
@@ -636,8 +641,11 @@ def _succeeded(task: asyncio.Future[Any]) -> bool:
 def align_party(
     settings: PartySettings,
     *,
+    enclave: EnclaveProcess | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
 ) -> PartySummary:
     """:func:`run_party` in a fresh event loop."""
-    return asyncio.run(run_party(settings, progress=progress, on_listening=on_listening))
+    return asyncio.run(
+        run_party(settings, enclave=enclave, progress=progress, on_listening=on_listening)
+    )

@@ -80,15 +80,9 @@ from accord.tee.channel import (
     InitiatorHandshake,
     ResponderHandshake,
 )
+from accord.tee.wire import Call
 
-__all__ = [
-    "Call",
-    "EnclaveSession",
-    "MessageKind",
-    "Reply",
-    "decode_columns",
-    "encode_columns",
-]
+__all__ = ["EnclaveSession", "MessageKind", "Reply", "decode_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,19 +97,6 @@ _DIGEST_KEY_LABEL = b"accord-align/v1 digest key"
 _ORDER_SEED_LABEL = b"accord-align/v1 order seed"
 
 
-class Call(IntEnum):
-    """The fixed set of calls a host can make into its enclave."""
-
-    INIT = 1  # configure the session (name, parties, policy, key columns, duplicates)
-    HANDSHAKE = 2  # one step of the attested handshake with one peer link
-    LOAD_IDS = 3  # a batch of this party's key columns (raw Arrow buffers)
-    LOAD_DONE = 4  # all IDs loaded: normalise, digest, queue the digests for the peers
-    SEAL = 5  # the next sealed records for one peer link (b"" when none are ready)
-    UNSEAL = 6  # sealed records received from one peer link (or its end of stream)
-    INTERSECT = 7  # intersect and shuffle; returns the counts
-    RESULT = 8  # this party's row map, once every peer confirmed
-
-
 class MessageKind(IntEnum):
     """Messages two enclaves exchange inside their channel."""
 
@@ -125,33 +106,6 @@ class MessageKind(IntEnum):
 
 
 # ------------------------------------------------------------------ key columns on the wire
-
-
-def encode_columns(columns: list[pa.Array]) -> tuple[dict[str, Any], list[pa.Buffer | bytes]]:
-    """Describe ``columns`` (binary/string arrays) by their raw Arrow buffers, no copying.
-
-    Returns the JSON description and the list of buffers to send back to back.
-    """
-    described: list[dict[str, Any]] = []
-    buffers: list[pa.Buffer | bytes] = []
-    for column in columns:
-        sizes: list[int | None] = []
-        for buffer in column.buffers():
-            if buffer is None:
-                sizes.append(None)
-            else:
-                sizes.append(buffer.size)
-                buffers.append(buffer)
-        described.append(
-            {
-                "type": str(column.type),
-                "length": len(column),
-                "offset": column.offset,
-                "null_count": column.null_count,
-                "buffers": sizes,
-            }
-        )
-    return {"columns": described}, buffers
 
 
 _COLUMN_TYPES: dict[str, pa.DataType] = {
@@ -171,7 +125,8 @@ _COLUMN_TYPES: dict[str, pa.DataType] = {
 
 
 def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview) -> list[pa.Array]:
-    """Rebuild the arrays described by :func:`encode_columns` over ``body`` (zero copy)."""
+    """Rebuild the arrays described by :func:`accord.tee.wire.encode_columns` over ``body``
+    (zero copy), validating every offset against the buffers."""
     try:
         columns = meta["columns"]
         source = pa.py_buffer(body)

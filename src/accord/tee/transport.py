@@ -200,7 +200,8 @@ class PeerLink:
                 f"peer {self.name!r} sent an unknown frame kind {kind_code}"
             ) from error
         if kind is PeerFrame.ABORT:
-            category = body.decode("ascii", "replace")[:32]
+            word = body.decode("ascii", "replace")
+            category = word if word in ABORT_CATEGORIES else "unknown reason"
             if category == "attestation":
                 raise AttestationError(
                     f"peer {self.name!r} refused the attestation (its own log has the reason)"

@@ -27,8 +27,10 @@ __all__ = [
     "MAX_CALL_META",
     "MAX_PEER_FRAME",
     "PEER_HEADER",
+    "Call",
     "PeerFrame",
     "decode_meta",
+    "encode_columns",
     "encode_meta",
     "pack_fields",
     "unpack_fields",
@@ -45,6 +47,19 @@ MAX_CALL_META = 1 << 20
 PEER_HEADER = struct.Struct("!BI")
 #: Upper bound of one frame between hosts (a batch of sealed records is at most 16 MiB).
 MAX_PEER_FRAME = 64 << 20
+
+
+class Call(IntEnum):
+    """The fixed set of calls a host can make into its enclave (see :mod:`accord.tee.protocol`)."""
+
+    INIT = 1  # configure the session (name, parties, policy, key columns, duplicates)
+    HANDSHAKE = 2  # one step of the attested handshake with one peer link
+    LOAD_IDS = 3  # a batch of this party's key columns (raw Arrow buffers)
+    LOAD_DONE = 4  # all IDs loaded: normalise, digest, queue the digests for the peers
+    SEAL = 5  # the next sealed records for one peer link (empty when none are ready)
+    UNSEAL = 6  # sealed records received from one peer link (or its end of stream)
+    INTERSECT = 7  # intersect and shuffle; returns the counts
+    RESULT = 8  # this party's row map, once every peer confirmed
 
 
 class PeerFrame(IntEnum):
@@ -90,6 +105,34 @@ def unpack_fields(data: bytes, count: int, what: str) -> list[bytes]:
     if offset != len(view):
         raise ProtocolError(f"malformed {what}: {len(view) - offset} trailing bytes")
     return fields
+
+
+def encode_columns(columns: Sequence[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Describe Arrow arrays (binary, string or integer) by their raw buffers, no copying.
+
+    Returns the JSON description (for a ``LOAD_IDS`` call's metadata) and the buffers to send
+    back to back as its body; :func:`accord.tee.protocol.decode_columns` rebuilds the arrays.
+    """
+    described: list[dict[str, Any]] = []
+    buffers: list[Any] = []
+    for column in columns:
+        sizes: list[int | None] = []
+        for buffer in column.buffers():
+            if buffer is None:
+                sizes.append(None)
+            else:
+                sizes.append(buffer.size)
+                buffers.append(buffer)
+        described.append(
+            {
+                "type": str(column.type),
+                "length": len(column),
+                "offset": column.offset,
+                "null_count": column.null_count,
+                "buffers": sizes,
+            }
+        )
+    return {"columns": described}, buffers
 
 
 def encode_meta(meta: Mapping[str, Any]) -> bytes:
