@@ -322,3 +322,62 @@ def test_the_helper_process_builds_the_same_scenario() -> None:
 
 def test_model_choices_match_the_models() -> None:
     assert tuple(sorted(MODEL_CHOICES)) == tuple(sorted(MODEL_KINDS))
+
+
+def test_policies_that_stop_at_different_rounds(tmp_path: Path) -> None:
+    run_dir = tmp_path / "target"
+    code, out = _main_output(
+        ["simulate", "--policies", "fedavg,median", "--target-accuracy", "0.45", "--rounds",
+         "30", "--every", "1", "--out", str(run_dir)]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stopped = {name: entry["rounds"] for name, entry in summary["results"].items()}
+    assert stopped["fedavg"] != stopped["median"]  # the table must show one stopped
+    assert max(stopped.values()) < 30
+    for entry in summary["results"].values():
+        assert entry["stop_reason"] == "target accuracy 0.4500 reached"
+    lines = _metrics(run_dir)
+    assert len(lines) == sum(stopped.values())
+    for name, rounds in stopped.items():
+        mine = [line for line in lines if line["policy"] == name]
+        assert [line["round"] for line in mine] == list(range(rounds))
+        assert mine[-1]["validation_accuracy_after"] >= 0.45
+        assert all(line["validation_accuracy_after"] < 0.45 for line in mine[:-1])
+    rows = [line for line in out.splitlines() if line.split(" | ")[0].strip().isdigit()]
+    assert len(rows) == max(stopped.values())
+    assert "(stopped)" in rows[-1]
+
+
+def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "accord.cli", "simulate", "--policies", "fedavg", "--rounds",
+         "100000", "--out", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    metrics = run_dir / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    entry = summary["results"]["fedavg"]
+    assert entry["stop_reason"] == "interrupted"
+    assert entry["rounds"] == len(_metrics(run_dir)) >= 3
+    assert (run_dir / "accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert out.splitlines()[-1] == f"run folder: {run_dir}"

@@ -660,6 +660,39 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     )
 
 
+class _GracefulStop:
+    """The first Ctrl-C lets the current round finish for every policy, then the run stops
+    and writes its summary and plots; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.requested = False
+        self.installed = False
+        self.previous: Any = signal.default_int_handler
+        try:
+            previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
+            return
+        self.installed = True
+        if previous is not None:
+            self.previous = previous
+
+    def _handle(self, signum: int, frame: object) -> None:
+        import signal
+
+        self.requested = True
+        sys.stderr.write("stopping after this round (Ctrl-C again to stop at once)\n")
+        signal.signal(signal.SIGINT, self.previous)
+
+    def restore(self) -> None:
+        import signal
+
+        if self.installed:
+            signal.signal(signal.SIGINT, self.previous)
+            self.installed = False
+
+
 def _drive(
     args: argparse.Namespace,
     policies: Sequence[str],
@@ -709,6 +742,7 @@ def _drive(
     timing: dict[str, float | None] = {f"run_to_{k}_seconds": v for k, v in startup.items()}
     interrupted = False
     failure: BaseException | None = None
+    stop = _GracefulStop()
     try:
         round_number = 0
         while active:
@@ -739,6 +773,13 @@ def _drive(
             )
             if not quiet and (round_number % every == 0 or round_number == 1 or not active):
                 say(table.row(round_number, cells))
+            if stop.requested and active:
+                interrupted = True
+                if not quiet and round_number % every != 0 and round_number != 1:
+                    say(table.row(round_number, cells))
+                for name in active:
+                    reasons[name] = "interrupted"
+                active = []
     except KeyboardInterrupt:
         interrupted = True
         for name in active:
@@ -748,6 +789,7 @@ def _drive(
         for name in active:
             reasons[name] = f"failed: {error}"
     finally:
+        stop.restore()
         bar.close()
     results = [
         RunResult(
