@@ -424,7 +424,7 @@ ATTACKS = textwrap.dedent(
     def token(node):
         return read(f"{good}/{node}/token").decode().strip()
 
-    def attempt(node_id, cert_dir=None, bearer=None, plaintext=False):
+    def attempt(node_id, cert_dir=None, bearer=None, plaintext=False, version=1):
         if plaintext:
             channel = grpc.insecure_channel(address)
         else:
@@ -435,13 +435,16 @@ ATTACKS = textwrap.dedent(
             channel = grpc.secure_channel(address, creds)
         metadata = () if bearer is None else (("authorization", "Bearer " + bearer),)
         register = pb.NodeMessage(register=pb.Register(
-            protocol_version=1, node_id=node_id, sample_count=100, n_features=64, n_classes=10))
+            protocol_version=version, node_id=node_id, sample_count=100, n_features=64,
+            n_classes=10))
         try:
             stub = pb_grpc.FederationStub(channel)
             for reply in stub.Session(iter([register]), metadata=metadata, timeout=10):
                 return "JOINED:" + reply.WhichOneof("body")
             return "CLOSED"
         except grpc.RpcError as error:
+            if version != 1:
+                return error.code().name + ": " + error.details()
             return error.code().name
         finally:
             channel.close()
@@ -456,6 +459,8 @@ ATTACKS = textwrap.dedent(
         "certificate from another CA": attempt(
             "node-02", cert_dir=f"{rogue}/node-02", bearer=token("node-02")),
         "plaintext": attempt("node-02", plaintext=True),
+        "protocol version 2": attempt(
+            "node-02", cert_dir=f"{good}/node-02", bearer=token("node-02"), version=2),
     }))
     """
 )
@@ -538,6 +543,8 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         "another node's certificate": "UNAUTHENTICATED",
         "certificate from another CA": "UNAVAILABLE",
         "plaintext": "UNAVAILABLE",
+        "protocol version 2": "FAILED_PRECONDITION: protocol version 2 is not supported; "
+        "this server speaks version 1",
     }
     assert rogue_code == 2
     assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")

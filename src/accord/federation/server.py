@@ -231,15 +231,7 @@ class GrpcGrid(Grid):
             )
         self._received += first.ByteSize()
         register = first.register
-        if register.protocol_version != PROTOCOL_VERSION:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {register.protocol_version} is not supported; this server "
-                f"speaks version {PROTOCOL_VERSION}",
-            )
-        problem = check_node_id(register.node_id)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        # Credentials first: a peer that cannot prove who it is learns nothing else.
         refusal = None
         if not self.authenticator.open:
             refusal = self.authenticator.refusal(
@@ -248,8 +240,17 @@ class GrpcGrid(Grid):
                 context.auth_context(),
             )
         if refusal is not None:
-            logger.warning("refused node %s from %s: %s", register.node_id, peer, refusal)
+            logger.warning("refused node %r from %s: %s", register.node_id[:64], peer, refusal)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
+        problem = check_node_id(register.node_id)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if register.protocol_version != PROTOCOL_VERSION:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {register.protocol_version} is not supported; this server "
+                f"speaks version {PROTOCOL_VERSION}",
+            )
         info = NodeInfo(
             node_id=register.node_id,
             sample_count=int(register.sample_count),
