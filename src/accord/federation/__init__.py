@@ -13,6 +13,9 @@ Layout::
     auth.py       CA/certificates/tokens (``accord certs``) and the server's node check
     checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
+    settings.py   FederationSettings, ServerSettings and their JSON form (for --resume)
+    node_data.py  a node's CSV/Parquet file; its validation split
+    naming.py     what a node id may be
     launcher.py   ``accord server`` and ``accord federate`` process logic
 
 Names are imported lazily: ``import accord.federation`` loads neither torch nor gRPC.
