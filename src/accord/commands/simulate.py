@@ -458,7 +458,16 @@ class _ScenarioHelper:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        self.payload = json.dumps(settings_to_mapping(settings)).encode()
+        # The settings go now, so the helper starts at once (a few hundred bytes: the pipe
+        # takes them without blocking); its stdin is then closed.
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(settings_to_mapping(settings)).encode())
+            stdin.close()
+        except OSError:  # the helper died already; collect() then reports nothing
+            pass
+        self.process.stdin = None
 
     def collect(self, settings: ScenarioSettings) -> ScenarioData | None:
         import subprocess
@@ -467,7 +476,7 @@ class _ScenarioHelper:
             self.close()
             return None
         try:
-            blob, _ = self.process.communicate(self.payload, timeout=300)
+            blob, _ = self.process.communicate(timeout=300)
         except (OSError, subprocess.TimeoutExpired):
             self.close()
             return None
