@@ -517,10 +517,16 @@ async def run_party(
     link_start: asyncio.Future[list[PeerLink]] | None = None
     try:
         policy_text = _read_policy(settings.policy)
-        _check_paths(settings)
-        keys = _KeyReader(settings.input, settings.key_columns)
-        await keys.start()
-        report_progress("connect", None)
+        # Listen at once (peers may dial while this host loads its libraries); dial only
+        # once the inputs are checked.
+        inputs_checked = asyncio.Event()
+        listening = asyncio.Event()
+
+        def now_listening(endpoint: Endpoint) -> None:
+            listening.set()
+            if on_listening is not None:
+                on_listening(endpoint)
+
         link_start = asyncio.ensure_future(
             connect_links(
                 Hello(settings.party_name, settings.session, settings.parties),
@@ -528,9 +534,21 @@ async def run_party(
                 peers=settings.peers,
                 connect_timeout=settings.connect_timeout,
                 idle_timeout=settings.idle_timeout,
-                on_listening=on_listening,
+                on_listening=now_listening,
+                dial_after=inputs_checked,
             )
         )
+        report_progress("connect", None)
+        if settings.listen is not None:  # let the listener bind (or fail) first
+            bound = asyncio.ensure_future(listening.wait())
+            await asyncio.wait([link_start, bound], return_when=asyncio.FIRST_COMPLETED)
+            bound.cancel()
+            if link_start.done():
+                link_start.result()  # raises if binding failed
+        _check_paths(settings)
+        keys = _KeyReader(settings.input, settings.key_columns)
+        await keys.start()  # a missing column or an empty file fails here, before dialling
+        inputs_checked.set()
         _, links = await asyncio.gather(enclave.ready(), link_start)
         run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)

@@ -147,6 +147,7 @@ class PeerLink:
         self._idle_timeout = idle_timeout
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._receive_failed = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -163,14 +164,31 @@ class PeerLink:
             if size:
                 self._writer.write(body)
             await self._writer.drain()
-        except (ConnectionError, OSError) as error:
-            raise PeerError(
-                f"peer {self.name!r} ({self.address}): connection lost: {error}"
-            ) from error
+        except OSError as error:
+            # What the peer said last (an ABORT, an end of stream) is the better reason:
+            # give a concurrent receive a moment to report it first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._receive_failed.wait(), 1.0)
+            raise self._lost(error) from error
         self.bytes_sent += PEER_HEADER.size + size
+
+    def _lost(self, error: BaseException) -> PeerError:
+        if isinstance(error, asyncio.IncompleteReadError | ConnectionResetError | BrokenPipeError):
+            return PeerError(
+                f"peer {self.name!r} ({self.address}) closed the connection before the end "
+                "of the session"
+            )
+        return PeerError(f"peer {self.name!r} ({self.address}): network error: {error}")
 
     async def receive(self) -> tuple[PeerFrame, bytes]:
         """The next frame; ``ABORT`` from the peer, a timeout or a closed connection raise."""
+        try:
+            return await self._receive()
+        except BaseException:
+            self._receive_failed.set()
+            raise
+
+    async def _receive(self) -> tuple[PeerFrame, bytes]:
         try:
             header = await asyncio.wait_for(
                 self._reader.readexactly(PEER_HEADER.size), self._idle_timeout
@@ -179,19 +197,12 @@ class PeerLink:
             if size > MAX_PEER_FRAME:
                 raise ProtocolError(f"peer {self.name!r} sent a frame of {size} bytes (too large)")
             body = await asyncio.wait_for(self._reader.readexactly(size), self._idle_timeout)
-        except asyncio.IncompleteReadError as error:
-            raise PeerError(
-                f"peer {self.name!r} ({self.address}) closed the connection before the end "
-                "of the session"
-            ) from error
-        except TimeoutError as error:
+        except TimeoutError as error:  # (an OSError too: caught first)
             raise PeerError(
                 f"peer {self.name!r} ({self.address}) sent nothing for {self._idle_timeout:g} s"
             ) from error
-        except (ConnectionError, OSError) as error:
-            raise PeerError(
-                f"peer {self.name!r} ({self.address}): connection lost: {error}"
-            ) from error
+        except (asyncio.IncompleteReadError, OSError) as error:
+            raise self._lost(error) from error
         self.bytes_received += PEER_HEADER.size + size
         try:
             kind = PeerFrame(kind_code)
@@ -287,7 +298,7 @@ def _tune(writer: asyncio.StreamWriter) -> None:
 
 
 async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float) -> PeerLink:
-    delay = 0.05
+    delay = 0.02  # a peer that is still starting is retried soon; at most every 0.25 s
     last: BaseException | None = None
     while True:
         remaining = deadline - time.monotonic()
@@ -304,7 +315,7 @@ async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: f
         except (OSError, TimeoutError) as error:
             last = error
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 1.5, 0.25)
             continue
         _tune(writer)
         try:
@@ -336,8 +347,12 @@ async def connect_links(
     connect_timeout: float,
     idle_timeout: float,
     on_listening: Callable[[Endpoint], None] | None = None,
+    dial_after: asyncio.Event | None = None,
 ) -> list[PeerLink]:
     """Open one link to every other party: dial ``peers``, accept the rest on ``listen``.
+
+    The listener starts at once; dialling waits for ``dial_after`` if given (the caller
+    sets it once its own inputs are checked, so it contacts no peer with a bad input).
 
     Returns ``parties - 1`` links with distinct peer names, or raises :class:`PeerError`
     (unreachable, too few peers by the deadline) or :class:`ProtocolError` (another
@@ -399,6 +414,8 @@ async def connect_links(
             logger.info("listening on %s:%s", bound[0], bound[1])
             if on_listening is not None:
                 on_listening(Endpoint(str(bound[0]), int(bound[1])))
+        if dial_after is not None:
+            await dial_after.wait()
         dials = [asyncio.ensure_future(_dial(p, own, deadline, idle_timeout)) for p in peers]
         try:
             for dial in asyncio.as_completed(dials):
