@@ -644,6 +644,7 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     }
     startup["policies_ready"] = time.perf_counter() - started
     data = helper.collect(settings.scenario) if helper is not None else None
+    source = "helper process" if data is not None else "built here"
     if data is None:
         try:
             data = build_scenario(settings.scenario)
@@ -660,7 +661,7 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
         startup["torch_imported"],
         startup["policies_ready"],
         startup["scenario_ready"],
-        "helper process" if helper is not None else "built here",
+        source,
         startup["simulations_ready"],
     )
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
