@@ -48,15 +48,14 @@ def start_pair(
     *,
     relay: dict[str, object] | None = None,
     policy_a: Path | None = None,
+    extra_a: tuple[str, ...] = (),
     extra_b: tuple[str, ...] = (),
 ) -> tuple[Party, Party, Relay | None]:
     out.mkdir(parents=True)
-    a = Party(
-        "a",
-        party_args(
-            inputs["a"], policy_a or inputs["policy"], inputs["a_key"], out, "a", listen=True
-        ),
+    args_a = party_args(
+        inputs["a"], policy_a or inputs["policy"], inputs["a_key"], out, "a", listen=True
     )
+    a = Party("a", [*args_a, *extra_a])
     proxy = Relay(a.address(), **relay) if relay is not None else None  # type: ignore[arg-type]
     peer = proxy.address if proxy is not None else a.address()
     b = Party(
@@ -223,3 +222,17 @@ def test_peer_killed_mid_transfer_gives_a_clean_error_and_no_output(
         [psutil.Process(pid) for pid in enclaves if psutil.pid_exists(pid)], timeout=10
     )
     assert alive == []
+
+
+def test_silent_peer_times_out(inputs: dict[str, Path]) -> None:
+    out = inputs["folder"] / "silent"
+    a, b, _ = start_pair(
+        inputs,
+        out,
+        relay={"records": {"to_listener": lambda index, record: []}},  # b's records vanish
+        extra_a=("--idle-timeout", "2"),
+    )
+    result_a, result_b = a.wait(), b.wait()
+    assert_failed_closed(result_a, out, "a", "peer 'b' (")
+    assert "sent nothing for 2 s" in result_a[2]
+    assert_failed_closed(result_b, out, "b", "peer 'a' aborted the session (peer;")
