@@ -17,8 +17,10 @@ A session goes **init → attest → exchange → intersect → report**:
    secret is :func:`accord.alignment.shared_seed` of all shares, so all enclaves hold it
    and no host can compute it. The digest key and the shuffle seed derive from it.
 4. ``LOAD_IDS`` (repeated) and ``LOAD_DONE`` — this party's key columns as raw Arrow
-   buffers; the enclave normalises them (:func:`accord.alignment.prepare_ids`), digests
-   them under the session key and seals a ``DIGESTS`` message to each peer.
+   buffers, batch by batch; the enclave normalises each batch on arrival
+   (:func:`accord.alignment.prepare_ids`), digests it under the session key as soon as the
+   key exists and drops the ID bytes; at the end it sorts the digests, applies the duplicate
+   policy and seals a ``DIGESTS`` message to each peer.
    ``SEAL``/``UNSEAL`` hand sealed records to the host for relaying and take the peers'.
 5. ``INTERSECT`` — once every peer's digests are in: the intersection of all parties, in
    the shared order; a ``CONFIRM`` message (|I| and the result fingerprint) goes to each
@@ -44,7 +46,7 @@ import json
 import logging
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -56,13 +58,14 @@ from accord.alignment import (
     AlignmentResult,
     DigestSet,
     DuplicatePolicy,
-    PreparedIds,
+    IdReport,
     align,
-    digest_ids,
     digests_from_bytes,
+    keyed_digests,
     prepare_ids,
     shared_seed,
 )
+from accord.alignment.buckets import IdTally, duplicate_error, sort_bucket
 from accord.errors import (
     AccordError,
     ChannelError,
@@ -189,10 +192,91 @@ class _Config:
     pad_to: int | None
 
 
-@dataclass
-class _Loaded:
-    columns: list[list[pa.Array]] = field(default_factory=list)
-    rows: int = 0
+class _Loader:
+    """This party's IDs, normalised and digested batch by batch as they arrive.
+
+    Each ``LOAD_IDS`` batch is normalised at once (invalid IDs are counted, and refused at
+    the end unless skipped, with the message :func:`accord.alignment.prepare_ids` gives on
+    the whole input); once the session's digest key is known each batch is digested and its
+    key bytes dropped, so the enclave keeps 24 bytes per row (digest and row index), not the
+    IDs. The finished set is sorted and deduplicated as :func:`accord.alignment.digest_ids`
+    does.
+    """
+
+    def __init__(self, config: _Config) -> None:
+        self._config = config
+        self._tally = IdTally()
+        self._key: bytes | None = None
+        self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
+        self._digests: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []
+        self.finished = False
+
+    @property
+    def rows(self) -> int:
+        """Data rows loaded so far."""
+        return self._tally.rows
+
+    def add(self, columns: list[pa.Array]) -> None:
+        first_row = self._tally.rows
+        prepared = prepare_ids(columns, names=list(self._config.key_columns), skip_invalid=True)
+        self._tally.add(prepared.report)
+        rows = np.asarray(prepared.row_index, dtype=np.int64) + first_row
+        if self._key is None:
+            self._waiting.append((prepared.keys, rows))
+        else:
+            self._digest(prepared.keys, rows)
+
+    def _digest(self, keys: pa.ChunkedArray, rows: np.ndarray) -> None:
+        assert self._key is not None
+        columns = len(self._config.key_columns)
+        self._digests.append(keyed_digests(keys, self._key, key_columns=columns))
+        self._rows.append(rows)
+
+    def set_key(self, key: bytes) -> None:
+        """The session's digest key: digest every batch that waited for it."""
+        if self._key is None:
+            self._key = key
+            waiting, self._waiting = self._waiting, []
+            for keys, rows in waiting:
+                self._digest(keys, rows)
+
+    def finish(self) -> IdReport:
+        """No more batches: refuse invalid IDs (unless skipped); return the input report."""
+        self.finished = True
+        if self._tally.rows == 0:
+            raise InputDataError("no IDs were loaded (the input has no data rows)")
+        if not self._config.skip_invalid:
+            error = self._tally.error(list(self._config.key_columns))
+            if error is not None:
+                raise error
+        if self._tally.kept_rows == 0:
+            raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
+        return self._tally.report()
+
+    def digest_set(self) -> DigestSet:
+        """The canonical digest set (sorted, duplicates handled) once finished and keyed."""
+        assert self.finished and self._key is not None and not self._waiting
+        digests = _concatenate(self._digests, np.zeros((0, 2), dtype=np.uint64))
+        rows = _concatenate(self._rows, np.zeros(0, dtype=np.int64))
+        self._digests, self._rows = [], []
+        ordered = sort_bucket(digests, rows, self._config.duplicates)
+        del digests, rows
+        if self._config.duplicates is DuplicatePolicy.ERROR:
+            error = duplicate_error(ordered.duplicates)
+            if error is not None:
+                raise error
+        ordered.keys.flags.writeable = False
+        ordered.rows.flags.writeable = False
+        return DigestSet(
+            digests=ordered.keys, row_index=ordered.rows, duplicates=ordered.duplicates
+        )
+
+
+def _concatenate(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else empty
 
 
 def _secret(session_secret: bytes, label: bytes) -> bytes:
@@ -210,8 +294,7 @@ class EnclaveSession:
         self._links: dict[int, _Link] = {}
         self._share = b""
         self._session_secret: bytes | None = None
-        self._loaded = _Loaded()
-        self._prepared: PreparedIds | None = None
+        self._loader: _Loader | None = None
         self._own: DigestSet | None = None
         self._result: AlignmentResult | None = None
         self._failed: str | None = None
@@ -225,6 +308,12 @@ class EnclaveSession:
             Call.INTERSECT: self._intersect,
             Call.RESULT: self._result_call,
         }
+
+    @property
+    def _ids(self) -> _Loader:
+        if self._loader is None:
+            raise ProtocolError("the session has no configuration yet (INIT first)")
+        return self._loader
 
     # -------------------------------------------------------------- dispatch
 
@@ -293,6 +382,7 @@ class EnclaveSession:
             random_bytes=self._random_bytes,
         )
         self._config = config
+        self._loader = _Loader(config)
         self._share = self._random_bytes(_SHARE_BYTES)
         return {}, b""
 
@@ -377,53 +467,35 @@ class EnclaveSession:
 
     def _load_ids(self, meta: dict[str, Any], body: memoryview) -> Reply:
         assert self._config is not None
-        if self._prepared is not None:
+        if self._ids.finished:
             raise ProtocolError("LOAD_IDS after LOAD_DONE")
         arrays = decode_columns(meta, body)
         if len(arrays) != len(self._config.key_columns):
             raise ProtocolError(
                 f"LOAD_IDS: expected {len(self._config.key_columns)} key columns, got {len(arrays)}"
             )
-        rows = {len(array) for array in arrays}
-        if len(rows) != 1:
+        if len({len(array) for array in arrays}) != 1:
             raise ProtocolError("LOAD_IDS: key columns of different lengths")
-        self._loaded.columns.append(arrays)
-        self._loaded.rows += rows.pop()
-        return {"rows": self._loaded.rows}, b""
+        self._ids.add(arrays)
+        return {"rows": self._ids.rows}, b""
 
     def _load_done(self, meta: dict[str, Any], body: memoryview) -> Reply:
         assert self._config is not None
-        if self._prepared is not None or self._own is not None:
+        if self._ids.finished:
             raise ProtocolError("LOAD_DONE called twice")
-        if self._loaded.rows == 0:
-            raise InputDataError("no IDs were loaded (the input has no data rows)")
-        columns = [
-            pa.chunked_array([batch[index] for batch in self._loaded.columns])
-            for index in range(len(self._config.key_columns))
-        ]
-        self._loaded = _Loaded()
-        prepared = prepare_ids(
-            columns, names=list(self._config.key_columns), skip_invalid=self._config.skip_invalid
-        )
-        del columns
-        if len(prepared) == 0:
-            raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
-        self._prepared = prepared
-        report = asdict(prepared.report)
+        report = self._ids.finish()
         self._digest_if_ready()
-        return {"ids": report}, b""
+        return {"ids": asdict(report)}, b""
 
     def _digest_if_ready(self) -> None:
-        """Digest the prepared IDs once both they and the session key exist."""
+        """Queue the digests for the peers once the IDs are loaded and the key is known."""
         assert self._config is not None
-        if self._prepared is None or self._session_secret is None or self._own is not None:
+        if self._session_secret is None or self._own is not None:
             return
-        own = digest_ids(
-            self._prepared,
-            _secret(self._session_secret, _DIGEST_KEY_LABEL),
-            duplicates=self._config.duplicates,
-        )
-        self._prepared = None  # the normalised key bytes are no longer needed
+        self._ids.set_key(_secret(self._session_secret, _DIGEST_KEY_LABEL))
+        if not self._ids.finished:
+            return
+        own = self._ids.digest_set()
         self._own = own
         wire = np.ascontiguousarray(own.digests).data.cast("B")
         flags = 0
