@@ -158,6 +158,17 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     launched_at = time.time()
+    from accord.federation.scenario_helper import ScenarioHelper
+
+    # First thing: a helper loads the data (scikit-learn) while this process imports torch.
+    helper = ScenarioHelper()
+    try:
+        return _run(args, launched_at, helper)
+    finally:
+        helper.cancel()
+
+
+def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     import logging
 
     from accord.commands.server import run_settings_from_args
@@ -191,4 +202,5 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         progress=display,
         launched_at=launched_at,
+        scenario_helper=helper,
     )

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -305,7 +306,7 @@ def serve(
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     if on_listening is not None:
         on_listening(grid.port)
-    warm_up_torch()  # while the first nodes register, not in round 0
+    warm_up_in_background()  # while the nodes register, not in the round that first learns
     _write_json(
         run_dir / ADDRESS_FILE,
         {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
@@ -408,6 +409,19 @@ class FederateSettings:
     node_log_level: int = logging.WARNING
 
 
+_warming: list[threading.Thread] = []
+
+
+def warm_up_in_background() -> None:
+    """:func:`warm_up_torch` on a daemon thread, once per process: it is pure-Python import
+    work that runs while this process waits for the scenario, for the nodes or for the
+    network; a torch optimiser that needs it before it is done waits on the import lock."""
+    if not _warming:
+        thread = threading.Thread(target=warm_up_torch, name="accord-warm-up", daemon=True)
+        _warming.append(thread)
+        thread.start()
+
+
 def warm_up_torch() -> None:
     """Run one tiny SGD step: torch imports its compiler stack lazily on the first optimiser
     step (about a second); paying it before the first round keeps round 0 as fast as the
@@ -434,103 +448,6 @@ def _write_all(descriptor: int, data: bytes) -> None:
     while view:
         written = os.write(descriptor, view)
         view = view[written:]
-
-
-def _scenario_to_tree(scenario: Any) -> dict[str, Any]:
-    def dataset(part: Any) -> dict[str, Any]:
-        return {
-            "name": part.name,
-            "features": part.features,
-            "labels": part.labels,
-            "n_classes": part.n_classes,
-        }
-
-    holdout = scenario.holdout
-    return {
-        "holdout": {
-            "train": dataset(holdout.train),
-            "validation": dataset(holdout.validation),
-            "test": dataset(holdout.test),
-        },
-        "nodes": [
-            {
-                "node_id": node.node_id,
-                "index": node.index,
-                "features": node.features,
-                "labels": node.labels,
-                "faulty": node.faulty,
-            }
-            for node in scenario.nodes
-        ],
-    }
-
-
-def _scenario_from_tree(tree: Mapping[str, Any], settings: Any) -> Any:
-    from accord.data.datasets import Dataset, HoldoutSplit
-    from accord.scenario import NodeData, ScenarioData
-
-    def dataset(part: Mapping[str, Any]) -> Dataset:
-        return Dataset(str(part["name"]), part["features"], part["labels"], int(part["n_classes"]))
-
-    holdout = tree["holdout"]
-    return ScenarioData(
-        settings=settings,
-        holdout=HoldoutSplit(
-            train=dataset(holdout["train"]),
-            validation=dataset(holdout["validation"]),
-            test=dataset(holdout["test"]),
-        ),
-        nodes=tuple(
-            NodeData(
-                node_id=str(node["node_id"]),
-                index=int(node["index"]),
-                features=node["features"],
-                labels=node["labels"],
-                faulty=bool(node["faulty"]),
-            )
-            for node in tree["nodes"]
-        ),
-    )
-
-
-def _build_scenario_aside(settings: Any) -> Callable[[], Any]:
-    """Build the scenario in a forked helper (scikit-learn is imported there only) while
-    this process does something else; the returned function collects it. If the helper
-    fails, the scenario is built here, which raises the real error."""
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the helper
-        code = 1
-        try:
-            os.close(read_fd)
-            from accord.federation.checkpoint import dumps_tree
-            from accord.scenario import build_scenario
-
-            _write_all(write_fd, dumps_tree(_scenario_to_tree(build_scenario(settings))))
-            code = 0
-        except BaseException:  # the parent builds it again and reports the error
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-
-    def collect() -> Any:
-        from accord.federation.checkpoint import loads_tree
-
-        try:
-            data = _read_all(read_fd)
-        finally:
-            os.close(read_fd)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            from accord.scenario import build_scenario
-
-            return build_scenario(settings)
-        return _scenario_from_tree(loads_tree(data, "scenario from the helper"), settings)
-
-    return collect
 
 
 def _node_child(
@@ -597,13 +514,15 @@ def federate(
     out: str | None,
     progress: Any = None,
     launched_at: float | None = None,
+    scenario_helper: Any = None,
 ) -> int:
     """Fork one process per scenario node, then serve them from this process.
 
-    Right after torch is imported, a helper process starts building the scenario (it alone
-    imports scikit-learn) and the node processes are forked; they hold torch and gRPC only
-    and wait for their partition, which arrives through a pipe (``.npz`` bytes, no pickle)
-    once the helper is done. Meanwhile this process warms up the server's torch stack.
+    A :class:`~accord.federation.scenario_helper.ScenarioHelper` (forked before torch was
+    imported, if the caller did so) builds the scenario; it alone imports scikit-learn. The
+    node processes are forked right away; they hold torch and gRPC only and wait for their
+    partition, which arrives through a pipe (``.npz`` bytes, no pickle) once the server
+    listens. Meanwhile a thread of this process warms up the server's torch stack.
     """
     prepare_process()
     import accord.federation.client
@@ -622,7 +541,11 @@ def federate(
     node_ids = [node_id(index) for index in range(count)]
     run_dir = Path(out) if out is not None else _default_out()
     folder = RunFolder(run_dir, option="--out")
-    collect_scenario = _build_scenario_aside(settings.run.scenario)
+    if scenario_helper is None:
+        from accord.federation.scenario_helper import ScenarioHelper
+
+        scenario_helper = ScenarioHelper()
+    scenario_helper.request(settings.run.scenario)
     credentials_dir: Path | None = None
     credentials: ServerCredentials | None = None
     if options.insecure:
@@ -666,8 +589,8 @@ def federate(
             os.close(read_fd)
             children[pid] = name
             data_pipes[name] = write_fd
-        warm_up_torch()  # the server's optimisers; the nodes do not need it
-        scenario = collect_scenario()
+        warm_up_in_background()  # the server's optimisers; the nodes (forked) do not need it
+        scenario = scenario_helper.collect(settings.run.scenario)
 
         def release_nodes(listening_port: int) -> None:
             # The server listens: hand each node its partition, and it connects at once.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from accord._validation import require_choice, require_int, require_number
 from accord.aggregation.registry import POLICIES
 from accord.errors import ConfigurationError
+from accord.federation.dataclass_json import settings_from_json, settings_to_json
 from accord.simulation.driver import SimulationSettings
 
 __all__ = [
@@ -99,33 +98,3 @@ class ServerSettings:
     def quorum(self) -> int:
         quorum = self.federation.quorum
         return self.expected_nodes if quorum is None else min(quorum, self.expected_nodes)
-
-
-T = TypeVar("T")
-
-
-def settings_to_json(settings: object) -> dict[str, Any]:
-    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
-        raise TypeError("expected a settings dataclass instance")
-    return dataclasses.asdict(settings)
-
-
-def settings_from_json(cls: type[T], data: object, where: str = "settings") -> T:
-    """Rebuild a (nested) settings dataclass from :func:`settings_to_json`'s output."""
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    template = cls()
-    names = {f.name for f in dataclasses.fields(template)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigurationError(f"{where}: unknown fields {unknown}")
-    values: dict[str, Any] = {}
-    for name, raw in data.items():
-        default = getattr(template, name)
-        value = raw
-        if dataclasses.is_dataclass(default) and not isinstance(default, type):
-            value = settings_from_json(type(default), raw, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(raw, list):
-            value = tuple(raw)
-        values[name] = value
-    return cls(**values)

@@ -1,0 +1,40 @@
+"""Frozen settings dataclasses to and from JSON (nested dataclasses, tuples), without
+importing anything heavy: a process that has not imported torch can use it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from accord.errors import ConfigurationError
+
+__all__ = ["settings_from_json", "settings_to_json"]
+
+T = TypeVar("T")
+
+
+def settings_to_json(settings: object) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        raise TypeError("expected a settings dataclass instance")
+    return dataclasses.asdict(settings)
+
+
+def settings_from_json(cls: type[T], data: object, where: str = "settings") -> T:
+    """Rebuild a (nested) settings dataclass from :func:`settings_to_json`'s output."""
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    template = cls()
+    names = {f.name for f in dataclasses.fields(template)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown fields {unknown}")
+    values: dict[str, Any] = {}
+    for name, raw in data.items():
+        default = getattr(template, name)
+        value = raw
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            value = settings_from_json(type(default), raw, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(raw, list):
+            value = tuple(raw)
+        values[name] = value
+    return cls(**values)
