@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 from align_support import (
     Party,
@@ -146,16 +148,25 @@ def test_three_parties_learn_only_the_full_intersection(tmp_path: Path) -> None:
             setup.tables[name], setup.policy, setup.keys[name], out, name, parties=3, **kw
         )  # type: ignore[arg-type]
 
+    # c's table is Parquet, and so is its aligned output.
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa_csv.read_csv(setup.tables["c"]), parquet)
+    c_args = args("c", peers=[])
+    c_args[c_args.index(str(setup.tables["c"]))] = str(parquet)
+    c_args[c_args.index(str(out / "c.aligned.csv"))] = str(out / "c.aligned.parquet")
     a = Party("a", args("a", listen=True))
     b = Party("b", args("b", listen=True, peers=[a.address()]))
-    c = Party("c", args("c", peers=[a.address(), b.address()]))
+    c = Party("c", [*c_args, "--peer", a.address(), "--peer", b.address()])
     results = [party.wait() for party in (a, b, c)]
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     oracle = set(setup.ids["a"]) & set(setup.ids["b"]) & set(setup.ids["c"])
     assert len(oracle) == 100  # pairwise overlaps are 200, 100 and 200
     ids = aligned_ids(out, "a")
     assert set(ids) == oracle and len(ids) == 100
-    assert aligned_ids(out, "b") == ids and aligned_ids(out, "c") == ids
+    assert aligned_ids(out, "b") == ids
+    aligned_c = pq.read_table(out / "c.aligned.parquet")
+    assert aligned_c.column("id").to_pylist() == ids
+    assert aligned_c.column_names == ["id", "c_x"]
     summaries = [json.loads(stdout) for _, stdout, _ in results]
     assert [s["intersection"] for s in summaries] == [100, 100, 100]
     assert summaries[2]["peer_ids"] == {"a": 300, "b": 300}
