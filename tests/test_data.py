@@ -103,3 +103,32 @@ def test_more_faulty_nodes_than_nodes_is_rejected() -> None:
         ScenarioSettings(nodes=2, fault=FaultSpec("noise", 3))
     with pytest.raises(ConfigurationError, match="fault: expected one of"):
         FaultSpec("byzantine", 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "loader", "scale"),
+    [
+        ("digits", "load_digits", 16.0),
+        ("wine", "load_wine", 1.0),
+        ("breast-cancer", "load_breast_cancer", 1.0),
+    ],
+)
+def test_shipped_files_equal_scikit_learns_loaders(name: str, loader: str, scale: float) -> None:
+    from sklearn import datasets as sk
+
+    bunch = getattr(sk, loader)()
+    data = load_dataset(name)
+    np.testing.assert_allclose(data.features, (bunch.data / scale).astype(np.float32))
+    np.testing.assert_array_equal(data.labels, bunch.target)
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from accord.data.datasets import load_dataset; load_dataset('digits'); "
+        "print('sklearn.datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -71,3 +71,27 @@ def test_batched_validation_equals_one_model_at_a_time(kind: str) -> None:
         accuracy = (logits.argmax(1).numpy() == labels).mean()
         assert scores.losses[i] == pytest.approx(loss, rel=1e-5)
         assert scores.accuracies[i] == pytest.approx(accuracy)
+
+
+def test_adam_matches_torch_adam_step_for_step() -> None:
+    from accord.training.optim import Adam
+
+    torch.manual_seed(0)
+    ours_model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    oracle_model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    )
+    oracle_model.load_state_dict(ours_model.state_dict())
+    ours = Adam(ours_model.parameters(), lr=0.01)
+    oracle = torch.optim.Adam(oracle_model.parameters(), lr=0.01, foreach=True)
+    x = torch.randn(16, 4)
+    for _ in range(20):
+        for model, optimizer in ((ours_model, ours), (oracle_model, oracle)):
+            optimizer.zero_grad()
+            (model(x) ** 2).mean().backward()
+            optimizer.step()
+    for a, b in zip(ours_model.parameters(), oracle_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    restored = Adam(oracle_model.parameters(), lr=0.01)
+    restored.load_state_dict(ours.state_dict())
+    assert restored.step_count == 20

@@ -44,6 +44,7 @@ from accord.aggregation.combine import (
 )
 from accord.aggregation.credit import FEATURE_NAMES, leave_one_out_credit, node_features
 from accord.errors import ConfigurationError
+from accord.training.optim import Adam
 
 __all__ = [
     "ActorCriticSettings",
@@ -263,13 +264,13 @@ class _Replay:
         self.size, self.cursor = n, int(state["cursor"])
 
 
-def _torch_state(module: nn.Module | torch.optim.Optimizer) -> bytes:
+def _torch_state(module: nn.Module | Adam) -> bytes:
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
     return buffer.getvalue()
 
 
-def _load_torch_state(module: nn.Module | torch.optim.Optimizer, blob: bytes) -> None:
+def _load_torch_state(module: nn.Module | Adam, blob: bytes) -> None:
     module.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
 
 
@@ -351,12 +352,8 @@ class RichActorCritic(Aggregator):
             self.critics = _ActionLinearCritics(settings.critics, n_features, settings.hidden)
         self.target_actor = copy.deepcopy(self.actor)
         self.target_critics = copy.deepcopy(self.critics)
-        self.actor_optimizer = torch.optim.Adam(
-            self.actor.parameters(), lr=settings.actor_learning_rate, foreach=True
-        )
-        self.critic_optimizer = torch.optim.Adam(
-            self.critics.parameters(), lr=settings.critic_learning_rate, foreach=True
-        )
+        self.actor_optimizer = Adam(self.actor.parameters(), lr=settings.actor_learning_rate)
+        self.critic_optimizer = Adam(self.critics.parameters(), lr=settings.critic_learning_rate)
         self.replay: _Replay | None = None
         self.log_prior: np.ndarray | None = None
         self.previous_second_gradient: FloatArray | None = None
@@ -495,7 +492,7 @@ class RichActorCritic(Aggregator):
             weights = mask.float()
             errors = (self.critics(batch["x"], batch["action"], mask) - target) ** 2
             loss = (errors * weights).sum() / weights.sum()
-            self.critic_optimizer.zero_grad(set_to_none=True)
+            self.critic_optimizer.zero_grad()
             loss.backward()
             self.critic_optimizer.step()
             critic_losses.append(loss.item())
@@ -529,7 +526,7 @@ class RichActorCritic(Aggregator):
         )
         kl = (action * ratio).sum(dim=-1)
         loss = (-q + s.kl_weight * kl).mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
+        self.actor_optimizer.zero_grad()
         loss.backward()
         self.actor_optimizer.step()
         _soft_update(self.target_actor, self.actor, s.target_update)
@@ -600,8 +597,8 @@ class PatentActorCritic(Aggregator):
         self.critics: nn.ModuleList | None = None
         self.target_actor: nn.Sequential | None = None
         self.target_critics: nn.ModuleList | None = None
-        self.actor_optimizer: torch.optim.Optimizer | None = None
-        self.critic_optimizer: torch.optim.Optimizer | None = None
+        self.actor_optimizer: Adam | None = None
+        self.critic_optimizer: Adam | None = None
         self.replay: _Replay | None = None
         self.log_prior: np.ndarray | None = None
         self.state: np.ndarray | None = None
@@ -621,12 +618,8 @@ class PatentActorCritic(Aggregator):
             )
         self.target_actor = copy.deepcopy(self.actor)
         self.target_critics = copy.deepcopy(self.critics)
-        self.actor_optimizer = torch.optim.Adam(
-            self.actor.parameters(), lr=s.actor_learning_rate, foreach=True
-        )
-        self.critic_optimizer = torch.optim.Adam(
-            self.critics.parameters(), lr=s.critic_learning_rate, foreach=True
-        )
+        self.actor_optimizer = Adam(self.actor.parameters(), lr=s.actor_learning_rate)
+        self.critic_optimizer = Adam(self.critics.parameters(), lr=s.critic_learning_rate)
         self.replay = _Replay(s.replay_capacity, roster_size, 1)
 
     def _policy(
@@ -729,14 +722,14 @@ class PatentActorCritic(Aggregator):
                 for critic in self.critics
             )
             assert isinstance(loss, torch.Tensor)
-            self.critic_optimizer.zero_grad(set_to_none=True)
+            self.critic_optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             self.critic_optimizer.step()
             if (step + 1) % s.policy_delay == 0:
                 action = self._policy(self.actor, state, mask)
                 q = self.critics[0](torch.cat([state, action], dim=-1)).squeeze(-1)
                 actor_loss = -q.mean()
-                self.actor_optimizer.zero_grad(set_to_none=True)
+                self.actor_optimizer.zero_grad()
                 actor_loss.backward()
                 self.actor_optimizer.step()
                 _soft_update(self.target_actor, self.actor, s.target_update)

@@ -6,7 +6,10 @@ validation and test sets do not leak into training.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -42,34 +45,70 @@ class HoldoutSplit:
 def load_dataset(name: str, seed: int = 0) -> Dataset:
     """Load an embedded dataset by name (``synthetic`` is ``make_classification``)."""
     require_choice("dataset", name, DATASETS)
-    from sklearn import datasets as sk
-
-    if name == "digits":
-        bunch = sk.load_digits()
-        features, labels = bunch.data / 16.0, bunch.target
-    elif name == "breast-cancer":
-        bunch = sk.load_breast_cancer()
-        features, labels = bunch.data, bunch.target
-    elif name == "wine":
-        bunch = sk.load_wine()
-        features, labels = bunch.data, bunch.target
+    shipped = _read_shipped(name)
+    if shipped is not None:
+        features, labels = shipped
     else:
-        features, labels = sk.make_classification(
-            n_samples=3000,
-            n_features=20,
-            n_informative=10,
-            n_redundant=4,
-            n_classes=4,
-            n_clusters_per_class=2,
-            class_sep=1.2,
-            random_state=seed,
-        )
+        from sklearn import datasets as sk
+
+        if name == "digits":
+            bunch = sk.load_digits()
+            features, labels = bunch.data, bunch.target
+        elif name == "breast-cancer":
+            bunch = sk.load_breast_cancer()
+            features, labels = bunch.data, bunch.target
+        elif name == "wine":
+            bunch = sk.load_wine()
+            features, labels = bunch.data, bunch.target
+        else:
+            features, labels = sk.make_classification(
+                n_samples=3000,
+                n_features=20,
+                n_informative=10,
+                n_redundant=4,
+                n_classes=4,
+                n_clusters_per_class=2,
+                class_sep=1.2,
+                random_state=seed,
+            )
+    if name == "digits":
+        features = features / 16.0
     return Dataset(
         name=name,
         features=np.asarray(features, dtype=np.float32),
         labels=np.asarray(labels, dtype=np.int64),
         n_classes=int(np.max(labels)) + 1,
     )
+
+
+#: The files scikit-learn ships for each embedded dataset, and whether they have a header.
+_SHIPPED_FILES = {
+    "digits": ("digits.csv.gz", False),
+    "wine": ("wine_data.csv", True),
+    "breast-cancer": ("breast_cancer.csv", True),
+}
+
+
+def _read_shipped(name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Read a dataset straight from the CSV file inside the scikit-learn wheel.
+
+    Importing ``sklearn.datasets`` costs about a second (all of scikit-learn and SciPy) on
+    the critical path of ``accord simulate``; the files are plain CSV. ``None`` when the
+    file is not where this scikit-learn keeps it (the caller then imports scikit-learn).
+    """
+    if name not in _SHIPPED_FILES:
+        return None
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        return None
+    filename, has_header = _SHIPPED_FILES[name]
+    path = Path(spec.origin).parent / "datasets" / "data" / filename
+    if not path.is_file():
+        return None
+    opener = gzip.open if filename.endswith(".gz") else open
+    with opener(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", skiprows=1 if has_header else 0)
+    return table[:, :-1], table[:, -1].astype(np.int64)
 
 
 def _subset(dataset: Dataset, index: npt.NDArray[np.intp]) -> Dataset:
