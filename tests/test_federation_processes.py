@@ -469,8 +469,8 @@ ATTACKS = textwrap.dedent(
 def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
-    # Arrange: a run of node-00 and node-01; node-01 takes 3 s in round 1, so the attacks
-    # below happen while the two train.
+    # Arrange: a run of node-00 and node-01 (quorum 1); node-01 hangs in round 1 until the
+    # test kills it, so the attacks below surely happen while the run is in round 1.
     port = free_port()
     run_dir = tmp_path / "run"
     rogue_ca = tmp_path / "rogue"
@@ -481,16 +481,18 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
             run_dir,
             port,
             credentials,
-            *scenario_args(4, policy="fedavg"),
+            *scenario_args(3, policy="fedavg"),
             "--expected-nodes",
             "2",
+            "--quorum",
+            "1",
             "--round-deadline",
-            "20",
+            "120",
         ),
     )
     processes.start("node-0", node_args(0, port, credentials))
     processes.start(
-        "node-1", node_args(1, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:3"}
+        "node-1", node_args(1, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:600"}
     )
     deadline = time.monotonic() + 60
     while not (run_dir / "metrics.jsonl").exists():
@@ -533,6 +535,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     rogue_code = processes.wait("rogue-node")
     late_code = processes.wait("late-node")
     rounds_during_attacks = len(run_records(run_dir))
+    os.kill(processes.started["node-1"], signal.SIGKILL)  # end round 1
     server_code = processes.wait("server")
 
     # Assert
@@ -550,10 +553,11 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")
     assert late_code == 2
     assert "node node-03 is not in this run's roster" in processes.log("late-node")
-    assert rounds_during_attacks < 4  # the run was still going on
+    assert rounds_during_attacks == 1  # round 1 was going on all along
     assert server_code == 0, processes.log("server")
     records = run_records(run_dir)
-    assert len(records) == 4
+    assert [r["present"] for r in records] == [["node-00", "node-01"]] + [["node-00"]] * 2
+    assert records[1]["dropped"] == {"node-01": "node disconnected"}
     assert all(set(r["probabilities"]) == {"node-00", "node-01"} for r in records)
     server_log = processes.log("server")
     assert "wrong token for node id 'node-02'" in server_log  # precise reasons stay local
