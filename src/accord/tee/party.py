@@ -342,7 +342,7 @@ class _Run:
             await self._changed.wait()
 
     async def handshake(self, slot: int, link: PeerLink) -> None:
-        async def expect_handshake() -> bytes:
+        async def expect_handshake() -> bytes | bytearray:
             kind, body = await link.receive()
             if kind is not PeerFrame.HANDSHAKE:
                 raise ProtocolError(f"peer {link.name!r} sent {kind.name} during the handshake")
@@ -358,7 +358,10 @@ class _Run:
         logger.info("attested channel to %r open", link.name)
 
     async def _handshake_steps(
-        self, slot: int, link: PeerLink, expect_handshake: Callable[[], Awaitable[bytes]]
+        self,
+        slot: int,
+        link: PeerLink,
+        expect_handshake: Callable[[], Awaitable[bytes | bytearray]],
     ) -> dict[str, Any]:
         if link.initiator:
             _, hello = await self.call(Call.HANDSHAKE, {"link": slot, "step": "hello"})

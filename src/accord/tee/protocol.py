@@ -167,7 +167,6 @@ def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview
 class _Link:
     """One peer link as the enclave sees it."""
 
-    role: str
     handshake: InitiatorHandshake | ResponderHandshake
     keys: ChannelKeys | None = None
     writer: ChannelWriter | None = None
@@ -396,13 +395,13 @@ class EnclaveSession:
             if slot in self._links or len(self._links) >= self._config.parties - 1:
                 raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
             initiator = InitiatorHandshake(self._handshake_config)
-            self._links[slot] = _Link(role="initiator", handshake=initiator)
+            self._links[slot] = _Link(handshake=initiator)
             return {}, initiator.hello()
         if step == "respond":
             if slot in self._links or len(self._links) >= self._config.parties - 1:
                 raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
             responder = ResponderHandshake(self._handshake_config)
-            self._links[slot] = _Link(role="responder", handshake=responder)
+            self._links[slot] = _Link(handshake=responder)
             return {}, responder.respond(bytes(body))
         link = self._links.get(slot)
         if link is None or link.keys is not None:

@@ -1,4 +1,4 @@
-"""TCP links between the parties' hosts (asyncio streams).
+"""TCP links between the parties' hosts (asyncio, non-blocking sockets).
 
 Every party listens on ``--listen`` (if given) and dials every ``--peer`` address, retrying
 until a deadline; with ``n`` parties it needs ``n - 1`` links, one per peer (a full mesh:
@@ -27,6 +27,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from accord.errors import (
     AttestationError,
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 HELLO_MAGIC = b"ACCORD-ALIGN\x00"
 _HELLO_PREFIX = struct.Struct("!13sHI")
 _MAX_HELLO = 4096
-_STREAM_LIMIT = 16 << 20
 #: Opaque words a party may send in ``ABORT``.
 ABORT_CATEGORIES = ("attestation", "channel", "input", "protocol", "peer", "internal")
 
@@ -125,21 +125,38 @@ def abort_category(error: BaseException) -> str:
     return "internal"
 
 
+async def _receive_exactly(sock: socket.socket, size: int) -> bytearray:
+    """``size`` bytes from ``sock`` into one fresh buffer (one copy, from the kernel)."""
+    loop = asyncio.get_running_loop()
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = await loop.sock_recv_into(sock, view[received:])
+        if count == 0:
+            raise asyncio.IncompleteReadError(bytes(view[:received]), size)
+        received += count
+    return buffer
+
+
 class PeerLink:
-    """One TCP connection to one peer's host, after the hello exchange."""
+    """One TCP connection to one peer's host, after the hello exchange.
+
+    Frames move between the socket and whole buffers with the event loop's socket calls
+    (``sock_recv_into``/``sock_sendall``): a 16 MiB batch of records is received straight
+    into its own buffer and sent from it, with no intermediate stream buffer.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        sock: socket.socket,
         *,
         peer: Hello,
         address: str,
         initiator: bool,
         idle_timeout: float,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._sock = sock
         self.peer = peer
         self.address = address
         #: True when this side dialled (it then starts the enclave handshake).
@@ -159,11 +176,11 @@ class PeerLink:
         size = memoryview(body).nbytes
         if size > MAX_PEER_FRAME:
             raise ProtocolError(f"frame of {size} bytes exceeds the limit {MAX_PEER_FRAME}")
+        loop = asyncio.get_running_loop()
         try:
-            self._writer.write(PEER_HEADER.pack(kind, size))
+            await loop.sock_sendall(self._sock, PEER_HEADER.pack(kind, size))
             if size:
-                self._writer.write(body)
-            await self._writer.drain()
+                await loop.sock_sendall(self._sock, body)
         except OSError as error:
             # What the peer said last (an ABORT, an end of stream) is the better reason:
             # give a concurrent receive a moment to report it first.
@@ -180,7 +197,7 @@ class PeerLink:
             )
         return PeerError(f"peer {self.name!r} ({self.address}): network error: {error}")
 
-    async def receive(self) -> tuple[PeerFrame, bytes]:
+    async def receive(self) -> tuple[PeerFrame, bytes | bytearray]:
         """The next frame; ``ABORT`` from the peer, a timeout or a closed connection raise."""
         try:
             return await self._receive()
@@ -188,15 +205,15 @@ class PeerLink:
             self._receive_failed.set()
             raise
 
-    async def _receive(self) -> tuple[PeerFrame, bytes]:
+    async def _receive(self) -> tuple[PeerFrame, bytes | bytearray]:
         try:
             header = await asyncio.wait_for(
-                self._reader.readexactly(PEER_HEADER.size), self._idle_timeout
+                _receive_exactly(self._sock, PEER_HEADER.size), self._idle_timeout
             )
             kind_code, size = PEER_HEADER.unpack(header)
             if size > MAX_PEER_FRAME:
                 raise ProtocolError(f"peer {self.name!r} sent a frame of {size} bytes (too large)")
-            body = await asyncio.wait_for(self._reader.readexactly(size), self._idle_timeout)
+            body = await asyncio.wait_for(_receive_exactly(self._sock, size), self._idle_timeout)
         except TimeoutError as error:  # (an OSError too: caught first)
             raise PeerError(
                 f"peer {self.name!r} ({self.address}) sent nothing for {self._idle_timeout:g} s"
@@ -230,32 +247,25 @@ class PeerLink:
         with unread data would reset the connection, and the reset can destroy the ``ABORT``
         before the peer reads it.
         """
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.send(PeerFrame.ABORT, category.encode()), linger)
-            if self._writer.can_write_eof():
-                self._writer.write_eof()
+            self._sock.shutdown(socket.SHUT_WR)
+            sink = bytearray(1 << 20)
             async with asyncio.timeout(linger):
-                while await self._reader.read(1 << 20):
+                while await loop.sock_recv_into(self._sock, sink):
                     pass
         await self.close()
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), 2)
+        self._sock.close()
 
 
-async def _exchange_hello(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    own: Hello,
-    address: str,
-    timeout: float,
-) -> Hello:
-    writer.write(own.encode())
-    await writer.drain()
-    prefix = await asyncio.wait_for(reader.readexactly(_HELLO_PREFIX.size), timeout)
+async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
+    prefix = await asyncio.wait_for(_receive_exactly(sock, _HELLO_PREFIX.size), timeout)
     magic, version, size = _HELLO_PREFIX.unpack(prefix)
     if magic != HELLO_MAGIC:
         raise ProtocolError(f"{address} is not an accord align endpoint (unexpected greeting)")
@@ -266,7 +276,7 @@ async def _exchange_hello(
         )
     if size > _MAX_HELLO:
         raise ProtocolError(f"{address} sent a hello of {size} bytes (too large)")
-    body = await asyncio.wait_for(reader.readexactly(size), timeout)
+    body = await asyncio.wait_for(_receive_exactly(sock, size), timeout)
     try:
         fields = json.loads(body)
         peer = Hello(str(fields["party"]), str(fields["session"]), int(fields["parties"]))
@@ -289,12 +299,32 @@ async def _exchange_hello(
     return peer
 
 
-def _tune(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.transport.set_write_buffer_limits(high=4 << 20)
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
+    """A connected non-blocking TCP socket to ``endpoint`` (every address tried in turn)."""
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM), timeout
+    )
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            _tune(sock)
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            return sock
+        except OSError as error:  # refused, unreachable, timed out (TimeoutError)
+            sock.close()
+            last = error
+        except BaseException:
+            sock.close()
+            raise
+    raise last or OSError(f"no address for {endpoint}")
 
 
 async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float) -> PeerLink:
@@ -308,34 +338,25 @@ async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: f
                 "(is it running and listening there?)"
             )
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(endpoint.host, endpoint.port, limit=_STREAM_LIMIT),
-                remaining,
-            )
-        except (OSError, TimeoutError) as error:
+            sock = await _connect(endpoint, remaining)
+        except OSError as error:
             last = error
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.25)
             continue
-        _tune(writer)
         try:
-            peer = await _exchange_hello(reader, writer, own, str(endpoint), max(remaining, 1.0))
-        except asyncio.IncompleteReadError:
+            peer = await _exchange_hello(sock, own, str(endpoint), max(remaining, 1.0))
+        except (asyncio.IncompleteReadError, ConnectionResetError):
             # The listener went away between accept and hello (e.g. still starting): retry.
-            writer.close()
+            sock.close()
             last = ConnectionResetError("connection closed during hello")
             await asyncio.sleep(delay)
             continue
         except BaseException:
-            writer.close()
+            sock.close()
             raise
         return PeerLink(
-            reader,
-            writer,
-            peer=peer,
-            address=str(endpoint),
-            initiator=True,
-            idle_timeout=idle_timeout,
+            sock, peer=peer, address=str(endpoint), initiator=True, idle_timeout=idle_timeout
         )
 
 
@@ -367,51 +388,60 @@ async def connect_links(
         raise ConfigurationError(
             f"{own.parties} parties need {needed} peer links: give --listen or more --peer"
         )
+    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + connect_timeout
     accepted: asyncio.Queue[PeerLink | BaseException] = asyncio.Queue()
-    server: asyncio.base_events.Server | None = None
+    handlers: set[asyncio.Task[None]] = set()
 
-    async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _tune(writer)
-        name = writer.get_extra_info("peername")
+    async def on_accept(sock: socket.socket, name: Any) -> None:
         address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
         try:
-            peer = await _exchange_hello(reader, writer, own, address, 10.0)
+            _tune(sock)
+            peer = await _exchange_hello(sock, own, address, 10.0)
         except ProtocolError as error:
-            writer.close()
+            sock.close()
             if "not an accord align endpoint" in str(error):
                 logger.warning("ignored a connection from %s: %s", address, error)
                 return
             await accepted.put(error)
             return
-        except (OSError, asyncio.IncompleteReadError, TimeoutError) as error:
-            writer.close()
+        except (OSError, asyncio.IncompleteReadError) as error:
+            sock.close()
             logger.warning("ignored a connection from %s: %s", address, error)
             return
+        except BaseException:
+            sock.close()
+            raise
         await accepted.put(
-            PeerLink(
-                reader,
-                writer,
-                peer=peer,
-                address=address,
-                initiator=False,
-                idle_timeout=idle_timeout,
-            )
+            PeerLink(sock, peer=peer, address=address, initiator=False, idle_timeout=idle_timeout)
         )
 
+    async def serve(server: socket.socket) -> None:
+        while True:
+            sock, name = await loop.sock_accept(server)
+            task = asyncio.ensure_future(on_accept(sock, name))
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+
     links: list[PeerLink] = []
+    server: socket.socket | None = None
+    acceptor: asyncio.Task[None] | None = None
     try:
         if listen is not None and len(peers) < needed:
             try:
-                server = await asyncio.start_server(
-                    on_accept, listen.host, listen.port, limit=_STREAM_LIMIT, reuse_address=True
+                server = socket.create_server(
+                    (listen.host, listen.port),
+                    family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
+                    backlog=64,
                 )
             except OSError as error:
                 raise ConfigurationError(
-                    f"--listen {listen}: cannot listen: {error.strerror}"
+                    f"--listen {listen}: cannot listen: {error.strerror or error}"
                 ) from error
-            bound = server.sockets[0].getsockname()
+            server.setblocking(False)
+            bound = server.getsockname()
             logger.info("listening on %s:%s", bound[0], bound[1])
+            acceptor = asyncio.ensure_future(serve(server))
             if on_listening is not None:
                 on_listening(Endpoint(str(bound[0]), int(bound[1])))
         if dial_after is not None:
@@ -453,5 +483,18 @@ async def connect_links(
             await link.close()
         raise
     finally:
+        # Stop accepting; connections still saying hello are dropped, the links stay open.
+        if acceptor is not None:
+            acceptor.cancel()
+            with contextlib.suppress(BaseException):
+                await acceptor
+        for task in list(handlers):
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*handlers, return_exceptions=True)
+        while not accepted.empty():
+            item = accepted.get_nowait()
+            if isinstance(item, PeerLink) and item not in links:
+                await item.close()
         if server is not None:
-            server.close()  # stop accepting; the links themselves stay open
+            server.close()
