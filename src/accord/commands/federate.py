@@ -89,10 +89,10 @@ class _Display:
     def start(self, scenario: Any, settings: Any) -> None:
         from tqdm import tqdm
 
-        from accord.commands.simulate import _describe, _Table
+        from accord.commands.simulate import RoundTable, describe_scenario
 
         self.faulty = tuple(scenario.faulty_nodes)
-        self.table = _Table([self.policy], with_faulty=bool(self.faulty))
+        self.table = RoundTable([self.policy], with_faulty=bool(self.faulty))
         self.bar = tqdm(
             total=self.max_rounds,
             file=sys.stderr,
@@ -101,9 +101,8 @@ class _Display:
             dynamic_ncols=True,
             leave=False,
         )
-        self.say(
-            f"{_describe(scenario, settings.run)}; {self.max_rounds} rounds; policies {self.policy}"
-        )
+        description = describe_scenario(scenario, settings.run)
+        self.say(f"{description}; {self.max_rounds} rounds; policies {self.policy}")
         transport = "plaintext" if self.insecure else "TLS, client certificates and tokens"
         self.say(
             f"federation: a server and {scenario.settings.nodes} node processes on "
@@ -131,7 +130,7 @@ class _Display:
             self.printed = self.rounds_done
 
     def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
-        from accord.commands.simulate import _summary_lines
+        from accord.commands.simulate import summary_lines
 
         if self.bar is not None:
             self.bar.close()
@@ -143,7 +142,7 @@ class _Display:
         ):
             self.say(self.table.row(*self.last_row))
         self.say("")
-        for line in _summary_lines(summary["results"], with_faulty=bool(self.faulty)):
+        for line in summary_lines(summary["results"], with_faulty=bool(self.faulty)):
             self.say(line)
         if self.faulty:
             share = summary["faulty_data_share"]

@@ -86,14 +86,14 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Scenario, model, local training, rounds, stop conditions and the policy: the options
     of ``accord simulate`` (one policy instead of several)."""
-    from accord.commands.simulate import MODEL_CHOICES, _policy_list, _widths
+    from accord.commands.simulate import MODEL_CHOICES, layer_widths, policy_list
 
     add_scenario_arguments(parser)
     parser.add_argument(
         "--policy",
         "--policies",
         dest="policies",
-        type=_policy_list,
+        type=policy_list,
         default=None,
         metavar="NAME",
         help="weighting policy [actor-critic]",
@@ -102,7 +102,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("model and training (as accord simulate)")
     training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
     training.add_argument(
-        "--hidden", type=_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
+        "--hidden", type=layer_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
     )
     training.add_argument(
         "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"

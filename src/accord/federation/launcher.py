@@ -111,8 +111,8 @@ class _Report:
     """The run folder, written by the shared :class:`accord.reporting.RunFolder`: the same
     ``metrics.jsonl``, ``summary.json``, ``config.toml`` and plots as ``accord simulate``,
     plus ``federation.json`` (settings for ``--resume``), ``checkpoint.npz``,
-    ``server.json`` and ``federation_stats.json``. A resumed run rewrites
-    ``metrics.jsonl`` from its checkpoint, then appends as the folder does."""
+    ``server.json`` and ``federation_stats.json``. A resumed run reopens the folder with
+    ``metrics.jsonl`` rewritten from its checkpoint."""
 
     def __init__(self, run_dir: Path, run_id: str, policy: str, folder: Any | None) -> None:
         self.run_dir = run_dir
@@ -122,23 +122,17 @@ class _Report:
         self.timing: dict[str, float | None] = {}
 
     def restart(self, rounds: Sequence[Any]) -> None:
-        from accord.reporting import METRICS_FILE, metrics_line
+        """A resumed run: the folder's ``metrics.jsonl`` becomes the checkpoint's rounds."""
+        from accord.reporting import RunFolder, metrics_line
 
-        lines = "".join(
-            json.dumps(metrics_line(self.policy, timed), allow_nan=False) + "\n" for timed in rounds
-        )
-        write_atomically(self.run_dir / METRICS_FILE, lines.encode())
+        lines = [json.dumps(metrics_line(self.policy, timed), allow_nan=False) for timed in rounds]
+        self.folder = RunFolder.reopen(self.run_dir, lines)
 
     def append(self, timed: Any) -> None:
         if "process_to_first_round_done_seconds" not in self.timing:
             self.timing["process_to_first_round_done_seconds"] = _process_age()
-        if self.folder is not None:
-            self.folder.append_round(self.policy, timed)
-            return
-        from accord.reporting import METRICS_FILE, metrics_line
-
-        with (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(metrics_line(self.policy, timed), allow_nan=False) + "\n")
+        assert self.folder is not None
+        self.folder.append_round(self.policy, timed)
 
     def summary(
         self,
@@ -188,40 +182,29 @@ class _Report:
         }
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        from accord.reporting import SUMMARY_FILE
-
-        text = json.dumps(summary, indent=2, allow_nan=False, default=_plain)
-        write_atomically(self.run_dir / SUMMARY_FILE, (text + "\n").encode())
+        assert self.folder is not None
+        self.folder.write_summary(summary)
 
     def plots(self, result: Any, faulty_nodes: Sequence[str], title: str) -> list[str]:
-        from accord.reporting.plots import plot_run
-
-        if not result.rounds:
+        if not result.rounds or self.folder is None:
             return []
-        paths = plot_run([result], result.roster, faulty_nodes, self.run_dir, title)
+        paths = self.folder.write_plots([result], result.roster, faulty_nodes, title)
         return [path.name for path in paths]
 
 
 def describe_run(scenario: Any, settings: ServerSettings) -> str:
     """One line about the data, as ``accord simulate`` prints it."""
     if scenario is not None:
-        from accord.commands.simulate import _describe
+        from accord.commands.simulate import describe_scenario
 
-        return str(_describe(scenario, settings.run))
+        return describe_scenario(scenario, settings.run)
     return f"server data {settings.validation_data} (test: {settings.test_data or 'none'})"
 
 
 def _process_age() -> float | None:
-    from accord.commands.simulate import _process_age as age
+    from accord.commands.simulate import process_age
 
-    value: float | None = age()
-    return value
-
-
-def _plain(value: object) -> object:
-    if hasattr(value, "item"):
-        return value.item()  # numpy scalars
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+    return process_age()
 
 
 def serve(
