@@ -3,8 +3,9 @@
 ``accord federate`` forks this helper first thing, so the helper imports scikit-learn and
 loads the dataset while the main process imports torch: about a second sooner to the first
 round on two cores. The helper waits for the scenario settings (JSON through a pipe), builds
-the scenario and sends it back as ``.npz`` bytes (no pickle). If the helper fails, the main
-process builds the scenario itself, which raises the real error.
+the scenario and sends it back as ``.npz`` bytes (no pickle; the format of ``accord
+simulate``'s helper, :func:`accord.commands.simulate.scenario_to_npz`). If the helper
+fails, the main process builds the scenario itself, which raises the real error.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ScenarioHelper", "scenario_from_tree", "scenario_to_tree"]
+__all__ = ["ScenarioHelper"]
 
 
 def _read_all(descriptor: int) -> bytes:
@@ -34,70 +34,10 @@ def _write_all(descriptor: int, data: bytes) -> None:
         view = view[written:]
 
 
-def scenario_to_tree(scenario: Any) -> dict[str, Any]:
-    """A :class:`~accord.scenario.ScenarioData` as a tree of arrays (for ``dumps_tree``)."""
-
-    def dataset(part: Any) -> dict[str, Any]:
-        return {
-            "name": part.name,
-            "features": part.features,
-            "labels": part.labels,
-            "n_classes": part.n_classes,
-        }
-
-    holdout = scenario.holdout
-    return {
-        "holdout": {
-            "train": dataset(holdout.train),
-            "validation": dataset(holdout.validation),
-            "test": dataset(holdout.test),
-        },
-        "nodes": [
-            {
-                "node_id": node.node_id,
-                "index": node.index,
-                "features": node.features,
-                "labels": node.labels,
-                "faulty": node.faulty,
-            }
-            for node in scenario.nodes
-        ],
-    }
-
-
-def scenario_from_tree(tree: Mapping[str, Any], settings: Any) -> Any:
-    """The inverse of :func:`scenario_to_tree`."""
-    from accord.data.datasets import Dataset, HoldoutSplit
-    from accord.scenario import NodeData, ScenarioData
-
-    def dataset(part: Mapping[str, Any]) -> Dataset:
-        return Dataset(str(part["name"]), part["features"], part["labels"], int(part["n_classes"]))
-
-    holdout = tree["holdout"]
-    return ScenarioData(
-        settings=settings,
-        holdout=HoldoutSplit(
-            train=dataset(holdout["train"]),
-            validation=dataset(holdout["validation"]),
-            test=dataset(holdout["test"]),
-        ),
-        nodes=tuple(
-            NodeData(
-                node_id=str(node["node_id"]),
-                index=int(node["index"]),
-                features=node["features"],
-                labels=node["labels"],
-                faulty=bool(node["faulty"]),
-            )
-            for node in tree["nodes"]
-        ),
-    )
-
-
 def _helper(settings_fd: int, data_fd: int) -> int:  # pragma: no cover - the helper process
     import sklearn.datasets  # noqa: F401 - the slow import, done while the parent imports torch
 
-    from accord.federation.checkpoint import dumps_tree
+    from accord.commands.simulate import scenario_to_npz
     from accord.federation.dataclass_json import settings_from_json
     from accord.scenario import ScenarioSettings, build_scenario
 
@@ -105,7 +45,7 @@ def _helper(settings_fd: int, data_fd: int) -> int:  # pragma: no cover - the he
     if not request:  # cancelled
         return 0
     settings = settings_from_json(ScenarioSettings, json.loads(request), "scenario")
-    _write_all(data_fd, dumps_tree(scenario_to_tree(build_scenario(settings))))
+    _write_all(data_fd, scenario_to_npz(build_scenario(settings)))
     return 0
 
 
@@ -143,7 +83,7 @@ class ScenarioHelper:
 
     def collect(self, settings: Any) -> Any:
         """The requested :class:`ScenarioData` (built here if the helper failed)."""
-        from accord.federation.checkpoint import loads_tree
+        from accord.commands.simulate import scenario_from_npz
 
         try:
             data = _read_all(self._data_read)
@@ -155,7 +95,12 @@ class ScenarioHelper:
             from accord.scenario import build_scenario
 
             return build_scenario(settings)
-        return scenario_from_tree(loads_tree(data, "scenario from the helper"), settings)
+        try:
+            return scenario_from_npz(data, settings)
+        except (OSError, ValueError, KeyError):
+            from accord.scenario import build_scenario
+
+            return build_scenario(settings)
 
     def cancel(self) -> None:
         """End the helper if nothing was collected (an error before the run started)."""
