@@ -323,9 +323,10 @@ def run(args: argparse.Namespace) -> int:
 async def _identity(platform_key: Path | None) -> Any:
     from accord.tee.host import EnclaveProcess
 
-    enclave = await EnclaveProcess.start(platform_key=platform_key)
+    enclave = EnclaveProcess.spawn(platform_key=platform_key)
+    identity = await enclave.ready()
     await enclave.close()
-    return enclave.identity
+    return identity
 
 
 def run_identity(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
 from accord.tee.backend import EnclaveIdentity
+from accord.tee.transport import receive_exactly
 from accord.tee.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 
 __all__ = ["EnclaveProcess"]
@@ -44,7 +45,7 @@ class EnclaveProcess:
 
     :meth:`spawn` only launches the process (cheap, no heavy imports), so a host can start
     its enclave first and let it load while the host itself starts up; :meth:`ready` then
-    waits for the enclave's identity. :meth:`start` does both.
+    waits for the enclave's identity.
     """
 
     def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
@@ -126,22 +127,6 @@ class EnclaveProcess:
                 raise
         return self._identity
 
-    @classmethod
-    async def start(
-        cls,
-        *,
-        platform_key: Path | None = None,
-        debug: bool = False,
-        log_level: str = "WARNING",
-        python: str = sys.executable,
-    ) -> EnclaveProcess:
-        """Launch the enclave process and wait for it to report its identity."""
-        enclave = cls.spawn(
-            platform_key=platform_key, debug=debug, log_level=log_level, python=python
-        )
-        await enclave.ready()
-        return enclave
-
     async def call(
         self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Buffer] = ()
     ) -> tuple[dict[str, Any], bytearray]:
@@ -183,19 +168,10 @@ class EnclaveProcess:
         return reply, body
 
     async def _receive(self, size: int, what: str) -> bytearray:
-        loop = asyncio.get_running_loop()
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        received = 0
-        while received < size:
-            try:
-                count = await loop.sock_recv_into(self._sock, view[received:])
-            except OSError as error:
-                raise await self._died(f"{what}: {error}") from error
-            if count == 0:
-                raise await self._died(what)
-            received += count
-        return buffer
+        try:
+            return await receive_exactly(self._sock, size)
+        except (asyncio.IncompleteReadError, OSError) as error:
+            raise await self._died(what) from error
 
     async def _wait(self, timeout: float) -> int | None:
         try:

@@ -38,7 +38,15 @@ from accord.errors import (
 from accord.tee.channel import PROTOCOL_VERSION, validate_party_name
 from accord.tee.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
 
-__all__ = ["HELLO_MAGIC", "Endpoint", "Hello", "PeerLink", "abort_category", "connect_links"]
+__all__ = [
+    "HELLO_MAGIC",
+    "Endpoint",
+    "Hello",
+    "PeerLink",
+    "abort_category",
+    "connect_links",
+    "receive_exactly",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +133,7 @@ def abort_category(error: BaseException) -> str:
     return "internal"
 
 
-async def _receive_exactly(sock: socket.socket, size: int) -> bytearray:
+async def receive_exactly(sock: socket.socket, size: int) -> bytearray:
     """``size`` bytes from ``sock`` into one fresh buffer (one copy, from the kernel)."""
     loop = asyncio.get_running_loop()
     buffer = bytearray(size)
@@ -208,12 +216,12 @@ class PeerLink:
     async def _receive(self) -> tuple[PeerFrame, bytes | bytearray]:
         try:
             header = await asyncio.wait_for(
-                _receive_exactly(self._sock, PEER_HEADER.size), self._idle_timeout
+                receive_exactly(self._sock, PEER_HEADER.size), self._idle_timeout
             )
             kind_code, size = PEER_HEADER.unpack(header)
             if size > MAX_PEER_FRAME:
                 raise ProtocolError(f"peer {self.name!r} sent a frame of {size} bytes (too large)")
-            body = await asyncio.wait_for(_receive_exactly(self._sock, size), self._idle_timeout)
+            body = await asyncio.wait_for(receive_exactly(self._sock, size), self._idle_timeout)
         except TimeoutError as error:  # (an OSError too: caught first)
             raise PeerError(
                 f"peer {self.name!r} ({self.address}) sent nothing for {self._idle_timeout:g} s"
@@ -265,7 +273,7 @@ class PeerLink:
 async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
-    prefix = await asyncio.wait_for(_receive_exactly(sock, _HELLO_PREFIX.size), timeout)
+    prefix = await asyncio.wait_for(receive_exactly(sock, _HELLO_PREFIX.size), timeout)
     magic, version, size = _HELLO_PREFIX.unpack(prefix)
     if magic != HELLO_MAGIC:
         raise ProtocolError(f"{address} is not an accord align endpoint (unexpected greeting)")
@@ -276,7 +284,7 @@ async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout
         )
     if size > _MAX_HELLO:
         raise ProtocolError(f"{address} sent a hello of {size} bytes (too large)")
-    body = await asyncio.wait_for(_receive_exactly(sock, size), timeout)
+    body = await asyncio.wait_for(receive_exactly(sock, size), timeout)
     try:
         fields = json.loads(body)
         peer = Hello(str(fields["party"]), str(fields["session"]), int(fields["parties"]))
