@@ -40,6 +40,7 @@ secret, the digest key, the seed, or any peer's digests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -202,13 +203,14 @@ class _Loader:
     does.
     """
 
-    def __init__(self, config: _Config) -> None:
+    def __init__(self, config: _Config, rows_hint: int | None = None) -> None:
         self._config = config
         self._tally = IdTally()
         self._key: bytes | None = None
         self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
-        self._digests: list[np.ndarray] = []
-        self._rows: list[np.ndarray] = []
+        capacity = 0 if rows_hint is None else min(rows_hint + rows_hint // 8 + 4096, 1 << 31)
+        self._digests = _Gathered(capacity, (2,), np.uint64)
+        self._rows = _Gathered(capacity, (), np.int64)
         self.finished = False
 
     @property
@@ -256,11 +258,9 @@ class _Loader:
     def digest_set(self) -> DigestSet:
         """The canonical digest set (sorted, duplicates handled) once finished and keyed."""
         assert self.finished and self._key is not None and not self._waiting
-        digests = _concatenate(self._digests, np.zeros((0, 2), dtype=np.uint64))
-        rows = _concatenate(self._rows, np.zeros(0, dtype=np.int64))
-        self._digests, self._rows = [], []
+        digests, rows = self._digests.take(), self._rows.take()
         ordered = sort_bucket(digests, rows, self._config.duplicates)
-        del digests, rows
+        del digests, rows  # freed memory is reused for the peers' digests
         if self._config.duplicates is DuplicatePolicy.ERROR:
             error = duplicate_error(ordered.duplicates)
             if error is not None:
@@ -272,10 +272,44 @@ class _Loader:
         )
 
 
-def _concatenate(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else empty
+class _Gathered:
+    """Arrays appended batch by batch into one array allocated up front.
+
+    With a good estimate of the row count the values land in place, with no final
+    concatenation; pages of the allocation are touched only as they fill. Beyond the
+    estimate the batches are kept apart and joined at the end.
+    """
+
+    def __init__(self, capacity: int, tail: tuple[int, ...], dtype: type[np.generic]) -> None:
+        self._tail = tail
+        self._dtype = dtype
+        self._array: np.ndarray | None = None
+        if capacity:
+            with contextlib.suppress(MemoryError):  # an estimate too big: no head start
+                self._array = np.empty((capacity, *tail), dtype=dtype)
+        self._filled = 0
+        self._parts: list[np.ndarray] = []
+
+    def append(self, values: np.ndarray) -> None:
+        count = len(values)
+        array = self._array
+        if array is not None and not self._parts and self._filled + count <= len(array):
+            array[self._filled : self._filled + count] = values
+            self._filled += count
+        else:
+            self._parts.append(values)
+
+    def take(self) -> np.ndarray:
+        """Everything appended, as one array (the storage is handed over)."""
+        pieces = [] if self._array is None else [self._array[: self._filled]]
+        pieces += self._parts
+        self._array, self._parts = None, []
+        pieces = [piece for piece in pieces if len(piece)]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return np.empty((0, *self._tail), dtype=self._dtype)
+        return np.concatenate(pieces)
 
 
 def _secret(session_secret: bytes, label: bytes) -> bytes:
@@ -365,6 +399,8 @@ class EnclaveSession:
                 skip_invalid=bool(meta.get("skip_invalid", False)),
                 pad_to=None if pad_to is None else int(pad_to),
             )
+            rows_hint = meta.get("rows_hint")
+            rows_hint = None if rows_hint is None else max(0, int(rows_hint))
             policy = parse_policy(str(meta["policy"]), str(meta.get("policy_source", "policy")))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigurationError(f"INIT: bad session parameters ({error})") from error
@@ -381,7 +417,7 @@ class EnclaveSession:
             random_bytes=self._random_bytes,
         )
         self._config = config
-        self._loader = _Loader(config)
+        self._loader = _Loader(config, rows_hint)
         self._share = self._random_bytes(_SHARE_BYTES)
         return {}, b""
 
