@@ -325,6 +325,7 @@ class BucketedRun:
             "buckets": self.state.buckets,
             "sorted": self.state.sorted_buckets,
             "exchanged": self.state.exchanged,
+            "start": self.start_bucket,
             "run_id": self.run_id.hex(),
         }
 
@@ -507,8 +508,11 @@ class BucketedRun:
         body[BUCKET_HEADER.size :] = keys.reshape(-1).view(np.uint8).data
         return memoryview(body)
 
-    def receive(self, peer: str, message: bytearray) -> None:
-        """A peer's ``BUCKET`` message: its sort keys of its next bucket."""
+    def receive(self, peer: str, message: bytearray) -> bool:
+        """A peer's ``BUCKET`` message: its sort keys of its next bucket.
+
+        Returns True once that peer has sent its last bucket.
+        """
         if peer not in self._peer_next:
             raise ProtocolError(f"bucket keys from {peer!r} before the exchange started")
         if len(message) < BUCKET_HEADER.size:
@@ -524,6 +528,7 @@ class BucketedRun:
         check_bucket_keys(keys, bucket, self.state.buckets, f"peer {peer!r} bucket {bucket}")
         self._peer.setdefault(bucket, {})[peer] = keys
         self._peer_next[peer] = bucket + 1
+        return bucket + 1 == self.state.buckets
 
     def ready(self) -> int | None:
         """The bucket that can be intersected now (own and every peer's keys in), if any."""
