@@ -7,9 +7,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -33,9 +36,11 @@ from accord.federation.checkpoint import (
 from accord.federation.client import Failpoint, parse_failpoints
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
-from accord.federation.grid import InMemoryGrid, NodeInfo, admission_problem
+from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem
 from accord.federation.node_data import load_table, split_validation
 from accord.federation.proto import federation_pb2 as pb
+from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.server import GrpcGrid, TransportSettings
 from accord.federation.settings import ServerSettings, settings_from_json, settings_to_json
 from accord.federation.tensors import (
     TensorAssembler,
@@ -48,6 +53,8 @@ from accord.federation.worker import NodeFault, NodeWorker
 from accord.scenario import ScenarioSettings, build_scenario
 from accord.simulation.driver import Simulation, SimulationSettings, node_seed
 from accord.simulation.stop import StopConditions
+from accord.training.local import LocalTrainingSettings
+from accord.training.models import ModelSpec
 
 # ------------------------------------------------------------------ wire tensors
 
@@ -641,3 +648,37 @@ def test_the_server_can_score_on_its_own_files(tmp_path: Path) -> None:
     renamed.write_text("a,c,label\n0,1,0\n")
     with pytest.raises(InputDataError, match="differ from the validation file's"):
         load_server_data(ServerSettings(validation_data=str(validation), test_data=str(renamed)))
+
+
+def test_a_node_admitted_before_the_roster_is_fixed_and_left_out_is_told_why() -> None:
+    # Arrange: a real gRPC server (insecure, port 0) and a raw client registered as node-03
+    spec = RunSpec("run", ModelSpec(), 64, 10, 2410, LocalTrainingSettings(), 1.0, False)
+    grid = GrpcGrid(spec, TransportSettings(port=0), None, Authenticator(None, False))
+    channel = grpc.insecure_channel(f"127.0.0.1:{grid.port}")
+    hang_up = threading.Event()
+    try:
+        register = pb.NodeMessage(
+            register=pb.Register(
+                protocol_version=1, node_id="node-03", sample_count=10, n_features=64, n_classes=10
+            )
+        )
+
+        def messages() -> Iterator[pb.NodeMessage]:
+            yield register
+            hang_up.wait()  # keep this side of the stream open, as a live node does
+
+        stream = pb_grpc.FederationStub(channel).Session(messages(), timeout=20)
+        assert next(stream).WhichOneof("body") == "welcome"
+
+        # Act: the roster is fixed without node-03
+        grid.fix_roster(("node-00", "node-01"))
+
+        # Assert: its session ends with a final refusal that names the reason
+        with pytest.raises(grpc.RpcError) as caught:
+            next(stream)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert caught.value.details() == "node node-03 is not in this run's roster"
+    finally:
+        hang_up.set()
+        channel.close()
+        grid.shutdown(None)

@@ -52,6 +52,9 @@ __all__ = ["GrpcGrid", "TransportSettings", "channel_options", "format_address"]
 
 logger = logging.getLogger(__name__)
 
+#: How long a closing session's writer may take to finish the write in flight.
+_WRITER_STOP_SECONDS = 2.0
+
 T = TypeVar("T")
 
 
@@ -98,6 +101,21 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Consume the outcome of a read left pending when a session is ended locally."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _stop_writer(connection: _Connection, writer: asyncio.Task[None]) -> None:
+    """Let the session's writer finish the write in flight (gRPC cannot end a stream with a
+    write pending), then stop it."""
+    if not writer.done():
+        connection.send(None)
+        await asyncio.wait({writer}, timeout=_WRITER_STOP_SECONDS)
+    writer.cancel()
+
+
 class _Connection:
     """One node's live session (touched only on the event loop)."""
 
@@ -110,6 +128,8 @@ class _Connection:
         self.future: asyncio.Future[tuple[str, Any, float]] | None = None
         self.assembler: TensorAssembler | None = None
         self.task: asyncio.Task[Any] | None = None
+        #: Set to the reason when the server ends this session itself (a final refusal).
+        self.refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     @property
     def node_id(self) -> str:
@@ -269,7 +289,15 @@ class GrpcGrid(Grid):
         connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
         try:
             while True:
-                message = await context.read()
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, connection.refused), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    # End the stream from here: cancelling this handler would leave it open.
+                    read.add_done_callback(_retrieve)
+                    await _stop_writer(connection, writer)  # a write in flight blocks the status
+                    reason = connection.refused.result()
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+                message = read.result()
                 if message is grpc.aio.EOF:
                     break
                 self._received += message.ByteSize()
@@ -279,7 +307,7 @@ class GrpcGrid(Grid):
                     logger.warning("node %s broke the protocol: %s", info.node_id, error)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
-            writer.cancel()
+            await _stop_writer(connection, writer)
             await self._detach(connection, "disconnected")
 
     def _welcome(self, node_id: str) -> pb.Welcome:
@@ -422,8 +450,7 @@ class GrpcGrid(Grid):
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
                     await self._detach(connection, "left out of the roster")
-                    if connection.task is not None:
-                        connection.task.cancel()
+                    connection.refused.set_result(f"node {node} is not in this run's roster")
 
         self._call(fix())
 

@@ -57,7 +57,7 @@ from accord.tee.attestation import parse_policy
 from accord.tee.channel import validate_party_name
 from accord.tee.host import EnclaveProcess
 from accord.tee.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
-from accord.tee.wire import Call, PeerFrame, encode_columns
+from accord.tee.wire import SESSION_ALREADY_FAILED, Call, PeerFrame, encode_columns
 
 __all__ = [
     "DUPLICATE_POLICIES",
@@ -263,6 +263,12 @@ def _first_error(error: BaseException) -> BaseException:
 
     collect(error)
     preferences: tuple[Callable[[BaseException], bool], ...] = (
+        # A concurrent call refused by the already-failed enclave only echoes the real error.
+        lambda e: (
+            isinstance(e, AccordError)
+            and not isinstance(e, PeerError)
+            and not str(e).startswith(SESSION_ALREADY_FAILED)
+        ),
         lambda e: isinstance(e, AccordError) and not isinstance(e, PeerError),
         lambda e: isinstance(e, AccordError),
         lambda e: not isinstance(e, asyncio.CancelledError),
@@ -538,6 +544,7 @@ async def run_party(
     keys: _KeyReader | None = None
     links: list[PeerLink] = []
     link_start: asyncio.Future[list[PeerLink]] | None = None
+    enclave_ready = asyncio.ensure_future(enclave.ready())
     try:
         policy_text = _read_policy(settings.policy)
         # Listen at once (peers may dial while this host loads its libraries); dial only
@@ -572,13 +579,16 @@ async def run_party(
         keys = _KeyReader(settings.input, settings.key_columns)
         await keys.start()  # a missing column or an empty file fails here, before dialling
         inputs_checked.set()
-        _, links = await asyncio.gather(enclave.ready(), link_start)
+        _, links = await asyncio.gather(enclave_ready, link_start)
         run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)
         result = await _drive(run, policy_text)
     except BaseException as error:
         if keys is not None:
             keys.cancel()
+        enclave_ready.cancel()
+        if enclave_ready.done() and not enclave_ready.cancelled():
+            enclave_ready.exception()  # reported through `error` if it matters
         await _cleanup(enclave, link_start, links, error)
         leaf = _first_error(error)
         if leaf is error:

@@ -84,7 +84,7 @@ from accord.tee.channel import (
     InitiatorHandshake,
     ResponderHandshake,
 )
-from accord.tee.wire import Call
+from accord.tee.wire import SESSION_ALREADY_FAILED, Call
 
 __all__ = ["EnclaveSession", "MessageKind", "Reply", "decode_columns"]
 
@@ -353,7 +353,7 @@ class EnclaveSession:
     def call(self, code: int, meta: dict[str, Any], body: memoryview) -> Reply:
         """Run one host call; the reply carries the session status. Errors poison the session."""
         if self._failed is not None:
-            raise ProtocolError(f"the enclave session already failed: {self._failed}")
+            raise ProtocolError(f"{SESSION_ALREADY_FAILED}: {self._failed}")
         try:
             call = Call(code)
         except ValueError as error:

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CALL_META",
     "MAX_PEER_FRAME",
     "PEER_HEADER",
+    "SESSION_ALREADY_FAILED",
     "Call",
     "PeerFrame",
     "decode_meta",
@@ -42,6 +43,10 @@ _LENGTH = struct.Struct("!I")
 CALL_HEADER = struct.Struct("!BIQ")
 #: The JSON metadata of a call is small; a larger one is a protocol error.
 MAX_CALL_META = 1 << 20
+
+#: How the enclave refuses any call after one failed (an echo of that first error, which
+#: the host reports instead).
+SESSION_ALREADY_FAILED = "the enclave session already failed"
 
 #: ``kind, body length`` of a frame between two hosts.
 PEER_HEADER = struct.Struct("!BI")
