@@ -18,6 +18,7 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     from accord.commands.server import add_run_arguments
+    from accord.commands.simulate import add_display_options
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "federate",
@@ -28,18 +29,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "writes the same run folder.",
     )
     add_run_arguments(parser)
-    parser.add_argument(
-        "--out", metavar="RUN_DIR", default=None, help="run folder [runs/<time>-<id>]"
-    )
-    parser.add_argument(
-        "--every", type=int, default=None, metavar="K", help="a table row every K rounds [auto]"
-    )
-    parser.add_argument(
-        "--quiet",
-        dest="simulate_quiet",
-        action="store_true",
-        help="no progress bar and no per-round table, only the final summary",
-    )
+    add_display_options(parser)
     federation = parser.add_argument_group("federation")
     federation.add_argument(
         "--round-deadline", type=float, default=None, help="seconds nodes have per round [60]"

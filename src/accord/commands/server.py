@@ -49,44 +49,20 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     """The data side of a run: the options of ``accord simulate``, with the same names,
     choices and meaning (they go through :func:`accord.commands.simulate.config_from_args`),
     and ``--config`` for a TOML file (a run folder's ``config.toml`` works)."""
-    from accord.commands.simulate import NO_FAULT
-    from accord.data import DATASETS, FAULT_KINDS, PARTITIONS
+    from accord.commands.simulate import add_scenario_options
 
     parser.add_argument(
         "--config", metavar="FILE.toml", default=None, help="settings file, as accord simulate"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
-    scenario = parser.add_argument_group("scenario (as accord simulate)")
-    scenario.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
-    scenario.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
-    scenario.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
-    scenario.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration [0.5]")
-    scenario.add_argument(
-        "--fault",
-        choices=(*sorted(FAULT_KINDS), NO_FAULT),
-        default=None,
-        help="what the faulty nodes do [label-flip]",
-    )
-    scenario.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
-    scenario.add_argument(
-        "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
-    )
-    scenario.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=None,
-        help="share of the data held out as the server's validation set [0.1]",
-    )
-    scenario.add_argument(
-        "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
-    )
+    add_scenario_options(parser.add_argument_group("scenario (as accord simulate)"))
     parser.set_defaults(policies=None, every=None)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Scenario, model, local training, rounds, stop conditions and the policy: the options
     of ``accord simulate`` (one policy instead of several)."""
-    from accord.commands.simulate import MODEL_CHOICES, layer_widths, policy_list
+    from accord.commands.simulate import add_stop_options, add_training_options, policy_list
 
     add_scenario_arguments(parser)
     parser.add_argument(
@@ -99,27 +75,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="weighting policy [actor-critic]",
     )
     parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
-    training = parser.add_argument_group("model and training (as accord simulate)")
-    training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
-    training.add_argument(
-        "--hidden", type=layer_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
-    )
-    training.add_argument(
-        "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
-    )
-    training.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
-    training.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
-    training.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
-    training.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
-    stop = parser.add_argument_group("stop conditions (whichever comes first)")
-    stop.add_argument(
-        "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
-    )
-    stop.add_argument(
-        "--patience", type=int, default=None, help="stop after N rounds without a better one"
-    )
-    stop.add_argument(
-        "--time-budget", type=float, default=None, metavar="SECONDS", help="stop after this long"
+    add_training_options(parser.add_argument_group("model and training (as accord simulate)"))
+    add_stop_options(
+        parser.add_argument_group("stop conditions (whichever comes first)"), "stop after this long"
     )
 
 

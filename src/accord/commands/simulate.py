@@ -39,7 +39,11 @@ __all__ = [
     "MODEL_CHOICES",
     "NO_FAULT",
     "RoundTable",
+    "add_display_options",
     "add_parser",
+    "add_scenario_options",
+    "add_stop_options",
+    "add_training_options",
     "config_from_args",
     "describe_scenario",
     "layer_widths",
@@ -138,9 +142,87 @@ def layer_widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def add_scenario_options(group: Any) -> None:
+    """The scenario options (dataset, split, faults, held-out shares) on ``group``: one
+    definition for ``accord simulate``, ``server``, ``node`` and ``federate``."""
+    from accord.data import DATASETS, FAULT_KINDS, PARTITIONS
+
+    group.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
+    group.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    group.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
+    group.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="Dirichlet concentration, smaller is more skewed [0.5]",
+    )
+    group.add_argument(
+        "--fault",
+        choices=(*sorted(FAULT_KINDS), NO_FAULT),
+        default=None,
+        help="what the faulty nodes do [label-flip]",
+    )
+    group.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
+    group.add_argument(
+        "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
+    )
+    group.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="share of the data held out as the server's validation set [0.1]",
+    )
+    group.add_argument(
+        "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
+    )
+
+
+def add_training_options(group: Any) -> None:
+    """The model and local training options on ``group``."""
+    group.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
+    group.add_argument(
+        "--hidden", type=layer_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
+    )
+    group.add_argument(
+        "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
+    )
+    group.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
+    group.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
+    group.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
+    group.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+
+
+def add_stop_options(group: Any, budget_help: str) -> None:
+    """The stop conditions on ``group``."""
+    group.add_argument(
+        "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
+    )
+    group.add_argument(
+        "--patience", type=int, default=None, help="stop after N rounds without a better one"
+    )
+    group.add_argument(
+        "--time-budget", type=float, default=None, metavar="SECONDS", help=budget_help
+    )
+
+
+def add_display_options(parser: argparse.ArgumentParser) -> None:
+    """Run folder, table spacing and ``--quiet``: what a training run shows and keeps."""
+    parser.add_argument(
+        "--out", metavar="RUN_DIR", default=None, help="run folder [runs/<time>-<id>]"
+    )
+    parser.add_argument(
+        "--every", type=int, default=None, metavar="K", help="a table row every K rounds [auto]"
+    )
+    parser.add_argument(
+        "--quiet",
+        dest="simulate_quiet",
+        action="store_true",
+        help="no progress bar and no per-round table, only the final summary",
+    )
+
+
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     from accord.aggregation.registry import POLICIES
-    from accord.data import DATASETS, FAULT_KINDS, PARTITIONS
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "simulate",
@@ -166,72 +248,12 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
     parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
-    parser.add_argument(
-        "--out", metavar="RUN_DIR", default=None, help="run folder [runs/<time>-<id>]"
-    )
-    parser.add_argument(
-        "--every", type=int, default=None, metavar="K", help="a table row every K rounds [auto]"
-    )
-    parser.add_argument(
-        "--quiet",
-        dest="simulate_quiet",
-        action="store_true",
-        help="no progress bar and no per-round table, only the final summary",
-    )
-    scenario = parser.add_argument_group("scenario")
-    scenario.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
-    scenario.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
-    scenario.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
-    scenario.add_argument(
-        "--alpha",
-        type=float,
-        default=None,
-        help="Dirichlet concentration, smaller is more skewed [0.5]",
-    )
-    scenario.add_argument(
-        "--fault",
-        choices=(*sorted(FAULT_KINDS), NO_FAULT),
-        default=None,
-        help="what the faulty nodes do [label-flip]",
-    )
-    scenario.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
-    scenario.add_argument(
-        "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
-    )
-    scenario.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=None,
-        help="share of the data held out as the server's validation set [0.1]",
-    )
-    scenario.add_argument(
-        "--test-fraction", type=float, default=None, help="share held out for testing [0.2]"
-    )
-    training = parser.add_argument_group("model and training")
-    training.add_argument("--model", choices=MODEL_CHOICES, default=None, help="[mlp]")
-    training.add_argument(
-        "--hidden", type=layer_widths, default=None, metavar="W[,W]", help="MLP hidden widths [32]"
-    )
-    training.add_argument(
-        "--local-learning-rate", type=float, default=None, help="η_local of local SGD [0.2]"
-    )
-    training.add_argument("--local-epochs", type=int, default=None, help="local epochs [1]")
-    training.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
-    training.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
-    training.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
-    stop = parser.add_argument_group("stop conditions (per policy, whichever comes first)")
-    stop.add_argument(
-        "--target-accuracy", type=float, default=None, help="stop at this validation accuracy"
-    )
-    stop.add_argument(
-        "--patience", type=int, default=None, help="stop after N rounds without a better one"
-    )
-    stop.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="stop after this much training time per policy",
+    add_display_options(parser)
+    add_scenario_options(parser.add_argument_group("scenario"))
+    add_training_options(parser.add_argument_group("model and training"))
+    add_stop_options(
+        parser.add_argument_group("stop conditions (per policy, whichever comes first)"),
+        "stop after this much training time per policy",
     )
     parser.set_defaults(run=run)
     return parser
