@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from accord.errors import ConfigurationError, InputDataError
 from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.checkpoint import write_atomically
+from accord.federation.scenario_helper import read_all, write_all
 from accord.federation.settings import (
     ServerSettings,
     settings_from_json,
@@ -417,22 +418,6 @@ def warm_up_torch() -> None:
     optimizer.step()
 
 
-def _read_all(descriptor: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(descriptor, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-def _write_all(descriptor: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(descriptor, view)
-        view = view[written:]
-
-
 def _node_child(
     data_fd: int,
     settings: ServerSettings,
@@ -454,7 +439,7 @@ def _node_child(
     logging.getLogger().setLevel(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes
     try:
-        node = loads_tree(_read_all(data_fd), "node data from the launcher")
+        node = loads_tree(read_all(data_fd), "node data from the launcher")
     finally:
         os.close(data_fd)
     scenario = settings.run.scenario
@@ -580,7 +565,7 @@ def federate(
             for node in scenario.nodes:
                 descriptor = data_pipes.pop(node.node_id)
                 try:
-                    _write_all(
+                    write_all(
                         descriptor,
                         dumps_tree(
                             {

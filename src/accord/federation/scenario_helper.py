@@ -15,10 +15,11 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["ScenarioHelper"]
+__all__ = ["ScenarioHelper", "read_all", "write_all"]
 
 
-def _read_all(descriptor: int) -> bytes:
+def read_all(descriptor: int) -> bytes:
+    """Everything up to end of file from a pipe."""
     chunks: list[bytes] = []
     while True:
         chunk = os.read(descriptor, 1 << 20)
@@ -27,7 +28,8 @@ def _read_all(descriptor: int) -> bytes:
         chunks.append(chunk)
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def write_all(descriptor: int, data: bytes) -> None:
+    """All of ``data`` into a pipe (``os.write`` may take less at a time)."""
     view = memoryview(data)
     while view:
         written = os.write(descriptor, view)
@@ -41,11 +43,11 @@ def _helper(settings_fd: int, data_fd: int) -> int:  # pragma: no cover - the he
     from accord.federation.dataclass_json import settings_from_json
     from accord.scenario import ScenarioSettings, build_scenario
 
-    request = _read_all(settings_fd)
+    request = read_all(settings_fd)
     if not request:  # cancelled
         return 0
     settings = settings_from_json(ScenarioSettings, json.loads(request), "scenario")
-    _write_all(data_fd, scenario_to_npz(build_scenario(settings)))
+    write_all(data_fd, scenario_to_npz(build_scenario(settings)))
     return 0
 
 
@@ -77,7 +79,7 @@ class ScenarioHelper:
         """Ask for the scenario of these :class:`ScenarioSettings`."""
         from accord.federation.dataclass_json import settings_to_json
 
-        _write_all(self._settings_write, json.dumps(settings_to_json(settings)).encode())
+        write_all(self._settings_write, json.dumps(settings_to_json(settings)).encode())
         os.close(self._settings_write)
         self._requested = True
 
@@ -86,7 +88,7 @@ class ScenarioHelper:
         from accord.commands.simulate import scenario_from_npz
 
         try:
-            data = _read_all(self._data_read)
+            data = read_all(self._data_read)
         finally:
             os.close(self._data_read)
             _, status = os.waitpid(self.pid, 0)
