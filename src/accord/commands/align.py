@@ -39,6 +39,9 @@ _CONFIG_KEYS = {
     "platform_key": "path",
     "connect_timeout": "float",
     "idle_timeout": "float",
+    "memory_limit": "size",
+    "buckets": "int",
+    "run_dir": "path",
 }
 
 
@@ -139,6 +142,35 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
     add("--connect-timeout", type=float, default=None, help="seconds to reach every peer [60]")
     add("--idle-timeout", type=float, default=None, help="seconds a peer may be silent [300]")
     add(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="memory budget of this party, host and enclave (e.g. 2GiB); inputs larger than "
+        "it are aligned bucket by bucket through sealed files on disk [no limit: in memory]",
+    )
+    add(
+        "--buckets",
+        default=None,
+        metavar="B",
+        help="align in B buckets (the parties use the largest B any asks for) [from "
+        "--memory-limit]",
+    )
+    add(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="directory of a bucketed run's sealed files and progress [next to the first "
+        "output: accord-run-SESSION-PARTY]",
+    )
+    add(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a bucketed run that stopped (its settings come from RUN_DIR; give "
+        "--listen/--peer again, and --resume on every party)",
+    )
+    add(
         "--progress",
         choices=("auto", "bar", "log", "none"),
         default="auto",
@@ -164,6 +196,7 @@ def _load_config(path: Path) -> dict[str, Any]:
         "float": (int, float),
         "bool": bool,
         "list": (list, str),
+        "size": (str, int),
     }
     values: dict[str, Any] = {}
     for key, raw in table.items():
@@ -175,7 +208,7 @@ def _load_config(path: Path) -> dict[str, Any]:
                 f"{', '.join(sorted(_CONFIG_KEYS))}"
             )
         if not isinstance(raw, expected_types[kind]) or (
-            kind in ("int", "float") and isinstance(raw, bool)
+            kind in ("int", "float", "size") and isinstance(raw, bool)
         ):
             raise ConfigurationError(f"--config {path}: {key}: expected {kind}, got {raw!r}")
         value: Any = raw
@@ -201,6 +234,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         flag = getattr(args, name, None)
         if flag is not None:
             values[name] = flag
+    if "memory_limit" in values:
+        values["memory_limit"] = _memory_limit(values["memory_limit"])
+    if "buckets" in values:
+        values["buckets"] = _buckets(values["buckets"])
     for required in ("input", "key", "policy"):
         if required not in values:
             raise ConfigurationError(
@@ -226,6 +263,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             "platform_key",
             "connect_timeout",
             "idle_timeout",
+            "memory_limit",
+            "buckets",
+            "run_dir",
         )
         if name in values
     }
@@ -239,6 +279,82 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         debug_enclave=bool(args.debug_enclave),
         **optional,
     )
+
+
+def _memory_limit(value: Any) -> int:
+    from accord.errors import ConfigurationError
+    from accord.tee.bucketed_host import parse_size
+
+    size = value if isinstance(value, int) else parse_size(str(value), "--memory-limit")
+    if size < 1 << 20:
+        raise ConfigurationError(f"--memory-limit: expected at least 1MiB, got {value!r}")
+    return size
+
+
+def _buckets(value: Any) -> int:
+    from accord.alignment.buckets import MAX_BUCKETS
+    from accord.errors import ConfigurationError
+
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_BUCKETS:
+        raise ConfigurationError(
+            f"--buckets: expected an integer 1 to {MAX_BUCKETS}, got {value!r}"
+        )
+    return count
+
+
+#: Flags a resumed run takes again (addresses and local paths may change between attempts).
+_RESUME_FLAGS = (
+    "listen",
+    "peer",
+    "platform_key",
+    "connect_timeout",
+    "idle_timeout",
+    "party_name",  # checked against the run's
+)
+
+
+def resume_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(settings, (run directory, manifest))`` of ``--resume RUN_DIR``."""
+    from accord.errors import ConfigurationError
+    from accord.tee.bucketed_host import settings_from_json
+    from accord.tee.runstate import RunDirectory
+    from accord.tee.transport import Endpoint
+
+    fixed = [
+        name
+        for name in _CONFIG_KEYS
+        if name not in _RESUME_FLAGS and getattr(args, name, None) is not None
+    ]
+    if args.config is not None or fixed:
+        given = ", ".join("--" + name.replace("_", "-") for name in fixed) or "--config"
+        raise ConfigurationError(
+            f"--resume: the run keeps the settings it started with; {given} cannot be given "
+            "(only --listen, --peer, --platform-key and the timeouts)"
+        )
+    directory, manifest = RunDirectory.open(args.resume)
+    try:
+        if args.party_name is not None and args.party_name != manifest.party:
+            raise ConfigurationError(
+                f"--party-name: the run in {args.resume} is party {manifest.party!r}, "
+                f"got {args.party_name!r}"
+            )
+        overrides: dict[str, Any] = {
+            "listen": None if args.listen is None else Endpoint.parse(args.listen, "--listen"),
+            "peers": tuple(Endpoint.parse(peer, "--peer") for peer in args.peer or []),
+            "debug_enclave": bool(args.debug_enclave),
+        }
+        for name in ("platform_key", "connect_timeout", "idle_timeout"):
+            if getattr(args, name) is not None:
+                overrides[name] = getattr(args, name)
+        settings = settings_from_json(manifest.settings, overrides)
+    except BaseException:
+        directory.close()
+        raise
+    return settings, (directory, manifest)
 
 
 def _default_name(hostname: str) -> str:
@@ -267,6 +383,35 @@ class _ProgressDisplay:
 
     def listening(self, endpoint: Any) -> None:
         self._line(f"listening on {endpoint}")
+
+    def event(self, event: Any) -> None:
+        """A bucketed run's progress: a bar per stage, or a line (with time left)."""
+        if self.mode == "none":
+            return
+        from accord.tee.progress import describe, format_seconds
+
+        if self.mode == "log":
+            self.close()
+            self._stage = None
+            self._line(describe(event))
+            return
+        if event.stage != self._stage or self._bar is None:
+            self.close()
+            from tqdm import tqdm
+
+            self._stage = event.stage
+            unit = " buckets" if event.unit == "buckets" else " rows"
+            self._bar = tqdm(
+                desc=f"{self.prefix}{event.stage}",
+                total=event.total,
+                unit=unit,
+                unit_scale=event.unit != "buckets",
+            )
+        if event.done is not None:
+            self._bar.n = event.done
+        if event.run_eta is not None:
+            self._bar.set_postfix_str(f"~{format_seconds(event.run_eta)} left in all")
+        self._bar.refresh()
 
     def __call__(self, stage: str, rows: int | None) -> None:
         if self.mode == "none":
@@ -302,7 +447,11 @@ def run(args: argparse.Namespace) -> int:
 
     from accord.tee.host import EnclaveProcess
 
-    settings = settings_from_args(args)
+    resume = None
+    if args.resume is not None:
+        settings, resume = resume_from_args(args)
+    else:
+        settings = settings_from_args(args)
     # The enclave process starts first and loads while this host imports the rest.
     enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
     from accord.tee.allocator import tune_allocator
@@ -312,10 +461,17 @@ def run(args: argparse.Namespace) -> int:
     display = _ProgressDisplay(args.progress)
     try:
         summary = align_party(
-            settings, enclave=enclave, progress=display, on_listening=display.listening
+            settings,
+            enclave=enclave,
+            progress=display,
+            on_listening=display.listening,
+            resume=resume,
+            events=display.event,
         )
     finally:
         display.close()
+        if resume is not None:
+            resume[0].close()
     sys.stdout.write(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
     return 0
 

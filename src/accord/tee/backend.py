@@ -30,6 +30,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from accord.tee.attestation import (
     DIGEST_SIZE,
@@ -38,6 +39,7 @@ from accord.tee.attestation import (
     make_simulated_evidence,
     public_key_bytes,
 )
+from accord.tee.sealing import simulated_sealing_key
 
 __all__ = ["BACKENDS", "EnclaveBackend", "EnclaveIdentity", "SimulatedBackend"]
 
@@ -68,6 +70,10 @@ class EnclaveBackend(ABC):
     @abstractmethod
     def make_evidence(self, report_data: bytes) -> bytes:
         """Evidence (a quote) binding ``report_data`` (32 bytes) to this enclave."""
+
+    @abstractmethod
+    def sealing_key(self) -> bytes:
+        """A key only this enclave build on this platform can derive (for sealed files)."""
 
 
 class SimulatedBackend(EnclaveBackend):
@@ -104,3 +110,9 @@ class SimulatedBackend(EnclaveBackend):
             debug=self._identity.debug,
             report_data=report_data,
         )
+
+    def sealing_key(self) -> bytes:
+        # Bound to the platform key and the measurement, as a hardware sealing key is bound
+        # to the CPU and MRENCLAVE (see accord.tee.sealing).
+        raw = self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return simulated_sealing_key(raw, bytes.fromhex(self._identity.measurement))

@@ -528,7 +528,7 @@ class BucketedRun:
         check_bucket_keys(keys, bucket, self.state.buckets, f"peer {peer!r} bucket {bucket}")
         self._peer.setdefault(bucket, {})[peer] = keys
         self._peer_next[peer] = bucket + 1
-        return bucket + 1 == self.state.buckets
+        return bool(bucket + 1 == self.state.buckets)
 
     def ready(self) -> int | None:
         """The bucket that can be intersected now (own and every peer's keys in), if any."""

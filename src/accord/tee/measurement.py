@@ -50,11 +50,13 @@ ENCLAVE_FILES = (
     "tee/allocator.py",
     "tee/attestation.py",
     "tee/backend.py",
+    "tee/bucketed.py",
     "tee/channel.py",
     "tee/enclave.py",
     "tee/measurement.py",
     "tee/platform_key.py",
     "tee/protocol.py",
+    "tee/sealing.py",
     "tee/wire.py",
 )
 

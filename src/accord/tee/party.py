@@ -29,6 +29,17 @@ What each output reveals, and to whom
 Failures are fail-closed: any error stops the run, every peer gets one opaque ``ABORT``
 word, the enclave is killed, and no output file is written (outputs are staged next to
 their destination and renamed into place only when all of them are complete).
+
+Inputs larger than memory
+-------------------------
+With ``memory_limit`` or ``buckets`` (on every party) the enclaves agree a bucket count;
+when it is more than one, or set by hand, the run is bucketed (:mod:`accord.tee.bucketed`,
+driven by :mod:`accord.tee.bucketed_host`): the input is spilled to sealed bucket files in
+``run_dir``, buckets are sorted, exchanged and intersected one at a time, and the progress
+is recorded so that ``resume`` continues after a crash. The outputs are the same as in
+memory. What a host additionally sees: how many of its own rows fell into each bucket and
+the size of each bucket's messages (counts of a keyed pseudo-random split). The run
+directory is removed once the outputs are written; after a failure it is kept.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +58,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accord._validation import require_int, require_number
+from accord.alignment.buckets import MAX_BUCKETS
 from accord.errors import (
     AccordError,
     ConfigurationError,
@@ -56,6 +69,8 @@ from accord.errors import (
 from accord.tee.attestation import parse_policy
 from accord.tee.channel import validate_party_name
 from accord.tee.host import EnclaveProcess
+from accord.tee.progress import ProgressEvent, ProgressTracker
+from accord.tee.runstate import RunDirectory, RunManifest
 from accord.tee.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
 from accord.tee.wire import SESSION_ALREADY_FAILED, Call, PeerFrame, encode_columns
 
@@ -64,6 +79,7 @@ __all__ = [
     "PartySettings",
     "PartySummary",
     "Progress",
+    "ProgressEvents",
     "align_party",
     "run_party",
 ]
@@ -75,6 +91,8 @@ logger = logging.getLogger(__name__)
 
 #: Called with a stage name and, for ``load`` and ``write``, the rows done so far.
 Progress = Callable[[str, int | None], None]
+#: Called with the stages of a bucketed run (per bucket, with an estimate of time left).
+ProgressEvents = Callable[[ProgressEvent], None]
 
 DUPLICATE_POLICIES = ("error", "first", "drop-all")
 
@@ -123,6 +141,14 @@ class PartySettings:
     connect_timeout: float = 60.0
     #: Seconds a peer may stay silent during the run.
     idle_timeout: float = 300.0
+    #: Memory budget of this party, host and enclave together (bytes). The run is bucketed
+    #: when the agreed plan needs more than one bucket (``None``: no limit).
+    memory_limit: int | None = None
+    #: Bucket count set by hand (the parties use the largest asked for); ``None``: planned.
+    buckets: int | None = None
+    #: Directory of a bucketed run's sealed files and manifest (``None``: next to the first
+    #: output, ``accord-run-<session>-<party>``).
+    run_dir: Path | None = None
 
     def __post_init__(self) -> None:
         validate_party_name(self.party_name, "party_name")
@@ -163,6 +189,24 @@ class PartySettings:
             )
         if self.include_ids and self.output_map is None:
             raise ConfigurationError("include_ids needs an output_map to write the IDs into")
+        if self.memory_limit is not None:
+            require_int("memory_limit", self.memory_limit, minimum=1 << 20)
+        if self.buckets is not None:
+            require_int("buckets", self.buckets, minimum=1)
+            if self.buckets > MAX_BUCKETS:
+                raise ConfigurationError(
+                    f"buckets: expected 1 to {MAX_BUCKETS}, got {self.buckets}"
+                )
+        if self.bucketed and self.pad_to is not None:
+            raise ConfigurationError(
+                "pad_to: cannot hide the set size in a bucketed run (each bucket's size shows); "
+                "drop --pad-to or --memory-limit/--buckets"
+            )
+
+    @property
+    def bucketed(self) -> bool:
+        """Whether this party asks for (and accepts) a bucketed run."""
+        return self.memory_limit is not None or self.buckets is not None
 
 
 @dataclass(frozen=True)
@@ -190,6 +234,12 @@ class PartySummary:
     outputs: dict[str, str]
     #: Wall seconds per stage.
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Buckets of a bucketed run (``None``: in memory).
+    buckets: int | None = None
+    #: The bucket a resumed run continued from (``None``: not resumed).
+    resumed_from_bucket: int | None = None
+    #: Peak bytes of the run directory (bucketed runs).
+    disk_peak_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
@@ -522,18 +572,99 @@ def _write_outputs(
                 temporary.unlink()
 
 
+@dataclass
+class _Bucketing:
+    """A party's bucketed run on the host: run directory, manifest, estimates, progress."""
+
+    directory: RunDirectory
+    manifest: RunManifest
+    rows: int
+    resumed: bool
+    tracker: ProgressTracker
+    #: The input digests being computed (a new run), ``None`` once recorded.
+    inputs: asyncio.Future[Any] | None = None
+    outcome: Any = None
+
+    def close(self, *, remove: bool) -> None:
+        self.directory.close()
+        if remove:
+            shutil.rmtree(self.directory.path, ignore_errors=True)
+
+
+#: Shares of a bucketed run's time per stage, for the first estimates of time left.
+_BUCKETED_PLAN = (("spill", 0.4), ("sort", 0.2), ("exchange", 0.25), ("confirm", 0.05))
+
+
+async def _prepare_bucketing(
+    settings: PartySettings,
+    resume: tuple[RunDirectory, RunManifest] | None,
+    events: ProgressEvents | None,
+) -> _Bucketing:
+    """Check a resumed run's inputs, or create a new run's directory; plan the run."""
+    from accord.tee import bucketed_host
+
+    if resume is not None:
+        directory, manifest = resume
+        current = await asyncio.to_thread(bucketed_host.input_digests, settings)
+        manifest.check_inputs(current)
+        manifest.notes["resumes"] = int(manifest.notes.get("resumes", 0)) + 1
+        inputs = None
+    else:
+        directory = RunDirectory.create(settings.run_dir or bucketed_host.default_run_dir(settings))
+        manifest = RunManifest(
+            party=settings.party_name,
+            session=settings.session,
+            settings=bucketed_host.settings_to_json(settings),
+            inputs={},
+        )
+        # Hashing a large input takes seconds: it runs while the session starts.
+        inputs = asyncio.ensure_future(asyncio.to_thread(bucketed_host.input_digests, settings))
+    try:
+        rows = await asyncio.to_thread(bucketed_host.estimate_rows, settings.input)
+        bucketed_host.check_memory_limit(settings, rows)
+    except BaseException:
+        if inputs is not None:
+            inputs.cancel()
+        directory.close()
+        if resume is None:
+            shutil.rmtree(directory.path, ignore_errors=True)
+        raise
+    tracker = ProgressTracker(events or (lambda event: None), plan=_BUCKETED_PLAN)
+    return _Bucketing(directory, manifest, rows, resume is not None, tracker, inputs)
+
+
+def _with_resume_hint(error: BaseException, bucketing: _Bucketing | None) -> BaseException:
+    """The error, telling how to continue when the run directory holds a resumable state."""
+    if (
+        bucketing is None
+        or bucketing.manifest.sealed_state is None
+        or not isinstance(error, AccordError)
+    ):
+        return error
+    path = bucketing.directory.path
+    hint = type(error)(
+        f"{error} (progress is kept: continue with `accord align --resume {path}` on this "
+        "party and --resume on every other party)",
+        detail=error.detail,
+    )
+    return hint
+
+
 async def run_party(
     settings: PartySettings,
     *,
     enclave: EnclaveProcess | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
+    resume: tuple[RunDirectory, RunManifest] | None = None,
+    events: ProgressEvents | None = None,
 ) -> PartySummary:
     """Run one party's side of an alignment session; see the module docstring.
 
     ``enclave`` is an enclave process already spawned for this run (the CLI spawns it first
     thing, so it loads while the host starts); by default one is spawned here. Either way it
-    is stopped when the run ends.
+    is stopped when the run ends. ``resume``: the run directory and manifest of a bucketed
+    run to continue (its inputs must be unchanged). ``events``: progress of a bucketed run.
     """
     report_progress: Progress = progress or (lambda stage, rows: None)
     started = time.perf_counter()
@@ -545,7 +676,12 @@ async def run_party(
     links: list[PeerLink] = []
     link_start: asyncio.Future[list[PeerLink]] | None = None
     enclave_ready = asyncio.ensure_future(enclave.ready())
+    bucketing: _Bucketing | None = None
     try:
+        if resume is not None and not settings.bucketed:
+            raise ConfigurationError("resume: the run directory is not of a bucketed run")
+        if settings.bucketed:
+            bucketing = await _prepare_bucketing(settings, resume, events)
         policy_text = _read_policy(settings.policy)
         # Listen at once (peers may dial while this host loads its libraries); dial only
         # once the inputs are checked.
@@ -582,7 +718,8 @@ async def run_party(
         _, links = await asyncio.gather(enclave_ready, link_start)
         run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)
-        result = await _drive(run, policy_text)
+        result = await _drive(run, policy_text, bucketing)
+        keys.cancel()  # a resumed run past its spill reads no keys
     except BaseException as error:
         if keys is not None:
             keys.cancel()
@@ -590,12 +727,25 @@ async def run_party(
         if enclave_ready.done() and not enclave_ready.cancelled():
             enclave_ready.exception()  # reported through `error` if it matters
         await _cleanup(enclave, link_start, links, error)
-        leaf = _first_error(error)
+        if bucketing is not None:
+            if bucketing.inputs is not None:
+                bucketing.inputs.cancel()
+            # Nothing to resume before the first checkpoint: no directory is left behind.
+            bucketing.close(
+                remove=not bucketing.resumed and bucketing.manifest.sealed_state is None
+            )
+        leaf = _with_resume_hint(_first_error(error), bucketing)
         if leaf is error:
             raise
         raise leaf from None
     report, counts, row_map, ids = result
     start = time.perf_counter()
+    outcome = None if bucketing is None else bucketing.outcome
+    if outcome is not None and settings.include_ids:
+        from accord.tables import read_key_columns
+
+        # A bucketed run keeps no IDs on the host: read the key columns again for the map.
+        ids = await asyncio.to_thread(read_key_columns, settings.input, settings.key_columns)
 
     def summary_of(outputs: dict[str, str]) -> PartySummary:
         duplicates = counts.get("duplicates", {})
@@ -625,20 +775,46 @@ async def run_party(
                 "write": round(time.perf_counter() - start, 4),
                 "total": round(time.perf_counter() - started, 4),
             },
+            buckets=None if outcome is None else outcome.buckets,
+            resumed_from_bucket=None if outcome is None else outcome.resumed_from_bucket,
+            disk_peak_bytes=None if outcome is None else outcome.disk_peak_bytes,
         )
 
     # The enclave and the links have done their part: release them (and the enclave's
     # memory) before the outputs are written.
     await asyncio.gather(enclave.close(), *(link.close() for link in links))
-    summary = await asyncio.to_thread(
-        _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
-    )
+    try:
+        summary = await asyncio.to_thread(
+            _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
+        )
+    except BaseException as error:
+        if bucketing is not None:
+            bucketing.close(remove=False)  # stage "done": a resume needs no peer
+        raise _with_resume_hint(error, bucketing) from error
+    if bucketing is not None:
+        bucketing.close(remove=True)  # the run is complete: its sealed files are not needed
     report_progress("done", None)
     return summary
 
 
-async def _drive(run: _Run, policy_text: str) -> tuple[Any, Any, np.ndarray, Any]:
+async def _drive(
+    run: _Run, policy_text: str, bucketing: _Bucketing | None
+) -> tuple[Any, Any, np.ndarray, Any]:
     settings = run.settings
+    body: list[bytes] = []
+    bucket_proposal = None
+    if bucketing is not None:
+        from accord.tee.bucketed_host import proposal
+
+        bucket_proposal = proposal(settings, bucketing.rows)
+        sealed = bucketing.manifest.sealed_bytes()
+        if bucketing.resumed:
+            if sealed is None:
+                raise ConfigurationError(
+                    f"--resume {bucketing.directory.path}: the run stopped before it had "
+                    "anything to resume; start it anew"
+                )
+            body.append(sealed)
     await run.call(
         Call.INIT,
         {
@@ -652,7 +828,10 @@ async def _drive(run: _Run, policy_text: str) -> tuple[Any, Any, np.ndarray, Any
             "skip_invalid": settings.skip_invalid,
             "pad_to": settings.pad_to,
             "rows_hint": _estimate_rows(settings.input),
+            "bucketed": bucket_proposal,
+            "resume": bool(bucketing is not None and bucketing.resumed),
         },
+        body,
     )
     run.progress("attest", None)
     start = time.perf_counter()
@@ -662,8 +841,33 @@ async def _drive(run: _Run, policy_text: str) -> tuple[Any, Any, np.ndarray, Any
         for slot, link in enumerate(run.links):
             group.create_task(run.send_loop(slot, link))
             group.create_task(run.receive_loop(slot, link))
-        result = await run.exchange(keep_ids=settings.include_ids)
+        if bucketing is None:
+            result = await run.exchange(keep_ids=settings.include_ids)
+        else:
+            # The run mode is agreed inside the enclaves once every roster is in.
+            await run.wait_for(lambda status: bool(status.get("keys_ready")))
+            if run.status.get("mode") == "memory":
+                result = await run.exchange(keep_ids=settings.include_ids)
+            else:
+                result = await _drive_buckets(run, bucketing)
     return result
+
+
+async def _drive_buckets(run: _Run, bucketing: _Bucketing) -> tuple[Any, Any, np.ndarray, Any]:
+    from accord.tee.bucketed_host import drive_buckets
+
+    outcome = await drive_buckets(
+        run,
+        bucketing.directory,
+        bucketing.manifest,
+        bucketing.tracker,
+        bucketing.rows,
+        bucketing.inputs,
+    )
+    bucketing.inputs = None
+    bucketing.outcome = outcome
+    bucketing.tracker.finish()
+    return outcome.report, outcome.counts, outcome.row_map, None
 
 
 async def _cleanup(
@@ -696,8 +900,17 @@ def align_party(
     enclave: EnclaveProcess | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
+    resume: tuple[RunDirectory, RunManifest] | None = None,
+    events: ProgressEvents | None = None,
 ) -> PartySummary:
     """:func:`run_party` in a fresh event loop."""
     return asyncio.run(
-        run_party(settings, enclave=enclave, progress=progress, on_listening=on_listening)
+        run_party(
+            settings,
+            enclave=enclave,
+            progress=progress,
+            on_listening=on_listening,
+            resume=resume,
+            events=events,
+        )
     )

@@ -28,6 +28,18 @@ A session goes **init → attest → exchange → intersect → report**:
 6. ``RESULT`` — only once every peer confirmed the same fingerprint and closed its stream
    cleanly: this party's row map.
 
+**Bucketed runs** (inputs larger than memory, :mod:`accord.tee.bucketed`). When the host
+gives ``INIT`` a bucket proposal (its row estimate, memory limit or bucket count), the
+roster carries it, and every party must have given one (the run mode is agreed, never
+mixed). The enclaves agree the bucket count from the proposals; with one bucket and none
+set by hand the run stays in memory. Otherwise ``LOAD_IDS``/``LOAD_DONE`` return sealed
+spill records, ``SORT_BUCKET`` sorts one spill file, ``LOAD_BUCKET`` sends one sorted
+bucket's keys to every peer (``BUCKET`` messages), ``INTERSECT`` and ``RESULT`` work on one
+bucket, and ``CHECKPOINT`` returns the sealed run state for the host to keep. A resumed
+run gives ``INIT`` its sealed state: every party must resume the same run (same run id),
+the session secret comes from the state, and the exchange restarts at the lowest bucket
+any party has finished.
+
 Any failure poisons the session: every later call fails, so nothing is released after an
 error (fail closed).
 
@@ -41,6 +53,7 @@ secret, the digest key, the seed, or any peer's digests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -76,6 +89,7 @@ from accord.errors import (
 )
 from accord.tee.attestation import parse_policy
 from accord.tee.backend import EnclaveBackend
+from accord.tee.bucketed import BucketedRun, Proposal, agree_run_buckets
 from accord.tee.channel import (
     ChannelKeys,
     ChannelReader,
@@ -107,6 +121,7 @@ class MessageKind(IntEnum):
     ROSTER = 1
     DIGESTS = 2
     CONFIRM = 3
+    BUCKET = 4  # bucketed runs: one bucket's sort keys
 
 
 # ------------------------------------------------------------------ key columns on the wire
@@ -179,6 +194,8 @@ class _Link:
     size_hidden: bool = False
     confirm: tuple[int, bytes] | None = None
     closed: bool = False
+    #: Bucketed runs: the peer's proposal and where its run stands (from its roster).
+    bucketed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +207,8 @@ class _Config:
     duplicates: DuplicatePolicy
     skip_invalid: bool
     pad_to: int | None
+    #: This party's bucket proposal (``None``: an in-memory run).
+    proposal: Proposal | None = None
 
 
 class _Loader:
@@ -330,6 +349,12 @@ class EnclaveSession:
         self._loader: _Loader | None = None
         self._own: DigestSet | None = None
         self._result: AlignmentResult | None = None
+        #: ``(|I|, fingerprint)`` every peer must confirm (in memory or bucketed).
+        self._outcome: tuple[int, bytes] | None = None
+        self._bucketed: BucketedRun | None = None
+        self._resumed: BucketedRun | None = None
+        #: ``memory`` or ``bucketed`` once agreed (``None`` before the rosters are in).
+        self._mode: str | None = None
         self._failed: str | None = None
         self._handlers: dict[Call, Callable[[dict[str, Any], memoryview], Reply]] = {
             Call.INIT: self._init,
@@ -340,6 +365,9 @@ class EnclaveSession:
             Call.UNSEAL: self._unseal,
             Call.INTERSECT: self._intersect,
             Call.RESULT: self._result_call,
+            Call.CHECKPOINT: self._checkpoint,
+            Call.SORT_BUCKET: self._sort_bucket,
+            Call.LOAD_BUCKET: self._load_bucket,
         }
 
     @property
@@ -368,6 +396,8 @@ class EnclaveSession:
         except Exception as error:  # an unexpected bug must still fail closed
             self._failed = f"{type(error).__name__} in {call.name}"
             raise ProtocolError(f"enclave failed in {call.name}: {type(error).__name__}") from error
+        if self._bucketed is not None and self._done() and self._bucketed.state.stage == "confirm":
+            self._bucketed.confirmed()
         reply["status"] = self.status()
         return reply, reply_body
 
@@ -378,7 +408,9 @@ class EnclaveSession:
                 slot for slot, link in self._links.items() if link.writer and link.writer.pending
             ),
             "keys_ready": self._session_secret is not None,
+            "mode": self._mode,
             "digests_received": self._all_digests_received(),
+            "bucket_ready": None if self._bucketed is None else self._bucketed.ready(),
             "done": self._done(),
         }
 
@@ -401,6 +433,9 @@ class EnclaveSession:
             )
             rows_hint = meta.get("rows_hint")
             rows_hint = None if rows_hint is None else max(0, int(rows_hint))
+            bucketed = meta.get("bucketed")
+            if bucketed is not None:
+                config = dataclasses.replace(config, proposal=Proposal.from_dict(bucketed, "INIT"))
             policy = parse_policy(str(meta["policy"]), str(meta.get("policy_source", "policy")))
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigurationError(f"INIT: bad session parameters ({error})") from error
@@ -416,8 +451,19 @@ class EnclaveSession:
             make_evidence=self._backend.make_evidence,
             random_bytes=self._random_bytes,
         )
+        if meta.get("resume"):
+            if config.proposal is None:
+                raise ConfigurationError("resume: a resumed run must be bucketed")
+            # The sealed state only opens in an enclave of this build on this platform.
+            self._resumed = BucketedRun.resume(
+                body,
+                party=config.party_name,
+                session=config.session,
+                sealing_key=self._backend.sealing_key(),
+                random_bytes=self._random_bytes,
+            )
         self._config = config
-        self._loader = _Loader(config, rows_hint)
+        self._loader = _Loader(config, None if config.proposal else rows_hint)
         self._share = self._random_bytes(_SHARE_BYTES)
         return {}, b""
 
@@ -495,8 +541,97 @@ class EnclaveSession:
         }
 
     def _roster(self) -> bytes:
-        text = json.dumps(self._roster_fields(), sort_keys=True).encode()
+        fields = self._roster_fields()
+        fields["bucketed"] = self._bucketed_roster()
+        text = json.dumps(fields, sort_keys=True).encode()
         return struct.pack("!I", len(text)) + text + self._share
+
+    def _bucketed_roster(self) -> dict[str, Any] | None:
+        """This party's proposal and, when resuming, which run and how far it got."""
+        assert self._config is not None
+        proposal = self._config.proposal
+        if proposal is None:
+            return None
+        resumed = self._resumed
+        return {
+            "proposal": dataclasses.asdict(proposal),
+            "run_id": None if resumed is None else resumed.run_id.hex(),
+            "exchanged": 0 if resumed is None else resumed.state.exchanged,
+        }
+
+    def _agree_mode(self) -> None:
+        """Every roster is in: agree the run mode, bucket count and exchange start."""
+        assert self._config is not None and self._session_secret is not None
+        mine = self._bucketed_roster()
+        peers = {
+            link.keys.peer_name: link.bucketed
+            for link in self._links.values()
+            if link.keys is not None
+        }
+        for peer, theirs in sorted(peers.items()):
+            if (theirs is None) != (mine is None):
+                bucketed = peer if mine is None else self._config.party_name
+                raise ConfigurationError(
+                    f"party {bucketed!r} runs bucketed (--memory-limit/--buckets) but "
+                    f"{self._config.party_name if mine is None else peer!r} runs in memory; "
+                    "give --memory-limit or --buckets to every party"
+                )
+        if mine is None:
+            self._mode = "memory"
+            return
+        runs = {peer: theirs["run_id"] for peer, theirs in peers.items() if theirs}
+        for peer, run_id in sorted(runs.items()):
+            if run_id != mine["run_id"]:
+                raise ConfigurationError(
+                    f"party {peer!r} "
+                    + ("starts a new run" if run_id is None else "resumes another run")
+                    + (
+                        " while this party resumes one"
+                        if mine["run_id"]
+                        else " while this party starts a new one"
+                    )
+                    + "; resume every party of the run with --resume, or start all anew"
+                )
+        names = sorted([self._config.party_name, *peers])
+        if self._resumed is not None:
+            run = self._resumed
+        else:
+            proposals = [Proposal.from_dict(mine["proposal"], "this party")] + [
+                Proposal.from_dict(theirs["proposal"], f"peer {peer!r}")
+                for peer, theirs in sorted(peers.items())
+                if theirs
+            ]
+            buckets = agree_run_buckets(proposals)
+            if buckets == 1 and all(p.buckets is None for p in proposals):
+                self._mode = "memory"  # every input fits: the in-memory path
+                return
+            run = BucketedRun.start(
+                party=self._config.party_name,
+                session=self._config.session,
+                parties=names,
+                key_columns=self._config.key_columns,
+                duplicates=self._config.duplicates.value,
+                skip_invalid=self._config.skip_invalid,
+                secret=self._session_secret,
+                buckets=buckets,
+                sealing_key=self._backend.sealing_key(),
+                random_bytes=self._random_bytes,
+            )
+        if run.state.parties != names:
+            raise ConfigurationError(
+                f"resume: the run was between {run.state.parties}, this session is {names}"
+            )
+        start = min(
+            [int(mine["exchanged"])]
+            + [int(theirs["exchanged"]) for theirs in peers.values() if theirs]
+        )
+        run.set_start([peer for peer in peers], start)
+        self._bucketed = run
+        self._mode = "bucketed"
+        if run.state.stage in ("confirm", "done"):
+            for link in self._links.values():
+                link.got_digests = True  # nothing left to exchange
+            self._send_confirm()
 
     # -------------------------------------------------------------- LOAD
 
@@ -511,6 +646,11 @@ class EnclaveSession:
             )
         if len({len(array) for array in arrays}) != 1:
             raise ProtocolError("LOAD_IDS: key columns of different lengths")
+        if self._config.proposal is not None and self._mode is None:
+            raise ProtocolError("LOAD_IDS in a bucketed run before the bucket count is agreed")
+        if self._bucketed is not None:
+            pieces, joined = _joined(self._bucketed.spill_batch(arrays))
+            return {"pieces": pieces}, joined
         self._ids.add(arrays)
         return {"rows": self._ids.rows}, b""
 
@@ -518,6 +658,11 @@ class EnclaveSession:
         assert self._config is not None
         if self._ids.finished:
             raise ProtocolError("LOAD_DONE called twice")
+        if self._bucketed is not None:
+            self._ids.finished = True
+            report_dict, tails = self._bucketed.finish_spill()
+            pieces, joined = _joined(tails)
+            return {"ids": report_dict, "pieces": pieces}, joined
         report = self._ids.finish()
         self._digest_if_ready()
         return {"ids": asdict(report)}, b""
@@ -589,6 +734,9 @@ class EnclaveSession:
             (length,) = struct.unpack_from("!I", message)
             roster = json.loads(bytes(message[4 : 4 + length]))
             share = bytes(message[4 + length :])
+            if not isinstance(roster, dict):
+                raise ProtocolError(f"peer {peer!r} sent a malformed roster")
+            bucketed = roster.pop("bucketed", None)
             mine = self._roster_fields()
             if roster != mine:
                 raise ProtocolError(
@@ -598,13 +746,21 @@ class EnclaveSession:
                 )
             if len(share) != _SHARE_BYTES:
                 raise ProtocolError(f"peer {peer!r} sent a share of {len(share)} bytes")
-            link.roster, link.share = roster, share
+            if bucketed is not None and not isinstance(bucketed, dict):
+                raise ProtocolError(f"peer {peer!r} sent a malformed bucket proposal")
+            link.roster, link.share, link.bucketed = roster, share, bucketed
             if all(other.share is not None for other in self._links.values()):
                 shares = [self._share] + [
                     other.share for other in self._links.values() if other.share
                 ]
-                self._session_secret = shared_seed(shares)
-                self._digest_if_ready()
+                if self._resumed is not None:
+                    # A resumed run keeps its secret: the same digests, buckets and order.
+                    self._session_secret = bytes.fromhex(self._resumed.state.secret)
+                else:
+                    self._session_secret = shared_seed(shares)
+                self._agree_mode()
+                if self._mode == "memory":
+                    self._digest_if_ready()
         elif kind == MessageKind.DIGESTS:
             if link.share is None or link.got_digests:
                 raise ProtocolError(f"peer {peer!r} sent digests out of order")
@@ -616,12 +772,17 @@ class EnclaveSession:
             link.digests = digests_from_bytes(memoryview(message)[start:end])
             link.got_digests = True
             link.size_hidden = bool(flags & _HIDDEN_SIZE)
+        elif kind == MessageKind.BUCKET:
+            if self._bucketed is None:
+                raise ProtocolError(f"peer {peer!r} sent bucket keys in an in-memory run")
+            if self._bucketed.receive(peer, message):
+                link.got_digests = True
         elif kind == MessageKind.CONFIRM:
             if not link.got_digests or link.confirm is not None:
                 raise ProtocolError(f"peer {peer!r} confirmed out of order")
             size, fingerprint = _CONFIRM.unpack(message)
             link.confirm = (size, fingerprint)
-            if self._result is not None:
+            if self._outcome is not None:
                 self._check_confirm(link, peer)
         else:
             raise ProtocolError(f"peer {peer!r} sent an unknown message kind {kind}")
@@ -630,14 +791,13 @@ class EnclaveSession:
 
     def _check_confirm(self, link: _Link, peer: str) -> None:
         """Fail closed unless ``peer`` computed exactly this party's result."""
-        assert self._result is not None and link.confirm is not None
+        assert self._outcome is not None and link.confirm is not None
         size, fingerprint = link.confirm
-        if size != self._result.intersection_size or not hmac.compare_digest(
-            fingerprint, self._result.fingerprint
-        ):
+        mine, expected = self._outcome
+        if size != mine or not hmac.compare_digest(fingerprint, expected):
             raise ProtocolError(
                 f"peer {peer!r} computed a different result ({size} shared IDs, this party "
-                f"{self._result.intersection_size}); nothing is released"
+                f"{mine}); nothing is released"
             )
 
     def _all_digests_received(self) -> bool:
@@ -645,13 +805,31 @@ class EnclaveSession:
 
     def _done(self) -> bool:
         return (
-            self._result is not None
+            self._outcome is not None
             and bool(self._links)
             and all(link.closed and link.confirm for link in self._links.values())
         )
 
+    def _send_confirm(self) -> None:
+        """Tell every peer ``(|I|, fingerprint)`` and end the channel; check early confirms."""
+        assert self._outcome is not None or self._bucketed is not None
+        if self._outcome is None:
+            assert self._bucketed is not None
+            self._outcome = self._bucketed.outcome()
+        links = list(self._links.values())
+        for link in links:
+            if link.confirm is not None and link.keys is not None:
+                self._check_confirm(link, link.keys.peer_name)
+        confirm = _CONFIRM.pack(*self._outcome)
+        for link in links:
+            assert link.writer is not None
+            link.writer.send(MessageKind.CONFIRM, confirm)
+            link.writer.end()
+
     def _intersect(self, meta: dict[str, Any], body: memoryview) -> Reply:
         assert self._config is not None
+        if self._bucketed is not None:
+            return self._intersect_bucket(meta)
         if self._result is not None:
             raise ProtocolError("INTERSECT called twice")
         if self._own is None or self._session_secret is None or not self._all_digests_received():
@@ -662,14 +840,8 @@ class EnclaveSession:
         for link in links:
             link.digests = None  # the peers' digests are no longer needed
         self._result = result
-        for link in links:
-            if link.confirm is not None and link.keys is not None:
-                self._check_confirm(link, link.keys.peer_name)
-        confirm = _CONFIRM.pack(result.intersection_size, result.fingerprint)
-        for link in links:
-            assert link.writer is not None
-            link.writer.send(MessageKind.CONFIRM, confirm)
-            link.writer.end()
+        self._outcome = (result.intersection_size, result.fingerprint)
+        self._send_confirm()
         return {"counts": self._counts(links)}, b""
 
     def _counts(self, links: list[_Link]) -> dict[str, Any]:
@@ -694,5 +866,53 @@ class EnclaveSession:
             raise ProtocolError(
                 "RESULT before every peer confirmed the same result and closed its channel"
             )
+        if self._bucketed is not None:
+            rows = self._bucketed.release(_bucket_of(meta), body)
+            return {"rows": len(rows) // 8}, rows
         assert self._result is not None
         return {"rows": self._result.intersection_size}, self._result.row_map.tobytes()
+
+    # -------------------------------------------------------------- bucketed calls
+
+    def _run(self) -> BucketedRun:
+        if self._bucketed is None:
+            raise ProtocolError("a bucketed call in a run that is not bucketed (yet)")
+        return self._bucketed
+
+    def _checkpoint(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        run = self._run()
+        return {"progress": run.progress(), "counts": run.counts()}, run.checkpoint()
+
+    def _sort_bucket(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        return {}, self._run().sort(_bucket_of(meta), body)
+
+    def _load_bucket(self, meta: dict[str, Any], body: memoryview) -> Reply:
+        message = self._run().load(_bucket_of(meta), body)
+        for link in self._links.values():
+            assert link.writer is not None
+            link.writer.send(MessageKind.BUCKET, message)
+        return {}, b""
+
+    def _intersect_bucket(self, meta: dict[str, Any]) -> Reply:
+        run = self._run()
+        count, sealed = run.intersect(_bucket_of(meta))
+        if run.state.stage == "confirm":
+            self._send_confirm()
+        return {"count": count}, sealed
+
+
+def _bucket_of(meta: Mapping[str, Any]) -> int:
+    bucket = meta.get("bucket")
+    if isinstance(bucket, bool) or not isinstance(bucket, int):
+        raise ProtocolError(f"expected an integer bucket, got {bucket!r}")
+    return bucket
+
+
+def _joined(pieces: list[tuple[int, bytearray]]) -> tuple[list[list[int]], bytearray]:
+    """``[[bucket, length], ...]`` and the pieces back to back (one reply body)."""
+    out = bytearray(sum(len(piece) for _, piece in pieces))
+    at = 0
+    for _, piece in pieces:
+        out[at : at + len(piece)] = piece
+        at += len(piece)
+    return [[bucket, len(piece)] for bucket, piece in pieces], out

@@ -63,8 +63,11 @@ class Call(IntEnum):
     LOAD_DONE = 4  # all IDs loaded: normalise, digest, queue the digests for the peers
     SEAL = 5  # the next sealed records for one peer link (empty when none are ready)
     UNSEAL = 6  # sealed records received from one peer link (or its end of stream)
-    INTERSECT = 7  # intersect and shuffle; returns the counts
-    RESULT = 8  # this party's row map, once every peer confirmed
+    INTERSECT = 7  # intersect and shuffle; returns the counts (bucketed: one bucket)
+    RESULT = 8  # this party's row map (bucketed: of one bucket), once every peer confirmed
+    CHECKPOINT = 9  # bucketed: the sealed run state, progress and counts
+    SORT_BUCKET = 10  # bucketed: one sealed spill file in, its sealed sorted file out
+    LOAD_BUCKET = 11  # bucketed: one sealed sorted file in; its keys go to every peer
 
 
 class PeerFrame(IntEnum):
