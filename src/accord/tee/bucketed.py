@@ -81,6 +81,7 @@ STAGES = ("spill", "sort", "exchange", "confirm", "done")
 _ROW_BYTES = 8
 _ENTRY_BYTES = DIGEST_BYTES + _ROW_BYTES
 _SORTED_RECORD_BYTES = 8 << 20
+_SPILL_SLICE_ROWS = 1 << 18
 _STATE_VERSION = 1
 _RUN_ID_LABEL = b"accord-align/v1 run id"
 # The same derivations as the in-memory path (accord.tee.protocol), so that the same
@@ -349,6 +350,14 @@ class BucketedRun:
     def spill_batch(self, columns: Sequence[pa.Array]) -> list[tuple[int, bytearray]]:
         """Seal one batch of key columns into its buckets: ``[(bucket, bytes to append)]``."""
         self._require("spill", "spilling a batch")
+        pieces: list[tuple[int, bytearray]] = []
+        rows = len(columns[0]) if columns else 0
+        # Slices of a host batch (zero-copy) bound the temporaries of a memory-limited run.
+        for start in range(0, rows, _SPILL_SLICE_ROWS):
+            pieces += self._spill_slice([c.slice(start, _SPILL_SLICE_ROWS) for c in columns])
+        return pieces
+
+    def _spill_slice(self, columns: Sequence[pa.Array]) -> list[tuple[int, bytearray]]:
         state = self.state
         prepared = prepare_ids(columns, names=state.key_columns, skip_invalid=True)
         first_row = self._tally.rows

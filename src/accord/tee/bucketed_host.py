@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from accord.errors import ConfigurationError, ProtocolError
+from accord.tee.allocator import release_memory
 from accord.tee.progress import ProgressTracker
 from accord.tee.runstate import InputDigest, RunDirectory, RunManifest, digest_file
 from accord.tee.wire import Call, encode_columns
@@ -53,9 +54,9 @@ logger = logging.getLogger(__name__)
 
 #: Memory a host process needs besides bucket data: interpreter, libraries, read-ahead of
 #: the key columns, a bucket file being relayed, channel batches (measured, rounded up).
-HOST_RESERVED_BYTES = 200 << 20
+HOST_RESERVED_BYTES = 260 << 20
 #: The same for the enclave process: interpreter, libraries, one spill batch in flight.
-ENCLAVE_RESERVED_BYTES = 120 << 20
+ENCLAVE_RESERVED_BYTES = 160 << 20
 #: ``ACCORD_FAILPOINT=align-pause@K``: the host stops (sleeps) after bucket ``K`` of the
 #: exchange is stored — for tests that kill a run mid-way.
 FAILPOINT_ENV = "ACCORD_FAILPOINT"
@@ -300,6 +301,7 @@ async def drive_buckets(
             directory.close_appends()
         report = dict(reply["ids"])
         manifest.notes["id_report"] = report
+        release_memory()  # the key reader's batches
         tracker.advance(rows, force=True)
         progress = await checkpoints.save()
     run.seconds["spill"] = round(time.perf_counter() - started, 4)

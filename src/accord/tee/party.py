@@ -337,12 +337,14 @@ class _KeyReader:
     unreadable file fails at once; the rest is read while the enclave starts and attests.
     """
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(
+        self, path: Path, columns: Sequence[str], read_ahead: int = _READ_AHEAD_BATCHES
+    ) -> None:
         from accord.tables import iter_key_batches
 
         self._iterator: Iterator[Any] = iter_key_batches(path, columns)
         # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=_READ_AHEAD_BATCHES)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -712,7 +714,8 @@ async def run_party(
             if link_start.done():
                 link_start.result()  # raises if binding failed
         _check_paths(settings)
-        keys = _KeyReader(settings.input, settings.key_columns)
+        # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
+        keys = _KeyReader(settings.input, settings.key_columns, 1 if settings.bucketed else 4)
         await keys.start()  # a missing column or an empty file fails here, before dialling
         inputs_checked.set()
         _, links = await asyncio.gather(enclave_ready, link_start)
@@ -741,6 +744,10 @@ async def run_party(
     report, counts, row_map, ids = result
     start = time.perf_counter()
     outcome = None if bucketing is None else bucketing.outcome
+    if outcome is not None:
+        from accord.tee.allocator import release_memory
+
+        release_memory()  # what the spill and relaying held: the outputs need their own
     if outcome is not None and settings.include_ids:
         from accord.tables import read_key_columns
 

@@ -87,6 +87,7 @@ from accord.errors import (
     InputDataError,
     ProtocolError,
 )
+from accord.tee.allocator import release_memory
 from accord.tee.attestation import parse_policy
 from accord.tee.backend import EnclaveBackend
 from accord.tee.bucketed import BucketedRun, Proposal, agree_run_buckets
@@ -662,6 +663,7 @@ class EnclaveSession:
             self._ids.finished = True
             report_dict, tails = self._bucketed.finish_spill()
             pieces, joined = _joined(tails)
+            release_memory()  # the spill's batch temporaries: sorting needs other sizes
             return {"ids": report_dict, "pieces": pieces}, joined
         report = self._ids.finish()
         self._digest_if_ready()
@@ -884,7 +886,11 @@ class EnclaveSession:
         return {"progress": run.progress(), "counts": run.counts()}, run.checkpoint()
 
     def _sort_bucket(self, meta: dict[str, Any], body: memoryview) -> Reply:
-        return {}, self._run().sort(_bucket_of(meta), body)
+        run = self._run()
+        sealed = run.sort(_bucket_of(meta), body)
+        if run.state.stage == "exchange":
+            release_memory()
+        return {}, sealed
 
     def _load_bucket(self, meta: dict[str, Any], body: memoryview) -> Reply:
         message = self._run().load(_bucket_of(meta), body)
