@@ -13,15 +13,29 @@ given by ``--psi-sizes`` (default 1M) also OpenMined PSI (``openmined-psi``, cli
 server in one process, the protocol steps timed) as the cryptographic anchor — when it is
 importable (see the README: it pins an older protobuf, so it is installed with --no-deps).
 
+With ``--memory-limit SIZE`` every size in ``--sizes`` is also run bucketed (each party
+given ``--memory-limit SIZE``), so in-memory and bucketed runs of the same tables compare.
+
+**Large mode** (``--large N``): inputs larger than memory. Two CSV tables of ``N`` rows each
+(``id,f1,f2``, 32-character IDs, 50 % overlap, shuffled) are generated straight to disk in
+chunks (not timed; the features are a function of the ID, so both aligned tables must come
+out byte for byte identical), then both parties run bucketed with ``--memory-limit``. It
+reports wall time, each party's peak RSS (host and enclave; also without file-backed pages),
+the run directory's peak size and the outputs' size; the check is that both aligned tables
+are identical and hold exactly the shared rows.
+
 Prints one JSON object. Usage::
 
     python3 benchmarks/alignment.py                       # 1M x 1M (+ OpenMined PSI)
     python3 benchmarks/alignment.py --sizes 1000000 10000000 --repeat 3
+    python3 benchmarks/alignment.py --sizes 10000000 --psi-sizes --memory-limit 2GiB \
+        --large 100000000                                 # 10M in memory vs bucketed, 100M
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -86,6 +100,90 @@ def generate(folder: Path, n: int, overlap: float, id_length: int, seed: int) ->
     return info
 
 
+def _mix(values: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of ``values ^ salt`` (a bijection of uint64)."""
+    z = values ^ np.uint64(salt)
+    z += np.uint64(0x9E3779B97F4A7C15)
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+_LARGE_ALPHABET = np.frombuffer(
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_", np.uint8
+)
+_LARGE_LINE = 32 + 1 + 3 + 1 + 6 + 1  # id,f1,f2\n
+
+
+def _large_lines(index: np.ndarray, seed: int) -> np.ndarray:
+    """The CSV lines of the IDs numbered ``index`` (``(n, 44)`` bytes).
+
+    The ID's 32 characters carry 192 pseudo-random bits of three independent splitmix64
+    bijections of the index (collisions are practically impossible); the features are
+    functions of the index too.
+    """
+    n = len(index)
+    words = np.empty((n, 3), dtype=np.uint64)
+    for column in range(3):
+        words[:, column] = _mix(index, seed * 7919 + column)
+    sixes = np.empty((n, 32), dtype=np.uint8)
+    for position in range(32):
+        word, bit = divmod(position * 6, 64)
+        word = min(word, 2)
+        values = (words[:, word] >> np.uint64(bit % 58)) & np.uint64(63)
+        sixes[:, position] = values.astype(np.uint8)
+    lines = np.empty((n, _LARGE_LINE), dtype=np.uint8)
+    lines[:, :32] = _LARGE_ALPHABET[sixes]
+    lines[:, 32] = ord(",")
+    f1 = (words[:, 2] % np.uint64(1000)).astype(np.int64)
+    for place, divisor in enumerate((100, 10, 1)):
+        lines[:, 33 + place] = 48 + (f1 // divisor) % 10
+    lines[:, 36] = ord(",")
+    f2 = ((words[:, 1] >> np.uint64(7)) % np.uint64(10**6)).astype(np.int64)
+    for place in range(6):
+        lines[:, 37 + place] = 48 + (f2 // 10 ** (5 - place)) % 10
+    lines[:, 43] = ord("\n")
+    return lines
+
+
+def generate_large(folder: Path, n: int, overlap: float, seed: int) -> dict[str, Any]:
+    """Write a.csv and b.csv of ``n`` rows each, chunk by chunk (see the module docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "done.json"
+    if done.exists():
+        return dict(json.loads(done.read_text()))
+    shared = round(n * overlap)
+    started = time.perf_counter()
+    paths = {}
+    for party, name in enumerate(("a", "b")):
+        rng = np.random.default_rng([seed, party])
+        # Shared IDs are numbered 0..shared-1, party p's own ones after every shared one.
+        first_own = shared + party * (n - shared)
+        order = rng.permutation(n).astype(np.uint64)
+        own = order >= np.uint64(shared)
+        order[own] += np.uint64(first_own - shared)
+        del own
+        path = folder / f"{name}.csv"
+        with open(path, "wb") as handle:
+            handle.write(b"id,f1,f2\n")
+            for start in range(0, n, 1 << 21):
+                handle.write(_large_lines(order[start : start + (1 << 21)], seed).data)
+        del order
+        paths[name] = str(path)
+    info = {
+        **paths,
+        "n": n,
+        "shared": shared,
+        "generate_seconds": round(time.perf_counter() - started, 1),
+        "input_bytes": os.path.getsize(paths["a"]),
+    }
+    done.write_text(json.dumps(info))
+    return info
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -98,6 +196,7 @@ class TreeSampler:
         self._root = psutil.Process(pid)
         self._interval = interval
         self.combined_peak = 0
+        self.combined_anon_peak = 0
         self.high_water: dict[int, int] = {}
         self.cpu: dict[int, tuple[float, float]] = {}
         self.names: dict[int, str] = {}
@@ -113,10 +212,11 @@ class TreeSampler:
                 processes = [self._root, *self._root.children(recursive=True)]
             except psutil.Error:
                 return
-            total = 0
+            total = anon = 0
             for process in processes:
                 try:
                     total += process.memory_info().rss
+                    anon += _rss_anon(process.pid)
                     times = process.cpu_times()
                     self.cpu[process.pid] = (times.user, times.system)
                     self.high_water[process.pid] = max(
@@ -129,6 +229,7 @@ class TreeSampler:
                 except (psutil.Error, OSError):
                     continue
             self.combined_peak = max(self.combined_peak, total)
+            self.combined_anon_peak = max(self.combined_anon_peak, anon)
             time.sleep(self._interval)
 
     def stop(self) -> dict[str, Any]:
@@ -143,6 +244,8 @@ class TreeSampler:
             cpu[role] = [round(user, 2), round(system, 2)]
         return {
             "combined_peak_rss_bytes": self.combined_peak,
+            # RSS without file-backed pages (the memory-mapped input and libraries).
+            "combined_peak_anon_rss_bytes": self.combined_anon_peak,
             "host_peak_rss_bytes": by_role.get("host"),
             "enclave_peak_rss_bytes": by_role.get("enclave"),
             "sum_of_process_peaks_bytes": sum(by_role.values()),
@@ -158,18 +261,40 @@ def _vm_hwm(pid: int) -> int:
     return 0
 
 
+def _rss_anon(pid: int) -> int:
+    total = 0
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def run_pair(data: dict[str, Any], work: Path, key: Path, policy: Path) -> dict[str, Any]:
-    """Both parties at once; wall time, per-party memory, stage times, correctness."""
+def run_pair(
+    data: dict[str, Any],
+    work: Path,
+    key: Path,
+    policy: Path,
+    extra: list[str] | None = None,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Both parties at once; wall time, per-party memory, stage times, correctness.
+
+    ``extra``: flags for both parties (e.g. ``--memory-limit 2GiB``; each party then gets
+    its own ``--run-dir`` under ``work``).
+    """
     out = work / "out"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    for name in ("a", "b"):
+        shutil.rmtree(work / f"run-{name}", ignore_errors=True)
     port = _free_port()
     common = ["--key", "id", "--policy", str(policy), "--platform-key", str(key)]
     common += ["--progress", "none", "--connect-timeout", "120"]
@@ -183,6 +308,8 @@ def run_pair(data: dict[str, Any], work: Path, key: Path, policy: Path) -> dict[
             "--input", data[name], "--party-name", name,
             "--output-table", str(out / f"{name}.aligned.csv"),
         ]  # fmt: skip
+        if extra:
+            commands[name] += [*extra, "--run-dir", str(work / f"run-{name}")]
     start = time.perf_counter()
     processes = {
         name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -202,8 +329,28 @@ def run_pair(data: dict[str, Any], work: Path, key: Path, policy: Path) -> dict[
             **memory[name],
             "intersection": summary["intersection"],
             "stage_seconds": summary["seconds"],
+            "buckets": summary.get("buckets"),
+            "run_dir_peak_bytes": summary.get("disk_peak_bytes"),
+            "output_bytes": (out / f"{name}.aligned.csv").stat().st_size,
         }
-    return {"wall_seconds": round(wall, 3), "parties": parties, "correct": _check(data, out)}
+    correct = _check(data, out) if check else _check_identical(data, out, parties)
+    return {"wall_seconds": round(wall, 3), "parties": parties, "correct": correct}
+
+
+def _check_identical(data: dict[str, Any], out: Path, parties: dict[str, Any]) -> bool:
+    """Large mode: both aligned tables are byte for byte identical with the shared count.
+
+    The features are a function of the ID, so identical tables mean every position pairs
+    the same ID; each party's own IDs are distinct from the other's, so a row present in
+    both tables is shared, and ``shared`` distinct rows are all of them.
+    """
+    digests = []
+    for name in ("a", "b"):
+        with open(out / f"{name}.aligned.csv", "rb") as handle:
+            digests.append(hashlib.file_digest(handle, "sha256").hexdigest())
+    return digests[0] == digests[1] and all(
+        party["intersection"] == data["shared"] for party in parties.values()
+    )
 
 
 def _check(data: dict[str, Any], out: Path) -> bool:
@@ -346,7 +493,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--psi-sizes", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--id-length", type=int, default=32)
@@ -354,6 +501,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per size (median kept)")
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "accord-bench-alignment"
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        help="also run every size bucketed with this --memory-limit (e.g. 2GiB); large mode "
+        "uses it (default there: 2GiB)",
+    )
+    parser.add_argument(
+        "--large",
+        type=int,
+        nargs="*",
+        default=[],
+        help="large mode: sizes run bucketed only, inputs generated to disk beforehand",
+    )
+    parser.add_argument(
+        "--skip-baseline", action="store_true", help="no set(a) & set(b) baseline (large sizes)"
     )
     args = parser.parse_args()
 
@@ -368,6 +531,16 @@ def main() -> None:
         runs = [run_pair(data, folder, key, policy) for _ in range(args.repeat)]
         runs.sort(key=lambda run: run["wall_seconds"])
         median = runs[len(runs) // 2]
+        bucketed = None
+        if args.memory_limit is not None:
+            extra = ["--memory-limit", args.memory_limit]
+            bucketed_runs = [run_pair(data, folder, key, policy, extra) for _ in range(args.repeat)]
+            bucketed_runs.sort(key=lambda run: run["wall_seconds"])
+            bucketed = bucketed_runs[len(bucketed_runs) // 2]
+            bucketed["memory_limit"] = args.memory_limit
+            bucketed["max_party_peak_rss_bytes"] = max(
+                party["combined_peak_rss_bytes"] for party in bucketed["parties"].values()
+            )
         baseline = run_script(_BASELINE, data, timeout=3600)
         entry: dict[str, Any] = {
             "n_per_party": n,
@@ -382,6 +555,8 @@ def main() -> None:
             "baseline_set_intersection": baseline,
             "ratio_to_set_intersection": round(median["wall_seconds"] / baseline["seconds"], 3),
         }
+        if bucketed is not None:
+            entry["bucketed"] = bucketed
         if n in (args.psi_sizes or []):
             if psi_status is None:
                 try:
@@ -392,6 +567,30 @@ def main() -> None:
                 entry["openmined_psi"] = {"status": psi_status}
         results.append(entry)
         print(json.dumps(entry), file=sys.stderr)
+    for n in args.large:
+        limit = args.memory_limit or "2GiB"
+        folder = args.workdir / f"large-n{n}-o{args.overlap}-s{args.seed}"
+        data = generate_large(folder, n, args.overlap, args.seed)
+        run = run_pair(data, folder, key, policy, ["--memory-limit", limit], check=False)
+        large: dict[str, Any] = {
+            "mode": "large (bucketed, generated to disk beforehand, not timed)",
+            "n_per_party": n,
+            "shared": data["shared"],
+            "input_bytes_per_party": data["input_bytes"],
+            "generate_seconds": data["generate_seconds"],
+            "memory_limit": limit,
+            "max_party_peak_rss_bytes": max(
+                party["combined_peak_rss_bytes"] for party in run["parties"].values()
+            ),
+            "max_party_peak_anon_rss_bytes": max(
+                party["combined_peak_anon_rss_bytes"] for party in run["parties"].values()
+            ),
+            **run,
+        }
+        if not args.skip_baseline:
+            large["baseline_set_intersection"] = run_script(_BASELINE, data, timeout=7200)
+        results.append(large)
+        print(json.dumps(large), file=sys.stderr)
     print(
         json.dumps(
             {
