@@ -287,3 +287,37 @@ def test_resume_of_a_directory_that_is_no_run_fails_clearly(tmp_path: Path) -> N
     party = Party("a", ["--resume", str(tmp_path), "--listen", "127.0.0.1:0"])
     code, _, stderr = party.wait(60)
     assert code == 2 and f"--resume {tmp_path}: no manifest.json there" in stderr
+
+
+def test_a_run_stopped_after_every_peer_confirmed_finishes_alone(
+    tmp_path: Path, universe: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = ["a", "b"]
+    tables = _tables(tmp_path, names, universe, 3000)
+    runs = {name: tmp_path / f"run-{name}" for name in names}
+    extra = {name: ["--buckets", "3", "--run-dir", str(runs[name])] for name in names}
+    # Party a stops once every peer confirmed, before it collects its rows; b completes.
+    monkeypatch.setenv("ACCORD_FAILPOINT", "align-pause@done")
+    parties = _run(tmp_path, tables, tmp_path / "out", extra, failpoint=monkeypatch)
+    code_b, _, stderr_b = parties["b"].wait(60)
+    assert code_b == 0, stderr_b
+    deadline = time.monotonic() + 30
+    while not parties["a"].saw("failpoint align-pause@done") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    host = psutil.Process(parties["a"].process.pid)
+    children = host.children()
+    os.kill(host.pid, signal.SIGKILL)
+    for child in children:
+        child.kill()
+    parties["a"].wait(30)
+    assert not runs["b"].exists() and not (tmp_path / "out" / "a.aligned.csv").exists()
+    # Resumed with no peer to contact (b is gone): the sealed state says all confirmed.
+    a = Party("a", ["--resume", str(runs["a"]), "--platform-key", str(tmp_path / "a-platform.pem")])
+    code, stdout, stderr = a.wait(60)
+    assert code == 0, stderr
+    assert json.loads(stdout)["resumed_from_bucket"] == 3
+    ids = _check_lined_up(tmp_path / "out", names)
+    shared = {row["id"] for row in read_csv(tables["a"])} & {
+        row["id"] for row in read_csv(tables["b"])
+    }
+    assert sorted(ids) == sorted(shared)

@@ -342,11 +342,14 @@ def resume_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
                 f"--party-name: the run in {args.resume} is party {manifest.party!r}, "
                 f"got {args.party_name!r}"
             )
-        overrides: dict[str, Any] = {
-            "listen": None if args.listen is None else Endpoint.parse(args.listen, "--listen"),
-            "peers": tuple(Endpoint.parse(peer, "--peer") for peer in args.peer or []),
-            "debug_enclave": bool(args.debug_enclave),
-        }
+        overrides: dict[str, Any] = {"debug_enclave": bool(args.debug_enclave)}
+        if args.listen is not None or args.peer:
+            # Addresses change between attempts; without them the run's own are kept (a run
+            # stopped after every peer confirmed finishes without contacting anyone).
+            overrides["listen"] = (
+                None if args.listen is None else Endpoint.parse(args.listen, "--listen")
+            )
+            overrides["peers"] = tuple(Endpoint.parse(peer, "--peer") for peer in args.peer or [])
         for name in ("platform_key", "connect_timeout", "idle_timeout"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)

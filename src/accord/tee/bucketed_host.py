@@ -58,7 +58,8 @@ HOST_RESERVED_BYTES = 260 << 20
 #: The same for the enclave process: interpreter, libraries, one spill batch in flight.
 ENCLAVE_RESERVED_BYTES = 160 << 20
 #: ``ACCORD_FAILPOINT=align-pause@K``: the host stops (sleeps) after bucket ``K`` of the
-#: exchange is stored — for tests that kill a run mid-way.
+#: exchange is stored (``align-pause@done``: once every peer confirmed) — for tests that
+#: kill a run mid-way.
 FAILPOINT_ENV = "ACCORD_FAILPOINT"
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
@@ -209,17 +210,23 @@ class BucketOutcome:
     disk_peak_bytes: int
 
 
-def _failpoint() -> int | None:
+def _failpoint() -> str | None:
     text = os.environ.get(FAILPOINT_ENV, "")
     for entry in text.split(","):
         if entry.startswith("align-pause@"):
-            try:
-                return int(entry.split("@", 1)[1])
-            except ValueError as error:
+            where = entry.split("@", 1)[1]
+            if where != "done" and not where.isdigit():
                 raise ConfigurationError(
-                    f"{FAILPOINT_ENV}: expected align-pause@BUCKET, got {entry!r}"
-                ) from error
+                    f"{FAILPOINT_ENV}: expected align-pause@BUCKET or align-pause@done, "
+                    f"got {entry!r}"
+                )
+            return where
     return None
+
+
+async def _pause(where: str) -> None:
+    logger.warning("failpoint align-pause@%s: pausing until killed", where)
+    await asyncio.sleep(3600)
 
 
 class _Checkpoints:
@@ -335,15 +342,16 @@ async def drive_buckets(
             del result
             progress = await checkpoints.save()
             tracker.advance(bucket + 1)
-            if pause is not None and bucket == pause:
-                logger.warning("failpoint align-pause@%d: pausing until killed", bucket)
-                await asyncio.sleep(3600)
+            if pause == str(bucket):
+                await _pause(pause)
     run.seconds["exchange"] = round(time.perf_counter() - started, 4)
 
     started = time.perf_counter()
     tracker.stage("confirm")
     await run.wait_for(lambda status: bool(status.get("done")))
     await checkpoints.save()  # stage "done": a crash from here on needs no peer to finish
+    if pause == "done":
+        await _pause(pause)
     counts = checkpoints.counts
     pieces = []
     for bucket in range(buckets):

@@ -685,40 +685,47 @@ async def run_party(
         if settings.bucketed:
             bucketing = await _prepare_bucketing(settings, resume, events)
         policy_text = _read_policy(settings.policy)
-        # Listen at once (peers may dial while this host loads its libraries); dial only
-        # once the inputs are checked.
-        inputs_checked = asyncio.Event()
-        listening = asyncio.Event()
+        if bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done":
+            # Every peer confirmed before the stop: the enclave releases the sealed result
+            # without them (they may have finished and removed their run directories).
+            _check_paths(settings)
+            keys = _KeyReader(settings.input, settings.key_columns, 1)  # never read
+            await enclave_ready
+        else:
+            # Listen at once (peers may dial while this host loads its libraries); dial only
+            # once the inputs are checked.
+            inputs_checked = asyncio.Event()
+            listening = asyncio.Event()
 
-        def now_listening(endpoint: Endpoint) -> None:
-            listening.set()
-            if on_listening is not None:
-                on_listening(endpoint)
+            def now_listening(endpoint: Endpoint) -> None:
+                listening.set()
+                if on_listening is not None:
+                    on_listening(endpoint)
 
-        link_start = asyncio.ensure_future(
-            connect_links(
-                Hello(settings.party_name, settings.session, settings.parties),
-                listen=settings.listen,
-                peers=settings.peers,
-                connect_timeout=settings.connect_timeout,
-                idle_timeout=settings.idle_timeout,
-                on_listening=now_listening,
-                dial_after=inputs_checked,
+            link_start = asyncio.ensure_future(
+                connect_links(
+                    Hello(settings.party_name, settings.session, settings.parties),
+                    listen=settings.listen,
+                    peers=settings.peers,
+                    connect_timeout=settings.connect_timeout,
+                    idle_timeout=settings.idle_timeout,
+                    on_listening=now_listening,
+                    dial_after=inputs_checked,
+                )
             )
-        )
-        report_progress("connect", None)
-        if settings.listen is not None:  # let the listener bind (or fail) first
-            bound = asyncio.ensure_future(listening.wait())
-            await asyncio.wait([link_start, bound], return_when=asyncio.FIRST_COMPLETED)
-            bound.cancel()
-            if link_start.done():
-                link_start.result()  # raises if binding failed
-        _check_paths(settings)
-        # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
-        keys = _KeyReader(settings.input, settings.key_columns, 1 if settings.bucketed else 4)
-        await keys.start()  # a missing column or an empty file fails here, before dialling
-        inputs_checked.set()
-        _, links = await asyncio.gather(enclave_ready, link_start)
+            report_progress("connect", None)
+            if settings.listen is not None:  # let the listener bind (or fail) first
+                bound = asyncio.ensure_future(listening.wait())
+                await asyncio.wait([link_start, bound], return_when=asyncio.FIRST_COMPLETED)
+                bound.cancel()
+                if link_start.done():
+                    link_start.result()  # raises if binding failed
+            _check_paths(settings)
+            # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
+            keys = _KeyReader(settings.input, settings.key_columns, 1 if settings.bucketed else 4)
+            await keys.start()  # a missing column or an empty file fails here, before dialling
+            inputs_checked.set()
+            _, links = await asyncio.gather(enclave_ready, link_start)
         run = _Run(settings, enclave, links, keys, report_progress)
         run.seconds["connect"] = round(time.perf_counter() - started, 4)
         result = await _drive(run, policy_text, bucketing)
@@ -759,7 +766,13 @@ async def run_party(
         return PartySummary(
             party=settings.party_name,
             session=settings.session,
-            parties=tuple(sorted([settings.party_name, *(link.name for link in links)])),
+            parties=tuple(
+                sorted(
+                    [settings.party_name, *(link.name for link in links)]
+                    if links
+                    else [settings.party_name, *counts["peer_sizes"]]
+                )
+            ),
             input_rows=int(report["rows"]),
             own_ids=int(counts["own_size"]),
             peer_ids=dict(counts["peer_sizes"]),

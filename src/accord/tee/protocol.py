@@ -463,6 +463,13 @@ class EnclaveSession:
                 sealing_key=self._backend.sealing_key(),
                 random_bytes=self._random_bytes,
             )
+            if self._resumed.state.stage == "done":
+                # Every peer confirmed this result before the stop (the sealed state says
+                # so): it may be released without them.
+                self._bucketed = self._resumed
+                self._mode = "bucketed"
+                self._session_secret = bytes.fromhex(self._resumed.state.secret)
+                self._outcome = self._resumed.outcome()
         self._config = config
         self._loader = _Loader(config, None if config.proposal else rows_hint)
         self._share = self._random_bytes(_SHARE_BYTES)
@@ -806,6 +813,8 @@ class EnclaveSession:
         return bool(self._links) and all(link.got_digests for link in self._links.values())
 
     def _done(self) -> bool:
+        if self._bucketed is not None and self._bucketed.state.stage == "done":
+            return True  # confirmed by every peer (now, or before a resume)
         return (
             self._outcome is not None
             and bool(self._links)
