@@ -35,6 +35,7 @@ Prints one JSON object. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -270,6 +271,59 @@ def _rss_anon(pid: int) -> int:
     return total
 
 
+class MemoryCgroup:
+    """A memory cgroup capped at ``limit`` bytes, page cache included (Linux, as root).
+
+    The hard form of a memory limit: the kernel reclaims the group's page cache and
+    file-backed pages to stay under it and kills the group's processes (OOM) if anonymous
+    memory alone would exceed it. cgroup v2 (``memory.max``) or v1 (``limit_in_bytes``).
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        v2 = Path("/sys/fs/cgroup")
+        v1 = Path("/sys/fs/cgroup/memory")
+        if (v2 / "cgroup.controllers").is_file():
+            self.version, root = 2, v2
+        elif v1.is_dir():
+            self.version, root = 1, v1
+        else:
+            raise RuntimeError("--cgroup: no cgroup memory controller at /sys/fs/cgroup")
+        self.path = root / f"accord-bench-{name}-{os.getpid()}"
+        try:
+            self.path.mkdir()
+            limit_file = "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+            (self.path / limit_file).write_text(str(limit))
+        except OSError as error:
+            raise RuntimeError(f"--cgroup: cannot create {self.path}: {error}") from error
+        self.limit = limit
+
+    def wrap(self, command: list[str]) -> list[str]:
+        """``command`` started inside the group (its children, the enclave, follow)."""
+        procs = self.path / "cgroup.procs"
+        return ["sh", "-c", f'echo $$ > "{procs}" && exec "$@"', "sh", *command]
+
+    def report(self) -> dict[str, Any]:
+        if self.version == 2:
+            peak_file = self.path / "memory.peak"
+            peak = int(peak_file.read_text()) if peak_file.is_file() else None
+            events = dict(
+                line.split() for line in (self.path / "memory.events").read_text().splitlines()
+            )
+            oom_kills = int(events.get("oom_kill", 0))
+        else:
+            peak = int((self.path / "memory.max_usage_in_bytes").read_text())
+            control = dict(
+                line.split() for line in (self.path / "memory.oom_control").read_text().splitlines()
+            )
+            oom_kills = int(control.get("oom_kill", 0))
+        return {"limit_bytes": self.limit, "peak_bytes_page_cache_included": peak,
+                "oom_kills": oom_kills}  # fmt: skip
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -283,11 +337,13 @@ def run_pair(
     policy: Path,
     extra: list[str] | None = None,
     check: bool = True,
+    cgroup_limit: int | None = None,
 ) -> dict[str, Any]:
     """Both parties at once; wall time, per-party memory, stage times, correctness.
 
     ``extra``: flags for both parties (e.g. ``--memory-limit 2GiB``; each party then gets
-    its own ``--run-dir`` under ``work``).
+    its own ``--run-dir`` under ``work``). ``cgroup_limit``: each party (host and enclave)
+    runs in its own memory cgroup capped at that many bytes.
     """
     out = work / "out"
     if out.exists():
@@ -310,15 +366,27 @@ def run_pair(
         ]  # fmt: skip
         if extra:
             commands[name] += [*extra, "--run-dir", str(work / f"run-{name}")]
-    start = time.perf_counter()
-    processes = {
-        name: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for name, command in commands.items()
-    }
-    samplers = {name: TreeSampler(process.pid) for name, process in processes.items()}
-    outputs = {name: process.communicate() for name, process in processes.items()}
-    wall = time.perf_counter() - start
-    memory = {name: sampler.stop() for name, sampler in samplers.items()}
+    groups = {}
+    if cgroup_limit is not None:
+        groups = {name: MemoryCgroup(name, cgroup_limit) for name in commands}
+        commands = {name: groups[name].wrap(command) for name, command in commands.items()}
+    try:
+        start = time.perf_counter()
+        processes = {
+            name: subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for name, command in commands.items()
+        }
+        samplers = {name: TreeSampler(process.pid) for name, process in processes.items()}
+        outputs = {name: process.communicate() for name, process in processes.items()}
+        wall = time.perf_counter() - start
+        memory = {name: sampler.stop() for name, sampler in samplers.items()}
+        for name, group in groups.items():
+            memory[name]["cgroup"] = group.report()
+    finally:
+        for group in groups.values():
+            group.remove()
     parties: dict[str, Any] = {}
     for name, process in processes.items():
         stdout, stderr = outputs[name]
@@ -518,6 +586,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-baseline", action="store_true", help="no set(a) & set(b) baseline (large sizes)"
     )
+    parser.add_argument(
+        "--cgroup",
+        action="store_true",
+        help="large mode: run each party in a memory cgroup capped at --memory-limit, page "
+        "cache included (Linux, as root): the limit enforced by the kernel, not only sampled",
+    )
     args = parser.parse_args()
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -571,7 +645,17 @@ def main() -> None:
         limit = args.memory_limit or "2GiB"
         folder = args.workdir / f"large-n{n}-o{args.overlap}-s{args.seed}"
         data = generate_large(folder, n, args.overlap, args.seed)
-        run = run_pair(data, folder, key, policy, ["--memory-limit", limit], check=False)
+        from accord.tee.bucketed_host import parse_size
+
+        run = run_pair(
+            data,
+            folder,
+            key,
+            policy,
+            ["--memory-limit", limit],
+            check=False,
+            cgroup_limit=parse_size(limit) if args.cgroup else None,
+        )
         large: dict[str, Any] = {
             "mode": "large (bucketed, generated to disk beforehand, not timed)",
             "n_per_party": n,
@@ -579,6 +663,7 @@ def main() -> None:
             "input_bytes_per_party": data["input_bytes"],
             "generate_seconds": data["generate_seconds"],
             "memory_limit": limit,
+            "enforced_by_cgroup": bool(args.cgroup),
             "max_party_peak_rss_bytes": max(
                 party["combined_peak_rss_bytes"] for party in run["parties"].values()
             ),

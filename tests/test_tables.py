@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,16 +262,22 @@ def test_line_copy_equals_table_gather(
 def assert_line_copy_matches(tmp_path: Path, source: Path, data: st.DataObject) -> None:
     read = tables.read_table(source)
     order = np.array(data.draw(st.permutations(list(range(read.num_rows)))), dtype=np.int64)
+    order = order[: data.draw(st.integers(1, read.num_rows))]  # the shared rows: a subset
+    bounded = data.draw(st.booleans(), label="bounded")
     out = tmp_path / "h_out.csv"
     copied = []
-    # Tiny scan pieces and write chunks: quote parity and CRLF pairs cross piece borders.
+    # Tiny scan pieces, write chunks and partitions: quote parity and CRLF pairs cross piece
+    # borders, a partition ends inside a chunk, pages are released as the scan goes.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tables, "_SCAN_BYTES", 5)
         patch.setattr(tables, "_WRITE_CHUNK_ROWS", 3)
+        patch.setattr(tables, "_PARTITION_BYTES", data.draw(st.integers(1, 40)))
+        patch.setattr(tables, "_RESIDENT_BYTES", 0)
         patch.setattr(tables, "_write_arrow", lambda *a, **k: copied.append("table path"))
-        tables.write_aligned_table(out, source, order, source_rows=read.num_rows)
+        tables.write_aligned_table(out, source, order, source_rows=read.num_rows, bounded=bounded)
     assert copied == []  # the verbatim line path was taken
     assert tables.read_table(out).to_pydict() == read.take(pa.array(order)).to_pydict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["h_out.csv", source.name])
 
 
 terminators = st.sampled_from(["\n", "\r\n", "\r"])
@@ -314,6 +322,52 @@ def test_bad_row_map_writes_nothing(tmp_path: Path) -> None:
         tables.write_aligned_table(out, source, np.array([0.5]), source_rows=4)
     assert not out.exists()
     assert leftovers(tmp_path) == []
+
+
+def test_bounded_copy_refuses_a_repeated_row_and_writes_nothing(tmp_path: Path) -> None:
+    source = source_csv(tmp_path)
+    out = tmp_path / "aligned.csv"
+    with pytest.raises(ProtocolError, match="expected distinct rows, found a row repeated"):
+        tables.write_aligned_table(out, source, np.array([2, 0, 2]), source_rows=4, bounded=True)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+_PEAK_OF_A_COPY = """
+import sys
+import numpy as np
+from accord import tables
+tables._RESIDENT_BYTES = tables._PARTITION_BYTES = 8 << 20
+rows = int(sys.argv[3])
+order = np.random.default_rng(0).permutation(rows)[: rows // 2]
+tables.write_aligned_table(sys.argv[2], sys.argv[1], order, source_rows=rows,
+                           bounded=sys.argv[4] == "bounded")
+status = open("/proc/self/status").read().split("VmHWM:")[1]  # ru_maxrss survives exec
+print(int(status.split()[0]) * 1024)
+"""
+
+
+def test_bounded_copy_keeps_the_input_out_of_resident_memory(tmp_path: Path) -> None:
+    rows = 2_000_000
+    source = tmp_path / "big.csv"
+    lines = np.char.add(np.arange(rows).astype("U12"), ",payload-of-forty-bytes-0123456789abcdef\n")
+    source.write_bytes(b"id,v\n" + "".join(lines.tolist()).encode())
+    size = source.stat().st_size  # ~100 MB
+    peaks = {}
+    for mode in ("bounded", "mapped"):
+        out = tmp_path / f"{mode}.csv"
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_OF_A_COPY, str(source), str(out), str(rows), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        peaks[mode] = int(done.stdout.split()[-1])
+    assert (tmp_path / "bounded.csv").read_bytes() == (tmp_path / "mapped.csv").read_bytes()
+    # The mapped copy touches every page of the input; the bounded one holds its line
+    # offsets (8 B a line), a partition and ~8 MiB of mapped pages at a time.
+    assert peaks["mapped"] - peaks["bounded"] > 0.5 * size, peaks
 
 
 def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> None:

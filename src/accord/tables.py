@@ -38,10 +38,11 @@ import mmap
 import os
 import re
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,11 @@ _CSV_BLOCK_BYTES = 16 << 20
 _PARQUET_BATCH_ROWS = 1 << 20
 _WRITE_CHUNK_ROWS = 1 << 20
 _SCAN_BYTES = 4 << 20
+#: A bounded-memory copy keeps at most this many bytes of the mapped input resident.
+_RESIDENT_BYTES = 64 << 20
+#: ... and gathers the output through partition files of about this size.
+_PARTITION_BYTES = 64 << 20
+_MAX_PARTITIONS = 512
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _ROW_MAP_COLUMNS = ("position", "row")
 
@@ -113,8 +119,14 @@ def _delimiter(path: StrPath) -> str:
 # ----------------------------------------------------------------------------- reading
 
 
-def iter_key_batches(path: StrPath, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+def iter_key_batches(
+    path: StrPath, columns: Sequence[str], *, mapped: bool = True
+) -> Iterator[pa.RecordBatch]:
     """Stream the key column(s) of ``path`` as record batches, in row order.
+
+    ``mapped``: an uncompressed CSV is read through a memory map (no copy); its pages then
+    count in the process's resident size up to the file's size, so an input larger than
+    memory is read with plain reads instead (``mapped=False``).
 
     Raises :class:`InputDataError` (naming the file) for a missing key column, an empty
     file, a file without data rows, or an unreadable or malformed file — the last possibly
@@ -123,7 +135,9 @@ def iter_key_batches(path: StrPath, columns: Sequence[str]) -> Iterator[pa.Recor
     wanted = _check_key_names(path, columns)
     fmt = file_format(path)
     batches = (
-        _iter_csv_keys(path, wanted) if fmt is TableFormat.CSV else _iter_parquet_keys(path, wanted)
+        _iter_csv_keys(path, wanted, mapped)
+        if fmt is TableFormat.CSV
+        else _iter_parquet_keys(path, wanted)
     )
     rows = 0
     for batch in batches:
@@ -211,7 +225,9 @@ def _csv_header(path: StrPath) -> list[str]:
     return names
 
 
-def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def _iter_csv_keys(
+    path: StrPath, columns: list[str], mapped: bool = True
+) -> Iterator[pa.RecordBatch]:
     _check_readable(path)
     convert = pcsv.ConvertOptions(
         include_columns=columns,
@@ -221,7 +237,7 @@ def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch
     )
     try:
         reader = pcsv.open_csv(
-            _csv_source(path),
+            _csv_source(path, mapped),
             read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
             parse_options=_parse_options(path),
             convert_options=convert,
@@ -246,9 +262,9 @@ def _iter_csv_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch
             yield batch
 
 
-def _csv_source(path: StrPath) -> str | pa.NativeFile:
+def _csv_source(path: StrPath, mapped: bool = True) -> str | pa.NativeFile:
     """A memory map for an uncompressed file (no copy into fresh memory), else the path."""
-    if _compression(path) is not None:
+    if _compression(path) is not None or not mapped:
         return str(path)
     try:
         return pa.memory_map(str(path))
@@ -374,6 +390,7 @@ def write_aligned_table(
     *,
     source_rows: int | None = None,
     progress: Progress | None = None,
+    bounded: bool = False,
 ) -> None:
     """Write ``source``'s rows in the order of ``row_map`` to ``path``, every column kept.
 
@@ -381,6 +398,10 @@ def write_aligned_table(
     number of data rows found when the key columns were read — lets a CSV → CSV copy take
     the verbatim-lines path safely (the scan must find exactly that many rows, else the
     table path is used). ``progress`` is called with the number of rows written so far.
+    ``bounded`` (an input larger than memory): the CSV copy reads the input once in file
+    order and gathers the lines through partition files next to ``path``, so that neither
+    its resident pages nor the page cache it needs grow with the input (random reads of a
+    mapped file larger than memory would thrash).
     """
     out_format = file_format(path)
     if isinstance(source, pa.Table):
@@ -396,7 +417,7 @@ def write_aligned_table(
         and _compression(source) is None
     ):
         rows = _check_row_map(path, row_map, source_rows)
-        if _write_csv_lines(path, source, rows, source_rows, progress):
+        if _write_csv_lines(path, source, rows, source_rows, progress, bounded):
             return
     table = read_table(source)
     rows = _check_row_map(path, row_map, table.num_rows)
@@ -481,6 +502,7 @@ def _write_csv_lines(
     rows: np.ndarray,
     source_rows: int,
     progress: Progress | None,
+    bounded: bool = False,
 ) -> bool:
     """Copy ``source``'s header and the data lines ``rows`` verbatim; False if not possible.
 
@@ -496,7 +518,9 @@ def _write_csv_lines(
     except (OSError, ValueError) as exc:
         raise InputDataError(f"{source}: cannot read: {exc}") from exc
     try:
-        return _copy_lines(path, mapped, ord(_delimiter(source)), rows, source_rows, progress)
+        return _copy_lines(
+            path, mapped, ord(_delimiter(source)), rows, source_rows, progress, bounded
+        )
     finally:
         with contextlib.suppress(BufferError):
             mapped.close()
@@ -509,8 +533,13 @@ def _copy_lines(
     rows: np.ndarray,
     source_rows: int,
     progress: Progress | None,
+    bounded: bool = False,
 ) -> bool:
     raw = np.frombuffer(mapped, dtype=np.uint8)
+    if bounded:
+        return _copy_lines_bounded(
+            path, raw, delimiter, rows, source_rows, _PageRelease(mapped), progress
+        )
     lines = _csv_lines(raw, delimiter)
     if lines is None:
         return False
@@ -529,22 +558,213 @@ def _copy_lines(
         if header == unterminated:  # pragma: no cover - a header-only file has no rows
             sink.write(b"\n")
         for start in range(0, len(rows), _WRITE_CHUNK_ROWS):
-            chosen = rows[start : start + _WRITE_CHUNK_ROWS] + 1
-            if nonempty is not None:
-                chosen = np.take(nonempty, chosen)
-            taken = values.take(pa.array(chosen))
-            bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
-            data = memoryview(taken.buffers()[2])
-            cut = int(bounds[0])
-            for at in np.flatnonzero(chosen == unterminated).tolist():
-                sink.write(data[cut : int(bounds[at + 1])])
-                sink.write(b"\n")
-                cut = int(bounds[at + 1])
-            sink.write(data[cut : int(bounds[-1])])
-            del taken, data
+            chosen = _lines_of(rows[start : start + _WRITE_CHUNK_ROWS], nonempty)
+            _write_lines(sink, values, chosen, unterminated)
             if progress is not None:
                 progress(min(start + _WRITE_CHUNK_ROWS, len(rows)))
     return True
+
+
+def _lines_of(rows: np.ndarray, nonempty: np.ndarray | None) -> np.ndarray:
+    """The line numbers (header = 0) of the data rows ``rows``."""
+    chosen = rows + 1
+    return chosen if nonempty is None else np.take(nonempty, chosen)
+
+
+def _write_lines(sink: BinaryIO, values: pa.Array, chosen: np.ndarray, unterminated: int) -> None:
+    """Write the lines ``chosen`` of ``values`` in that order (a ``"\\n"`` after the last
+    line of a file that lacks one)."""
+    taken = values.take(pa.array(chosen))
+    bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
+    data = memoryview(taken.buffers()[2])
+    cut = int(bounds[0])
+    for at in np.flatnonzero(chosen == unterminated).tolist():
+        sink.write(data[cut : int(bounds[at + 1])])
+        sink.write(b"\n")
+        cut = int(bounds[at + 1])
+    sink.write(data[cut : int(bounds[-1])])
+
+
+class _PageRelease:
+    """Unmaps the pages of a read-only file mapping behind a reader that goes in file order.
+
+    The pages stay in the page cache (clean, so reclaimable); only this process's mapping of
+    them goes, so its resident size stays near ``_RESIDENT_BYTES`` however large the file.
+    """
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._mapped = mapped
+        self._released = 0
+
+    def before(self, offset: int) -> None:
+        """Nothing before byte ``offset`` is read again in this sweep."""
+        end = max(offset, 0) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end - self._released >= _RESIDENT_BYTES:
+            self._drop(self._released, end - self._released)
+            self._released = end
+
+    def restart(self) -> None:
+        """A new sweep starts at the beginning: drop every page mapped so far."""
+        self._drop(0, len(self._mapped))
+        self._released = 0
+
+    def _drop(self, start: int, length: int) -> None:
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is not None and length > 0:
+            self._mapped.madvise(advice, start, length)
+
+
+class _NotPlainCsvError(Exception):
+    """The quick line scan cannot be sure of the rows: the table path is used instead."""
+
+
+def _copy_lines_bounded(
+    path: StrPath,
+    raw: np.ndarray,
+    delimiter: int,
+    rows: np.ndarray,
+    source_rows: int,
+    release: _PageRelease,
+    progress: Progress | None,
+) -> bool:
+    """:func:`_copy_lines` for an input larger than memory: one pass in file order.
+
+    The output positions are cut into windows of about ``_PARTITION_BYTES``. One sweep over
+    the input appends each wanted line to its window's partition file (so a partition holds
+    its lines in file order, with their lengths beside them), unmapping the pages behind it;
+    then each partition is read back, put in output order and appended to the output.
+    Memory: one ``int16`` per input row, the row map, and one partition.
+    """
+    total = len(rows)
+    mean_line = max(1.0, raw.size / max(source_rows + 1, 1))
+    window = max(1, int(_PARTITION_BYTES / mean_line), -(-total // _MAX_PARTITIONS))
+    partitions = max(1, -(-total // window))
+    owner: np.ndarray = np.full(
+        source_rows, -1, dtype=np.int16 if partitions < 1 << 15 else np.int32
+    )
+    for k in range(partitions):
+        owner[rows[k * window : (k + 1) * window]] = k
+    try:
+        with (
+            atomic_output(path) as temporary,
+            open(temporary, "wb") as sink,
+            tempfile.TemporaryDirectory(
+                dir=temporary.parent, prefix=f"{temporary.name}."
+            ) as folder,
+        ):
+            names = [Path(folder) / f"{k:05d}" for k in range(partitions)]
+            _sweep_into_partitions(sink, raw, delimiter, owner, source_rows, names, release)
+            del owner
+            done = 0
+            for k, name in enumerate(names):
+                wanted = rows[k * window : (k + 1) * window]
+                _append_partition(sink, temporary, name, wanted)
+                done += len(wanted)
+                if progress is not None:
+                    progress(done)
+    except _NotPlainCsvError:
+        return False
+    return True
+
+
+def _sweep_into_partitions(
+    sink: BinaryIO,
+    raw: np.ndarray,
+    delimiter: int,
+    owner: np.ndarray,
+    source_rows: int,
+    names: list[Path],
+    release: _PageRelease,
+) -> None:
+    """Write the header to ``sink`` and every wanted data row to its partition."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(name, "wb")) for name in names]
+        lengths = [stack.enter_context(open(name.with_suffix(".len"), "wb")) for name in names]
+        row = -1  # the header comes first
+        for bounds, lines_here, unterminated in _iter_lines(raw, delimiter, release):
+            data_lines = lines_here
+            values = pa.Array.from_buffers(
+                pa.large_binary(), len(bounds) - 1, [None, pa.py_buffer(bounds), pa.py_buffer(raw)]
+            )
+            if row < 0 and data_lines.size:
+                _write_lines(sink, values, data_lines[:1], unterminated)
+                data_lines = data_lines[1:]
+                row = 0
+            if row + data_lines.size > source_rows:
+                raise _NotPlainCsvError
+            keys = owner[row : row + data_lines.size]
+            picked = np.flatnonzero(keys >= 0)
+            if picked.size:
+                picked = picked[np.argsort(keys[picked], kind="stable")]  # file order per key
+                picked_keys = keys[picked]
+                cuts = np.flatnonzero(np.diff(picked_keys)) + 1
+                for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), picked.size], strict=True):
+                    k = int(picked_keys[a])
+                    chosen = data_lines[picked[a:b]]
+                    _write_lines(files[k], values, chosen, unterminated)
+                    sizes = bounds[chosen + 1] - bounds[chosen]
+                    sizes[chosen == unterminated] += 1
+                    lengths[k].write(sizes.astype(np.int64).tobytes())
+            row += data_lines.size
+        if row != source_rows:
+            raise _NotPlainCsvError
+
+
+def _append_partition(sink: BinaryIO, temporary: Path, name: Path, wanted: np.ndarray) -> None:
+    """Append the rows ``wanted`` (in that order) from partition ``name`` to ``sink``."""
+    sizes = np.fromfile(name.with_suffix(".len"), dtype=np.int64)
+    data = name.read_bytes()
+    name.unlink()
+    name.with_suffix(".len").unlink()
+    if len(sizes) != len(wanted):
+        raise ProtocolError(f"{temporary}: row map: expected distinct rows, found a row repeated")
+    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    if int(bounds[-1]) != len(data):  # pragma: no cover - our own file, just written
+        raise ProtocolError(f"{name}: holds {len(data)} bytes, expected {int(bounds[-1])}")
+    lines = pa.Array.from_buffers(
+        pa.large_binary(), len(sizes), [None, pa.py_buffer(bounds), pa.py_buffer(data)]
+    )
+    # The partition holds its rows in file order, i.e. in increasing row number.
+    _write_lines(sink, lines, np.searchsorted(np.sort(wanted), wanted), -1)
+
+
+def _iter_lines(
+    raw: np.ndarray, delimiter: int, release: _PageRelease | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """The lines of ``raw`` piece by piece, for a reader that goes once in file order.
+
+    Yields ``(bounds, data_lines, unterminated)``: the piece's lines are
+    ``raw[bounds[i]:bounds[i + 1]]`` (terminator included), ``data_lines`` the indices of
+    the non-empty ones, ``unterminated`` the index of a last line without terminator (else
+    -1). Raises :class:`_NotPlainCsvError` where :func:`_csv_lines` returns None — possibly only
+    at the end, so a caller must be able to discard what it did.
+    """
+    size = raw.size
+    previous = 0
+    for ends in _line_ends(raw, delimiter, release):
+        if not ends.size:
+            continue
+        bounds = np.empty(len(ends) + 1, dtype=np.int64)
+        bounds[0] = previous
+        bounds[1:] = ends
+        previous = int(ends[-1])
+        yield bounds, np.flatnonzero(~_empty_lines(raw, bounds)), -1
+    if previous < size:  # a last line without terminator (never empty)
+        yield np.array([previous, size], dtype=np.int64), np.zeros(1, dtype=np.int64), 0
+
+
+def _empty_lines(raw: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Which lines ``raw[bounds[i]:bounds[i + 1]]`` are only a terminator."""
+    lo = bounds[:-1]
+    lengths = bounds[1:] - lo
+    # An empty line is just its terminator: "\n", "\r" or "\r\n".
+    empty: np.ndarray = lengths == 2
+    empty[empty] = (raw[lo[empty]] == _RETURN) & (raw[lo[empty] + 1] == _NEWLINE)
+    single = lengths == 1
+    single[single] = (raw[lo[single]] == _NEWLINE) | (raw[lo[single]] == _RETURN)
+    empty |= single
+    return empty
 
 
 _QUOTE, _NEWLINE, _RETURN = 0x22, 0x0A, 0x0D
@@ -557,16 +777,55 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     are skipped. Returns ``(offsets, nonempty)``: line ``i`` (terminator included) is
     ``raw[offsets[i]:offsets[i + 1]]``, and ``nonempty`` lists the non-empty lines (None when
     all are). Returns None when a quote is not at the edge of a field (pyarrow would read it
-    literally, so quote parity would mislead) or the quotes do not balance. Works in
-    4 MiB pieces, so its temporaries stay small; the result is one int64 per line.
+    literally, so quote parity would mislead) or the quotes do not balance. The result is
+    one int64 per line.
     """
     size = raw.size
-    pieces: list[np.ndarray] = []
+    try:
+        pieces = list(_line_ends(raw, delimiter))
+    except _NotPlainCsvError:
+        return None
+    count = sum(len(piece) for piece in pieces)
+    unterminated = size > 0 and raw[-1] not in (_NEWLINE, _RETURN)
+    offsets = np.empty(count + 1 + int(unterminated), dtype=np.int64)
+    offsets[0] = 0
+    position = 1
+    for piece in pieces:
+        offsets[position : position + len(piece)] = piece
+        position += len(piece)
+    del pieces
+    if unterminated:
+        offsets[-1] = size
+    empty_chunks = []
+    line_count = len(offsets) - 1
+    for first in range(0, line_count, _WRITE_CHUNK_ROWS):
+        last = min(first + _WRITE_CHUNK_ROWS, line_count)
+        empty = _empty_lines(raw, offsets[first : last + 1])
+        if empty.any():
+            empty_chunks.append(np.flatnonzero(empty) + first)
+    if not empty_chunks:
+        return offsets, None
+    keep = np.ones(line_count, dtype=bool)
+    keep[np.concatenate(empty_chunks)] = False
+    return offsets, np.flatnonzero(keep)
+
+
+def _line_ends(
+    raw: np.ndarray, delimiter: int, release: _PageRelease | None = None
+) -> Iterator[np.ndarray]:
+    """The end offsets of ``raw``'s terminated lines, one array per 4 MiB piece.
+
+    Raises :class:`_NotPlainCsvError` for a quote not at the edge of a field, or quotes that do
+    not balance (found at the end). ``release`` unmaps the pages already scanned.
+    """
+    size = raw.size
     quotes_before = 0
     scratch = np.empty((5, _SCAN_BYTES), dtype=bool)
     edge_byte = np.zeros(256, dtype=bool)
     edge_byte[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
     for start in range(0, size, _SCAN_BYTES):
+        if release is not None:
+            release.before(start - 1)  # the byte before is read at a piece's edge
         segment = raw[start : start + _SCAN_BYTES]
         width = segment.size
         is_quote, is_newline, is_return, edge, bad = (row[:width] for row in scratch)
@@ -585,14 +844,14 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
             np.logical_not(inner, out=inner)
             inner &= is_quote[1:-1]
             if inner.any():
-                return None
+                raise _NotPlainCsvError
             for at in {start, start + width - 1} & {
                 start + int(quotes[0]),
                 start + int(quotes[-1]),
             }:
                 # The start and the end of the file count as edges.
                 if all(0 <= i < size and not edge_byte[raw[i]] for i in (at - 1, at + 1)):
-                    return None
+                    raise _NotPlainCsvError
         newlines = np.flatnonzero(is_newline)
         returns = np.flatnonzero(is_return)
         if quotes.size or quotes_before & 1:
@@ -607,37 +866,6 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
             lone = following >= size
             lone[~lone] = raw[following[~lone]] != _NEWLINE
             ends = np.sort(np.concatenate((ends, following[lone])))
-        pieces.append(ends)
+        yield ends
     if quotes_before % 2:
-        return None
-    count = sum(len(piece) for piece in pieces)
-    unterminated = size > 0 and raw[-1] not in (_NEWLINE, _RETURN)
-    offsets = np.empty(count + 1 + int(unterminated), dtype=np.int64)
-    offsets[0] = 0
-    position = 1
-    for piece in pieces:
-        offsets[position : position + len(piece)] = piece
-        position += len(piece)
-    del pieces
-    if unterminated:
-        offsets[-1] = size
-    empty_chunks = []
-    line_count = len(offsets) - 1
-    for first in range(0, line_count, _WRITE_CHUNK_ROWS):
-        last = min(first + _WRITE_CHUNK_ROWS, line_count)
-        lo = offsets[first:last]
-        hi = offsets[first + 1 : last + 1]
-        lengths = hi - lo
-        # An empty line is just its terminator: "\\n", "\\r" or "\\r\\n".
-        empty = lengths == 2
-        empty[empty] = (raw[lo[empty]] == _RETURN) & (raw[lo[empty] + 1] == _NEWLINE)
-        single = lengths == 1
-        single[single] = (raw[lo[single]] == _NEWLINE) | (raw[lo[single]] == _RETURN)
-        empty |= single
-        if empty.any():
-            empty_chunks.append(np.flatnonzero(empty) + first)
-    if not empty_chunks:
-        return offsets, None
-    keep = np.ones(line_count, dtype=bool)
-    keep[np.concatenate(empty_chunks)] = False
-    return offsets, np.flatnonzero(keep)
+        raise _NotPlainCsvError

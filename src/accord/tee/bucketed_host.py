@@ -43,6 +43,7 @@ __all__ = [
     "drive_buckets",
     "estimate_rows",
     "input_digests",
+    "larger_than_memory",
     "output_bytes",
     "parse_size",
     "proposal",
@@ -119,10 +120,12 @@ def estimate_rows(path: Path) -> int:
 def output_bytes(settings: Any, rows: int) -> int:
     """Memory the host needs at the end to write the outputs of an input of ``rows`` rows.
 
-    The row map (8 B per shared row, at most ``rows``), the CSV line offsets of the aligned
-    table's verbatim copy (8 B per input row), the IDs for ``--include-ids`` (read back:
-    about their bytes plus offsets), or the whole table when the aligned table cannot be
-    copied line by line (Parquet, compressed or re-delimited CSV).
+    The row map (8 B per shared row, at most ``rows``); for the aligned table's verbatim
+    copy, the CSV line offsets (8 B per input row) or, for an input larger than memory
+    (:func:`larger_than_memory`), one partition number per input row (2 B) and two
+    partitions; the IDs for ``--include-ids`` (read back: about their bytes plus offsets);
+    or the whole table when the aligned table cannot be copied line by line (Parquet,
+    compressed or re-delimited CSV).
     """
     from accord.tables import TableFormat, file_format
 
@@ -136,8 +139,32 @@ def output_bytes(settings: Any, rows: int) -> int:
             and not settings.input.name.lower().endswith((".gz", ".bz2", ".zst", ".lz4"))
             and settings.input.suffix.lower() == settings.output_table.suffix.lower()
         )
-        need += 8 * rows + (64 << 20) if verbatim else 4 * settings.input.stat().st_size
+        if not verbatim:
+            need += 4 * settings.input.stat().st_size
+        elif larger_than_memory(settings):
+            need += 2 * rows + (160 << 20)
+        else:
+            need += 8 * rows + (64 << 20)
     return need
+
+
+def larger_than_memory(settings: Any) -> bool:
+    """Whether the input is read without a memory map and the aligned table gathered in
+    file order (``accord.tables.write_aligned_table(bounded=True)``).
+
+    A mapped file's pages count in the process's resident size up to the file's size, and
+    gathering the aligned table in the shared order touches them at random, which thrashes
+    when the page cache is smaller than the file. Bucketed runs whose input is above a
+    quarter of the memory limit (or that set ``--buckets`` without a limit) avoid both.
+    """
+    if not settings.bucketed:
+        return False
+    if settings.memory_limit is None:
+        return True
+    try:
+        return bool(settings.input.stat().st_size > settings.memory_limit // 4)
+    except OSError:
+        return True
 
 
 def default_run_dir(settings: Any) -> Path:
@@ -353,13 +380,19 @@ async def drive_buckets(
     if pause == "done":
         await _pause(pause)
     counts = checkpoints.counts
-    pieces = []
+    # Filled bucket by bucket: the pieces and a concatenation would hold it twice.
+    row_map = np.empty(int(counts["intersection_size"]), dtype=np.int64)
+    filled = 0
     for bucket in range(buckets):
         result = await asyncio.to_thread(directory.read, "result", bucket)
         _, rows_body = await run.call(Call.RESULT, {"bucket": bucket}, [result])
-        pieces.append(np.frombuffer(rows_body, dtype=np.int64))
-    row_map = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
-    if len(row_map) != int(counts["intersection_size"]):
+        piece = np.frombuffer(rows_body, dtype=np.int64)
+        if filled + len(piece) > len(row_map):
+            raise ProtocolError("the enclave's row map does not match its counts")
+        row_map[filled : filled + len(piece)] = piece
+        filled += len(piece)
+        del result, rows_body, piece
+    if filled != len(row_map):
         raise ProtocolError("the enclave's row map does not match its counts")
     run.seconds["confirm_collect"] = round(time.perf_counter() - started, 4)
     if not report:

@@ -338,11 +338,16 @@ class _KeyReader:
     """
 
     def __init__(
-        self, path: Path, columns: Sequence[str], read_ahead: int = _READ_AHEAD_BATCHES
+        self,
+        path: Path,
+        columns: Sequence[str],
+        read_ahead: int = _READ_AHEAD_BATCHES,
+        *,
+        mapped: bool = True,
     ) -> None:
         from accord.tables import iter_key_batches
 
-        self._iterator: Iterator[Any] = iter_key_batches(path, columns)
+        self._iterator: Iterator[Any] = iter_key_batches(path, columns, mapped=mapped)
         # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
         self._task: asyncio.Task[None] | None = None
@@ -521,6 +526,14 @@ class _Run:
         return report, counts, row_map, ids
 
 
+def _larger_than_memory(settings: PartySettings) -> bool:
+    if not settings.bucketed:
+        return False
+    from accord.tee.bucketed_host import larger_than_memory
+
+    return larger_than_memory(settings)
+
+
 def _staging_path(final: Path) -> Path:
     return final.parent / f".accord-{secrets.token_hex(6)}-{final.name}"
 
@@ -554,6 +567,7 @@ def _write_outputs(
                 row_map,
                 source_rows=source_rows,
                 progress=lambda rows: progress("write", rows),
+                bounded=_larger_than_memory(settings),
             )
             outputs["aligned_table"] = str(settings.output_table)
         if settings.summary is not None:
@@ -722,7 +736,12 @@ async def run_party(
                     link_start.result()  # raises if binding failed
             _check_paths(settings)
             # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
-            keys = _KeyReader(settings.input, settings.key_columns, 1 if settings.bucketed else 4)
+            keys = _KeyReader(
+                settings.input,
+                settings.key_columns,
+                1 if settings.bucketed else 4,
+                mapped=not _larger_than_memory(settings),
+            )
             await keys.start()  # a missing column or an empty file fails here, before dialling
             inputs_checked.set()
             _, links = await asyncio.gather(enclave_ready, link_start)
