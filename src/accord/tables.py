@@ -725,8 +725,11 @@ def _append_partition(sink: BinaryIO, temporary: Path, name: Path, wanted: np.nd
     lines = pa.Array.from_buffers(
         pa.large_binary(), len(sizes), [None, pa.py_buffer(bounds), pa.py_buffer(data)]
     )
-    # The partition holds its rows in file order, i.e. in increasing row number.
-    _write_lines(sink, lines, np.searchsorted(np.sort(wanted), wanted), -1)
+    # The partition holds its rows in file order, i.e. in increasing row number: the row at
+    # output slot j is the rank of wanted[j] (a scatter; searchsorted was 4x slower here).
+    rank = np.empty(len(wanted), dtype=np.int64)
+    rank[np.argsort(wanted)] = np.arange(len(wanted), dtype=np.int64)
+    _write_lines(sink, lines, rank, -1)
 
 
 def _iter_lines(
