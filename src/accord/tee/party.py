@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from accord._validation import require_int, require_number
-from accord.alignment.buckets import MAX_BUCKETS
 from accord.errors import (
     AccordError,
     ConfigurationError,
@@ -192,6 +191,9 @@ class PartySettings:
         if self.memory_limit is not None:
             require_int("memory_limit", self.memory_limit, minimum=1 << 20)
         if self.buckets is not None:
+            # Here only: the host of an in-memory run never loads the alignment core.
+            from accord.alignment.buckets import MAX_BUCKETS
+
             require_int("buckets", self.buckets, minimum=1)
             if self.buckets > MAX_BUCKETS:
                 raise ConfigurationError(
