@@ -85,6 +85,15 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     demo.add_argument("--parties", type=int, default=2, help="number of parties [2]")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated tables [0]")
+    demo.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        default=None,
+        help="run every party bucketed with this memory budget (e.g. 256MiB) [in memory]",
+    )
+    demo.add_argument(
+        "--buckets", metavar="B", default=None, help="run every party in B buckets [in memory]"
+    )
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -580,6 +589,11 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--rows: expected at least 1, got {args.rows}")
     if not 0.0 <= args.overlap <= 1.0:
         raise ConfigurationError(f"--overlap: expected 0 to 1, got {args.overlap}")
+    bucketing: list[str] = []
+    if args.memory_limit is not None:
+        bucketing += ["--memory-limit", str(_memory_limit(args.memory_limit))]
+    if args.buckets is not None:
+        bucketing += ["--buckets", str(_buckets(args.buckets))]
     folder = args.dir or Path(tempfile.mkdtemp(prefix="accord-align-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     names = list(_DEMO_NAMES[: args.parties])
@@ -625,6 +639,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--summary", str(folder / f"{name}.summary.json"),
                 "--progress", "log", "--connect-timeout", "60",
             ]  # fmt: skip
+            if bucketing:
+                command += [*bucketing, "--run-dir", str(folder / f"run-{name}")]
             for address in addresses:
                 command += ["--peer", address]
             last = index == len(names) - 1
@@ -663,9 +679,10 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{peer}: {'hidden' if size is None else size}"
             for peer, size in summary["peer_ids"].items()
         )
+        buckets = summary.get("buckets")
         sys.stdout.write(
             f"\n{name} received: |own IDs| = {summary['own_ids']}, peers' IDs: {peers}, "
-            f"|I| = {summary['intersection']}\n"
+            f"|I| = {summary['intersection']}" + (f" ({buckets} buckets)" if buckets else "") + "\n"
             f"  peer enclaves attested: {', '.join(sorted(summary['peer_enclaves']))}\n"
             f"  row map {folder / f'{name}.map.csv'}, aligned table "
             f"{folder / f'{name}.aligned.csv'}; first rows:\n"
