@@ -408,3 +408,56 @@ def test_unsupported_output_suffix_and_key_name_clash(tmp_path: Path) -> None:
             tmp_path / "m.csv", np.array([0]), ids=pa.table({"row": pa.array([b"a"])})
         )
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_literal_quotes_balanced_by_quoted_newlines_do_not_cut_rows_wrongly(
+    tmp_path: Path, bounded: bool
+) -> None:
+    # pyarrow reads `15"` and `17"` literally; counting them as quotes would pair them with
+    # the quoted newlines and cut the rows in the wrong places with the right row count.
+    source = write_csv_text(
+        tmp_path / "in.csv", b'id,size,note\n1,15",ok\n2,"multi\nline",ok\n3,"x\ny",17"\n'
+    )
+    out = tmp_path / "out.csv"
+    order = np.array([2, 0])
+    tables.write_aligned_table(out, source, order, source_rows=3, bounded=bounded)
+    expected = tables.read_table(source).take(pa.array(order))
+    assert tables.read_table(out).to_pydict() == expected.to_pydict()
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_a_compressed_csv_output_is_compressed(tmp_path: Path, bounded: bool) -> None:
+    source = write_csv_text(tmp_path / "in.csv", b"id,x\na,1\nb,2\nc,3\n")
+    out = tmp_path / "out.csv.gz"
+    tables.write_aligned_table(out, source, np.array([2, 0]), source_rows=3, bounded=bounded)
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    assert tables.read_table(out).to_pydict() == {"id": ["c", "a"], "x": ["3", "1"]}
+
+
+_FEW_FILES = """
+import resource, sys
+import numpy as np
+from accord import tables
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+tables._PARTITION_BYTES = 1  # would ask for one partition per row, 2 files each
+rows = 2048
+order = np.random.default_rng(1).permutation(rows)
+tables.write_aligned_table(sys.argv[2], sys.argv[1], order, source_rows=rows, bounded=True)
+"""
+
+
+def test_bounded_copy_stays_within_the_open_file_limit(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id\n" + "".join(f"{i}\n" for i in range(2048)))
+    out = tmp_path / "out.csv"
+    done = subprocess.run(
+        [sys.executable, "-c", _FEW_FILES, str(source), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    order = np.random.default_rng(1).permutation(2048)
+    assert out.read_text().split("\n")[1:-1] == [str(i) for i in order]

@@ -73,6 +73,8 @@ _SCAN_BYTES = 4 << 20
 _RESIDENT_BYTES = 64 << 20
 #: ... and gathers the output through partition files of about this size.
 _PARTITION_BYTES = 64 << 20
+#: ... of at most this many rows (putting one in order costs ~60 B a row besides its bytes).
+_PARTITION_ROWS = 1 << 20
 _MAX_PARTITIONS = 512
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _ROW_MAP_COLUMNS = ("position", "row")
@@ -148,9 +150,9 @@ def iter_key_batches(
         raise InputDataError(f"{path}: no data rows (the file has only a header)")
 
 
-def read_key_columns(path: StrPath, columns: Sequence[str]) -> pa.Table:
+def read_key_columns(path: StrPath, columns: Sequence[str], *, mapped: bool = True) -> pa.Table:
     """All of ``path``'s key column(s) as one table (read by streaming; see above)."""
-    batches = list(iter_key_batches(path, columns))
+    batches = list(iter_key_batches(path, columns, mapped=mapped))
     return pa.Table.from_batches(batches)
 
 
@@ -415,6 +417,7 @@ def write_aligned_table(
         and source_rows is not None
         and _delimiter(source) == _delimiter(path)
         and _compression(source) is None
+        and _compression(path) is None
     ):
         rows = _check_row_map(path, row_map, source_rows)
         if _write_csv_lines(path, source, rows, source_rows, progress, bounded):
@@ -603,11 +606,6 @@ class _PageRelease:
             self._drop(self._released, end - self._released)
             self._released = end
 
-    def restart(self) -> None:
-        """A new sweep starts at the beginning: drop every page mapped so far."""
-        self._drop(0, len(self._mapped))
-        self._released = 0
-
     def _drop(self, start: int, length: int) -> None:
         advice = getattr(mmap, "MADV_DONTNEED", None)
         if advice is not None and length > 0:
@@ -637,13 +635,17 @@ def _copy_lines_bounded(
     """
     total = len(rows)
     mean_line = max(1.0, raw.size / max(source_rows + 1, 1))
-    window = max(1, int(_PARTITION_BYTES / mean_line), -(-total // _MAX_PARTITIONS))
-    partitions = max(1, -(-total // window))
-    owner: np.ndarray = np.full(
-        source_rows, -1, dtype=np.int16 if partitions < 1 << 15 else np.int32
+    window = max(
+        1,
+        min(int(_PARTITION_BYTES / mean_line), _PARTITION_ROWS),
+        -(-total // _partition_limit()),
     )
+    partitions = max(1, -(-total // window))
+    owner: np.ndarray = np.full(source_rows, -1, dtype=np.int16)
     for k in range(partitions):
         owner[rows[k * window : (k + 1) * window]] = k
+    if np.count_nonzero(owner >= 0) != total:
+        raise ProtocolError(f"{path}: row map: expected distinct rows, found a row repeated")
     try:
         with (
             atomic_output(path) as temporary,
@@ -665,6 +667,29 @@ def _copy_lines_bounded(
     except _NotPlainCsvError:
         return False
     return True
+
+
+def _partition_limit() -> int:
+    """How many partitions the sweep may hold open (two files each), at most 512.
+
+    Raises this process's soft limit on open files toward its hard limit first: 1024, a
+    common default, would otherwise cap an output near 32 GiB.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 2 * _MAX_PARTITIONS + 256
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    except (ImportError, OSError, ValueError):
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_PARTITIONS
+    return max(1, min(_MAX_PARTITIONS, (soft - in_use - 32) // 2))
 
 
 def _sweep_into_partitions(
@@ -716,8 +741,8 @@ def _append_partition(sink: BinaryIO, temporary: Path, name: Path, wanted: np.nd
     data = name.read_bytes()
     name.unlink()
     name.with_suffix(".len").unlink()
-    if len(sizes) != len(wanted):
-        raise ProtocolError(f"{temporary}: row map: expected distinct rows, found a row repeated")
+    if len(sizes) != len(wanted):  # pragma: no cover - repeated rows are refused up front
+        raise ProtocolError(f"{name}: holds {len(sizes)} rows, expected {len(wanted)}")
     bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=bounds[1:])
     if int(bounds[-1]) != len(data):  # pragma: no cover - our own file, just written
@@ -745,9 +770,11 @@ def _iter_lines(
     """
     size = raw.size
     previous = 0
-    for ends in _line_ends(raw, delimiter, release):
+    for ends in _line_ends(raw, delimiter):
         if not ends.size:
             continue
+        if release is not None:
+            release.before(previous)  # every line before it was consumed
         bounds = np.empty(len(ends) + 1, dtype=np.int64)
         bounds[0] = previous
         bounds[1:] = ends
@@ -813,48 +840,37 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     return offsets, np.flatnonzero(keep)
 
 
-def _line_ends(
-    raw: np.ndarray, delimiter: int, release: _PageRelease | None = None
-) -> Iterator[np.ndarray]:
+def _line_ends(raw: np.ndarray, delimiter: int) -> Iterator[np.ndarray]:
     """The end offsets of ``raw``'s terminated lines, one array per 4 MiB piece.
 
-    Raises :class:`_NotPlainCsvError` for a quote not at the edge of a field, or quotes that do
-    not balance (found at the end). ``release`` unmaps the pages already scanned.
+    Raises :class:`_NotPlainCsvError` for a quote that pyarrow would read literally — an
+    opening quote (even count so far) not at the start of a field, or a closing quote not at
+    its end (``""`` inside a quoted field passes both) — or quotes that do not balance (found
+    at the end): counting such quotes would cut the rows in the wrong places.
     """
     size = raw.size
     quotes_before = 0
-    scratch = np.empty((5, _SCAN_BYTES), dtype=bool)
+    scratch = np.empty((3, _SCAN_BYTES), dtype=bool)
     edge_byte = np.zeros(256, dtype=bool)
     edge_byte[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
     for start in range(0, size, _SCAN_BYTES):
-        if release is not None:
-            release.before(start - 1)  # the byte before is read at a piece's edge
         segment = raw[start : start + _SCAN_BYTES]
         width = segment.size
-        is_quote, is_newline, is_return, edge, bad = (row[:width] for row in scratch)
+        is_quote, is_newline, is_return = (row[:width] for row in scratch)
         np.equal(segment, _QUOTE, out=is_quote)
         np.equal(segment, _NEWLINE, out=is_newline)
         np.equal(segment, _RETURN, out=is_return)
         quotes = np.flatnonzero(is_quote)
         if quotes.size:
-            # Every quote must touch a field edge (delimiter, terminator or another quote).
-            np.equal(segment, delimiter, out=edge)
-            edge |= is_quote
-            edge |= is_newline
-            edge |= is_return
-            inner = bad[: max(width - 2, 0)]
-            np.logical_or(edge[:-2], edge[2:], out=inner)
-            np.logical_not(inner, out=inner)
-            inner &= is_quote[1:-1]
-            if inner.any():
+            at = quotes + start
+            opening = ((np.arange(quotes.size) + quotes_before) & 1) == 0
+            before = at[opening] - 1
+            after = at[~opening] + 1
+            # The start and the end of the file count as field edges.
+            if not edge_byte[raw[before[before >= 0]]].all():
                 raise _NotPlainCsvError
-            for at in {start, start + width - 1} & {
-                start + int(quotes[0]),
-                start + int(quotes[-1]),
-            }:
-                # The start and the end of the file count as edges.
-                if all(0 <= i < size and not edge_byte[raw[i]] for i in (at - 1, at + 1)):
-                    raise _NotPlainCsvError
+            if not edge_byte[raw[after[after < size]]].all():
+                raise _NotPlainCsvError
         newlines = np.flatnonzero(is_newline)
         returns = np.flatnonzero(is_return)
         if quotes.size or quotes_before & 1:

@@ -142,7 +142,8 @@ def output_bytes(settings: Any, rows: int) -> int:
         if not verbatim:
             need += 4 * settings.input.stat().st_size
         elif larger_than_memory(settings):
-            need += 2 * rows + (160 << 20)
+            # A partition back in order: its bytes twice, ~60 B a row (sizes, ranks, take).
+            need += 2 * rows + (256 << 20)
         else:
             need += 8 * rows + (64 << 20)
     return need

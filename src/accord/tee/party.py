@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -780,7 +781,14 @@ async def run_party(
         from accord.tables import read_key_columns
 
         # A bucketed run keeps no IDs on the host: read the key columns again for the map.
-        ids = await asyncio.to_thread(read_key_columns, settings.input, settings.key_columns)
+        ids = await asyncio.to_thread(
+            functools.partial(
+                read_key_columns,
+                settings.input,
+                settings.key_columns,
+                mapped=not _larger_than_memory(settings),
+            )
+        )
 
     def summary_of(outputs: dict[str, str]) -> PartySummary:
         duplicates = counts.get("duplicates", {})
