@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 
 from accord.data.faults import FaultSpec
-from accord.federation.auth import make_credentials
+from accord.federation.auth import make_credentials, renew_node_credentials
 from accord.federation.launcher import free_port
 from accord.scenario import ScenarioSettings
 from accord.simulation.driver import Simulation, SimulationSettings
@@ -415,7 +416,7 @@ ATTACKS = textwrap.dedent(
     from accord.federation.proto import federation_pb2 as pb
     from accord.federation.proto import federation_pb2_grpc as pb_grpc
 
-    address, good, rogue = sys.argv[1:4]
+    address, good, rogue, revoked = sys.argv[1:5]
 
     def read(path):
         with open(path, "rb") as handle:
@@ -458,6 +459,8 @@ ATTACKS = textwrap.dedent(
             "node-00", cert_dir=f"{good}/node-02", bearer=token("node-00")),
         "certificate from another CA": attempt(
             "node-02", cert_dir=f"{rogue}/node-02", bearer=token("node-02")),
+        "revoked certificate, current token": attempt(
+            "node-02", cert_dir=revoked, bearer=token("node-02")),
         "plaintext": attempt("node-02", plaintext=True),
         "protocol version 2": attempt(
             "node-02", cert_dir=f"{good}/node-02", bearer=token("node-02"), version=2),
@@ -475,6 +478,12 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     run_dir = tmp_path / "run"
     rogue_ca = tmp_path / "rogue"
     make_credentials(rogue_ca, ["node-02"], now=dt.datetime.now(dt.UTC), days=1)
+    # node-02's folder leaked and was renewed (`accord certs --renew`) before the run.
+    leaked = tmp_path / "leaked-node-02"
+    shutil.copytree(credentials, tmp_path / "creds")
+    credentials = tmp_path / "creds"
+    shutil.copytree(credentials / "node-02", leaked)
+    renew_node_credentials(credentials, ["node-02"], now=dt.datetime.now(dt.UTC), days=1)
     processes.start(
         "server",
         server_args(
@@ -527,7 +536,14 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     script = tmp_path / "attacks.py"
     script.write_text(ATTACKS)
     attacks = subprocess.run(
-        [sys.executable, str(script), f"127.0.0.1:{port}", str(credentials), str(rogue_ca)],
+        [
+            sys.executable,
+            str(script),
+            f"127.0.0.1:{port}",
+            str(credentials),
+            str(rogue_ca),
+            str(leaked),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -546,6 +562,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         "another node's token": "UNAUTHENTICATED",
         "another node's certificate": "UNAUTHENTICATED",
         "certificate from another CA": "UNAVAILABLE",
+        "revoked certificate, current token": "UNAUTHENTICATED",
         "plaintext": "UNAVAILABLE",
         "protocol version 2": "FAILED_PRECONDITION: protocol version 2 is not supported; "
         "this server speaks version 1",

@@ -26,6 +26,7 @@ from accord.federation.auth import (
     load_node_credentials,
     load_server_credentials,
     make_credentials,
+    renew_node_credentials,
 )
 from accord.federation.checkpoint import (
     dumps_tree,
@@ -270,6 +271,77 @@ def test_a_client_certificate_must_name_the_node_and_be_for_clients(credentials:
         "client certificate is not for client authentication"
     )
     assert check.refusal("node-00", [], {}) == "no client certificate"
+
+
+def test_renewing_a_node_revokes_its_old_certificate_and_token(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from accord.federation.auth import certificate_fingerprint, read_revoked
+
+    directory = tmp_path / "creds"
+    make_credentials(directory, ["node-00", "node-01"], now=dt.datetime.now(dt.UTC))
+    leaked = tmp_path / "leaked-node-01"
+    shutil.copytree(directory / "node-01", leaked)
+    kept = load_node_credentials(directory / "node-00")
+    done = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "certs", str(directory), "--renew", "node-01,node-02"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "renewed node-01, node-02" in done.stdout
+    server = load_server_credentials(directory, "both")
+    assert server.revoked_certificates == read_revoked(directory / "revoked.json")
+    assert server.revoked_certificates == {
+        certificate_fingerprint((leaked / "node.pem").read_bytes())
+    }
+    check = Authenticator(server.token_hashes, True, server.revoked_certificates)
+
+    def refusal(node: str, folder: Path) -> str | None:
+        token = load_node_credentials(folder).token
+        return check.refusal(
+            node,
+            [("authorization", f"Bearer {token}")],
+            {"x509_pem_cert": [(folder / "node.pem").read_bytes()]},
+        )
+
+    assert refusal("node-01", leaked) == "wrong token for node id 'node-01'"
+    assert refusal("node-00", directory / "node-00") is None  # untouched
+    assert kept == load_node_credentials(directory / "node-00")
+    assert refusal("node-01", directory / "node-01") is None  # the new folder
+    assert refusal("node-02", directory / "node-02") is None  # added
+    # The leaked certificate with the new token (say both leaked, then one was renewed).
+    new_token = load_node_credentials(directory / "node-01").token
+    assert (
+        check.refusal(
+            "node-01",
+            [("authorization", f"Bearer {new_token}")],
+            {"x509_pem_cert": [(leaked / "node.pem").read_bytes()]},
+        )
+        == "client certificate of 'node-01' is revoked (revoked.json)"
+    )
+    # Without the CA key nothing can be renewed, and nothing is written.
+    (directory / "ca.key").unlink()
+    before = (directory / "tokens.json").read_bytes()
+    with pytest.raises(ConfigurationError, match=r"ca\.key: not found; renewing issues"):
+        renew_node_credentials(directory, ["node-00"], now=dt.datetime.now(dt.UTC))
+    assert (directory / "tokens.json").read_bytes() == before
+
+
+def test_a_revocation_list_is_checked_when_read(tmp_path: Path) -> None:
+    from accord.federation.auth import read_revoked
+
+    bad = tmp_path / "revoked.json"
+    bad.write_text('{"format": "accord-revoked-certificates", "certificates": ["abc"]}')
+    with pytest.raises(InputDataError, match="certificates: expected a list of SHA-256 hex"):
+        read_revoked(bad)
+    bad.write_text("{")
+    with pytest.raises(InputDataError, match=r"revoked\.json: not valid JSON"):
+        read_revoked(bad)
 
 
 def test_server_credentials_need_their_files(tmp_path: Path) -> None:

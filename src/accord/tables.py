@@ -644,7 +644,11 @@ def _copy_lines_bounded(
     owner: np.ndarray = np.full(source_rows, -1, dtype=np.int16)
     for k in range(partitions):
         owner[rows[k * window : (k + 1) * window]] = k
-    if np.count_nonzero(owner >= 0) != total:
+    owned = sum(
+        int(np.count_nonzero(owner[i : i + _WRITE_CHUNK_ROWS] >= 0))  # no input-sized temporary
+        for i in range(0, source_rows, _WRITE_CHUNK_ROWS)
+    )
+    if owned != total:
         raise ProtocolError(f"{path}: row map: expected distinct rows, found a row repeated")
     try:
         with (

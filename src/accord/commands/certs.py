@@ -25,6 +25,13 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     group.add_argument(
         "--node-ids", default=None, help="comma-separated node ids instead of --nodes"
     )
+    group.add_argument(
+        "--renew",
+        default=None,
+        metavar="IDS",
+        help="comma-separated node ids: issue them a new certificate and token from DIR's CA "
+        "and revoke the old ones (a new id is added); restart the server to apply",
+    )
     parser.add_argument(
         "--host",
         action="append",
@@ -44,8 +51,23 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from accord.errors import ConfigurationError
-    from accord.federation.auth import make_credentials
+    from accord.federation.auth import make_credentials, renew_node_credentials
 
+    if args.renew is not None:
+        if args.host or args.force:
+            raise ConfigurationError("--renew: --host and --force do not apply (the CA stays)")
+        renewed = [n.strip() for n in args.renew.split(",") if n.strip()]
+        paths = renew_node_credentials(
+            Path(args.directory), renewed, now=dt.datetime.now(dt.UTC), days=args.days
+        )
+        sys.stdout.write(
+            f"renewed {', '.join(renewed)} in {args.directory}: copy "
+            + ", ".join(str(paths[n]) for n in renewed)
+            + " to the node's machine; the old certificates are in "
+            f"{Path(args.directory) / 'revoked.json'}. Restart the server to apply "
+            "(accord server --resume RUN_DIR keeps a run going).\n"
+        )
+        return 0
     if args.node_ids is not None:
         node_ids = [n.strip() for n in args.node_ids.split(",") if n.strip()]
     else:

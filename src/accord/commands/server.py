@@ -250,8 +250,12 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
         client_ca=path(args.tls_ca),
         tokens=path(args.tokens),
     )
+    if credentials.revoked_certificates:
+        logger.info("%d revoked client certificates", len(credentials.revoked_certificates))
     return credentials, Authenticator(
-        credentials.token_hashes, require_client_cert=credentials.client_ca is not None
+        credentials.token_hashes,
+        require_client_cert=credentials.client_ca is not None,
+        revoked_certificates=credentials.revoked_certificates,
     )
 
 

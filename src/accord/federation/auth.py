@@ -8,6 +8,12 @@ a server makes on every registering node.
     DIR/tokens.json                     SHA-256 of each node's token (server side)
     DIR/<node-id>/ca.pem node.pem node.key token
                                         one folder to copy to each node's machine
+    DIR/revoked.json                    SHA-256 of certificates replaced by ``--renew``
+
+``accord certs DIR --renew NODE`` (:func:`renew_node_credentials`) issues that node a new
+certificate and token from the same CA (a leaked or lost folder is replaced), lists the old
+certificate in ``revoked.json`` and drops the old token from ``tokens.json``; the server
+reads both when it starts (``accord server --resume`` keeps the run going).
 
 A node authenticates with its token (``authorization: Bearer`` metadata, checked against
 the hash in constant time), with its client certificate (mutual TLS: signed by the CA,
@@ -28,6 +34,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accord.errors import ConfigurationError, InputDataError
 from accord.federation.naming import check_node_id
@@ -37,10 +44,13 @@ __all__ = [
     "Authenticator",
     "NodeCredentials",
     "ServerCredentials",
+    "certificate_fingerprint",
     "hash_token",
     "load_node_credentials",
     "load_server_credentials",
     "make_credentials",
+    "read_revoked",
+    "renew_node_credentials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ logger = logging.getLogger(__name__)
 #: How nodes prove who they are: a token, a client certificate, or both.
 CLIENT_AUTH_MODES = ("both", "mtls", "token")
 TOKENS_FORMAT = "accord-node-tokens"
+REVOKED_FORMAT = "accord-revoked-certificates"
 
 
 def hash_token(token: str) -> str:
@@ -63,6 +74,8 @@ class ServerCredentials:
     private_key: bytes
     client_ca: bytes | None
     token_hashes: Mapping[str, str] | None
+    #: SHA-256 (hex) of client certificates that are refused although the CA signed them.
+    revoked_certificates: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -133,11 +146,17 @@ def load_server_credentials(
         raise ConfigurationError("mutual TLS: give --credentials DIR or --tls-ca")
     if client_auth in ("both", "token") and tokens_path is None:
         raise ConfigurationError("token authentication: give --credentials DIR or --tokens")
+    revoked_path = None if directory is None else directory / REVOKED_NAME
     return ServerCredentials(
         certificate_chain=_read(cert_path, "server certificate"),
         private_key=_read(key_path, "server private key"),
         client_ca=None if ca_path is None else _read(ca_path, "CA certificate"),
         token_hashes=None if tokens_path is None else read_token_hashes(tokens_path),
+        revoked_certificates=(
+            read_revoked(revoked_path)
+            if revoked_path is not None and revoked_path.exists()
+            else frozenset()
+        ),
     )
 
 
@@ -182,9 +201,15 @@ def load_node_credentials(
 class Authenticator:
     """Decides whether a registering node is who it claims to be."""
 
-    def __init__(self, token_hashes: Mapping[str, str] | None, require_client_cert: bool) -> None:
+    def __init__(
+        self,
+        token_hashes: Mapping[str, str] | None,
+        require_client_cert: bool,
+        revoked_certificates: frozenset[str] = frozenset(),
+    ) -> None:
         self.token_hashes = None if token_hashes is None else dict(token_hashes)
         self.require_client_cert = require_client_cert
+        self.revoked_certificates = revoked_certificates
 
     @property
     def open(self) -> bool:
@@ -203,7 +228,7 @@ class Authenticator:
             if problem is not None:
                 return problem
         if self.require_client_cert:
-            return _certificate_refusal(claimed_node_id, auth_context)
+            return _certificate_refusal(claimed_node_id, auth_context, self.revoked_certificates)
         return None
 
     def _token_refusal(
@@ -227,7 +252,11 @@ class Authenticator:
         return None
 
 
-def _certificate_refusal(claimed: str, auth_context: Mapping[str, Sequence[bytes]]) -> str | None:
+def _certificate_refusal(
+    claimed: str,
+    auth_context: Mapping[str, Sequence[bytes]],
+    revoked: frozenset[str] = frozenset(),
+) -> str | None:
     from cryptography import x509
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -238,6 +267,8 @@ def _certificate_refusal(claimed: str, auth_context: Mapping[str, Sequence[bytes
         certificate = x509.load_pem_x509_certificate(pems[0])
     except ValueError as error:
         return f"unreadable client certificate: {error}"
+    if _fingerprint(certificate) in revoked:
+        return f"client certificate of {claimed!r} is revoked ({REVOKED_NAME})"
     names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     common_name = str(names[0].value) if names else ""
     if common_name != claimed:
@@ -249,6 +280,38 @@ def _certificate_refusal(claimed: str, auth_context: Mapping[str, Sequence[bytes
     if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
         return "client certificate is not for client authentication"
     return None
+
+
+REVOKED_NAME = "revoked.json"
+
+
+def _fingerprint(certificate: Any) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
+
+
+def certificate_fingerprint(pem: bytes) -> str:
+    """SHA-256 (hex) of a PEM certificate's DER bytes: how ``revoked.json`` names it."""
+    from cryptography import x509
+
+    return _fingerprint(x509.load_pem_x509_certificate(pem))
+
+
+def read_revoked(path: Path) -> frozenset[str]:
+    """Read ``revoked.json``: the SHA-256 of every revoked client certificate."""
+    try:
+        data = json.loads(_read(path, "revocation list"))
+    except json.JSONDecodeError as error:
+        raise InputDataError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != REVOKED_FORMAT:
+        raise InputDataError(f"{path}: expected an object with format {REVOKED_FORMAT!r}")
+    fingerprints = data.get("certificates")
+    if not isinstance(fingerprints, list) or not all(
+        isinstance(f, str) and len(f) == 64 for f in fingerprints
+    ):
+        raise InputDataError(f"{path}: certificates: expected a list of SHA-256 hex digests")
+    return frozenset(fingerprints)
 
 
 # ------------------------------------------------------------------ making credentials
@@ -270,6 +333,64 @@ def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
     path.write_bytes(data)
 
 
+def _key_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def _name(common_name: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Accord federation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _issue(
+    ca_key: Any,
+    ca_cert: Any,
+    common_name: str,
+    alt_names: list[Any],
+    usage: Any,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> tuple[bytes, bytes]:
+    """A leaf certificate and its key (PEM), signed by the CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
 def make_credentials(
     directory: Path,
     node_ids: Iterable[str],
@@ -284,7 +405,7 @@ def make_credentials(
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     nodes = list(node_ids)
     for node in nodes:
@@ -297,24 +418,9 @@ def make_credentials(
         raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
     directory.mkdir(parents=True, exist_ok=True)
 
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def name(common_name: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Accord federation"),
-                x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            ]
-        )
-
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("Accord federation CA")
+    ca_name = _name("Accord federation CA")
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -345,24 +451,7 @@ def make_credentials(
     def leaf(
         common_name: str, alt_names: list[x509.GeneralName], usage: x509.ObjectIdentifier
     ) -> tuple[bytes, bytes]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name(common_name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        return certificate.public_bytes(serialization.Encoding.PEM), key_pem(key)
+        return _issue(ca_key, ca_cert, common_name, alt_names, usage, start, end)
 
     alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
     addresses = ["127.0.0.1", "::1"]
@@ -385,7 +474,7 @@ def make_credentials(
         "tokens": directory / "tokens.json",
     }
     _write_public(paths["ca"], ca_pem, overwrite)
-    _write_private(paths["ca_key"], key_pem(ca_key), overwrite)
+    _write_private(paths["ca_key"], _key_pem(ca_key), overwrite)
     _write_public(paths["server_cert"], server_cert, overwrite)
     _write_private(paths["server_key"], server_key, overwrite)
     hashes_by_node: dict[str, str] = {}
@@ -404,4 +493,72 @@ def make_credentials(
     tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
     _write_public(paths["tokens"], (json.dumps(tokens_json, indent=2) + "\n").encode(), overwrite)
     logger.info("wrote a CA, a server certificate and %d node credentials", len(nodes))
+    return paths
+
+
+def renew_node_credentials(
+    directory: Path, node_ids: Iterable[str], *, now: dt.datetime, days: int = 365
+) -> dict[str, Path]:
+    """A new client certificate and token for each node, from ``directory``'s CA.
+
+    The node's old certificate (if its folder has one) is added to ``revoked.json`` and its
+    old token is replaced in ``tokens.json``, so the old folder no longer authenticates once
+    the server restarts. A node id without a folder yet is added to the federation.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    nodes = list(node_ids)
+    for node in nodes:
+        problem = check_node_id(node)
+        if problem is not None:
+            raise ConfigurationError(problem)
+    if len(set(nodes)) != len(nodes) or not nodes:
+        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
+    if not isinstance(days, int) or days < 1:
+        raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
+    ca_pem = _read(directory / "ca.pem", "CA certificate")
+    if not (directory / "ca.key").exists():
+        raise ConfigurationError(
+            f"{directory / 'ca.key'}: not found; renewing issues the new credentials with the "
+            f"CA key that `accord certs {directory}` wrote"
+        )
+    ca_key_pem = _read(directory / "ca.key", "CA private key")
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError as error:
+        raise InputDataError(f"{directory}: unreadable CA certificate or key: {error}") from error
+    tokens_path = directory / "tokens.json"
+    hashes_by_node = read_token_hashes(tokens_path)
+    revoked_path = directory / REVOKED_NAME
+    revoked = set(read_revoked(revoked_path)) if revoked_path.exists() else set()
+    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
+    paths: dict[str, Path] = {}
+    for node in nodes:
+        folder = directory / node
+        old = folder / "node.pem"
+        if old.exists():
+            try:
+                revoked.add(certificate_fingerprint(old.read_bytes()))
+            except ValueError as error:
+                raise InputDataError(f"{old}: unreadable certificate: {error}") from error
+        folder.mkdir(exist_ok=True)
+        os.chmod(folder, 0o700)
+        cert, key = _issue(
+            ca_key, ca_cert, node, [x509.DNSName(node)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
+        )
+        token = secrets.token_urlsafe(32)
+        hashes_by_node[node] = hash_token(token)
+        _write_public(folder / "ca.pem", ca_pem, True)
+        _write_public(folder / "node.pem", cert, True)
+        _write_private(folder / "node.key", key, True)
+        _write_private(folder / "token", (token + "\n").encode(), True)
+        paths[node] = folder
+    tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
+    _write_public(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode(), True)
+    revoked_json = {"format": REVOKED_FORMAT, "version": 1, "certificates": sorted(revoked)}
+    _write_public(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode(), True)
+    logger.info("renewed %d node credentials; %d certificates revoked", len(nodes), len(revoked))
     return paths
