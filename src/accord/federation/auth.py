@@ -391,6 +391,19 @@ def _issue(
     return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def _checked_node_ids(node_ids: Iterable[str], days: int) -> list[str]:
+    nodes = list(node_ids)
+    for node in nodes:
+        problem = check_node_id(node)
+        if problem is not None:
+            raise ConfigurationError(problem)
+    if len(set(nodes)) != len(nodes) or not nodes:
+        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
+    if not isinstance(days, int) or days < 1:
+        raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
+    return nodes
+
+
 def make_credentials(
     directory: Path,
     node_ids: Iterable[str],
@@ -407,15 +420,7 @@ def make_credentials(
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    nodes = list(node_ids)
-    for node in nodes:
-        problem = check_node_id(node)
-        if problem is not None:
-            raise ConfigurationError(problem)
-    if len(set(nodes)) != len(nodes) or not nodes:
-        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
-    if not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
+    nodes = _checked_node_ids(node_ids, days)
     directory.mkdir(parents=True, exist_ok=True)
 
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
@@ -509,15 +514,7 @@ def renew_node_credentials(
     from cryptography.hazmat.primitives import serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    nodes = list(node_ids)
-    for node in nodes:
-        problem = check_node_id(node)
-        if problem is not None:
-            raise ConfigurationError(problem)
-    if len(set(nodes)) != len(nodes) or not nodes:
-        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
-    if not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
+    nodes = _checked_node_ids(node_ids, days)
     ca_pem = _read(directory / "ca.pem", "CA certificate")
     if not (directory / "ca.key").exists():
         raise ConfigurationError(
