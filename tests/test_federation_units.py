@@ -332,6 +332,43 @@ def test_renewing_a_node_revokes_its_old_certificate_and_token(tmp_path: Path) -
     assert (directory / "tokens.json").read_bytes() == before
 
 
+def test_a_running_server_applies_a_renewal_and_fails_closed_on_a_broken_list(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    directory = tmp_path / "creds"
+    make_credentials(directory, ["node-00", "node-01"], now=dt.datetime.now(dt.UTC))
+    leaked = tmp_path / "leaked"
+    shutil.copytree(directory / "node-01", leaked)
+    check = Authenticator.reloading(
+        lambda: load_server_credentials(directory, "both"),
+        [directory / "tokens.json", directory / "revoked.json"],
+    )
+
+    def refusal(node: str, folder: Path) -> str | None:
+        token = load_node_credentials(folder).token
+        return check.refusal(
+            node,
+            [("authorization", f"Bearer {token}")],
+            {"x509_pem_cert": [(folder / "node.pem").read_bytes()]},
+        )
+
+    assert refusal("node-01", leaked) is None  # not renewed yet
+    renew_node_credentials(directory, ["node-01"], now=dt.datetime.now(dt.UTC))
+    assert refusal("node-01", leaked) == "wrong token for node id 'node-01'"
+    assert refusal("node-01", directory / "node-01") is None
+    (directory / "revoked.json").write_text("{broken")
+    assert (refusal("node-00", directory / "node-00") or "").startswith(
+        "node credentials files unreadable: "
+    )
+    with pytest.raises(InputDataError, match=r"revoked\.json: not valid JSON"):
+        renew_node_credentials(directory, ["node-00"], now=dt.datetime.now(dt.UTC))
+    (directory / "revoked.json").unlink()
+    assert refusal("node-00", directory / "node-00") is None  # fixed: accepted again
+    assert refusal("node-01", directory / "node-01") is None
+
+
 def test_a_revocation_list_is_checked_when_read(tmp_path: Path) -> None:
     from accord.federation.auth import read_revoked
 

@@ -30,7 +30,8 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         default=None,
         metavar="IDS",
         help="comma-separated node ids: issue them a new certificate and token from DIR's CA "
-        "and revoke the old ones (a new id is added); restart the server to apply",
+        "and revoke the old ones (a new id is added); a running server applies it at the next "
+        "registration",
     )
     parser.add_argument(
         "--host",
@@ -64,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             f"renewed {', '.join(renewed)} in {args.directory}: copy "
             + ", ".join(str(paths[n]) for n in renewed)
             + " to the node's machine; the old certificates are in "
-            f"{Path(args.directory) / 'revoked.json'}. Restart the server to apply "
-            "(accord server --resume RUN_DIR keeps a run going).\n"
+            f"{Path(args.directory) / 'revoked.json'}; a running server applies this at the "
+            "next registration (restart it with --resume to end open sessions at once).\n"
         )
         return 0
     if args.node_ids is not None:

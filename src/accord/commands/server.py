@@ -218,7 +218,12 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from pathlib import Path
 
     from accord.errors import ConfigurationError
-    from accord.federation.auth import Authenticator, load_server_credentials, read_token_hashes
+    from accord.federation.auth import (
+        REVOKED_NAME,
+        Authenticator,
+        load_server_credentials,
+        read_token_hashes,
+    )
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
@@ -242,21 +247,25 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
             "no TLS credentials: give --credentials DIR (make one with `accord certs DIR`) "
             "or --tls-cert/--tls-key, or --insecure for a local experiment"
         )
-    credentials = load_server_credentials(
-        path(args.credentials),
-        args.client_auth,
-        certificate=path(args.tls_cert),
-        private_key=path(args.tls_key),
-        client_ca=path(args.tls_ca),
-        tokens=path(args.tokens),
-    )
+
+    def load() -> Any:
+        return load_server_credentials(
+            path(args.credentials),
+            args.client_auth,
+            certificate=path(args.tls_cert),
+            private_key=path(args.tls_key),
+            client_ca=path(args.tls_ca),
+            tokens=path(args.tokens),
+        )
+
+    credentials = load()
     if credentials.revoked_certificates:
         logger.info("%d revoked client certificates", len(credentials.revoked_certificates))
-    return credentials, Authenticator(
-        credentials.token_hashes,
-        require_client_cert=credentials.client_ca is not None,
-        revoked_certificates=credentials.revoked_certificates,
-    )
+    # tokens.json and revoked.json are read again when they change (accord certs --renew).
+    watched = [p for p in (path(args.tokens),) if p is not None]
+    if args.credentials is not None:
+        watched += [Path(args.credentials) / "tokens.json", Path(args.credentials) / REVOKED_NAME]
+    return credentials, Authenticator.reloading(load, watched)
 
 
 def run(args: argparse.Namespace) -> int:

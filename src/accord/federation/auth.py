@@ -12,8 +12,8 @@ a server makes on every registering node.
 
 ``accord certs DIR --renew NODE`` (:func:`renew_node_credentials`) issues that node a new
 certificate and token from the same CA (a leaked or lost folder is replaced), lists the old
-certificate in ``revoked.json`` and drops the old token from ``tokens.json``; the server
-reads both when it starts (``accord server --resume`` keeps the run going).
+certificate in ``revoked.json`` and drops the old token from ``tokens.json``; a running
+server reads both again when they change (:meth:`Authenticator.reloading`).
 
 A node authenticates with its token (``authorization: Bearer`` metadata, checked against
 the hash in constant time), with its client certificate (mutual TLS: signed by the CA,
@@ -31,16 +31,17 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accord.errors import ConfigurationError, InputDataError
+from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.federation.naming import check_node_id
 
 __all__ = [
     "CLIENT_AUTH_MODES",
+    "REVOKED_NAME",
     "Authenticator",
     "NodeCredentials",
     "ServerCredentials",
@@ -210,6 +211,52 @@ class Authenticator:
         self.token_hashes = None if token_hashes is None else dict(token_hashes)
         self.require_client_cert = require_client_cert
         self.revoked_certificates = revoked_certificates
+        self._load: Callable[[], ServerCredentials] | None = None
+        self._watched: tuple[Path, ...] = ()
+        self._stamp: tuple[tuple[int, int, int] | None, ...] = ()
+        self._load_error: str | None = None
+
+    @classmethod
+    def reloading(
+        cls, load: Callable[[], ServerCredentials], watched: Sequence[Path]
+    ) -> Authenticator:
+        """An authenticator that reads the tokens and revocations again whenever one of
+        ``watched`` changes (``accord certs --renew`` on a running server takes effect at
+        the next registration). A file that cannot be read then refuses every node until
+        it is fixed: a broken revocation list must not let revoked nodes in."""
+        credentials = load()
+        check = cls(
+            credentials.token_hashes,
+            credentials.client_ca is not None,
+            credentials.revoked_certificates,
+        )
+        check._load, check._watched = load, tuple(watched)
+        check._stamp = _stamps(check._watched)
+        return check
+
+    def _refresh(self) -> None:
+        if self._load is None:
+            return
+        stamp = _stamps(self._watched)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            credentials = self._load()
+        except AccordError as error:
+            self._load_error = f"node credentials files unreadable: {error}"
+            logger.error("%s; refusing every node until they are fixed", self._load_error)
+            return
+        self._load_error = None
+        self.token_hashes = (
+            None if credentials.token_hashes is None else dict(credentials.token_hashes)
+        )
+        self.revoked_certificates = credentials.revoked_certificates
+        logger.info(
+            "node credentials reloaded: %d tokens, %d revoked certificates",
+            len(self.token_hashes or {}),
+            len(self.revoked_certificates),
+        )
 
     @property
     def open(self) -> bool:
@@ -223,6 +270,9 @@ class Authenticator:
         auth_context: Mapping[str, Sequence[bytes]],
     ) -> str | None:
         """Why the node is refused (for the local log only), or ``None`` to accept it."""
+        self._refresh()
+        if self._load_error is not None:
+            return self._load_error
         if self.token_hashes is not None:
             problem = self._token_refusal(claimed_node_id, metadata)
             if problem is not None:
@@ -285,6 +335,18 @@ def _certificate_refusal(
 REVOKED_NAME = "revoked.json"
 
 
+def _stamps(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            status = path.stat()
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((status.st_mtime_ns, status.st_size, status.st_ino))
+    return tuple(stamps)
+
+
 def _fingerprint(certificate: Any) -> str:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -331,6 +393,12 @@ def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigurationError(f"{path}: exists already (use --force to replace)")
     path.write_bytes(data)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def _key_pem(key: Any) -> bytes:
@@ -507,8 +575,8 @@ def renew_node_credentials(
     """A new client certificate and token for each node, from ``directory``'s CA.
 
     The node's old certificate (if its folder has one) is added to ``revoked.json`` and its
-    old token is replaced in ``tokens.json``, so the old folder no longer authenticates once
-    the server restarts. A node id without a folder yet is added to the federation.
+    old token is replaced in ``tokens.json``, so the old folder no longer authenticates (a
+    running server reads both files again). A node id without a folder yet is added.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -554,8 +622,10 @@ def renew_node_credentials(
         _write_private(folder / "token", (token + "\n").encode(), True)
         paths[node] = folder
     tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
-    _write_public(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode(), True)
+    # Revocations first, each file replaced whole: a server reading them meanwhile sees the
+    # old state or the new one, never half a file.
     revoked_json = {"format": REVOKED_FORMAT, "version": 1, "certificates": sorted(revoked)}
-    _write_public(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode(), True)
+    _replace(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode())
+    _replace(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode())
     logger.info("renewed %d node credentials; %d certificates revoked", len(nodes), len(revoked))
     return paths
