@@ -273,6 +273,16 @@ def test_a_client_certificate_must_name_the_node_and_be_for_clients(credentials:
     assert check.refusal("node-00", [], {}) == "no client certificate"
 
 
+def _presented(check: Authenticator, node: str, folder: Path) -> str | None:
+    """``check``'s verdict on ``node`` presenting the token and certificate in ``folder``."""
+    token = load_node_credentials(folder).token
+    return check.refusal(
+        node,
+        [("authorization", f"Bearer {token}")],
+        {"x509_pem_cert": [(folder / "node.pem").read_bytes()]},
+    )
+
+
 def test_renewing_a_node_revokes_its_old_certificate_and_token(tmp_path: Path) -> None:
     import shutil
     import subprocess
@@ -302,12 +312,7 @@ def test_renewing_a_node_revokes_its_old_certificate_and_token(tmp_path: Path) -
     check = Authenticator(server.token_hashes, True, server.revoked_certificates)
 
     def refusal(node: str, folder: Path) -> str | None:
-        token = load_node_credentials(folder).token
-        return check.refusal(
-            node,
-            [("authorization", f"Bearer {token}")],
-            {"x509_pem_cert": [(folder / "node.pem").read_bytes()]},
-        )
+        return _presented(check, node, folder)
 
     assert refusal("node-01", leaked) == "wrong token for node id 'node-01'"
     assert refusal("node-00", directory / "node-00") is None  # untouched
@@ -347,12 +352,7 @@ def test_a_running_server_applies_a_renewal_and_fails_closed_on_a_broken_list(
     )
 
     def refusal(node: str, folder: Path) -> str | None:
-        token = load_node_credentials(folder).token
-        return check.refusal(
-            node,
-            [("authorization", f"Bearer {token}")],
-            {"x509_pem_cert": [(folder / "node.pem").read_bytes()]},
-        )
+        return _presented(check, node, folder)
 
     assert refusal("node-01", leaked) is None  # not renewed yet
     renew_node_credentials(directory, ["node-01"], now=dt.datetime.now(dt.UTC))
