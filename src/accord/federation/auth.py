@@ -98,14 +98,20 @@ def _read(path: Path, what: str) -> bytes:
         raise InputDataError(f"{path}: cannot read {what}: {error}") from error
 
 
+def _read_json_of_format(path: Path, what: str, format_name: str) -> dict[str, Any]:
+    """A JSON object whose ``format`` field is ``format_name`` (else a clear error)."""
+    try:
+        data = json.loads(_read(path, what))
+    except json.JSONDecodeError as error:
+        raise InputDataError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != format_name:
+        raise InputDataError(f"{path}: expected an object with format {format_name!r}")
+    return data
+
+
 def read_token_hashes(path: Path) -> dict[str, str]:
     """Read ``tokens.json``: node id -> SHA-256 hex of its token."""
-    try:
-        data = json.loads(_read(path, "token file"))
-    except json.JSONDecodeError as error:
-        raise InputDataError(f"{path}: not JSON: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != TOKENS_FORMAT:
-        raise InputDataError(f"{path}: expected an object with format {TOKENS_FORMAT!r}")
+    data = _read_json_of_format(path, "token file", TOKENS_FORMAT)
     nodes = data.get("nodes")
     if not isinstance(nodes, dict) or not nodes:
         raise InputDataError(f"{path}: field 'nodes': expected a non-empty object")
@@ -362,12 +368,7 @@ def certificate_fingerprint(pem: bytes) -> str:
 
 def read_revoked(path: Path) -> frozenset[str]:
     """Read ``revoked.json``: the SHA-256 of every revoked client certificate."""
-    try:
-        data = json.loads(_read(path, "revocation list"))
-    except json.JSONDecodeError as error:
-        raise InputDataError(f"{path}: not valid JSON: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != REVOKED_FORMAT:
-        raise InputDataError(f"{path}: expected an object with format {REVOKED_FORMAT!r}")
+    data = _read_json_of_format(path, "revocation list", REVOKED_FORMAT)
     fingerprints = data.get("certificates")
     if not isinstance(fingerprints, list) or not all(
         isinstance(f, str) and len(f) == 64 for f in fingerprints
@@ -457,6 +458,35 @@ def _issue(
         .sign(ca_key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _write_node_folder(
+    directory: Path,
+    node: str,
+    ca_key: Any,
+    ca_cert: Any,
+    start: dt.datetime,
+    end: dt.datetime,
+    overwrite: bool,
+) -> tuple[Path, str]:
+    """Write ``directory/node/``: the CA, a new client certificate, its key and a new token.
+    Returns the folder and the token's hash (for ``tokens.json``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    folder = directory / node
+    folder.mkdir(exist_ok=True)
+    os.chmod(folder, 0o700)
+    cert, key = _issue(
+        ca_key, ca_cert, node, [x509.DNSName(node)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
+    )
+    token = secrets.token_urlsafe(32)
+    _write_public(folder / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), overwrite)
+    _write_public(folder / "node.pem", cert, overwrite)
+    _write_private(folder / "node.key", key, overwrite)
+    _write_private(folder / "token", (token + "\n").encode(), overwrite)
+    return folder, hash_token(token)
 
 
 def _checked_node_ids(node_ids: Iterable[str], days: int) -> list[str]:
@@ -552,17 +582,9 @@ def make_credentials(
     _write_private(paths["server_key"], server_key, overwrite)
     hashes_by_node: dict[str, str] = {}
     for node in nodes:
-        folder = directory / node
-        folder.mkdir(exist_ok=True)
-        os.chmod(folder, 0o700)
-        cert, key = leaf(node, [x509.DNSName(node)], ExtendedKeyUsageOID.CLIENT_AUTH)
-        token = secrets.token_urlsafe(32)
-        hashes_by_node[node] = hash_token(token)
-        _write_public(folder / "ca.pem", ca_pem, overwrite)
-        _write_public(folder / "node.pem", cert, overwrite)
-        _write_private(folder / "node.key", key, overwrite)
-        _write_private(folder / "token", (token + "\n").encode(), overwrite)
-        paths[node] = folder
+        paths[node], hashes_by_node[node] = _write_node_folder(
+            directory, node, ca_key, ca_cert, start, end, overwrite
+        )
     tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
     _write_public(paths["tokens"], (json.dumps(tokens_json, indent=2) + "\n").encode(), overwrite)
     logger.info("wrote a CA, a server certificate and %d node credentials", len(nodes))
@@ -580,7 +602,6 @@ def renew_node_credentials(
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     nodes = _checked_node_ids(node_ids, days)
     ca_pem = _read(directory / "ca.pem", "CA certificate")
@@ -609,18 +630,9 @@ def renew_node_credentials(
                 revoked.add(certificate_fingerprint(old.read_bytes()))
             except ValueError as error:
                 raise InputDataError(f"{old}: unreadable certificate: {error}") from error
-        folder.mkdir(exist_ok=True)
-        os.chmod(folder, 0o700)
-        cert, key = _issue(
-            ca_key, ca_cert, node, [x509.DNSName(node)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
+        paths[node], hashes_by_node[node] = _write_node_folder(
+            directory, node, ca_key, ca_cert, start, end, True
         )
-        token = secrets.token_urlsafe(32)
-        hashes_by_node[node] = hash_token(token)
-        _write_public(folder / "ca.pem", ca_pem, True)
-        _write_public(folder / "node.pem", cert, True)
-        _write_private(folder / "node.key", key, True)
-        _write_private(folder / "token", (token + "\n").encode(), True)
-        paths[node] = folder
     tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
     # Revocations first, each file replaced whole: a server reading them meanwhile sees the
     # old state or the new one, never half a file.
