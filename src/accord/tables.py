@@ -810,9 +810,9 @@ def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray 
     A row ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` outside double quotes; empty lines
     are skipped. Returns ``(offsets, nonempty)``: line ``i`` (terminator included) is
     ``raw[offsets[i]:offsets[i + 1]]``, and ``nonempty`` lists the non-empty lines (None when
-    all are). Returns None when a quote is not at the edge of a field (pyarrow would read it
-    literally, so quote parity would mislead) or the quotes do not balance. The result is
-    one int64 per line.
+    all are). Returns None where :func:`_line_ends` cannot be sure of the rows (a quote
+    pyarrow reads literally, or quotes that do not balance). The result is one int64 per
+    line.
     """
     size = raw.size
     try:
