@@ -121,25 +121,42 @@ def _sorted_files(run: Path) -> list[Path]:
     return sorted(run.glob("sorted-*.sealed"))
 
 
+def _start_with_a_failpoint(
+    tmp_path: Path,
+    universe: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    buckets: int,
+    where: str,
+) -> tuple[dict[str, Path], dict[str, Path], dict[str, Party]]:
+    """Parties a and b, bucketed in their own run directories; a pauses at ``where``."""
+    names = ["a", "b"]
+    tables = _tables(tmp_path, names, universe, 3000)
+    runs = {name: tmp_path / f"run-{name}" for name in names}
+    extra = {name: ["--buckets", str(buckets), "--run-dir", str(runs[name])] for name in names}
+    monkeypatch.setenv("ACCORD_FAILPOINT", f"align-pause@{where}")
+    return tables, runs, _run(tmp_path, tables, tmp_path / "out", extra, failpoint=monkeypatch)
+
+
+def _kill_at_failpoint(party: Party, where: str, timeout: float) -> None:
+    """Wait until ``party`` paused at its failpoint, then SIGKILL its host and enclave."""
+    deadline = time.monotonic() + timeout
+    while not party.saw(f"failpoint align-pause@{where}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert party.saw(f"failpoint align-pause@{where}")
+    host = psutil.Process(party.process.pid)
+    children = host.children()
+    os.kill(host.pid, signal.SIGKILL)
+    for child in children:
+        child.kill()
+
+
 def test_killed_run_resumes_refusing_changed_input_and_tampered_files(
     tmp_path: Path, universe: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = ["a", "b"]
-    tables = _tables(tmp_path, names, universe, 3000)
-    runs = {name: tmp_path / f"run-{name}" for name in names}
-    extra = {name: ["--buckets", "6", "--run-dir", str(runs[name])] for name in names}
     # Party a stops after bucket 2 of the exchange (a test failpoint); then it is killed.
-    monkeypatch.setenv("ACCORD_FAILPOINT", "align-pause@2")
-    parties = _run(tmp_path, tables, tmp_path / "out", extra, failpoint=monkeypatch)
-    deadline = time.monotonic() + 60
-    while not parties["a"].saw("failpoint align-pause@2") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert parties["a"].saw("failpoint align-pause@2")
-    host = psutil.Process(parties["a"].process.pid)
-    enclave = host.children()
-    os.kill(host.pid, signal.SIGKILL)
-    for child in enclave:
-        child.kill()
+    tables, runs, parties = _start_with_a_failpoint(tmp_path, universe, monkeypatch, 6, "2")
+    _kill_at_failpoint(parties["a"], "2", 60)
     code_b, _, stderr_b = parties["b"].wait(60)
     parties["a"].wait(30)
     assert code_b != 0 and "resume" in stderr_b
@@ -293,22 +310,11 @@ def test_a_run_stopped_after_every_peer_confirmed_finishes_alone(
     tmp_path: Path, universe: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     names = ["a", "b"]
-    tables = _tables(tmp_path, names, universe, 3000)
-    runs = {name: tmp_path / f"run-{name}" for name in names}
-    extra = {name: ["--buckets", "3", "--run-dir", str(runs[name])] for name in names}
     # Party a stops once every peer confirmed, before it collects its rows; b completes.
-    monkeypatch.setenv("ACCORD_FAILPOINT", "align-pause@done")
-    parties = _run(tmp_path, tables, tmp_path / "out", extra, failpoint=monkeypatch)
+    tables, runs, parties = _start_with_a_failpoint(tmp_path, universe, monkeypatch, 3, "done")
     code_b, _, stderr_b = parties["b"].wait(60)
     assert code_b == 0, stderr_b
-    deadline = time.monotonic() + 30
-    while not parties["a"].saw("failpoint align-pause@done") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    host = psutil.Process(parties["a"].process.pid)
-    children = host.children()
-    os.kill(host.pid, signal.SIGKILL)
-    for child in children:
-        child.kill()
+    _kill_at_failpoint(parties["a"], "done", 30)
     parties["a"].wait(30)
     assert not runs["b"].exists() and not (tmp_path / "out" / "a.aligned.csv").exists()
     # Resumed with no peer to contact (b is gone): the sealed state says all confirmed.
