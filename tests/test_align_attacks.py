@@ -22,6 +22,7 @@ from align_support import (
     write_table,
 )
 
+from accord.commands.exit_codes import ExitCode
 from accord.tee.wire import PeerFrame
 
 
@@ -73,7 +74,7 @@ def read_ids(path: Path) -> list[str]:
 
 def assert_failed_closed(result: tuple[int, str, str], out: Path, name: str, message: str) -> None:
     code, stdout, stderr = result
-    assert code == 2, stderr
+    assert code == ExitCode.REFUSED, stderr
     assert stdout == ""
     errors = [line for line in stderr.splitlines() if "error" in line]
     assert len(errors) == 1, stderr

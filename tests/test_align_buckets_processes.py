@@ -21,6 +21,8 @@ import psutil
 import pytest
 from align_support import Party, make_ids, party_args, read_csv, write_policy, write_table
 
+from accord.commands.exit_codes import ExitCode
+
 Pairs = set[tuple[int, ...]]
 
 
@@ -179,7 +181,7 @@ def test_killed_run_resumes_refusing_changed_input_and_tampered_files(
     original = tables["a"].read_bytes()
     tables["a"].write_bytes(original.replace(b"a_x", b"a_y", 1))
     code, _, stderr = resume("a", listen=True).wait(60)
-    assert code == 2 and "changed since the run started" in stderr
+    assert code == ExitCode.REFUSED and "changed since the run started" in stderr
     tables["a"].write_bytes(original)
 
     # 2. A tampered sealed bucket file: the resumed run fails closed, nothing is written.
@@ -191,7 +193,7 @@ def test_killed_run_resumes_refusing_changed_input_and_tampered_files(
     a = resume("a", listen=True)
     b = resume("b", listen=False, peer=a.address())
     (code_a, _, stderr_a), (code_b, _, _) = a.wait(60), b.wait(60)
-    assert code_a == 2 and "bucket 3 failed verification" in stderr_a
+    assert code_a == ExitCode.REFUSED and "bucket 3 failed verification" in stderr_a
     assert code_b != 0
     assert not any(out.glob("*.csv"))
     target.write_bytes(saved)

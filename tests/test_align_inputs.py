@@ -21,6 +21,7 @@ from align_support import (
     write_table,
 )
 
+from accord.commands.exit_codes import ExitCode
 from accord.tee.measurement import enclave_measurement
 
 
@@ -66,7 +67,7 @@ def test_bad_ids_stop_both_parties_with_a_clear_error(base: dict[str, Path], cas
         party_args(base["good"], base["policy"], base["b_key"], folder, "b", peers=[a.address()]),
     )
     (code_a, _, err_a), (code_b, _, err_b) = a.wait(), b.wait()
-    assert (code_a, code_b) == (2, 2), err_a + err_b
+    assert (code_a, code_b) == (ExitCode.REFUSED, ExitCode.REFUSED), err_a + err_b
     line = one_error_line(err_a)
     assert str(bad) in line and word in line, line
     assert "row" in line  # names the rows (never their contents)
@@ -134,7 +135,7 @@ def test_unusable_tables_fail_before_contacting_peers(
     code, stdout, stderr = run_alone(
         party_args(table, base["policy"], base["a_key"], tmp_path, "a", peers=[f"127.0.0.1:{port}"])
     )
-    assert code == 2 and stdout == ""
+    assert code == ExitCode.REFUSED and stdout == ""
     line = one_error_line(stderr)
     assert str(table) in line and message in line.lower(), line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
@@ -148,7 +149,7 @@ def test_unreachable_peer_is_reported_after_the_deadline(
         base["good"], base["policy"], base["a_key"], tmp_path, "a", peers=[f"127.0.0.1:{port}"]
     )
     code, _, stderr = run_alone([*args, "--connect-timeout", "1"])
-    assert code == 2
+    assert code == ExitCode.REFUSED
     line = one_error_line(stderr)
     assert f"cannot reach peer at 127.0.0.1:{port}" in line, line
     assert list(tmp_path.iterdir()) == []
@@ -189,7 +190,7 @@ def test_peer_speaking_another_protocol_is_named(
     )
     code, _, stderr = run_alone(args)
     thread.join(10)
-    assert code == 2
+    assert code == ExitCode.REFUSED
     assert message in one_error_line(stderr)
 
 

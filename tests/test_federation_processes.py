@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from accord.commands.exit_codes import ExitCode
 from accord.data.faults import FaultSpec
 from accord.federation.auth import make_credentials, renew_node_credentials
 from accord.federation.launcher import free_port
@@ -567,9 +568,9 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         "protocol version 2": "FAILED_PRECONDITION: protocol version 2 is not supported; "
         "this server speaks version 1",
     }
-    assert rogue_code == 2
+    assert rogue_code == ExitCode.REFUSED
     assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")
-    assert late_code == 2
+    assert late_code == ExitCode.REFUSED
     assert "node node-03 is not in this run's roster" in processes.log("late-node")
     assert rounds_during_attacks == 1  # round 1 was going on all along
     assert server_code == 0, processes.log("server")

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from accord import __version__
+from accord.commands.exit_codes import ExitCode, exit_code_of
 from accord.errors import AccordError
 
 __all__ = ["main"]
@@ -72,10 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AccordError as error:
         logger.debug("failed", exc_info=True)
         sys.stderr.write(f"accord {args.command}: error: {error}\n")
-        return 2
+        return int(exit_code_of(error))
     except KeyboardInterrupt:
         sys.stderr.write(f"accord {args.command}: interrupted\n")
-        return 130
+        return int(ExitCode.INTERRUPTED)
     return result
 
 
