@@ -201,6 +201,8 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if raw is None and len(options) < len(typing.get_args(hint)):
+            return None  # JSON null (TOML has none): the field is not set
         if len(options) == 1:
             return _convert(options[0], raw, source=source, key=key)
         return raw
@@ -306,6 +308,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(  # TOML has no null: a key not set is left out
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
         return "{ " + inner + " }" if inner else "{}"
     return json.dumps(str(value))
