@@ -558,12 +558,23 @@ class RoundTable:
         subs = " | ".join(sub for _ in self.policies)
         return [f"round | {names}".rstrip(), f"      | {subs}".rstrip()]
 
-    def row(self, round_number: int, cells: Mapping[str, tuple[float | None, float] | None]) -> str:
+    def row(
+        self,
+        round_number: int,
+        cells: Mapping[str, tuple[float | None, float] | str | None],
+    ) -> str:
+        """``cells``: per policy (test accuracy, faulty mass), or its stop reason (or
+        ``None``) once it stopped: shown as ``(diverged)``, ``(failed)`` or ``(stopped)``."""
         parts = []
         for policy in self.policies:
             cell = cells.get(policy)
-            if cell is None:
-                text = "(stopped)"
+            if cell is None or isinstance(cell, str):
+                reason = cell or ""
+                text = (
+                    "(diverged)"
+                    if reason.startswith("diverged")
+                    else ("(failed)" if reason.startswith("failed") else "(stopped)")
+                )
             else:
                 accuracy, mass = cell
                 text = f"{_fmt(accuracy):>8}"
@@ -582,8 +593,13 @@ def summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -
     head += "  round ms  policy share  stop reason"
     lines = [head]
     for name, entry in results.items():
+        final = (
+            "diverged"
+            if entry.get("diverged")
+            else ("failed" if entry["stop_reason"].startswith("failed") else None)
+        )
         line = (
-            f"{name:<{width}}  {_fmt(entry['final_test_accuracy']):>9}  "
+            f"{name:<{width}}  {final or _fmt(entry['final_test_accuracy']):>9}  "
             f"{_fmt(entry['best_test_accuracy']):>8}  {entry['rounds']:>6}"
         )
         if with_faulty:
@@ -608,11 +624,14 @@ def describe_scenario(data: ScenarioData, settings: SimulationSettings) -> str:
         if partition.kind == "dirichlet"
         else ("IID" if partition.kind == "iid" else f"{partition.shards_per_node} label shards")
     )
-    faulty = (
-        f"{len(data.faulty_nodes)} {scenario.fault.kind} nodes ({', '.join(data.faulty_nodes)})"
-        if data.faulty_nodes
-        else "no faulty node"
-    )
+    groups = []
+    for group in scenario.fault_groups:
+        members = [node.node_id for node in data.nodes if node.fault == group]
+        if members:
+            noun = "node" if len(members) == 1 else "nodes"
+            when = f" {group.when()}" if group.when() else ""
+            groups.append(f"{len(members)} {group.label()} {noun}{when} ({', '.join(members)})")
+    faulty = ", ".join(groups) if groups else "no faulty node"
     return f"{scenario.dataset}, {scenario.nodes} nodes, {split}, {faulty}"
 
 
@@ -740,18 +759,24 @@ def _drive(
     started: float,
     startup: Mapping[str, float],
 ) -> int:
+    """Run the policies round by round. A policy whose model diverges, or that gives a
+    malformed answer, ends alone (its stop reason says why and in which round); the others
+    go on. Exit: 130 on Ctrl-C, 1 if a policy failed, 4 if one diverged, else 0."""
     from tqdm import tqdm
 
+    from accord.commands.exit_codes import ExitCode
+    from accord.errors import ProtocolError
     from accord.reporting.summary import faulty_mass
-    from accord.simulation.driver import RunResult
+    from accord.rounds import DivergedError
+    from accord.simulation.driver import RunResult, stop_reason_of_round
     from accord.simulation.stop import StopTracker
 
     faulty = data.faulty_nodes
     max_rounds = settings.stop.max_rounds
     every = args.every or max(1, math.ceil(max_rounds / TABLE_ROWS))
     table = RoundTable(policies, with_faulty=bool(faulty))
-    bar = tqdm(
-        total=max_rounds * len(policies),
+    bar = tqdm(  # one step per round of the run, all policies together
+        total=max_rounds,
         file=sys.stderr,
         disable=quiet or not sys.stderr.isatty(),
         unit="round",
@@ -783,28 +808,44 @@ def _drive(
         round_number = 0
         while active:
             round_number += 1
-            cells: dict[str, tuple[float | None, float] | None] = {}
+            cells: dict[str, tuple[float | None, float] | str | None] = {
+                name: reasons[name] for name in policies if name in reasons
+            }
             for name in list(active):
                 if "run_to_first_round_seconds" not in timing:
                     timing["run_to_first_round_seconds"] = time.perf_counter() - started
-                    timing["process_to_first_round_seconds"] = process_age()
-                timed = simulations[name].run_round()
+                    timing["process_to_first_round_seconds"] = _entry_age()
+                try:
+                    timed = simulations[name].run_round()
+                except DivergedError as error:
+                    reasons[name] = f"diverged: {error.reason}"
+                    cells[name] = reasons[name]
+                    active.remove(name)
+                    continue
+                except ProtocolError as error:  # a malformed answer from this policy
+                    reasons[name] = f"failed: {error}"
+                    cells[name] = reasons[name]
+                    active.remove(name)
+                    continue
                 if "process_to_first_round_done_seconds" not in timing:
-                    timing["process_to_first_round_done_seconds"] = process_age()
+                    timing["process_to_first_round_done_seconds"] = _entry_age()
                 rounds[name].append(timed)
                 folder.append_round(name, timed)
                 spent[name] += timed.round_seconds
                 record = timed.record
-                cells[name] = (record.test_accuracy, faulty_mass(record, faulty))
-                reason = trackers[name].update(record.validation_accuracy_after, spent[name])
-                bar.update(1)
+                mass = faulty_mass(record, timed.faulty if timed.faulty is not None else faulty)
+                cells[name] = (record.test_accuracy, mass)
+                reason = stop_reason_of_round(trackers[name], timed, spent[name])
                 if reason is not None:
                     reasons[name] = reason
                     active.remove(name)
-                    bar.total -= max_rounds - round_number
-                    bar.refresh()
+                    if record.diverged is not None:
+                        cells[name] = reason
+            bar.update(1)
             bar.set_postfix_str(
-                " ".join(f"{n}={_fmt(c[0], '.3f')}" for n, c in cells.items() if c is not None),
+                " ".join(
+                    f"{n}={_fmt(c[0], '.3f')}" for n, c in cells.items() if isinstance(c, tuple)
+                ),
                 refresh=False,
             )
             if not quiet and (round_number % every == 0 or round_number == 1 or not active):
@@ -853,13 +894,34 @@ def _drive(
     for line in summary_lines(summary["results"], with_faulty=bool(faulty)):
         say(line)
     if faulty:
-        share = summary["faulty_data_share"]
-        say(
-            f"(faulty mass: probability on the faulty nodes at the end; FedAvg gives them "
-            f"their data share, {_fmt(share, '.3f')})"
-        )
+        say(faulty_mass_note(summary["faulty_data_share"], policies, data.time_varying))
     say(f"run folder: {folder.path}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return int(ExitCode.INTERRUPTED)
+    if any(reason.startswith("failed") for reason in reasons.values()):
+        return int(ExitCode.FAILED)
+    if any(reason.startswith("diverged") for reason in reasons.values()):
+        return int(ExitCode.DIVERGED)
+    return int(ExitCode.OK)
+
+
+def faulty_mass_note(share: float | None, policies: Sequence[str], time_varying: bool) -> str:
+    """The footnote under the final table that says what "faulty mass" is."""
+    what = (
+        "probability on the nodes faulty in the last round"
+        if time_varying
+        else "probability on the faulty nodes at the end"
+    )
+    if "fedavg" in policies:
+        return f"(faulty mass: {what}; FedAvg gives them their data share, {_fmt(share, '.3f')})"
+    return f"(faulty mass: {what}; their data share is {_fmt(share, '.3f')})"
+
+
+def _entry_age() -> float | None:
+    """Seconds since the ``accord`` command started (:func:`accord.cli.entry_seconds`)."""
+    from accord.cli import entry_seconds
+
+    return entry_seconds()
 
 
 def _summary(
@@ -869,6 +931,20 @@ def _summary(
     settings: SimulationSettings,
     timing: Mapping[str, float | None],
 ) -> dict[str, Any]:
+    """The content of ``summary.json``.
+
+    ``faulty_nodes``: the nodes in a fault group (faulty in some round); ``fault_groups``:
+    each group in words; ``time_varying``: whether a faulty node is honest in some rounds
+    (then each ``metrics.jsonl`` line's ``faulty`` lists that round's faulty nodes, and the
+    faulty masses use them). ``diverged``: the policies whose model diverged (exit code 4).
+
+    ``timing`` (seconds): ``run_to_*_seconds`` count from the start of ``accord simulate``'s
+    ``run`` (torch imported, policies, scenario and simulations ready, first round started);
+    ``process_to_first_round_seconds`` and ``process_to_first_round_done_seconds`` count from
+    the ``accord`` entry point (the import of :mod:`accord.cli`, the console script's first
+    step; or the call of :func:`accord.cli.main` when called in a process that had imported it
+    before), not from the start of the OS process, which may have run something else first.
+    """
     import datetime as dt
     import platform
 
@@ -890,6 +966,11 @@ def _summary(
         "policies": [r.policy for r in results],
         "roster": [node.node_id for node in data.nodes],
         "faulty_nodes": list(data.faulty_nodes),
+        "fault_groups": [
+            group.describe() for group in settings.scenario.fault_groups if group.count
+        ],
+        "time_varying": data.time_varying,
+        "diverged": [r.policy for r in results if r.stop_reason.startswith("diverged")],
         "sample_counts": counts,
         "faulty_data_share": data_share(counts, data.faulty_nodes),
         "timing": dict(timing),
