@@ -242,9 +242,10 @@ class RoundEngine:
         aggregation = self.aggregator.aggregate(round_input)
         aggregate_seconds = time.perf_counter() - started
         _check_aggregation(aggregation, present_mask, self.dim, self.aggregator.name, number)
-        new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
-            aggregation.second_gradient
-        )
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked just below
+            new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
+                aggregation.second_gradient
+            )
         if not np.isfinite(new_weights).all():
             raise DivergedError(f"the new weights are not finite at round {number}")
         return PendingRound(

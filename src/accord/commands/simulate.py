@@ -46,6 +46,8 @@ __all__ = [
     "add_training_options",
     "config_from_args",
     "describe_scenario",
+    "fault_option",
+    "faulty_mass_note",
     "layer_widths",
     "policy_list",
     "process_age",
@@ -72,6 +74,9 @@ _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--fault": ("fault", ("scenario", "fault", "kind")),
     "--faulty": ("faulty", ("scenario", "fault", "count")),
     "--fault-scale": ("fault_scale", ("scenario", "fault", "scale")),
+    "--fault-start": ("fault_start", ("scenario", "fault", "start")),
+    "--fault-end": ("fault_end", ("scenario", "fault", "end")),
+    "--fault-probability": ("fault_probability", ("scenario", "fault", "probability")),
     "--seed": ("seed", ("scenario", "seed")),
     "--validation-fraction": ("validation_fraction", ("scenario", "validation_fraction")),
     "--test-fraction": ("test_fraction", ("scenario", "test_fraction")),
@@ -129,6 +134,39 @@ def policy_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def fault_option(text: str) -> str | tuple[tuple[str, int, float | None], ...]:
+    """argparse type of ``--fault``: a kind (or ``none``), or several fault groups as
+    ``KIND:N[:SCALE]`` separated by commas (``label-flip:2,scale:1:10,free-rider:1``)."""
+    from accord.data import FAULT_KINDS
+
+    kinds = ", ".join((*sorted(FAULT_KINDS), NO_FAULT))
+    text = text.strip()
+    if ":" not in text and "," not in text:
+        if text not in (*FAULT_KINDS, NO_FAULT):
+            raise argparse.ArgumentTypeError(
+                f"expected one of {kinds}, or KIND:N,... groups; got {text!r}"
+            )
+        return text
+    groups: list[tuple[str, int, float | None]] = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        if len(fields) not in (2, 3) or fields[0] not in FAULT_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"expected fault groups KIND:N[:SCALE],... with KIND from "
+                f"{', '.join(sorted(FAULT_KINDS))}; got {part.strip()!r}"
+            )
+        try:
+            count = int(fields[1])
+            scale = float(fields[2]) if len(fields) == 3 else None
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                "expected KIND:N[:SCALE] with an integer N and a number SCALE; got "
+                f"{part.strip()!r}"
+            ) from error
+        groups.append((fields[0], count, scale))
+    return tuple(groups)
+
+
 def layer_widths(text: str) -> tuple[int, ...]:
     """argparse type of ``--hidden``: comma-separated positive layer widths."""
     try:
@@ -158,13 +196,46 @@ def add_scenario_options(group: Any) -> None:
     )
     group.add_argument(
         "--fault",
-        choices=(*sorted(FAULT_KINDS), NO_FAULT),
+        type=fault_option,
         default=None,
-        help="what the faulty nodes do [label-flip]",
+        metavar="KIND|KIND:N[:SCALE],...",
+        help=f"what the faulty nodes do: one of {', '.join((*sorted(FAULT_KINDS), NO_FAULT))} "
+        "[label-flip]; or several groups in one run, e.g. label-flip:2,scale:1:10,free-rider:1 "
+        "(N nodes each, SCALE for scale and sign-flip; --faulty and --fault-scale then do not "
+        "apply)",
     )
-    group.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
+    group.add_argument(
+        "--faulty",
+        type=int,
+        default=None,
+        metavar="N",
+        help="faulty nodes [30%% of --nodes rounded down: 3 of 10, 0 of 3]; a run with every "
+        "node faulty in every round is refused",
+    )
     group.add_argument(
         "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
+    )
+    group.add_argument(
+        "--fault-start",
+        type=int,
+        default=None,
+        metavar="R",
+        help="faulty nodes are honest in the first R rounds and faulty from round R+1 on [0]",
+    )
+    group.add_argument(
+        "--fault-end",
+        type=int,
+        default=None,
+        metavar="R",
+        help="faulty nodes are honest again after round R (faulty in rounds START+1..R) [never]",
+    )
+    group.add_argument(
+        "--fault-probability",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="a faulty node is faulty in each round of its window with probability Q, drawn "
+        "from the seed, node and round [1]",
     )
     group.add_argument(
         "--validation-fraction",
@@ -275,6 +346,10 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
     if match is None:
         return error
     option = _option_of_field(match.group(1))
+    if option == "--faulty" and any(
+        name == "--fault" and isinstance(value, tuple) for name, value in given
+    ):
+        option = "--fault"  # the counts are in the fault groups
     if option is None:
         return error
     text = f"{option}: {match.group(2)}"
@@ -285,6 +360,12 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, tuple) and value and hasattr(value[0], "kind"):  # fault groups
+        return ",".join(
+            f"{group.kind}:{group.count}"
+            + (f":{group.scale:g}" if group.kind in ("scale", "sign-flip") else "")
+            for group in value
+        )
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -322,6 +403,8 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
         value = getattr(args, dest, None)
         if value is not None:
             overrides[path] = (option, value)
+    if isinstance(getattr(args, "fault", None), tuple):
+        overrides[("scenario", "faults")] = ("--fault", _fault_groups(args, overrides))
     if getattr(args, "fault", None) == NO_FAULT:
         del overrides[_OPTION_FIELDS["--fault"][1]]
         if args.faulty not in (None, 0):
@@ -331,6 +414,48 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
             )
         overrides[_OPTION_FIELDS["--faulty"][1]] = ("--fault", 0)
     return overrides
+
+
+def _fault_groups(
+    args: argparse.Namespace, overrides: dict[tuple[str, ...], tuple[str, Any]]
+) -> tuple[Any, ...]:
+    """``--fault KIND:N[:SCALE],...`` as fault groups, each with the timing options given;
+    the single-fault overrides are taken out of ``overrides``."""
+    from accord.data.faults import FaultSpec
+    from accord.errors import ConfigurationError
+
+    for option in ("--faulty", "--fault-scale"):
+        if getattr(args, _OPTION_FIELDS[option][0], None) is not None:
+            raise ConfigurationError(
+                f"{option}: does not apply to fault groups; give N and SCALE in --fault "
+                "KIND:N[:SCALE],..."
+            )
+    timing = {}
+    for option, name in (
+        ("--fault-start", "start"),
+        ("--fault-end", "end"),
+        ("--fault-probability", "probability"),
+    ):
+        path = _OPTION_FIELDS[option][1]
+        if path in overrides:
+            timing[name] = overrides.pop(path)[1]
+    overrides.pop(_OPTION_FIELDS["--fault"][1], None)
+    groups = []
+    for kind, count, scale in args.fault:
+        try:
+            groups.append(
+                FaultSpec(kind, count, **({} if scale is None else {"scale": scale}), **timing)
+            )
+        except ConfigurationError as error:
+            raise _name_option(error, [("--fault", _show_groups(args.fault))]) from error
+    return tuple(groups)
+
+
+def _show_groups(groups: Sequence[tuple[str, int, float | None]]) -> str:
+    return ",".join(
+        f"{kind}:{count}" + ("" if scale is None else f":{scale:g}")
+        for kind, count, scale in groups
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulateConfig:
@@ -914,7 +1039,7 @@ def faulty_mass_note(share: float | None, policies: Sequence[str], time_varying:
     )
     if "fedavg" in policies:
         return f"(faulty mass: {what}; FedAvg gives them their data share, {_fmt(share, '.3f')})"
-    return f"(faulty mass: {what}; their data share is {_fmt(share, '.3f')})"
+    return f"(faulty mass: {what}; the faulty nodes' data share is {_fmt(share, '.3f')})"
 
 
 def _entry_age() -> float | None:
