@@ -211,7 +211,18 @@ def test_a_clean_single_policy_run(tmp_path: Path) -> None:
         (["--policies", "fedavg,magic"], "unknown policy 'magic'; accepted: actor-critic"),
         (
             ["--fault", "meteor"],
-            "'free-rider', 'label-flip', 'noise', 'scale', 'sign-flip', 'none'",
+            "argument --fault: expected one of free-rider, label-flip, noise, scale, sign-flip, "
+            "none, or KIND:N,... groups; got 'meteor'",
+        ),
+        (
+            ["--fault", "scale:1:x"],
+            "argument --fault: expected KIND:N[:SCALE] with an integer N and a number SCALE; "
+            "got 'scale:1:x'",
+        ),
+        (
+            ["--fault", "label-flip:2,meteor:1"],
+            "argument --fault: expected fault groups KIND:N[:SCALE],... with KIND from "
+            "free-rider, label-flip, noise, scale, sign-flip; got 'meteor:1'",
         ),
         (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
         (["--rounds", "many"], "argument --rounds: invalid int value: 'many'"),
