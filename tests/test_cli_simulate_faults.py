@@ -129,3 +129,26 @@ def test_the_progress_bar_counts_the_runs_rounds_not_every_policys(
     assert code == 0
     err = capsys.readouterr().err
     assert "3/3" in err and "/6" not in err
+
+
+def test_a_scenario_with_fault_groups_survives_the_helpers_npz() -> None:
+    import numpy as np
+
+    from accord.commands.simulate import scenario_from_npz, scenario_to_npz
+    from accord.data.faults import FaultSpec
+    from accord.scenario import ScenarioSettings, build_scenario
+
+    settings = ScenarioSettings(
+        nodes=6, faults=(FaultSpec("label-flip", 2, start=4), FaultSpec("scale", 1, 10.0))
+    )
+    built = build_scenario(settings)
+    again = scenario_from_npz(scenario_to_npz(built), settings)
+    for a, b in zip(built.nodes, again.nodes, strict=True):
+        assert (a.node_id, a.fault) == (b.node_id, b.fault)
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert (a.flipped_labels is None) == (b.flipped_labels is None)
+        if a.flipped_labels is not None:
+            np.testing.assert_array_equal(a.flipped_labels, b.flipped_labels)
+    assert [again.faulty_in_round(t) for t in range(6)] == [
+        built.faulty_in_round(t) for t in range(6)
+    ]

@@ -852,3 +852,18 @@ def test_a_federation_worker_sends_what_the_simulation_sends_round_by_round() ->
         honest.start_round(2, weights, digest).tobytes()
         != workers[flipper.node_id].start_round(2, weights, digest).tobytes()
     )
+
+
+def test_fault_groups_survive_the_servers_settings_json() -> None:
+    import json
+
+    settings_ = ServerSettings(
+        run=SimulationSettings(
+            scenario=ScenarioSettings(
+                nodes=6,
+                faults=(FaultSpec("scale", 1, 10.0, start=3), FaultSpec("noise", 1, end=9)),
+            )
+        )
+    )
+    again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
+    assert again == settings_
