@@ -152,3 +152,31 @@ def test_a_scenario_with_fault_groups_survives_the_helpers_npz() -> None:
     assert [again.faulty_in_round(t) for t in range(6)] == [
         built.faulty_in_round(t) for t in range(6)
     ]
+
+
+def test_fault_options_replace_the_config_files_fault_groups(tmp_path: Path) -> None:
+    from accord.cli import build_parser
+    from accord.commands.simulate import config_from_args
+    from accord.data.faults import FaultSpec
+
+    groups = tmp_path / "groups.toml"
+    groups.write_text(
+        "[scenario]\nnodes = 6\n[[scenario.faults]]\nkind = 'scale'\ncount = 1\n"
+        "[[scenario.faults]]\nkind = 'noise'\ncount = 1\n"
+    )
+    single = tmp_path / "single.toml"
+    single.write_text("[scenario.fault]\nkind = 'noise'\ncount = 2\n")
+
+    def scenario(*argv: str) -> Any:
+        args = build_parser(["simulate"]).parse_args(["simulate", *argv])
+        return config_from_args(args).simulation.scenario
+
+    kept = scenario("--config", str(groups), "--seed", "3")
+    assert kept.faults == (FaultSpec("scale", 1), FaultSpec("noise", 1))
+    one = scenario("--config", str(groups), "--fault", "label-flip", "--faulty", "1")
+    assert (one.fault, one.faults) == (FaultSpec("label-flip", 1), ())
+    two = scenario("--config", str(single), "--fault", "scale:1:10,free-rider:1")
+    assert (two.fault, two.faults) == (
+        FaultSpec(),
+        (FaultSpec("scale", 1, 10.0), FaultSpec("free-rider", 1)),
+    )

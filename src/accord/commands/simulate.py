@@ -353,7 +353,11 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
     if option is None:
         return error
     text = f"{option}: {match.group(2)}"
-    others = [f"{name} {_show(value)}" for name, value in given if name != option]
+    others = [
+        f"{name} {_show(value)}"
+        for name, value in given
+        if name != option and value != () and not dataclasses.is_dataclass(value)
+    ]
     if others and option not in {name for name, _ in given}:
         text += f" (with {', '.join(others)})"
     return ConfigurationError(text)
@@ -405,6 +409,9 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
             overrides[path] = (option, value)
     if isinstance(getattr(args, "fault", None), tuple):
         overrides[("scenario", "faults")] = ("--fault", _fault_groups(args, overrides))
+        overrides[("scenario", "fault")] = ("--fault", _default_fault())  # a config's is replaced
+    elif any(getattr(args, name, None) is not None for name in ("fault", "faulty", "fault_scale")):
+        overrides[("scenario", "faults")] = ("--fault", ())  # one group replaces a config's
     if getattr(args, "fault", None) == NO_FAULT:
         del overrides[_OPTION_FIELDS["--fault"][1]]
         if args.faulty not in (None, 0):
@@ -414,6 +421,12 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
             )
         overrides[_OPTION_FIELDS["--faulty"][1]] = ("--fault", 0)
     return overrides
+
+
+def _default_fault() -> Any:
+    from accord.data.faults import FaultSpec
+
+    return FaultSpec()
 
 
 def _fault_groups(
