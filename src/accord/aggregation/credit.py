@@ -38,7 +38,15 @@ FEATURE_NAMES = (
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
-    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same."""
+    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same.
+    A non-finite value (a loss change that overflowed) scores ``+clip``, the worst; the
+    others are scored among themselves."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        scores = np.full(values.shape, clip, dtype=np.float64)
+        if finite.any():
+            scores[finite] = robust_z(values[finite], clip)
+        return scores
     median = float(np.median(values))
     spread = 1.4826 * float(np.median(np.abs(values - median)))
     floor = 1e-3 * max(abs(median), float(np.abs(values).mean()), 1e-9)
@@ -110,7 +118,9 @@ def leave_one_out_credit(
     candidates = np.concatenate([weights[None, :] - lr * combined, weights[None, :] - lr * without])
     losses = validate(candidates).losses
     loss_after = float(losses[0])
-    credit = losses[1:] - loss_after  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
+    with np.errstate(invalid="ignore"):  # inf − inf: a diverging model
+        credit = losses[1:] - loss_after  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
+    credit = np.where(np.isfinite(credit), credit, 0.0)  # not finite: no information
     if first_gradients.shape[0] == 1:
         credit = np.zeros(1)
     return LeaveOneOut(credit=np.asarray(credit, dtype=np.float64), loss_after=loss_after)
