@@ -692,7 +692,7 @@ def test_a_run_stops_when_the_quorum_is_lost(small: tuple[Any, Any]) -> None:
             grid.disconnect("node-02")
 
     run.after_round = leave
-    with pytest.raises(PeerError, match="quorum lost before round 2: 1 of 2 nodes connected"):
+    with pytest.raises(PeerError, match="quorum lost before round 3: 1 of 2 nodes connected"):
         run.run()
 
 
@@ -735,7 +735,7 @@ def test_a_run_without_usable_gradients_gives_up_after_three_attempts(
         quorum=1,
         run_id="run",
     )
-    with pytest.raises(PeerError, match="round 0: no usable first gradient in 3 attempts"):
+    with pytest.raises(PeerError, match="round 1: no usable first gradient in 3 attempts"):
         run.run()
 
 

@@ -161,6 +161,13 @@ class Grid(ABC):
         """Bytes (sent, received) so far, where the transport counts them."""
         return 0, 0
 
+    def interrupt(self, grace: float) -> None:
+        """The run is stopping (a signal): from now on :meth:`wait_for_nodes` returns at
+        once, and a collection in progress or to come waits at most ``grace`` more
+        seconds (or until its own deadline, if sooner). Safe to call from a signal handler
+        or another thread; the default does nothing (a grid whose waits never block)."""
+        del grace
+
 
 class NodeEndpoint(Protocol):
     """The node side of the protocol without a transport (see :class:`NodeWorker`)."""
