@@ -810,3 +810,71 @@ def test_accord_federate_killed_after_round_2_resumes_to_the_uninterrupted_metri
     assert code == 0, processes.log("resumed")
     assert_same_metrics(run_records(run_dir), simulation_records(4, policy="fedavg"))
     assert "    3 |" in processes.log("resumed")  # the table goes on from round 3
+
+
+def test_nodes_of_another_scenario_or_transport_are_refused_with_one_line_each(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: a TLS server of the 4-node scenario, started from scratch (gRPC's own
+    # logging is set up at its first import)
+    port = free_port()
+    processes.exec("server", server_args(tmp_path / "run", port, credentials, *scenario_args(3)))
+    processes.wait_for_text("server", "waiting for 4 nodes", timeout=120)
+    ten_nodes = node_args(0, port, credentials)
+    ten_nodes[ten_nodes.index("--nodes") + 1] = "10"
+    plaintext = [
+        "node",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--scenario-node",
+        "1",
+        "--insecure",
+        *scenario_args(1)[:-4],
+    ]
+
+    # Act
+    processes.start("ten", ten_nodes)
+    processes.start("plaintext", plaintext)
+    codes = [processes.wait("ten"), processes.wait("plaintext")]
+    os.kill(processes.started["server"], signal.SIGINT)
+    server_code = processes.wait("server")
+
+    # Assert: refused (exit 3), one line each, and gRPC's handshake errors stay quiet
+    assert codes == [ExitCode.REFUSED, ExitCode.REFUSED]
+    assert server_code == ExitCode.INTERRUPTED
+    errors = [line for line in processes.log("ten").splitlines() if line.startswith("accord")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "accord node: error: the server refused this node: the node's scenario options "
+        "differ from the server's (dataset digits, nodes 4, "
+    )
+    server_log = processes.log("server")
+    assert server_log.count("node node-00 cannot join: the node's scenario options differ") == 1
+    errors = [line for line in processes.log("plaintext").splitlines() if line.startswith("accord")]
+    assert errors == [
+        f"accord node: error: the server at 127.0.0.1:{port} speaks TLS and this node runs "
+        "--insecure (plaintext): give it --credentials DIR or --tls-ca with a token or client "
+        "certificate"
+    ]
+    assert "SSL_ERROR_SSL" not in server_log and "WRONG_VERSION_NUMBER" not in server_log
+
+
+def test_a_tls_node_against_a_plaintext_server_names_the_cause(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = ["server", "--out", str(tmp_path / "run"), "--port", str(port), "--insecure"]
+    processes.start("server", [*args, *scenario_args(3)])
+    processes.wait_for_text("server", "waiting for 4 nodes")
+
+    processes.start("node", node_args(2, port, credentials))
+    code = processes.wait("node")
+    os.kill(processes.started["server"], signal.SIGINT)
+    processes.wait("server")
+
+    assert code == ExitCode.REFUSED
+    errors = [line for line in processes.log("node").splitlines() if line.startswith("accord")]
+    assert errors == [
+        f"accord node: error: the server at 127.0.0.1:{port} does not speak TLS (is it "
+        "running --insecure?); TLS handshake failed: WRONG_VERSION_NUMBER"
+    ]

@@ -501,6 +501,7 @@ def _node_child(
     from accord.federation.auth import load_node_credentials
     from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
+    from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeFault, NodeWorker
     from accord.simulation.driver import node_seed
@@ -540,6 +541,7 @@ def _node_child(
         credentials,
         rng=np.random.default_rng([seed, 5]),
         parent_pid=parent_pid,
+        fingerprint=Fingerprint.of(scenario=scenario),
     )
     client.run()
     return 0

@@ -29,6 +29,7 @@ import numpy as np
 from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, ProtocolError
 from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import (
     Evaluation,
     Grid,
@@ -274,12 +275,17 @@ class GrpcGrid(Grid):
                 f"protocol version {register.protocol_version} is not supported; this server "
                 f"speaks version {PROTOCOL_VERSION}",
             )
+        try:
+            fingerprint = Fingerprint(dict(register.fingerprint))
+        except ConfigurationError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         info = NodeInfo(
             node_id=register.node_id,
             sample_count=int(register.sample_count),
             n_features=int(register.n_features),
             n_classes=int(register.n_classes),
             validation_sample_count=int(register.validation_sample_count),
+            fingerprint=fingerprint,
         )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
