@@ -878,3 +878,43 @@ def test_a_tls_node_against_a_plaintext_server_names_the_cause(
         f"accord node: error: the server at 127.0.0.1:{port} does not speak TLS (is it "
         "running --insecure?); TLS handshake failed: WRONG_VERSION_NUMBER"
     ]
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("accord.data.faults").data.faults, "default_faulty_count"),
+    reason="the default --faulty below the node count comes with the scenario change (sim)",
+)
+def test_the_three_node_example_without_faulty_trains(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: the documented example, with neither --faulty nor --seed
+    port = free_port()
+    run_dir = tmp_path / "run"
+    three = ["--nodes", "3", "--rounds", "10"]
+    processes.start("server", server_args(run_dir, port, credentials, *three))
+    for i in range(3):
+        processes.start(
+            f"node-{i}",
+            [
+                "node",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--credentials",
+                str(credentials / f"node-{i:02d}"),
+                "--scenario-node",
+                str(i),
+                "--nodes",
+                "3",
+            ],
+        )
+
+    # Act
+    code = processes.wait("server")
+
+    # Assert
+    assert code == 0, processes.log("server")
+    assert [processes.wait(f"node-{i}") for i in range(3)] == [0, 0, 0]
+    assert "3 nodes, Dirichlet 0.5, no faulty node" in processes.log("server")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["faulty_nodes"] == []
+    assert summary["results"]["actor-critic"]["final_test_accuracy"] > 0.85
