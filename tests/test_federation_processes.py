@@ -857,6 +857,8 @@ def test_nodes_of_another_scenario_or_transport_are_refused_with_one_line_each(
         "certificate"
     ]
     assert "SSL_ERROR_SSL" not in server_log and "WRONG_VERSION_NUMBER" not in server_log
+    assert server_log.count("a client spoke plaintext to this TLS port (a node started with") == 1
+    assert "without a client certificate" not in server_log  # the node's TLS check
 
 
 def test_a_tls_node_against_a_plaintext_server_names_the_cause(

@@ -978,3 +978,44 @@ def test_node_settings_default_to_a_finite_give_up_and_a_short_backoff() -> None
     assert settings_.reconnect_max == 2.0
     with pytest.raises(ConfigurationError, match="give_up_after: expected seconds > 0"):
         NodeSettings(server="127.0.0.1:50051", give_up_after=0.0)
+
+
+# ------------------------------------------------------------- gRPC's handshake lines
+
+
+def test_failed_tls_handshakes_become_one_warning_per_cause_and_minute() -> None:
+    from accord.commands.grpc_log import (
+        GRPC_LINE,
+        NO_CLIENT_CERTIFICATE,
+        PLAINTEXT_CLIENT,
+        HandshakeLog,
+        handshake_cause,
+    )
+
+    def grpc_line(reason: str) -> str:
+        return (
+            "I1203 07:54:01.043274    9910 ssl_transport_security.cc:2563] Handshake failed "
+            f"with error SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:{reason}: "
+            "Invalid certificate verification context\n"
+        )
+
+    now = [0.0]
+    log = HandshakeLog(clock=lambda: now[0], quiet=60.0)
+    plaintext, no_certificate = (
+        grpc_line("WRONG_VERSION_NUMBER"),
+        grpc_line("PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    )
+
+    assert GRPC_LINE.match(plaintext) and not GRPC_LINE.match("2026-12-03 07:55 INFO x\n")
+    assert handshake_cause("I1203 07:54:01.0 1 x.cc:1] something else") is None
+    assert handshake_cause(grpc_line("NO_SHARED_CIPHER")) == (
+        "a client's TLS handshake failed (NO_SHARED_CIPHER)"
+    )
+    assert log.feed(plaintext) == PLAINTEXT_CLIENT
+    assert log.feed(plaintext) is None  # the same cause within a minute
+    now[0] = 5.0
+    assert log.feed(no_certificate) is None  # the plaintext node's own TLS check
+    now[0] = 61.0
+    assert log.feed(plaintext) == PLAINTEXT_CLIENT
+    now[0] = 75.0
+    assert log.feed(no_certificate) == NO_CLIENT_CERTIFICATE

@@ -155,7 +155,7 @@ class RunDisplay:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from accord.commands.server import quiet_grpc_logging
+    from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
     launched_at = time.time()

@@ -77,7 +77,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from accord.commands.server import quiet_grpc_logging
+    from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
     from accord.federation.launcher import prepare_process

@@ -30,7 +30,6 @@ __all__ = [
     "add_run_arguments",
     "add_scenario_arguments",
     "graceful_stop",
-    "quiet_grpc_logging",
     "refuse_run_options",
     "run",
     "run_settings_from_args",
@@ -304,14 +303,6 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     return credentials, Authenticator.reloading(load, watched)
 
 
-def quiet_grpc_logging() -> None:
-    """gRPC's C core logs only what the user asks for: ``GRPC_VERBOSITY=NONE`` unless the
-    environment sets it (e.g. ``GRPC_VERBOSITY=ERROR accord server ...`` shows its TLS
-    handshake errors). Must run before :mod:`grpc` is imported; Accord itself names the
-    likely cause of a failed connection on both sides."""
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-
-
 def refuse_run_options(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
     """``--resume`` takes the run's saved settings: refuse options that would change them."""
     from accord.errors import ConfigurationError
@@ -413,7 +404,16 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_grpc_logging()
+    from accord.commands.grpc_log import quiet_grpc_logging, watch_tls_handshakes
+
+    if args.insecure:
+        quiet_grpc_logging()
+        return _run(args)
+    with watch_tls_handshakes():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from accord.federation.launcher import prepare_process, serve
 
     prepare_process()
