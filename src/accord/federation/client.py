@@ -13,7 +13,8 @@ and so does a plaintext node facing a TLS server (it names the likely cause).
 Testing failpoints (``ACCORD_FAILPOINT``, comma-separated; read by ``accord node``):
 ``exit@R`` kills the node with SIGKILL when round R starts; ``stall@R:S`` sleeps S seconds
 before answering round R; ``nan@R`` and ``shape@R`` send a first gradient full of NaN or
-one element short in round R.
+one element short in round R. R is the 0-based round index of the protocol (``round`` in
+``metrics.jsonl``); log lines number rounds from 1, so ``exit@2`` logs "round 3".
 """
 
 from __future__ import annotations
@@ -410,7 +411,7 @@ class _MessageHandler:
         )
 
     def _fail(self, round_index: int, reason: str) -> None:
-        logger.warning("round %d: %s", round_index, reason)
+        logger.warning("round %d: %s", round_index + 1, reason)
         self.outbox.put(
             pb.NodeMessage(failure=pb.RoundFailure(round_index=round_index, reason=reason))
         )
@@ -504,11 +505,11 @@ class _MessageHandler:
     def _failpoint_before(self, round_index: int) -> None:
         points = self.client._failpoints
         if ("exit", round_index) in points:
-            logger.warning("failpoint: killing this node in round %d", round_index)
+            logger.warning("failpoint: killing this node in round %d", round_index + 1)
             os.kill(os.getpid(), signal.SIGKILL)
         stall = points.get(("stall", round_index))
         if stall is not None:
-            logger.warning("failpoint: stalling %g s in round %d", stall.seconds, round_index)
+            logger.warning("failpoint: stalling %g s in round %d", stall.seconds, round_index + 1)
             self.client.sleep(stall.seconds)
 
     def _failpoint_gradient(self, round_index: int, gradient: np.ndarray) -> np.ndarray:

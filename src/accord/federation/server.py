@@ -385,7 +385,7 @@ class GrpcGrid(Grid):
                 logger.info(
                     "ignoring a late or unexpected first gradient from node %s (round %d)",
                     connection.node_id,
-                    part.round_index,
+                    part.round_index + 1,
                 )
                 return
             try:
@@ -410,7 +410,7 @@ class GrpcGrid(Grid):
             connection.weights_digest = None  # its copy can no longer be trusted
             reason = failure.reason[:300]
             logger.warning(
-                "node %s failed round %d: %s", connection.node_id, failure.round_index, reason
+                "node %s failed round %d: %s", connection.node_id, failure.round_index + 1, reason
             )
             if connection.expect is not None and connection.expect[1] == failure.round_index:
                 connection.resolve(("failed", f"node reported: {reason}", 0.0))
