@@ -920,3 +920,29 @@ def test_the_three_node_example_without_faulty_trains(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["faulty_nodes"] == []
     assert summary["results"]["actor-critic"]["final_test_accuracy"] > 0.85
+
+
+def test_a_second_signal_stops_the_server_at_once(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: node-00 stalls 60 s in round 1, so the first signal's grace (10 s) runs
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(3)))
+    for i in range(NODES):
+        env = {"ACCORD_FAILPOINT": "stall@0:60"} if i == 0 else None
+        processes.start(f"node-{i}", node_args(i, port, credentials), env=env)
+    processes.wait_for_text("node-0", "failpoint: stalling")
+    os.kill(processes.started["server"], signal.SIGINT)
+    processes.wait_for_text("server", "Ctrl-C: stopping after this round")
+
+    # Act
+    os.kill(processes.started["server"], signal.SIGINT)
+    code = processes.wait("server")
+
+    # Assert: gone before the round ended; the run folder has no round and no summary
+    log = processes.log("server")
+    assert code == ExitCode.INTERRUPTED, log
+    assert "Ctrl-C again: stopping at once (the last checkpoint is kept)" in log
+    assert "Traceback" not in log
+    assert run_records(run_dir) == [] and not (run_dir / "summary.json").exists()

@@ -1019,3 +1019,45 @@ def test_failed_tls_handshakes_become_one_warning_per_cause_and_minute() -> None
     assert log.feed(plaintext) == PLAINTEXT_CLIENT
     now[0] = 75.0
     assert log.feed(no_certificate) == NO_CLIENT_CERTIFICATE
+
+
+def test_an_interrupt_cuts_a_round_short_after_its_grace() -> None:
+    # Arrange: a real gRPC server and a raw client, registered, that never answers a round
+    spec = RunSpec("run", ModelSpec(), 64, 10, 2410, LocalTrainingSettings(), 1.0, False)
+    grid = GrpcGrid(spec, TransportSettings(port=0), None, Authenticator(None, False))
+    channel = grpc.insecure_channel(f"127.0.0.1:{grid.port}")
+    hang_up = threading.Event()
+    replies: list[Any] = []
+    try:
+        register = pb.NodeMessage(
+            register=pb.Register(
+                protocol_version=1, node_id="node-00", sample_count=10, n_features=64, n_classes=10
+            )
+        )
+
+        def messages() -> Iterator[pb.NodeMessage]:
+            yield register
+            hang_up.wait()
+
+        stream = pb_grpc.FederationStub(channel).Session(messages(), timeout=60)
+        assert next(stream).WhichOneof("body") == "welcome"
+        weights = np.zeros(2410, dtype=np.float32)
+        collector = threading.Thread(
+            target=lambda: replies.append(
+                grid.collect_first_gradients(0, weights, ("node-00",), 120.0)
+            )
+        )
+        collector.start()
+        assert next(stream).WhichOneof("body") == "round_start"  # the round is under way
+
+        # Act: a stop with 0.2 s of grace, against the round's 120 s deadline
+        grid.interrupt(0.2)
+        collector.join(timeout=60)
+
+        # Assert
+        assert not collector.is_alive()
+        assert replies[0].failures == {"node-00": "no first gradient before the server stopped"}
+    finally:
+        hang_up.set()
+        channel.close()
+        grid.shutdown(None)

@@ -59,7 +59,8 @@ class RunDisplay:
     row every few rounds (a progress bar on a terminal), then the summary. Rounds are
     numbered from 1, as in ``accord simulate``'s table and the plots (``metrics.jsonl``
     keeps the 0-based ``round`` of the protocol). ``accord federate`` and ``accord server``
-    both show it; ``transport`` says what kind of federation runs, given the address."""
+    both show it; ``transport`` says what kind of federation runs, given the address;
+    ``progress_bar`` False keeps stderr for log lines (the server's)."""
 
     def __init__(
         self,
@@ -68,12 +69,14 @@ class RunDisplay:
         every: int | None,
         quiet: bool,
         transport: Callable[[str], str],
+        progress_bar: bool = True,
     ) -> None:
         self.policy = policy
         self.transport = transport
         self.max_rounds = max_rounds
         self.every = every or max(1, math.ceil(max_rounds / 20))
         self.quiet = quiet
+        self.progress_bar = progress_bar
         self.faulty: tuple[str, ...] = ()
         self.table: Any = None
         self.bar: Any = None
@@ -99,7 +102,7 @@ class RunDisplay:
         self.bar = tqdm(
             total=self.max_rounds,
             file=sys.stderr,
-            disable=self.quiet or not sys.stderr.isatty(),
+            disable=self.quiet or not self.progress_bar or not sys.stderr.isatty(),
             unit="round",
             dynamic_ncols=True,
             leave=False,

@@ -458,6 +458,7 @@ def _run(args: argparse.Namespace) -> int:
         None,
         quiet,
         lambda address: f"server listening on {address}",
+        progress_bar=False,  # stderr has the server's log lines
     )
     stop = StopRequest(STOP_GRACE_SECONDS)
     with graceful_stop(stop):
