@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -165,6 +167,14 @@ class Processes:
                 pytest.fail(f"{name} did not finish within {timeout} s:\n{self.log(name)[-3000:]}")
             time.sleep(0.02)
         return code
+
+    def wait_for_text(self, name: str, text: str, timeout: float = 60.0) -> None:
+        """Wait until ``text`` appears in the process's output (it must still run)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log(name):
+            if self.poll(name) is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} never printed {text!r}:\n{self.log(name)[-3000:]}")
+            time.sleep(0.02)
 
     def stop_all(self) -> None:
         for name, pid in self.started.items():
@@ -362,7 +372,7 @@ def test_failing_nodes_are_dropped_with_reasons_and_the_run_goes_on(
     for record in records:
         expected = fedavg_probabilities(record["present"])
         assert record["probabilities"] == pytest.approx(expected, abs=1e-9)
-    assert "failed round 1" not in processes.log("server")  # NaN was the server's finding
+    assert "failed round 2" not in processes.log("server")  # NaN was the server's finding
 
 
 def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
@@ -373,7 +383,7 @@ def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
     run_dir = tmp_path / "run"
     processes.start(
         "server",
-        server_args(run_dir, port, credentials, *scenario_args(6)),
+        server_args(run_dir, port, credentials, *scenario_args(6), "--quorum", "3"),
         env={"ACCORD_FAILPOINT": "crash-after-round@3"},
     )
     for i in range(NODES):
@@ -382,19 +392,9 @@ def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
     assert len(run_records(run_dir)) == 3
     assert all(processes.poll(f"node-{i}") is None for i in range(NODES))  # still waiting
 
-    # Act: a new server process continues the run on the same port
-    processes.start(
-        "resumed",
-        [
-            "server",
-            "--resume",
-            str(run_dir),
-            "--port",
-            str(port),
-            "--credentials",
-            str(credentials),
-        ],
-    )
+    # Act: a new server process continues the run on its saved address (no --port)
+    resume = ["server", "--resume", str(run_dir), "--credentials", str(credentials)]
+    processes.start("resumed", resume)
     resumed_code = processes.wait("resumed")
     node_codes = [processes.wait(f"node-{i}") for i in range(NODES)]
 
@@ -403,6 +403,9 @@ def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
     assert node_codes == [0] * NODES
     log = processes.log("resumed")
     assert "resuming run" in log
+    # with --quorum 3, the first resumed round still waits for all four nodes
+    assert "waiting for the 4 nodes of the roster" in log
+    assert "nodes are back after" not in log
     for i in range(NODES):  # the same node processes reconnected to the new server
         assert f"node node-{i:02d} registered" in log
     stats = json.loads((run_dir / "federation_stats.json").read_text())
@@ -695,3 +698,253 @@ def test_federated_evaluation_over_grpc_equals_the_in_memory_grid(
     assert [r["validation_accuracy_before"] for r in records[1:]] == [
         r["validation_accuracy_after"] for r in records[:-1]
     ]
+
+
+def test_a_server_that_cannot_listen_leaves_no_folder_and_ctrl_c_while_waiting_is_clean(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: the port is taken
+    run_dir = tmp_path / "run"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        processes.start("busy", server_args(run_dir, busy, credentials, *scenario_args(3)))
+        busy_code = processes.wait("busy")
+    left_behind = run_dir.exists()
+
+    # Act: the same --out on a free port, then Ctrl-C while it waits for its nodes
+    processes.start("server", server_args(run_dir, 0, credentials, *scenario_args(3)))
+    processes.wait_for_text("server", "waiting for 4 nodes")
+    os.kill(processes.started["server"], signal.SIGINT)
+    code = processes.wait("server")
+    saved = json.loads((run_dir / "federation.json").read_text())["transport"]
+    processes.start(
+        "moved",
+        [
+            "server",
+            "--resume",
+            str(run_dir),
+            "--port",
+            str(saved["port"] + 1),
+            "--credentials",
+            str(credentials),
+        ],
+    )
+    moved_code = processes.wait("moved")
+
+    # Assert
+    assert busy_code == ExitCode.USAGE
+    assert f"error: cannot listen on 127.0.0.1:{busy}" in processes.log("busy")
+    assert not left_behind  # nothing half-made: the same --out works
+    log = processes.log("server")
+    assert code == ExitCode.INTERRUPTED, log
+    for noise in ("Traceback", "Task was destroyed", "Lock is not acquired", "Exception"):
+        assert noise not in log
+    assert (
+        f"stopped before the first round; continue with: accord server --resume {run_dir} "
+        f"--credentials {credentials}\n"
+    ) in log
+    assert saved["host"] == "127.0.0.1" and saved["port"] > 0  # the port actually bound
+    assert moved_code == ExitCode.USAGE
+    errors = [line for line in processes.log("moved").splitlines() if "error" in line]
+    assert errors == [
+        f"accord server: error: --port: this run listened on {saved['port']}, where its nodes "
+        f"dial; got {saved['port'] + 1} (drop --port to resume on {saved['port']})"
+    ]
+
+
+def test_sigterm_finishes_the_round_writes_the_summary_and_the_printed_command_resumes(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: node-00 answers round 3 three seconds late; SIGTERM arrives meanwhile
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(5)))
+    for i in range(NODES):
+        env = {"ACCORD_FAILPOINT": "stall@2:3"} if i == 0 else None
+        processes.start(f"node-{i}", node_args(i, port, credentials), env=env)
+    processes.wait_for_text("node-0", "failpoint: stalling")
+
+    # Act
+    os.kill(processes.started["server"], signal.SIGTERM)
+    code = processes.wait("server")
+    log = processes.log("server")
+    stopped = [line for line in log.splitlines() if line.startswith("stopped after round")]
+
+    # Assert: round 3 finished with every node, then the run stopped, resumable
+    assert code == ExitCode.TERMINATED, log
+    records = run_records(run_dir)
+    assert len(records) == 3 and records[2]["dropped"] == {}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["results"]["actor-critic"]["stop_reason"] == "interrupted"
+    assert summary["plots"] and all((run_dir / name).exists() for name in summary["plots"])
+    assert "    3 |" in log  # the table's last row, numbered from 1
+    assert len(stopped) == 1 and stopped[0].startswith("stopped after round 3; continue with: ")
+    command = shlex.split(stopped[0].split("continue with: ")[1])
+    resume = ["--resume", str(run_dir), "--credentials", str(credentials)]
+    assert command == ["accord", "server", *resume]
+
+    # Act: the printed command continues the run with the same node processes
+    processes.start("resumed", command[1:])
+
+    # Assert
+    assert processes.wait("resumed") == 0, processes.log("resumed")
+    assert [processes.wait(f"node-{i}") for i in range(NODES)] == [0] * NODES
+    assert_same_metrics(run_records(run_dir), simulation_records(5))
+
+
+def test_accord_federate_killed_after_round_2_resumes_to_the_uninterrupted_metrics(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: the federation's server (the accord federate process) dies after round 2
+    run_dir = tmp_path / "run"
+    args = ["federate", "--out", str(run_dir), "--insecure", *scenario_args(4, policy="fedavg")]
+    processes.start("killed", args, env={"ACCORD_FAILPOINT": "crash-after-round@2"})
+    assert processes.wait("killed") == -signal.SIGKILL
+    assert len(run_records(run_dir)) == 2
+
+    # Act: new node processes, the same partitions, the run's saved settings
+    processes.start("resumed", ["federate", "--resume", str(run_dir), "--insecure"])
+    code = processes.wait("resumed")
+
+    # Assert
+    assert code == 0, processes.log("resumed")
+    assert_same_metrics(run_records(run_dir), simulation_records(4, policy="fedavg"))
+    assert "    3 |" in processes.log("resumed")  # the table goes on from round 3
+
+
+def test_nodes_of_another_scenario_or_transport_are_refused_with_one_line_each(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: a TLS server of the 4-node scenario, started from scratch (gRPC's own
+    # logging is set up at its first import)
+    port = free_port()
+    processes.exec("server", server_args(tmp_path / "run", port, credentials, *scenario_args(3)))
+    processes.wait_for_text("server", "waiting for 4 nodes", timeout=120)
+    ten_nodes = node_args(0, port, credentials)
+    ten_nodes[ten_nodes.index("--nodes") + 1] = "10"
+    plaintext = [
+        "node",
+        "--server",
+        f"127.0.0.1:{port}",
+        "--scenario-node",
+        "1",
+        "--insecure",
+        *scenario_args(1)[:-4],
+    ]
+
+    # Act
+    processes.start("ten", ten_nodes)
+    processes.start("plaintext", plaintext)
+    codes = [processes.wait("ten"), processes.wait("plaintext")]
+    os.kill(processes.started["server"], signal.SIGINT)
+    server_code = processes.wait("server")
+
+    # Assert: refused (exit 3), one line each, and gRPC's handshake errors stay quiet
+    assert codes == [ExitCode.REFUSED, ExitCode.REFUSED]
+    assert server_code == ExitCode.INTERRUPTED
+    errors = [line for line in processes.log("ten").splitlines() if line.startswith("accord")]
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "accord node: error: the server refused this node: the node's scenario options "
+        "differ from the server's (dataset digits, nodes 4, "
+    )
+    server_log = processes.log("server")
+    assert server_log.count("node node-00 cannot join: the node's scenario options differ") == 1
+    errors = [line for line in processes.log("plaintext").splitlines() if line.startswith("accord")]
+    assert errors == [
+        f"accord node: error: the server at 127.0.0.1:{port} speaks TLS and this node runs "
+        "--insecure (plaintext): give it --credentials DIR or --tls-ca with a token or client "
+        "certificate"
+    ]
+    assert "SSL_ERROR_SSL" not in server_log and "WRONG_VERSION_NUMBER" not in server_log
+    assert server_log.count("a client spoke plaintext to this TLS port (a node started with") == 1
+    assert "without a client certificate" not in server_log  # the node's TLS check
+
+
+def test_a_tls_node_against_a_plaintext_server_names_the_cause(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    args = ["server", "--out", str(tmp_path / "run"), "--port", str(port), "--insecure"]
+    processes.start("server", [*args, *scenario_args(3)])
+    processes.wait_for_text("server", "waiting for 4 nodes")
+
+    processes.start("node", node_args(2, port, credentials))
+    code = processes.wait("node")
+    os.kill(processes.started["server"], signal.SIGINT)
+    processes.wait("server")
+
+    assert code == ExitCode.REFUSED
+    errors = [line for line in processes.log("node").splitlines() if line.startswith("accord")]
+    assert errors == [
+        f"accord node: error: the server at 127.0.0.1:{port} does not speak TLS (is it "
+        "running --insecure?); TLS handshake failed: WRONG_VERSION_NUMBER"
+    ]
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("accord.data.faults").data.faults, "default_faulty_count"),
+    reason="the default --faulty below the node count comes with the scenario change (sim)",
+)
+def test_the_three_node_example_without_faulty_trains(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: the documented example, with neither --faulty nor --seed
+    port = free_port()
+    run_dir = tmp_path / "run"
+    three = ["--nodes", "3", "--rounds", "10"]
+    processes.start("server", server_args(run_dir, port, credentials, *three))
+    for i in range(3):
+        processes.start(
+            f"node-{i}",
+            [
+                "node",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--credentials",
+                str(credentials / f"node-{i:02d}"),
+                "--scenario-node",
+                str(i),
+                "--nodes",
+                "3",
+            ],
+        )
+
+    # Act
+    code = processes.wait("server")
+
+    # Assert
+    assert code == 0, processes.log("server")
+    assert [processes.wait(f"node-{i}") for i in range(3)] == [0, 0, 0]
+    assert "3 nodes, Dirichlet 0.5, no faulty node" in processes.log("server")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["faulty_nodes"] == []
+    assert summary["results"]["actor-critic"]["final_test_accuracy"] > 0.85
+
+
+def test_a_second_signal_stops_the_server_at_once(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: node-00 stalls 60 s in round 1, so the first signal's grace (10 s) runs
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(3)))
+    for i in range(NODES):
+        env = {"ACCORD_FAILPOINT": "stall@0:60"} if i == 0 else None
+        processes.start(f"node-{i}", node_args(i, port, credentials), env=env)
+    processes.wait_for_text("node-0", "failpoint: stalling")
+    os.kill(processes.started["server"], signal.SIGINT)
+    processes.wait_for_text("server", "Ctrl-C: stopping after this round")
+
+    # Act
+    os.kill(processes.started["server"], signal.SIGINT)
+    code = processes.wait("server")
+
+    # Assert: gone before the round ended; the run folder has no round and no summary
+    log = processes.log("server")
+    assert code == ExitCode.INTERRUPTED, log
+    assert "Ctrl-C again: stopping at once (the last checkpoint is kept)" in log
+    assert "Traceback" not in log
+    assert run_records(run_dir) == [] and not (run_dir / "summary.json").exists()

@@ -695,7 +695,7 @@ def test_a_run_stops_when_the_quorum_is_lost(small: tuple[Any, Any]) -> None:
             grid.disconnect("node-02")
 
     run.after_round = leave
-    with pytest.raises(PeerError, match="quorum lost before round 2: 1 of 2 nodes connected"):
+    with pytest.raises(PeerError, match="quorum lost before round 3: 1 of 2 nodes connected"):
         run.run()
 
 
@@ -738,7 +738,7 @@ def test_a_run_without_usable_gradients_gives_up_after_three_attempts(
         quorum=1,
         run_id="run",
     )
-    with pytest.raises(PeerError, match="round 0: no usable first gradient in 3 attempts"):
+    with pytest.raises(PeerError, match="round 1: no usable first gradient in 3 attempts"):
         run.run()
 
 
@@ -867,3 +867,273 @@ def test_fault_groups_survive_the_servers_settings_json() -> None:
     )
     again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
     assert again == settings_
+
+
+# ------------------------------------------------------------- stopping on a signal
+
+
+def test_a_stop_request_ends_the_run_after_the_round_and_resume_continues_it(
+    small: tuple[Any, Any], tmp_path: Path
+) -> None:
+    # Arrange: the stop is requested while round 2 runs (as a signal handler would)
+    from accord.federation.driver import INTERRUPTED, StopRequest
+
+    scenario, data = small
+    stop = StopRequest(grace=0.0)
+    checkpoint = tmp_path / "checkpoint.npz"
+    run, _ = _federated_run(scenario, data, 4, checkpoint_path=checkpoint, stop_request=stop)
+    run.on_round = lambda timed: stop.request(15) if timed.record.round_index == 1 else None
+
+    # Act
+    stopped = run.run()
+    state = load_run_checkpoint(checkpoint)
+    resumed_run, _ = _federated_run(scenario, data, 4, resume=state)
+    resumed = resumed_run.run()
+    whole, _ = _federated_run(scenario, data, 4)
+    expected = whole.run()
+
+    # Assert
+    assert stopped.stop_reason == INTERRUPTED and len(stopped.rounds) == 2
+    assert state["stop_reason"] is None  # resumable
+    assert resumed.resumed_at == 2 and resumed.stop_reason == expected.stop_reason
+    for got, want in zip(resumed.rounds, expected.rounds, strict=True):
+        assert got.record.to_json() | _timing() == want.record.to_json() | _timing()
+
+
+def test_a_stop_request_before_registration_ends_the_run_without_rounds(
+    small: tuple[Any, Any],
+) -> None:
+    from accord.federation.driver import INTERRUPTED, StopRequest
+
+    scenario, data = small
+    stop = StopRequest()
+    stop.request(2)
+    stop.request(15)  # a later request changes nothing
+    run, _ = _federated_run(scenario, data, 4, stop_request=stop)
+
+    result = run.run()
+
+    assert (result.stop_reason, result.rounds, stop.signal_number) == (INTERRUPTED, (), 2)
+
+
+def test_an_interrupted_grpc_grid_stops_waiting_for_nodes_at_once(
+    small: tuple[Any, Any],
+) -> None:
+    # Arrange: a real server on 127.0.0.1 that nobody joins, waiting up to 120 s
+    from accord.federation.auth import Authenticator
+
+    scenario, data = small
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, _ = prepare_run(settings_, load_server_data(settings_, data), "run")
+    grid = GrpcGrid(
+        spec, TransportSettings(port=0), None, Authenticator(None, require_client_cert=False)
+    )
+    waited: list[dict[str, NodeInfo]] = []
+    waiter = threading.Thread(target=lambda: waited.append(grid.wait_for_nodes(3, 120.0)))
+    try:
+        waiter.start()
+
+        # Act
+        grid.interrupt(10.0)
+        waiter.join(timeout=60)
+
+        # Assert: returned long before its 120 s, with nobody
+        assert not waiter.is_alive() and waited == [{}]
+        assert grid.wait_for_nodes(3, 120.0) == {}  # later waits return at once too
+    finally:
+        grid.shutdown(None)
+
+
+# ------------------------------------------------------------- registration fingerprint
+
+
+def test_a_fingerprint_is_canonical_and_compares_only_the_parts_both_sides_have() -> None:
+    from accord.federation.fingerprint import (
+        MODEL,
+        SCENARIO,
+        Fingerprint,
+        canonical_digest,
+        model_part,
+        scenario_part,
+    )
+
+    three, ten = ScenarioSettings(nodes=3), ScenarioSettings(nodes=10)
+    parameters = [("0.weight", (32, 64), "float32"), ("0.bias", (32,), "float32")]
+
+    # canonical: key order and spacing do not matter; the digest is SHA-256 of that text
+    assert canonical_digest({"b": 1, "a": [1.5, "x"]}) == canonical_digest(
+        {"a": [1.5, "x"], "b": 1}
+    )
+    assert canonical_digest({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()
+    assert scenario_part(three) == scenario_part(ScenarioSettings(nodes=3))
+    assert scenario_part(three) != scenario_part(ten)
+    assert model_part(parameters) != model_part(parameters[::-1])
+    assert model_part(parameters) != model_part([("0.weight", (32, 64), "float64")])
+
+    server = Fingerprint.of(scenario=three, model=parameters)
+    assert set(server.parts) == {SCENARIO, MODEL}
+    assert server.mismatches(Fingerprint.of(scenario=three)) == ()
+    assert server.mismatches(Fingerprint.of(scenario=ten)) == (SCENARIO,)
+    assert server.mismatches(Fingerprint()) == ()  # a --data node has no scenario part
+    assert Fingerprint.of(scenario=ten, model=parameters[:1]).mismatches(server) == (
+        MODEL,
+        SCENARIO,
+    )
+    with pytest.raises(ConfigurationError, match="expected 64 hex digits"):
+        Fingerprint({SCENARIO: "not a digest"})
+
+
+def test_a_node_of_another_scenario_is_refused_at_admission(small: tuple[Any, Any]) -> None:
+    from accord.federation.fingerprint import Fingerprint
+
+    scenario, data = small
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, _ = prepare_run(settings_, load_server_data(settings_, data), "run")
+
+    def info(fingerprint: Fingerprint) -> NodeInfo:
+        return NodeInfo("node-00", 100, spec.n_features, spec.n_classes, fingerprint=fingerprint)
+
+    same = info(Fingerprint.of(scenario=scenario))
+    other = info(Fingerprint.of(scenario=dataclasses.replace(scenario, nodes=10)))
+
+    assert admission_problem(same, spec, None) is None
+    assert admission_problem(info(Fingerprint()), spec, None) is None
+    problem = admission_problem(other, spec, None)
+    assert problem is not None
+    assert problem.startswith("the node's scenario options differ from the server's (")
+    assert "nodes 3," in problem and "\n" not in problem
+
+
+# ------------------------------------------------------------- node reconnect logging
+
+
+def test_a_node_logs_once_per_state_and_gives_up_after_its_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Arrange: nobody listens on the port; a fake clock moves 1 s per reading
+    from accord.federation.client import NodeClient, NodeSettings
+    from accord.federation.launcher import free_port
+
+    scenario = ScenarioSettings(nodes=3, seed=2)
+    node = build_scenario(scenario).nodes[0]
+    worker = NodeWorker(node.node_id, node.features, node.labels, seed=1)
+    ticks = iter(range(1000))
+    client = NodeClient(
+        worker,
+        NodeSettings(server=f"127.0.0.1:{free_port()}", insecure=True, give_up_after=5.0),
+        None,
+        rng=np.random.default_rng(0),
+        clock=lambda: float(next(ticks)),
+        sleep=lambda seconds: None,
+    )
+
+    # Act
+    with (
+        caplog.at_level("DEBUG", logger="accord.federation.client"),
+        pytest.raises(PeerError) as raised,
+    ):
+        client.run()
+
+    # Assert: several attempts, one warning, one final error naming the last cause
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    attempts = [r for r in caplog.records if r.getMessage().startswith("reconnecting in")]
+    assert len(attempts) >= 3
+    assert len(warnings) == 1
+    assert warnings[0].startswith("cannot reach the server at 127.0.0.1:")
+    assert "retrying every 2 s at most, for up to 5 s" in warnings[0]
+    assert str(raised.value).startswith("no session with the server at 127.0.0.1:")
+    assert "for 5 s (last error: " in str(raised.value)
+
+
+def test_node_settings_default_to_a_finite_give_up_and_a_short_backoff() -> None:
+    from accord.federation.client import DEFAULT_GIVE_UP_AFTER, NodeSettings
+
+    settings_ = NodeSettings(server="127.0.0.1:50051")
+
+    assert settings_.give_up_after == DEFAULT_GIVE_UP_AFTER == 600.0
+    assert settings_.reconnect_max == 2.0
+    with pytest.raises(ConfigurationError, match="give_up_after: expected seconds > 0"):
+        NodeSettings(server="127.0.0.1:50051", give_up_after=0.0)
+
+
+# ------------------------------------------------------------- gRPC's handshake lines
+
+
+def test_failed_tls_handshakes_become_one_warning_per_cause_and_minute() -> None:
+    from accord.commands.grpc_log import (
+        GRPC_LINE,
+        NO_CLIENT_CERTIFICATE,
+        PLAINTEXT_CLIENT,
+        HandshakeLog,
+        handshake_cause,
+    )
+
+    def grpc_line(reason: str) -> str:
+        return (
+            "I1203 07:54:01.043274    9910 ssl_transport_security.cc:2563] Handshake failed "
+            f"with error SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:{reason}: "
+            "Invalid certificate verification context\n"
+        )
+
+    now = [0.0]
+    log = HandshakeLog(clock=lambda: now[0], quiet=60.0)
+    plaintext, no_certificate = (
+        grpc_line("WRONG_VERSION_NUMBER"),
+        grpc_line("PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    )
+
+    assert GRPC_LINE.match(plaintext) and not GRPC_LINE.match("2026-12-03 07:55 INFO x\n")
+    assert handshake_cause("I1203 07:54:01.0 1 x.cc:1] something else") is None
+    assert handshake_cause(grpc_line("NO_SHARED_CIPHER")) == (
+        "a client's TLS handshake failed (NO_SHARED_CIPHER)"
+    )
+    assert log.feed(plaintext) == PLAINTEXT_CLIENT
+    assert log.feed(plaintext) is None  # the same cause within a minute
+    now[0] = 5.0
+    assert log.feed(no_certificate) is None  # the plaintext node's own TLS check
+    now[0] = 61.0
+    assert log.feed(plaintext) == PLAINTEXT_CLIENT
+    now[0] = 75.0
+    assert log.feed(no_certificate) == NO_CLIENT_CERTIFICATE
+
+
+def test_an_interrupt_cuts_a_round_short_after_its_grace() -> None:
+    # Arrange: a real gRPC server and a raw client, registered, that never answers a round
+    spec = RunSpec("run", ModelSpec(), 64, 10, 2410, LocalTrainingSettings(), 1.0, False)
+    grid = GrpcGrid(spec, TransportSettings(port=0), None, Authenticator(None, False))
+    channel = grpc.insecure_channel(f"127.0.0.1:{grid.port}")
+    hang_up = threading.Event()
+    replies: list[Any] = []
+    try:
+        register = pb.NodeMessage(
+            register=pb.Register(
+                protocol_version=1, node_id="node-00", sample_count=10, n_features=64, n_classes=10
+            )
+        )
+
+        def messages() -> Iterator[pb.NodeMessage]:
+            yield register
+            hang_up.wait()
+
+        stream = pb_grpc.FederationStub(channel).Session(messages(), timeout=60)
+        assert next(stream).WhichOneof("body") == "welcome"
+        weights = np.zeros(2410, dtype=np.float32)
+        collector = threading.Thread(
+            target=lambda: replies.append(
+                grid.collect_first_gradients(0, weights, ("node-00",), 120.0)
+            )
+        )
+        collector.start()
+        assert next(stream).WhichOneof("body") == "round_start"  # the round is under way
+
+        # Act: a stop with 0.2 s of grace, against the round's 120 s deadline
+        grid.interrupt(0.2)
+        collector.join(timeout=60)
+
+        # Assert
+        assert not collector.is_alive()
+        assert replies[0].failures == {"node-00": "no first gradient before the server stopped"}
+    finally:
+        hang_up.set()
+        channel.close()
+        grid.shutdown(None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +44,42 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help="reward accuracy from the server's validation set or the nodes' [server]",
     )
     federation.add_argument("--insecure", action="store_true", help="plaintext, no authentication")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run saved in RUN_DIR (a run of accord federate), with its settings",
+    )
     parser.set_defaults(run=run)
     return parser
 
 
-class _Display:
+class RunDisplay:
     """What ``accord simulate`` shows, for one policy: a line about the scenario, a table
-    row every few rounds (a progress bar on a terminal), then the summary."""
+    row every few rounds (a progress bar on a terminal), then the summary. Rounds are
+    numbered from 1, as in ``accord simulate``'s table and the plots (``metrics.jsonl``
+    keeps the 0-based ``round`` of the protocol). ``accord federate`` and ``accord server``
+    both show it; ``transport`` says what kind of federation runs, given the address;
+    ``progress_bar`` False keeps stderr for log lines (the server's)."""
 
     def __init__(
-        self, policy: str, max_rounds: int, every: int | None, quiet: bool, insecure: bool
+        self,
+        policy: str,
+        max_rounds: int,
+        every: int | None,
+        quiet: bool,
+        transport: Callable[[str], str],
+        progress_bar: bool = True,
     ) -> None:
         self.policy = policy
-        self.insecure = insecure
+        self.transport = transport
         self.max_rounds = max_rounds
         self.every = every or max(1, math.ceil(max_rounds / 20))
         self.quiet = quiet
+        self.progress_bar = progress_bar
         self.faulty: tuple[str, ...] = ()
         self.table: Any = None
         self.bar: Any = None
-        self.rounds_done = 0
         self.last_row: tuple[int, Mapping[str, Any]] | None = None
         self.printed = 0
 
@@ -76,28 +92,23 @@ class _Display:
 
             tqdm.write(line, file=sys.stdout)
 
-    def start(self, scenario: Any, settings: Any) -> None:
+    def start(self, description: str, faulty_nodes: tuple[str, ...], address: str) -> None:
         from tqdm import tqdm
 
-        from accord.commands.simulate import RoundTable, describe_scenario
+        from accord.commands.simulate import RoundTable
 
-        self.faulty = tuple(scenario.faulty_nodes)
+        self.faulty = faulty_nodes
         self.table = RoundTable([self.policy], with_faulty=bool(self.faulty))
         self.bar = tqdm(
             total=self.max_rounds,
             file=sys.stderr,
-            disable=self.quiet or not sys.stderr.isatty(),
+            disable=self.quiet or not self.progress_bar or not sys.stderr.isatty(),
             unit="round",
             dynamic_ncols=True,
             leave=False,
         )
-        description = describe_scenario(scenario, settings.run)
         self.say(f"{description}; {self.max_rounds} rounds; policies {self.policy}")
-        transport = "plaintext" if self.insecure else "TLS, client certificates and tokens"
-        self.say(
-            f"federation: a server and {scenario.settings.nodes} node processes on "
-            f"127.0.0.1 ({transport})"
-        )
+        self.say(self.transport(address))
         if not self.quiet:
             for line in self.table.header():
                 self.say(line)
@@ -105,19 +116,20 @@ class _Display:
     def round(self, timed: Any) -> None:
         from accord.reporting import faulty_mass
 
-        self.rounds_done += 1
         record = timed.record
+        number = record.round_index + 1
         cells = {self.policy: (record.test_accuracy, faulty_mass(record, self.faulty))}
-        self.last_row = (self.rounds_done, cells)
+        self.last_row = (number, cells)
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.n = number
             accuracy = record.test_accuracy
             if accuracy is not None:
                 self.bar.set_postfix_str(f"{self.policy}={accuracy:.3f}", refresh=False)
-        due = self.rounds_done % self.every == 0 or self.rounds_done == 1
+            self.bar.refresh()
+        due = number % self.every == 0 or self.printed == 0
         if not self.quiet and self.table is not None and due:
-            self.say(self.table.row(self.rounds_done, cells))
-            self.printed = self.rounds_done
+            self.say(self.table.row(number, cells))
+            self.printed = number
 
     def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
         from accord.commands.simulate import summary_lines
@@ -146,6 +158,9 @@ class _Display:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from accord.commands.grpc_log import quiet_grpc_logging
+
+    quiet_grpc_logging()
     launched_at = time.time()
     from accord.federation.scenario_helper import ScenarioHelper
 
@@ -160,36 +175,77 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     import logging
 
-    from accord.commands.server import run_settings_from_args
+    from accord.commands.server import (
+        STOP_GRACE_SECONDS,
+        graceful_stop,
+        refuse_run_options,
+        resume_command,
+        run_settings_from_args,
+        stop_exit_code,
+    )
     from accord.errors import ConfigurationError
+    from accord.federation.driver import StopRequest
     from accord.federation.launcher import FederateSettings, federate
     from accord.federation.settings import FederationSettings, ServerSettings
 
-    run_settings, policy = run_settings_from_args(args)
     if args.every is not None and args.every < 1:
         raise ConfigurationError(f"--every: expected an integer >= 1, got {args.every}")
-    federation = FederationSettings(
-        **{
-            k: v
-            for k, v in (
-                ("quorum", args.quorum),
-                ("round_deadline", args.round_deadline),
-                ("evaluation", args.evaluation),
-            )
-            if v is not None
-        }
-    )
-    settings = ServerSettings(run=run_settings, policy=policy, federation=federation)
+    settings: ServerSettings | None
+    if args.resume is not None:
+        from accord.federation.launcher import read_run_file, saved_settings
+
+        if args.out is not None:
+            raise ConfigurationError("--resume continues the run in its own folder; drop --out")
+        refuse_run_options(args, ("quorum", "round_deadline", "evaluation"))
+        saved = saved_settings(read_run_file(Path(args.resume)))
+        settings, policy, max_rounds = None, saved.policy, saved.run.stop.max_rounds
+        nodes_count = saved.run.scenario.nodes
+    else:
+        run_settings, policy = run_settings_from_args(args)
+        federation = FederationSettings(
+            **{
+                k: v
+                for k, v in (
+                    ("quorum", args.quorum),
+                    ("round_deadline", args.round_deadline),
+                    ("evaluation", args.evaluation),
+                )
+                if v is not None
+            }
+        )
+        settings = ServerSettings(run=run_settings, policy=policy, federation=federation)
+        max_rounds = run_settings.stop.max_rounds
+        nodes_count = run_settings.scenario.nodes
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
     if logging.getLogger().getEffectiveLevel() >= logging.INFO:
         # The table says what the server's per-round log lines would; -v shows them.
         logging.getLogger("accord.federation").setLevel(logging.WARNING)
-    display = _Display(policy, run_settings.stop.max_rounds, args.every, quiet, args.insecure)
-    return federate(
-        settings,
-        FederateSettings(insecure=args.insecure),
-        out=args.out,
-        progress=display,
-        launched_at=launched_at,
-        scenario_helper=helper,
-    )
+    transport = "plaintext" if args.insecure else "TLS, client certificates and tokens"
+
+    nodes = nodes_count
+
+    def describe(address: str) -> str:
+        return f"federation: a server and {nodes} node processes on 127.0.0.1 ({transport})"
+
+    display = RunDisplay(policy, max_rounds, args.every, quiet, describe)
+    stop = StopRequest(STOP_GRACE_SECONDS)
+    with graceful_stop(stop):
+        served = federate(
+            settings,
+            FederateSettings(insecure=args.insecure),
+            out=args.out,
+            resume=args.resume,
+            progress=display,
+            launched_at=launched_at,
+            scenario_helper=helper,
+            stop_request=stop,
+        )
+    if served.interrupted:
+        what = f"after round {served.rounds}" if served.rounds else "before the first round"
+        options = ["--insecure"] if args.insecure else []
+        sys.stdout.write(
+            f"stopped {what}; continue with: "
+            f"{resume_command('federate', served.run_dir, options)}\n"
+        )
+        sys.stdout.flush()
+    return int(stop_exit_code(stop.signal_number))

@@ -56,8 +56,10 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     connection.add_argument(
         "--give-up-after",
         type=float,
-        default=None,
-        help="exit after this many seconds without a session [never]",
+        default=600.0,
+        metavar="SECONDS",
+        help="exit (code 3) after this many seconds without a session with the server; "
+        "reconnect attempts are at most 2 s apart [600]",
     )
     connection.add_argument(
         "--chunk-bytes",
@@ -75,6 +77,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accord.commands.grpc_log import quiet_grpc_logging
+
+    quiet_grpc_logging()
     from accord.federation.launcher import prepare_process
 
     prepare_process()
@@ -89,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from accord.errors import ConfigurationError
     from accord.federation.auth import load_node_credentials
     from accord.federation.client import NodeClient, NodeSettings, parse_failpoints
+    from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
 
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             )
         scenario = build_scenario(scenario_settings)
         node = scenario.nodes[args.scenario_node]
+        fingerprint = Fingerprint.of(scenario=scenario_settings)
         node_name = args.node_id or node_id(args.scenario_node)
         seed = node_seed(scenario_settings.seed, node.index)
         features, labels = node.features, node.labels
@@ -142,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         node_name = args.node_id
         seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
         features, labels, fault = table.features, table.labels, None
+        fingerprint = Fingerprint()
     features, labels, validation = split_validation(
         features, labels, args.node_validation_fraction, seed
     )
@@ -162,7 +170,13 @@ def run(args: argparse.Namespace) -> int:
         features.shape[1],
         args.server,
     )
-    client = NodeClient(worker, settings, credentials, rng=np.random.default_rng([seed, 5]))
+    client = NodeClient(
+        worker,
+        settings,
+        credentials,
+        rng=np.random.default_rng([seed, 5]),
+        fingerprint=fingerprint,
+    )
     reason = client.run()
     logger.info("node %s done: %s", node_name, reason)
     return 0

@@ -1,21 +1,47 @@
-"""``accord server``: the federation server (gRPC), with checkpoints and ``--resume``."""
+"""``accord server``: the federation server (gRPC), with checkpoints and ``--resume``.
+
+SIGINT (Ctrl-C) and SIGTERM stop a run cleanly: the round in progress finishes (waiting at
+most until its deadline or 10 s, whichever comes first), the summary and plots are
+written, and the exact command that continues the run is printed; the exit code is 130
+after SIGINT and 143 after SIGTERM. A second signal stops at once (the last checkpoint
+stays resumable).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from accord.commands.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from accord.federation.settings import ServerSettings
 
 __all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
     "add_parser",
     "add_run_arguments",
     "add_scenario_arguments",
+    "graceful_stop",
+    "refuse_run_options",
     "run",
     "run_settings_from_args",
     "scenario_from_args",
+    "stop_exit_code",
 ]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+
+#: Seconds the round in progress may still take after a stop signal.
+STOP_GRACE_SECONDS = 10.0
 
 # Options that decide a run's results; they come from the run folder on --resume.
 _RUN_OPTIONS = (
@@ -134,8 +160,17 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
 
 def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("federation")
-    group.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    group.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one [50051]")
+    group.add_argument(
+        "--host",
+        default=None,
+        help=f"address to listen on [{DEFAULT_HOST}; on --resume, the run's own]",
+    )
+    group.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port; 0 picks a free one [{DEFAULT_PORT}; on --resume, the run's own]",
+    )
     group.add_argument(
         "--expected-nodes", type=int, default=None, help="roster size to wait for [--nodes]"
     )
@@ -271,25 +306,129 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     return credentials, Authenticator.reloading(load, watched)
 
 
+def refuse_run_options(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> None:
+    """``--resume`` takes the run's saved settings: refuse options that would change them."""
+    from accord.errors import ConfigurationError
+
+    explicit = [name for name in (*_RUN_OPTIONS, *extra) if getattr(args, name, None) is not None]
+    if explicit:
+        flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
+        raise ConfigurationError(f"--resume continues with the run's saved settings; drop {flags}")
+
+
+def stop_exit_code(signal_number: int | None) -> ExitCode:
+    """130 after SIGINT, 143 after SIGTERM, 0 for a run that was not stopped."""
+    if signal_number is None:
+        return ExitCode.OK
+    return ExitCode.TERMINATED if signal_number == signal.SIGTERM else ExitCode.INTERRUPTED
+
+
+@contextlib.contextmanager
+def graceful_stop(stop_request: Any) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM ask ``stop_request`` to stop the run after
+    the round in progress (one line on stderr); a second signal exits at once with its
+    exit code. Outside the main thread, signals keep their handlers."""
+
+    def handle(signal_number: int, frame: object) -> None:
+        name = "Ctrl-C" if signal_number == signal.SIGINT else signal.Signals(signal_number).name
+        if stop_request.requested:
+            sys.stderr.write(f"{name} again: stopping at once (the last checkpoint is kept)\n")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(stop_exit_code(signal_number)))
+        sys.stderr.write(
+            f"{name}: stopping after this round (at most {STOP_GRACE_SECONDS:g} s; "
+            "a second signal stops at once)\n"
+        )
+        sys.stderr.flush()
+        stop_request.request(signal_number)
+
+    previous: dict[int, Any] = {}
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, handle)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for installed, handler in previous.items():
+            signal.signal(installed, handler)
+
+
+def resume_command(command: str, run_dir: Any, options: list[str]) -> str:
+    """The exact command line that continues a run."""
+    return shlex.join(["accord", command, "--resume", str(run_dir), *options])
+
+
+def _security_options(args: argparse.Namespace) -> list[str]:
+    """The security options as given, to repeat them in the resume command."""
+    options: list[str] = []
+    for name in ("credentials", "tls_cert", "tls_key", "tls_ca", "tokens"):
+        value = getattr(args, name)
+        if value is not None:
+            options += ["--" + name.replace("_", "-"), str(value)]
+    if args.client_auth != "both":
+        options += ["--client-auth", args.client_auth]
+    if args.insecure:
+        options.append("--insecure")
+    if args.chunk_bytes is not None:
+        options += ["--chunk-bytes", str(args.chunk_bytes)]
+    return options
+
+
+def _address(args: argparse.Namespace) -> tuple[str, int]:
+    """Where to listen: the options, or on --resume the run's saved address (refusing an
+    option that differs from it)."""
+    from pathlib import Path
+
+    from accord.errors import ConfigurationError
+    from accord.federation.launcher import read_run_file
+
+    if args.resume is None:
+        return (
+            DEFAULT_HOST if args.host is None else args.host,
+            DEFAULT_PORT if args.port is None else args.port,
+        )
+    saved = read_run_file(Path(args.resume)).get("transport")
+    if not isinstance(saved, dict):  # a run folder from before addresses were saved
+        return (
+            DEFAULT_HOST if args.host is None else args.host,
+            DEFAULT_PORT if args.port is None else args.port,
+        )
+    host, port = str(saved["host"]), int(saved["port"])
+    for option, given, kept in (("--host", args.host, host), ("--port", args.port, port)):
+        if given is not None and given != kept:
+            raise ConfigurationError(
+                f"{option}: this run listened on {kept}, where its nodes dial; got {given} "
+                f"(drop {option} to resume on {kept})"
+            )
+    return host, port
+
+
 def run(args: argparse.Namespace) -> int:
+    from accord.commands.grpc_log import quiet_grpc_logging, watch_tls_handshakes
+
+    if args.insecure:
+        quiet_grpc_logging()
+        return _run(args)
+    with watch_tls_handshakes():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from accord.federation.launcher import prepare_process, serve
 
     prepare_process()
-    from accord.errors import ConfigurationError
+    import logging
+
+    from accord.commands.federate import RunDisplay
+    from accord.federation.driver import StopRequest
 
     if args.resume is not None:
-        explicit = [name for name in _RUN_OPTIONS if getattr(args, name) is not None]
-        explicit += [
-            name
-            for name in ("validation_data", "test_data", "label_column")
-            if getattr(args, name) is not None
-        ]
-        if explicit:
-            flags = ", ".join("--" + name.replace("_", "-") for name in explicit)
-            raise ConfigurationError(
-                f"--resume continues with the run's saved settings; drop {flags}"
-            )
+        refuse_run_options(args, ("validation_data", "test_data", "label_column"))
         settings: ServerSettings | None = None
+        max_rounds = None
     else:
         from accord.federation.settings import ServerSettings
 
@@ -302,19 +441,51 @@ def run(args: argparse.Namespace) -> int:
             test_data=args.test_data,
             label_column=args.label_column or "label",
         )
+        max_rounds = run_settings.stop.max_rounds
     from accord.federation.server import TransportSettings
 
+    host, port = _address(args)
     credentials, authenticator = security_from_args(args)
-    return serve(
-        settings,
-        TransportSettings(
-            host=args.host,
-            port=args.port,
-            **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
-        ),
-        credentials,
-        authenticator,
-        out=args.out,
-        resume=args.resume,
-        overrides=_explicit_federation_options(args) if args.resume is not None else None,
+    if settings is None:  # the run's own policy and rounds, for the table
+        from pathlib import Path
+
+        from accord.federation.launcher import read_run_file, saved_settings
+
+        saved = saved_settings(read_run_file(Path(args.resume)))
+        policy, max_rounds = saved.policy, saved.run.stop.max_rounds
+    assert max_rounds is not None
+    quiet = logging.getLogger().getEffectiveLevel() > logging.INFO
+    display = RunDisplay(
+        policy,
+        max_rounds,
+        None,
+        quiet,
+        lambda address: f"server listening on {address}",
+        progress_bar=False,  # stderr has the server's log lines
     )
+    stop = StopRequest(STOP_GRACE_SECONDS)
+    with graceful_stop(stop):
+        served = serve(
+            settings,
+            TransportSettings(
+                host=host,
+                port=port,
+                **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
+            ),
+            credentials,
+            authenticator,
+            out=args.out,
+            resume=args.resume,
+            overrides=_explicit_federation_options(args) if args.resume is not None else None,
+            progress=display,
+            stop_request=stop,
+        )
+    if not served.interrupted:
+        return int(stop_exit_code(stop.signal_number))
+    what = f"after round {served.rounds}" if served.rounds else "before the first round"
+    sys.stdout.write(
+        f"stopped {what}; continue with: "
+        f"{resume_command('server', served.run_dir, _security_options(args))}\n"
+    )
+    sys.stdout.flush()
+    return int(stop_exit_code(stop.signal_number))

@@ -2,14 +2,19 @@
 
 The node opens a stream, registers, and answers the server's messages one at a time with
 its :class:`~accord.federation.worker.NodeWorker` (which keeps data and model in memory).
-When the server goes away the client reconnects with exponential backoff and jitter and
-registers again; the server then sends full weights. A refusal (credentials, protocol
-version, roster) is final and raises :class:`PeerError`.
+When the server goes away the client reconnects with exponential backoff and jitter,
+capped at ``reconnect_max`` (2 s by default, so that a node is back well within a resumed
+server's ``--registration-timeout``), and registers again; the server then sends full
+weights. It logs once per change of state (connected, lost, retrying), not every attempt,
+and gives up after ``give_up_after`` seconds without a session (600 by default). A refusal
+(credentials, protocol version, roster, scenario) is final and raises :class:`PeerError`,
+and so does a plaintext node facing a TLS server (it names the likely cause).
 
 Testing failpoints (``ACCORD_FAILPOINT``, comma-separated; read by ``accord node``):
 ``exit@R`` kills the node with SIGKILL when round R starts; ``stall@R:S`` sleeps S seconds
 before answering round R; ``nan@R`` and ``shape@R`` send a first gradient full of NaN or
-one element short in round R.
+one element short in round R. R is the 0-based round index of the protocol (``round`` in
+``metrics.jsonl``); log lines number rounds from 1, so ``exit@2`` logs "round 3".
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import logging
 import os
 import queue
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +35,7 @@ import numpy as np
 from accord import __version__
 from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
 from accord.federation.auth import NodeCredentials
+from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import RunSpec
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
@@ -42,7 +50,14 @@ from accord.federation.worker import NodeWorker
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
 
-__all__ = ["Failpoint", "NodeClient", "NodeSettings", "parse_failpoints"]
+__all__ = [
+    "DEFAULT_GIVE_UP_AFTER",
+    "Failpoint",
+    "NodeClient",
+    "NodeSettings",
+    "parse_failpoints",
+    "server_speaks_tls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +103,27 @@ def parse_failpoints(text: str) -> tuple[Failpoint, ...]:
     return tuple(points)
 
 
+#: Seconds a node keeps trying to reach its server before it exits (``--give-up-after``).
+DEFAULT_GIVE_UP_AFTER = 600.0
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """How a node reaches its server.
 
     ``server`` is ``HOST:PORT``; ``insecure`` uses plaintext (no TLS); ``server_name``
     overrides the name checked against the server certificate; ``reconnect_initial`` and
-    ``reconnect_max`` bound the backoff between attempts (default 0.05 s .. 5 s);
-    ``give_up_after`` seconds without a session ends the node (default: never);
+    ``reconnect_max`` bound the backoff between attempts (default 0.05 s .. 2 s);
+    ``give_up_after`` seconds without a session ends the node (default 600; ``None``:
+    never);
     ``keep_alive`` serves the next run after a shutdown instead of exiting."""
 
     server: str
     insecure: bool = False
     server_name: str | None = None
     reconnect_initial: float = 0.05
-    reconnect_max: float = 5.0
-    give_up_after: float | None = None
+    reconnect_max: float = 2.0
+    give_up_after: float | None = DEFAULT_GIVE_UP_AFTER
     keep_alive: bool = False
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_message_bytes: int = 4 << 20
@@ -117,6 +137,10 @@ class NodeSettings:
             raise ConfigurationError(
                 f"chunk_bytes: expected 1024 .. {self.max_message_bytes - 4096}, got "
                 f"{self.chunk_bytes!r}"
+            )
+        if self.give_up_after is not None and not self.give_up_after > 0:
+            raise ConfigurationError(
+                f"give_up_after: expected seconds > 0, got {self.give_up_after!r}"
             )
         if not 0 < self.reconnect_initial <= self.reconnect_max:
             raise ConfigurationError(
@@ -147,11 +171,37 @@ def _spec_from_welcome(welcome: pb.Welcome) -> RunSpec:
 
 
 class _SessionEndedError(Exception):
-    """The stream broke; reconnect."""
+    """The stream broke; reconnect. ``args``: (registered, short reason)."""
+
+
+def server_speaks_tls(address: str, timeout: float = 2.0) -> bool:
+    """Whether the server at ``HOST:PORT`` completes a TLS handshake (certificate not
+    checked: this only tells a plaintext node why the server keeps closing its connection)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            return tls.version() is not None
+    except (OSError, ValueError):
+        return False
+
+
+def _short(details: str) -> str:
+    """The last part of a gRPC error's details (the cause, without the address list)."""
+    tail = details.rsplit(": ", 1)[-1].strip()
+    return tail or details
 
 
 class NodeClient:
-    """Runs one node until the server shuts the run down (or forever, with keep_alive)."""
+    """Runs one node until the server shuts the run down (or forever, with keep_alive).
+
+    ``fingerprint`` is sent at registration (see :mod:`accord.federation.fingerprint`): a
+    node holding a partition of a built-in scenario sends that scenario's part."""
 
     def __init__(
         self,
@@ -163,6 +213,7 @@ class NodeClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         parent_pid: int | None = None,
+        fingerprint: Fingerprint | None = None,
     ) -> None:
         if credentials is None and not settings.insecure:
             raise ConfigurationError("a node needs credentials unless it runs --insecure")
@@ -173,6 +224,7 @@ class NodeClient:
         self.clock = clock
         self.sleep = sleep
         self.parent_pid = parent_pid
+        self.fingerprint = fingerprint or Fingerprint()
         self.sessions = 0
         self._failpoints = {(p.action, p.round_index): p for p in settings.failpoints}
 
@@ -208,26 +260,57 @@ class NodeClient:
         """Serve rounds; return the server's shutdown reason."""
         delay = self.settings.reconnect_initial
         last_session = self.clock()
+        server = self.settings.server
+        retrying = False  # logged "retrying" since the last session
+        tls_checked = False
         while True:
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise PeerError("the process that started this node is gone")
             registered = False
+            why = ""
             try:
                 reason = self._session()
             except _SessionEndedError as ended:
                 registered = bool(ended.args and ended.args[0])
+                why = str(ended.args[1]) if len(ended.args) > 1 else ""
                 reason = None
             if reason is not None:
                 logger.info("the server ended the run: %s", reason)
                 if not self.settings.keep_alive:
                     return reason
                 registered = True
+            if (
+                not registered
+                and not tls_checked
+                and self.settings.insecure
+                and why == "Socket closed"
+            ):
+                tls_checked = True  # accepted, then closed: a TLS port?
+                if server_speaks_tls(server):
+                    raise PeerError(
+                        f"the server at {server} speaks TLS and this node runs --insecure "
+                        "(plaintext): give it --credentials DIR or --tls-ca with a token or "
+                        "client certificate"
+                    )
+            give_up = self.settings.give_up_after
             if registered:
                 delay, last_session = self.settings.reconnect_initial, self.clock()
-            give_up = self.settings.give_up_after
+                retrying = False
+                if reason is None:
+                    logger.warning("lost the session with the server at %s (%s)", server, why)
+            elif not retrying:
+                retrying = True
+                logger.warning(
+                    "cannot reach the server at %s (%s); retrying every %g s at most%s",
+                    server,
+                    why or "no session",
+                    self.settings.reconnect_max,
+                    "" if give_up is None else f", for up to {give_up:g} s",
+                )
             if give_up is not None and self.clock() - last_session > give_up:
                 raise PeerError(
-                    f"no session with the server at {self.settings.server} for {give_up:g} s"
+                    f"no session with the server at {server} for {give_up:g} s (last error: "
+                    f"{why or 'none'})"
                 )
             pause = delay * (0.5 + self.rng.random())
             logger.debug("reconnecting in %.2f s", pause)
@@ -257,6 +340,7 @@ class NodeClient:
                     n_classes=info.n_classes,
                     validation_sample_count=info.validation_sample_count,
                     software_version=__version__,
+                    fingerprint=dict(self.fingerprint.parts),
                 )
             )
         )
@@ -281,14 +365,18 @@ class NodeClient:
             details = error.details() if isinstance(error, grpc.Call) else str(error)
             if code in _FINAL_CODES:
                 raise PeerError(f"{_FINAL_CODES[code]}: {details}") from error
-            logger.info("session with %s ended: %s %s", self.settings.server, code, details)
-            raise _SessionEndedError(registered) from error
+            logger.debug("session with %s ended: %s %s", self.settings.server, code, details)
+            if not self.settings.insecure and "WRONG_VERSION_NUMBER" in (details or ""):
+                raise PeerError(
+                    f"the server at {self.settings.server} does not speak TLS (is it running "
+                    "--insecure?); TLS handshake failed: WRONG_VERSION_NUMBER"
+                ) from error
+            raise _SessionEndedError(registered, _short(str(details))) from error
         finally:
             outbox.put(None)
             call.cancel()
             channel.close()
-        logger.info("the server closed the session")
-        raise _SessionEndedError(registered)
+        raise _SessionEndedError(registered, "the server closed the session")
 
 
 class _MessageHandler:
@@ -323,7 +411,7 @@ class _MessageHandler:
         )
 
     def _fail(self, round_index: int, reason: str) -> None:
-        logger.warning("round %d: %s", round_index, reason)
+        logger.warning("round %d: %s", round_index + 1, reason)
         self.outbox.put(
             pb.NodeMessage(failure=pb.RoundFailure(round_index=round_index, reason=reason))
         )
@@ -417,11 +505,11 @@ class _MessageHandler:
     def _failpoint_before(self, round_index: int) -> None:
         points = self.client._failpoints
         if ("exit", round_index) in points:
-            logger.warning("failpoint: killing this node in round %d", round_index)
+            logger.warning("failpoint: killing this node in round %d", round_index + 1)
             os.kill(os.getpid(), signal.SIGKILL)
         stall = points.get(("stall", round_index))
         if stall is not None:
-            logger.warning("failpoint: stalling %g s in round %d", stall.seconds, round_index)
+            logger.warning("failpoint: stalling %g s in round %d", stall.seconds, round_index + 1)
             self.client.sleep(stall.seconds)
 
     def _failpoint_gradient(self, round_index: int, gradient: np.ndarray) -> np.ndarray:

@@ -8,6 +8,14 @@ federated evaluations, conclude, checkpoint, and stop on the stop conditions. A 
 which no usable first gradient arrived is retried, up to ``max_failed_rounds`` times; that,
 or a quorum missing for ``quorum_timeout`` seconds, raises :class:`PeerError` and leaves
 the run to ``--resume``.
+
+A :class:`StopRequest` (a signal) ends the run cleanly: the round in progress finishes with
+the answers that arrive before its deadline or the request's grace, whichever is sooner, is
+checkpointed as resumable, and the result's ``stop_reason`` is :data:`INTERRUPTED`.
+
+Rounds are counted from 0 in the protocol, the checkpoint and ``metrics.jsonl``'s
+``round`` field (as in :class:`accord.rounds.RoundRecord`); every log line numbers them
+from 1, as the tables and plots do.
 """
 
 from __future__ import annotations
@@ -31,9 +39,11 @@ from accord.simulation.stop import StopConditions, StopTracker
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "INTERRUPTED",
     "FederatedResult",
     "FederatedRun",
     "RoundTraffic",
+    "StopRequest",
     "load_run_checkpoint",
     "record_from_json",
 ]
@@ -43,8 +53,44 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "accord-federation-checkpoint"
 CHECKPOINT_VERSION = 1
 
+#: The stop reason of a run ended by a :class:`StopRequest`; its checkpoint stays resumable.
+INTERRUPTED = "interrupted"
+
 #: Builds the engine once the roster is known: (roster, sample counts) -> engine.
 EngineFactory = Callable[[tuple[str, ...], Mapping[str, float]], RoundEngine]
+
+
+class StopRequest:
+    """A request to stop a run after the round in progress, set from a signal handler.
+
+    ``grace`` is the most the round in progress may still wait for its nodes (default 10
+    s; its own deadline if that comes first). :meth:`request` is safe to call from a
+    signal handler or another thread; the grids attached to it are interrupted at once."""
+
+    def __init__(self, grace: float = 10.0) -> None:
+        if not grace >= 0:
+            raise ValueError(f"grace: expected seconds >= 0, got {grace!r}")
+        self.grace = grace
+        self.signal_number: int | None = None
+        self._grids: list[Grid] = []
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def request(self, signal_number: int) -> None:
+        """Ask the run to stop; the first request wins, later ones change nothing."""
+        if self.signal_number is not None:
+            return
+        self.signal_number = signal_number
+        for grid in list(self._grids):
+            grid.interrupt(self.grace)
+
+    def attach(self, grid: Grid) -> None:
+        """Interrupt ``grid`` when the stop is requested (at once if it already was)."""
+        self._grids.append(grid)
+        if self.requested:
+            grid.interrupt(self.grace)
 
 
 @dataclass(frozen=True)
@@ -126,6 +172,8 @@ class FederatedRun:
         on_resume: Callable[[tuple[TimedRecord, ...]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         after_round: Callable[[int], None] | None = None,
+        stop_request: StopRequest | None = None,
+        end_nodes_when_interrupted: bool = False,
     ) -> None:
         self.grid = grid
         self.engine_factory = engine_factory
@@ -142,11 +190,15 @@ class FederatedRun:
         self.on_resume = on_resume
         self.clock = clock
         self.after_round = after_round
+        self.stop_request = stop_request or StopRequest()
+        self.stop_request.attach(grid)
+        self.end_nodes_when_interrupted = end_nodes_when_interrupted
         self.engine: RoundEngine | None = None
 
     # ------------------------------------------------------------------ roster
 
-    def _register_roster(self) -> tuple[tuple[str, ...], dict[str, float]]:
+    def _register_roster(self) -> tuple[tuple[str, ...], dict[str, float]] | None:
+        """The roster and sample counts, or ``None`` if the run was asked to stop."""
         s = self.settings
         logger.info(
             "waiting for %d nodes (quorum %d, %g s)",
@@ -155,8 +207,10 @@ class FederatedRun:
             s.registration_timeout,
         )
         nodes = self.grid.wait_for_nodes(self.expected_nodes, s.registration_timeout)
-        if len(nodes) < self.quorum:
+        if len(nodes) < self.quorum and not self.stop_request.requested:
             nodes = self.grid.wait_for_nodes(self.quorum, s.quorum_timeout)
+        if self.stop_request.requested:
+            return None
         if len(nodes) < self.quorum:
             raise PeerError(
                 f"only {len(nodes)} of the quorum of {self.quorum} nodes registered within "
@@ -175,6 +229,8 @@ class FederatedRun:
         try:
             result = self._run()
             reason = result.stop_reason
+            if reason == INTERRUPTED and not self.end_nodes_when_interrupted:
+                reason = None  # the nodes wait for the resumed server
             return result
         finally:
             self.grid.shutdown(reason)
@@ -201,13 +257,38 @@ class FederatedRun:
             resumed_at = engine.round_index
             if self.on_resume is not None:
                 self.on_resume(tuple(progress.rounds))
-            logger.info("resuming run %s at round %d", self.run_id, resumed_at)
+            logger.info("resuming run %s after round %d", self.run_id, resumed_at)
         else:
-            roster, counts = self._register_roster()
+            registered = self._register_roster()
+            if registered is None:
+                logger.info("stopping before the first round: %s", INTERRUPTED)
+                return FederatedResult(
+                    self.policy_name, (), (), (), INTERRUPTED, time.perf_counter() - started
+                )
+            roster, counts = registered
             engine = self.engine_factory(roster, counts)
         self.engine = engine
         self.grid.fix_roster(roster)
         roster_set = frozenset(roster)
+        if self.resume is not None and not self.resume.get("stop_reason"):
+            # The whole saved roster, not just a quorum, before the first resumed round, so
+            # that a resumed run equals an uninterrupted one when every node comes back.
+            logger.info(
+                "waiting for the %d nodes of the roster (%g s)",
+                len(roster),
+                self.settings.registration_timeout,
+            )
+            back = self.grid.wait_for_nodes(
+                len(roster), self.settings.registration_timeout, among=roster_set
+            )
+            if len(back) < len(roster) and not self.stop_request.requested:
+                logger.warning(
+                    "%d of %d nodes are back after %g s; missing: %s",
+                    len(back),
+                    len(roster),
+                    self.settings.registration_timeout,
+                    ", ".join(sorted(roster_set - set(back))),
+                )
         tracker = StopTracker(self.stop, self.clock() - elapsed_before)
         reason: str | None = None
         for timed in progress.rounds:
@@ -217,12 +298,18 @@ class FederatedRun:
         failed_attempts = 0
         first_round_done_at: float | None = None
         while reason is None:
+            if self.stop_request.requested:
+                reason = INTERRUPTED
+                break
             connected = self.grid.wait_for_nodes(
                 self.quorum, self.settings.quorum_timeout, among=roster_set
             )
+            if self.stop_request.requested:
+                reason = INTERRUPTED
+                break
             if len(connected) < self.quorum:
                 raise PeerError(
-                    f"quorum lost before round {engine.round_index}: {len(connected)} of "
+                    f"quorum lost before round {engine.round_index + 1}: {len(connected)} of "
                     f"{self.quorum} nodes connected after {self.settings.quorum_timeout:g} s; "
                     "the run can be continued with --resume"
                 )
@@ -242,11 +329,14 @@ class FederatedRun:
             except ProtocolError as error:
                 failed_attempts += 1
                 logger.warning(
-                    "round %d: attempt %d failed: %s", round_index, failed_attempts, error
+                    "round %d: attempt %d failed: %s", round_index + 1, failed_attempts, error
                 )
+                if self.stop_request.requested:
+                    reason = INTERRUPTED
+                    break
                 if failed_attempts >= self.settings.max_failed_rounds:
                     raise PeerError(
-                        f"round {round_index}: no usable first gradient in {failed_attempts} "
+                        f"round {round_index + 1}: no usable first gradient in {failed_attempts} "
                         "attempts; the run can be continued with --resume"
                     ) from error
                 continue
@@ -273,14 +363,17 @@ class FederatedRun:
                 RoundTraffic(sent_after - sent_before, received_after - received_before)
             )
             reason = tracker.update(record.validation_accuracy_after, self.clock())
+            if reason is None and self.stop_request.requested:
+                reason = INTERRUPTED
             elapsed = elapsed_before + (time.perf_counter() - started)
-            self._checkpoint(engine, roster, counts, progress, elapsed, reason)
+            saved_reason = None if reason == INTERRUPTED else reason  # resumable
+            self._checkpoint(engine, roster, counts, progress, elapsed, saved_reason)
             if self.on_round is not None:
                 self.on_round(timed)
             if self.after_round is not None:
                 self.after_round(engine.round_index)
         assert reason is not None
-        logger.info("stopping after %d rounds: %s", engine.round_index, reason)
+        logger.info("stopping after round %d: %s", engine.round_index, reason)
         return FederatedResult(
             policy=self.policy_name,
             roster=roster,
@@ -299,11 +392,13 @@ class FederatedRun:
             round_index, next_weights, present, self.settings.round_deadline
         )
         for node, problem in replies.failures.items():
-            logger.warning("round %d: no evaluation from node %s: %s", round_index, node, problem)
+            logger.warning(
+                "round %d: no evaluation from node %s: %s", round_index + 1, node, problem
+            )
         evaluations = [value for value in replies.values.values() if isinstance(value, Evaluation)]
         total = sum(e.sample_count for e in evaluations)
         if total == 0:
-            logger.warning("round %d: no federated evaluation arrived", round_index)
+            logger.warning("round %d: no federated evaluation arrived", round_index + 1)
             return None
         return float(sum(e.accuracy * e.sample_count for e in evaluations) / total)
 

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from accord.aggregation.registry import make_policy
 from accord.errors import InputDataError
 from accord.federation.driver import EngineFactory
+from accord.federation.fingerprint import Fingerprint, scenario_summary
 from accord.federation.grid import RunSpec
 from accord.federation.settings import ServerSettings
 from accord.rounds import RoundEngine
@@ -79,8 +80,14 @@ def prepare_run(
     """The ``Welcome`` every node receives, and the engine factory of the run."""
     run = settings.run
     seed = run.scenario.seed
-    flat = FlatModel(build_model(run.model, data.n_features, data.n_classes, seed))
+    model = build_model(run.model, data.n_features, data.n_classes, seed)
+    flat = FlatModel(model)
     initial_weights = flat.get_flat()
+    parameters = [
+        (name, tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+        for name, tensor in model.named_parameters()
+    ]
+    scenario = run.scenario if settings.validation_data is None else None
     spec = RunSpec(
         run_id=run_id,
         model=run.model,
@@ -90,6 +97,8 @@ def prepare_run(
         local=run.local,
         server_learning_rate=run.rounds.server_learning_rate,
         federated_evaluation=settings.federation.evaluation == "federated",
+        fingerprint=Fingerprint.of(scenario=scenario, model=parameters),
+        scenario_summary="" if scenario is None else scenario_summary(scenario),
     )
 
     def factory(roster: tuple[str, ...], counts: Mapping[str, float]) -> RoundEngine:

@@ -21,6 +21,7 @@ import numpy as np
 
 from accord.aggregation.base import FloatArray
 from accord.errors import AccordError
+from accord.federation.fingerprint import SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
 from accord.federation.tensors import weights_digest
 from accord.training.local import LocalTrainingSettings
@@ -49,6 +50,7 @@ class NodeInfo:
     n_features: int
     n_classes: int
     validation_sample_count: int = 0
+    fingerprint: Fingerprint = field(default_factory=Fingerprint)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class RunSpec:
     local: LocalTrainingSettings
     server_learning_rate: float
     federated_evaluation: bool
+    #: What a registering node's fingerprint is compared with (server side only).
+    fingerprint: Fingerprint = field(default_factory=Fingerprint)
+    #: The server's scenario in words, for the refusal of a node whose scenario differs.
+    scenario_summary: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,15 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         return problem
     if roster is not None and info.node_id not in roster:
         return f"node {info.node_id} is not in this run's roster"
+    differ = info.fingerprint.mismatches(spec.fingerprint)
+    if SCENARIO in differ:
+        return (
+            "the node's scenario options differ from the server's "
+            f"({spec.scenario_summary or 'see its config.toml'}); start the node with the "
+            "server's scenario options (--config with the run folder's config.toml works)"
+        )
+    if differ:
+        return f"the node's {', '.join(differ)} differs from the server's"
     if info.sample_count < 1:
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:
@@ -160,6 +175,13 @@ class Grid(ABC):
     def traffic(self) -> tuple[int, int]:
         """Bytes (sent, received) so far, where the transport counts them."""
         return 0, 0
+
+    def interrupt(self, grace: float) -> None:
+        """The run is stopping (a signal): from now on :meth:`wait_for_nodes` returns at
+        once, and a collection in progress or to come waits at most ``grace`` more
+        seconds (or until its own deadline, if sooner). Safe to call from a signal handler
+        or another thread; the default does nothing (a grid whose waits never block)."""
+        del grace
 
 
 class NodeEndpoint(Protocol):

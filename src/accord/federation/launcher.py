@@ -42,10 +42,14 @@ from accord.federation.settings import (
 __all__ = [
     "RUN_FILE",
     "FederateSettings",
+    "ServedRun",
+    "check_new_run_folder",
     "federate",
     "free_port",
     "peak_rss_bytes",
     "prepare_process",
+    "read_run_file",
+    "saved_settings",
     "serve",
 ]
 
@@ -101,7 +105,8 @@ class Progress(Protocol):
     """What a command shows while a run goes on (``accord federate`` shows what ``accord
     simulate`` shows)."""
 
-    def start(self, scenario: Any, settings: ServerSettings) -> None: ...
+    def start(self, description: str, faulty_nodes: tuple[str, ...], address: str) -> None:
+        """The run starts: one line about its data, its faulty nodes, where it listens."""
 
     def round(self, timed: Any) -> None: ...
 
@@ -208,6 +213,49 @@ def _process_age() -> float | None:
     return process_age()
 
 
+@dataclass(frozen=True)
+class ServedRun:
+    """How :func:`serve` ended: the run folder, the rounds it holds, the stop reason
+    (:data:`~accord.federation.driver.INTERRUPTED` after a :class:`StopRequest`)."""
+
+    run_dir: Path
+    rounds: int
+    stop_reason: str
+
+    @property
+    def interrupted(self) -> bool:
+        from accord.federation.driver import INTERRUPTED
+
+        return self.stop_reason == INTERRUPTED
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    """``federation.json`` of a run folder, checked: the run id, its settings, and where
+    its server listened (``transport``: host and port; absent in older run folders)."""
+    run_file = run_dir / RUN_FILE
+    try:
+        saved = json.loads(run_file.read_text())
+    except FileNotFoundError as error:
+        raise InputDataError(f"{run_file}: not found; is {run_dir} a run folder?") from error
+    except json.JSONDecodeError as error:
+        raise InputDataError(f"{run_file}: not JSON: {error}") from error
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
+        raise InputDataError(f"{run_file}: not an Accord federation run file")
+    return saved
+
+
+def saved_settings(saved: Mapping[str, Any]) -> ServerSettings:
+    """The :class:`ServerSettings` stored in a run file read by :func:`read_run_file`."""
+    return settings_from_json(ServerSettings, saved["settings"], "settings")
+
+
+def check_new_run_folder(path: Path, option: str = "--out") -> None:
+    """Refuse, before anything starts, a run folder that :class:`RunFolder` would refuse."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "is not a folder" if not path.is_dir() else "is not empty; choose another folder"
+        raise ConfigurationError(f"{option}: {path} exists and {what}")
+
+
 def serve(
     settings: ServerSettings | None,
     transport: Any,
@@ -217,36 +265,35 @@ def serve(
     out: str | None,
     resume: str | None,
     overrides: Mapping[str, Any] | None = None,
-    folder: Any = None,
     scenario: Any = None,
     progress: Progress | None = None,
     on_listening: Callable[[int], None] | None = None,
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
-) -> int:
-    """Run (or resume) a federated run with the server in this process; 0 on success.
+    stop_request: Any = None,
+    end_nodes_when_interrupted: bool = False,
+) -> ServedRun:
+    """Run (or resume) a federated run with the server in this process.
 
-    ``folder`` is a :class:`accord.reporting.RunFolder` already made for a new run (else
-    one is made at ``out``); ``scenario`` the scenario already built, if any."""
+    A new run's folder (``out``) is made only once the server listens, so a server that
+    cannot start leaves nothing behind. ``scenario`` is the scenario already built, if
+    any; ``stop_request`` a :class:`~accord.federation.driver.StopRequest` that signal
+    handlers set: the run then finishes its round, writes its summary and plots, and its
+    checkpoint stays resumable (``--resume``, which also continues a run stopped before
+    its first round)."""
     import numpy as np
 
     from accord.config import SimulateConfig, simulate_config_to_toml
-    from accord.federation.driver import FederatedRun, load_run_checkpoint
+    from accord.federation.driver import FederatedRun, StopRequest, load_run_checkpoint
     from accord.federation.engine import load_server_data, prepare_run
-    from accord.federation.server import GrpcGrid
+    from accord.federation.server import GrpcGrid, format_address
+    from accord.reporting import RunFolder
 
     state: dict[str, Any] | None = None
+    folder: Any = None
     if resume is not None:
         run_dir = Path(resume)
-        run_file = run_dir / RUN_FILE
-        try:
-            saved = json.loads(run_file.read_text())
-        except FileNotFoundError as error:
-            raise InputDataError(f"{run_file}: not found; is {run_dir} a run folder?") from error
-        except json.JSONDecodeError as error:
-            raise InputDataError(f"{run_file}: not JSON: {error}") from error
-        if saved.get("format") != RUN_FORMAT:
-            raise InputDataError(f"{run_file}: not an Accord federation run file")
-        settings = settings_from_json(ServerSettings, saved["settings"], "settings")
+        saved = read_run_file(run_dir)
+        settings = saved_settings(saved)
         if overrides:
             if "evaluation" in overrides and overrides["evaluation"] != (
                 settings.federation.evaluation
@@ -254,32 +301,21 @@ def serve(
                 raise ConfigurationError("--evaluation cannot change when a run is resumed")
             settings = replace(settings, federation=replace(settings.federation, **overrides))
         run_id = str(saved["run_id"])
-        state = load_run_checkpoint(run_dir / CHECKPOINT_FILE)
-        if state.get("run_id") != run_id:
-            raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
+        if (run_dir / CHECKPOINT_FILE).exists():
+            state = load_run_checkpoint(run_dir / CHECKPOINT_FILE)
+            if state.get("run_id") != run_id:
+                raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
+        else:  # stopped before its first round: start it again with its settings
+            logger.info("%s: no round was finished; starting run %s afresh", run_dir, run_id)
+            folder = RunFolder.reopen(run_dir, [])
     else:
-        from accord.reporting import RunFolder
-
         if settings is None:
             raise ConfigurationError("settings: required for a new run")
         run_id = secrets.token_hex(6)
-        if folder is None:
-            folder = RunFolder(out if out is not None else _default_out(), option="--out")
-        run_dir = Path(folder.path)
-        folder.write_config(
-            simulate_config_to_toml(SimulateConfig(settings.run, policies=(settings.policy,)))
-        )
-        _write_json(
-            run_dir / RUN_FILE,
-            {
-                "format": RUN_FORMAT,
-                "version": 1,
-                "run_id": run_id,
-                "created": dt.datetime.now(dt.UTC).isoformat(),
-                "settings": settings_to_json(settings),
-            },
-        )
+        run_dir = Path(out) if out is not None else _default_out()
+        check_new_run_folder(run_dir)
     assert settings is not None
+    stop = stop_request if stop_request is not None else StopRequest()
     crash_after = _crash_after(os.environ)
     if scenario is None and settings.validation_data is None:
         from accord.scenario import build_scenario
@@ -288,14 +324,41 @@ def serve(
     data = load_server_data(settings, scenario)
     spec, factory = prepare_run(settings, data, run_id)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
+    try:
+        if resume is None:
+            folder = RunFolder(run_dir, option="--out")
+            folder.write_config(
+                simulate_config_to_toml(SimulateConfig(settings.run, policies=(settings.policy,)))
+            )
+            _write_json(
+                run_dir / RUN_FILE,
+                {
+                    "format": RUN_FORMAT,
+                    "version": 1,
+                    "run_id": run_id,
+                    "created": dt.datetime.now(dt.UTC).isoformat(),
+                    "settings": settings_to_json(settings),
+                    "transport": {"host": transport.host, "port": grid.port},
+                },
+            )
+        _write_json(
+            run_dir / ADDRESS_FILE,
+            {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
+        )
+    except BaseException:
+        grid.shutdown(None)
+        raise
     if on_listening is not None:
         on_listening(grid.port)
     warm_up_in_background()  # while the nodes register, not in the round that first learns
-    _write_json(
-        run_dir / ADDRESS_FILE,
-        {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
-    )
     report = _Report(run_dir, run_id, settings.policy, folder)
+    if progress is not None:
+        address = format_address(transport.host, grid.port)
+        progress.start(
+            describe_run(scenario, settings),
+            tuple(data.faulty_nodes),
+            f"{address} ({'plaintext' if credentials is None else 'TLS'})",
+        )
 
     def after_round(rounds_done: int) -> None:
         if crash_after is not None and rounds_done >= crash_after:
@@ -305,9 +368,10 @@ def serve(
     def round_done(timed: Any) -> None:
         record = timed.record
         report.append(timed)
-        logger.info(
+        logger.log(
+            logging.DEBUG if progress is not None else logging.INFO,  # else the table says it
             "round %d: validation accuracy %s, test accuracy %s, %d/%d nodes, %.3f s",
-            record.round_index,
+            record.round_index + 1,
             _fmt(record.validation_accuracy_after),
             _fmt(record.test_accuracy),
             len(record.present),
@@ -332,8 +396,13 @@ def serve(
         on_round=round_done,
         on_resume=report.restart,
         after_round=after_round,
+        stop_request=stop,
+        end_nodes_when_interrupted=end_nodes_when_interrupted,
     )
     result = run.run()
+    if not result.rounds:
+        logger.info("run %s stopped before its first round: %s", run_id, result.stop_reason)
+        return ServedRun(run_dir, 0, result.stop_reason)
     assert run.engine is not None
     summary = report.summary(
         result,
@@ -374,7 +443,7 @@ def serve(
     )
     if progress is not None:
         progress.finish(summary, run_dir)
-    return 0
+    return ServedRun(run_dir, len(result.rounds), result.stop_reason)
 
 
 def _fmt(value: float | None) -> str:
@@ -432,12 +501,14 @@ def _node_child(
     from accord.federation.auth import load_node_credentials
     from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
+    from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeFault, NodeWorker
     from accord.simulation.driver import node_seed
 
     logging.getLogger().setLevel(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's graceful stop
     try:
         node = loads_tree(read_all(data_fd), "node data from the launcher")
     finally:
@@ -474,21 +545,28 @@ def _node_child(
         credentials,
         rng=np.random.default_rng([seed, 5]),
         parent_pid=parent_pid,
+        fingerprint=Fingerprint.of(scenario=scenario),
     )
     client.run()
     return 0
 
 
 def federate(
-    settings: ServerSettings,
+    settings: ServerSettings | None,
     options: FederateSettings,
     *,
     out: str | None,
+    resume: str | None = None,
     progress: Any = None,
     launched_at: float | None = None,
     scenario_helper: Any = None,
-) -> int:
+    stop_request: Any = None,
+) -> ServedRun:
     """Fork one process per scenario node, then serve them from this process.
+
+    ``resume`` continues the run saved in that folder (its settings come from there) with
+    new node processes holding the same partitions. A ``stop_request`` (a signal) ends the
+    nodes too, and leaves the run resumable.
 
     A :class:`~accord.federation.scenario_helper.ScenarioHelper` (forked before torch was
     imported, if the caller did so) builds the scenario; it alone imports scikit-learn. The
@@ -506,13 +584,23 @@ def federate(
     )
     from accord.federation.checkpoint import dumps_tree
     from accord.federation.server import TransportSettings
-    from accord.reporting import RunFolder
     from accord.scenario import node_id
 
+    if resume is not None:
+        run_dir = Path(resume)
+        settings = saved_settings(read_run_file(run_dir))
+        if settings.validation_data is not None:
+            raise ConfigurationError(
+                f"--resume: {run_dir} is a run of `accord server` with server data; "
+                "resume it with `accord server --resume`"
+            )
+    else:
+        if settings is None:
+            raise ConfigurationError("settings: required for a new run")
+        run_dir = Path(out) if out is not None else _default_out()
+        check_new_run_folder(run_dir)
     count = settings.run.scenario.nodes
     node_ids = [node_id(index) for index in range(count)]
-    run_dir = Path(out) if out is not None else _default_out()
-    folder = RunFolder(run_dir, option="--out")
     if scenario_helper is None:
         from accord.federation.scenario_helper import ScenarioHelper
 
@@ -585,20 +673,19 @@ def federate(
                 finally:
                     os.close(descriptor)
 
-        if progress is not None:
-            progress.start(scenario, settings)
         federation = replace(settings.federation, expected_nodes=count)
         return serve(
-            replace(settings, federation=federation),
+            replace(settings, federation=federation) if resume is None else None,
             TransportSettings(host="127.0.0.1", port=port),
             credentials,
             authenticator,
             out=str(run_dir),
-            resume=None,
-            folder=folder,
+            resume=resume,
             scenario=scenario,
             progress=progress,
             on_listening=release_nodes,
+            stop_request=stop_request,
+            end_nodes_when_interrupted=True,
             extra_stats=lambda: {
                 "launched_at": launched_at,
                 "nodes": count,

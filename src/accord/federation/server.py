@@ -29,6 +29,7 @@ import numpy as np
 from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, ProtocolError
 from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import (
     Evaluation,
     Grid,
@@ -182,6 +183,8 @@ class GrpcGrid(Grid):
         )
         self._thread.start()
         self._changed: asyncio.Condition | None = None
+        self._interrupted: asyncio.Event | None = None
+        self._grace_until = float("inf")
         self._server: grpc.aio.Server | None = None
         try:
             self.port = self._call(self._start())
@@ -203,6 +206,7 @@ class GrpcGrid(Grid):
 
     async def _start(self) -> int:
         self._changed = asyncio.Condition()
+        self._interrupted = asyncio.Event()
         server = grpc.aio.server(
             options=[*channel_options(self.transport.max_message_bytes), ("grpc.so_reuseport", 0)]
         )
@@ -271,12 +275,17 @@ class GrpcGrid(Grid):
                 f"protocol version {register.protocol_version} is not supported; this server "
                 f"speaks version {PROTOCOL_VERSION}",
             )
+        try:
+            fingerprint = Fingerprint(dict(register.fingerprint))
+        except ConfigurationError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         info = NodeInfo(
             node_id=register.node_id,
             sample_count=int(register.sample_count),
             n_features=int(register.n_features),
             n_classes=int(register.n_classes),
             validation_sample_count=int(register.validation_sample_count),
+            fingerprint=fingerprint,
         )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
@@ -376,7 +385,7 @@ class GrpcGrid(Grid):
                 logger.info(
                     "ignoring a late or unexpected first gradient from node %s (round %d)",
                     connection.node_id,
-                    part.round_index,
+                    part.round_index + 1,
                 )
                 return
             try:
@@ -401,7 +410,7 @@ class GrpcGrid(Grid):
             connection.weights_digest = None  # its copy can no longer be trusted
             reason = failure.reason[:300]
             logger.warning(
-                "node %s failed round %d: %s", connection.node_id, failure.round_index, reason
+                "node %s failed round %d: %s", connection.node_id, failure.round_index + 1, reason
             )
             if connection.expect is not None and connection.expect[1] == failure.round_index:
                 connection.resolve(("failed", f"node reported: {reason}", 0.0))
@@ -435,12 +444,50 @@ class GrpcGrid(Grid):
                 if among is None or node in among
             }
 
+        def ready() -> bool:
+            return len(present()) >= count or self._is_interrupted()
+
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: len(present()) >= count), timeout
-                )
+                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
         return present()
+
+    def _is_interrupted(self) -> bool:
+        return self._interrupted is not None and self._interrupted.is_set()
+
+    def interrupt(self, grace: float) -> None:
+        def on_loop() -> None:
+            if self._interrupted is None or self._interrupted.is_set():
+                return
+            self._grace_until = self._loop.time() + grace
+            self._interrupted.set()
+            self._loop.create_task(self._notify())
+
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(on_loop)
+
+    async def _wait_until_deadline(self, futures: set[asyncio.Future[Any]], timeout: float) -> bool:
+        """Wait for ``futures`` up to ``timeout`` seconds, or until the grace after an
+        :meth:`interrupt` ends, if sooner; ``True`` if the grace cut the wait short."""
+        assert self._interrupted is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        stop = asyncio.ensure_future(self._interrupted.wait())
+        pending = set(futures)
+        try:
+            while pending:
+                limit = min(deadline, self._grace_until) if stop.done() else deadline
+                remaining = limit - loop.time()
+                if remaining <= 0:
+                    return limit < deadline
+                watched: set[asyncio.Future[Any]] = pending if stop.done() else pending | {stop}
+                done, _ = await asyncio.wait(
+                    watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending -= done
+            return False
+        finally:
+            stop.cancel()
 
     def fix_roster(self, roster: tuple[str, ...]) -> None:
         async def fix() -> None:
@@ -514,14 +561,18 @@ class GrpcGrid(Grid):
                     connection.send(message)
                 connection.weights_digest = digest  # unless the node reports a failure
             waiting[node] = (connection, future)
-        if waiting:
-            await asyncio.wait([future for _, future in waiting.values()], timeout=timeout)
+        cut_short = await self._wait_until_deadline(
+            {future for _, future in waiting.values()}, timeout
+        )
         what = "first gradient" if kind == "first" else "evaluation"
+        late = (
+            f"no {what} before the server stopped"
+            if cut_short
+            else f"no {what} within the {timeout:g} s round deadline"
+        )
         for node, (connection, future) in waiting.items():
             if not future.done():
-                connection.resolve(
-                    ("failed", f"no {what} within the {timeout:g} s round deadline", 0.0)
-                )
+                connection.resolve(("failed", late, 0.0))
             status, value, seconds = future.result()
             if status == "ok":
                 replies.values[node] = value

@@ -57,7 +57,14 @@ class LocalTraining(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version")
+    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version", "fingerprint")
+    class FingerprintEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +72,7 @@ class Register(_message.Message):
     N_CLASSES_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     sample_count: int
@@ -72,7 +80,8 @@ class Register(_message.Message):
     n_classes: int
     validation_sample_count: int
     software_version: str
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ...) -> None: ...
+    fingerprint: _containers.ScalarMap[str, str]
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "run_id", "node_id", "model", "n_features", "n_classes", "dim", "local", "server_learning_rate", "federated_evaluation", "next_round")
