@@ -220,7 +220,7 @@ def _invalid_message(labels: list[str], empty: _Tally, undecodable: _Tally) -> s
         )
     return (
         f"{noun} {what}: " + "; ".join(problems) + " (0-based data rows; fix the input or "
-        "skip invalid IDs)"
+        "skip invalid IDs with --skip-invalid)"
     )
 
 

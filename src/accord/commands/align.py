@@ -78,7 +78,16 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "(hosts and enclaves as separate processes) on 127.0.0.1 with a generated policy, "
         "print what each side received and check it against the known overlap.",
     )
-    demo.add_argument("--dir", type=Path, default=None, help="folder for the files [a new temp]")
+    demo.add_argument(
+        "--keep",
+        "--dir",
+        dest="keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the tables, outputs and policy into DIR and keep them there [a temporary "
+        "folder, removed at the end]",
+    )
     demo.add_argument("--rows", type=int, default=10_000, help="rows per party [10000]")
     demo.add_argument(
         "--overlap", type=float, default=0.5, help="share of rows common to all [0.5]"
@@ -176,8 +185,9 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="continue a bucketed run that stopped (its settings come from RUN_DIR; give "
-        "--listen/--peer again, and --resume on every party)",
+        help="continue a bucketed run that stopped (its settings, --listen and --peer "
+        "included, come from RUN_DIR; give --listen/--peer only if the addresses changed; "
+        "resume every party)",
     )
     add(
         "--progress",
@@ -571,17 +581,10 @@ def _demo_tables(folder: Path, names: list[str], rows: int, overlap: float, seed
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
-    import re
-    import subprocess
+    import shutil
     import tempfile
-    import threading
 
-    import pyarrow.csv as pcsv
-
-    from accord.errors import AccordError, ConfigurationError
-    from accord.tee.attestation import AttestationPolicy, policy_toml
+    from accord.errors import ConfigurationError
 
     if not 2 <= args.parties <= len(_DEMO_NAMES):
         raise ConfigurationError(f"--parties: expected 2 to {len(_DEMO_NAMES)}, got {args.parties}")
@@ -594,10 +597,36 @@ def run_demo(args: argparse.Namespace) -> int:
         bucketing += ["--memory-limit", str(_memory_limit(args.memory_limit))]
     if args.buckets is not None:
         bucketing += ["--buckets", str(_buckets(args.buckets))]
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="accord-align-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
     names = list(_DEMO_NAMES[: args.parties])
-    sys.stderr.write(f"demo folder: {folder}\n")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return _run_demo_in(args, args.keep, names, bucketing)
+    folder = Path(tempfile.mkdtemp(prefix="accord-align-demo-"))
+    try:
+        return _run_demo_in(args, folder, names, bucketing)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        sys.stderr.write(
+            f"demo: removed its temporary folder {folder} (keep the files with --keep DIR)\n"
+        )
+
+
+def _run_demo_in(
+    args: argparse.Namespace, folder: Path, names: list[str], bucketing: list[str]
+) -> int:
+    import asyncio
+    import json
+    import re
+    import subprocess
+    import threading
+
+    import pyarrow.csv as pcsv
+
+    from accord.errors import AccordError
+    from accord.tee.attestation import AttestationPolicy, policy_toml
+
+    if args.keep is not None:
+        sys.stderr.write(f"demo: writing into {folder} (kept)\n")
     expected = _demo_tables(folder, names, args.rows, args.overlap, args.seed)
 
     key_path = folder / "platform-key.pem"
@@ -684,8 +713,12 @@ def run_demo(args: argparse.Namespace) -> int:
             f"\n{name} received: |own IDs| = {summary['own_ids']}, peers' IDs: {peers}, "
             f"|I| = {summary['intersection']}" + (f" ({buckets} buckets)" if buckets else "") + "\n"
             f"  peer enclaves attested: {', '.join(sorted(summary['peer_enclaves']))}\n"
-            f"  row map {folder / f'{name}.map.csv'}, aligned table "
-            f"{folder / f'{name}.aligned.csv'}; first rows:\n"
+            + (
+                f"  row map {folder / f'{name}.map.csv'}, aligned table "
+                f"{folder / f'{name}.aligned.csv'}; first rows:\n"
+                if args.keep is not None
+                else "  aligned table, first rows:\n"
+            )
         )
         for row in table.slice(0, 3).to_pylist():
             sys.stdout.write(f"    {row}\n")
@@ -702,4 +735,6 @@ def run_demo(args: argparse.Namespace) -> int:
     sys.stdout.write("\nchecks:\n")
     for label, passed in checks.items():
         sys.stdout.write(f"  [{'ok' if passed else 'FAILED'}] {label}\n")
+    if args.keep is not None:
+        sys.stdout.write(f"\nfiles kept in {folder}\n")
     return 0 if all(checks.values()) else 1
