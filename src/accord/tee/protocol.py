@@ -223,8 +223,14 @@ class _Loader:
     does.
     """
 
-    def __init__(self, config: _Config, rows_hint: int | None = None) -> None:
+    def __init__(
+        self,
+        config: _Config,
+        rows_hint: int | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
         self._config = config
+        self._random_bytes = random_bytes
         self._tally = IdTally()
         self._key: bytes | None = None
         self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
@@ -273,7 +279,29 @@ class _Loader:
                 raise error
         if self._tally.kept_rows == 0:
             raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
+        if self._key is None and self._config.duplicates is DuplicatePolicy.ERROR:
+            self._refuse_duplicates()
         return self._tally.report()
+
+    def _refuse_duplicates(self) -> None:
+        """Refuse duplicated IDs before the session exists (so before any peer is contacted).
+
+        The IDs wait for the session's digest key; they are digested here under a one-off
+        key of this enclave (never used again), sorted, and checked as the keyed set will
+        be: the same error, rows and examples. This costs one more digest and sort pass.
+        """
+        if self._random_bytes is None or len(self._waiting) == 0:
+            return
+        key = self._random_bytes(32)
+        columns = len(self._config.key_columns)
+        digests = np.concatenate(
+            [keyed_digests(keys, key, key_columns=columns) for keys, _ in self._waiting]
+        )
+        rows = np.concatenate([rows for _, rows in self._waiting])
+        error = duplicate_error(sort_bucket(digests, rows, DuplicatePolicy.ERROR).duplicates)
+        del digests, rows
+        if error is not None:
+            raise error
 
     def digest_set(self) -> DigestSet:
         """The canonical digest set (sorted, duplicates handled) once finished and keyed."""
@@ -471,7 +499,9 @@ class EnclaveSession:
                 self._session_secret = bytes.fromhex(self._resumed.state.secret)
                 self._outcome = self._resumed.outcome()
         self._config = config
-        self._loader = _Loader(config, None if config.proposal else rows_hint)
+        self._loader = _Loader(
+            config, None if config.proposal else rows_hint, random_bytes=self._random_bytes
+        )
         self._share = self._random_bytes(_SHARE_BYTES)
         return {}, b""
 
