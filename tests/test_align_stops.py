@@ -93,3 +93,43 @@ def test_a_peer_that_accepts_but_never_speaks_is_refused_in_one_line(
         f"accord align: error: peer at {address} accepted the connection but sent no greeting "
         "within --connect-timeout 2 s; is it an accord align endpoint?"
     ], done.stderr
+
+
+def test_progress_none_prints_no_listening_line_and_the_wait_ends_at_the_deadline(
+    tmp_path: Path, table_and_policy: tuple[Path, Path, Path]
+) -> None:
+    table, policy, key = table_and_policy
+    args = party_args(
+        table,
+        policy,
+        key,
+        tmp_path,
+        "a",
+        listen=True,
+        extra=["--connect-timeout", "1", "--progress", "none"],
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accord.cli",
+            "align",
+            "--party-name",
+            "a",
+            *args,
+            "--progress",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == ExitCode.REFUSED
+    [line] = done.stderr.splitlines()  # no "listening on", no stage lines: only the error
+    assert re.fullmatch(
+        r"accord align: error: waited 1 s for 1 peer\(s\) to connect on 127\.0\.0\.1:\d+; "
+        r"connected: none",
+        line,
+    ), line
+    assert not line.endswith(":0; connected: none")  # the bound port, not the one asked for

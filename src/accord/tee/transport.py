@@ -457,10 +457,11 @@ async def connect_links(
                 ) from error
             server.setblocking(False)
             bound = server.getsockname()
-            logger.debug("listening on %s:%s", bound[0], bound[1])
+            listen = Endpoint(str(bound[0]), int(bound[1]))  # the port given may have been 0
+            logger.debug("listening on %s", listen)
             acceptor = asyncio.ensure_future(serve(server))
             if on_listening is not None:
-                on_listening(Endpoint(str(bound[0]), int(bound[1])))
+                on_listening(listen)
         dials = [
             asyncio.ensure_future(_dial(p, own, deadline, idle_timeout, connect_timeout))
             for p in peers
