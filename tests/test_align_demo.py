@@ -51,7 +51,10 @@ def test_demo_runs_every_party_and_its_checks_pass(
     assert len(received) == parties
     assert all("|I| = 1200" in line for line in received)
     assert all(("buckets)" in line) == (buckets is not None) for line in received)
+    # Plain progress lines say where each stage ended (not only where it started).
+    assert "[alice] load: 3,000 rows done in " in done.stderr or buckets is not None
     if buckets is not None:
+        assert f"[alice] sort: {buckets}/{buckets} buckets done in " in done.stderr
         assert all(f"({buckets} buckets)" in line for line in received)
         assert not list((tmp_path / "kept").glob("run-*"))  # removed once each run completed
 

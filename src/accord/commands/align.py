@@ -386,8 +386,20 @@ def _default_name(hostname: str) -> str:
     return name or "party"
 
 
+#: Seconds between two progress lines of one stage with ``--progress log``.
+_LOG_INTERVAL = 5.0
+
+
+def format_seconds(seconds: float) -> str:
+    """``1:05`` (see :func:`accord.tee.progress.format_seconds`)."""
+    from accord.tee.progress import format_seconds as formatted
+
+    return formatted(seconds)
+
+
 class _ProgressDisplay:
-    """Stage lines and row counters on stderr (tqdm bars on a terminal)."""
+    """Stage lines and row counters on stderr (tqdm bars on a terminal; with ``log``,
+    plain lines: each stage, its rows at most every few seconds, and where it ended)."""
 
     def __init__(self, mode: str, prefix: str = "") -> None:
         if mode == "auto":
@@ -397,6 +409,9 @@ class _ProgressDisplay:
         self._stage: str | None = None
         self._bar: Any = None
         self._last_rows = 0
+        self._last_line = 0.0
+        self._rows_seen = 0
+        self._stage_start = 0.0
 
     def _line(self, text: str) -> None:
         if self.mode != "none":
@@ -413,10 +428,19 @@ class _ProgressDisplay:
         from accord.tee.progress import describe, format_seconds
 
         if self.mode == "log":
-            self.close()
-            self._stage = None
-            self._line(describe(event))
+            # Plain lines (a log file, a pipe): each stage's start and end, and in between
+            # at most one line every _LOG_INTERVAL seconds.
+            import time
+
+            now = time.monotonic()
+            first = event.stage != self._stage
+            if first or event.finished or now - self._last_line >= _LOG_INTERVAL:
+                self._stage = None if event.finished else event.stage
+                self._last_line = now
+                self._line(describe(event))
             return
+        if event.finished:
+            return  # the bar shows it
         if event.stage != self._stage or self._bar is None:
             self.close()
             from tqdm import tqdm
@@ -436,12 +460,20 @@ class _ProgressDisplay:
         self._bar.refresh()
 
     def __call__(self, stage: str, rows: int | None) -> None:
+        """An in-memory run's stage, and the rows done in ``load`` and ``write``."""
         if self.mode == "none":
             return
+        import time
+
+        now = time.monotonic()
         if stage != self._stage:
+            if self.mode == "log" and self._stage is not None and self._rows_seen:
+                elapsed = format_seconds(now - self._stage_start)
+                self._line(f"{self._stage}: {self._rows_seen:,} rows done in {elapsed}")
             self.close()
             self._stage = stage
-            self._last_rows = 0
+            self._stage_start = self._last_line = now
+            self._last_rows = self._rows_seen = 0
             if self.mode == "bar" and rows is not None:
                 from tqdm import tqdm
 
@@ -450,9 +482,11 @@ class _ProgressDisplay:
                 self._line(f"{stage}")
         if rows is None:
             return
+        self._rows_seen = rows
         if self._bar is not None:
             self._bar.update(rows - self._last_rows)
-        elif rows - self._last_rows >= 1_000_000:
+        elif rows > self._last_rows and now - self._last_line >= _LOG_INTERVAL:
+            self._last_line = now
             self._line(f"{stage}: {rows:,} rows")
         else:
             return
