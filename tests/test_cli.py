@@ -77,3 +77,12 @@ def test_certs_renew_reports_a_new_id_as_issued_and_says_it_once(
     assert main(["certs", str(directory), "--renew", "node-09"]) == 0  # now it was issued
     assert ": 1 certificate revoked, 0 new ids issued" in capsys.readouterr().out
     assert len(json.loads((directory / "revoked.json").read_text())["certificates"]) == 2
+
+
+def test_align_help_says_resume_reuses_the_addresses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["align", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "its settings, --listen and --peer included, come from RUN_DIR" in text
+    assert "give --listen/--peer again" not in text
