@@ -1,9 +1,14 @@
 """One party's alignment run: init → attest → exchange → intersect → report.
 
 :func:`run_party` (or :func:`align_party` outside asyncio) starts this party's enclave
-process, connects to every peer (:mod:`accord.tee.transport`), relays the attested
-handshake, streams the key column(s) of the input into the enclave, relays sealed records
-both ways until the enclaves have intersected and confirmed, then writes the outputs.
+process and checks its own input before any network: the files, the key columns and their
+types, and — in memory — every ID, streamed into the enclave, which refuses empty,
+undecodable and (under the ``error`` policy) duplicated IDs before the session exists.
+Only then does it listen and dial (:mod:`accord.tee.transport`); it relays the attested
+handshake, relays sealed records both ways until the enclaves have intersected and
+confirmed, then writes the outputs. A bucketed run checks the files, columns and types up
+front; its IDs are checked while they are spilled, after the peers agreed the bucket count
+(reading a larger-than-memory input twice to check it first would double its cost).
 
 What each output reveals, and to whom
 -------------------------------------
@@ -742,6 +747,9 @@ async def run_party(
         _check_paths(settings)
         if settings.bucketed:
             bucketing = await _prepare_bucketing(settings, resume, events)
+        # A resumed run whose peers all confirmed before the stop (stage "done"): the enclave
+        # releases the sealed result without them (they may have removed their run
+        # directories), so no key is read and no peer is contacted.
         done_before = (
             bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done"
         )
@@ -760,9 +768,9 @@ async def run_party(
         if not settings.bucketed:
             await run.load(keep_ids=settings.include_ids)
         if not done_before:
-            # Every peer confirmed before a stop in stage "done": the enclave releases the
-            # sealed result without them (they may have removed their run directories).
+            # Listen and dial only now: a party that dials every peer needs no listener.
             report_progress("connect", None)
+            connecting = time.perf_counter()
             link_start = asyncio.ensure_future(
                 connect_links(
                     Hello(settings.party_name, settings.session, settings.parties),
@@ -775,7 +783,7 @@ async def run_party(
             )
             links = await link_start
             run.links = links
-        run.seconds["connect"] = round(time.perf_counter() - started, 4)
+            run.seconds["connect"] = round(time.perf_counter() - connecting, 4)
         result = await _drive(run, bucketing)
         keys.cancel()  # a resumed run past its spill reads no keys
     except BaseException as error:
