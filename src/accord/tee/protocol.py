@@ -265,8 +265,11 @@ class _Loader:
         if self._key is None:
             self._key = key
             waiting, self._waiting = self._waiting, []
-            for keys, rows in waiting:
+            waiting.reverse()
+            while waiting:  # each batch's key bytes are freed as soon as it is digested
+                keys, rows = waiting.pop()
                 self._digest(keys, rows)
+                del keys, rows
 
     def finish(self) -> IdReport:
         """No more batches: refuse invalid IDs (unless skipped); return the input report."""
