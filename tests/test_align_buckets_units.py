@@ -134,3 +134,25 @@ def test_progress_lines() -> None:
     rows = describe(ProgressEvent("spill", 1500, 10000, "rows", 1.0, None, None))
     assert rows == "spill: 1,500 rows of ~10,000 (15%)"
     assert describe(ProgressEvent("attest", None, None, "rows", 0.0, None, None)) == "attest"
+
+
+def test_a_stage_reports_where_it_ended() -> None:
+    events: list[ProgressEvent] = []
+    clock = Clock()
+    tracker = ProgressTracker(events.append, clock=clock)
+    tracker.stage("sort", total=16, unit="buckets")
+    clock.now += 0.1
+    tracker.advance(16)  # within the interval: not reported on its own
+    clock.now += 64.9
+    tracker.stage("confirm")
+    tracker.finish()
+    lines = [describe(event) for event in events]
+    assert lines == [
+        "sort: bucket 0/16 (0%)",
+        "sort: 16/16 buckets done in 1:05",
+        "confirm",
+        "confirm: done in 0:00",
+    ]
+    assert [event.finished for event in events] == [False, True, False, True]
+    rows = ProgressEvent("spill", 300_000, 300_001, "rows", 2.0, 0.0, None, True)
+    assert describe(rows) == "spill: 300,000 rows done in 0:02"

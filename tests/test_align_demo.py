@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,15 @@ from pathlib import Path
 import pytest
 
 
-def _demo(*flags: str) -> subprocess.CompletedProcess[str]:
+def _demo(*flags: str, temporary: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = None if temporary is None else {**os.environ, "TMPDIR": str(temporary)}
     return subprocess.run(
         [sys.executable, "-m", "accord.cli", "align", "demo", *flags],
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
+        env=env,
     )
 
 
@@ -26,17 +29,34 @@ def _demo(*flags: str) -> subprocess.CompletedProcess[str]:
 def test_demo_runs_every_party_and_its_checks_pass(
     tmp_path: Path, flags: list[str], parties: int, buckets: int | None
 ) -> None:
-    done = _demo("--rows", "3000", "--overlap", "0.4", "--dir", str(tmp_path), *flags)
+    kept = buckets is not None  # one case keeps its files, the other leaves nothing behind
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    keep = ["--keep", str(tmp_path / "kept")] if kept else []
+    done = _demo("--rows", "3000", "--overlap", "0.4", *keep, *flags, temporary=temporary)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(temporary.iterdir())  # the temporary folder is removed at the end
+    if kept:
+        assert f"files kept in {tmp_path / 'kept'}" in done.stdout
+        assert sorted(p.name for p in (tmp_path / "kept").glob("*.aligned.csv")) == [
+            "alice.aligned.csv",
+            "bob.aligned.csv",
+            "carol.aligned.csv",
+        ]
+    else:
+        assert "demo: removed its temporary folder" in done.stderr
     assert done.stdout.count("[ok]") == 3 and "FAILED" not in done.stdout
     assert "the shared IDs are exactly the 1200 generated in common" in done.stdout
     received = [line for line in done.stdout.splitlines() if " received: " in line]
     assert len(received) == parties
     assert all("|I| = 1200" in line for line in received)
     assert all(("buckets)" in line) == (buckets is not None) for line in received)
+    # Plain progress lines say where each stage ended (not only where it started).
+    assert "[alice] load: 3,000 rows done in " in done.stderr or buckets is not None
     if buckets is not None:
+        assert f"[alice] sort: {buckets}/{buckets} buckets done in " in done.stderr
         assert all(f"({buckets} buckets)" in line for line in received)
-        assert not list(tmp_path.glob("run-*"))  # removed once each run completed
+        assert not list((tmp_path / "kept").glob("run-*"))  # removed once each run completed
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,11 @@ def test_three_parties_learn_only_the_full_intersection(tmp_path: Path) -> None:
     c_args[c_args.index(str(out / "c.aligned.csv"))] = str(out / "c.aligned.parquet")
     a = Party("a", args("a", listen=True))
     b = Party("b", args("b", listen=True, peers=[a.address()]))
-    c = Party("c", [*c_args, "--peer", a.address(), "--peer", b.address()])
+    # c listens too, although it dials every peer (the README's "each party listens and
+    # dials the parties started before it"): it needs no listener and must not wait for one.
+    c = Party(
+        "c", [*c_args, "--listen", "127.0.0.1:0", "--peer", a.address(), "--peer", b.address()]
+    )
     results = [party.wait() for party in (a, b, c)]
     assert [code for code, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
     oracle = set(setup.ids["a"]) & set(setup.ids["b"]) & set(setup.ids["c"])

@@ -175,7 +175,21 @@ def test_write_row_map_with_ids(tmp_path: Path, suffix: str) -> None:
 def test_write_row_map_without_ids_and_empty(tmp_path: Path) -> None:
     path = tmp_path / "map.csv"
     tables.write_row_map(path, np.array([], dtype=np.int64))
-    assert path.read_text().splitlines() == ['"position","row"']
+    assert path.read_text().splitlines() == ["position,row"]
+
+
+def test_csv_headers_are_quoted_only_where_needed_as_the_values(tmp_path: Path) -> None:
+    ids = pa.table({"id": pa.array([b"a1", b"b,2"])})
+    row_map = tmp_path / "map.csv"
+    tables.write_row_map(row_map, np.array([1, 0]), ids=ids)
+    # (pyarrow quotes every text value; the header, like an input's header, only if needed)
+    assert row_map.read_text().splitlines() == ["position,row,id", '0,1,"b,2"', '1,0,"a1"']
+    source = tmp_path / "source.parquet"  # Parquet in, CSV out: the table path, not a copy
+    pq.write_table(pa.table({"id": ["x", "y"], 'odd, "name"': [1, 2]}), source)
+    aligned = tmp_path / "aligned.csv"
+    tables.write_aligned_table(aligned, source, np.array([1, 0]))
+    assert aligned.read_text().splitlines() == ['id,"odd, ""name"""', '"y",2', '"x",1']
+    assert pcsv.read_csv(aligned).column_names == ["id", 'odd, "name"']
 
 
 def source_csv(tmp_path: Path) -> Path:

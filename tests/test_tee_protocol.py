@@ -99,6 +99,25 @@ def test_streamed_duplicate_error_equals_the_whole_input_error() -> None:
     assert str(streamed.value) == str(whole.value)
 
 
+def test_duplicates_are_refused_before_the_session_key_with_the_same_error() -> None:
+    values = ids_with_duplicates(4)
+    loader = _Loader(config("error"), random_bytes=os.urandom)  # no key yet: no session
+    for columns in batches(values, [100, 250]):
+        loader.add(columns)
+    with pytest.raises(InputDataError) as early:
+        loader.finish()
+    with pytest.raises(InputDataError) as whole:
+        digest_ids(prepare_ids([pa.array(values, type=pa.binary())]), KEY, "error")
+    assert str(early.value) == str(whole.value)
+    assert "--duplicates (first, drop-all)" in str(early.value)
+    distinct = _Loader(config("error"), random_bytes=os.urandom)
+    for columns in batches(sorted({v for v in values if v is not None}), [50]):
+        distinct.add(columns)
+    assert distinct.finish().kept_rows == len(set(values))  # no duplicate: accepted
+    distinct.set_key(KEY)
+    assert len(distinct.digest_set()) == len(set(values))
+
+
 def test_invalid_ids_in_later_batches_are_reported_by_absolute_row() -> None:
     values: list[bytes | None] = [b"x%d" % i for i in range(300)]
     values[5], values[150], values[299] = b"  ", b"\xff\xfe", None

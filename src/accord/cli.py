@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from accord import __version__
 from accord.commands.exit_codes import ExitCode, exit_code_of
@@ -22,7 +23,7 @@ from accord.errors import AccordError
 #: the console script's first step; a later call of main() in the same process restarts it.
 _entry: dict[str, float] = {"started": time.perf_counter(), "calls": 0}
 
-__all__ = ["entry_seconds", "main"]
+__all__ = ["build_parser", "entry_seconds", "main", "one_line_errors"]
 
 # name -> one-line help; the module accord.commands.<name> defines add_parser(subparsers).
 COMMANDS: dict[str, str] = {
@@ -46,6 +47,35 @@ def _configure_logging(verbosity: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Bad options end in one line, ``accord <cmd>: error: … (see accord <cmd> --help)``,
+    exit code 2 (:attr:`ExitCode.USAGE`), instead of argparse's usage block; unknown
+    options are refused by the sub-command that was given them. Applied to ``parser`` and,
+    recursively, to every sub-parser it has."""
+
+    def error(message: str) -> NoReturn:
+        parser.exit(
+            int(ExitCode.USAGE), f"{parser.prog}: error: {message} (see {parser.prog} --help)\n"
+        )
+
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = parse_known(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
+    for action in parser._actions:  # argparse keeps its sub-parsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                one_line_errors(child)
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="accord",
@@ -65,6 +95,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"accord.commands.{name}")
         module.add_parser(subparsers, help_text)
+    one_line_errors(parser)
     return parser
 
 
@@ -80,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _entry["calls"] += 1
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
+    if not args_list:  # a bare `accord`: the help, as a usage error (nothing was started)
+        parser.print_help(sys.stdout)
+        return int(ExitCode.USAGE)
     args = parser.parse_args(args_list)
     _configure_logging(args.verbose, args.quiet)
     try:

@@ -462,6 +462,18 @@ def _open_sink(temporary: Path, final: StrPath) -> pa.NativeFile:
     return pa.CompressedOutputStream(str(temporary), codec)
 
 
+def _csv_header_line(names: Sequence[str], delimiter: str) -> bytes:
+    """A CSV header line; a name is quoted only if it holds a quote, the delimiter or a
+    line break (a quote doubled inside), as pyarrow quotes values."""
+
+    def field(name: str) -> str:
+        if any(mark in name for mark in ('"', delimiter, "\n", "\r")):
+            return '"' + name.replace('"', '""') + '"'
+        return name
+
+    return (delimiter.join(field(name) for name in names) + "\n").encode()
+
+
 def _write_arrow(
     path: StrPath,
     table: pa.Table,
@@ -476,8 +488,14 @@ def _write_arrow(
     with atomic_output(path) as temporary, _open_sink(temporary, path) as sink:
         writer: Any
         if fmt is TableFormat.CSV:
+            delimiter = _delimiter(path)
+            # pyarrow quotes every column name; the header is written here instead, quoted
+            # only where needed, like the values (and like a verbatim copy of the input's).
+            sink.write(_csv_header_line(table.column_names, delimiter))
             writer = pcsv.CSVWriter(
-                sink, table.schema, write_options=pcsv.WriteOptions(delimiter=_delimiter(path))
+                sink,
+                table.schema,
+                write_options=pcsv.WriteOptions(include_header=False, delimiter=delimiter),
             )
         else:
             writer = pq.ParquetWriter(sink, table.schema)

@@ -46,7 +46,7 @@ from accord.alignment.digests import (
     keyed_digests,
 )
 from accord.alignment.intersect import intersect
-from accord.alignment.normalise import IdReport, PreparedIds, prepare_ids
+from accord.alignment.normalise import IdReport, PreparedIds, plain_key_column, prepare_ids
 from accord.alignment.order import shared_order, shared_seed
 from accord.alignment.result import AlignmentResult, align
 
@@ -64,6 +64,7 @@ __all__ = [
     "digests_to_bytes",
     "intersect",
     "keyed_digests",
+    "plain_key_column",
     "prepare_ids",
     "shared_order",
     "shared_seed",

@@ -53,6 +53,7 @@ from accord.alignment.digests import (
     DuplicateReport,
     _apply_duplicate_policy,
     derive_key,
+    duplicate_message,
 )
 from accord.alignment.intersect import intersect
 from accord.alignment.normalise import EXAMPLE_ROWS, IdReport, _invalid_message, _Tally
@@ -313,12 +314,8 @@ def duplicate_error(report: DuplicateReport) -> InputDataError | None:
     """The error the in-memory path raises for ``report`` under ``error``, else ``None``."""
     if report.policy is not DuplicatePolicy.ERROR or report.duplicated_ids == 0:
         return None
-    listed = "; ".join("rows " + ", ".join(str(r) for r in group) for group in report.examples)
-    more = "; ..." if report.duplicated_ids > len(report.examples) else ""
     return InputDataError(
-        f"{report.duplicated_ids} duplicated ID(s) on {report.duplicate_rows} rows (e.g. "
-        f"{listed}{more}; 0-based data rows); choose a duplicate policy (first, drop-all) or "
-        "fix the input"
+        duplicate_message(report.duplicated_ids, report.duplicate_rows, report.examples)
     )
 
 

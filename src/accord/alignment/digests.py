@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -55,6 +56,7 @@ __all__ = [
     "digest_ids",
     "digests_from_bytes",
     "digests_to_bytes",
+    "duplicate_message",
     "keyed_digests",
 ]
 
@@ -296,6 +298,19 @@ def _cbc_mac(message: np.ndarray, encryptor: CipherContext) -> np.ndarray:
     return ciphertext
 
 
+def duplicate_message(
+    duplicated_ids: int, duplicate_rows: int, examples: Sequence[Sequence[int]]
+) -> str:
+    """The refusal of duplicated IDs under the ``error`` policy (rows, never ID text)."""
+    listed = "; ".join("rows " + ", ".join(str(r) for r in group) for group in examples)
+    more = "; ..." if duplicated_ids > len(examples) else ""
+    return (
+        f"{duplicated_ids} duplicated ID(s) on {duplicate_rows} rows (e.g. {listed}{more}; "
+        "0-based data rows); fix the input or choose a duplicate policy with --duplicates "
+        "(first, drop-all)"
+    )
+
+
 def _apply_duplicate_policy(
     digests: np.ndarray, rows: np.ndarray, policy: DuplicatePolicy
 ) -> tuple[DuplicateReport, np.ndarray | None]:
@@ -324,12 +339,7 @@ def _apply_duplicate_policy(
         for g in shown.tolist()
     )
     if policy is DuplicatePolicy.ERROR:
-        listed = "; ".join("rows " + ", ".join(str(r) for r in group) for group in examples)
-        more = "; ..." if duplicated_ids > len(examples) else ""
-        raise InputDataError(
-            f"{duplicated_ids} duplicated ID(s) on {duplicate_rows} rows (e.g. {listed}{more}; "
-            "0-based data rows); choose a duplicate policy (first, drop-all) or fix the input"
-        )
+        raise InputDataError(duplicate_message(duplicated_ids, duplicate_rows, examples))
     keep = ~same_as_previous if policy is DuplicatePolicy.FIRST else ~in_group
     dropped = n - int(np.count_nonzero(keep))
     report = DuplicateReport(policy, duplicated_ids, duplicate_rows, dropped, examples)

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 
 from accord.errors import InputDataError
 
-__all__ = ["EXAMPLE_ROWS", "IdReport", "PreparedIds", "prepare_ids"]
+__all__ = ["EXAMPLE_ROWS", "IdReport", "PreparedIds", "plain_key_column", "prepare_ids"]
 
 #: How many example row indices a report or an error message carries.
 EXAMPLE_ROWS = 5
@@ -220,7 +220,38 @@ def _invalid_message(labels: list[str], empty: _Tally, undecodable: _Tally) -> s
         )
     return (
         f"{noun} {what}: " + "; ".join(problems) + " (0-based data rows; fix the input or "
-        "skip invalid IDs)"
+        "skip invalid IDs with --skip-invalid)"
+    )
+
+
+def plain_key_column(column: pa.Array, label: str) -> pa.Array:
+    """A key column as read from a file, in a type the rule of step 1 takes as it is.
+
+    Dictionary columns are decoded (Parquet often stores text that way); text, bytes and
+    integer columns are returned unchanged, fixed-size bytes become bytes, an all-null
+    column becomes a null bytes column. Any other type (floats, dates, ...) is refused with
+    an :class:`InputDataError` naming ``label``: a host checks its key columns with this
+    before contacting any peer.
+    """
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        column = column.dictionary_decode()
+        kind = column.type
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_integer(kind)
+    ):
+        return column
+    if pa.types.is_fixed_size_binary(kind):
+        return column.cast(pa.binary())
+    if pa.types.is_null(kind):
+        return pa.nulls(len(column), type=pa.binary())
+    raise InputDataError(
+        f"key column {label!r}: expected text, bytes or integer IDs, got type {kind} "
+        "(its text form is not canonical)"
     )
 
 

@@ -78,7 +78,16 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "(hosts and enclaves as separate processes) on 127.0.0.1 with a generated policy, "
         "print what each side received and check it against the known overlap.",
     )
-    demo.add_argument("--dir", type=Path, default=None, help="folder for the files [a new temp]")
+    demo.add_argument(
+        "--keep",
+        "--dir",
+        dest="keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the tables, outputs and policy into DIR and keep them there [a temporary "
+        "folder, removed at the end]",
+    )
     demo.add_argument("--rows", type=int, default=10_000, help="rows per party [10000]")
     demo.add_argument(
         "--overlap", type=float, default=0.5, help="share of rows common to all [0.5]"
@@ -176,8 +185,9 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="RUN_DIR",
-        help="continue a bucketed run that stopped (its settings come from RUN_DIR; give "
-        "--listen/--peer again, and --resume on every party)",
+        help="continue a bucketed run that stopped (its settings, --listen and --peer "
+        "included, come from RUN_DIR; give --listen/--peer only if the addresses changed; "
+        "resume every party)",
     )
     add(
         "--progress",
@@ -376,8 +386,20 @@ def _default_name(hostname: str) -> str:
     return name or "party"
 
 
+#: Seconds between two progress lines of one stage with ``--progress log``.
+_LOG_INTERVAL = 5.0
+
+
+def format_seconds(seconds: float) -> str:
+    """``1:05`` (see :func:`accord.tee.progress.format_seconds`)."""
+    from accord.tee.progress import format_seconds as formatted
+
+    return formatted(seconds)
+
+
 class _ProgressDisplay:
-    """Stage lines and row counters on stderr (tqdm bars on a terminal)."""
+    """Stage lines and row counters on stderr (tqdm bars on a terminal; with ``log``,
+    plain lines: each stage, its rows at most every few seconds, and where it ended)."""
 
     def __init__(self, mode: str, prefix: str = "") -> None:
         if mode == "auto":
@@ -387,6 +409,9 @@ class _ProgressDisplay:
         self._stage: str | None = None
         self._bar: Any = None
         self._last_rows = 0
+        self._last_line = 0.0
+        self._rows_seen = 0
+        self._stage_start = 0.0
 
     def _line(self, text: str) -> None:
         if self.mode != "none":
@@ -403,10 +428,19 @@ class _ProgressDisplay:
         from accord.tee.progress import describe, format_seconds
 
         if self.mode == "log":
-            self.close()
-            self._stage = None
-            self._line(describe(event))
+            # Plain lines (a log file, a pipe): each stage's start and end, and in between
+            # at most one line every _LOG_INTERVAL seconds.
+            import time
+
+            now = time.monotonic()
+            first = event.stage != self._stage
+            if first or event.finished or now - self._last_line >= _LOG_INTERVAL:
+                self._stage = None if event.finished else event.stage
+                self._last_line = now
+                self._line(describe(event))
             return
+        if event.finished:
+            return  # the bar shows it
         if event.stage != self._stage or self._bar is None:
             self.close()
             from tqdm import tqdm
@@ -426,12 +460,20 @@ class _ProgressDisplay:
         self._bar.refresh()
 
     def __call__(self, stage: str, rows: int | None) -> None:
+        """An in-memory run's stage, and the rows done in ``load`` and ``write``."""
         if self.mode == "none":
             return
+        import time
+
+        now = time.monotonic()
         if stage != self._stage:
+            if self.mode == "log" and self._stage is not None and self._rows_seen:
+                elapsed = format_seconds(now - self._stage_start)
+                self._line(f"{self._stage}: {self._rows_seen:,} rows done in {elapsed}")
             self.close()
             self._stage = stage
-            self._last_rows = 0
+            self._stage_start = self._last_line = now
+            self._last_rows = self._rows_seen = 0
             if self.mode == "bar" and rows is not None:
                 from tqdm import tqdm
 
@@ -440,9 +482,11 @@ class _ProgressDisplay:
                 self._line(f"{stage}")
         if rows is None:
             return
+        self._rows_seen = rows
         if self._bar is not None:
             self._bar.update(rows - self._last_rows)
-        elif rows - self._last_rows >= 1_000_000:
+        elif rows > self._last_rows and now - self._last_line >= _LOG_INTERVAL:
+            self._last_line = now
             self._line(f"{stage}: {rows:,} rows")
         else:
             return
@@ -571,17 +615,10 @@ def _demo_tables(folder: Path, names: list[str], rows: int, overlap: float, seed
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
-    import re
-    import subprocess
+    import shutil
     import tempfile
-    import threading
 
-    import pyarrow.csv as pcsv
-
-    from accord.errors import AccordError, ConfigurationError
-    from accord.tee.attestation import AttestationPolicy, policy_toml
+    from accord.errors import ConfigurationError
 
     if not 2 <= args.parties <= len(_DEMO_NAMES):
         raise ConfigurationError(f"--parties: expected 2 to {len(_DEMO_NAMES)}, got {args.parties}")
@@ -594,10 +631,36 @@ def run_demo(args: argparse.Namespace) -> int:
         bucketing += ["--memory-limit", str(_memory_limit(args.memory_limit))]
     if args.buckets is not None:
         bucketing += ["--buckets", str(_buckets(args.buckets))]
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="accord-align-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
     names = list(_DEMO_NAMES[: args.parties])
-    sys.stderr.write(f"demo folder: {folder}\n")
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        return _run_demo_in(args, args.keep, names, bucketing)
+    folder = Path(tempfile.mkdtemp(prefix="accord-align-demo-"))
+    try:
+        return _run_demo_in(args, folder, names, bucketing)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        sys.stderr.write(
+            f"demo: removed its temporary folder {folder} (keep the files with --keep DIR)\n"
+        )
+
+
+def _run_demo_in(
+    args: argparse.Namespace, folder: Path, names: list[str], bucketing: list[str]
+) -> int:
+    import asyncio
+    import json
+    import re
+    import subprocess
+    import threading
+
+    import pyarrow.csv as pcsv
+
+    from accord.errors import AccordError
+    from accord.tee.attestation import AttestationPolicy, policy_toml
+
+    if args.keep is not None:
+        sys.stderr.write(f"demo: writing into {folder} (kept)\n")
     expected = _demo_tables(folder, names, args.rows, args.overlap, args.seed)
 
     key_path = folder / "platform-key.pem"
@@ -684,8 +747,12 @@ def run_demo(args: argparse.Namespace) -> int:
             f"\n{name} received: |own IDs| = {summary['own_ids']}, peers' IDs: {peers}, "
             f"|I| = {summary['intersection']}" + (f" ({buckets} buckets)" if buckets else "") + "\n"
             f"  peer enclaves attested: {', '.join(sorted(summary['peer_enclaves']))}\n"
-            f"  row map {folder / f'{name}.map.csv'}, aligned table "
-            f"{folder / f'{name}.aligned.csv'}; first rows:\n"
+            + (
+                f"  row map {folder / f'{name}.map.csv'}, aligned table "
+                f"{folder / f'{name}.aligned.csv'}; first rows:\n"
+                if args.keep is not None
+                else "  aligned table, first rows:\n"
+            )
         )
         for row in table.slice(0, 3).to_pylist():
             sys.stdout.write(f"    {row}\n")
@@ -702,4 +769,6 @@ def run_demo(args: argparse.Namespace) -> int:
     sys.stdout.write("\nchecks:\n")
     for label, passed in checks.items():
         sys.stdout.write(f"  [{'ok' if passed else 'FAILED'}] {label}\n")
+    if args.keep is not None:
+        sys.stdout.write(f"\nfiles kept in {folder}\n")
     return 0 if all(checks.values()) else 1

@@ -58,16 +58,30 @@ def run(args: argparse.Namespace) -> int:
         if args.host or args.force:
             raise ConfigurationError("--renew: --host and --force do not apply (the CA stays)")
         renewed = [n.strip() for n in args.renew.split(",") if n.strip()]
-        paths = renew_node_credentials(
-            Path(args.directory), renewed, now=dt.datetime.now(dt.UTC), days=args.days
+        directory = Path(args.directory)
+        renewal = renew_node_credentials(
+            directory, renewed, now=dt.datetime.now(dt.UTC), days=args.days
         )
-        sys.stdout.write(
-            f"renewed {', '.join(renewed)} in {args.directory}: copy "
-            + ", ".join(str(paths[n]) for n in renewed)
-            + " to the node's machine; the old certificates are in "
-            f"{Path(args.directory) / 'revoked.json'}; a running server applies this at the "
-            "next registration (restart it with --resume to end open sessions at once).\n"
+        count, new = len(renewal.revoked), len(renewal.issued)
+        lines = [
+            f"renewed {', '.join(renewed)} in {directory}: {count} certificate"
+            f"{'' if count == 1 else 's'} revoked, {new} new id{'' if new == 1 else 's'} issued"
+        ]
+        for node in renewed:
+            if node in renewal.revoked:
+                what = "new certificate and token; the old certificate is revoked"
+            elif node in renewal.replaced_tokens:
+                what = "new certificate and token; the old token is replaced (no old certificate"
+                what += " was found to revoke)"
+            else:
+                what = "a new id, nothing to revoke"
+            lines.append(f"  {node}: {what} -> {renewal.folders[node]}")
+        lines.append(
+            "Copy each folder to its node's machine. Revoked certificates are listed in "
+            f"{directory / 'revoked.json'}; a running server applies this at the next "
+            "registration (restart it with --resume to end open sessions at once)."
         )
+        sys.stdout.write("\n".join(lines) + "\n")
         return 0
     if args.node_ids is not None:
         node_ids = [n.strip() for n in args.node_ids.split(",") if n.strip()]

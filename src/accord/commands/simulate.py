@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from accord.config import SimulateConfig
@@ -95,27 +95,6 @@ _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 # ----------------------------------------------------------------------------- parsing
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Bad options end in one line naming the option and what it accepts (exit code 2),
-    instead of argparse's usage block; unknown options are refused here too."""
-
-    def error(message: str) -> NoReturn:
-        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
-
-    parse_known = parser.parse_known_args
-
-    def parse_known_args(
-        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extras = parse_known(args, namespace)
-        if extras:
-            error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, extras
-
-    parser.error = error  # type: ignore[method-assign]
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
 
 def policy_list(text: str) -> tuple[str, ...]:
@@ -304,7 +283,6 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "Defaults: digits, 10 nodes, Dirichlet 0.5, 3 label-flipping nodes, 100 rounds, "
         "actor-critic against fedavg. Options override --config.",
     )
-    _one_line_errors(parser)
     parser.add_argument(
         "--config", metavar="FILE.toml", default=None, help="settings file (see README)"
     )

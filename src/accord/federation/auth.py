@@ -43,6 +43,7 @@ __all__ = [
     "CLIENT_AUTH_MODES",
     "REVOKED_NAME",
     "Authenticator",
+    "CredentialRenewal",
     "NodeCredentials",
     "ServerCredentials",
     "certificate_fingerprint",
@@ -587,18 +588,34 @@ def make_credentials(
         )
     tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
     _write_public(paths["tokens"], (json.dumps(tokens_json, indent=2) + "\n").encode(), overwrite)
-    logger.info("wrote a CA, a server certificate and %d node credentials", len(nodes))
+    # The command prints what was written; the log repeats it only at debug level.
+    logger.debug("wrote a CA, a server certificate and %d node credentials", len(nodes))
     return paths
+
+
+@dataclass(frozen=True)
+class CredentialRenewal:
+    """What :func:`renew_node_credentials` did, node by node."""
+
+    #: Each node's new credentials folder.
+    folders: dict[str, Path]
+    #: Nodes whose old certificate was added to ``revoked.json``.
+    revoked: tuple[str, ...]
+    #: Nodes that had a token but no certificate to revoke (the token is replaced).
+    replaced_tokens: tuple[str, ...]
+    #: Node ids never issued before (nothing to revoke): new credentials only.
+    issued: tuple[str, ...]
 
 
 def renew_node_credentials(
     directory: Path, node_ids: Iterable[str], *, now: dt.datetime, days: int = 365
-) -> dict[str, Path]:
+) -> CredentialRenewal:
     """A new client certificate and token for each node, from ``directory``'s CA.
 
     The node's old certificate (if its folder has one) is added to ``revoked.json`` and its
     old token is replaced in ``tokens.json``, so the old folder no longer authenticates (a
-    running server reads both files again). A node id without a folder yet is added.
+    running server reads both files again). A node id never issued is added (and counted as
+    issued, not revoked).
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
@@ -622,6 +639,9 @@ def renew_node_credentials(
     revoked = set(read_revoked(revoked_path)) if revoked_path.exists() else set()
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
     paths: dict[str, Path] = {}
+    revoked_nodes: list[str] = []
+    replaced: list[str] = []
+    issued: list[str] = []
     for node in nodes:
         folder = directory / node
         old = folder / "node.pem"
@@ -630,6 +650,11 @@ def renew_node_credentials(
                 revoked.add(certificate_fingerprint(old.read_bytes()))
             except ValueError as error:
                 raise InputDataError(f"{old}: unreadable certificate: {error}") from error
+            revoked_nodes.append(node)
+        elif node in hashes_by_node:
+            replaced.append(node)
+        else:
+            issued.append(node)
         paths[node], hashes_by_node[node] = _write_node_folder(
             directory, node, ca_key, ca_cert, start, end, True
         )
@@ -639,5 +664,10 @@ def renew_node_credentials(
     revoked_json = {"format": REVOKED_FORMAT, "version": 1, "certificates": sorted(revoked)}
     _replace(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode())
     _replace(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode())
-    logger.info("renewed %d node credentials; %d certificates revoked", len(nodes), len(revoked))
-    return paths
+    logger.debug(
+        "renewed %d node credentials: %d certificates revoked, %d new ids",
+        len(nodes),
+        len(revoked_nodes),
+        len(issued),
+    )
+    return CredentialRenewal(paths, tuple(revoked_nodes), tuple(replaced), tuple(issued))

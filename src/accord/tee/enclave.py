@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -73,7 +74,8 @@ def serve(sock: socket.socket, session: EnclaveSession) -> None:
             )
             status = 0
         except AccordError as error:
-            logger.warning("enclave call %d failed: %s", code, error)
+            # The host reports the error (once); here it is a detail for debugging.
+            logger.debug("enclave call %d failed: %s", code, error)
             reply, reply_body = _error_reply(error), b""
             status = 1
         del body
@@ -91,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="run as a debug enclave")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
+    # Ctrl-C on a terminal reaches the whole process group: the host decides, and ends
+    # this process (closing its socket or killing it); a traceback here would be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s enclave[%(process)d] %(name)s: %(message)s",

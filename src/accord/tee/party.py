@@ -1,9 +1,14 @@
 """One party's alignment run: init → attest → exchange → intersect → report.
 
 :func:`run_party` (or :func:`align_party` outside asyncio) starts this party's enclave
-process, connects to every peer (:mod:`accord.tee.transport`), relays the attested
-handshake, streams the key column(s) of the input into the enclave, relays sealed records
-both ways until the enclaves have intersected and confirmed, then writes the outputs.
+process and checks its own input before any network: the files, the key columns and their
+types, and — in memory — every ID, streamed into the enclave, which refuses empty,
+undecodable and (under the ``error`` policy) duplicated IDs before the session exists.
+Only then does it listen and dial (:mod:`accord.tee.transport`); it relays the attested
+handshake, relays sealed records both ways until the enclaves have intersected and
+confirmed, then writes the outputs. A bucketed run checks the files, columns and types up
+front; its IDs are checked while they are spilled, after the peers agreed the bucket count
+(reading a larger-than-memory input twice to check it first would double its cost).
 
 What each output reveals, and to whom
 -------------------------------------
@@ -228,7 +233,8 @@ class PartySummary:
     peer_ids: dict[str, int | None]
     #: Size of the intersection of every party's IDs.
     intersection: int
-    #: Empty, undecodable and duplicate IDs found in this party's input.
+    #: Empty, undecodable and duplicate IDs found in this party's input; ``dropped_rows``
+    #: counts every row left out (skipped invalid IDs and the duplicate policy's drops).
     input_report: dict[str, Any]
     #: This party's enclave identity, and each peer's as verified.
     enclave: dict[str, Any]
@@ -333,6 +339,23 @@ def _first_error(error: BaseException) -> BaseException:
     return leaves[0] if leaves else error
 
 
+def _plain_batches(path: Path, columns: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
+    """The batches with their key columns in a type the enclave takes (dictionaries decoded);
+    a key column of another type (a float, a date) is refused naming the file and column."""
+    import pyarrow as pa
+
+    from accord.alignment.normalise import plain_key_column
+
+    for batch in batches:
+        try:
+            arrays = [
+                plain_key_column(batch.column(index), name) for index, name in enumerate(columns)
+            ]
+        except InputDataError as error:
+            raise InputDataError(f"{path}: {error}") from error
+        yield pa.RecordBatch.from_arrays(arrays, names=list(columns))
+
+
 class _KeyReader:
     """Reads the key column(s) in a worker thread, ahead of the enclave's need for them.
 
@@ -350,7 +373,9 @@ class _KeyReader:
     ) -> None:
         from accord.tables import iter_key_batches
 
-        self._iterator: Iterator[Any] = iter_key_batches(path, columns, mapped=mapped)
+        self._iterator: Iterator[Any] = _plain_batches(
+            path, columns, iter_key_batches(path, columns, mapped=mapped)
+        )
         # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
         self._task: asyncio.Task[None] | None = None
@@ -408,6 +433,8 @@ class _Run:
         self._changed = asyncio.Event()
         self.peer_enclaves: dict[str, dict[str, Any]] = {}
         self.seconds: dict[str, float] = {}
+        #: The input report and the kept ID batches once :meth:`load` is done.
+        self.loaded: tuple[dict[str, Any], list[Any]] | None = None
 
     async def call(
         self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Any] = ()
@@ -487,10 +514,12 @@ class _Run:
     def _timed(self, stage: str, start: float) -> None:
         self.seconds[stage] = round(time.perf_counter() - start, 4)
 
-    async def exchange(
-        self, keep_ids: bool
-    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
-        """Load the IDs, relay until the enclaves agree, return (report, counts, row map, ids)."""
+    async def load(self, keep_ids: bool) -> None:
+        """Stream this party's IDs into the enclave (``LOAD_IDS``, ``LOAD_DONE``).
+
+        In memory this runs before any peer is contacted: the enclave refuses empty,
+        undecodable and (under the ``error`` policy) duplicated IDs at ``LOAD_DONE``.
+        """
         start = time.perf_counter()
         self.progress("load", 0)
         kept: list[Any] = []
@@ -505,7 +534,19 @@ class _Run:
         self._timed("read_ids", start)
         start = time.perf_counter()
         reply, _ = await self.call(Call.LOAD_DONE)
-        report = dict(reply["ids"])
+        self._timed("check_ids", start)
+        self.loaded = (dict(reply["ids"]), kept)
+
+    async def exchange(
+        self, keep_ids: bool
+    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
+        """Load the IDs (unless loaded), relay until the enclaves agree; return
+        (report, counts, row map, ids)."""
+        if self.loaded is None:
+            await self.load(keep_ids)
+        assert self.loaded is not None
+        report, kept = self.loaded
+        start = time.perf_counter()
         self.progress("exchange", None)
         await self.wait_for(lambda status: bool(status["digests_received"]))
         self._timed("digest_exchange", start)
@@ -699,26 +740,37 @@ async def run_party(
     try:
         if resume is not None and not settings.bucketed:
             raise ConfigurationError("resume: the run directory is not of a bucketed run")
+        # Everything about this party's own input is checked before any network: the files,
+        # the key columns and their types, and (in memory) every ID: empty, undecodable and
+        # duplicated IDs are refused before the listening socket opens or a peer is dialled.
+        policy_text = _read_policy(settings.policy)
+        _check_paths(settings)
         if settings.bucketed:
             bucketing = await _prepare_bucketing(settings, resume, events)
-        policy_text = _read_policy(settings.policy)
-        if bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done":
-            # Every peer confirmed before the stop: the enclave releases the sealed result
-            # without them (they may have finished and removed their run directories).
-            _check_paths(settings)
-            keys = _KeyReader(settings.input, settings.key_columns, 1)  # never read
-            await enclave_ready
-        else:
-            # Listen at once (peers may dial while this host loads its libraries); dial only
-            # once the inputs are checked.
-            inputs_checked = asyncio.Event()
-            listening = asyncio.Event()
-
-            def now_listening(endpoint: Endpoint) -> None:
-                listening.set()
-                if on_listening is not None:
-                    on_listening(endpoint)
-
+        # A resumed run whose peers all confirmed before the stop (stage "done"): the enclave
+        # releases the sealed result without them (they may have removed their run
+        # directories), so no key is read and no peer is contacted.
+        done_before = (
+            bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done"
+        )
+        # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
+        keys = _KeyReader(
+            settings.input,
+            settings.key_columns,
+            1 if settings.bucketed else 4,
+            mapped=not _larger_than_memory(settings),
+        )
+        if not done_before:
+            await keys.start()  # a missing column, a refused type or an empty file fail here
+        run = _Run(settings, enclave, [], keys, report_progress)
+        await enclave_ready
+        await _init(run, policy_text, bucketing)
+        if not settings.bucketed:
+            await run.load(keep_ids=settings.include_ids)
+        if not done_before:
+            # Listen and dial only now: a party that dials every peer needs no listener.
+            report_progress("connect", None)
+            connecting = time.perf_counter()
             link_start = asyncio.ensure_future(
                 connect_links(
                     Hello(settings.party_name, settings.session, settings.parties),
@@ -726,31 +778,13 @@ async def run_party(
                     peers=settings.peers,
                     connect_timeout=settings.connect_timeout,
                     idle_timeout=settings.idle_timeout,
-                    on_listening=now_listening,
-                    dial_after=inputs_checked,
+                    on_listening=on_listening,
                 )
             )
-            report_progress("connect", None)
-            if settings.listen is not None:  # let the listener bind (or fail) first
-                bound = asyncio.ensure_future(listening.wait())
-                await asyncio.wait([link_start, bound], return_when=asyncio.FIRST_COMPLETED)
-                bound.cancel()
-                if link_start.done():
-                    link_start.result()  # raises if binding failed
-            _check_paths(settings)
-            # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
-            keys = _KeyReader(
-                settings.input,
-                settings.key_columns,
-                1 if settings.bucketed else 4,
-                mapped=not _larger_than_memory(settings),
-            )
-            await keys.start()  # a missing column or an empty file fails here, before dialling
-            inputs_checked.set()
-            _, links = await asyncio.gather(enclave_ready, link_start)
-        run = _Run(settings, enclave, links, keys, report_progress)
-        run.seconds["connect"] = round(time.perf_counter() - started, 4)
-        result = await _drive(run, policy_text, bucketing)
+            links = await link_start
+            run.links = links
+            run.seconds["connect"] = round(time.perf_counter() - connecting, 4)
+        result = await _drive(run, bucketing)
         keys.cancel()  # a resumed run past its spill reads no keys
     except BaseException as error:
         if keys is not None:
@@ -814,7 +848,11 @@ async def run_party(
                 "duplicate_policy": duplicates.get("policy"),
                 "duplicated_ids": duplicates.get("duplicated_ids"),
                 "duplicate_rows": duplicates.get("duplicate_rows"),
-                "dropped_rows": duplicates.get("dropped_rows"),
+                # Every row left out: empty and undecodable IDs (--skip-invalid) and the
+                # duplicate policy's drops.
+                "dropped_rows": int(report["empty_rows"])
+                + int(report["undecodable_rows"])
+                + int(duplicates.get("dropped_rows") or 0),
             },
             enclave=asdict(enclave.identity),
             peer_enclaves=dict(run.peer_enclaves),
@@ -846,9 +884,8 @@ async def run_party(
     return summary
 
 
-async def _drive(
-    run: _Run, policy_text: str, bucketing: _Bucketing | None
-) -> tuple[Any, Any, np.ndarray, Any]:
+async def _init(run: _Run, policy_text: str, bucketing: _Bucketing | None) -> None:
+    """``INIT``: the session's parameters (and a resumed run's sealed state)."""
     settings = run.settings
     body: list[bytes] = []
     bucket_proposal = None
@@ -882,6 +919,10 @@ async def _drive(
         },
         body,
     )
+
+
+async def _drive(run: _Run, bucketing: _Bucketing | None) -> tuple[Any, Any, np.ndarray, Any]:
+    settings = run.settings
     run.progress("attest", None)
     start = time.perf_counter()
     await asyncio.gather(*(run.handshake(slot, link) for slot, link in enumerate(run.links)))

@@ -33,6 +33,8 @@ class ProgressEvent:
     #: Estimated seconds left in this stage, and in the whole run (``None``: no estimate yet).
     eta: float | None
     run_eta: float | None
+    #: The stage is over (``done`` is where it ended, ``elapsed`` its whole time).
+    finished: bool = False
 
 
 def format_seconds(seconds: float) -> str:
@@ -44,7 +46,16 @@ def format_seconds(seconds: float) -> str:
 
 
 def describe(event: ProgressEvent) -> str:
-    """One line: ``sort: bucket 12/32 (37%), 0:41 left in stage, ~2:10 left in all``."""
+    """One line: ``sort: bucket 12/32 (37%), 0:41 left in stage, ~2:10 left in all``, or
+    at a stage's end ``sort: 32/32 buckets done in 1:05``."""
+    if event.finished:
+        if event.unit == "buckets" and event.done is not None:
+            count = f"{event.done}/{event.total} buckets " if event.total else ""
+        else:
+            count = f"{event.done:,} rows " if event.done else ""
+        return f"{event.stage}: {count}done in {format_seconds(event.elapsed)}"
+    if event.done == 0 and not event.total:
+        return event.stage
     parts = [event.stage]
     if event.done is not None:
         if event.unit == "buckets":
@@ -90,6 +101,7 @@ class ProgressTracker:
         self._total: int | None = None
         self._start = clock()
         self._base = 0
+        self._done = 0
         self._last_report = float("-inf")
         self._finished: dict[str, float] = {}
 
@@ -112,13 +124,20 @@ class ProgressTracker:
 
     def _close_stage(self) -> None:
         if self._stage is not None:
-            self._finished[self._stage] = self._clock() - self._start
+            elapsed = self._clock() - self._start
+            self._finished[self._stage] = elapsed
             self._plan.pop(self._stage, None)
+            self._report(
+                ProgressEvent(
+                    self._stage, self._done, self._total, self._unit, elapsed, 0.0, None, True
+                )
+            )
         self._stage = None
 
     def _emit(self, done: int, *, force: bool) -> None:
         if self._stage is None:
             return
+        self._done = done
         now = self._clock()
         if not force and now - self._last_report < self._min_interval:
             return

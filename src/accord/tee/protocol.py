@@ -223,8 +223,14 @@ class _Loader:
     does.
     """
 
-    def __init__(self, config: _Config, rows_hint: int | None = None) -> None:
+    def __init__(
+        self,
+        config: _Config,
+        rows_hint: int | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
         self._config = config
+        self._random_bytes = random_bytes
         self._tally = IdTally()
         self._key: bytes | None = None
         self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
@@ -259,8 +265,11 @@ class _Loader:
         if self._key is None:
             self._key = key
             waiting, self._waiting = self._waiting, []
-            for keys, rows in waiting:
+            waiting.reverse()
+            while waiting:  # each batch's key bytes are freed as soon as it is digested
+                keys, rows = waiting.pop()
                 self._digest(keys, rows)
+                del keys, rows
 
     def finish(self) -> IdReport:
         """No more batches: refuse invalid IDs (unless skipped); return the input report."""
@@ -273,7 +282,39 @@ class _Loader:
                 raise error
         if self._tally.kept_rows == 0:
             raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
+        if self._key is None and self._config.duplicates is DuplicatePolicy.ERROR:
+            self._refuse_duplicates()
         return self._tally.report()
+
+    def _refuse_duplicates(self) -> None:
+        """Refuse duplicated IDs before the session exists (so before any peer is contacted).
+
+        The IDs wait for the session's digest key. Here they are digested under a one-off
+        key of this enclave (never used again) and the first 64-bit word of each digest is
+        sorted in place (8 bytes a row): distinct words mean distinct IDs. Only when two
+        words are equal (a duplicate, or once in 2**64 two IDs sharing a word) are the full
+        digests sorted to give the exact error, rows and examples the keyed set would give.
+        """
+        if self._random_bytes is None or len(self._waiting) == 0:
+            return
+        key = self._random_bytes(32)
+        columns = len(self._config.key_columns)
+        words = np.concatenate(
+            [keyed_digests(keys, key, key_columns=columns)[:, 0] for keys, _ in self._waiting]
+        )
+        words.sort()
+        suspect = bool(np.any(words[1:] == words[:-1]))
+        del words
+        if not suspect:
+            return
+        digests = np.concatenate(
+            [keyed_digests(keys, key, key_columns=columns) for keys, _ in self._waiting]
+        )
+        rows = np.concatenate([rows for _, rows in self._waiting])
+        error = duplicate_error(sort_bucket(digests, rows, DuplicatePolicy.ERROR).duplicates)
+        del digests, rows
+        if error is not None:
+            raise error
 
     def digest_set(self) -> DigestSet:
         """The canonical digest set (sorted, duplicates handled) once finished and keyed."""
@@ -471,7 +512,9 @@ class EnclaveSession:
                 self._session_secret = bytes.fromhex(self._resumed.state.secret)
                 self._outcome = self._resumed.outcome()
         self._config = config
-        self._loader = _Loader(config, None if config.proposal else rows_hint)
+        self._loader = _Loader(
+            config, None if config.proposal else rows_hint, random_bytes=self._random_bytes
+        )
         self._share = self._random_bytes(_SHARE_BYTES)
         return {}, b""
 

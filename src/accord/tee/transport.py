@@ -335,7 +335,9 @@ async def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     raise last or OSError(f"no address for {endpoint}")
 
 
-async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float) -> PeerLink:
+async def _dial(
+    endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float, connect_timeout: float
+) -> PeerLink:
     delay = 0.02  # a peer that is still starting is retried soon; at most every 0.25 s
     last: BaseException | None = None
     while True:
@@ -352,8 +354,15 @@ async def _dial(endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: f
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 1.5, 0.25)
             continue
+        hello_timeout = max(remaining, 1.0)
         try:
-            peer = await _exchange_hello(sock, own, str(endpoint), max(remaining, 1.0))
+            peer = await _exchange_hello(sock, own, str(endpoint), hello_timeout)
+        except TimeoutError as error:  # (an OSError: caught before the resets below)
+            sock.close()
+            raise PeerError(
+                f"peer at {endpoint} accepted the connection but sent no greeting within "
+                f"--connect-timeout {connect_timeout:g} s; is it an accord align endpoint?"
+            ) from error
         except (asyncio.IncompleteReadError, ConnectionResetError):
             # The listener went away between accept and hello (e.g. still starting): retry.
             sock.close()
@@ -376,12 +385,12 @@ async def connect_links(
     connect_timeout: float,
     idle_timeout: float,
     on_listening: Callable[[Endpoint], None] | None = None,
-    dial_after: asyncio.Event | None = None,
 ) -> list[PeerLink]:
     """Open one link to every other party: dial ``peers``, accept the rest on ``listen``.
 
-    The listener starts at once; dialling waits for ``dial_after`` if given (the caller
-    sets it once its own inputs are checked, so it contacts no peer with a bad input).
+    The caller checks its own inputs first, so it contacts no peer with a bad input. A
+    party that dials every peer needs no listener: ``listen`` is then not opened (and
+    ``on_listening`` not called).
 
     Returns ``parties - 1`` links with distinct peer names, or raises :class:`PeerError`
     (unreachable, too few peers by the deadline) or :class:`ProtocolError` (another
@@ -448,13 +457,15 @@ async def connect_links(
                 ) from error
             server.setblocking(False)
             bound = server.getsockname()
-            logger.info("listening on %s:%s", bound[0], bound[1])
+            listen = Endpoint(str(bound[0]), int(bound[1]))  # the port given may have been 0
+            logger.debug("listening on %s", listen)
             acceptor = asyncio.ensure_future(serve(server))
             if on_listening is not None:
-                on_listening(Endpoint(str(bound[0]), int(bound[1])))
-        if dial_after is not None:
-            await dial_after.wait()
-        dials = [asyncio.ensure_future(_dial(p, own, deadline, idle_timeout)) for p in peers]
+                on_listening(listen)
+        dials = [
+            asyncio.ensure_future(_dial(p, own, deadline, idle_timeout, connect_timeout))
+            for p in peers
+        ]
         try:
             for dial in asyncio.as_completed(dials):
                 links.append(await dial)

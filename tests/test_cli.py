@@ -1,0 +1,88 @@
+"""The ``accord`` command's one voice: bad options, a bare ``accord``, ``certs`` messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from accord.cli import main
+from accord.commands.exit_codes import ExitCode
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["align", "--foo"], "accord align: error: unrecognized arguments: --foo"),
+        (
+            ["align", "identity", "--bar"],
+            "accord align identity: error: unrecognized arguments: --bar",
+        ),
+        (["align", "demo", "--rows", "x"], "accord align demo: error: argument --rows:"),
+        (["server", "--what"], "accord server: error: unrecognized arguments: --what"),
+        (["node"], "accord node: error: the following arguments are required: --server"),
+        (["federate", "--nodes", "x"], "accord federate: error: argument --nodes: invalid int"),
+        (["certs"], "accord certs: error: the following arguments are required: DIR"),
+        (["simulate", "--rounds", "x"], "accord simulate: error: argument --rounds:"),
+        (["nope"], "accord: error: argument COMMAND: invalid choice: 'nope'"),
+    ],
+)
+def test_every_sub_command_refuses_a_bad_option_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == ExitCode.USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    prog = message.split(": error:", maxsplit=1)[0]
+    assert line.startswith(message) and line.endswith(f"(see {prog} --help)")
+
+
+def test_a_bare_accord_prints_the_help_and_exits_with_the_usage_code() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "accord.cli"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == ExitCode.USAGE
+    assert done.stdout.startswith("usage: accord")
+    assert "align" in done.stdout and "simulate" in done.stdout
+    assert done.stderr == ""
+
+
+def test_certs_renew_reports_a_new_id_as_issued_and_says_it_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "creds"
+    assert main(["certs", str(directory), "--nodes", "2"]) == 0
+    made = capsys.readouterr()
+    assert made.err == ""  # the message is on stdout only, not repeated as a log line
+    assert main(["certs", str(directory), "--renew", "node-01,node-09"]) == 0
+    renewed = capsys.readouterr()
+    assert renewed.err == ""
+    lines = renewed.out.splitlines()
+    assert lines[0] == (
+        f"renewed node-01, node-09 in {directory}: 1 certificate revoked, 1 new id issued"
+    )
+    assert lines[1] == (
+        "  node-01: new certificate and token; the old certificate is revoked -> "
+        f"{directory / 'node-01'}"
+    )
+    assert lines[2] == f"  node-09: a new id, nothing to revoke -> {directory / 'node-09'}"
+    revoked = json.loads((directory / "revoked.json").read_text())
+    assert len(revoked["certificates"]) == 1
+    assert main(["certs", str(directory), "--renew", "node-09"]) == 0  # now it was issued
+    assert ": 1 certificate revoked, 0 new ids issued" in capsys.readouterr().out
+    assert len(json.loads((directory / "revoked.json").read_text())["certificates"]) == 2
+
+
+def test_align_help_says_resume_reuses_the_addresses(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["align", "--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "its settings, --listen and --peer included, come from RUN_DIR" in text
+    assert "give --listen/--peer again" not in text
