@@ -234,8 +234,10 @@ def test_bad_options_are_one_line_and_exit_2(
         (["--rounds", "0"], "--rounds: expected an integer >= 1, got 0"),
         (["--alpha", "-1"], "--alpha: expected a number > 0.0, got -1.0"),
         (["--faulty", "11"], "--faulty: expected at most 10 faulty nodes (the node count), got 11"),
-        (["--nodes", "2"], "--faulty: expected at most 2 faulty nodes (the node count), got 3 "
-         "(with --nodes 2)"),
+        (["--nodes", "2", "--faulty", "2"], "--faulty: 2 faulty nodes of 2 leaves no honest "
+         "node in any round; expected fewer than 2"),
+        (["--nodes", "3", "--faulty", "4"], "--faulty: expected at most 3 faulty nodes (the "
+         "node count), got 4"),
         (["--fault", "none", "--faulty", "2"], "--faulty: 2 faulty nodes need a fault recipe, but "
          "--fault none means no faulty node; choose a --fault or drop --faulty"),
         (["--target-accuracy", "1.5"], "--target-accuracy: expected a number <= 1.0, got 1.5"),

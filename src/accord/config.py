@@ -203,6 +203,8 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
         if raw is None and type(None) in typing.get_args(hint):
             return None  # JSON's null for an optional field (TOML leaves the key out)
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if raw is None and len(options) < len(typing.get_args(hint)):
+            return None  # JSON null (TOML has none): the field is not set
         if len(options) == 1:
             return _convert(options[0], raw, source=source, key=key)
         return raw
@@ -308,6 +310,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(  # TOML has no null: a key not set is left out
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
         return "{ " + inner + " }" if inner else "{}"
     return json.dumps(str(value))

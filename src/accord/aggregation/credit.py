@@ -38,7 +38,15 @@ FEATURE_NAMES = (
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
-    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same."""
+    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same.
+    A non-finite value (a loss change that overflowed) scores ``+clip``, the worst; the
+    others are scored among themselves."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        scores = np.full(values.shape, clip, dtype=np.float64)
+        if finite.any():
+            scores[finite] = robust_z(values[finite], clip)
+        return scores
     median = float(np.median(values))
     spread = 1.4826 * float(np.median(np.abs(values - median)))
     floor = 1e-3 * max(abs(median), float(np.abs(values).mean()), 1e-9)

@@ -425,11 +425,13 @@ def scenario_to_npz(data: ScenarioData) -> bytes:
     for node in data.nodes:
         arrays[f"node{node.index}_features"] = node.features
         arrays[f"node{node.index}_labels"] = node.labels
+        if node.flipped_labels is not None:
+            arrays[f"node{node.index}_flipped_labels"] = node.flipped_labels
     index = {
         "name": holdout.train.name,
         "n_classes": holdout.train.n_classes,
         "nodes": [
-            {"node_id": node.node_id, "index": node.index, "faulty": node.faulty}
+            {"node_id": node.node_id, "index": node.index, "fault_group": data.fault_group_of(node)}
             for node in data.nodes
         ],
     }
@@ -455,13 +457,15 @@ def scenario_from_npz(blob: bytes, settings: ScenarioSettings) -> ScenarioData:
             part: Dataset(name, arrays[f"{part}_features"], arrays[f"{part}_labels"], n_classes)
             for part in ("train", "validation", "test")
         }
+        groups = settings.fault_groups
         nodes = tuple(
             NodeData(
                 node_id=str(node["node_id"]),
                 index=int(node["index"]),
                 features=arrays[f"node{node['index']}_features"],
                 labels=arrays[f"node{node['index']}_labels"],
-                faulty=bool(node["faulty"]),
+                fault=None if node["fault_group"] is None else groups[int(node["fault_group"])],
+                flipped_labels=arrays.get(f"node{node['index']}_flipped_labels"),
             )
             for node in index["nodes"]
         )

@@ -12,14 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
-from accord.data.faults import corrupt_gradient, fault_rng
+from accord.data.faults import node_first_gradient
 from accord.rounds import RoundEngine, RoundRecord, RoundSettings
-from accord.scenario import ScenarioData, ScenarioSettings, build_scenario
+from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario
 from accord.simulation.stop import StopConditions, StopTracker
 from accord.training.evaluation import make_validation_fn
 from accord.training.local import LocalTrainer, LocalTrainingSettings
@@ -45,11 +46,13 @@ class SimulationSettings:
 
 @dataclass(frozen=True)
 class TimedRecord:
-    """A round's record plus where its wall time went."""
+    """A round's record plus where its wall time went, and (in a scenario run) ``faulty``:
+    the nodes faulty in that round, sorted (``None`` when not known)."""
 
     record: RoundRecord
     round_seconds: float
     local_training_seconds: float
+    faulty: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,16 +82,13 @@ class Simulation:
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
         self.flat = FlatModel(model)
-        self.trainers = [
-            LocalTrainer(
-                build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
-                node.features,
-                node.labels,
-                settings.local,
-                node_seed(seed, node.index),
-            )
+        self.trainers = [self._trainer(node, node.labels) for node in self.data.nodes]
+        # A label flipper's second trainer, on its flipped labels (its faulty rounds).
+        self.flipped_trainers = {
+            node.index: self._trainer(node, node.flipped_labels)
             for node in self.data.nodes
-        ]
+            if node.flipped_labels is not None
+        }
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -126,28 +126,46 @@ class Simulation:
             server_update=server_update,
         )
 
+    def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
+        seed = self.settings.scenario.seed
+        return LocalTrainer(
+            build_model(self.settings.model, self.data.n_features, self.data.n_classes, seed),
+            node.features,
+            labels,
+            self.settings.local,
+            node_seed(seed, node.index),
+        )
+
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
-        fault = self.settings.scenario.fault
+        """Every node's first gradient, faulty nodes following
+        :func:`accord.data.faults.node_first_gradient` (as a networked node does)."""
         gradients: dict[str, FloatArray] = {}
         for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
-            if node.faulty and fault.kind == "free-rider":
-                gradients[node.node_id] = np.zeros(self.engine.dim, dtype=np.float32)
-                continue
-            honest = trainer.first_gradient(weights, round_index)
-            if node.faulty and not fault.corrupts_labels:
-                rng = fault_rng(self.settings.scenario.seed, node.index, round_index)
-                honest = corrupt_gradient(fault, honest, rng)
-            gradients[node.node_id] = honest
+
+            def train(
+                flipped: bool, trainer: LocalTrainer = trainer, index: int = node.index
+            ) -> FloatArray:
+                chosen = self.flipped_trainers[index] if flipped else trainer
+                return chosen.first_gradient(weights, round_index)
+
+            gradients[node.node_id] = node_first_gradient(
+                self.data.node_fault(node), round_index, train, self.engine.dim
+            )
         return gradients
+
+    def faulty_in_round(self, round_index: int) -> frozenset[str]:
+        """The nodes faulty in round ``round_index`` (0-based)."""
+        return self.data.faulty_in_round(round_index)
 
     def run_round(self) -> TimedRecord:
         started = time.perf_counter()
         weights = np.array(self.engine.global_weights)
         gradients = self.first_gradients(weights, self.engine.round_index)
         local_seconds = time.perf_counter() - started
+        faulty = tuple(sorted(self.data.faulty_in_round(self.engine.round_index)))
         pending = self.engine.aggregate(gradients)
         record = self.engine.conclude(pending)
-        return TimedRecord(record, time.perf_counter() - started, local_seconds)
+        return TimedRecord(record, time.perf_counter() - started, local_seconds, faulty)
 
     def run(
         self,
