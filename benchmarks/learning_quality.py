@@ -55,6 +55,9 @@ REFERENCE = {
 
 
 #: The fields a scenario spec may set, with their defaults (as ``accord simulate``'s).
+#: ``fault``, ``faulty``, ``scale``, ``start``, ``end`` and ``probability`` describe one
+#: fault group (:class:`accord.data.faults.FaultSpec`); ``faults``, a list of dicts with
+#: those FaultSpec fields (``kind``, ``count``, ...), several groups (mixed faults) instead.
 SPEC_DEFAULTS: dict[str, Any] = {
     "dataset": "digits",
     "nodes": 10,
@@ -65,6 +68,10 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "fault": "label-flip",
     "faulty": 0,
     "scale": 4.0,
+    "start": 0,
+    "end": None,
+    "probability": 1.0,
+    "faults": None,
 }
 
 
@@ -81,6 +88,8 @@ def scenario_settings(spec: dict[str, Any], seed: int) -> Any:
             f"scenario spec: unknown keys {unknown}; accepted: {sorted(SPEC_DEFAULTS)}"
         )
     s = {**SPEC_DEFAULTS, **spec}
+    groups = tuple(FaultSpec(**group) for group in s["faults"] or ())
+    single = FaultSpec(s["fault"], s["faulty"], s["scale"], s["start"], s["end"], s["probability"])
     return ScenarioSettings(
         dataset=s["dataset"],
         nodes=s["nodes"],
@@ -88,14 +97,15 @@ def scenario_settings(spec: dict[str, Any], seed: int) -> Any:
         partition=PartitionSpec(
             kind=s["partition"], alpha=s["alpha"], shards_per_node=s["shards_per_node"]
         ),
-        fault=FaultSpec(s["fault"], s["faulty"], s["scale"]),
+        fault=FaultSpec() if groups else single,
+        faults=groups,
         seed=seed,
     )
 
 
 def faulty_in_round(data: Any, round_index: int) -> frozenset[str]:
     """The nodes faulty in one round (the per-round truth of the scenario)."""
-    return frozenset(data.faulty_nodes)
+    return frozenset(data.faulty_in_round(round_index))
 
 
 def run_one(job: tuple[str, Any, str, int]) -> dict[str, Any]:
@@ -221,8 +231,9 @@ def weight_figures(
 
 
 def fault_kind_of(data: Any, node: str) -> str | None:
-    """What the node does when it is faulty."""
-    return str(data.settings.fault.kind)
+    """What the node does when it is faulty (``None``: an honest node)."""
+    fault = next((n.fault for n in data.nodes if n.node_id == node), None)
+    return None if fault is None else str(fault.kind)
 
 
 def _oracle(data: Any) -> Any:

@@ -57,7 +57,8 @@ JUDGED = "actor-critic"
 WIN_POINTS = 1.0
 
 #: name -> {"spec": scenario spec (keys of learning_quality.SPEC_DEFAULTS), "quick": in the
-#: quick subset, "issue": the issue's wording for its six scenarios}.
+#: quick subset, "issue": the issue's wording for its six scenarios, "note": what a
+#: time-varying scenario does}. Round numbers are 0-based round indices.
 ZOO: dict[str, dict[str, Any]] = {
     # ---- the six scenarios of issue 8's table, as it states them
     "issue-bc-8-sign-flip": {
@@ -111,8 +112,7 @@ ZOO: dict[str, dict[str, Any]] = {
         }
     },
     "wine-5-dir1.0-label-flip": {
-        "spec": {"dataset": "wine", "nodes": 5, "alpha": 1.0, "faulty": 1},
-        "quick": True,
+        "spec": {"dataset": "wine", "nodes": 5, "alpha": 1.0, "faulty": 1}
     },
     "hard-10-dir1.0-noise": {
         "spec": {
@@ -169,20 +169,72 @@ ZOO: dict[str, dict[str, Any]] = {
             "faulty": 30,
         }
     },
+    # ---- mixed and time-varying faults (per-round truth: ScenarioData.faulty_in_round)
+    "digits-10-mixed": {
+        "spec": {
+            "faults": [
+                {"kind": "label-flip", "count": 1},
+                {"kind": "noise", "count": 1},
+                {"kind": "scale", "count": 1, "scale": 10.0},
+            ]
+        },
+        "quick": True,
+    },
+    "digits-10-late-label-flip": {
+        "spec": {"faulty": 3, "start": 40},
+        "quick": True,
+        "note": "honest for rounds 0-39, label flippers from round 40",
+    },
+    "digits-10-noise-switches-off": {
+        "spec": {"fault": "noise", "faulty": 3, "end": 50},
+        "quick": True,
+        "note": "noise in rounds 0-49, honest from round 50",
+    },
+    "synthetic-20-intermittent-sign-flip": {
+        "spec": {
+            "dataset": "synthetic",
+            "nodes": 20,
+            "partition": "iid",
+            "fault": "sign-flip",
+            "faulty": 6,
+            "probability": 0.5,
+        },
+        "note": "each of 6 nodes sign-flips in a round with probability 0.5",
+    },
 }
 SUBSETS = {"quick": tuple(n for n, s in ZOO.items() if s.get("quick")), "full": tuple(ZOO)}
 
 
 def fault_kinds_covered() -> set[str]:
-    """Fault kinds the zoo exercises; ``scale`` also as ``scale x<factor>``."""
-    kinds: set[str] = set()
+    """What the zoo exercises: every fault kind, ``scale x<factor>`` per factor, ``mixed``
+    (several groups in one run), ``late-start``, ``switches-off`` and ``intermittent``."""
+    covered: set[str] = set()
     for entry in ZOO.values():
         spec = {**SPEC_DEFAULTS, **entry["spec"]}
-        if spec["faulty"] > 0:
-            kinds.add(spec["fault"])
-            if spec["fault"] == "scale":
-                kinds.add(f"scale x{spec['scale']:g}")
-    return kinds
+        groups = spec["faults"] or [
+            {
+                "kind": spec["fault"],
+                "count": spec["faulty"],
+                "scale": spec["scale"],
+                "start": spec["start"],
+                "end": spec["end"],
+                "probability": spec["probability"],
+            }
+        ]
+        groups = [g for g in groups if g.get("count", 0)]
+        if len(groups) > 1:
+            covered.add("mixed")
+        for group in groups:
+            covered.add(group["kind"])
+            if group["kind"] == "scale":
+                covered.add(f"scale x{group.get('scale', 4.0):g}")
+            if group.get("start", 0) > 0:
+                covered.add("late-start")
+            if group.get("end") is not None:
+                covered.add("switches-off")
+            if group.get("probability", 1.0) < 1.0:
+                covered.add("intermittent")
+    return covered
 
 
 # ----------------------------------------------------------------------------- summary
@@ -555,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             name: {
                 "spec": ZOO[name]["spec"],
                 "issue": ZOO[name].get("issue"),
+                "note": ZOO[name].get("note"),
                 **summarise_scenario(by_scenario[name]),
             }
             for name in scenarios
