@@ -172,6 +172,8 @@ def run_one(job: tuple[str, Any, str, int]) -> dict[str, Any]:
         "faulty_mass_quarters": [float(q.mean()) for q in quarters],
         "faulty_mass_max_from_round_30": float(max(mass[30:])) if len(mass) > 30 else None,
         "weights": weight_figures(probabilities, truth, share, data),
+        "rounds_run": len(round_seconds),
+        "run_seconds": float(np.sum(round_seconds)),
         "mean_round_seconds": float(np.mean(round_seconds)) if round_seconds else None,
         "policy_seconds_per_round": float(np.mean(policy_seconds)) if policy_seconds else None,
         "policy_share_of_round_time": (

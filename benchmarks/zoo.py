@@ -280,6 +280,8 @@ def summarise_scenario(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "faulty_share": {"mean": float(np.mean(shares)), "min": min(shares), "max": max(shares)},
         "policies": policies,
+        # Time in rounds, summed over every run of the scenario (one core each).
+        "run_seconds_total": float(sum(r["run_seconds"] for r in runs)),
     }
     fedavg, oracle = by_policy.get("fedavg"), by_policy.get(ORACLE)
     mild = None
