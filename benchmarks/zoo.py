@@ -292,7 +292,62 @@ def summarise_scenario(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary["mild_fault"] = mild
     if JUDGED in by_policy:
         summary["targets"] = weight_targets(by_policy[JUDGED], mild, shares)
+        summary["accuracy_targets"] = accuracy_targets(by_policy, max(shares) > 0.0)
     return summary
+
+
+#: The rules the judged policy must not fall behind (accuracy floor of issue 8).
+FLOOR_RULES = ("fedavg", "hedge-loo", "fltrust")
+#: The rules it must beat to earn its keep.
+BEST_RULES = ("hedge-loo", "fltrust", "zeno", "median")
+
+
+def accuracy_targets(by_policy: dict[str, list[dict[str, Any]]], faulty: bool) -> dict[str, str]:
+    """Issue 8's accuracy targets for :data:`JUDGED` on one scenario (a diverged seed counts
+    as accuracy 0): the floor (mean at least max(FedAvg, Hedge-LOO, FLTrust) − 0.5 point, no
+    seed more than 3 points below the best of them on that seed), no divergence where
+    Hedge-LOO does not diverge, within 1 point of the oracle (fault scenarios), and whether
+    it beats the best of Hedge-LOO, FLTrust, Zeno and median by > 1 point and > 1 std."""
+    judged = {r["seed"]: r for r in by_policy[JUDGED]}
+    result: dict[str, str] = {}
+    floor = [p for p in FLOOR_RULES if p in by_policy]
+    if floor:
+        means = {p: 100 * float(np.mean([_final(r) for r in by_policy[p]])) for p in floor}
+        mine = 100 * float(np.mean([_final(r) for r in judged.values()]))
+        best = max(means, key=lambda p: means[p])
+        bad_seeds = []
+        for seed, run in judged.items():
+            others = [_final(r) for p in floor for r in by_policy[p] if r["seed"] == seed]
+            if others and 100 * (max(others) - _final(run)) > 3.0:
+                bad_seeds.append(f"seed {seed}: {100 * (max(others) - _final(run)):.1f} below")
+        failures = []
+        if mine < means[best] - 0.5:
+            failures.append(f"mean {mine:.1f} < {best} {means[best]:.1f} - 0.5")
+        failures += bad_seeds
+        result["floor"] = "pass" if not failures else "fail (" + "; ".join(failures) + ")"
+    if "hedge-loo" in by_policy:
+        hedge_diverged = any(r["diverged"] for r in by_policy["hedge-loo"])
+        mine_diverged = [s for s, r in judged.items() if r["diverged"]]
+        result["no_divergence"] = (
+            "pass"
+            if not mine_diverged or hedge_diverged
+            else f"fail (seeds {mine_diverged}; hedge-loo did not diverge)"
+        )
+    if ORACLE in by_policy:
+        gap = 100 * (
+            float(np.mean([_final(r) for r in by_policy[ORACLE]]))
+            - float(np.mean([_final(r) for r in judged.values()]))
+        )
+        result["within_1_of_oracle"] = (
+            "n/a" if not faulty else ("pass" if gap <= 1.0 else f"fail ({gap:.1f} points)")
+        )
+    rules = [p for p in BEST_RULES if p in by_policy]
+    if rules:
+        means = {p: float(np.mean([_final(r) for r in by_policy[p]])) for p in rules}
+        best = max(means, key=lambda p: means[p])
+        tally = compare({"s": by_policy[JUDGED] + by_policy[best]}, JUDGED, best)
+        result["beats_best_rule"] = f"{'yes' if tally['wins']['count'] else 'no'} ({best})"
+    return result
 
 
 def weight_targets(
@@ -301,7 +356,9 @@ def weight_targets(
     """Issue 8's weight targets for one policy's seeds: ``pass``, ``fail (...)`` or ``n/a``.
 
     They apply to faults that cost FedAvg at least 1 point (``mild`` false); the free-rider
-    target is checked whenever there is a free rider.
+    and recovery targets whenever there is a free rider or a fault that switched off (a
+    switched-off fault is judged by FedAvg's *final* accuracy, after it ended, so its cost
+    says nothing about it).
     """
     result: dict[str, str] = {}
     no_fault = max(shares) == 0.0
@@ -340,6 +397,7 @@ def weight_targets(
             if rec["max_weight"] < 0.5 * rec["share"]
         ],
         bool(recoveries),
+        apply=True,
     )
     riders = [(r["seed"], fr) for r in group for fr in r["weights"]["free_riders"]]
     verdict(
@@ -457,6 +515,30 @@ def markdown(output: dict[str, Any]) -> str:
         passed = sum(v == "pass" for _, t in target_rows for v in t.values())
         failed = sum(v.startswith("fail") for _, t in target_rows for v in t.values())
         lines.append(f"\n{passed} checks pass, {failed} fail, the rest do not apply.")
+    accuracy_rows = [
+        (n, r["accuracy_targets"]) for n, r in summary.items() if "accuracy_targets" in r
+    ]
+    if accuracy_rows:
+        keys = list(accuracy_rows[0][1])
+        lines += [
+            "",
+            f"### Accuracy targets of issue 8 for `{JUDGED}`",
+            "",
+            "| scenario | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for name, targets in accuracy_rows:
+            lines.append(f"| {name} | " + " | ".join(targets.get(k, "—") for k in keys) + " |")
+        ceiling = [t.get("within_1_of_oracle", "n/a") for _, t in accuracy_rows]
+        judged_ceiling = [c for c in ceiling if c != "n/a"]
+        wins = sum(t.get("beats_best_rule", "").startswith("yes") for _, t in accuracy_rows)
+        floors = sum(t.get("floor") == "pass" for _, t in accuracy_rows)
+        lines.append(
+            f"\nFloor met in {floors} of {len(accuracy_rows)} scenarios; within 1 point of "
+            f"the oracle in {sum(c == 'pass' for c in judged_ceiling)} of "
+            f"{len(judged_ceiling)} fault scenarios (target: 80 %); beats the best rule in "
+            f"{wins} (target: 3)."
+        )
     agg = output["aggregate"]
     if agg[f"{JUDGED}_against"]:
         lines += [

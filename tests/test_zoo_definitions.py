@@ -133,3 +133,31 @@ def test_weight_figures_follow_the_per_round_truth() -> None:
     assert figures["recoveries"] == [
         {"node": "a", "off_round": 40, "share": 0.4, "max_weight": pytest.approx(0.3)}
     ]
+
+
+def test_accuracy_targets_by_hand() -> None:
+    finals = {
+        "oracle": [0.95, 0.95],
+        "fedavg": [0.90, 0.90],
+        "hedge-loo": [0.93, 0.93],
+        "fltrust": [0.92, 0.92],
+        "zeno": [0.90, 0.90],
+        "median": [0.91, 0.91],
+        "actor-critic": [0.95, 0.89],
+    }
+    by_policy = {p: [_run(p, s, a) for s, a in enumerate(v)] for p, v in finals.items()}
+    # Mean 92.0 against Hedge-LOO's 93.0 − 0.5; seed 1 is 4.0 points below Hedge-LOO's 93;
+    # 3.0 points below the oracle; +2 and −4 against Hedge-LOO (the best rule): a tie.
+    assert zoo.accuracy_targets(by_policy, faulty=True) == {
+        "floor": "fail (mean 92.0 < hedge-loo 93.0 - 0.5; seed 1: 4.0 below)",
+        "no_divergence": "pass",
+        "within_1_of_oracle": "fail (3.0 points)",
+        "beats_best_rule": "no (hedge-loo)",
+    }
+    by_policy["actor-critic"] = [_run("actor-critic", s, 0.945) for s in range(2)]
+    assert zoo.accuracy_targets(by_policy, faulty=True) == {
+        "floor": "pass",
+        "no_divergence": "pass",
+        "within_1_of_oracle": "pass",
+        "beats_best_rule": "yes (hedge-loo)",
+    }
