@@ -151,11 +151,14 @@ def test_same_seed_same_metrics_and_equal_to_the_simulation(
     for policy in ("actor-critic", "fedavg"):
         alone = [t.record.to_json() for t in Simulation(settings, policy).run().rounds]
         ours = [
-            {k: v for k, v in m.items() if k not in ("policy", "round_seconds")}
+            {k: v for k, v in m.items() if k not in ("policy", "round_seconds", "faulty")}
             for m in _metrics(first)
             if m["policy"] == policy
         ]
         assert _without_timings(ours) == _without_timings(alone)
+    # Each line records the round's faulty nodes (static here: the same in every round).
+    summary = json.loads((first / "summary.json").read_text())
+    assert {tuple(m["faulty"]) for m in _metrics(first)} == {tuple(summary["faulty_nodes"])}
 
 
 def test_options_and_config_file_with_options_winning(tmp_path: Path) -> None:
@@ -208,7 +211,18 @@ def test_a_clean_single_policy_run(tmp_path: Path) -> None:
         (["--policies", "fedavg,magic"], "unknown policy 'magic'; accepted: actor-critic"),
         (
             ["--fault", "meteor"],
-            "'free-rider', 'label-flip', 'noise', 'scale', 'sign-flip', 'none'",
+            "argument --fault: expected one of free-rider, label-flip, noise, scale, sign-flip, "
+            "none, or KIND:N,... groups; got 'meteor'",
+        ),
+        (
+            ["--fault", "scale:1:x"],
+            "argument --fault: expected KIND:N[:SCALE] with an integer N and a number SCALE; "
+            "got 'scale:1:x'",
+        ),
+        (
+            ["--fault", "label-flip:2,meteor:1"],
+            "argument --fault: expected fault groups KIND:N[:SCALE],... with KIND from "
+            "free-rider, label-flip, noise, scale, sign-flip; got 'meteor:1'",
         ),
         (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
         (["--rounds", "many"], "argument --rounds: invalid int value: 'many'"),

@@ -400,9 +400,12 @@ def test_a_csv_node_file_loads_and_bad_rows_are_named(tmp_path: Path) -> None:
     cases = {
         "a,b,y\n1,2,0\n": "no label column 'label'; columns are \\['a', 'b', 'y'\\]",
         "a,label\n1,0\nx,1\n": "column 'a': expected numbers, found type string",
-        "a,label\n1,0\n,1\n": "column 'a', row 2: missing or NaN value",
-        "a,label\n1,0\n2,-1\n": "column 'label', row 2: expected an integer label >= 0",
-        "a,label\n1,0\n2,1.5\n": "column 'label', row 2: expected an integer label",
+        "a,label\n1,0\n,1\n": r"column 'a', data row 1 \(0-based\): missing or NaN value$",
+        "a,label\n1,0\n2,-1\n": r"column 'label', data row 1 \(0-based\): expected an "
+        r"integer label >= 0, found -1$",
+        "a,label\n1,0\n2,0.5\n": r"column 'label', data row 1 \(0-based\): expected an "
+        r"integer label >= 0, found 0.5$",
+        "a,label\n1,0\n2,inf\n": r"column 'label', data row 1 \(0-based\): infinite value$",
     }
     for index, (text, message) in enumerate(cases.items()):
         path = tmp_path / f"bad{index}.csv"
@@ -849,3 +852,18 @@ def test_a_federation_worker_sends_what_the_simulation_sends_round_by_round() ->
         honest.start_round(2, weights, digest).tobytes()
         != workers[flipper.node_id].start_round(2, weights, digest).tobytes()
     )
+
+
+def test_fault_groups_survive_the_servers_settings_json() -> None:
+    import json
+
+    settings_ = ServerSettings(
+        run=SimulationSettings(
+            scenario=ScenarioSettings(
+                nodes=6,
+                faults=(FaultSpec("scale", 1, 10.0, start=3), FaultSpec("noise", 1, end=9)),
+            )
+        )
+    )
+    again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
+    assert again == settings_

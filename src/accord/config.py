@@ -16,9 +16,22 @@ fields of :class:`accord.simulation.SimulationSettings`, plus one top-level key,
     kind = "dirichlet"
     alpha = 0.5
 
-    [scenario.fault]         # FaultSpec
+    [scenario.fault]         # FaultSpec: one group of faulty nodes
     kind = "label-flip"
-    count = 3
+    count = 3                # default: 30 % of the nodes, rounded down
+    start = 0                # honest in the first `start` rounds (0-based round index)
+    # end = 60               # honest again from round index `end` on (default: never)
+    probability = 1.0        # faulty in each round of [start, end) with this probability
+
+    # Or several groups (mixed faults), instead of [scenario.fault]:
+    # [[scenario.faults]]
+    # kind = "label-flip"
+    # count = 2
+    # [[scenario.faults]]
+    # kind = "scale"
+    # count = 1
+    # scale = 10.0
+    # start = 30
 
     [model]                  # ModelSpec
     kind = "mlp"

@@ -118,7 +118,9 @@ def leave_one_out_credit(
     candidates = np.concatenate([weights[None, :] - lr * combined, weights[None, :] - lr * without])
     losses = validate(candidates).losses
     loss_after = float(losses[0])
-    credit = losses[1:] - loss_after  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
+    with np.errstate(invalid="ignore"):  # inf − inf: a diverging model
+        credit = losses[1:] - loss_after  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
+    credit = np.where(np.isfinite(credit), credit, 0.0)  # not finite: no information
     if first_gradients.shape[0] == 1:
         credit = np.zeros(1)
     return LeaveOneOut(credit=np.asarray(credit, dtype=np.float64), loss_after=loss_after)

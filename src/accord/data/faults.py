@@ -130,19 +130,29 @@ class FaultSpec:
         draw = np.random.default_rng([scenario_seed, 15485863, node_index, round_index])
         return bool(draw.random() < self.probability)
 
-    def describe(self) -> str:
-        """A few words on the kind and timing, e.g. ``scale x10 (from round 31)``."""
-        text = self.kind
+    def label(self) -> str:
+        """The kind, with the factor where it has one: ``label-flip``, ``scale x10``."""
         if self.kind in ("scale", "sign-flip"):
-            text += f" x{self.scale:g}"
-        when = []
-        if self.probability < 1.0:
-            when.append(f"p={self.probability:g} per round")
+            return f"{self.kind} x{self.scale:g}"
+        return self.kind
+
+    def when(self) -> str:
+        """When the fault is active, in the tables' round numbers (from 1), e.g. ``from
+        round 31 until round 60, p=0.5 per round``; empty for every round."""
+        parts = []
         if self.start > 0:
-            when.append(f"from round {self.start + 1}")
+            parts.append(f"from round {self.start + 1}")
         if self.end is not None:
-            when.append(f"until round {self.end}")
-        return text + (f" ({', '.join(when)})" if when else "")
+            parts.append(f"until round {self.end}")
+        text = " ".join(parts)
+        if self.probability < 1.0:
+            text += (", " if text else "") + f"p={self.probability:g} per round"
+        return text
+
+    def describe(self) -> str:
+        """Kind and timing: ``scale x10`` or ``noise (from round 31, p=0.5 per round)``."""
+        when = self.when()
+        return self.label() + (f" ({when})" if when else "")
 
 
 @dataclass(frozen=True)

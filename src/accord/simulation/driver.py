@@ -19,14 +19,14 @@ from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
 from accord.data.faults import node_first_gradient
-from accord.rounds import RoundEngine, RoundRecord, RoundSettings
+from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
 from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario
 from accord.simulation.stop import StopConditions, StopTracker
 from accord.training.evaluation import make_validation_fn
 from accord.training.local import LocalTrainer, LocalTrainingSettings
 from accord.training.models import FlatModel, ModelSpec, build_model
 
-__all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord"]
+__all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ class RunResult:
     stop_reason: str
     faulty_nodes: tuple[str, ...]
     seconds: float
+
+
+def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -> str | None:
+    """Why a run stops after this round: ``diverged: …`` when the round diverged, else what
+    the stop conditions say (``None``: go on)."""
+    reason = tracker.update(timed.record.validation_accuracy_after, now)
+    if timed.record.diverged is not None:
+        return f"diverged: {timed.record.diverged}"
+    return reason
 
 
 def node_seed(scenario_seed: int, index: int) -> int:
@@ -172,17 +181,24 @@ class Simulation:
         on_round: Callable[[TimedRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> RunResult:
-        """Run rounds until a stop condition holds."""
+        """Run rounds until a stop condition holds, or the model diverges (stop reason
+        ``diverged: …``, see :func:`stop_reason_of_round`)."""
         tracker = StopTracker(self.settings.stop, clock())
         rounds: list[TimedRecord] = []
         started = time.perf_counter()
         while True:
-            timed = self.run_round()
+            try:
+                timed = self.run_round()
+            except DivergedError as error:
+                reason = f"diverged: {error.reason}"
+                logger.warning("%s: %s", self.policy.name, reason)
+                break
             rounds.append(timed)
             if on_round is not None:
                 on_round(timed)
-            reason = tracker.update(timed.record.validation_accuracy_after, clock())
-            if reason is not None:
+            stop_reason = stop_reason_of_round(tracker, timed, clock())
+            if stop_reason is not None:
+                reason = stop_reason
                 logger.info(
                     "%s: stopping after round %d: %s",
                     self.policy.name,
