@@ -117,7 +117,7 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         (
             "[scenario]\nnodez = 3\n",
             r"^{file}: unknown key 'scenario.nodez'; accepted keys in \[scenario\]: dataset, "
-            r"fault, faults, nodes, partition, seed, test_fraction, validation_fraction$",
+            r"fault, faults, nodes, partition, samples, seed, test_fraction, validation_fraction$",
         ),
         (
             "colour = 1\n",

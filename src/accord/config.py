@@ -213,6 +213,8 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
     """Check ``raw`` against the field's type hint; tables become dataclasses."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
+        if raw is None and type(None) in typing.get_args(hint):
+            return None  # JSON's null for an optional field (TOML leaves the key out)
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if raw is None and len(options) < len(typing.get_args(hint)):
             return None  # JSON null (TOML has none): the field is not set

@@ -36,6 +36,7 @@ from accord.aggregation.base import (
     FloatArray,
     RoundFeedback,
     RoundInput,
+    ServerUpdateFn,
     ValidationFn,
     ValidationScores,
 )
@@ -157,6 +158,7 @@ class RoundEngine:
         validate: ValidationFn | None = None,
         test: TestFn | None = None,
         settings: RoundSettings | None = None,
+        server_update: ServerUpdateFn | None = None,
     ) -> None:
         if len(roster) == 0 or len(set(roster)) != len(roster):
             raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
@@ -167,11 +169,17 @@ class RoundEngine:
             raise ConfigurationError(
                 f"policy {aggregator.name!r} needs a server validation set; none was given"
             )
+        if aggregator.root_samples > 0 and server_update is None:
+            raise ConfigurationError(
+                f"policy {aggregator.name!r} needs a server update on a root dataset; "
+                "this driver gives none"
+            )
         self.roster = roster
         self.sample_counts = np.array([float(sample_counts[n]) for n in roster], dtype=np.float64)
         self.aggregator = aggregator
         self.validate = validate
         self.test = test
+        self.server_update = server_update
         self.settings = settings or RoundSettings()
         self.round_index = 0
         self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
@@ -237,6 +245,7 @@ class RoundEngine:
             global_weights=self.global_weights,
             first_gradients=stacked,
             validate=self.validate,
+            server_update=self.server_update,
         )
         started = time.perf_counter()
         aggregation = self.aggregator.aggregate(round_input)

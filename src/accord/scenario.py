@@ -12,13 +12,20 @@ flippers, one ``scale ×10`` node and one free rider. "Faulty" is per node and p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from accord._validation import require_int, require_number
-from accord.data.datasets import HoldoutSplit, load_dataset, split_holdout
+from accord.data.datasets import (
+    MAX_SYNTHETIC_SAMPLES,
+    SYNTHETIC,
+    HoldoutSplit,
+    load_dataset,
+    split_holdout,
+)
 from accord.data.faults import FaultSpec, NodeFault, flip_labels
 from accord.data.partition import PartitionSpec, partition
 from accord.errors import ConfigurationError
@@ -35,6 +42,9 @@ class ScenarioSettings:
     ``fault``: the faulty nodes' group. ``faults``: several groups instead (mixed faults; each
     with a ``count``); when given, ``fault`` must keep its default. A run in which every node
     is faulty in every round is refused.
+
+    ``samples``: size of a generated dataset (``synthetic``, ``synthetic-hard``); ``None``
+    (default) keeps 3,000. The shipped datasets have a fixed size and refuse it.
     """
 
     dataset: str = "digits"
@@ -45,6 +55,7 @@ class ScenarioSettings:
     test_fraction: float = 0.2
     seed: int = 0
     faults: tuple[FaultSpec, ...] = ()
+    samples: int | None = None
 
     def __post_init__(self) -> None:
         require_int("nodes", self.nodes, minimum=1)
@@ -77,6 +88,30 @@ class ScenarioSettings:
             raise ConfigurationError(
                 f"faulty: {total} faulty nodes of {self.nodes} leaves no honest node in any "
                 f"round; expected fewer than {self.nodes}"
+            )
+        if self.samples is not None:
+            self._check_samples(self.samples)
+
+    def _check_samples(self, samples: int) -> None:
+        """A generated dataset only, and enough samples for every node once the validation
+        and test shares are held out."""
+        require_int("samples", samples, minimum=1)
+        if self.dataset not in SYNTHETIC:
+            raise ConfigurationError(
+                f"samples: only a generated dataset ({', '.join(SYNTHETIC)}) can be resized; "
+                f"got samples={samples} with dataset {self.dataset!r}"
+            )
+        pool = 1.0 - self.validation_fraction - self.test_fraction
+        needed = math.ceil(self.nodes * self.partition.min_samples / pool)
+        if samples < needed:
+            raise ConfigurationError(
+                f"samples: expected at least {needed} for {self.nodes} nodes of "
+                f"{self.partition.min_samples} samples each after the validation and test "
+                f"shares, got {samples}"
+            )
+        if samples > MAX_SYNTHETIC_SAMPLES:
+            raise ConfigurationError(
+                f"samples: expected at most {MAX_SYNTHETIC_SAMPLES}, got {samples}"
             )
 
     @property
@@ -171,7 +206,7 @@ def build_scenario(settings: ScenarioSettings) -> ScenarioData:
     """Deterministic in ``settings.seed``: split, partition and choose the faulty nodes
     (one draw of ``sum(counts)`` nodes, handed to the groups in order)."""
     rng = np.random.default_rng([settings.seed, 7919])
-    dataset = load_dataset(settings.dataset, seed=settings.seed)
+    dataset = load_dataset(settings.dataset, seed=settings.seed, samples=settings.samples)
     holdout = split_holdout(dataset, rng, settings.validation_fraction, settings.test_fraction)
     parts = partition(holdout.train.labels, settings.nodes, settings.partition, rng)
     groups = settings.fault_groups

@@ -69,6 +69,7 @@ TABLE_ROWS = 20
 _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--dataset": ("dataset", ("scenario", "dataset")),
     "--nodes": ("nodes", ("scenario", "nodes")),
+    "--samples": ("samples", ("scenario", "samples")),
     "--partition": ("partition", ("scenario", "partition", "kind")),
     "--alpha": ("alpha", ("scenario", "partition", "alpha")),
     "--fault": ("fault", ("scenario", "fault", "kind")),
@@ -166,6 +167,13 @@ def add_scenario_options(group: Any) -> None:
 
     group.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
     group.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    group.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples of a generated dataset (synthetic, synthetic-hard) [3000]",
+    )
     group.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
     group.add_argument(
         "--alpha",

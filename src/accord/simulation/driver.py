@@ -110,6 +110,18 @@ class Simulation:
             )
         )
         holdout = self.data.holdout
+        server_update = None
+        if self.policy.root_samples > 0:
+            # The root dataset: the first root_samples of the (shuffled, stratified)
+            # validation split, trained on with the nodes' own local procedure.
+            root = slice(0, self.policy.root_samples)
+            server_update = LocalTrainer(
+                build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
+                holdout.validation.features[root],
+                holdout.validation.labels[root],
+                settings.local,
+                node_seed(seed, -1),
+            ).first_gradient
         self.engine = RoundEngine(
             roster=tuple(node.node_id for node in self.data.nodes),
             sample_counts={node.node_id: node.sample_count for node in self.data.nodes},
@@ -120,6 +132,7 @@ class Simulation:
             ),
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
+            server_update=server_update,
         )
 
     def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
