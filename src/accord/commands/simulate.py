@@ -347,7 +347,7 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
         return error
     option = _option_of_field(match.group(1))
     if option == "--faulty" and any(
-        name == "--fault" and isinstance(value, tuple) for name, value in given
+        name == "--fault" and isinstance(value, tuple) and value for name, value in given
     ):
         option = "--fault"  # the counts are in the fault groups
     if option is None:
