@@ -774,6 +774,7 @@ def test_sigterm_finishes_the_round_writes_the_summary_and_the_printed_command_r
 
     # Assert: round 3 finished with every node, then the run stopped, resumable
     assert code == ExitCode.TERMINATED, log
+    assert "Traceback" not in log and "Task was destroyed" not in log
     records = run_records(run_dir)
     assert len(records) == 3 and records[2]["dropped"] == {}
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -181,7 +181,8 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
         "--registration-timeout",
         type=float,
         default=None,
-        help="seconds to wait for all expected nodes before starting with a quorum [60]",
+        help="seconds to wait for all expected nodes before starting with a quorum; on "
+        "--resume, for every node of the saved roster before the first round [60]",
     )
     group.add_argument(
         "--quorum-timeout",

@@ -31,7 +31,8 @@ class FederationSettings:
     - ``quorum``: nodes that must be connected to start the run and each round (default:
       ``expected_nodes``).
     - ``registration_timeout``: seconds to wait for every expected node before starting with
-      a quorum (default 60).
+      a quorum (default 60); a resumed run waits as long for every node of its saved roster
+      before its first round (nodes retry at most 2 s apart, so they are back in time).
     - ``quorum_timeout``: seconds to wait for a quorum before a round; then the run stops and
       can be resumed (default 300).
     - ``round_deadline``: seconds the nodes have to send a first gradient or an evaluation
