@@ -949,3 +949,25 @@ def test_a_second_signal_stops_the_server_at_once(
     assert "Ctrl-C again: stopping at once (the last checkpoint is kept)" in log
     assert "Traceback" not in log
     assert run_records(run_dir) == [] and not (run_dir / "summary.json").exists()
+
+
+def test_a_diverging_federated_run_stops_with_the_reason_and_exit_code_4(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: sign-flipping nodes with 35 % of the data make FedAvg's model diverge
+    # (at round 65 in accord simulate with the same options)
+    run_dir = tmp_path / "diverged"
+    options = ["--dataset", "breast-cancer", "--nodes", "8", "--fault", "sign-flip"]
+    options += ["--faulty", "2", "--seed", "0", "--policy", "fedavg", "--rounds", "100"]
+
+    # Act
+    processes.exec("federate", ["federate", "--out", str(run_dir), "--insecure", *options])
+    code = processes.wait("federate", timeout=180)
+
+    # Assert: stopped at the divergence, not after retries, and said so
+    log = processes.log("federate")
+    assert code == ExitCode.DIVERGED, log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    reason = summary["results"]["fedavg"]["stop_reason"]
+    assert reason == "diverged: validation loss is not finite at round 65", reason
+    assert "attempt" not in log and "Traceback" not in log, log

@@ -226,15 +226,13 @@ class RoundEngine:
                 dropped[node] = f"malformed first gradient: {reason}"
         unknown = sorted(set(first_gradients) - set(self.roster))
         for node in unknown:
-            logger.warning(
-                "round %d: ignoring gradient from unknown node %s", self.round_index, node
-            )
+            logger.warning("round %d: ignoring gradient from unknown node %s", number, node)
         for node, reason in dropped.items():
-            logger.warning("round %d: node %s left out: %s", self.round_index, node, reason)
+            logger.warning("round %d: node %s left out: %s", number, node, reason)
         if not usable:
             if dropped and all(reason.endswith("NaN or Inf") for reason in dropped.values()):
                 raise DivergedError(f"every first gradient is not finite at round {number}")
-            raise ProtocolError(f"round {self.round_index}: no usable first gradient")
+            raise ProtocolError(f"round {number}: no usable first gradient")
         present_mask = np.array([node in usable for node in self.roster], dtype=bool)
         stacked = np.stack([usable[node] for node in self.roster if node in usable])
         round_input = RoundInput(

@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     import logging
 
+    from accord.commands.exit_codes import ExitCode
     from accord.commands.server import (
         STOP_GRACE_SECONDS,
         graceful_stop,
@@ -248,4 +249,6 @@ def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
             f"{resume_command('federate', served.run_dir, options)}\n"
         )
         sys.stdout.flush()
+    if served.diverged:
+        return int(ExitCode.DIVERGED)
     return int(stop_exit_code(stop.signal_number))

@@ -481,6 +481,8 @@ def _run(args: argparse.Namespace) -> int:
             progress=display,
             stop_request=stop,
         )
+    if served.diverged:
+        return int(ExitCode.DIVERGED)
     if not served.interrupted:
         return int(stop_exit_code(stop.signal_number))
     what = f"after round {served.rounds}" if served.rounds else "before the first round"

@@ -33,7 +33,7 @@ from accord.errors import InputDataError, PeerError, ProtocolError
 from accord.federation.checkpoint import read_checkpoint, write_checkpoint
 from accord.federation.grid import Evaluation, Grid
 from accord.federation.settings import FederationSettings
-from accord.rounds import RoundEngine, RoundRecord
+from accord.rounds import DivergedError, RoundEngine, RoundRecord
 from accord.simulation.driver import TimedRecord
 from accord.simulation.stop import StopConditions, StopTracker
 
@@ -55,6 +55,8 @@ CHECKPOINT_VERSION = 1
 
 #: The stop reason of a run ended by a :class:`StopRequest`; its checkpoint stays resumable.
 INTERRUPTED = "interrupted"
+#: The stop reason's prefix when the model diverged (the run cannot go on, nor be resumed).
+DIVERGED = "diverged"
 
 #: Builds the engine once the roster is known: (roster, sample counts) -> engine.
 EngineFactory = Callable[[tuple[str, ...], Mapping[str, float]], RoundEngine]
@@ -326,6 +328,10 @@ class FederatedRun:
             failures.update(replies.failures)
             try:
                 pending = engine.aggregate(replies.values, failures)
+            except DivergedError as error:
+                # No retry can help: the model (or the policy's answer) is not finite.
+                reason = f"{DIVERGED}: {error.reason}"
+                break
             except ProtocolError as error:
                 failed_attempts += 1
                 logger.warning(
@@ -363,6 +369,8 @@ class FederatedRun:
                 RoundTraffic(sent_after - sent_before, received_after - received_before)
             )
             reason = tracker.update(record.validation_accuracy_after, self.clock())
+            if record.diverged is not None:
+                reason = f"{DIVERGED}: {record.diverged}"
             if reason is None and self.stop_request.requested:
                 reason = INTERRUPTED
             elapsed = elapsed_before + (time.perf_counter() - started)

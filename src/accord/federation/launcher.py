@@ -251,6 +251,12 @@ class ServedRun:
 
         return self.stop_reason == INTERRUPTED
 
+    @property
+    def diverged(self) -> bool:
+        from accord.federation.driver import DIVERGED
+
+        return self.stop_reason.startswith(DIVERGED)
+
 
 def read_run_file(run_dir: Path) -> dict[str, Any]:
     """``federation.json`` of a run folder, checked: the run id, its settings, and where
