@@ -632,8 +632,7 @@ def in_memory_records(rounds: int, policy: str, node_validation_fraction: float)
     from accord.federation.node_data import split_validation
     from accord.federation.settings import FederationSettings, ServerSettings
     from accord.federation.worker import NodeWorker
-    from accord.scenario import build_scenario
-    from accord.simulation.driver import node_seed
+    from accord.scenario import build_scenario, node_seed
 
     scenario = ScenarioSettings(nodes=NODES, fault=FaultSpec("label-flip", 1), seed=SEED)
     settings = ServerSettings(

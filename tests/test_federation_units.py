@@ -51,8 +51,8 @@ from accord.federation.tensors import (
     weights_digest,
 )
 from accord.federation.worker import NodeFault, NodeWorker
-from accord.scenario import ScenarioSettings, build_scenario
-from accord.simulation.driver import Simulation, SimulationSettings, node_seed
+from accord.scenario import ScenarioSettings, build_scenario, node_seed
+from accord.simulation.driver import Simulation, SimulationSettings
 from accord.simulation.stop import StopConditions
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
@@ -1137,3 +1137,31 @@ def test_an_interrupt_cuts_a_round_short_after_its_grace() -> None:
         hang_up.set()
         channel.close()
         grid.shutdown(None)
+
+
+def test_fltrust_over_the_in_memory_grid_reproduces_the_simulation(
+    small: tuple[Any, Any],
+) -> None:
+    # FLTrust needs the server's own update on its root data: the networked engine builds it
+    # exactly as the simulation does, so the runs are equal.
+    scenario, data = small
+    settings_ = ServerSettings(
+        run=SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=3)),
+        policy="fltrust",
+    )
+    spec, factory = prepare_run(settings_, load_server_data(settings_, data), "run")
+    run = FederatedRun(
+        InMemoryGrid(spec, _workers(scenario, data)),
+        factory,
+        "fltrust",
+        settings_.run.stop,
+        settings_.federation,
+        expected_nodes=scenario.nodes,
+        quorum=scenario.nodes,
+        run_id="run",
+    )
+    federated = run.run()
+    expected = Simulation(settings_.run, "fltrust", data).run()
+    assert len(federated.rounds) == 3
+    for got, want in zip(federated.rounds, expected.rounds, strict=True):
+        assert got.record.to_json() | _timing() == want.record.to_json() | _timing()

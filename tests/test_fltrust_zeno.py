@@ -206,9 +206,8 @@ def test_registry_and_round_engine_wiring() -> None:
 
 def test_the_simulation_gives_fltrust_its_root_dataset_update() -> None:
     from accord.data import FaultSpec
-    from accord.scenario import ScenarioSettings
+    from accord.scenario import ScenarioSettings, node_seed
     from accord.simulation import Simulation, SimulationSettings, StopConditions
-    from accord.simulation.driver import node_seed
     from accord.training.local import LocalTrainer
     from accord.training.models import build_model
 

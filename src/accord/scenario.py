@@ -30,7 +30,7 @@ from accord.data.faults import FaultSpec, NodeFault, flip_labels
 from accord.data.partition import PartitionSpec, partition
 from accord.errors import ConfigurationError
 
-__all__ = ["NodeData", "ScenarioData", "ScenarioSettings", "build_scenario", "node_id"]
+__all__ = ["NodeData", "ScenarioData", "ScenarioSettings", "build_scenario", "node_id", "node_seed"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,12 @@ class ScenarioData:
         if node.fault is None:
             return None
         return self.settings.fault_groups.index(node.fault)
+
+
+def node_seed(scenario_seed: int, index: int) -> int:
+    """The seed of node ``index``'s local training (``-1``: the server's root update), the
+    same in the simulation and in a node process."""
+    return scenario_seed * 1009 + index + 1
 
 
 def node_id(index: int) -> str:

@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
             token_file=None if args.token_file is None else Path(args.token_file),
         )
     if args.scenario_node is not None:
-        from accord.scenario import build_scenario, node_id
-        from accord.simulation.driver import node_seed
+        from accord.scenario import build_scenario, node_id, node_seed
 
         scenario_settings = scenario_from_args(args)
         if not 0 <= args.scenario_node < scenario_settings.nodes:

@@ -20,8 +20,9 @@ from accord.federation.fingerprint import Fingerprint, scenario_summary
 from accord.federation.grid import RunSpec
 from accord.federation.settings import ServerSettings
 from accord.rounds import RoundEngine
-from accord.scenario import ScenarioData, build_scenario
+from accord.scenario import ScenarioData, build_scenario, node_seed
 from accord.training.evaluation import make_validation_fn
+from accord.training.local import root_update
 from accord.training.models import FlatModel, build_model
 
 __all__ = ["ServerData", "load_server_data", "prepare_run"]
@@ -109,6 +110,15 @@ def prepare_run(
             actor_critic=run.actor_critic,
             hedge=run.hedge,
         )
+        server_update = None
+        if policy.root_samples > 0:
+            server_update = root_update(
+                build_model(run.model, data.n_features, data.n_classes, seed),
+                *data.validation,
+                run.local,
+                node_seed(seed, -1),
+                policy.root_samples,
+            )
         return RoundEngine(
             roster=roster,
             sample_counts=counts,
@@ -117,6 +127,7 @@ def prepare_run(
             validate=make_validation_fn(flat, data.validation[0], data.validation[1]),
             test=None if data.test is None else make_validation_fn(flat, *data.test),
             settings=run.rounds,
+            server_update=server_update,
         )
 
     return spec, factory

@@ -535,7 +535,7 @@ def _node_child(
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeFault, NodeWorker
-    from accord.simulation.driver import node_seed
+    from accord.scenario import node_seed
 
     logging.getLogger().setLevel(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends the nodes

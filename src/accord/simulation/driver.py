@@ -20,10 +20,10 @@ from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
 from accord.data.faults import node_first_gradient
 from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
-from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario
+from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario, node_seed
 from accord.simulation.stop import StopConditions, StopTracker
 from accord.training.evaluation import make_validation_fn
-from accord.training.local import LocalTrainer, LocalTrainingSettings
+from accord.training.local import LocalTrainer, LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, ModelSpec, build_model
 
 __all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
@@ -73,10 +73,6 @@ def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -
     return reason
 
 
-def node_seed(scenario_seed: int, index: int) -> int:
-    return scenario_seed * 1009 + index + 1
-
-
 class Simulation:
     """One policy on one scenario, all in this process."""
 
@@ -112,16 +108,14 @@ class Simulation:
         holdout = self.data.holdout
         server_update = None
         if self.policy.root_samples > 0:
-            # The root dataset: the first root_samples of the (shuffled, stratified)
-            # validation split, trained on with the nodes' own local procedure.
-            root = slice(0, self.policy.root_samples)
-            server_update = LocalTrainer(
+            server_update = root_update(
                 build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
-                holdout.validation.features[root],
-                holdout.validation.labels[root],
+                holdout.validation.features,
+                holdout.validation.labels,
                 settings.local,
                 node_seed(seed, -1),
-            ).first_gradient
+                self.policy.root_samples,
+            )
         self.engine = RoundEngine(
             roster=tuple(node.node_id for node in self.data.nodes),
             sample_counts={node.node_id: node.sample_count for node in self.data.nodes},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,7 @@ from accord.aggregation.base import FloatArray
 from accord.errors import InputDataError
 from accord.training.models import FlatModel
 
-__all__ = ["LocalTrainer", "LocalTrainingSettings"]
+__all__ = ["LocalTrainer", "LocalTrainingSettings", "root_update"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,18 @@ class LocalTrainer:
             loss = float(self.loss_fn(logits, self.labels))
             accuracy = float((logits.argmax(dim=1) == self.labels).float().mean())
         return loss, accuracy
+
+
+def root_update(
+    model: nn.Module,
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    settings: LocalTrainingSettings,
+    seed: int,
+    samples: int,
+) -> Callable[[FloatArray, int], FloatArray]:
+    """The server's own update for FLTrust: the nodes' local procedure on the first
+    ``samples`` rows of the server's (shuffled, stratified) validation split. The simulation
+    and the networked server build it alike, so both give the same run."""
+    root = slice(0, samples)
+    return LocalTrainer(model, features[root], labels[root], settings, seed).first_gradient
