@@ -30,15 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model
 
 
 def _versions() -> dict[str, str]:
@@ -170,7 +163,7 @@ def main() -> int:
         },
         "machine": {
             "platform": platform.platform(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "load_average_1min": os.getloadavg()[0],
         },

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_quality import ORACLE, SPEC_DEFAULTS, run_one, scenario_settings
+from machine import cpu_model
 
 #: The policies each scenario runs by default (the oracle is added to every scenario).
 POLICIES = (
@@ -586,16 +587,6 @@ def _cost(name: str) -> float:
     return float(samples) * (1.0 + spec["nodes"] / 20.0)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -699,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         "aggregate": aggregate(by_scenario, policies),
         "wall_seconds": time.perf_counter() - started,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "load_average_start": list(load_start),
             "load_average_end": list(os.getloadavg()),
