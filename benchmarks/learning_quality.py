@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+#: Scenario specs (keys of :data:`SPEC_DEFAULTS`); ``benchmarks/zoo.py`` has many more.
 SCENARIOS: dict[str, dict[str, Any]] = {
     "iid-clean": {"partition": "iid", "fault": "label-flip", "faulty": 0},
     "non-iid-clean": {"partition": "dirichlet", "fault": "label-flip", "faulty": 0},
@@ -33,6 +35,8 @@ POLICIES = (
     "trimmed-mean",
     "krum",
     "hedge-loo",
+    "fltrust",
+    "zeno",
     "actor-critic-patent",
     "actor-critic",
     "actor-critic-frozen",
@@ -50,58 +54,205 @@ REFERENCE = {
 }
 
 
-def run_one(job: tuple[str, str, int, int]) -> dict[str, Any]:
-    scenario_name, policy, seed, rounds = job
-    import torch
+#: The fields a scenario spec may set, with their defaults (as ``accord simulate``'s).
+#: ``fault``, ``faulty``, ``scale``, ``start``, ``end`` and ``probability`` describe one
+#: fault group (:class:`accord.data.faults.FaultSpec`); ``faults``, a list of dicts with
+#: those FaultSpec fields (``kind``, ``count``, ...), several groups (mixed faults) instead.
+SPEC_DEFAULTS: dict[str, Any] = {
+    "dataset": "digits",
+    "nodes": 10,
+    "samples": None,
+    "partition": "dirichlet",
+    "alpha": 0.5,
+    "shards_per_node": 2,
+    "fault": "label-flip",
+    "faulty": 0,
+    "scale": 4.0,
+    "start": 0,
+    "end": None,
+    "probability": 1.0,
+    "faults": None,
+}
 
-    torch.set_num_threads(1)
+
+def scenario_settings(spec: dict[str, Any], seed: int) -> Any:
+    """The :class:`ScenarioSettings` of a scenario spec (a dict of :data:`SPEC_DEFAULTS`
+    keys; unknown keys are an error) for one seed."""
     from accord.data.faults import FaultSpec
     from accord.data.partition import PartitionSpec
     from accord.scenario import ScenarioSettings
+
+    unknown = sorted(set(spec) - set(SPEC_DEFAULTS))
+    if unknown:
+        raise ValueError(
+            f"scenario spec: unknown keys {unknown}; accepted: {sorted(SPEC_DEFAULTS)}"
+        )
+    s = {**SPEC_DEFAULTS, **spec}
+    groups = tuple(FaultSpec(**group) for group in s["faults"] or ())
+    single = FaultSpec(s["fault"], s["faulty"], s["scale"], s["start"], s["end"], s["probability"])
+    return ScenarioSettings(
+        dataset=s["dataset"],
+        nodes=s["nodes"],
+        samples=s["samples"],
+        partition=PartitionSpec(
+            kind=s["partition"], alpha=s["alpha"], shards_per_node=s["shards_per_node"]
+        ),
+        fault=FaultSpec() if groups else single,
+        faults=groups,
+        seed=seed,
+    )
+
+
+def faulty_in_round(data: Any, round_index: int) -> frozenset[str]:
+    """The nodes faulty in one round (the per-round truth of the scenario)."""
+    return frozenset(data.faulty_in_round(round_index))
+
+
+def run_one(job: tuple[str, Any, str, int]) -> dict[str, Any]:
+    """One policy on one scenario and seed: ``(scenario name, ScenarioSettings, policy,
+    rounds)``. A run whose validation loss stops being finite, or whose policy fails, is
+    recorded as diverged at that round (never raised)."""
+    import warnings
+
+    scenario_name, scenario, policy, rounds = job
+    import torch
+
+    torch.set_num_threads(1)
+    from accord.errors import AccordError
+    from accord.scenario import build_scenario
     from accord.simulation import Simulation, SimulationSettings, StopConditions
 
-    spec = SCENARIOS[scenario_name]
-    settings = SimulationSettings(
-        scenario=ScenarioSettings(
-            partition=PartitionSpec(kind=spec["partition"], alpha=0.5),
-            fault=FaultSpec(spec["fault"], spec["faulty"]),
-            seed=seed,
-        ),
-        stop=StopConditions(max_rounds=rounds),
-    )
-    result = Simulation(settings, _oracle(settings) if policy == ORACLE else policy).run()
-    faulty = result.faulty_nodes
-    accuracy = [float(r.record.test_accuracy or 0.0) for r in result.rounds]
-    mass = [sum(r.record.probabilities[n] for n in faulty) for r in result.rounds]
-    round_seconds = [r.round_seconds for r in result.rounds]
-    policy_seconds = [r.record.aggregate_seconds + r.record.learn_seconds for r in result.rounds]
-    quarters = np.array_split(np.array(mass), 4)
+    settings = SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=rounds))
+    data = build_scenario(scenario)
+    simulation = Simulation(settings, _oracle(data) if policy == ORACLE else policy, data=data)
+    counts = {node.node_id: float(node.sample_count) for node in data.nodes}
+    total = sum(counts.values())
+    share = {node: count / total for node, count in counts.items()}
+    ever_faulty: set[str] = set()
+    accuracy: list[float | None] = []
+    mass: list[float] = []
+    probabilities: list[dict[str, float]] = []
+    truth: list[frozenset[str]] = []
+    round_seconds: list[float] = []
+    policy_seconds: list[float] = []
+    diverged: str | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a diverging run is recorded below
+        for round_index in range(rounds):
+            try:
+                timed = simulation.run_round()
+            except (AccordError, FloatingPointError, ValueError) as error:
+                diverged = f"{type(error).__name__} at round {round_index}: {error}"[:300]
+                break
+            record = timed.record
+            faulty = faulty_in_round(data, round_index)
+            ever_faulty |= faulty
+            truth.append(faulty)
+            probabilities.append(record.probabilities)
+            mass.append(sum(record.probabilities[n] for n in faulty))
+            test = record.test_accuracy
+            accuracy.append(None if test is None or not math.isfinite(test) else float(test))
+            round_seconds.append(timed.round_seconds)
+            policy_seconds.append(record.aggregate_seconds + record.learn_seconds)
+            loss = record.validation_loss_after
+            if loss is None or not math.isfinite(loss):
+                diverged = f"validation loss is not finite at round {round_index}"
+                break
+    quarters = np.array_split(np.array(mass), 4) if len(mass) >= 4 else []
     return {
         "scenario": scenario_name,
         "policy": policy,
-        "seed": seed,
+        "seed": scenario.seed,
         "accuracy": accuracy,
-        "faulty_mass_end": mass[-1],
+        "final_accuracy": None if diverged or not accuracy else accuracy[-1],
+        "diverged": diverged,
+        "faulty_share": sum(share[n] for n in ever_faulty),
+        "faulty_mass": mass,
+        "faulty_mass_end": mass[-1] if mass else None,
         "faulty_mass_quarters": [float(q.mean()) for q in quarters],
         "faulty_mass_max_from_round_30": float(max(mass[30:])) if len(mass) > 30 else None,
-        "mean_round_seconds": float(np.mean(round_seconds)),
-        "policy_share_of_round_time": float(np.sum(policy_seconds) / np.sum(round_seconds)),
+        "weights": weight_figures(probabilities, truth, share, data),
+        "rounds_run": len(round_seconds),
+        "run_seconds": float(np.sum(round_seconds)),
+        "mean_round_seconds": float(np.mean(round_seconds)) if round_seconds else None,
+        "policy_seconds_per_round": float(np.mean(policy_seconds)) if policy_seconds else None,
+        "policy_share_of_round_time": (
+            float(np.sum(policy_seconds) / np.sum(round_seconds)) if round_seconds else None
+        ),
     }
 
 
-def _oracle(settings: Any) -> Any:
-    """FedAvg over the honest nodes only (it is told which nodes are faulty)."""
+def weight_figures(
+    probabilities: list[dict[str, float]],
+    truth: list[frozenset[str]],
+    share: dict[str, float],
+    data: Any,
+) -> dict[str, Any]:
+    """The figures behind the weight targets of issue 8, from one run's rounds.
+
+    - ``end``: weight on the nodes faulty in the last round, at the end;
+    - ``max_while_faulty``: the largest total weight, over the rounds from
+      ``max(30, R + 10)`` on, of the nodes faulty in that round whose current faulty stretch
+      began at round R (``None``: no such round);
+    - ``recoveries``: each node whose fault switched off at round s and stayed off for 20
+      rounds: its data share and its largest weight in rounds s..s+19;
+    - ``free_riders``: each free-riding node faulty in the last round: share and end weight.
+    """
+    if not probabilities:
+        return {"end": None, "max_while_faulty": None, "recoveries": [], "free_riders": []}
+    onset: dict[str, int] = {}
+    worst: float | None = None
+    for r, (p, faulty) in enumerate(zip(probabilities, truth, strict=True)):
+        for node in faulty:
+            if r == 0 or node not in truth[r - 1]:
+                onset[node] = r
+        counted = [n for n in faulty if r >= max(30, onset[n] + 10)]
+        if counted:
+            total = sum(p[n] for n in counted)
+            worst = total if worst is None else max(worst, total)
+    recoveries = []
+    for node, node_share in share.items():
+        for s in range(1, len(truth) - 19):
+            if node in truth[s - 1] and all(node not in truth[t] for t in range(s, s + 20)):
+                best = max(probabilities[t][node] for t in range(s, s + 20))
+                recoveries.append(
+                    {"node": node, "off_round": s, "share": node_share, "max_weight": best}
+                )
+    last = truth[-1]
+    free = [
+        {"node": n, "share": share[n], "end_weight": probabilities[-1][n]}
+        for n in sorted(last)
+        if fault_kind_of(data, n) == "free-rider"
+    ]
+    return {
+        "end": sum(probabilities[-1][n] for n in last),
+        "max_while_faulty": worst,
+        "recoveries": recoveries,
+        "free_riders": free,
+    }
+
+
+def fault_kind_of(data: Any, node: str) -> str | None:
+    """What the node does when it is faulty (``None``: an honest node)."""
+    fault = next((n.fault for n in data.nodes if n.node_id == node), None)
+    return None if fault is None else str(fault.kind)
+
+
+def _oracle(data: Any) -> Any:
+    """FedAvg over the nodes honest *in each round* (it is told the per-round truth); FedAvg
+    over every present node in a round where none is honest."""
     from accord.aggregation.base import Aggregation, Aggregator, RoundInput
     from accord.aggregation.combine import expand_to_roster, second_gradient
-    from accord.scenario import build_scenario
-
-    honest = np.array([not node.faulty for node in build_scenario(settings.scenario).nodes])
 
     class HonestFedAvg(Aggregator):
         name = ORACLE
 
         def aggregate(self, round_input: RoundInput) -> Aggregation:
+            faulty = faulty_in_round(data, round_input.round_index)
+            honest = np.array([node not in faulty for node in round_input.roster])
             counts = round_input.present_counts * honest[round_input.present]
+            if counts.sum() <= 0:
+                counts = round_input.present_counts
             probabilities = counts / counts.sum()
             return Aggregation(
                 probabilities=expand_to_roster(probabilities, round_input.present),
@@ -115,11 +266,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "std": float(np.std(values))}
 
 
+def _accuracy(run: dict[str, Any]) -> list[float]:
+    """Test accuracy per round, a round that was not finite counted as 0."""
+    return [0.0 if a is None else float(a) for a in run["accuracy"]] or [0.0]
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best_clean: dict[tuple[str, int], float] = {}
     for run in runs:
         if run["policy"] == "fedavg" and run["scenario"] in REFERENCE.values():
-            best_clean[(run["scenario"], run["seed"])] = max(run["accuracy"])
+            best_clean[(run["scenario"], run["seed"])] = max(_accuracy(run))
     table: dict[str, dict[str, Any]] = {}
     for run in runs:
         table.setdefault(run["scenario"], {}).setdefault(run["policy"], []).append(run)
@@ -133,15 +289,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 hit = None
                 if reference is not None:
                     hit = next(
-                        (i + 1 for i, a in enumerate(run["accuracy"]) if a >= 0.9 * reference),
+                        (i + 1 for i, a in enumerate(_accuracy(run)) if a >= 0.9 * reference),
                         None,
                     )
                 reach.append(hit)
             reached = [r for r in reach if r is not None]
             from_30 = [r["faulty_mass_max_from_round_30"] for r in group]
             summary[scenario][policy] = {
-                "final_accuracy": mean_std([r["accuracy"][-1] for r in group]),
-                "best_accuracy": mean_std([max(r["accuracy"]) for r in group]),
+                "final_accuracy": mean_std([_accuracy(r)[-1] for r in group]),
+                "best_accuracy": mean_std([max(_accuracy(r)) for r in group]),
                 "rounds_to_90pct_of_clean_fedavg_best": (
                     float(np.mean(reached)) if len(reached) == len(reach) else None
                 ),
@@ -196,7 +352,7 @@ def main() -> int:
     policies = args.policies.split(",")
     needed = set(scenarios) | {REFERENCE[s] for s in scenarios}
     jobs = [
-        (scenario, policy, seed, args.rounds)
+        (scenario, scenario_settings(SCENARIOS[scenario], seed), policy, args.rounds)
         for scenario in SCENARIOS
         if scenario in needed
         for policy in POLICIES

@@ -151,11 +151,14 @@ def test_same_seed_same_metrics_and_equal_to_the_simulation(
     for policy in ("actor-critic", "fedavg"):
         alone = [t.record.to_json() for t in Simulation(settings, policy).run().rounds]
         ours = [
-            {k: v for k, v in m.items() if k not in ("policy", "round_seconds")}
+            {k: v for k, v in m.items() if k not in ("policy", "round_seconds", "faulty")}
             for m in _metrics(first)
             if m["policy"] == policy
         ]
         assert _without_timings(ours) == _without_timings(alone)
+    # Each line records the round's faulty nodes (static here: the same in every round).
+    summary = json.loads((first / "summary.json").read_text())
+    assert {tuple(m["faulty"]) for m in _metrics(first)} == {tuple(summary["faulty_nodes"])}
 
 
 def test_options_and_config_file_with_options_winning(tmp_path: Path) -> None:
@@ -208,7 +211,18 @@ def test_a_clean_single_policy_run(tmp_path: Path) -> None:
         (["--policies", "fedavg,magic"], "unknown policy 'magic'; accepted: actor-critic"),
         (
             ["--fault", "meteor"],
-            "'free-rider', 'label-flip', 'noise', 'scale', 'sign-flip', 'none'",
+            "argument --fault: expected one of free-rider, label-flip, noise, scale, sign-flip, "
+            "none, or KIND:N,... groups; got 'meteor'",
+        ),
+        (
+            ["--fault", "scale:1:x"],
+            "argument --fault: expected KIND:N[:SCALE] with an integer N and a number SCALE; "
+            "got 'scale:1:x'",
+        ),
+        (
+            ["--fault", "label-flip:2,meteor:1"],
+            "argument --fault: expected fault groups KIND:N[:SCALE],... with KIND from "
+            "free-rider, label-flip, noise, scale, sign-flip; got 'meteor:1'",
         ),
         (["--model", "cnn"], "argument --model: invalid choice: 'cnn'"),
         (["--rounds", "many"], "argument --rounds: invalid int value: 'many'"),
@@ -234,8 +248,10 @@ def test_bad_options_are_one_line_and_exit_2(
         (["--rounds", "0"], "--rounds: expected an integer >= 1, got 0"),
         (["--alpha", "-1"], "--alpha: expected a number > 0.0, got -1.0"),
         (["--faulty", "11"], "--faulty: expected at most 10 faulty nodes (the node count), got 11"),
-        (["--nodes", "2"], "--faulty: expected at most 2 faulty nodes (the node count), got 3 "
-         "(with --nodes 2)"),
+        (["--nodes", "2", "--faulty", "2"], "--faulty: 2 faulty nodes of 2 leaves no honest "
+         "node in any round; expected fewer than 2"),
+        (["--nodes", "3", "--faulty", "4"], "--faulty: expected at most 3 faulty nodes (the "
+         "node count), got 4"),
         (["--fault", "none", "--faulty", "2"], "--faulty: 2 faulty nodes need a fault recipe, but "
          "--fault none means no faulty node; choose a --fault or drop --faulty"),
         (["--target-accuracy", "1.5"], "--target-accuracy: expected a number <= 1.0, got 1.5"),

@@ -117,7 +117,7 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         (
             "[scenario]\nnodez = 3\n",
             r"^{file}: unknown key 'scenario.nodez'; accepted keys in \[scenario\]: dataset, "
-            r"fault, nodes, partition, seed, test_fraction, validation_fraction$",
+            r"fault, faults, nodes, partition, samples, seed, test_fraction, validation_fraction$",
         ),
         (
             "colour = 1\n",
@@ -141,8 +141,9 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         ("[actor_critic]\nreward_base = 0.5\n", r"^{file}: actor_critic.reward_base = 0.5: "),
         ("scenario = 3\n", r"^{file}: scenario: expected a table \[scenario\], got 3$"),
         (
-            "[scenario]\nnodes = 2\n",  # the default 3 faulty nodes no longer fit
-            r"^{file}: scenario.nodes = 2: expected at most 2 faulty nodes",
+            "[scenario]\nnodes = 2\n[scenario.fault]\ncount = 2\n",  # every node faulty
+            r"^{file}: \[scenario\] 2 faulty nodes of 2 leaves no honest node in any round; "
+            r"expected fewer than 2$",
         ),
         (
             "[scenario]\nnodes = 4\n[scenario.fault]\ncount = 5\n",  # neither alone is wrong
@@ -171,7 +172,7 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    nodes=st.integers(4, 40),
+    nodes=st.integers(5, 40),
     faulty=st.integers(0, 4),
     kind=st.sampled_from(["label-flip", "noise", "free-rider"]),
     alpha=st.floats(0.01, 100.0, allow_nan=False),
@@ -210,3 +211,54 @@ def test_written_config_reads_back_equal(
     path = tmp_path_factory.mktemp("config") / "config.toml"
     path.write_text(simulate_config_to_toml(config), encoding="utf-8")
     assert load_simulate_config(path) == config
+
+
+def test_mixed_and_time_varying_fault_groups_read_back_equal(tmp_path: Path) -> None:
+    faults = (
+        FaultSpec("label-flip", 2),
+        FaultSpec("scale", 1, 10.0, start=20),
+        FaultSpec("free-rider", 1, start=5, end=40, probability=0.25),
+    )
+    config = SimulateConfig(
+        simulation=SimulationSettings(scenario=ScenarioSettings(nodes=8, faults=faults)),
+        policies=("fedavg",),
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(simulate_config_to_toml(config), encoding="utf-8")
+    assert load_simulate_config(path) == config
+    written = _write(
+        tmp_path,
+        "[scenario]\nnodes = 8\n[[scenario.faults]]\nkind = 'label-flip'\ncount = 2\n"
+        "[[scenario.faults]]\nkind = 'scale'\ncount = 1\nscale = 10\nstart = 20\n"
+        "[[scenario.faults]]\nkind = 'free-rider'\ncount = 1\nstart = 5\nend = 40\n"
+        "probability = 0.25\n",
+    )
+    assert load_simulate_config(written).simulation.scenario.faults == faults
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            "[[scenario.faults]]\nkind = 'scale'\n",
+            r"scenario.faults = .*: fault group 1 \(scale\) needs a count$",
+        ),
+        (
+            "[scenario.fault]\ncount = 1\n[[scenario.faults]]\nkind = 'scale'\ncount = 1\n",
+            r"give one fault group \(fault\) or several \(faults\), not both$",
+        ),
+        (
+            "[[scenario.faults]]\nkind = 'scale'\ncount = 1\nstart = 9\nend = 3\n",
+            r"\[scenario.faults\] expected end > start .*, got start 9, end 3$",
+        ),
+        (
+            "[[scenario.faults]]\nkind = 'noise'\ncount = 1\nprobability = 1.5\n",
+            r"scenario.faults.probability = 1.5: expected a number <= 1.0, got 1.5$",
+        ),
+    ],
+)
+def test_bad_fault_groups_give_one_line(tmp_path: Path, text: str, pattern: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_simulate_config(_write(tmp_path, text))
+    assert "\n" not in str(caught.value)
+    assert re.search(pattern, str(caught.value)), str(caught.value)

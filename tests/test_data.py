@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import pytest
 
 from accord.data import FaultSpec, PartitionSpec, corrupt_gradient, flip_labels, partition
 from accord.data.datasets import load_dataset, split_holdout
+from accord.data.faults import NodeFault, node_first_gradient
 from accord.errors import ConfigurationError
 from accord.scenario import ScenarioSettings, build_scenario
 
@@ -92,10 +96,12 @@ def test_scenario_flips_labels_only_on_the_faulty_nodes() -> None:
     assert len(faulty.faulty_nodes) == 3
     for a, b in zip(clean.nodes, faulty.nodes, strict=True):
         np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(b.labels, a.labels)  # a node's own labels
         if b.faulty:
-            np.testing.assert_array_equal(b.labels, 9 - a.labels)
+            assert b.flipped_labels is not None
+            np.testing.assert_array_equal(b.flipped_labels, 9 - a.labels)
         else:
-            np.testing.assert_array_equal(b.labels, a.labels)
+            assert b.flipped_labels is None
 
 
 def test_more_faulty_nodes_than_nodes_is_rejected() -> None:
@@ -132,3 +138,126 @@ def test_loading_digits_does_not_import_scikit_learn() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------ time-varying and mixed faults
+
+
+def test_a_fault_window_makes_a_node_faulty_only_inside_it() -> None:
+    data = build_scenario(
+        ScenarioSettings(nodes=6, fault=FaultSpec("scale", 1, 10.0, start=3, end=6))
+    )
+    (faulty,) = data.faulty_nodes
+    rounds = [round_index for round_index in range(10) if data.faulty_in_round(round_index)]
+    assert rounds == [3, 4, 5]
+    assert data.faulty_in_round(4) == frozenset({faulty})
+    assert data.time_varying
+
+
+def test_a_fault_from_round_r_on_never_switches_off() -> None:
+    data = build_scenario(ScenarioSettings(nodes=6, fault=FaultSpec("noise", 2, start=30)))
+    assert all(not data.faulty_in_round(t) for t in range(30))
+    assert all(data.faulty_in_round(t) == frozenset(data.faulty_nodes) for t in range(30, 200))
+
+
+def test_a_per_round_fault_is_drawn_from_seed_node_and_round_only() -> None:
+    settings = ScenarioSettings(nodes=5, fault=FaultSpec("sign-flip", 2, probability=0.3))
+    first, again = build_scenario(settings), build_scenario(settings)
+    rounds = range(400)
+    assert [first.faulty_in_round(t) for t in rounds] == [again.faulty_in_round(t) for t in rounds]
+    for node in first.nodes:
+        if node.fault is None:
+            continue
+        draws = [node.fault.active(settings.seed, node.index, t) for t in rounds]
+        # Binomial(400, 0.3): mean 120, std 9.2; the bounds are more than 4 std away.
+        assert 80 < sum(draws) < 160
+        assert draws == [node.node_id in first.faulty_in_round(t) for t in rounds]
+    other = build_scenario(dataclasses.replace(settings, seed=1))
+    assert [other.faulty_in_round(t) for t in rounds] != [first.faulty_in_round(t) for t in rounds]
+
+
+def test_mixed_fault_groups_in_one_run() -> None:
+    groups = (FaultSpec("label-flip", 2), FaultSpec("scale", 1, 10.0), FaultSpec("free-rider", 1))
+    data = build_scenario(ScenarioSettings(nodes=8, faults=groups))
+    kinds = sorted(node.fault.kind for node in data.nodes if node.fault is not None)
+    assert kinds == ["free-rider", "label-flip", "label-flip", "scale"]
+    assert len(data.faulty_nodes) == 4
+    assert data.faulty_in_round(0) == frozenset(data.faulty_nodes)
+    for node in data.nodes:
+        assert (node.flipped_labels is not None) == (
+            node.fault is not None and node.fault.kind == "label-flip"
+        )
+        if node.fault is not None:
+            assert data.settings.fault_groups[data.fault_group_of(node) or 0] == node.fault
+
+
+def test_one_group_chooses_the_same_nodes_as_before_groups_existed() -> None:
+    # A single group draws exactly as the single fault did, so published figures hold.
+    single = build_scenario(ScenarioSettings(fault=FaultSpec("noise", 3)))
+    grouped = build_scenario(ScenarioSettings(faults=(FaultSpec("noise", 3),)))
+    assert single.faulty_nodes == grouped.faulty_nodes == ("node-04", "node-07", "node-09")
+
+
+@pytest.mark.parametrize(("nodes", "expected"), [(3, 0), (4, 1), (8, 2), (10, 3), (20, 6)])
+def test_the_default_faulty_count_is_30_percent_rounded_down(nodes: int, expected: int) -> None:
+    assert ScenarioSettings(nodes=nodes).faulty_count == expected
+    assert ScenarioSettings(nodes=nodes, fault=FaultSpec("noise", 1)).faulty_count == 1
+
+
+def test_a_three_node_scenario_has_no_faulty_node_by_default() -> None:
+    assert build_scenario(ScenarioSettings(nodes=3)).faulty_nodes == ()
+
+
+def test_every_node_faulty_in_every_round_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigurationError, match=r"^faulty: 3 faulty nodes of 3 leaves no honest"):
+        ScenarioSettings(nodes=3, fault=FaultSpec("label-flip", 3))
+    with pytest.raises(ConfigurationError, match="leaves no honest node"):
+        ScenarioSettings(nodes=2, faults=(FaultSpec("noise", 1), FaultSpec("scale", 1)))
+    # Honest in some rounds: allowed.
+    ScenarioSettings(nodes=3, fault=FaultSpec("label-flip", 3, start=10))
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        (lambda: FaultSpec(start=-1), r"^fault_start: expected an integer >= 0, got -1$"),
+        (lambda: FaultSpec(start=5, end=5), r"^fault_end: expected end > start"),
+        (lambda: FaultSpec(probability=0.0), r"^fault_probability: expected a number > 0.0"),
+        (lambda: FaultSpec(count=-2), r"^faulty: expected an integer >= 0, got -2$"),
+    ],
+)
+def test_bad_fault_specs_give_one_line(spec: Any, pattern: str) -> None:
+    with pytest.raises(ConfigurationError, match=pattern):
+        spec()
+
+
+def _recording_train(calls: list[bool]) -> Any:
+    def train(flipped: bool) -> np.ndarray:
+        calls.append(flipped)
+        return np.array([3.0, -4.0], dtype=np.float32) * (-1 if flipped else 1)
+
+    return train
+
+
+@pytest.mark.parametrize(
+    ("kind", "faulty_round"),
+    [
+        ("scale", [30.0, -40.0]),
+        ("sign-flip", [-30.0, 40.0]),
+        ("free-rider", [0.0, 0.0]),
+        ("label-flip", [-3.0, 4.0]),
+    ],
+)
+def test_node_first_gradient_follows_the_recipe_only_in_faulty_rounds(
+    kind: str, faulty_round: list[float]
+) -> None:
+    fault = NodeFault(FaultSpec(kind, 1, 10.0, start=2, end=3), scenario_seed=0, node_index=1)
+    calls: list[bool] = []
+    honest = node_first_gradient(fault, 1, _recording_train(calls), 2)
+    np.testing.assert_array_equal(honest, [3.0, -4.0])
+    assert calls == [False]
+    calls.clear()
+    sent = node_first_gradient(fault, 2, _recording_train(calls), 2)
+    np.testing.assert_allclose(sent, faulty_round)
+    assert calls == ({"free-rider": [], "label-flip": [True]}.get(kind, [False]))
+    assert node_first_gradient(None, 2, _recording_train([]), 2).tolist() == [3.0, -4.0]

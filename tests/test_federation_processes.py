@@ -643,7 +643,9 @@ def in_memory_records(rounds: int, policy: str, node_validation_fraction: float)
     for node in data.nodes[:2]:
         seed = node_seed(SEED, node.index)
         x, y, held = split_validation(node.features, node.labels, node_validation_fraction, seed)
-        workers[node.node_id] = NodeWorker(node.node_id, x, y, seed=seed, validation=held)
+        workers[node.node_id] = NodeWorker(
+            node.node_id, x, y, seed=seed, validation=held, fault=data.node_fault(node)
+        )
     spec, factory = prepare_run(settings, load_server_data(settings, data), "run")
     run = FederatedRun(
         InMemoryGrid(spec, workers),

@@ -400,9 +400,12 @@ def test_a_csv_node_file_loads_and_bad_rows_are_named(tmp_path: Path) -> None:
     cases = {
         "a,b,y\n1,2,0\n": "no label column 'label'; columns are \\['a', 'b', 'y'\\]",
         "a,label\n1,0\nx,1\n": "column 'a': expected numbers, found type string",
-        "a,label\n1,0\n,1\n": "column 'a', row 2: missing or NaN value",
-        "a,label\n1,0\n2,-1\n": "column 'label', row 2: expected an integer label >= 0",
-        "a,label\n1,0\n2,1.5\n": "column 'label', row 2: expected an integer label",
+        "a,label\n1,0\n,1\n": r"column 'a', data row 1 \(0-based\): missing or NaN value$",
+        "a,label\n1,0\n2,-1\n": r"column 'label', data row 1 \(0-based\): expected an "
+        r"integer label >= 0, found -1$",
+        "a,label\n1,0\n2,0.5\n": r"column 'label', data row 1 \(0-based\): expected an "
+        r"integer label >= 0, found 0.5$",
+        "a,label\n1,0\n2,inf\n": r"column 'label', data row 1 \(0-based\): infinite value$",
     }
     for index, (text, message) in enumerate(cases.items()):
         path = tmp_path / f"bad{index}.csv"
@@ -791,3 +794,76 @@ def test_a_node_admitted_before_the_roster_is_fixed_and_left_out_is_told_why() -
         hang_up.set()
         channel.close()
         grid.shutdown(None)
+
+
+def test_a_federation_worker_sends_what_the_simulation_sends_round_by_round() -> None:
+    # Time-varying and mixed faults: a label flipper that starts late, a scale node that
+    # switches off, a noise node faulty in each round with probability 0.5.
+    scenario = ScenarioSettings(
+        nodes=5,
+        seed=3,
+        faults=(
+            FaultSpec("label-flip", 1, start=2),
+            FaultSpec("scale", 1, 10.0, end=2),
+            FaultSpec("noise", 1, probability=0.5),
+        ),
+    )
+    simulation = Simulation(
+        SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=1)), "fedavg"
+    )
+    data = simulation.data
+    settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))
+    spec, _ = prepare_run(settings_, load_server_data(settings_, data), "run")
+    workers = {
+        node.node_id: NodeWorker(
+            node.node_id,
+            node.features,
+            node.labels,
+            seed=node_seed(scenario.seed, node.index),
+            fault=data.node_fault(node),
+        )
+        for node in data.nodes
+    }
+    for worker in workers.values():
+        worker.configure(spec)
+    weights = np.array(simulation.engine.global_weights)
+    digest = weights_digest(weights)
+    seen_faulty: set[tuple[str, int]] = set()
+    for round_index in range(4):
+        expected = simulation.first_gradients(weights, round_index)
+        for node_name, worker in workers.items():
+            sent = worker.start_round(round_index, weights, digest)
+            assert sent.tobytes() == expected[node_name].tobytes(), (node_name, round_index)
+        seen_faulty |= {(name, round_index) for name in data.faulty_in_round(round_index)}
+    flipper = next(n for n in data.nodes if n.fault is not None and n.fault.kind == "label-flip")
+    scaler = next(n for n in data.nodes if n.fault is not None and n.fault.kind == "scale")
+    assert {r for name, r in seen_faulty if name == flipper.node_id} == {2, 3}
+    assert {r for name, r in seen_faulty if name == scaler.node_id} == {0, 1}
+    # Honest rounds of the flipper equal an honest node's gradient on its own labels.
+    honest = NodeWorker(
+        flipper.node_id, flipper.features, flipper.labels, seed=workers[flipper.node_id].seed
+    )
+    honest.configure(spec)
+    assert (
+        honest.start_round(0, weights, digest).tobytes()
+        == workers[flipper.node_id].start_round(0, weights, digest).tobytes()
+    )
+    assert (
+        honest.start_round(2, weights, digest).tobytes()
+        != workers[flipper.node_id].start_round(2, weights, digest).tobytes()
+    )
+
+
+def test_fault_groups_survive_the_servers_settings_json() -> None:
+    import json
+
+    settings_ = ServerSettings(
+        run=SimulationSettings(
+            scenario=ScenarioSettings(
+                nodes=6,
+                faults=(FaultSpec("scale", 1, 10.0, start=3), FaultSpec("noise", 1, end=9)),
+            )
+        )
+    )
+    again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
+    assert again == settings_

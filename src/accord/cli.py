@@ -11,13 +11,18 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from accord import __version__
 from accord.commands.exit_codes import ExitCode, exit_code_of
 from accord.errors import AccordError
 
-__all__ = ["main"]
+#: When the ``accord`` command started (``time.perf_counter()``): this module's import,
+#: the console script's first step; a later call of main() in the same process restarts it.
+_entry: dict[str, float] = {"started": time.perf_counter(), "calls": 0}
+
+__all__ = ["entry_seconds", "main"]
 
 # name -> one-line help; the module accord.commands.<name> defines add_parser(subparsers).
 COMMANDS: dict[str, str] = {
@@ -63,7 +68,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def entry_seconds() -> float:
+    """Seconds since the ``accord`` command started (see ``_entry``), not since the OS
+    process started: a shell or pip may have exec'd ``accord`` in a process it started."""
+    return time.perf_counter() - _entry["started"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if _entry["calls"]:
+        _entry["started"] = time.perf_counter()
+    _entry["calls"] += 1
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)

@@ -16,9 +16,22 @@ fields of :class:`accord.simulation.SimulationSettings`, plus one top-level key,
     kind = "dirichlet"
     alpha = 0.5
 
-    [scenario.fault]         # FaultSpec
+    [scenario.fault]         # FaultSpec: one group of faulty nodes
     kind = "label-flip"
-    count = 3
+    count = 3                # default: 30 % of the nodes, rounded down
+    start = 0                # honest in the first `start` rounds (0-based round index)
+    # end = 60               # honest again from round index `end` on (default: never)
+    probability = 1.0        # faulty in each round of [start, end) with this probability
+
+    # Or several groups (mixed faults), instead of [scenario.fault]:
+    # [[scenario.faults]]
+    # kind = "label-flip"
+    # count = 2
+    # [[scenario.faults]]
+    # kind = "scale"
+    # count = 1
+    # scale = 10.0
+    # start = 30
 
     [model]                  # ModelSpec
     kind = "mlp"
@@ -200,7 +213,11 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
     """Check ``raw`` against the field's type hint; tables become dataclasses."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
+        if raw is None and type(None) in typing.get_args(hint):
+            return None  # JSON's null for an optional field (TOML leaves the key out)
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if raw is None and len(options) < len(typing.get_args(hint)):
+            return None  # JSON null (TOML has none): the field is not set
         if len(options) == 1:
             return _convert(options[0], raw, source=source, key=key)
         return raw
@@ -306,6 +323,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(  # TOML has no null: a key not set is left out
+            f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+        )
         return "{ " + inner + " }" if inner else "{}"
     return json.dumps(str(value))

@@ -9,6 +9,13 @@ their accuracy on ``w_{t+1}``.
 
 A first gradient that is missing, of the wrong shape or dtype, or not finite is left out of
 the round with a logged reason; probabilities are renormalised over the rest.
+
+A run whose model diverges ends: non-finite probabilities from the policy, a non-finite
+second gradient or new weights, every first gradient non-finite (:meth:`RoundEngine.aggregate`
+raises :class:`DivergedError`), or a non-finite validation or test loss of the new weights
+(:meth:`RoundEngine.conclude` returns the round's record with ``diverged`` set, without
+letting the policy learn from it; the next ``aggregate`` raises). Rounds in these messages
+are numbered from 1, as in the tables.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from accord.aggregation.base import (
     FloatArray,
     RoundFeedback,
     RoundInput,
+    ServerUpdateFn,
     ValidationFn,
     ValidationScores,
 )
 from accord.errors import ConfigurationError, ProtocolError
 
 __all__ = [
+    "DivergedError",
     "PendingRound",
     "RoundEngine",
     "RoundRecord",
@@ -46,6 +55,15 @@ logger = logging.getLogger(__name__)
 
 #: Scores flat weights on a held-out set: (K, dim) -> losses and accuracies.
 TestFn = Callable[[FloatArray], ValidationScores]
+
+
+class DivergedError(ProtocolError):
+    """The run's model diverged; ``reason`` says how and in which round (from 1), e.g.
+    ``validation loss is not finite at round 48``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -103,8 +121,12 @@ class RoundRecord:
     aggregate_seconds: float
     learn_seconds: float
     diagnostics: dict[str, float] = field(default_factory=dict)
+    #: Why the run diverged in this round (its last), e.g. ``validation loss is not finite
+    #: at round 48``; ``None`` for a healthy round.
+    diverged: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if self.diverged is None else {"diverged": self.diverged}
         return {
             "round": self.round_index,
             "probabilities": self.probabilities,
@@ -119,6 +141,7 @@ class RoundRecord:
             "aggregate_seconds": self.aggregate_seconds,
             "learn_seconds": self.learn_seconds,
             "diagnostics": self.diagnostics,
+            **extra,
         }
 
 
@@ -135,6 +158,7 @@ class RoundEngine:
         validate: ValidationFn | None = None,
         test: TestFn | None = None,
         settings: RoundSettings | None = None,
+        server_update: ServerUpdateFn | None = None,
     ) -> None:
         if len(roster) == 0 or len(set(roster)) != len(roster):
             raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
@@ -145,16 +169,23 @@ class RoundEngine:
             raise ConfigurationError(
                 f"policy {aggregator.name!r} needs a server validation set; none was given"
             )
+        if aggregator.root_samples > 0 and server_update is None:
+            raise ConfigurationError(
+                f"policy {aggregator.name!r} needs a server update on a root dataset; "
+                "this driver gives none"
+            )
         self.roster = roster
         self.sample_counts = np.array([float(sample_counts[n]) for n in roster], dtype=np.float64)
         self.aggregator = aggregator
         self.validate = validate
         self.test = test
+        self.server_update = server_update
         self.settings = settings or RoundSettings()
         self.round_index = 0
         self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
         self._scores_of_current: tuple[float, float] | None = None  # (loss, accuracy) of w_t
         self._federated_accuracy: float | None = None  # nodes' accuracy of w_t, if federated
+        self.diverged: str | None = None  # why the run cannot go on, once it diverged
 
     @property
     def global_weights(self) -> FloatArray:
@@ -177,6 +208,9 @@ class RoundEngine:
         ``failures`` carries nodes the driver already knows failed (timeouts, errors).
         Raises :class:`ProtocolError` when no usable first gradient arrived.
         """
+        if self.diverged is not None:
+            raise DivergedError(self.diverged)
+        number = self.round_index + 1  # rounds in messages count from 1, as in the tables
         dropped: dict[str, str] = dict(failures or {})
         usable: dict[str, FloatArray] = {}
         for node in self.roster:
@@ -198,6 +232,8 @@ class RoundEngine:
         for node, reason in dropped.items():
             logger.warning("round %d: node %s left out: %s", self.round_index, node, reason)
         if not usable:
+            if dropped and all(reason.endswith("NaN or Inf") for reason in dropped.values()):
+                raise DivergedError(f"every first gradient is not finite at round {number}")
             raise ProtocolError(f"round {self.round_index}: no usable first gradient")
         present_mask = np.array([node in usable for node in self.roster], dtype=bool)
         stacked = np.stack([usable[node] for node in self.roster if node in usable])
@@ -209,14 +245,18 @@ class RoundEngine:
             global_weights=self.global_weights,
             first_gradients=stacked,
             validate=self.validate,
+            server_update=self.server_update,
         )
         started = time.perf_counter()
         aggregation = self.aggregator.aggregate(round_input)
         aggregate_seconds = time.perf_counter() - started
-        _check_aggregation(aggregation, present_mask, self.dim)
-        new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
-            aggregation.second_gradient
-        )
+        _check_aggregation(aggregation, present_mask, self.dim, self.aggregator.name, number)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked just below
+            new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
+                aggregation.second_gradient
+            )
+        if not np.isfinite(new_weights).all():
+            raise DivergedError(f"the new weights are not finite at round {number}")
         return PendingRound(
             round_index=self.round_index,
             present=tuple(node for node in self.roster if node in usable),
@@ -257,8 +297,22 @@ class RoundEngine:
         if federated_accuracy_after is not None:
             accuracy_before = self._federated_accuracy
             accuracy_after = federated_accuracy_after
+        test_loss: float | None = None
+        test_accuracy: float | None = None
+        if self.test is not None:
+            test_scores = self.test(pending.new_weights[None, :])
+            test_loss, test_accuracy = (
+                float(test_scores.losses[0]),
+                float(test_scores.accuracies[0]),
+            )
+        diverged: str | None = None
+        number = self.round_index + 1
+        if loss_after is not None and not np.isfinite(loss_after):
+            diverged = f"validation loss is not finite at round {number}"
+        elif test_loss is not None and not np.isfinite(test_loss):
+            diverged = f"test loss is not finite at round {number}"
         learn_seconds = 0.0
-        if accuracy_before is not None and accuracy_after is not None:
+        if diverged is None and accuracy_before is not None and accuracy_after is not None:
             started = time.perf_counter()
             self.aggregator.learn(
                 RoundFeedback(
@@ -272,14 +326,6 @@ class RoundEngine:
             learn_seconds = time.perf_counter() - started
         if federated_accuracy_after is not None:
             self._federated_accuracy = federated_accuracy_after
-        test_loss: float | None = None
-        test_accuracy: float | None = None
-        if self.test is not None:
-            test_scores = self.test(pending.new_weights[None, :])
-            test_loss, test_accuracy = (
-                float(test_scores.losses[0]),
-                float(test_scores.accuracies[0]),
-            )
         self._weights = pending.new_weights
         self._scores_of_current = (
             (loss_after, accuracy_after)
@@ -303,7 +349,11 @@ class RoundEngine:
             aggregate_seconds=pending.aggregate_seconds,
             learn_seconds=learn_seconds,
             diagnostics=self.aggregator.diagnostics(),
+            diverged=diverged,
         )
+        if diverged is not None:
+            logger.warning("%s: diverged: %s", self.aggregator.name, diverged)
+            self.diverged = diverged
         self.round_index += 1
         return record
 
@@ -332,13 +382,32 @@ class RoundEngine:
         self.aggregator.load_state_dict(state["aggregator"])
 
 
-def _check_aggregation(aggregation: Aggregation, present: npt.NDArray[np.bool_], dim: int) -> None:
-    """A policy bug must not silently corrupt the model: check its answer."""
+def _check_aggregation(
+    aggregation: Aggregation,
+    present: npt.NDArray[np.bool_],
+    dim: int,
+    policy: str = "policy",
+    round_number: int | None = None,
+) -> None:
+    """A policy bug must not silently corrupt the model: check its answer. Non-finite
+    probabilities or second gradient mean the run diverged (:class:`DivergedError`); any
+    other malformed answer is a :class:`ProtocolError`. Both name the policy and round."""
+    where = "" if round_number is None else f" at round {round_number}"
     p = aggregation.probabilities
-    if p.shape != present.shape or not np.isfinite(p).all() or np.any(p < -1e-9):
-        raise ProtocolError(f"policy returned invalid probabilities {p}")
+    if p.shape != present.shape:
+        raise ProtocolError(
+            f"policy {policy} returned {p.shape} probabilities for {present.shape[0]} nodes{where}"
+        )
+    if not np.isfinite(p).all():
+        raise DivergedError(f"policy {policy} returned non-finite probabilities{where}")
+    if np.any(p < -1e-9):
+        raise ProtocolError(f"policy {policy} returned negative probabilities{where}: {p}")
     if abs(float(p.sum()) - 1.0) > 1e-6 or np.any(p[~present] > 0):
-        raise ProtocolError(f"policy probabilities must sum to 1 over present nodes: {p}")
+        raise ProtocolError(
+            f"policy {policy}'s probabilities must sum to 1 over present nodes{where}: {p}"
+        )
     g = aggregation.second_gradient
-    if g.shape != (dim,) or g.dtype != np.float32 or not np.isfinite(g).all():
-        raise ProtocolError("policy returned a malformed second gradient")
+    if g.shape != (dim,) or g.dtype != np.float32:
+        raise ProtocolError(f"policy {policy} returned a malformed second gradient{where}")
+    if not np.isfinite(g).all():
+        raise DivergedError(f"the second gradient is not finite{where}")

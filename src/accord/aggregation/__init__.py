@@ -11,28 +11,36 @@ from accord.aggregation.base import (
     Aggregator,
     RoundFeedback,
     RoundInput,
+    ServerUpdateFn,
     ValidationFn,
     ValidationScores,
 )
 from accord.aggregation.baselines import CoordinateMedian, FedAvg, Krum, TrimmedMean
 from accord.aggregation.combine import data_size_probabilities, second_gradient
+from accord.aggregation.fltrust import FLTrust, FLTrustSettings
 from accord.aggregation.hedge import HedgeLoo, HedgeLooSettings
 from accord.aggregation.registry import POLICIES, make_policy
+from accord.aggregation.zeno import Zeno, ZenoSettings
 
 __all__ = [
     "POLICIES",
     "Aggregation",
     "Aggregator",
     "CoordinateMedian",
+    "FLTrust",
+    "FLTrustSettings",
     "FedAvg",
     "HedgeLoo",
     "HedgeLooSettings",
     "Krum",
     "RoundFeedback",
     "RoundInput",
+    "ServerUpdateFn",
     "TrimmedMean",
     "ValidationFn",
     "ValidationScores",
+    "Zeno",
+    "ZenoSettings",
     "data_size_probabilities",
     "make_policy",
     "second_gradient",

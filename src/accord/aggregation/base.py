@@ -2,10 +2,11 @@
 
 A round gives the policy a :class:`RoundInput` (the first gradients of the nodes that
 answered, their data sizes, the global weights and, when the server holds a validation
-set, a function that scores candidate weights). The policy answers with an
-:class:`Aggregation`: per-node probabilities over the whole roster (zero for nodes that did
-not answer) and the second gradient. After the update is applied it receives a
-:class:`RoundFeedback` to learn from. Nothing here touches files or the network.
+set, a function that scores candidate weights; for a policy that asks for it, the
+server's own first gradient on a small root dataset, see :data:`ServerUpdateFn`). The
+policy answers with an :class:`Aggregation`: per-node probabilities over the whole roster
+(zero for nodes that did not answer) and the second gradient. After the update is applied
+it receives a :class:`RoundFeedback` to learn from. Nothing here touches files or the network.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "FloatArray",
     "RoundFeedback",
     "RoundInput",
+    "ServerUpdateFn",
     "ValidationFn",
     "ValidationScores",
 ]
@@ -50,6 +52,13 @@ class ValidationScores:
 #: Scores a (K, dim) stack of flat weight vectors on the server's validation set.
 ValidationFn = Callable[[FloatArray], ValidationScores]
 
+#: ``(w_t, round_index) -> w_t − w_root``: the server trains a copy of ``w_t`` on its own
+#: small *root dataset* with the nodes' local procedure and returns the model delta, a first
+#: gradient of its own (FLTrust's reference update). The validation function cannot stand in
+#: for it: it scores weights, it gives no gradient. The driver builds it only for a policy
+#: whose :attr:`Aggregator.root_samples` is positive.
+ServerUpdateFn = Callable[[FloatArray, int], FloatArray]
+
 
 @dataclass(frozen=True)
 class RoundInput:
@@ -57,7 +66,8 @@ class RoundInput:
 
     ``roster`` lists every registered node in a fixed order; ``present`` marks those whose
     first gradient arrived and passed the checks; ``first_gradients`` holds one row per
-    present node, in roster order.
+    present node, in roster order. ``server_update`` is given to policies that ask for it
+    (:attr:`Aggregator.root_samples` > 0) and ``None`` otherwise.
     """
 
     round_index: int
@@ -67,6 +77,7 @@ class RoundInput:
     global_weights: FloatArray
     first_gradients: FloatArray
     validate: ValidationFn | None
+    server_update: ServerUpdateFn | None = None
 
     def __post_init__(self) -> None:
         n_present = int(self.present.sum())
@@ -118,6 +129,9 @@ class Aggregator(ABC):
     name: str = "aggregator"
     #: Whether the policy needs the server's validation function every round.
     needs_validation: bool = False
+    #: How many of the server's validation samples the policy's server update trains on
+    #: (FLTrust's root dataset); 0: the policy needs no server update.
+    root_samples: int = 0
 
     @abstractmethod
     def aggregate(self, round_input: RoundInput) -> Aggregation:

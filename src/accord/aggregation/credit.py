@@ -47,7 +47,15 @@ FEATURE_NAMES = (
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
-    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same."""
+    """``(v − median) / (1.4826 · MAD)``, clipped; zeros when every value is the same.
+    A non-finite value (a loss change that overflowed) scores ``+clip``, the worst; the
+    others are scored among themselves."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        scores = np.full(values.shape, clip, dtype=np.float64)
+        if finite.any():
+            scores[finite] = robust_z(values[finite], clip)
+        return scores
     median = float(np.median(values))
     spread = 1.4826 * float(np.median(np.abs(values - median)))
     floor = 1e-3 * max(abs(median), float(np.abs(values).mean()), 1e-9)
@@ -156,6 +164,8 @@ def leave_one_out_credit(
         without = leave_one_out_gradients(probabilities, first_gradients, combined)
     candidates = np.concatenate([weights[None, :] - lr * combined, weights[None, :] - lr * without])
     scores = validate(candidates)
+    # A diverging candidate (inf or NaN loss) counts as very bad, so removing the node
+    # that makes a step diverge is credited, never NaN.
     losses = np.nan_to_num(scores.losses, nan=1e6, posinf=1e6)
     loss_after = float(scores.losses[0])
     credit = losses[1:] - losses[0]  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)

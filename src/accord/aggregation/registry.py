@@ -14,7 +14,9 @@ from accord.aggregation.baselines import (
     TrimmedMean,
     TrimmedMeanSettings,
 )
+from accord.aggregation.fltrust import FLTrust, FLTrustSettings
 from accord.aggregation.hedge import HedgeLoo, HedgeLooSettings
+from accord.aggregation.zeno import Zeno, ZenoSettings
 
 __all__ = ["POLICIES", "make_policy"]
 
@@ -25,10 +27,12 @@ POLICIES = (
     "actor-critic-frozen",
     "actor-critic-patent",
     "fedavg",
+    "fltrust",
     "hedge-loo",
     "krum",
     "median",
     "trimmed-mean",
+    "zeno",
 )
 
 
@@ -41,6 +45,8 @@ def make_policy(
     hedge: HedgeLooSettings | None = None,
     krum: KrumSettings | None = None,
     trimmed_mean: TrimmedMeanSettings | None = None,
+    fltrust: FLTrustSettings | None = None,
+    zeno: ZenoSettings | None = None,
 ) -> Aggregator:
     """A fresh policy. ``actor_critic`` is an :class:`ActorCriticSettings` whose ``mode``,
     ``learning``, ``seed`` and ``server_learning_rate`` the name and arguments override."""
@@ -53,6 +59,11 @@ def make_policy(
         return TrimmedMean(trimmed_mean)
     if name == "krum":
         return Krum(krum)
+    if name == "fltrust":
+        return FLTrust(fltrust)
+    if name == "zeno":
+        base_zeno = zeno or ZenoSettings()
+        return Zeno(dataclasses.replace(base_zeno, server_learning_rate=server_learning_rate))
     if name == "hedge-loo":
         base = hedge or HedgeLooSettings()
         return HedgeLoo(dataclasses.replace(base, server_learning_rate=server_learning_rate))

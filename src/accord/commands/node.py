@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from accord.federation.auth import load_node_credentials
     from accord.federation.client import NodeClient, NodeSettings, parse_failpoints
     from accord.federation.node_data import split_validation
-    from accord.federation.worker import NodeFault, NodeWorker
+    from accord.federation.worker import NodeWorker
 
     logger = logging.getLogger("accord.commands.node")
     # Credentials first: a mistake there should not wait for the data to load.
@@ -127,15 +127,12 @@ def run(args: argparse.Namespace) -> int:
                 f"scenario_node: expected 0..{scenario_settings.nodes - 1}, got "
                 f"{args.scenario_node}"
             )
-        node = build_scenario(scenario_settings).nodes[args.scenario_node]
+        scenario = build_scenario(scenario_settings)
+        node = scenario.nodes[args.scenario_node]
         node_name = args.node_id or node_id(args.scenario_node)
         seed = node_seed(scenario_settings.seed, node.index)
         features, labels = node.features, node.labels
-        fault = (
-            NodeFault(scenario_settings.fault, scenario_settings.seed, node.index)
-            if node.faulty
-            else None
-        )
+        fault = scenario.node_fault(node)  # the worker flips a label flipper's labels
     else:
         from accord.federation.node_data import load_table
 

@@ -46,6 +46,8 @@ __all__ = [
     "add_training_options",
     "config_from_args",
     "describe_scenario",
+    "fault_option",
+    "faulty_mass_note",
     "layer_widths",
     "policy_list",
     "process_age",
@@ -67,11 +69,15 @@ TABLE_ROWS = 20
 _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--dataset": ("dataset", ("scenario", "dataset")),
     "--nodes": ("nodes", ("scenario", "nodes")),
+    "--samples": ("samples", ("scenario", "samples")),
     "--partition": ("partition", ("scenario", "partition", "kind")),
     "--alpha": ("alpha", ("scenario", "partition", "alpha")),
     "--fault": ("fault", ("scenario", "fault", "kind")),
     "--faulty": ("faulty", ("scenario", "fault", "count")),
     "--fault-scale": ("fault_scale", ("scenario", "fault", "scale")),
+    "--fault-start": ("fault_start", ("scenario", "fault", "start")),
+    "--fault-end": ("fault_end", ("scenario", "fault", "end")),
+    "--fault-probability": ("fault_probability", ("scenario", "fault", "probability")),
     "--seed": ("seed", ("scenario", "seed")),
     "--validation-fraction": ("validation_fraction", ("scenario", "validation_fraction")),
     "--test-fraction": ("test_fraction", ("scenario", "test_fraction")),
@@ -129,6 +135,39 @@ def policy_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def fault_option(text: str) -> str | tuple[tuple[str, int, float | None], ...]:
+    """argparse type of ``--fault``: a kind (or ``none``), or several fault groups as
+    ``KIND:N[:SCALE]`` separated by commas (``label-flip:2,scale:1:10,free-rider:1``)."""
+    from accord.data import FAULT_KINDS
+
+    kinds = ", ".join((*sorted(FAULT_KINDS), NO_FAULT))
+    text = text.strip()
+    if ":" not in text and "," not in text:
+        if text not in (*FAULT_KINDS, NO_FAULT):
+            raise argparse.ArgumentTypeError(
+                f"expected one of {kinds}, or KIND:N,... groups; got {text!r}"
+            )
+        return text
+    groups: list[tuple[str, int, float | None]] = []
+    for part in text.split(","):
+        fields = part.strip().split(":")
+        if len(fields) not in (2, 3) or fields[0] not in FAULT_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"expected fault groups KIND:N[:SCALE],... with KIND from "
+                f"{', '.join(sorted(FAULT_KINDS))}; got {part.strip()!r}"
+            )
+        try:
+            count = int(fields[1])
+            scale = float(fields[2]) if len(fields) == 3 else None
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(
+                "expected KIND:N[:SCALE] with an integer N and a number SCALE; got "
+                f"{part.strip()!r}"
+            ) from error
+        groups.append((fields[0], count, scale))
+    return tuple(groups)
+
+
 def layer_widths(text: str) -> tuple[int, ...]:
     """argparse type of ``--hidden``: comma-separated positive layer widths."""
     try:
@@ -149,6 +188,13 @@ def add_scenario_options(group: Any) -> None:
 
     group.add_argument("--dataset", choices=DATASETS, default=None, help="[digits]")
     group.add_argument("--nodes", type=int, default=None, help="number of nodes [10]")
+    group.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples of a generated dataset (synthetic, synthetic-hard) [3000]",
+    )
     group.add_argument("--partition", choices=PARTITIONS, default=None, help="[dirichlet]")
     group.add_argument(
         "--alpha",
@@ -158,13 +204,46 @@ def add_scenario_options(group: Any) -> None:
     )
     group.add_argument(
         "--fault",
-        choices=(*sorted(FAULT_KINDS), NO_FAULT),
+        type=fault_option,
         default=None,
-        help="what the faulty nodes do [label-flip]",
+        metavar="KIND|KIND:N[:SCALE],...",
+        help=f"what the faulty nodes do: one of {', '.join((*sorted(FAULT_KINDS), NO_FAULT))} "
+        "[label-flip]; or several groups in one run, e.g. label-flip:2,scale:1:10,free-rider:1 "
+        "(N nodes each, SCALE for scale and sign-flip; --faulty and --fault-scale then do not "
+        "apply)",
     )
-    group.add_argument("--faulty", type=int, default=None, metavar="N", help="faulty nodes [3]")
+    group.add_argument(
+        "--faulty",
+        type=int,
+        default=None,
+        metavar="N",
+        help="faulty nodes [30%% of --nodes rounded down: 3 of 10, 0 of 3]; a run with every "
+        "node faulty in every round is refused",
+    )
     group.add_argument(
         "--fault-scale", type=float, default=None, help="factor of sign-flip and scale faults [4]"
+    )
+    group.add_argument(
+        "--fault-start",
+        type=int,
+        default=None,
+        metavar="R",
+        help="faulty nodes are honest in the first R rounds and faulty from round R+1 on [0]",
+    )
+    group.add_argument(
+        "--fault-end",
+        type=int,
+        default=None,
+        metavar="R",
+        help="faulty nodes are honest again after round R (faulty in rounds START+1..R) [never]",
+    )
+    group.add_argument(
+        "--fault-probability",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="a faulty node is faulty in each round of its window with probability Q, drawn "
+        "from the seed, node and round [1]",
     )
     group.add_argument(
         "--validation-fraction",
@@ -275,16 +354,30 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
     if match is None:
         return error
     option = _option_of_field(match.group(1))
+    if option == "--faulty" and any(
+        name == "--fault" and isinstance(value, tuple) for name, value in given
+    ):
+        option = "--fault"  # the counts are in the fault groups
     if option is None:
         return error
     text = f"{option}: {match.group(2)}"
-    others = [f"{name} {_show(value)}" for name, value in given if name != option]
+    others = [
+        f"{name} {_show(value)}"
+        for name, value in given
+        if name != option and value != () and not dataclasses.is_dataclass(value)
+    ]
     if others and option not in {name for name, _ in given}:
         text += f" (with {', '.join(others)})"
     return ConfigurationError(text)
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, tuple) and value and hasattr(value[0], "kind"):  # fault groups
+        return ",".join(
+            f"{group.kind}:{group.count}"
+            + (f":{group.scale:g}" if group.kind in ("scale", "sign-flip") else "")
+            for group in value
+        )
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
@@ -322,6 +415,11 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
         value = getattr(args, dest, None)
         if value is not None:
             overrides[path] = (option, value)
+    if isinstance(getattr(args, "fault", None), tuple):
+        overrides[("scenario", "faults")] = ("--fault", _fault_groups(args, overrides))
+        overrides[("scenario", "fault")] = ("--fault", _default_fault())  # a config's is replaced
+    elif any(getattr(args, name, None) is not None for name in ("fault", "faulty", "fault_scale")):
+        overrides[("scenario", "faults")] = ("--fault", ())  # one group replaces a config's
     if getattr(args, "fault", None) == NO_FAULT:
         del overrides[_OPTION_FIELDS["--fault"][1]]
         if args.faulty not in (None, 0):
@@ -331,6 +429,54 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[str, Any
             )
         overrides[_OPTION_FIELDS["--faulty"][1]] = ("--fault", 0)
     return overrides
+
+
+def _default_fault() -> Any:
+    from accord.data.faults import FaultSpec
+
+    return FaultSpec()
+
+
+def _fault_groups(
+    args: argparse.Namespace, overrides: dict[tuple[str, ...], tuple[str, Any]]
+) -> tuple[Any, ...]:
+    """``--fault KIND:N[:SCALE],...`` as fault groups, each with the timing options given;
+    the single-fault overrides are taken out of ``overrides``."""
+    from accord.data.faults import FaultSpec
+    from accord.errors import ConfigurationError
+
+    for option in ("--faulty", "--fault-scale"):
+        if getattr(args, _OPTION_FIELDS[option][0], None) is not None:
+            raise ConfigurationError(
+                f"{option}: does not apply to fault groups; give N and SCALE in --fault "
+                "KIND:N[:SCALE],..."
+            )
+    timing = {}
+    for option, name in (
+        ("--fault-start", "start"),
+        ("--fault-end", "end"),
+        ("--fault-probability", "probability"),
+    ):
+        path = _OPTION_FIELDS[option][1]
+        if path in overrides:
+            timing[name] = overrides.pop(path)[1]
+    overrides.pop(_OPTION_FIELDS["--fault"][1], None)
+    groups = []
+    for kind, count, scale in args.fault:
+        try:
+            groups.append(
+                FaultSpec(kind, count, **({} if scale is None else {"scale": scale}), **timing)
+            )
+        except ConfigurationError as error:
+            raise _name_option(error, [("--fault", _show_groups(args.fault))]) from error
+    return tuple(groups)
+
+
+def _show_groups(groups: Sequence[tuple[str, int, float | None]]) -> str:
+    return ",".join(
+        f"{kind}:{count}" + ("" if scale is None else f":{scale:g}")
+        for kind, count, scale in groups
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulateConfig:
@@ -417,11 +563,13 @@ def scenario_to_npz(data: ScenarioData) -> bytes:
     for node in data.nodes:
         arrays[f"node{node.index}_features"] = node.features
         arrays[f"node{node.index}_labels"] = node.labels
+        if node.flipped_labels is not None:
+            arrays[f"node{node.index}_flipped_labels"] = node.flipped_labels
     index = {
         "name": holdout.train.name,
         "n_classes": holdout.train.n_classes,
         "nodes": [
-            {"node_id": node.node_id, "index": node.index, "faulty": node.faulty}
+            {"node_id": node.node_id, "index": node.index, "fault_group": data.fault_group_of(node)}
             for node in data.nodes
         ],
     }
@@ -447,13 +595,15 @@ def scenario_from_npz(blob: bytes, settings: ScenarioSettings) -> ScenarioData:
             part: Dataset(name, arrays[f"{part}_features"], arrays[f"{part}_labels"], n_classes)
             for part in ("train", "validation", "test")
         }
+        groups = settings.fault_groups
         nodes = tuple(
             NodeData(
                 node_id=str(node["node_id"]),
                 index=int(node["index"]),
                 features=arrays[f"node{node['index']}_features"],
                 labels=arrays[f"node{node['index']}_labels"],
-                faulty=bool(node["faulty"]),
+                fault=None if node["fault_group"] is None else groups[int(node["fault_group"])],
+                flipped_labels=arrays.get(f"node{node['index']}_flipped_labels"),
             )
             for node in index["nodes"]
         )
@@ -554,12 +704,23 @@ class RoundTable:
         subs = " | ".join(sub for _ in self.policies)
         return [f"round | {names}".rstrip(), f"      | {subs}".rstrip()]
 
-    def row(self, round_number: int, cells: Mapping[str, tuple[float | None, float] | None]) -> str:
+    def row(
+        self,
+        round_number: int,
+        cells: Mapping[str, tuple[float | None, float] | str | None],
+    ) -> str:
+        """``cells``: per policy (test accuracy, faulty mass), or its stop reason (or
+        ``None``) once it stopped: shown as ``(diverged)``, ``(failed)`` or ``(stopped)``."""
         parts = []
         for policy in self.policies:
             cell = cells.get(policy)
-            if cell is None:
-                text = "(stopped)"
+            if cell is None or isinstance(cell, str):
+                reason = cell or ""
+                text = (
+                    "(diverged)"
+                    if reason.startswith("diverged")
+                    else ("(failed)" if reason.startswith("failed") else "(stopped)")
+                )
             else:
                 accuracy, mass = cell
                 text = f"{_fmt(accuracy):>8}"
@@ -578,8 +739,13 @@ def summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -
     head += "  round ms  policy share  stop reason"
     lines = [head]
     for name, entry in results.items():
+        final = (
+            "diverged"
+            if entry.get("diverged")
+            else ("failed" if entry["stop_reason"].startswith("failed") else None)
+        )
         line = (
-            f"{name:<{width}}  {_fmt(entry['final_test_accuracy']):>9}  "
+            f"{name:<{width}}  {final or _fmt(entry['final_test_accuracy']):>9}  "
             f"{_fmt(entry['best_test_accuracy']):>8}  {entry['rounds']:>6}"
         )
         if with_faulty:
@@ -604,11 +770,14 @@ def describe_scenario(data: ScenarioData, settings: SimulationSettings) -> str:
         if partition.kind == "dirichlet"
         else ("IID" if partition.kind == "iid" else f"{partition.shards_per_node} label shards")
     )
-    faulty = (
-        f"{len(data.faulty_nodes)} {scenario.fault.kind} nodes ({', '.join(data.faulty_nodes)})"
-        if data.faulty_nodes
-        else "no faulty node"
-    )
+    groups = []
+    for group in scenario.fault_groups:
+        members = [node.node_id for node in data.nodes if node.fault == group]
+        if members:
+            noun = "node" if len(members) == 1 else "nodes"
+            when = f" {group.when()}" if group.when() else ""
+            groups.append(f"{len(members)} {group.label()} {noun}{when} ({', '.join(members)})")
+    faulty = ", ".join(groups) if groups else "no faulty node"
     return f"{scenario.dataset}, {scenario.nodes} nodes, {split}, {faulty}"
 
 
@@ -736,18 +905,24 @@ def _drive(
     started: float,
     startup: Mapping[str, float],
 ) -> int:
+    """Run the policies round by round. A policy whose model diverges, or that gives a
+    malformed answer, ends alone (its stop reason says why and in which round); the others
+    go on. Exit: 130 on Ctrl-C, 1 if a policy failed, 4 if one diverged, else 0."""
     from tqdm import tqdm
 
+    from accord.commands.exit_codes import ExitCode
+    from accord.errors import ProtocolError
     from accord.reporting.summary import faulty_mass
-    from accord.simulation.driver import RunResult
+    from accord.rounds import DivergedError
+    from accord.simulation.driver import RunResult, stop_reason_of_round
     from accord.simulation.stop import StopTracker
 
     faulty = data.faulty_nodes
     max_rounds = settings.stop.max_rounds
     every = args.every or max(1, math.ceil(max_rounds / TABLE_ROWS))
     table = RoundTable(policies, with_faulty=bool(faulty))
-    bar = tqdm(
-        total=max_rounds * len(policies),
+    bar = tqdm(  # one step per round of the run, all policies together
+        total=max_rounds,
         file=sys.stderr,
         disable=quiet or not sys.stderr.isatty(),
         unit="round",
@@ -779,28 +954,44 @@ def _drive(
         round_number = 0
         while active:
             round_number += 1
-            cells: dict[str, tuple[float | None, float] | None] = {}
+            cells: dict[str, tuple[float | None, float] | str | None] = {
+                name: reasons[name] for name in policies if name in reasons
+            }
             for name in list(active):
                 if "run_to_first_round_seconds" not in timing:
                     timing["run_to_first_round_seconds"] = time.perf_counter() - started
-                    timing["process_to_first_round_seconds"] = process_age()
-                timed = simulations[name].run_round()
+                    timing["process_to_first_round_seconds"] = _entry_age()
+                try:
+                    timed = simulations[name].run_round()
+                except DivergedError as error:
+                    reasons[name] = f"diverged: {error.reason}"
+                    cells[name] = reasons[name]
+                    active.remove(name)
+                    continue
+                except ProtocolError as error:  # a malformed answer from this policy
+                    reasons[name] = f"failed: {error}"
+                    cells[name] = reasons[name]
+                    active.remove(name)
+                    continue
                 if "process_to_first_round_done_seconds" not in timing:
-                    timing["process_to_first_round_done_seconds"] = process_age()
+                    timing["process_to_first_round_done_seconds"] = _entry_age()
                 rounds[name].append(timed)
                 folder.append_round(name, timed)
                 spent[name] += timed.round_seconds
                 record = timed.record
-                cells[name] = (record.test_accuracy, faulty_mass(record, faulty))
-                reason = trackers[name].update(record.validation_accuracy_after, spent[name])
-                bar.update(1)
+                mass = faulty_mass(record, timed.faulty if timed.faulty is not None else faulty)
+                cells[name] = (record.test_accuracy, mass)
+                reason = stop_reason_of_round(trackers[name], timed, spent[name])
                 if reason is not None:
                     reasons[name] = reason
                     active.remove(name)
-                    bar.total -= max_rounds - round_number
-                    bar.refresh()
+                    if record.diverged is not None:
+                        cells[name] = reason
+            bar.update(1)
             bar.set_postfix_str(
-                " ".join(f"{n}={_fmt(c[0], '.3f')}" for n, c in cells.items() if c is not None),
+                " ".join(
+                    f"{n}={_fmt(c[0], '.3f')}" for n, c in cells.items() if isinstance(c, tuple)
+                ),
                 refresh=False,
             )
             if not quiet and (round_number % every == 0 or round_number == 1 or not active):
@@ -849,13 +1040,34 @@ def _drive(
     for line in summary_lines(summary["results"], with_faulty=bool(faulty)):
         say(line)
     if faulty:
-        share = summary["faulty_data_share"]
-        say(
-            f"(faulty mass: probability on the faulty nodes at the end; FedAvg gives them "
-            f"their data share, {_fmt(share, '.3f')})"
-        )
+        say(faulty_mass_note(summary["faulty_data_share"], policies, data.time_varying))
     say(f"run folder: {folder.path}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return int(ExitCode.INTERRUPTED)
+    if any(reason.startswith("failed") for reason in reasons.values()):
+        return int(ExitCode.FAILED)
+    if any(reason.startswith("diverged") for reason in reasons.values()):
+        return int(ExitCode.DIVERGED)
+    return int(ExitCode.OK)
+
+
+def faulty_mass_note(share: float | None, policies: Sequence[str], time_varying: bool) -> str:
+    """The footnote under the final table that says what "faulty mass" is."""
+    what = (
+        "probability on the nodes faulty in the last round"
+        if time_varying
+        else "probability on the faulty nodes at the end"
+    )
+    if "fedavg" in policies:
+        return f"(faulty mass: {what}; FedAvg gives them their data share, {_fmt(share, '.3f')})"
+    return f"(faulty mass: {what}; the faulty nodes' data share is {_fmt(share, '.3f')})"
+
+
+def _entry_age() -> float | None:
+    """Seconds since the ``accord`` command started (:func:`accord.cli.entry_seconds`)."""
+    from accord.cli import entry_seconds
+
+    return entry_seconds()
 
 
 def _summary(
@@ -865,6 +1077,20 @@ def _summary(
     settings: SimulationSettings,
     timing: Mapping[str, float | None],
 ) -> dict[str, Any]:
+    """The content of ``summary.json``.
+
+    ``faulty_nodes``: the nodes in a fault group (faulty in some round); ``fault_groups``:
+    each group in words; ``time_varying``: whether a faulty node is honest in some rounds
+    (then each ``metrics.jsonl`` line's ``faulty`` lists that round's faulty nodes, and the
+    faulty masses use them). ``diverged``: the policies whose model diverged (exit code 4).
+
+    ``timing`` (seconds): ``run_to_*_seconds`` count from the start of ``accord simulate``'s
+    ``run`` (torch imported, policies, scenario and simulations ready, first round started);
+    ``process_to_first_round_seconds`` and ``process_to_first_round_done_seconds`` count from
+    the ``accord`` entry point (the import of :mod:`accord.cli`, the console script's first
+    step; or the call of :func:`accord.cli.main` when called in a process that had imported it
+    before), not from the start of the OS process, which may have run something else first.
+    """
     import datetime as dt
     import platform
 
@@ -886,6 +1112,11 @@ def _summary(
         "policies": [r.policy for r in results],
         "roster": [node.node_id for node in data.nodes],
         "faulty_nodes": list(data.faulty_nodes),
+        "fault_groups": [
+            group.describe() for group in settings.scenario.fault_groups if group.count
+        ],
+        "time_varying": data.time_varying,
+        "diverged": [r.policy for r in results if r.stop_reason.startswith("diverged")],
         "sample_counts": counts,
         "faulty_data_share": data_share(counts, data.faulty_nodes),
         "timing": dict(timing),

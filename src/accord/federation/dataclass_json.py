@@ -4,6 +4,7 @@ importing anything heavy: a process that has not imported torch can use it."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, TypeVar
 
 from accord.errors import ConfigurationError
@@ -25,6 +26,10 @@ def settings_from_json(cls: type[T], data: object, where: str = "settings") -> T
         raise ConfigurationError(f"{where}: expected a JSON object, got {type(data).__name__}")
     template = cls()
     names = {f.name for f in dataclasses.fields(template)}  # type: ignore[arg-type]
+    try:
+        hints: dict[str, Any] = typing.get_type_hints(cls)
+    except NameError:  # a hint only known to type checkers: no typed tuples here
+        hints = {}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigurationError(f"{where}: unknown fields {unknown}")
@@ -35,6 +40,13 @@ def settings_from_json(cls: type[T], data: object, where: str = "settings") -> T
         if dataclasses.is_dataclass(default) and not isinstance(default, type):
             value = settings_from_json(type(default), raw, f"{where}.{name}")
         elif isinstance(default, tuple) and isinstance(raw, list):
-            value = tuple(raw)
+            item = (typing.get_args(hints.get(name)) or (None,))[0]
+            if dataclasses.is_dataclass(item) and isinstance(item, type):  # e.g. fault groups
+                value = tuple(
+                    settings_from_json(item, entry, f"{where}.{name}[{index}]")
+                    for index, entry in enumerate(raw)
+                )
+            else:
+                value = tuple(raw)
         values[name] = value
     return cls(**values)

@@ -455,7 +455,11 @@ def _node_child(
         labels,
         seed=seed,
         validation=validation,
-        fault=NodeFault(scenario.fault, scenario.seed, index) if node["faulty"] else None,
+        fault=(
+            None
+            if node["fault_group"] < 0
+            else NodeFault(scenario.fault_groups[int(node["fault_group"])], scenario.seed, index)
+        ),
     )
     credentials = (
         None if credentials_dir is None else load_node_credentials(credentials_dir / worker.node_id)
@@ -572,6 +576,7 @@ def federate(
                                 "node_id": node.node_id,
                                 "index": node.index,
                                 "faulty": node.faulty,
+                                "fault_group": _fault_group(scenario, node),
                                 "features": node.features,
                                 "labels": node.labels,
                             }
@@ -649,3 +654,10 @@ def _reap(
                 deadline = time.monotonic() + 2.0
         time.sleep(0.02)
     return dict(rss)
+
+
+def _fault_group(scenario: Any, node: Any) -> int:
+    """The index of ``node``'s fault group in the scenario settings' ``fault_groups``, or
+    -1 for an honest node (the node process rebuilds its recipe from it)."""
+    group = scenario.fault_group_of(node)
+    return -1 if group is None else int(group)

@@ -2,7 +2,8 @@
 
 A file holds one row per sample: numeric feature columns and an integer label column
 (labels ``0 .. C−1``, the same coding at every node). Every problem is reported with the
-file, the column and the first bad row. ``pyarrow`` is imported only when a file is read.
+file, the column and the first bad row, as a 0-based data row (the header is not a row),
+as ``accord align`` counts rows. ``pyarrow`` is imported only when a file is read.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def load_table(path: Path, label_column: str) -> LabelledTable:
     if bad.size:
         row = int(bad[0])
         raise InputDataError(
-            f"{path}: column {label_column!r}, row {row + 1}: expected an integer label "
-            f">= 0, found {labels_float[row]!r}"
+            f"{path}: column {label_column!r}, data row {row} (0-based): expected an integer "
+            f"label >= 0, found {float(labels_float[row]):g}"
         )
     return LabelledTable(
         features=np.ascontiguousarray(np.stack(columns, axis=1)),
@@ -85,12 +86,14 @@ def _numeric(path: Path, table: object, column: str) -> npt.NDArray[np.float64]:
     nulls = pc.is_null(data, nan_is_null=True)
     if pc.any(nulls).as_py():
         row = int(pc.index(nulls, True).as_py())
-        raise InputDataError(f"{path}: column {column!r}, row {row + 1}: missing or NaN value")
+        raise InputDataError(
+            f"{path}: column {column!r}, data row {row} (0-based): missing or NaN value"
+        )
     values = np.asarray(data.to_numpy(), dtype=np.float64)
     infinite = np.flatnonzero(~np.isfinite(values))
     if infinite.size:
         row = int(infinite[0])
-        raise InputDataError(f"{path}: column {column!r}, row {row + 1}: infinite value")
+        raise InputDataError(f"{path}: column {column!r}, data row {row} (0-based): infinite value")
     return values
 
 

@@ -3,8 +3,8 @@
 :class:`NodeWorker` holds the node's samples and its model between rounds, and computes the
 first gradient exactly as :class:`accord.simulation.Simulation` does for the same node (the
 same :class:`~accord.training.local.LocalTrainer`, the same seed
-:func:`accord.simulation.driver.node_seed`, the same faulty-node recipe with noise from
-:func:`accord.data.faults.fault_rng`), so a networked
+:func:`accord.simulation.driver.node_seed`, the same faulty-node recipe: the one function
+:func:`accord.data.faults.node_first_gradient`, per round), so a networked
 run and an in-process run of the same scenario reach the same metrics.
 
 Everything the server sends is checked before it is applied: dtype float32, shape
@@ -14,13 +14,13 @@ Everything the server sends is checked before it is applied: dtype float32, shap
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray, ValidationFn
-from accord.data.faults import FaultSpec, corrupt_gradient, fault_rng
+from accord.data.faults import NodeFault, flip_labels, node_first_gradient
 from accord.errors import InputDataError, ProtocolError
 from accord.federation.grid import Evaluation, NodeInfo, RunSpec
 from accord.federation.naming import check_node_id
@@ -32,15 +32,6 @@ from accord.training.models import build_model
 __all__ = ["NodeFault", "NodeWorker"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeFault:
-    """The faulty-node recipe this node follows (scenario runs only)."""
-
-    spec: FaultSpec
-    scenario_seed: int
-    node_index: int
 
 
 class NodeWorker:
@@ -74,6 +65,7 @@ class NodeWorker:
         self.fault = fault
         self.spec: RunSpec | None = None
         self.trainer: LocalTrainer | None = None
+        self.flipped_trainer: LocalTrainer | None = None  # a label flipper's faulty rounds
         self._validate: ValidationFn | None = None
         self.weights: FloatArray | None = None
         self._digest: bytes | None = None
@@ -108,6 +100,15 @@ class NodeWorker:
                 f"the server's model has {spec.dim} weights; built here it has {trainer.flat.dim}"
             )
         self.spec, self.trainer = spec, trainer
+        self.flipped_trainer = None
+        if self.fault is not None and self.fault.spec.corrupts_labels:
+            self.flipped_trainer = LocalTrainer(
+                build_model(spec.model, spec.n_features, spec.n_classes, self.seed),
+                self.features,
+                flip_labels(self.labels, spec.n_classes),
+                spec.local,
+                self.seed,
+            )
         self._validate = (
             None
             if self.validation is None
@@ -144,15 +145,13 @@ class NodeWorker:
     def _first_gradient(
         self, trainer: LocalTrainer, weights: FloatArray, round_index: int
     ) -> FloatArray:
-        # The same recipe as Simulation.first_gradients, node by node.
-        fault = self.fault
-        if fault is not None and fault.spec.kind == "free-rider":
-            return np.zeros(weights.shape[0], dtype=np.float32)
-        honest = trainer.first_gradient(weights, round_index)
-        if fault is not None and not fault.spec.corrupts_labels:
-            rng = fault_rng(fault.scenario_seed, fault.node_index, round_index)
-            honest = corrupt_gradient(fault.spec, honest, rng)
-        return honest
+        # The one recipe, as Simulation.first_gradients calls it.
+        def train(flipped: bool) -> FloatArray:
+            chosen = self.flipped_trainer if flipped else trainer
+            assert chosen is not None  # configure() built it for a label flipper
+            return chosen.first_gradient(weights, round_index)
+
+        return node_first_gradient(self.fault, round_index, train, int(weights.shape[0]))
 
     def apply_second_gradient(
         self,

@@ -11,6 +11,7 @@ from accord.reporting.summary import (
     faulty_mass_by_quarter,
     metrics_line,
     policy_summary,
+    round_faulty,
 )
 from accord.reporting.writer import (
     CONFIG_FILE,
@@ -32,5 +33,6 @@ __all__ = [
     "faulty_mass_by_quarter",
     "metrics_line",
     "policy_summary",
+    "round_faulty",
     "write_atomically",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "faulty_mass_by_quarter",
     "metrics_line",
     "policy_summary",
+    "round_faulty",
 ]
 
 
@@ -53,14 +54,26 @@ class PolicyRun(Protocol):
     def seconds(self) -> float: ...
 
 
+def round_faulty(timed: object, faulty_nodes: Collection[str]) -> Collection[str]:
+    """The nodes faulty in this round: the round's own truth (``timed.faulty``, set by a
+    scenario run with time-varying faults) when it has one, else ``faulty_nodes``."""
+    faulty = getattr(timed, "faulty", None)
+    return faulty_nodes if faulty is None else faulty
+
+
 def metrics_line(policy: str, timed: TimedRound) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``: the record's JSON, the policy, and the round's times."""
-    return {
+    """One line of ``metrics.jsonl``: the record's JSON, the policy, the round's times and,
+    when known, ``faulty``: the nodes faulty in that round."""
+    line = {
         "policy": policy,
         **timed.record.to_json(),
         "round_seconds": timed.round_seconds,
         "local_training_seconds": timed.local_training_seconds,
     }
+    faulty = getattr(timed, "faulty", None)
+    if faulty is not None:
+        line["faulty"] = sorted(faulty)
+    return line
 
 
 def faulty_mass(record: RoundRecord, faulty_nodes: Collection[str]) -> float:
@@ -69,12 +82,18 @@ def faulty_mass(record: RoundRecord, faulty_nodes: Collection[str]) -> float:
 
 
 def faulty_mass_by_quarter(
-    records: Sequence[RoundRecord], faulty_nodes: Collection[str]
+    records: Sequence[RoundRecord],
+    faulty_nodes: Collection[str],
+    faulty_by_round: Sequence[Collection[str]] | None = None,
 ) -> list[float | None]:
     """The mean faulty mass over each quarter of the rounds (the first quarters get the
     extra rounds when the count does not divide by four; a quarter without rounds is
-    ``None``)."""
-    masses = [faulty_mass(record, faulty_nodes) for record in records]
+    ``None``). ``faulty_by_round``: the nodes faulty in each round, when they change."""
+    if faulty_by_round is None:
+        faulty_by_round = [faulty_nodes] * len(records)
+    masses = [
+        faulty_mass(record, faulty) for record, faulty in zip(records, faulty_by_round, strict=True)
+    ]
     count = len(masses)
     quarters: list[float | None] = []
     start = 0
@@ -98,13 +117,24 @@ def policy_summary(
 ) -> dict[str, Any]:
     """The ``summary.json`` entry of one policy.
 
+    ``diverged`` is true when the policy's run ended because its model diverged (its
+    ``stop_reason`` then starts with ``diverged:``); its final accuracies are then ``None``
+    (the model at the end is unusable) and the best accuracy counts the healthy rounds
+    only. The faulty mass uses each round's own faulty nodes when the rounds carry them.
+
     ``policy_share_of_round_time`` is the time the policy took (choosing probabilities,
     including the validation passes it asks for, and learning) over the whole round time
     (local training, policy, scoring). ``None`` marks what the run cannot tell (no round,
     no test set).
     """
     records = [timed.record for timed in run.rounds]
-    tests = [(r.round_index, r.test_accuracy) for r in records if r.test_accuracy is not None]
+    faulty_by_round = [round_faulty(timed, faulty_nodes) for timed in run.rounds]
+    diverged = run.stop_reason.startswith("diverged")
+    tests = [
+        (r.round_index, r.test_accuracy)
+        for r in records
+        if r.test_accuracy is not None and r.diverged is None
+    ]
     best_round, best_accuracy = (
         max(tests, key=lambda item: (item[1], -item[0])) if tests else (None, None)
     )
@@ -119,16 +149,20 @@ def policy_summary(
     settings: Any = None
     if dataclasses.is_dataclass(policy_settings) and not isinstance(policy_settings, type):
         settings = dataclasses.asdict(policy_settings)
+    usable = final is not None and not diverged
     return {
         "policy": run.policy,
         "rounds": len(records),
         "stop_reason": run.stop_reason,
-        "final_test_accuracy": None if final is None else final.test_accuracy,
+        "diverged": diverged,
+        "final_test_accuracy": final.test_accuracy if usable and final else None,
         "best_test_accuracy": best_accuracy,
         "best_round": best_round,
-        "final_validation_accuracy": None if final is None else final.validation_accuracy_after,
-        "faulty_mass_final": None if final is None else faulty_mass(final, faulty_nodes),
-        "faulty_mass_by_quarter": faulty_mass_by_quarter(records, faulty_nodes),
+        "final_validation_accuracy": (
+            final.validation_accuracy_after if usable and final else None
+        ),
+        "faulty_mass_final": (None if final is None else faulty_mass(final, faulty_by_round[-1])),
+        "faulty_mass_by_quarter": faulty_mass_by_quarter(records, faulty_nodes, faulty_by_round),
         "final_probabilities": None if final is None else dict(final.probabilities),
         "mean_round_seconds": _mean(round_seconds),
         "mean_local_training_seconds": _mean([t.local_training_seconds for t in run.rounds]),

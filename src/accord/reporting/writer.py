@@ -11,11 +11,16 @@
 
 ``metrics.jsonl`` grows one flushed line at a time, so an interrupted run keeps every round
 it finished; the other files are written atomically (temporary file, fsync, rename).
+
+Every file is valid JSON: a value that is not finite (a diverged model's loss) is written as
+``null`` and its dotted path listed under ``"non_finite"`` in the same object (the line of
+``metrics.jsonl``, or the top level of ``summary.json``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
@@ -30,6 +35,7 @@ __all__ = [
     "METRICS_FILE",
     "SUMMARY_FILE",
     "RunFolder",
+    "finite_json",
     "write_atomically",
 ]
 
@@ -64,6 +70,32 @@ def _json_default(value: object) -> object:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def finite_json(value: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``value`` with every non-finite float replaced by ``None`` (numpy scalars become plain
+    values, tuples lists), and the dotted paths of the replaced values."""
+    found: list[str] = []
+
+    def clean(item: Any, where: str) -> Any:
+        if isinstance(item, Mapping):
+            return {
+                key: clean(inner, f"{where}.{key}" if where else str(key))
+                for key, inner in item.items()
+            }
+        if isinstance(item, list | tuple):
+            return [clean(inner, f"{where}[{index}]") for index, inner in enumerate(item)]
+        if isinstance(item, bool | int | str) or item is None:
+            return item
+        if isinstance(item, float) or hasattr(item, "item"):
+            number = item.item() if hasattr(item, "item") else item
+            if isinstance(number, float) and not math.isfinite(number):
+                found.append(where)
+                return None
+            return number
+        return item
+
+    return clean(value, path), found
 
 
 class RunFolder:
@@ -107,7 +139,10 @@ class RunFolder:
 
     def append_round(self, policy: str, timed: TimedRound) -> None:
         """Add one round's line to ``metrics.jsonl`` and flush it."""
-        line = json.dumps(metrics_line(policy, timed), default=_json_default, allow_nan=False)
+        data, non_finite = finite_json(metrics_line(policy, timed))
+        if non_finite:
+            data["non_finite"] = non_finite
+        line = json.dumps(data, default=_json_default, allow_nan=False)
         with self.metrics_path.open("a", encoding="utf-8") as file:
             file.write(line + "\n")
 
@@ -116,7 +151,10 @@ class RunFolder:
         return self.config_path
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
-        text = json.dumps(summary, indent=2, default=_json_default, allow_nan=False)
+        data, non_finite = finite_json({k: v for k, v in summary.items() if k != "non_finite"})
+        if non_finite:
+            data["non_finite"] = non_finite
+        text = json.dumps(data, indent=2, default=_json_default, allow_nan=False)
         write_atomically(self.summary_path, (text + "\n").encode("utf-8"))
         return self.summary_path
 

@@ -12,20 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
-from accord.data.faults import corrupt_gradient, fault_rng
-from accord.rounds import RoundEngine, RoundRecord, RoundSettings
-from accord.scenario import ScenarioData, ScenarioSettings, build_scenario
+from accord.data.faults import node_first_gradient
+from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
+from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario
 from accord.simulation.stop import StopConditions, StopTracker
 from accord.training.evaluation import make_validation_fn
 from accord.training.local import LocalTrainer, LocalTrainingSettings
 from accord.training.models import FlatModel, ModelSpec, build_model
 
-__all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord"]
+__all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +46,13 @@ class SimulationSettings:
 
 @dataclass(frozen=True)
 class TimedRecord:
-    """A round's record plus where its wall time went."""
+    """A round's record plus where its wall time went, and (in a scenario run) ``faulty``:
+    the nodes faulty in that round, sorted (``None`` when not known)."""
 
     record: RoundRecord
     round_seconds: float
     local_training_seconds: float
+    faulty: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class RunResult:
     stop_reason: str
     faulty_nodes: tuple[str, ...]
     seconds: float
+
+
+def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -> str | None:
+    """Why a run stops after this round: ``diverged: …`` when the round diverged, else what
+    the stop conditions say (``None``: go on)."""
+    reason = tracker.update(timed.record.validation_accuracy_after, now)
+    if timed.record.diverged is not None:
+        return f"diverged: {timed.record.diverged}"
+    return reason
 
 
 def node_seed(scenario_seed: int, index: int) -> int:
@@ -79,16 +91,13 @@ class Simulation:
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
         self.flat = FlatModel(model)
-        self.trainers = [
-            LocalTrainer(
-                build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
-                node.features,
-                node.labels,
-                settings.local,
-                node_seed(seed, node.index),
-            )
+        self.trainers = [self._trainer(node, node.labels) for node in self.data.nodes]
+        # A label flipper's second trainer, on its flipped labels (its faulty rounds).
+        self.flipped_trainers = {
+            node.index: self._trainer(node, node.flipped_labels)
             for node in self.data.nodes
-        ]
+            if node.flipped_labels is not None
+        }
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -101,6 +110,18 @@ class Simulation:
             )
         )
         holdout = self.data.holdout
+        server_update = None
+        if self.policy.root_samples > 0:
+            # The root dataset: the first root_samples of the (shuffled, stratified)
+            # validation split, trained on with the nodes' own local procedure.
+            root = slice(0, self.policy.root_samples)
+            server_update = LocalTrainer(
+                build_model(settings.model, self.data.n_features, self.data.n_classes, seed),
+                holdout.validation.features[root],
+                holdout.validation.labels[root],
+                settings.local,
+                node_seed(seed, -1),
+            ).first_gradient
         self.engine = RoundEngine(
             roster=tuple(node.node_id for node in self.data.nodes),
             sample_counts={node.node_id: node.sample_count for node in self.data.nodes},
@@ -111,47 +132,73 @@ class Simulation:
             ),
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
+            server_update=server_update,
+        )
+
+    def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
+        seed = self.settings.scenario.seed
+        return LocalTrainer(
+            build_model(self.settings.model, self.data.n_features, self.data.n_classes, seed),
+            node.features,
+            labels,
+            self.settings.local,
+            node_seed(seed, node.index),
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
-        fault = self.settings.scenario.fault
+        """Every node's first gradient, faulty nodes following
+        :func:`accord.data.faults.node_first_gradient` (as a networked node does)."""
         gradients: dict[str, FloatArray] = {}
         for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
-            if node.faulty and fault.kind == "free-rider":
-                gradients[node.node_id] = np.zeros(self.engine.dim, dtype=np.float32)
-                continue
-            honest = trainer.first_gradient(weights, round_index)
-            if node.faulty and not fault.corrupts_labels:
-                rng = fault_rng(self.settings.scenario.seed, node.index, round_index)
-                honest = corrupt_gradient(fault, honest, rng)
-            gradients[node.node_id] = honest
+
+            def train(
+                flipped: bool, trainer: LocalTrainer = trainer, index: int = node.index
+            ) -> FloatArray:
+                chosen = self.flipped_trainers[index] if flipped else trainer
+                return chosen.first_gradient(weights, round_index)
+
+            gradients[node.node_id] = node_first_gradient(
+                self.data.node_fault(node), round_index, train, self.engine.dim
+            )
         return gradients
+
+    def faulty_in_round(self, round_index: int) -> frozenset[str]:
+        """The nodes faulty in round ``round_index`` (0-based)."""
+        return self.data.faulty_in_round(round_index)
 
     def run_round(self) -> TimedRecord:
         started = time.perf_counter()
         weights = np.array(self.engine.global_weights)
         gradients = self.first_gradients(weights, self.engine.round_index)
         local_seconds = time.perf_counter() - started
+        faulty = tuple(sorted(self.data.faulty_in_round(self.engine.round_index)))
         pending = self.engine.aggregate(gradients)
         record = self.engine.conclude(pending)
-        return TimedRecord(record, time.perf_counter() - started, local_seconds)
+        return TimedRecord(record, time.perf_counter() - started, local_seconds, faulty)
 
     def run(
         self,
         on_round: Callable[[TimedRecord], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> RunResult:
-        """Run rounds until a stop condition holds."""
+        """Run rounds until a stop condition holds, or the model diverges (stop reason
+        ``diverged: …``, see :func:`stop_reason_of_round`)."""
         tracker = StopTracker(self.settings.stop, clock())
         rounds: list[TimedRecord] = []
         started = time.perf_counter()
         while True:
-            timed = self.run_round()
+            try:
+                timed = self.run_round()
+            except DivergedError as error:
+                reason = f"diverged: {error.reason}"
+                logger.warning("%s: %s", self.policy.name, reason)
+                break
             rounds.append(timed)
             if on_round is not None:
                 on_round(timed)
-            reason = tracker.update(timed.record.validation_accuracy_after, clock())
-            if reason is not None:
+            stop_reason = stop_reason_of_round(tracker, timed, clock())
+            if stop_reason is not None:
+                reason = stop_reason
                 logger.info(
                     "%s: stopping after round %d: %s",
                     self.policy.name,

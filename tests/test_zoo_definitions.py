@@ -1,0 +1,163 @@
+"""The scenario zoo's definitions and summary arithmetic (benchmarks/zoo.py); no training."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from accord.data.faults import FAULT_KINDS
+from accord.scenario import build_scenario
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+zoo = _load("zoo")
+learning_quality = _load("learning_quality")
+
+
+def test_the_zoo_is_broad_enough() -> None:
+    assert len(zoo.ZOO) >= 16
+    covered = zoo.fault_kinds_covered()
+    assert set(FAULT_KINDS) | {"mixed", "late-start", "switches-off", "intermittent"} <= covered
+    assert len([kind for kind in covered if kind.startswith("scale x")]) >= 2
+    specs = [{**learning_quality.SPEC_DEFAULTS, **e["spec"]} for e in zoo.ZOO.values()]
+    assert {"digits", "breast-cancer", "wine", "synthetic", "synthetic-hard"} <= {
+        s["dataset"] for s in specs
+    }
+    assert {"iid", "dirichlet", "shards"} <= {s["partition"] for s in specs}
+    alphas = {s["alpha"] for s in specs if s["partition"] == "dirichlet"}
+    assert min(alphas) <= 0.1 and max(alphas) >= 1.0
+    assert min(s["nodes"] for s in specs) == 4 and max(s["nodes"] for s in specs) == 100
+    assert all(s["dataset"].startswith("synthetic") for s in specs if s["nodes"] >= 100)
+    issue = [e["issue"] for e in zoo.ZOO.values() if e.get("issue")]
+    assert len(issue) == 6
+    assert set(zoo.SUBSETS["quick"]) < set(zoo.ZOO)
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_every_scenario_builds_and_states_its_faulty_share(name: str) -> None:
+    settings = learning_quality.scenario_settings(zoo.ZOO[name]["spec"], seed=0)
+    data = build_scenario(settings)
+    counts = {node.node_id: node.sample_count for node in data.nodes}
+    share = sum(counts[n] for n in data.faulty_nodes) / sum(counts.values())
+    if settings.faulty_count == 0:
+        assert share == 0.0
+    else:
+        assert 0.05 <= share <= 0.5, f"{name}: faulty share {share:.2f}"
+        # Never every node faulty in a round (the oracle always has an honest node).
+        assert all(len(data.faulty_in_round(r)) < len(data.nodes) for r in range(100))
+
+
+def test_an_unknown_spec_key_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"scenario spec: unknown keys \['nodez'\]"):
+        learning_quality.scenario_settings({"nodez": 3}, seed=0)
+
+
+def _run(policy: str, seed: int, final: float | None, **weights: Any) -> dict[str, Any]:
+    base = {"end": 0.0, "max_while_faulty": None, "recoveries": [], "free_riders": []}
+    return {
+        "scenario": "s",
+        "policy": policy,
+        "seed": seed,
+        "final_accuracy": final,
+        "diverged": None if final is not None else "validation loss is not finite at round 3",
+        "faulty_share": 0.3,
+        "weights": {**base, **weights},
+        "policy_seconds_per_round": 0.01,
+    }
+
+
+def test_wins_ties_and_losses_use_paired_differences() -> None:
+    runs = {
+        # +2, +2, +2 points: a win. +3, −1, +1: mean 1 < ... a tie. −5 on every seed: a loss.
+        "win": [_run("actor-critic", s, 0.92) for s in range(3)]
+        + [_run("fedavg", s, 0.90) for s in range(3)],
+        "tie": [_run("actor-critic", s, a) for s, a in enumerate([0.93, 0.89, 0.91])]
+        + [_run("fedavg", s, 0.90) for s in range(3)],
+        "diverged": [_run("actor-critic", s, None) for s in range(3)]
+        + [_run("fedavg", s, 0.05) for s in range(3)],
+    }
+    result = zoo.compare(runs, "actor-critic", "fedavg")
+    assert result["wins"]["scenarios"] == ["win"]
+    assert result["ties"]["scenarios"] == ["tie"]
+    assert result["losses"]["scenarios"] == ["diverged"]  # a diverged seed counts as 0
+
+
+def test_weight_targets_pass_fail_and_do_not_apply() -> None:
+    good = [_run("actor-critic", s, 0.9, end=0.01, max_while_faulty=0.05) for s in range(2)]
+    bad = [*good[:1], _run("actor-critic", 1, 0.9, end=0.03, max_while_faulty=0.2)]
+    assert zoo.weight_targets(good, False, [0.3])["end_weight_le_2pct"] == "pass"
+    verdict = zoo.weight_targets(bad, False, [0.3])
+    assert verdict["end_weight_le_2pct"] == "fail (seed 1: 3.0 %)"
+    assert verdict["while_faulty_lt_10pct"] == "fail (seed 1: 20.0 %)"
+    assert verdict["regains_half_share_in_20"] == "n/a"
+    assert zoo.weight_targets(bad, True, [0.3])["end_weight_le_2pct"] == "n/a (mild fault)"
+
+
+def test_weight_figures_follow_the_per_round_truth() -> None:
+    # Node a is faulty in rounds 0-39, then honest; node b turns faulty at round 35.
+    rounds = 70
+    truth = [
+        frozenset({"a"} if r < 40 else set()) | frozenset({"b"} if r >= 35 else set())
+        for r in range(rounds)
+    ]
+    probabilities = []
+    for r in range(rounds):
+        a = 0.05 if r < 40 else (0.02 if r < 50 else 0.3)  # regains 0.3 by round 50
+        b = 0.3 if r < 45 else 0.08  # counted from max(30, 35 + 10) = 45 on
+        probabilities.append({"a": a, "b": b, "c": 1.0 - a - b})
+    share = {"a": 0.4, "b": 0.3, "c": 0.3}
+
+    class Data:
+        nodes: tuple[Any, ...] = ()
+
+    figures = learning_quality.weight_figures(probabilities, truth, share, Data())
+    assert figures["end"] == pytest.approx(0.08)
+    # Rounds 30-39: a alone (0.05); 45 on: b alone (0.08); rounds 40-44: b not yet counted.
+    assert figures["max_while_faulty"] == pytest.approx(0.08)
+    assert figures["recoveries"] == [
+        {"node": "a", "off_round": 40, "share": 0.4, "max_weight": pytest.approx(0.3)}
+    ]
+
+
+def test_accuracy_targets_by_hand() -> None:
+    finals = {
+        "oracle": [0.95, 0.95],
+        "fedavg": [0.90, 0.90],
+        "hedge-loo": [0.93, 0.93],
+        "fltrust": [0.92, 0.92],
+        "zeno": [0.90, 0.90],
+        "median": [0.91, 0.91],
+        "actor-critic": [0.95, 0.89],
+    }
+    by_policy = {p: [_run(p, s, a) for s, a in enumerate(v)] for p, v in finals.items()}
+    # Mean 92.0 against Hedge-LOO's 93.0 − 0.5; seed 1 is 4.0 points below Hedge-LOO's 93;
+    # 3.0 points below the oracle; +2 and −4 against Hedge-LOO (the best rule): a tie.
+    assert zoo.accuracy_targets(by_policy, faulty=True) == {
+        "floor": "fail (mean 92.0 < hedge-loo 93.0 - 0.5; seed 1: 4.0 below)",
+        "no_divergence": "pass",
+        "within_1_of_oracle": "fail (3.0 points)",
+        "beats_best_rule": "no (hedge-loo)",
+    }
+    by_policy["actor-critic"] = [_run("actor-critic", s, 0.945) for s in range(2)]
+    assert zoo.accuracy_targets(by_policy, faulty=True) == {
+        "floor": "pass",
+        "no_divergence": "pass",
+        "within_1_of_oracle": "pass",
+        "beats_best_rule": "yes (hedge-loo)",
+    }
