@@ -147,7 +147,9 @@ class ActorCriticSettings:
       (default 0.25; 0 switches the guard off).
     - ``harm_decay``: the decay of a *negative* running credit (default 0.97; set it to
       ``credit_decay`` to switch the asymmetry off). A node held down for harm is not
-      forgotten within ten rounds; positive credit still lifts it at the usual rate.
+      forgotten within ten rounds; positive credit still lifts it at the usual rate. The
+      running credit never falls below ``−2·bound``, where the weight is already at its
+      floor, so a node whose fault switched off climbs back within about 20 rounds.
     - ``evidence_at_share``: the running credit adds each node's credit rescaled from its
       weight to its data share (default True): leave-one-out credit shrinks with the
       weight, so a suppressed node's record would otherwise fade and it would relapse.
@@ -433,6 +435,9 @@ class RichActorCritic(Aggregator):
             self.running_credit[present] += evidence / credit_scale
         # An update that had to be cut down to the norm bound counts against its node.
         self.running_credit[present] += s.bound_penalty * np.log(np.maximum(bound_factors, 1e-6))
+        # Below −2b the bounded logit is saturated (4·tanh(2) = 3.86 nats down): a deeper
+        # record would only delay the recovery of a node whose fault switched off.
+        np.maximum(self.running_credit, -2.0 * s.bound, out=self.running_credit)
         full_probabilities = expand_to_roster(applied, present)
         reward_row = np.zeros(roster_size, dtype=np.float32)
         reward_row[present] = rewards
