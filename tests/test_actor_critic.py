@@ -55,6 +55,7 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         ("harm_decay", 1.5),
         ("bound_penalty", -1.0),
         ("learn_every", 0),
+        ("evidence_max_gain", 0.5),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:

@@ -153,6 +153,7 @@ class ActorCriticSettings:
     - ``evidence_at_share``: the running credit adds each node's credit rescaled from its
       weight to its data share (default True): leave-one-out credit shrinks with the
       weight, so a suppressed node's record would otherwise fade and it would relapse.
+      ``evidence_max_gain``: the largest factor that rescaling may apply (default 54.6, e⁴).
     - ``bound_penalty``: each round, ``bound_penalty · log(factor)`` is added to the running
       credit of a node whose update was scaled down by ``factor`` (default 1.0; 0 off).
     """
@@ -194,6 +195,7 @@ class ActorCriticSettings:
     max_rise: float = 0.25
     harm_decay: float = 0.97
     evidence_at_share: bool = True
+    evidence_max_gain: float = 54.6
     bound_penalty: float = 1.0
 
     def __post_init__(self) -> None:
@@ -247,6 +249,7 @@ class ActorCriticSettings:
         require_number("max_rise", self.max_rise, minimum=0.0)
         require_probability("harm_decay", self.harm_decay)
         require_number("bound_penalty", self.bound_penalty, minimum=0.0)
+        require_number("evidence_max_gain", self.evidence_max_gain, minimum=1.0)
 
 
 def make_actor_critic(settings: ActorCriticSettings | None = None) -> Aggregator:
@@ -428,7 +431,7 @@ class RichActorCritic(Aggregator):
             # its data share instead, its record stays what it did per unit of weight.
             share = data_size.astype(np.float64)
             gain = np.clip(share / np.maximum(applied, 1e-12), np.exp(-s.upper_bound), None)
-            evidence = credit * np.minimum(gain, np.exp(s.bound))
+            evidence = credit * np.minimum(gain, s.evidence_max_gain)
         credit_scale = float(np.mean(np.abs(evidence)))
         self.running_credit *= np.where(self.running_credit < 0, s.harm_decay, s.credit_decay)
         if credit_scale > 0:
