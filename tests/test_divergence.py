@@ -166,7 +166,7 @@ def test_the_issue_repro_finishes_reports_every_policy_and_exits_4(tmp_path: Pat
             sys.executable, "-W", "error", "-m", "accord.cli", "simulate",
             "--dataset", "breast-cancer", "--nodes", "8", "--fault", "sign-flip",
             "--faulty", "2", "--seed", "0", "--policies", "fedavg,median", "--rounds", "70",
-            "--quiet", "--out", str(run_dir),
+            "--every", "50", "--out", str(run_dir),
         ],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -191,5 +191,8 @@ def test_the_issue_repro_finishes_reports_every_policy_and_exits_4(tmp_path: Pat
         "accuracy.png", "probabilities-fedavg.png", "probabilities-median.png"
     }  # fmt: skip
     table = result.stdout.splitlines()
+    rows = [line for line in table if line.split(" | ")[0].strip().isdigit()]
+    assert [int(row.split("|")[0]) for row in rows] == [1, 50, 65, 70]  # and where it stopped
+    assert rows[2].split(" | ")[1].strip() == "(diverged)"
     assert any(line.split()[:2] == ["fedavg", "diverged"] for line in table)
     assert "FedAvg gives them their data share" in result.stdout

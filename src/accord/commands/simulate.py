@@ -355,7 +355,7 @@ def _name_option(error: ConfigurationError, given: Sequence[tuple[str, Any]]) ->
         return error
     option = _option_of_field(match.group(1))
     if option == "--faulty" and any(
-        name == "--fault" and isinstance(value, tuple) for name, value in given
+        name == "--fault" and isinstance(value, tuple) and value for name, value in given
     ):
         option = "--fault"  # the counts are in the fault groups
     if option is None:
@@ -957,6 +957,7 @@ def _drive(
             cells: dict[str, tuple[float | None, float] | str | None] = {
                 name: reasons[name] for name in policies if name in reasons
             }
+            stopped_before = set(cells)
             for name in list(active):
                 if "run_to_first_round_seconds" not in timing:
                     timing["run_to_first_round_seconds"] = time.perf_counter() - started
@@ -994,11 +995,21 @@ def _drive(
                 ),
                 refresh=False,
             )
-            if not quiet and (round_number % every == 0 or round_number == 1 or not active):
+            stopped_now = any(
+                isinstance(cells.get(n), str) and n not in stopped_before for n in policies
+            )
+            if not quiet and (
+                round_number % every == 0 or round_number == 1 or not active or stopped_now
+            ):
                 say(table.row(round_number, cells))
             if stop.requested and active:
                 interrupted = True
-                if not quiet and round_number % every != 0 and round_number != 1:
+                if (
+                    not quiet
+                    and round_number % every != 0
+                    and round_number != 1
+                    and not stopped_now
+                ):
                     say(table.row(round_number, cells))
                 for name in active:
                     reasons[name] = "interrupted"

@@ -121,19 +121,33 @@ class _Report:
         self.policy = policy
         self.folder = folder
         self.timing: dict[str, float | None] = {}
+        #: The scenario's per-round truth (``ScenarioData.faulty_in_round``), when known.
+        self.faulty_in_round: Callable[[int], frozenset[str]] | None = None
+
+    def with_truth(self, timed: Any) -> Any:
+        """``timed`` with ``faulty``, the nodes faulty in its round, when the scenario is known
+        (each ``metrics.jsonl`` line records it, as ``accord simulate`` does)."""
+        if self.faulty_in_round is None or getattr(timed, "faulty", None) is not None:
+            return timed
+        faulty = tuple(sorted(self.faulty_in_round(timed.record.round_index)))
+        return replace(timed, faulty=faulty)
+
+    def result_with_truth(self, result: Any) -> Any:
+        return replace(result, rounds=tuple(self.with_truth(timed) for timed in result.rounds))
 
     def restart(self, rounds: Sequence[Any]) -> None:
         """A resumed run: the folder's ``metrics.jsonl`` becomes the checkpoint's rounds."""
-        from accord.reporting import RunFolder, metrics_line
+        from accord.reporting import RunFolder
+        from accord.reporting.writer import metrics_json
 
-        lines = [json.dumps(metrics_line(self.policy, timed), allow_nan=False) for timed in rounds]
+        lines = [metrics_json(self.policy, self.with_truth(timed)) for timed in rounds]
         self.folder = RunFolder.reopen(self.run_dir, lines)
 
     def append(self, timed: Any) -> None:
         if "process_to_first_round_done_seconds" not in self.timing:
             self.timing["process_to_first_round_done_seconds"] = _process_age()
         assert self.folder is not None
-        self.folder.append_round(self.policy, timed)
+        self.folder.append_round(self.policy, self.with_truth(timed))
 
     def summary(
         self,
@@ -168,12 +182,19 @@ class _Report:
             "policies": [result.policy],
             "roster": list(engine.roster),
             "faulty_nodes": list(faulty_nodes),
+            "fault_groups": (
+                []
+                if scenario is None
+                else [g.describe() for g in scenario.settings.fault_groups if g.count]
+            ),
+            "time_varying": False if scenario is None else scenario.time_varying,
+            "diverged": [result.policy] if result.stop_reason.startswith("diverged") else [],
             "sample_counts": counts,
             "faulty_data_share": data_share(counts, faulty_nodes),
             "timing": dict(self.timing),
             "results": {
                 result.policy: policy_summary(
-                    result,
+                    self.result_with_truth(result),
                     faulty_nodes,
                     policy_settings=getattr(engine.aggregator, "settings", None),
                 )
@@ -189,7 +210,9 @@ class _Report:
     def plots(self, result: Any, faulty_nodes: Sequence[str], title: str) -> list[str]:
         if not result.rounds or self.folder is None:
             return []
-        paths = self.folder.write_plots([result], result.roster, faulty_nodes, title)
+        paths = self.folder.write_plots(
+            [self.result_with_truth(result)], result.roster, faulty_nodes, title
+        )
         return [path.name for path in paths]
 
 
@@ -296,6 +319,8 @@ def serve(
         {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
     )
     report = _Report(run_dir, run_id, settings.policy, folder)
+    if scenario is not None:
+        report.faulty_in_round = scenario.faulty_in_round
 
     def after_round(rounds_done: int) -> None:
         if crash_after is not None and rounds_done >= crash_after:

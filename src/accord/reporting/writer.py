@@ -36,6 +36,7 @@ __all__ = [
     "SUMMARY_FILE",
     "RunFolder",
     "finite_json",
+    "metrics_json",
     "write_atomically",
 ]
 
@@ -98,6 +99,14 @@ def finite_json(value: Any, path: str = "") -> tuple[Any, list[str]]:
     return clean(value, path), found
 
 
+def metrics_json(policy: str, timed: TimedRound) -> str:
+    """One ``metrics.jsonl`` line (without its newline), non-finite values as ``null``."""
+    data, non_finite = finite_json(metrics_line(policy, timed))
+    if non_finite:
+        data["non_finite"] = non_finite
+    return json.dumps(data, default=_json_default, allow_nan=False)
+
+
 class RunFolder:
     """A new, empty run folder (created with its parents). An existing non-empty folder is
     refused, so one run never overwrites another."""
@@ -139,10 +148,7 @@ class RunFolder:
 
     def append_round(self, policy: str, timed: TimedRound) -> None:
         """Add one round's line to ``metrics.jsonl`` and flush it."""
-        data, non_finite = finite_json(metrics_line(policy, timed))
-        if non_finite:
-            data["non_finite"] = non_finite
-        line = json.dumps(data, default=_json_default, allow_nan=False)
+        line = metrics_json(policy, timed)
         with self.metrics_path.open("a", encoding="utf-8") as file:
             file.write(line + "\n")
 
