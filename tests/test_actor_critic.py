@@ -6,9 +6,18 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
-from accord.aggregation.actor_critic import ActorCriticSettings, make_actor_critic, reward
+from accord.aggregation import RoundInput, ValidationScores
+from accord.aggregation.actor_critic import (
+    ActorCriticSettings,
+    RichActorCritic,
+    make_actor_critic,
+    reward,
+)
+from accord.aggregation.combine import bounded_prior_softmax
 from accord.data.faults import FaultSpec
+from accord.data.partition import PartitionSpec
 from accord.errors import ConfigurationError
 from accord.scenario import ScenarioSettings
 from accord.simulation import Simulation, SimulationSettings, StopConditions
@@ -37,6 +46,16 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         ("kl_weight", -1.0),
         ("learning", "yes"),
         ("exploration_decay", 2.0),
+        ("anchor", "median"),
+        ("credit", "exact"),
+        ("safety", "on"),
+        ("safety_k", -1.0),
+        ("norm_bound", 0.5),
+        ("max_rise", -0.1),
+        ("harm_decay", 1.5),
+        ("bound_penalty", -1.0),
+        ("learn_every", 0),
+        ("evidence_max_gain", 0.5),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -44,11 +63,29 @@ def test_every_setting_is_validated(field: str, value: object) -> None:
         ActorCriticSettings(**{field: value})
 
 
-def _settings(policy_seed: int = 0, rounds: int = 8, faulty: int = 3) -> SimulationSettings:
+def _settings(
+    policy_seed: int = 0,
+    rounds: int = 8,
+    faulty: int = 3,
+    actor_critic: ActorCriticSettings | None = None,
+) -> SimulationSettings:
     return SimulationSettings(
         scenario=ScenarioSettings(fault=FaultSpec("label-flip", faulty), seed=policy_seed),
         stop=StopConditions(max_rounds=rounds),
+        actor_critic=actor_critic or ActorCriticSettings(),
     )
+
+
+#: The learner alone (no reference to anchor to, start from or fall back to), with the
+#: learning budget of the original design.
+UNSAFE = ActorCriticSettings(
+    anchor="data-size",
+    robust_start=False,
+    safety=False,
+    critic_steps=6,
+    policy_delay=2,
+    learn_every=1,
+)
 
 
 def _trace(result) -> list[tuple[float | None, tuple[float, ...]]]:
@@ -86,8 +123,9 @@ def test_the_initial_policy_is_fedavg() -> None:
     )
 
 
-def test_rich_actor_critic_starves_label_flippers() -> None:
-    result = Simulation(_settings(rounds=40), "actor-critic").run()
+def test_rich_actor_critic_learns_to_starve_label_flippers() -> None:
+    # Without the reference, whatever the flippers lose is the actor's doing.
+    result = Simulation(_settings(rounds=40, actor_critic=UNSAFE), "actor-critic").run()
     faulty = result.faulty_nodes
     assert len(faulty) == 3
     masses = [sum(r.record.probabilities[n] for n in faulty) for r in result.rounds]
@@ -95,7 +133,7 @@ def test_rich_actor_critic_starves_label_flippers() -> None:
     # After enough rounds the flippers hold far less than their uniform share...
     assert max(masses[30:]) < uniform_share / 2
     # ...and the frozen control, the same networks without learning, does not.
-    frozen = Simulation(_settings(rounds=40), "actor-critic-frozen").run()
+    frozen = Simulation(_settings(rounds=40, actor_critic=UNSAFE), "actor-critic-frozen").run()
     frozen_mass = sum(frozen.rounds[-1].record.probabilities[n] for n in faulty)
     assert frozen_mass > uniform_share * 0.8
     assert result.rounds[-1].record.test_accuracy > frozen.rounds[-1].record.test_accuracy + 0.05
@@ -114,3 +152,120 @@ def test_a_wildly_harmful_node_does_not_overflow_the_reward() -> None:
     )
     result = Simulation(settings, "actor-critic").run()  # warnings are errors here
     assert all(np.isfinite(r.record.validation_loss_after) for r in result.rounds)
+
+
+def _per_sample_validation(targets: np.ndarray):
+    """Per-sample loss = squared distance to that sample's target point."""
+
+    def validate(weights: np.ndarray) -> ValidationScores:
+        per_sample = ((weights[:, None, :] - targets[None, :, :]) ** 2).sum(axis=2)
+        losses = per_sample.mean(axis=1)
+        return ValidationScores(
+            losses=losses, accuracies=1.0 / (1.0 + losses), sample_losses=per_sample
+        )
+
+    return validate
+
+
+class _FixedScores(torch.nn.Module):
+    """An actor that always gives these scores (to force a proposal)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = torch.tensor(scores)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.scores.expand(x.shape[0], -1)
+
+
+def _round(index: int, weights: np.ndarray, gradients: np.ndarray, validate) -> RoundInput:
+    return RoundInput(
+        round_index=index,
+        roster=("a", "b", "c", "bad"),
+        sample_counts=np.ones(4),
+        present=np.ones(4, dtype=bool),
+        global_weights=weights.astype(np.float32),
+        first_gradients=gradients.astype(np.float32),
+        validate=validate,
+    )
+
+
+def test_a_clearly_worse_proposal_is_rejected_and_the_reference_applied() -> None:
+    rng = np.random.default_rng(0)
+    target = np.array([1.0, 1.0])
+    validate = _per_sample_validation(target + 0.1 * rng.normal(size=(200, 2)))
+    policy = RichActorCritic(
+        ActorCriticSettings(warmup_rounds=2, exploration_noise=0.0, max_rise=0.0, seed=0)
+    )
+    weights = np.zeros(2)
+    for index in range(4):
+        if index == 2:  # after the warm-up: the actor piles the weight on the bad node
+            policy.actor = _FixedScores([-4.0, -4.0, -4.0, 4.0])
+        direction = (weights - target) * 0.3
+        gradients = np.stack([direction, direction * 1.1, direction * 0.9, -direction])
+        running = None if policy.running_credit is None else policy.running_credit.copy()
+        result = policy.aggregate(_round(index, weights, gradients, validate))
+        assert policy.pending is not None
+        if index < 2:  # the robust start applies the reference, which the check skips
+            assert policy.diagnostics()["rejected"] == 0.0
+        else:
+            assert running is not None
+            reference = bounded_prior_softmax(np.zeros(4), running, 4.0)
+            assert policy.diagnostics()["rejected"] == 1.0
+            np.testing.assert_allclose(result.probabilities, reference, rtol=1e-9)
+            assert float(policy.pending["rejected"]) == 1.0
+            np.testing.assert_allclose(policy.pending["action"], reference, rtol=1e-6)
+        weights = weights - result.second_gradient
+    assert policy.diagnostics()["rejection_rate"] == 1.0
+    assert policy.state_dict()["rejections"] == 2
+
+
+def test_probabilities_stay_finite_whatever_the_gradients_and_scores() -> None:
+    def validate(weights: np.ndarray) -> ValidationScores:
+        losses = np.where(np.abs(weights).max(axis=1) > 1e3, np.inf, 1.0)
+        return ValidationScores(losses=losses, accuracies=np.zeros(len(losses)))
+
+    policy = RichActorCritic(ActorCriticSettings(warmup_rounds=1, seed=1))
+    gradients = np.array([[1.0, 1.0], [1.0, 0.5], [3e30, -3e30], [0.0, 0.0]])
+    for index in range(3):
+        if index == 2:
+            policy.actor = _FixedScores([float("nan")] * 4)
+        result = policy.aggregate(_round(index, np.zeros(2), gradients, validate))
+        assert np.all(np.isfinite(result.probabilities))
+        assert result.probabilities.sum() == pytest.approx(1.0)
+        assert np.all(np.isfinite(result.second_gradient))
+
+
+def _scenario(dataset: str, nodes: int, partition: PartitionSpec, fault: FaultSpec, seed: int):
+    return ScenarioSettings(
+        dataset=dataset, nodes=nodes, partition=partition, fault=fault, seed=seed
+    )
+
+
+def test_sign_flippers_holding_a_third_of_the_data_do_not_blow_the_model_up() -> None:
+    # Breast cancer, 2 of 8 nodes flip and scale their updates ×4 (35 % of the data):
+    # the original design warmed up on data-size weights and diverged.
+    settings = SimulationSettings(
+        scenario=_scenario(
+            "breast-cancer", 8, PartitionSpec("dirichlet", 0.5), FaultSpec("sign-flip", 2), 1
+        ),
+        stop=StopConditions(max_rounds=30),
+    )
+    result = Simulation(settings, "actor-critic").run()
+    assert all(np.isfinite(r.record.validation_loss_after) for r in result.rounds)
+    masses = [sum(r.record.probabilities[n] for n in result.faulty_nodes) for r in result.rounds]
+    assert max(masses[3:]) < 0.1
+    assert result.rounds[-1].record.test_accuracy > 0.85
+
+
+def test_a_free_rider_ends_below_half_its_share() -> None:
+    settings = SimulationSettings(
+        scenario=_scenario("wine", 4, PartitionSpec("iid"), FaultSpec("free-rider", 1), 0),
+        stop=StopConditions(max_rounds=40),
+    )
+    simulation = Simulation(settings, "actor-critic")
+    result = simulation.run()
+    (rider,) = result.faulty_nodes
+    counts = {node.node_id: node.sample_count for node in simulation.data.nodes}
+    share = counts[rider] / sum(counts.values())
+    assert result.rounds[-1].record.probabilities[rider] < share / 2

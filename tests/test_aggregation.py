@@ -18,10 +18,15 @@ from accord.aggregation.baselines import (
     trimmed_mean,
 )
 from accord.aggregation.combine import (
+    bound_norms,
     bounded_prior_softmax,
+    cap_rise,
+    clearly_worse,
     leave_one_out_gradients,
     second_gradient,
+    step_normalised_leave_one_out_gradients,
 )
+from accord.aggregation.credit import leave_one_out_credit
 from accord.aggregation.hedge import HedgeLoo
 from accord.errors import ConfigurationError, ProtocolError
 
@@ -184,3 +189,88 @@ def test_hedge_settings_reject_bad_values() -> None:
 
     with pytest.raises(ConfigurationError, match="decay"):
         HedgeLooSettings(decay=1.5)
+
+
+def test_norm_bounding_scales_long_rows_to_the_bound_and_reports_the_factor() -> None:
+    gradients = np.array([[3.0, 4.0], [0.0, 5.0], [5.0, 0.0], [30.0, 40.0]], dtype=np.float32)
+    bounded, factors = bound_norms(gradients, 2.0)  # median norm 5 → bound 10
+    np.testing.assert_allclose(np.linalg.norm(bounded, axis=1), [5.0, 5.0, 5.0, 10.0], rtol=1e-6)
+    np.testing.assert_allclose(factors, [1.0, 1.0, 1.0, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(bounded[3] / np.linalg.norm(bounded[3]), [0.6, 0.8], rtol=1e-6)
+    unbounded, ones = bound_norms(gradients, 0.0)
+    assert unbounded is gradients and np.all(ones == 1.0)
+
+
+def test_step_normalised_leave_one_out_keeps_the_step_length() -> None:
+    rng = np.random.default_rng(3)
+    gradients = rng.normal(size=(4, 6)).astype(np.float32)
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    total = second_gradient(p, gradients)
+    rows = step_normalised_leave_one_out_gradients(p, gradients)
+    np.testing.assert_allclose(
+        np.linalg.norm(rows, axis=1), np.full(4, np.linalg.norm(total)), rtol=1e-5
+    )
+    renormalised = leave_one_out_gradients(p, gradients)
+    cosines = (rows * renormalised).sum(axis=1) / (
+        np.linalg.norm(rows, axis=1) * np.linalg.norm(renormalised, axis=1)
+    )
+    np.testing.assert_allclose(cosines, np.ones(4), rtol=1e-5)
+
+
+def test_a_free_rider_earns_nothing_for_damping_under_the_step_normalised_credit() -> None:
+    # Honest nodes overshoot the target: without the free rider's zero update the
+    # renormalised step is longer and worse, so the renormalised credit pays the free rider.
+    target = np.array([1.0, 1.0], dtype=np.float32)
+    validate = _quadratic_validation(target)
+    weights = np.zeros(2, dtype=np.float32)
+    honest = (weights - target) * 1.5
+    gradients = np.stack([honest, honest, honest, np.zeros(2, dtype=np.float32)])
+    p = np.full(4, 0.25)
+    renormalised = leave_one_out_credit(validate, weights, p, gradients, 1.0)
+    normalised = leave_one_out_credit(validate, weights, p, gradients, 1.0, step_normalised=True)
+    assert renormalised.credit[3] > 0.1
+    assert normalised.credit[3] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_clearly_worse_needs_k_standard_errors() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.5, 1.5, size=400)
+    noise = rng.normal(0.0, 0.1, size=400)
+    # Mean difference 0.02 against a standard error of 0.1 / 20 = 0.005: four of them.
+    candidate = reference + 0.02 + noise - noise.mean()
+    assert clearly_worse(candidate, reference, 2.0)
+    assert not clearly_worse(candidate, reference, 6.0)
+    assert not clearly_worse(reference - 0.01, reference, 2.0)  # better is never worse
+    assert clearly_worse(np.append(candidate[1:], np.nan), reference, 2.0)
+    assert not clearly_worse(candidate, np.append(reference[1:], np.inf), 2.0)
+
+
+def test_cap_rise_limits_how_fast_a_suppressed_node_climbs_back() -> None:
+    log_prior = np.log(np.full(4, 0.25))
+    previous = bounded_prior_softmax(log_prior, np.array([0.0, 0.0, 0.0, -4.0]), 4.0)
+    proposal = np.full(4, 0.25)  # the actor would restore node 3 at once
+    capped = cap_rise(proposal, previous, log_prior, 0.25)
+    rise = np.log(capped[3] / capped[0]) - np.log(previous[3] / previous[0])
+    assert rise == pytest.approx(0.25, abs=1e-9)
+    assert cap_rise(proposal, previous, log_prior, 0.0) is proposal
+    # A node absent last round has no record and is not capped.
+    absent = previous.copy()
+    absent[3] = 0.0
+    np.testing.assert_allclose(cap_rise(proposal, absent, log_prior, 0.25), proposal)
+
+
+def test_validation_scores_carry_per_sample_losses() -> None:
+    from accord.training.evaluation import make_validation_fn
+    from accord.training.models import FlatModel, ModelSpec, build_model
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(30, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, size=30).astype(np.int64)
+    flat = FlatModel(build_model(ModelSpec(), 4, 3, 0))
+    validate = make_validation_fn(flat, features, labels, chunk=2)
+    base = flat.get_flat()
+    candidates = np.stack([base, base * 0.5, base * 2.0])
+    scores = validate(candidates)
+    assert scores.sample_losses is not None
+    assert scores.sample_losses.shape == (3, 30)
+    np.testing.assert_allclose(scores.sample_losses.mean(axis=1), scores.losses, rtol=1e-6)

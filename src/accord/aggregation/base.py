@@ -37,10 +37,16 @@ FloatArray = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class ValidationScores:
-    """Validation loss and accuracy of K candidate weight vectors, in the order given."""
+    """Validation loss and accuracy of K candidate weight vectors, in the order given.
+
+    ``sample_losses``, when the validation function provides it, is the (K, n_samples)
+    matrix of per-sample losses whose row means are ``losses``; the Actor-Critic's safety
+    check compares two candidates sample by sample with it. ``None`` when not available.
+    """
 
     losses: npt.NDArray[np.float64]
     accuracies: npt.NDArray[np.float64]
+    sample_losses: npt.NDArray[np.float64] | None = None
 
 
 #: Scores a (K, dim) stack of flat weight vectors on the server's validation set.

@@ -9,12 +9,16 @@ from accord.aggregation.base import FloatArray
 from accord.errors import ProtocolError
 
 __all__ = [
+    "bound_norms",
     "bounded_logits",
     "bounded_prior_softmax",
+    "cap_rise",
+    "clearly_worse",
     "data_size_probabilities",
     "expand_to_roster",
     "leave_one_out_gradients",
     "second_gradient",
+    "step_normalised_leave_one_out_gradients",
 ]
 
 
@@ -39,18 +43,65 @@ def second_gradient(
 
 
 def leave_one_out_gradients(
-    probabilities: npt.NDArray[np.float64], first_gradients: FloatArray
+    probabilities: npt.NDArray[np.float64],
+    first_gradients: FloatArray,
+    total: FloatArray | None = None,
 ) -> FloatArray:
     """Row i is ``G₋ᵢ``: the second gradient renormalised without node i.
 
-    With a single node there is nothing to leave out; its row is the zero vector.
+    With a single node there is nothing to leave out; its row is the zero vector. ``total``
+    is ``G`` when the caller has it already.
     """
-    total = second_gradient(probabilities, first_gradients)
+    if total is None:
+        total = second_gradient(probabilities, first_gradients)
     rest = 1.0 - probabilities
     safe = np.where(rest > 1e-12, rest, 1.0)[:, None].astype(np.float32)
     without = (total[None, :] - probabilities[:, None].astype(np.float32) * first_gradients) / safe
     without[rest <= 1e-12] = 0.0
     return np.asarray(without, dtype=np.float32)
+
+
+def bound_norms(
+    first_gradients: FloatArray, factor: float
+) -> tuple[FloatArray, npt.NDArray[np.float64]]:
+    """Scale each row down to at most ``factor`` × the median row norm.
+
+    Returns the bounded rows and each row's scale factor in (0, 1] (1 where the row was
+    within the bound). ``factor <= 0`` bounds nothing. Non-finite rows are not expected here
+    (the round drops them) but would get the factor 0 rather than spread NaN.
+    """
+    rows = first_gradients.shape[0]
+    if factor <= 0 or rows == 0:
+        return first_gradients, np.ones(rows)
+    norms = np.sqrt(np.einsum("ij,ij->i", first_gradients, first_gradients, dtype=np.float64))
+    finite = np.isfinite(norms)
+    limit = factor * float(np.median(norms[finite])) if finite.any() else 0.0
+    scale = np.ones(rows)
+    over = finite & (norms > limit) & (limit > 0)
+    if finite.all() and not over.any():
+        return first_gradients, scale
+    scale[over] = limit / norms[over]
+    scale[~finite] = 0.0
+    bounded = first_gradients * scale[:, None].astype(np.float32)
+    bounded[~finite] = 0.0
+    return np.asarray(bounded, dtype=np.float32), scale
+
+
+def step_normalised_leave_one_out_gradients(
+    probabilities: npt.NDArray[np.float64], first_gradients: FloatArray
+) -> FloatArray:
+    """Row i is ``G₋ᵢ`` rescaled to the norm of ``G``: node i left out, the step kept.
+
+    Renormalising without node i also lengthens the step when node i's update is short: a
+    node that sends nothing (a free rider) then looks useful for damping a step that
+    overshoots. At equal length, leaving a node out changes only the step's direction.
+    """
+    total = second_gradient(probabilities, first_gradients)
+    without = leave_one_out_gradients(probabilities, first_gradients, total)
+    target = float(np.sqrt(np.dot(total, total, out=None)))
+    norms = np.sqrt(np.einsum("ij,ij->i", without, without, dtype=np.float64))
+    scale = np.where(norms > 1e-30, target / np.maximum(norms, 1e-30), 0.0)
+    return np.asarray(without * scale[:, None].astype(np.float32), dtype=np.float32)
 
 
 def expand_to_roster(
@@ -90,3 +141,58 @@ def bounded_prior_softmax(
     logits = logits - logits.max()
     weights = np.exp(logits)
     return np.asarray(weights / weights.sum(), dtype=np.float64)
+
+
+def cap_rise(
+    probabilities: npt.NDArray[np.float64],
+    previous: npt.NDArray[np.float64],
+    log_prior: npt.NDArray[np.float64],
+    max_rise: float,
+) -> npt.NDArray[np.float64]:
+    """Let no node's offset from its prior rise more than ``max_rise`` nats in one round.
+
+    A node's offset is ``log p_i − log prior_i`` less the median offset (so that the
+    renormalisation of a softmax moves nobody). Nodes without a previous weight (absent last
+    round) are not capped. A node held down for a record of harm then climbs back at most
+    ``max_rise`` per round: a relapsing node meets fresh evidence before it regains its share,
+    while a reformed one is back within ``gap / max_rise`` rounds.
+    """
+    if max_rise <= 0:
+        return probabilities
+    known = previous > 0
+    if not known.any():
+        return probabilities
+    offset = np.log(np.maximum(probabilities, 1e-300)) - log_prior
+    offset -= np.median(offset)
+    before = np.full_like(offset, np.inf)
+    before[known] = np.log(previous[known]) - log_prior[known]
+    before[known] -= np.median(before[known])
+    capped = np.minimum(offset, before + max_rise)
+    logits = log_prior + capped
+    weights = np.exp(logits - logits.max())
+    return np.asarray(weights / weights.sum(), dtype=np.float64)
+
+
+def clearly_worse(
+    candidate: npt.NDArray[np.float64],
+    reference: npt.NDArray[np.float64],
+    k: float,
+) -> bool:
+    """Whether per-sample losses ``candidate`` are clearly worse than ``reference``.
+
+    "Clearly worse": the mean per-sample difference exceeds ``k`` standard errors (and is
+    positive). A non-finite candidate is always worse; a candidate beats a non-finite
+    reference. One sample (no spread) compares the means.
+    """
+    candidate = np.asarray(candidate, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if not np.all(np.isfinite(candidate)):
+        return True
+    if not np.all(np.isfinite(reference)):
+        return False
+    difference = candidate - reference
+    mean = float(difference.mean())
+    if difference.size < 2:
+        return mean > 0
+    standard_error = float(difference.std(ddof=1)) / np.sqrt(difference.size)
+    return mean > 0 and mean > k * standard_error

@@ -7,7 +7,11 @@ Both ask the server's validation set two questions each round, as two batched pa
    mattered most on the prototype).
 2. *Leave-one-out credit*: how much worse is ``w − η G₋ᵢ`` than ``w − η G``, with
    ``G₋ᵢ`` the second gradient renormalised without node i? ``B − B₋ᵢ`` with ``B`` the
-   negative validation loss. Positive credit means node i helped.
+   negative validation loss. Positive credit means node i helped. With
+   ``step_normalised=True`` ``G₋ᵢ`` is rescaled to the length of ``G``, so a node is paid
+   for the direction it adds, not for shortening (damping) the step.
+
+The Actor-Critic adds a robust reference candidate to the first pass (its safety check).
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray, ValidationFn
-from accord.aggregation.combine import leave_one_out_gradients, second_gradient
+from accord.aggregation.combine import (
+    leave_one_out_gradients,
+    second_gradient,
+    step_normalised_leave_one_out_gradients,
+)
 
 __all__ = [
     "LeaveOneOut",
@@ -34,6 +42,7 @@ FEATURE_NAMES = (
     "log_norm_ratio",
     "previous_share",
     "running_credit",
+    "log_norm_bound",
 )
 
 
@@ -56,11 +65,15 @@ def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[
 
 @dataclass(frozen=True)
 class NodeFeatures:
-    """``values``: (n_present, 5) features in :data:`FEATURE_NAMES` order; ``loss_now``:
-    validation loss of ``w_t``."""
+    """``values``: (n_present, 6) features in :data:`FEATURE_NAMES` order; ``loss_now``:
+    validation loss of ``w_t``; ``reference_loss`` and ``reference_sample_losses``: the
+    validation loss (mean and per sample) of ``w − η·reference_gradient`` when one was
+    given, else ``None``."""
 
     values: npt.NDArray[np.float64]
     loss_now: float
+    reference_loss: float | None = None
+    reference_sample_losses: npt.NDArray[np.float64] | None = None
 
 
 def node_features(
@@ -71,19 +84,28 @@ def node_features(
     previous_second_gradient: FloatArray | None,
     previous_shares: npt.NDArray[np.float64],
     running_credit: npt.NDArray[np.float64],
+    bound_factors: npt.NDArray[np.float64] | None = None,
+    reference_gradient: FloatArray | None = None,
 ) -> NodeFeatures:
-    """The state ``x_i`` of each present node.
+    """The state ``x_i`` of each present node, in one batched validation pass.
 
     ``previous_shares`` is ``N · p_{t−1,i}``; ``running_credit`` each node's decayed sum of
-    past leave-one-out credit (scaled per round), the evidence Hedge-LOO acts on.
+    past leave-one-out credit (scaled per round), the evidence Hedge-LOO acts on;
+    ``bound_factors`` the factor (≤ 1) by which norm bounding scaled each first gradient
+    (its log is a feature; 0 without bounding). A ``reference_gradient`` is scored in the
+    same pass.
     """
-    candidates = np.concatenate(
-        [weights[None, :], weights[None, :] - np.float32(server_learning_rate) * first_gradients]
-    )
-    scores = validate(candidates)
+    lr = np.float32(server_learning_rate)
+    parts = [weights[None, :], weights[None, :] - lr * first_gradients]
+    if reference_gradient is not None:
+        parts.append(weights[None, :] - lr * reference_gradient[None, :])
+    scores = validate(np.concatenate(parts))
+    n = first_gradients.shape[0]
     loss_now = float(scores.losses[0])
-    alone = robust_z(scores.losses[1:] - loss_now)
-    norms = np.linalg.norm(first_gradients.astype(np.float64), axis=1)
+    # A diverging candidate scores inf or NaN; it still ranks as the worst, not as NaN.
+    alone_losses = np.nan_to_num(scores.losses[1 : n + 1] - loss_now, nan=1e6, posinf=1e6)
+    alone = robust_z(alone_losses)
+    norms = np.sqrt(np.einsum("ij,ij->i", first_gradients, first_gradients, dtype=np.float64))
     median_norm = max(float(np.median(norms)), 1e-12)
     log_norm = np.clip(np.log(np.maximum(norms, 1e-12) / median_norm), -3.0, 3.0)
     if previous_second_gradient is None:
@@ -92,16 +114,32 @@ def node_features(
         reference = previous_second_gradient.astype(np.float64)
         denominator = np.maximum(norms * float(np.linalg.norm(reference)), 1e-12)
         cosine = (first_gradients.astype(np.float64) @ reference) / denominator
-    values = np.stack([alone, cosine, log_norm, previous_shares, running_credit], axis=1)
-    return NodeFeatures(values=values.astype(np.float64), loss_now=loss_now)
+    if bound_factors is None:
+        bound_factors = np.ones(n)
+    log_bound = np.clip(np.log(np.maximum(bound_factors, 1e-12)), -5.0, 0.0)
+    values = np.stack([alone, cosine, log_norm, previous_shares, running_credit, log_bound], axis=1)
+    reference_loss: float | None = None
+    reference_sample_losses: npt.NDArray[np.float64] | None = None
+    if reference_gradient is not None:
+        reference_loss = float(scores.losses[n + 1])
+        if scores.sample_losses is not None:
+            reference_sample_losses = np.asarray(scores.sample_losses[n + 1], dtype=np.float64)
+    return NodeFeatures(
+        values=np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0),
+        loss_now=loss_now,
+        reference_loss=reference_loss,
+        reference_sample_losses=reference_sample_losses,
+    )
 
 
 @dataclass(frozen=True)
 class LeaveOneOut:
-    """``credit[i] = B − B₋ᵢ`` on negative validation loss; ``loss_after``: loss of ``w − ηG``."""
+    """``credit[i] = B − B₋ᵢ`` on negative validation loss; ``loss_after``: loss of ``w − ηG``
+    (``sample_losses_after`` per sample, when the validation function gives them)."""
 
     credit: npt.NDArray[np.float64]
     loss_after: float
+    sample_losses_after: npt.NDArray[np.float64] | None = None
 
 
 def leave_one_out_credit(
@@ -110,17 +148,32 @@ def leave_one_out_credit(
     probabilities: npt.NDArray[np.float64],
     first_gradients: FloatArray,
     server_learning_rate: float,
+    *,
+    step_normalised: bool = False,
 ) -> LeaveOneOut:
-    """Each present node's leave-one-out credit for the second gradient it was part of."""
+    """Each present node's leave-one-out credit for the second gradient it was part of.
+
+    Non-finite losses (a candidate that diverges) give a finite credit: the candidate
+    counts as very bad (loss 1e6), never as NaN.
+    """
     lr = np.float32(server_learning_rate)
     combined = second_gradient(probabilities, first_gradients)
-    without = leave_one_out_gradients(probabilities, first_gradients)
+    if step_normalised:
+        without = step_normalised_leave_one_out_gradients(probabilities, first_gradients)
+    else:
+        without = leave_one_out_gradients(probabilities, first_gradients, combined)
     candidates = np.concatenate([weights[None, :] - lr * combined, weights[None, :] - lr * without])
-    losses = validate(candidates).losses
-    loss_after = float(losses[0])
-    with np.errstate(invalid="ignore"):  # inf − inf: a diverging model
-        credit = losses[1:] - loss_after  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
-    credit = np.where(np.isfinite(credit), credit, 0.0)  # not finite: no information
+    scores = validate(candidates)
+    # A diverging candidate (inf or NaN loss) counts as very bad, so removing the node
+    # that makes a step diverge is credited, never NaN.
+    losses = np.nan_to_num(scores.losses, nan=1e6, posinf=1e6)
+    loss_after = float(scores.losses[0])
+    credit = losses[1:] - losses[0]  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
     if first_gradients.shape[0] == 1:
         credit = np.zeros(1)
-    return LeaveOneOut(credit=np.asarray(credit, dtype=np.float64), loss_after=loss_after)
+    after = None if scores.sample_losses is None else np.asarray(scores.sample_losses[0])
+    return LeaveOneOut(
+        credit=np.asarray(credit, dtype=np.float64),
+        loss_after=loss_after,
+        sample_losses_after=after,
+    )

@@ -1,7 +1,8 @@
 """Scoring many candidate weight vectors at once on a held-out set.
 
-The Actor-Critic needs ``2N + 2`` validation passes per round; scoring them as one batched
-forward pass (``torch.func.vmap`` over parameter sets) keeps that cheap.
+The Actor-Critic needs about ``2N + 3`` validation passes per round; scoring them as one
+batched forward pass (``torch.func.vmap`` over parameter sets) keeps that cheap. Every
+score carries its per-sample losses too (:attr:`ValidationScores.sample_losses`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def make_validation_fn(
     *,
     chunk: int = 64,
 ) -> ValidationFn:
-    """A function scoring a (K, dim) stack of weights: mean cross-entropy and accuracy."""
+    """A function scoring a (K, dim) stack of weights: mean cross-entropy and accuracy, and
+    the (K, n_samples) per-sample cross-entropy."""
     inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
     targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
     module = model.module
@@ -38,17 +40,21 @@ def make_validation_fn(
     def validate(weights: FloatArray) -> ValidationScores:
         stacked = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float32))
         losses: list[torch.Tensor] = []
+        sample_losses: list[torch.Tensor] = []
         accuracies: list[torch.Tensor] = []
         with torch.no_grad():
             for start in range(0, stacked.shape[0], chunk):
                 logits = batched_forward(model.unflatten(stacked[start : start + chunk]))
                 log_probs = torch.log_softmax(logits, dim=-1)
                 picked = log_probs.gather(-1, targets.expand(logits.shape[0], -1)[..., None])
-                losses.append(-picked.squeeze(-1).mean(dim=1))
+                per_sample = -picked.squeeze(-1)
+                sample_losses.append(per_sample)
+                losses.append(per_sample.mean(dim=1))
                 accuracies.append((logits.argmax(dim=-1) == targets).float().mean(dim=1))
         return ValidationScores(
             losses=torch.cat(losses).double().numpy(),
             accuracies=torch.cat(accuracies).double().numpy(),
+            sample_losses=torch.cat(sample_losses).double().numpy(),
         )
 
     return validate

@@ -1,0 +1,190 @@
+"""The Actor-Critic's networks, replay buffer and torch helpers (see :mod:`.actor_critic`).
+
+Kept apart from the policies so that :mod:`accord.aggregation.actor_critic` reads as the
+round's logic: what the policy observes, proposes, checks and learns from.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from accord.training.optim import Adam
+
+__all__ = [
+    "ActionLinearCritics",
+    "Replay",
+    "ScoreActor",
+    "bounded_logits_torch",
+    "load_torch_state",
+    "masked_mean",
+    "masked_softmax",
+    "mlp",
+    "small_last_layer",
+    "soft_update",
+    "torch_state",
+]
+
+
+def bounded_logits_torch(
+    log_anchor: torch.Tensor, scores: torch.Tensor, bound: float, upper_bound: float
+) -> torch.Tensor:
+    """Torch twin of :func:`accord.aggregation.combine.bounded_logits`."""
+    up = upper_bound * torch.tanh(scores / upper_bound)
+    down = bound * torch.tanh(scores / bound)
+    return log_anchor + torch.where(scores > 0, up, down)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the node axis (-2) of present nodes, broadcast back to every node."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    total = (values * weights).sum(dim=-2, keepdim=True)
+    return (total / weights.sum(dim=-2, keepdim=True).clamp_min(1.0)).expand_as(values)
+
+
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        targets: list[torch.Tensor] = list(target.parameters())
+        sources: list[torch.Tensor] = list(source.parameters())
+        torch._foreach_mul_(targets, 1.0 - tau)
+        torch._foreach_add_(targets, sources, alpha=tau)
+
+
+def small_last_layer(layer: nn.Linear) -> nn.Linear:
+    """Start the head near zero so the initial policy is its anchor."""
+    with torch.no_grad():
+        layer.weight.uniform_(-1e-3, 1e-3)
+        layer.bias.zero_()
+    return layer
+
+
+def mlp(inputs: int, hidden: int, outputs: int, activation: type[nn.Module]) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, hidden),
+        activation(),
+        nn.Linear(hidden, hidden),
+        activation(),
+        nn.Linear(hidden, outputs),
+    )
+
+
+class Replay:
+    """A ring buffer of transitions; ``fields`` maps each field's name to its per-transition
+    shape (float32, except the fields named in ``boolean``)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        fields: dict[str, tuple[int, ...]],
+        boolean: tuple[str, ...] = ("mask", "next_mask"),
+    ) -> None:
+        self.capacity = capacity
+        self.names = tuple(fields)
+        self.arrays = {
+            name: np.zeros((capacity, *shape), dtype=bool if name in boolean else np.float32)
+            for name, shape in fields.items()
+        }
+        self.size = 0
+        self.cursor = 0
+
+    def add(self, **values: np.ndarray) -> None:
+        i = self.cursor
+        for name in self.names:
+            self.arrays[name][i] = values[name]
+        self.cursor = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, rng: np.random.Generator, batch: int) -> dict[str, torch.Tensor]:
+        index = rng.integers(0, self.size, size=min(batch, self.size))
+        return {name: torch.from_numpy(self.arrays[name][index]) for name in self.names}
+
+    def state_dict(self) -> dict[str, Any]:
+        n = self.size
+        return {
+            "size": n,
+            "cursor": self.cursor,
+            **{name: self.arrays[name][:n].copy() for name in self.names},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = int(state["size"])
+        for name in self.names:
+            self.arrays[name][:n] = state[name]
+        self.size, self.cursor = n, int(state["cursor"])
+
+
+def torch_state(module: nn.Module | Adam) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def load_torch_state(module: nn.Module | Adam, blob: bytes) -> None:
+    module.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+
+
+class ScoreActor(nn.Module):
+    """One MLP shared by every node: ``[x_i, mean_j x_j] → score_i``."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(2 * features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()
+        )
+        self.head = small_last_layer(nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        context = torch.cat([x, masked_mean(x, mask)], dim=-1)
+        scores: torch.Tensor = self.head(self.body(context)).squeeze(-1)
+        return scores
+
+
+class _EnsembleLinear(nn.Module):
+    """K independent linear layers applied as one batched matmul: (K, M, in) → (K, M, out)."""
+
+    def __init__(self, members: int, inputs: int, outputs: int) -> None:
+        super().__init__()
+        bound = 1.0 / inputs**0.5
+        self.weight = nn.Parameter(torch.empty(members, inputs, outputs).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, 1, outputs).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class ActionLinearCritics(nn.Module):
+    """K critics ``Q_i = N · a_i · V(c_i) + U(c_i)``, ``c_i = [φ(x_i), mean_j φ(x_j)]``.
+
+    The critics share nothing but their shapes; they are evaluated together as one batched
+    network, which halves the per-step cost of TD3's twin critics on tiny inputs.
+    """
+
+    def __init__(self, members: int, features: int, hidden: int) -> None:
+        super().__init__()
+        self.members = members
+        self.phi = _EnsembleLinear(members, features, hidden)
+        self.trunk1 = _EnsembleLinear(members, 2 * hidden, hidden)
+        self.trunk2 = _EnsembleLinear(members, hidden, hidden)
+        self.heads = _EnsembleLinear(members, hidden, 2)  # V and U
+
+    def forward(self, x: torch.Tensor, action: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, R, F), action and mask (B, R) → Q of every critic, (K, B, R)."""
+        k = self.members
+        batch, roster, _ = x.shape
+        flat = x.reshape(1, batch * roster, -1).expand(k, -1, -1)
+        h = torch.relu(self.phi(flat)).reshape(k, batch, roster, -1)
+        context = torch.cat([h, masked_mean(h, mask.unsqueeze(0).expand(k, -1, -1))], dim=-1)
+        z = torch.relu(self.trunk1(context.reshape(k, batch * roster, -1)))
+        z = torch.relu(self.trunk2(z))
+        value, baseline = self.heads(z).reshape(k, batch, roster, 2).unbind(-1)
+        count = mask.sum(dim=-1, keepdim=True).to(action.dtype)
+        q: torch.Tensor = count * action * value + baseline
+        return q
