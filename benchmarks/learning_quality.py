@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_model
+
 #: Scenario specs (keys of :data:`SPEC_DEFAULTS`); ``benchmarks/zoo.py`` has many more.
 SCENARIOS: dict[str, dict[str, Any]] = {
     "iid-clean": {"partition": "iid", "fault": "label-flip", "faulty": 0},
@@ -360,6 +363,7 @@ def main() -> int:
         for seed in range(args.seeds)
     ]
     started = time.perf_counter()
+    load_at_start = os.getloadavg()
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = list(pool.map(run_one, jobs))
     summary = summarise(runs)
@@ -378,6 +382,9 @@ def main() -> int:
         "summary": {s: summary[s] for s in scenarios if s in summary},
         "wall_seconds": time.perf_counter() - started,
         "machine": {
+            "cpu": cpu_model(),
+            "load_average_start": load_at_start,
+            "load_average_end": os.getloadavg(),
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": sys.version.split()[0],
