@@ -13,6 +13,7 @@ from accord.aggregation.actor_critic import (
     ActorCriticSettings,
     RichActorCritic,
     make_actor_critic,
+    misalignment,
     reward,
 )
 from accord.aggregation.combine import bounded_prior_softmax
@@ -60,6 +61,8 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         ("data_size_k", -1.0),
         ("reference_upper_bound", -0.5),
         ("credit_shrinkage", 1),
+        ("alignment_penalty", -1.0),
+        ("alignment_fraction", 0.0),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -353,3 +356,34 @@ def test_credit_shrinkage_falls_back_to_data_size_when_noise_explains_the_spread
         result = policy.aggregate(_round(1, np.zeros(2), gradients, validate, SKEWED))
         reference = bounded_prior_softmax(np.log(SKEWED), expected, 4.0)
         np.testing.assert_allclose(result.probabilities, reference, rtol=1e-6)
+
+
+def test_misalignment_scores_orthogonal_and_opposed_updates_against_the_median() -> None:
+    cosines = np.array([0.6, 0.5, 0.3, 0.0, -0.5])
+    np.testing.assert_allclose(misalignment(cosines, 0.5), [0.0, 0.0, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(misalignment(np.array([0.3, 0.2, 0.1]), 1.0), [0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(misalignment(np.array([-0.1, 0.0, 0.2]), 0.5), np.zeros(3))
+
+
+def test_an_orthogonal_update_loses_credit_under_the_alignment_penalty() -> None:
+    # Nodes a, b, c push toward the target; "bad" sends noise orthogonal to that direction.
+    rng = np.random.default_rng(0)
+    validate = _per_sample_validation(np.array([1.0, 1.0, 0.0]) + 0.1 * rng.normal(size=(200, 3)))
+    gradients = np.array(
+        [[-0.3, -0.3, 0.0], [-0.3, -0.25, 0.0], [-0.25, -0.3, 0.0], [0.0, 0.0, 0.4]]
+    )
+    ends = {}
+    for penalty in (0.0, 1.0):
+        policy = RichActorCritic(ActorCriticSettings(alignment_penalty=penalty, warmup_rounds=5))
+        weights = np.zeros(3)
+        for index in range(4):
+            weights = (
+                weights
+                - policy.aggregate(_round(index, weights, gradients, validate)).second_gradient
+            )
+        assert policy.running_credit is not None
+        ends[penalty] = policy.running_credit.copy()
+    # Three rounds with a previous second gradient, one unit of penalty each (decayed);
+    # the aligned nodes are not penalised.
+    assert ends[1.0][3] < ends[0.0][3] - 1.0
+    assert np.all(ends[1.0][:3] > 0)

@@ -187,6 +187,12 @@ class ActorCriticSettings:
       On clean non-IID data the credit's spread is consistent, not noise (about 90 % of
       it is kept), so it barely moved clean non-IID (95.5) and cost breast cancer's sign
       flip 0.9 point.
+    - ``alignment_penalty``: each round, subtract ``alignment_penalty ×`` :func:`misalignment`
+      (0 for a node at least ``alignment_fraction`` × the median cosine to the last second
+      gradient, 1 for an orthogonal update, up to 2 for an opposed one) from the running
+      credit (default 0, off; ``alignment_fraction`` default 0.5). It tells a noise node
+      (cosine about 0) from an under-paid honest one, which the leave-one-out credit does
+      not, so noise stays held down with a smaller ``reference_upper_bound``.
     """
 
     mode: str = "rich"
@@ -232,6 +238,8 @@ class ActorCriticSettings:
     data_size_k: float = 0.0
     reference_upper_bound: float = 4.0
     credit_shrinkage: bool = False
+    alignment_penalty: float = 0.0
+    alignment_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
@@ -294,6 +302,26 @@ class ActorCriticSettings:
         require_number("evidence_max_gain", self.evidence_max_gain, minimum=1.0)
         require_number("data_size_k", self.data_size_k, minimum=0.0)
         require_number("reference_upper_bound", self.reference_upper_bound, minimum=0.0)
+        require_number("alignment_penalty", self.alignment_penalty, minimum=0.0)
+        require_number(
+            "alignment_fraction", self.alignment_fraction, minimum=0.0, exclusive_minimum=True
+        )
+
+
+def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
+    """Each node's shortfall in alignment with the last second gradient, in [0, 2]:
+    ``clip(1 − cos_i / (fraction · median cos), 0, 2)``; zeros when the median cosine is
+    not positive (no common direction to judge by).
+
+    A node at least ``fraction`` as aligned as the median scores 0, an orthogonal one
+    (noise, a free rider's zero update) 1, an opposed one up to 2. The leave-one-out credit
+    of a noise node is about 0, like that of an honest node that the credit under-pays on
+    non-IID data; its alignment tells them apart.
+    """
+    median = float(np.median(cosines)) if cosines.size else 0.0
+    if median <= 0:
+        return np.zeros_like(cosines)
+    return np.asarray(np.clip(1.0 - cosines / (fraction * median), 0.0, 2.0))
 
 
 def make_actor_critic(settings: ActorCriticSettings | None = None) -> Aggregator:
@@ -522,6 +550,11 @@ class RichActorCritic(Aggregator):
         )
         # An update that had to be cut down to the norm bound counts against its node.
         self.running_credit[present] += s.bound_penalty * np.log(np.maximum(bound_factors, 1e-6))
+        if s.alignment_penalty > 0 and self.previous_second_gradient is not None:
+            self.running_credit[present] -= s.alignment_penalty * misalignment(
+                features.values[:, FEATURE_NAMES.index("cosine_previous")],
+                s.alignment_fraction,
+            )
         # Below −2b the bounded logit is saturated (4·tanh(2) = 3.86 nats down): a deeper
         # record would only delay the recovery of a node whose fault switched off.
         np.maximum(self.running_credit, -2.0 * s.bound, out=self.running_credit)
