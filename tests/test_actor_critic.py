@@ -13,6 +13,7 @@ from accord.aggregation.actor_critic import (
     ActorCriticSettings,
     RichActorCritic,
     make_actor_critic,
+    misalignment,
     reward,
 )
 from accord.aggregation.combine import bounded_prior_softmax
@@ -56,6 +57,12 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         ("bound_penalty", -1.0),
         ("learn_every", 0),
         ("evidence_max_gain", 0.5),
+        ("data_size_reference", "yes"),
+        ("data_size_k", -1.0),
+        ("reference_upper_bound", -0.5),
+        ("credit_shrinkage", 1),
+        ("alignment_penalty", -1.0),
+        ("alignment_fraction", 0.0),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -178,11 +185,17 @@ class _FixedScores(torch.nn.Module):
         return self.scores.expand(x.shape[0], -1)
 
 
-def _round(index: int, weights: np.ndarray, gradients: np.ndarray, validate) -> RoundInput:
+def _round(
+    index: int,
+    weights: np.ndarray,
+    gradients: np.ndarray,
+    validate,
+    counts: np.ndarray | None = None,
+) -> RoundInput:
     return RoundInput(
         round_index=index,
         roster=("a", "b", "c", "bad"),
-        sample_counts=np.ones(4),
+        sample_counts=np.ones(4) if counts is None else counts,
         present=np.ones(4, dtype=bool),
         global_weights=weights.astype(np.float32),
         first_gradients=gradients.astype(np.float32),
@@ -269,3 +282,108 @@ def test_a_free_rider_ends_below_half_its_share() -> None:
     counts = {node.node_id: node.sample_count for node in simulation.data.nodes}
     share = counts[rider] / sum(counts.values())
     assert result.rounds[-1].record.probabilities[rider] < share / 2
+
+
+SKEWED = np.array([10.0, 20.0, 30.0, 40.0])
+
+
+def _reference_after(settings: ActorCriticSettings, credit: list[float], gradients: np.ndarray):
+    """The weights applied in the second warm-up round (the reference), with the running
+    credit set to ``credit`` after the first; and the policy."""
+    rng = np.random.default_rng(0)
+    validate = _per_sample_validation(np.array([1.0, 1.0]) + 0.1 * rng.normal(size=(200, 2)))
+    policy = RichActorCritic(dataclasses.replace(settings, warmup_rounds=5, seed=0))
+    weights = np.zeros(2)
+    policy.aggregate(_round(0, weights, gradients, validate, SKEWED))
+    policy.running_credit = np.array(credit)
+    result = policy.aggregate(_round(1, weights, gradients, validate, SKEWED))
+    return result.probabilities, policy
+
+
+def test_on_clean_data_the_reference_is_the_data_size_weights_when_they_validate_no_worse() -> None:
+    # Clean data: every node sends the same useful update, so any weights validate alike.
+    # Hedge-LOO's rule would still follow the noise in its credit; the choice does not.
+    gradients = np.tile(np.array([-0.3, -0.3]), (4, 1))
+    credit = [6.0, -6.0, 0.0, 0.0]
+    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0)
+    chosen, policy = _reference_after(
+        ActorCriticSettings(data_size_reference=True), credit, gradients
+    )
+    np.testing.assert_allclose(chosen, SKEWED / SKEWED.sum(), rtol=1e-9)
+    assert policy.diagnostics()["reference_is_data_size"] == 1.0
+    plain, policy = _reference_after(
+        ActorCriticSettings(data_size_reference=False), credit, gradients
+    )
+    np.testing.assert_allclose(plain, hedge, rtol=1e-9)
+    assert policy.diagnostics()["reference_is_data_size"] == 0.0
+
+
+def test_the_reference_stays_hedge_loo_when_the_data_size_weights_validate_worse() -> None:
+    # Node "bad" (the largest) pushes away from the target; its credit holds it down.
+    gradients = np.array([[-0.3, -0.3], [-0.3, -0.3], [-0.3, -0.3], [0.6, 0.6]])
+    credit = [0.0, 0.0, 0.0, -8.0]
+    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0)
+    chosen, policy = _reference_after(
+        ActorCriticSettings(data_size_reference=True), credit, gradients
+    )
+    np.testing.assert_allclose(chosen, hedge, rtol=1e-9)
+    assert policy.diagnostics()["reference_is_data_size"] == 0.0
+
+
+def test_the_reference_upper_bound_limits_how_far_credit_lifts_a_node() -> None:
+    gradients = np.tile(np.array([-0.3, -0.3]), (4, 1))
+    credit = [20.0, 0.0, 0.0, 0.0]
+    for upper in (4.0, 1.0, 0.0):
+        chosen, _ = _reference_after(
+            ActorCriticSettings(reference_upper_bound=upper), credit, gradients
+        )
+        lift = upper * np.tanh(20.0 / upper) if upper > 0 else 0.0
+        lifted = SKEWED * np.exp([lift, 0.0, 0.0, 0.0])
+        np.testing.assert_allclose(chosen, lifted / lifted.sum(), rtol=1e-6)
+
+
+def test_credit_shrinkage_falls_back_to_data_size_when_noise_explains_the_spread() -> None:
+    gradients = np.tile(np.array([-0.3, -0.3]), (4, 1))
+    credit = [2.0, -2.0, 1.0, -1.0]
+    settings = ActorCriticSettings(credit_shrinkage=True)
+    rng = np.random.default_rng(0)
+    validate = _per_sample_validation(np.array([1.0, 1.0]) + 0.1 * rng.normal(size=(200, 2)))
+    for noise, expected in ((100.0, np.zeros(4)), (0.0, np.array(credit))):
+        policy = RichActorCritic(dataclasses.replace(settings, warmup_rounds=5))
+        policy.aggregate(_round(0, np.zeros(2), gradients, validate, SKEWED))
+        policy.running_credit = np.array(credit)
+        policy.evidence_variance = np.full(4, noise)
+        result = policy.aggregate(_round(1, np.zeros(2), gradients, validate, SKEWED))
+        reference = bounded_prior_softmax(np.log(SKEWED), expected, 4.0)
+        np.testing.assert_allclose(result.probabilities, reference, rtol=1e-6)
+
+
+def test_misalignment_scores_orthogonal_and_opposed_updates_against_the_median() -> None:
+    cosines = np.array([0.6, 0.5, 0.3, 0.0, -0.5])
+    np.testing.assert_allclose(misalignment(cosines, 0.5), [0.0, 0.0, 0.0, 1.0, 2.0])
+    np.testing.assert_allclose(misalignment(np.array([0.3, 0.2, 0.1]), 1.0), [0.0, 0.0, 0.5])
+    np.testing.assert_array_equal(misalignment(np.array([-0.1, 0.0, 0.2]), 0.5), np.zeros(3))
+
+
+def test_an_orthogonal_update_loses_credit_under_the_alignment_penalty() -> None:
+    # Nodes a, b, c push toward the target; "bad" sends noise orthogonal to that direction.
+    rng = np.random.default_rng(0)
+    validate = _per_sample_validation(np.array([1.0, 1.0, 0.0]) + 0.1 * rng.normal(size=(200, 3)))
+    gradients = np.array(
+        [[-0.3, -0.3, 0.0], [-0.3, -0.25, 0.0], [-0.25, -0.3, 0.0], [0.0, 0.0, 0.4]]
+    )
+    ends = {}
+    for penalty in (0.0, 1.0):
+        policy = RichActorCritic(ActorCriticSettings(alignment_penalty=penalty, warmup_rounds=5))
+        weights = np.zeros(3)
+        for index in range(4):
+            weights = (
+                weights
+                - policy.aggregate(_round(index, weights, gradients, validate)).second_gradient
+            )
+        assert policy.running_credit is not None
+        ends[penalty] = policy.running_credit.copy()
+    # Three rounds with a previous second gradient, one unit of penalty each (decayed);
+    # the aligned nodes are not penalised.
+    assert ends[1.0][3] < ends[0.0][3] - 1.0
+    assert np.all(ends[1.0][:3] > 0)

@@ -123,10 +123,11 @@ def bounded_logits(
 
     A node may fall ``bound`` nats below its data-size prior but rise only ``upper_bound``
     above it: suppressing a bad node is what the weights are for, while piling the weight
-    onto a few good nodes loses the data of the others (non-IID).
+    onto a few good nodes loses the data of the others (non-IID). A bound of 0 allows no
+    move in that direction.
     """
-    up = upper_bound * np.tanh(scores / upper_bound)
-    down = bound * np.tanh(scores / bound)
+    up = upper_bound * np.tanh(scores / upper_bound) if upper_bound > 0 else np.zeros_like(scores)
+    down = bound * np.tanh(scores / bound) if bound > 0 else np.zeros_like(scores)
     return np.asarray(log_prior + np.where(scores > 0, up, down), dtype=np.float64)
 
 

@@ -11,11 +11,13 @@ Both ask the server's validation set two questions each round, as two batched pa
    ``step_normalised=True`` ``G₋ᵢ`` is rescaled to the length of ``G``, so a node is paid
    for the direction it adds, not for shortening (damping) the step.
 
-The Actor-Critic adds a robust reference candidate to the first pass (its safety check).
+The Actor-Critic adds its candidate references (Hedge-LOO's weights on its own credit, and
+the data-size weights) to the first pass: its safety check and its choice of reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +70,17 @@ class NodeFeatures:
     """``values``: (n_present, 6) features in :data:`FEATURE_NAMES` order; ``loss_now``:
     validation loss of ``w_t``; ``reference_loss`` and ``reference_sample_losses``: the
     validation loss (mean and per sample) of ``w − η·reference_gradient`` when one was
-    given, else ``None``."""
+    given, else ``None``; ``candidate_losses`` and ``candidate_sample_losses``: the same for
+    each row of ``candidate_gradients`` (empty, or ``None`` without per-sample losses)."""
 
     values: npt.NDArray[np.float64]
     loss_now: float
     reference_loss: float | None = None
     reference_sample_losses: npt.NDArray[np.float64] | None = None
+    candidate_losses: npt.NDArray[np.float64] = dataclasses.field(
+        default_factory=lambda: np.zeros(0)
+    )
+    candidate_sample_losses: npt.NDArray[np.float64] | None = None
 
 
 def node_features(
@@ -86,19 +93,23 @@ def node_features(
     running_credit: npt.NDArray[np.float64],
     bound_factors: npt.NDArray[np.float64] | None = None,
     reference_gradient: FloatArray | None = None,
+    candidate_gradients: FloatArray | None = None,
 ) -> NodeFeatures:
     """The state ``x_i`` of each present node, in one batched validation pass.
 
     ``previous_shares`` is ``N · p_{t−1,i}``; ``running_credit`` each node's decayed sum of
     past leave-one-out credit (scaled per round), the evidence Hedge-LOO acts on;
     ``bound_factors`` the factor (≤ 1) by which norm bounding scaled each first gradient
-    (its log is a feature; 0 without bounding). A ``reference_gradient`` is scored in the
+    (its log is a feature; 0 without bounding). A ``reference_gradient`` and the rows of
+    ``candidate_gradients`` (second gradients the caller wants to compare) are scored in the
     same pass.
     """
     lr = np.float32(server_learning_rate)
     parts = [weights[None, :], weights[None, :] - lr * first_gradients]
     if reference_gradient is not None:
         parts.append(weights[None, :] - lr * reference_gradient[None, :])
+    if candidate_gradients is not None:
+        parts.append(weights[None, :] - lr * candidate_gradients)
     scores = validate(np.concatenate(parts))
     n = first_gradients.shape[0]
     loss_now = float(scores.losses[0])
@@ -124,11 +135,18 @@ def node_features(
         reference_loss = float(scores.losses[n + 1])
         if scores.sample_losses is not None:
             reference_sample_losses = np.asarray(scores.sample_losses[n + 1], dtype=np.float64)
+    first = n + 1 + (reference_gradient is not None)
+    candidate_losses = np.asarray(scores.losses[first:], dtype=np.float64)
+    candidate_sample_losses: npt.NDArray[np.float64] | None = None
+    if scores.sample_losses is not None:
+        candidate_sample_losses = np.asarray(scores.sample_losses[first:], dtype=np.float64)
     return NodeFeatures(
         values=np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0),
         loss_now=loss_now,
         reference_loss=reference_loss,
         reference_sample_losses=reference_sample_losses,
+        candidate_losses=candidate_losses,
+        candidate_sample_losses=candidate_sample_losses,
     )
 
 
