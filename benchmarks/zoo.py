@@ -471,6 +471,16 @@ def _cell(row: dict[str, Any] | None) -> str:
     return text
 
 
+def _target_table(title: str, rows: list[tuple[str, dict[str, str]]]) -> list[str]:
+    """A pass/fail table: one row per scenario, one column per target of the first row."""
+    keys = list(rows[0][1])
+    lines = ["", f"### {title}", "", "| scenario | " + " | ".join(keys) + " |"]
+    lines.append("|---|" + "---|" * len(keys))
+    for name, targets in rows:
+        lines.append(f"| {name} | " + " | ".join(targets.get(k, "—") for k in keys) + " |")
+    return lines
+
+
 def markdown(output: dict[str, Any]) -> str:
     policies = [ORACLE, *output["setup"]["policies"]]
     summary = output["scenarios"]
@@ -503,16 +513,9 @@ def markdown(output: dict[str, Any]) -> str:
         )
     target_rows = [(n, r["targets"]) for n, r in summary.items() if "targets" in r]
     if target_rows:
-        keys = list(target_rows[0][1])
-        lines += [
-            "",
-            f"### Weight targets of issue 8 for `{JUDGED}` (every seed must pass)",
-            "",
-            "| scenario | " + " | ".join(keys) + " |",
-            "|---|" + "---|" * len(keys),
-        ]
-        for name, targets in target_rows:
-            lines.append(f"| {name} | " + " | ".join(targets[k] for k in keys) + " |")
+        lines += _target_table(
+            f"Weight targets of issue 8 for `{JUDGED}` (every seed must pass)", target_rows
+        )
         passed = sum(v == "pass" for _, t in target_rows for v in t.values())
         failed = sum(v.startswith("fail") for _, t in target_rows for v in t.values())
         lines.append(f"\n{passed} checks pass, {failed} fail, the rest do not apply.")
@@ -520,16 +523,7 @@ def markdown(output: dict[str, Any]) -> str:
         (n, r["accuracy_targets"]) for n, r in summary.items() if "accuracy_targets" in r
     ]
     if accuracy_rows:
-        keys = list(accuracy_rows[0][1])
-        lines += [
-            "",
-            f"### Accuracy targets of issue 8 for `{JUDGED}`",
-            "",
-            "| scenario | " + " | ".join(keys) + " |",
-            "|---|" + "---|" * len(keys),
-        ]
-        for name, targets in accuracy_rows:
-            lines.append(f"| {name} | " + " | ".join(targets.get(k, "—") for k in keys) + " |")
+        lines += _target_table(f"Accuracy targets of issue 8 for `{JUDGED}`", accuracy_rows)
         ceiling = [t.get("within_1_of_oracle", "n/a") for _, t in accuracy_rows]
         judged_ceiling = [c for c in ceiling if c != "n/a"]
         wins = sum(t.get("beats_best_rule", "").startswith("yes") for _, t in accuracy_rows)
