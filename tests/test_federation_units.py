@@ -1165,3 +1165,53 @@ def test_fltrust_over_the_in_memory_grid_reproduces_the_simulation(
     assert len(federated.rounds) == 3
     for got, want in zip(federated.rounds, expected.rounds, strict=True):
         assert got.record.to_json() | _timing() == want.record.to_json() | _timing()
+
+
+def test_a_run_that_diverges_in_aggregation_saves_its_reason_and_resume_reports_it(
+    small: tuple[Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Arrange: from round 3 on every node sends NaN (the engine calls that divergence)
+    scenario, data = small
+    path = tmp_path / "checkpoint.npz"
+    honest_start_round = NodeWorker.start_round
+
+    def nan_from_round_3(self: NodeWorker, round_index: int, *args: Any) -> Any:
+        gradient = honest_start_round(self, round_index, *args)
+        return gradient * np.float32("nan") if round_index >= 2 else gradient
+
+    monkeypatch.setattr(NodeWorker, "start_round", nan_from_round_3)
+    run, _ = _federated_run(scenario, data, 5, checkpoint_path=path)
+
+    # Act
+    result = run.run()
+    state = load_run_checkpoint(path)
+    resumed, _ = _federated_run(scenario, data, 5, checkpoint_path=path, resume=state)
+    again = resumed.run()
+
+    # Assert: not resumable as an interrupted run; the reason survives the round trip
+    reason = "diverged: every first gradient is not finite at round 3"
+    assert result.stop_reason == reason and len(result.rounds) == 2
+    assert state["stop_reason"] == reason and state["rounds_done"] == 2
+    assert again.stop_reason == reason and len(again.rounds) == 2
+
+
+def test_a_diverged_record_survives_the_checkpoint_json() -> None:
+    from accord.federation.driver import record_from_json
+    from accord.rounds import RoundRecord
+
+    record = RoundRecord(
+        round_index=4,
+        probabilities={"node-00": 1.0},
+        present=("node-00",),
+        dropped={},
+        validation_accuracy_before=0.5,
+        validation_accuracy_after=None,
+        validation_loss_before=0.7,
+        validation_loss_after=None,
+        test_accuracy=None,
+        test_loss=None,
+        aggregate_seconds=0.0,
+        learn_seconds=0.0,
+        diverged="validation loss is not finite at round 5",
+    )
+    assert record_from_json(record.to_json()) == record

@@ -491,7 +491,7 @@ class RichActorCritic(Aggregator):
             if fell_back:
                 logger.warning(
                     "round %d: the actor proposed non-finite weights; applying the reference",
-                    round_input.round_index,
+                    round_input.round_index + 1,
                 )
         step_normalised = s.credit == "step-normalised"
         loo = leave_one_out_credit(

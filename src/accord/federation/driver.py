@@ -131,6 +131,7 @@ def record_from_json(data: Mapping[str, Any]) -> RoundRecord:
         aggregate_seconds=float(data["aggregate_seconds"]),
         learn_seconds=float(data["learn_seconds"]),
         diagnostics={str(k): float(v) for k, v in data.get("diagnostics", {}).items()},
+        diverged=None if data.get("diverged") is None else str(data["diverged"]),
     )
 
 
@@ -329,8 +330,11 @@ class FederatedRun:
             try:
                 pending = engine.aggregate(replies.values, failures)
             except DivergedError as error:
-                # No retry can help: the model (or the policy's answer) is not finite.
+                # No retry can help: the model (or the policy's answer) is not finite. The
+                # checkpoint keeps the reason, so --resume reports the run instead of redoing it.
                 reason = f"{DIVERGED}: {error.reason}"
+                elapsed = elapsed_before + (time.perf_counter() - started)
+                self._checkpoint(engine, roster, counts, progress, elapsed, reason)
                 break
             except ProtocolError as error:
                 failed_attempts += 1

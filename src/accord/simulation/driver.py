@@ -196,7 +196,7 @@ class Simulation:
                 logger.info(
                     "%s: stopping after round %d: %s",
                     self.policy.name,
-                    timed.record.round_index,
+                    timed.record.round_index + 1,
                     reason,
                 )
                 break
