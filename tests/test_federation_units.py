@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import re
 import stat
 import threading
 from collections.abc import Iterator
@@ -1215,3 +1216,27 @@ def test_a_diverged_record_survives_the_checkpoint_json() -> None:
         diverged="validation loss is not finite at round 5",
     )
     assert record_from_json(record.to_json()) == record
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"format": "accord-federation-run"}', "expected a run_id (text) and settings"),
+        (
+            '{"format": "accord-federation-run", "run_id": "r", "settings": {}, '
+            '"transport": {"host": "h"}}',
+            "transport: expected a host (text) and a port (integer)",
+        ),
+        ("[1, 2]", "not an Accord federation run file"),
+        ("{", "not JSON"),
+    ],
+)
+def test_a_damaged_run_file_is_refused_with_one_line(
+    content: str, expected: str, tmp_path: Path
+) -> None:
+    from accord.errors import InputDataError
+    from accord.federation.launcher import RUN_FILE, read_run_file
+
+    (tmp_path / RUN_FILE).write_text(content)
+    with pytest.raises(InputDataError, match=re.escape(expected)):
+        read_run_file(tmp_path)

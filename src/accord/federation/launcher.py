@@ -270,6 +270,15 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
         raise InputDataError(f"{run_file}: not JSON: {error}") from error
     if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
         raise InputDataError(f"{run_file}: not an Accord federation run file")
+    if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("settings"), dict):
+        raise InputDataError(f"{run_file}: expected a run_id (text) and settings (a table)")
+    transport = saved.get("transport")
+    if transport is not None and not (
+        isinstance(transport, dict)
+        and isinstance(transport.get("host"), str)
+        and isinstance(transport.get("port"), int)
+    ):
+        raise InputDataError(f"{run_file}: transport: expected a host (text) and a port (integer)")
     return saved
 
 
