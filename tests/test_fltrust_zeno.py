@@ -245,3 +245,20 @@ def test_accord_simulate_runs_both(tmp_path: Path, capsys: pytest.CaptureFixture
     printed = capsys.readouterr().out
     assert "fltrust" in printed and "zeno" in printed
     assert (out / "summary.json").is_file()
+
+
+def test_a_servers_validation_file_sorted_by_label_gives_fltrust_a_mixed_root(
+    tmp_path: Path,
+) -> None:
+    # The root dataset is the first rows of the validation data: a file sorted by label
+    # must not give it one class.
+    from accord.federation.engine import load_server_data
+    from accord.federation.settings import ServerSettings
+
+    rows = ["a,b,label"] + [f"{i % 7}.0,{i % 5}.0,{i // 100}" for i in range(300)]
+    (tmp_path / "val.csv").write_text("\n".join(rows) + "\n")
+    settings = ServerSettings(validation_data=str(tmp_path / "val.csv"), label_column="label")
+    data = load_server_data(settings)
+    first_hundred = data.validation[1][:100]
+    assert set(first_hundred.tolist()) == {0, 1, 2}
+    assert sorted(data.validation[1].tolist()) == sorted(i // 100 for i in range(300))

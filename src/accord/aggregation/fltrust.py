@@ -21,7 +21,8 @@ data-size weights, and :meth:`FLTrust.diagnostics` reports ``zero_trust = 1``.
 **Where the reference comes from.** The policy sees the server's data only through
 :attr:`RoundInput.server_update` (see :data:`accord.aggregation.base.ServerUpdateFn`), which
 the driver builds from the first :attr:`FLTrustSettings.root_samples` samples of the
-server's validation split (shuffled and stratified, so every class is present), trained
+server's validation split (the built-in scenarios' split is shuffled and stratified; a
+server's own ``--validation-data`` file is shuffled with the run's seed), trained
 with the nodes' local settings. Cao et al. use a root dataset of about 100 clean samples;
 here it overlaps the validation set, which only the stop conditions read, never the test
 set. A smaller validation split gives a smaller root dataset (wine: 18 samples).

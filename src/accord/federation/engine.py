@@ -67,10 +67,15 @@ def load_server_data(settings: ServerSettings, scenario: ScenarioData | None = N
             f"validation file's {list(validation.feature_names)}"
         )
     labels = [validation.labels] + ([] if test is None else [test.labels])
+    # A seeded shuffle, as the built-in scenarios' validation split has: FLTrust's root
+    # dataset is the first rows, and a file sorted by label would give it one class.
+    order = np.random.default_rng([settings.run.scenario.seed, 7937]).permutation(
+        validation.labels.shape[0]
+    )
     return ServerData(
         n_features=validation.features.shape[1],
         n_classes=int(max(int(part.max()) for part in labels)) + 1,
-        validation=(validation.features, validation.labels),
+        validation=(validation.features[order], validation.labels[order]),
         test=None if test is None else (test.features, test.labels),
     )
 
