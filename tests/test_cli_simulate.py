@@ -365,7 +365,10 @@ def test_policies_that_stop_at_different_rounds(tmp_path: Path) -> None:
     assert "(stopped)" in rows[-1]
 
 
-def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(
+    signal_name: str, code: int, tmp_path: Path
+) -> None:
     import signal
     import time
 
@@ -384,13 +387,13 @@ def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(tmp_path: Pa
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(getattr(signal, signal_name))
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     summary = json.loads((run_dir / "summary.json").read_text())
     entry = summary["results"]["fedavg"]
     assert entry["stop_reason"] == "interrupted"

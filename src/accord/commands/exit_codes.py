@@ -10,8 +10,9 @@ code   name             meaning
 3      ``REFUSED``      an input, peer, credential or attestation was refused
 4      ``DIVERGED``     the run finished, but at least one policy diverged (its
                         model's validation loss stopped being finite)
-130    ``INTERRUPTED``  stopped by Ctrl-C (SIGINT) after writing what was done
-143    ``TERMINATED``   stopped by SIGTERM after writing what was done
+130    ``INTERRUPTED``  stopped by Ctrl-C (SIGINT); simulate, server and federate
+                        finish the round and write what was done first
+143    ``TERMINATED``   stopped by SIGTERM; likewise
 =====  ===============  ==========================================================
 """
 

@@ -840,36 +840,41 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
 
 
 class _GracefulStop:
-    """The first Ctrl-C lets the current round finish for every policy, then the run stops
-    and writes its summary and plots; a second Ctrl-C interrupts at once."""
+    """The first Ctrl-C (SIGINT) or SIGTERM lets the current round finish for every policy,
+    then the run stops and writes its summary and plots; a second signal stops at once."""
 
     def __init__(self) -> None:
         import signal
 
         self.requested = False
-        self.installed = False
-        self.previous: Any = signal.default_int_handler
-        try:
-            previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C raises KeyboardInterrupt as usual
-            return
-        self.installed = True
-        if previous is not None:
-            self.previous = previous
+        self.signal_number: int | None = None
+        self.previous: dict[int, Any] = {}
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous = signal.signal(number, self._handle)
+            except ValueError:  # not the main thread: signals keep their usual effect
+                return
+            self.previous[number] = signal.SIG_DFL if previous is None else previous
 
     def _handle(self, signum: int, frame: object) -> None:
-        import signal
-
         self.requested = True
-        sys.stderr.write("stopping after this round (Ctrl-C again to stop at once)\n")
-        signal.signal(signal.SIGINT, self.previous)
+        self.signal_number = signum
+        what = "Ctrl-C" if signum == _sigint() else "SIGTERM"
+        sys.stderr.write(f"{what}: stopping after this round (again to stop at once)\n")
+        self.restore()
 
     def restore(self) -> None:
         import signal
 
-        if self.installed:
-            signal.signal(signal.SIGINT, self.previous)
-            self.installed = False
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
+        self.previous = {}
+
+
+def _sigint() -> int:
+    import signal
+
+    return int(signal.SIGINT)
 
 
 def _drive(
@@ -1032,7 +1037,8 @@ def _drive(
         say(faulty_mass_note(summary["faulty_data_share"], policies, data.time_varying))
     say(f"run folder: {folder.path}")
     if interrupted:
-        return int(ExitCode.INTERRUPTED)
+        terminated = stop.signal_number is not None and stop.signal_number != _sigint()
+        return int(ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
     if any(reason.startswith("failed") for reason in reasons.values()):
         return int(ExitCode.FAILED)
     if any(reason.startswith("diverged") for reason in reasons.values()):
