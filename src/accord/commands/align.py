@@ -157,7 +157,13 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run a debug enclave (peers refuse it unless their policy allows debug)",
     )
-    add("--connect-timeout", type=float, default=None, help="seconds to reach every peer [60]")
+    add(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help="seconds to reach every peer [60]; a peer listens only once its own input is "
+        "loaded and checked, so this must also cover the slowest peer's load",
+    )
     add("--idle-timeout", type=float, default=None, help="seconds a peer may be silent [300]")
     add(
         "--memory-limit",
