@@ -113,6 +113,10 @@ def watch_tls_handshakes() -> Iterator[None]:
     read_fd, write_fd = os.pipe()
     os.dup2(write_fd, 2)
     os.close(write_fd)
+    # gRPC's C-core threads write here; should the reader thread fall behind (it needs the
+    # GIL), a full pipe must drop their lines rather than block a thread that may hold a
+    # lock the Python side waits for.
+    os.set_blocking(2, False)
     old_stderr = sys.stderr
     new_stderr = open(  # noqa: SIM115 - closed in the finally below
         original, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
