@@ -17,11 +17,10 @@ from accord.commands.simulate import (
     MODEL_CHOICES,
     _ScenarioHelper,
     config_from_args,
-    scenario_from_npz,
-    scenario_to_npz,
 )
 from accord.config import SimulateConfig, load_simulate_config
 from accord.scenario import ScenarioSettings, build_scenario
+from accord.scenario_codec import scenario_from_npz, scenario_to_npz
 from accord.simulation import Simulation, SimulationSettings, StopConditions
 from accord.training.models import MODEL_KINDS
 

@@ -52,9 +52,9 @@ from accord.federation.tensors import (
     weights_digest,
 )
 from accord.federation.worker import NodeFault, NodeWorker
+from accord.run import StopConditions
 from accord.scenario import ScenarioSettings, build_scenario, node_seed
 from accord.simulation.driver import Simulation, SimulationSettings
-from accord.simulation.stop import StopConditions
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
 

@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from accord.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from accord.simulation.driver import SimulationSettings
+    from accord.run import SimulationSettings
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -117,7 +117,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_simulate_config(path: str | Path) -> SimulateConfig:
     """Read an ``accord simulate`` config file (layout in the module docstring)."""
     from accord.aggregation.registry import POLICIES
-    from accord.simulation.driver import SimulationSettings
+    from accord.run import SimulationSettings
 
     source = str(path)
     document = read_toml(path)

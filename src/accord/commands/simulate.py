@@ -45,16 +45,12 @@ __all__ = [
     "add_stop_options",
     "add_training_options",
     "config_from_args",
-    "describe_scenario",
     "fault_option",
     "faulty_mass_note",
     "layer_widths",
     "policy_list",
-    "process_age",
     "run",
-    "scenario_from_npz",
     "scenario_helper_main",
-    "scenario_to_npz",
     "summary_lines",
 ]
 
@@ -461,7 +457,7 @@ def config_from_args(args: argparse.Namespace) -> SimulateConfig:
     """The effective settings: defaults, then ``--config``, then the options given."""
     from accord.config import SimulateConfig, load_simulate_config
     from accord.errors import ConfigurationError
-    from accord.simulation.driver import SimulationSettings
+    from accord.run import SimulationSettings
 
     if args.config is not None:
         config = load_simulate_config(args.config)
@@ -515,6 +511,7 @@ def scenario_helper_main() -> int:
 
     from accord.config import settings_from_mapping
     from accord.scenario import ScenarioSettings, build_scenario
+    from accord.scenario_codec import scenario_to_npz
 
     settings = settings_from_mapping(
         ScenarioSettings, json.loads(sys.stdin.buffer.read()), source="scenario helper"
@@ -522,70 +519,6 @@ def scenario_helper_main() -> int:
     sys.stdout.buffer.write(scenario_to_npz(build_scenario(settings)))
     sys.stdout.buffer.flush()
     return 0
-
-
-def scenario_to_npz(data: ScenarioData) -> bytes:
-    """A built scenario as ``.npz`` bytes (arrays plus a JSON index), read by
-    :func:`scenario_from_npz`."""
-    import io
-    import json
-
-    import numpy as np
-
-    holdout = data.holdout
-    arrays: dict[str, Any] = {}
-    for part in ("train", "validation", "test"):
-        dataset = getattr(holdout, part)
-        arrays[f"{part}_features"] = dataset.features
-        arrays[f"{part}_labels"] = dataset.labels
-    for node in data.nodes:
-        arrays[f"node{node.index}_features"] = node.features
-        arrays[f"node{node.index}_labels"] = node.labels
-        if node.flipped_labels is not None:
-            arrays[f"node{node.index}_flipped_labels"] = node.flipped_labels
-    index = {
-        "name": holdout.train.name,
-        "n_classes": holdout.train.n_classes,
-        "nodes": [
-            {"node_id": node.node_id, "index": node.index, "fault_group": data.fault_group_of(node)}
-            for node in data.nodes
-        ],
-    }
-    arrays["index"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def scenario_from_npz(blob: bytes, settings: ScenarioSettings) -> ScenarioData:
-    import io
-    import json
-
-    import numpy as np
-
-    from accord.data.datasets import Dataset, HoldoutSplit
-    from accord.scenario import NodeData, ScenarioData
-
-    with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
-        index = json.loads(arrays["index"].tobytes())
-        name, n_classes = str(index["name"]), int(index["n_classes"])
-        parts = {
-            part: Dataset(name, arrays[f"{part}_features"], arrays[f"{part}_labels"], n_classes)
-            for part in ("train", "validation", "test")
-        }
-        groups = settings.fault_groups
-        nodes = tuple(
-            NodeData(
-                node_id=str(node["node_id"]),
-                index=int(node["index"]),
-                features=arrays[f"node{node['index']}_features"],
-                labels=arrays[f"node{node['index']}_labels"],
-                fault=None if node["fault_group"] is None else groups[int(node["fault_group"])],
-                flipped_labels=arrays.get(f"node{node['index']}_flipped_labels"),
-            )
-            for node in index["nodes"]
-        )
-    return ScenarioData(settings=settings, holdout=HoldoutSplit(**parts), nodes=nodes)
 
 
 class _ScenarioHelper:
@@ -622,6 +555,8 @@ class _ScenarioHelper:
     def collect(self, settings: ScenarioSettings) -> ScenarioData | None:
         import subprocess
 
+        from accord.scenario_codec import scenario_from_npz
+
         if settings != self.settings:
             self.close()
             return None
@@ -647,20 +582,6 @@ class _ScenarioHelper:
 
 
 # ----------------------------------------------------------------------------- output
-
-
-def process_age() -> float | None:
-    """Seconds since this process started (Linux), for time-to-first-round."""
-    import os
-
-    try:
-        with open("/proc/self/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        with open("/proc/uptime", encoding="ascii") as uptime:
-            now = float(uptime.read().split()[0])
-        return max(0.0, now - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -737,26 +658,6 @@ def summary_lines(results: Mapping[str, Mapping[str, Any]], with_faulty: bool) -
         )
         lines.append(line)
     return lines
-
-
-def describe_scenario(data: ScenarioData, settings: SimulationSettings) -> str:
-    """One line about the data: dataset, nodes, split and the faulty nodes."""
-    scenario = settings.scenario
-    partition = scenario.partition
-    split = (
-        f"Dirichlet {partition.alpha:g}"
-        if partition.kind == "dirichlet"
-        else ("IID" if partition.kind == "iid" else f"{partition.shards_per_node} label shards")
-    )
-    groups = []
-    for group in scenario.fault_groups:
-        members = [node.node_id for node in data.nodes if node.fault == group]
-        if members:
-            noun = "node" if len(members) == 1 else "nodes"
-            when = f" {group.when()}" if group.when() else ""
-            groups.append(f"{len(members)} {group.label()} {noun}{when} ({', '.join(members)})")
-    faulty = ", ".join(groups) if groups else "no faulty node"
-    return f"{scenario.dataset}, {scenario.nodes} nodes, {split}, {faulty}"
 
 
 # ----------------------------------------------------------------------------- running
@@ -897,8 +798,9 @@ def _drive(
     from accord.errors import ProtocolError
     from accord.reporting.summary import faulty_mass
     from accord.rounds import DivergedError
-    from accord.simulation.driver import RunResult, stop_reason_of_round
-    from accord.simulation.stop import StopTracker
+    from accord.run import StopTracker, stop_reason_of_round
+    from accord.scenario import describe_scenario
+    from accord.simulation.driver import RunResult
 
     faulty = data.faulty_nodes
     max_rounds = settings.stop.max_rounds
@@ -920,7 +822,7 @@ def _drive(
         else:
             tqdm.write(line, file=sys.stdout)
 
-    say(f"{describe_scenario(data, settings)}; {max_rounds} rounds; policies {', '.join(policies)}")
+    say(f"{describe_scenario(data)}; {max_rounds} rounds; policies {', '.join(policies)}")
     if not quiet:
         for line in table.header():
             say(line)
@@ -1026,7 +928,7 @@ def _drive(
         [r for r in results if r.rounds],
         [n.node_id for n in data.nodes],
         faulty,
-        title=describe_scenario(data, settings),
+        title=describe_scenario(data),
     )
     summary["plots"] = [path.name for path in plots]
     folder.write_summary(summary)
@@ -1094,6 +996,7 @@ def _summary(
     from accord import __version__
     from accord.config import settings_to_mapping
     from accord.reporting.summary import data_share, policy_summary
+    from accord.scenario import describe_scenario
 
     counts = {node.node_id: float(node.sample_count) for node in data.nodes}
     return {
@@ -1103,7 +1006,7 @@ def _summary(
         "accord_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "scenario": describe_scenario(data, settings),
+        "scenario": describe_scenario(data),
         "policies": [r.policy for r in results],
         "roster": [node.node_id for node in data.nodes],
         "faulty_nodes": list(data.faulty_nodes),
@@ -1125,12 +1028,3 @@ def _summary(
         },
         "settings": settings_to_mapping(settings),
     }
-
-
-# The names `accord federate` and `accord server` imported before they were public.
-_policy_list = policy_list
-_widths = layer_widths
-_describe = describe_scenario
-_Table = RoundTable
-_summary_lines = summary_lines
-_process_age = process_age

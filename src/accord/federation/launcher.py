@@ -38,6 +38,7 @@ from accord.federation.settings import (
     settings_from_json,
     settings_to_json,
 )
+from accord.proc import process_age
 
 __all__ = [
     "RUN_FILE",
@@ -150,7 +151,7 @@ class _Report:
 
     def append(self, timed: Any) -> None:
         if "process_to_first_round_done_seconds" not in self.timing:
-            self.timing["process_to_first_round_done_seconds"] = _process_age()
+            self.timing["process_to_first_round_done_seconds"] = process_age()
         assert self.folder is not None
         self.folder.append_round(self.policy, self.with_truth(timed))
 
@@ -224,16 +225,10 @@ class _Report:
 def describe_run(scenario: Any, settings: ServerSettings) -> str:
     """One line about the data, as ``accord simulate`` prints it."""
     if scenario is not None:
-        from accord.commands.simulate import describe_scenario
+        from accord.scenario import describe_scenario
 
-        return describe_scenario(scenario, settings.run)
+        return describe_scenario(scenario)
     return f"server data {settings.validation_data} (test: {settings.test_data or 'none'})"
-
-
-def _process_age() -> float | None:
-    from accord.commands.simulate import process_age
-
-    return process_age()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from accord._validation import require_choice, require_int, require_number
 from accord.aggregation.registry import POLICIES
 from accord.errors import ConfigurationError
 from accord.federation.dataclass_json import settings_from_json, settings_to_json
-from accord.simulation.driver import SimulationSettings
+from accord.run import SimulationSettings
 
 __all__ = [
     "EVALUATIONS",
