@@ -35,7 +35,6 @@ from accord.federation.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from accord.federation.client import Failpoint, parse_failpoints
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
 from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem
@@ -474,15 +473,6 @@ def test_admission_checks_name_the_problem() -> None:
     )
     federated = dataclasses.replace(spec, federated_evaluation=True)
     assert "no validation split" in str(admission_problem(good, federated, None))
-
-
-def test_failpoints_parse() -> None:
-    assert parse_failpoints("exit@2, stall@3:1.5,crash-after-round@4") == (
-        Failpoint("exit", 2),
-        Failpoint("stall", 3, 1.5),
-    )
-    with pytest.raises(ConfigurationError, match="expected one of"):
-        parse_failpoints("explode@1")
 
 
 # ------------------------------------------------------------------ node worker

@@ -84,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
 
     prepare_process()
     import logging
-    import os
     import zlib
     from pathlib import Path
 
@@ -92,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     from accord.commands.server import scenario_from_args
     from accord.errors import ConfigurationError
+    from accord.failpoints import NODE_ACTIONS, failpoints_for
     from accord.federation.auth import load_node_credentials
-    from accord.federation.client import NodeClient, NodeSettings, parse_failpoints
+    from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         give_up_after=args.give_up_after,
         keep_alive=args.keep_alive,
         **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
-        failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
+        failpoints=failpoints_for(NODE_ACTIONS),
     )
     logger.info(
         "node %s: %d samples, %d features; server %s",

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accord.atomic_files import write_atomically
 from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.federation.naming import check_node_id
 
@@ -397,12 +398,6 @@ def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
     path.write_bytes(data)
 
 
-def _replace(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def _key_pem(key: Any) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
@@ -662,8 +657,8 @@ def renew_node_credentials(
     # Revocations first, each file replaced whole: a server reading them meanwhile sees the
     # old state or the new one, never half a file.
     revoked_json = {"format": REVOKED_FORMAT, "version": 1, "certificates": sorted(revoked)}
-    _replace(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode())
-    _replace(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode())
+    write_atomically(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode())
+    write_atomically(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode())
     logger.debug(
         "renewed %d node credentials: %d certificates revoked, %d new ids",
         len(nodes),

@@ -29,9 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from accord.atomic_files import write_atomically
 from accord.errors import ConfigurationError, InputDataError
+from accord.failpoints import SERVER_ACTIONS, failpoints_for
 from accord.federation.auth import Authenticator, ServerCredentials
-from accord.federation.checkpoint import write_atomically
 from accord.federation.scenario_helper import read_all, write_all
 from accord.federation.settings import (
     ServerSettings,
@@ -62,10 +63,6 @@ ADDRESS_FILE = "server.json"
 STATS_FILE = "federation_stats.json"
 RUN_FORMAT = "accord-federation-run"
 
-#: Server failpoint for tests (``ACCORD_FAILPOINT=crash-after-round@3``): SIGKILL the
-#: server right after the checkpoint of that many rounds is written.
-SERVER_FAILPOINT = "crash-after-round@"
-
 
 def prepare_process() -> None:
     """One torch thread per process: nodes and server share few cores."""
@@ -92,14 +89,10 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def _crash_after(env: Mapping[str, str]) -> int | None:
-    text = env.get("ACCORD_FAILPOINT", "")
-    for entry in text.split(","):
-        if entry.strip().startswith(SERVER_FAILPOINT):
-            try:
-                return int(entry.strip()[len(SERVER_FAILPOINT) :])
-            except ValueError as error:
-                raise ConfigurationError(f"failpoint {entry!r}: expected a round count") from error
-    return None
+    """The server failpoint for tests (``ACCORD_FAILPOINT=crash-after-round@3``): SIGKILL
+    the server right after the checkpoint of that many rounds is written."""
+    points = failpoints_for(SERVER_ACTIONS, env)
+    return points[0].step if points else None
 
 
 class Progress(Protocol):
