@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import re
 import stat
 import threading
@@ -42,7 +43,7 @@ from accord.federation.node_data import load_table, split_validation
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.server import GrpcGrid, TransportSettings
-from accord.federation.settings import ServerSettings, settings_from_json, settings_to_json
+from accord.federation.settings import ServerSettings
 from accord.federation.tensors import (
     TensorAssembler,
     check_weights,
@@ -53,6 +54,7 @@ from accord.federation.tensors import (
 from accord.federation.worker import NodeFault, NodeWorker
 from accord.run import StopConditions
 from accord.scenario import ScenarioSettings, build_scenario, node_seed
+from accord.settings_mapping import settings_from_mapping, settings_to_mapping
 from accord.simulation.driver import Simulation, SimulationSettings
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
@@ -452,9 +454,14 @@ def test_server_settings_survive_json() -> None:
             stop=StopConditions(max_rounds=9, patience=3),
         ),
     )
-    assert settings_from_json(ServerSettings, settings_to_json(settings_in)) == settings_in
-    with pytest.raises(ConfigurationError, match=r"settings.run: unknown fields \['bogus'\]"):
-        settings_from_json(ServerSettings, {"run": {"bogus": 1}})
+    saved = json.loads(json.dumps(settings_to_mapping(settings_in)))
+    assert settings_from_mapping(ServerSettings, saved, source="settings") == settings_in
+    with pytest.raises(ConfigurationError, match=r"^settings: unknown key 'run\.bogus'; accepted"):
+        settings_from_mapping(ServerSettings, {"run": {"bogus": 1}}, source="settings")
+    with pytest.raises(ConfigurationError, match=r"^settings: run: expected a table \[run\]"):
+        settings_from_mapping(ServerSettings, {"run": [1]}, source="settings")
+    with pytest.raises(ConfigurationError, match=r"^settings: the top level: expected a table"):
+        settings_from_mapping(ServerSettings, [1], source="settings")  # type: ignore[arg-type]
 
 
 def test_admission_checks_name_the_problem() -> None:
@@ -846,7 +853,6 @@ def test_a_federation_worker_sends_what_the_simulation_sends_round_by_round() ->
 
 
 def test_fault_groups_survive_the_servers_settings_json() -> None:
-    import json
 
     settings_ = ServerSettings(
         run=SimulationSettings(
@@ -856,7 +862,9 @@ def test_fault_groups_survive_the_servers_settings_json() -> None:
             )
         )
     )
-    again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
+    again = settings_from_mapping(
+        ServerSettings, json.loads(json.dumps(settings_to_mapping(settings_))), source="settings"
+    )
     assert again == settings_
 
 

@@ -36,10 +36,9 @@ from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.scenario_helper import read_all, write_all
 from accord.federation.settings import (
     ServerSettings,
-    settings_from_json,
-    settings_to_json,
 )
 from accord.proc import process_age
+from accord.settings_mapping import settings_from_mapping, settings_to_mapping
 
 __all__ = [
     "RUN_FILE",
@@ -272,7 +271,7 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
 
 def saved_settings(saved: Mapping[str, Any]) -> ServerSettings:
     """The :class:`ServerSettings` stored in a run file read by :func:`read_run_file`."""
-    return settings_from_json(ServerSettings, saved["settings"], "settings")
+    return settings_from_mapping(ServerSettings, saved["settings"], source="settings")
 
 
 def check_new_run_folder(path: Path, option: str = "--out") -> None:
@@ -363,7 +362,7 @@ def serve(
                     "version": 1,
                     "run_id": run_id,
                     "created": dt.datetime.now(dt.UTC).isoformat(),
-                    "settings": settings_to_json(settings),
+                    "settings": settings_to_mapping(settings),
                     "transport": {"host": transport.host, "port": grid.port},
                 },
             )

@@ -39,14 +39,14 @@ def write_all(descriptor: int, data: bytes) -> None:
 def _helper(settings_fd: int, data_fd: int) -> int:  # pragma: no cover - the helper process
     import sklearn.datasets  # noqa: F401 - the slow import, done while the parent imports torch
 
-    from accord.federation.dataclass_json import settings_from_json
     from accord.scenario import ScenarioSettings, build_scenario
     from accord.scenario_codec import scenario_to_npz
+    from accord.settings_mapping import settings_from_mapping
 
     request = read_all(settings_fd)
     if not request:  # cancelled
         return 0
-    settings = settings_from_json(ScenarioSettings, json.loads(request), "scenario")
+    settings = settings_from_mapping(ScenarioSettings, json.loads(request), source="scenario")
     write_all(data_fd, scenario_to_npz(build_scenario(settings)))
     return 0
 
@@ -77,9 +77,9 @@ class ScenarioHelper:
 
     def request(self, settings: Any) -> None:
         """Ask for the scenario of these :class:`ScenarioSettings`."""
-        from accord.federation.dataclass_json import settings_to_json
+        from accord.settings_mapping import settings_to_mapping
 
-        write_all(self._settings_write, json.dumps(settings_to_json(settings)).encode())
+        write_all(self._settings_write, json.dumps(settings_to_mapping(settings)).encode())
         os.close(self._settings_write)
         self._requested = True
 
