@@ -156,7 +156,7 @@ def test_a_scenario_with_fault_groups_survives_the_helpers_npz() -> None:
 
 def test_fault_options_replace_the_config_files_fault_groups(tmp_path: Path) -> None:
     from accord.cli import build_parser
-    from accord.commands.simulate import config_from_args
+    from accord.commands.run_options import config_from_args
     from accord.data.faults import FaultSpec
 
     groups = tmp_path / "groups.toml"
