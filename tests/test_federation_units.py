@@ -1233,7 +1233,7 @@ def test_a_damaged_run_file_is_refused_with_one_line(
     content: str, expected: str, tmp_path: Path
 ) -> None:
     from accord.errors import InputDataError
-    from accord.federation.launcher import RUN_FILE, read_run_file
+    from accord.federation.run_files import RUN_FILE, read_run_file
 
     (tmp_path / RUN_FILE).write_text(content)
     with pytest.raises(InputDataError, match=re.escape(expected)):

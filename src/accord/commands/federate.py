@@ -186,14 +186,14 @@ def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     )
     from accord.errors import ConfigurationError
     from accord.federation.driver import StopRequest
-    from accord.federation.launcher import FederateSettings, federate
+    from accord.federation.local import FederateSettings, federate
     from accord.federation.settings import FederationSettings, ServerSettings
 
     if args.every is not None and args.every < 1:
         raise ConfigurationError(f"--every: expected an integer >= 1, got {args.every}")
     settings: ServerSettings | None
     if args.resume is not None:
-        from accord.federation.launcher import read_run_file, saved_settings
+        from accord.federation.run_files import read_run_file, saved_settings
 
         if args.out is not None:
             raise ConfigurationError("--resume continues the run in its own folder; drop --out")

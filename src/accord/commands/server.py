@@ -384,7 +384,7 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
     from pathlib import Path
 
     from accord.errors import ConfigurationError
-    from accord.federation.launcher import read_run_file
+    from accord.federation.run_files import read_run_file
 
     if args.resume is None:
         return (
@@ -450,7 +450,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:  # the run's own policy and rounds, for the table
         from pathlib import Path
 
-        from accord.federation.launcher import read_run_file, saved_settings
+        from accord.federation.run_files import read_run_file, saved_settings
 
         saved = saved_settings(read_run_file(Path(args.resume)))
         policy, max_rounds = saved.policy, saved.run.stop.max_rounds

@@ -13,10 +13,13 @@ Layout::
     auth.py       CA/certificates/tokens (``accord certs``) and the server's node check
     checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
-    settings.py   FederationSettings, ServerSettings and their JSON form (for --resume)
+    settings.py   FederationSettings, ServerSettings (JSON form: accord.settings_mapping)
     node_data.py  a node's CSV/Parquet file; its validation split
     naming.py     what a node id may be
-    launcher.py   ``accord server`` and ``accord federate`` process logic
+    launcher.py   ``accord server``'s main loop; what every federation process does first
+    local.py      ``accord federate``: the server here, one forked process per node
+    run_files.py  the run folder: federation.json, server.json, checkpoint, stats, summary
+    scenario_helper.py  builds the scenario in a forked helper while torch loads
 
 Names are imported lazily: ``import accord.federation`` loads neither torch nor gRPC.
 """
