@@ -27,8 +27,6 @@ from accord.federation.auth import (
     hash_token,
     load_node_credentials,
     load_server_credentials,
-    make_credentials,
-    renew_node_credentials,
 )
 from accord.federation.checkpoint import (
     dumps_tree,
@@ -36,6 +34,7 @@ from accord.federation.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from accord.federation.credentials import make_credentials, renew_node_credentials
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
 from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem

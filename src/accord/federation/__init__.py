@@ -10,7 +10,8 @@ Layout::
     server.py     GrpcGrid: the server's gRPC transport (asyncio, one stream per node)
     worker.py     NodeWorker: a node's data, model and round logic, transport-free
     client.py     NodeClient: the node's gRPC session, reconnection with backoff
-    auth.py       CA/certificates/tokens (``accord certs``) and the server's node check
+    auth.py       reading credentials; the server's check of every registering node
+    credentials.py  making the CA, certificates and tokens (``accord certs``)
     checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
     settings.py   FederationSettings, ServerSettings (JSON form: accord.settings_mapping)
@@ -58,7 +59,7 @@ _WHERE = {
     "NodeWorker": "worker",
     "ServerSettings": "settings",
     "TransportSettings": "server",
-    "make_credentials": "auth",
+    "make_credentials": "credentials",
 }
 
 

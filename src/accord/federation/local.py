@@ -146,11 +146,9 @@ def federate(
     prepare_process()
     import accord.federation.client
     import accord.federation.worker  # noqa: F401 - imported once, before the forks
-    from accord.federation.auth import (
-        load_server_credentials,
-        make_credentials,
-    )
+    from accord.federation.auth import load_server_credentials
     from accord.federation.checkpoint import dumps_tree
+    from accord.federation.credentials import make_credentials
     from accord.federation.server import TransportSettings
     from accord.scenario import node_id
 
