@@ -196,7 +196,7 @@ class RichActorCritic(Aggregator):
         s = self.settings
         return s.exploration_noise * s.exploration_decay**self.rounds_seen if s.learning else 0.0
 
-    def aggregate(self, round_input: RoundInput) -> Aggregation:
+    def aggregate(self, round_input: RoundInput) -> Aggregation:  # noqa: C901, PLR0912, PLR0915 - split next
         assert round_input.validate is not None  # guaranteed by needs_validation
         s = self.settings
         roster_size = len(round_input.roster)

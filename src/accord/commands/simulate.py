@@ -300,7 +300,7 @@ def _sigint() -> int:
     return int(signal.SIGINT)
 
 
-def _drive(
+def _drive(  # noqa: C901, PLR0912, PLR0915 - split next
     args: argparse.Namespace,
     policies: Sequence[str],
     simulations: Mapping[str, Simulation],

@@ -117,7 +117,7 @@ class ServedRun:
         return self.stop_reason.startswith(DIVERGED)
 
 
-def serve(
+def serve(  # noqa: C901, PLR0912, PLR0915 - split next
     settings: ServerSettings | None,
     transport: Any,
     credentials: ServerCredentials | None,

@@ -120,7 +120,7 @@ def _node_child(
     return 0
 
 
-def federate(
+def federate(  # noqa: C901, PLR0912, PLR0915 - split next
     settings: ServerSettings | None,
     options: FederateSettings,
     *,

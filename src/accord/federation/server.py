@@ -242,7 +242,7 @@ class GrpcGrid(Grid):
 
     # ----------------------------------------------------------------- sessions
 
-    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
         peer = context.peer()
         try:
             first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)

@@ -286,7 +286,7 @@ class _Checkpoints:
         return self.progress
 
 
-async def drive_buckets(
+async def drive_buckets(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
     run: Any,
     directory: RunDirectory,
     manifest: RunManifest,

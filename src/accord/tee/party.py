@@ -155,7 +155,7 @@ class PartySettings:
     #: output, ``accord-run-<session>-<party>``).
     run_dir: Path | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901, PLR0912 - its owner refactors it
         validate_party_name(self.party_name, "party_name")
         validate_party_name(self.session, "session")
         require_int("parties", self.parties, minimum=2)
@@ -710,7 +710,7 @@ def _with_resume_hint(error: BaseException, bucketing: _Bucketing | None) -> Bas
     return hint
 
 
-async def run_party(
+async def run_party(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
     settings: PartySettings,
     *,
     enclave: EnclaveProcess | None = None,
