@@ -76,7 +76,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors it
+def run(args: argparse.Namespace) -> int:
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
@@ -92,7 +92,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
     from accord.commands.server import scenario_from_args
     from accord.errors import ConfigurationError
     from accord.failpoints import NODE_ACTIONS, failpoints_for
-    from accord.federation.auth import load_node_credentials
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
@@ -100,29 +99,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
 
     logger = logging.getLogger("accord.commands.node")
     # Credentials first: a mistake there should not wait for the data to load.
-    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
-    if args.insecure:
-        if any(value is not None for value in given[:4]):
-            raise ConfigurationError("--insecure cannot be combined with TLS options")
-        logger.warning("--insecure: talking to the server in plaintext")
-        credentials = (
-            None
-            if args.token_file is None
-            else load_node_credentials(None, token_file=Path(args.token_file))
-        )
-    else:
-        if all(value is None for value in given):
-            raise ConfigurationError(
-                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
-                "a token or client certificate, or --insecure for a local experiment"
-            )
-        credentials = load_node_credentials(
-            None if args.credentials is None else Path(args.credentials),
-            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
-            certificate=None if args.tls_cert is None else Path(args.tls_cert),
-            private_key=None if args.tls_key is None else Path(args.tls_key),
-            token_file=None if args.token_file is None else Path(args.token_file),
-        )
+    credentials = _credentials(args)
     if args.scenario_node is not None:
         from accord.scenario import build_scenario, node_id, node_seed
 
@@ -179,3 +156,37 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
     reason = client.run()
     logger.info("node %s done: %s", node_name, reason)
     return 0
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """The node's credentials from ``--credentials`` or the single TLS and token options;
+    with ``--insecure``, at most a token."""
+    import logging
+    from pathlib import Path
+
+    from accord.errors import ConfigurationError
+    from accord.federation.auth import load_node_credentials
+
+    logger = logging.getLogger("accord.commands.node")
+    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
+    if args.insecure:
+        if any(value is not None for value in given[:4]):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        logger.warning("--insecure: talking to the server in plaintext")
+        return (
+            None
+            if args.token_file is None
+            else load_node_credentials(None, token_file=Path(args.token_file))
+        )
+    if all(value is None for value in given):
+        raise ConfigurationError(
+            "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
+            "a token or client certificate, or --insecure for a local experiment"
+        )
+    return load_node_credentials(
+        None if args.credentials is None else Path(args.credentials),
+        root_ca=None if args.tls_ca is None else Path(args.tls_ca),
+        certificate=None if args.tls_cert is None else Path(args.tls_cert),
+        private_key=None if args.tls_key is None else Path(args.tls_key),
+        token_file=None if args.token_file is None else Path(args.token_file),
+    )
