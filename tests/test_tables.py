@@ -400,20 +400,6 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> No
     assert leftovers(tmp_path) == []
 
 
-def test_atomic_output_cleans_up_on_any_exception(tmp_path: Path) -> None:
-    target = tmp_path / "x.csv"
-    with pytest.raises(RuntimeError), tables.atomic_output(target) as temporary:
-        temporary.write_text("partial")
-        raise RuntimeError("boom")
-    assert not target.exists()
-    assert leftovers(tmp_path) == []
-    with (
-        pytest.raises(ConfigurationError, match="does not exist"),
-        tables.atomic_output(tmp_path / "no" / "x.csv"),
-    ):
-        pass
-
-
 def test_unsupported_output_suffix_and_key_name_clash(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match=r"out\.xlsx: expected"):
         tables.write_row_map(tmp_path / "out.xlsx", np.array([0]))

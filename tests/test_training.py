@@ -74,7 +74,7 @@ def test_batched_validation_equals_one_model_at_a_time(kind: str) -> None:
 
 
 def test_adam_matches_torch_adam_step_for_step() -> None:
-    from accord.training.optim import Adam
+    from accord.optim import Adam
 
     torch.manual_seed(0)
     ours_model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))

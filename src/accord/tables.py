@@ -21,8 +21,9 @@ Writing
     line's bytes verbatim (lines are located with a vectorised, quote-aware scan and gathered
     with ``pyarrow``'s ``take``); other combinations gather a pyarrow table chunk by chunk.
     Every write goes to a temporary file in the destination directory, is flushed to disk
-    and then renamed over the destination (:func:`atomic_output`): a failure leaves no file
-    and no partial file behind, and an existing destination is untouched until the rename.
+    and then renamed over the destination (:func:`accord.atomic_files.atomic_output`): a
+    failure leaves no file and no partial file behind, and an existing destination is
+    untouched until the rename.
 
 Errors are :class:`~accord.errors.InputDataError` naming the file and, where it applies, the
 column: a missing key column (listing the columns the file has), an empty file, a file with
@@ -37,7 +38,6 @@ import contextlib
 import mmap
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
@@ -49,11 +49,11 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from accord.atomic_files import atomic_output
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
 
 __all__ = [
     "TableFormat",
-    "atomic_output",
     "file_format",
     "iter_key_batches",
     "read_key_columns",
@@ -314,45 +314,6 @@ def _describe(exc: BaseException, names: Sequence[str] | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def atomic_output(path: StrPath) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over.
-
-    On any exception the temporary file is removed and ``path`` is left as it was. The
-    file is created with the usual permissions (0666 minus the umask).
-    """
-    final = Path(path)
-    directory = final.parent
-    if not directory.is_dir():
-        raise ConfigurationError(f"{path}: the output directory {directory} does not exist")
-    temporary = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot write: {exc.strerror}") from exc
-    os.close(descriptor)
-    try:
-        yield temporary
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, final)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(exc, OSError):
-            raise ConfigurationError(f"{path}: cannot write: {_describe(exc)}") from exc
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        directory_descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_descriptor)
-        finally:
-            os.close(directory_descriptor)
 
 
 def write_row_map(

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import math
 import mmap
-import os
 import re
 import time
 from dataclasses import dataclass, fields
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from accord.errors import ConfigurationError, ProtocolError
+from accord.failpoints import ALIGN_ACTIONS, failpoints_for
 from accord.tee.allocator import release_memory
 from accord.tee.progress import ProgressTracker
 from accord.tee.runstate import InputDigest, RunDirectory, RunManifest, digest_file
@@ -35,7 +35,6 @@ from accord.tee.wire import Call, encode_columns
 
 __all__ = [
     "ENCLAVE_RESERVED_BYTES",
-    "FAILPOINT_ENV",
     "HOST_RESERVED_BYTES",
     "BucketOutcome",
     "check_memory_limit",
@@ -58,10 +57,6 @@ logger = logging.getLogger(__name__)
 HOST_RESERVED_BYTES = 260 << 20
 #: The same for the enclave process: interpreter, libraries, one spill batch in flight.
 ENCLAVE_RESERVED_BYTES = 160 << 20
-#: ``ACCORD_FAILPOINT=align-pause@K``: the host stops (sleeps) after bucket ``K`` of the
-#: exchange is stored (``align-pause@done``: once every peer confirmed) — for tests that
-#: kill a run mid-way.
-FAILPOINT_ENV = "ACCORD_FAILPOINT"
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 _SCALE = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
@@ -239,16 +234,11 @@ class BucketOutcome:
 
 
 def _failpoint() -> str | None:
-    text = os.environ.get(FAILPOINT_ENV, "")
-    for entry in text.split(","):
-        if entry.startswith("align-pause@"):
-            where = entry.split("@", 1)[1]
-            if where != "done" and not where.isdigit():
-                raise ConfigurationError(
-                    f"{FAILPOINT_ENV}: expected align-pause@BUCKET or align-pause@done, "
-                    f"got {entry!r}"
-                )
-            return where
+    """``ACCORD_FAILPOINT=align-pause@K``: the host stops (sleeps) after bucket ``K`` of the
+    exchange is stored (``align-pause@done``: once every peer confirmed), for tests that kill
+    a run mid-way (see :mod:`accord.failpoints`)."""
+    for point in failpoints_for(ALIGN_ACTIONS):
+        return "done" if point.step is None else str(point.step)
     return None
 
 

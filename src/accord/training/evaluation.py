@@ -12,8 +12,8 @@ import numpy.typing as npt
 import torch
 from torch.func import functional_call, vmap
 
-from accord.aggregation.base import FloatArray, ValidationFn, ValidationScores
 from accord.training.models import FlatModel
+from accord.types import FloatArray, ValidationFn, ValidationScores
 
 __all__ = ["make_validation_fn"]
 

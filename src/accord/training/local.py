@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from accord._validation import require_int, require_number
-from accord.aggregation.base import FloatArray
 from accord.errors import InputDataError
 from accord.training.models import FlatModel
+from accord.types import FloatArray
 
 __all__ = ["LocalTrainer", "LocalTrainingSettings", "root_update"]
 

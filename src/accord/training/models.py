@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from accord._validation import require_choice, require_int
-from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError
+from accord.types import FloatArray
 
 __all__ = ["MODEL_KINDS", "FlatModel", "ModelSpec", "build_model"]
 

@@ -1,12 +1,32 @@
-"""Stop conditions: whichever comes first of max rounds, target accuracy, patience, time."""
+"""What a federated run is, whichever driver runs it.
+
+:class:`SimulationSettings` (scenario, model, local training, round, stop conditions and
+policy settings), the stop conditions and their tracker (whichever comes first of max
+rounds, target accuracy, patience, time), a round's :class:`TimedRecord` and
+:func:`stop_reason_of_round`. The in-process driver (:mod:`accord.simulation`) and the gRPC
+driver (:mod:`accord.federation`) both import them from here, so neither imports the other;
+:mod:`accord.simulation` re-exports the public names.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from accord._validation import require_int, require_number, require_probability
+from accord.aggregation.actor_critic import ActorCriticSettings
+from accord.aggregation.hedge import HedgeLooSettings
+from accord.rounds import RoundRecord, RoundSettings
+from accord.scenario import ScenarioSettings
+from accord.training.local import LocalTrainingSettings
+from accord.training.models import ModelSpec
 
-__all__ = ["StopConditions", "StopTracker"]
+__all__ = [
+    "SimulationSettings",
+    "StopConditions",
+    "StopTracker",
+    "TimedRecord",
+    "stop_reason_of_round",
+]
 
 
 @dataclass(frozen=True)
@@ -61,3 +81,36 @@ class StopTracker:
         if self.rounds_done >= c.max_rounds:
             return f"{c.max_rounds} rounds done"
         return None
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """A whole in-process run: scenario, model, local training, round, stop and policy."""
+
+    scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    local: LocalTrainingSettings = field(default_factory=LocalTrainingSettings)
+    rounds: RoundSettings = field(default_factory=RoundSettings)
+    stop: StopConditions = field(default_factory=StopConditions)
+    actor_critic: ActorCriticSettings = field(default_factory=ActorCriticSettings)
+    hedge: HedgeLooSettings = field(default_factory=HedgeLooSettings)
+
+
+@dataclass(frozen=True)
+class TimedRecord:
+    """A round's record plus where its wall time went, and (in a scenario run) ``faulty``:
+    the nodes faulty in that round, sorted (``None`` when not known)."""
+
+    record: RoundRecord
+    round_seconds: float
+    local_training_seconds: float
+    faulty: tuple[str, ...] | None = None
+
+
+def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -> str | None:
+    """Why a run stops after this round: ``diverged: …`` when the round diverged, else what
+    the stop conditions say (``None``: go on)."""
+    reason = tracker.update(timed.record.validation_accuracy_after, now)
+    if timed.record.diverged is not None:
+        return f"diverged: {timed.record.diverged}"
+    return reason
