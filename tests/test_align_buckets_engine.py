@@ -10,7 +10,7 @@ import pytest
 
 from accord.alignment import align, digest_ids, prepare_ids
 from accord.errors import ChannelError, ConfigurationError, InputDataError, ProtocolError
-from accord.tee.bucketed import (
+from accord.tee.core.bucketed import (
     BUCKET_HEADER,
     BucketedRun,
     Proposal,

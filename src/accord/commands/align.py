@@ -6,7 +6,7 @@ Three forms share one parser::
     accord align identity      # this installation's measurement, platform key, a policy
     accord align demo          # two parties with a known overlap on 127.0.0.1, checked
 
-The plain form runs one party (see :mod:`accord.tee.party`); its options may also come from
+The plain form runs one party (see :mod:`accord.tee.runtime.party`); its options may also come from
 ``--config FILE.toml`` (same names, ``-`` spelled ``_``; paths relative to the file), flags
 winning over the file.
 """
@@ -247,12 +247,12 @@ def _load_config(path: Path) -> dict[str, Any]:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    """Map the flags (over ``--config``) onto :class:`accord.tee.party.PartySettings`."""
+    """Map the flags (over ``--config``) onto :class:`accord.tee.runtime.party.PartySettings`."""
     import socket
 
     from accord.errors import ConfigurationError
-    from accord.tee.party import PartySettings
-    from accord.tee.transport import Endpoint
+    from accord.tee.runtime.party import PartySettings
+    from accord.tee.runtime.transport import Endpoint
 
     values = _load_config(args.config) if args.config is not None else {}
     for name in _CONFIG_KEYS:
@@ -308,7 +308,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 def _memory_limit(value: Any) -> int:
     from accord.errors import ConfigurationError
-    from accord.tee.bucketed_host import parse_size
+    from accord.tee.runtime.bucketed_host import parse_size
 
     size = value if isinstance(value, int) else parse_size(str(value), "--memory-limit")
     if size < 1 << 20:
@@ -345,9 +345,9 @@ _RESUME_FLAGS = (
 def resume_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """``(settings, (run directory, manifest))`` of ``--resume RUN_DIR``."""
     from accord.errors import ConfigurationError
-    from accord.tee.bucketed_host import settings_from_json
-    from accord.tee.runstate import RunDirectory
-    from accord.tee.transport import Endpoint
+    from accord.tee.runtime.bucketed_host import settings_from_json
+    from accord.tee.runtime.runstate import RunDirectory
+    from accord.tee.runtime.transport import Endpoint
 
     fixed = [
         name
@@ -397,8 +397,8 @@ _LOG_INTERVAL = 5.0
 
 
 def format_seconds(seconds: float) -> str:
-    """``1:05`` (see :func:`accord.tee.progress.format_seconds`)."""
-    from accord.tee.progress import format_seconds as formatted
+    """``1:05`` (see :func:`accord.tee.runtime.progress.format_seconds`)."""
+    from accord.tee.runtime.progress import format_seconds as formatted
 
     return formatted(seconds)
 
@@ -431,7 +431,7 @@ class _ProgressDisplay:
         """A bucketed run's progress: a bar per stage, or a line (with time left)."""
         if self.mode == "none":
             return
-        from accord.tee.progress import describe, format_seconds
+        from accord.tee.runtime.progress import describe, format_seconds
 
         if self.mode == "log":
             # Plain lines (a log file, a pipe): each stage's start and end, and in between
@@ -507,7 +507,7 @@ class _ProgressDisplay:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from accord.tee.host import EnclaveProcess
+    from accord.tee.runtime.host import EnclaveProcess
 
     resume = None
     if args.resume is not None:
@@ -516,8 +516,8 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     # The enclave process starts first and loads while this host imports the rest.
     enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
-    from accord.tee.allocator import tune_allocator
-    from accord.tee.party import align_party
+    from accord.tee.core.allocator import tune_allocator
+    from accord.tee.runtime.party import align_party
 
     tune_allocator()  # big buffers come and go: keep freed memory for reuse
     display = _ProgressDisplay(args.progress)
@@ -539,7 +539,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _identity(platform_key: Path | None) -> Any:
-    from accord.tee.host import EnclaveProcess
+    from accord.tee.runtime.host import EnclaveProcess
 
     enclave = EnclaveProcess.spawn(platform_key=platform_key)
     identity = await enclave.ready()
@@ -552,8 +552,8 @@ def run_identity(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from accord.tee.attestation import AttestationPolicy, policy_toml
-    from accord.tee.platform_key import default_platform_key_path
+    from accord.tee.core.attestation import AttestationPolicy, policy_toml
+    from accord.tee.runtime.platform_key import default_platform_key_path
 
     identity = asyncio.run(_identity(args.platform_key))
     key_path = args.platform_key or default_platform_key_path()
@@ -663,7 +663,7 @@ def _run_demo_in(
     import pyarrow.csv as pcsv
 
     from accord.errors import AccordError
-    from accord.tee.attestation import AttestationPolicy, policy_toml
+    from accord.tee.core.attestation import AttestationPolicy, policy_toml
 
     if args.keep is not None:
         sys.stderr.write(f"demo: writing into {folder} (kept)\n")

@@ -1,6 +1,6 @@
 """The host's handle on its enclave process (asyncio).
 
-:meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.enclave`` with one end of a
+:meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.runtime.enclave`` with one end of a
 Unix socket pair, and :meth:`~EnclaveProcess.ready` awaits the identity it reports;
 :meth:`EnclaveProcess.call` sends one call frame and awaits its reply. Calls are serialised
 (the enclave serves one at a time). Bulk bodies go out as a list of buffers, back to back,
@@ -25,9 +25,9 @@ from typing import Any
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.backend import EnclaveIdentity
-from accord.tee.transport import receive_exactly
-from accord.tee.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
+from accord.tee.core.backend import EnclaveIdentity
+from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
+from accord.tee.runtime.transport import receive_exactly
 
 __all__ = ["EnclaveProcess"]
 
@@ -83,7 +83,7 @@ class EnclaveProcess:
         command = [
             python,
             "-m",
-            "accord.tee.enclave",
+            "accord.tee.runtime.enclave",
             "--fd",
             str(enclave_end.fileno()),
             "--log-level",

@@ -2,7 +2,7 @@
 
 The host drives the enclave through a small fixed set of calls (:class:`Call`); each call
 takes small JSON parameters and a bulk byte body and returns the same. This module is the
-enclave's side of those calls, with no I/O of its own: :mod:`accord.tee.enclave` moves the
+enclave's side of those calls, with no I/O of its own: :mod:`accord.tee.runtime.enclave` moves the
 bytes between the host and :meth:`EnclaveSession.call`.
 
 A session goes **init → attest → exchange → intersect → report**:
@@ -10,7 +10,7 @@ A session goes **init → attest → exchange → intersect → report**:
 1. ``INIT`` — this party's name, the session name, the number of parties, the attestation
    policy (TOML), the key columns, the duplicate policy.
 2. ``HANDSHAKE`` — for each peer link, the steps of the attested handshake
-   (:mod:`accord.tee.channel`): make a quote, verify the peer's, open the channel.
+   (:mod:`accord.tee.core.channel`): make a quote, verify the peer's, open the channel.
 3. Once every link is open the enclave seals a ``ROSTER`` message to each peer: the sorted
    names of all parties it is connected to, the number of key columns, and its 32-byte
    random share. Every enclave checks that every peer reports the same roster; the session
@@ -28,7 +28,7 @@ A session goes **init → attest → exchange → intersect → report**:
 6. ``RESULT`` — only once every peer confirmed the same fingerprint and closed its stream
    cleanly: this party's row map.
 
-**Bucketed runs** (inputs larger than memory, :mod:`accord.tee.bucketed`). When the host
+**Bucketed runs** (inputs larger than memory, :mod:`accord.tee.core.bucketed`). When the host
 gives ``INIT`` a bucket proposal (its row estimate, memory limit or bucket count), the
 roster carries it, and every party must have given one (the run mode is agreed, never
 mixed). The enclaves agree the bucket count from the proposals; with one bucket and none
@@ -87,11 +87,11 @@ from accord.errors import (
     InputDataError,
     ProtocolError,
 )
-from accord.tee.allocator import release_memory
-from accord.tee.attestation import parse_policy
-from accord.tee.backend import EnclaveBackend
-from accord.tee.bucketed import BucketedRun, Proposal, agree_run_buckets
-from accord.tee.channel import (
+from accord.tee.core.allocator import release_memory
+from accord.tee.core.attestation import parse_policy
+from accord.tee.core.backend import EnclaveBackend
+from accord.tee.core.bucketed import BucketedRun, Proposal, agree_run_buckets
+from accord.tee.core.channel import (
     ChannelKeys,
     ChannelReader,
     ChannelWriter,
@@ -99,7 +99,7 @@ from accord.tee.channel import (
     InitiatorHandshake,
     ResponderHandshake,
 )
-from accord.tee.wire import SESSION_ALREADY_FAILED, Call
+from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call
 
 __all__ = ["EnclaveSession", "MessageKind", "Reply", "decode_columns"]
 
@@ -145,7 +145,7 @@ _COLUMN_TYPES: dict[str, pa.DataType] = {
 
 
 def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview) -> list[pa.Array]:
-    """Rebuild the arrays described by :func:`accord.tee.wire.encode_columns` over ``body``
+    """Rebuild the arrays described by :func:`accord.tee.core.wire.encode_columns` over ``body``
     (zero copy), validating every offset against the buffers."""
     try:
         columns = meta["columns"]

@@ -10,7 +10,7 @@ On a new connection both sides first send a **hello**, in the clear::
 
 so an endpoint that is not Accord, or speaks another protocol version, is reported plainly
 (the magic and version keep this layout in every version). Then come frames
-(:data:`accord.tee.wire.PEER_HEADER`): handshake messages and batches of sealed records that
+(:data:`accord.tee.core.wire.PEER_HEADER`): handshake messages and batches of sealed records that
 the hosts relay between their enclaves without being able to read them, and ``ABORT``,
 which carries one opaque word (why a party gave up is in its own log only).
 """
@@ -35,8 +35,8 @@ from accord.errors import (
     PeerError,
     ProtocolError,
 )
-from accord.tee.channel import PROTOCOL_VERSION, validate_party_name
-from accord.tee.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+from accord.tee.core.channel import PROTOCOL_VERSION, validate_party_name
+from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
 
 __all__ = [
     "HELLO_MAGIC",

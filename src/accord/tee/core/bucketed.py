@@ -1,8 +1,8 @@
 """The enclave's side of alignment beyond memory: spill, sort, exchange and intersect by bucket.
 
 Pure: no file, socket or clock. :class:`BucketedRun` holds one party's run state inside the
-enclave; :mod:`accord.tee.protocol` feeds it the host's calls and the peers' channel
-messages, and the host stores the sealed bytes it returns (:mod:`accord.tee.runstate`).
+enclave; :mod:`accord.tee.core.protocol` feeds it the host's calls and the peers' channel
+messages, and the host stores the sealed bytes it returns (:mod:`accord.tee.runtime.runstate`).
 
 Stages (each resumable after a crash, see :class:`RunState`):
 
@@ -61,7 +61,7 @@ from accord.alignment.buckets import (
     split_by_bucket,
 )
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
-from accord.tee.sealing import FileKind, SealedFile, SealedWriter, open_sealed, seal_blob
+from accord.tee.core.sealing import FileKind, SealedFile, SealedWriter, open_sealed, seal_blob
 
 __all__ = [
     "BUCKET_HEADER",
@@ -84,7 +84,7 @@ _SORTED_RECORD_BYTES = 8 << 20
 _SPILL_SLICE_ROWS = 1 << 18
 _STATE_VERSION = 1
 _RUN_ID_LABEL = b"accord-align/v1 run id"
-# The same derivations as the in-memory path (accord.tee.protocol), so that the same
+# The same derivations as the in-memory path (accord.tee.core.protocol), so that the same
 # session secret gives the same digests and the same shared order.
 _DIGEST_KEY_LABEL = b"accord-align/v1 digest key"
 _ORDER_SEED_LABEL = b"accord-align/v1 order seed"

@@ -1,12 +1,12 @@
 """The host's side of a bucketed alignment run (``accord align --memory-limit / --buckets``).
 
-:func:`drive_buckets` is what :func:`accord.tee.party.run_party` runs instead of the
+:func:`drive_buckets` is what :func:`accord.tee.runtime.party.run_party` runs instead of the
 in-memory exchange when the run is bucketed: it streams the key columns into the enclave
 and appends the sealed spill records it gets back to the bucket files, hands every bucket
 back for sorting, then exchanges and intersects bucket by bucket while the peer loops relay
 the channel records, and finally collects this party's rows of every bucket once every
 peer confirmed. After every step it stores the enclave's sealed state in the run manifest
-(:mod:`accord.tee.runstate`), so ``--resume`` continues from the last finished step.
+(:mod:`accord.tee.runtime.runstate`), so ``--resume`` continues from the last finished step.
 
 The rest of this module maps settings to and from the manifest, parses ``--memory-limit``,
 estimates an input's rows, and says how much memory the outputs need.
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from accord.errors import ConfigurationError, ProtocolError
-from accord.tee.allocator import release_memory
-from accord.tee.progress import ProgressTracker
-from accord.tee.runstate import InputDigest, RunDirectory, RunManifest, digest_file
-from accord.tee.wire import Call, encode_columns
+from accord.tee.core.allocator import release_memory
+from accord.tee.core.wire import Call, encode_columns
+from accord.tee.runtime.progress import ProgressTracker
+from accord.tee.runtime.runstate import InputDigest, RunDirectory, RunManifest, digest_file
 
 __all__ = [
     "ENCLAVE_RESERVED_BYTES",
@@ -196,9 +196,9 @@ def settings_to_json(settings: Any) -> dict[str, Any]:
 
 
 def settings_from_json(data: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    """:class:`~accord.tee.party.PartySettings` from the manifest, with ``overrides`` on top."""
-    from accord.tee.party import PartySettings
-    from accord.tee.transport import Endpoint
+    """The run's :class:`~accord.tee.runtime.party.PartySettings`, ``overrides`` on top."""
+    from accord.tee.runtime.party import PartySettings
+    from accord.tee.runtime.transport import Endpoint
 
     paths = {"input", "policy", "output_map", "output_table", "summary", "platform_key", "run_dir"}
     values: dict[str, Any] = {}

@@ -4,7 +4,7 @@
 process and checks its own input before any network: the files, the key columns and their
 types, and — in memory — every ID, streamed into the enclave, which refuses empty,
 undecodable and (under the ``error`` policy) duplicated IDs before the session exists.
-Only then does it listen and dial (:mod:`accord.tee.transport`); it relays the attested
+Only then does it listen and dial (:mod:`accord.tee.runtime.transport`); it relays the attested
 handshake, relays sealed records both ways until the enclaves have intersected and
 confirmed, then writes the outputs. A bucketed run checks the files, columns and types up
 front; its IDs are checked while they are spilled, after the peers agreed the bucket count
@@ -38,8 +38,8 @@ their destination and renamed into place only when all of them are complete).
 Inputs larger than memory
 -------------------------
 With ``memory_limit`` or ``buckets`` (on every party) the enclaves agree a bucket count;
-when it is more than one, or set by hand, the run is bucketed (:mod:`accord.tee.bucketed`,
-driven by :mod:`accord.tee.bucketed_host`): the input is spilled to sealed bucket files in
+when it is more than one, or set by hand, the run is bucketed (:mod:`accord.tee.core.bucketed`,
+driven by :mod:`accord.tee.runtime.bucketed_host`): the input is spilled to sealed bucket files in
 ``run_dir``, buckets are sorted, exchanged and intersected one at a time, and the progress
 is recorded so that ``resume`` continues after a crash. The outputs are the same as in
 memory. What a host additionally sees: how many of its own rows fell into each bucket and
@@ -71,13 +71,13 @@ from accord.errors import (
     PeerError,
     ProtocolError,
 )
-from accord.tee.attestation import parse_policy
-from accord.tee.channel import validate_party_name
-from accord.tee.host import EnclaveProcess
-from accord.tee.progress import ProgressEvent, ProgressTracker
-from accord.tee.runstate import RunDirectory, RunManifest
-from accord.tee.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
-from accord.tee.wire import SESSION_ALREADY_FAILED, Call, PeerFrame, encode_columns
+from accord.tee.core.attestation import parse_policy
+from accord.tee.core.channel import validate_party_name
+from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call, PeerFrame, encode_columns
+from accord.tee.runtime.host import EnclaveProcess
+from accord.tee.runtime.progress import ProgressEvent, ProgressTracker
+from accord.tee.runtime.runstate import RunDirectory, RunManifest
+from accord.tee.runtime.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
 
 __all__ = [
     "DUPLICATE_POLICIES",
@@ -573,7 +573,7 @@ class _Run:
 def _larger_than_memory(settings: PartySettings) -> bool:
     if not settings.bucketed:
         return False
-    from accord.tee.bucketed_host import larger_than_memory
+    from accord.tee.runtime.bucketed_host import larger_than_memory
 
     return larger_than_memory(settings)
 
@@ -661,7 +661,7 @@ async def _prepare_bucketing(
     events: ProgressEvents | None,
 ) -> _Bucketing:
     """Check a resumed run's inputs, or create a new run's directory; plan the run."""
-    from accord.tee import bucketed_host
+    from accord.tee.runtime import bucketed_host
 
     if resume is not None:
         directory, manifest = resume
@@ -808,7 +808,7 @@ async def run_party(
     start = time.perf_counter()
     outcome = None if bucketing is None else bucketing.outcome
     if outcome is not None:
-        from accord.tee.allocator import release_memory
+        from accord.tee.core.allocator import release_memory
 
         release_memory()  # what the spill and relaying held: the outputs need their own
     if outcome is not None and settings.include_ids:
@@ -890,7 +890,7 @@ async def _init(run: _Run, policy_text: str, bucketing: _Bucketing | None) -> No
     body: list[bytes] = []
     bucket_proposal = None
     if bucketing is not None:
-        from accord.tee.bucketed_host import proposal
+        from accord.tee.runtime.bucketed_host import proposal
 
         bucket_proposal = proposal(settings, bucketing.rows)
         sealed = bucketing.manifest.sealed_bytes()
@@ -944,7 +944,7 @@ async def _drive(run: _Run, bucketing: _Bucketing | None) -> tuple[Any, Any, np.
 
 
 async def _drive_buckets(run: _Run, bucketing: _Bucketing) -> tuple[Any, Any, np.ndarray, Any]:
-    from accord.tee.bucketed_host import drive_buckets
+    from accord.tee.runtime.bucketed_host import drive_buckets
 
     outcome = await drive_buckets(
         run,
