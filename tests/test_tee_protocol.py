@@ -26,7 +26,9 @@ from accord.tee.core.attestation import (
     public_key_bytes,
 )
 from accord.tee.core.backend import SimulatedBackend
-from accord.tee.core.protocol import EnclaveSession, _Config, _Loader
+from accord.tee.core.loader import IdLoader as _Loader
+from accord.tee.core.loader import SessionConfig as _Config
+from accord.tee.core.session import EnclaveSession
 from accord.tee.core.wire import Call, encode_columns
 
 PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -119,7 +119,7 @@ def encode_columns(columns: Sequence[Any]) -> tuple[dict[str, Any], list[Any]]:
     """Describe Arrow arrays (binary, string or integer) by their raw buffers, no copying.
 
     Returns the JSON description (for a ``LOAD_IDS`` call's metadata) and the buffers to send
-    back to back as its body; :func:`accord.tee.core.protocol.decode_columns` rebuilds the arrays.
+    back to back as its body; :func:`accord.tee.core.loader.decode_columns` rebuilds the arrays.
     """
     described: list[dict[str, Any]] = []
     buffers: list[Any] = []

@@ -5,7 +5,7 @@ Run as ``python -m accord.tee.runtime.enclave --fd N``.
 The host starts this process with one end of a Unix socket pair as file descriptor ``N``;
 that socket is the enclave's only channel to the world. Each request is one call frame
 (:data:`accord.tee.core.wire.CALL_HEADER`: call code, JSON parameters, raw body) from the fixed
-set in :class:`accord.tee.core.protocol.Call`; each reply is one frame with status 0 (success:
+set in :class:`accord.tee.core.wire.Call`; each reply is one frame with status 0 (success:
 parameters and body) or 1 (failure: the error's class, message and detail). Calls are
 served one at a time, in order, until the host closes the socket. Before the first call the
 enclave sends one unsolicited frame: its identity (status 0) or why it cannot start (1).
@@ -32,7 +32,7 @@ from typing import Any
 from accord.errors import AccordError, PeerError, ProtocolError
 from accord.tee.core.allocator import tune_allocator
 from accord.tee.core.backend import SimulatedBackend
-from accord.tee.core.protocol import EnclaveSession
+from accord.tee.core.session import EnclaveSession
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
 from accord.tee.runtime.measurement import SECURITY_VERSION, enclave_measurement, unmeasured_modules
 from accord.tee.runtime.platform_key import load_or_create_platform_key
