@@ -8,10 +8,10 @@
 * :mod:`~accord.tee.runtime.transport` — TCP links between the parties' hosts;
 * :mod:`~accord.tee.runtime.party` — one party's whole run, with
   :mod:`~accord.tee.runtime.settings`, :mod:`~accord.tee.runtime.inputs`,
-  :mod:`~accord.tee.runtime.relay`, :mod:`~accord.tee.runtime.outputs`;
-* :mod:`~accord.tee.runtime.bucketed_host`, :mod:`~accord.tee.runtime.sizing`,
-  :mod:`~accord.tee.runtime.runstate`, :mod:`~accord.tee.runtime.progress` — runs larger
-  than memory.
+  :mod:`~accord.tee.runtime.relay`, :mod:`~accord.tee.runtime.outputs`, and the peer
+  link contract :mod:`~accord.tee.runtime.links` (TCP or in memory);
+* :mod:`~accord.tee.runtime.bucketed_host`, :mod:`~accord.tee.runtime.runstate`,
+  :mod:`~accord.tee.runtime.progress` — runs larger than memory.
 
 This ``__init__`` imports nothing: the enclave process loads it, and it is measured.
 """

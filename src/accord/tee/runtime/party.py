@@ -52,35 +52,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import os
-import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from accord._validation import require_int, require_number
 from accord.errors import (
     AccordError,
     ConfigurationError,
-    InputDataError,
     PeerError,
-    ProtocolError,
 )
-from accord.tee.core.attestation import parse_policy
-from accord.tee.core.channel import validate_party_name
-from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call, PeerFrame, encode_columns
-from accord.tee.runtime.host import EnclaveProcess
-from accord.tee.runtime.progress import ProgressEvent, ProgressTracker
+from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call
+from accord.tee.runtime import bucketed_host
+from accord.tee.runtime.bucketed_host import BucketOutcome, larger_than_memory
+from accord.tee.runtime.host import EnclaveHandle, EnclaveProcess
+from accord.tee.runtime.inputs import KeyReader, check_paths, estimate_rows, read_policy
+from accord.tee.runtime.links import PeerLink
+from accord.tee.runtime.outputs import write_outputs
+from accord.tee.runtime.progress import ProgressTracker
+from accord.tee.runtime.relay import PartyRun
 from accord.tee.runtime.runstate import RunDirectory, RunManifest
-from accord.tee.runtime.transport import Endpoint, Hello, PeerLink, abort_category, connect_links
+from accord.tee.runtime.settings import (
+    DUPLICATE_POLICIES,
+    PartySettings,
+    PartySummary,
+    Progress,
+    ProgressEvents,
+)
+from accord.tee.runtime.transport import Endpoint, Hello, abort_category, connect_links
 
 __all__ = [
     "DUPLICATE_POLICIES",
+    "Connect",
     "PartySettings",
     "PartySummary",
     "Progress",
@@ -94,217 +99,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Called with a stage name and, for ``load`` and ``write``, the rows done so far.
-Progress = Callable[[str, int | None], None]
-#: Called with the stages of a bucketed run (per bucket, with an estimate of time left).
-ProgressEvents = Callable[[ProgressEvent], None]
-
-DUPLICATE_POLICIES = ("error", "first", "drop-all")
-
-_READ_AHEAD_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class PartySettings:
-    """Everything one party's run needs; the ``accord align`` flags map onto it one to one."""
-
-    #: The party's table (CSV/TSV, optionally compressed, or Parquet).
-    input: Path
-    #: Key column(s); a key of several columns is joined unambiguously.
-    key_columns: tuple[str, ...]
-    #: Attestation policy (TOML) the peers' enclaves must satisfy.
-    policy: Path
-    #: This party's name, unique in the session.
-    party_name: str
-    #: Address to accept peers on (``None``: dial only).
-    listen: Endpoint | None = None
-    #: Peers to dial.
-    peers: tuple[Endpoint, ...] = ()
-    #: Number of parties in the session (this one included).
-    parties: int = 2
-    #: Session name; every party must use the same.
-    session: str = "accord-align"
-    #: Row map output (position, row [, key columns]); ``None``: not written.
-    output_map: Path | None = None
-    #: Aligned table output (own rows in the shared order); ``None``: not written.
-    output_table: Path | None = None
-    #: Also write the ID column(s) into the row map.
-    include_ids: bool = False
-    #: What to do with an ID on several rows: ``error``, ``first`` or ``drop-all``.
-    duplicates: str = "error"
-    #: Drop (and count) empty and undecodable IDs instead of refusing the input.
-    skip_invalid: bool = False
-    #: Pad this party's digest stream to this many IDs, hiding its set size (``None``: no).
-    pad_to: int | None = None
-    #: Where to write the summary JSON (``None``: only returned).
-    summary: Path | None = None
-    #: The simulated platform key (``None``: the default path).
-    platform_key: Path | None = None
-    #: Run the enclave in debug mode (peers refuse it unless their policy allows debug).
-    debug_enclave: bool = False
-    #: Seconds to reach every peer.
-    connect_timeout: float = 60.0
-    #: Seconds a peer may stay silent during the run.
-    idle_timeout: float = 300.0
-    #: Memory budget of this party, host and enclave together (bytes). The run is bucketed
-    #: when the agreed plan needs more than one bucket (``None``: no limit).
-    memory_limit: int | None = None
-    #: Bucket count set by hand (the parties use the largest asked for); ``None``: planned.
-    buckets: int | None = None
-    #: Directory of a bucketed run's sealed files and manifest (``None``: next to the first
-    #: output, ``accord-run-<session>-<party>``).
-    run_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        validate_party_name(self.party_name, "party_name")
-        validate_party_name(self.session, "session")
-        require_int("parties", self.parties, minimum=2)
-        if not self.key_columns:
-            raise ConfigurationError("key_columns: expected at least one key column")
-        if len(set(self.key_columns)) != len(self.key_columns):
-            raise ConfigurationError(f"key_columns: a column is named twice in {self.key_columns}")
-        if self.duplicates not in DUPLICATE_POLICIES:
-            raise ConfigurationError(
-                f"duplicates: expected one of {', '.join(DUPLICATE_POLICIES)}; "
-                f"got {self.duplicates!r}"
-            )
-        if self.listen is None and not self.peers:
-            raise ConfigurationError("give --listen, --peer, or both: a party needs its peers")
-        if len(self.peers) > self.parties - 1:
-            raise ConfigurationError(
-                f"peers: {len(self.peers)} given, but {self.parties} parties have "
-                f"{self.parties - 1} peers"
-            )
-        if self.listen is None and len(self.peers) < self.parties - 1:
-            raise ConfigurationError(
-                f"peers: {self.parties} parties need {self.parties - 1} peer links; give "
-                "--listen or more --peer"
-            )
-        if self.pad_to is not None:
-            require_int("pad_to", self.pad_to, minimum=1)
-        require_number("connect_timeout", self.connect_timeout, minimum=0, exclusive_minimum=True)
-        require_number("idle_timeout", self.idle_timeout, minimum=0, exclusive_minimum=True)
-        outputs = [p for p in (self.output_map, self.output_table, self.summary) if p is not None]
-        resolved = [p.resolve() for p in outputs]
-        if len(set(resolved)) != len(resolved):
-            raise ConfigurationError("outputs: two outputs name the same file")
-        if self.input.resolve() in resolved:
-            raise ConfigurationError(
-                f"outputs: {self.input} is the input; refusing to overwrite it"
-            )
-        if self.include_ids and self.output_map is None:
-            raise ConfigurationError("include_ids needs an output_map to write the IDs into")
-        if self.memory_limit is not None:
-            require_int("memory_limit", self.memory_limit, minimum=1 << 20)
-        if self.buckets is not None:
-            # Here only: the host of an in-memory run never loads the alignment core.
-            from accord.alignment.buckets import MAX_BUCKETS
-
-            require_int("buckets", self.buckets, minimum=1)
-            if self.buckets > MAX_BUCKETS:
-                raise ConfigurationError(
-                    f"buckets: expected 1 to {MAX_BUCKETS}, got {self.buckets}"
-                )
-        if self.bucketed and self.pad_to is not None:
-            raise ConfigurationError(
-                "pad_to: cannot hide the set size in a bucketed run (each bucket's size shows); "
-                "drop --pad-to or --memory-limit/--buckets"
-            )
-
-    @property
-    def bucketed(self) -> bool:
-        """Whether this party asks for (and accepts) a bucketed run."""
-        return self.memory_limit is not None or self.buckets is not None
-
-
-@dataclass(frozen=True)
-class PartySummary:
-    """What this party learned (see the module docstring for who learns what)."""
-
-    party: str
-    session: str
-    #: Every party's name, sorted.
-    parties: tuple[str, ...]
-    #: Data rows in the input.
-    input_rows: int
-    #: Distinct usable IDs of this party (after the duplicate policy).
-    own_ids: int
-    #: Each peer's number of distinct IDs, ``None`` when that peer hid it.
-    peer_ids: dict[str, int | None]
-    #: Size of the intersection of every party's IDs.
-    intersection: int
-    #: Empty, undecodable and duplicate IDs found in this party's input; ``dropped_rows``
-    #: counts every row left out (skipped invalid IDs and the duplicate policy's drops).
-    input_report: dict[str, Any]
-    #: This party's enclave identity, and each peer's as verified.
-    enclave: dict[str, Any]
-    peer_enclaves: dict[str, dict[str, Any]]
-    #: Output files written.
-    outputs: dict[str, str]
-    #: Wall seconds per stage.
-    seconds: dict[str, float] = field(default_factory=dict)
-    #: Buckets of a bucketed run (``None``: in memory).
-    buckets: int | None = None
-    #: The bucket a resumed run continued from (``None``: not resumed).
-    resumed_from_bucket: int | None = None
-    #: Peak bytes of the run directory (bucketed runs).
-    disk_peak_bytes: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return asdict(self)
-
-
-def _read_policy(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise ConfigurationError(
-            f"policy {path}: no such file (see `accord align identity` for a ready policy)"
-        ) from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigurationError(f"policy {path}: cannot read: {error}") from error
-    parse_policy(text, str(path))  # fail early, naming the file
-    return text
-
-
-def _check_paths(settings: PartySettings) -> None:
-    from accord.tables import file_format
-
-    if not settings.input.is_file():
-        raise InputDataError(f"{settings.input}: no such input file")
-    file_format(settings.input)
-    for output in (settings.output_map, settings.output_table):
-        if output is not None:
-            try:
-                file_format(output)
-            except InputDataError as error:
-                raise ConfigurationError(f"output {error}") from error
-    for output in (settings.output_map, settings.output_table, settings.summary):
-        if output is not None and not output.parent.is_dir():
-            raise ConfigurationError(
-                f"{output}: the output directory {output.parent} does not exist"
-            )
-
-
-def _estimate_rows(path: Path) -> int | None:
-    """A cheap estimate of the input's data rows (the enclave sizes its arrays by it)."""
-    from accord.tables import TableFormat, file_format
-
-    try:
-        if file_format(path) is TableFormat.PARQUET:
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(path).metadata.num_rows)
-        if path.suffix.lower() in (".gz", ".bz2", ".zst", ".lz4"):
-            return None
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            sample = handle.read(1 << 20)
-    except Exception:  # only a hint: the real read reports any problem
-        return None
-    lines = sample.count(b"\n")
-    return None if lines < 2 else int(size * lines / len(sample))
+#: Opens this party's links to every peer (called once its own input is checked).
+Connect = Callable[[], Awaitable[Sequence[PeerLink]]]
 
 
 def _first_error(error: BaseException) -> BaseException:
@@ -339,299 +135,6 @@ def _first_error(error: BaseException) -> BaseException:
     return leaves[0] if leaves else error
 
 
-def _plain_batches(path: Path, columns: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
-    """The batches with their key columns in a type the enclave takes (dictionaries decoded);
-    a key column of another type (a float, a date) is refused naming the file and column."""
-    import pyarrow as pa
-
-    from accord.alignment.normalise import plain_key_column
-
-    for batch in batches:
-        try:
-            arrays = [
-                plain_key_column(batch.column(index), name) for index, name in enumerate(columns)
-            ]
-        except InputDataError as error:
-            raise InputDataError(f"{path}: {error}") from error
-        yield pa.RecordBatch.from_arrays(arrays, names=list(columns))
-
-
-class _KeyReader:
-    """Reads the key column(s) in a worker thread, ahead of the enclave's need for them.
-
-    The first batch is read before any peer is contacted, so a missing column, an empty or
-    unreadable file fails at once; the rest is read while the enclave starts and attests.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        columns: Sequence[str],
-        read_ahead: int = _READ_AHEAD_BATCHES,
-        *,
-        mapped: bool = True,
-    ) -> None:
-        from accord.tables import iter_key_batches
-
-        self._iterator: Iterator[Any] = _plain_batches(
-            path, columns, iter_key_batches(path, columns, mapped=mapped)
-        )
-        # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Read the first batch (raising input errors now), then read on in the background."""
-        first = await asyncio.to_thread(next, self._iterator, None)
-        self._queue.put_nowait(first)
-        self._task = asyncio.create_task(self._read_rest())
-
-    async def _read_rest(self) -> None:
-        while True:
-            try:
-                batch = await asyncio.to_thread(next, self._iterator, None)
-            except Exception as error:  # handed to the consumer, raised there
-                await self._queue.put(error)
-                return
-            await self._queue.put(batch)
-            if batch is None:
-                return
-
-    def __aiter__(self) -> _KeyReader:
-        return self
-
-    async def __anext__(self) -> Any:
-        item = await self._queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
-class _Run:
-    """The state of one run: the enclave, the links and the enclave's last status."""
-
-    def __init__(
-        self,
-        settings: PartySettings,
-        enclave: EnclaveProcess,
-        links: Sequence[PeerLink],
-        keys: _KeyReader,
-        progress: Progress,
-    ) -> None:
-        self.settings = settings
-        self.keys = keys
-        self.enclave = enclave
-        self.links = list(links)
-        self.progress = progress
-        self.status: dict[str, Any] = {"outbound": [], "done": False}
-        self._changed = asyncio.Event()
-        self.peer_enclaves: dict[str, dict[str, Any]] = {}
-        self.seconds: dict[str, float] = {}
-        #: The input report and the kept ID batches once :meth:`load` is done.
-        self.loaded: tuple[dict[str, Any], list[Any]] | None = None
-
-    async def call(
-        self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Any] = ()
-    ) -> tuple[dict[str, Any], bytearray]:
-        try:
-            reply, reply_body = await self.enclave.call(call, meta, body)
-        except InputDataError as error:
-            raise InputDataError(f"{self.settings.input}: {error}", detail=error.detail) from error
-        status = reply.get("status")
-        if isinstance(status, dict):
-            self.status = status
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
-        return reply, reply_body
-
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> None:
-        while not predicate(self.status):
-            await self._changed.wait()
-
-    async def handshake(self, slot: int, link: PeerLink) -> None:
-        async def expect_handshake() -> bytes | bytearray:
-            kind, body = await link.receive()
-            if kind is not PeerFrame.HANDSHAKE:
-                raise ProtocolError(f"peer {link.name!r} sent {kind.name} during the handshake")
-            return body
-
-        reply = await self._handshake_steps(slot, link, expect_handshake)
-        if reply.get("peer") != link.name:
-            raise ProtocolError(
-                f"the host at {link.address} announced party {link.name!r}, but its enclave "
-                f"attests party {reply.get('peer')!r}"
-            )
-        self.peer_enclaves[link.name] = dict(reply["peer_identity"])
-        logger.info("attested channel to %r open", link.name)
-
-    async def _handshake_steps(
-        self,
-        slot: int,
-        link: PeerLink,
-        expect_handshake: Callable[[], Awaitable[bytes | bytearray]],
-    ) -> dict[str, Any]:
-        if link.initiator:
-            _, hello = await self.call(Call.HANDSHAKE, {"link": slot, "step": "hello"})
-            await link.send(PeerFrame.HANDSHAKE, hello)
-            reply, finish = await self.call(
-                Call.HANDSHAKE, {"link": slot, "step": "finish"}, [await expect_handshake()]
-            )
-            await link.send(PeerFrame.HANDSHAKE, finish)
-        else:
-            _, response = await self.call(
-                Call.HANDSHAKE, {"link": slot, "step": "respond"}, [await expect_handshake()]
-            )
-            await link.send(PeerFrame.HANDSHAKE, response)
-            reply, _ = await self.call(
-                Call.HANDSHAKE, {"link": slot, "step": "complete"}, [await expect_handshake()]
-            )
-        return reply
-
-    async def send_loop(self, slot: int, link: PeerLink) -> None:
-        while True:
-            await self.wait_for(lambda status: slot in status["outbound"])
-            reply, batch = await self.call(Call.SEAL, {"link": slot})
-            if batch:
-                await link.send(PeerFrame.RECORDS, batch)
-            if reply.get("closed"):
-                return
-
-    async def receive_loop(self, slot: int, link: PeerLink) -> None:
-        while True:
-            kind, body = await link.receive()
-            if kind is not PeerFrame.RECORDS:
-                raise ProtocolError(f"peer {link.name!r} sent {kind.name} after the handshake")
-            reply, _ = await self.call(Call.UNSEAL, {"link": slot}, [body])
-            if reply.get("ended"):
-                return
-
-    def _timed(self, stage: str, start: float) -> None:
-        self.seconds[stage] = round(time.perf_counter() - start, 4)
-
-    async def load(self, keep_ids: bool) -> None:
-        """Stream this party's IDs into the enclave (``LOAD_IDS``, ``LOAD_DONE``).
-
-        In memory this runs before any peer is contacted: the enclave refuses empty,
-        undecodable and (under the ``error`` policy) duplicated IDs at ``LOAD_DONE``.
-        """
-        start = time.perf_counter()
-        self.progress("load", 0)
-        kept: list[Any] = []
-        rows = 0
-        async for batch in self.keys:
-            meta, buffers = encode_columns(list(batch.columns))
-            await self.call(Call.LOAD_IDS, meta, buffers)
-            rows += batch.num_rows
-            if keep_ids:
-                kept.append(batch)
-            self.progress("load", rows)
-        self._timed("read_ids", start)
-        start = time.perf_counter()
-        reply, _ = await self.call(Call.LOAD_DONE)
-        self._timed("check_ids", start)
-        self.loaded = (dict(reply["ids"]), kept)
-
-    async def exchange(
-        self, keep_ids: bool
-    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
-        """Load the IDs (unless loaded), relay until the enclaves agree; return
-        (report, counts, row map, ids)."""
-        if self.loaded is None:
-            await self.load(keep_ids)
-        assert self.loaded is not None
-        report, kept = self.loaded
-        start = time.perf_counter()
-        self.progress("exchange", None)
-        await self.wait_for(lambda status: bool(status["digests_received"]))
-        self._timed("digest_exchange", start)
-        start = time.perf_counter()
-        self.progress("intersect", None)
-        reply, _ = await self.call(Call.INTERSECT)
-        counts = dict(reply["counts"])
-        await self.wait_for(lambda status: bool(status["done"]))
-        reply, body = await self.call(Call.RESULT)
-        import numpy
-
-        row_map = numpy.frombuffer(body, dtype=numpy.int64)
-        if len(row_map) != counts["intersection_size"]:
-            raise ProtocolError("the enclave's row map does not match its counts")
-        self._timed("intersect_confirm", start)
-        ids = None
-        if keep_ids:
-            import pyarrow as pa
-
-            ids = pa.Table.from_batches(kept)
-        return report, counts, row_map, ids
-
-
-def _larger_than_memory(settings: PartySettings) -> bool:
-    if not settings.bucketed:
-        return False
-    from accord.tee.runtime.bucketed_host import larger_than_memory
-
-    return larger_than_memory(settings)
-
-
-def _staging_path(final: Path) -> Path:
-    return final.parent / f".accord-{secrets.token_hex(6)}-{final.name}"
-
-
-def _write_outputs(
-    settings: PartySettings,
-    row_map: np.ndarray,
-    source_rows: int,
-    ids: Any,
-    summary_of: Callable[[dict[str, str]], PartySummary],
-    progress: Progress,
-) -> PartySummary:
-    """Write every output next to its destination, then rename them all into place."""
-    from accord.tables import write_aligned_table, write_row_map
-
-    outputs: dict[str, str] = {}
-    staged: list[tuple[Path, Path]] = []
-    try:
-        if settings.output_map is not None:
-            temporary = _staging_path(settings.output_map)
-            staged.append((temporary, settings.output_map))
-            write_row_map(temporary, row_map, ids=ids, source_rows=source_rows)
-            outputs["row_map"] = str(settings.output_map)
-        if settings.output_table is not None:
-            temporary = _staging_path(settings.output_table)
-            staged.append((temporary, settings.output_table))
-            progress("write", 0)
-            write_aligned_table(
-                temporary,
-                settings.input,
-                row_map,
-                source_rows=source_rows,
-                progress=lambda rows: progress("write", rows),
-                bounded=_larger_than_memory(settings),
-            )
-            outputs["aligned_table"] = str(settings.output_table)
-        if settings.summary is not None:
-            outputs["summary"] = str(settings.summary)
-        summary = summary_of(outputs)
-        if settings.summary is not None:
-            temporary = _staging_path(settings.summary)
-            staged.append((temporary, settings.summary))
-            temporary.write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
-        for temporary, final in staged:
-            os.replace(temporary, final)
-        return summary
-    except OSError as error:
-        raise ConfigurationError(f"cannot write the outputs: {error}") from error
-    finally:
-        for temporary, _ in staged:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-
-
 @dataclass
 class _Bucketing:
     """A party's bucketed run on the host: run directory, manifest, estimates, progress."""
@@ -643,7 +146,7 @@ class _Bucketing:
     tracker: ProgressTracker
     #: The input digests being computed (a new run), ``None`` once recorded.
     inputs: asyncio.Future[Any] | None = None
-    outcome: Any = None
+    outcome: BucketOutcome | None = None
 
     def close(self, *, remove: bool) -> None:
         self.directory.close()
@@ -661,8 +164,6 @@ async def _prepare_bucketing(
     events: ProgressEvents | None,
 ) -> _Bucketing:
     """Check a resumed run's inputs, or create a new run's directory; plan the run."""
-    from accord.tee.runtime import bucketed_host
-
     if resume is not None:
         directory, manifest = resume
         current = await asyncio.to_thread(bucketed_host.input_digests, settings)
@@ -713,18 +214,24 @@ def _with_resume_hint(error: BaseException, bucketing: _Bucketing | None) -> Bas
 async def run_party(
     settings: PartySettings,
     *,
-    enclave: EnclaveProcess | None = None,
+    enclave: EnclaveHandle | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
     resume: tuple[RunDirectory, RunManifest] | None = None,
     events: ProgressEvents | None = None,
+    connect: Connect | None = None,
 ) -> PartySummary:
     """Run one party's side of an alignment session; see the module docstring.
 
     ``enclave`` is an enclave process already spawned for this run (the CLI spawns it first
     thing, so it loads while the host starts); by default one is spawned here. Either way it
-    is stopped when the run ends. ``resume``: the run directory and manifest of a bucketed
-    run to continue (its inputs must be unchanged). ``events``: progress of a bucketed run.
+    is stopped when the run ends (a test may pass an
+    :class:`~accord.tee.runtime.host.InProcessEnclave`). ``connect`` opens the links to the
+    peers once this party's own input is checked (by default: TCP, listening on
+    ``settings.listen`` and dialling ``settings.peers``; a test may return in-memory links,
+    :func:`~accord.tee.runtime.links.memory_link_pair`). ``resume``: the run directory and
+    manifest of a bucketed run to continue (its inputs must be unchanged). ``events``:
+    progress of a bucketed run.
     """
     report_progress: Progress = progress or (lambda stage, rows: None)
     started = time.perf_counter()
@@ -732,9 +239,9 @@ async def run_party(
         enclave = EnclaveProcess.spawn(
             platform_key=settings.platform_key, debug=settings.debug_enclave
         )
-    keys: _KeyReader | None = None
+    keys: KeyReader | None = None
     links: list[PeerLink] = []
-    link_start: asyncio.Future[list[PeerLink]] | None = None
+    link_start: asyncio.Future[Sequence[PeerLink]] | None = None
     enclave_ready = asyncio.ensure_future(enclave.ready())
     bucketing: _Bucketing | None = None
     try:
@@ -743,8 +250,8 @@ async def run_party(
         # Everything about this party's own input is checked before any network: the files,
         # the key columns and their types, and (in memory) every ID: empty, undecodable and
         # duplicated IDs are refused before the listening socket opens or a peer is dialled.
-        policy_text = _read_policy(settings.policy)
-        _check_paths(settings)
+        policy_text = read_policy(settings.policy)
+        check_paths(settings)
         if settings.bucketed:
             bucketing = await _prepare_bucketing(settings, resume, events)
         # A resumed run whose peers all confirmed before the stop (stage "done"): the enclave
@@ -754,15 +261,15 @@ async def run_party(
             bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done"
         )
         # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
-        keys = _KeyReader(
+        keys = KeyReader(
             settings.input,
             settings.key_columns,
             1 if settings.bucketed else 4,
-            mapped=not _larger_than_memory(settings),
+            mapped=not larger_than_memory(settings),
         )
         if not done_before:
             await keys.start()  # a missing column, a refused type or an empty file fail here
-        run = _Run(settings, enclave, [], keys, report_progress)
+        run = PartyRun(settings, enclave, [], keys, report_progress)
         await enclave_ready
         await _init(run, policy_text, bucketing)
         if not settings.bucketed:
@@ -771,8 +278,10 @@ async def run_party(
             # Listen and dial only now: a party that dials every peer needs no listener.
             report_progress("connect", None)
             connecting = time.perf_counter()
-            link_start = asyncio.ensure_future(
-                connect_links(
+            opening = (
+                connect()
+                if connect is not None
+                else connect_links(
                     Hello(settings.party_name, settings.session, settings.parties),
                     listen=settings.listen,
                     peers=settings.peers,
@@ -781,7 +290,8 @@ async def run_party(
                     on_listening=on_listening,
                 )
             )
-            links = await link_start
+            link_start = asyncio.ensure_future(opening)
+            links = list(await link_start)
             run.links = links
             run.seconds["connect"] = round(time.perf_counter() - connecting, 4)
         result = await _drive(run, bucketing)
@@ -820,7 +330,7 @@ async def run_party(
                 read_key_columns,
                 settings.input,
                 settings.key_columns,
-                mapped=not _larger_than_memory(settings),
+                mapped=not larger_than_memory(settings),
             )
         )
 
@@ -872,7 +382,7 @@ async def run_party(
     await asyncio.gather(enclave.close(), *(link.close() for link in links))
     try:
         summary = await asyncio.to_thread(
-            _write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
+            write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
         )
     except BaseException as error:
         if bucketing is not None:
@@ -884,15 +394,13 @@ async def run_party(
     return summary
 
 
-async def _init(run: _Run, policy_text: str, bucketing: _Bucketing | None) -> None:
+async def _init(run: PartyRun, policy_text: str, bucketing: _Bucketing | None) -> None:
     """``INIT``: the session's parameters (and a resumed run's sealed state)."""
     settings = run.settings
     body: list[bytes] = []
     bucket_proposal = None
     if bucketing is not None:
-        from accord.tee.runtime.bucketed_host import proposal
-
-        bucket_proposal = proposal(settings, bucketing.rows)
+        bucket_proposal = bucketed_host.proposal(settings, bucketing.rows)
         sealed = bucketing.manifest.sealed_bytes()
         if bucketing.resumed:
             if sealed is None:
@@ -913,7 +421,7 @@ async def _init(run: _Run, policy_text: str, bucketing: _Bucketing | None) -> No
             "duplicates": settings.duplicates,
             "skip_invalid": settings.skip_invalid,
             "pad_to": settings.pad_to,
-            "rows_hint": _estimate_rows(settings.input),
+            "rows_hint": estimate_rows(settings.input),
             "bucketed": bucket_proposal,
             "resume": bool(bucketing is not None and bucketing.resumed),
         },
@@ -921,7 +429,7 @@ async def _init(run: _Run, policy_text: str, bucketing: _Bucketing | None) -> No
     )
 
 
-async def _drive(run: _Run, bucketing: _Bucketing | None) -> tuple[Any, Any, np.ndarray, Any]:
+async def _drive(run: PartyRun, bucketing: _Bucketing | None) -> tuple[Any, Any, np.ndarray, Any]:
     settings = run.settings
     run.progress("attest", None)
     start = time.perf_counter()
@@ -943,10 +451,8 @@ async def _drive(run: _Run, bucketing: _Bucketing | None) -> tuple[Any, Any, np.
     return result
 
 
-async def _drive_buckets(run: _Run, bucketing: _Bucketing) -> tuple[Any, Any, np.ndarray, Any]:
-    from accord.tee.runtime.bucketed_host import drive_buckets
-
-    outcome = await drive_buckets(
+async def _drive_buckets(run: PartyRun, bucketing: _Bucketing) -> tuple[Any, Any, np.ndarray, Any]:
+    outcome = await bucketed_host.drive_buckets(
         run,
         bucketing.directory,
         bucketing.manifest,
@@ -961,8 +467,8 @@ async def _drive_buckets(run: _Run, bucketing: _Bucketing) -> tuple[Any, Any, np
 
 
 async def _cleanup(
-    enclave: EnclaveProcess,
-    link_start: asyncio.Future[list[PeerLink]] | None,
+    enclave: EnclaveHandle,
+    link_start: asyncio.Future[Sequence[PeerLink]] | None,
     links: list[PeerLink],
     error: BaseException,
 ) -> None:
@@ -973,7 +479,7 @@ async def _cleanup(
         with contextlib.suppress(BaseException):
             await asyncio.gather(link_start, return_exceptions=True)
         if not links and _succeeded(link_start):
-            links = link_start.result()
+            links = list(link_start.result())
     waits: list[Awaitable[Any]] = [link.abort(category) for link in links]
     waits.append(enclave.kill())
     with contextlib.suppress(BaseException):
@@ -987,11 +493,12 @@ def _succeeded(task: asyncio.Future[Any]) -> bool:
 def align_party(
     settings: PartySettings,
     *,
-    enclave: EnclaveProcess | None = None,
+    enclave: EnclaveHandle | None = None,
     progress: Progress | None = None,
     on_listening: Callable[[Endpoint], None] | None = None,
     resume: tuple[RunDirectory, RunManifest] | None = None,
     events: ProgressEvents | None = None,
+    connect: Connect | None = None,
 ) -> PartySummary:
     """:func:`run_party` in a fresh event loop."""
     return asyncio.run(
@@ -1002,5 +509,6 @@ def align_party(
             on_listening=on_listening,
             resume=resume,
             events=events,
+            connect=connect,
         )
     )
