@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from accord.errors import ConfigurationError, InputDataError
 from accord.tee.core.attestation import parse_policy
 from accord.tee.runtime.settings import PartySettings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["KeyReader", "check_paths", "estimate_rows", "read_policy"]
 
@@ -74,7 +77,9 @@ def estimate_rows(path: Path) -> int | None:
     return None if lines < 2 else int(size * lines / len(sample))
 
 
-def _plain_batches(path: Path, columns: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
+def _plain_batches(
+    path: Path, columns: Sequence[str], batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
     """The batches with their key columns in a type the enclave takes (dictionaries decoded);
     a key column of another type (a float, a date) is refused naming the file and column."""
     import pyarrow as pa
@@ -108,11 +113,13 @@ class KeyReader:
     ) -> None:
         from accord.tables import iter_key_batches
 
-        self._iterator: Iterator[Any] = _plain_batches(
+        self._iterator: Iterator[pa.RecordBatch] = _plain_batches(
             path, columns, iter_key_batches(path, columns, mapped=mapped)
         )
         # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=read_ahead)
+        self._queue: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue(
+            maxsize=read_ahead
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -135,7 +142,7 @@ class KeyReader:
     def __aiter__(self) -> KeyReader:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> pa.RecordBatch:
         item = await self._queue.get()
         if item is None:
             raise StopAsyncIteration

@@ -13,7 +13,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from accord.errors import ConfigurationError
 from accord.tee.runtime.bucketed_host import larger_than_memory
@@ -21,6 +21,7 @@ from accord.tee.runtime.settings import PartySettings, PartySummary, Progress
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
 __all__ = ["write_outputs"]
 
@@ -33,7 +34,7 @@ def write_outputs(
     settings: PartySettings,
     row_map: np.ndarray,
     source_rows: int,
-    ids: Any,
+    ids: pa.Table | None,
     summary_of: Callable[[dict[str, str]], PartySummary],
     progress: Progress,
 ) -> PartySummary:

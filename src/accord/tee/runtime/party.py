@@ -72,8 +72,8 @@ from accord.tee.runtime.inputs import KeyReader, check_paths, estimate_rows, rea
 from accord.tee.runtime.links import PeerLink
 from accord.tee.runtime.outputs import write_outputs
 from accord.tee.runtime.progress import ProgressTracker
-from accord.tee.runtime.relay import PartyRun
-from accord.tee.runtime.runstate import RunDirectory, RunManifest
+from accord.tee.runtime.relay import Exchanged, PartyRun
+from accord.tee.runtime.runstate import InputDigest, RunDirectory, RunManifest
 from accord.tee.runtime.settings import (
     DUPLICATE_POLICIES,
     PartySettings,
@@ -95,7 +95,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class _Bucketing:
     resumed: bool
     tracker: ProgressTracker
     #: The input digests being computed (a new run), ``None`` once recorded.
-    inputs: asyncio.Future[Any] | None = None
+    inputs: asyncio.Future[dict[str, InputDigest]] | None = None
     outcome: BucketOutcome | None = None
 
     def close(self, *, remove: bool) -> None:
@@ -429,7 +429,7 @@ async def _init(run: PartyRun, policy_text: str, bucketing: _Bucketing | None) -
     )
 
 
-async def _drive(run: PartyRun, bucketing: _Bucketing | None) -> tuple[Any, Any, np.ndarray, Any]:
+async def _drive(run: PartyRun, bucketing: _Bucketing | None) -> Exchanged:
     settings = run.settings
     run.progress("attest", None)
     start = time.perf_counter()
@@ -451,7 +451,7 @@ async def _drive(run: PartyRun, bucketing: _Bucketing | None) -> tuple[Any, Any,
     return result
 
 
-async def _drive_buckets(run: PartyRun, bucketing: _Bucketing) -> tuple[Any, Any, np.ndarray, Any]:
+async def _drive_buckets(run: PartyRun, bucketing: _Bucketing) -> Exchanged:
     outcome = await bucketed_host.drive_buckets(
         run,
         bucketing.directory,
@@ -463,7 +463,7 @@ async def _drive_buckets(run: PartyRun, bucketing: _Bucketing) -> tuple[Any, Any
     bucketing.inputs = None
     bucketing.outcome = outcome
     bucketing.tracker.finish()
-    return outcome.report, outcome.counts, outcome.row_map, None
+    return Exchanged(outcome.report, outcome.counts, outcome.row_map, None)
 
 
 async def _cleanup(

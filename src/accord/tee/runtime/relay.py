@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from accord.errors import InputDataError, ProtocolError
 from accord.tee.core.wire import Call, PeerFrame, encode_columns
@@ -27,10 +27,24 @@ from accord.tee.runtime.settings import PartySettings, Progress
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
-__all__ = ["PartyRun"]
+__all__ = ["Exchanged", "PartyRun"]
 
 logger = logging.getLogger(__name__)
+
+
+class Exchanged(NamedTuple):
+    """What the enclaves agreed, as this party's host receives it."""
+
+    #: The enclave's report on this party's input (rows, empty and undecodable IDs).
+    report: dict[str, Any]
+    #: Set sizes, |I| and the duplicate report.
+    counts: dict[str, Any]
+    #: For each shared position, this party's local row index.
+    row_map: np.ndarray
+    #: This party's key columns, row by row, when kept for ``--include-ids``.
+    ids: pa.Table | None = None
 
 
 class PartyRun:
@@ -59,7 +73,7 @@ class PartyRun:
         self.peer_enclaves: dict[str, dict[str, Any]] = {}
         self.seconds: dict[str, float] = {}
         #: The input report and the kept ID batches once :meth:`load` is done.
-        self.loaded: tuple[dict[str, Any], list[Any]] | None = None
+        self.loaded: tuple[dict[str, Any], list[pa.RecordBatch]] | None = None
 
     async def call(
         self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Any] = ()
@@ -147,7 +161,7 @@ class PartyRun:
         """
         start = time.perf_counter()
         self.progress("load", 0)
-        kept: list[Any] = []
+        kept: list[pa.RecordBatch] = []
         rows = 0
         async for batch in self.keys:
             meta, buffers = encode_columns(list(batch.columns))
@@ -162,11 +176,8 @@ class PartyRun:
         self._timed("check_ids", start)
         self.loaded = (dict(reply["ids"]), kept)
 
-    async def exchange(
-        self, keep_ids: bool
-    ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, Any]:
-        """Load the IDs (unless loaded), relay until the enclaves agree; return
-        (report, counts, row map, ids)."""
+    async def exchange(self, keep_ids: bool) -> Exchanged:
+        """Load the IDs (unless loaded), relay until the enclaves agree; what they agreed."""
         if self.loaded is None:
             await self.load(keep_ids)
         assert self.loaded is not None
@@ -192,4 +203,4 @@ class PartyRun:
             import pyarrow as pa
 
             ids = pa.Table.from_batches(kept)
-        return report, counts, row_map, ids
+        return Exchanged(report, counts, row_map, ids)
