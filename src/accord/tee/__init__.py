@@ -8,6 +8,7 @@ The package is cut in two, as pyca/cryptography cuts hazmat from recipes:
   (:mod:`~accord.tee.core.channel`), sealing (:mod:`~accord.tee.core.sealing`), the backend
   interface (:mod:`~accord.tee.core.backend`), and the enclave's session as a function from
   call to reply (:mod:`~accord.tee.core.session`, with :mod:`~accord.tee.core.loader`,
+  :mod:`~accord.tee.core.peers`, :mod:`~accord.tee.core.messages`,
   :mod:`~accord.tee.core.bucket_plan` and :mod:`~accord.tee.core.bucketed`).
 * :mod:`accord.tee.runtime` — what moves the bytes: the enclave process
   (``python -m accord.tee.runtime.enclave``), the host's handle on it, TCP peer links,

@@ -6,7 +6,8 @@ enclave's side of those calls, with no I/O of its own: :mod:`accord.tee.runtime.
 moves the bytes between the host and :meth:`EnclaveSession.call` (or
 :class:`accord.tee.runtime.host.InProcessEnclave` calls it directly). The IDs are loaded by
 :mod:`~accord.tee.core.loader`, the channel messages are :mod:`~accord.tee.core.messages`,
-and bucketed runs are :mod:`~accord.tee.core.bucketed`.
+the peers' links are :mod:`~accord.tee.core.peers`, and bucketed runs are
+:mod:`~accord.tee.core.bucketed`.
 
 A session goes **init → attest → exchange → intersect → report**:
 
@@ -58,7 +59,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -84,12 +85,7 @@ from accord.tee.core.backend import EnclaveBackend
 from accord.tee.core.bucket_plan import Proposal
 from accord.tee.core.bucketed import BucketedRun, agree_run
 from accord.tee.core.channel import (
-    ChannelKeys,
-    ChannelReader,
-    ChannelWriter,
     HandshakeConfig,
-    InitiatorHandshake,
-    ResponderHandshake,
 )
 from accord.tee.core.loader import IdLoader, SessionConfig, decode_columns
 from accord.tee.core.messages import (
@@ -106,31 +102,13 @@ from accord.tee.core.messages import (
     encode_roster,
     joined,
 )
+from accord.tee.core.peers import PeerState, handshake_step
 from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call
 
 __all__ = ["EnclaveSession", "Reply"]
 
 #: What a call returns: small JSON parameters and a bulk body.
 Reply = tuple[dict[str, Any], bytes | bytearray]
-
-
-@dataclass
-class _Link:
-    """One peer link as the enclave sees it."""
-
-    handshake: InitiatorHandshake | ResponderHandshake
-    keys: ChannelKeys | None = None
-    writer: ChannelWriter | None = None
-    reader: ChannelReader | None = None
-    roster: dict[str, Any] | None = None
-    share: bytes | None = None
-    digests: np.ndarray | None = None
-    got_digests: bool = False
-    size_hidden: bool = False
-    confirm: tuple[int, bytes] | None = None
-    closed: bool = False
-    #: Bucketed runs: the peer's proposal and where its run stands (from its roster).
-    bucketed: dict[str, Any] | None = None
 
 
 class EnclaveSession:
@@ -141,7 +119,7 @@ class EnclaveSession:
         self._random_bytes = random_bytes
         self._config: SessionConfig | None = None
         self._handshake_config: HandshakeConfig | None = None
-        self._links: dict[int, _Link] = {}
+        self._links: dict[int, PeerState] = {}
         self._share = b""
         self._session_secret: bytes | None = None
         self._loader: IdLoader | None = None
@@ -278,63 +256,19 @@ class EnclaveSession:
 
     def _handshake(self, meta: dict[str, Any], body: memoryview) -> Reply:
         assert self._handshake_config is not None and self._config is not None
-        slot = int(meta["link"])
-        step = meta.get("step")
-        if step == "hello":
-            if slot in self._links or len(self._links) >= self._config.parties - 1:
-                raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
-            initiator = InitiatorHandshake(self._handshake_config)
-            self._links[slot] = _Link(handshake=initiator)
-            return {}, initiator.hello()
-        if step == "respond":
-            if slot in self._links or len(self._links) >= self._config.parties - 1:
-                raise ProtocolError(f"HANDSHAKE: link {slot} already exists or too many links")
-            responder = ResponderHandshake(self._handshake_config)
-            self._links[slot] = _Link(handshake=responder)
-            return {}, responder.respond(bytes(body))
-        link = self._links.get(slot)
-        if link is None or link.keys is not None:
-            raise ProtocolError(f"HANDSHAKE {step}: no handshake in progress on link {slot}")
-        if step == "finish" and isinstance(link.handshake, InitiatorHandshake):
-            finish, keys = link.handshake.finish(bytes(body))
-            self._open(link, keys)
-            return self._opened(keys), finish
-        if step == "complete" and isinstance(link.handshake, ResponderHandshake):
-            keys = link.handshake.complete(bytes(body))
-            self._open(link, keys)
-            return self._opened(keys), b""
-        raise ProtocolError(f"HANDSHAKE: unexpected step {step!r} on link {slot}")
-
-    @staticmethod
-    def _opened(keys: ChannelKeys) -> dict[str, Any]:
-        claims = keys.peer_claims
-        return {
-            "peer": keys.peer_name,
-            "peer_identity": {
-                "backend": claims.backend,
-                "measurement": claims.measurement.hex(),
-                "security_version": claims.security_version,
-                "debug": claims.debug,
-                "platform_key": claims.signer,
-            },
-        }
-
-    def _open(self, link: _Link, keys: ChannelKeys) -> None:
-        assert self._config is not None
-        if any(
-            other.keys and other.keys.peer_name == keys.peer_name for other in self._links.values()
+        reply, out, opened = handshake_step(
+            self._links, meta, body, self._handshake_config, self._config.parties
+        )
+        if (
+            opened
+            and len(self._links) == self._config.parties - 1
+            and all(other.keys is not None for other in self._links.values())
         ):
-            raise ProtocolError(f"two links claim to be party {keys.peer_name!r}")
-        link.keys = keys
-        link.writer = ChannelWriter(keys.send_key)
-        link.reader = ChannelReader(keys.receive_key)
-        if len(self._links) == self._config.parties - 1 and all(
-            other.keys is not None for other in self._links.values()
-        ):
-            roster = self._roster()
+            roster = self._roster()  # every channel is open: the session secret's round
             for other in self._links.values():
                 assert other.writer is not None
                 other.writer.send(MessageKind.ROSTER, roster)
+        return reply, out
 
     def _roster_fields(self) -> dict[str, Any]:
         assert self._config is not None
@@ -455,7 +389,7 @@ class EnclaveSession:
 
     # -------------------------------------------------------------- SEAL / UNSEAL
 
-    def _link(self, meta: Mapping[str, Any]) -> _Link:
+    def _link(self, meta: Mapping[str, Any]) -> PeerState:
         link = self._links.get(int(meta["link"]))
         if link is None or link.writer is None or link.reader is None:
             raise ProtocolError(f"no open channel on link {meta.get('link')!r}")
@@ -485,7 +419,7 @@ class EnclaveSession:
             link.closed = True
         return {"ended": link.reader.ended}, b""
 
-    def _receive(self, link: _Link, peer: str, kind: int, message: bytearray) -> None:
+    def _receive(self, link: PeerState, peer: str, kind: int, message: bytearray) -> None:
         assert self._config is not None
         if kind == MessageKind.ROSTER:
             if link.roster is not None:
@@ -544,7 +478,7 @@ class EnclaveSession:
 
     # -------------------------------------------------------------- INTERSECT / RESULT
 
-    def _check_confirm(self, link: _Link, peer: str) -> None:
+    def _check_confirm(self, link: PeerState, peer: str) -> None:
         """Fail closed unless ``peer`` computed exactly this party's result."""
         assert self._outcome is not None and link.confirm is not None
         size, fingerprint = link.confirm
@@ -601,7 +535,7 @@ class EnclaveSession:
         self._send_confirm()
         return {"counts": self._counts(links)}, b""
 
-    def _counts(self, links: list[_Link]) -> dict[str, Any]:
+    def _counts(self, links: list[PeerState]) -> dict[str, Any]:
         assert self._result is not None and self._own is not None
         peer_sizes = {
             link.keys.peer_name: (None if link.size_hidden else size)
