@@ -48,14 +48,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from accord.errors import AttestationError, ChannelError, ConfigurationError, ProtocolError
-from accord.tee.attestation import (
+from accord.tee.core.attestation import (
     DIGEST_SIZE,
     AttestationPolicy,
     EvidenceClaims,
     channel_report_data,
     verify_evidence,
 )
-from accord.tee.wire import pack_fields, unpack_fields
+from accord.tee.core.wire import pack_fields, unpack_fields
 
 __all__ = [
     "MESSAGE_HEADER",

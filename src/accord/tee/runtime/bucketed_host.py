@@ -1,12 +1,12 @@
 """The host's side of a bucketed alignment run (``accord align --memory-limit / --buckets``).
 
-:func:`drive_buckets` is what :func:`accord.tee.party.run_party` runs instead of the
-in-memory exchange when the run is bucketed: it streams the key columns into the enclave
+:func:`drive_buckets` is what :func:`accord.tee.runtime.party.run_party` runs instead of
+the in-memory exchange when the run is bucketed: it streams the key columns into the enclave
 and appends the sealed spill records it gets back to the bucket files, hands every bucket
 back for sorting, then exchanges and intersects bucket by bucket while the peer loops relay
 the channel records, and finally collects this party's rows of every bucket once every
 peer confirmed. After every step it stores the enclave's sealed state in the run manifest
-(:mod:`accord.tee.runstate`), so ``--resume`` continues from the last finished step.
+(:mod:`accord.tee.runtime.runstate`), so ``--resume`` continues from the last finished step.
 
 The rest of this module maps settings to and from the manifest, parses ``--memory-limit``,
 estimates an input's rows, and says how much memory the outputs need.
@@ -15,6 +15,7 @@ estimates an input's rows, and says how much memory the outputs need.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import mmap
@@ -28,10 +29,13 @@ import numpy as np
 
 from accord.errors import ConfigurationError, ProtocolError
 from accord.failpoints import ALIGN_ACTIONS, failpoints_for
-from accord.tee.allocator import release_memory
-from accord.tee.progress import ProgressTracker
-from accord.tee.runstate import InputDigest, RunDirectory, RunManifest, digest_file
-from accord.tee.wire import Call, encode_columns
+from accord.tee.core.allocator import release_memory
+from accord.tee.core.wire import Call, encode_columns
+from accord.tee.runtime.progress import ProgressTracker
+from accord.tee.runtime.relay import PartyRun
+from accord.tee.runtime.runstate import InputDigest, RunDirectory, RunManifest, digest_file
+from accord.tee.runtime.settings import PartySettings
+from accord.tee.runtime.transport import Endpoint
 
 __all__ = [
     "ENCLAVE_RESERVED_BYTES",
@@ -112,7 +116,7 @@ def estimate_rows(path: Path) -> int:
     return math.ceil(lines * size / sample_size)
 
 
-def output_bytes(settings: Any, rows: int) -> int:
+def output_bytes(settings: PartySettings, rows: int) -> int:
     """Memory the host needs at the end to write the outputs of an input of ``rows`` rows.
 
     The row map (8 B per shared row, at most ``rows``); for the aligned table's verbatim
@@ -144,7 +148,7 @@ def output_bytes(settings: Any, rows: int) -> int:
     return need
 
 
-def larger_than_memory(settings: Any) -> bool:
+def larger_than_memory(settings: PartySettings) -> bool:
     """Whether the input is read without a memory map and the aligned table gathered in
     file order (``accord.tables.write_aligned_table(bounded=True)``).
 
@@ -163,7 +167,7 @@ def larger_than_memory(settings: Any) -> bool:
         return True
 
 
-def default_run_dir(settings: Any) -> Path:
+def default_run_dir(settings: PartySettings) -> Path:
     """``accord-run-<session>-<party>`` next to the first output (else next to the input)."""
     anchor = next(
         (p for p in (settings.output_map, settings.output_table, settings.summary) if p),
@@ -175,7 +179,7 @@ def default_run_dir(settings: Any) -> Path:
 # ----------------------------------------------------------------------------- settings JSON
 
 
-def settings_to_json(settings: Any) -> dict[str, Any]:
+def settings_to_json(settings: PartySettings) -> dict[str, Any]:
     """The run's settings as JSON values (paths and addresses as text)."""
     out: dict[str, Any] = {}
     for item in fields(settings):
@@ -190,11 +194,8 @@ def settings_to_json(settings: Any) -> dict[str, Any]:
     return out
 
 
-def settings_from_json(data: dict[str, Any], overrides: dict[str, Any]) -> Any:
-    """:class:`~accord.tee.party.PartySettings` from the manifest, with ``overrides`` on top."""
-    from accord.tee.party import PartySettings
-    from accord.tee.transport import Endpoint
-
+def settings_from_json(data: dict[str, Any], overrides: dict[str, Any]) -> PartySettings:
+    """The run's :class:`~accord.tee.runtime.party.PartySettings`, ``overrides`` on top."""
     paths = {"input", "policy", "output_map", "output_table", "summary", "platform_key", "run_dir"}
     values: dict[str, Any] = {}
     known = {item.name for item in fields(PartySettings)}
@@ -252,7 +253,7 @@ class _Checkpoints:
 
     def __init__(
         self,
-        run: Any,
+        run: PartyRun,
         directory: RunDirectory,
         manifest: RunManifest,
         inputs: asyncio.Future[dict[str, InputDigest]] | None,
@@ -287,7 +288,7 @@ class _Checkpoints:
 
 
 async def drive_buckets(
-    run: Any,
+    run: PartyRun,
     directory: RunDirectory,
     manifest: RunManifest,
     tracker: ProgressTracker,
@@ -295,7 +296,7 @@ async def drive_buckets(
     inputs: asyncio.Future[dict[str, InputDigest]] | None = None,
 ) -> BucketOutcome:
     """Spill, sort, exchange and collect (see the module docstring); ``run`` is the party's
-    run (``call``, ``wait_for``, ``keys``), already attested, its relay loops running, the
+    run, already attested, its relay loops running, the
     run mode agreed as bucketed. ``inputs``: the input digests still being computed."""
     checkpoints = _Checkpoints(run, directory, manifest, inputs)
     progress = await checkpoints.save()
@@ -354,7 +355,7 @@ async def drive_buckets(
             sorted_file = await asyncio.to_thread(directory.read, "sorted", bucket)
             await run.call(Call.LOAD_BUCKET, {"bucket": bucket}, [sorted_file])
             del sorted_file
-            await run.wait_for(lambda status, b=bucket: status.get("bucket_ready") == b)
+            await run.wait_for(functools.partial(_bucket_ready, bucket))
             _, result = await run.call(Call.INTERSECT, {"bucket": bucket})
             await asyncio.to_thread(directory.write, "result", bucket, result)
             del result
@@ -398,6 +399,10 @@ async def drive_buckets(
     )
 
 
+def _bucket_ready(bucket: int, status: dict[str, Any]) -> bool:
+    return bool(status.get("bucket_ready") == bucket)
+
+
 def _append(directory: RunDirectory, pieces: list[list[int]], body: bytes | bytearray) -> None:
     view = memoryview(body)
     at = 0
@@ -408,7 +413,7 @@ def _append(directory: RunDirectory, pieces: list[list[int]], body: bytes | byte
         raise ProtocolError("the enclave's spill pieces do not match its reply")
 
 
-def proposal(settings: Any, rows: int) -> dict[str, Any]:
+def proposal(settings: PartySettings, rows: int) -> dict[str, Any]:
     """What this party brings to the bucket-count agreement (a ``Proposal``)."""
     return {
         "rows": rows,
@@ -418,12 +423,12 @@ def proposal(settings: Any, rows: int) -> dict[str, Any]:
     }
 
 
-def input_digests(settings: Any) -> dict[str, InputDigest]:
+def input_digests(settings: PartySettings) -> dict[str, InputDigest]:
     """SHA-256 and size of the run's input table and policy."""
     return {"input": digest_file(settings.input), "policy": digest_file(settings.policy)}
 
 
-def check_memory_limit(settings: Any, rows: int) -> None:
+def check_memory_limit(settings: PartySettings, rows: int) -> None:
     """Refuse a memory limit the outputs alone would exceed (before contacting any peer)."""
     limit = settings.memory_limit
     if limit is None:

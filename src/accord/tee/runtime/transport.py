@@ -10,7 +10,7 @@ On a new connection both sides first send a **hello**, in the clear::
 
 so an endpoint that is not Accord, or speaks another protocol version, is reported plainly
 (the magic and version keep this layout in every version). Then come frames
-(:data:`accord.tee.wire.PEER_HEADER`): handshake messages and batches of sealed records that
+(:data:`accord.tee.core.wire.PEER_HEADER`): handshake messages and batches of sealed records that
 the hosts relay between their enclaves without being able to read them, and ``ABORT``,
 which carries one opaque word (why a party gave up is in its own log only).
 """
@@ -35,14 +35,15 @@ from accord.errors import (
     PeerError,
     ProtocolError,
 )
-from accord.tee.channel import PROTOCOL_VERSION, validate_party_name
-from accord.tee.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+from accord.tee.core.channel import PROTOCOL_VERSION, validate_party_name
+from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+from accord.tee.runtime.links import abort_error
 
 __all__ = [
     "HELLO_MAGIC",
     "Endpoint",
     "Hello",
-    "PeerLink",
+    "TcpPeerLink",
     "abort_category",
     "connect_links",
     "receive_exactly",
@@ -54,8 +55,6 @@ logger = logging.getLogger(__name__)
 HELLO_MAGIC = b"ACCORD-ALIGN\x00"
 _HELLO_PREFIX = struct.Struct("!13sHI")
 _MAX_HELLO = 4096
-#: Opaque words a party may send in ``ABORT``.
-ABORT_CATEGORIES = ("attestation", "channel", "input", "protocol", "peer", "internal")
 
 
 @dataclass(frozen=True)
@@ -147,8 +146,9 @@ async def receive_exactly(sock: socket.socket, size: int) -> bytearray:
     return buffer
 
 
-class PeerLink:
-    """One TCP connection to one peer's host, after the hello exchange.
+class TcpPeerLink:
+    """One TCP connection to one peer's host, after the hello exchange (a
+    :class:`~accord.tee.runtime.links.PeerLink`).
 
     Frames move between the socket and whole buffers with the event loop's socket calls
     (``sock_recv_into``/``sock_sendall``): a 16 MiB batch of records is received straight
@@ -236,15 +236,7 @@ class PeerLink:
                 f"peer {self.name!r} sent an unknown frame kind {kind_code}"
             ) from error
         if kind is PeerFrame.ABORT:
-            word = body.decode("ascii", "replace")
-            category = word if word in ABORT_CATEGORIES else "unknown reason"
-            if category == "attestation":
-                raise AttestationError(
-                    f"peer {self.name!r} refused the attestation (its own log has the reason)"
-                )
-            raise PeerError(
-                f"peer {self.name!r} aborted the session ({category}; its own log has the reason)"
-            )
+            raise abort_error(self.name, body)
         return kind, body
 
     async def abort(self, category: str, linger: float = 2.0) -> None:
@@ -337,7 +329,7 @@ async def _connect(endpoint: Endpoint, timeout: float) -> socket.socket:
 
 async def _dial(
     endpoint: Endpoint, own: Hello, deadline: float, idle_timeout: float, connect_timeout: float
-) -> PeerLink:
+) -> TcpPeerLink:
     delay = 0.02  # a peer that is still starting is retried soon; at most every 0.25 s
     last: BaseException | None = None
     while True:
@@ -372,7 +364,7 @@ async def _dial(
         except BaseException:
             sock.close()
             raise
-        return PeerLink(
+        return TcpPeerLink(
             sock, peer=peer, address=str(endpoint), initiator=True, idle_timeout=idle_timeout
         )
 
@@ -385,7 +377,7 @@ async def connect_links(
     connect_timeout: float,
     idle_timeout: float,
     on_listening: Callable[[Endpoint], None] | None = None,
-) -> list[PeerLink]:
+) -> list[TcpPeerLink]:
     """Open one link to every other party: dial ``peers``, accept the rest on ``listen``.
 
     The caller checks its own inputs first, so it contacts no peer with a bad input. A
@@ -407,7 +399,7 @@ async def connect_links(
         )
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + connect_timeout
-    accepted: asyncio.Queue[PeerLink | BaseException] = asyncio.Queue()
+    accepted: asyncio.Queue[TcpPeerLink | BaseException] = asyncio.Queue()
     handlers: set[asyncio.Task[None]] = set()
 
     async def on_accept(sock: socket.socket, name: Any) -> None:
@@ -430,7 +422,9 @@ async def connect_links(
             sock.close()
             raise
         await accepted.put(
-            PeerLink(sock, peer=peer, address=address, initiator=False, idle_timeout=idle_timeout)
+            TcpPeerLink(
+                sock, peer=peer, address=address, initiator=False, idle_timeout=idle_timeout
+            )
         )
 
     async def serve(server: socket.socket) -> None:
@@ -440,7 +434,7 @@ async def connect_links(
             handlers.add(task)
             task.add_done_callback(handlers.discard)
 
-    links: list[PeerLink] = []
+    links: list[TcpPeerLink] = []
     server: socket.socket | None = None
     acceptor: asyncio.Task[None] | None = None
     try:
@@ -513,7 +507,7 @@ async def connect_links(
             await asyncio.gather(*handlers, return_exceptions=True)
         while not accepted.empty():
             item = accepted.get_nowait()
-            if isinstance(item, PeerLink) and item not in links:
+            if isinstance(item, TcpPeerLink) and item not in links:
                 await item.close()
         if server is not None:
             server.close()

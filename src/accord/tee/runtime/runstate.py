@@ -1,6 +1,6 @@
 """The host's side of a long alignment run: its run directory, manifest and input digests.
 
-A bucketed run (:mod:`accord.tee.bucketed`) keeps everything it needs to continue after a
+A bucketed run (:mod:`accord.tee.core.bucketed`) keeps everything it needs to continue after a
 crash or a lost connection in one directory::
 
     RUN_DIR/
@@ -14,7 +14,7 @@ crash or a lost connection in one directory::
 directory) holds the settings of the run, the size and SHA-256 of every input file, the
 stage, the bucket count, how many buckets are sorted and exchanged, and the enclave's
 sealed state — the session secret, progress and per-bucket results, readable only by an
-enclave of the same build on the same platform (:mod:`accord.tee.sealing`). Everything in
+enclave of the same build on the same platform (:mod:`accord.tee.core.sealing`). Everything in
 it except the sealed state is plaintext for the host's own use; none of it is an ID.
 
 ``accord align --resume RUN_DIR`` reads the manifest, refuses to continue if an input file

@@ -1,14 +1,16 @@
-"""The enclave process of the ``simulated`` backend: ``python -m accord.tee.enclave --fd N``.
+"""The enclave process of the ``simulated`` backend.
+
+Run as ``python -m accord.tee.runtime.enclave --fd N``.
 
 The host starts this process with one end of a Unix socket pair as file descriptor ``N``;
 that socket is the enclave's only channel to the world. Each request is one call frame
-(:data:`accord.tee.wire.CALL_HEADER`: call code, JSON parameters, raw body) from the fixed
-set in :class:`accord.tee.protocol.Call`; each reply is one frame with status 0 (success:
+(:data:`accord.tee.core.wire.CALL_HEADER`: call code, JSON parameters, raw body) from the fixed
+set in :class:`accord.tee.core.wire.Call`; each reply is one frame with status 0 (success:
 parameters and body) or 1 (failure: the error's class, message and detail). Calls are
 served one at a time, in order, until the host closes the socket. Before the first call the
 enclave sends one unsolicited frame: its identity (status 0) or why it cannot start (1).
 
-At start the process measures its own code (:mod:`accord.tee.measurement`), loads the
+At start the process measures its own code (:mod:`accord.tee.runtime.measurement`), loads the
 platform key, and refuses to run if it has loaded an Accord module that is not measured.
 Error messages go back to the host (the same party) and to stderr; they never contain IDs
 or keys.
@@ -28,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.allocator import tune_allocator
-from accord.tee.backend import SimulatedBackend
-from accord.tee.measurement import SECURITY_VERSION, enclave_measurement, unmeasured_modules
-from accord.tee.platform_key import load_or_create_platform_key
-from accord.tee.protocol import EnclaveSession
-from accord.tee.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
+from accord.tee.core.allocator import tune_allocator
+from accord.tee.core.backend import SimulatedBackend
+from accord.tee.core.session import EnclaveSession
+from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
+from accord.tee.runtime.measurement import SECURITY_VERSION, enclave_measurement, unmeasured_modules
+from accord.tee.runtime.platform_key import load_or_create_platform_key
 
 __all__ = ["main", "serve"]
 
@@ -87,7 +89,7 @@ def serve(sock: socket.socket, session: EnclaveSession) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the enclave process."""
-    parser = argparse.ArgumentParser(prog="python -m accord.tee.enclave")
+    parser = argparse.ArgumentParser(prog="python -m accord.tee.runtime.enclave")
     parser.add_argument("--fd", type=int, required=True, help="socket to the host")
     parser.add_argument("--platform-key", type=Path, default=None)
     parser.add_argument("--debug", action="store_true", help="run as a debug enclave")

@@ -1,7 +1,7 @@
 """Sealed files: what an enclave spills to disk, readable only by an enclave of the same build.
 
 Pure: bytes in, bytes out. The enclave seals; its host writes the bytes to the run
-directory and hands them back later (:mod:`accord.tee.runstate`). Nothing here touches a
+directory and hands them back later (:mod:`accord.tee.runtime.runstate`). Nothing here touches a
 file.
 
 **Sealing key.** A hardware TEE derives a sealing key from its own measurement inside the
@@ -11,7 +11,7 @@ build on the same platform can unseal, even after a restart — which is what le
 resume. The ``simulated`` backend imitates it with :func:`simulated_sealing_key`:
 ``HKDF-SHA256(ikm = the platform key's private bytes, salt = measurement)``. Whoever can
 read the platform key file can therefore unseal; the simulated backend protects nothing
-against the machine's owner (see :mod:`accord.tee.backend`), but every check below still
+against the machine's owner (see :mod:`accord.tee.core.backend`), but every check below still
 runs.
 
 **File layout**::

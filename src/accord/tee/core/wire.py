@@ -55,7 +55,7 @@ MAX_PEER_FRAME = 64 << 20
 
 
 class Call(IntEnum):
-    """The fixed set of calls a host can make into its enclave (see :mod:`accord.tee.protocol`)."""
+    """The fixed set of calls a host can make into its enclave (:mod:`accord.tee.core.session`)."""
 
     INIT = 1  # configure the session (name, parties, policy, key columns, duplicates)
     HANDSHAKE = 2  # one step of the attested handshake with one peer link
@@ -119,7 +119,7 @@ def encode_columns(columns: Sequence[Any]) -> tuple[dict[str, Any], list[Any]]:
     """Describe Arrow arrays (binary, string or integer) by their raw buffers, no copying.
 
     Returns the JSON description (for a ``LOAD_IDS`` call's metadata) and the buffers to send
-    back to back as its body; :func:`accord.tee.protocol.decode_columns` rebuilds the arrays.
+    back to back as its body; :func:`accord.tee.core.loader.decode_columns` rebuilds the arrays.
     """
     described: list[dict[str, Any]] = []
     buffers: list[Any] = []

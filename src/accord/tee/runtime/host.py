@@ -1,12 +1,18 @@
-"""The host's handle on its enclave process (asyncio).
+"""The host's handle on its enclave: a process, or the enclave session in this process.
 
-:meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.enclave`` with one end of a
+:class:`EnclaveHandle` is what a party's run calls (:mod:`accord.tee.runtime.relay`).
+:meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.runtime.enclave`` with one end of a
 Unix socket pair, and :meth:`~EnclaveProcess.ready` awaits the identity it reports;
 :meth:`EnclaveProcess.call` sends one call frame and awaits its reply. Calls are serialised
 (the enclave serves one at a time). Bulk bodies go out as a list of buffers, back to back,
 without being joined, and replies are received straight into one buffer. A failed call
 raises the error class the enclave named, with its message; an enclave that dies raises
 :class:`~accord.errors.PeerError`.
+
+:class:`InProcessEnclave` runs the same :class:`~accord.tee.core.session.EnclaveSession`
+in this process (in a worker thread, one call at a time), its calls and replies encoded as
+on the socket: for tests and tools that run whole alignments without processes. It has
+no isolation from its host, so it is never what ``accord align`` runs.
 """
 
 from __future__ import annotations
@@ -21,15 +27,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.backend import EnclaveIdentity
-from accord.tee.transport import receive_exactly
-from accord.tee.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
+from accord.tee.core.backend import EnclaveIdentity
+from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
+from accord.tee.runtime.transport import receive_exactly
 
-__all__ = ["EnclaveProcess"]
+if TYPE_CHECKING:
+    from accord.tee.core.session import EnclaveSession
+
+__all__ = ["EnclaveHandle", "EnclaveProcess", "InProcessEnclave"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +47,33 @@ Buffer = bytes | bytearray | memoryview
 _ERRORS: dict[str, type[AccordError]] = {
     name: getattr(errors, name) for name in errors.__all__ if name != "AccordError"
 }
+
+
+class EnclaveHandle(Protocol):
+    """What a party's run needs of its enclave."""
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        """What the enclave reported about itself at start (after :meth:`ready`)."""
+        ...
+
+    async def ready(self) -> EnclaveIdentity:
+        """Wait until the enclave can take calls; its identity."""
+        ...
+
+    async def call(
+        self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Buffer] = ()
+    ) -> tuple[dict[str, Any], bytearray]:
+        """One call and the enclave's reply (parameters, body); errors as the enclave named."""
+        ...
+
+    async def close(self) -> None:
+        """The run is done: release the enclave."""
+        ...
+
+    async def kill(self) -> None:
+        """Stop the enclave at once (after a failure): nothing more is released."""
+        ...
 
 
 class EnclaveProcess:
@@ -83,7 +119,7 @@ class EnclaveProcess:
         command = [
             python,
             "-m",
-            "accord.tee.enclave",
+            "accord.tee.runtime.enclave",
             "--fd",
             str(enclave_end.fileno()),
             "--log-level",
@@ -198,3 +234,45 @@ class EnclaveProcess:
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
         await self._wait(30)
+
+
+class InProcessEnclave:
+    """An :class:`~accord.tee.core.session.EnclaveSession` called in this process.
+
+    Each call's parameters and reply go through the same encoding as on the enclave
+    socket, and the session runs in a worker thread, one call at a time, so the event loop
+    stays free for the peer links. After :meth:`kill` or :meth:`close` every call fails
+    as a dead enclave's would.
+    """
+
+    def __init__(self, session: EnclaveSession, identity: EnclaveIdentity) -> None:
+        self._session: EnclaveSession | None = session
+        self._identity = identity
+        self._lock = asyncio.Lock()
+
+    @property
+    def identity(self) -> EnclaveIdentity:
+        return self._identity
+
+    async def ready(self) -> EnclaveIdentity:
+        return self._identity
+
+    async def call(
+        self, call: Call, meta: dict[str, Any] | None = None, body: Sequence[Buffer] = ()
+    ) -> tuple[dict[str, Any], bytearray]:
+        payload = encode_meta(meta or {})
+        joined = bytearray().join(body)
+        async with self._lock:
+            session = self._session
+            if session is None:
+                raise PeerError(f"the enclave was stopped before {call.name}")
+            reply, reply_body = await asyncio.to_thread(
+                session.call, int(call), decode_meta(payload, "enclave call"), memoryview(joined)
+            )
+        return decode_meta(encode_meta(reply), f"reply to {call.name}"), bytearray(reply_body)
+
+    async def close(self) -> None:
+        self._session = None
+
+    async def kill(self) -> None:
+        self._session = None

@@ -1,8 +1,10 @@
 """The enclave's side of alignment beyond memory: spill, sort, exchange and intersect by bucket.
 
 Pure: no file, socket or clock. :class:`BucketedRun` holds one party's run state inside the
-enclave; :mod:`accord.tee.protocol` feeds it the host's calls and the peers' channel
-messages, and the host stores the sealed bytes it returns (:mod:`accord.tee.runstate`).
+enclave; :mod:`accord.tee.core.session` feeds it the host's calls and the peers' channel
+messages, and the host stores the sealed bytes it returns (:mod:`accord.tee.runtime.runstate`).
+:func:`agree_run` decides, once every roster is in, whether the run is bucketed at all; the
+plan and the sealed state are :mod:`accord.tee.core.bucket_plan`.
 
 Stages (each resumable after a crash, see :class:`RunState`):
 
@@ -28,12 +30,9 @@ to the in-memory path's with the same secret.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -42,13 +41,11 @@ import pyarrow as pa
 from accord.alignment import (
     DIGEST_BYTES,
     DuplicatePolicy,
-    DuplicateReport,
     keyed_digests,
     prepare_ids,
 )
 from accord.alignment.buckets import (
     IdTally,
-    agree_buckets,
     bucket_fingerprint,
     check_bucket_keys,
     combine_fingerprints,
@@ -56,175 +53,29 @@ from accord.alignment.buckets import (
     intersect_bucket,
     merge_duplicates,
     order_keys,
-    plan_buckets,
     sort_bucket,
     split_by_bucket,
 )
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
-from accord.tee.sealing import FileKind, SealedFile, SealedWriter, open_sealed, seal_blob
+from accord.tee.core.bucket_plan import (
+    BUCKET_HEADER,
+    Proposal,
+    RunState,
+    agree_run_buckets,
+    duplicate_report_dict,
+    duplicate_report_from,
+    session_keys,
+)
+from accord.tee.core.loader import SessionConfig
+from accord.tee.core.sealing import FileKind, SealedFile, SealedWriter, open_sealed, seal_blob
 
-__all__ = [
-    "BUCKET_HEADER",
-    "STAGES",
-    "BucketedRun",
-    "Proposal",
-    "RunState",
-    "agree_run_buckets",
-    "session_keys",
-]
-
-#: ``bucket, count`` at the start of a ``BUCKET`` channel message (then ``count`` keys).
-BUCKET_HEADER = struct.Struct("!IQ")
-#: The stages of a run, in order.
-STAGES = ("spill", "sort", "exchange", "confirm", "done")
+__all__ = ["BucketedRun", "agree_run"]
 
 _ROW_BYTES = 8
 _ENTRY_BYTES = DIGEST_BYTES + _ROW_BYTES
 _SORTED_RECORD_BYTES = 8 << 20
 _SPILL_SLICE_ROWS = 1 << 18
-_STATE_VERSION = 1
-_RUN_ID_LABEL = b"accord-align/v1 run id"
-# The same derivations as the in-memory path (accord.tee.protocol), so that the same
-# session secret gives the same digests and the same shared order.
-_DIGEST_KEY_LABEL = b"accord-align/v1 digest key"
-_ORDER_SEED_LABEL = b"accord-align/v1 order seed"
 _STATE_RUN = b"\x00" * 32
-
-
-def session_keys(secret: bytes) -> tuple[bytes, bytes, bytes]:
-    """``(digest key, order seed, run id)`` of a session secret (HMAC-SHA256 with labels)."""
-    return tuple(  # type: ignore[return-value]
-        hmac.new(secret, label, hashlib.sha256).digest()
-        for label in (_DIGEST_KEY_LABEL, _ORDER_SEED_LABEL, _RUN_ID_LABEL)
-    )
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What one party brings to the bucket-count agreement (sent inside the channel).
-
-    ``rows``: its input's (estimated) row count; ``memory_limit`` and ``reserved``: its
-    budget and what it needs outside the buckets (bytes), ``None`` when it set ``buckets``
-    by hand; ``buckets``: a hand-set count.
-    """
-
-    rows: int
-    memory_limit: int | None = None
-    reserved: int = 0
-    buckets: int | None = None
-
-    @classmethod
-    def from_dict(cls, data: Any, who: str) -> Proposal:
-        try:
-            proposal = cls(
-                rows=int(data["rows"]),
-                memory_limit=None
-                if data.get("memory_limit") is None
-                else int(data["memory_limit"]),
-                reserved=int(data.get("reserved", 0)),
-                buckets=None if data.get("buckets") is None else int(data["buckets"]),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ProtocolError(f"{who}: malformed bucket proposal ({error})") from error
-        if proposal.rows < 0 or proposal.reserved < 0:
-            raise ProtocolError(f"{who}: negative sizes in the bucket proposal")
-        if proposal.memory_limit is None and proposal.buckets is None:
-            raise ProtocolError(f"{who}: a bucket proposal needs a memory limit or a count")
-        return proposal
-
-
-def agree_run_buckets(proposals: Sequence[Proposal]) -> int:
-    """The bucket count of a run: the largest any party needs or asked for.
-
-    Each party with a memory limit gets the plan that fits its own rows and every other
-    party's rows into its budget; the same inputs give the same count on every enclave.
-    """
-    counts: list[int] = []
-    for index, proposal in enumerate(proposals):
-        if proposal.buckets is not None:
-            counts.append(proposal.buckets)
-        if proposal.memory_limit is not None:
-            peers = [p.rows for i, p in enumerate(proposals) if i != index]
-            plan = plan_buckets(
-                proposal.rows,
-                peers,
-                memory_limit=proposal.memory_limit,
-                reserved_bytes=proposal.reserved,
-            )
-            counts.append(plan.buckets)
-    return agree_buckets(counts)
-
-
-@dataclass
-class RunState:
-    """Everything a run needs to continue after a crash; sealed by the enclave.
-
-    Per-bucket exchange results are lists (not sums) because a resumed run restarts the
-    exchange at the lowest bucket any party finished, which may redo buckets this party
-    already did.
-    """
-
-    party: str
-    session: str
-    parties: list[str]
-    key_columns: list[str]
-    duplicates: str
-    skip_invalid: bool
-    secret: str  # hex
-    buckets: int
-    generation: int = 0
-    stage: str = "spill"
-    input_rows: int = 0
-    id_report: dict[str, Any] = field(default_factory=dict)
-    sorted_buckets: int = 0
-    own_size: int = 0
-    duplicate_report: dict[str, Any] = field(default_factory=dict)
-    intersections: list[int] = field(default_factory=list)
-    fingerprints: list[str] = field(default_factory=list)
-    peer_sizes: dict[str, list[int]] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        return json.dumps({"version": _STATE_VERSION, **asdict(self)}, sort_keys=True).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RunState:
-        try:
-            raw = json.loads(data)
-            if raw.pop("version") != _STATE_VERSION:
-                raise ValueError("unknown version")
-            state = cls(**raw)
-        except (ValueError, TypeError, KeyError) as error:
-            raise ProtocolError(f"sealed run state: malformed ({error})") from error
-        if state.stage not in STAGES:
-            raise ProtocolError(f"sealed run state: unknown stage {state.stage!r}")
-        return state
-
-    @property
-    def exchanged(self) -> int:
-        """Buckets whose exchange finished (the next one to exchange)."""
-        return len(self.fingerprints)
-
-
-def _report_dict(report: DuplicateReport) -> dict[str, Any]:
-    return {
-        "policy": report.policy.value,
-        "duplicated_ids": report.duplicated_ids,
-        "duplicate_rows": report.duplicate_rows,
-        "dropped_rows": report.dropped_rows,
-        "examples": [list(group) for group in report.examples],
-    }
-
-
-def _report_from(data: dict[str, Any], policy: str) -> DuplicateReport:
-    if not data:
-        return DuplicateReport(DuplicatePolicy(policy), 0, 0, 0, ())
-    return DuplicateReport(
-        DuplicatePolicy(data["policy"]),
-        int(data["duplicated_ids"]),
-        int(data["duplicate_rows"]),
-        int(data["dropped_rows"]),
-        tuple(tuple(int(r) for r in group) for group in data["examples"]),
-    )
 
 
 class BucketedRun:
@@ -454,9 +305,9 @@ class BucketedRun:
         state = self.state
         merged = merge_duplicates(
             self._policy,
-            [_report_from(state.duplicate_report, state.duplicates), result.duplicates],
+            [duplicate_report_from(state.duplicate_report, state.duplicates), result.duplicates],
         )
-        state.duplicate_report = _report_dict(merged)
+        state.duplicate_report = duplicate_report_dict(merged)
         state.own_size += len(result.rows)
         state.sorted_buckets += 1
         if state.sorted_buckets == state.buckets:
@@ -591,7 +442,9 @@ class BucketedRun:
             "own_size": state.own_size,
             "peer_sizes": {peer: sum(sizes) for peer, sizes in sorted(state.peer_sizes.items())},
             "intersection_size": sum(state.intersections),
-            "duplicates": _report_dict(_report_from(state.duplicate_report, state.duplicates)),
+            "duplicates": duplicate_report_dict(
+                duplicate_report_from(state.duplicate_report, state.duplicates)
+            ),
             "buckets": state.buckets,
             "bucket_intersections": list(state.intersections),
         }
@@ -613,3 +466,78 @@ class BucketedRun:
         if count != self.state.intersections[bucket] or contents.payload.nbytes != 8 * count:
             raise ProtocolError(f"result of bucket {bucket} does not match the confirmed counts")
         return bytes(contents.payload)
+
+
+def agree_run(
+    config: SessionConfig,
+    *,
+    mine: Mapping[str, Any] | None,
+    peers: Mapping[str, Mapping[str, Any] | None],
+    resumed: BucketedRun | None,
+    secret: bytes,
+    sealing_key: Callable[[], bytes],
+    random_bytes: Callable[[int], bytes],
+) -> BucketedRun | None:
+    """Every roster is in: the agreed bucketed run, or ``None`` for an in-memory run.
+
+    ``mine`` and ``peers`` are this party's and each peer's bucketed roster entry
+    (proposal, resumed run id, buckets exchanged; ``None``: that party runs in memory).
+    The run mode is never mixed, every party resumes the same run or none does, and the
+    exchange starts at the lowest bucket any party finished.
+    """
+    for peer, theirs in sorted(peers.items()):
+        if (theirs is None) != (mine is None):
+            bucketed = peer if mine is None else config.party_name
+            raise ConfigurationError(
+                f"party {bucketed!r} runs bucketed (--memory-limit/--buckets) but "
+                f"{config.party_name if mine is None else peer!r} runs in memory; "
+                "give --memory-limit or --buckets to every party"
+            )
+    if mine is None:
+        return None
+    runs = {peer: theirs["run_id"] for peer, theirs in peers.items() if theirs}
+    for peer, run_id in sorted(runs.items()):
+        if run_id != mine["run_id"]:
+            raise ConfigurationError(
+                f"party {peer!r} "
+                + ("starts a new run" if run_id is None else "resumes another run")
+                + (
+                    " while this party resumes one"
+                    if mine["run_id"]
+                    else " while this party starts a new one"
+                )
+                + "; resume every party of the run with --resume, or start all anew"
+            )
+    names = sorted([config.party_name, *peers])
+    if resumed is not None:
+        run = resumed
+    else:
+        proposals = [Proposal.from_dict(mine["proposal"], "this party")] + [
+            Proposal.from_dict(theirs["proposal"], f"peer {peer!r}")
+            for peer, theirs in sorted(peers.items())
+            if theirs
+        ]
+        buckets = agree_run_buckets(proposals)
+        if buckets == 1 and all(p.buckets is None for p in proposals):
+            return None  # every input fits: the in-memory path
+        run = BucketedRun.start(
+            party=config.party_name,
+            session=config.session,
+            parties=names,
+            key_columns=config.key_columns,
+            duplicates=config.duplicates.value,
+            skip_invalid=config.skip_invalid,
+            secret=secret,
+            buckets=buckets,
+            sealing_key=sealing_key(),
+            random_bytes=random_bytes,
+        )
+    if run.state.parties != names:
+        raise ConfigurationError(
+            f"resume: the run was between {run.state.parties}, this session is {names}"
+        )
+    start = min(
+        [int(mine["exchanged"])] + [int(theirs["exchanged"]) for theirs in peers.values() if theirs]
+    )
+    run.set_start([peer for peer in peers], start)
+    return run

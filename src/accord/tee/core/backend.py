@@ -2,16 +2,16 @@
 
 A backend is the enclave's view of its platform: it knows the enclave's measurement,
 security version and debug flag, and turns ``report_data`` into evidence a peer can verify
-(:func:`accord.tee.attestation.verify_evidence`).
+(:func:`accord.tee.core.attestation.verify_evidence`).
 
-``simulated`` runs the enclave as an ordinary OS process (see :mod:`accord.tee.enclave`)
+``simulated`` runs the enclave as an ordinary OS process (see :mod:`accord.tee.runtime.enclave`)
 and signs quotes with an Ed25519 *platform key* kept on disk. It runs every step of the
 protocol — measurement, quote, verification, channel — but protects nothing against the
 machine's owner, who can read the key and the process memory; verifiers therefore accept
 its evidence only when their policy says ``allow_simulated = true``.
 
 A hardware backend plugs in behind the same interface and registers a verifier for its
-evidence in :mod:`accord.tee.attestation`:
+evidence in :mod:`accord.tee.core.attestation`:
 
 * **Gramine-SGX** — write ``report_data`` to ``/dev/attestation/user_report_data``, read the
   DCAP quote from ``/dev/attestation/quote``; the measurement is ``MRENCLAVE`` (from
@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from accord.tee.attestation import (
+from accord.tee.core.attestation import (
     DIGEST_SIZE,
     SIMULATED_BACKEND,
     key_fingerprint,
     make_simulated_evidence,
     public_key_bytes,
 )
-from accord.tee.sealing import simulated_sealing_key
+from accord.tee.core.sealing import simulated_sealing_key
 
 __all__ = ["BACKENDS", "EnclaveBackend", "EnclaveIdentity", "SimulatedBackend"]
 
@@ -113,6 +113,6 @@ class SimulatedBackend(EnclaveBackend):
 
     def sealing_key(self) -> bytes:
         # Bound to the platform key and the measurement, as a hardware sealing key is bound
-        # to the CPU and MRENCLAVE (see accord.tee.sealing).
+        # to the CPU and MRENCLAVE (see accord.tee.core.sealing).
         raw = self._key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         return simulated_sealing_key(raw, bytes.fromhex(self._identity.measurement))

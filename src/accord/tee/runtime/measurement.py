@@ -1,9 +1,10 @@
 """The enclave's measurement: SHA-256 over the code the enclave runs and its fixed config.
 
 The measured files are Accord's own modules that the enclave process loads — the package
-root and exception tree, the enclave side of :mod:`accord.tee`, and every module of the
-alignment core :mod:`accord.alignment` — hashed in sorted path order by
-:func:`accord.tee.attestation.measure`, together with :data:`ENCLAVE_CONFIG`. The enclave
+root and exception tree, the enclave process's modules of :mod:`accord.tee.runtime`, and
+every module of the tee core :mod:`accord.tee.core` and the alignment core
+:mod:`accord.alignment` — hashed in sorted path order by
+:func:`accord.tee.core.attestation.measure`, together with :data:`ENCLAVE_CONFIG`. The enclave
 process refuses to start if it has loaded an Accord module outside this list
 (:func:`unmeasured_modules`), so measured code cannot call unmeasured code.
 
@@ -19,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import accord
-from accord.tee.attestation import measure
-from accord.tee.channel import PROTOCOL_VERSION, RECORD_SIZE
+from accord.tee.core.attestation import measure
+from accord.tee.core.channel import PROTOCOL_VERSION, RECORD_SIZE
 
 __all__ = [
     "ENCLAVE_CONFIG",
     "ENCLAVE_FILES",
+    "MEASURED_PACKAGES",
     "SECURITY_VERSION",
     "enclave_code_files",
     "enclave_measurement",
@@ -41,33 +43,32 @@ ENCLAVE_CONFIG: dict[str, Any] = {
     "security_version": SECURITY_VERSION,
 }
 
-#: Measured modules outside the alignment core (paths relative to the ``accord`` package).
+#: Measured modules outside the alignment core and the tee core (paths relative to the
+#: ``accord`` package): the package roots, the exception tree and the enclave process's own
+#: runtime modules.
 ENCLAVE_FILES = (
     "__init__.py",
     "_validation.py",
     "errors.py",
     "tee/__init__.py",
-    "tee/allocator.py",
-    "tee/attestation.py",
-    "tee/backend.py",
-    "tee/bucketed.py",
-    "tee/channel.py",
-    "tee/enclave.py",
-    "tee/measurement.py",
-    "tee/platform_key.py",
-    "tee/protocol.py",
-    "tee/sealing.py",
-    "tee/wire.py",
+    "tee/runtime/__init__.py",
+    "tee/runtime/enclave.py",
+    "tee/runtime/measurement.py",
+    "tee/runtime/platform_key.py",
 )
+#: Packages measured whole (every module in them, present and future).
+MEASURED_PACKAGES = ("alignment", "tee/core")
 
 _PACKAGE = Path(accord.__file__).resolve().parent
 
 
 def _measured_paths() -> list[str]:
-    alignment = sorted(
-        path.relative_to(_PACKAGE).as_posix() for path in (_PACKAGE / "alignment").rglob("*.py")
+    packages = sorted(
+        path.relative_to(_PACKAGE).as_posix()
+        for package in MEASURED_PACKAGES
+        for path in (_PACKAGE / package).rglob("*.py")
     )
-    return sorted({*ENCLAVE_FILES, *alignment})
+    return sorted({*ENCLAVE_FILES, *packages})
 
 
 def enclave_code_files() -> list[tuple[str, bytes]]:

@@ -14,10 +14,10 @@ The verifier checks the evidence against its own :class:`AttestationPolicy` (loa
 TOML by :func:`parse_policy`) with :func:`verify_evidence`. Every failure raises
 :class:`~accord.errors.AttestationError` whose message states the precise reason; it is
 meant for the local log only. What goes back to the peer is one opaque word (see
-:mod:`accord.tee.wire`).
+:mod:`accord.tee.core.wire`).
 
 The simulated backend's quote is an Ed25519 signature by a *platform key* kept on disk
-(:mod:`accord.tee.platform_key`). It proves only that the holder of that key vouched for
+(:mod:`accord.tee.runtime.platform_key`). It proves only that the holder of that key vouched for
 the measurement, so verifiers accept it only when the policy says ``allow_simulated``.
 
 Nothing in this module touches files, sockets or clocks.
@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from accord._validation import require_int
 from accord.errors import AttestationError, ConfigurationError, ProtocolError
-from accord.tee.wire import pack_fields, unpack_fields
+from accord.tee.core.wire import pack_fields, unpack_fields
 
 __all__ = [
     "DIGEST_SIZE",
