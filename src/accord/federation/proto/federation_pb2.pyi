@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -34,7 +33,7 @@ class TensorChunk(_message.Message):
     offset: int
     data: bytes
     last: bool
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("kind", "hidden")
@@ -107,7 +106,7 @@ class Welcome(_message.Message):
     server_learning_rate: float
     federated_evaluation: bool
     next_round: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: _Optional[bool] = ..., next_round: _Optional[int] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: bool = ..., next_round: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
     __slots__ = ("round_index", "weights_sha256", "global_weights")
