@@ -497,8 +497,8 @@ def psi_available() -> str | None:
         return None
     return (
         "openmined-psi is not importable here (install: pip install --no-deps "
-        "openmined-psi==2.0.6; it pins protobuf==6.30.2, which conflicts with the protobuf>=7 "
-        "Accord's gRPC code needs): " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+        "openmined-psi==2.0.6; it pins protobuf==6.30.2, which conflicts with the protobuf "
+        "pin of constraints.txt): " + (probe.stderr.strip().splitlines() or ["?"])[-1]
     )
 
 
