@@ -87,12 +87,13 @@ def load_server_data(settings: ServerSettings, scenario: ScenarioData | None = N
 
 
 def prepare_run(
-    settings: ServerSettings, data: ServerData, run_id: str
+    settings: ServerSettings, data: ServerData, run_id: str, device: str = "cpu"
 ) -> tuple[RunSpec, EngineFactory]:
-    """The ``Welcome`` every node receives, and the engine factory of the run."""
+    """The ``Welcome`` every node receives, and the engine factory of the run (its
+    validation and test scoring on ``device``)."""
     run = settings.run
     seed = run.scenario.seed
-    model = build_model(run.model, data.n_features, data.n_classes, seed)
+    model = build_model(run.model, data.n_features, data.n_classes, seed).to(device)
     flat = FlatModel(model)
     initial_weights = flat.get_flat()
     parameters = [

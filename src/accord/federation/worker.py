@@ -80,6 +80,7 @@ class NodeWorker:
         seed: int,
         validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
         fault: NodeFault | None = None,
+        device: str = "cpu",
     ) -> None:
         problem = check_node_id(node_id)
         if problem is not None:
@@ -99,6 +100,7 @@ class NodeWorker:
         self.seed = seed
         self.validation = validation
         self.fault = fault
+        self.device = device
         self._factory: NodeFactory | None = None
         self._sample_count = int(labels.shape[0])
         self.spec: RunSpec | None = None
@@ -117,7 +119,7 @@ class NodeWorker:
             raise InputDataError(problem)
         worker.node_id = node_id
         worker.features, worker.labels = None, None
-        worker.seed, worker.validation, worker.fault = 0, None, None
+        worker.seed, worker.validation, worker.fault, worker.device = 0, None, None, "cpu"
         worker._factory = factory
         worker._sample_count = 0  # known once the node is built
         worker.spec, worker.node, worker.layout = None, None, None
@@ -182,6 +184,7 @@ class NodeWorker:
             model_seed=self.seed,
             fault=self.fault,
             validation=self.validation,
+            device=self.device,
         )
 
     def configure(self, spec: RunSpec) -> NodeInfo:

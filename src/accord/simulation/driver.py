@@ -43,19 +43,22 @@ class RunResult:
 
 
 class Simulation:
-    """One policy on one scenario, all in this process."""
+    """One policy on one scenario, all in this process; the model trains and is scored on
+    ``device`` (``cpu``, the default, or ``cuda[:k]``)."""
 
     def __init__(
         self,
         settings: SimulationSettings,
         policy: str | Aggregator,
         data: ScenarioData | None = None,
+        device: str = "cpu",
     ) -> None:
         self.settings = settings
+        self.device = device
         self.data = data or build_scenario(settings.scenario)
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
-        self.flat = FlatModel(model)
+        self.flat = FlatModel(model.to(device))
         # The same node class the networked node runs (accord.fl.TabularNode).
         self.nodes = [self._node(node) for node in self.data.nodes]
         self.policy = (
@@ -104,6 +107,7 @@ class Simulation:
             seed=node_seed(seed, node.index),
             model_seed=seed,
             fault=self.data.node_fault(node),
+            device=self.device,
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
