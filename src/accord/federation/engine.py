@@ -26,7 +26,7 @@ from accord.federation.settings import ServerSettings
 from accord.fl.contracts import ServerApp
 from accord.rounds import RoundEngine, RoundSettings
 from accord.scenario import ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
 from accord.training.local import LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, build_model
 from accord.training.weights import Weights
@@ -140,6 +140,7 @@ def prepare_run(
             test=None if data.test is None else make_validation_fn(flat, *data.test),
             settings=run.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(flat, *data.validation),
         )
 
     return spec, factory
@@ -196,13 +197,15 @@ def prepare_app_run(
             if isinstance(policy, str)
             else policy()
         )
+        validate = app.validation()
         return RoundEngine(
             roster=roster,
             sample_counts=counts,
             initial_weights=flat,
             aggregator=aggregator,
-            validate=app.validation(),
+            validate=validate,
             test=app.test(),
+            validation_gradient=getattr(validate, "gradient", None),
             settings=round_settings,
             layout=layout,
             initial_buffers=buffers,

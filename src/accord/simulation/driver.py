@@ -24,7 +24,7 @@ from accord.run import (
     stop_reason_of_round,
 )
 from accord.scenario import NodeData, ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
 from accord.training.local import root_update
 from accord.training.models import FlatModel, build_model
 
@@ -94,6 +94,9 @@ class Simulation:
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(
+                self.flat, holdout.validation.features, holdout.validation.labels
+            ),
         )
 
     def _node(self, node: NodeData) -> TabularNode:
