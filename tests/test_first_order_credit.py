@@ -115,3 +115,20 @@ def test_auto_switches_to_first_order_only_for_large_rounds_with_a_gradient() ->
     assert credit_method_for("auto", large, 2410, None) == "exact"
     with pytest.raises(ConfigurationError, match="first-order needs"):
         credit_method_for("first-order", 10, 2410, None)
+
+
+@pytest.mark.parametrize("policy", ["hedge-loo", "actor-critic"])
+def test_a_simulation_with_first_order_credit_trains(policy: str) -> None:
+    import dataclasses
+
+    from accord.simulation import Simulation, SimulationSettings, StopConditions
+
+    settings = SimulationSettings(stop=StopConditions(max_rounds=8))
+    settings = dataclasses.replace(
+        settings,
+        hedge=dataclasses.replace(settings.hedge, credit_method="first-order"),
+        actor_critic=dataclasses.replace(settings.actor_critic, credit_method="first-order"),
+    )
+    result = Simulation(settings, policy).run()
+    assert len(result.rounds) == 8
+    assert (result.rounds[-1].record.test_accuracy or 0.0) > 0.5

@@ -83,7 +83,7 @@ def make_validation_gradient_fn(
     module = model.module
 
     def gradient(weights: FloatArray) -> ValidationGradient:
-        flat = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(device)
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # writable copy
         params = {
             name: piece[0].detach().clone().requires_grad_(True)
             for name, piece in model.unflatten(flat[None, :]).items()

@@ -158,7 +158,7 @@ class ModuleScorer:
     def gradient(self, weights: FloatArray) -> ValidationGradient:
         """The mean loss at one flat trainable vector, its gradient there and the per-sample
         losses, batch by batch (first-order credit)."""
-        flat = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(self.device)
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(self.device)
         params = {
             name: piece[0].detach().clone().requires_grad_(True)
             for name, piece in self._unflatten(flat[None, :]).items()
