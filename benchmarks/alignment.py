@@ -645,7 +645,7 @@ def main() -> None:
         limit = args.memory_limit or "2GiB"
         folder = args.workdir / f"large-n{n}-o{args.overlap}-s{args.seed}"
         data = generate_large(folder, n, args.overlap, args.seed)
-        from accord.tee.bucketed_host import parse_size
+        from accord.tee.runtime.bucketed_host import parse_size
 
         run = run_pair(
             data,

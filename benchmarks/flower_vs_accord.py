@@ -52,8 +52,7 @@ def _settings(seed: int) -> Any:
 
 def run_accord(policy: str, seed: int, rounds: int) -> dict[str, Any]:
     """``accord simulate --policies POLICY --seed SEED --rounds ROUNDS``, in this process."""
-    from accord.simulation.driver import Simulation, SimulationSettings
-    from accord.simulation.stop import StopConditions
+    from accord.simulation import Simulation, SimulationSettings, StopConditions
 
     settings = _settings(seed)
     started = time.perf_counter()

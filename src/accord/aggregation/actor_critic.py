@@ -89,7 +89,7 @@ from accord.aggregation.combine import (
 )
 from accord.aggregation.credit import FEATURE_NAMES, leave_one_out_credit, node_features
 from accord.errors import ConfigurationError
-from accord.training.optim import Adam
+from accord.optim import Adam
 
 __all__ = [
     "ActorCriticSettings",

@@ -1,9 +1,14 @@
-"""In-process federation: every node trains in this process, for experiments."""
+"""In-process federation: every node trains in this process, for experiments.
+
+The run's settings, stop conditions and timed records live in :mod:`accord.run` (shared
+with the gRPC driver) and are re-exported here.
+"""
 
 from __future__ import annotations
 
+from accord.run import StopConditions, StopTracker, stop_reason_of_round
+from accord.simulation.app import run_app
 from accord.simulation.driver import RunResult, Simulation, SimulationSettings, TimedRecord
-from accord.simulation.stop import StopConditions, StopTracker
 
 __all__ = [
     "RunResult",
@@ -12,4 +17,6 @@ __all__ = [
     "StopConditions",
     "StopTracker",
     "TimedRecord",
+    "run_app",
+    "stop_reason_of_round",
 ]

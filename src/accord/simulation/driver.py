@@ -9,50 +9,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
-from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
-from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
-from accord.data.faults import node_first_gradient
-from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
-from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario, node_seed
-from accord.simulation.stop import StopConditions, StopTracker
+from accord.fl.tabular import TabularNode
+from accord.rounds import DivergedError, RoundEngine
+from accord.run import (
+    SimulationSettings,
+    StopTracker,
+    TimedRecord,
+    stop_reason_of_round,
+)
+from accord.scenario import NodeData, ScenarioData, build_scenario, node_seed
 from accord.training.evaluation import make_validation_fn
-from accord.training.local import LocalTrainer, LocalTrainingSettings, root_update
-from accord.training.models import FlatModel, ModelSpec, build_model
+from accord.training.local import root_update
+from accord.training.models import FlatModel, build_model
 
 __all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SimulationSettings:
-    """A whole in-process run: scenario, model, local training, round, stop and policy."""
-
-    scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    local: LocalTrainingSettings = field(default_factory=LocalTrainingSettings)
-    rounds: RoundSettings = field(default_factory=RoundSettings)
-    stop: StopConditions = field(default_factory=StopConditions)
-    actor_critic: ActorCriticSettings = field(default_factory=ActorCriticSettings)
-    hedge: HedgeLooSettings = field(default_factory=HedgeLooSettings)
-
-
-@dataclass(frozen=True)
-class TimedRecord:
-    """A round's record plus where its wall time went, and (in a scenario run) ``faulty``:
-    the nodes faulty in that round, sorted (``None`` when not known)."""
-
-    record: RoundRecord
-    round_seconds: float
-    local_training_seconds: float
-    faulty: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,36 +42,25 @@ class RunResult:
     seconds: float
 
 
-def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -> str | None:
-    """Why a run stops after this round: ``diverged: …`` when the round diverged, else what
-    the stop conditions say (``None``: go on)."""
-    reason = tracker.update(timed.record.validation_accuracy_after, now)
-    if timed.record.diverged is not None:
-        return f"diverged: {timed.record.diverged}"
-    return reason
-
-
 class Simulation:
-    """One policy on one scenario, all in this process."""
+    """One policy on one scenario, all in this process; the model trains and is scored on
+    ``device`` (``cpu``, the default, or ``cuda[:k]``)."""
 
     def __init__(
         self,
         settings: SimulationSettings,
         policy: str | Aggregator,
         data: ScenarioData | None = None,
+        device: str = "cpu",
     ) -> None:
         self.settings = settings
+        self.device = device
         self.data = data or build_scenario(settings.scenario)
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
-        self.flat = FlatModel(model)
-        self.trainers = [self._trainer(node, node.labels) for node in self.data.nodes]
-        # A label flipper's second trainer, on its flipped labels (its faulty rounds).
-        self.flipped_trainers = {
-            node.index: self._trainer(node, node.flipped_labels)
-            for node in self.data.nodes
-            if node.flipped_labels is not None
-        }
+        self.flat = FlatModel(model.to(device))
+        # The same node class the networked node runs (accord.fl.TabularNode).
+        self.nodes = [self._node(node) for node in self.data.nodes]
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -129,32 +96,27 @@ class Simulation:
             server_update=server_update,
         )
 
-    def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
+    def _node(self, node: NodeData) -> TabularNode:
         seed = self.settings.scenario.seed
-        return LocalTrainer(
-            build_model(self.settings.model, self.data.n_features, self.data.n_classes, seed),
+        return TabularNode(
             node.features,
-            labels,
-            self.settings.local,
-            node_seed(seed, node.index),
+            node.labels,
+            spec=self.settings.model,
+            n_classes=self.data.n_classes,
+            settings=self.settings.local,
+            seed=node_seed(seed, node.index),
+            model_seed=seed,
+            fault=self.data.node_fault(node),
+            device=self.device,
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
         """Every node's first gradient, faulty nodes following
         :func:`accord.data.faults.node_first_gradient` (as a networked node does)."""
-        gradients: dict[str, FloatArray] = {}
-        for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
-
-            def train(
-                flipped: bool, trainer: LocalTrainer = trainer, index: int = node.index
-            ) -> FloatArray:
-                chosen = self.flipped_trainers[index] if flipped else trainer
-                return chosen.first_gradient(weights, round_index)
-
-            gradients[node.node_id] = node_first_gradient(
-                self.data.node_fault(node), round_index, train, self.engine.dim
-            )
-        return gradients
+        return {
+            data.node_id: node.first_gradient(weights, round_index)
+            for data, node in zip(self.data.nodes, self.nodes, strict=True)
+        }
 
     def faulty_in_round(self, round_index: int) -> frozenset[str]:
         """The nodes faulty in round ``round_index`` (0-based)."""

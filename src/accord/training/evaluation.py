@@ -12,8 +12,8 @@ import numpy.typing as npt
 import torch
 from torch.func import functional_call, vmap
 
-from accord.aggregation.base import FloatArray, ValidationFn, ValidationScores
 from accord.training.models import FlatModel
+from accord.types import FloatArray, ValidationFn, ValidationScores
 
 __all__ = ["make_validation_fn"]
 
@@ -27,8 +27,9 @@ def make_validation_fn(
 ) -> ValidationFn:
     """A function scoring a (K, dim) stack of weights: mean cross-entropy and accuracy, and
     the (K, n_samples) per-sample cross-entropy."""
-    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    device = model.device
+    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
     module = model.module
 
     def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,7 +39,9 @@ def make_validation_fn(
     batched_forward = vmap(forward)
 
     def validate(weights: FloatArray) -> ValidationScores:
-        stacked = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float32))
+        stacked = torch.from_numpy(
+            np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float32)
+        ).to(device)
         losses: list[torch.Tensor] = []
         sample_losses: list[torch.Tensor] = []
         accuracies: list[torch.Tensor] = []
@@ -52,9 +55,9 @@ def make_validation_fn(
                 losses.append(per_sample.mean(dim=1))
                 accuracies.append((logits.argmax(dim=-1) == targets).float().mean(dim=1))
         return ValidationScores(
-            losses=torch.cat(losses).double().numpy(),
-            accuracies=torch.cat(accuracies).double().numpy(),
-            sample_losses=torch.cat(sample_losses).double().numpy(),
+            losses=torch.cat(losses).double().cpu().numpy(),
+            accuracies=torch.cat(accuracies).double().cpu().numpy(),
+            sample_losses=torch.cat(sample_losses).double().cpu().numpy(),
         )
 
     return validate
