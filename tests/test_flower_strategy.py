@@ -39,7 +39,8 @@ from accord.flower import (
     arrays_to_weights,
     weights_to_arrays,
 )
-from accord.flower._weights import Layout, combine_buffers
+from accord.training.weights import WeightLayout as Layout
+from accord.training.weights import combine_buffers
 
 
 class FakeGrid:
