@@ -289,3 +289,26 @@ def test_every_accord_policy_runs_through_the_strategy(policy: str) -> None:
     for record in strategy.records:
         assert sum(record.probabilities.values()) == pytest.approx(1.0)
         assert record.validation_loss_after is not None
+
+
+def test_only_accord_flower_imports_flwr() -> None:
+    """Flower is an optional extra: no module outside ``accord.flower`` may import it."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "accord"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "flower"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name == "flwr" or name.startswith(("flwr.", "accord.flower")) for name in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []
