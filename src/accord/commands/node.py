@@ -91,7 +91,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors it
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()

@@ -439,7 +439,7 @@ def _run(args: argparse.Namespace) -> int:
     prepare_process()
     import logging
 
-    from accord.commands.federate import RunDisplay
+    from accord.commands.run_output import RunDisplay
     from accord.federation.driver import StopRequest
 
     if args.resume is not None:

