@@ -44,6 +44,7 @@ from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.server import GrpcGrid, TransportSettings
 from accord.federation.settings import ServerSettings
 from accord.federation.tensors import (
+    PROTOCOL_VERSION,
     TensorAssembler,
     check_weights,
     decode_tensor,
@@ -768,7 +769,11 @@ def test_a_node_admitted_before_the_roster_is_fixed_and_left_out_is_told_why() -
     try:
         register = pb.NodeMessage(
             register=pb.Register(
-                protocol_version=1, node_id="node-03", sample_count=10, n_features=64, n_classes=10
+                protocol_version=PROTOCOL_VERSION,
+                node_id="node-03",
+                sample_count=10,
+                n_features=64,
+                n_classes=10,
             )
         )
 
@@ -1105,7 +1110,11 @@ def test_an_interrupt_cuts_a_round_short_after_its_grace() -> None:
     try:
         register = pb.NodeMessage(
             register=pb.Register(
-                protocol_version=1, node_id="node-00", sample_count=10, n_features=64, n_classes=10
+                protocol_version=PROTOCOL_VERSION,
+                node_id="node-00",
+                sample_count=10,
+                n_features=64,
+                n_classes=10,
             )
         )
 
@@ -1218,9 +1227,12 @@ def test_a_diverged_record_survives_the_checkpoint_json() -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"format": "accord-federation-run"}', "expected a run_id (text) and settings"),
         (
-            '{"format": "accord-federation-run", "run_id": "r", "settings": {}, '
+            '{"format": "accord-federation-run", "version": 2}',
+            "expected a run_id (text) and settings",
+        ),
+        (
+            '{"format": "accord-federation-run", "version": 2, "run_id": "r", "settings": {}, '
             '"transport": {"host": "h"}}',
             "transport: expected a host (text) and a port (integer)",
         ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from accord._validation import require_choice, require_int, require_number, require_probability
+from accord.aggregation.credit import CREDIT_METHODS
 from accord.errors import ConfigurationError
 
 __all__ = ["ANCHORS", "CREDITS", "MODES", "ActorCriticSettings"]
@@ -104,6 +105,10 @@ class ActorCriticSettings:
       credit (default 0, off; ``alignment_fraction`` default 0.5). It tells a noise node
       (cosine about 0) from an under-paid honest one, which the leave-one-out credit does
       not, so noise stays held down with a smaller ``reference_upper_bound``.
+    - ``credit_method``: how the features and the leave-one-out credit are measured:
+      ``exact`` (``2N + 2`` scored candidates), ``first-order`` (two backward passes and
+      N dot products) or ``auto`` (default: first-order above 32 nodes or 20M candidate
+      floats, see :func:`accord.aggregation.credit.credit_method_for`).
     """
 
     mode: str = "rich"
@@ -150,6 +155,7 @@ class ActorCriticSettings:
     reference_upper_bound: float = 4.0
     credit_shrinkage: bool = False
     alignment_penalty: float = 0.0
+    credit_method: str = "auto"
     alignment_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -207,6 +213,7 @@ class ActorCriticSettings:
                 f"got {self.norm_bound!r}"
             )
         require_choice("credit", self.credit, CREDITS)
+        require_choice("credit_method", self.credit_method, CREDIT_METHODS)
         require_number("max_rise", self.max_rise, minimum=0.0)
         require_probability("harm_decay", self.harm_decay)
         require_number("bound_penalty", self.bound_penalty, minimum=0.0)

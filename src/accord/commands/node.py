@@ -27,6 +27,21 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--scenario-node", type=int, default=None, metavar="K", help="hold scenario partition K"
     )
     source.add_argument("--data", default=None, help="CSV or Parquet file of samples")
+    source.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="user app: FACTORY(node_id, config) returns an accord.fl.Node (its model, data, "
+        "fit and evaluate); config is the server's --app-config values updated with this "
+        "node's",
+    )
+    data.add_argument(
+        "--app-config",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a config value for this node's factory (JSON if it parses); repeatable",
+    )
     data.add_argument("--label-column", default="label", help="label column of --data [label]")
     data.add_argument(
         "--node-validation-fraction",
@@ -76,7 +91,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors it
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
@@ -91,15 +106,41 @@ def run(args: argparse.Namespace) -> int:
 
     from accord.commands.server import scenario_from_args
     from accord.errors import ConfigurationError
-    from accord.failpoints import NODE_ACTIONS, failpoints_for
-    from accord.federation.client import NodeClient, NodeSettings
+    from accord.federation.auth import load_node_credentials
+    from accord.federation.client import NodeClient
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
 
     logger = logging.getLogger("accord.commands.node")
     # Credentials first: a mistake there should not wait for the data to load.
-    credentials = _credentials(args)
+    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
+    if args.insecure:
+        if any(value is not None for value in given[:4]):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        logger.warning("--insecure: talking to the server in plaintext")
+        credentials = (
+            None
+            if args.token_file is None
+            else load_node_credentials(None, token_file=Path(args.token_file))
+        )
+    else:
+        if all(value is None for value in given):
+            raise ConfigurationError(
+                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
+                "a token or client certificate, or --insecure for a local experiment"
+            )
+        credentials = load_node_credentials(
+            None if args.credentials is None else Path(args.credentials),
+            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
+            certificate=None if args.tls_cert is None else Path(args.tls_cert),
+            private_key=None if args.tls_key is None else Path(args.tls_key),
+            token_file=None if args.token_file is None else Path(args.token_file),
+        )
+    if args.app is not None:
+        return _run_app(args, credentials)
+    if args.app_config:
+        raise ConfigurationError("--app-config: only with --app")
     if args.scenario_node is not None:
         from accord.scenario import build_scenario, node_id, node_seed
 
@@ -130,15 +171,7 @@ def run(args: argparse.Namespace) -> int:
         features, labels, args.node_validation_fraction, seed
     )
     worker = NodeWorker(node_name, features, labels, seed=seed, validation=validation, fault=fault)
-    settings = NodeSettings(
-        server=args.server,
-        insecure=args.insecure,
-        server_name=args.server_name,
-        give_up_after=args.give_up_after,
-        keep_alive=args.keep_alive,
-        **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
-        failpoints=failpoints_for(NODE_ACTIONS),
-    )
+    settings = _node_settings(args)
     logger.info(
         "node %s: %d samples, %d features; server %s",
         node_name,
@@ -158,35 +191,55 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _credentials(args: argparse.Namespace) -> Any:
-    """The node's credentials from ``--credentials`` or the single TLS and token options;
-    with ``--insecure``, at most a token."""
+def _run_app(args: argparse.Namespace, credentials: Any) -> int:
+    """``accord node --app``: the user's node factory, called once the server's Welcome
+    brings the run's config."""
     import logging
-    from pathlib import Path
+    import zlib
+    from collections.abc import Mapping
+
+    import numpy as np
 
     from accord.errors import ConfigurationError
-    from accord.federation.auth import load_node_credentials
+    from accord.federation.client import NodeClient
+    from accord.federation.grid import RunSpec
+    from accord.federation.worker import NodeWorker
+    from accord.fl.contracts import Node
+    from accord.fl.loading import load_factory, parse_app_config
 
     logger = logging.getLogger("accord.commands.node")
-    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
-    if args.insecure:
-        if any(value is not None for value in given[:4]):
-            raise ConfigurationError("--insecure cannot be combined with TLS options")
-        logger.warning("--insecure: talking to the server in plaintext")
-        return (
-            None
-            if args.token_file is None
-            else load_node_credentials(None, token_file=Path(args.token_file))
-        )
-    if all(value is None for value in given):
-        raise ConfigurationError(
-            "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
-            "a token or client certificate, or --insecure for a local experiment"
-        )
-    return load_node_credentials(
-        None if args.credentials is None else Path(args.credentials),
-        root_ca=None if args.tls_ca is None else Path(args.tls_ca),
-        certificate=None if args.tls_cert is None else Path(args.tls_cert),
-        private_key=None if args.tls_key is None else Path(args.tls_key),
-        token_file=None if args.token_file is None else Path(args.token_file),
+    if args.node_id is None:
+        raise ConfigurationError("--node-id: required with --app")
+    node_factory = load_factory(args.app, "--app")
+    own_config: Mapping[str, Any] = parse_app_config(args.app_config or [])
+    node_name: str = args.node_id
+
+    def build(spec: RunSpec) -> Node:
+        config = {**spec.config, **own_config}
+        node: Node = node_factory(node_name, config)
+        return node
+
+    worker = NodeWorker.of_app(node_name, build)
+    settings = _node_settings(args)
+    logger.info("node %s: app %s; server %s", node_name, args.app, args.server)
+    seed = zlib.crc32(node_name.encode())
+    client = NodeClient(worker, settings, credentials, rng=np.random.default_rng([seed, 5]))
+    reason = client.run()
+    logger.info("node %s done: %s", node_name, reason)
+    return 0
+
+
+def _node_settings(args: argparse.Namespace) -> Any:
+    """The connection settings of ``accord node``'s options."""
+    from accord.failpoints import NODE_ACTIONS, failpoints_for
+    from accord.federation.client import NodeSettings
+
+    return NodeSettings(
+        server=args.server,
+        insecure=args.insecure,
+        server_name=args.server_name,
+        give_up_after=args.give_up_after,
+        keep_alive=args.keep_alive,
+        **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
+        failpoints=failpoints_for(NODE_ACTIONS),
     )

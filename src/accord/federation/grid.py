@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,9 +23,10 @@ from accord.aggregation.base import FloatArray
 from accord.errors import AccordError
 from accord.federation.fingerprint import SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
-from accord.federation.tensors import weights_digest
+from accord.federation.tensors import state_digest
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
+from accord.training.weights import WeightLayout, Weights
 
 __all__ = [
     "Evaluation",
@@ -58,7 +59,8 @@ class RunSpec:
     """What the server tells every node when it registers (``Welcome``)."""
 
     run_id: str
-    model: ModelSpec
+    #: The built-in model to build; ``None`` in a run of a user app (``--app``).
+    model: ModelSpec | None
     n_features: int
     n_classes: int
     dim: int
@@ -69,6 +71,12 @@ class RunSpec:
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
     #: The server's scenario in words, for the refusal of a node whose scenario differs.
     scenario_summary: str = ""
+    #: The model's arrays (names, shapes, dtypes, trained or not); a node whose own model
+    #: differs is refused. ``None``: not compared (a built-in model, which the node builds
+    #: from ``model``).
+    layout: WeightLayout | None = None
+    #: Values for the node's ``fit``/``evaluate`` config and its app's factory (JSON types).
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,8 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         )
     if differ:
         return f"the node's {', '.join(differ)} differs from the server's"
+    if spec.model is None:  # a user app: the node is built, and checked, after Welcome
+        return None
     if info.sample_count < 1:
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:
@@ -143,10 +153,17 @@ class Grid(ABC):
 
     @abstractmethod
     def collect_first_gradients(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        """Start round ``round_index`` on ``node_ids`` from ``weights``; the first gradients
-        that arrived within ``timeout`` seconds, and why the others are missing."""
+        """Start round ``round_index`` on ``node_ids`` from ``weights`` (and ``buffers``,
+        for a model that has them); the first gradients (or
+        :class:`~accord.rounds.NodeUpdate`) that arrived within ``timeout`` seconds, and
+        why the others are missing."""
 
     @abstractmethod
     def broadcast_second_gradient(
@@ -156,13 +173,20 @@ class Grid(ABC):
         server_learning_rate: float,
         weights: FloatArray,
         next_weights: FloatArray,
+        next_buffers: Weights | None = None,
     ) -> None:
-        """Send ``G`` to every connected node whose copy is ``weights`` (w_t), so that it
-        holds ``next_weights`` (w_{t+1}); the others get full weights next round."""
+        """Send ``G`` (and the round's combined buffers) to every connected node whose copy
+        is ``weights`` (w_t), so that it holds ``next_weights`` (w_{t+1}); the others get
+        full weights next round."""
 
     @abstractmethod
     def collect_evaluations(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
         """Ask ``node_ids`` for their validation accuracy of ``weights`` (w_{t+1})."""
 
@@ -189,11 +213,15 @@ class NodeEndpoint(Protocol):
 
     def info(self) -> NodeInfo: ...
 
-    def configure(self, spec: RunSpec) -> None: ...
+    def configure(self, spec: RunSpec) -> NodeInfo: ...
 
     def start_round(
-        self, round_index: int, weights: FloatArray | None, weights_sha256: bytes
-    ) -> FloatArray: ...
+        self,
+        round_index: int,
+        weights: FloatArray | None,
+        weights_sha256: bytes,
+        buffers: Weights | None = None,
+    ) -> object: ...
 
     def apply_second_gradient(
         self,
@@ -201,6 +229,7 @@ class NodeEndpoint(Protocol):
         second_gradient: FloatArray,
         server_learning_rate: float,
         next_weights_sha256: bytes,
+        next_buffers: Weights | None = None,
     ) -> None: ...
 
     def evaluate(self, round_index: int, weights_sha256: bytes) -> Evaluation: ...
@@ -225,9 +254,12 @@ class InMemoryGrid(Grid):
         problem = admission_problem(info, self.spec, self._roster)
         if problem is None:
             try:
-                endpoint.configure(self.spec)
+                ready = endpoint.configure(self.spec)
+                info = ready if isinstance(ready, NodeInfo) else info
             except AccordError as error:
                 problem = str(error)
+        if problem is None and info.sample_count < 1:
+            problem = "a node needs at least one training sample"
         if problem is not None:
             logger.warning("node %s refused: %s", node_id, problem)
             return problem
@@ -251,17 +283,24 @@ class InMemoryGrid(Grid):
         self._roster = frozenset(roster)
 
     def collect_first_gradients(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
         replies = Replies()
-        digest = weights_digest(weights)
+        digest = state_digest(weights, buffers or {})
         for node in node_ids:
             if node not in self._connected:
                 replies.failures[node] = "not connected"
                 continue
             try:
+                # Buffers only for a model that has them: older endpoints take none.
+                extra = {"buffers": buffers} if buffers else {}
                 replies.values[node] = self._endpoints[node].start_round(
-                    round_index, np.array(weights), digest
+                    round_index, np.array(weights), digest, **extra
                 )
             except AccordError as error:
                 replies.failures[node] = f"node reported: {error}"
@@ -274,20 +313,27 @@ class InMemoryGrid(Grid):
         server_learning_rate: float,
         weights: FloatArray,
         next_weights: FloatArray,
+        next_buffers: Weights | None = None,
     ) -> None:
-        digest = weights_digest(next_weights)
+        digest = state_digest(next_weights, next_buffers or {})
         for node in list(self._connected):
             try:
+                extra = {"next_buffers": next_buffers} if next_buffers else {}
                 self._endpoints[node].apply_second_gradient(
-                    round_index, np.array(second_gradient), server_learning_rate, digest
+                    round_index, np.array(second_gradient), server_learning_rate, digest, **extra
                 )
             except AccordError as error:
                 logger.warning("node %s could not apply the second gradient: %s", node, error)
 
     def collect_evaluations(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        digest = weights_digest(weights)
+        digest = state_digest(weights, buffers or {})
         replies = Replies()
         for node in node_ids:
             if node not in self._connected:

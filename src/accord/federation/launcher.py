@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from accord.errors import ConfigurationError, InputDataError
+from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.failpoints import SERVER_ACTIONS, failpoints_for
 from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.run_files import (
@@ -28,6 +28,7 @@ from accord.federation.run_files import (
     CHECKPOINT_FILE,
     RUN_FILE,
     RUN_FORMAT,
+    RUN_VERSION,
     STATS_FILE,
     RunReport,
     check_new_run_folder,
@@ -117,6 +118,41 @@ class ServedRun:
         return self.stop_reason.startswith(DIVERGED)
 
 
+def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
+    """The spec, engine factory and (empty) server data of a user app's run."""
+    import json
+
+    import numpy as np
+
+    from accord.federation.engine import ServerData, prepare_app_run
+    from accord.fl.loading import load_factory
+
+    assert settings.app is not None
+    config = json.loads(settings.app_config)
+    server_factory = load_factory(settings.app, "--app")
+    try:
+        app = server_factory(config)
+    except AccordError:
+        raise
+    except Exception as error:  # user code
+        raise ConfigurationError(
+            f"--app {settings.app}: the server factory raised {type(error).__name__}: {error}"
+        ) from error
+    spec, factory = prepare_app_run(
+        app,
+        settings.policy,
+        run_id,
+        seed=settings.run.scenario.seed,
+        rounds=settings.run.rounds,
+        actor_critic=settings.run.actor_critic,
+        hedge=settings.run.hedge,
+        config=config,
+        federated_evaluation=settings.federation.evaluation == "federated",
+    )
+    empty = (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    return spec, factory, ServerData(0, 0, empty, None)
+
+
 def serve(
     settings: ServerSettings | None,
     transport: Any,
@@ -148,12 +184,15 @@ def serve(
 
     settings, run_dir, run_id, state, folder = _open_run(settings, out, resume, overrides)
     stop = stop_request if stop_request is not None else StopRequest()
-    if scenario is None and settings.validation_data is None:
-        from accord.scenario import build_scenario
+    if settings.app is not None:
+        spec, factory, data = _prepare_app(settings, run_id)
+    else:
+        if scenario is None and settings.validation_data is None:
+            from accord.scenario import build_scenario
 
-        scenario = build_scenario(settings.run.scenario)
-    data = load_server_data(settings, scenario)
-    spec, factory = prepare_run(settings, data, run_id)
+            scenario = build_scenario(settings.run.scenario)
+        data = load_server_data(settings, scenario)
+        spec, factory = prepare_run(settings, data, run_id)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
         if resume is None:
@@ -309,7 +348,7 @@ def _new_run_files(
         run_dir / RUN_FILE,
         {
             "format": RUN_FORMAT,
-            "version": 1,
+            "version": RUN_VERSION,
             "run_id": run_id,
             "created": dt.datetime.now(dt.UTC).isoformat(),
             "settings": settings_to_mapping(settings),

@@ -36,6 +36,7 @@ __all__ = [
     "CHECKPOINT_FILE",
     "RUN_FILE",
     "RUN_FORMAT",
+    "RUN_VERSION",
     "STATS_FILE",
     "RunReport",
     "check_new_run_folder",
@@ -51,6 +52,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 ADDRESS_FILE = "server.json"
 STATS_FILE = "federation_stats.json"
 RUN_FORMAT = "accord-federation-run"
+#: 2 since protocol version 2 (settings gained ``app`` and ``app_config``).
+RUN_VERSION = 2
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -167,6 +170,8 @@ class RunReport:
 
 def describe_run(scenario: Any, settings: ServerSettings) -> str:
     """One line about the data, as ``accord simulate`` prints it."""
+    if settings.app is not None:
+        return f"user app {settings.app}"
     if scenario is not None:
         from accord.scenario import describe_scenario
 
@@ -186,6 +191,11 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
         raise InputDataError(f"{run_file}: not JSON: {error}") from error
     if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
         raise InputDataError(f"{run_file}: not an Accord federation run file")
+    if saved.get("version") != RUN_VERSION:
+        raise InputDataError(
+            f"{run_file}: run file format version {saved.get('version')!r}; this Accord reads "
+            f"version {RUN_VERSION} only (a run of an older Accord cannot be resumed)"
+        )
     if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("settings"), dict):
         raise InputDataError(f"{run_file}: expected a run_id (text) and settings (a table)")
     transport = saved.get("transport")

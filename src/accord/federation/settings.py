@@ -74,7 +74,9 @@ class ServerSettings:
     ``run`` holds the same scenario, model, local-training, round, stop and policy settings
     as ``accord simulate``; ``policy`` names the weighting policy; ``validation_data`` and
     ``test_data`` are CSV/Parquet files (with ``label_column``) the server scores on instead
-    of the scenario's held-out sets.
+    of the scenario's held-out sets. ``app`` (``package.module:factory``) runs a user's
+    :class:`~accord.fl.ServerApp` instead of a scenario; ``app_config`` is the JSON object
+    its factory and every node receive.
     """
 
     run: SimulationSettings = field(default_factory=SimulationSettings)
@@ -83,9 +85,15 @@ class ServerSettings:
     validation_data: str | None = None
     test_data: str | None = None
     label_column: str = "label"
+    app: str | None = None
+    app_config: str = "{}"
 
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, POLICIES)
+        if self.app is not None and self.validation_data is not None:
+            raise ConfigurationError(
+                "validation_data: a user app (--app) scores on its own validation data"
+            )
         if self.test_data is not None and self.validation_data is None:
             raise ConfigurationError("test_data: give validation_data as well")
 

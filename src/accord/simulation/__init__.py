@@ -7,6 +7,7 @@ with the gRPC driver) and are re-exported here.
 from __future__ import annotations
 
 from accord.run import StopConditions, StopTracker, stop_reason_of_round
+from accord.simulation.app import run_app
 from accord.simulation.driver import RunResult, Simulation, SimulationSettings, TimedRecord
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "StopConditions",
     "StopTracker",
     "TimedRecord",
+    "run_app",
     "stop_reason_of_round",
 ]

@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.registry import make_policy
-from accord.data.faults import node_first_gradient
+from accord.fl.tabular import TabularNode
 from accord.rounds import DivergedError, RoundEngine
 from accord.run import (
     SimulationSettings,
@@ -25,8 +24,8 @@ from accord.run import (
     stop_reason_of_round,
 )
 from accord.scenario import NodeData, ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
-from accord.training.local import LocalTrainer, root_update
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
+from accord.training.local import root_update
 from accord.training.models import FlatModel, build_model
 
 __all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
@@ -44,26 +43,24 @@ class RunResult:
 
 
 class Simulation:
-    """One policy on one scenario, all in this process."""
+    """One policy on one scenario, all in this process; the model trains and is scored on
+    ``device`` (``cpu``, the default, or ``cuda[:k]``)."""
 
     def __init__(
         self,
         settings: SimulationSettings,
         policy: str | Aggregator,
         data: ScenarioData | None = None,
+        device: str = "cpu",
     ) -> None:
         self.settings = settings
+        self.device = device
         self.data = data or build_scenario(settings.scenario)
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
-        self.flat = FlatModel(model)
-        self.trainers = [self._trainer(node, node.labels) for node in self.data.nodes]
-        # A label flipper's second trainer, on its flipped labels (its faulty rounds).
-        self.flipped_trainers = {
-            node.index: self._trainer(node, node.flipped_labels)
-            for node in self.data.nodes
-            if node.flipped_labels is not None
-        }
+        self.flat = FlatModel(model.to(device))
+        # The same node class the networked node runs (accord.fl.TabularNode).
+        self.nodes = [self._node(node) for node in self.data.nodes]
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -97,34 +94,32 @@ class Simulation:
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(
+                self.flat, holdout.validation.features, holdout.validation.labels
+            ),
         )
 
-    def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
+    def _node(self, node: NodeData) -> TabularNode:
         seed = self.settings.scenario.seed
-        return LocalTrainer(
-            build_model(self.settings.model, self.data.n_features, self.data.n_classes, seed),
+        return TabularNode(
             node.features,
-            labels,
-            self.settings.local,
-            node_seed(seed, node.index),
+            node.labels,
+            spec=self.settings.model,
+            n_classes=self.data.n_classes,
+            settings=self.settings.local,
+            seed=node_seed(seed, node.index),
+            model_seed=seed,
+            fault=self.data.node_fault(node),
+            device=self.device,
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
         """Every node's first gradient, faulty nodes following
         :func:`accord.data.faults.node_first_gradient` (as a networked node does)."""
-        gradients: dict[str, FloatArray] = {}
-        for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
-
-            def train(
-                flipped: bool, trainer: LocalTrainer = trainer, index: int = node.index
-            ) -> FloatArray:
-                chosen = self.flipped_trainers[index] if flipped else trainer
-                return chosen.first_gradient(weights, round_index)
-
-            gradients[node.node_id] = node_first_gradient(
-                self.data.node_fault(node), round_index, train, self.engine.dim
-            )
-        return gradients
+        return {
+            data.node_id: node.first_gradient(weights, round_index)
+            for data, node in zip(self.data.nodes, self.nodes, strict=True)
+        }
 
     def faulty_in_round(self, round_index: int) -> frozenset[str]:
         """The nodes faulty in round ``round_index`` (0-based)."""
