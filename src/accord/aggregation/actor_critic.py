@@ -1,7 +1,10 @@
-"""The Actor-Critic weighting policy (DESIGN §1 and §3.1), in two modes; its settings are
-:mod:`accord.aggregation.actor_critic_settings` (re-exported here), its networks
-:mod:`accord.aggregation.actor_critic_networks`, the patent mode
-:mod:`accord.aggregation.actor_critic_patent`.
+"""The Actor-Critic weighting policy (DESIGN §1 and §3.1), in two modes. This module acts
+(one round's weights); beside it: the settings
+(:mod:`~accord.aggregation.actor_critic_settings`, re-exported here), the networks
+(:mod:`~accord.aggregation.actor_critic_networks`), the update
+(:mod:`~accord.aggregation.actor_critic_update`), the running credit behind the reference
+(:mod:`~accord.aggregation.actor_critic_credit`) and the patent mode
+(:mod:`~accord.aggregation.actor_critic_patent`).
 
 ``rich`` (default)
     Each present node i has a feature vector ``x_i`` (:mod:`accord.aggregation.credit`).
@@ -60,27 +63,36 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-from torch.func import functional_call
 
+from accord.aggregation.actor_critic_credit import (
+    RunningCredit,
+    fold_evidence,
+    misalignment,
+    reference_credit,
+)
 from accord.aggregation.actor_critic_networks import (
     ActionLinearCritics,
     Replay,
     ScoreActor,
-    bounded_logits_torch,
     load_torch_state,
-    masked_softmax,
-    soft_update,
     torch_state,
 )
 from accord.aggregation.actor_critic_patent import PatentActorCritic, reward
 from accord.aggregation.actor_critic_settings import ActorCriticSettings
-from accord.aggregation.base import Aggregation, Aggregator, FloatArray, RoundFeedback, RoundInput
+from accord.aggregation.actor_critic_update import td3_update
+from accord.aggregation.base import (
+    Aggregation,
+    Aggregator,
+    FloatArray,
+    RoundFeedback,
+    RoundInput,
+    ValidationGradientFn,
+)
 from accord.aggregation.combine import (
     bound_norms,
     bounded_prior_softmax,
@@ -92,6 +104,8 @@ from accord.aggregation.combine import (
 )
 from accord.aggregation.credit import (
     FEATURE_NAMES,
+    LeaveOneOut,
+    NodeFeatures,
     credit_method_for,
     leave_one_out_credit,
     node_features,
@@ -103,6 +117,7 @@ __all__ = [
     "PatentActorCritic",
     "RichActorCritic",
     "make_actor_critic",
+    "misalignment",
     "reward",
 ]
 
@@ -110,22 +125,6 @@ logger = logging.getLogger(__name__)
 
 #: Largest |B − B₋ᵢ| (in nats of validation loss) that enters the reward.
 MAX_CREDIT = 10.0
-
-
-def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
-    """Each node's shortfall in alignment with the last second gradient, in [0, 2]:
-    ``clip(1 − cos_i / (fraction · median cos), 0, 2)``; zeros when the median cosine is
-    not positive (no common direction to judge by).
-
-    A node at least ``fraction`` as aligned as the median scores 0, an orthogonal one
-    (noise, a free rider's zero update) 1, an opposed one up to 2. The leave-one-out credit
-    of a noise node is about 0, like that of an honest node that the credit under-pays on
-    non-IID data; its alignment tells them apart.
-    """
-    median = float(np.median(cosines)) if cosines.size else 0.0
-    if median <= 0:
-        return np.zeros_like(cosines)
-    return np.asarray(np.clip(1.0 - cosines / (fraction * median), 0.0, 2.0))
 
 
 def make_actor_critic(settings: ActorCriticSettings | None = None) -> Aggregator:
@@ -144,6 +143,19 @@ def _finite_probabilities(candidate: np.ndarray, fallback: np.ndarray) -> tuple[
 
 
 # ----------------------------------------------------------------------------- rich mode
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """A round's reference weights (over the present nodes), which candidate they are
+    (0: Hedge-LOO's, 1: the data-size weights), the node features of that round, and the
+    reference's validation loss and per-sample losses when they were scored."""
+
+    weights: np.ndarray
+    chosen: int
+    features: NodeFeatures
+    loss: float | None
+    sample_losses: np.ndarray | None
 
 
 class RichActorCritic(Aggregator):
@@ -201,11 +213,83 @@ class RichActorCritic(Aggregator):
         s = self.settings
         return s.exploration_noise * s.exploration_decay**self.rounds_seen if s.learning else 0.0
 
-    def aggregate(self, round_input: RoundInput) -> Aggregation:  # noqa: C901, PLR0912, PLR0915 - split next
+    def aggregate(self, round_input: RoundInput) -> Aggregation:
         assert round_input.validate is not None  # guaranteed by needs_validation
         s = self.settings
         roster_size = len(round_input.roster)
         present = round_input.present
+        replay, log_prior_all = self._ensure_state(round_input)
+        assert self.previous_probabilities is not None
+        started = time.perf_counter()
+        gradients, bound_factors = bound_norms(round_input.first_gradients, s.norm_bound)
+        log_prior = log_prior_all[present]
+        data_size = data_size_probabilities(round_input.present_counts)
+        warm = s.robust_start and self.rounds_seen < s.warmup_rounds
+        check = s.safety and not warm
+        method = credit_method_for(
+            s.credit_method,
+            gradients.shape[0],
+            gradients.shape[1],
+            round_input.validation_gradient,
+        )
+        first_order = round_input.validation_gradient if method == "first-order" else None
+        ref = self._reference(round_input, gradients, bound_factors, data_size, check, first_order)
+        x = np.zeros((roster_size, len(FEATURE_NAMES)), dtype=np.float32)
+        x[present] = ref.features.values
+        anchor = np.zeros(roster_size, dtype=np.float32)
+        anchor[present] = (
+            np.log(np.maximum(ref.weights, 1e-30)) if s.anchor == "reference" else (log_prior)
+        )
+        if self.pending is not None:
+            replay.add(**self.pending, next_x=x, next_mask=present, next_anchor=anchor)
+        if warm:
+            proposal, fell_back = ref.weights, False
+        else:
+            proposal, fell_back = self._propose(x, anchor, log_prior, ref.weights, round_input)
+        checked = check and not fell_back
+        loo, worse = self._checked_credit(
+            round_input, gradients, proposal, ref, checked, first_order
+        )
+        rejected = fell_back or worse
+        applied = ref.weights if rejected else proposal
+        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
+        # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
+        # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
+        delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
+        rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
+        self._update_running_credit(credit, data_size, applied, present, bound_factors, ref)
+        full_probabilities = expand_to_roster(applied, present)
+        reward_row = np.zeros(roster_size, dtype=np.float32)
+        reward_row[present] = rewards
+        self.pending = {
+            "x": x,
+            "mask": present.copy(),
+            "anchor": anchor,
+            "action": full_probabilities.astype(np.float32),
+            "reference": expand_to_roster(ref.weights, present).astype(np.float32),
+            "rejected": np.array(float(rejected), dtype=np.float32),
+            "reward": reward_row,
+        }
+        combined = second_gradient(applied, gradients)
+        self.previous_second_gradient = combined
+        self.previous_probabilities = full_probabilities
+        self.rounds_seen += 1
+        self._diagnostics = {
+            "policy_features_seconds": time.perf_counter() - started,
+            "exploration_sigma": self._exploration_sigma(),
+            "mean_abs_credit": float(np.mean(np.abs(credit))),
+            "rejected": float(rejected),
+            "rejection_rate": self.rejections / max(self.proposals, 1),
+            "norm_bounded_nodes": float(np.sum(bound_factors < 1.0)),
+            "reference_is_data_size": float(ref.chosen == 1),
+            "credit_kept": self._diagnostics_shrinkage,
+        }
+        return Aggregation(probabilities=full_probabilities, second_gradient=combined)
+
+    def _ensure_state(self, round_input: RoundInput) -> tuple[Replay, np.ndarray]:
+        """The replay buffer, the log data-size prior, the running credit and evidence,
+        made on the first round (the roster is known then); returns (replay, log prior)."""
+        roster_size = len(round_input.roster)
         if self.replay is None:
             self.replay = self._new_replay(roster_size)
             self.log_prior = np.log(np.maximum(round_input.sample_counts, 1e-12))
@@ -216,40 +300,45 @@ class RichActorCritic(Aggregator):
         if self.evidence_mean is None or self.evidence_variance is None:
             self.evidence_mean = np.zeros(roster_size)
             self.evidence_variance = np.zeros(roster_size)
-        started = time.perf_counter()
-        gradients, bound_factors = bound_norms(round_input.first_gradients, s.norm_bound)
-        log_prior = self.log_prior[present]
-        data_size = data_size_probabilities(round_input.present_counts)
+        return self.replay, self.log_prior
+
+    def _reference(
+        self,
+        round_input: RoundInput,
+        gradients: FloatArray,
+        bound_factors: np.ndarray,
+        data_size: np.ndarray,
+        check: bool,
+        first_order: ValidationGradientFn | None,
+    ) -> _Reference:
+        """The node features and the reference weights: Hedge-LOO's on this policy's
+        credit or (when the choice is on, and they validate no clearly worse) the data-size
+        weights, scored in the features' batched pass when the safety check needs it.
+        ``first_order``: the validation gradient when the credit is first-order."""
+        assert round_input.validate is not None
+        assert self.previous_probabilities is not None and self.running_credit is not None
+        assert self.log_prior is not None
+        s = self.settings
+        present = round_input.present
         hedge, _ = _finite_probabilities(
             bounded_prior_softmax(
-                log_prior,
+                self.log_prior[present],
                 s.reference_learning_rate * self._reference_credit(present),
                 s.bound,
                 s.reference_upper_bound,
             ),
             data_size,
         )
-        warm = s.robust_start and self.rounds_seen < s.warmup_rounds
-        check = s.safety and not warm
-        # The candidate references, scored in the features' batched pass: Hedge-LOO's
-        # weights on this policy's credit, and (when the choice is on) the data-size weights.
         choose = s.data_size_reference
         candidates = [hedge, data_size] if choose else [hedge]
         scored = check or choose
-        method = credit_method_for(
-            s.credit_method,
-            gradients.shape[0],
-            gradients.shape[1],
-            round_input.validation_gradient,
-        )
-        first_order = round_input.validation_gradient if method == "first-order" else None
         features = node_features(
             round_input.validate,
             round_input.global_weights,
             gradients,
             s.server_learning_rate,
             self.previous_second_gradient,
-            roster_size * self.previous_probabilities[present],
+            len(round_input.roster) * self.previous_probabilities[present],
             self.running_credit[present] * (1.0 - s.credit_decay),
             bound_factors=bound_factors,
             candidate_gradients=(
@@ -267,43 +356,60 @@ class RichActorCritic(Aggregator):
             else:
                 hedge_better = clearly_worse(losses[1:2], losses[0:1], s.data_size_k)
             chosen = 0 if hedge_better else 1
-        reference = candidates[chosen]
-        reference_loss = float(features.candidate_losses[chosen]) if scored else None
-        reference_samples = (
-            features.candidate_sample_losses[chosen]
-            if scored and features.candidate_sample_losses is not None
-            else None
+        samples = features.candidate_sample_losses
+        return _Reference(
+            weights=candidates[chosen],
+            chosen=chosen,
+            features=features,
+            loss=float(features.candidate_losses[chosen]) if scored else None,
+            sample_losses=samples[chosen] if scored and samples is not None else None,
         )
-        x = np.zeros((roster_size, len(FEATURE_NAMES)), dtype=np.float32)
-        x[present] = features.values
-        anchor = np.zeros(roster_size, dtype=np.float32)
-        anchor[present] = (
-            np.log(np.maximum(reference, 1e-30)) if s.anchor == "reference" else (log_prior)
+
+    def _propose(
+        self,
+        x: np.ndarray,
+        anchor: np.ndarray,
+        log_prior: np.ndarray,
+        reference: np.ndarray,
+        round_input: RoundInput,
+    ) -> tuple[np.ndarray, bool]:
+        """The actor's weights (with exploration noise, bounded around the anchor, their
+        rise capped), or the reference when they are not finite: (weights, fell back)."""
+        assert self.previous_probabilities is not None
+        s = self.settings
+        present = round_input.present
+        with torch.no_grad():
+            scores = self.actor(torch.from_numpy(x)[None], torch.from_numpy(present)[None])[0]
+        scores_np = scores.double().numpy()[present]
+        sigma = self._exploration_sigma()
+        if sigma > 0:
+            scores_np = scores_np + sigma * self.rng.standard_normal(scores_np.shape)
+        proposal = bounded_prior_softmax(
+            anchor[present].astype(np.float64), scores_np, s.bound, s.upper_bound
         )
-        if self.pending is not None:
-            self.replay.add(**self.pending, next_x=x, next_mask=present, next_anchor=anchor)
-        fell_back = False
-        if warm:
-            proposal = reference
-        else:
-            with torch.no_grad():
-                scores = self.actor(torch.from_numpy(x)[None], torch.from_numpy(present)[None])[0]
-            scores_np = scores.double().numpy()[present]
-            sigma = self._exploration_sigma()
-            if sigma > 0:
-                scores_np = scores_np + sigma * self.rng.standard_normal(scores_np.shape)
-            proposal = bounded_prior_softmax(
-                anchor[present].astype(np.float64), scores_np, s.bound, s.upper_bound
+        proposal = cap_rise(proposal, self.previous_probabilities[present], log_prior, s.max_rise)
+        proposal, fell_back = _finite_probabilities(proposal, reference)
+        if fell_back:
+            logger.warning(
+                "round %d: the actor proposed non-finite weights; applying the reference",
+                round_input.round_index + 1,
             )
-            proposal = cap_rise(
-                proposal, self.previous_probabilities[present], log_prior, s.max_rise
-            )
-            proposal, fell_back = _finite_probabilities(proposal, reference)
-            if fell_back:
-                logger.warning(
-                    "round %d: the actor proposed non-finite weights; applying the reference",
-                    round_input.round_index + 1,
-                )
+        return proposal, fell_back
+
+    def _checked_credit(
+        self,
+        round_input: RoundInput,
+        gradients: FloatArray,
+        proposal: np.ndarray,
+        ref: _Reference,
+        check: bool,
+        first_order: ValidationGradientFn | None,
+    ) -> tuple[LeaveOneOut, bool]:
+        """The leave-one-out credit of the proposal and, with ``check``, the safety test:
+        a proposal clearly worse than the reference is rejected and the credit is the
+        reference's. Returns (credit, rejected)."""
+        assert round_input.validate is not None
+        s = self.settings
         step_normalised = s.credit == "step-normalised"
         loo = leave_one_out_credit(
             round_input.validate,
@@ -314,218 +420,85 @@ class RichActorCritic(Aggregator):
             step_normalised=step_normalised,
             validation_gradient=first_order,
         )
-        rejected = fell_back
-        if check and not fell_back:
-            self.proposals += 1
-            if loo.sample_losses_after is not None and reference_samples is not None:
-                rejected = clearly_worse(loo.sample_losses_after, reference_samples, s.safety_k)
-            else:  # no per-sample losses: compare the means
-                assert reference_loss is not None
-                rejected = clearly_worse(
-                    np.array([loo.loss_after]), np.array([reference_loss]), s.safety_k
-                )
-            if rejected:
-                self.rejections += 1
-                loo = leave_one_out_credit(
-                    round_input.validate,
-                    round_input.global_weights,
-                    reference,
-                    gradients,
-                    s.server_learning_rate,
-                    step_normalised=step_normalised,
-                    validation_gradient=first_order,
-                )
-        applied = reference if rejected else proposal
-        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
-        # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
-        # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
-        delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
-        rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
-        evidence = credit
-        if s.evidence_at_share:
-            # Leave-one-out credit scales with the node's weight: a node held down shows
-            # ever less harm, its record fades and it climbs back (a relapse). Measured at
-            # its data share instead, its record stays what it did per unit of weight.
-            share = data_size.astype(np.float64)
-            gain = np.clip(share / np.maximum(applied, 1e-12), np.exp(-s.upper_bound), None)
-            evidence = credit * np.minimum(gain, s.evidence_max_gain)
-        credit_scale = float(np.mean(np.abs(evidence)))
-        self.running_credit *= np.where(self.running_credit < 0, s.harm_decay, s.credit_decay)
-        increment = evidence / credit_scale if credit_scale > 0 else np.zeros_like(evidence)
-        self.running_credit[present] += increment
-        # Each node's per-round evidence, as an exponentially weighted mean and variance:
-        # the noise against which the shrinkage judges the spread of the running credit.
-        self.evidence_mean[present] += (1.0 - s.credit_decay) * (
-            increment - self.evidence_mean[present]
+        if not check:
+            return loo, False
+        self.proposals += 1
+        if loo.sample_losses_after is not None and ref.sample_losses is not None:
+            rejected = clearly_worse(loo.sample_losses_after, ref.sample_losses, s.safety_k)
+        else:  # no per-sample losses: compare the means
+            assert ref.loss is not None
+            rejected = clearly_worse(np.array([loo.loss_after]), np.array([ref.loss]), s.safety_k)
+        if not rejected:
+            return loo, False
+        self.rejections += 1
+        return (
+            leave_one_out_credit(
+                round_input.validate,
+                round_input.global_weights,
+                ref.weights,
+                gradients,
+                s.server_learning_rate,
+                step_normalised=step_normalised,
+                validation_gradient=first_order,
+            ),
+            True,
         )
-        self.evidence_variance[present] = s.credit_decay * (
-            self.evidence_variance[present]
-            + (1.0 - s.credit_decay) * (increment - self.evidence_mean[present]) ** 2
+
+    def _update_running_credit(
+        self,
+        credit: np.ndarray,
+        data_size: np.ndarray,
+        applied: np.ndarray,
+        present: np.ndarray,
+        bound_factors: np.ndarray,
+        ref: _Reference,
+    ) -> None:
+        """Fold this round's evidence into each node's running credit (the reference's
+        memory): :func:`~accord.aggregation.actor_critic_credit.fold_evidence`."""
+        assert self.running_credit is not None
+        assert self.evidence_mean is not None and self.evidence_variance is not None
+        cosines = None
+        if self.previous_second_gradient is not None:
+            cosines = ref.features.values[:, FEATURE_NAMES.index("cosine_previous")]
+        fold_evidence(
+            RunningCredit(self.running_credit, self.evidence_mean, self.evidence_variance),
+            self.settings,
+            credit,
+            data_size=data_size,
+            applied=applied,
+            present=present,
+            bound_factors=bound_factors,
+            cosines=cosines,
         )
-        # An update that had to be cut down to the norm bound counts against its node.
-        self.running_credit[present] += s.bound_penalty * np.log(np.maximum(bound_factors, 1e-6))
-        if s.alignment_penalty > 0 and self.previous_second_gradient is not None:
-            self.running_credit[present] -= s.alignment_penalty * misalignment(
-                features.values[:, FEATURE_NAMES.index("cosine_previous")],
-                s.alignment_fraction,
-            )
-        # Below −2b the bounded logit is saturated (4·tanh(2) = 3.86 nats down): a deeper
-        # record would only delay the recovery of a node whose fault switched off.
-        np.maximum(self.running_credit, -2.0 * s.bound, out=self.running_credit)
-        full_probabilities = expand_to_roster(applied, present)
-        reward_row = np.zeros(roster_size, dtype=np.float32)
-        reward_row[present] = rewards
-        self.pending = {
-            "x": x,
-            "mask": present.copy(),
-            "anchor": anchor,
-            "action": full_probabilities.astype(np.float32),
-            "reference": expand_to_roster(reference, present).astype(np.float32),
-            "rejected": np.array(float(rejected), dtype=np.float32),
-            "reward": reward_row,
-        }
-        combined = second_gradient(applied, gradients)
-        self.previous_second_gradient = combined
-        self.previous_probabilities = full_probabilities
-        self.rounds_seen += 1
-        self._diagnostics = {
-            "policy_features_seconds": time.perf_counter() - started,
-            "exploration_sigma": self._exploration_sigma(),
-            "mean_abs_credit": float(np.mean(np.abs(credit))),
-            "rejected": float(rejected),
-            "rejection_rate": self.rejections / max(self.proposals, 1),
-            "norm_bounded_nodes": float(np.sum(bound_factors < 1.0)),
-            "reference_is_data_size": float(chosen == 1),
-            "credit_kept": self._diagnostics_shrinkage,
-        }
-        return Aggregation(probabilities=full_probabilities, second_gradient=combined)
 
     def _reference_credit(self, present: np.ndarray) -> np.ndarray:
-        """The running credit the reference acts on: shrunk toward its mean (empirical
-        Bayes, James–Stein) by the share of its spread across nodes that noise explains.
-
-        With ``V`` the variance of the running credit across the present nodes and ``σ²``
-        the variance one node's running credit would have from noise alone (the mean
-        per-round variance of the nodes' evidence times ``1 / (1 − δ²)``), every node's
-        credit keeps ``λ = max(0, 1 − σ²/V)`` of its distance from the mean. Credit that
-        separates the nodes clearly (a fault) is kept whole; credit that does not (clean
-        non-IID data) is shrunk, and the reference falls back toward the data-size weights
-        instead of piling the weight onto the few nodes that the noise favoured.
-        """
+        """The running credit the reference acts on
+        (:func:`~accord.aggregation.actor_critic_credit.reference_credit`)."""
         assert self.running_credit is not None and self.evidence_variance is not None
-        credit = self.running_credit[present]
-        if not self.settings.credit_shrinkage or credit.size < 2:
-            return np.asarray(credit)
-        spread = float(np.var(credit))
-        noise = float(np.mean(self.evidence_variance[present])) / (
-            1.0 - self.settings.credit_decay**2
+        credit, keep = reference_credit(
+            self.running_credit[present], self.evidence_variance[present], self.settings
         )
-        keep = max(0.0, 1.0 - noise / spread) if spread > 0 else 0.0
-        self._diagnostics_shrinkage = keep
-        centre = float(np.mean(credit))
-        return np.asarray(centre + keep * (credit - centre))
+        if keep is not None:
+            self._diagnostics_shrinkage = keep
+        return credit
 
     # -- learning
 
-    def _policy(
-        self,
-        actor: nn.Module,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        log_anchor: torch.Tensor,
-        noise: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        s = self.settings
-        scores = actor(x, mask)
-        if noise is not None:
-            scores = scores + noise
-        logits = bounded_logits_torch(log_anchor, scores, s.bound, s.upper_bound)
-        return masked_softmax(logits, mask)
-
     def learn(self, feedback: RoundFeedback) -> None:
+        """Every ``learn_every`` rounds once the replay holds ``warmup_rounds`` rounds, the
+        critics' and the actor's update
+        (:func:`~accord.aggregation.actor_critic_update.td3_update`)."""
         s = self.settings
         if not s.learning or self.replay is None or self.replay.size < s.warmup_rounds:
             return
         if self.rounds_seen % s.learn_every != 0:
             return
         started = time.perf_counter()
-        critic_losses: list[float] = []
-        for step in range(s.critic_steps):
-            batch = self.replay.sample(self.rng, s.batch_size)
-            mask, next_mask = batch["mask"], batch["next_mask"]
-            with torch.no_grad():
-                noise_np = np.clip(
-                    s.target_noise * self.rng.standard_normal(tuple(next_mask.shape)),
-                    -s.target_noise_clip,
-                    s.target_noise_clip,
-                )
-                next_action = self._policy(
-                    self.target_actor,
-                    batch["next_x"],
-                    next_mask,
-                    batch["next_anchor"],
-                    torch.from_numpy(noise_np).float(),
-                )
-                next_q = self.target_critics(batch["next_x"], next_action, next_mask)
-                next_q = next_q.min(dim=0).values
-                target = batch["reward"] + s.discount * next_q * next_mask.float()
-            weights = mask.float()
-            errors = (self.critics(batch["x"], batch["action"], mask) - target) ** 2
-            loss = (errors * weights).sum() / weights.sum()
-            critic_losses.append(loss.item())
-            # One backward pass for both: the actor's loss sees the critics through
-            # detached parameters, so it moves the actor only (as a separate step would,
-            # at about half the cost of the tiny networks' per-call overhead).
-            act = (step + 1) % s.policy_delay == 0
-            if act:
-                loss = loss + self._actor_loss(batch)
-                self.actor_optimizer.zero_grad()
-            self.critic_optimizer.zero_grad()
-            loss.backward()
-            self.critic_optimizer.step()
-            if act:
-                self.actor_optimizer.step()
-                soft_update(self.target_actor, self.actor, s.target_update)
-                soft_update(self.target_critics, self.critics, s.target_update)
+        critic_losses = td3_update(self, self.replay, self.rng, s)
         self.updates += 1
         self._diagnostics["policy_learn_seconds"] = time.perf_counter() - started
         if critic_losses:
             self._diagnostics["critic_loss"] = float(np.mean(critic_losses))
-
-    def _actor_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        s = self.settings
-        mask = batch["mask"]
-        logits = bounded_logits_torch(
-            batch["anchor"], self.actor(batch["x"], mask), s.bound, s.upper_bound
-        )
-        action = masked_softmax(logits, mask)
-        # Each node's score maximises its own Q_i with the other nodes' weights held fixed.
-        # The shared objective Σ_i Q_i makes the nodes compete for one unit of weight and,
-        # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
-        # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
-        logits = logits.masked_fill(~mask, float("-inf"))
-        own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
-        others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
-        own_action = own / (own + others)
-        frozen = {name: p.detach() for name, p in self.critics.named_parameters()}
-        q_all = functional_call(self.critics, frozen, (batch["x"], own_action, mask))
-        q = (q_all[0] * mask.float()).sum(dim=-1)
-        log_action = torch.log(action.clamp_min(1e-12))
-        anchor = masked_softmax(batch["anchor"], mask)
-        kl = torch.where(mask, action * (log_action - torch.log(anchor.clamp_min(1e-12))), 0.0).sum(
-            dim=-1
-        )
-        loss = (-q + s.kl_weight * kl).mean()
-        rejected = batch["rejected"]
-        if s.imitation_weight > 0 and bool(rejected.any()):
-            reference = batch["reference"]
-            imitation = torch.where(
-                mask & (reference > 0),
-                reference * (torch.log(reference.clamp_min(1e-12)) - log_action),
-                0.0,
-            ).sum(dim=-1)
-            loss = loss + s.imitation_weight * (imitation * rejected).sum() / rejected.sum()
-        return torch.as_tensor(loss)
 
     def diagnostics(self) -> dict[str, float]:
         return dict(self._diagnostics)
