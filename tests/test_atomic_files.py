@@ -66,3 +66,20 @@ def test_an_os_error_while_writing_is_one_line_naming_the_file(tmp_path: Path) -
 def test_a_missing_folder_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"x\.csv: the output directory .*no"):
         write_atomically(tmp_path / "no" / "x.csv", b"x")
+
+
+def test_scratch_files_skip_the_fsyncs_but_stay_atomic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    target = tmp_path / "spill-00001.sealed"
+
+    write_atomically(target, memoryview(bytearray(b"sealed bucket")), durable=False)
+    assert synced == []
+    write_atomically(target, b"again")
+
+    assert target.read_bytes() == b"again"
+    assert len(synced) == 2  # the file and its folder
+    assert leftovers(tmp_path) == []

@@ -37,15 +37,16 @@ def _reason(error: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: StrPath, *, mode: int = 0o666) -> Iterator[Path]:
+def atomic_output(path: StrPath, *, mode: int = 0o666, durable: bool = True) -> Iterator[Path]:
     """Yield a new, empty temporary path next to ``path``; on success fsync it and rename
     it over ``path``.
 
     The file is created with ``mode`` minus the umask (0666: the usual permissions; 0600
-    for a private file). A missing destination folder, or any :class:`OSError` while
-    writing, raises :class:`~accord.errors.ConfigurationError` naming ``path``; any other
-    exception propagates unchanged. Either way the temporary file is gone and ``path`` is
-    untouched.
+    for a private file). ``durable=False`` skips both fsyncs: still atomic, not crash-safe
+    (for scratch files that a crash makes worthless anyway). A missing destination
+    folder, or any :class:`OSError` while writing, raises
+    :class:`~accord.errors.ConfigurationError` naming ``path``; any other exception
+    propagates unchanged. Either way the temporary file is gone and ``path`` is untouched.
     """
     final = Path(path)
     directory = final.parent
@@ -59,11 +60,12 @@ def atomic_output(path: StrPath, *, mode: int = 0o666) -> Iterator[Path]:
     os.close(descriptor)
     try:
         yield temporary
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        if durable:
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
         os.replace(temporary, final)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -71,6 +73,8 @@ def atomic_output(path: StrPath, *, mode: int = 0o666) -> Iterator[Path]:
         if isinstance(exc, OSError):
             raise ConfigurationError(f"{path}: cannot write: {_reason(exc)}") from exc
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
         directory_descriptor = os.open(directory, os.O_RDONLY)
         try:
@@ -79,7 +83,17 @@ def atomic_output(path: StrPath, *, mode: int = 0o666) -> Iterator[Path]:
             os.close(directory_descriptor)
 
 
-def write_atomically(path: StrPath, data: bytes, *, mode: int = 0o666) -> None:
-    """Replace ``path`` by ``data`` atomically and durably (see :func:`atomic_output`)."""
-    with atomic_output(path, mode=mode) as temporary, open(temporary, "wb") as handle:
+def write_atomically(
+    path: StrPath,
+    data: bytes | bytearray | memoryview,
+    *,
+    mode: int = 0o666,
+    durable: bool = True,
+) -> None:
+    """Replace ``path`` by ``data`` atomically (and durably, unless told otherwise; see
+    :func:`atomic_output`)."""
+    with (
+        atomic_output(path, mode=mode, durable=durable) as temporary,
+        open(temporary, "wb") as handle,
+    ):
         handle.write(data)

@@ -33,12 +33,12 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from accord.atomic_files import write_atomically
 from accord.errors import ConfigurationError, InputDataError
 
 __all__ = [
@@ -232,24 +232,8 @@ class RunDirectory:
         return RunManifest.from_json(text, str(where))
 
     def save(self, manifest: RunManifest) -> None:
-        """Write the manifest atomically and durably."""
-        final = self.path / MANIFEST_NAME
-        temporary = self.path / f".{MANIFEST_NAME}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                handle.write(manifest.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-            descriptor = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise ConfigurationError(f"{final}: cannot write: {error.strerror}") from error
+        """Write the manifest atomically and durably (:mod:`accord.atomic_files`)."""
+        write_atomically(self.path / MANIFEST_NAME, manifest.to_json().encode("utf-8"))
 
     # -------------------------------------------------------------- bucket files
 
@@ -278,17 +262,9 @@ class RunDirectory:
         self._appending.clear()
 
     def write(self, kind: str, bucket: int, data: bytes | bytearray | memoryview) -> None:
-        """Write a whole bucket file (temporary file, then rename; no fsync, see above)."""
-        final = self.bucket_path(kind, bucket)
-        temporary = final.with_name(f".{final.name}.tmp")
-        try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, final)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise ConfigurationError(f"{final}: cannot write: {error.strerror}") from error
+        """Write a whole bucket file (temporary file, then rename; no fsync, see above;
+        :func:`accord.atomic_files.write_atomically`)."""
+        write_atomically(self.bucket_path(kind, bucket), data, durable=False)
 
     def read(self, kind: str, bucket: int) -> bytearray:
         """A whole bucket file (missing: a clear error naming it)."""
