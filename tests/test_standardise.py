@@ -103,7 +103,10 @@ def test_bad_input_is_one_clear_error() -> None:
     with pytest.raises(InputDataError, match="expected samples with 2 features"):
         Standardisation.fit(np.ones((3, 2))).apply(np.ones((3, 4)))
     named = Standardisation.fit(np.ones((3, 2)), ("a", "b"))
-    with pytest.raises(ConfigurationError, match="missing column\\(s\\) b; extra column\\(s\\) c"):
+    with pytest.raises(
+        ConfigurationError,
+        match="missing column\\(s\\) c; extra column\\(s\\) b in the standardisation",
+    ):
         named.check_features(("a", "c"), "new.csv")
     assert column_difference(("a", "b"), ("b", "a")) == "columns in another order"
 

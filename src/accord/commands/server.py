@@ -154,6 +154,14 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     data.add_argument("--validation-data", default=None, help="CSV/Parquet validation file")
     data.add_argument("--test-data", default=None, help="CSV/Parquet test file")
     data.add_argument("--label-column", default=None, help="label column of those [label]")
+    data.add_argument(
+        "--standardise-from",
+        default=None,
+        metavar="FILE",
+        help="standardise every node's and the server's data with this transform: a saved "
+        "transform (.json, e.g. a run folder's model.json) or a CSV/Parquet file to fit it on "
+        "[default: the nodes' combined statistics, sent at registration]",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -427,7 +435,9 @@ def _run(args: argparse.Namespace) -> int:
     from accord.federation.driver import StopRequest
 
     if args.resume is not None:
-        refuse_run_options(args, ("validation_data", "test_data", "label_column"))
+        refuse_run_options(
+            args, ("validation_data", "test_data", "label_column", "standardise_from")
+        )
         settings: ServerSettings | None = None
         max_rounds = None
     else:
@@ -441,6 +451,7 @@ def _run(args: argparse.Namespace) -> int:
             validation_data=args.validation_data,
             test_data=args.test_data,
             label_column=args.label_column or "label",
+            standardise_from=args.standardise_from,
         )
         max_rounds = run_settings.stop.max_rounds
     from accord.federation.server import TransportSettings

@@ -231,8 +231,9 @@ class Standardisation:
             return
         if tuple(feature_names) != self.feature_names:
             raise ConfigurationError(
-                f"{where}: {column_difference(self.feature_names, feature_names)} "
-                "compared with the standardisation's columns"
+                f"{where}: the standardisation was fitted on other columns than the data's "
+                f"({column_difference(feature_names, self.feature_names)} in the "
+                "standardisation)"
             )
 
 

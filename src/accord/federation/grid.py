@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from accord.aggregation.base import FloatArray
+from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError
 from accord.federation.fingerprint import SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
@@ -51,6 +52,9 @@ class NodeInfo:
     n_classes: int
     validation_sample_count: int = 0
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
+    #: The moments of its training features, when it asks for the run's global
+    #: standardisation (``None``: its data needs none, or it scales its data itself).
+    feature_moments: FeatureMoments | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,11 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:
         return f"the model takes {spec.n_features} features; the node has {info.n_features}"
+    if info.feature_moments is not None and info.feature_moments.n_features != info.n_features:
+        return (
+            f"the node's feature moments cover {info.feature_moments.n_features} features; "
+            f"it has {info.n_features}"
+        )
     if info.n_classes > spec.n_classes:
         return (
             f"the model has {spec.n_classes} classes (labels 0..{spec.n_classes - 1}); the node "
@@ -125,6 +134,14 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
 
 class Grid(ABC):
     """The nodes of a run as the round driver sees them."""
+
+    #: The run's feature transform, sent with every round start that carries full weights
+    #: (set once the roster is fixed; ``None``: the run standardises nothing).
+    standardisation: Standardisation | None = None
+
+    def set_standardisation(self, standardisation: Standardisation | None) -> None:
+        """Send ``standardisation`` to the nodes from the next round start on."""
+        self.standardisation = standardisation
 
     @abstractmethod
     def connected(self) -> dict[str, NodeInfo]:
@@ -192,7 +209,11 @@ class NodeEndpoint(Protocol):
     def configure(self, spec: RunSpec) -> None: ...
 
     def start_round(
-        self, round_index: int, weights: FloatArray | None, weights_sha256: bytes
+        self,
+        round_index: int,
+        weights: FloatArray | None,
+        weights_sha256: bytes,
+        standardisation: Standardisation | None = None,
     ) -> FloatArray: ...
 
     def apply_second_gradient(
@@ -260,8 +281,13 @@ class InMemoryGrid(Grid):
                 replies.failures[node] = "not connected"
                 continue
             try:
-                replies.values[node] = self._endpoints[node].start_round(
-                    round_index, np.array(weights), digest
+                endpoint = self._endpoints[node]
+                replies.values[node] = (
+                    endpoint.start_round(round_index, np.array(weights), digest)
+                    if self.standardisation is None
+                    else endpoint.start_round(
+                        round_index, np.array(weights), digest, self.standardisation
+                    )
                 )
             except AccordError as error:
                 replies.failures[node] = f"node reported: {error}"

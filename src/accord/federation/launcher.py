@@ -322,7 +322,7 @@ def serve(
 
     from accord.config import SimulateConfig, simulate_config_to_toml
     from accord.federation.driver import FederatedRun, StopRequest, load_run_checkpoint
-    from accord.federation.engine import load_server_data, prepare_run
+    from accord.federation.engine import load_server_data, prepare_run, standardisation_fit
     from accord.federation.server import GrpcGrid, format_address
     from accord.reporting import RunFolder
 
@@ -361,6 +361,7 @@ def serve(
         scenario = build_scenario(settings.run.scenario)
     data = load_server_data(settings, scenario)
     spec, factory = prepare_run(settings, data, run_id)
+    fit_standardisation = standardisation_fit(settings, data)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
         if resume is None:
@@ -438,6 +439,7 @@ def serve(
         after_round=after_round,
         stop_request=stop,
         end_nodes_when_interrupted=end_nodes_when_interrupted,
+        fit_standardisation=fit_standardisation,
     )
     result = run.run()
     if not result.rounds:

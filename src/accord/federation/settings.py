@@ -75,7 +75,9 @@ class ServerSettings:
     ``run`` holds the same scenario, model, local-training, round, stop and policy settings
     as ``accord simulate``; ``policy`` names the weighting policy; ``validation_data`` and
     ``test_data`` are CSV/Parquet files (with ``label_column``) the server scores on instead
-    of the scenario's held-out sets.
+    of the scenario's held-out sets; ``standardise_from`` (with ``validation_data``) a
+    saved transform (``.json``) or a CSV/Parquet file whose statistics standardise every
+    node's and the server's data, instead of the nodes' combined statistics.
     """
 
     run: SimulationSettings = field(default_factory=SimulationSettings)
@@ -84,11 +86,17 @@ class ServerSettings:
     validation_data: str | None = None
     test_data: str | None = None
     label_column: str = "label"
+    standardise_from: str | None = None
 
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, POLICIES)
         if self.test_data is not None and self.validation_data is None:
             raise ConfigurationError("test_data: give validation_data as well")
+        if self.standardise_from is not None and self.validation_data is None:
+            raise ConfigurationError(
+                "standardise_from: give validation_data as well (a built-in scenario's data "
+                "is already scaled)"
+            )
 
     @property
     def expected_nodes(self) -> int:

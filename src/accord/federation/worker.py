@@ -9,6 +9,11 @@ run and an in-process run of the same scenario reach the same metrics.
 
 Everything the server sends is checked before it is applied: dtype float32, shape
 ``(dim,)``, finite values, and the SHA-256 digest of the weights it should produce.
+
+A worker made with ``global_standardisation=True`` (``accord node --data`` by default)
+holds its samples as read, reports their moments at registration, and trains only once the
+server has sent the run's :class:`~accord.data.standardise.Standardisation` (with the first
+full weights); it then trains and validates on the standardised samples.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray, ValidationFn
 from accord.data.faults import NodeFault, flip_labels, node_first_gradient
+from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import InputDataError, ProtocolError
 from accord.federation.grid import Evaluation, NodeInfo, RunSpec
 from accord.federation.naming import check_node_id
@@ -46,6 +52,7 @@ class NodeWorker:
         seed: int,
         validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
         fault: NodeFault | None = None,
+        global_standardisation: bool = False,
     ) -> None:
         problem = check_node_id(node_id)
         if problem is not None:
@@ -63,6 +70,15 @@ class NodeWorker:
         self.seed = seed
         self.validation = validation
         self.fault = fault
+        #: The samples as given, when the run's standardisation is still to be applied.
+        self.raw: (
+            tuple[
+                npt.NDArray[np.float32],
+                tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None,
+            ]
+            | None
+        ) = (self.features, validation) if global_standardisation else None
+        self.standardisation: Standardisation | None = None
         self.spec: RunSpec | None = None
         self.trainer: LocalTrainer | None = None
         self.flipped_trainer: LocalTrainer | None = None  # a label flipper's faulty rounds
@@ -80,6 +96,7 @@ class NodeWorker:
             n_features=int(self.features.shape[1]),
             n_classes=label_max + 1,
             validation_sample_count=0 if self.validation is None else len(self.validation[1]),
+            feature_moments=None if self.raw is None else FeatureMoments.of(self.raw[0]),
         )
 
     def configure(self, spec: RunSpec) -> None:
@@ -93,6 +110,9 @@ class NodeWorker:
         if self.spec is not None and replace(self.spec, run_id=spec.run_id) == spec:
             self.spec = spec
             return
+        self._build(spec)
+
+    def _build(self, spec: RunSpec) -> None:
         model = build_model(spec.model, spec.n_features, spec.n_classes, self.seed)
         trainer = LocalTrainer(model, self.features, self.labels, spec.local, self.seed)
         if trainer.flat.dim != spec.dim:
@@ -125,9 +145,17 @@ class NodeWorker:
         return self._digest is not None and self._digest == weights_sha256
 
     def start_round(
-        self, round_index: int, weights: FloatArray | None, weights_sha256: bytes
+        self,
+        round_index: int,
+        weights: FloatArray | None,
+        weights_sha256: bytes,
+        standardisation: Standardisation | None = None,
     ) -> FloatArray:
-        """Take ``w_t`` (or check the local copy against its digest); return ``g_i``."""
+        """Take ``w_t`` (or check the local copy against its digest) and the run's
+        standardisation, if this node waits for one; return ``g_i``."""
+        self._ready()
+        if self.raw is not None:
+            self._standardise(standardisation)
         spec, trainer = self._ready()
         if weights is not None:
             weights = check_weights(weights, spec.dim, "global weights")
@@ -141,6 +169,36 @@ class NodeWorker:
             raise ProtocolError("the local copy of the global weights is out of date")
         assert self.weights is not None
         return self._first_gradient(trainer, self.weights, round_index)
+
+    def _standardise(self, standardisation: Standardisation | None) -> None:
+        """Apply the run's transform to the samples as given (once; again only if the
+        server sends a different one), or refuse to train without one."""
+        assert self.raw is not None and self.spec is not None
+        if standardisation is None:
+            if self.standardisation is None:
+                raise ProtocolError(
+                    "this node standardises its data with the run's global statistics, and "
+                    "the server sent none (start the node with --standardise own or off to "
+                    "train on data the server does not standardise)"
+                )
+            return
+        if self.standardisation is not None and (
+            np.array_equal(standardisation.mean, self.standardisation.mean)
+            and np.array_equal(standardisation.scale, self.standardisation.scale)
+        ):
+            return
+        if standardisation.n_features != self.raw[0].shape[1]:
+            raise ProtocolError(
+                f"the server's standardisation covers {standardisation.n_features} features; "
+                f"this node has {self.raw[0].shape[1]}"
+            )
+        features, validation = self.raw
+        self.features = standardisation.apply(features)
+        if validation is not None:
+            self.validation = (standardisation.apply(validation[0]), validation[1])
+        self.standardisation = standardisation
+        self._build(self.spec)
+        logger.info("node %s: data standardised with the run's global statistics", self.node_id)
 
     def _first_gradient(
         self, trainer: LocalTrainer, weights: FloatArray, round_index: int

@@ -2,8 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -34,7 +33,7 @@ class TensorChunk(_message.Message):
     offset: int
     data: bytes
     last: bool
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("kind", "hidden")
@@ -43,6 +42,24 @@ class ModelSpec(_message.Message):
     kind: str
     hidden: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FeatureMoments(_message.Message):
+    __slots__ = ("count", "sums", "sums_of_squares")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    SUMS_OF_SQUARES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    sums: _containers.RepeatedScalarFieldContainer[float]
+    sums_of_squares: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, count: _Optional[int] = ..., sums: _Optional[_Iterable[float]] = ..., sums_of_squares: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Standardisation(_message.Message):
+    __slots__ = ("mean", "scale")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    scale: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, mean: _Optional[_Iterable[float]] = ..., scale: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LocalTraining(_message.Message):
     __slots__ = ("learning_rate", "epochs", "batch_size", "momentum")
@@ -57,7 +74,7 @@ class LocalTraining(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version", "fingerprint")
+    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version", "fingerprint", "feature_moments")
     class FingerprintEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +90,7 @@ class Register(_message.Message):
     VALIDATION_SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     sample_count: int
@@ -81,7 +99,8 @@ class Register(_message.Message):
     validation_sample_count: int
     software_version: str
     fingerprint: _containers.ScalarMap[str, str]
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    feature_moments: FeatureMoments
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ..., feature_moments: _Optional[_Union[FeatureMoments, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "run_id", "node_id", "model", "n_features", "n_classes", "dim", "local", "server_learning_rate", "federated_evaluation", "next_round")
@@ -107,17 +126,19 @@ class Welcome(_message.Message):
     server_learning_rate: float
     federated_evaluation: bool
     next_round: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: _Optional[bool] = ..., next_round: _Optional[int] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: bool = ..., next_round: _Optional[int] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_index", "weights_sha256", "global_weights")
+    __slots__ = ("round_index", "weights_sha256", "global_weights", "standardisation")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    STANDARDISATION_FIELD_NUMBER: _ClassVar[int]
     round_index: int
     weights_sha256: bytes
     global_weights: TensorChunk
-    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+    standardisation: Standardisation
+    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
 
 class FirstGradient(_message.Message):
     __slots__ = ("round_index", "gradient", "train_seconds")
