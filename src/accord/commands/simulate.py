@@ -834,8 +834,23 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
         startup["simulations_ready"],
     )
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
+    from accord.reporting.model_files import (
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    export = ModelExport(
+        folder.path,
+        model=settings.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=scenario_feature_names(data.n_features),
+        policies=config.policies,
+        input_note=SCENARIO_INPUT_NOTE,
+    )
     return _drive(
-        args, config.policies, simulations, data, settings, folder, quiet, started, startup
+        args, config.policies, simulations, data, settings, folder, quiet, started, startup, export
     )
 
 
@@ -887,10 +902,12 @@ def _drive(
     quiet: bool,
     started: float,
     startup: Mapping[str, float],
+    export: Any,
 ) -> int:
-    """Run the policies round by round. A policy whose model diverges, or that gives a
-    malformed answer, ends alone (its stop reason says why and in which round); the others
-    go on. Exit: 130 on Ctrl-C, 1 if a policy failed, 4 if one diverged, else 0."""
+    """Run the policies round by round; ``export`` writes each policy's models. A policy
+    whose model diverges, or that gives a malformed answer, ends alone (its stop reason says
+    why and in which round); the others go on. Exit: 130 on Ctrl-C, 1 if a policy failed,
+    4 if one diverged, else 0."""
     from tqdm import tqdm
 
     from accord.commands.exit_codes import ExitCode
@@ -961,6 +978,12 @@ def _drive(
                     timing["process_to_first_round_done_seconds"] = _entry_age()
                 rounds[name].append(timed)
                 folder.append_round(name, timed)
+                export.round_done(
+                    name,
+                    timed.record.round_index,
+                    simulations[name].engine.global_weights,
+                    timed.record.validation_accuracy_after,
+                )
                 spent[name] += timed.round_seconds
                 record = timed.record
                 mass = faulty_mass(record, timed.faulty if timed.faulty is not None else faulty)
@@ -1018,6 +1041,12 @@ def _drive(
         )
         for name in policies
     ]
+    for result in results:
+        if result.rounds:
+            engine = simulations[result.policy].engine
+            export.finish(
+                result.policy, result.rounds[-1].record.round_index, engine.global_weights
+            )
     summary = _summary(results, simulations, data, settings, timing)
     folder.write_summary(summary)
     if failure is not None:

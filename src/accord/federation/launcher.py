@@ -406,9 +406,41 @@ def serve(
             logger.warning("failpoint: killing the server after round %d", rounds_done)
             os.kill(os.getpid(), signal.SIGKILL)
 
+    from accord.reporting.model_files import (
+        FILE_INPUT_NOTE,
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    export = ModelExport(
+        run_dir,
+        model=settings.run.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=data.feature_names or scenario_feature_names(data.n_features),
+        policies=(settings.policy,),
+        label_column=settings.label_column,
+        input_note=SCENARIO_INPUT_NOTE if data.feature_names is None else FILE_INPUT_NOTE,
+    )
+
+    def restart(rounds: tuple[Any, ...]) -> None:
+        report.restart(rounds)
+        export.restart(
+            settings.policy,
+            [(t.record.round_index, t.record.validation_accuracy_after) for t in rounds],
+        )
+
     def round_done(timed: Any) -> None:
         record = timed.record
         report.append(timed)
+        assert run.engine is not None
+        export.round_done(
+            settings.policy,
+            record.round_index,
+            run.engine.global_weights,
+            record.validation_accuracy_after,
+        )
         logger.log(
             logging.DEBUG if progress is not None else logging.INFO,  # else the table says it
             "round %d: validation accuracy %s, test accuracy %s, %d/%d nodes, %.3f s",
@@ -435,7 +467,7 @@ def serve(
         checkpoint_path=run_dir / CHECKPOINT_FILE,
         resume=state,
         on_round=round_done,
-        on_resume=report.restart,
+        on_resume=restart,
         after_round=after_round,
         stop_request=stop,
         end_nodes_when_interrupted=end_nodes_when_interrupted,
@@ -446,6 +478,8 @@ def serve(
         logger.info("run %s stopped before its first round: %s", run_id, result.stop_reason)
         return ServedRun(run_dir, 0, result.stop_reason)
     assert run.engine is not None
+    export.standardisation = run.standardisation
+    export.finish(settings.policy, run.engine.round_index - 1, run.engine.global_weights)
     summary = report.summary(
         result,
         settings,
