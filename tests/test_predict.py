@@ -152,3 +152,42 @@ def test_a_run_of_several_policies_names_a_model_per_policy(tmp_path: Path) -> N
         load_model(run_dir)
     module, _ = load_model(run_dir, policy="median", which="best")
     assert not module.training
+
+
+def test_the_best_model_follows_validation_accuracy_across_a_resume(tmp_path: Path) -> None:
+    # Arrange: rounds 0-2 scored 0.5, 0.7, 0.6 before an interruption
+    from accord.reporting.model_files import ModelExport
+    from accord.training.models import ModelSpec
+
+    def export() -> ModelExport:
+        return ModelExport(
+            tmp_path,
+            model=ModelSpec("logistic"),
+            n_features=2,
+            n_classes=2,
+            feature_names=("a", "b"),
+            policies=("fedavg",),
+        )
+
+    def weights(value: float) -> np.ndarray:
+        return np.full(6, value, dtype=np.float32)
+
+    first = export()
+    for round_index, accuracy in enumerate((0.5, 0.7, 0.6)):
+        first.round_done("fedavg", round_index, weights(round_index), accuracy)
+
+    # Act: the resumed run knows the earlier rounds; round 3 is worse, round 4 better
+    resumed = export()
+    resumed.restart("fedavg", [(0, 0.5), (1, 0.7), (2, 0.6)])
+    resumed.round_done("fedavg", 3, weights(3.0), 0.65)
+    best_before_round_4 = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    resumed.round_done("fedavg", 4, weights(4.0), float("nan"))  # a diverged score
+    resumed.finish("fedavg", 4, weights(4.0))
+
+    # Assert
+    assert best_before_round_4["bias"].tolist() == [1.0, 1.0]  # round 1's weights
+    info = read_model_info(tmp_path)
+    assert info.policies["fedavg"]["best_round"] == 1
+    assert info.policies["fedavg"]["final_round"] == 4
+    final, _ = load_model(tmp_path)
+    assert final.state_dict()["bias"].tolist() == [4.0, 4.0]

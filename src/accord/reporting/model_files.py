@@ -167,22 +167,23 @@ class ModelExport:
     def finish(self, policy: str, round_index: int | None, weights: FloatArray) -> None:
         """The final model of ``policy`` (after round ``round_index``), and ``model.json``."""
         entry = self._models[policy]
-        self._save(entry.final, weights)
-        entry.final_round = round_index
-        if entry.best_round is None:  # no round scored: the final model is the best known
-            self._save(entry.best, weights)
+        if self._save(entry.final, weights):  # not when the model diverged
+            entry.final_round = round_index
+            if entry.best_round is None:  # no round scored: the final model is the best known
+                self._save(entry.best, weights)
         self.write_info()
 
-    def _save(self, name: str, weights: FloatArray) -> None:
+    def _save(self, name: str, weights: FloatArray) -> bool:
         import torch
 
         if not np.all(np.isfinite(weights)):
             logger.warning("%s not written: the weights are not finite", name)
-            return
+            return False
         self._flat.set_flat(np.array(weights, dtype=np.float32))  # a writable copy
         buffer = io.BytesIO()
         torch.save(self._flat.module.state_dict(), buffer)
         write_atomically(self.folder / name, buffer.getvalue())
+        return True
 
     def write_info(self) -> Path:
         data = {
@@ -199,14 +200,14 @@ class ModelExport:
             "input": self.input_note,
             "policies": {
                 policy: {
-                    "final": entry.final,
+                    "final": None if entry.final_round is None else entry.final,
                     "final_round": entry.final_round,
                     "best": entry.best,
                     "best_round": entry.best_round,
                     "best_validation_accuracy": entry.best_validation_accuracy,
                 }
                 for policy, entry in self._models.items()
-                if entry.final_round is not None or (self.folder / entry.final).exists()
+                if entry.final_round is not None or entry.best_round is not None
             },
         }
         path = self.folder / MODEL_INFO_FILE
@@ -272,7 +273,13 @@ def load_model(
             f"--policy: expected one of {', '.join(info.policies)} (the run's policies), "
             f"got {policy!r}"
         )
-    path = run_dir / str(info.policies[policy][which])
+    name = info.policies[policy][which]
+    if name is None:
+        raise InputDataError(
+            f"--model {run_dir}: policy {policy} has no {which} model (its weights were not "
+            "finite at the end); try --which best"
+        )
+    path = run_dir / str(name)
     if not path.is_file():
         raise InputDataError(f"--model {run_dir}: no {path.name} (the {which} model file)")
     module = build_model(info.model, info.n_features, info.n_classes, 0)
