@@ -429,7 +429,7 @@ ATTACKS = textwrap.dedent(
     def token(node):
         return read(f"{good}/{node}/token").decode().strip()
 
-    def attempt(node_id, cert_dir=None, bearer=None, plaintext=False, version=1):
+    def attempt(node_id, cert_dir=None, bearer=None, plaintext=False, version=2):
         if plaintext:
             channel = grpc.insecure_channel(address)
         else:
@@ -448,7 +448,7 @@ ATTACKS = textwrap.dedent(
                 return "JOINED:" + reply.WhichOneof("body")
             return "CLOSED"
         except grpc.RpcError as error:
-            if version != 1:
+            if version != 2:
                 return error.code().name + ": " + error.details()
             return error.code().name
         finally:
@@ -466,8 +466,8 @@ ATTACKS = textwrap.dedent(
         "revoked certificate, current token": attempt(
             "node-02", cert_dir=revoked, bearer=token("node-02")),
         "plaintext": attempt("node-02", plaintext=True),
-        "protocol version 2": attempt(
-            "node-02", cert_dir=f"{good}/node-02", bearer=token("node-02"), version=2),
+        "protocol version 1": attempt(
+            "node-02", cert_dir=f"{good}/node-02", bearer=token("node-02"), version=1),
     }))
     """
 )
@@ -568,8 +568,8 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         "certificate from another CA": "UNAVAILABLE",
         "revoked certificate, current token": "UNAUTHENTICATED",
         "plaintext": "UNAVAILABLE",
-        "protocol version 2": "FAILED_PRECONDITION: protocol version 2 is not supported; "
-        "this server speaks version 1",
+        "protocol version 1": "FAILED_PRECONDITION: protocol version 1 is not supported; "
+        "this server speaks version 2",
     }
     assert rogue_code == ExitCode.REFUSED
     assert "refused this node's credentials: credentials refused" in processes.log("rogue-node")

@@ -45,6 +45,7 @@ from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.server import GrpcGrid, TransportSettings
 from accord.federation.settings import ServerSettings, settings_from_json, settings_to_json
 from accord.federation.tensors import (
+    PROTOCOL_VERSION,
     TensorAssembler,
     check_weights,
     decode_tensor,
@@ -772,7 +773,11 @@ def test_a_node_admitted_before_the_roster_is_fixed_and_left_out_is_told_why() -
     try:
         register = pb.NodeMessage(
             register=pb.Register(
-                protocol_version=1, node_id="node-03", sample_count=10, n_features=64, n_classes=10
+                protocol_version=PROTOCOL_VERSION,
+                node_id="node-03",
+                sample_count=10,
+                n_features=64,
+                n_classes=10,
             )
         )
 
@@ -1108,7 +1113,11 @@ def test_an_interrupt_cuts_a_round_short_after_its_grace() -> None:
     try:
         register = pb.NodeMessage(
             register=pb.Register(
-                protocol_version=1, node_id="node-00", sample_count=10, n_features=64, n_classes=10
+                protocol_version=PROTOCOL_VERSION,
+                node_id="node-00",
+                sample_count=10,
+                n_features=64,
+                n_classes=10,
             )
         )
 
@@ -1221,9 +1230,12 @@ def test_a_diverged_record_survives_the_checkpoint_json() -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"format": "accord-federation-run"}', "expected a run_id (text) and settings"),
         (
-            '{"format": "accord-federation-run", "run_id": "r", "settings": {}, '
+            '{"format": "accord-federation-run", "version": 2}',
+            "expected a run_id (text) and settings",
+        ),
+        (
+            '{"format": "accord-federation-run", "version": 2, "run_id": "r", "settings": {}, '
             '"transport": {"host": "h"}}',
             "transport: expected a host (text) and a port (integer)",
         ),

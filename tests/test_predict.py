@@ -191,3 +191,32 @@ def test_the_best_model_follows_validation_accuracy_across_a_resume(tmp_path: Pa
     assert info.policies["fedavg"]["final_round"] == 4
     final, _ = load_model(tmp_path)
     assert final.state_dict()["bias"].tolist() == [4.0, 4.0]
+
+
+def test_a_user_apps_model_is_saved_as_its_modules_state_dict(tmp_path: Path) -> None:
+    # Arrange: a model with BatchNorm buffers (float running statistics, an int64 counter)
+    from accord.reporting.model_files import ModelExport
+    from accord.training.weights import WeightLayout
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    module.train()
+    module(torch.randn(8, 3))  # moves the running statistics off their initial values
+    layout = WeightLayout.of_module(module)
+    state = {name: tensor.numpy().copy() for name, tensor in module.state_dict().items()}
+    flat = layout.flatten(state)
+    export = ModelExport(
+        tmp_path, policies=("fedavg",), layout=layout, app="my_app:server", input_note="app"
+    )
+
+    # Act
+    export.finish("fedavg", 0, flat, layout.buffers_of(state))
+
+    # Assert: the user's own module loads it, buffers included; predict says what to do
+    rebuilt = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    rebuilt.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], tensor), name
+    assert rebuilt.state_dict()["1.num_batches_tracked"].dtype == torch.int64
+    with pytest.raises(Exception, match=r"user app 'my_app:server'.*load_state_dict"):
+        read_model_info(tmp_path)

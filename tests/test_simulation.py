@@ -66,8 +66,8 @@ def test_gradient_faults_reach_the_server(kind: str) -> None:
     sim = Simulation(_settings(StopConditions(max_rounds=1), FaultSpec(kind, 2, 3.0)), "fedavg")
     weights = np.array(sim.engine.global_weights)
     sent = sim.first_gradients(weights, 0)
-    for node, trainer in zip(sim.data.nodes, sim.trainers, strict=True):
-        honest = trainer.first_gradient(weights, 0)
+    for node, tabular in zip(sim.data.nodes, sim.nodes, strict=True):
+        honest = tabular.trainer.first_gradient(weights, 0)
         if not node.faulty:
             np.testing.assert_array_equal(sent[node.node_id], honest)
         elif kind == "free-rider":

@@ -40,10 +40,12 @@ from accord.aggregation.base import (
     ValidationFn,
     ValidationScores,
 )
-from accord.errors import ConfigurationError, ProtocolError
+from accord.errors import AccordError, ConfigurationError, ProtocolError
+from accord.training.weights import WeightLayout, Weights, combine_buffers
 
 __all__ = [
     "DivergedError",
+    "NodeUpdate",
     "PendingRound",
     "RoundEngine",
     "RoundRecord",
@@ -93,6 +95,15 @@ def check_first_gradient(gradient: object, dim: int) -> str | None:
 
 
 @dataclass(frozen=True)
+class NodeUpdate:
+    """A node's answer in a round of a model with buffers: its first gradient (flat, over
+    the trainable arrays) and its buffers after local training (by name)."""
+
+    first_gradient: FloatArray
+    buffers: Weights
+
+
+@dataclass(frozen=True)
 class PendingRound:
     """A round whose second gradient is known but whose outcome is not yet scored."""
 
@@ -102,6 +113,9 @@ class PendingRound:
     aggregation: Aggregation
     new_weights: FloatArray
     aggregate_seconds: float
+    #: The round's combined buffers (see :func:`accord.training.weights.combine_buffers`);
+    #: empty for a model without buffers.
+    new_buffers: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,8 @@ class RoundEngine:
         test: TestFn | None = None,
         settings: RoundSettings | None = None,
         server_update: ServerUpdateFn | None = None,
+        layout: WeightLayout | None = None,
+        initial_buffers: Weights | None = None,
     ) -> None:
         if len(roster) == 0 or len(set(roster)) != len(roster):
             raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
@@ -183,6 +199,15 @@ class RoundEngine:
         self.settings = settings or RoundSettings()
         self.round_index = 0
         self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
+        #: The model's layout when it has buffers (then every node answers a NodeUpdate).
+        self.layout = layout if layout is not None and layout.buffers else None
+        self._buffers: dict[str, Any] = {}
+        if self.layout is not None:
+            if initial_buffers is None:
+                raise ConfigurationError("initial_buffers: the model has buffers; none given")
+            self.layout.check(initial_buffers, "initial buffers", buffers_only=True)
+            self._buffers = {k: np.array(v) for k, v in initial_buffers.items()}
+            self._set_scorer_buffers(self._buffers)
         self._scores_of_current: tuple[float, float] | None = None  # (loss, accuracy) of w_t
         self._federated_accuracy: float | None = None  # nodes' accuracy of w_t, if federated
         self.diverged: str | None = None  # why the run cannot go on, once it diverged
@@ -193,6 +218,34 @@ class RoundEngine:
         view = self._weights.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def global_buffers(self) -> dict[str, Any]:
+        """The buffers of ``w_t`` (copies); empty for a model without buffers."""
+        return {name: array.copy() for name, array in self._buffers.items()}
+
+    def _set_scorer_buffers(self, buffers: Weights) -> None:
+        for scorer in (self.validate, self.test):
+            set_buffers = getattr(scorer, "set_buffers", None)
+            if set_buffers is not None:
+                set_buffers(buffers)
+
+    def _split_update(self, answer: object) -> tuple[object, Weights | None, str | None]:
+        """(first gradient, buffers, why unusable) of one node's answer."""
+        if self.layout is None:
+            if isinstance(answer, NodeUpdate):
+                return answer.first_gradient, None, None
+            return answer, None, None
+        if not isinstance(answer, NodeUpdate):
+            return answer, None, "the model has buffers; the node sent none"
+        try:
+            self.layout.check(answer.buffers, "buffers", buffers_only=True)
+        except AccordError as error:
+            return answer.first_gradient, None, str(error)
+        for name, array in answer.buffers.items():
+            if np.issubdtype(np.asarray(array).dtype, np.floating) and not np.isfinite(array).all():
+                return answer.first_gradient, None, f"buffer {name} contains NaN or Inf"
+        return answer.first_gradient, answer.buffers, None
 
     @property
     def dim(self) -> int:
@@ -213,15 +266,21 @@ class RoundEngine:
         number = self.round_index + 1  # rounds in messages count from 1, as in the tables
         dropped: dict[str, str] = dict(failures or {})
         usable: dict[str, FloatArray] = {}
+        node_buffers: dict[str, Weights] = {}
         for node in self.roster:
             if node in dropped:
                 continue
             if node not in first_gradients:
                 dropped[node] = "no first gradient this round"
                 continue
-            reason = check_first_gradient(first_gradients[node], self.dim)
-            if reason is None:
-                usable[node] = first_gradients[node]  # type: ignore[assignment]
+            gradient, buffers, buffer_problem = self._split_update(first_gradients[node])
+            reason = check_first_gradient(gradient, self.dim)
+            if reason is None and buffer_problem is None:
+                usable[node] = gradient  # type: ignore[assignment]
+                if buffers is not None:
+                    node_buffers[node] = buffers
+            elif reason is None:
+                dropped[node] = f"malformed buffers: {buffer_problem}"
             else:
                 dropped[node] = f"malformed first gradient: {reason}"
         unknown = sorted(set(first_gradients) - set(self.roster))
@@ -235,6 +294,16 @@ class RoundEngine:
             raise ProtocolError(f"round {number}: no usable first gradient")
         present_mask = np.array([node in usable for node in self.roster], dtype=bool)
         stacked = np.stack([usable[node] for node in self.roster if node in usable])
+        new_buffers: dict[str, Any] = {}
+        if self.layout is not None:
+            present_nodes = [node for node in self.roster if node in usable]
+            new_buffers = combine_buffers(
+                [node_buffers[node] for node in present_nodes],
+                [self.sample_counts[self.roster.index(node)] for node in present_nodes],
+                self.layout,
+            )
+            # The policy scores its candidates with this round's buffers.
+            self._set_scorer_buffers(new_buffers)
         round_input = RoundInput(
             round_index=self.round_index,
             roster=self.roster,
@@ -262,6 +331,7 @@ class RoundEngine:
             aggregation=aggregation,
             new_weights=new_weights.astype(np.float32),
             aggregate_seconds=aggregate_seconds,
+            new_buffers=new_buffers,
         )
 
     def conclude(
@@ -325,6 +395,8 @@ class RoundEngine:
         if federated_accuracy_after is not None:
             self._federated_accuracy = federated_accuracy_after
         self._weights = pending.new_weights
+        if self.layout is not None:
+            self._buffers = dict(pending.new_buffers)
         self._scores_of_current = (
             (loss_after, accuracy_after)
             if loss_after is not None and accuracy_after is not None and self.validate is not None
@@ -360,6 +432,7 @@ class RoundEngine:
         return {
             "round_index": self.round_index,
             "weights": self._weights.copy(),
+            "buffers": self.global_buffers,
             "scores_of_current": self._scores_of_current,
             "federated_accuracy": self._federated_accuracy,
             "aggregator": self.aggregator.state_dict(),
@@ -373,6 +446,11 @@ class RoundEngine:
             )
         self.round_index = int(state["round_index"])
         self._weights = weights.copy()
+        if self.layout is not None:
+            buffers = state.get("buffers") or {}
+            self.layout.check(buffers, "checkpoint buffers", buffers_only=True)
+            self._buffers = {k: np.array(v) for k, v in buffers.items()}
+            self._set_scorer_buffers(self._buffers)
         scores = state["scores_of_current"]
         self._scores_of_current = None if scores is None else (float(scores[0]), float(scores[1]))
         federated = state.get("federated_accuracy")

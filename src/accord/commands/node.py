@@ -30,6 +30,21 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--scenario-node", type=int, default=None, metavar="K", help="hold scenario partition K"
     )
     source.add_argument("--data", default=None, help="CSV or Parquet file of samples")
+    source.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="user app: FACTORY(node_id, config) returns an accord.fl.Node (its model, data, "
+        "fit and evaluate); config is the server's --app-config values updated with this "
+        "node's",
+    )
+    data.add_argument(
+        "--app-config",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a config value for this node's factory (JSON if it parses); repeatable",
+    )
     data.add_argument("--label-column", default="label", help="label column of --data [label]")
     data.add_argument(
         "--standardise",
@@ -96,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
     prepare_process()
     import logging
-    import os
     import zlib
     from pathlib import Path
 
@@ -105,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     from accord.commands.server import scenario_from_args
     from accord.errors import ConfigurationError
     from accord.federation.auth import load_node_credentials
-    from accord.federation.client import NodeClient, NodeSettings, parse_failpoints
+    from accord.federation.client import NodeClient
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
@@ -135,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
             private_key=None if args.tls_key is None else Path(args.tls_key),
             token_file=None if args.token_file is None else Path(args.token_file),
         )
+    if args.app is not None:
+        if args.standardise is not None:
+            raise ConfigurationError("--standardise: only with --data (an app scales its data)")
+        return _run_app(args, credentials)
+    if args.app_config:
+        raise ConfigurationError("--app-config: only with --app")
     if args.scenario_node is not None:
         from accord.scenario import build_scenario, node_id, node_seed
 
@@ -195,15 +215,7 @@ def run(args: argparse.Namespace) -> int:
         # --data with the default --standardise global: the server's transform, once sent
         global_standardisation=args.data is not None and args.standardise in (None, "global"),
     )
-    settings = NodeSettings(
-        server=args.server,
-        insecure=args.insecure,
-        server_name=args.server_name,
-        give_up_after=args.give_up_after,
-        keep_alive=args.keep_alive,
-        **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
-        failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
-    )
+    settings = _node_settings(args)
     logger.info(
         "node %s: %d samples, %d features; server %s",
         node_name,
@@ -221,3 +233,58 @@ def run(args: argparse.Namespace) -> int:
     reason = client.run()
     logger.info("node %s done: %s", node_name, reason)
     return 0
+
+
+def _run_app(args: argparse.Namespace, credentials: Any) -> int:
+    """``accord node --app``: the user's node factory, called once the server's Welcome
+    brings the run's config."""
+    import logging
+    import zlib
+    from collections.abc import Mapping
+
+    import numpy as np
+
+    from accord.errors import ConfigurationError
+    from accord.federation.client import NodeClient
+    from accord.federation.grid import RunSpec
+    from accord.federation.worker import NodeWorker
+    from accord.fl.contracts import Node
+    from accord.fl.loading import load_factory, parse_app_config
+
+    logger = logging.getLogger("accord.commands.node")
+    if args.node_id is None:
+        raise ConfigurationError("--node-id: required with --app")
+    node_factory = load_factory(args.app, "--app")
+    own_config: Mapping[str, Any] = parse_app_config(args.app_config or [])
+    node_name: str = args.node_id
+
+    def build(spec: RunSpec) -> Node:
+        config = {**spec.config, **own_config}
+        node: Node = node_factory(node_name, config)
+        return node
+
+    worker = NodeWorker.of_app(node_name, build)
+    settings = _node_settings(args)
+    logger.info("node %s: app %s; server %s", node_name, args.app, args.server)
+    seed = zlib.crc32(node_name.encode())
+    client = NodeClient(worker, settings, credentials, rng=np.random.default_rng([seed, 5]))
+    reason = client.run()
+    logger.info("node %s done: %s", node_name, reason)
+    return 0
+
+
+def _node_settings(args: argparse.Namespace) -> Any:
+    """The connection settings of ``accord node``'s options."""
+    import os
+
+    from accord.federation.client import NodeSettings, parse_failpoints
+
+    return NodeSettings(
+        server=args.server,
+        insecure=args.insecure,
+        server_name=args.server_name,
+        give_up_after=args.give_up_after,
+        keep_alive=args.keep_alive,
+        **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
+        failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
+    )

@@ -162,6 +162,22 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "transform (.json, e.g. a run folder's model.json) or a CSV/Parquet file to fit it on "
         "[default: the nodes' combined statistics, sent at registration]",
     )
+    app = parser.add_argument_group("user app (instead of a scenario; see docs/api.md)")
+    app.add_argument(
+        "--app",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="server factory: FACTORY(config) returns an accord.fl.ServerApp (its model, "
+        "validation and test data); the nodes run --app too",
+    )
+    app.add_argument(
+        "--app-config",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="a config value for the server factory and every node (VALUE is JSON if it "
+        "parses, else text); repeatable",
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -436,7 +452,15 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.resume is not None:
         refuse_run_options(
-            args, ("validation_data", "test_data", "label_column", "standardise_from")
+            args,
+            (
+                "validation_data",
+                "test_data",
+                "label_column",
+                "standardise_from",
+                "app",
+                "app_config",
+            ),
         )
         settings: ServerSettings | None = None
         max_rounds = None
@@ -444,6 +468,13 @@ def _run(args: argparse.Namespace) -> int:
         from accord.federation.settings import ServerSettings
 
         run_settings, policy = run_settings_from_args(args)
+        import json
+
+        from accord.errors import ConfigurationError
+        from accord.fl.loading import parse_app_config
+
+        if args.app_config and args.app is None:
+            raise ConfigurationError("--app-config: only with --app")
         settings = ServerSettings(
             run=run_settings,
             policy=policy,
@@ -452,6 +483,8 @@ def _run(args: argparse.Namespace) -> int:
             test_data=args.test_data,
             label_column=args.label_column or "label",
             standardise_from=args.standardise_from,
+            app=args.app,
+            app_config=json.dumps(parse_app_config(args.app_config or [])),
         )
         max_rounds = run_settings.stop.max_rounds
     from accord.federation.server import TransportSettings

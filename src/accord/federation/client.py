@@ -19,6 +19,7 @@ one element short in round R. R is the 0-based round index of the protocol (``ro
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -45,11 +46,15 @@ from accord.federation.tensors import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
     TensorAssembler,
+    decode_buffers,
+    encode_buffers,
     encode_tensor,
 )
 from accord.federation.worker import NodeWorker
+from accord.rounds import NodeUpdate
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
+from accord.training.weights import WeightEntry, WeightLayout
 
 __all__ = [
     "DEFAULT_GIVE_UP_AFTER",
@@ -152,6 +157,28 @@ class NodeSettings:
 
 def _spec_from_welcome(welcome: pb.Welcome) -> RunSpec:
     try:
+        if welcome.app:
+            config = json.loads(welcome.config_json or "{}")
+            if not isinstance(config, dict):
+                raise ConfigurationError("config_json: expected a JSON object")
+            layout = WeightLayout(
+                tuple(
+                    WeightEntry(a.name, tuple(int(n) for n in a.shape), a.dtype, a.trainable)
+                    for a in welcome.layout
+                )
+            )
+            return RunSpec(
+                run_id=welcome.run_id,
+                model=None,
+                n_features=0,
+                n_classes=0,
+                dim=int(welcome.dim),
+                local=LocalTrainingSettings(),
+                server_learning_rate=float(welcome.server_learning_rate),
+                federated_evaluation=bool(welcome.federated_evaluation),
+                layout=layout,
+                config=config,
+            )
         return RunSpec(
             run_id=welcome.run_id,
             model=ModelSpec(kind=welcome.model.kind, hidden=tuple(welcome.model.hidden)),
@@ -167,7 +194,7 @@ def _spec_from_welcome(welcome: pb.Welcome) -> RunSpec:
             server_learning_rate=float(welcome.server_learning_rate),
             federated_evaluation=bool(welcome.federated_evaluation),
         )
-    except ConfigurationError as error:
+    except (ConfigurationError, ValueError, TypeError) as error:
         raise ProtocolError(f"the server's Welcome is not usable: {error}") from error
 
 
@@ -404,15 +431,29 @@ class _MessageHandler:
             )
         spec = _spec_from_welcome(welcome)
         try:
-            self.worker.configure(spec)
+            info = self.worker.configure(spec)
         except AccordError as error:
+            if spec.model is None:
+                # Tell the server why; it refuses the node with this line and ends the session.
+                logger.warning("this node cannot take part in run %s: %s", spec.run_id, error)
+                self.outbox.put(pb.NodeMessage(ready=pb.Ready(problem=str(error)[:500])))
+                return
             raise PeerError(f"this node cannot take part in run {spec.run_id}: {error}") from error
         self.spec = spec
+        if spec.model is None:
+            self.outbox.put(
+                pb.NodeMessage(
+                    ready=pb.Ready(
+                        sample_count=info.sample_count,
+                        validation_sample_count=info.validation_sample_count,
+                    )
+                )
+            )
         logger.info(
-            "registered with run %s as %s (model %s, %d weights)",
+            "registered with run %s as %s (%s, %d weights)",
             spec.run_id,
             welcome.node_id,
-            spec.model.kind,
+            "user app" if spec.model is None else f"model {spec.model.kind}",
             spec.dim,
         )
 
@@ -450,6 +491,7 @@ class _MessageHandler:
                     gradient,
                     float(part.server_learning_rate),
                     bytes(part.next_weights_sha256),
+                    decode_buffers(part.next_buffers) if part.next_buffers else None,
                 )
             except ProtocolError as error:
                 self._pending, self._assembler = None, None
@@ -491,20 +533,32 @@ class _MessageHandler:
             )
             self._failpoint_before(round_index)
             started = time.perf_counter()
-            gradient = self.worker.start_round(
-                round_index, weights, bytes(start.weights_sha256), standardisation
+            answer = self.worker.start_round(
+                round_index,
+                weights,
+                bytes(start.weights_sha256),
+                decode_buffers(start.buffers) if start.buffers else None,
+                standardisation,
             )
             seconds = time.perf_counter() - started
-        except ProtocolError as error:
+        except AccordError as error:  # a protocol error, or the user's fit failed
             self._pending, self._assembler = None, None
             self._fail(round_index, str(error))
             return
+        buffers = None
+        if isinstance(answer, NodeUpdate):
+            gradient, buffers = answer.first_gradient, answer.buffers
+        else:
+            gradient = answer
         gradient = self._failpoint_gradient(round_index, gradient)
         for chunk in encode_tensor(gradient, self.client.settings.chunk_bytes):
             self.outbox.put(
                 pb.NodeMessage(
                     first_gradient=pb.FirstGradient(
-                        round_index=round_index, gradient=chunk, train_seconds=seconds
+                        round_index=round_index,
+                        gradient=chunk,
+                        train_seconds=seconds,
+                        buffers=encode_buffers(buffers) if chunk.last else [],
                     )
                 )
             )

@@ -53,7 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "accord-federation-checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2 since protocol version 2 (user apps; the engine state holds the model's buffers).
+CHECKPOINT_VERSION = 2
 
 #: The stop reason of a run ended by a :class:`StopRequest`; its checkpoint stays resumable.
 INTERRUPTED = "interrupted"
@@ -159,8 +160,8 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
         raise InputDataError(f"{path}: not a federated-run checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
         raise InputDataError(
-            f"{path}: checkpoint version {state.get('version')!r}; this Accord reads version "
-            f"{CHECKPOINT_VERSION}"
+            f"{path}: checkpoint format version {state.get('version')!r}; this Accord reads "
+            f"version {CHECKPOINT_VERSION} only (a run of an older Accord cannot be resumed)"
         )
     return state
 
@@ -354,8 +355,9 @@ class FederatedRun:
             round_index = engine.round_index
             weights = np.array(engine.global_weights)
             targets = tuple(node for node in roster if node in connected)
+            buffers = engine.global_buffers if engine.layout is not None else None
             replies = self.grid.collect_first_gradients(
-                round_index, weights, targets, self.settings.round_deadline
+                round_index, weights, targets, self.settings.round_deadline, buffers
             )
             local_seconds = time.perf_counter() - round_started
             failures = {node: "not connected" for node in roster if node not in connected}
@@ -390,11 +392,15 @@ class FederatedRun:
                 engine.settings.server_learning_rate,
                 weights,
                 pending.new_weights,
+                pending.new_buffers if engine.layout is not None else None,
             )
             federated_accuracy: float | None = None
             if self.settings.evaluation == "federated":
                 federated_accuracy = self._federated_accuracy(
-                    round_index, pending.new_weights, pending.present
+                    round_index,
+                    pending.new_weights,
+                    pending.present,
+                    pending.new_buffers if engine.layout is not None else None,
                 )
             record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
             if first_round_done_at is None:
@@ -431,10 +437,14 @@ class FederatedRun:
         )
 
     def _federated_accuracy(
-        self, round_index: int, next_weights: np.ndarray[Any, Any], present: tuple[str, ...]
+        self,
+        round_index: int,
+        next_weights: np.ndarray[Any, Any],
+        present: tuple[str, ...],
+        next_buffers: Mapping[str, Any] | None = None,
     ) -> float | None:
         replies = self.grid.collect_evaluations(
-            round_index, next_weights, present, self.settings.round_deadline
+            round_index, next_weights, present, self.settings.round_deadline, next_buffers
         )
         for node, problem in replies.failures.items():
             logger.warning(

@@ -8,30 +8,37 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from accord.aggregation.actor_critic import ActorCriticSettings
+from accord.aggregation.base import Aggregator
+from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
 from accord.data.standardise import FeatureMoments, Standardisation, warn_if_far_from_unit_scale
-from accord.errors import InputDataError
+from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.federation.driver import EngineFactory, StandardisationFit
 from accord.federation.fingerprint import Fingerprint, scenario_summary
 from accord.federation.grid import NodeInfo, RunSpec
 from accord.federation.settings import ServerSettings
-from accord.rounds import RoundEngine
+from accord.fl.contracts import ServerApp
+from accord.rounds import RoundEngine, RoundSettings
 from accord.scenario import ScenarioData, build_scenario, node_seed
 from accord.training.evaluation import make_validation_fn
-from accord.training.local import root_update
+from accord.training.local import LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, build_model
+from accord.training.weights import Weights
 
 __all__ = [
     "ServerData",
     "load_given_standardisation",
     "load_server_data",
+    "prepare_app_run",
     "prepare_run",
     "standardisation_fit",
 ]
@@ -228,6 +235,77 @@ def prepare_run(
             test=None if test is None else make_validation_fn(flat, *test),
             settings=run.rounds,
             server_update=server_update,
+        )
+
+    return spec, factory
+
+
+def prepare_app_run(
+    app: ServerApp,
+    policy: str | Callable[[], Aggregator],
+    run_id: str,
+    *,
+    seed: int = 0,
+    rounds: RoundSettings | None = None,
+    actor_critic: ActorCriticSettings | None = None,
+    hedge: HedgeLooSettings | None = None,
+    config: Mapping[str, Any] | None = None,
+    federated_evaluation: bool = False,
+) -> tuple[RunSpec, EngineFactory]:
+    """The ``Welcome`` and engine factory of a run of a user's :class:`~accord.fl.ServerApp`.
+
+    ``policy`` is a policy name (``accord.aggregation.registry``) or a factory of a policy
+    object; ``config`` goes to every node's app factory and ``fit``/``evaluate`` calls."""
+    round_settings = rounds or RoundSettings()
+    layout = app.layout()
+    initial = app.initial_weights()
+    try:
+        layout.check(initial, "the app's initial weights")
+    except AccordError as error:
+        raise ConfigurationError(str(error)) from error
+    flat = layout.flatten(initial)
+    buffers: Weights = layout.buffers_of(initial)
+    spec = RunSpec(
+        run_id=run_id,
+        model=None,
+        n_features=0,
+        n_classes=0,
+        dim=layout.dim,
+        local=LocalTrainingSettings(),
+        server_learning_rate=round_settings.server_learning_rate,
+        federated_evaluation=federated_evaluation,
+        fingerprint=Fingerprint.of(model=[(e.name, e.shape, e.dtype) for e in layout.entries]),
+        layout=layout,
+        config=dict(config or {}),
+    )
+
+    def factory(
+        roster: tuple[str, ...],
+        counts: Mapping[str, float],
+        standardisation: Standardisation | None = None,
+    ) -> RoundEngine:
+        del standardisation  # a user app scales its own data (no node sends moments)
+        aggregator = (
+            make_policy(
+                policy,
+                seed=seed,
+                server_learning_rate=round_settings.server_learning_rate,
+                actor_critic=actor_critic or ActorCriticSettings(),
+                hedge=hedge or HedgeLooSettings(),
+            )
+            if isinstance(policy, str)
+            else policy()
+        )
+        return RoundEngine(
+            roster=roster,
+            sample_counts=counts,
+            initial_weights=flat,
+            aggregator=aggregator,
+            validate=app.validation(),
+            test=app.test(),
+            settings=round_settings,
+            layout=layout,
+            initial_buffers=buffers,
         )
 
     return spec, factory

@@ -15,7 +15,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,9 +24,10 @@ from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError
 from accord.federation.fingerprint import SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
-from accord.federation.tensors import weights_digest
+from accord.federation.tensors import state_digest
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
+from accord.training.weights import WeightLayout, Weights
 
 __all__ = [
     "Evaluation",
@@ -62,7 +63,8 @@ class RunSpec:
     """What the server tells every node when it registers (``Welcome``)."""
 
     run_id: str
-    model: ModelSpec
+    #: The built-in model to build; ``None`` in a run of a user app (``--app``).
+    model: ModelSpec | None
     n_features: int
     n_classes: int
     dim: int
@@ -73,6 +75,12 @@ class RunSpec:
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
     #: The server's scenario in words, for the refusal of a node whose scenario differs.
     scenario_summary: str = ""
+    #: The model's arrays (names, shapes, dtypes, trained or not); a node whose own model
+    #: differs is refused. ``None``: not compared (a built-in model, which the node builds
+    #: from ``model``).
+    layout: WeightLayout | None = None
+    #: Values for the node's ``fit``/``evaluate`` config and its app's factory (JSON types).
+    config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,8 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         )
     if differ:
         return f"the node's {', '.join(differ)} differs from the server's"
+    if spec.model is None:  # a user app: the node is built, and checked, after Welcome
+        return None
     if info.sample_count < 1:
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:
@@ -160,10 +170,17 @@ class Grid(ABC):
 
     @abstractmethod
     def collect_first_gradients(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        """Start round ``round_index`` on ``node_ids`` from ``weights``; the first gradients
-        that arrived within ``timeout`` seconds, and why the others are missing."""
+        """Start round ``round_index`` on ``node_ids`` from ``weights`` (and ``buffers``,
+        for a model that has them); the first gradients (or
+        :class:`~accord.rounds.NodeUpdate`) that arrived within ``timeout`` seconds, and
+        why the others are missing."""
 
     @abstractmethod
     def broadcast_second_gradient(
@@ -173,13 +190,20 @@ class Grid(ABC):
         server_learning_rate: float,
         weights: FloatArray,
         next_weights: FloatArray,
+        next_buffers: Weights | None = None,
     ) -> None:
-        """Send ``G`` to every connected node whose copy is ``weights`` (w_t), so that it
-        holds ``next_weights`` (w_{t+1}); the others get full weights next round."""
+        """Send ``G`` (and the round's combined buffers) to every connected node whose copy
+        is ``weights`` (w_t), so that it holds ``next_weights`` (w_{t+1}); the others get
+        full weights next round."""
 
     @abstractmethod
     def collect_evaluations(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
         """Ask ``node_ids`` for their validation accuracy of ``weights`` (w_{t+1})."""
 
@@ -206,15 +230,16 @@ class NodeEndpoint(Protocol):
 
     def info(self) -> NodeInfo: ...
 
-    def configure(self, spec: RunSpec) -> None: ...
+    def configure(self, spec: RunSpec) -> NodeInfo: ...
 
     def start_round(
         self,
         round_index: int,
         weights: FloatArray | None,
         weights_sha256: bytes,
+        buffers: Weights | None = None,
         standardisation: Standardisation | None = None,
-    ) -> FloatArray: ...
+    ) -> object: ...
 
     def apply_second_gradient(
         self,
@@ -222,6 +247,7 @@ class NodeEndpoint(Protocol):
         second_gradient: FloatArray,
         server_learning_rate: float,
         next_weights_sha256: bytes,
+        next_buffers: Weights | None = None,
     ) -> None: ...
 
     def evaluate(self, round_index: int, weights_sha256: bytes) -> Evaluation: ...
@@ -246,9 +272,12 @@ class InMemoryGrid(Grid):
         problem = admission_problem(info, self.spec, self._roster)
         if problem is None:
             try:
-                endpoint.configure(self.spec)
+                ready = endpoint.configure(self.spec)
+                info = ready if isinstance(ready, NodeInfo) else info
             except AccordError as error:
                 problem = str(error)
+        if problem is None and info.sample_count < 1:
+            problem = "a node needs at least one training sample"
         if problem is not None:
             logger.warning("node %s refused: %s", node_id, problem)
             return problem
@@ -272,22 +301,27 @@ class InMemoryGrid(Grid):
         self._roster = frozenset(roster)
 
     def collect_first_gradients(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
         replies = Replies()
-        digest = weights_digest(weights)
+        digest = state_digest(weights, buffers or {})
         for node in node_ids:
             if node not in self._connected:
                 replies.failures[node] = "not connected"
                 continue
             try:
-                endpoint = self._endpoints[node]
-                replies.values[node] = (
-                    endpoint.start_round(round_index, np.array(weights), digest)
-                    if self.standardisation is None
-                    else endpoint.start_round(
-                        round_index, np.array(weights), digest, self.standardisation
-                    )
+                # Buffers only for a model that has them, the standardisation only for a
+                # run that has one: older endpoints take neither.
+                extra: dict[str, Any] = {"buffers": buffers} if buffers else {}
+                if self.standardisation is not None:
+                    extra["standardisation"] = self.standardisation
+                replies.values[node] = self._endpoints[node].start_round(
+                    round_index, np.array(weights), digest, **extra
                 )
             except AccordError as error:
                 replies.failures[node] = f"node reported: {error}"
@@ -300,20 +334,27 @@ class InMemoryGrid(Grid):
         server_learning_rate: float,
         weights: FloatArray,
         next_weights: FloatArray,
+        next_buffers: Weights | None = None,
     ) -> None:
-        digest = weights_digest(next_weights)
+        digest = state_digest(next_weights, next_buffers or {})
         for node in list(self._connected):
             try:
+                extra = {"next_buffers": next_buffers} if next_buffers else {}
                 self._endpoints[node].apply_second_gradient(
-                    round_index, np.array(second_gradient), server_learning_rate, digest
+                    round_index, np.array(second_gradient), server_learning_rate, digest, **extra
                 )
             except AccordError as error:
                 logger.warning("node %s could not apply the second gradient: %s", node, error)
 
     def collect_evaluations(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        digest = weights_digest(weights)
+        digest = state_digest(weights, buffers or {})
         replies = Replies()
         for node in node_ids:
             if node not in self._connected:

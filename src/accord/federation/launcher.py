@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from accord.errors import ConfigurationError, InputDataError
+from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.checkpoint import write_atomically
 from accord.federation.scenario_helper import read_all, write_all
@@ -60,6 +60,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 ADDRESS_FILE = "server.json"
 STATS_FILE = "federation_stats.json"
 RUN_FORMAT = "accord-federation-run"
+#: 2 since protocol version 2 (settings gained ``app`` and ``app_config``).
+RUN_VERSION = 2
 
 #: Server failpoint for tests (``ACCORD_FAILPOINT=crash-after-round@3``): SIGKILL the
 #: server right after the checkpoint of that many rounds is written.
@@ -221,8 +223,45 @@ class _Report:
         return [path.name for path in paths]
 
 
+def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
+    """The spec, engine factory and (empty) server data of a user app's run."""
+    import json
+
+    import numpy as np
+
+    from accord.federation.engine import ServerData, prepare_app_run
+    from accord.fl.loading import load_factory
+
+    assert settings.app is not None
+    config = json.loads(settings.app_config)
+    server_factory = load_factory(settings.app, "--app")
+    try:
+        app = server_factory(config)
+    except AccordError:
+        raise
+    except Exception as error:  # user code
+        raise ConfigurationError(
+            f"--app {settings.app}: the server factory raised {type(error).__name__}: {error}"
+        ) from error
+    spec, factory = prepare_app_run(
+        app,
+        settings.policy,
+        run_id,
+        seed=settings.run.scenario.seed,
+        rounds=settings.run.rounds,
+        actor_critic=settings.run.actor_critic,
+        hedge=settings.run.hedge,
+        config=config,
+        federated_evaluation=settings.federation.evaluation == "federated",
+    )
+    empty = (np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    return spec, factory, ServerData(0, 0, empty, None)
+
+
 def describe_run(scenario: Any, settings: ServerSettings) -> str:
     """One line about the data, as ``accord simulate`` prints it."""
+    if settings.app is not None:
+        return f"user app {settings.app}"
     if scenario is not None:
         from accord.commands.simulate import describe_scenario
 
@@ -270,6 +309,11 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
         raise InputDataError(f"{run_file}: not JSON: {error}") from error
     if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT:
         raise InputDataError(f"{run_file}: not an Accord federation run file")
+    if saved.get("version") != RUN_VERSION:
+        raise InputDataError(
+            f"{run_file}: run file format version {saved.get('version')!r}; this Accord reads "
+            f"version {RUN_VERSION} only (a run of an older Accord cannot be resumed)"
+        )
     if not isinstance(saved.get("run_id"), str) or not isinstance(saved.get("settings"), dict):
         raise InputDataError(f"{run_file}: expected a run_id (text) and settings (a table)")
     transport = saved.get("transport")
@@ -355,13 +399,17 @@ def serve(
     assert settings is not None
     stop = stop_request if stop_request is not None else StopRequest()
     crash_after = _crash_after(os.environ)
-    if scenario is None and settings.validation_data is None:
-        from accord.scenario import build_scenario
+    fit_standardisation = None  # a user app scales its own data
+    if settings.app is not None:
+        spec, factory, data = _prepare_app(settings, run_id)
+    else:
+        if scenario is None and settings.validation_data is None:
+            from accord.scenario import build_scenario
 
-        scenario = build_scenario(settings.run.scenario)
-    data = load_server_data(settings, scenario)
-    spec, factory = prepare_run(settings, data, run_id)
-    fit_standardisation = standardisation_fit(settings, data)
+            scenario = build_scenario(settings.run.scenario)
+        data = load_server_data(settings, scenario)
+        spec, factory = prepare_run(settings, data, run_id)
+        fit_standardisation = standardisation_fit(settings, data)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
         if resume is None:
@@ -373,7 +421,7 @@ def serve(
                 run_dir / RUN_FILE,
                 {
                     "format": RUN_FORMAT,
-                    "version": 1,
+                    "version": RUN_VERSION,
                     "run_id": run_id,
                     "created": dt.datetime.now(dt.UTC).isoformat(),
                     "settings": settings_to_json(settings),
@@ -413,15 +461,25 @@ def serve(
         scenario_feature_names,
     )
 
-    export = ModelExport(
-        run_dir,
-        model=settings.run.model,
-        n_features=data.n_features,
-        n_classes=data.n_classes,
-        feature_names=data.feature_names or scenario_feature_names(data.n_features),
-        policies=(settings.policy,),
-        label_column=settings.label_column,
-        input_note=SCENARIO_INPUT_NOTE if data.feature_names is None else FILE_INPUT_NOTE,
+    export = (
+        ModelExport(
+            run_dir,
+            policies=(settings.policy,),
+            layout=spec.layout,
+            app=settings.app,
+            input_note="what the app's model takes",
+        )
+        if settings.app is not None
+        else ModelExport(
+            run_dir,
+            policies=(settings.policy,),
+            model=settings.run.model,
+            n_features=data.n_features,
+            n_classes=data.n_classes,
+            feature_names=data.feature_names or scenario_feature_names(data.n_features),
+            label_column=settings.label_column,
+            input_note=SCENARIO_INPUT_NOTE if data.feature_names is None else FILE_INPUT_NOTE,
+        )
     )
 
     def restart(rounds: tuple[Any, ...]) -> None:
@@ -440,6 +498,7 @@ def serve(
             record.round_index,
             run.engine.global_weights,
             record.validation_accuracy_after,
+            run.engine.global_buffers,
         )
         logger.log(
             logging.DEBUG if progress is not None else logging.INFO,  # else the table says it
@@ -479,7 +538,12 @@ def serve(
         return ServedRun(run_dir, 0, result.stop_reason)
     assert run.engine is not None
     export.standardisation = run.standardisation
-    export.finish(settings.policy, run.engine.round_index - 1, run.engine.global_weights)
+    export.finish(
+        settings.policy,
+        run.engine.round_index - 1,
+        run.engine.global_weights,
+        run.engine.global_buffers,
+    )
     summary = report.summary(
         result,
         settings,

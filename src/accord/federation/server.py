@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -46,9 +47,14 @@ from accord.federation.tensors import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
     TensorAssembler,
+    decode_buffers,
+    encode_buffers,
     encode_tensor,
+    state_digest,
     weights_digest,
 )
+from accord.rounds import NodeUpdate
+from accord.training.weights import Weights
 
 __all__ = ["GrpcGrid", "TransportSettings", "channel_options", "format_address"]
 
@@ -118,6 +124,10 @@ async def _stop_writer(connection: _Connection, writer: asyncio.Task[None]) -> N
     writer.cancel()
 
 
+#: Seconds a user app's node has, after Welcome, to build its model and answer Ready.
+_READY_TIMEOUT = 300.0
+
+
 class _Connection:
     """One node's live session (touched only on the event loop)."""
 
@@ -169,6 +179,7 @@ class GrpcGrid(Grid):
         if credentials is None and not authenticator.open and authenticator.require_client_cert:
             raise ConfigurationError("mutual TLS needs TLS credentials")
         self.spec = spec
+        self._digest_of_current: bytes | None = None
         self.transport = transport
         self.credentials = credentials
         self.authenticator = authenticator
@@ -300,9 +311,15 @@ class GrpcGrid(Grid):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
         connection = _Connection(info, context)
         connection.task = asyncio.current_task()
-        await self._attach(connection)
-        writer = asyncio.create_task(self._write_loop(connection))
-        connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+        if self.spec.model is None:  # a user app: Welcome, then wait for Ready
+            await context.write(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+            await self._await_ready(connection, context)
+            await self._attach(connection)
+            writer = asyncio.create_task(self._write_loop(connection))
+        else:
+            await self._attach(connection)
+            writer = asyncio.create_task(self._write_loop(connection))
+            connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -328,6 +345,25 @@ class GrpcGrid(Grid):
 
     def _welcome(self, node_id: str) -> pb.Welcome:
         spec = self.spec
+        if spec.model is None:  # a user app: the node builds its model itself
+            assert spec.layout is not None
+            return pb.Welcome(
+                protocol_version=PROTOCOL_VERSION,
+                run_id=spec.run_id,
+                node_id=node_id,
+                dim=spec.dim,
+                server_learning_rate=spec.server_learning_rate,
+                federated_evaluation=spec.federated_evaluation,
+                next_round=self._next_round,
+                app=True,
+                config_json=json.dumps(dict(spec.config)),
+                layout=[
+                    pb.ArrayInfo(
+                        name=e.name, dtype=e.dtype, shape=list(e.shape), trainable=e.trainable
+                    )
+                    for e in spec.layout.entries
+                ],
+            )
         return pb.Welcome(
             protocol_version=PROTOCOL_VERSION,
             run_id=spec.run_id,
@@ -346,6 +382,36 @@ class GrpcGrid(Grid):
             federated_evaluation=spec.federated_evaluation,
             next_round=self._next_round,
         )
+
+    async def _await_ready(
+        self, connection: _Connection, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """A user app's node builds its model after Welcome and answers Ready; only then
+        does it count as connected. A node that cannot join says why, in one line."""
+        try:
+            message = await asyncio.wait_for(context.read(), _READY_TIMEOUT)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Ready message in time")
+        if message is grpc.aio.EOF or message.WhichOneof("body") != "ready":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the message after Welcome must be Ready"
+            )
+        self._received += message.ByteSize()
+        ready = message.ready
+        problem = ready.problem[:500]
+        if not problem:
+            connection.info = replace(
+                connection.info,
+                sample_count=int(ready.sample_count),
+                validation_sample_count=int(ready.validation_sample_count),
+            )
+            if connection.info.sample_count < 1:
+                problem = "a node needs at least one training sample"
+            elif self.spec.federated_evaluation and connection.info.validation_sample_count < 1:
+                problem = "this run uses federated evaluation; the node has no validation data"
+        if problem:
+            logger.warning("node %s cannot join: %s", connection.node_id, problem)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
 
     async def _attach(self, connection: _Connection) -> None:
         old = self._connections.get(connection.node_id)
@@ -401,7 +467,14 @@ class GrpcGrid(Grid):
                 connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
                 return
             if array is not None:
-                connection.resolve(("ok", array, float(part.train_seconds)))
+                value: object = array
+                if part.buffers:
+                    try:
+                        value = NodeUpdate(array, decode_buffers(part.buffers))  # type: ignore[arg-type]
+                    except ProtocolError as error:
+                        connection.resolve(("failed", f"malformed buffers: {error}", 0.0))
+                        return
+                connection.resolve(("ok", value, float(part.train_seconds)))
         elif kind == "evaluate_reply":
             reply = message.evaluate_reply
             if connection.expect != ("evaluate", reply.round_index):
@@ -509,14 +582,26 @@ class GrpcGrid(Grid):
         self._call(fix())
 
     def collect_first_gradients(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        return self._call(self._collect("first", round_index, weights, node_ids, timeout))
+        return self._call(self._collect("first", round_index, weights, node_ids, timeout, buffers))
 
     def collect_evaluations(
-        self, round_index: int, weights: FloatArray, node_ids: tuple[str, ...], timeout: float
+        self,
+        round_index: int,
+        weights: FloatArray,
+        node_ids: tuple[str, ...],
+        timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
-        return self._call(self._collect("evaluate", round_index, weights, node_ids, timeout))
+        return self._call(
+            self._collect("evaluate", round_index, weights, node_ids, timeout, buffers)
+        )
 
     async def _collect(
         self,
@@ -525,9 +610,12 @@ class GrpcGrid(Grid):
         weights: FloatArray,
         node_ids: Sequence[str],
         timeout: float,
+        buffers: Weights | None = None,
     ) -> Replies:
         self._next_round = round_index
-        digest = weights_digest(weights)
+        digest = state_digest(weights, buffers or {})
+        if kind == "first":
+            self._digest_of_current = digest  # what the second gradient starts from
         full: list[pb.ServerMessage] | None = None
         replies = Replies()
         waiting: dict[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]] = {}
@@ -567,6 +655,7 @@ class GrpcGrid(Grid):
                                 round_index=round_index,
                                 weights_sha256=digest,
                                 global_weights=chunk,
+                                buffers=encode_buffers(buffers) if chunk.last else [],
                                 standardisation=standardisation,
                             )
                         )
@@ -603,9 +692,11 @@ class GrpcGrid(Grid):
         server_learning_rate: float,
         weights: FloatArray,
         next_weights: FloatArray,
+        next_buffers: Weights | None = None,
     ) -> None:
         async def broadcast() -> None:
-            before, after = weights_digest(weights), weights_digest(next_weights)
+            before = self._digest_of_current or weights_digest(weights)
+            after = state_digest(next_weights, next_buffers or {})
             messages: list[pb.ServerMessage] | None = None
             for connection in self._connections.values():
                 if connection.weights_digest != before:
@@ -619,6 +710,7 @@ class GrpcGrid(Grid):
                                 gradient=chunk,
                                 server_learning_rate=server_learning_rate,
                                 next_weights_sha256=after,
+                                next_buffers=encode_buffers(next_buffers) if chunk.last else [],
                             )
                         )
                         for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)

@@ -77,7 +77,9 @@ class ServerSettings:
     ``test_data`` are CSV/Parquet files (with ``label_column``) the server scores on instead
     of the scenario's held-out sets; ``standardise_from`` (with ``validation_data``) a
     saved transform (``.json``) or a CSV/Parquet file whose statistics standardise every
-    node's and the server's data, instead of the nodes' combined statistics.
+    node's and the server's data, instead of the nodes' combined statistics. ``app``
+    (``package.module:factory``) runs a user's :class:`~accord.fl.ServerApp` instead of a
+    scenario; ``app_config`` is the JSON object its factory and every node receive.
     """
 
     run: SimulationSettings = field(default_factory=SimulationSettings)
@@ -87,9 +89,15 @@ class ServerSettings:
     test_data: str | None = None
     label_column: str = "label"
     standardise_from: str | None = None
+    app: str | None = None
+    app_config: str = "{}"
 
     def __post_init__(self) -> None:
         require_choice("policy", self.policy, POLICIES)
+        if self.app is not None and self.validation_data is not None:
+            raise ConfigurationError(
+                "validation_data: a user app (--app) scores on its own validation data"
+            )
         if self.test_data is not None and self.validation_data is None:
             raise ConfigurationError("test_data: give validation_data as well")
         if self.standardise_from is not None and self.validation_data is None:

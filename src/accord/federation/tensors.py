@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,13 +25,16 @@ __all__ = [
     "PROTOCOL_VERSION",
     "TensorAssembler",
     "check_weights",
+    "decode_buffers",
     "decode_tensor",
+    "encode_buffers",
     "encode_tensor",
+    "state_digest",
     "weights_digest",
 ]
 
 #: Version of the federation protocol; a server refuses nodes speaking another one.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Bytes of tensor data per message; well under gRPC's default 4 MiB message limit.
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -40,6 +45,10 @@ _TO_WIRE: dict[np.dtype[np.generic], int] = {
     np.dtype("<f2"): pb.DTYPE_FLOAT16,
     np.dtype("<i8"): pb.DTYPE_INT64,
     np.dtype("<i4"): pb.DTYPE_INT32,
+    np.dtype("<i2"): pb.DTYPE_INT16,
+    np.dtype("i1"): pb.DTYPE_INT8,
+    np.dtype("u1"): pb.DTYPE_UINT8,
+    np.dtype("?"): pb.DTYPE_BOOL,
 }
 _FROM_WIRE: dict[int, np.dtype[np.generic]] = {code: dtype for dtype, code in _TO_WIRE.items()}
 
@@ -151,10 +160,53 @@ def decode_tensor(
     raise ProtocolError("tensor chunk: the last chunk is missing")
 
 
+#: The most bytes one buffer may have on the wire (buffers travel whole, unchunked).
+MAX_BUFFER_BYTES = 64 << 20
+
+
+def encode_buffers(buffers: Mapping[str, Any] | None) -> list[pb.NamedTensor]:
+    """A model's buffers as whole named tensors, sorted by name (none: an empty list)."""
+    encoded: list[pb.NamedTensor] = []
+    for name in sorted(buffers or {}):
+        array = np.asarray(buffers[name])  # type: ignore[index]
+        if array.nbytes > MAX_BUFFER_BYTES:
+            raise ProtocolError(f"buffer {name}: {array.nbytes} bytes; at most {MAX_BUFFER_BYTES}")
+        (chunk,) = encode_tensor(array, max(1, array.nbytes))
+        encoded.append(pb.NamedTensor(name=name, tensor=chunk))
+    return encoded
+
+
+def decode_buffers(tensors: Sequence[pb.NamedTensor]) -> dict[str, npt.NDArray[Any]]:
+    """Named tensors back to arrays; raises :class:`ProtocolError` on a malformed one."""
+    buffers: dict[str, npt.NDArray[Any]] = {}
+    for tensor in tensors:
+        if tensor.name in buffers:
+            raise ProtocolError(f"buffer {tensor.name[:64]!r} sent twice")
+        if not tensor.tensor.last or tensor.tensor.offset != 0:
+            raise ProtocolError(f"buffer {tensor.name[:64]!r}: expected one whole chunk")
+        buffers[tensor.name] = decode_tensor([tensor.tensor], MAX_BUFFER_BYTES)
+    return buffers
+
+
 def weights_digest(weights: npt.NDArray[np.float32]) -> bytes:
     """SHA-256 of the float32 little-endian bytes of a weight vector."""
     contiguous = np.ascontiguousarray(weights, dtype="<f4")
     return hashlib.sha256(contiguous.reshape(-1).view(np.uint8).data).digest()
+
+
+def state_digest(weights: npt.NDArray[np.float32], buffers: Mapping[str, Any]) -> bytes:
+    """SHA-256 of the weights and the buffers: :func:`weights_digest` alone for a model
+    without buffers; otherwise it also covers every buffer's name, dtype, shape and bytes."""
+    if not buffers:
+        return weights_digest(weights)
+    digest = hashlib.sha256(weights_digest(weights))
+    for name in sorted(buffers):
+        array = np.array(buffers[name], order="C")
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        header = f"{name}|{array.dtype.str}|{list(array.shape)}|".encode()
+        digest.update(len(header).to_bytes(4, "little") + header)
+        digest.update(array.reshape(-1).view(np.uint8).data)
+    return digest.digest()
 
 
 def check_weights(array: npt.NDArray[np.generic], dim: int, what: str) -> npt.NDArray[np.float32]:

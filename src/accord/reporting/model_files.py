@@ -39,7 +39,8 @@ from accord.aggregation.base import FloatArray
 from accord.data.standardise import Standardisation
 from accord.errors import InputDataError
 from accord.reporting.writer import write_atomically
-from accord.training.models import FlatModel, ModelSpec, build_model
+from accord.training.models import ModelSpec, build_model
+from accord.training.weights import WeightLayout, Weights
 
 __all__ = [
     "FILE_INPUT_NOTE",
@@ -102,34 +103,46 @@ class ModelInfo:
 
 
 class ModelExport:
-    """Writes one run's model files as its rounds finish (one per policy and round)."""
+    """Writes one run's model files as its rounds finish (one per policy and round).
+
+    A built-in model (``model`` given) is rebuilt by ``accord predict`` from ``model.json``;
+    a user app's model (``layout`` and ``app`` given instead) is saved as the same kind of
+    ``state_dict`` (its parameters and buffers by name), for the user's own module's
+    ``load_state_dict``."""
 
     def __init__(
         self,
         folder: Path,
         *,
-        model: ModelSpec,
-        n_features: int,
-        n_classes: int,
-        feature_names: Sequence[str],
         policies: Sequence[str],
+        model: ModelSpec | None = None,
+        n_features: int = 0,
+        n_classes: int = 0,
+        feature_names: Sequence[str] = (),
         label_column: str = "label",
         standardisation: Standardisation | None = None,
         input_note: str = "",
+        layout: WeightLayout | None = None,
+        app: str | None = None,
     ) -> None:
-        if len(feature_names) != n_features:
-            raise InputDataError(
-                f"feature_names: expected {n_features} names, got {len(feature_names)}"
-            )
+        if model is not None:
+            if len(feature_names) != n_features:
+                raise InputDataError(
+                    f"feature_names: expected {n_features} names, got {len(feature_names)}"
+                )
+            layout = WeightLayout.of_module(build_model(model, n_features, n_classes, 0))
+        elif layout is None or app is None:
+            raise InputDataError("a model export needs a built-in model, or an app's layout")
         self.folder = folder
         self.spec = model
+        self.app = app
         self.n_features = n_features
         self.n_classes = n_classes
         self.feature_names = tuple(feature_names)
         self.label_column = label_column
         self.standardisation = standardisation
         self.input_note = input_note
-        self._flat = FlatModel(build_model(model, n_features, n_classes, 0))
+        self.layout = layout
         single = len(policies) == 1
         self._models = {
             policy: _PolicyModel(
@@ -158,30 +171,43 @@ class ModelExport:
         return True
 
     def round_done(
-        self, policy: str, round_index: int, weights: FloatArray, validation_accuracy: float | None
+        self,
+        policy: str,
+        round_index: int,
+        weights: FloatArray,
+        validation_accuracy: float | None,
+        buffers: Weights | None = None,
     ) -> None:
-        """After round ``round_index``: ``weights`` (w_{t+1}) scored ``validation_accuracy``."""
+        """After round ``round_index``: ``weights`` (w_{t+1}, flat trainable vector) and
+        ``buffers`` scored ``validation_accuracy``."""
         if self._note_best(policy, round_index, validation_accuracy):
-            self._save(self._models[policy].best, weights)
+            self._save(self._models[policy].best, weights, buffers)
 
-    def finish(self, policy: str, round_index: int | None, weights: FloatArray) -> None:
+    def finish(
+        self,
+        policy: str,
+        round_index: int | None,
+        weights: FloatArray,
+        buffers: Weights | None = None,
+    ) -> None:
         """The final model of ``policy`` (after round ``round_index``), and ``model.json``."""
         entry = self._models[policy]
-        if self._save(entry.final, weights):  # not when the model diverged
+        if self._save(entry.final, weights, buffers):  # not when the model diverged
             entry.final_round = round_index
             if entry.best_round is None:  # no round scored: the final model is the best known
-                self._save(entry.best, weights)
+                self._save(entry.best, weights, buffers)
         self.write_info()
 
-    def _save(self, name: str, weights: FloatArray) -> bool:
+    def _save(self, name: str, weights: FloatArray, buffers: Weights | None) -> bool:
         import torch
 
         if not np.all(np.isfinite(weights)):
             logger.warning("%s not written: the weights are not finite", name)
             return False
-        self._flat.set_flat(np.array(weights, dtype=np.float32))  # a writable copy
+        arrays = self.layout.join(np.asarray(weights, dtype=np.float32), buffers or {})
+        state = {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
         buffer = io.BytesIO()
-        torch.save(self._flat.module.state_dict(), buffer)
+        torch.save(state, buffer)
         write_atomically(self.folder / name, buffer.getvalue())
         return True
 
@@ -189,7 +215,16 @@ class ModelExport:
         data = {
             "format": MODEL_INFO_FORMAT,
             "version": MODEL_INFO_VERSION,
-            "model": {"kind": self.spec.kind, "hidden": list(self.spec.hidden)},
+            "app": self.app,
+            "model": (
+                None
+                if self.spec is None
+                else {"kind": self.spec.kind, "hidden": list(self.spec.hidden)}
+            ),
+            "arrays": [
+                {"name": e.name, "shape": list(e.shape), "dtype": e.dtype, "trainable": e.trainable}
+                for e in self.layout.entries
+            ],
             "n_features": self.n_features,
             "n_classes": self.n_classes,
             "feature_names": list(self.feature_names),
@@ -233,6 +268,12 @@ def read_model_info(run_dir: Path) -> ModelInfo:
             raise InputDataError(
                 f"{path}: model file version {data.get('version')!r}; this Accord reads "
                 f"version {MODEL_INFO_VERSION}"
+            )
+        if data.get("model") is None:
+            raise InputDataError(
+                f"{path}: a run of the user app {data.get('app')!r}: accord predict rebuilds "
+                "built-in models only; load model.pt into your own module with "
+                "module.load_state_dict(torch.load(path))"
             )
         saved = data.get("standardisation")
         return ModelInfo(

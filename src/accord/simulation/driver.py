@@ -12,18 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import numpy.typing as npt
 
 from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
-from accord.data.faults import node_first_gradient
+from accord.fl.tabular import TabularNode
 from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
 from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario, node_seed
 from accord.simulation.stop import StopConditions, StopTracker
 from accord.training.evaluation import make_validation_fn
-from accord.training.local import LocalTrainer, LocalTrainingSettings, root_update
+from accord.training.local import LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, ModelSpec, build_model
 
 __all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
@@ -87,13 +86,8 @@ class Simulation:
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
         self.flat = FlatModel(model)
-        self.trainers = [self._trainer(node, node.labels) for node in self.data.nodes]
-        # A label flipper's second trainer, on its flipped labels (its faulty rounds).
-        self.flipped_trainers = {
-            node.index: self._trainer(node, node.flipped_labels)
-            for node in self.data.nodes
-            if node.flipped_labels is not None
-        }
+        # The same node class the networked node runs (accord.fl.TabularNode).
+        self.nodes = [self._node(node) for node in self.data.nodes]
         self.policy = (
             policy
             if isinstance(policy, Aggregator)
@@ -129,32 +123,26 @@ class Simulation:
             server_update=server_update,
         )
 
-    def _trainer(self, node: NodeData, labels: npt.NDArray[np.int64]) -> LocalTrainer:
+    def _node(self, node: NodeData) -> TabularNode:
         seed = self.settings.scenario.seed
-        return LocalTrainer(
-            build_model(self.settings.model, self.data.n_features, self.data.n_classes, seed),
+        return TabularNode(
             node.features,
-            labels,
-            self.settings.local,
-            node_seed(seed, node.index),
+            node.labels,
+            spec=self.settings.model,
+            n_classes=self.data.n_classes,
+            settings=self.settings.local,
+            seed=node_seed(seed, node.index),
+            model_seed=seed,
+            fault=self.data.node_fault(node),
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:
         """Every node's first gradient, faulty nodes following
         :func:`accord.data.faults.node_first_gradient` (as a networked node does)."""
-        gradients: dict[str, FloatArray] = {}
-        for node, trainer in zip(self.data.nodes, self.trainers, strict=True):
-
-            def train(
-                flipped: bool, trainer: LocalTrainer = trainer, index: int = node.index
-            ) -> FloatArray:
-                chosen = self.flipped_trainers[index] if flipped else trainer
-                return chosen.first_gradient(weights, round_index)
-
-            gradients[node.node_id] = node_first_gradient(
-                self.data.node_fault(node), round_index, train, self.engine.dim
-            )
-        return gradients
+        return {
+            data.node_id: node.first_gradient(weights, round_index)
+            for data, node in zip(self.data.nodes, self.nodes, strict=True)
+        }
 
     def faulty_in_round(self, round_index: int) -> frozenset[str]:
         """The nodes faulty in round ``round_index`` (0-based)."""

@@ -14,12 +14,20 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT16: _ClassVar[DType]
     DTYPE_INT64: _ClassVar[DType]
     DTYPE_INT32: _ClassVar[DType]
+    DTYPE_INT16: _ClassVar[DType]
+    DTYPE_INT8: _ClassVar[DType]
+    DTYPE_UINT8: _ClassVar[DType]
+    DTYPE_BOOL: _ClassVar[DType]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
 DTYPE_FLOAT16: DType
 DTYPE_INT64: DType
 DTYPE_INT32: DType
+DTYPE_INT16: DType
+DTYPE_INT8: DType
+DTYPE_UINT8: DType
+DTYPE_BOOL: DType
 
 class TensorChunk(_message.Message):
     __slots__ = ("dtype", "shape", "offset", "data", "last")
@@ -34,6 +42,26 @@ class TensorChunk(_message.Message):
     data: bytes
     last: bool
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: TensorChunk
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[TensorChunk, _Mapping]] = ...) -> None: ...
+
+class ArrayInfo(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "trainable")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    trainable: bool
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., trainable: bool = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("kind", "hidden")
@@ -103,7 +131,7 @@ class Register(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ..., feature_moments: _Optional[_Union[FeatureMoments, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "run_id", "node_id", "model", "n_features", "n_classes", "dim", "local", "server_learning_rate", "federated_evaluation", "next_round")
+    __slots__ = ("protocol_version", "run_id", "node_id", "model", "n_features", "n_classes", "dim", "local", "server_learning_rate", "federated_evaluation", "next_round", "app", "config_json", "layout")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +143,9 @@ class Welcome(_message.Message):
     SERVER_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     FEDERATED_EVALUATION_FIELD_NUMBER: _ClassVar[int]
     NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    APP_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     run_id: str
     node_id: str
@@ -126,29 +157,46 @@ class Welcome(_message.Message):
     server_learning_rate: float
     federated_evaluation: bool
     next_round: int
-    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: bool = ..., next_round: _Optional[int] = ...) -> None: ...
+    app: bool
+    config_json: str
+    layout: _containers.RepeatedCompositeFieldContainer[ArrayInfo]
+    def __init__(self, protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., dim: _Optional[int] = ..., local: _Optional[_Union[LocalTraining, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., federated_evaluation: bool = ..., next_round: _Optional[int] = ..., app: bool = ..., config_json: _Optional[str] = ..., layout: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ...) -> None: ...
+
+class Ready(_message.Message):
+    __slots__ = ("sample_count", "validation_sample_count", "problem")
+    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    sample_count: int
+    validation_sample_count: int
+    problem: str
+    def __init__(self, sample_count: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_index", "weights_sha256", "global_weights", "standardisation")
+    __slots__ = ("round_index", "weights_sha256", "global_weights", "buffers", "standardisation")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
     STANDARDISATION_FIELD_NUMBER: _ClassVar[int]
     round_index: int
     weights_sha256: bytes
     global_weights: TensorChunk
+    buffers: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     standardisation: Standardisation
-    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
+    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
 
 class FirstGradient(_message.Message):
-    __slots__ = ("round_index", "gradient", "train_seconds")
+    __slots__ = ("round_index", "gradient", "train_seconds", "buffers")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
     round_index: int
     gradient: TensorChunk
     train_seconds: float
-    def __init__(self, round_index: _Optional[int] = ..., gradient: _Optional[_Union[TensorChunk, _Mapping]] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    buffers: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, round_index: _Optional[int] = ..., gradient: _Optional[_Union[TensorChunk, _Mapping]] = ..., train_seconds: _Optional[float] = ..., buffers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class RoundFailure(_message.Message):
     __slots__ = ("round_index", "reason")
@@ -159,16 +207,18 @@ class RoundFailure(_message.Message):
     def __init__(self, round_index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SecondGradient(_message.Message):
-    __slots__ = ("round_index", "gradient", "server_learning_rate", "next_weights_sha256")
+    __slots__ = ("round_index", "gradient", "server_learning_rate", "next_weights_sha256", "next_buffers")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_FIELD_NUMBER: _ClassVar[int]
     SERVER_LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     NEXT_WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NEXT_BUFFERS_FIELD_NUMBER: _ClassVar[int]
     round_index: int
     gradient: TensorChunk
     server_learning_rate: float
     next_weights_sha256: bytes
-    def __init__(self, round_index: _Optional[int] = ..., gradient: _Optional[_Union[TensorChunk, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., next_weights_sha256: _Optional[bytes] = ...) -> None: ...
+    next_buffers: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, round_index: _Optional[int] = ..., gradient: _Optional[_Union[TensorChunk, _Mapping]] = ..., server_learning_rate: _Optional[float] = ..., next_weights_sha256: _Optional[bytes] = ..., next_buffers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("round_index", "weights_sha256")
@@ -197,16 +247,18 @@ class Shutdown(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class NodeMessage(_message.Message):
-    __slots__ = ("register", "first_gradient", "failure", "evaluate_reply")
+    __slots__ = ("register", "first_gradient", "failure", "evaluate_reply", "ready")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     FIRST_GRADIENT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_REPLY_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
     register: Register
     first_gradient: FirstGradient
     failure: RoundFailure
     evaluate_reply: EvaluateReply
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., first_gradient: _Optional[_Union[FirstGradient, _Mapping]] = ..., failure: _Optional[_Union[RoundFailure, _Mapping]] = ..., evaluate_reply: _Optional[_Union[EvaluateReply, _Mapping]] = ...) -> None: ...
+    ready: Ready
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., first_gradient: _Optional[_Union[FirstGradient, _Mapping]] = ..., failure: _Optional[_Union[RoundFailure, _Mapping]] = ..., evaluate_reply: _Optional[_Union[EvaluateReply, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("welcome", "round_start", "second_gradient", "evaluate", "shutdown")
