@@ -3,6 +3,7 @@
 # the trained model scores the test file.
 #
 #   bash examples/tabular_csv/run.sh [WORK_DIR] [ROUNDS]
+#   STANDARDISE=off bash examples/tabular_csv/run.sh /tmp/off   # or own: to compare
 #
 # WORK_DIR (default: a new temporary folder) receives the CSV files (data/), the run folder
 # (run/) and the predictions (predictions.csv). Plaintext on 127.0.0.1 (--insecure): for a
@@ -10,6 +11,7 @@
 set -euo pipefail
 work=${1:-$(mktemp -d)}
 rounds=${2:-30}
+standardise=${STANDARDISE:-global}
 here=$(cd "$(dirname "$0")" && pwd)
 nodes=4
 
@@ -30,12 +32,14 @@ done
 port=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' \
     "$work/run/server.json")
 
-# Each node reads its own file; by default it sends only the moments of its features
-# (count, sums, sums of squares) and trains on the run's global standardisation.
+# Each node reads its own file; with --standardise global (the default) it sends only the
+# moments of its features (count, sums, sums of squares) and trains on the run's global
+# standardisation, which the server also applies to its validation and test files.
 pids=()
 for i in $(seq 0 $((nodes - 1))); do
     accord node --insecure --server "127.0.0.1:$port" --node-id "node-$i" \
-        --data "$work/data/node-$i.csv" > "$work/node-$i.log" 2>&1 &
+        --data "$work/data/node-$i.csv" --standardise "$standardise" \
+        > "$work/node-$i.log" 2>&1 &
     pids+=($!)
 done
 wait "$server" || { cat "$work/server.log"; exit 1; }
