@@ -202,3 +202,4 @@ def test_without_moments_the_server_warns_about_unscaled_files(
 
     assert run.standardisation is None
     assert "the server's validation data: 3 of 3 features are far from unit scale" in caplog.text
+    assert "start the nodes with the default --standardise global" in caplog.text

@@ -270,15 +270,19 @@ def scale_problem(
 
 
 def warn_if_far_from_unit_scale(
-    features: npt.ArrayLike, feature_names: Sequence[str] | None, where: str
+    features: npt.ArrayLike,
+    feature_names: Sequence[str] | None,
+    where: str,
+    remedy: str = "standardise them, or drop --standardise off",
 ) -> bool:
-    """Log a warning naming ``where`` if :func:`scale_problem` finds one; return whether."""
+    """Log a warning naming ``where`` (and ``remedy``) if :func:`scale_problem` finds one;
+    return whether."""
     problem = scale_problem(features, feature_names)
     if problem is not None:
         logger.warning(
-            "%s: %s and are not standardised; SGD on such features may not learn "
-            "(standardise them, or drop --standardise off)",
+            "%s: %s and are not standardised; SGD on such features may not learn (%s)",
             where,
             problem,
+            remedy,
         )
     return problem is not None

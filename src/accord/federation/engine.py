@@ -149,7 +149,11 @@ def standardisation_fit(settings: ServerSettings, data: ServerData) -> Standardi
         if not with_moments:
             if data.feature_names is not None:  # a scenario's data is already scaled
                 warn_if_far_from_unit_scale(
-                    data.validation[0], data.feature_names, "the server's validation data"
+                    data.validation[0],
+                    data.feature_names,
+                    "the server's validation data",
+                    "no node sent feature moments: start the nodes with the default "
+                    "--standardise global, or give the server --standardise-from",
                 )
             return None
         silent = sorted(node for node, moments in sent.items() if moments is None)
