@@ -203,3 +203,18 @@ def test_without_moments_the_server_warns_about_unscaled_files(
     assert run.standardisation is None
     assert "the server's validation data: 3 of 3 features are far from unit scale" in caplog.text
     assert "start the nodes with the default --standardise global" in caplog.text
+
+
+def test_the_cli_options_are_checked_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accord.cli import main
+
+    server = ["server", "--insecure", "--port", "0", "--out", str(tmp_path / "run")]
+    node = ["node", "--insecure", "--server", "127.0.0.1:9", "--scenario-node", "0"]
+
+    assert main([*server, "--standardise-from", str(tmp_path / "t.json")]) == 2
+    assert "standardise_from: give validation_data as well" in capsys.readouterr().err
+    assert main([*node, "--standardise", "own"]) == 2
+    assert "--standardise: only with --data" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
