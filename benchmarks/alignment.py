@@ -497,8 +497,8 @@ def psi_available() -> str | None:
         return None
     return (
         "openmined-psi is not importable here (install: pip install --no-deps "
-        "openmined-psi==2.0.6; it pins protobuf==6.30.2, which conflicts with the protobuf>=7 "
-        "Accord's gRPC code needs): " + (probe.stderr.strip().splitlines() or ["?"])[-1]
+        "openmined-psi==2.0.6; it pins protobuf==6.30.2, which conflicts with the protobuf "
+        "pin of constraints.txt): " + (probe.stderr.strip().splitlines() or ["?"])[-1]
     )
 
 
@@ -645,7 +645,7 @@ def main() -> None:
         limit = args.memory_limit or "2GiB"
         folder = args.workdir / f"large-n{n}-o{args.overlap}-s{args.seed}"
         data = generate_large(folder, n, args.overlap, args.seed)
-        from accord.tee.bucketed_host import parse_size
+        from accord.tee.runtime.bucketed_host import parse_size
 
         run = run_pair(
             data,

@@ -101,9 +101,9 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)  # as in every federation process
+    from accord.run import StopConditions
     from accord.scenario import ScenarioSettings
     from accord.simulation.driver import Simulation, SimulationSettings
-    from accord.simulation.stop import StopConditions
 
     settings = SimulationSettings(
         scenario=ScenarioSettings(nodes=args.nodes, seed=args.seed),

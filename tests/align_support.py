@@ -21,16 +21,16 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from accord.tee.attestation import (
+from accord.tee.core.attestation import (
     AttestationPolicy,
     key_fingerprint,
     policy_toml,
     public_key_bytes,
 )
-from accord.tee.channel import RECORD_HEADER
-from accord.tee.measurement import enclave_measurement
-from accord.tee.platform_key import load_or_create_platform_key
-from accord.tee.wire import PEER_HEADER, PeerFrame
+from accord.tee.core.channel import RECORD_HEADER
+from accord.tee.core.wire import PEER_HEADER, PeerFrame
+from accord.tee.runtime.measurement import enclave_measurement
+from accord.tee.runtime.platform_key import load_or_create_platform_key
 
 LISTENING = re.compile(r"listening on (\S+)$")
 _HELLO_PREFIX = struct.Struct("!13sHI")

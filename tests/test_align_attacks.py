@@ -23,7 +23,7 @@ from align_support import (
 )
 
 from accord.commands.exit_codes import ExitCode
-from accord.tee.wire import PeerFrame
+from accord.tee.core.wire import PeerFrame
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,8 @@ import pytest
 
 from accord.alignment import align, digest_ids, prepare_ids
 from accord.errors import ChannelError, ConfigurationError, InputDataError, ProtocolError
-from accord.tee.bucketed import (
-    BUCKET_HEADER,
-    BucketedRun,
-    Proposal,
-    agree_run_buckets,
-    session_keys,
-)
+from accord.tee.core.bucket_plan import BUCKET_HEADER, Proposal, agree_run_buckets, session_keys
+from accord.tee.core.bucketed import BucketedRun
 
 SEALING_KEY = b"q" * 32
 SECRET = b"z" * 32

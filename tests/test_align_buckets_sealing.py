@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from accord.errors import ChannelError
-from accord.tee.sealing import (
+from accord.tee.core.sealing import (
     FILE_HEADER,
     RECORD_HEADER,
     FileKind,

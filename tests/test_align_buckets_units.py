@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from accord.errors import ConfigurationError, InputDataError
-from accord.tee.progress import ProgressEvent, ProgressTracker, describe, format_seconds
-from accord.tee.runstate import MANIFEST_NAME, RunDirectory, RunManifest, digest_file
+from accord.tee.runtime.progress import ProgressEvent, ProgressTracker, describe, format_seconds
+from accord.tee.runtime.runstate import MANIFEST_NAME, RunDirectory, RunManifest, digest_file
 
 
 def _manifest(tmp_path: Path) -> RunManifest:

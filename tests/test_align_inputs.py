@@ -22,7 +22,7 @@ from align_support import (
 )
 
 from accord.commands.exit_codes import ExitCode
-from accord.tee.measurement import enclave_measurement
+from accord.tee.runtime.measurement import enclave_measurement
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +267,7 @@ def test_identity_prints_the_measurement_key_and_a_policy(base: dict[str, Path])
     assert identity["measurement"] == enclave_measurement().hex()
     assert identity["platform_key"] == platform_fingerprint(base["a_key"])
     assert identity["backend"] == "simulated" and identity["debug"] is False
-    from accord.tee.attestation import parse_policy
+    from accord.tee.core.attestation import parse_policy
 
     policy = parse_policy(identity["policy"])
     assert policy.allowed_measurements == {identity["measurement"]}

@@ -13,15 +13,11 @@ import numpy as np
 import pytest
 
 from accord.cli import build_parser, main
-from accord.commands.simulate import (
-    MODEL_CHOICES,
-    _ScenarioHelper,
-    config_from_args,
-    scenario_from_npz,
-    scenario_to_npz,
-)
+from accord.commands.run_options import MODEL_CHOICES, config_from_args
+from accord.commands.simulate import _ScenarioHelper
 from accord.config import SimulateConfig, load_simulate_config
 from accord.scenario import ScenarioSettings, build_scenario
+from accord.scenario_codec import scenario_from_npz, scenario_to_npz
 from accord.simulation import Simulation, SimulationSettings, StopConditions
 from accord.training.models import MODEL_KINDS
 

@@ -134,9 +134,9 @@ def test_the_progress_bar_counts_the_runs_rounds_not_every_policys(
 def test_a_scenario_with_fault_groups_survives_the_helpers_npz() -> None:
     import numpy as np
 
-    from accord.commands.simulate import scenario_from_npz, scenario_to_npz
     from accord.data.faults import FaultSpec
     from accord.scenario import ScenarioSettings, build_scenario
+    from accord.scenario_codec import scenario_from_npz, scenario_to_npz
 
     settings = ScenarioSettings(
         nodes=6, faults=(FaultSpec("label-flip", 2, start=4), FaultSpec("scale", 1, 10.0))
@@ -156,7 +156,7 @@ def test_a_scenario_with_fault_groups_survives_the_helpers_npz() -> None:
 
 def test_fault_options_replace_the_config_files_fault_groups(tmp_path: Path) -> None:
     from accord.cli import build_parser
-    from accord.commands.simulate import config_from_args
+    from accord.commands.run_options import config_from_args
     from accord.data.faults import FaultSpec
 
     groups = tmp_path / "groups.toml"

@@ -14,7 +14,7 @@ import pytest
 from accord.aggregation import FedAvg, ValidationScores
 from accord.aggregation.base import Aggregation, RoundFeedback, RoundInput
 from accord.aggregation.credit import robust_z
-from accord.commands.simulate import faulty_mass_note, summary_lines
+from accord.commands.run_output import faulty_mass_note, summary_lines
 from accord.errors import ProtocolError
 from accord.reporting.writer import RunFolder, finite_json
 from accord.rounds import DivergedError, RoundEngine, RoundSettings

@@ -27,11 +27,11 @@ import pytest
 
 from accord.commands.exit_codes import ExitCode
 from accord.data.faults import FaultSpec
-from accord.federation.auth import make_credentials, renew_node_credentials
+from accord.federation.credentials import make_credentials, renew_node_credentials
 from accord.federation.launcher import free_port
+from accord.run import StopConditions
 from accord.scenario import ScenarioSettings
 from accord.simulation.driver import Simulation, SimulationSettings
-from accord.simulation.stop import StopConditions
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import re
 import stat
 import threading
@@ -26,8 +27,6 @@ from accord.federation.auth import (
     hash_token,
     load_node_credentials,
     load_server_credentials,
-    make_credentials,
-    renew_node_credentials,
 )
 from accord.federation.checkpoint import (
     dumps_tree,
@@ -35,7 +34,7 @@ from accord.federation.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from accord.federation.client import Failpoint, parse_failpoints
+from accord.federation.credentials import make_credentials, renew_node_credentials
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
 from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem
@@ -43,7 +42,7 @@ from accord.federation.node_data import load_table, split_validation
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.server import GrpcGrid, TransportSettings
-from accord.federation.settings import ServerSettings, settings_from_json, settings_to_json
+from accord.federation.settings import ServerSettings
 from accord.federation.tensors import (
     PROTOCOL_VERSION,
     TensorAssembler,
@@ -53,9 +52,10 @@ from accord.federation.tensors import (
     weights_digest,
 )
 from accord.federation.worker import NodeFault, NodeWorker
+from accord.run import StopConditions
 from accord.scenario import ScenarioSettings, build_scenario, node_seed
+from accord.settings_mapping import settings_from_mapping, settings_to_mapping
 from accord.simulation.driver import Simulation, SimulationSettings
-from accord.simulation.stop import StopConditions
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
 
@@ -454,9 +454,14 @@ def test_server_settings_survive_json() -> None:
             stop=StopConditions(max_rounds=9, patience=3),
         ),
     )
-    assert settings_from_json(ServerSettings, settings_to_json(settings_in)) == settings_in
-    with pytest.raises(ConfigurationError, match=r"settings.run: unknown fields \['bogus'\]"):
-        settings_from_json(ServerSettings, {"run": {"bogus": 1}})
+    saved = json.loads(json.dumps(settings_to_mapping(settings_in)))
+    assert settings_from_mapping(ServerSettings, saved, source="settings") == settings_in
+    with pytest.raises(ConfigurationError, match=r"^settings: unknown key 'run\.bogus'; accepted"):
+        settings_from_mapping(ServerSettings, {"run": {"bogus": 1}}, source="settings")
+    with pytest.raises(ConfigurationError, match=r"^settings: run: expected a table \[run\]"):
+        settings_from_mapping(ServerSettings, {"run": [1]}, source="settings")
+    with pytest.raises(ConfigurationError, match=r"^settings: the top level: expected a table"):
+        settings_from_mapping(ServerSettings, [1], source="settings")  # type: ignore[arg-type]
 
 
 def test_admission_checks_name_the_problem() -> None:
@@ -475,15 +480,6 @@ def test_admission_checks_name_the_problem() -> None:
     )
     federated = dataclasses.replace(spec, federated_evaluation=True)
     assert "no validation split" in str(admission_problem(good, federated, None))
-
-
-def test_failpoints_parse() -> None:
-    assert parse_failpoints("exit@2, stall@3:1.5,crash-after-round@4") == (
-        Failpoint("exit", 2),
-        Failpoint("stall", 3, 1.5),
-    )
-    with pytest.raises(ConfigurationError, match="expected one of"):
-        parse_failpoints("explode@1")
 
 
 # ------------------------------------------------------------------ node worker
@@ -861,7 +857,6 @@ def test_a_federation_worker_sends_what_the_simulation_sends_round_by_round() ->
 
 
 def test_fault_groups_survive_the_servers_settings_json() -> None:
-    import json
 
     settings_ = ServerSettings(
         run=SimulationSettings(
@@ -871,7 +866,9 @@ def test_fault_groups_survive_the_servers_settings_json() -> None:
             )
         )
     )
-    again = settings_from_json(ServerSettings, json.loads(json.dumps(settings_to_json(settings_))))
+    again = settings_from_mapping(
+        ServerSettings, json.loads(json.dumps(settings_to_mapping(settings_))), source="settings"
+    )
     assert again == settings_
 
 
@@ -1247,7 +1244,7 @@ def test_a_damaged_run_file_is_refused_with_one_line(
     content: str, expected: str, tmp_path: Path
 ) -> None:
     from accord.errors import InputDataError
-    from accord.federation.launcher import RUN_FILE, read_run_file
+    from accord.federation.run_files import RUN_FILE, read_run_file
 
     (tmp_path / RUN_FILE).write_text(content)
     with pytest.raises(InputDataError, match=re.escape(expected)):

@@ -243,7 +243,7 @@ def test_a_run_folder_or_checkpoint_of_an_older_format_is_refused_naming_both_ve
 
     from accord.federation.checkpoint import write_checkpoint
     from accord.federation.driver import CHECKPOINT_FORMAT, load_run_checkpoint
-    from accord.federation.launcher import RUN_FILE, RUN_FORMAT, read_run_file
+    from accord.federation.run_files import RUN_FILE, RUN_FORMAT, read_run_file
 
     (tmp_path / RUN_FILE).write_text(
         json.dumps({"format": RUN_FORMAT, "version": 1, "run_id": "x", "settings": {}})

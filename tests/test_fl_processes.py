@@ -119,3 +119,42 @@ def test_a_node_whose_model_differs_is_refused_with_one_line_and_no_round_starts
     assert server_code == ExitCode.INTERRUPTED
     assert "node node-0 cannot join: this node's model differs" in processes.log("server")
     assert not (run_dir / "metrics.jsonl").exists() or run_records(run_dir) == []
+
+
+@pytest.mark.slow
+def test_an_app_run_killed_after_round_2_resumes_with_its_buffers_to_the_same_metrics(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: the uninterrupted run, in this process; the server SIGKILLs itself after the
+    # checkpoint of round 2
+    from examples.cnn_digits.app import node_app, server_app
+
+    rounds = 4
+    nodes = {f"node-{i}": node_app(f"node-{i}", CONFIG) for i in range(3)}
+    expected = run_app(server_app(CONFIG), nodes, "actor-critic", rounds=rounds, config=CONFIG)
+    port = free_port()
+    run_dir = tmp_path / "run"
+    processes.start(
+        "server",
+        server_args(run_dir, port, rounds),
+        env={"ACCORD_FAILPOINT": "crash-after-round@2"},
+    )
+    processes.wait_for_text("server", "waiting for 3 nodes", timeout=120)
+    for i in range(3):
+        processes.start(f"node-{i}", node_args(f"node-{i}", port))
+    assert processes.wait("server", timeout=240) == -signal.SIGKILL
+    assert len(run_records(run_dir)) == 2
+
+    # Act: a new server continues the run from its folder; the nodes reconnect
+    processes.start("resumed", ["server", "--resume", str(run_dir), "--insecure"])
+    resumed_code = processes.wait("resumed", timeout=240)
+
+    # Assert
+    assert resumed_code == ExitCode.OK, processes.log("resumed")[-3000:]
+    records = run_records(run_dir)
+    assert len(records) == rounds
+    for got, timed in zip(records, expected.rounds, strict=True):
+        assert got["test_accuracy"] == pytest.approx(timed.record.test_accuracy, abs=1e-6)
+        assert got["validation_loss_after"] == pytest.approx(
+            timed.record.validation_loss_after, abs=1e-6
+        )

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accord import tables
+from accord import csv_lines, tables
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
 
 SAMPLE = pa.table(
@@ -283,10 +283,10 @@ def assert_line_copy_matches(tmp_path: Path, source: Path, data: st.DataObject) 
     # Tiny scan pieces, write chunks and partitions: quote parity and CRLF pairs cross piece
     # borders, a partition ends inside a chunk, pages are released as the scan goes.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tables, "_SCAN_BYTES", 5)
-        patch.setattr(tables, "_WRITE_CHUNK_ROWS", 3)
-        patch.setattr(tables, "_PARTITION_BYTES", data.draw(st.integers(1, 40)))
-        patch.setattr(tables, "_RESIDENT_BYTES", 0)
+        patch.setattr(csv_lines, "_SCAN_BYTES", 5)
+        patch.setattr(csv_lines, "_WRITE_CHUNK_ROWS", 3)
+        patch.setattr(csv_lines, "_PARTITION_BYTES", data.draw(st.integers(1, 40)))
+        patch.setattr(csv_lines, "_RESIDENT_BYTES", 0)
         patch.setattr(tables, "_write_arrow", lambda *a, **k: copied.append("table path"))
         tables.write_aligned_table(out, source, order, source_rows=read.num_rows, bounded=bounded)
     assert copied == []  # the verbatim line path was taken
@@ -350,8 +350,8 @@ def test_bounded_copy_refuses_a_repeated_row_and_writes_nothing(tmp_path: Path) 
 _PEAK_OF_A_COPY = """
 import sys
 import numpy as np
-from accord import tables
-tables._RESIDENT_BYTES = tables._PARTITION_BYTES = 8 << 20
+from accord import csv_lines, tables
+csv_lines._RESIDENT_BYTES = csv_lines._PARTITION_BYTES = 8 << 20
 rows = int(sys.argv[3])
 order = np.random.default_rng(0).permutation(rows)[: rows // 2]
 tables.write_aligned_table(sys.argv[2], sys.argv[1], order, source_rows=rows,
@@ -400,20 +400,6 @@ def test_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path: Path) -> No
     assert leftovers(tmp_path) == []
 
 
-def test_atomic_output_cleans_up_on_any_exception(tmp_path: Path) -> None:
-    target = tmp_path / "x.csv"
-    with pytest.raises(RuntimeError), tables.atomic_output(target) as temporary:
-        temporary.write_text("partial")
-        raise RuntimeError("boom")
-    assert not target.exists()
-    assert leftovers(tmp_path) == []
-    with (
-        pytest.raises(ConfigurationError, match="does not exist"),
-        tables.atomic_output(tmp_path / "no" / "x.csv"),
-    ):
-        pass
-
-
 def test_unsupported_output_suffix_and_key_name_clash(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match=r"out\.xlsx: expected"):
         tables.write_row_map(tmp_path / "out.xlsx", np.array([0]))
@@ -452,9 +438,9 @@ def test_a_compressed_csv_output_is_compressed(tmp_path: Path, bounded: bool) ->
 _FEW_FILES = """
 import resource, sys
 import numpy as np
-from accord import tables
+from accord import csv_lines, tables
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
-tables._PARTITION_BYTES = 1  # would ask for one partition per row, 2 files each
+csv_lines._PARTITION_BYTES = 1  # would ask for one partition per row, 2 files each
 rows = 2048
 order = np.random.default_rng(1).permutation(rows)
 tables.write_aligned_table(sys.argv[2], sys.argv[1], order, source_rows=rows, bounded=True)

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from accord.errors import AttestationError, ConfigurationError
-from accord.tee.attestation import (
+from accord.tee.core.attestation import (
     AttestationPolicy,
     channel_report_data,
     key_fingerprint,
@@ -24,15 +24,15 @@ from accord.tee.attestation import (
     public_key_bytes,
     verify_evidence,
 )
-from accord.tee.backend import SimulatedBackend
-from accord.tee.measurement import (
+from accord.tee.core.backend import SimulatedBackend
+from accord.tee.core.wire import pack_fields, unpack_fields
+from accord.tee.runtime.measurement import (
     ENCLAVE_CONFIG,
     enclave_code_files,
     enclave_measurement,
     unmeasured_modules,
 )
-from accord.tee.platform_key import load_or_create_platform_key
-from accord.tee.wire import pack_fields, unpack_fields
+from accord.tee.runtime.platform_key import load_or_create_platform_key
 
 PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 OTHER_PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -99,14 +99,16 @@ def test_measurement_changes_with_any_byte_and_never_collides_by_concatenation()
 
 def test_installed_enclave_measurement_covers_tee_and_alignment_code() -> None:
     paths = [path for path, _ in enclave_code_files()]
-    assert "tee/enclave.py" in paths and "tee/channel.py" in paths
+    assert "tee/runtime/enclave.py" in paths and "tee/core/channel.py" in paths
     assert "alignment/digests.py" in paths and "alignment/__init__.py" in paths
-    assert "tee/party.py" not in paths and "tee/transport.py" not in paths  # host side
+    assert (
+        "tee/runtime/party.py" not in paths and "tee/runtime/transport.py" not in paths
+    )  # host side
     assert enclave_measurement() == measure(enclave_code_files(), ENCLAVE_CONFIG)
-    assert unmeasured_modules(["accord", "accord.tee.channel", "numpy"]) == []
-    assert unmeasured_modules(["accord.tee.transport", "accord.tables"]) == [
+    assert unmeasured_modules(["accord", "accord.tee.core.channel", "numpy"]) == []
+    assert unmeasured_modules(["accord.tee.runtime.transport", "accord.tables"]) == [
         "accord.tables",
-        "accord.tee.transport",
+        "accord.tee.runtime.transport",
     ]
 
 
@@ -287,7 +289,7 @@ def test_platform_key_readable_by_others_or_garbage_is_refused(tmp_path: Path) -
 def test_platform_key_default_path_follows_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from accord.tee.platform_key import default_platform_key_path
+    from accord.tee.runtime.platform_key import default_platform_key_path
 
     monkeypatch.delenv("ACCORD_PLATFORM_KEY", raising=False)
     monkeypatch.setenv("ACCORD_HOME", str(tmp_path))

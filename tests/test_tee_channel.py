@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accord.errors import AttestationError, ChannelError, ProtocolError
-from accord.tee.attestation import AttestationPolicy, key_fingerprint, public_key_bytes
-from accord.tee.backend import SimulatedBackend
-from accord.tee.channel import (
+from accord.tee.core.attestation import AttestationPolicy, key_fingerprint, public_key_bytes
+from accord.tee.core.backend import SimulatedBackend
+from accord.tee.core.channel import (
     RECORD_HEADER,
     ChannelKeys,
     ChannelReader,
@@ -28,7 +28,7 @@ from accord.tee.channel import (
     ResponderHandshake,
     derive_channel_keys,
 )
-from accord.tee.wire import pack_fields, unpack_fields
+from accord.tee.core.wire import pack_fields, unpack_fields
 
 PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 MEASUREMENT = hashlib.sha256(b"enclave").digest()

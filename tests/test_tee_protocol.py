@@ -19,10 +19,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from accord.alignment import DuplicatePolicy, digest_ids, prepare_ids
 from accord.errors import InputDataError, ProtocolError
-from accord.tee.attestation import AttestationPolicy, key_fingerprint, policy_toml, public_key_bytes
-from accord.tee.backend import SimulatedBackend
-from accord.tee.protocol import EnclaveSession, _Config, _Loader
-from accord.tee.wire import Call, encode_columns
+from accord.tee.core.attestation import (
+    AttestationPolicy,
+    key_fingerprint,
+    policy_toml,
+    public_key_bytes,
+)
+from accord.tee.core.backend import SimulatedBackend
+from accord.tee.core.loader import IdLoader as _Loader
+from accord.tee.core.loader import SessionConfig as _Config
+from accord.tee.core.session import EnclaveSession
+from accord.tee.core.wire import Call, encode_columns
 
 PLATFORM = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 MEASUREMENT = hashlib.sha256(b"enclave").digest()

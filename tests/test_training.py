@@ -74,7 +74,7 @@ def test_batched_validation_equals_one_model_at_a_time(kind: str) -> None:
 
 
 def test_adam_matches_torch_adam_step_for_step() -> None:
-    from accord.training.optim import Adam
+    from accord.optim import Adam
 
     torch.manual_seed(0)
     ours_model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -95,3 +95,17 @@ def test_adam_matches_torch_adam_step_for_step() -> None:
     restored = Adam(oracle_model.parameters(), lr=0.01)
     restored.load_state_dict(ours.state_dict())
     assert restored.step_count == 20
+
+
+def test_a_device_this_machine_lacks_is_refused_with_one_line() -> None:
+    import torch
+
+    from accord.errors import ConfigurationError
+    from accord.training.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigurationError, match=r"--device: expected cpu \(default\) or cuda"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigurationError, match="this machine has no CUDA device"):
+            resolve_device("cuda:0")

@@ -11,6 +11,8 @@ import argparse
 import json
 import time
 
+import torch
+
 from accord.simulation import run_app
 from examples.cnn_digits.app import NODES, node_app, server_app
 
@@ -21,6 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", default="fedavg,actor-critic")
     args = parser.parse_args(argv)
+    # One thread, as accord's own commands run: small models gain nothing from more, and on
+    # a busy machine torch's spinning worker threads slow a round down many times over.
+    torch.set_num_threads(1)
     config = {"seed": args.seed, "nodes": NODES, "flippers": ["node-0", "node-1"]}
     for policy in args.policies.split(","):
         started = time.perf_counter()

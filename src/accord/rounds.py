@@ -38,6 +38,7 @@ from accord.aggregation.base import (
     RoundInput,
     ServerUpdateFn,
     ValidationFn,
+    ValidationGradientFn,
     ValidationScores,
 )
 from accord.errors import AccordError, ConfigurationError, ProtocolError
@@ -175,6 +176,7 @@ class RoundEngine:
         server_update: ServerUpdateFn | None = None,
         layout: WeightLayout | None = None,
         initial_buffers: Weights | None = None,
+        validation_gradient: ValidationGradientFn | None = None,
     ) -> None:
         if len(roster) == 0 or len(set(roster)) != len(roster):
             raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
@@ -196,6 +198,7 @@ class RoundEngine:
         self.validate = validate
         self.test = test
         self.server_update = server_update
+        self.validation_gradient = validation_gradient
         self.settings = settings or RoundSettings()
         self.round_index = 0
         self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
@@ -313,6 +316,7 @@ class RoundEngine:
             first_gradients=stacked,
             validate=self.validate,
             server_update=self.server_update,
+            validation_gradient=self.validation_gradient,
         )
         started = time.perf_counter()
         aggregation = self.aggregator.aggregate(round_input)

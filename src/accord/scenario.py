@@ -30,7 +30,15 @@ from accord.data.faults import FaultSpec, NodeFault, flip_labels
 from accord.data.partition import PartitionSpec, partition
 from accord.errors import ConfigurationError
 
-__all__ = ["NodeData", "ScenarioData", "ScenarioSettings", "build_scenario", "node_id", "node_seed"]
+__all__ = [
+    "NodeData",
+    "ScenarioData",
+    "ScenarioSettings",
+    "build_scenario",
+    "describe_scenario",
+    "node_id",
+    "node_seed",
+]
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,27 @@ class ScenarioData:
         if node.fault is None:
             return None
         return self.settings.fault_groups.index(node.fault)
+
+
+def describe_scenario(data: ScenarioData) -> str:
+    """One line about the data: dataset, nodes, split and the faulty nodes (as ``accord
+    simulate`` and ``accord federate`` print it)."""
+    scenario = data.settings
+    partition = scenario.partition
+    split = (
+        f"Dirichlet {partition.alpha:g}"
+        if partition.kind == "dirichlet"
+        else ("IID" if partition.kind == "iid" else f"{partition.shards_per_node} label shards")
+    )
+    groups = []
+    for group in scenario.fault_groups:
+        members = [node.node_id for node in data.nodes if node.fault == group]
+        if members:
+            noun = "node" if len(members) == 1 else "nodes"
+            when = f" {group.when()}" if group.when() else ""
+            groups.append(f"{len(members)} {group.label()} {noun}{when} ({', '.join(members)})")
+    faulty = ", ".join(groups) if groups else "no faulty node"
+    return f"{scenario.dataset}, {scenario.nodes} nodes, {split}, {faulty}"
 
 
 def node_seed(scenario_seed: int, index: int) -> int:

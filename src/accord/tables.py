@@ -18,11 +18,13 @@ Writing
     :func:`write_row_map` writes ``position,row`` (shared position → local row index) and,
     if asked, the ID column(s). :func:`write_aligned_table` writes that party's rows in the
     shared order with every column kept. CSV → CSV with the same delimiter copies each data
-    line's bytes verbatim (lines are located with a vectorised, quote-aware scan and gathered
-    with ``pyarrow``'s ``take``); other combinations gather a pyarrow table chunk by chunk.
+    line's bytes verbatim (:mod:`accord.csv_lines`: lines are located with a vectorised,
+    quote-aware scan and gathered with ``pyarrow``'s ``take``); other combinations gather a
+    pyarrow table chunk by chunk.
     Every write goes to a temporary file in the destination directory, is flushed to disk
-    and then renamed over the destination (:func:`atomic_output`): a failure leaves no file
-    and no partial file behind, and an existing destination is untouched until the rename.
+    and then renamed over the destination (:func:`accord.atomic_files.atomic_output`): a
+    failure leaves no file and no partial file behind, and an existing destination is
+    untouched until the rename.
 
 Errors are :class:`~accord.errors.InputDataError` naming the file and, where it applies, the
 column: a missing key column (listing the columns the file has), an empty file, a file with
@@ -37,23 +39,22 @@ import contextlib
 import mmap
 import os
 import re
-import secrets
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from accord.atomic_files import atomic_output
+from accord.csv_lines import copy_lines
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
 
 __all__ = [
     "TableFormat",
-    "atomic_output",
     "file_format",
     "iter_key_batches",
     "read_key_columns",
@@ -68,14 +69,6 @@ Progress = Callable[[int], None]
 _CSV_BLOCK_BYTES = 16 << 20
 _PARQUET_BATCH_ROWS = 1 << 20
 _WRITE_CHUNK_ROWS = 1 << 20
-_SCAN_BYTES = 4 << 20
-#: A bounded-memory copy keeps at most this many bytes of the mapped input resident.
-_RESIDENT_BYTES = 64 << 20
-#: ... and gathers the output through partition files of about this size.
-_PARTITION_BYTES = 64 << 20
-#: ... of at most this many rows (putting one in order costs ~60 B a row besides its bytes).
-_PARTITION_ROWS = 1 << 20
-_MAX_PARTITIONS = 512
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 _ROW_MAP_COLUMNS = ("position", "row")
 
@@ -316,45 +309,6 @@ def _describe(exc: BaseException, names: Sequence[str] | None = None) -> str:
 # ----------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def atomic_output(path: StrPath) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success fsync it and rename it over.
-
-    On any exception the temporary file is removed and ``path`` is left as it was. The
-    file is created with the usual permissions (0666 minus the umask).
-    """
-    final = Path(path)
-    directory = final.parent
-    if not directory.is_dir():
-        raise ConfigurationError(f"{path}: the output directory {directory} does not exist")
-    temporary = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot write: {exc.strerror}") from exc
-    os.close(descriptor)
-    try:
-        yield temporary
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, final)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        if isinstance(exc, OSError):
-            raise ConfigurationError(f"{path}: cannot write: {_describe(exc)}") from exc
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        directory_descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_descriptor)
-        finally:
-            os.close(directory_descriptor)
-
-
 def write_row_map(
     path: StrPath,
     row_map: np.ndarray,
@@ -539,374 +493,16 @@ def _write_csv_lines(
     except (OSError, ValueError) as exc:
         raise InputDataError(f"{source}: cannot read: {exc}") from exc
     try:
-        return _copy_lines(
-            path, mapped, ord(_delimiter(source)), rows, source_rows, progress, bounded
+        return copy_lines(
+            path,
+            mapped,
+            ord(_delimiter(source)),
+            rows,
+            source_rows,
+            progress,
+            bounded,
+            output=atomic_output,
         )
     finally:
         with contextlib.suppress(BufferError):
             mapped.close()
-
-
-def _copy_lines(
-    path: StrPath,
-    mapped: mmap.mmap,
-    delimiter: int,
-    rows: np.ndarray,
-    source_rows: int,
-    progress: Progress | None,
-    bounded: bool = False,
-) -> bool:
-    raw = np.frombuffer(mapped, dtype=np.uint8)
-    if bounded:
-        return _copy_lines_bounded(
-            path, raw, delimiter, rows, source_rows, _PageRelease(mapped), progress
-        )
-    lines = _csv_lines(raw, delimiter)
-    if lines is None:
-        return False
-    offsets, nonempty = lines
-    line_count = len(offsets) - 1
-    if (line_count if nonempty is None else len(nonempty)) != source_rows + 1:
-        return False
-    # The last line may lack a terminator: it gets a "\n" when written.
-    unterminated = line_count - 1 if raw[-1] not in (_NEWLINE, _RETURN) else -1
-    values = pa.Array.from_buffers(
-        pa.large_binary(), line_count, [None, pa.py_buffer(offsets), pa.py_buffer(raw)]
-    )
-    header = 0 if nonempty is None else int(nonempty[0])
-    with atomic_output(path) as temporary, open(temporary, "wb") as sink:
-        sink.write(values[header].as_py())
-        if header == unterminated:  # pragma: no cover - a header-only file has no rows
-            sink.write(b"\n")
-        for start in range(0, len(rows), _WRITE_CHUNK_ROWS):
-            chosen = _lines_of(rows[start : start + _WRITE_CHUNK_ROWS], nonempty)
-            _write_lines(sink, values, chosen, unterminated)
-            if progress is not None:
-                progress(min(start + _WRITE_CHUNK_ROWS, len(rows)))
-    return True
-
-
-def _lines_of(rows: np.ndarray, nonempty: np.ndarray | None) -> np.ndarray:
-    """The line numbers (header = 0) of the data rows ``rows``."""
-    chosen = rows + 1
-    return chosen if nonempty is None else np.take(nonempty, chosen)
-
-
-def _write_lines(sink: BinaryIO, values: pa.Array, chosen: np.ndarray, unterminated: int) -> None:
-    """Write the lines ``chosen`` of ``values`` in that order (a ``"\\n"`` after the last
-    line of a file that lacks one)."""
-    taken = values.take(pa.array(chosen))
-    bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
-    data = memoryview(taken.buffers()[2])
-    cut = int(bounds[0])
-    for at in np.flatnonzero(chosen == unterminated).tolist():
-        sink.write(data[cut : int(bounds[at + 1])])
-        sink.write(b"\n")
-        cut = int(bounds[at + 1])
-    sink.write(data[cut : int(bounds[-1])])
-
-
-class _PageRelease:
-    """Unmaps the pages of a read-only file mapping behind a reader that goes in file order.
-
-    The pages stay in the page cache (clean, so reclaimable); only this process's mapping of
-    them goes, so its resident size stays near ``_RESIDENT_BYTES`` however large the file.
-    """
-
-    def __init__(self, mapped: mmap.mmap) -> None:
-        self._mapped = mapped
-        self._released = 0
-
-    def before(self, offset: int) -> None:
-        """Nothing before byte ``offset`` is read again in this sweep."""
-        end = max(offset, 0) // mmap.PAGESIZE * mmap.PAGESIZE
-        if end - self._released >= _RESIDENT_BYTES:
-            self._drop(self._released, end - self._released)
-            self._released = end
-
-    def _drop(self, start: int, length: int) -> None:
-        advice = getattr(mmap, "MADV_DONTNEED", None)
-        if advice is not None and length > 0:
-            self._mapped.madvise(advice, start, length)
-
-
-class _NotPlainCsvError(Exception):
-    """The quick line scan cannot be sure of the rows: the table path is used instead."""
-
-
-def _copy_lines_bounded(
-    path: StrPath,
-    raw: np.ndarray,
-    delimiter: int,
-    rows: np.ndarray,
-    source_rows: int,
-    release: _PageRelease,
-    progress: Progress | None,
-) -> bool:
-    """:func:`_copy_lines` for an input larger than memory: one pass in file order.
-
-    The output positions are cut into windows of about ``_PARTITION_BYTES``. One sweep over
-    the input appends each wanted line to its window's partition file (so a partition holds
-    its lines in file order, with their lengths beside them), unmapping the pages behind it;
-    then each partition is read back, put in output order and appended to the output.
-    Memory: one ``int16`` per input row, the row map, and one partition.
-    """
-    total = len(rows)
-    mean_line = max(1.0, raw.size / max(source_rows + 1, 1))
-    window = max(
-        1,
-        min(int(_PARTITION_BYTES / mean_line), _PARTITION_ROWS),
-        -(-total // _partition_limit()),
-    )
-    partitions = max(1, -(-total // window))
-    owner: np.ndarray = np.full(source_rows, -1, dtype=np.int16)
-    for k in range(partitions):
-        owner[rows[k * window : (k + 1) * window]] = k
-    owned = sum(
-        int(np.count_nonzero(owner[i : i + _WRITE_CHUNK_ROWS] >= 0))  # no input-sized temporary
-        for i in range(0, source_rows, _WRITE_CHUNK_ROWS)
-    )
-    if owned != total:
-        raise ProtocolError(f"{path}: row map: expected distinct rows, found a row repeated")
-    try:
-        with (
-            atomic_output(path) as temporary,
-            open(temporary, "wb") as sink,
-            tempfile.TemporaryDirectory(
-                dir=temporary.parent, prefix=f"{temporary.name}."
-            ) as folder,
-        ):
-            names = [Path(folder) / f"{k:05d}" for k in range(partitions)]
-            _sweep_into_partitions(sink, raw, delimiter, owner, source_rows, names, release)
-            del owner
-            done = 0
-            for k, name in enumerate(names):
-                wanted = rows[k * window : (k + 1) * window]
-                _append_partition(sink, temporary, name, wanted)
-                done += len(wanted)
-                if progress is not None:
-                    progress(done)
-    except _NotPlainCsvError:
-        return False
-    return True
-
-
-def _partition_limit() -> int:
-    """How many partitions the sweep may hold open (two files each), at most 512.
-
-    Raises this process's soft limit on open files toward its hard limit first: 1024, a
-    common default, would otherwise cap an output near 32 GiB.
-    """
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = 2 * _MAX_PARTITIONS + 256
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
-    except (ImportError, OSError, ValueError):
-        return 64
-    if soft == resource.RLIM_INFINITY:
-        return _MAX_PARTITIONS
-    return max(1, min(_MAX_PARTITIONS, (soft - in_use - 32) // 2))
-
-
-def _sweep_into_partitions(
-    sink: BinaryIO,
-    raw: np.ndarray,
-    delimiter: int,
-    owner: np.ndarray,
-    source_rows: int,
-    names: list[Path],
-    release: _PageRelease,
-) -> None:
-    """Write the header to ``sink`` and every wanted data row to its partition."""
-    with contextlib.ExitStack() as stack:
-        files = [stack.enter_context(open(name, "wb")) for name in names]
-        lengths = [stack.enter_context(open(name.with_suffix(".len"), "wb")) for name in names]
-        row = -1  # the header comes first
-        for bounds, lines_here, unterminated in _iter_lines(raw, delimiter, release):
-            data_lines = lines_here
-            values = pa.Array.from_buffers(
-                pa.large_binary(), len(bounds) - 1, [None, pa.py_buffer(bounds), pa.py_buffer(raw)]
-            )
-            if row < 0 and data_lines.size:
-                _write_lines(sink, values, data_lines[:1], unterminated)
-                data_lines = data_lines[1:]
-                row = 0
-            if row + data_lines.size > source_rows:
-                raise _NotPlainCsvError
-            keys = owner[row : row + data_lines.size]
-            picked = np.flatnonzero(keys >= 0)
-            if picked.size:
-                picked = picked[np.argsort(keys[picked], kind="stable")]  # file order per key
-                picked_keys = keys[picked]
-                cuts = np.flatnonzero(np.diff(picked_keys)) + 1
-                for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), picked.size], strict=True):
-                    k = int(picked_keys[a])
-                    chosen = data_lines[picked[a:b]]
-                    _write_lines(files[k], values, chosen, unterminated)
-                    sizes = bounds[chosen + 1] - bounds[chosen]
-                    sizes[chosen == unterminated] += 1
-                    lengths[k].write(sizes.astype(np.int64).tobytes())
-            row += data_lines.size
-        if row != source_rows:
-            raise _NotPlainCsvError
-
-
-def _append_partition(sink: BinaryIO, temporary: Path, name: Path, wanted: np.ndarray) -> None:
-    """Append the rows ``wanted`` (in that order) from partition ``name`` to ``sink``."""
-    sizes = np.fromfile(name.with_suffix(".len"), dtype=np.int64)
-    data = name.read_bytes()
-    name.unlink()
-    name.with_suffix(".len").unlink()
-    if len(sizes) != len(wanted):  # pragma: no cover - repeated rows are refused up front
-        raise ProtocolError(f"{name}: holds {len(sizes)} rows, expected {len(wanted)}")
-    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=bounds[1:])
-    if int(bounds[-1]) != len(data):  # pragma: no cover - our own file, just written
-        raise ProtocolError(f"{name}: holds {len(data)} bytes, expected {int(bounds[-1])}")
-    lines = pa.Array.from_buffers(
-        pa.large_binary(), len(sizes), [None, pa.py_buffer(bounds), pa.py_buffer(data)]
-    )
-    # The partition holds its rows in file order, i.e. in increasing row number: the row at
-    # output slot j is the rank of wanted[j] (a scatter; searchsorted was 4x slower here).
-    rank = np.empty(len(wanted), dtype=np.int64)
-    rank[np.argsort(wanted)] = np.arange(len(wanted), dtype=np.int64)
-    _write_lines(sink, lines, rank, -1)
-
-
-def _iter_lines(
-    raw: np.ndarray, delimiter: int, release: _PageRelease | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-    """The lines of ``raw`` piece by piece, for a reader that goes once in file order.
-
-    Yields ``(bounds, data_lines, unterminated)``: the piece's lines are
-    ``raw[bounds[i]:bounds[i + 1]]`` (terminator included), ``data_lines`` the indices of
-    the non-empty ones, ``unterminated`` the index of a last line without terminator (else
-    -1). Raises :class:`_NotPlainCsvError` where :func:`_csv_lines` returns None — possibly only
-    at the end, so a caller must be able to discard what it did.
-    """
-    size = raw.size
-    previous = 0
-    for ends in _line_ends(raw, delimiter):
-        if not ends.size:
-            continue
-        if release is not None:
-            release.before(previous)  # every line before it was consumed
-        bounds = np.empty(len(ends) + 1, dtype=np.int64)
-        bounds[0] = previous
-        bounds[1:] = ends
-        previous = int(ends[-1])
-        yield bounds, np.flatnonzero(~_empty_lines(raw, bounds)), -1
-    if previous < size:  # a last line without terminator (never empty)
-        yield np.array([previous, size], dtype=np.int64), np.zeros(1, dtype=np.int64), 0
-
-
-def _empty_lines(raw: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Which lines ``raw[bounds[i]:bounds[i + 1]]`` are only a terminator."""
-    lo = bounds[:-1]
-    lengths = bounds[1:] - lo
-    # An empty line is just its terminator: "\n", "\r" or "\r\n".
-    empty: np.ndarray = lengths == 2
-    empty[empty] = (raw[lo[empty]] == _RETURN) & (raw[lo[empty] + 1] == _NEWLINE)
-    single = lengths == 1
-    single[single] = (raw[lo[single]] == _NEWLINE) | (raw[lo[single]] == _RETURN)
-    empty |= single
-    return empty
-
-
-_QUOTE, _NEWLINE, _RETURN = 0x22, 0x0A, 0x0D
-
-
-def _csv_lines(raw: np.ndarray, delimiter: int) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Split ``raw`` into rows the way pyarrow's CSV reader does, or None if unsure.
-
-    A row ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` outside double quotes; empty lines
-    are skipped. Returns ``(offsets, nonempty)``: line ``i`` (terminator included) is
-    ``raw[offsets[i]:offsets[i + 1]]``, and ``nonempty`` lists the non-empty lines (None when
-    all are). Returns None where :func:`_line_ends` cannot be sure of the rows (a quote
-    pyarrow reads literally, or quotes that do not balance). The result is one int64 per
-    line.
-    """
-    size = raw.size
-    try:
-        pieces = list(_line_ends(raw, delimiter))
-    except _NotPlainCsvError:
-        return None
-    count = sum(len(piece) for piece in pieces)
-    unterminated = size > 0 and raw[-1] not in (_NEWLINE, _RETURN)
-    offsets = np.empty(count + 1 + int(unterminated), dtype=np.int64)
-    offsets[0] = 0
-    position = 1
-    for piece in pieces:
-        offsets[position : position + len(piece)] = piece
-        position += len(piece)
-    del pieces
-    if unterminated:
-        offsets[-1] = size
-    empty_chunks = []
-    line_count = len(offsets) - 1
-    for first in range(0, line_count, _WRITE_CHUNK_ROWS):
-        last = min(first + _WRITE_CHUNK_ROWS, line_count)
-        empty = _empty_lines(raw, offsets[first : last + 1])
-        if empty.any():
-            empty_chunks.append(np.flatnonzero(empty) + first)
-    if not empty_chunks:
-        return offsets, None
-    keep = np.ones(line_count, dtype=bool)
-    keep[np.concatenate(empty_chunks)] = False
-    return offsets, np.flatnonzero(keep)
-
-
-def _line_ends(raw: np.ndarray, delimiter: int) -> Iterator[np.ndarray]:
-    """The end offsets of ``raw``'s terminated lines, one array per 4 MiB piece.
-
-    Raises :class:`_NotPlainCsvError` for a quote that pyarrow would read literally — an
-    opening quote (even count so far) not at the start of a field, or a closing quote not at
-    its end (``""`` inside a quoted field passes both) — or quotes that do not balance (found
-    at the end): counting such quotes would cut the rows in the wrong places.
-    """
-    size = raw.size
-    quotes_before = 0
-    scratch = np.empty((3, _SCAN_BYTES), dtype=bool)
-    edge_byte = np.zeros(256, dtype=bool)
-    edge_byte[[delimiter, _NEWLINE, _RETURN, _QUOTE]] = True
-    for start in range(0, size, _SCAN_BYTES):
-        segment = raw[start : start + _SCAN_BYTES]
-        width = segment.size
-        is_quote, is_newline, is_return = (row[:width] for row in scratch)
-        np.equal(segment, _QUOTE, out=is_quote)
-        np.equal(segment, _NEWLINE, out=is_newline)
-        np.equal(segment, _RETURN, out=is_return)
-        quotes = np.flatnonzero(is_quote)
-        if quotes.size:
-            at = quotes + start
-            opening = ((np.arange(quotes.size) + quotes_before) & 1) == 0
-            before = at[opening] - 1
-            after = at[~opening] + 1
-            # The start and the end of the file count as field edges.
-            if not edge_byte[raw[before[before >= 0]]].all():
-                raise _NotPlainCsvError
-            if not edge_byte[raw[after[after < size]]].all():
-                raise _NotPlainCsvError
-        newlines = np.flatnonzero(is_newline)
-        returns = np.flatnonzero(is_return)
-        if quotes.size or quotes_before & 1:
-            # A terminator is inside quotes when an odd number of quotes precede it.
-            parity = quotes_before & 1
-            newlines = newlines[((np.searchsorted(quotes, newlines) + parity) & 1) == 0]
-            returns = returns[((np.searchsorted(quotes, returns) + parity) & 1) == 0]
-            quotes_before += quotes.size
-        ends = newlines + (start + 1)
-        if returns.size:
-            following = returns + (start + 1)
-            lone = following >= size
-            lone[~lone] = raw[following[~lone]] != _NEWLINE
-            ends = np.sort(np.concatenate((ends, following[lone])))
-        yield ends
-    if quotes_before % 2:
-        raise _NotPlainCsvError

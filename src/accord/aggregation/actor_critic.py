@@ -87,9 +87,15 @@ from accord.aggregation.combine import (
     expand_to_roster,
     second_gradient,
 )
-from accord.aggregation.credit import FEATURE_NAMES, leave_one_out_credit, node_features
+from accord.aggregation.credit import (
+    CREDIT_METHODS,
+    FEATURE_NAMES,
+    credit_method_for,
+    leave_one_out_credit,
+    node_features,
+)
 from accord.errors import ConfigurationError
-from accord.training.optim import Adam
+from accord.optim import Adam
 
 __all__ = [
     "ActorCriticSettings",
@@ -194,6 +200,10 @@ class ActorCriticSettings:
       credit (default 0, off; ``alignment_fraction`` default 0.5). It tells a noise node
       (cosine about 0) from an under-paid honest one, which the leave-one-out credit does
       not, so noise stays held down with a smaller ``reference_upper_bound``.
+    - ``credit_method``: how the features and the leave-one-out credit are measured:
+      ``exact`` (``2N + 2`` scored candidates), ``first-order`` (two backward passes and
+      N dot products) or ``auto`` (default: first-order above 32 nodes or 20M candidate
+      floats, see :func:`accord.aggregation.credit.credit_method_for`).
     """
 
     mode: str = "rich"
@@ -240,6 +250,7 @@ class ActorCriticSettings:
     reference_upper_bound: float = 4.0
     credit_shrinkage: bool = False
     alignment_penalty: float = 0.0
+    credit_method: str = "auto"
     alignment_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -297,6 +308,7 @@ class ActorCriticSettings:
                 f"got {self.norm_bound!r}"
             )
         require_choice("credit", self.credit, CREDITS)
+        require_choice("credit_method", self.credit_method, CREDIT_METHODS)
         require_number("max_rise", self.max_rise, minimum=0.0)
         require_probability("harm_decay", self.harm_decay)
         require_number("bound_penalty", self.bound_penalty, minimum=0.0)
@@ -433,6 +445,13 @@ class RichActorCritic(Aggregator):
         choose = s.data_size_reference
         candidates = [hedge, data_size] if choose else [hedge]
         scored = check or choose
+        method = credit_method_for(
+            s.credit_method,
+            gradients.shape[0],
+            gradients.shape[1],
+            round_input.validation_gradient,
+        )
+        first_order = round_input.validation_gradient if method == "first-order" else None
         features = node_features(
             round_input.validate,
             round_input.global_weights,
@@ -445,6 +464,7 @@ class RichActorCritic(Aggregator):
             candidate_gradients=(
                 np.stack([second_gradient(c, gradients) for c in candidates]) if scored else None
             ),
+            validation_gradient=first_order,
         )
         chosen = 0
         if choose:
@@ -501,6 +521,7 @@ class RichActorCritic(Aggregator):
             gradients,
             s.server_learning_rate,
             step_normalised=step_normalised,
+            validation_gradient=first_order,
         )
         rejected = fell_back
         if check and not fell_back:
@@ -521,6 +542,7 @@ class RichActorCritic(Aggregator):
                     gradients,
                     s.server_learning_rate,
                     step_normalised=step_normalised,
+                    validation_gradient=first_order,
                 )
         applied = reference if rejected else proposal
         credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from accord.training.optim import Adam
+from accord.optim import Adam
 
 __all__ = [
     "ActionLinearCritics",

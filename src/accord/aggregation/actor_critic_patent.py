@@ -30,7 +30,7 @@ from accord.aggregation.actor_critic_networks import (
 from accord.aggregation.base import Aggregation, Aggregator, RoundFeedback, RoundInput
 from accord.aggregation.combine import second_gradient
 from accord.errors import ConfigurationError
-from accord.training.optim import Adam
+from accord.optim import Adam
 
 if TYPE_CHECKING:
     from accord.aggregation.actor_critic import ActorCriticSettings

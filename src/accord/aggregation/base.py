@@ -3,7 +3,8 @@
 A round gives the policy a :class:`RoundInput` (the first gradients of the nodes that
 answered, their data sizes, the global weights and, when the server holds a validation
 set, a function that scores candidate weights; for a policy that asks for it, the
-server's own first gradient on a small root dataset, see :data:`ServerUpdateFn`). The
+server's own first gradient on a small root dataset, see :data:`ServerUpdateFn`; the
+value types shared with training and data live in :mod:`accord.types`). The
 policy answers with an :class:`Aggregation`: per-node probabilities over the whole roster
 (zero for nodes that did not answer) and the second gradient. After the update is applied
 it receives a :class:`RoundFeedback` to learn from. Nothing here touches files or the network.
@@ -12,7 +13,6 @@ it receives a :class:`RoundFeedback` to learn from. Nothing here touches files o
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,14 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.errors import ProtocolError
+from accord.types import (
+    FloatArray,
+    ServerUpdateFn,
+    ValidationFn,
+    ValidationGradient,
+    ValidationGradientFn,
+    ValidationScores,
+)
 
 __all__ = [
     "Aggregation",
@@ -29,35 +37,10 @@ __all__ = [
     "RoundInput",
     "ServerUpdateFn",
     "ValidationFn",
+    "ValidationGradient",
+    "ValidationGradientFn",
     "ValidationScores",
 ]
-
-FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class ValidationScores:
-    """Validation loss and accuracy of K candidate weight vectors, in the order given.
-
-    ``sample_losses``, when the validation function provides it, is the (K, n_samples)
-    matrix of per-sample losses whose row means are ``losses``; the Actor-Critic's safety
-    check compares two candidates sample by sample with it. ``None`` when not available.
-    """
-
-    losses: npt.NDArray[np.float64]
-    accuracies: npt.NDArray[np.float64]
-    sample_losses: npt.NDArray[np.float64] | None = None
-
-
-#: Scores a (K, dim) stack of flat weight vectors on the server's validation set.
-ValidationFn = Callable[[FloatArray], ValidationScores]
-
-#: ``(w_t, round_index) -> w_t − w_root``: the server trains a copy of ``w_t`` on its own
-#: small *root dataset* with the nodes' local procedure and returns the model delta, a first
-#: gradient of its own (FLTrust's reference update). The validation function cannot stand in
-#: for it: it scores weights, it gives no gradient. The driver builds it only for a policy
-#: whose :attr:`Aggregator.root_samples` is positive.
-ServerUpdateFn = Callable[[FloatArray, int], FloatArray]
 
 
 @dataclass(frozen=True)
@@ -78,6 +61,9 @@ class RoundInput:
     first_gradients: FloatArray
     validate: ValidationFn | None
     server_update: ServerUpdateFn | None = None
+    #: The validation loss's gradient at a weight vector, for first-order credit; ``None``
+    #: when the driver gives none (the policies then use exact credit).
+    validation_gradient: ValidationGradientFn | None = None
 
     def __post_init__(self) -> None:
         n_present = int(self.present.sum())

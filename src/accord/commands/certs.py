@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from accord.errors import ConfigurationError
-    from accord.federation.auth import make_credentials, renew_node_credentials
+    from accord.federation.credentials import make_credentials, renew_node_credentials
 
     if args.renew is not None:
         if args.host or args.force:

@@ -17,8 +17,8 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    from accord.commands.run_options import add_display_options
     from accord.commands.server import add_run_arguments
-    from accord.commands.simulate import add_display_options
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "federate",
@@ -95,7 +95,7 @@ class RunDisplay:
     def start(self, description: str, faulty_nodes: tuple[str, ...], address: str) -> None:
         from tqdm import tqdm
 
-        from accord.commands.simulate import RoundTable
+        from accord.commands.run_output import RoundTable
 
         self.faulty = faulty_nodes
         self.table = RoundTable([self.policy], with_faulty=bool(self.faulty))
@@ -132,7 +132,7 @@ class RunDisplay:
             self.printed = number
 
     def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
-        from accord.commands.simulate import summary_lines
+        from accord.commands.run_output import summary_lines
 
         if self.bar is not None:
             self.bar.close()
@@ -186,14 +186,14 @@ def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     )
     from accord.errors import ConfigurationError
     from accord.federation.driver import StopRequest
-    from accord.federation.launcher import FederateSettings, federate
+    from accord.federation.local import FederateSettings, federate
     from accord.federation.settings import FederationSettings, ServerSettings
 
     if args.every is not None and args.every < 1:
         raise ConfigurationError(f"--every: expected an integer >= 1, got {args.every}")
     settings: ServerSettings | None
     if args.resume is not None:
-        from accord.federation.launcher import read_run_file, saved_settings
+        from accord.federation.run_files import read_run_file, saved_settings
 
         if args.out is not None:
             raise ConfigurationError("--resume continues the run in its own folder; drop --out")

@@ -275,9 +275,8 @@ def _run_app(args: argparse.Namespace, credentials: Any) -> int:
 
 def _node_settings(args: argparse.Namespace) -> Any:
     """The connection settings of ``accord node``'s options."""
-    import os
-
-    from accord.federation.client import NodeSettings, parse_failpoints
+    from accord.failpoints import NODE_ACTIONS, failpoints_for
+    from accord.federation.client import NodeSettings
 
     return NodeSettings(
         server=args.server,
@@ -286,5 +285,5 @@ def _node_settings(args: argparse.Namespace) -> Any:
         give_up_after=args.give_up_after,
         keep_alive=args.keep_alive,
         **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
-        failpoints=parse_failpoints(os.environ.get("ACCORD_FAILPOINT", "")),
+        failpoints=failpoints_for(NODE_ACTIONS),
     )

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _write(out: Any, predicted: Any, probabilities: Any) -> None:
     import pyarrow as pa
 
-    from accord.tables import atomic_output
+    from accord.atomic_files import atomic_output
 
     columns = {"predicted": pa.array(predicted)}
     for k in range(probabilities.shape[1]):

@@ -76,9 +76,9 @@ _RUN_OPTIONS = (
 
 def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
     """The data side of a run: the options of ``accord simulate``, with the same names,
-    choices and meaning (they go through :func:`accord.commands.simulate.config_from_args`),
+    choices and meaning (they go through :func:`accord.commands.run_options.config_from_args`),
     and ``--config`` for a TOML file (a run folder's ``config.toml`` works)."""
-    from accord.commands.simulate import add_scenario_options
+    from accord.commands.run_options import add_scenario_options
 
     parser.add_argument(
         "--config", metavar="FILE.toml", default=None, help="settings file, as accord simulate"
@@ -91,7 +91,7 @@ def add_scenario_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Scenario, model, local training, rounds, stop conditions and the policy: the options
     of ``accord simulate`` (one policy instead of several)."""
-    from accord.commands.simulate import add_stop_options, add_training_options, policy_list
+    from accord.commands.run_options import add_stop_options, add_training_options, policy_list
 
     add_scenario_arguments(parser)
     parser.add_argument(
@@ -112,7 +112,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def scenario_from_args(args: argparse.Namespace) -> Any:
     """The :class:`ScenarioSettings` of the options (and ``--config``)."""
-    from accord.commands.simulate import config_from_args
+    from accord.commands.run_options import config_from_args
 
     return config_from_args(args).simulation.scenario
 
@@ -120,7 +120,7 @@ def scenario_from_args(args: argparse.Namespace) -> Any:
 def run_settings_from_args(args: argparse.Namespace) -> tuple[Any, str]:
     """(:class:`SimulationSettings`, policy name) from the options and ``--config``, read
     exactly as ``accord simulate`` reads them."""
-    from accord.commands.simulate import config_from_args
+    from accord.commands.run_options import config_from_args
     from accord.errors import ConfigurationError
 
     config = config_from_args(args)
@@ -408,7 +408,7 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
     from pathlib import Path
 
     from accord.errors import ConfigurationError
-    from accord.federation.launcher import read_run_file
+    from accord.federation.run_files import read_run_file
 
     if args.resume is None:
         return (
@@ -494,7 +494,7 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:  # the run's own policy and rounds, for the table
         from pathlib import Path
 
-        from accord.federation.launcher import read_run_file, saved_settings
+        from accord.federation.run_files import read_run_file, saved_settings
 
         saved = saved_settings(read_run_file(Path(args.resume)))
         policy, max_rounds = saved.policy, saved.run.stop.max_rounds

@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from accord._validation import require_choice, require_int, require_number
-from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError
+from accord.types import FloatArray
 
 __all__ = [
     "DEFAULT_FAULTY_SHARE",

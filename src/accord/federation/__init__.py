@@ -10,13 +10,17 @@ Layout::
     server.py     GrpcGrid: the server's gRPC transport (asyncio, one stream per node)
     worker.py     NodeWorker: a node's data, model and round logic, transport-free
     client.py     NodeClient: the node's gRPC session, reconnection with backoff
-    auth.py       CA/certificates/tokens (``accord certs``) and the server's node check
+    auth.py       reading credentials; the server's check of every registering node
+    credentials.py  making the CA, certificates and tokens (``accord certs``)
     checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
-    settings.py   FederationSettings, ServerSettings and their JSON form (for --resume)
+    settings.py   FederationSettings, ServerSettings (JSON form: accord.settings_mapping)
     node_data.py  a node's CSV/Parquet file; its validation split
     naming.py     what a node id may be
-    launcher.py   ``accord server`` and ``accord federate`` process logic
+    launcher.py   ``accord server``'s main loop; what every federation process does first
+    local.py      ``accord federate``: the server here, one forked process per node
+    run_files.py  the run folder: federation.json, server.json, checkpoint, stats, summary
+    scenario_helper.py  builds the scenario in a forked helper while torch loads
 
 Names are imported lazily: ``import accord.federation`` loads neither torch nor gRPC.
 """
@@ -55,7 +59,7 @@ _WHERE = {
     "NodeWorker": "worker",
     "ServerSettings": "settings",
     "TransportSettings": "server",
-    "make_credentials": "auth",
+    "make_credentials": "credentials",
 }
 
 

@@ -1,7 +1,7 @@
 """Credentials of a federation: a local CA, TLS certificates, per-node tokens, and the check
 a server makes on every registering node.
 
-``accord certs DIR`` (:func:`make_credentials`) writes::
+``accord certs DIR`` (:func:`accord.federation.credentials.make_credentials`) writes::
 
     DIR/ca.pem  DIR/ca.key              the federation's CA (keep ca.key offline)
     DIR/server.pem  DIR/server.key      the server's TLS certificate (serverAuth)
@@ -10,7 +10,8 @@ a server makes on every registering node.
                                         one folder to copy to each node's machine
     DIR/revoked.json                    SHA-256 of certificates replaced by ``--renew``
 
-``accord certs DIR --renew NODE`` (:func:`renew_node_credentials`) issues that node a new
+``accord certs DIR --renew NODE``
+(:func:`~accord.federation.credentials.renew_node_credentials`) issues that node a new
 certificate and token from the same CA (a leaked or lost folder is replaced), lists the old
 certificate in ``revoked.json`` and drops the old token from ``tokens.json``; a running
 server reads both again when they change (:meth:`Authenticator.reloading`).
@@ -23,15 +24,11 @@ refused node gets one opaque "credentials refused"; the server log gets the reas
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import os
-import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,16 +40,14 @@ __all__ = [
     "CLIENT_AUTH_MODES",
     "REVOKED_NAME",
     "Authenticator",
-    "CredentialRenewal",
     "NodeCredentials",
     "ServerCredentials",
     "certificate_fingerprint",
     "hash_token",
     "load_node_credentials",
     "load_server_credentials",
-    "make_credentials",
+    "read_file",
     "read_revoked",
-    "renew_node_credentials",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,7 +85,8 @@ class NodeCredentials:
     token: str | None
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
+    """The bytes of a credential file; a missing or unreadable one is one line naming it."""
     try:
         return path.read_bytes()
     except FileNotFoundError as error:
@@ -102,7 +98,7 @@ def _read(path: Path, what: str) -> bytes:
 def _read_json_of_format(path: Path, what: str, format_name: str) -> dict[str, Any]:
     """A JSON object whose ``format`` field is ``format_name`` (else a clear error)."""
     try:
-        data = json.loads(_read(path, what))
+        data = json.loads(read_file(path, what))
     except json.JSONDecodeError as error:
         raise InputDataError(f"{path}: not valid JSON: {error}") from error
     if not isinstance(data, dict) or data.get("format") != format_name:
@@ -156,9 +152,9 @@ def load_server_credentials(
         raise ConfigurationError("token authentication: give --credentials DIR or --tokens")
     revoked_path = None if directory is None else directory / REVOKED_NAME
     return ServerCredentials(
-        certificate_chain=_read(cert_path, "server certificate"),
-        private_key=_read(key_path, "server private key"),
-        client_ca=None if ca_path is None else _read(ca_path, "CA certificate"),
+        certificate_chain=read_file(cert_path, "server certificate"),
+        private_key=read_file(key_path, "server private key"),
+        client_ca=None if ca_path is None else read_file(ca_path, "CA certificate"),
         token_hashes=None if tokens_path is None else read_token_hashes(tokens_path),
         revoked_certificates=(
             read_revoked(revoked_path)
@@ -195,13 +191,13 @@ def load_node_credentials(
         raise ConfigurationError("client certificate: give both the certificate and its key")
     token = None
     if token_path is not None:
-        token = _read(token_path, "token").decode().strip()
+        token = read_file(token_path, "token").decode().strip()
         if not token:
             raise InputDataError(f"{token_path}: the token file is empty")
     return NodeCredentials(
-        root_ca=None if ca_path is None else _read(ca_path, "CA certificate"),
-        certificate_chain=None if cert_path is None else _read(cert_path, "node certificate"),
-        private_key=None if key_path is None else _read(key_path, "node private key"),
+        root_ca=None if ca_path is None else read_file(ca_path, "CA certificate"),
+        certificate_chain=None if cert_path is None else read_file(cert_path, "node certificate"),
+        private_key=None if key_path is None else read_file(key_path, "node private key"),
         token=token,
     )
 
@@ -376,298 +372,3 @@ def read_revoked(path: Path) -> frozenset[str]:
     ):
         raise InputDataError(f"{path}: certificates: expected a list of SHA-256 hex digests")
     return frozenset(fingerprints)
-
-
-# ------------------------------------------------------------------ making credentials
-
-
-def _write_private(path: Path, data: bytes, overwrite: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-    try:
-        descriptor = os.open(path, flags, 0o600)
-    except FileExistsError as error:
-        raise ConfigurationError(f"{path}: exists already (use --force to replace)") from error
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-
-
-def _write_public(path: Path, data: bytes, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise ConfigurationError(f"{path}: exists already (use --force to replace)")
-    path.write_bytes(data)
-
-
-def _replace(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _key_pem(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-def _name(common_name: str) -> Any:
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Accord federation"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _issue(
-    ca_key: Any,
-    ca_cert: Any,
-    common_name: str,
-    alt_names: list[Any],
-    usage: Any,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> tuple[bytes, bytes]:
-    """A leaf certificate and its key (PEM), signed by the CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
-def _write_node_folder(
-    directory: Path,
-    node: str,
-    ca_key: Any,
-    ca_cert: Any,
-    start: dt.datetime,
-    end: dt.datetime,
-    overwrite: bool,
-) -> tuple[Path, str]:
-    """Write ``directory/node/``: the CA, a new client certificate, its key and a new token.
-    Returns the folder and the token's hash (for ``tokens.json``)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    folder = directory / node
-    folder.mkdir(exist_ok=True)
-    os.chmod(folder, 0o700)
-    cert, key = _issue(
-        ca_key, ca_cert, node, [x509.DNSName(node)], ExtendedKeyUsageOID.CLIENT_AUTH, start, end
-    )
-    token = secrets.token_urlsafe(32)
-    _write_public(folder / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM), overwrite)
-    _write_public(folder / "node.pem", cert, overwrite)
-    _write_private(folder / "node.key", key, overwrite)
-    _write_private(folder / "token", (token + "\n").encode(), overwrite)
-    return folder, hash_token(token)
-
-
-def _checked_node_ids(node_ids: Iterable[str], days: int) -> list[str]:
-    nodes = list(node_ids)
-    for node in nodes:
-        problem = check_node_id(node)
-        if problem is not None:
-            raise ConfigurationError(problem)
-    if len(set(nodes)) != len(nodes) or not nodes:
-        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
-    if not isinstance(days, int) or days < 1:
-        raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
-    return nodes
-
-
-def make_credentials(
-    directory: Path,
-    node_ids: Iterable[str],
-    *,
-    hosts: Sequence[str] = (),
-    now: dt.datetime,
-    days: int = 365,
-    overwrite: bool = False,
-) -> dict[str, Path]:
-    """Write a CA, a server certificate for ``localhost``, ``127.0.0.1``, ``::1`` and
-    ``hosts``, and for each node a client certificate and a token. Returns the paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    nodes = _checked_node_ids(node_ids, days)
-    directory.mkdir(parents=True, exist_ok=True)
-
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("Accord federation CA")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(
-        common_name: str, alt_names: list[x509.GeneralName], usage: x509.ObjectIdentifier
-    ) -> tuple[bytes, bytes]:
-        return _issue(ca_key, ca_cert, common_name, alt_names, usage, start, end)
-
-    alt: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    addresses = ["127.0.0.1", "::1"]
-    for host in hosts:
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            alt.append(x509.DNSName(host))
-        else:
-            addresses.append(host)
-    alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(addresses)]
-    server_cert, server_key = leaf("accord-server", alt, ExtendedKeyUsageOID.SERVER_AUTH)
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-
-    paths = {
-        "ca": directory / "ca.pem",
-        "ca_key": directory / "ca.key",
-        "server_cert": directory / "server.pem",
-        "server_key": directory / "server.key",
-        "tokens": directory / "tokens.json",
-    }
-    _write_public(paths["ca"], ca_pem, overwrite)
-    _write_private(paths["ca_key"], _key_pem(ca_key), overwrite)
-    _write_public(paths["server_cert"], server_cert, overwrite)
-    _write_private(paths["server_key"], server_key, overwrite)
-    hashes_by_node: dict[str, str] = {}
-    for node in nodes:
-        paths[node], hashes_by_node[node] = _write_node_folder(
-            directory, node, ca_key, ca_cert, start, end, overwrite
-        )
-    tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
-    _write_public(paths["tokens"], (json.dumps(tokens_json, indent=2) + "\n").encode(), overwrite)
-    # The command prints what was written; the log repeats it only at debug level.
-    logger.debug("wrote a CA, a server certificate and %d node credentials", len(nodes))
-    return paths
-
-
-@dataclass(frozen=True)
-class CredentialRenewal:
-    """What :func:`renew_node_credentials` did, node by node."""
-
-    #: Each node's new credentials folder.
-    folders: dict[str, Path]
-    #: Nodes whose old certificate was added to ``revoked.json``.
-    revoked: tuple[str, ...]
-    #: Nodes that had a token but no certificate to revoke (the token is replaced).
-    replaced_tokens: tuple[str, ...]
-    #: Node ids never issued before (nothing to revoke): new credentials only.
-    issued: tuple[str, ...]
-
-
-def renew_node_credentials(
-    directory: Path, node_ids: Iterable[str], *, now: dt.datetime, days: int = 365
-) -> CredentialRenewal:
-    """A new client certificate and token for each node, from ``directory``'s CA.
-
-    The node's old certificate (if its folder has one) is added to ``revoked.json`` and its
-    old token is replaced in ``tokens.json``, so the old folder no longer authenticates (a
-    running server reads both files again). A node id never issued is added (and counted as
-    issued, not revoked).
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-
-    nodes = _checked_node_ids(node_ids, days)
-    ca_pem = _read(directory / "ca.pem", "CA certificate")
-    if not (directory / "ca.key").exists():
-        raise ConfigurationError(
-            f"{directory / 'ca.key'}: not found; renewing issues the new credentials with the "
-            f"CA key that `accord certs {directory}` wrote"
-        )
-    ca_key_pem = _read(directory / "ca.key", "CA private key")
-    try:
-        ca_cert = x509.load_pem_x509_certificate(ca_pem)
-        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    except ValueError as error:
-        raise InputDataError(f"{directory}: unreadable CA certificate or key: {error}") from error
-    tokens_path = directory / "tokens.json"
-    hashes_by_node = read_token_hashes(tokens_path)
-    revoked_path = directory / REVOKED_NAME
-    revoked = set(read_revoked(revoked_path)) if revoked_path.exists() else set()
-    start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
-    paths: dict[str, Path] = {}
-    revoked_nodes: list[str] = []
-    replaced: list[str] = []
-    issued: list[str] = []
-    for node in nodes:
-        folder = directory / node
-        old = folder / "node.pem"
-        if old.exists():
-            try:
-                revoked.add(certificate_fingerprint(old.read_bytes()))
-            except ValueError as error:
-                raise InputDataError(f"{old}: unreadable certificate: {error}") from error
-            revoked_nodes.append(node)
-        elif node in hashes_by_node:
-            replaced.append(node)
-        else:
-            issued.append(node)
-        paths[node], hashes_by_node[node] = _write_node_folder(
-            directory, node, ca_key, ca_cert, start, end, True
-        )
-    tokens_json = {"format": TOKENS_FORMAT, "version": 1, "nodes": hashes_by_node}
-    # Revocations first, each file replaced whole: a server reading them meanwhile sees the
-    # old state or the new one, never half a file.
-    revoked_json = {"format": REVOKED_FORMAT, "version": 1, "certificates": sorted(revoked)}
-    _replace(revoked_path, (json.dumps(revoked_json, indent=2) + "\n").encode())
-    _replace(tokens_path, (json.dumps(tokens_json, indent=2) + "\n").encode())
-    logger.debug(
-        "renewed %d node credentials: %d certificates revoked, %d new ids",
-        len(nodes),
-        len(revoked_nodes),
-        len(issued),
-    )
-    return CredentialRenewal(paths, tuple(revoked_nodes), tuple(replaced), tuple(issued))

@@ -3,16 +3,16 @@
 A checkpoint is one ``.npz`` file (a zip of ``.npy`` arrays, ``allow_pickle=False``): the
 state tree (dicts, lists, tuples, strings, numbers, ``None``) as JSON in ``__tree__``, every
 numpy array and ``bytes`` value as its own member. Loading a checkpoint therefore cannot run
-code, whoever wrote the file. It is written to a temporary file in the same folder, flushed,
-fsync'ed and moved over the old one with :func:`os.replace`, so a crash leaves either the
-previous checkpoint or the new one, never a torn file.
+code, whoever wrote the file. It is written with
+:func:`accord.atomic_files.write_atomically` (a temporary file in the same folder, flushed,
+fsync'ed and moved over the old one), so a crash leaves either the previous checkpoint or
+the new one, never a torn file.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from accord.atomic_files import write_atomically
 from accord.errors import InputDataError
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "encode_tree",
     "loads_tree",
     "read_checkpoint",
-    "write_atomically",
     "write_checkpoint",
 ]
 
@@ -88,28 +88,6 @@ def decode_tree(tree: Any, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Any:
     if mark == "dict":
         return {decode_tree(k, arrays): decode_tree(v, arrays) for k, v in tree["items"]}
     raise ValueError(f"unknown marker {mark!r}")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` so that readers see the old or the new file, whole."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def dumps_tree(state: Mapping[str, Any]) -> bytes:

@@ -10,7 +10,8 @@ and gives up after ``give_up_after`` seconds without a session (600 by default).
 (credentials, protocol version, roster, scenario) is final and raises :class:`PeerError`,
 and so does a plaintext node facing a TLS server (it names the likely cause).
 
-Testing failpoints (``ACCORD_FAILPOINT``, comma-separated; read by ``accord node``):
+Testing failpoints (``ACCORD_FAILPOINT``, comma-separated, parsed by :mod:`accord.failpoints`;
+read by ``accord node``):
 ``exit@R`` kills the node with SIGKILL when round R starts; ``stall@R:S`` sleeps S seconds
 before answering round R; ``nan@R`` and ``shape@R`` send a first gradient full of NaN or
 one element short in round R. R is the 0-based round index of the protocol (``round`` in
@@ -35,6 +36,7 @@ import numpy as np
 
 from accord import __version__
 from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
+from accord.failpoints import Failpoint
 from accord.federation.auth import NodeCredentials
 from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import RunSpec
@@ -58,10 +60,8 @@ from accord.training.weights import WeightEntry, WeightLayout
 
 __all__ = [
     "DEFAULT_GIVE_UP_AFTER",
-    "Failpoint",
     "NodeClient",
     "NodeSettings",
-    "parse_failpoints",
     "server_speaks_tls",
 ]
 
@@ -73,40 +73,6 @@ _FINAL_CODES = {
     grpc.StatusCode.FAILED_PRECONDITION: "the server refused this node",
     grpc.StatusCode.INVALID_ARGUMENT: "the server refused this node's messages",
 }
-
-
-@dataclass(frozen=True)
-class Failpoint:
-    """A deliberate misbehaviour in one round (tests and demonstrations only)."""
-
-    action: str
-    round_index: int
-    seconds: float = 0.0
-
-
-FAILPOINT_ACTIONS = ("exit", "nan", "shape", "stall")
-
-
-def parse_failpoints(text: str) -> tuple[Failpoint, ...]:
-    """``"exit@2,stall@3:1.5"`` -> failpoints; a bad entry is a :class:`ConfigurationError`."""
-    points = []
-    for entry in filter(None, (part.strip() for part in text.split(","))):
-        if entry.startswith("crash-after-round@"):  # the server's failpoint
-            continue
-        action, _, rest = entry.partition("@")
-        round_text, _, seconds_text = rest.partition(":")
-        try:
-            point = Failpoint(action, int(round_text), float(seconds_text or 0.0))
-        except ValueError as error:
-            raise ConfigurationError(
-                f"failpoint {entry!r}: expected ACTION@ROUND[:SECONDS]"
-            ) from error
-        if point.action not in FAILPOINT_ACTIONS:
-            raise ConfigurationError(
-                f"failpoint {entry!r}: expected one of {', '.join(FAILPOINT_ACTIONS)}"
-            )
-        points.append(point)
-    return tuple(points)
 
 
 #: Seconds a node keeps trying to reach its server before it exits (``--give-up-after``).
@@ -254,7 +220,7 @@ class NodeClient:
         self.parent_pid = parent_pid
         self.fingerprint = fingerprint or Fingerprint()
         self.sessions = 0
-        self._failpoints = {(p.action, p.round_index): p for p in settings.failpoints}
+        self._failpoints = {(p.action, p.step): p for p in settings.failpoints}
 
     # ------------------------------------------------------------------ channel
 

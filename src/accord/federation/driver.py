@@ -35,8 +35,7 @@ from accord.federation.checkpoint import read_checkpoint, write_checkpoint
 from accord.federation.grid import Evaluation, Grid, NodeInfo
 from accord.federation.settings import FederationSettings
 from accord.rounds import DivergedError, RoundEngine, RoundRecord
-from accord.simulation.driver import TimedRecord
-from accord.simulation.stop import StopConditions, StopTracker
+from accord.run import StopConditions, StopTracker, TimedRecord
 
 __all__ = [
     "CHECKPOINT_FORMAT",

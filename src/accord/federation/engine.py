@@ -29,7 +29,7 @@ from accord.federation.settings import ServerSettings
 from accord.fl.contracts import ServerApp
 from accord.rounds import RoundEngine, RoundSettings
 from accord.scenario import ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
 from accord.training.local import LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, build_model
 from accord.training.weights import Weights
@@ -178,12 +178,13 @@ def standardisation_fit(settings: ServerSettings, data: ServerData) -> Standardi
 
 
 def prepare_run(
-    settings: ServerSettings, data: ServerData, run_id: str
+    settings: ServerSettings, data: ServerData, run_id: str, device: str = "cpu"
 ) -> tuple[RunSpec, EngineFactory]:
-    """The ``Welcome`` every node receives, and the engine factory of the run."""
+    """The ``Welcome`` every node receives, and the engine factory of the run (its
+    validation and test scoring on ``device``)."""
     run = settings.run
     seed = run.scenario.seed
-    model = build_model(run.model, data.n_features, data.n_classes, seed)
+    model = build_model(run.model, data.n_features, data.n_classes, seed).to(device)
     flat = FlatModel(model)
     initial_weights = flat.get_flat()
     parameters = [
@@ -239,6 +240,7 @@ def prepare_run(
             test=None if test is None else make_validation_fn(flat, *test),
             settings=run.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(flat, *data.validation),
         )
 
     return spec, factory
@@ -300,13 +302,15 @@ def prepare_app_run(
             if isinstance(policy, str)
             else policy()
         )
+        validate = app.validation()
         return RoundEngine(
             roster=roster,
             sample_counts=counts,
             initial_weights=flat,
             aggregator=aggregator,
-            validate=app.validation(),
+            validate=validate,
             test=app.test(),
+            validation_gradient=getattr(validate, "gradient", None),
             settings=round_settings,
             layout=layout,
             initial_buffers=buffers,

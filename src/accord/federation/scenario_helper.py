@@ -4,7 +4,7 @@
 loads the dataset while the main process imports torch: about a second sooner to the first
 round on two cores. The helper waits for the scenario settings (JSON through a pipe), builds
 the scenario and sends it back as ``.npz`` bytes (no pickle; the format of ``accord
-simulate``'s helper, :func:`accord.commands.simulate.scenario_to_npz`). If the helper
+simulate``'s helper, :func:`accord.scenario_codec.scenario_to_npz`). If the helper
 fails, the main process builds the scenario itself, which raises the real error.
 """
 
@@ -39,14 +39,14 @@ def write_all(descriptor: int, data: bytes) -> None:
 def _helper(settings_fd: int, data_fd: int) -> int:  # pragma: no cover - the helper process
     import sklearn.datasets  # noqa: F401 - the slow import, done while the parent imports torch
 
-    from accord.commands.simulate import scenario_to_npz
-    from accord.federation.dataclass_json import settings_from_json
     from accord.scenario import ScenarioSettings, build_scenario
+    from accord.scenario_codec import scenario_to_npz
+    from accord.settings_mapping import settings_from_mapping
 
     request = read_all(settings_fd)
     if not request:  # cancelled
         return 0
-    settings = settings_from_json(ScenarioSettings, json.loads(request), "scenario")
+    settings = settings_from_mapping(ScenarioSettings, json.loads(request), source="scenario")
     write_all(data_fd, scenario_to_npz(build_scenario(settings)))
     return 0
 
@@ -77,15 +77,15 @@ class ScenarioHelper:
 
     def request(self, settings: Any) -> None:
         """Ask for the scenario of these :class:`ScenarioSettings`."""
-        from accord.federation.dataclass_json import settings_to_json
+        from accord.settings_mapping import settings_to_mapping
 
-        write_all(self._settings_write, json.dumps(settings_to_json(settings)).encode())
+        write_all(self._settings_write, json.dumps(settings_to_mapping(settings)).encode())
         os.close(self._settings_write)
         self._requested = True
 
     def collect(self, settings: Any) -> Any:
         """The requested :class:`ScenarioData` (built here if the helper failed)."""
-        from accord.commands.simulate import scenario_from_npz
+        from accord.scenario_codec import scenario_from_npz
 
         try:
             data = read_all(self._data_read)

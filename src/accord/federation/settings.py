@@ -1,4 +1,6 @@
-"""Settings of a networked run, and their JSON form (kept in the run folder for resume)."""
+"""Settings of a networked run. Their JSON form (kept in the run folder for resume) is
+:func:`accord.settings_mapping.settings_to_mapping`, read back by
+:func:`~accord.settings_mapping.settings_from_mapping`."""
 
 from __future__ import annotations
 
@@ -7,15 +9,12 @@ from dataclasses import dataclass, field
 from accord._validation import require_choice, require_int, require_number
 from accord.aggregation.registry import POLICIES
 from accord.errors import ConfigurationError
-from accord.federation.dataclass_json import settings_from_json, settings_to_json
-from accord.simulation.driver import SimulationSettings
+from accord.run import SimulationSettings
 
 __all__ = [
     "EVALUATIONS",
     "FederationSettings",
     "ServerSettings",
-    "settings_from_json",
-    "settings_to_json",
 ]
 
 #: Where the reward's accuracy comes from: the server's validation set, or the nodes'.

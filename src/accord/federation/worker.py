@@ -87,6 +87,7 @@ class NodeWorker:
         validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
         fault: NodeFault | None = None,
         global_standardisation: bool = False,
+        device: str = "cpu",
     ) -> None:
         problem = check_node_id(node_id)
         if problem is not None:
@@ -115,6 +116,7 @@ class NodeWorker:
             | None
         ) = (self.features, validation) if global_standardisation else None
         self.standardisation: Standardisation | None = None
+        self.device = device
         self._factory: NodeFactory | None = None
         self._sample_count = int(labels.shape[0])
         self.spec: RunSpec | None = None
@@ -133,7 +135,7 @@ class NodeWorker:
             raise InputDataError(problem)
         worker.node_id = node_id
         worker.features, worker.labels = None, None
-        worker.seed, worker.validation, worker.fault = 0, None, None
+        worker.seed, worker.validation, worker.fault, worker.device = 0, None, None, "cpu"
         worker._factory = factory
         worker.raw, worker.standardisation = None, None
         worker._sample_count = 0  # known once the node is built
@@ -200,6 +202,7 @@ class NodeWorker:
             model_seed=self.seed,
             fault=self.fault,
             validation=self.validation,
+            device=self.device,
         )
 
     def configure(self, spec: RunSpec) -> NodeInfo:

@@ -30,7 +30,8 @@ __all__ = ["TabularNode"]
 class TabularNode:
     """A node of a built-in scenario or of ``accord node --data``: features ``(n, d)``,
     integer labels ``(n,)``, the model ``spec`` for ``n_classes`` classes, local training
-    ``settings``, the node's ``seed`` and, for a faulty node, its ``fault``."""
+    ``settings``, the node's ``seed`` and, for a faulty node, its ``fault``; it trains on
+    ``device`` (``cpu`` or ``cuda[:k]``)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class TabularNode:
         model_seed: int,
         fault: NodeFault | None = None,
         validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
+        device: str = "cpu",
     ) -> None:
         if features.ndim != 2 or labels.shape != (features.shape[0],):
             raise InputDataError(
@@ -57,7 +59,12 @@ class TabularNode:
         n_features = int(features.shape[1])
         self.fault = fault
         self.trainer = LocalTrainer(
-            build_model(spec, n_features, n_classes, model_seed), features, labels, settings, seed
+            build_model(spec, n_features, n_classes, model_seed),
+            features,
+            labels,
+            settings,
+            seed,
+            device,
         )
         self.flipped_trainer: LocalTrainer | None = None
         if fault is not None and fault.spec.corrupts_labels:
@@ -67,6 +74,7 @@ class TabularNode:
                 flip_labels(labels, n_classes),
                 settings,
                 seed,
+                device,
             )
         self._layout = WeightLayout.of_module(self.trainer.flat.module)
         self.validation = validation

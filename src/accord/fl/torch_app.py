@@ -126,7 +126,8 @@ class TorchNode:
         self.model.train()
         params: list[torch.Tensor] = [p for p in self.model.parameters() if p.requires_grad]
         velocity: list[torch.Tensor] | None = None
-        total, batches = 0.0, 0
+        total = torch.zeros((), device=self.device)
+        batches = 0
         round_index = int(config.get(ROUND, 0))
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also queues CUDA seeding, which
@@ -137,7 +138,7 @@ class TorchNode:
                     for parameter in params:
                         parameter.grad = None
                     outputs = self.model(inputs.to(self.device))
-                    loss = self.loss(outputs, targets.to(self.device)).mean()
+                    loss = self._mean_loss(outputs, targets.to(self.device))
                     loss.backward()  # type: ignore[no-untyped-call]
                     with torch.no_grad():
                         grads = [
@@ -151,16 +152,21 @@ class TorchNode:
                                 torch._foreach_add_(velocity, grads)
                             grads = velocity
                         torch._foreach_add_(params, grads, alpha=-self.learning_rate)
-                    total += float(loss.detach())
+                    total += loss.detach()  # summed on the device: no sync per batch
                     batches += 1
         return FitResult(
             sample_count=self._sample_count,
             weights=module_weights(self.model),
             metrics={
-                "train_loss": total / max(batches, 1),
+                "train_loss": float(total) / max(batches, 1),
                 "train_seconds": time.perf_counter() - started,
             },
         )
+
+    def _mean_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss is cross_entropy:  # the fused mean, as nn.CrossEntropyLoss computes it
+            return nn.functional.cross_entropy(outputs, targets)
+        return self.loss(outputs, targets).mean()
 
     def _epoch(self) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if self._arrays is None:

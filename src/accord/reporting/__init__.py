@@ -18,7 +18,6 @@ from accord.reporting.writer import (
     METRICS_FILE,
     SUMMARY_FILE,
     RunFolder,
-    write_atomically,
 )
 
 __all__ = [
@@ -34,5 +33,4 @@ __all__ = [
     "metrics_line",
     "policy_summary",
     "round_faulty",
-    "write_atomically",
 ]

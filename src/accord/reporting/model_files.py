@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from accord.aggregation.base import FloatArray
+from accord.atomic_files import write_atomically
 from accord.data.standardise import Standardisation
 from accord.errors import InputDataError
-from accord.reporting.writer import write_atomically
 from accord.training.models import ModelSpec, build_model
 from accord.training.weights import WeightLayout, Weights
 

@@ -20,8 +20,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from accord.atomic_files import write_atomically
 from accord.reporting.summary import PolicyRun, faulty_mass, round_faulty
-from accord.reporting.writer import write_atomically
 
 __all__ = ["plot_accuracy", "plot_probabilities", "plot_run", "shared_colour_limit", "stop_note"]
 

@@ -1,11 +1,14 @@
-"""In-process federation: every node trains in this process, for experiments."""
+"""In-process federation: every node trains in this process, for experiments.
+
+The run's settings, stop conditions and timed records live in :mod:`accord.run` (shared
+with the gRPC driver) and are re-exported here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
+from accord.run import StopConditions, StopTracker, stop_reason_of_round
+from accord.simulation.app import run_app
 from accord.simulation.driver import RunResult, Simulation, SimulationSettings, TimedRecord
-from accord.simulation.stop import StopConditions, StopTracker
 
 __all__ = [
     "RunResult",
@@ -15,14 +18,5 @@ __all__ = [
     "StopTracker",
     "TimedRecord",
     "run_app",
+    "stop_reason_of_round",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # run_app drives the federated run; imported on first use, since accord.federation
-    # imports this package's settings.
-    if name == "run_app":
-        from accord.simulation.app import run_app
-
-        return run_app
-    raise AttributeError(f"module 'accord.simulation' has no attribute {name!r}")

@@ -24,8 +24,7 @@ from accord.federation.settings import FederationSettings
 from accord.federation.worker import NodeWorker
 from accord.fl.contracts import Node, ServerApp
 from accord.rounds import RoundSettings
-from accord.simulation.driver import TimedRecord
-from accord.simulation.stop import StopConditions
+from accord.run import StopConditions, TimedRecord
 
 __all__ = ["run_app"]
 

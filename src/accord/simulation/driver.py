@@ -9,49 +9,28 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator, FloatArray
-from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
 from accord.fl.tabular import TabularNode
-from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
-from accord.scenario import NodeData, ScenarioData, ScenarioSettings, build_scenario, node_seed
-from accord.simulation.stop import StopConditions, StopTracker
-from accord.training.evaluation import make_validation_fn
-from accord.training.local import LocalTrainingSettings, root_update
-from accord.training.models import FlatModel, ModelSpec, build_model
+from accord.rounds import DivergedError, RoundEngine
+from accord.run import (
+    SimulationSettings,
+    StopTracker,
+    TimedRecord,
+    stop_reason_of_round,
+)
+from accord.scenario import NodeData, ScenarioData, build_scenario, node_seed
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
+from accord.training.local import root_update
+from accord.training.models import FlatModel, build_model
 
 __all__ = ["RunResult", "Simulation", "SimulationSettings", "TimedRecord", "stop_reason_of_round"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SimulationSettings:
-    """A whole in-process run: scenario, model, local training, round, stop and policy."""
-
-    scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
-    model: ModelSpec = field(default_factory=ModelSpec)
-    local: LocalTrainingSettings = field(default_factory=LocalTrainingSettings)
-    rounds: RoundSettings = field(default_factory=RoundSettings)
-    stop: StopConditions = field(default_factory=StopConditions)
-    actor_critic: ActorCriticSettings = field(default_factory=ActorCriticSettings)
-    hedge: HedgeLooSettings = field(default_factory=HedgeLooSettings)
-
-
-@dataclass(frozen=True)
-class TimedRecord:
-    """A round's record plus where its wall time went, and (in a scenario run) ``faulty``:
-    the nodes faulty in that round, sorted (``None`` when not known)."""
-
-    record: RoundRecord
-    round_seconds: float
-    local_training_seconds: float
-    faulty: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,29 +42,23 @@ class RunResult:
     seconds: float
 
 
-def stop_reason_of_round(tracker: StopTracker, timed: TimedRecord, now: float) -> str | None:
-    """Why a run stops after this round: ``diverged: …`` when the round diverged, else what
-    the stop conditions say (``None``: go on)."""
-    reason = tracker.update(timed.record.validation_accuracy_after, now)
-    if timed.record.diverged is not None:
-        return f"diverged: {timed.record.diverged}"
-    return reason
-
-
 class Simulation:
-    """One policy on one scenario, all in this process."""
+    """One policy on one scenario, all in this process; the model trains and is scored on
+    ``device`` (``cpu``, the default, or ``cuda[:k]``)."""
 
     def __init__(
         self,
         settings: SimulationSettings,
         policy: str | Aggregator,
         data: ScenarioData | None = None,
+        device: str = "cpu",
     ) -> None:
         self.settings = settings
+        self.device = device
         self.data = data or build_scenario(settings.scenario)
         seed = settings.scenario.seed
         model = build_model(settings.model, self.data.n_features, self.data.n_classes, seed)
-        self.flat = FlatModel(model)
+        self.flat = FlatModel(model.to(device))
         # The same node class the networked node runs (accord.fl.TabularNode).
         self.nodes = [self._node(node) for node in self.data.nodes]
         self.policy = (
@@ -121,6 +94,9 @@ class Simulation:
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(
+                self.flat, holdout.validation.features, holdout.validation.labels
+            ),
         )
 
     def _node(self, node: NodeData) -> TabularNode:
@@ -134,6 +110,7 @@ class Simulation:
             seed=node_seed(seed, node.index),
             model_seed=seed,
             fault=self.data.node_fault(node),
+            device=self.device,
         )
 
     def first_gradients(self, weights: FloatArray, round_index: int) -> dict[str, FloatArray]:

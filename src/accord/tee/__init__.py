@@ -1,25 +1,27 @@
 """Trusted execution for sample alignment: attestation, secure channel, enclave runtime.
 
-The pure crypto core — :mod:`~accord.tee.attestation` (measurements, quotes, policies),
-:mod:`~accord.tee.channel` (attested handshake, sealed records) and
-:mod:`~accord.tee.wire` (encodings) — touches no file, socket or clock. Around it:
+The package is cut in two, as pyca/cryptography cuts hazmat from recipes:
 
-* :mod:`~accord.tee.backend` — the enclave backend interface and the ``simulated`` backend;
-* :mod:`~accord.tee.protocol` — what an enclave does in a session (a state machine);
-* :mod:`~accord.tee.enclave` — the enclave process (``python -m accord.tee.enclave``);
-* :mod:`~accord.tee.host` — the host's handle on its enclave process;
-* :mod:`~accord.tee.transport` — TCP links between the parties' hosts (asyncio);
-* :mod:`~accord.tee.party` — one party's whole run, init → attest → exchange → intersect →
-  report.
+* :mod:`accord.tee.core` — what the enclave computes, with no socket, process, thread or
+  file: wire formats (:mod:`~accord.tee.core.wire`), measurements, quotes and policies
+  (:mod:`~accord.tee.core.attestation`), the attested channel
+  (:mod:`~accord.tee.core.channel`), sealing (:mod:`~accord.tee.core.sealing`), the backend
+  interface (:mod:`~accord.tee.core.backend`), and the enclave's session as a function from
+  call to reply (:mod:`~accord.tee.core.session`, with :mod:`~accord.tee.core.loader`,
+  :mod:`~accord.tee.core.peers`, :mod:`~accord.tee.core.messages`,
+  :mod:`~accord.tee.core.bucket_plan` and :mod:`~accord.tee.core.bucketed`).
+* :mod:`accord.tee.runtime` — what moves the bytes: the enclave process
+  (``python -m accord.tee.runtime.enclave``), the host's handle on it, TCP peer links,
+  one party's whole run (:mod:`~accord.tee.runtime.party`), run directories and progress.
 
-Only the first group and the enclave side are imported here: the enclave process loads
-this package, and everything it loads is measured (:mod:`~accord.tee.measurement`). Import
-the host side explicitly, e.g. ``from accord.tee.party import run_party``.
+Only the core's public names are re-exported here: the enclave process loads this package,
+and everything it loads is measured (:mod:`~accord.tee.runtime.measurement`). Import the
+host side explicitly, e.g. ``from accord.tee.runtime.party import run_party``.
 """
 
 from __future__ import annotations
 
-from accord.tee.attestation import (
+from accord.tee.core.attestation import (
     SIMULATED_BACKEND,
     AttestationPolicy,
     EvidenceClaims,
@@ -28,8 +30,8 @@ from accord.tee.attestation import (
     policy_toml,
     verify_evidence,
 )
-from accord.tee.backend import EnclaveBackend, EnclaveIdentity, SimulatedBackend
-from accord.tee.channel import PROTOCOL_VERSION, ChannelReader, ChannelWriter
+from accord.tee.core.backend import EnclaveBackend, EnclaveIdentity, SimulatedBackend
+from accord.tee.core.channel import PROTOCOL_VERSION, ChannelReader, ChannelWriter
 
 __all__ = [
     "PROTOCOL_VERSION",

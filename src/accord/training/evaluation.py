@@ -12,10 +12,16 @@ import numpy.typing as npt
 import torch
 from torch.func import functional_call, vmap
 
-from accord.aggregation.base import FloatArray, ValidationFn, ValidationScores
 from accord.training.models import FlatModel
+from accord.types import (
+    FloatArray,
+    ValidationFn,
+    ValidationGradient,
+    ValidationGradientFn,
+    ValidationScores,
+)
 
-__all__ = ["make_validation_fn"]
+__all__ = ["make_validation_fn", "make_validation_gradient_fn"]
 
 
 def make_validation_fn(
@@ -27,8 +33,9 @@ def make_validation_fn(
 ) -> ValidationFn:
     """A function scoring a (K, dim) stack of weights: mean cross-entropy and accuracy, and
     the (K, n_samples) per-sample cross-entropy."""
-    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    device = model.device
+    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
     module = model.module
 
     def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -38,7 +45,9 @@ def make_validation_fn(
     batched_forward = vmap(forward)
 
     def validate(weights: FloatArray) -> ValidationScores:
-        stacked = torch.from_numpy(np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float32))
+        stacked = torch.from_numpy(
+            np.ascontiguousarray(np.atleast_2d(weights), dtype=np.float32)
+        ).to(device)
         losses: list[torch.Tensor] = []
         sample_losses: list[torch.Tensor] = []
         accuracies: list[torch.Tensor] = []
@@ -52,9 +61,42 @@ def make_validation_fn(
                 losses.append(per_sample.mean(dim=1))
                 accuracies.append((logits.argmax(dim=-1) == targets).float().mean(dim=1))
         return ValidationScores(
-            losses=torch.cat(losses).double().numpy(),
-            accuracies=torch.cat(accuracies).double().numpy(),
-            sample_losses=torch.cat(sample_losses).double().numpy(),
+            losses=torch.cat(losses).double().cpu().numpy(),
+            accuracies=torch.cat(accuracies).double().cpu().numpy(),
+            sample_losses=torch.cat(sample_losses).double().cpu().numpy(),
         )
 
     return validate
+
+
+def make_validation_gradient_fn(
+    model: FlatModel,
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+) -> ValidationGradientFn:
+    """A function giving the mean cross-entropy at one flat weight vector, its gradient
+    there and the per-sample losses: one forward and one backward pass (first-order
+    credit, :mod:`accord.aggregation.credit`)."""
+    device = model.device
+    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
+    module = model.module
+
+    def gradient(weights: FloatArray) -> ValidationGradient:
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # writable copy
+        params = {
+            name: piece[0].detach().clone().requires_grad_(True)
+            for name, piece in model.unflatten(flat[None, :]).items()
+        }
+        logits: torch.Tensor = functional_call(module, params, (inputs,))
+        per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        loss = per_sample.mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        joined = torch.cat([g.reshape(-1) for g in grads]).detach().cpu().numpy()
+        return ValidationGradient(
+            loss=float(loss.detach()),
+            gradient=joined.astype(np.float32),
+            sample_losses=per_sample.detach().double().cpu().numpy(),
+        )
+
+    return gradient

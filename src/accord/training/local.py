@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from accord._validation import require_int, require_number
-from accord.aggregation.base import FloatArray
 from accord.errors import InputDataError
 from accord.training.models import FlatModel
+from accord.types import FloatArray
 
 __all__ = ["LocalTrainer", "LocalTrainingSettings", "root_update"]
 
@@ -50,6 +50,7 @@ class LocalTrainer:
         labels: npt.NDArray[np.int64],
         settings: LocalTrainingSettings,
         seed: int,
+        device: torch.device | str = "cpu",
     ) -> None:
         if features.shape[0] == 0:
             raise InputDataError("a node needs at least one training sample")
@@ -57,9 +58,12 @@ class LocalTrainer:
             raise InputDataError(
                 f"features and labels differ in length: {features.shape[0]} != {labels.shape[0]}"
             )
-        self.flat = FlatModel(model)
-        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        self.device = torch.device(device)
+        self.flat = FlatModel(model.to(self.device))
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(
+            self.device
+        )
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(self.device)
         self.settings = settings
         self.seed = seed
         self.loss_fn = nn.CrossEntropyLoss()
@@ -78,7 +82,7 @@ class LocalTrainer:
         n = self.sample_count
         batch = self.settings.batch_size
         for _ in range(self.settings.epochs):
-            order = torch.from_numpy(rng.permutation(n))
+            order = torch.from_numpy(rng.permutation(n)).to(self.device)
             for start in range(0, n, batch):
                 index = order[start : start + batch]
                 for parameter in params:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from accord._validation import require_choice, require_int
-from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError
+from accord.types import FloatArray
 
 __all__ = ["MODEL_KINDS", "FlatModel", "ModelSpec", "build_model"]
 
@@ -62,17 +62,22 @@ class FlatModel:
         self.sizes = [int(np.prod(shape)) for shape in self.shapes]
         self.dim = int(sum(self.sizes))
 
+    @property
+    def device(self) -> torch.device:
+        first = next(self.module.parameters(), None)
+        return torch.device("cpu") if first is None else first.device
+
     def get_flat(self) -> FloatArray:
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1) for p in self.module.parameters()])
-        return flat.numpy().astype(np.float32, copy=True)
+        return flat.cpu().numpy().astype(np.float32, copy=True)
 
     def set_flat(self, weights: FloatArray) -> None:
         if weights.shape != (self.dim,):
             raise ConfigurationError(f"weights: expected shape ({self.dim},), got {weights.shape}")
         # Copy, never alias: vector_to_parameters would make the parameters views of the
         # caller's array, and local training would then overwrite w_t in place.
-        source = torch.from_numpy(np.ascontiguousarray(weights))
+        source = torch.from_numpy(np.ascontiguousarray(weights)).to(self.device)
         with torch.no_grad():
             for parameter, piece in zip(
                 self.module.parameters(), torch.split(source, self.sizes), strict=True

@@ -1,0 +1,1 @@
+"""A Flower app using Accord's strategy (see ../pyproject.toml)."""

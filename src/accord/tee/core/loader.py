@@ -1,0 +1,256 @@
+"""This party's IDs inside the enclave: key columns off the wire, normalised and digested.
+
+:func:`decode_columns` rebuilds the Arrow arrays the host sent with ``LOAD_IDS``
+(:func:`accord.tee.core.wire.encode_columns`), validating every offset; :class:`IdLoader`
+normalises each batch as it arrives, digests it once the session's digest key exists, and
+hands :class:`~accord.tee.core.session.EnclaveSession` the sorted, deduplicated digest set.
+Pure: no file, socket or clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from accord.alignment import (
+    DigestSet,
+    DuplicatePolicy,
+    IdReport,
+    keyed_digests,
+    prepare_ids,
+)
+from accord.alignment.buckets import IdTally, duplicate_error, sort_bucket
+from accord.errors import InputDataError, ProtocolError
+from accord.tee.core.bucket_plan import Proposal
+
+__all__ = ["IdLoader", "SessionConfig", "decode_columns"]
+
+
+_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "binary": pa.binary(),
+    "large_binary": pa.large_binary(),
+    "string": pa.string(),
+    "large_string": pa.large_string(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+}
+
+
+def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview) -> list[pa.Array]:
+    """Rebuild the arrays described by :func:`accord.tee.core.wire.encode_columns` over ``body``
+    (zero copy), validating every offset against the buffers."""
+    try:
+        columns = meta["columns"]
+        source = pa.py_buffer(body)
+        position = 0
+        arrays: list[pa.Array] = []
+        for column in columns:
+            kind = _COLUMN_TYPES.get(column["type"])
+            if kind is None:
+                raise ProtocolError(f"LOAD_IDS: unsupported key column type {column['type']!r}")
+            buffers: list[pa.Buffer | None] = []
+            for size in column["buffers"]:
+                if size is None:
+                    buffers.append(None)
+                    continue
+                if not isinstance(size, int) or size < 0 or position + size > len(source):
+                    raise ProtocolError("LOAD_IDS: buffer sizes exceed the body")
+                buffers.append(source.slice(position, size))
+                position += size
+            array = pa.Array.from_buffers(
+                kind, column["length"], buffers, column["null_count"], column["offset"]
+            )
+            array.validate(full=True)
+            arrays.append(array)
+        if position != len(source):
+            raise ProtocolError("LOAD_IDS: trailing bytes after the key columns")
+        return arrays
+    except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
+        raise ProtocolError(f"LOAD_IDS: malformed key columns ({error})") from error
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """The session parameters ``INIT`` gives the enclave."""
+
+    party_name: str
+    session: str
+    parties: int
+    key_columns: tuple[str, ...]
+    duplicates: DuplicatePolicy
+    skip_invalid: bool
+    pad_to: int | None
+    #: This party's bucket proposal (``None``: an in-memory run).
+    proposal: Proposal | None = None
+
+
+class IdLoader:
+    """This party's IDs, normalised and digested batch by batch as they arrive.
+
+    Each ``LOAD_IDS`` batch is normalised at once (invalid IDs are counted, and refused at
+    the end unless skipped, with the message :func:`accord.alignment.prepare_ids` gives on
+    the whole input); once the session's digest key is known each batch is digested and its
+    key bytes dropped, so the enclave keeps 24 bytes per row (digest and row index), not the
+    IDs. The finished set is sorted and deduplicated as :func:`accord.alignment.digest_ids`
+    does.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig,
+        rows_hint: int | None = None,
+        random_bytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self._config = config
+        self._random_bytes = random_bytes
+        self._tally = IdTally()
+        self._key: bytes | None = None
+        self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
+        capacity = 0 if rows_hint is None else min(rows_hint + rows_hint // 8 + 4096, 1 << 31)
+        self._digests = _Gathered(capacity, (2,), np.uint64)
+        self._rows = _Gathered(capacity, (), np.int64)
+        self.finished = False
+
+    @property
+    def rows(self) -> int:
+        """Data rows loaded so far."""
+        return self._tally.rows
+
+    def add(self, columns: list[pa.Array]) -> None:
+        first_row = self._tally.rows
+        prepared = prepare_ids(columns, names=list(self._config.key_columns), skip_invalid=True)
+        self._tally.add(prepared.report)
+        rows = np.asarray(prepared.row_index, dtype=np.int64) + first_row
+        if self._key is None:
+            self._waiting.append((prepared.keys, rows))
+        else:
+            self._digest(prepared.keys, rows)
+
+    def _digest(self, keys: pa.ChunkedArray, rows: np.ndarray) -> None:
+        assert self._key is not None
+        columns = len(self._config.key_columns)
+        self._digests.append(keyed_digests(keys, self._key, key_columns=columns))
+        self._rows.append(rows)
+
+    def set_key(self, key: bytes) -> None:
+        """The session's digest key: digest every batch that waited for it."""
+        if self._key is None:
+            self._key = key
+            waiting, self._waiting = self._waiting, []
+            waiting.reverse()
+            while waiting:  # each batch's key bytes are freed as soon as it is digested
+                keys, rows = waiting.pop()
+                self._digest(keys, rows)
+                del keys, rows
+
+    def finish(self) -> IdReport:
+        """No more batches: refuse invalid IDs (unless skipped); return the input report."""
+        self.finished = True
+        if self._tally.rows == 0:
+            raise InputDataError("no IDs were loaded (the input has no data rows)")
+        if not self._config.skip_invalid:
+            error = self._tally.error(list(self._config.key_columns))
+            if error is not None:
+                raise error
+        if self._tally.kept_rows == 0:
+            raise InputDataError("no usable IDs remain after dropping empty and undecodable ones")
+        if self._key is None and self._config.duplicates is DuplicatePolicy.ERROR:
+            self._refuse_duplicates()
+        return self._tally.report()
+
+    def _refuse_duplicates(self) -> None:
+        """Refuse duplicated IDs before the session exists (so before any peer is contacted).
+
+        The IDs wait for the session's digest key. Here they are digested under a one-off
+        key of this enclave (never used again) and the first 64-bit word of each digest is
+        sorted in place (8 bytes a row): distinct words mean distinct IDs. Only when two
+        words are equal (a duplicate, or once in 2**64 two IDs sharing a word) are the full
+        digests sorted to give the exact error, rows and examples the keyed set would give.
+        """
+        if self._random_bytes is None or len(self._waiting) == 0:
+            return
+        key = self._random_bytes(32)
+        columns = len(self._config.key_columns)
+        words = np.concatenate(
+            [keyed_digests(keys, key, key_columns=columns)[:, 0] for keys, _ in self._waiting]
+        )
+        words.sort()
+        suspect = bool(np.any(words[1:] == words[:-1]))
+        del words
+        if not suspect:
+            return
+        digests = np.concatenate(
+            [keyed_digests(keys, key, key_columns=columns) for keys, _ in self._waiting]
+        )
+        rows = np.concatenate([rows for _, rows in self._waiting])
+        error = duplicate_error(sort_bucket(digests, rows, DuplicatePolicy.ERROR).duplicates)
+        del digests, rows
+        if error is not None:
+            raise error
+
+    def digest_set(self) -> DigestSet:
+        """The canonical digest set (sorted, duplicates handled) once finished and keyed."""
+        assert self.finished and self._key is not None and not self._waiting
+        digests, rows = self._digests.take(), self._rows.take()
+        ordered = sort_bucket(digests, rows, self._config.duplicates)
+        del digests, rows  # freed memory is reused for the peers' digests
+        if self._config.duplicates is DuplicatePolicy.ERROR:
+            error = duplicate_error(ordered.duplicates)
+            if error is not None:
+                raise error
+        ordered.keys.flags.writeable = False
+        ordered.rows.flags.writeable = False
+        return DigestSet(
+            digests=ordered.keys, row_index=ordered.rows, duplicates=ordered.duplicates
+        )
+
+
+class _Gathered:
+    """Arrays appended batch by batch into one array allocated up front.
+
+    With a good estimate of the row count the values land in place, with no final
+    concatenation; pages of the allocation are touched only as they fill. Beyond the
+    estimate the batches are kept apart and joined at the end.
+    """
+
+    def __init__(self, capacity: int, tail: tuple[int, ...], dtype: type[np.generic]) -> None:
+        self._tail = tail
+        self._dtype = dtype
+        self._array: np.ndarray | None = None
+        if capacity:
+            with contextlib.suppress(MemoryError):  # an estimate too big: no head start
+                self._array = np.empty((capacity, *tail), dtype=dtype)
+        self._filled = 0
+        self._parts: list[np.ndarray] = []
+
+    def append(self, values: np.ndarray) -> None:
+        count = len(values)
+        array = self._array
+        if array is not None and not self._parts and self._filled + count <= len(array):
+            array[self._filled : self._filled + count] = values
+            self._filled += count
+        else:
+            self._parts.append(values)
+
+    def take(self) -> np.ndarray:
+        """Everything appended, as one array (the storage is handed over)."""
+        pieces = [] if self._array is None else [self._array[: self._filled]]
+        pieces += self._parts
+        self._array, self._parts = None, []
+        pieces = [piece for piece in pieces if len(piece)]
+        if len(pieces) == 1:
+            return pieces[0]
+        if not pieces:
+            return np.empty((0, *self._tail), dtype=self._dtype)
+        return np.concatenate(pieces)
