@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["STANDARDISE_CHOICES", "add_parser", "run"]
+
+#: ``accord node --standardise``: the run's global statistics, this node's own, or none.
+STANDARDISE_CHOICES = ("global", "own", "off")
 
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
@@ -43,6 +46,15 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         help="a config value for this node's factory (JSON if it parses); repeatable",
     )
     data.add_argument("--label-column", default="label", help="label column of --data [label]")
+    data.add_argument(
+        "--standardise",
+        choices=STANDARDISE_CHOICES,
+        default=None,
+        help="how --data is scaled: 'global' sends the moments of the features (count, sums, "
+        "sums of squares; nothing else) at registration and trains on the run's global "
+        "standardisation; 'own' uses this node's statistics (worse on non-IID splits); 'off' "
+        "trains on the values as they are [global]",
+    )
     data.add_argument(
         "--node-validation-fraction",
         type=float,
@@ -91,7 +103,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors it
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - split next
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
@@ -138,6 +150,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
             token_file=None if args.token_file is None else Path(args.token_file),
         )
     if args.app is not None:
+        if args.standardise is not None:
+            raise ConfigurationError("--standardise: only with --data (an app scales its data)")
         return _run_app(args, credentials)
     if args.app_config:
         raise ConfigurationError("--app-config: only with --app")
@@ -157,6 +171,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
         seed = node_seed(scenario_settings.seed, node.index)
         features, labels = node.features, node.labels
         fault = scenario.node_fault(node)  # the worker flips a label flipper's labels
+        if args.standardise is not None:
+            raise ConfigurationError(
+                "--standardise: only with --data (a scenario's data is already scaled)"
+            )
     else:
         from accord.federation.node_data import load_table
 
@@ -166,11 +184,37 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - its owner refactors
         node_name = args.node_id
         seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
         features, labels, fault = table.features, table.labels, None
+        feature_names: tuple[str, ...] | None = table.feature_names
         fingerprint = Fingerprint()
     features, labels, validation = split_validation(
         features, labels, args.node_validation_fraction, seed
     )
-    worker = NodeWorker(node_name, features, labels, seed=seed, validation=validation, fault=fault)
+    if args.standardise == "own":
+        from accord.data.standardise import Standardisation
+
+        logger.warning(
+            "--standardise own: this node scales its data with its own statistics; on a "
+            "non-IID split every node then has a different transform, and none matches the "
+            "server's validation data (the default, global, avoids both)"
+        )
+        own = Standardisation.fit(features)
+        features = own.apply(features)
+        if validation is not None:
+            validation = (own.apply(validation[0]), validation[1])
+    elif args.standardise == "off":
+        from accord.data.standardise import warn_if_far_from_unit_scale
+
+        warn_if_far_from_unit_scale(features, feature_names, str(args.data))
+    worker = NodeWorker(
+        node_name,
+        features,
+        labels,
+        seed=seed,
+        validation=validation,
+        fault=fault,
+        # --data with the default --standardise global: the server's transform, once sent
+        global_standardisation=args.data is not None and args.standardise in (None, "global"),
+    )
     settings = _node_settings(args)
     logger.info(
         "node %s: %d samples, %d features; server %s",

@@ -42,6 +42,7 @@ from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import RunSpec
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.scaling_wire import moments_to_proto, standardisation_from_proto
 from accord.federation.server import channel_options
 from accord.federation.tensors import (
     DEFAULT_CHUNK_BYTES,
@@ -334,6 +335,11 @@ class NodeClient:
                     validation_sample_count=info.validation_sample_count,
                     software_version=__version__,
                     fingerprint=dict(self.fingerprint.parts),
+                    feature_moments=(
+                        None
+                        if info.feature_moments is None
+                        else moments_to_proto(info.feature_moments)
+                    ),
                 )
             )
         )
@@ -486,6 +492,11 @@ class _MessageHandler:
                 weights = self._tensor("weights", round_index, start.global_weights)
                 if weights is None:
                     return
+            standardisation = (
+                standardisation_from_proto(start.standardisation)
+                if start.HasField("standardisation")
+                else None
+            )
             self._failpoint_before(round_index)
             started = time.perf_counter()
             answer = self.worker.start_round(
@@ -493,6 +504,7 @@ class _MessageHandler:
                 weights,
                 bytes(start.weights_sha256),
                 decode_buffers(start.buffers) if start.buffers else None,
+                standardisation,
             )
             seconds = time.perf_counter() - started
         except AccordError as error:  # a protocol error, or the user's fit failed

@@ -42,6 +42,7 @@ from accord.federation.grid import (
 from accord.federation.naming import check_node_id
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
 from accord.federation.tensors import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
@@ -288,7 +289,12 @@ class GrpcGrid(Grid):
             )
         try:
             fingerprint = Fingerprint(dict(register.fingerprint))
-        except ConfigurationError as error:
+            moments = (
+                moments_from_proto(register.feature_moments)
+                if register.HasField("feature_moments")
+                else None
+            )
+        except (ConfigurationError, ProtocolError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         info = NodeInfo(
             node_id=register.node_id,
@@ -297,6 +303,7 @@ class GrpcGrid(Grid):
             n_classes=int(register.n_classes),
             validation_sample_count=int(register.validation_sample_count),
             fingerprint=fingerprint,
+            feature_moments=moments,
         )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
@@ -640,6 +647,11 @@ class GrpcGrid(Grid):
             else:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
                 if full is None:
+                    standardisation = (
+                        None
+                        if self.standardisation is None
+                        else standardisation_to_proto(self.standardisation)
+                    )
                     full = [
                         pb.ServerMessage(
                             round_start=pb.RoundStart(
@@ -647,6 +659,7 @@ class GrpcGrid(Grid):
                                 weights_sha256=digest,
                                 global_weights=chunk,
                                 buffers=encode_buffers(buffers) if chunk.last else [],
+                                standardisation=standardisation,
                             )
                         )
                         for chunk in encode_tensor(weights, self.transport.chunk_bytes)
