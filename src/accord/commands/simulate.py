@@ -85,6 +85,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
     parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    parser.add_argument(
+        "--device", default="cpu", help="where the model trains: cpu or cuda[:k] [cpu]"
+    )
     add_display_options(parser)
     add_scenario_options(parser.add_argument_group("scenario"))
     add_training_options(parser.add_argument_group("model and training"))
@@ -219,7 +222,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     from accord.reporting.writer import RunFolder
     from accord.scenario import build_scenario
     from accord.simulation.driver import Simulation
+    from accord.training.device import resolve_device
 
+    device = str(resolve_device(args.device))
     config = config_from_args(args)
     settings = config.simulation
     # The policies need no data: build them (the Actor-Critic's networks and optimisers,
@@ -246,7 +251,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     startup["scenario_ready"] = time.perf_counter() - started
     folder = RunFolder(args.out or _default_out())
     folder.write_config(simulate_config_to_toml(config))
-    simulations = {name: Simulation(settings, policies[name], data=data) for name in policies}
+    simulations = {
+        name: Simulation(settings, policies[name], data=data, device=device) for name in policies
+    }
     startup["simulations_ready"] = time.perf_counter() - started
     logger.debug(
         "startup: torch imported after %.2f s, policies ready after %.2f s, scenario ready "

@@ -118,8 +118,11 @@ class ServedRun:
         return self.stop_reason.startswith(DIVERGED)
 
 
-def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
-    """The spec, engine factory and (empty) server data of a user app's run."""
+def _prepare_app(
+    settings: ServerSettings, run_id: str, device: str = "cpu"
+) -> tuple[Any, Any, Any]:
+    """The spec, engine factory and (empty) server data of a user app's run; the server
+    factory's config has ``device`` too (the nodes get the config without it)."""
     import json
 
     import numpy as np
@@ -131,7 +134,7 @@ def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
     config = json.loads(settings.app_config)
     server_factory = load_factory(settings.app, "--app")
     try:
-        app = server_factory(config)
+        app = server_factory({**config, "device": device})
     except AccordError:
         raise
     except Exception as error:  # user code
@@ -168,6 +171,7 @@ def serve(
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
     stop_request: Any = None,
     end_nodes_when_interrupted: bool = False,
+    device: str = "cpu",
 ) -> ServedRun:
     """Run (or resume) a federated run with the server in this process.
 
@@ -186,14 +190,14 @@ def serve(
     stop = stop_request if stop_request is not None else StopRequest()
     fit_standardisation = None  # a user app scales its own data
     if settings.app is not None:
-        spec, factory, data = _prepare_app(settings, run_id)
+        spec, factory, data = _prepare_app(settings, run_id, device)
     else:
         if scenario is None and settings.validation_data is None:
             from accord.scenario import build_scenario
 
             scenario = build_scenario(settings.run.scenario)
         data = load_server_data(settings, scenario)
-        spec, factory = prepare_run(settings, data, run_id)
+        spec, factory = prepare_run(settings, data, run_id, device)
         fit_standardisation = standardisation_fit(settings, data)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
