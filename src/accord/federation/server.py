@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -44,7 +43,6 @@ from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
 from accord.federation.tensors import (
-    DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
     TensorAssembler,
     decode_buffers,
@@ -53,6 +51,12 @@ from accord.federation.tensors import (
     state_digest,
     weights_digest,
 )
+from accord.federation.transport_settings import (
+    TransportSettings,
+    channel_options,
+    format_address,
+)
+from accord.federation.welcome import welcome_message
 from accord.rounds import NodeUpdate
 from accord.training.weights import Weights
 
@@ -64,49 +68,6 @@ logger = logging.getLogger(__name__)
 _WRITER_STOP_SECONDS = 2.0
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TransportSettings:
-    """Where and how the server listens.
-
-    ``host`` (default 127.0.0.1; 0.0.0.0 for every interface) and ``port`` (default 50051;
-    0 picks a free one); ``chunk_bytes`` of tensor data per message (default 1 MiB);
-    ``max_message_bytes`` accepted from a node (default 4 MiB); ``registration_timeout``
-    seconds a new stream has to send ``Register`` (default 10); ``shutdown_grace`` seconds
-    given to nodes to close their streams at the end (default 2)."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    max_message_bytes: int = 4 << 20
-    registration_timeout: float = 10.0
-    shutdown_grace: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
-            raise ConfigurationError(f"port: expected 0..65535, got {self.port!r}")
-        if self.chunk_bytes < 1024 or self.chunk_bytes > self.max_message_bytes - 4096:
-            raise ConfigurationError(
-                f"chunk_bytes: expected 1024 .. max_message_bytes - 4096, got {self.chunk_bytes}"
-            )
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options both ends use: message limits, keepalive, no port sharing."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -312,14 +273,18 @@ class GrpcGrid(Grid):
         connection = _Connection(info, context)
         connection.task = asyncio.current_task()
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
-            await context.write(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+            await context.write(
+                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
+            )
             await self._await_ready(connection, context)
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
-            connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+            connection.send(
+                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
+            )
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -342,46 +307,6 @@ class GrpcGrid(Grid):
         finally:
             await _stop_writer(connection, writer)
             await self._detach(connection, "disconnected")
-
-    def _welcome(self, node_id: str) -> pb.Welcome:
-        spec = self.spec
-        if spec.model is None:  # a user app: the node builds its model itself
-            assert spec.layout is not None
-            return pb.Welcome(
-                protocol_version=PROTOCOL_VERSION,
-                run_id=spec.run_id,
-                node_id=node_id,
-                dim=spec.dim,
-                server_learning_rate=spec.server_learning_rate,
-                federated_evaluation=spec.federated_evaluation,
-                next_round=self._next_round,
-                app=True,
-                config_json=json.dumps(dict(spec.config)),
-                layout=[
-                    pb.ArrayInfo(
-                        name=e.name, dtype=e.dtype, shape=list(e.shape), trainable=e.trainable
-                    )
-                    for e in spec.layout.entries
-                ],
-            )
-        return pb.Welcome(
-            protocol_version=PROTOCOL_VERSION,
-            run_id=spec.run_id,
-            node_id=node_id,
-            model=pb.ModelSpec(kind=spec.model.kind, hidden=list(spec.model.hidden)),
-            n_features=spec.n_features,
-            n_classes=spec.n_classes,
-            dim=spec.dim,
-            local=pb.LocalTraining(
-                learning_rate=spec.local.learning_rate,
-                epochs=spec.local.epochs,
-                batch_size=spec.local.batch_size,
-                momentum=spec.local.momentum,
-            ),
-            server_learning_rate=spec.server_learning_rate,
-            federated_evaluation=spec.federated_evaluation,
-            next_round=self._next_round,
-        )
 
     async def _await_ready(
         self, connection: _Connection, context: grpc.aio.ServicerContext[Any, Any]
