@@ -256,13 +256,13 @@ def _run_app(args: argparse.Namespace, credentials: Any) -> int:
     from accord.federation.client import NodeClient
     from accord.federation.grid import RunSpec
     from accord.federation.worker import NodeWorker
-    from accord.fl.contracts import Node
+    from accord.fl.contracts import Node, NodeAppFactory
     from accord.fl.loading import load_factory, parse_app_config
 
     logger = logging.getLogger("accord.commands.node")
     if args.node_id is None:
         raise ConfigurationError("--node-id: required with --app")
-    node_factory = load_factory(args.app, "--app")
+    node_factory: NodeAppFactory = load_factory(args.app, "--app")
     from accord.training.device import resolve_device
 
     own_config: Mapping[str, Any] = {

@@ -128,11 +128,12 @@ def _prepare_app(
     import numpy as np
 
     from accord.federation.engine import ServerData, prepare_app_run
+    from accord.fl.contracts import ServerAppFactory
     from accord.fl.loading import load_factory
 
     assert settings.app is not None
     config = json.loads(settings.app_config)
-    server_factory = load_factory(settings.app, "--app")
+    server_factory: ServerAppFactory = load_factory(settings.app, "--app")
     try:
         app = server_factory({**config, "device": device})
     except AccordError:
