@@ -586,6 +586,49 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
     assert "client certificate is for 'node-02', not 'node-00'" in server_log
 
 
+def test_a_node_whose_credentials_are_revoked_mid_run_is_cut_at_the_next_round(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: nodes 0, 1 and 2 (quorum 1); node-00 hangs in round 1, so the run is surely in
+    # round 1 when node-01's credentials are renewed (`accord certs --renew`)
+    port = free_port()
+    run_dir = tmp_path / "run"
+    shutil.copytree(credentials, tmp_path / "creds")
+    credentials = tmp_path / "creds"
+    extra = ["--expected-nodes", "3", "--quorum", "1", "--round-deadline", "600"]
+    processes.start(
+        "server", server_args(run_dir, port, credentials, *scenario_args(5, "fedavg"), *extra)
+    )
+    processes.start(
+        "node-0", node_args(0, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:600"}
+    )
+    processes.start("node-1", node_args(1, port, credentials))
+    processes.start("node-2", node_args(2, port, credentials))
+    processes.wait_for_text("node-0", "failpoint: stalling", timeout=120)
+
+    # Act: renew node-01 (its folder's certificate revoked, its token replaced), then end
+    # node-00, so round 1 finishes and round 2 starts
+    renew_node_credentials(credentials, ["node-01"], now=dt.datetime.now(dt.UTC), days=1)
+    os.kill(processes.started["node-0"], signal.SIGKILL)
+    revoked_code = processes.wait("node-1", timeout=120)
+    server_code = processes.wait("server", timeout=240)
+
+    # Assert: node-01 is cut with one line; the run finishes with node-02
+    assert revoked_code == ExitCode.REFUSED
+    errors = [line for line in processes.log("node-1").splitlines() if line.startswith("accord")]
+    assert errors == [
+        "accord node: error: the server refused this node's credentials: credentials refused"
+    ]
+    assert server_code == ExitCode.OK, processes.log("server")[-3000:]
+    assert "node node-01: its credentials are no longer accepted" in processes.log("server")
+    records = run_records(run_dir)
+    assert len(records) == 5
+    cut = [r for r in records if "revoked since it registered" in r["dropped"].get("node-01", "")]
+    assert len(cut) == 1
+    assert all("node-01" not in r["present"] for r in records[records.index(cut[0]) :])
+    assert all("node-02" in r["present"] for r in records)
+
+
 def test_accord_federate_writes_the_run_folder_of_accord_simulate(
     processes: Processes, tmp_path: Path
 ) -> None:

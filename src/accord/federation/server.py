@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -101,8 +101,12 @@ class _Connection:
         self.future: asyncio.Future[tuple[str, Any, float]] | None = None
         self.assembler: TensorAssembler | None = None
         self.task: asyncio.Task[Any] | None = None
-        #: Set to the reason when the server ends this session itself (a final refusal).
-        self.refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: Set to (status, reason) when the server ends this session itself (a final refusal).
+        self.refused: asyncio.Future[tuple[grpc.StatusCode, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        #: The metadata and TLS auth context it registered with, checked again every round.
+        self.credentials: tuple[list[tuple[str, str | bytes]], Any] = ([], {})
 
     @property
     def node_id(self) -> str:
@@ -230,12 +234,12 @@ class GrpcGrid(Grid):
         register = first.register
         # Credentials first: a peer that cannot prove who it is learns nothing else.
         refusal = None
+        credentials = (
+            [(m.key, m.value) for m in (context.invocation_metadata() or ())],
+            context.auth_context(),
+        )
         if not self.authenticator.open:
-            refusal = self.authenticator.refusal(
-                register.node_id,
-                [(m.key, m.value) for m in (context.invocation_metadata() or ())],
-                context.auth_context(),
-            )
+            refusal = self.authenticator.refusal(register.node_id, *credentials)
         if refusal is not None:
             logger.warning("refused node %r from %s: %s", register.node_id[:64], peer, refusal)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
@@ -271,6 +275,7 @@ class GrpcGrid(Grid):
             logger.warning("node %s cannot join: %s", info.node_id, problem)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
         connection = _Connection(info, context)
+        connection.credentials = credentials
         connection.task = asyncio.current_task()
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
             await context.write(
@@ -293,8 +298,8 @@ class GrpcGrid(Grid):
                     # End the stream from here: cancelling this handler would leave it open.
                     read.add_done_callback(_retrieve)
                     await _stop_writer(connection, writer)  # a write in flight blocks the status
-                    reason = connection.refused.result()
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+                    code, reason = connection.refused.result()
+                    await context.abort(code, reason)
                 message = read.result()
                 if message is grpc.aio.EOF:
                     break
@@ -374,6 +379,23 @@ class GrpcGrid(Grid):
             raise
         except Exception as error:  # the stream is gone: the reader notices and detaches
             logger.debug("writing to node %s failed: %s", connection.node_id, error)
+
+    def _revoked(self, connection: _Connection) -> bool:
+        """Whether the credentials the node registered with are no longer accepted (a
+        renewed token, a revoked certificate); its session is then ended, refused."""
+        if self.authenticator.open:
+            return False
+        problem = self.authenticator.refusal(connection.node_id, *connection.credentials)
+        if problem is None:
+            return False
+        logger.warning(
+            "node %s: its credentials are no longer accepted (%s); ending its session",
+            connection.node_id,
+            problem,
+        )
+        if not connection.refused.done():
+            connection.refused.set_result((grpc.StatusCode.UNAUTHENTICATED, "credentials refused"))
+        return True
 
     def _on_first_gradient(self, connection: _Connection, part: pb.FirstGradient) -> None:
         if connection.expect != ("first", part.round_index) or connection.assembler is None:
@@ -505,7 +527,12 @@ class GrpcGrid(Grid):
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
                     await self._detach(connection, "left out of the roster")
-                    connection.refused.set_result(f"node {node} is not in this run's roster")
+                    connection.refused.set_result(
+                        (
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"node {node} is not in this run's roster",
+                        )
+                    )
 
         self._call(fix())
 
@@ -553,6 +580,9 @@ class GrpcGrid(Grid):
             if connection is None:
                 replies.failures[node] = "not connected"
                 continue
+            if kind == "first" and self._revoked(connection):
+                replies.failures[node] = "credentials refused (revoked since it registered)"
+                continue
             connection.resolve(("failed", "superseded by a newer request", 0.0))
             future: asyncio.Future[tuple[str, Any, float]] = loop.create_future()
             connection.expect, connection.future = (kind, round_index), future
@@ -572,23 +602,7 @@ class GrpcGrid(Grid):
             else:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
                 if full is None:
-                    standardisation = (
-                        None
-                        if self.standardisation is None
-                        else standardisation_to_proto(self.standardisation)
-                    )
-                    full = [
-                        pb.ServerMessage(
-                            round_start=pb.RoundStart(
-                                round_index=round_index,
-                                weights_sha256=digest,
-                                global_weights=chunk,
-                                buffers=encode_buffers(buffers) if chunk.last else [],
-                                standardisation=standardisation,
-                            )
-                        )
-                        for chunk in encode_tensor(weights, self.transport.chunk_bytes)
-                    ]
+                    full = self._full_round_start(round_index, digest, weights, buffers)
                 for message in full:
                     connection.send(message)
                 connection.weights_digest = digest  # unless the node reports a failure
@@ -602,16 +616,29 @@ class GrpcGrid(Grid):
             if cut_short
             else f"no {what} within the {timeout:g} s round deadline"
         )
-        for node, (connection, future) in waiting.items():
-            if not future.done():
-                connection.resolve(("failed", late, 0.0))
-            status, value, seconds = future.result()
-            if status == "ok":
-                replies.values[node] = value
-                replies.work_seconds[node] = seconds
-            else:
-                replies.failures[node] = str(value)
+        _gather(waiting, late, replies)
         return replies
+
+    def _full_round_start(
+        self, round_index: int, digest: bytes, weights: FloatArray, buffers: Weights | None
+    ) -> list[pb.ServerMessage]:
+        """``RoundStart`` with the whole weights, chunked; buffers and the standardisation
+        ride on the message of the last chunk."""
+        standardisation = (
+            None if self.standardisation is None else standardisation_to_proto(self.standardisation)
+        )
+        return [
+            pb.ServerMessage(
+                round_start=pb.RoundStart(
+                    round_index=round_index,
+                    weights_sha256=digest,
+                    global_weights=chunk,
+                    buffers=encode_buffers(buffers) if chunk.last else [],
+                    standardisation=standardisation,
+                )
+            )
+            for chunk in encode_tensor(weights, self.transport.chunk_bytes)
+        ]
 
     def broadcast_second_gradient(
         self,
@@ -680,3 +707,20 @@ class GrpcGrid(Grid):
             self._call(close())
         finally:
             self._stop_loop()
+
+
+def _gather(
+    waiting: Mapping[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]],
+    late: str,
+    replies: Replies,
+) -> None:
+    """Each awaited node's answer into ``replies``; one still missing fails as ``late``."""
+    for node, (connection, future) in waiting.items():
+        if not future.done():
+            connection.resolve(("failed", late, 0.0))
+        status, value, seconds = future.result()
+        if status == "ok":
+            replies.values[node] = value
+            replies.work_seconds[node] = seconds
+        else:
+            replies.failures[node] = str(value)
