@@ -73,8 +73,12 @@ from accord.aggregation.actor_critic_networks import (
     Replay,
     ScoreActor,
     bounded_logits_torch,
+    critic_loss,
+    critic_target,
+    kl_to_anchor,
     load_torch_state,
     masked_softmax,
+    own_share,
     soft_update,
     torch_state,
 )
@@ -467,11 +471,8 @@ class RichActorCritic(Aggregator):
                     torch.from_numpy(noise_np).float(),
                 )
                 next_q = self.target_critics(batch["next_x"], next_action, next_mask)
-                next_q = next_q.min(dim=0).values
-                target = batch["reward"] + s.discount * next_q * next_mask.float()
-            weights = mask.float()
-            errors = (self.critics(batch["x"], batch["action"], mask) - target) ** 2
-            loss = (errors * weights).sum() / weights.sum()
+                target = critic_target(batch["reward"], s.discount, next_q, next_mask)
+            loss = critic_loss(self.critics(batch["x"], batch["action"], mask), target, mask)
             critic_losses.append(loss.item())
             # One backward pass for both: the actor's loss sees the critics through
             # detached parameters, so it moves the actor only (as a separate step would,
@@ -481,7 +482,7 @@ class RichActorCritic(Aggregator):
                 loss = loss + self._actor_loss(batch)
                 self.actor_optimizer.zero_grad()
             self.critic_optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.critic_optimizer.step()
             if act:
                 self.actor_optimizer.step()
@@ -503,18 +504,12 @@ class RichActorCritic(Aggregator):
         # The shared objective Σ_i Q_i makes the nodes compete for one unit of weight and,
         # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
         # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
-        logits = logits.masked_fill(~mask, float("-inf"))
-        own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
-        others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
-        own_action = own / (own + others)
+        own_action = own_share(logits, mask)
         frozen = {name: p.detach() for name, p in self.critics.named_parameters()}
         q_all = functional_call(self.critics, frozen, (batch["x"], own_action, mask))
         q = (q_all[0] * mask.float()).sum(dim=-1)
         log_action = torch.log(action.clamp_min(1e-12))
-        anchor = masked_softmax(batch["anchor"], mask)
-        kl = torch.where(mask, action * (log_action - torch.log(anchor.clamp_min(1e-12))), 0.0).sum(
-            dim=-1
-        )
+        kl = kl_to_anchor(action, batch["anchor"], mask)
         loss = (-q + s.kl_weight * kl).mean()
         rejected = batch["rejected"]
         if s.imitation_weight > 0 and bool(rejected.any()):
