@@ -19,7 +19,11 @@ from torch.func import functional_call
 from accord.aggregation.actor_critic_networks import (
     Replay,
     bounded_logits_torch,
+    critic_loss,
+    critic_target,
+    kl_to_anchor,
     masked_softmax,
+    own_share,
     soft_update,
 )
 from accord.aggregation.actor_critic_settings import ActorCriticSettings
@@ -94,11 +98,8 @@ def td3_update(
                 torch.from_numpy(noise_np).float(),
             )
             next_q = nets.target_critics(batch["next_x"], next_action, next_mask)
-            next_q = next_q.min(dim=0).values
-            target = batch["reward"] + s.discount * next_q * next_mask.float()
-        weights = mask.float()
-        errors = (nets.critics(batch["x"], batch["action"], mask) - target) ** 2
-        loss = (errors * weights).sum() / weights.sum()
+            target = critic_target(batch["reward"], s.discount, next_q, next_mask)
+        loss = critic_loss(nets.critics(batch["x"], batch["action"], mask), target, mask)
         critic_losses.append(loss.item())
         # One backward pass for both: the actor's loss sees the critics through
         # detached parameters, so it moves the actor only (as a separate step would,
@@ -108,7 +109,7 @@ def td3_update(
             loss = loss + actor_loss(nets.actor, nets.critics, batch, s)
             nets.actor_optimizer.zero_grad()
         nets.critic_optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         nets.critic_optimizer.step()
         if act:
             nets.actor_optimizer.step()
@@ -132,18 +133,12 @@ def actor_loss(
     # The shared objective Σ_i Q_i makes the nodes compete for one unit of weight and,
     # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
     # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
-    logits = logits.masked_fill(~mask, float("-inf"))
-    own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
-    others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
-    own_action = own / (own + others)
+    own_action = own_share(logits, mask)
     frozen = {name: p.detach() for name, p in critics.named_parameters()}
     q_all = functional_call(critics, frozen, (batch["x"], own_action, mask))
     q = (q_all[0] * mask.float()).sum(dim=-1)
     log_action = torch.log(action.clamp_min(1e-12))
-    anchor = masked_softmax(batch["anchor"], mask)
-    kl = torch.where(mask, action * (log_action - torch.log(anchor.clamp_min(1e-12))), 0.0).sum(
-        dim=-1
-    )
+    kl = kl_to_anchor(action, batch["anchor"], mask)
     loss = (-q + s.kl_weight * kl).mean()
     rejected = batch["rejected"]
     if s.imitation_weight > 0 and bool(rejected.any()):

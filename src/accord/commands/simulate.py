@@ -85,6 +85,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
     parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    parser.add_argument(
+        "--device", default="cpu", help="where the model trains: cpu or cuda[:k] [cpu]"
+    )
     add_display_options(parser)
     add_scenario_options(parser.add_argument_group("scenario"))
     add_training_options(parser.add_argument_group("model and training"))
@@ -219,7 +222,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     from accord.reporting.writer import RunFolder
     from accord.scenario import build_scenario
     from accord.simulation.driver import Simulation
+    from accord.training.device import resolve_device
 
+    device = str(resolve_device(args.device))
     config = config_from_args(args)
     settings = config.simulation
     # The policies need no data: build them (the Actor-Critic's networks and optimisers,
@@ -246,7 +251,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     startup["scenario_ready"] = time.perf_counter() - started
     folder = RunFolder(args.out or _default_out())
     folder.write_config(simulate_config_to_toml(config))
-    simulations = {name: Simulation(settings, policies[name], data=data) for name in policies}
+    simulations = {
+        name: Simulation(settings, policies[name], data=data, device=device) for name in policies
+    }
     startup["simulations_ready"] = time.perf_counter() - started
     logger.debug(
         "startup: torch imported after %.2f s, policies ready after %.2f s, scenario ready "
@@ -258,8 +265,23 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
         startup["simulations_ready"],
     )
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
+    from accord.reporting.model_files import (
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    export = ModelExport(
+        folder.path,
+        model=settings.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=scenario_feature_names(data.n_features),
+        policies=config.policies,
+        input_note=SCENARIO_INPUT_NOTE,
+    )
     return _drive(
-        args, config.policies, simulations, data, settings, folder, quiet, started, startup
+        args, config.policies, simulations, data, settings, folder, quiet, started, startup, export
     )
 
 
@@ -348,9 +370,11 @@ class _Race:
         folder: Any,
         started: float,
         startup: Mapping[str, float],
+        export: Any,
     ) -> None:
         from accord.run import StopTracker
 
+        self.export = export
         self.policies = policies
         self.simulations = simulations
         self.folder = folder
@@ -398,6 +422,12 @@ class _Race:
             self.timing["process_to_first_round_done_seconds"] = entry_age()
         self.rounds[name].append(timed)
         self.folder.append_round(name, timed)
+        self.export.round_done(
+            name,
+            timed.record.round_index,
+            self.simulations[name].engine.global_weights,
+            timed.record.validation_accuracy_after,
+        )
         self.spent[name] += timed.round_seconds
         record = timed.record
         mass = faulty_mass(record, timed.faulty if timed.faulty is not None else self.faulty)
@@ -443,10 +473,12 @@ def _drive(
     quiet: bool,
     started: float,
     startup: Mapping[str, float],
+    export: Any,
 ) -> int:
-    """Run the policies round by round. A policy whose model diverges, or that gives a
-    malformed answer, ends alone (its stop reason says why and in which round); the others
-    go on. Exit: 130 on Ctrl-C, 1 if a policy failed, 4 if one diverged, else 0."""
+    """Run the policies round by round; ``export`` writes each policy's models. A policy
+    whose model diverges, or that gives a malformed answer, ends alone (its stop reason says
+    why and in which round); the others go on. Exit: 130 on Ctrl-C, 1 if a policy failed,
+    4 if one diverged, else 0."""
     from accord.scenario import describe_scenario
 
     max_rounds = settings.stop.max_rounds
@@ -457,7 +489,7 @@ def _drive(
     if not quiet:
         for line in table.header():
             out.say(line)
-    race = _Race(policies, simulations, settings, data, folder, started, startup)
+    race = _Race(policies, simulations, settings, data, folder, started, startup, export)
     interrupted = False
     failure: BaseException | None = None
     stop = _GracefulStop()
@@ -499,6 +531,12 @@ def _report(
     from accord.scenario import describe_scenario
 
     results = race.results()
+    for result in results:
+        if result.rounds:
+            engine = race.simulations[result.policy].engine
+            race.export.finish(
+                result.policy, result.rounds[-1].record.round_index, engine.global_weights
+            )
     summary = summary_json(results, race.simulations, data, settings, race.timing)
     folder.write_summary(summary)
     if failure is not None:

@@ -118,20 +118,24 @@ class ServedRun:
         return self.stop_reason.startswith(DIVERGED)
 
 
-def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
-    """The spec, engine factory and (empty) server data of a user app's run."""
+def _prepare_app(
+    settings: ServerSettings, run_id: str, device: str = "cpu"
+) -> tuple[Any, Any, Any]:
+    """The spec, engine factory and (empty) server data of a user app's run; the server
+    factory's config has ``device`` too (the nodes get the config without it)."""
     import json
 
     import numpy as np
 
     from accord.federation.engine import ServerData, prepare_app_run
+    from accord.fl.contracts import ServerAppFactory
     from accord.fl.loading import load_factory
 
     assert settings.app is not None
     config = json.loads(settings.app_config)
-    server_factory = load_factory(settings.app, "--app")
+    server_factory: ServerAppFactory = load_factory(settings.app, "--app")
     try:
-        app = server_factory(config)
+        app = server_factory({**config, "device": device})
     except AccordError:
         raise
     except Exception as error:  # user code
@@ -168,6 +172,7 @@ def serve(
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
     stop_request: Any = None,
     end_nodes_when_interrupted: bool = False,
+    device: str = "cpu",
 ) -> ServedRun:
     """Run (or resume) a federated run with the server in this process.
 
@@ -179,20 +184,22 @@ def serve(
     its first round)."""
 
     from accord.federation.driver import FederatedRun, StopRequest
-    from accord.federation.engine import load_server_data, prepare_run
+    from accord.federation.engine import load_server_data, prepare_run, standardisation_fit
     from accord.federation.server import GrpcGrid, format_address
 
     settings, run_dir, run_id, state, folder = _open_run(settings, out, resume, overrides)
     stop = stop_request if stop_request is not None else StopRequest()
+    fit_standardisation = None  # a user app scales its own data
     if settings.app is not None:
-        spec, factory, data = _prepare_app(settings, run_id)
+        spec, factory, data = _prepare_app(settings, run_id, device)
     else:
         if scenario is None and settings.validation_data is None:
             from accord.scenario import build_scenario
 
             scenario = build_scenario(settings.run.scenario)
         data = load_server_data(settings, scenario)
-        spec, factory = prepare_run(settings, data, run_id)
+        spec, factory = prepare_run(settings, data, run_id, device)
+        fit_standardisation = standardisation_fit(settings, data)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
         if resume is None:
@@ -218,29 +225,34 @@ def serve(
     if scenario is not None:
         report.faulty_in_round = scenario.faulty_in_round
 
-    federation = settings.federation
+    export = _model_export(settings, spec, data, run_dir)
+    on_round, on_resume = _round_hooks(
+        report, progress, export, settings.policy, lambda: run.engine
+    )
     run = FederatedRun(
         grid,
         factory,
         settings.policy,
         settings.run.stop,
-        federation,
+        settings.federation,
         expected_nodes=settings.expected_nodes,
         quorum=settings.quorum,
         run_id=run_id,
         checkpoint_path=run_dir / CHECKPOINT_FILE,
         resume=state,
-        on_round=_round_done(report, progress),
-        on_resume=report.restart,
+        on_round=on_round,
+        on_resume=on_resume,
         after_round=_after_round(_crash_after(os.environ)),
         stop_request=stop,
         end_nodes_when_interrupted=end_nodes_when_interrupted,
+        fit_standardisation=fit_standardisation,
     )
     result = run.run()
     if not result.rounds:
         logger.info("run %s stopped before its first round: %s", run_id, result.stop_reason)
         return ServedRun(run_dir, 0, result.stop_reason)
     assert run.engine is not None
+    _finish_export(export, run, settings.policy)
     command = "federate" if extra_stats is not None else "server"
     summary = report.summary(
         result,
@@ -260,6 +272,75 @@ def serve(
     if progress is not None:
         progress.finish(summary, run_dir)
     return ServedRun(run_dir, len(result.rounds), result.stop_reason)
+
+
+def _finish_export(export: Any, run: Any, policy: str) -> None:
+    """The final model's files, with the run's standardisation (if it has one)."""
+    export.standardisation = run.standardisation
+    engine = run.engine
+    export.finish(policy, engine.round_index - 1, engine.global_weights, engine.global_buffers)
+
+
+def _round_hooks(
+    report: RunReport,
+    progress: Progress | None,
+    export: Any,
+    policy: str,
+    engine_of_run: Callable[[], Any],
+) -> tuple[Callable[[Any], None], Callable[[tuple[Any, ...]], None]]:
+    """The run's ``on_round`` (the report, the log line, the table, then the model files)
+    and ``on_resume`` (the report's and the model files' rounds so far)."""
+    round_done = _round_done(report, progress)
+
+    def on_round(timed: Any) -> None:
+        round_done(timed)
+        engine = engine_of_run()
+        export.round_done(
+            policy,
+            timed.record.round_index,
+            engine.global_weights,
+            timed.record.validation_accuracy_after,
+            engine.global_buffers,
+        )
+
+    def on_resume(rounds: tuple[Any, ...]) -> None:
+        report.restart(rounds)
+        export.restart(
+            policy, [(t.record.round_index, t.record.validation_accuracy_after) for t in rounds]
+        )
+
+    return on_round, on_resume
+
+
+def _model_export(settings: ServerSettings, spec: Any, data: Any, run_dir: Path) -> Any:
+    """The :class:`~accord.reporting.model_files.ModelExport` of a run: the final and best
+    global model, and what rebuilding it takes (a user app's layout, or the built-in model's
+    spec, features and labels)."""
+    from accord.reporting.model_files import (
+        FILE_INPUT_NOTE,
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    if settings.app is not None:
+        return ModelExport(
+            run_dir,
+            policies=(settings.policy,),
+            layout=spec.layout,
+            app=settings.app,
+            input_note="what the app's model takes",
+        )
+    return ModelExport(
+        run_dir,
+        policies=(settings.policy,),
+        model=settings.run.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=data.feature_names or scenario_feature_names(data.n_features),
+        label_column=settings.label_column,
+        input_note=SCENARIO_INPUT_NOTE if data.feature_names is None else FILE_INPUT_NOTE,
+    )
 
 
 def _after_round(crash_after: int | None) -> Callable[[int], None]:

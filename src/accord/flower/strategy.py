@@ -18,10 +18,10 @@ What crosses Flower's messages:
   ``ClientApp`` replies. The strategy computes the first gradient ``g_i = w_t − w_i`` over
   the trainable parameters, as one float32 vector (the policies never see buffers).
 
-Buffers (BatchNorm's running statistics) are combined outside the policy, over the nodes
-whose first gradient the round uses: a floating-point buffer is the mean weighted by the
-nodes' ``num-examples`` of this round; an integer buffer (``num_batches_tracked``) is the
-maximum.
+Buffers (BatchNorm's running statistics) are combined outside the policy by the round
+engine (:func:`accord.training.weights.combine_buffers`), over the nodes whose first
+gradient the round uses: a floating-point buffer is the mean weighted by the nodes' data
+sizes; an integer buffer (``num_batches_tracked``) is the maximum.
 
 The *roster* is fixed by the first round: the nodes that replied to it (their
 ``num-examples`` then are the data sizes the policies use). Later rounds train the roster
@@ -74,10 +74,10 @@ from accord.flower.records import (
     make_scorer,
     weights_to_arrays,
 )
-from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
+from accord.rounds import DivergedError, NodeUpdate, RoundEngine, RoundRecord, RoundSettings
 from accord.scenario import node_id, node_seed
 from accord.training.local import LocalTrainingSettings, root_update
-from accord.training.weights import WeightLayout, Weights, combine_buffers
+from accord.training.weights import WeightLayout, Weights
 
 __all__ = ["AccordStrategy", "StrategySettings"]
 
@@ -290,29 +290,20 @@ class AccordStrategy(Strategy):
         assert engine is not None and self._sent is not None
         by_name = {self._name_of(node): reply for node, reply in usable.items()}
         failures = {self._name_of(node): reason for node, reason in failed.items()}
-        first_gradients = {
-            name: np.asarray(engine.global_weights - self.layout.flatten(reply.weights), np.float32)
-            for name, reply in by_name.items()
-        }
-        present = [
-            name
-            for name in engine.roster
-            if name in by_name and name not in failures and np.isfinite(first_gradients[name]).all()
-        ]
-        buffers = (
-            combine_buffers(
-                [self.layout.buffers_of(by_name[name].weights) for name in present],
-                [by_name[name].sample_count for name in present],
-                self.layout,
+        # The first gradient w_t − w_i over the trainable arrays; with buffers the engine
+        # also gets the node's buffers and combines them (accord.training.weights).
+        answers: dict[str, object] = {}
+        for name, reply in by_name.items():
+            gradient = np.asarray(
+                engine.global_weights - self.layout.flatten(reply.weights), np.float32
             )
-            if present
-            else self.layout.buffers_of(self._sent)
-        )
-        for scorer in (self._validation, self._test):
-            if scorer is not None and self.layout.buffers:
-                scorer.set_buffers(buffers)
+            answers[name] = (
+                NodeUpdate(gradient, self.layout.buffers_of(reply.weights))
+                if self.layout.buffers
+                else gradient
+            )
         try:
-            pending = engine.aggregate(first_gradients, failures)
+            pending = engine.aggregate(answers, failures)
         except DivergedError as error:
             self.diverged = error.reason
             logger.warning("round %d: the run diverged: %s", server_round, error.reason)
@@ -324,7 +315,7 @@ class AccordStrategy(Strategy):
         self.records.append(record)
         if record.diverged is not None:
             self.diverged = record.diverged
-        new_weights = self.layout.join(np.array(engine.global_weights), buffers)
+        new_weights = self.layout.join(np.array(engine.global_weights), engine.global_buffers)
         _log_record(record)
         return weights_to_arrays(new_weights), _metrics_of(record)
 
@@ -459,6 +450,9 @@ class AccordStrategy(Strategy):
             test=self._test,
             settings=RoundSettings(server_learning_rate=self.settings.server_learning_rate),
             server_update=self._server_update,
+            layout=self.layout,
+            initial_buffers=self.layout.buffers_of(self._sent),
+            validation_gradient=None if self._validation is None else self._validation.gradient,
         )
         logger.info("roster fixed by round 1: %d nodes %s", len(roster), list(roster))
 
