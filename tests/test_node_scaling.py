@@ -28,8 +28,7 @@ from accord.federation.grid import InMemoryGrid
 from accord.federation.settings import ServerSettings
 from accord.federation.tensors import weights_digest
 from accord.federation.worker import NodeWorker
-from accord.simulation.driver import SimulationSettings
-from accord.simulation.stop import StopConditions
+from accord.simulation import SimulationSettings, StopConditions
 
 NAMES = ("a", "b", "c")
 
