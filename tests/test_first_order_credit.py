@@ -34,8 +34,9 @@ def _problem(seed: int = 0) -> tuple[FlatModel, np.ndarray, np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("step_normalised", [False, True])
 def test_first_order_leave_one_out_credit_approximates_exact_credit_for_a_small_step(
-    step_normalised: bool,
+    step_normalised: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 0)  # the first-order part alone
     flat, features, labels, weights, gradients = _problem()
     validate = make_validation_fn(flat, features, labels)
     gradient = make_validation_gradient_fn(flat, features, labels)
@@ -58,6 +59,34 @@ def test_first_order_leave_one_out_credit_approximates_exact_credit_for_a_small_
     assert first.loss_after == pytest.approx(exact.loss_after, rel=1e-5)
     assert first.sample_losses_after is not None and exact.sample_losses_after is not None
     np.testing.assert_allclose(first.sample_losses_after, exact.sample_losses_after, rtol=1e-4)
+
+
+def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 2)
+    flat, features, labels, weights, gradients = _problem(3)
+    many = np.concatenate([gradients, gradients * 0.7]).astype(np.float32)  # 12 nodes
+    validate = make_validation_fn(flat, features, labels)
+    rows_scored: list[int] = []
+
+    def counting(stack: np.ndarray) -> ValidationScores:
+        rows_scored.append(stack.shape[0])
+        return validate(stack)
+
+    probabilities = np.full(12, 1 / 12)
+    exact = leave_one_out_credit(validate, weights, probabilities, many, 1.0).credit
+    first = leave_one_out_credit(
+        counting,
+        weights,
+        probabilities,
+        many,
+        1.0,
+        validation_gradient=make_validation_gradient_fn(flat, features, labels),
+    ).credit
+    assert rows_scored == [5]  # w − ηG and the 2 lowest and 2 highest, never 12 rows
+    rechecked = [i for i in range(12) if abs(first[i] - exact[i]) < 1e-6]
+    assert len(rechecked) >= 4
 
 
 def test_first_order_features_score_only_the_candidates_never_a_stack_per_node() -> None:

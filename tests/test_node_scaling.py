@@ -28,7 +28,8 @@ from accord.federation.grid import InMemoryGrid
 from accord.federation.settings import ServerSettings
 from accord.federation.tensors import weights_digest
 from accord.federation.worker import NodeWorker
-from accord.simulation import SimulationSettings, StopConditions
+from accord.run import StopConditions
+from accord.simulation.driver import SimulationSettings
 
 NAMES = ("a", "b", "c")
 

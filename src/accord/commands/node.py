@@ -45,6 +45,12 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a config value for this node's factory (JSON if it parses); repeatable",
     )
+    data.add_argument(
+        "--device",
+        default="cpu",
+        help="where this node trains: cpu or cuda[:k]; a user app receives it as "
+        "config['device'] [cpu]",
+    )
     data.add_argument("--label-column", default="label", help="label column of --data [label]")
     data.add_argument(
         "--standardise",
@@ -103,7 +109,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - split next
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
@@ -123,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
+    from accord.training.device import resolve_device
 
     logger = logging.getLogger("accord.commands.node")
     # Credentials first: a mistake there should not wait for the data to load.
@@ -214,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         fault=fault,
         # --data with the default --standardise global: the server's transform, once sent
         global_standardisation=args.data is not None and args.standardise in (None, "global"),
+        device=str(resolve_device(args.device)),
     )
     settings = _node_settings(args)
     logger.info(
@@ -248,14 +256,19 @@ def _run_app(args: argparse.Namespace, credentials: Any) -> int:
     from accord.federation.client import NodeClient
     from accord.federation.grid import RunSpec
     from accord.federation.worker import NodeWorker
-    from accord.fl.contracts import Node
+    from accord.fl.contracts import Node, NodeAppFactory
     from accord.fl.loading import load_factory, parse_app_config
 
     logger = logging.getLogger("accord.commands.node")
     if args.node_id is None:
         raise ConfigurationError("--node-id: required with --app")
-    node_factory = load_factory(args.app, "--app")
-    own_config: Mapping[str, Any] = parse_app_config(args.app_config or [])
+    node_factory: NodeAppFactory = load_factory(args.app, "--app")
+    from accord.training.device import resolve_device
+
+    own_config: Mapping[str, Any] = {
+        "device": str(resolve_device(args.device)),
+        **parse_app_config(args.app_config or []),
+    }
     node_name: str = args.node_id
 
     def build(spec: RunSpec) -> Node:

@@ -162,6 +162,12 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "transform (.json, e.g. a run folder's model.json) or a CSV/Parquet file to fit it on "
         "[default: the nodes' combined statistics, sent at registration]",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the server scores the model: cpu or cuda[:k]; a user app receives it as "
+        "config['device'] [cpu]",
+    )
     app = parser.add_argument_group("user app (instead of a scenario; see docs/api.md)")
     app.add_argument(
         "--app",
@@ -447,7 +453,7 @@ def _run(args: argparse.Namespace) -> int:
     prepare_process()
     import logging
 
-    from accord.commands.federate import RunDisplay
+    from accord.commands.run_output import RunDisplay
     from accord.federation.driver import StopRequest
 
     if args.resume is not None:
@@ -488,6 +494,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         max_rounds = run_settings.stop.max_rounds
     from accord.federation.server import TransportSettings
+    from accord.training.device import resolve_device
 
     host, port = _address(args)
     credentials, authenticator = security_from_args(args)
@@ -524,6 +531,7 @@ def _run(args: argparse.Namespace) -> int:
             overrides=_explicit_federation_options(args) if args.resume is not None else None,
             progress=display,
             stop_request=stop,
+            device=str(resolve_device(args.device)),
         )
     if served.diverged:
         return int(ExitCode.DIVERGED)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -266,7 +266,7 @@ class FederatedRun:
         finally:
             self.grid.shutdown(reason)
 
-    def _run(self) -> FederatedResult:
+    def _run(self) -> FederatedResult:  # noqa: C901, PLR0912, PLR0915 - split next
         started = time.perf_counter()
         progress = _Progress()
         elapsed_before = 0.0
@@ -350,19 +350,9 @@ class FederatedRun:
                     "the run can be continued with --resume"
                 )
             sent_before, received_before = self.grid.traffic()
-            round_started = time.perf_counter()
             round_index = engine.round_index
-            weights = np.array(engine.global_weights)
-            targets = tuple(node for node in roster if node in connected)
-            buffers = engine.global_buffers if engine.layout is not None else None
-            replies = self.grid.collect_first_gradients(
-                round_index, weights, targets, self.settings.round_deadline, buffers
-            )
-            local_seconds = time.perf_counter() - round_started
-            failures = {node: "not connected" for node in roster if node not in connected}
-            failures.update(replies.failures)
             try:
-                pending = engine.aggregate(replies.values, failures)
+                timed = self.play_round(engine, roster, connected)
             except DivergedError as error:
                 # No retry can help: the model (or the policy's answer) is not finite. The
                 # checkpoint keeps the reason, so --resume reports the run instead of redoing it.
@@ -385,26 +375,9 @@ class FederatedRun:
                     ) from error
                 continue
             failed_attempts = 0
-            self.grid.broadcast_second_gradient(
-                round_index,
-                pending.aggregation.second_gradient,
-                engine.settings.server_learning_rate,
-                weights,
-                pending.new_weights,
-                pending.new_buffers if engine.layout is not None else None,
-            )
-            federated_accuracy: float | None = None
-            if self.settings.evaluation == "federated":
-                federated_accuracy = self._federated_accuracy(
-                    round_index,
-                    pending.new_weights,
-                    pending.present,
-                    pending.new_buffers if engine.layout is not None else None,
-                )
-            record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+            record = timed.record
             if first_round_done_at is None:
                 first_round_done_at = time.time()
-            timed = TimedRecord(record, time.perf_counter() - round_started, local_seconds)
             sent_after, received_after = self.grid.traffic()
             progress.rounds.append(timed)
             progress.traffic.append(
@@ -434,6 +407,43 @@ class FederatedRun:
             resumed_at=resumed_at,
             first_round_done_at=first_round_done_at,
         )
+
+    def play_round(
+        self, engine: RoundEngine, roster: tuple[str, ...], connected: Collection[str]
+    ) -> TimedRecord:
+        """One round over the grid: first gradients from the connected nodes of the
+        roster, the engine's aggregation, the second gradient back to the nodes, their
+        evaluation when it is federated, and the engine's conclusion. Raises
+        :class:`DivergedError`, or :class:`ProtocolError` when no usable first gradient
+        arrived (the caller may retry). The in-process simulation plays its rounds here too."""
+        round_started = time.perf_counter()
+        round_index = engine.round_index
+        weights = np.array(engine.global_weights)
+        targets = tuple(node for node in roster if node in connected)
+        buffers = engine.global_buffers if engine.layout is not None else None
+        replies = self.grid.collect_first_gradients(
+            round_index, weights, targets, self.settings.round_deadline, buffers
+        )
+        local_seconds = time.perf_counter() - round_started
+        failures = {node: "not connected" for node in roster if node not in connected}
+        failures.update(replies.failures)
+        pending = engine.aggregate(replies.values, failures)
+        new_buffers = pending.new_buffers if engine.layout is not None else None
+        self.grid.broadcast_second_gradient(
+            round_index,
+            pending.aggregation.second_gradient,
+            engine.settings.server_learning_rate,
+            weights,
+            pending.new_weights,
+            new_buffers,
+        )
+        federated_accuracy: float | None = None
+        if self.settings.evaluation == "federated":
+            federated_accuracy = self._federated_accuracy(
+                round_index, pending.new_weights, pending.present, new_buffers
+            )
+        record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+        return TimedRecord(record, time.perf_counter() - round_started, local_seconds)
 
     def _federated_accuracy(
         self,

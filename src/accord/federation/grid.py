@@ -120,6 +120,11 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         return f"the node's {', '.join(differ)} differs from the server's"
     if spec.model is None:  # a user app: the node is built, and checked, after Welcome
         return None
+    return _data_problem(info, spec)
+
+
+def _data_problem(info: NodeInfo, spec: RunSpec) -> str | None:
+    """Why a node of the built-in model cannot train it on its data, or ``None``."""
     if info.sample_count < 1:
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from accord.aggregation.base import FloatArray, ValidationGradient, ValidationScores
 from accord.errors import InputDataError
 from accord.training.weights import WeightLayout, Weights
+from accord.types import FloatArray, ValidationGradient, ValidationScores
 
 __all__ = ["Batches", "ModuleScorer", "PerSampleLoss", "batches_of_arrays", "cross_entropy"]
 

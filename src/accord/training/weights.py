@@ -30,8 +30,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, InputDataError
+from accord.types import FloatArray
 
 __all__ = [
     "WeightEntry",
