@@ -218,3 +218,29 @@ def test_the_cli_options_are_checked_in_one_line(
     assert main([*node, "--standardise", "own"]) == 2
     assert "--standardise: only with --data" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_node_file_with_other_columns_is_refused_at_registration(
+    setup: tuple[ServerSettings, dict[str, NodeWorker], list[np.ndarray]],
+) -> None:
+    # Arrange: the server's files have columns a, b, c; one node's file has b, a, c
+    from dataclasses import replace
+
+    from accord.federation.fingerprint import Fingerprint
+    from accord.federation.grid import admission_problem
+
+    settings, workers, _ = setup
+    spec, _ = prepare_run(settings, load_server_data(settings), "run")
+    same = replace(workers["node-0"].info(), fingerprint=Fingerprint.of(features=NAMES))
+    swapped = replace(same, fingerprint=Fingerprint.of(features=("b", "a", "c")))
+
+    # Act
+    accepted = admission_problem(same, spec, None)
+    refused = admission_problem(swapped, spec, None)
+
+    # Assert
+    assert accepted is None
+    assert refused == (
+        "the node's feature columns differ from the server's files (names and order must "
+        "agree; the server's: a, b, c (3 columns))"
+    )

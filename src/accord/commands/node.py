@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
         seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
         features, labels, fault = table.features, table.labels, None
         feature_names: tuple[str, ...] | None = table.feature_names
-        fingerprint = Fingerprint()
+        fingerprint = Fingerprint.of(features=table.feature_names)
     features, labels, validation = split_validation(
         features, labels, args.node_validation_fraction, seed
     )

@@ -177,6 +177,14 @@ def standardisation_fit(settings: ServerSettings, data: ServerData) -> Standardi
     return fit
 
 
+def feature_summary(names: tuple[str, ...] | None, shown: int = 6) -> str:
+    """The first few column names and their count, for a refusal."""
+    if names is None:
+        return ""
+    head = ", ".join(names[:shown])
+    return f"{head}{', ...' if len(names) > shown else ''} ({len(names)} columns)"
+
+
 def prepare_run(
     settings: ServerSettings, data: ServerData, run_id: str, device: str = "cpu"
 ) -> tuple[RunSpec, EngineFactory]:
@@ -201,8 +209,11 @@ def prepare_run(
         local=run.local,
         server_learning_rate=run.rounds.server_learning_rate,
         federated_evaluation=settings.federation.evaluation == "federated",
-        fingerprint=Fingerprint.of(scenario=scenario, model=parameters),
+        fingerprint=Fingerprint.of(
+            scenario=scenario, model=parameters, features=data.feature_names
+        ),
         scenario_summary="" if scenario is None else scenario_summary(scenario),
+        feature_summary=feature_summary(data.feature_names),
     )
 
     def factory(

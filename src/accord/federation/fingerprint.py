@@ -7,14 +7,16 @@ machine and in any process:
 - ``scenario``: the built-in scenario's settings (dataset, node count, partition, faulty
   nodes, fractions, seed), held by a node that trains on a partition of it
   (``accord node --scenario-node K``) and by a server that runs it;
-- ``model``: the model's parameters in order, each as (name, shape, dtype).
+- ``model``: the model's parameters in order, each as (name, shape, dtype);
+- ``features``: the feature columns, in order, of a node's own ``--data`` file and of the
+  server's ``--validation-data`` file (standardisation and the model take the columns by
+  position, so names and order must agree).
 
 The server compares every part that both sides have (:meth:`Fingerprint.mismatches`); a
 part only one side has is not compared (a node with its own ``--data`` file has no
 scenario part, and a built-in node does not know the model before the server's Welcome).
-New parts (the feature schema of a node's own data, for instance) are added the same way;
-a server ignores the parts it does not know, so older and newer peers still agree on the
-parts they share. Pure: no files, no network.
+New parts are added the same way; a server ignores the parts it does not know, so older
+and newer peers still agree on the parts they share. Pure: no files, no network.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from accord.errors import ConfigurationError
 from accord.scenario import ScenarioSettings
 
 __all__ = [
+    "FEATURES",
     "MODEL",
     "SCENARIO",
     "Fingerprint",
     "canonical_digest",
+    "features_part",
     "model_part",
     "scenario_part",
     "scenario_summary",
@@ -41,6 +45,7 @@ __all__ = [
 
 SCENARIO = "scenario"
 MODEL = "model"
+FEATURES = "features"
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -64,6 +69,11 @@ def model_part(parameters: Iterable[tuple[str, Iterable[int], str]]) -> str:
     return canonical_digest(
         [[name, [int(size) for size in shape], str(dtype)] for name, shape, dtype in parameters]
     )
+
+
+def features_part(feature_names: Iterable[str]) -> str:
+    """The ``features`` part: the feature column names, in order."""
+    return canonical_digest([str(name) for name in feature_names])
 
 
 def scenario_summary(settings: ScenarioSettings) -> str:
@@ -101,13 +111,17 @@ class Fingerprint:
         *,
         scenario: ScenarioSettings | None = None,
         model: Iterable[tuple[str, Iterable[int], str]] | None = None,
+        features: Iterable[str] | None = None,
     ) -> Fingerprint:
-        """The fingerprint of what is known: a scenario, a model's parameters, or both."""
+        """The fingerprint of what is known: a scenario, a model's parameters, the feature
+        columns of a data file."""
         parts: dict[str, str] = {}
         if scenario is not None:
             parts[SCENARIO] = scenario_part(scenario)
         if model is not None:
             parts[MODEL] = model_part(model)
+        if features is not None:
+            parts[FEATURES] = features_part(features)
         return cls(parts)
 
     def mismatches(self, other: Fingerprint) -> tuple[str, ...]:

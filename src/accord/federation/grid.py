@@ -22,7 +22,7 @@ import numpy as np
 from accord.aggregation.base import FloatArray
 from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError
-from accord.federation.fingerprint import SCENARIO, Fingerprint
+from accord.federation.fingerprint import FEATURES, SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
 from accord.federation.tensors import state_digest
 from accord.training.local import LocalTrainingSettings
@@ -75,6 +75,8 @@ class RunSpec:
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
     #: The server's scenario in words, for the refusal of a node whose scenario differs.
     scenario_summary: str = ""
+    #: The server's feature columns in words, for the refusal of a node whose columns differ.
+    feature_summary: str = ""
     #: The model's arrays (names, shapes, dtypes, trained or not); a node whose own model
     #: differs is refused. ``None``: not compared (a built-in model, which the node builds
     #: from ``model``).
@@ -115,6 +117,11 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
             "the node's scenario options differ from the server's "
             f"({spec.scenario_summary or 'see its config.toml'}); start the node with the "
             "server's scenario options (--config with the run folder's config.toml works)"
+        )
+    if FEATURES in differ:
+        return (
+            "the node's feature columns differ from the server's files (names and order must "
+            f"agree; the server's: {spec.feature_summary or 'see its validation file'})"
         )
     if differ:
         return f"the node's {', '.join(differ)} differs from the server's"
