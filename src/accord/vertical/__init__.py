@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from accord.vertical.attacks import direction_attack_scores, norm_attack_scores
 from accord.vertical.batches import Splits, epoch_batches, split_positions
-from accord.vertical.centralised import build_centralised, train_centralised
+from accord.vertical.centralised import build_centralised, train_centralised, train_composed
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
 from accord.vertical.metrics import binary_auc, log_loss
 from accord.vertical.parties import FeatureParty, LabelParty, PartyTable, SplitMetrics, StepResult
@@ -59,4 +59,5 @@ __all__ = [
     "simulate_vertical",
     "split_positions",
     "train_centralised",
+    "train_composed",
 ]

@@ -30,7 +30,7 @@ from accord.vertical.parties import PartyTable, SplitMetrics, make_optimizer, pa
 from accord.vertical.results import EarlyStopping, EpochMetrics, VerticalResult
 from accord.vertical.settings import VerticalSettings
 
-__all__ = ["CentralisedModel", "build_centralised", "train_centralised"]
+__all__ = ["CentralisedModel", "build_centralised", "train_centralised", "train_composed"]
 
 
 class CentralisedModel:
@@ -114,7 +114,14 @@ def train_centralised(
     clock: Callable[[], float] = time.perf_counter,
 ) -> VerticalResult:
     """Train the composed network with the split run's batches and early stopping."""
-    central = CentralisedModel(label_table, feature_tables, settings)
+    return train_composed(CentralisedModel(label_table, feature_tables, settings), clock=clock)
+
+
+def train_composed(
+    central: CentralisedModel, *, clock: Callable[[], float] = time.perf_counter
+) -> VerticalResult:
+    """Train ``central`` (it ends on its best epoch's weights); see :func:`train_centralised`."""
+    settings = central.settings
     stopping = EarlyStopping(settings.patience)
     history: list[EpochMetrics] = []
     best_state = None
