@@ -15,9 +15,14 @@ against the true labels measures the leakage (0.5: none, 1: every label recovere
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["direction_attack_scores", "norm_attack_scores"]
+from accord.vertical.metrics import binary_auc
+
+__all__ = ["AttackReport", "attack_report", "direction_attack_scores", "norm_attack_scores"]
 
 
 def norm_attack_scores(gradients: np.ndarray) -> np.ndarray:
@@ -38,3 +43,39 @@ def direction_attack_scores(gradients: np.ndarray, known_positive: int) -> np.nd
     denominator = np.maximum(norms * norms[known_positive], 1e-30)
     result: np.ndarray = rows @ reference / denominator
     return result
+
+
+@dataclass(frozen=True)
+class AttackReport:
+    """Mean per-batch AUC of each attack against the true labels (``None``: no batch held
+    both classes), over ``batches`` batches."""
+
+    norm_auc: float | None
+    direction_auc: float | None
+    batches: int
+
+
+def attack_report(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> AttackReport:
+    """Both attacks on each ``(gradients, true labels)`` batch, as Li et al. measure them.
+
+    The direction attack's known positive is the batch's first positive example (the
+    attacker is granted one label per batch).
+    """
+    norm_aucs: list[float] = []
+    direction_aucs: list[float] = []
+    count = 0
+    for gradients, labels in batches:
+        count += 1
+        positives = np.flatnonzero(np.asarray(labels) > 0.5)
+        if len(positives) == 0 or len(positives) == len(labels):
+            continue
+        norm = binary_auc(norm_attack_scores(gradients), labels)
+        direction = binary_auc(direction_attack_scores(gradients, int(positives[0])), labels)
+        if norm is not None and direction is not None:
+            norm_aucs.append(norm)
+            direction_aucs.append(direction)
+    return AttackReport(
+        norm_auc=float(np.mean(norm_aucs)) if norm_aucs else None,
+        direction_auc=float(np.mean(direction_aucs)) if direction_aucs else None,
+        batches=count,
+    )
