@@ -22,7 +22,7 @@ from accord.vertical.centralised import build_centralised, train_centralised, tr
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
 from accord.vertical.metrics import binary_auc, log_loss
 from accord.vertical.parties import FeatureParty, LabelParty, PartyTable, SplitMetrics, StepResult
-from accord.vertical.results import EpochMetrics, VerticalResult
+from accord.vertical.results import DriverState, EpochMetrics, VerticalResult
 from accord.vertical.settings import ModelSettings, ProtectionSettings, VerticalSettings
 from accord.vertical.simulation import (
     FeaturePartyLink,
@@ -33,6 +33,7 @@ from accord.vertical.simulation import (
 
 __all__ = [
     "BatchRequest",
+    "DriverState",
     "Embedding",
     "EmbeddingGradient",
     "EpochMetrics",

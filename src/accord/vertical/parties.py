@@ -224,6 +224,16 @@ class _Party:
         if self._best is not None:
             self.load_state_dict(self._best)
 
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything this party needs to continue a run after an epoch: its current and
+        best weights and optimiser state (a deep copy; a driver writes it to disk)."""
+        return {"current": self.state_dict(), "best": copy.deepcopy(self._best)}
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue from what :meth:`checkpoint` returned."""
+        self.load_state_dict(checkpoint["current"])
+        self._best = copy.deepcopy(checkpoint["best"])
+
     def _optimizer_state(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
@@ -422,3 +432,11 @@ class LabelParty(_Party):
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {**super()._modules(), "top": self.top}
+
+    def checkpoint(self) -> dict[str, Any]:
+        """As :meth:`_Party.checkpoint`, with the state of the protection's noise."""
+        return {**super().checkpoint(), "noise": self._noise.get_state()}
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        super().restore(checkpoint)
+        self._noise.set_state(checkpoint["noise"])

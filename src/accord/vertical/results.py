@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from accord.vertical.parties import SplitMetrics
 
-__all__ = ["EarlyStopping", "EpochMetrics", "VerticalResult"]
+__all__ = ["DriverState", "EarlyStopping", "EpochMetrics", "VerticalResult"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ class VerticalResult:
     stopped_early: bool
 
 
+@dataclass(frozen=True)
+class DriverState:
+    """Where the label party's driver stands after an epoch: enough to resume the run."""
+
+    next_epoch: int
+    history: tuple[EpochMetrics, ...]
+    best_loss: float
+    best_epoch: int | None
+    epochs_without_improvement: int
+
+
 class EarlyStopping:
     """Keep the epoch with the lowest validation loss; stop after ``patience`` epochs
     without a lower one (never when ``patience`` is ``None`` or there is no validation)."""
@@ -56,6 +67,18 @@ class EarlyStopping:
             return True
         self.epochs_without_improvement += 1
         return False
+
+    def state(self, next_epoch: int, history: tuple[EpochMetrics, ...]) -> DriverState:
+        """The driver's state after ``history`` (to resume at ``next_epoch``)."""
+        return DriverState(
+            next_epoch, history, self.best_loss, self.best_epoch, self.epochs_without_improvement
+        )
+
+    def resume(self, state: DriverState) -> None:
+        """Continue from ``state``."""
+        self.best_loss = state.best_loss
+        self.best_epoch = state.best_epoch
+        self.epochs_without_improvement = state.epochs_without_improvement
 
     @property
     def should_stop(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Protocol
 from accord.errors import InputDataError
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
 from accord.vertical.parties import FeatureParty, LabelParty, PartyTable, SplitMetrics
-from accord.vertical.results import EarlyStopping, EpochMetrics, VerticalResult
+from accord.vertical.results import DriverState, EarlyStopping, EpochMetrics, VerticalResult
 from accord.vertical.settings import ProtectionSettings, VerticalSettings
 
 __all__ = [
@@ -64,12 +64,27 @@ def run_vertical(
     *,
     clock: Callable[[], float] = time.perf_counter,
     on_gradient: GradientObserver | None = None,
+    on_epoch_end: Callable[[DriverState], None] | None = None,
+    resume: DriverState | None = None,
 ) -> VerticalResult:
-    """Train until the epoch limit or early stopping; every party ends on the best weights."""
+    """Train until the epoch limit or early stopping; every party ends on the best weights.
+
+    ``on_epoch_end`` is called after every epoch once the best weights are kept: the moment
+    to checkpoint each party (``checkpoint()``) with the driver's state. ``resume``
+    continues from such a state, every party restored from its checkpoint of that epoch;
+    the run then equals an uninterrupted one (batches and splits depend on the seed only).
+    """
     settings = label.settings
     stopping = EarlyStopping(settings.patience)
     history: list[EpochMetrics] = []
-    for epoch in range(settings.epochs):
+    first = 0
+    if resume is not None:
+        stopping.resume(resume)
+        history = list(resume.history)
+        first = resume.next_epoch
+    for epoch in range(first, settings.epochs):
+        if stopping.should_stop:
+            break
         started = clock()
         loss_sum, row_sum = 0.0, 0
         for request in label.plan_epoch(epoch):
@@ -98,8 +113,8 @@ def run_vertical(
             label.keep_best()
             for link in links.values():
                 link.keep_best()
-        if stopping.should_stop:
-            break
+        if on_epoch_end is not None:
+            on_epoch_end(stopping.state(epoch + 1, tuple(history)))
     label.restore_best()
     for link in links.values():
         link.restore_best()
