@@ -21,7 +21,13 @@ from accord.vertical import (
     run_vertical,
 )
 from accord.vertical.attacks import AttackReport, attack_report
-from accord.vertical.protection import keep_probability, max_norm_noise, randomised_response
+from accord.vertical.metrics import probability_log_loss, sigmoid
+from accord.vertical.protection import (
+    debias_probability,
+    keep_probability,
+    max_norm_noise,
+    randomised_response,
+)
 
 
 def test_the_attacks_score_by_hand() -> None:
@@ -54,6 +60,19 @@ def test_randomised_response_flips_at_the_stated_rate() -> None:
     assert keep_probability(math.log(3.0)) == pytest.approx(0.75)
     assert np.mean(noisy != labels) == pytest.approx(0.25, abs=0.006)
     assert set(np.unique(noisy).tolist()) == {0.0, 1.0}
+
+
+def test_debiasing_inverts_the_flipped_labels_probability() -> None:
+    clean = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+    flip = 0.2
+    noisy = flip + (1 - 2 * flip) * clean  # what a model of the flipped labels predicts
+
+    np.testing.assert_allclose(debias_probability(noisy, flip), clean, atol=1e-12)
+    np.testing.assert_allclose(debias_probability(np.array([0.0, 1.0]), flip), [0.0, 1.0])
+    np.testing.assert_allclose(sigmoid(np.array([0.0, 800.0, -800.0])), [0.5, 1.0, 0.0])
+    assert probability_log_loss(np.array([0.5, 0.75]), np.array([1.0, 0.0])) == pytest.approx(
+        (np.log(2.0) + np.log(4.0)) / 2
+    )
 
 
 def _attacked_run(protection: ProtectionSettings) -> tuple[AttackReport, float]:

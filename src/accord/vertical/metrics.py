@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["binary_auc", "log_loss"]
+__all__ = ["binary_auc", "log_loss", "probability_log_loss", "sigmoid"]
 
 
 def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
@@ -37,3 +37,17 @@ def log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
     y = np.asarray(labels, dtype=np.float64).ravel()
     # log(1 + e^z) - y z, computed without overflow.
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """``1 / (1 + e^-z)`` in float64, without overflow."""
+    z = np.asarray(logits, dtype=np.float64)
+    result: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
+    return result
+
+
+def probability_log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of ``probabilities`` (clipped to [1e-7, 1 - 1e-7])."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64).ravel(), 1e-7, 1.0 - 1e-7)
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))

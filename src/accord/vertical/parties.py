@@ -30,9 +30,14 @@ from accord.vertical.messages import (
     SplitEmbedding,
     check_matrix,
 )
-from accord.vertical.metrics import binary_auc, log_loss
+from accord.vertical.metrics import binary_auc, log_loss, probability_log_loss, sigmoid
 from accord.vertical.models import Standardiser, TopModel, build_bottom, build_top, party_generator
-from accord.vertical.protection import max_norm_noise, randomised_response
+from accord.vertical.protection import (
+    debias_probability,
+    keep_probability,
+    max_norm_noise,
+    randomised_response,
+)
 from accord.vertical.settings import ProtectionSettings, VerticalSettings
 
 __all__ = [
@@ -409,7 +414,12 @@ class LabelParty(_Party):
         return StepResult(gradients=gradients, loss=float(loss.detach()), rows=len(positions))
 
     def evaluate(self, split: str, embeddings: Mapping[str, SplitEmbedding]) -> SplitMetrics:
-        """Log loss and AUC (true labels) of the composed model on every row of ``split``."""
+        """Log loss and AUC (true labels) of the composed model on every row of ``split``.
+
+        Under ``label_dp`` the loss is that of the probabilities corrected for the flips
+        (:func:`~accord.vertical.protection.debias_probability`), so early stopping judges
+        the model against the true labels; the AUC (a ranking) needs no correction.
+        """
         positions = self.splits.positions(split)
         for party, message in embeddings.items():
             if message.split != split:
@@ -427,7 +437,15 @@ class LabelParty(_Party):
                 logits.append(self.top(chunk).numpy())
         scores = np.concatenate(logits) if logits else np.zeros(0, np.float32)
         labels = self.labels.numpy()[positions]
-        loss = log_loss(scores, labels) if len(positions) else float("nan")
+        if not len(positions):
+            loss = float("nan")
+        elif self.protection.kind == "label_dp":
+            # The model learned P(flipped label = 1 | x) = q + (1 - 2q) P(y = 1 | x): its
+            # loss against the true labels is scored on the inverted probability.
+            flip = 1.0 - keep_probability(self.protection.epsilon)
+            loss = probability_log_loss(debias_probability(sigmoid(scores), flip), labels)
+        else:
+            loss = log_loss(scores, labels)
         return SplitMetrics(split, loss, binary_auc(scores, labels), len(positions))
 
     def _modules(self) -> dict[str, torch.nn.Module]:

@@ -16,6 +16,9 @@ What each one guarantees, and what it does not:
   training row's label (Ghazi et al., NeurIPS 2021). Not covered: the validation labels
   (they choose the early-stopping epoch) and the test labels (they are only scored by the
   label party itself). A stronger protection costs accuracy: the flipped labels are noisier.
+  A model trained on them predicts ``P(flipped = 1 | x) = q + (1 − 2q) P(y = 1 | x)``
+  (``q`` the flip probability); :func:`debias_probability` inverts that for the label
+  party's own scoring (post-processing: the guarantee is unchanged).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 
 from accord._validation import require_number
 
-__all__ = ["keep_probability", "max_norm_noise", "randomised_response"]
+__all__ = ["debias_probability", "keep_probability", "max_norm_noise", "randomised_response"]
 
 
 def max_norm_noise(gradients: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -50,4 +53,14 @@ def randomised_response(
     """0/1 ``labels``, each flipped independently with probability ``1 / (1 + e^ε)``."""
     flip = generator.random(labels.shape) >= keep_probability(epsilon)
     result: np.ndarray = np.where(flip, 1.0 - labels, labels).astype(labels.dtype)
+    return result
+
+
+def debias_probability(noisy: np.ndarray, flip: float) -> np.ndarray:
+    """``P(y = 1 | x)`` from a model of labels flipped with probability ``flip`` < 1/2:
+    ``(p' − flip) / (1 − 2 flip)``, clipped to [0, 1]."""
+    require_number("flip", flip, minimum=0.0, maximum=0.5)
+    if flip == 0.5:
+        raise ValueError("flip: 0.5 leaves no information to invert")
+    result: np.ndarray = np.clip((np.asarray(noisy) - flip) / (1.0 - 2.0 * flip), 0.0, 1.0)
     return result
