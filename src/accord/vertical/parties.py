@@ -52,6 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The ``split`` of the embeddings of new rows to score (not a split of the training table).
+PREDICT = "predict"
 #: Rows scored at once when a whole split is embedded or evaluated.
 _CHUNK = 65_536
 
@@ -158,6 +160,7 @@ class _Party:
         self.name = table.name
         self.settings = settings
         self.row_count = table.row_count
+        self.columns = table.columns
         self.splits: Splits = split_positions(
             table.row_count, settings.validation_fraction, settings.test_fraction, settings.seed
         )
@@ -199,6 +202,22 @@ class _Party:
             for start in range(0, len(positions), _CHUNK):
                 rows = torch.from_numpy(positions[start : start + _CHUNK])
                 chunks.append(self.bottom(self.features[rows]).numpy())
+        width = self.settings.model.embedding_dim
+        return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+
+    def _embed_new(self, table: PartyTable) -> np.ndarray:
+        """The bottom's embedding of rows this party did not train on (same columns)."""
+        if table.name != self.name or table.columns != self.columns:
+            raise InputDataError(
+                f"party {self.name!r} new rows: expected columns {list(self.columns)},"
+                f" got {list(table.columns)} from party {table.name!r}"
+            )
+        assert self.bottom is not None and self.standardiser is not None
+        features = torch.from_numpy(self.standardiser.transform(table.features))
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, table.row_count, _CHUNK):
+                chunks.append(self.bottom(features[start : start + _CHUNK]).numpy())
         width = self.settings.model.embedding_dim
         return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
 
@@ -292,6 +311,11 @@ class FeatureParty(_Party):
     def embed(self, split: str) -> SplitEmbedding:
         """This party's embedding of every row of ``split`` (validation or test)."""
         return SplitEmbedding(self.name, split, self._embed_rows(self.splits.positions(split)))
+
+    def embed_new(self, table: PartyTable) -> SplitEmbedding:
+        """This party's embedding of new rows to score (aligned by a new ``accord align``;
+        the same columns as in training, standardised with the training statistics)."""
+        return SplitEmbedding(self.name, PREDICT, self._embed_new(table))
 
 
 @dataclass(frozen=True)
@@ -447,6 +471,41 @@ class LabelParty(_Party):
         else:
             loss = log_loss(scores, labels)
         return SplitMetrics(split, loss, binary_auc(scores, labels), len(positions))
+
+    def predict(
+        self, table: PartyTable | None, embeddings: Mapping[str, SplitEmbedding]
+    ) -> np.ndarray:
+        """The probability of label 1 for each new row; only the label party sees it.
+
+        ``table`` holds the label party's columns of the new rows (``None`` when it trained
+        without columns; its labels, if any, are ignored); ``embeddings`` are the feature
+        parties' :meth:`FeatureParty.embed_new`. Under ``label_dp`` the probability is
+        corrected for the flipped training labels.
+        """
+        rows = next(iter(embeddings.values())).values.shape[0] if embeddings else None
+        own: np.ndarray | None = None
+        if self.bottom is not None:
+            if table is None:
+                raise InputDataError(f"party {self.name!r}: new rows need its columns to score")
+            own = self._embed_new(table)
+            rows = own.shape[0]
+        if rows is None:
+            raise InputDataError(f"party {self.name!r}: no embeddings of new rows to score")
+        for party, message in embeddings.items():
+            if message.split != PREDICT:
+                raise ProtocolError(
+                    f"embedding from {party!r}: expected split {PREDICT}, got {message.split}"
+                )
+        received = self._received(embeddings, rows)
+        with torch.no_grad():
+            inputs = dict(received)
+            if own is not None:
+                inputs[self.name] = torch.from_numpy(own)
+            probabilities = sigmoid(self.top(inputs).numpy())
+        if self.protection.kind == "label_dp":
+            flip = 1.0 - keep_probability(self.protection.epsilon)
+            probabilities = debias_probability(probabilities, flip)
+        return probabilities
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {**super()._modules(), "top": self.top}
