@@ -16,6 +16,11 @@ embedding. With linear bottoms and a ``sum`` top this is vertical logistic regre
 
 from __future__ import annotations
 
+from accord.vertical.agreement import (
+    PartyAnnouncement,
+    check_announcements,
+    settings_fingerprint,
+)
 from accord.vertical.attacks import direction_attack_scores, norm_attack_scores
 from accord.vertical.batches import Splits, epoch_batches, split_positions
 from accord.vertical.centralised import build_centralised, train_centralised, train_composed
@@ -41,6 +46,7 @@ __all__ = [
     "FeaturePartyLink",
     "LabelParty",
     "ModelSettings",
+    "PartyAnnouncement",
     "PartyTable",
     "ProtectionSettings",
     "SplitEmbedding",
@@ -52,11 +58,13 @@ __all__ = [
     "binary_auc",
     "build_centralised",
     "build_parties",
+    "check_announcements",
     "direction_attack_scores",
     "epoch_batches",
     "log_loss",
     "norm_attack_scores",
     "run_vertical",
+    "settings_fingerprint",
     "simulate_vertical",
     "split_positions",
     "train_centralised",

@@ -15,7 +15,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from accord.errors import InputDataError
+from accord.vertical.agreement import (
+    PartyAnnouncement,
+    check_announcements,
+    settings_fingerprint,
+)
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
 from accord.vertical.parties import FeatureParty, LabelParty, PartyTable, SplitMetrics
 from accord.vertical.results import DriverState, EarlyStopping, EpochMetrics, VerticalResult
@@ -136,12 +140,11 @@ def build_parties(
     private_seed: int = 0,
 ) -> tuple[LabelParty, dict[str, FeatureParty]]:
     """Every party of an in-process run, after checking the tables hold the same rows."""
-    for table in feature_tables:
-        if table.row_count != label_table.row_count:
-            raise InputDataError(
-                f"party {table.name!r}: expected {label_table.row_count} aligned rows like"
-                f" {label_table.name!r}, got {table.row_count}"
-            )
+    fingerprint = settings_fingerprint(settings)
+    check_announcements(
+        PartyAnnouncement(label_table.name, label_table.row_count, fingerprint),
+        [PartyAnnouncement(t.name, t.row_count, fingerprint) for t in feature_tables],
+    )
     features = {table.name: FeatureParty(table, settings) for table in feature_tables}
     label = LabelParty(label_table, settings, list(features), protection, private_seed)
     return label, features
