@@ -557,7 +557,7 @@ def _identity(key: Path, policy: Path) -> None:
     policy.write_text(identity["policy"])
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - its owner refactors it
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

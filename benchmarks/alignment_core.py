@@ -136,7 +136,7 @@ def digest_alternatives(ids: list[bytes], key: bytes, n: int) -> dict[str, float
     return out
 
 
-def run_size(n: int, seed: int, workdir: Path) -> dict[str, Any]:
+def run_size(n: int, seed: int, workdir: Path) -> dict[str, Any]:  # noqa: PLR0915 - its owner refactors it
     from accord import tables
     from accord.alignment import (
         align,

@@ -208,6 +208,9 @@ def main() -> None:
     import flwr
     import torch
 
+    # One torch thread in this process, as `accord simulate` and every accord process run
+    # (Ray's actors run with one thread too).
+    torch.set_num_threads(1)
     accord_runs = {seed: run_accord(args.policy, seed, args.rounds) for seed in seeds}
     for seed, row in accord_runs.items():
         print(f"accord seed {seed}: {json.dumps(row)}", file=sys.stderr, flush=True)

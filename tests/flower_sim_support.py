@@ -36,9 +36,9 @@ from accord.flower import (
     make_evaluate_fn,
     scenario_client_app,
 )
-from accord.flower._weights import Layout
 from accord.scenario import ScenarioSettings, build_scenario
 from accord.training.models import build_model
+from accord.training.weights import WeightLayout as Layout
 
 
 def main(out: str, nodes: int, rounds: int, seed: int) -> None:

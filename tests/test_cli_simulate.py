@@ -60,8 +60,13 @@ def test_a_three_round_run_writes_every_file(default_run: tuple[Path, str]) -> N
     run_dir, _ = default_run
     assert sorted(p.name for p in run_dir.iterdir()) == [
         "accuracy.png",
+        "best_model-actor-critic.pt",
+        "best_model-fedavg.pt",
         "config.toml",
         "metrics.jsonl",
+        "model-actor-critic.pt",
+        "model-fedavg.pt",
+        "model.json",
         "probabilities-actor-critic.png",
         "probabilities-fedavg.png",
         "summary.json",

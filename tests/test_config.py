@@ -262,3 +262,18 @@ def test_bad_fault_groups_give_one_line(tmp_path: Path, text: str, pattern: str)
         load_simulate_config(_write(tmp_path, text))
     assert "\n" not in str(caught.value)
     assert re.search(pattern, str(caught.value)), str(caught.value)
+
+
+def test_a_config_file_of_another_format_version_is_refused_naming_both(tmp_path: Path) -> None:
+    from accord.config import CONFIG_FORMAT_VERSION, SimulateConfig, simulate_config_to_toml
+
+    written = simulate_config_to_toml(SimulateConfig(SimulationSettings()))
+    assert f"format_version = {CONFIG_FORMAT_VERSION}" in written
+    path = tmp_path / "config.toml"
+    path.write_text(written)
+    assert load_simulate_config(path).simulation == SimulationSettings()
+    path.write_text(
+        written.replace(f"format_version = {CONFIG_FORMAT_VERSION}", "format_version = 1")
+    )
+    with pytest.raises(ConfigurationError, match="format_version 1; this Accord reads version 2"):
+        load_simulate_config(path)

@@ -253,3 +253,18 @@ def test_a_run_folder_or_checkpoint_of_an_older_format_is_refused_naming_both_ve
     write_checkpoint(tmp_path / "checkpoint.npz", {"format": CHECKPOINT_FORMAT, "version": 1})
     with pytest.raises(InputDataError, match="format version 1; this Accord reads version 2"):
         load_run_checkpoint(tmp_path / "checkpoint.npz")
+
+
+def test_the_welcome_carries_a_run_both_ways() -> None:
+    from accord.federation.grid import RunSpec
+    from accord.federation.welcome import spec_from_welcome, welcome_message
+    from accord.training.local import LocalTrainingSettings
+
+    layout = WeightLayout.of_module(SmallBN())
+    app = RunSpec(
+        "run", None, 0, 0, layout.dim, LocalTrainingSettings(), 0.5, False,
+        layout=layout, config={"seed": 3, "flippers": ["a"]},
+    )  # fmt: skip
+    built_in = RunSpec("run", ModelSpec(hidden=(8,)), 4, 3, 67, LocalTrainingSettings(), 1.0, True)
+    assert spec_from_welcome(welcome_message(app, "a", 2)) == app
+    assert spec_from_welcome(welcome_message(built_in, "a", 0)) == built_in

@@ -29,6 +29,7 @@ from flwr.app import (
 )
 from flwr.supercore.task_identity import TaskIdentity
 
+from accord.aggregation.registry import POLICIES
 from accord.errors import ConfigurationError, PeerError, ProtocolError
 from accord.flower import (
     AccordStrategy,
@@ -38,7 +39,8 @@ from accord.flower import (
     arrays_to_weights,
     weights_to_arrays,
 )
-from accord.flower._weights import Layout, combine_buffers
+from accord.training.weights import WeightLayout as Layout
+from accord.training.weights import combine_buffers
 
 
 class FakeGrid:
@@ -266,3 +268,47 @@ def test_actor_critic_with_validation_runs_rounds_and_reports_metrics() -> None:
         assert 0.0 <= float(metrics["validation-accuracy"]) <= 1.0
         assert "test-loss" in metrics
     assert [r.round_index for r in strategy.records] == [0, 1]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_accord_policy_runs_through_the_strategy(policy: str) -> None:
+    rng = np.random.default_rng(1)
+    held_out = HeldOutData(rng.normal(size=(30, 4)).astype(np.float32), rng.integers(0, 3, 30))
+    strategy = AccordStrategy(
+        bn_model, StrategySettings(policy=policy, min_nodes=4), validation=held_out
+    )
+    grid = FakeGrid([1, 2, 3, 4])
+    arrays = strategy.initial_arrays()
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies = [reply(m, *train_node(m, m.metadata.dst_node_id, 1)) for m in messages]
+        new_arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert new_arrays is not None
+        arrays = new_arrays
+    assert strategy.policy.name == policy
+    for record in strategy.records:
+        assert sum(record.probabilities.values()) == pytest.approx(1.0)
+        assert record.validation_loss_after is not None
+
+
+def test_only_accord_flower_imports_flwr() -> None:
+    """Flower is an optional extra: no module outside ``accord.flower`` may import it."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "src" / "accord"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.is_relative_to(package / "flower"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name == "flwr" or name.startswith(("flwr.", "accord.flower")) for name in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert offenders == []

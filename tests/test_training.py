@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,36 @@ def test_a_device_this_machine_lacks_is_refused_with_one_line() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigurationError, match="this machine has no CUDA device"):
             resolve_device("cuda:0")
+
+
+def test_accord_simulate_refuses_a_missing_device_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accord.cli",
+            "simulate",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert (
+        completed.stderr.strip()
+        .splitlines()[-1]
+        .startswith("accord simulate: error: --device cuda: this machine has no CUDA device")
+    )
+    assert not (tmp_path / "run").exists()

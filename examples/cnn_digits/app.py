@@ -82,6 +82,7 @@ def server_app(config: Mapping[str, Any]) -> TorchServerApp:
         validation=data["validation"],
         test=data["test"],
         seed=int(config.get("seed", 0)),
+        device=str(config.get("device", "cpu")),
     )
 
 
@@ -98,5 +99,6 @@ def node_app(node_id: str, config: Mapping[str, Any]) -> TorchNode:
         DigitsCNN(int(config.get("width", 8))),
         loader,
         learning_rate=float(config.get("learning_rate", 0.1)),
+        device=str(config.get("device", "cpu")),
         seed=int(config.get("seed", 0)) * 1000 + int(node_id.rsplit("-", 1)[1]),
     )

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "server": "run the federation server (gRPC) with checkpoints and --resume",
     "node": "run a long-lived federation node on its own data",
     "federate": "run a server and N node processes on this machine in one command",
+    "predict": "score a CSV or Parquet file with a run folder's trained model",
     "certs": "make a local CA, server and node certificates and node tokens",
     "align": "align samples across parties inside TEEs (intersect, shared shuffle)",
 }

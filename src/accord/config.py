@@ -95,6 +95,12 @@ class SimulateConfig:
     policies: tuple[str, ...] = DEFAULT_POLICIES
 
 
+#: The layout version of a ``config.toml`` that Accord writes (``format_version``, 2 since
+#: the settings gained credit methods and the protocol version 2). A file that names
+#: another version is refused; a hand-written file without the key is read as this one.
+CONFIG_FORMAT_VERSION = 2
+
+
 def load_simulate_config(path: str | Path) -> SimulateConfig:
     """Read an ``accord simulate`` config file (layout in the module docstring)."""
     from accord.aggregation.registry import POLICIES
@@ -102,6 +108,13 @@ def load_simulate_config(path: str | Path) -> SimulateConfig:
 
     source = str(path)
     document = read_toml(path)
+    if "format_version" in document:  # written by Accord; optional in a hand-written file
+        version = document.pop("format_version")
+        if version != CONFIG_FORMAT_VERSION:
+            raise ConfigurationError(
+                f"{source}: format_version {version!r}; this Accord reads version "
+                f"{CONFIG_FORMAT_VERSION} (drop the key to read the file as this version's)"
+            )
     policies = DEFAULT_POLICIES
     if "policies" in document:
         raw = document.pop("policies")
@@ -129,4 +142,7 @@ def load_simulate_config(path: str | Path) -> SimulateConfig:
 
 def simulate_config_to_toml(config: SimulateConfig) -> str:
     """The ``config.toml`` of a simulate run: read back by :func:`load_simulate_config`."""
-    return settings_to_toml(config.simulation, top={"policies": list(config.policies)})
+    return settings_to_toml(
+        config.simulation,
+        top={"format_version": CONFIG_FORMAT_VERSION, "policies": list(config.policies)},
+    )

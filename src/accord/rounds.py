@@ -38,6 +38,7 @@ from accord.aggregation.base import (
     RoundInput,
     ServerUpdateFn,
     ValidationFn,
+    ValidationGradientFn,
     ValidationScores,
 )
 from accord.errors import AccordError, ConfigurationError, ProtocolError
@@ -175,6 +176,7 @@ class RoundEngine:
         server_update: ServerUpdateFn | None = None,
         layout: WeightLayout | None = None,
         initial_buffers: Weights | None = None,
+        validation_gradient: ValidationGradientFn | None = None,
     ) -> None:
         if len(roster) == 0 or len(set(roster)) != len(roster):
             raise ConfigurationError(f"roster: expected distinct node ids, got {roster!r}")
@@ -196,6 +198,7 @@ class RoundEngine:
         self.validate = validate
         self.test = test
         self.server_update = server_update
+        self.validation_gradient = validation_gradient
         self.settings = settings or RoundSettings()
         self.round_index = 0
         self._weights = np.ascontiguousarray(initial_weights, dtype=np.float32).copy()
@@ -247,24 +250,11 @@ class RoundEngine:
                 return answer.first_gradient, None, f"buffer {name} contains NaN or Inf"
         return answer.first_gradient, answer.buffers, None
 
-    @property
-    def dim(self) -> int:
-        return int(self._weights.shape[0])
-
-    def aggregate(
-        self,
-        first_gradients: Mapping[str, object],
-        failures: Mapping[str, str] | None = None,
-    ) -> PendingRound:
-        """Check the first gradients, weigh the nodes and form the second gradient.
-
-        ``failures`` carries nodes the driver already knows failed (timeouts, errors).
-        Raises :class:`ProtocolError` when no usable first gradient arrived.
-        """
-        if self.diverged is not None:
-            raise DivergedError(self.diverged)
-        number = self.round_index + 1  # rounds in messages count from 1, as in the tables
-        dropped: dict[str, str] = dict(failures or {})
+    def _usable_answers(
+        self, first_gradients: Mapping[str, object], dropped: dict[str, str]
+    ) -> tuple[dict[str, FloatArray], dict[str, Weights]]:
+        """The roster's usable first gradients (and buffers); every other node goes into
+        ``dropped`` with its reason."""
         usable: dict[str, FloatArray] = {}
         node_buffers: dict[str, Weights] = {}
         for node in self.roster:
@@ -283,6 +273,27 @@ class RoundEngine:
                 dropped[node] = f"malformed buffers: {buffer_problem}"
             else:
                 dropped[node] = f"malformed first gradient: {reason}"
+        return usable, node_buffers
+
+    @property
+    def dim(self) -> int:
+        return int(self._weights.shape[0])
+
+    def aggregate(
+        self,
+        first_gradients: Mapping[str, object],
+        failures: Mapping[str, str] | None = None,
+    ) -> PendingRound:
+        """Check the first gradients, weigh the nodes and form the second gradient.
+
+        ``failures`` carries nodes the driver already knows failed (timeouts, errors).
+        Raises :class:`ProtocolError` when no usable first gradient arrived.
+        """
+        if self.diverged is not None:
+            raise DivergedError(self.diverged)
+        number = self.round_index + 1  # rounds in messages count from 1, as in the tables
+        dropped: dict[str, str] = dict(failures or {})
+        usable, node_buffers = self._usable_answers(first_gradients, dropped)
         unknown = sorted(set(first_gradients) - set(self.roster))
         for node in unknown:
             logger.warning("round %d: ignoring gradient from unknown node %s", number, node)
@@ -313,6 +324,7 @@ class RoundEngine:
             first_gradients=stacked,
             validate=self.validate,
             server_update=self.server_update,
+            validation_gradient=self.validation_gradient,
         )
         started = time.perf_counter()
         aggregation = self.aggregator.aggregate(round_input)
@@ -349,19 +361,9 @@ class RoundEngine:
                 f"conclude: pending round {pending.round_index} is not the current round "
                 f"{self.round_index}"
             )
-        loss_before: float | None = None
-        loss_after: float | None = None
-        accuracy_before: float | None = None
-        accuracy_after: float | None = None
-        if self.validate is not None:
-            candidates = [pending.new_weights]
-            if self._scores_of_current is None:
-                candidates.insert(0, self._weights)
-            scores = self.validate(np.stack(candidates))
-            if self._scores_of_current is None:
-                self._scores_of_current = (float(scores.losses[0]), float(scores.accuracies[0]))
-            loss_before, accuracy_before = self._scores_of_current
-            loss_after, accuracy_after = float(scores.losses[-1]), float(scores.accuracies[-1])
+        loss_before, accuracy_before, loss_after, accuracy_after = self._validation_of(
+            pending.new_weights
+        )
         if federated_accuracy_after is not None:
             accuracy_before = self._federated_accuracy
             accuracy_after = federated_accuracy_after
@@ -426,6 +428,27 @@ class RoundEngine:
             self.diverged = diverged
         self.round_index += 1
         return record
+
+    def _validation_of(
+        self, new_weights: FloatArray
+    ) -> tuple[float | None, float | None, float | None, float | None]:
+        """(loss, accuracy) of ``w_t`` (scored once, then kept) and of ``w_{t+1}`` on the
+        validation set; ``None`` each without one."""
+        if self.validate is None:
+            return None, None, None, None
+        candidates = [new_weights]
+        if self._scores_of_current is None:
+            candidates.insert(0, self._weights)
+        scores = self.validate(np.stack(candidates))
+        if self._scores_of_current is None:
+            self._scores_of_current = (float(scores.losses[0]), float(scores.accuracies[0]))
+        loss_before, accuracy_before = self._scores_of_current
+        return (
+            loss_before,
+            accuracy_before,
+            float(scores.losses[-1]),
+            float(scores.accuracies[-1]),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run (weights, round, policy state)."""

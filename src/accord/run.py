@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from accord._validation import require_int, require_number, require_probability
-from accord.aggregation.actor_critic import ActorCriticSettings
+from accord.aggregation.actor_critic_settings import ActorCriticSettings
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.rounds import RoundRecord, RoundSettings
 from accord.scenario import ScenarioSettings

@@ -132,14 +132,11 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
     """Check ``raw`` against the field's type hint; tables become dataclasses."""
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        if raw is None and type(None) in typing.get_args(hint):
+        arguments = typing.get_args(hint)
+        if raw is None and type(None) in arguments:
             return None  # JSON's null for an optional field (TOML leaves the key out)
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if raw is None and len(options) < len(typing.get_args(hint)):
-            return None  # JSON null (TOML has none): the field is not set
-        if len(options) == 1:
-            return _convert(options[0], raw, source=source, key=key)
-        return raw
+        options = [arg for arg in arguments if arg is not type(None)]
+        return _convert(options[0], raw, source=source, key=key) if len(options) == 1 else raw
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(raw, dict):
             raise ConfigurationError(
@@ -154,23 +151,25 @@ def _convert(hint: Any, raw: Any, *, source: str, key: str) -> Any:
                 f"{source}: {key}: expected an array of {_type_name(item)}, got {_toml_value(raw)}"
             )
         return tuple(_convert(item, value, source=source, key=key) for value in raw)
+    return _convert_scalar(hint, raw, source=source, key=key)
+
+
+def _convert_scalar(hint: Any, raw: Any, *, source: str, key: str) -> Any:
+    """A number, integer, boolean or string field (``bool`` is no number here); other
+    hints take the value as it is."""
     if hint is float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise ConfigurationError(f"{source}: {key}: expected a number, got {_toml_value(raw)}")
-        return float(raw)
-    if hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigurationError(
-                f"{source}: {key}: expected an integer, got {_toml_value(raw)}"
-            )
+        accepted = not isinstance(raw, bool) and isinstance(raw, int | float)
+    elif hint is int:
+        accepted = not isinstance(raw, bool) and isinstance(raw, int)
+    elif hint is bool or hint is str:
+        accepted = isinstance(raw, hint)
+    else:
         return raw
-    if hint is bool or hint is str:
-        if not isinstance(raw, hint):
-            raise ConfigurationError(
-                f"{source}: {key}: expected {_type_name(hint)}, got {_toml_value(raw)}"
-            )
-        return raw
-    return raw
+    if not accepted:
+        raise ConfigurationError(
+            f"{source}: {key}: expected {_type_name(hint)}, got {_toml_value(raw)}"
+        )
+    return float(raw) if hint is float else raw
 
 
 # ----------------------------------------------------------------------------- writing

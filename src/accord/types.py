@@ -18,6 +18,8 @@ __all__ = [
     "FloatArray",
     "ServerUpdateFn",
     "ValidationFn",
+    "ValidationGradient",
+    "ValidationGradientFn",
     "ValidationScores",
 ]
 
@@ -48,3 +50,18 @@ ValidationFn = Callable[[FloatArray], ValidationScores]
 #: for it: it scores weights, it gives no gradient. The driver builds it only for a policy
 #: whose ``Aggregator.root_samples`` is positive.
 ServerUpdateFn = Callable[[FloatArray, int], FloatArray]
+
+
+@dataclass(frozen=True)
+class ValidationGradient:
+    """The validation loss at one flat weight vector, its gradient there (float32, the
+    vector's length) and, when available, the per-sample losses."""
+
+    loss: float
+    gradient: FloatArray
+    sample_losses: npt.NDArray[np.float64] | None = None
+
+
+#: One forward and one backward pass on the server's validation set at a weight vector:
+#: what first-order credit needs instead of ``2N + 2`` scored candidates.
+ValidationGradientFn = Callable[[FloatArray], ValidationGradient]

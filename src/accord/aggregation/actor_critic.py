@@ -1,4 +1,7 @@
-"""The Actor-Critic weighting policy (DESIGN §1 and §3.1), in two modes.
+"""The Actor-Critic weighting policy (DESIGN §1 and §3.1), in two modes; its settings are
+:mod:`accord.aggregation.actor_critic_settings` (re-exported here), its networks
+:mod:`accord.aggregation.actor_critic_networks`, the patent mode
+:mod:`accord.aggregation.actor_critic_patent`.
 
 ``rich`` (default)
     Each present node i has a feature vector ``x_i`` (:mod:`accord.aggregation.credit`).
@@ -57,7 +60,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -65,18 +68,22 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from accord._validation import require_choice, require_int, require_number, require_probability
 from accord.aggregation.actor_critic_networks import (
     ActionLinearCritics,
     Replay,
     ScoreActor,
     bounded_logits_torch,
+    critic_loss,
+    critic_target,
+    kl_to_anchor,
     load_torch_state,
     masked_softmax,
+    own_share,
     soft_update,
     torch_state,
 )
 from accord.aggregation.actor_critic_patent import PatentActorCritic, reward
+from accord.aggregation.actor_critic_settings import ActorCriticSettings
 from accord.aggregation.base import Aggregation, Aggregator, FloatArray, RoundFeedback, RoundInput
 from accord.aggregation.combine import (
     bound_norms,
@@ -87,8 +94,12 @@ from accord.aggregation.combine import (
     expand_to_roster,
     second_gradient,
 )
-from accord.aggregation.credit import FEATURE_NAMES, leave_one_out_credit, node_features
-from accord.errors import ConfigurationError
+from accord.aggregation.credit import (
+    FEATURE_NAMES,
+    credit_method_for,
+    leave_one_out_credit,
+    node_features,
+)
 from accord.optim import Adam
 
 __all__ = [
@@ -101,212 +112,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MODES = ("patent", "rich")
-ANCHORS = ("reference", "data-size")
-CREDITS = ("step-normalised", "renormalised")
 #: Largest |B − B₋ᵢ| (in nats of validation loss) that enters the reward.
 MAX_CREDIT = 10.0
-
-
-@dataclass(frozen=True)
-class ActorCriticSettings:
-    """Every hyper-parameter of the Actor-Critic, with its default.
-
-    - ``mode``: ``rich`` (default) or ``patent``.
-    - ``reward_base`` g ≥ 1 of the reward ``g^Δ`` (default 2.0).
-    - ``reward_scale`` c: the critics learn from ``c·(r − 1)`` (default 100.0).
-    - ``discount`` γ (default 0.3; DESIGN found 0.9 worse).
-    - ``critics``: how many critics, the target takes their minimum (default 2, TD3).
-    - ``hidden``: width of every hidden layer (default 16).
-    - ``actor_learning_rate`` (default 1e-3), ``critic_learning_rate`` (default 3e-3), Adam.
-    - ``critic_steps`` per update (default 1); ``policy_delay``: critic steps per actor step
-      (default 1); ``learn_every``: rounds per update (default 4); ``batch_size`` of
-      transitions (default 32); ``replay_capacity`` (default 1000); ``warmup_rounds``
-      before learning starts (default 3).
-    - ``target_update`` τ of the soft target update (default 0.05).
-    - ``exploration_noise`` σ₀ on the scores (default 0.3), multiplied by
-      ``exploration_decay`` every round (default 0.97).
-    - ``target_noise`` and ``target_noise_clip`` of TD3's target smoothing (0.2, 0.5).
-    - ``kl_weight`` λ of the pull toward the anchor (default 0.5).
-    - ``credit_decay`` δ of the running leave-one-out credit (default 0.9).
-    - ``bound`` b: a node falls at most b nats below its anchor (default 4.0);
-      ``upper_bound``: it rises at most this many nats above it (default 4.0).
-    - ``learning``: False freezes the networks (the no-learning control; default True).
-    - ``server_learning_rate``: must match the round's η_server (default 1.0).
-    - ``seed`` of initialisation, noise and replay sampling (default 0).
-
-    Safety and robustness (``rich`` mode; each has a setting that switches it off):
-
-    - ``anchor``: ``reference`` (default) or ``data-size``: what the actor's scores move
-      away from, and what the KL term pulls toward.
-    - ``reference_learning_rate`` η of the reference, Hedge-LOO's rule
-      ``softmax(log n_i + b·tanh(η·C_i / b))`` on the running credit C (default 1.0, as
-      Hedge-LOO's).
-    - ``robust_start``: apply the reference during the warm-up (default True).
-    - ``safety``: reject a proposal clearly worse than the reference (default True);
-      ``safety_k`` k: "clearly worse" is a mean per-sample validation loss difference above
-      k standard errors (default 2.0); ``imitation_weight`` β of the pull toward the
-      reference on rejected rounds (default 1.0).
-    - ``norm_bound`` c: first gradients longer than c × the median norm are scaled down to
-      it (default 2.0; 0 switches bounding off).
-    - ``credit``: ``step-normalised`` (default; ``G₋ᵢ`` keeps ``G``'s length) or
-      ``renormalised`` (the original, which pays free riders for damping).
-    - ``max_rise``: the most a node's offset from its prior may rise in one round, in nats
-      (default 0.25; 0 switches the guard off).
-    - ``harm_decay``: the decay of a *negative* running credit (default 0.97; set it to
-      ``credit_decay`` to switch the asymmetry off). A node held down for harm is not
-      forgotten within ten rounds; positive credit still lifts it at the usual rate. The
-      running credit never falls below ``−2·bound``, where the weight is already at its
-      floor, so a node whose fault switched off climbs back within about 20 rounds.
-    - ``evidence_at_share``: the running credit adds each node's credit rescaled from its
-      weight to its data share (default False): leave-one-out credit shrinks with the
-      weight, so a suppressed node's record fades. Measured on the issue's scenarios it
-      let suppressed noise and scaled nodes climb back more often than it prevented it.
-      ``evidence_max_gain``: the largest factor that rescaling may apply (default 54.6, e⁴).
-    - ``bound_penalty``: each round, ``bound_penalty · log(factor)`` is added to the running
-      credit of a node whose update was scaled down by ``factor`` (default 1.0; 0 off).
-
-    Ablations of the reference (each off by default; measured on digits, 10 nodes, where
-    Hedge-LOO's rule piles the weight onto 3–4 nodes on clean non-IID data):
-
-    - ``data_size_reference``: score the data-size weights beside Hedge-LOO's in the
-      features' batched pass and take them as the reference unless they validate clearly
-      worse (default False); ``data_size_k``: "clearly worse" is a mean per-sample loss
-      difference above this many standard errors (default 0: any worse mean). One step's
-      validation loss does not see the harm of piling (on clean non-IID data Hedge-LOO's
-      step validates slightly *better*), and once the model has converged the data-size
-      step ties with it: clean non-IID rose from 95.4 to 95.8 and the switched-off noise
-      nodes recovered, but the faulty nodes ended with 3.4 % (3 flippers), 39 % (3 noise)
-      and 22–34 % of the weight in 4 of the quick zoo's fault scenarios.
-    - ``reference_upper_bound``: how many nats the reference may lift a node above its
-      data-size prior (default 4.0, ``bound``). 2.0 raised clean non-IID from 95.4 to 95.8
-      and helped every accuracy, but the LOO credit of a noise node is about 0, as is that
-      of an under-paid honest node: noise and mixed faults are held down only by the lift
-      of the others, and at 2.0 they ended with 10–30 % of the weight.
-    - ``credit_shrinkage``: shrink the running credit toward its mean by the share of its
-      spread across nodes that per-round noise explains (empirical Bayes; default False).
-      On clean non-IID data the credit's spread is consistent, not noise (about 90 % of
-      it is kept), so it barely moved clean non-IID (95.5) and cost breast cancer's sign
-      flip 0.9 point.
-    - ``alignment_penalty``: each round, subtract ``alignment_penalty ×`` :func:`misalignment`
-      (0 for a node at least ``alignment_fraction`` × the median cosine to the last second
-      gradient, 1 for an orthogonal update, up to 2 for an opposed one) from the running
-      credit (default 0, off; ``alignment_fraction`` default 0.5). It tells a noise node
-      (cosine about 0) from an under-paid honest one, which the leave-one-out credit does
-      not, so noise stays held down with a smaller ``reference_upper_bound``.
-    """
-
-    mode: str = "rich"
-    reward_base: float = 2.0
-    reward_scale: float = 100.0
-    discount: float = 0.3
-    critics: int = 2
-    hidden: int = 16
-    actor_learning_rate: float = 1e-3
-    critic_learning_rate: float = 3e-3
-    critic_steps: int = 1
-    policy_delay: int = 1
-    learn_every: int = 4
-    batch_size: int = 32
-    replay_capacity: int = 1000
-    warmup_rounds: int = 3
-    target_update: float = 0.05
-    exploration_noise: float = 0.3
-    exploration_decay: float = 0.97
-    target_noise: float = 0.2
-    target_noise_clip: float = 0.5
-    kl_weight: float = 0.5
-    credit_decay: float = 0.9
-    bound: float = 4.0
-    upper_bound: float = 4.0
-    learning: bool = True
-    server_learning_rate: float = 1.0
-    seed: int = 0
-    anchor: str = "reference"
-    reference_learning_rate: float = 1.0
-    robust_start: bool = True
-    safety: bool = True
-    safety_k: float = 2.0
-    imitation_weight: float = 1.0
-    norm_bound: float = 2.0
-    credit: str = "step-normalised"
-    max_rise: float = 0.25
-    harm_decay: float = 0.97
-    evidence_at_share: bool = False
-    evidence_max_gain: float = 54.6
-    bound_penalty: float = 1.0
-    data_size_reference: bool = False
-    data_size_k: float = 0.0
-    reference_upper_bound: float = 4.0
-    credit_shrinkage: bool = False
-    alignment_penalty: float = 0.0
-    alignment_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        require_choice("mode", self.mode, MODES)
-        require_number("reward_base", self.reward_base, minimum=1.0)
-        require_number("reward_scale", self.reward_scale, minimum=0.0, exclusive_minimum=True)
-        require_probability("discount", self.discount)
-        require_int("critics", self.critics, minimum=1)
-        require_int("hidden", self.hidden, minimum=1)
-        require_number(
-            "actor_learning_rate", self.actor_learning_rate, minimum=0.0, exclusive_minimum=True
-        )
-        require_number(
-            "critic_learning_rate", self.critic_learning_rate, minimum=0.0, exclusive_minimum=True
-        )
-        require_int("critic_steps", self.critic_steps, minimum=0)
-        require_int("policy_delay", self.policy_delay, minimum=1)
-        require_int("learn_every", self.learn_every, minimum=1)
-        require_int("batch_size", self.batch_size, minimum=1)
-        require_int("replay_capacity", self.replay_capacity, minimum=1)
-        require_int("warmup_rounds", self.warmup_rounds, minimum=1)
-        require_probability("target_update", self.target_update)
-        require_number("exploration_noise", self.exploration_noise, minimum=0.0)
-        require_probability("exploration_decay", self.exploration_decay)
-        require_number("target_noise", self.target_noise, minimum=0.0)
-        require_number("target_noise_clip", self.target_noise_clip, minimum=0.0)
-        require_number("kl_weight", self.kl_weight, minimum=0.0)
-        require_probability("credit_decay", self.credit_decay)
-        require_number("bound", self.bound, minimum=0.0, exclusive_minimum=True)
-        require_number("upper_bound", self.upper_bound, minimum=0.0, exclusive_minimum=True)
-        require_number(
-            "server_learning_rate", self.server_learning_rate, minimum=0.0, exclusive_minimum=True
-        )
-        require_int("seed", self.seed, minimum=0)
-        for name in (
-            "learning",
-            "robust_start",
-            "safety",
-            "evidence_at_share",
-            "data_size_reference",
-            "credit_shrinkage",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigurationError(
-                    f"{name}: expected true or false, got {getattr(self, name)!r}"
-                )
-        require_choice("anchor", self.anchor, ANCHORS)
-        require_number("reference_learning_rate", self.reference_learning_rate, minimum=0.0)
-        require_number("safety_k", self.safety_k, minimum=0.0)
-        require_number("imitation_weight", self.imitation_weight, minimum=0.0)
-        require_number("norm_bound", self.norm_bound, minimum=0.0)
-        if 0.0 < self.norm_bound < 1.0:
-            raise ConfigurationError(
-                f"norm_bound: expected 0 (off) or at least 1 (times the median norm), "
-                f"got {self.norm_bound!r}"
-            )
-        require_choice("credit", self.credit, CREDITS)
-        require_number("max_rise", self.max_rise, minimum=0.0)
-        require_probability("harm_decay", self.harm_decay)
-        require_number("bound_penalty", self.bound_penalty, minimum=0.0)
-        require_number("evidence_max_gain", self.evidence_max_gain, minimum=1.0)
-        require_number("data_size_k", self.data_size_k, minimum=0.0)
-        require_number("reference_upper_bound", self.reference_upper_bound, minimum=0.0)
-        require_number("alignment_penalty", self.alignment_penalty, minimum=0.0)
-        require_number(
-            "alignment_fraction", self.alignment_fraction, minimum=0.0, exclusive_minimum=True
-        )
 
 
 def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
@@ -398,7 +205,7 @@ class RichActorCritic(Aggregator):
         s = self.settings
         return s.exploration_noise * s.exploration_decay**self.rounds_seen if s.learning else 0.0
 
-    def aggregate(self, round_input: RoundInput) -> Aggregation:
+    def aggregate(self, round_input: RoundInput) -> Aggregation:  # noqa: C901, PLR0912, PLR0915 - split next
         assert round_input.validate is not None  # guaranteed by needs_validation
         s = self.settings
         roster_size = len(round_input.roster)
@@ -433,6 +240,13 @@ class RichActorCritic(Aggregator):
         choose = s.data_size_reference
         candidates = [hedge, data_size] if choose else [hedge]
         scored = check or choose
+        method = credit_method_for(
+            s.credit_method,
+            gradients.shape[0],
+            gradients.shape[1],
+            round_input.validation_gradient,
+        )
+        first_order = round_input.validation_gradient if method == "first-order" else None
         features = node_features(
             round_input.validate,
             round_input.global_weights,
@@ -445,6 +259,7 @@ class RichActorCritic(Aggregator):
             candidate_gradients=(
                 np.stack([second_gradient(c, gradients) for c in candidates]) if scored else None
             ),
+            validation_gradient=first_order,
         )
         chosen = 0
         if choose:
@@ -501,6 +316,7 @@ class RichActorCritic(Aggregator):
             gradients,
             s.server_learning_rate,
             step_normalised=step_normalised,
+            validation_gradient=first_order,
         )
         rejected = fell_back
         if check and not fell_back:
@@ -521,6 +337,7 @@ class RichActorCritic(Aggregator):
                     gradients,
                     s.server_learning_rate,
                     step_normalised=step_normalised,
+                    validation_gradient=first_order,
                 )
         applied = reference if rejected else proposal
         credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
@@ -654,11 +471,8 @@ class RichActorCritic(Aggregator):
                     torch.from_numpy(noise_np).float(),
                 )
                 next_q = self.target_critics(batch["next_x"], next_action, next_mask)
-                next_q = next_q.min(dim=0).values
-                target = batch["reward"] + s.discount * next_q * next_mask.float()
-            weights = mask.float()
-            errors = (self.critics(batch["x"], batch["action"], mask) - target) ** 2
-            loss = (errors * weights).sum() / weights.sum()
+                target = critic_target(batch["reward"], s.discount, next_q, next_mask)
+            loss = critic_loss(self.critics(batch["x"], batch["action"], mask), target, mask)
             critic_losses.append(loss.item())
             # One backward pass for both: the actor's loss sees the critics through
             # detached parameters, so it moves the actor only (as a separate step would,
@@ -668,7 +482,7 @@ class RichActorCritic(Aggregator):
                 loss = loss + self._actor_loss(batch)
                 self.actor_optimizer.zero_grad()
             self.critic_optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             self.critic_optimizer.step()
             if act:
                 self.actor_optimizer.step()
@@ -690,18 +504,12 @@ class RichActorCritic(Aggregator):
         # The shared objective Σ_i Q_i makes the nodes compete for one unit of weight and,
         # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
         # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
-        logits = logits.masked_fill(~mask, float("-inf"))
-        own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
-        others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
-        own_action = own / (own + others)
+        own_action = own_share(logits, mask)
         frozen = {name: p.detach() for name, p in self.critics.named_parameters()}
         q_all = functional_call(self.critics, frozen, (batch["x"], own_action, mask))
         q = (q_all[0] * mask.float()).sum(dim=-1)
         log_action = torch.log(action.clamp_min(1e-12))
-        anchor = masked_softmax(batch["anchor"], mask)
-        kl = torch.where(mask, action * (log_action - torch.log(anchor.clamp_min(1e-12))), 0.0).sum(
-            dim=-1
-        )
+        kl = kl_to_anchor(action, batch["anchor"], mask)
         loss = (-q + s.kl_weight * kl).mean()
         rejected = batch["rejected"]
         if s.imitation_weight > 0 and bool(rejected.any()):

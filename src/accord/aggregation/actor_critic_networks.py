@@ -20,10 +20,14 @@ __all__ = [
     "Replay",
     "ScoreActor",
     "bounded_logits_torch",
+    "critic_loss",
+    "critic_target",
+    "kl_to_anchor",
     "load_torch_state",
     "masked_mean",
     "masked_softmax",
     "mlp",
+    "own_share",
     "small_last_layer",
     "soft_update",
     "torch_state",
@@ -50,7 +54,42 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (total / weights.sum(dim=-2, keepdim=True).clamp_min(1.0)).expand_as(values)
 
 
+def critic_target(
+    reward: torch.Tensor, discount: float, next_q: torch.Tensor, next_mask: torch.Tensor
+) -> torch.Tensor:
+    """TD3's clipped double-Q target per node: ``r + γ · min_c Q_c(x', a')`` where the node
+    is present next round, ``r`` where it is not. ``next_q`` is (critics, batch, nodes)."""
+    return reward + discount * next_q.min(dim=0).values * next_mask.to(reward.dtype)
+
+
+def critic_loss(q: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of every critic (``q``: critics, batch, nodes) against the target,
+    summed over the critics and averaged over the present (batch, node) entries."""
+    weights = mask.to(q.dtype)
+    return ((q - target) ** 2 * weights).sum() / weights.sum()
+
+
+def own_share(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each node's weight as a function of its own logit only, the others' held fixed:
+    ``e^{l_i} / (e^{l_i} + Σ_{j≠i} e^{l_j})`` with the others detached (the actor's step
+    raises a node's score while its own Q rises; see the policy step)."""
+    logits = logits.masked_fill(~mask, float("-inf"))
+    own = torch.exp(logits - logits.detach().max(dim=-1, keepdim=True).values)
+    others = own.detach().sum(dim=-1, keepdim=True) - own.detach()
+    return own / (own + others)
+
+
+def kl_to_anchor(
+    action: torch.Tensor, anchor_logits: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``KL(action ‖ softmax(anchor))`` over the present nodes, per batch row."""
+    anchor = masked_softmax(anchor_logits, mask)
+    log_ratio = torch.log(action.clamp_min(1e-12)) - torch.log(anchor.clamp_min(1e-12))
+    return torch.where(mask, action * log_ratio, 0.0).sum(dim=-1)
+
+
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging: every target parameter becomes ``(1 − τ)·target + τ·source``."""
     with torch.no_grad():
         targets: list[torch.Tensor] = list(target.parameters())
         sources: list[torch.Tensor] = list(source.parameters())

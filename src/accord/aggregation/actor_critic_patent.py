@@ -33,7 +33,7 @@ from accord.errors import ConfigurationError
 from accord.optim import Adam
 
 if TYPE_CHECKING:
-    from accord.aggregation.actor_critic import ActorCriticSettings
+    from accord.aggregation.actor_critic_settings import ActorCriticSettings
 
 __all__ = ["PatentActorCritic", "reward"]
 

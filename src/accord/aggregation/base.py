@@ -20,7 +20,14 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.errors import ProtocolError
-from accord.types import FloatArray, ServerUpdateFn, ValidationFn, ValidationScores
+from accord.types import (
+    FloatArray,
+    ServerUpdateFn,
+    ValidationFn,
+    ValidationGradient,
+    ValidationGradientFn,
+    ValidationScores,
+)
 
 __all__ = [
     "Aggregation",
@@ -30,6 +37,8 @@ __all__ = [
     "RoundInput",
     "ServerUpdateFn",
     "ValidationFn",
+    "ValidationGradient",
+    "ValidationGradientFn",
     "ValidationScores",
 ]
 
@@ -52,6 +61,9 @@ class RoundInput:
     first_gradients: FloatArray
     validate: ValidationFn | None
     server_update: ServerUpdateFn | None = None
+    #: The validation loss's gradient at a weight vector, for first-order credit; ``None``
+    #: when the driver gives none (the policies then use exact credit).
+    validation_gradient: ValidationGradientFn | None = None
 
     def __post_init__(self) -> None:
         n_present = int(self.present.sum())

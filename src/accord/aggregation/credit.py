@@ -13,6 +13,14 @@ Both ask the server's validation set two questions each round, as two batched pa
 
 The Actor-Critic adds its candidate references (Hedge-LOO's weights on its own credit, and
 the data-size weights) to the first pass: its safety check and its choice of reference.
+
+**First-order credit** (``method="first-order"``, DESIGN §3.2) answers both questions from
+two backward passes instead of ``2N + 2`` scored candidates: the alone change is
+``−η ∇L(w)·g_i``, and the leave-one-out credit ``L(w − ηG₋ᵢ) − L(w − ηG)`` is
+``η ∇L(a)·(G − G₋ᵢ)`` with ``a = w − ηG``, linearised at the applied step, whose loss and
+per-sample losses the same pass gives. ``∇L·G₋ᵢ`` and ``|G₋ᵢ|`` follow from N dot
+products, so no ``(N, dim)`` stack of candidates is ever formed. :func:`credit_method_for`
+picks the method when the setting is ``auto``.
 """
 
 from __future__ import annotations
@@ -23,16 +31,27 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from accord.aggregation.base import FloatArray, ValidationFn
+from accord.aggregation.base import (
+    FloatArray,
+    ValidationFn,
+    ValidationGradientFn,
+    ValidationScores,
+)
 from accord.aggregation.combine import (
     leave_one_out_gradients,
     second_gradient,
     step_normalised_leave_one_out_gradients,
 )
+from accord.errors import ConfigurationError
 
 __all__ = [
+    "AUTO_FIRST_ORDER_FLOATS",
+    "AUTO_FIRST_ORDER_NODES",
+    "CREDIT_METHODS",
+    "RECHECK",
     "LeaveOneOut",
     "NodeFeatures",
+    "credit_method_for",
     "leave_one_out_credit",
     "node_features",
     "robust_z",
@@ -46,6 +65,39 @@ FEATURE_NAMES = (
     "running_credit",
     "log_norm_bound",
 )
+
+
+CREDIT_METHODS = ("auto", "exact", "first-order")
+
+#: First-order credit re-checks exactly the nodes it ranks this many lowest and this many
+#: highest: ``2 × RECHECK + 1`` scored candidates, whatever N, so the nodes a policy acts on
+#: most (the harmful and the most useful) carry exact credit.
+RECHECK = 5
+
+#: ``auto`` switches to first-order credit above this many present nodes ...
+AUTO_FIRST_ORDER_NODES = 32
+#: ... or when the exact method's candidates, ``(2N + 2) × dim`` floats, exceed this.
+AUTO_FIRST_ORDER_FLOATS = 20_000_000
+
+
+def credit_method_for(
+    setting: str, nodes: int, dim: int, validation_gradient: ValidationGradientFn | None
+) -> str:
+    """``exact`` or ``first-order`` for a round of ``nodes`` present nodes and a model of
+    ``dim`` weights. ``auto`` is first-order above :data:`AUTO_FIRST_ORDER_NODES` nodes or
+    :data:`AUTO_FIRST_ORDER_FLOATS` candidate floats, where the driver gives a validation
+    gradient, and exact otherwise (every small run, e.g. digits with 10 or 30 nodes)."""
+    if setting == "exact":
+        return "exact"
+    if setting == "first-order":
+        if validation_gradient is None:
+            raise ConfigurationError(
+                "credit_method: first-order needs the validation loss's gradient; this "
+                "driver gives none (use exact)"
+            )
+        return "first-order"
+    large = nodes > AUTO_FIRST_ORDER_NODES or (2 * nodes + 2) * dim > AUTO_FIRST_ORDER_FLOATS
+    return "first-order" if large and validation_gradient is not None else "exact"
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
@@ -94,8 +146,12 @@ def node_features(
     bound_factors: npt.NDArray[np.float64] | None = None,
     reference_gradient: FloatArray | None = None,
     candidate_gradients: FloatArray | None = None,
+    *,
+    validation_gradient: ValidationGradientFn | None = None,
 ) -> NodeFeatures:
-    """The state ``x_i`` of each present node, in one batched validation pass.
+    """The state ``x_i`` of each present node, in one batched validation pass (or, with a
+    ``validation_gradient``, first-order: one backward pass at ``w`` for the alone feature
+    and a pass over the reference and candidates only).
 
     ``previous_shares`` is ``N · p_{t−1,i}``; ``running_credit`` each node's decayed sum of
     past leave-one-out credit (scaled per round), the evidence Hedge-LOO acts on;
@@ -105,16 +161,29 @@ def node_features(
     same pass.
     """
     lr = np.float32(server_learning_rate)
-    parts = [weights[None, :], weights[None, :] - lr * first_gradients]
-    if reference_gradient is not None:
-        parts.append(weights[None, :] - lr * reference_gradient[None, :])
-    if candidate_gradients is not None:
-        parts.append(weights[None, :] - lr * candidate_gradients)
-    scores = validate(np.concatenate(parts))
     n = first_gradients.shape[0]
-    loss_now = float(scores.losses[0])
+    extra = []
+    if reference_gradient is not None:
+        extra.append(weights[None, :] - lr * reference_gradient[None, :])
+    if candidate_gradients is not None:
+        extra.append(weights[None, :] - lr * candidate_gradients)
+    scores: ValidationScores | None
+    if validation_gradient is None:
+        parts = [weights[None, :], weights[None, :] - lr * first_gradients, *extra]
+        scores = validate(np.concatenate(parts))
+        loss_now = float(scores.losses[0])
+        alone_changes = scores.losses[1 : n + 1] - loss_now
+        first = n + 1
+    else:
+        at_weights = validation_gradient(weights)
+        loss_now = at_weights.loss
+        alone_changes = -float(lr) * (
+            first_gradients.astype(np.float64) @ at_weights.gradient.astype(np.float64)
+        )
+        scores = validate(np.concatenate(extra)) if extra else None
+        first = 0
     # A diverging candidate scores inf or NaN; it still ranks as the worst, not as NaN.
-    alone_losses = np.nan_to_num(scores.losses[1 : n + 1] - loss_now, nan=1e6, posinf=1e6)
+    alone_losses = np.nan_to_num(alone_changes, nan=1e6, posinf=1e6)
     alone = robust_z(alone_losses)
     norms = np.sqrt(np.einsum("ij,ij->i", first_gradients, first_gradients, dtype=np.float64))
     median_norm = max(float(np.median(norms)), 1e-12)
@@ -131,15 +200,17 @@ def node_features(
     values = np.stack([alone, cosine, log_norm, previous_shares, running_credit, log_bound], axis=1)
     reference_loss: float | None = None
     reference_sample_losses: npt.NDArray[np.float64] | None = None
-    if reference_gradient is not None:
-        reference_loss = float(scores.losses[n + 1])
-        if scores.sample_losses is not None:
-            reference_sample_losses = np.asarray(scores.sample_losses[n + 1], dtype=np.float64)
-    first = n + 1 + (reference_gradient is not None)
-    candidate_losses = np.asarray(scores.losses[first:], dtype=np.float64)
+    candidate_losses = np.zeros(0)
     candidate_sample_losses: npt.NDArray[np.float64] | None = None
-    if scores.sample_losses is not None:
-        candidate_sample_losses = np.asarray(scores.sample_losses[first:], dtype=np.float64)
+    if scores is not None:
+        if reference_gradient is not None:
+            reference_loss = float(scores.losses[first])
+            if scores.sample_losses is not None:
+                reference_sample_losses = np.asarray(scores.sample_losses[first], np.float64)
+            first += 1
+        candidate_losses = np.asarray(scores.losses[first:], dtype=np.float64)
+        if scores.sample_losses is not None:
+            candidate_sample_losses = np.asarray(scores.sample_losses[first:], np.float64)
     return NodeFeatures(
         values=np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0),
         loss_now=loss_now,
@@ -168,14 +239,27 @@ def leave_one_out_credit(
     server_learning_rate: float,
     *,
     step_normalised: bool = False,
+    validation_gradient: ValidationGradientFn | None = None,
 ) -> LeaveOneOut:
-    """Each present node's leave-one-out credit for the second gradient it was part of.
+    """Each present node's leave-one-out credit for the second gradient it was part of;
+    first-order (see the module docstring) when a ``validation_gradient`` is given.
 
     Non-finite losses (a candidate that diverges) give a finite credit: the candidate
     counts as very bad (loss 1e6), never as NaN.
     """
     lr = np.float32(server_learning_rate)
     combined = second_gradient(probabilities, first_gradients)
+    if validation_gradient is not None:
+        return _first_order_leave_one_out(
+            validate,
+            validation_gradient,
+            weights - lr * combined,
+            probabilities,
+            first_gradients,
+            combined,
+            float(lr),
+            step_normalised,
+        )
     if step_normalised:
         without = step_normalised_leave_one_out_gradients(probabilities, first_gradients)
     else:
@@ -194,4 +278,62 @@ def leave_one_out_credit(
         credit=np.asarray(credit, dtype=np.float64),
         loss_after=loss_after,
         sample_losses_after=after,
+    )
+
+
+def _first_order_leave_one_out(
+    validate: ValidationFn,
+    validation_gradient: ValidationGradientFn,
+    after: FloatArray,
+    probabilities: npt.NDArray[np.float64],
+    first_gradients: FloatArray,
+    combined: FloatArray,
+    lr: float,
+    step_normalised: bool,
+) -> LeaveOneOut:
+    """``credit_i = η ∇L(a)·(G − G₋ᵢ)`` at ``a = w − ηG``, from N dot products; the
+    :data:`RECHECK` lowest and highest are then scored exactly (only their ``G₋ᵢ`` rows
+    are formed)."""
+    at_after = validation_gradient(after)
+    gradient = at_after.gradient.astype(np.float64)
+    rows = first_gradients.astype(np.float64)
+    total = combined.astype(np.float64)
+    p = probabilities.astype(np.float64)
+    rest = 1.0 - p
+    safe = np.where(rest > 1e-12, rest, 1.0)
+    along_total = float(gradient @ total)
+    along_rows = rows @ gradient
+    # ∇L·G₋ᵢ with G₋ᵢ = (G − pᵢ gᵢ) / (1 − pᵢ); a node holding all the weight leaves 0.
+    along_without = np.where(rest > 1e-12, (along_total - p * along_rows) / safe, 0.0)
+    if step_normalised:
+        # |G₋ᵢ|² = (|G|² − 2 pᵢ G·gᵢ + pᵢ² |gᵢ|²) / (1 − pᵢ)², G₋ᵢ rescaled to |G|.
+        total_norm = float(np.sqrt(total @ total))
+        cross = rows @ total
+        squares = np.einsum("ij,ij->i", rows, rows)
+        without_sq = np.maximum(total_norm**2 - 2 * p * cross + p**2 * squares, 0.0) / safe**2
+        without_norm = np.sqrt(without_sq)
+        scale = np.where(without_norm > 1e-30, total_norm / np.maximum(without_norm, 1e-30), 0.0)
+        along_without = np.where(rest > 1e-12, along_without * scale, 0.0)
+    credit = lr * (along_total - along_without)
+    n = first_gradients.shape[0]
+    if n == 1:
+        credit = np.zeros(1)
+    credit = np.nan_to_num(credit, nan=0.0, posinf=1e6, neginf=-1e6)
+    if n > 1 and RECHECK > 0:
+        order = np.argsort(credit, kind="stable")
+        chosen = np.unique(np.concatenate([order[:RECHECK], order[-RECHECK:]]))
+        rows_without = (total[None, :] - p[chosen, None] * rows[chosen]) / safe[chosen, None]
+        rows_without[rest[chosen] <= 1e-12] = 0.0
+        if step_normalised:
+            rows_without *= scale[chosen, None]
+        candidates = np.concatenate(
+            [after[None, :], after[None, :] + lr * total[None, :] - lr * rows_without]
+        ).astype(np.float32)
+        losses = np.nan_to_num(validate(candidates).losses, nan=1e6, posinf=1e6)
+        credit = credit.copy()
+        credit[chosen] = losses[1:] - losses[0]
+    return LeaveOneOut(
+        credit=np.asarray(credit, dtype=np.float64),
+        loss_after=at_after.loss,
+        sample_losses_after=at_after.sample_losses,
     )

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from accord._validation import require_number
+from accord._validation import require_choice, require_number
 from accord.aggregation.base import Aggregation, Aggregator, RoundInput
 from accord.aggregation.combine import bounded_prior_softmax, expand_to_roster, second_gradient
-from accord.aggregation.credit import leave_one_out_credit
+from accord.aggregation.credit import CREDIT_METHODS, credit_method_for, leave_one_out_credit
 
 __all__ = ["HedgeLoo", "HedgeLooSettings"]
 
@@ -25,12 +25,15 @@ __all__ = ["HedgeLoo", "HedgeLooSettings"]
 class HedgeLooSettings:
     """``learning_rate`` η on the running credit (default 1.0); ``decay`` δ of the running
     credit per round (default 0.9); ``bound`` b in nats on how far a node may move from its
-    data-size prior (default 4.0); ``server_learning_rate`` must match the round's η_server."""
+    data-size prior (default 4.0); ``server_learning_rate`` must match the round's η_server;
+    ``credit_method``: ``exact``, ``first-order`` or ``auto`` (default; see
+    :func:`accord.aggregation.credit.credit_method_for`)."""
 
     learning_rate: float = 1.0
     decay: float = 0.9
     bound: float = 4.0
     server_learning_rate: float = 1.0
+    credit_method: str = "auto"
 
     def __post_init__(self) -> None:
         require_number("learning_rate", self.learning_rate, minimum=0.0)
@@ -39,6 +42,7 @@ class HedgeLooSettings:
         require_number(
             "server_learning_rate", self.server_learning_rate, minimum=0.0, exclusive_minimum=True
         )
+        require_choice("credit_method", self.credit_method, CREDIT_METHODS)
 
 
 class HedgeLoo(Aggregator):
@@ -59,12 +63,19 @@ class HedgeLoo(Aggregator):
         probabilities = bounded_prior_softmax(
             np.log(round_input.present_counts), s.learning_rate * credit, s.bound
         )
+        gradients = round_input.first_gradients
+        method = credit_method_for(
+            s.credit_method, gradients.shape[0], gradients.shape[1], round_input.validation_gradient
+        )
         loo = leave_one_out_credit(
             round_input.validate,
             round_input.global_weights,
             probabilities,
-            round_input.first_gradients,
+            gradients,
             s.server_learning_rate,
+            validation_gradient=round_input.validation_gradient
+            if method == "first-order"
+            else None,
         )
         scale = float(np.mean(np.abs(loo.credit)))
         update = loo.credit / scale if scale > 0 else loo.credit

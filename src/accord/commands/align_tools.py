@@ -140,7 +140,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
 
 
-def _run_demo_in(
+def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
     args: argparse.Namespace, folder: Path, names: list[str], bucketing: list[str]
 ) -> int:
     import asyncio

@@ -7,9 +7,7 @@ and writes the same run folder (plus the federation's checkpoint and statistics)
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,107 +52,6 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-class RunDisplay:
-    """What ``accord simulate`` shows, for one policy: a line about the scenario, a table
-    row every few rounds (a progress bar on a terminal), then the summary. Rounds are
-    numbered from 1, as in ``accord simulate``'s table and the plots (``metrics.jsonl``
-    keeps the 0-based ``round`` of the protocol). ``accord federate`` and ``accord server``
-    both show it; ``transport`` says what kind of federation runs, given the address;
-    ``progress_bar`` False keeps stderr for log lines (the server's)."""
-
-    def __init__(
-        self,
-        policy: str,
-        max_rounds: int,
-        every: int | None,
-        quiet: bool,
-        transport: Callable[[str], str],
-        progress_bar: bool = True,
-    ) -> None:
-        self.policy = policy
-        self.transport = transport
-        self.max_rounds = max_rounds
-        self.every = every or max(1, math.ceil(max_rounds / 20))
-        self.quiet = quiet
-        self.progress_bar = progress_bar
-        self.faulty: tuple[str, ...] = ()
-        self.table: Any = None
-        self.bar: Any = None
-        self.last_row: tuple[int, Mapping[str, Any]] | None = None
-        self.printed = 0
-
-    def say(self, line: str) -> None:
-        if self.bar is None or self.bar.disable:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        else:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stdout)
-
-    def start(self, description: str, faulty_nodes: tuple[str, ...], address: str) -> None:
-        from tqdm import tqdm
-
-        from accord.commands.run_output import RoundTable
-
-        self.faulty = faulty_nodes
-        self.table = RoundTable([self.policy], with_faulty=bool(self.faulty))
-        self.bar = tqdm(
-            total=self.max_rounds,
-            file=sys.stderr,
-            disable=self.quiet or not self.progress_bar or not sys.stderr.isatty(),
-            unit="round",
-            dynamic_ncols=True,
-            leave=False,
-        )
-        self.say(f"{description}; {self.max_rounds} rounds; policies {self.policy}")
-        self.say(self.transport(address))
-        if not self.quiet:
-            for line in self.table.header():
-                self.say(line)
-
-    def round(self, timed: Any) -> None:
-        from accord.reporting import faulty_mass
-
-        record = timed.record
-        number = record.round_index + 1
-        cells = {self.policy: (record.test_accuracy, faulty_mass(record, self.faulty))}
-        self.last_row = (number, cells)
-        if self.bar is not None:
-            self.bar.n = number
-            accuracy = record.test_accuracy
-            if accuracy is not None:
-                self.bar.set_postfix_str(f"{self.policy}={accuracy:.3f}", refresh=False)
-            self.bar.refresh()
-        due = number % self.every == 0 or self.printed == 0
-        if not self.quiet and self.table is not None and due:
-            self.say(self.table.row(number, cells))
-            self.printed = number
-
-    def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
-        from accord.commands.run_output import summary_lines
-
-        if self.bar is not None:
-            self.bar.close()
-        if (
-            not self.quiet
-            and self.table is not None
-            and self.last_row is not None
-            and self.printed != self.last_row[0]
-        ):
-            self.say(self.table.row(*self.last_row))
-        self.say("")
-        for line in summary_lines(summary["results"], with_faulty=bool(self.faulty)):
-            self.say(line)
-        if self.faulty:
-            share = summary["faulty_data_share"]
-            self.say(
-                "(faulty mass: probability on the faulty nodes at the end; FedAvg gives them "
-                f"their data share, {'-' if share is None else f'{share:.3f}'})"
-            )
-        self.say(f"run folder: {run_dir}")
-
-
 def run(args: argparse.Namespace) -> int:
     import time
 
@@ -176,6 +73,7 @@ def _run(args: argparse.Namespace, launched_at: float, helper: Any) -> int:
     import logging
 
     from accord.commands.exit_codes import ExitCode
+    from accord.commands.run_output import RunDisplay
     from accord.commands.server import (
         STOP_GRACE_SECONDS,
         graceful_stop,

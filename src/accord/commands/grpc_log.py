@@ -18,6 +18,7 @@ set by the user alone: ``GRPC_VERBOSITY=INFO accord server ...`` shows gRPC's ra
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -111,6 +112,10 @@ def watch_tls_handshakes() -> Iterator[None]:
     sys.stderr.flush()
     original = os.dup(2)
     read_fd, write_fd = os.pipe()
+    # A big pipe (1 MiB, Linux's default cap) so that a reader behind on a busy machine
+    # loses no line: gRPC at INFO writes a few lines per connection.
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
     os.dup2(write_fd, 2)
     os.close(write_fd)
     # gRPC's C-core threads write here; should the reader thread fall behind (it needs the
@@ -147,7 +152,9 @@ def watch_tls_handshakes() -> Iterator[None]:
         yield
     finally:
         os.dup2(original, 2)  # closes the pipe's write end: the reader sees its end
-        reader.join(timeout=2.0)
+        # Let the reader drain what is buffered (a warning may be among it); it ends at
+        # the pipe's end, so this waits only while it is behind.
+        reader.join(timeout=15.0)
         sys.stderr = old_stderr
         for handler in handlers:
             handler.setStream(old_stderr)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+__all__ = ["STANDARDISE_CHOICES", "add_parser", "run"]
+
+#: ``accord node --standardise``: the run's global statistics, this node's own, or none.
+STANDARDISE_CHOICES = ("global", "own", "off")
 
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
@@ -42,7 +45,22 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a config value for this node's factory (JSON if it parses); repeatable",
     )
+    data.add_argument(
+        "--device",
+        default="cpu",
+        help="where this node trains: cpu or cuda[:k]; a user app receives it as "
+        "config['device'] [cpu]",
+    )
     data.add_argument("--label-column", default="label", help="label column of --data [label]")
+    data.add_argument(
+        "--standardise",
+        choices=STANDARDISE_CHOICES,
+        default=None,
+        help="how --data is scaled: 'global' sends the moments of the features (count, sums, "
+        "sums of squares; nothing else) at registration and trains on the run's global "
+        "standardisation; 'own' uses this node's statistics (worse on non-IID splits); 'off' "
+        "trains on the values as they are [global]",
+    )
     data.add_argument(
         "--node-validation-fraction",
         type=float,
@@ -91,7 +109,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - split next
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
@@ -111,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
+    from accord.training.device import resolve_device
 
     logger = logging.getLogger("accord.commands.node")
     # Credentials first: a mistake there should not wait for the data to load.
@@ -138,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
             token_file=None if args.token_file is None else Path(args.token_file),
         )
     if args.app is not None:
+        if args.standardise is not None:
+            raise ConfigurationError("--standardise: only with --data (an app scales its data)")
         return _run_app(args, credentials)
     if args.app_config:
         raise ConfigurationError("--app-config: only with --app")
@@ -157,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
         seed = node_seed(scenario_settings.seed, node.index)
         features, labels = node.features, node.labels
         fault = scenario.node_fault(node)  # the worker flips a label flipper's labels
+        if args.standardise is not None:
+            raise ConfigurationError(
+                "--standardise: only with --data (a scenario's data is already scaled)"
+            )
     else:
         from accord.federation.node_data import load_table
 
@@ -166,11 +191,38 @@ def run(args: argparse.Namespace) -> int:
         node_name = args.node_id
         seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
         features, labels, fault = table.features, table.labels, None
+        feature_names: tuple[str, ...] | None = table.feature_names
         fingerprint = Fingerprint()
     features, labels, validation = split_validation(
         features, labels, args.node_validation_fraction, seed
     )
-    worker = NodeWorker(node_name, features, labels, seed=seed, validation=validation, fault=fault)
+    if args.standardise == "own":
+        from accord.data.standardise import Standardisation
+
+        logger.warning(
+            "--standardise own: this node scales its data with its own statistics; on a "
+            "non-IID split every node then has a different transform, and none matches the "
+            "server's validation data (the default, global, avoids both)"
+        )
+        own = Standardisation.fit(features)
+        features = own.apply(features)
+        if validation is not None:
+            validation = (own.apply(validation[0]), validation[1])
+    elif args.standardise == "off":
+        from accord.data.standardise import warn_if_far_from_unit_scale
+
+        warn_if_far_from_unit_scale(features, feature_names, str(args.data))
+    worker = NodeWorker(
+        node_name,
+        features,
+        labels,
+        seed=seed,
+        validation=validation,
+        fault=fault,
+        # --data with the default --standardise global: the server's transform, once sent
+        global_standardisation=args.data is not None and args.standardise in (None, "global"),
+        device=str(resolve_device(args.device)),
+    )
     settings = _node_settings(args)
     logger.info(
         "node %s: %d samples, %d features; server %s",
@@ -204,14 +256,19 @@ def _run_app(args: argparse.Namespace, credentials: Any) -> int:
     from accord.federation.client import NodeClient
     from accord.federation.grid import RunSpec
     from accord.federation.worker import NodeWorker
-    from accord.fl.contracts import Node
+    from accord.fl.contracts import Node, NodeAppFactory
     from accord.fl.loading import load_factory, parse_app_config
 
     logger = logging.getLogger("accord.commands.node")
     if args.node_id is None:
         raise ConfigurationError("--node-id: required with --app")
-    node_factory = load_factory(args.app, "--app")
-    own_config: Mapping[str, Any] = parse_app_config(args.app_config or [])
+    node_factory: NodeAppFactory = load_factory(args.app, "--app")
+    from accord.training.device import resolve_device
+
+    own_config: Mapping[str, Any] = {
+        "device": str(resolve_device(args.device)),
+        **parse_app_config(args.app_config or []),
+    }
     node_name: str = args.node_id
 
     def build(spec: RunSpec) -> Node:

@@ -64,6 +64,8 @@ _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--batch-size": ("batch_size", ("local", "batch_size")),
     "--momentum": ("momentum", ("local", "momentum")),
     "--server-learning-rate": ("server_learning_rate", ("rounds", "server_learning_rate")),
+    # Also sets hedge.credit_method (option_overrides): one method for both policies.
+    "--credit-method": ("credit_method", ("actor_critic", "credit_method")),
     "--rounds": ("rounds", ("stop", "max_rounds")),
     "--target-accuracy": ("target_accuracy", ("stop", "target_accuracy")),
     "--patience": ("patience", ("stop", "patience")),
@@ -221,6 +223,14 @@ def add_training_options(group: Any) -> None:
     group.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
     group.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
     group.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+    group.add_argument(
+        "--credit-method",
+        choices=("auto", "exact", "first-order"),
+        default=None,
+        help="how Hedge-LOO and the Actor-Critic measure each node's credit: exact (2N+2 "
+        "validation passes), first-order (two backward passes) or auto (first-order above 32 "
+        "nodes or 20M candidate floats) [auto]",
+    )
 
 
 def add_stop_options(group: Any, budget_help: str) -> None:
@@ -329,6 +339,8 @@ def option_overrides(args: argparse.Namespace) -> dict[tuple[str, ...], tuple[st
         value = getattr(args, dest, None)
         if value is not None:
             overrides[path] = (option, value)
+    if getattr(args, "credit_method", None) is not None:
+        overrides[("hedge", "credit_method")] = ("--credit-method", args.credit_method)
     if isinstance(getattr(args, "fault", None), tuple):
         overrides[("scenario", "faults")] = ("--fault", _fault_groups(args, overrides))
         overrides[("scenario", "fault")] = ("--fault", _default_fault())  # a config's is replaced

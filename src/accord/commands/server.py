@@ -154,6 +154,20 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     data.add_argument("--validation-data", default=None, help="CSV/Parquet validation file")
     data.add_argument("--test-data", default=None, help="CSV/Parquet test file")
     data.add_argument("--label-column", default=None, help="label column of those [label]")
+    data.add_argument(
+        "--standardise-from",
+        default=None,
+        metavar="FILE",
+        help="standardise every node's and the server's data with this transform: a saved "
+        "transform (.json, e.g. a run folder's model.json) or a CSV/Parquet file to fit it on "
+        "[default: the nodes' combined statistics, sent at registration]",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the server scores the model: cpu or cuda[:k]; a user app receives it as "
+        "config['device'] [cpu]",
+    )
     app = parser.add_argument_group("user app (instead of a scenario; see docs/api.md)")
     app.add_argument(
         "--app",
@@ -439,12 +453,20 @@ def _run(args: argparse.Namespace) -> int:
     prepare_process()
     import logging
 
-    from accord.commands.federate import RunDisplay
+    from accord.commands.run_output import RunDisplay
     from accord.federation.driver import StopRequest
 
     if args.resume is not None:
         refuse_run_options(
-            args, ("validation_data", "test_data", "label_column", "app", "app_config")
+            args,
+            (
+                "validation_data",
+                "test_data",
+                "label_column",
+                "standardise_from",
+                "app",
+                "app_config",
+            ),
         )
         settings: ServerSettings | None = None
         max_rounds = None
@@ -466,11 +488,13 @@ def _run(args: argparse.Namespace) -> int:
             validation_data=args.validation_data,
             test_data=args.test_data,
             label_column=args.label_column or "label",
+            standardise_from=args.standardise_from,
             app=args.app,
             app_config=json.dumps(parse_app_config(args.app_config or [])),
         )
         max_rounds = run_settings.stop.max_rounds
     from accord.federation.server import TransportSettings
+    from accord.training.device import resolve_device
 
     host, port = _address(args)
     credentials, authenticator = security_from_args(args)
@@ -507,6 +531,7 @@ def _run(args: argparse.Namespace) -> int:
             overrides=_explicit_federation_options(args) if args.resume is not None else None,
             progress=display,
             stop_request=stop,
+            device=str(resolve_device(args.device)),
         )
     if served.diverged:
         return int(ExitCode.DIVERGED)

@@ -50,8 +50,9 @@ from accord.commands.run_output import (
 )
 
 if TYPE_CHECKING:
+    from accord.run import SimulationSettings, TimedRecord
     from accord.scenario import ScenarioData, ScenarioSettings
-    from accord.simulation.driver import Simulation, SimulationSettings, TimedRecord
+    from accord.simulation.driver import RunResult, Simulation
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--rounds", type=int, default=None, help="maximum rounds [100]")
     parser.add_argument("--seed", type=int, default=None, help="seed of everything [0]")
+    parser.add_argument(
+        "--device", default="cpu", help="where the model trains: cpu or cuda[:k] [cpu]"
+    )
     add_display_options(parser)
     add_scenario_options(parser.add_argument_group("scenario"))
     add_training_options(parser.add_argument_group("model and training"))
@@ -218,7 +222,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     from accord.reporting.writer import RunFolder
     from accord.scenario import build_scenario
     from accord.simulation.driver import Simulation
+    from accord.training.device import resolve_device
 
+    device = str(resolve_device(args.device))
     config = config_from_args(args)
     settings = config.simulation
     # The policies need no data: build them (the Actor-Critic's networks and optimisers,
@@ -245,7 +251,9 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
     startup["scenario_ready"] = time.perf_counter() - started
     folder = RunFolder(args.out or _default_out())
     folder.write_config(simulate_config_to_toml(config))
-    simulations = {name: Simulation(settings, policies[name], data=data) for name in policies}
+    simulations = {
+        name: Simulation(settings, policies[name], data=data, device=device) for name in policies
+    }
     startup["simulations_ready"] = time.perf_counter() - started
     logger.debug(
         "startup: torch imported after %.2f s, policies ready after %.2f s, scenario ready "
@@ -257,8 +265,23 @@ def _run(args: argparse.Namespace, started: float, helper: _ScenarioHelper | Non
         startup["simulations_ready"],
     )
     quiet = args.simulate_quiet or logging.getLogger().getEffectiveLevel() > logging.INFO
+    from accord.reporting.model_files import (
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    export = ModelExport(
+        folder.path,
+        model=settings.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=scenario_feature_names(data.n_features),
+        policies=config.policies,
+        input_note=SCENARIO_INPUT_NOTE,
+    )
     return _drive(
-        args, config.policies, simulations, data, settings, folder, quiet, started, startup
+        args, config.policies, simulations, data, settings, folder, quiet, started, startup, export
     )
 
 
@@ -300,6 +323,146 @@ def _sigint() -> int:
     return int(signal.SIGINT)
 
 
+class _Output:
+    """The run's output on stdout (through tqdm's writer while its bar is on stderr)."""
+
+    def __init__(self, total_rounds: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = tqdm(  # one step per round of the run, all policies together
+            total=total_rounds,
+            file=sys.stderr,
+            disable=quiet or not sys.stderr.isatty(),
+            unit="round",
+            dynamic_ncols=True,
+            leave=False,
+        )
+
+    def say(self, line: str) -> None:
+        if self.bar.disable:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        else:
+            self.tqdm.write(line, file=sys.stdout)
+
+    def advance(self, cells: Mapping[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(
+            " ".join(f"{n}={fmt(c[0], '.3f')}" for n, c in cells.items() if isinstance(c, tuple)),
+            refresh=False,
+        )
+
+
+#: A policy's cell in the round table: (test accuracy, faulty mass), or its stop reason.
+Cell = tuple[float | None, float] | str | None
+
+
+class _Race:
+    """The policies side by side, one round each at a time, until each has stopped."""
+
+    def __init__(
+        self,
+        policies: Sequence[str],
+        simulations: Mapping[str, Simulation],
+        settings: SimulationSettings,
+        data: ScenarioData,
+        folder: Any,
+        started: float,
+        startup: Mapping[str, float],
+        export: Any,
+    ) -> None:
+        from accord.run import StopTracker
+
+        self.export = export
+        self.policies = policies
+        self.simulations = simulations
+        self.folder = folder
+        self.started = started
+        self.faulty = data.faulty_nodes
+        self.trackers = {name: StopTracker(settings.stop, 0.0) for name in policies}
+        self.spent = dict.fromkeys(policies, 0.0)
+        self.rounds: dict[str, list[TimedRecord]] = {name: [] for name in policies}
+        self.reasons: dict[str, str] = {}
+        self.active = list(policies)
+        self.timing: dict[str, float | None] = {
+            f"run_to_{k}_seconds": v for k, v in startup.items()
+        }
+
+    def play_round(self) -> tuple[dict[str, Cell], bool]:
+        """One round of every active policy: the table's cells, and whether a policy
+        stopped in it."""
+        cells: dict[str, Cell] = {
+            name: self.reasons[name] for name in self.policies if name in self.reasons
+        }
+        stopped_before = set(cells)
+        for name in list(self.active):
+            cells[name] = self._play(name)
+        stopped_now = any(
+            isinstance(cells.get(n), str) and n not in stopped_before for n in self.policies
+        )
+        return cells, stopped_now
+
+    def _play(self, name: str) -> Cell:
+        from accord.errors import ProtocolError
+        from accord.reporting.summary import faulty_mass
+        from accord.rounds import DivergedError
+        from accord.run import stop_reason_of_round
+
+        if "run_to_first_round_seconds" not in self.timing:
+            self.timing["run_to_first_round_seconds"] = time.perf_counter() - self.started
+            self.timing["process_to_first_round_seconds"] = entry_age()
+        try:
+            timed = self.simulations[name].run_round()
+        except DivergedError as error:
+            return self._stop(name, f"diverged: {error.reason}")
+        except ProtocolError as error:  # a malformed answer from this policy
+            return self._stop(name, f"failed: {error}")
+        if "process_to_first_round_done_seconds" not in self.timing:
+            self.timing["process_to_first_round_done_seconds"] = entry_age()
+        self.rounds[name].append(timed)
+        self.folder.append_round(name, timed)
+        self.export.round_done(
+            name,
+            timed.record.round_index,
+            self.simulations[name].engine.global_weights,
+            timed.record.validation_accuracy_after,
+        )
+        self.spent[name] += timed.round_seconds
+        record = timed.record
+        mass = faulty_mass(record, timed.faulty if timed.faulty is not None else self.faulty)
+        reason = stop_reason_of_round(self.trackers[name], timed, self.spent[name])
+        if reason is not None:
+            self._stop(name, reason)
+            if record.diverged is not None:
+                return reason
+        return (record.test_accuracy, mass)
+
+    def _stop(self, name: str, reason: str) -> str:
+        self.reasons[name] = reason
+        self.active.remove(name)
+        return reason
+
+    def stop_all(self, reason: str) -> None:
+        for name in self.active:
+            self.reasons[name] = reason
+        self.active = []
+
+    def results(self) -> list[RunResult]:
+        from accord.simulation.driver import RunResult
+
+        return [
+            RunResult(
+                policy=name,
+                rounds=tuple(self.rounds[name]),
+                stop_reason=self.reasons.get(name, "failed"),
+                faulty_nodes=self.faulty,
+                seconds=self.spent[name],
+            )
+            for name in self.policies
+        ]
+
+
 def _drive(
     args: argparse.Namespace,
     policies: Sequence[str],
@@ -310,142 +473,75 @@ def _drive(
     quiet: bool,
     started: float,
     startup: Mapping[str, float],
+    export: Any,
 ) -> int:
-    """Run the policies round by round. A policy whose model diverges, or that gives a
-    malformed answer, ends alone (its stop reason says why and in which round); the others
-    go on. Exit: 130 on Ctrl-C, 1 if a policy failed, 4 if one diverged, else 0."""
-    from tqdm import tqdm
-
-    from accord.commands.exit_codes import ExitCode
-    from accord.errors import ProtocolError
-    from accord.reporting.summary import faulty_mass
-    from accord.rounds import DivergedError
-    from accord.run import StopTracker, stop_reason_of_round
+    """Run the policies round by round; ``export`` writes each policy's models. A policy
+    whose model diverges, or that gives a malformed answer, ends alone (its stop reason says
+    why and in which round); the others go on. Exit: 130 on Ctrl-C, 1 if a policy failed,
+    4 if one diverged, else 0."""
     from accord.scenario import describe_scenario
-    from accord.simulation.driver import RunResult
 
-    faulty = data.faulty_nodes
     max_rounds = settings.stop.max_rounds
     every = args.every or max(1, math.ceil(max_rounds / TABLE_ROWS))
-    table = RoundTable(policies, with_faulty=bool(faulty))
-    bar = tqdm(  # one step per round of the run, all policies together
-        total=max_rounds,
-        file=sys.stderr,
-        disable=quiet or not sys.stderr.isatty(),
-        unit="round",
-        dynamic_ncols=True,
-        leave=False,
-    )
-
-    def say(line: str) -> None:
-        if bar.disable:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-        else:
-            tqdm.write(line, file=sys.stdout)
-
-    say(f"{describe_scenario(data)}; {max_rounds} rounds; policies {', '.join(policies)}")
+    table = RoundTable(policies, with_faulty=bool(data.faulty_nodes))
+    out = _Output(max_rounds, quiet)
+    out.say(f"{describe_scenario(data)}; {max_rounds} rounds; policies {', '.join(policies)}")
     if not quiet:
         for line in table.header():
-            say(line)
-    trackers = {name: StopTracker(settings.stop, 0.0) for name in policies}
-    spent = dict.fromkeys(policies, 0.0)
-    rounds: dict[str, list[TimedRecord]] = {name: [] for name in policies}
-    reasons: dict[str, str] = {}
-    active = list(policies)
-    timing: dict[str, float | None] = {f"run_to_{k}_seconds": v for k, v in startup.items()}
+            out.say(line)
+    race = _Race(policies, simulations, settings, data, folder, started, startup, export)
     interrupted = False
     failure: BaseException | None = None
     stop = _GracefulStop()
     try:
         round_number = 0
-        while active:
+        while race.active:
             round_number += 1
-            cells: dict[str, tuple[float | None, float] | str | None] = {
-                name: reasons[name] for name in policies if name in reasons
-            }
-            stopped_before = set(cells)
-            for name in list(active):
-                if "run_to_first_round_seconds" not in timing:
-                    timing["run_to_first_round_seconds"] = time.perf_counter() - started
-                    timing["process_to_first_round_seconds"] = entry_age()
-                try:
-                    timed = simulations[name].run_round()
-                except DivergedError as error:
-                    reasons[name] = f"diverged: {error.reason}"
-                    cells[name] = reasons[name]
-                    active.remove(name)
-                    continue
-                except ProtocolError as error:  # a malformed answer from this policy
-                    reasons[name] = f"failed: {error}"
-                    cells[name] = reasons[name]
-                    active.remove(name)
-                    continue
-                if "process_to_first_round_done_seconds" not in timing:
-                    timing["process_to_first_round_done_seconds"] = entry_age()
-                rounds[name].append(timed)
-                folder.append_round(name, timed)
-                spent[name] += timed.round_seconds
-                record = timed.record
-                mass = faulty_mass(record, timed.faulty if timed.faulty is not None else faulty)
-                cells[name] = (record.test_accuracy, mass)
-                reason = stop_reason_of_round(trackers[name], timed, spent[name])
-                if reason is not None:
-                    reasons[name] = reason
-                    active.remove(name)
-                    if record.diverged is not None:
-                        cells[name] = reason
-            bar.update(1)
-            bar.set_postfix_str(
-                " ".join(
-                    f"{n}={fmt(c[0], '.3f')}" for n, c in cells.items() if isinstance(c, tuple)
-                ),
-                refresh=False,
-            )
-            stopped_now = any(
-                isinstance(cells.get(n), str) and n not in stopped_before for n in policies
-            )
-            if not quiet and (
-                round_number % every == 0 or round_number == 1 or not active or stopped_now
-            ):
-                say(table.row(round_number, cells))
-            if stop.requested and active:
+            cells, stopped_now = race.play_round()
+            out.advance(cells)
+            shown = round_number % every == 0 or round_number == 1 or stopped_now
+            if not quiet and (shown or not race.active or stop.requested):
+                out.say(table.row(round_number, cells))
+            if stop.requested and race.active:
                 interrupted = True
-                if (
-                    not quiet
-                    and round_number % every != 0
-                    and round_number != 1
-                    and not stopped_now
-                ):
-                    say(table.row(round_number, cells))
-                for name in active:
-                    reasons[name] = "interrupted"
-                active = []
+                race.stop_all("interrupted")
     except KeyboardInterrupt:
         interrupted = True
-        for name in active:
-            reasons[name] = "interrupted"
+        race.stop_all("interrupted")
     except Exception as error:  # keep what was learned, then report the failure
         failure = error
-        for name in active:
-            reasons[name] = f"failed: {error}"
+        race.stop_all(f"failed: {error}")
     finally:
         stop.restore()
-        bar.close()
-    results = [
-        RunResult(
-            policy=name,
-            rounds=tuple(rounds[name]),
-            stop_reason=reasons.get(name, "failed"),
-            faulty_nodes=faulty,
-            seconds=spent[name],
-        )
-        for name in policies
-    ]
-    summary = summary_json(results, simulations, data, settings, timing)
+        out.bar.close()
+    _report(race, data, settings, folder, out, failure)
+    return _exit_code(race.reasons, interrupted, stop.signal_number)
+
+
+def _report(
+    race: _Race,
+    data: ScenarioData,
+    settings: SimulationSettings,
+    folder: Any,
+    out: _Output,
+    failure: BaseException | None,
+) -> None:
+    """``summary.json`` (first, so a failure keeps it), then the plots and the final table;
+    re-raises ``failure`` after the summary is written."""
+    from accord.scenario import describe_scenario
+
+    results = race.results()
+    for result in results:
+        if result.rounds:
+            engine = race.simulations[result.policy].engine
+            race.export.finish(
+                result.policy, result.rounds[-1].record.round_index, engine.global_weights
+            )
+    summary = summary_json(results, race.simulations, data, settings, race.timing)
     folder.write_summary(summary)
     if failure is not None:
         raise failure
+    faulty = data.faulty_nodes
     plots = folder.write_plots(
         [r for r in results if r.rounds],
         [n.node_id for n in data.nodes],
@@ -454,14 +550,20 @@ def _drive(
     )
     summary["plots"] = [path.name for path in plots]
     folder.write_summary(summary)
-    say("")
+    out.say("")
     for line in summary_lines(summary["results"], with_faulty=bool(faulty)):
-        say(line)
+        out.say(line)
     if faulty:
-        say(faulty_mass_note(summary["faulty_data_share"], policies, data.time_varying))
-    say(f"run folder: {folder.path}")
+        out.say(faulty_mass_note(summary["faulty_data_share"], race.policies, data.time_varying))
+    out.say(f"run folder: {folder.path}")
+
+
+def _exit_code(reasons: Mapping[str, str], interrupted: bool, signal_number: int | None) -> int:
+    """130 on Ctrl-C (143 on SIGTERM), else 1 if a policy failed, 4 if one diverged, 0."""
+    from accord.commands.exit_codes import ExitCode
+
     if interrupted:
-        terminated = stop.signal_number is not None and stop.signal_number != _sigint()
+        terminated = signal_number is not None and signal_number != _sigint()
         return int(ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED)
     if any(reason.startswith("failed") for reason in reasons.values()):
         return int(ExitCode.FAILED)

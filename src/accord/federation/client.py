@@ -20,7 +20,6 @@ one element short in round R. R is the 0-based round index of the protocol (``ro
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -42,7 +41,7 @@ from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import RunSpec
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
-from accord.federation.server import channel_options
+from accord.federation.scaling_wire import moments_to_proto, standardisation_from_proto
 from accord.federation.tensors import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
@@ -51,11 +50,10 @@ from accord.federation.tensors import (
     encode_buffers,
     encode_tensor,
 )
+from accord.federation.transport_settings import channel_options
+from accord.federation.welcome import spec_from_welcome
 from accord.federation.worker import NodeWorker
 from accord.rounds import NodeUpdate
-from accord.training.local import LocalTrainingSettings
-from accord.training.models import ModelSpec
-from accord.training.weights import WeightEntry, WeightLayout
 
 __all__ = [
     "DEFAULT_GIVE_UP_AFTER",
@@ -118,49 +116,6 @@ class NodeSettings:
                 "reconnect: expected 0 < reconnect_initial <= reconnect_max, got "
                 f"{self.reconnect_initial!r} and {self.reconnect_max!r}"
             )
-
-
-def _spec_from_welcome(welcome: pb.Welcome) -> RunSpec:
-    try:
-        if welcome.app:
-            config = json.loads(welcome.config_json or "{}")
-            if not isinstance(config, dict):
-                raise ConfigurationError("config_json: expected a JSON object")
-            layout = WeightLayout(
-                tuple(
-                    WeightEntry(a.name, tuple(int(n) for n in a.shape), a.dtype, a.trainable)
-                    for a in welcome.layout
-                )
-            )
-            return RunSpec(
-                run_id=welcome.run_id,
-                model=None,
-                n_features=0,
-                n_classes=0,
-                dim=int(welcome.dim),
-                local=LocalTrainingSettings(),
-                server_learning_rate=float(welcome.server_learning_rate),
-                federated_evaluation=bool(welcome.federated_evaluation),
-                layout=layout,
-                config=config,
-            )
-        return RunSpec(
-            run_id=welcome.run_id,
-            model=ModelSpec(kind=welcome.model.kind, hidden=tuple(welcome.model.hidden)),
-            n_features=int(welcome.n_features),
-            n_classes=int(welcome.n_classes),
-            dim=int(welcome.dim),
-            local=LocalTrainingSettings(
-                learning_rate=welcome.local.learning_rate,
-                epochs=int(welcome.local.epochs),
-                batch_size=int(welcome.local.batch_size),
-                momentum=welcome.local.momentum,
-            ),
-            server_learning_rate=float(welcome.server_learning_rate),
-            federated_evaluation=bool(welcome.federated_evaluation),
-        )
-    except (ConfigurationError, ValueError, TypeError) as error:
-        raise ProtocolError(f"the server's Welcome is not usable: {error}") from error
 
 
 class _SessionEndedError(Exception):
@@ -334,6 +289,11 @@ class NodeClient:
                     validation_sample_count=info.validation_sample_count,
                     software_version=__version__,
                     fingerprint=dict(self.fingerprint.parts),
+                    feature_moments=(
+                        None
+                        if info.feature_moments is None
+                        else moments_to_proto(info.feature_moments)
+                    ),
                 )
             )
         )
@@ -389,7 +349,7 @@ class _MessageHandler:
                 f"the server speaks protocol version {welcome.protocol_version}, this node "
                 f"{PROTOCOL_VERSION}"
             )
-        spec = _spec_from_welcome(welcome)
+        spec = spec_from_welcome(welcome)
         try:
             info = self.worker.configure(spec)
         except AccordError as error:
@@ -486,6 +446,11 @@ class _MessageHandler:
                 weights = self._tensor("weights", round_index, start.global_weights)
                 if weights is None:
                     return
+            standardisation = (
+                standardisation_from_proto(start.standardisation)
+                if start.HasField("standardisation")
+                else None
+            )
             self._failpoint_before(round_index)
             started = time.perf_counter()
             answer = self.worker.start_round(
@@ -493,6 +458,7 @@ class _MessageHandler:
                 weights,
                 bytes(start.weights_sha256),
                 decode_buffers(start.buffers) if start.buffers else None,
+                standardisation,
             )
             seconds = time.perf_counter() - started
         except AccordError as error:  # a protocol error, or the user's fit failed

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from accord.data.standardise import Standardisation
 from accord.errors import InputDataError, PeerError, ProtocolError
 from accord.federation.checkpoint import read_checkpoint, write_checkpoint
-from accord.federation.grid import Evaluation, Grid
+from accord.federation.grid import Evaluation, Grid, NodeInfo
 from accord.federation.settings import FederationSettings
 from accord.rounds import DivergedError, RoundEngine, RoundRecord
 from accord.run import StopConditions, StopTracker, TimedRecord
@@ -42,6 +43,7 @@ __all__ = [
     "FederatedResult",
     "FederatedRun",
     "RoundTraffic",
+    "StandardisationFit",
     "StopRequest",
     "load_run_checkpoint",
     "record_from_json",
@@ -58,8 +60,23 @@ INTERRUPTED = "interrupted"
 #: The stop reason's prefix when the model diverged (the run cannot go on, nor be resumed).
 DIVERGED = "diverged"
 
-#: Builds the engine once the roster is known: (roster, sample counts) -> engine.
-EngineFactory = Callable[[tuple[str, ...], Mapping[str, float]], RoundEngine]
+
+class EngineFactory(Protocol):
+    """Builds the engine once the roster is known, from the roster, the sample counts and
+    the run's feature standardisation (``None``: none), which the factory applies to the
+    server's own validation and test data."""
+
+    def __call__(
+        self,
+        roster: tuple[str, ...],
+        counts: Mapping[str, float],
+        standardisation: Standardisation | None = None,
+    ) -> RoundEngine: ...
+
+
+#: Decides the run's standardisation once the roster is fixed, from the roster's
+#: registrations (their feature moments); ``None``: the run standardises nothing.
+StandardisationFit = Callable[[Mapping[str, NodeInfo]], Standardisation | None]
 
 
 class StopRequest:
@@ -177,6 +194,7 @@ class FederatedRun:
         after_round: Callable[[int], None] | None = None,
         stop_request: StopRequest | None = None,
         end_nodes_when_interrupted: bool = False,
+        fit_standardisation: StandardisationFit | None = None,
     ) -> None:
         self.grid = grid
         self.engine_factory = engine_factory
@@ -197,11 +215,17 @@ class FederatedRun:
         self.stop_request.attach(grid)
         self.end_nodes_when_interrupted = end_nodes_when_interrupted
         self.engine: RoundEngine | None = None
+        self.fit_standardisation = fit_standardisation
+        #: The run's feature transform, frozen once the roster is fixed (checkpointed).
+        self.standardisation: Standardisation | None = None
 
     # ------------------------------------------------------------------ roster
 
-    def _register_roster(self) -> tuple[tuple[str, ...], dict[str, float]] | None:
-        """The roster and sample counts, or ``None`` if the run was asked to stop."""
+    def _register_roster(
+        self,
+    ) -> tuple[tuple[str, ...], dict[str, float], dict[str, NodeInfo]] | None:
+        """The roster, sample counts and registrations, or ``None`` if the run was asked to
+        stop."""
         s = self.settings
         logger.info(
             "waiting for %d nodes (quorum %d, %g s)",
@@ -220,7 +244,11 @@ class FederatedRun:
                 f"{s.registration_timeout + s.quorum_timeout:g} s"
             )
         chosen = sorted(nodes)[: self.expected_nodes]
-        return tuple(chosen), {node: float(nodes[node].sample_count) for node in chosen}
+        return (
+            tuple(chosen),
+            {node: float(nodes[node].sample_count) for node in chosen},
+            {node: nodes[node] for node in chosen},
+        )
 
     # --------------------------------------------------------------------- run
 
@@ -238,7 +266,7 @@ class FederatedRun:
         finally:
             self.grid.shutdown(reason)
 
-    def _run(self) -> FederatedResult:
+    def _run(self) -> FederatedResult:  # noqa: C901, PLR0912, PLR0915 - split next
         started = time.perf_counter()
         progress = _Progress()
         elapsed_before = 0.0
@@ -247,7 +275,9 @@ class FederatedRun:
             state = self.resume
             roster = tuple(state["roster"])
             counts = {str(k): float(v) for k, v in state["sample_counts"].items()}
-            engine = self.engine_factory(roster, counts)
+            saved = state.get("standardisation")
+            self.standardisation = None if saved is None else Standardisation.from_json(saved)
+            engine = self.engine_factory(roster, counts, self.standardisation)
             engine.load_state_dict(state["engine"])
             for record, timing, traffic in zip(
                 state["records"], state["timings"], state["traffic"], strict=True
@@ -268,9 +298,12 @@ class FederatedRun:
                 return FederatedResult(
                     self.policy_name, (), (), (), INTERRUPTED, time.perf_counter() - started
                 )
-            roster, counts = registered
-            engine = self.engine_factory(roster, counts)
+            roster, counts, registrations = registered
+            if self.fit_standardisation is not None:
+                self.standardisation = self.fit_standardisation(registrations)
+            engine = self.engine_factory(roster, counts, self.standardisation)
         self.engine = engine
+        self.grid.set_standardisation(self.standardisation)
         self.grid.fix_roster(roster)
         roster_set = frozenset(roster)
         if self.resume is not None and not self.resume.get("stop_reason"):
@@ -317,19 +350,9 @@ class FederatedRun:
                     "the run can be continued with --resume"
                 )
             sent_before, received_before = self.grid.traffic()
-            round_started = time.perf_counter()
             round_index = engine.round_index
-            weights = np.array(engine.global_weights)
-            targets = tuple(node for node in roster if node in connected)
-            buffers = engine.global_buffers if engine.layout is not None else None
-            replies = self.grid.collect_first_gradients(
-                round_index, weights, targets, self.settings.round_deadline, buffers
-            )
-            local_seconds = time.perf_counter() - round_started
-            failures = {node: "not connected" for node in roster if node not in connected}
-            failures.update(replies.failures)
             try:
-                pending = engine.aggregate(replies.values, failures)
+                timed = self.play_round(engine, roster, connected)
             except DivergedError as error:
                 # No retry can help: the model (or the policy's answer) is not finite. The
                 # checkpoint keeps the reason, so --resume reports the run instead of redoing it.
@@ -352,26 +375,9 @@ class FederatedRun:
                     ) from error
                 continue
             failed_attempts = 0
-            self.grid.broadcast_second_gradient(
-                round_index,
-                pending.aggregation.second_gradient,
-                engine.settings.server_learning_rate,
-                weights,
-                pending.new_weights,
-                pending.new_buffers if engine.layout is not None else None,
-            )
-            federated_accuracy: float | None = None
-            if self.settings.evaluation == "federated":
-                federated_accuracy = self._federated_accuracy(
-                    round_index,
-                    pending.new_weights,
-                    pending.present,
-                    pending.new_buffers if engine.layout is not None else None,
-                )
-            record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+            record = timed.record
             if first_round_done_at is None:
                 first_round_done_at = time.time()
-            timed = TimedRecord(record, time.perf_counter() - round_started, local_seconds)
             sent_after, received_after = self.grid.traffic()
             progress.rounds.append(timed)
             progress.traffic.append(
@@ -401,6 +407,43 @@ class FederatedRun:
             resumed_at=resumed_at,
             first_round_done_at=first_round_done_at,
         )
+
+    def play_round(
+        self, engine: RoundEngine, roster: tuple[str, ...], connected: Collection[str]
+    ) -> TimedRecord:
+        """One round over the grid: first gradients from the connected nodes of the
+        roster, the engine's aggregation, the second gradient back to the nodes, their
+        evaluation when it is federated, and the engine's conclusion. Raises
+        :class:`DivergedError`, or :class:`ProtocolError` when no usable first gradient
+        arrived (the caller may retry). The in-process simulation plays its rounds here too."""
+        round_started = time.perf_counter()
+        round_index = engine.round_index
+        weights = np.array(engine.global_weights)
+        targets = tuple(node for node in roster if node in connected)
+        buffers = engine.global_buffers if engine.layout is not None else None
+        replies = self.grid.collect_first_gradients(
+            round_index, weights, targets, self.settings.round_deadline, buffers
+        )
+        local_seconds = time.perf_counter() - round_started
+        failures = {node: "not connected" for node in roster if node not in connected}
+        failures.update(replies.failures)
+        pending = engine.aggregate(replies.values, failures)
+        new_buffers = pending.new_buffers if engine.layout is not None else None
+        self.grid.broadcast_second_gradient(
+            round_index,
+            pending.aggregation.second_gradient,
+            engine.settings.server_learning_rate,
+            weights,
+            pending.new_weights,
+            new_buffers,
+        )
+        federated_accuracy: float | None = None
+        if self.settings.evaluation == "federated":
+            federated_accuracy = self._federated_accuracy(
+                round_index, pending.new_weights, pending.present, new_buffers
+            )
+        record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+        return TimedRecord(record, time.perf_counter() - round_started, local_seconds)
 
     def _federated_accuracy(
         self,
@@ -448,6 +491,9 @@ class FederatedRun:
             "traffic": [[t.sent, t.received] for t in progress.traffic],
             "elapsed_seconds": elapsed,
             "stop_reason": reason,
+            "standardisation": (
+                None if self.standardisation is None else self.standardisation.to_json()
+            ),
             **self.extra_state,
         }
         write_checkpoint(self.checkpoint_path, state)

@@ -6,6 +6,8 @@ policy seed, same validation and test functions), so the same settings give the 
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,20 +20,30 @@ from accord.aggregation.actor_critic import ActorCriticSettings
 from accord.aggregation.base import Aggregator
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import make_policy
+from accord.data.standardise import FeatureMoments, Standardisation, warn_if_far_from_unit_scale
 from accord.errors import AccordError, ConfigurationError, InputDataError
-from accord.federation.driver import EngineFactory
+from accord.federation.driver import EngineFactory, StandardisationFit
 from accord.federation.fingerprint import Fingerprint, scenario_summary
-from accord.federation.grid import RunSpec
+from accord.federation.grid import NodeInfo, RunSpec
 from accord.federation.settings import ServerSettings
 from accord.fl.contracts import ServerApp
 from accord.rounds import RoundEngine, RoundSettings
 from accord.scenario import ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
 from accord.training.local import LocalTrainingSettings, root_update
 from accord.training.models import FlatModel, build_model
 from accord.training.weights import Weights
 
-__all__ = ["ServerData", "load_server_data", "prepare_app_run", "prepare_run"]
+__all__ = [
+    "ServerData",
+    "load_given_standardisation",
+    "load_server_data",
+    "prepare_app_run",
+    "prepare_run",
+    "standardisation_fit",
+]
+
+logger = logging.getLogger(__name__)
 
 Split = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
@@ -45,6 +57,8 @@ class ServerData:
     validation: Split
     test: Split | None
     faulty_nodes: tuple[str, ...] = ()
+    #: The feature columns of the server's files (``None`` for a built-in scenario).
+    feature_names: tuple[str, ...] | None = None
 
 
 def load_server_data(settings: ServerSettings, scenario: ScenarioData | None = None) -> ServerData:
@@ -83,7 +97,84 @@ def load_server_data(settings: ServerSettings, scenario: ScenarioData | None = N
         n_classes=int(max(int(part.max()) for part in labels)) + 1,
         validation=(validation.features[order], validation.labels[order]),
         test=None if test is None else (test.features, test.labels),
+        feature_names=validation.feature_names,
     )
+
+
+def load_given_standardisation(
+    settings: ServerSettings, feature_names: tuple[str, ...] | None
+) -> Standardisation | None:
+    """The transform ``settings.standardise_from`` names: a saved transform (``.json``, as
+    ``model.json``'s ``standardisation`` or ``accord``'s transform files) or a CSV/Parquet
+    file whose feature columns it is fitted on (its label column, if any, is left out)."""
+    if settings.standardise_from is None:
+        return None
+    path = Path(settings.standardise_from)
+    if path.name.lower().endswith(".json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise InputDataError(f"{path}: no such file") from error
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputDataError(f"{path}: not a JSON file ({error})") from error
+        if isinstance(data, dict) and isinstance(data.get("standardisation"), dict):
+            data = data["standardisation"]  # a run folder's model.json
+        try:
+            transform = Standardisation.from_json(data)
+        except InputDataError as error:
+            raise InputDataError(f"{path}: {error}") from error
+    else:
+        from accord.federation.node_data import load_features
+
+        table = load_features(path, settings.label_column, feature_names=feature_names)
+        transform = Standardisation.fit(table.features, table.feature_names)
+    if feature_names is not None:
+        transform.check_features(feature_names, str(path))
+    return transform
+
+
+def standardisation_fit(settings: ServerSettings, data: ServerData) -> StandardisationFit:
+    """How the run's standardisation is decided once the roster is fixed: the transform
+    given with ``standardise_from`` (loaded now, so a bad file fails before any node
+    registers), else the combined feature moments of the roster's nodes that sent theirs
+    (``accord node --data`` does by default), else none."""
+    given = load_given_standardisation(settings, data.feature_names)
+
+    def fit(registrations: Mapping[str, NodeInfo]) -> Standardisation | None:
+        sent = {node: info.feature_moments for node, info in registrations.items()}
+        with_moments = [moments for moments in sent.values() if moments is not None]
+        if given is not None:
+            logger.info("standardising with the transform from %s", settings.standardise_from)
+            return given
+        if not with_moments:
+            if data.feature_names is not None:  # a scenario's data is already scaled
+                warn_if_far_from_unit_scale(
+                    data.validation[0],
+                    data.feature_names,
+                    "the server's validation data",
+                    "no node sent feature moments: start the nodes with the default "
+                    "--standardise global, or give the server --standardise-from",
+                )
+            return None
+        silent = sorted(node for node, moments in sent.items() if moments is None)
+        if silent:
+            logger.warning(
+                "nodes %s sent no feature moments (started with --standardise own or off): "
+                "the run's standardisation comes from the other %d nodes, and these nodes "
+                "train on differently scaled data",
+                ", ".join(silent),
+                len(with_moments),
+            )
+        pooled = FeatureMoments.combine(with_moments)
+        transform = Standardisation.from_moments(pooled, data.feature_names)
+        logger.info(
+            "standardising with the global statistics of %d nodes (%d samples)",
+            len(with_moments),
+            pooled.count,
+        )
+        return transform
+
+    return fit
 
 
 def prepare_run(
@@ -114,7 +205,16 @@ def prepare_run(
         scenario_summary="" if scenario is None else scenario_summary(scenario),
     )
 
-    def factory(roster: tuple[str, ...], counts: Mapping[str, float]) -> RoundEngine:
+    def factory(
+        roster: tuple[str, ...],
+        counts: Mapping[str, float],
+        standardisation: Standardisation | None = None,
+    ) -> RoundEngine:
+        validation, test = data.validation, data.test
+        if standardisation is not None:
+            validation = (standardisation.apply(validation[0]), validation[1])
+            if test is not None:
+                test = (standardisation.apply(test[0]), test[1])
         policy = make_policy(
             settings.policy,
             seed=seed,
@@ -126,7 +226,7 @@ def prepare_run(
         if policy.root_samples > 0:
             server_update = root_update(
                 build_model(run.model, data.n_features, data.n_classes, seed),
-                *data.validation,
+                *validation,
                 run.local,
                 node_seed(seed, -1),
                 policy.root_samples,
@@ -136,10 +236,11 @@ def prepare_run(
             sample_counts=counts,
             initial_weights=initial_weights,
             aggregator=policy,
-            validate=make_validation_fn(flat, data.validation[0], data.validation[1]),
-            test=None if data.test is None else make_validation_fn(flat, *data.test),
+            validate=make_validation_fn(flat, validation[0], validation[1]),
+            test=None if test is None else make_validation_fn(flat, *test),
             settings=run.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(flat, *data.validation),
         )
 
     return spec, factory
@@ -184,7 +285,12 @@ def prepare_app_run(
         config=dict(config or {}),
     )
 
-    def factory(roster: tuple[str, ...], counts: Mapping[str, float]) -> RoundEngine:
+    def factory(
+        roster: tuple[str, ...],
+        counts: Mapping[str, float],
+        standardisation: Standardisation | None = None,
+    ) -> RoundEngine:
+        del standardisation  # a user app scales its own data (no node sends moments)
         aggregator = (
             make_policy(
                 policy,
@@ -196,13 +302,15 @@ def prepare_app_run(
             if isinstance(policy, str)
             else policy()
         )
+        validate = app.validation()
         return RoundEngine(
             roster=roster,
             sample_counts=counts,
             initial_weights=flat,
             aggregator=aggregator,
-            validate=app.validation(),
+            validate=validate,
             test=app.test(),
+            validation_gradient=getattr(validate, "gradient", None),
             settings=round_settings,
             layout=layout,
             initial_buffers=buffers,

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from accord.aggregation.base import FloatArray
+from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError
 from accord.federation.fingerprint import SCENARIO, Fingerprint
 from accord.federation.naming import check_node_id
@@ -52,6 +53,9 @@ class NodeInfo:
     n_classes: int
     validation_sample_count: int = 0
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
+    #: The moments of its training features, when it asks for the run's global
+    #: standardisation (``None``: its data needs none, or it scales its data itself).
+    feature_moments: FeatureMoments | None = None
 
 
 @dataclass(frozen=True)
@@ -116,10 +120,20 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
         return f"the node's {', '.join(differ)} differs from the server's"
     if spec.model is None:  # a user app: the node is built, and checked, after Welcome
         return None
+    return _data_problem(info, spec)
+
+
+def _data_problem(info: NodeInfo, spec: RunSpec) -> str | None:
+    """Why a node of the built-in model cannot train it on its data, or ``None``."""
     if info.sample_count < 1:
         return "a node needs at least one training sample"
     if info.n_features != spec.n_features:
         return f"the model takes {spec.n_features} features; the node has {info.n_features}"
+    if info.feature_moments is not None and info.feature_moments.n_features != info.n_features:
+        return (
+            f"the node's feature moments cover {info.feature_moments.n_features} features; "
+            f"it has {info.n_features}"
+        )
     if info.n_classes > spec.n_classes:
         return (
             f"the model has {spec.n_classes} classes (labels 0..{spec.n_classes - 1}); the node "
@@ -135,6 +149,14 @@ def admission_problem(info: NodeInfo, spec: RunSpec, roster: frozenset[str] | No
 
 class Grid(ABC):
     """The nodes of a run as the round driver sees them."""
+
+    #: The run's feature transform, sent with every round start that carries full weights
+    #: (set once the roster is fixed; ``None``: the run standardises nothing).
+    standardisation: Standardisation | None = None
+
+    def set_standardisation(self, standardisation: Standardisation | None) -> None:
+        """Send ``standardisation`` to the nodes from the next round start on."""
+        self.standardisation = standardisation
 
     @abstractmethod
     def connected(self) -> dict[str, NodeInfo]:
@@ -221,6 +243,7 @@ class NodeEndpoint(Protocol):
         weights: FloatArray | None,
         weights_sha256: bytes,
         buffers: Weights | None = None,
+        standardisation: Standardisation | None = None,
     ) -> object: ...
 
     def apply_second_gradient(
@@ -297,8 +320,11 @@ class InMemoryGrid(Grid):
                 replies.failures[node] = "not connected"
                 continue
             try:
-                # Buffers only for a model that has them: older endpoints take none.
-                extra = {"buffers": buffers} if buffers else {}
+                # Buffers only for a model that has them, the standardisation only for a
+                # run that has one: older endpoints take neither.
+                extra: dict[str, Any] = {"buffers": buffers} if buffers else {}
+                if self.standardisation is not None:
+                    extra["standardisation"] = self.standardisation
                 replies.values[node] = self._endpoints[node].start_round(
                     round_index, np.array(weights), digest, **extra
                 )

@@ -118,20 +118,24 @@ class ServedRun:
         return self.stop_reason.startswith(DIVERGED)
 
 
-def _prepare_app(settings: ServerSettings, run_id: str) -> tuple[Any, Any, Any]:
-    """The spec, engine factory and (empty) server data of a user app's run."""
+def _prepare_app(
+    settings: ServerSettings, run_id: str, device: str = "cpu"
+) -> tuple[Any, Any, Any]:
+    """The spec, engine factory and (empty) server data of a user app's run; the server
+    factory's config has ``device`` too (the nodes get the config without it)."""
     import json
 
     import numpy as np
 
     from accord.federation.engine import ServerData, prepare_app_run
+    from accord.fl.contracts import ServerAppFactory
     from accord.fl.loading import load_factory
 
     assert settings.app is not None
     config = json.loads(settings.app_config)
-    server_factory = load_factory(settings.app, "--app")
+    server_factory: ServerAppFactory = load_factory(settings.app, "--app")
     try:
-        app = server_factory(config)
+        app = server_factory({**config, "device": device})
     except AccordError:
         raise
     except Exception as error:  # user code
@@ -168,6 +172,7 @@ def serve(
     extra_stats: Callable[[], Mapping[str, Any]] | None = None,
     stop_request: Any = None,
     end_nodes_when_interrupted: bool = False,
+    device: str = "cpu",
 ) -> ServedRun:
     """Run (or resume) a federated run with the server in this process.
 
@@ -177,70 +182,28 @@ def serve(
     handlers set: the run then finishes its round, writes its summary and plots, and its
     checkpoint stays resumable (``--resume``, which also continues a run stopped before
     its first round)."""
-    import numpy as np
 
-    from accord.config import SimulateConfig, simulate_config_to_toml
-    from accord.federation.driver import FederatedRun, StopRequest, load_run_checkpoint
-    from accord.federation.engine import load_server_data, prepare_run
+    from accord.federation.driver import FederatedRun, StopRequest
+    from accord.federation.engine import load_server_data, prepare_run, standardisation_fit
     from accord.federation.server import GrpcGrid, format_address
-    from accord.reporting import RunFolder
 
-    state: dict[str, Any] | None = None
-    folder: Any = None
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = read_run_file(run_dir)
-        settings = saved_settings(saved)
-        if overrides:
-            if "evaluation" in overrides and overrides["evaluation"] != (
-                settings.federation.evaluation
-            ):
-                raise ConfigurationError("--evaluation cannot change when a run is resumed")
-            settings = replace(settings, federation=replace(settings.federation, **overrides))
-        run_id = str(saved["run_id"])
-        if (run_dir / CHECKPOINT_FILE).exists():
-            state = load_run_checkpoint(run_dir / CHECKPOINT_FILE)
-            if state.get("run_id") != run_id:
-                raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
-        else:  # stopped before its first round: start it again with its settings
-            logger.info("%s: no round was finished; starting run %s afresh", run_dir, run_id)
-            folder = RunFolder.reopen(run_dir, [])
-    else:
-        if settings is None:
-            raise ConfigurationError("settings: required for a new run")
-        run_id = secrets.token_hex(6)
-        run_dir = Path(out) if out is not None else default_run_dir()
-        check_new_run_folder(run_dir)
-    assert settings is not None
+    settings, run_dir, run_id, state, folder = _open_run(settings, out, resume, overrides)
     stop = stop_request if stop_request is not None else StopRequest()
-    crash_after = _crash_after(os.environ)
+    fit_standardisation = None  # a user app scales its own data
     if settings.app is not None:
-        spec, factory, data = _prepare_app(settings, run_id)
+        spec, factory, data = _prepare_app(settings, run_id, device)
     else:
         if scenario is None and settings.validation_data is None:
             from accord.scenario import build_scenario
 
             scenario = build_scenario(settings.run.scenario)
         data = load_server_data(settings, scenario)
-        spec, factory = prepare_run(settings, data, run_id)
+        spec, factory = prepare_run(settings, data, run_id, device)
+        fit_standardisation = standardisation_fit(settings, data)
     grid = GrpcGrid(spec, transport, credentials, authenticator)
     try:
         if resume is None:
-            folder = RunFolder(run_dir, option="--out")
-            folder.write_config(
-                simulate_config_to_toml(SimulateConfig(settings.run, policies=(settings.policy,)))
-            )
-            write_json(
-                run_dir / RUN_FILE,
-                {
-                    "format": RUN_FORMAT,
-                    "version": RUN_VERSION,
-                    "run_id": run_id,
-                    "created": dt.datetime.now(dt.UTC).isoformat(),
-                    "settings": settings_to_mapping(settings),
-                    "transport": {"host": transport.host, "port": grid.port},
-                },
-            )
+            folder = _new_run_files(settings, transport.host, grid.port, run_dir, run_id)
         write_json(
             run_dir / ADDRESS_FILE,
             {"host": transport.host, "port": grid.port, "pid": os.getpid(), "run_id": run_id},
@@ -262,10 +225,137 @@ def serve(
     if scenario is not None:
         report.faulty_in_round = scenario.faulty_in_round
 
+    export = _model_export(settings, spec, data, run_dir)
+    on_round, on_resume = _round_hooks(
+        report, progress, export, settings.policy, lambda: run.engine
+    )
+    run = FederatedRun(
+        grid,
+        factory,
+        settings.policy,
+        settings.run.stop,
+        settings.federation,
+        expected_nodes=settings.expected_nodes,
+        quorum=settings.quorum,
+        run_id=run_id,
+        checkpoint_path=run_dir / CHECKPOINT_FILE,
+        resume=state,
+        on_round=on_round,
+        on_resume=on_resume,
+        after_round=_after_round(_crash_after(os.environ)),
+        stop_request=stop,
+        end_nodes_when_interrupted=end_nodes_when_interrupted,
+        fit_standardisation=fit_standardisation,
+    )
+    result = run.run()
+    if not result.rounds:
+        logger.info("run %s stopped before its first round: %s", run_id, result.stop_reason)
+        return ServedRun(run_dir, 0, result.stop_reason)
+    assert run.engine is not None
+    _finish_export(export, run, settings.policy)
+    command = "federate" if extra_stats is not None else "server"
+    summary = report.summary(
+        result,
+        settings,
+        run.engine,
+        scenario,
+        data.faulty_nodes,
+        _run_facts(settings, run_id, command, result.resumed_at, credentials is None),
+    )
+    report.write_summary(summary)
+    summary["plots"] = report.plots(result, data.faulty_nodes, describe_run(scenario, settings))
+    report.write_summary(summary)
+    _write_stats(run_dir / STATS_FILE, result, extra_stats)
+    logger.info(
+        "run %s finished after %d rounds: %s", run_id, len(result.rounds), result.stop_reason
+    )
+    if progress is not None:
+        progress.finish(summary, run_dir)
+    return ServedRun(run_dir, len(result.rounds), result.stop_reason)
+
+
+def _finish_export(export: Any, run: Any, policy: str) -> None:
+    """The final model's files, with the run's standardisation (if it has one)."""
+    export.standardisation = run.standardisation
+    engine = run.engine
+    export.finish(policy, engine.round_index - 1, engine.global_weights, engine.global_buffers)
+
+
+def _round_hooks(
+    report: RunReport,
+    progress: Progress | None,
+    export: Any,
+    policy: str,
+    engine_of_run: Callable[[], Any],
+) -> tuple[Callable[[Any], None], Callable[[tuple[Any, ...]], None]]:
+    """The run's ``on_round`` (the report, the log line, the table, then the model files)
+    and ``on_resume`` (the report's and the model files' rounds so far)."""
+    round_done = _round_done(report, progress)
+
+    def on_round(timed: Any) -> None:
+        round_done(timed)
+        engine = engine_of_run()
+        export.round_done(
+            policy,
+            timed.record.round_index,
+            engine.global_weights,
+            timed.record.validation_accuracy_after,
+            engine.global_buffers,
+        )
+
+    def on_resume(rounds: tuple[Any, ...]) -> None:
+        report.restart(rounds)
+        export.restart(
+            policy, [(t.record.round_index, t.record.validation_accuracy_after) for t in rounds]
+        )
+
+    return on_round, on_resume
+
+
+def _model_export(settings: ServerSettings, spec: Any, data: Any, run_dir: Path) -> Any:
+    """The :class:`~accord.reporting.model_files.ModelExport` of a run: the final and best
+    global model, and what rebuilding it takes (a user app's layout, or the built-in model's
+    spec, features and labels)."""
+    from accord.reporting.model_files import (
+        FILE_INPUT_NOTE,
+        SCENARIO_INPUT_NOTE,
+        ModelExport,
+        scenario_feature_names,
+    )
+
+    if settings.app is not None:
+        return ModelExport(
+            run_dir,
+            policies=(settings.policy,),
+            layout=spec.layout,
+            app=settings.app,
+            input_note="what the app's model takes",
+        )
+    return ModelExport(
+        run_dir,
+        policies=(settings.policy,),
+        model=settings.run.model,
+        n_features=data.n_features,
+        n_classes=data.n_classes,
+        feature_names=data.feature_names or scenario_feature_names(data.n_features),
+        label_column=settings.label_column,
+        input_note=SCENARIO_INPUT_NOTE if data.feature_names is None else FILE_INPUT_NOTE,
+    )
+
+
+def _after_round(crash_after: int | None) -> Callable[[int], None]:
+    """The hook after each checkpoint: the ``crash-after-round@N`` failpoint, if set."""
+
     def after_round(rounds_done: int) -> None:
         if crash_after is not None and rounds_done >= crash_after:
             logger.warning("failpoint: killing the server after round %d", rounds_done)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    return after_round
+
+
+def _round_done(report: RunReport, progress: Progress | None) -> Callable[[Any], None]:
+    """What happens after each round: ``metrics.jsonl``, a log line, the progress table."""
 
     def round_done(timed: Any) -> None:
         record = timed.record
@@ -283,51 +373,97 @@ def serve(
         if progress is not None:
             progress.round(timed)
 
-    federation = settings.federation
-    run = FederatedRun(
-        grid,
-        factory,
-        settings.policy,
-        settings.run.stop,
-        federation,
-        expected_nodes=settings.expected_nodes,
-        quorum=settings.quorum,
-        run_id=run_id,
-        checkpoint_path=run_dir / CHECKPOINT_FILE,
-        resume=state,
-        on_round=round_done,
-        on_resume=report.restart,
-        after_round=after_round,
-        stop_request=stop,
-        end_nodes_when_interrupted=end_nodes_when_interrupted,
+    return round_done
+
+
+def _open_run(
+    settings: ServerSettings | None,
+    out: str | None,
+    resume: str | None,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[ServerSettings, Path, str, dict[str, Any] | None, Any]:
+    """(settings, run folder, run id, checkpoint state, reopened :class:`RunFolder`) of a
+    new run, or of the run saved in ``resume`` with its federation ``overrides``."""
+    from accord.federation.driver import load_run_checkpoint
+    from accord.reporting import RunFolder
+
+    if resume is None:
+        if settings is None:
+            raise ConfigurationError("settings: required for a new run")
+        run_dir = Path(out) if out is not None else default_run_dir()
+        check_new_run_folder(run_dir)
+        return settings, run_dir, secrets.token_hex(6), None, None
+    run_dir = Path(resume)
+    saved = read_run_file(run_dir)
+    settings = saved_settings(saved)
+    if overrides:
+        if "evaluation" in overrides and overrides["evaluation"] != (
+            settings.federation.evaluation
+        ):
+            raise ConfigurationError("--evaluation cannot change when a run is resumed")
+        settings = replace(settings, federation=replace(settings.federation, **overrides))
+    run_id = str(saved["run_id"])
+    if (run_dir / CHECKPOINT_FILE).exists():
+        state = load_run_checkpoint(run_dir / CHECKPOINT_FILE)
+        if state.get("run_id") != run_id:
+            raise InputDataError(f"{run_dir}: the checkpoint belongs to another run")
+        return settings, run_dir, run_id, state, None
+    # Stopped before its first round: start it again with its settings.
+    logger.info("%s: no round was finished; starting run %s afresh", run_dir, run_id)
+    return settings, run_dir, run_id, None, RunFolder.reopen(run_dir, [])
+
+
+def _new_run_files(
+    settings: ServerSettings, host: str, port: int, run_dir: Path, run_id: str
+) -> Any:
+    """Once the server listens, a new run's folder with ``config.toml`` and
+    ``federation.json``; returns the :class:`~accord.reporting.RunFolder`."""
+    from accord.config import SimulateConfig, simulate_config_to_toml
+    from accord.reporting import RunFolder
+
+    folder = RunFolder(run_dir, option="--out")
+    folder.write_config(
+        simulate_config_to_toml(SimulateConfig(settings.run, policies=(settings.policy,)))
     )
-    result = run.run()
-    if not result.rounds:
-        logger.info("run %s stopped before its first round: %s", run_id, result.stop_reason)
-        return ServedRun(run_dir, 0, result.stop_reason)
-    assert run.engine is not None
-    summary = report.summary(
-        result,
-        settings,
-        run.engine,
-        scenario,
-        data.faulty_nodes,
+    write_json(
+        run_dir / RUN_FILE,
         {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
             "run_id": run_id,
-            "command": "federate" if extra_stats is not None else "server",
-            "resumed_at": result.resumed_at,
-            "evaluation": federation.evaluation,
-            "quorum": settings.quorum,
-            "round_deadline_seconds": federation.round_deadline,
-            "transport": "plaintext" if credentials is None else "TLS",
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "settings": settings_to_mapping(settings),
+            "transport": {"host": host, "port": port},
         },
     )
-    report.write_summary(summary)
-    summary["plots"] = report.plots(result, data.faulty_nodes, describe_run(scenario, settings))
-    report.write_summary(summary)
+    return folder
+
+
+def _run_facts(
+    settings: ServerSettings, run_id: str, command: str, resumed_at: Any, plaintext: bool
+) -> dict[str, Any]:
+    """The ``federation`` entry of ``summary.json``."""
+    federation = settings.federation
+    return {
+        "run_id": run_id,
+        "command": command,
+        "resumed_at": resumed_at,
+        "evaluation": federation.evaluation,
+        "quorum": settings.quorum,
+        "round_deadline_seconds": federation.round_deadline,
+        "transport": "plaintext" if plaintext else "TLS",
+    }
+
+
+def _write_stats(
+    path: Path, result: Any, extra_stats: Callable[[], Mapping[str, Any]] | None
+) -> None:
+    """``federation_stats.json``: round times, traffic, peak memory and the caller's extras."""
+    import numpy as np
+
     round_seconds = [t.round_seconds for t in result.rounds]
     write_json(
-        run_dir / STATS_FILE,
+        path,
         {
             "rounds": len(result.rounds),
             "resumed_at": result.resumed_at,
@@ -340,12 +476,6 @@ def serve(
             **(dict(extra_stats()) if extra_stats is not None else {}),
         },
     )
-    logger.info(
-        "run %s finished after %d rounds: %s", run_id, len(result.rounds), result.stop_reason
-    )
-    if progress is not None:
-        progress.finish(summary, run_dir)
-    return ServedRun(run_dir, len(result.rounds), result.stop_reason)
 
 
 def _fmt(value: float | None) -> str:

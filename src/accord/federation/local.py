@@ -18,12 +18,14 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from accord.errors import ConfigurationError
 from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.checkpoint import dumps_tree
 from accord.federation.launcher import (
     ServedRun,
     free_port,
@@ -146,25 +148,10 @@ def federate(
     prepare_process()
     import accord.federation.client
     import accord.federation.worker  # noqa: F401 - imported once, before the forks
-    from accord.federation.auth import load_server_credentials
-    from accord.federation.checkpoint import dumps_tree
-    from accord.federation.credentials import make_credentials
     from accord.federation.server import TransportSettings
     from accord.scenario import node_id
 
-    if resume is not None:
-        run_dir = Path(resume)
-        settings = saved_settings(read_run_file(run_dir))
-        if settings.validation_data is not None:
-            raise ConfigurationError(
-                f"--resume: {run_dir} is a run of `accord server` with server data; "
-                "resume it with `accord server --resume`"
-            )
-    else:
-        if settings is None:
-            raise ConfigurationError("settings: required for a new run")
-        run_dir = Path(out) if out is not None else default_run_dir()
-        check_new_run_folder(run_dir)
+    settings, run_dir = _settings_and_folder(settings, out, resume)
     count = settings.run.scenario.nodes
     node_ids = [node_id(index) for index in range(count)]
     if scenario_helper is None:
@@ -172,73 +159,16 @@ def federate(
 
         scenario_helper = ScenarioHelper()
     scenario_helper.request(settings.run.scenario)
-    credentials_dir: Path | None = None
-    credentials: ServerCredentials | None = None
-    if options.insecure:
-        logger.warning("--insecure: the local federation runs in plaintext without authentication")
-        authenticator = Authenticator(None, require_client_cert=False)
-    else:
-        # Throw-away credentials in a private temporary folder, removed at the end.
-        credentials_dir = Path(tempfile.mkdtemp(prefix="accord-federate-"))
-        make_credentials(
-            credentials_dir, node_ids, now=dt.datetime.now(dt.UTC), days=7, overwrite=True
-        )
-        credentials = load_server_credentials(credentials_dir, "both")
-        authenticator = Authenticator(credentials.token_hashes, require_client_cert=True)
+    credentials_dir, credentials, authenticator = _run_credentials(options, node_ids)
     port = free_port()
-    parent = os.getpid()
-    sys.stdout.flush()
-    sys.stderr.flush()
     children: dict[int, str] = {}
     data_pipes: dict[str, int] = {}
     node_rss: dict[str, int] = {}
     exit_codes: dict[str, int] = {}
     try:
-        for name in node_ids:
-            read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child
-                code = 1
-                try:
-                    os.close(write_fd)
-                    for inherited in data_pipes.values():
-                        os.close(inherited)
-                    code = _node_child(
-                        read_fd, settings, port, credentials_dir, parent, options.node_log_level
-                    )
-                except BaseException as error:
-                    logger.error("node %s failed: %s", name, error)
-                finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
-            os.close(read_fd)
-            children[pid] = name
-            data_pipes[name] = write_fd
+        _fork_nodes(node_ids, settings, port, credentials_dir, options, children, data_pipes)
         warm_up_in_background()  # the server's optimisers; the nodes (forked) do not need it
         scenario = scenario_helper.collect(settings.run.scenario)
-
-        def release_nodes(listening_port: int) -> None:
-            # The server listens: hand each node its partition, and it connects at once.
-            for node in scenario.nodes:
-                descriptor = data_pipes.pop(node.node_id)
-                try:
-                    write_all(
-                        descriptor,
-                        dumps_tree(
-                            {
-                                "node_id": node.node_id,
-                                "index": node.index,
-                                "faulty": node.faulty,
-                                "fault_group": _fault_group(scenario, node),
-                                "features": node.features,
-                                "labels": node.labels,
-                            }
-                        ),
-                    )
-                finally:
-                    os.close(descriptor)
-
         federation = replace(settings.federation, expected_nodes=count)
         return serve(
             replace(settings, federation=federation) if resume is None else None,
@@ -249,7 +179,7 @@ def federate(
             resume=resume,
             scenario=scenario,
             progress=progress,
-            on_listening=release_nodes,
+            on_listening=lambda _port: _release_nodes(scenario, data_pipes),
             stop_request=stop_request,
             end_nodes_when_interrupted=True,
             extra_stats=lambda: {
@@ -265,6 +195,106 @@ def federate(
         _reap(children, node_rss, exit_codes, 5.0)
         if credentials_dir is not None:
             shutil.rmtree(credentials_dir, ignore_errors=True)
+
+
+def _settings_and_folder(
+    settings: ServerSettings | None, out: str | None, resume: str | None
+) -> tuple[ServerSettings, Path]:
+    """A new run's settings and (checked) folder, or a resumed run's, read from there."""
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = saved_settings(read_run_file(run_dir))
+        if saved.validation_data is not None:
+            raise ConfigurationError(
+                f"--resume: {run_dir} is a run of `accord server` with server data; "
+                "resume it with `accord server --resume`"
+            )
+        return saved, run_dir
+    if settings is None:
+        raise ConfigurationError("settings: required for a new run")
+    run_dir = Path(out) if out is not None else default_run_dir()
+    check_new_run_folder(run_dir)
+    return settings, run_dir
+
+
+def _run_credentials(
+    options: FederateSettings, node_ids: Sequence[str]
+) -> tuple[Path | None, ServerCredentials | None, Authenticator]:
+    """Throw-away credentials in a private temporary folder (removed at the end of the
+    run), or none with ``--insecure``: (their folder, the server's, its authenticator)."""
+    from accord.federation.auth import load_server_credentials
+    from accord.federation.credentials import make_credentials
+
+    if options.insecure:
+        logger.warning("--insecure: the local federation runs in plaintext without authentication")
+        return None, None, Authenticator(None, require_client_cert=False)
+    credentials_dir = Path(tempfile.mkdtemp(prefix="accord-federate-"))
+    make_credentials(credentials_dir, node_ids, now=dt.datetime.now(dt.UTC), days=7, overwrite=True)
+    credentials = load_server_credentials(credentials_dir, "both")
+    return (
+        credentials_dir,
+        credentials,
+        Authenticator(credentials.token_hashes, require_client_cert=True),
+    )
+
+
+def _fork_nodes(
+    node_ids: Sequence[str],
+    settings: ServerSettings,
+    port: int,
+    credentials_dir: Path | None,
+    options: FederateSettings,
+    children: dict[int, str],
+    data_pipes: dict[str, int],
+) -> None:
+    """Fork one process per node; each waits on its pipe for its partition. Records each
+    child's pid in ``children`` and the pipe's write end in ``data_pipes``."""
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in node_ids:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                os.close(write_fd)
+                for inherited in data_pipes.values():
+                    os.close(inherited)
+                code = _node_child(
+                    read_fd, settings, port, credentials_dir, parent, options.node_log_level
+                )
+            except BaseException as error:
+                logger.error("node %s failed: %s", name, error)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(read_fd)
+        children[pid] = name
+        data_pipes[name] = write_fd
+
+
+def _release_nodes(scenario: Any, data_pipes: dict[str, int]) -> None:
+    """The server listens: hand each node its partition, and it connects at once."""
+    for node in scenario.nodes:
+        descriptor = data_pipes.pop(node.node_id)
+        try:
+            write_all(
+                descriptor,
+                dumps_tree(
+                    {
+                        "node_id": node.node_id,
+                        "index": node.index,
+                        "faulty": node.faulty,
+                        "fault_group": _fault_group(scenario, node),
+                        "features": node.features,
+                        "labels": node.labels,
+                    }
+                ),
+            )
+        finally:
+            os.close(descriptor)
 
 
 def _reap(

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from accord.data.standardise import column_difference
 from accord.errors import ConfigurationError, InputDataError
 
-__all__ = ["LabelledTable", "load_table", "split_validation"]
+__all__ = ["FeatureTable", "LabelledTable", "load_features", "load_table", "split_validation"]
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,69 @@ class LabelledTable:
     feature_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FeatureTable:
+    """A file's feature columns, and its labels if it has the label column."""
+
+    features: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64] | None
+    feature_names: tuple[str, ...]
+
+
 def load_table(path: Path, label_column: str) -> LabelledTable:
     """Read ``path`` (``.csv``, ``.csv.gz`` or ``.parquet``) into features and labels."""
+    table = load_features(path, label_column, label_required=True)
+    assert table.labels is not None
+    return LabelledTable(table.features, table.labels, table.feature_names)
+
+
+def load_features(
+    path: Path,
+    label_column: str,
+    *,
+    label_required: bool = False,
+    feature_names: tuple[str, ...] | None = None,
+) -> FeatureTable:
+    """Read ``path``'s feature columns (every column but ``label_column``), and its labels
+    if it has that column (required with ``label_required``). With ``feature_names`` the
+    file must hold exactly those feature columns (any order; returned in that order)."""
+    table = _read(path)
+    if label_required and label_column not in table.column_names:
+        raise InputDataError(
+            f"{path}: no label column {label_column!r}; columns are {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise InputDataError(f"{path}: no rows")
+    found = tuple(c for c in table.column_names if c != label_column)
+    if feature_names is not None and set(found) != set(feature_names):
+        raise InputDataError(
+            f"{path}: {column_difference(feature_names, found)}; expected the feature columns "
+            f"{', '.join(feature_names)} (and optionally the label column {label_column!r})"
+        )
+    names = found if feature_names is None else feature_names
+    if not names:
+        raise InputDataError(f"{path}: no feature columns besides {label_column!r}")
+    columns = [_numeric(path, table, column).astype(np.float32) for column in names]
+    labels = None
+    if label_column in table.column_names:
+        labels_float = _numeric(path, table, label_column)
+        bad = np.flatnonzero((labels_float < 0) | (labels_float != np.round(labels_float)))
+        if bad.size:
+            row = int(bad[0])
+            raise InputDataError(
+                f"{path}: column {label_column!r}, data row {row} (0-based): expected an "
+                f"integer label >= 0, found {float(labels_float[row]):g}"
+            )
+        labels = labels_float.astype(np.int64)
+    return FeatureTable(
+        features=np.ascontiguousarray(np.stack(columns, axis=1)),
+        labels=labels,
+        feature_names=tuple(names),
+    )
+
+
+def _read(path: Path) -> Any:
+    """The file as a pyarrow table, or one clear error."""
     import pyarrow as pa
 
     if not path.is_file():
@@ -48,32 +111,7 @@ def load_table(path: Path, label_column: str) -> LabelledTable:
             raise InputDataError(f"{path}: expected a .csv, .csv.gz, .tsv or .parquet file")
     except (pa.ArrowInvalid, OSError) as error:
         raise InputDataError(f"{path}: cannot be read: {error}") from error
-    if label_column not in table.column_names:
-        raise InputDataError(
-            f"{path}: no label column {label_column!r}; columns are {table.column_names}"
-        )
-    if table.num_rows == 0:
-        raise InputDataError(f"{path}: no rows")
-    feature_names = tuple(c for c in table.column_names if c != label_column)
-    if not feature_names:
-        raise InputDataError(f"{path}: no feature columns besides {label_column!r}")
-    columns = []
-    for column in feature_names:
-        values = _numeric(path, table, column)
-        columns.append(values.astype(np.float32))
-    labels_float = _numeric(path, table, label_column)
-    bad = np.flatnonzero((labels_float < 0) | (labels_float != np.round(labels_float)))
-    if bad.size:
-        row = int(bad[0])
-        raise InputDataError(
-            f"{path}: column {label_column!r}, data row {row} (0-based): expected an integer "
-            f"label >= 0, found {float(labels_float[row]):g}"
-        )
-    return LabelledTable(
-        features=np.ascontiguousarray(np.stack(columns, axis=1)),
-        labels=labels_float.astype(np.int64),
-        feature_names=feature_names,
-    )
+    return table
 
 
 def _numeric(path: Path, table: object, column: str) -> npt.NDArray[np.float64]:

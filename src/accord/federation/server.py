@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
@@ -42,8 +41,8 @@ from accord.federation.grid import (
 from accord.federation.naming import check_node_id
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
 from accord.federation.tensors import (
-    DEFAULT_CHUNK_BYTES,
     PROTOCOL_VERSION,
     TensorAssembler,
     decode_buffers,
@@ -52,6 +51,12 @@ from accord.federation.tensors import (
     state_digest,
     weights_digest,
 )
+from accord.federation.transport_settings import (
+    TransportSettings,
+    channel_options,
+    format_address,
+)
+from accord.federation.welcome import welcome_message
 from accord.rounds import NodeUpdate
 from accord.training.weights import Weights
 
@@ -63,49 +68,6 @@ logger = logging.getLogger(__name__)
 _WRITER_STOP_SECONDS = 2.0
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class TransportSettings:
-    """Where and how the server listens.
-
-    ``host`` (default 127.0.0.1; 0.0.0.0 for every interface) and ``port`` (default 50051;
-    0 picks a free one); ``chunk_bytes`` of tensor data per message (default 1 MiB);
-    ``max_message_bytes`` accepted from a node (default 4 MiB); ``registration_timeout``
-    seconds a new stream has to send ``Register`` (default 10); ``shutdown_grace`` seconds
-    given to nodes to close their streams at the end (default 2)."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    max_message_bytes: int = 4 << 20
-    registration_timeout: float = 10.0
-    shutdown_grace: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
-            raise ConfigurationError(f"port: expected 0..65535, got {self.port!r}")
-        if self.chunk_bytes < 1024 or self.chunk_bytes > self.max_message_bytes - 4096:
-            raise ConfigurationError(
-                f"chunk_bytes: expected 1024 .. max_message_bytes - 4096, got {self.chunk_bytes}"
-            )
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options both ends use: message limits, keepalive, no port sharing."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -139,8 +101,12 @@ class _Connection:
         self.future: asyncio.Future[tuple[str, Any, float]] | None = None
         self.assembler: TensorAssembler | None = None
         self.task: asyncio.Task[Any] | None = None
-        #: Set to the reason when the server ends this session itself (a final refusal).
-        self.refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: Set to (status, reason) when the server ends this session itself (a final refusal).
+        self.refused: asyncio.Future[tuple[grpc.StatusCode, str]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        #: The metadata and TLS auth context it registered with, checked again every round.
+        self.credentials: tuple[list[tuple[str, str | bytes]], Any] = ([], {})
 
     @property
     def node_id(self) -> str:
@@ -253,7 +219,7 @@ class GrpcGrid(Grid):
 
     # ----------------------------------------------------------------- sessions
 
-    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
         peer = context.peer()
         try:
             first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)
@@ -268,12 +234,12 @@ class GrpcGrid(Grid):
         register = first.register
         # Credentials first: a peer that cannot prove who it is learns nothing else.
         refusal = None
+        credentials = (
+            [(m.key, m.value) for m in (context.invocation_metadata() or ())],
+            context.auth_context(),
+        )
         if not self.authenticator.open:
-            refusal = self.authenticator.refusal(
-                register.node_id,
-                [(m.key, m.value) for m in (context.invocation_metadata() or ())],
-                context.auth_context(),
-            )
+            refusal = self.authenticator.refusal(register.node_id, *credentials)
         if refusal is not None:
             logger.warning("refused node %r from %s: %s", register.node_id[:64], peer, refusal)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
@@ -288,7 +254,12 @@ class GrpcGrid(Grid):
             )
         try:
             fingerprint = Fingerprint(dict(register.fingerprint))
-        except ConfigurationError as error:
+            moments = (
+                moments_from_proto(register.feature_moments)
+                if register.HasField("feature_moments")
+                else None
+            )
+        except (ConfigurationError, ProtocolError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         info = NodeInfo(
             node_id=register.node_id,
@@ -297,22 +268,28 @@ class GrpcGrid(Grid):
             n_classes=int(register.n_classes),
             validation_sample_count=int(register.validation_sample_count),
             fingerprint=fingerprint,
+            feature_moments=moments,
         )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
             logger.warning("node %s cannot join: %s", info.node_id, problem)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
         connection = _Connection(info, context)
+        connection.credentials = credentials
         connection.task = asyncio.current_task()
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
-            await context.write(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+            await context.write(
+                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
+            )
             await self._await_ready(connection, context)
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
-            connection.send(pb.ServerMessage(welcome=self._welcome(info.node_id)))
+            connection.send(
+                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
+            )
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -321,8 +298,8 @@ class GrpcGrid(Grid):
                     # End the stream from here: cancelling this handler would leave it open.
                     read.add_done_callback(_retrieve)
                     await _stop_writer(connection, writer)  # a write in flight blocks the status
-                    reason = connection.refused.result()
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, reason)
+                    code, reason = connection.refused.result()
+                    await context.abort(code, reason)
                 message = read.result()
                 if message is grpc.aio.EOF:
                     break
@@ -335,46 +312,6 @@ class GrpcGrid(Grid):
         finally:
             await _stop_writer(connection, writer)
             await self._detach(connection, "disconnected")
-
-    def _welcome(self, node_id: str) -> pb.Welcome:
-        spec = self.spec
-        if spec.model is None:  # a user app: the node builds its model itself
-            assert spec.layout is not None
-            return pb.Welcome(
-                protocol_version=PROTOCOL_VERSION,
-                run_id=spec.run_id,
-                node_id=node_id,
-                dim=spec.dim,
-                server_learning_rate=spec.server_learning_rate,
-                federated_evaluation=spec.federated_evaluation,
-                next_round=self._next_round,
-                app=True,
-                config_json=json.dumps(dict(spec.config)),
-                layout=[
-                    pb.ArrayInfo(
-                        name=e.name, dtype=e.dtype, shape=list(e.shape), trainable=e.trainable
-                    )
-                    for e in spec.layout.entries
-                ],
-            )
-        return pb.Welcome(
-            protocol_version=PROTOCOL_VERSION,
-            run_id=spec.run_id,
-            node_id=node_id,
-            model=pb.ModelSpec(kind=spec.model.kind, hidden=list(spec.model.hidden)),
-            n_features=spec.n_features,
-            n_classes=spec.n_classes,
-            dim=spec.dim,
-            local=pb.LocalTraining(
-                learning_rate=spec.local.learning_rate,
-                epochs=spec.local.epochs,
-                batch_size=spec.local.batch_size,
-                momentum=spec.local.momentum,
-            ),
-            server_learning_rate=spec.server_learning_rate,
-            federated_evaluation=spec.federated_evaluation,
-            next_round=self._next_round,
-        )
 
     async def _await_ready(
         self, connection: _Connection, context: grpc.aio.ServicerContext[Any, Any]
@@ -443,31 +380,51 @@ class GrpcGrid(Grid):
         except Exception as error:  # the stream is gone: the reader notices and detaches
             logger.debug("writing to node %s failed: %s", connection.node_id, error)
 
+    def _revoked(self, connection: _Connection) -> bool:
+        """Whether the credentials the node registered with are no longer accepted (a
+        renewed token, a revoked certificate); its session is then ended, refused."""
+        if self.authenticator.open:
+            return False
+        problem = self.authenticator.refusal(connection.node_id, *connection.credentials)
+        if problem is None:
+            return False
+        logger.warning(
+            "node %s: its credentials are no longer accepted (%s); ending its session",
+            connection.node_id,
+            problem,
+        )
+        if not connection.refused.done():
+            connection.refused.set_result((grpc.StatusCode.UNAUTHENTICATED, "credentials refused"))
+        return True
+
+    def _on_first_gradient(self, connection: _Connection, part: pb.FirstGradient) -> None:
+        if connection.expect != ("first", part.round_index) or connection.assembler is None:
+            logger.info(
+                "ignoring a late or unexpected first gradient from node %s (round %d)",
+                connection.node_id,
+                part.round_index + 1,
+            )
+            return
+        try:
+            array = connection.assembler.add(part.gradient)
+        except ProtocolError as error:
+            connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
+            return
+        if array is None:
+            return  # more chunks to come
+        value: object = array
+        if part.buffers:
+            try:
+                value = NodeUpdate(array, decode_buffers(part.buffers))  # type: ignore[arg-type]
+            except ProtocolError as error:
+                connection.resolve(("failed", f"malformed buffers: {error}", 0.0))
+                return
+        connection.resolve(("ok", value, float(part.train_seconds)))
+
     def _on_message(self, connection: _Connection, message: pb.NodeMessage) -> None:
         kind = message.WhichOneof("body")
         if kind == "first_gradient":
-            part = message.first_gradient
-            if connection.expect != ("first", part.round_index) or connection.assembler is None:
-                logger.info(
-                    "ignoring a late or unexpected first gradient from node %s (round %d)",
-                    connection.node_id,
-                    part.round_index + 1,
-                )
-                return
-            try:
-                array = connection.assembler.add(part.gradient)
-            except ProtocolError as error:
-                connection.resolve(("failed", f"malformed first gradient: {error}", 0.0))
-                return
-            if array is not None:
-                value: object = array
-                if part.buffers:
-                    try:
-                        value = NodeUpdate(array, decode_buffers(part.buffers))  # type: ignore[arg-type]
-                    except ProtocolError as error:
-                        connection.resolve(("failed", f"malformed buffers: {error}", 0.0))
-                        return
-                connection.resolve(("ok", value, float(part.train_seconds)))
+            self._on_first_gradient(connection, message.first_gradient)
         elif kind == "evaluate_reply":
             reply = message.evaluate_reply
             if connection.expect != ("evaluate", reply.round_index):
@@ -570,7 +527,12 @@ class GrpcGrid(Grid):
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
                     await self._detach(connection, "left out of the roster")
-                    connection.refused.set_result(f"node {node} is not in this run's roster")
+                    connection.refused.set_result(
+                        (
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                            f"node {node} is not in this run's roster",
+                        )
+                    )
 
         self._call(fix())
 
@@ -618,6 +580,9 @@ class GrpcGrid(Grid):
             if connection is None:
                 replies.failures[node] = "not connected"
                 continue
+            if kind == "first" and self._revoked(connection):
+                replies.failures[node] = "credentials refused (revoked since it registered)"
+                continue
             connection.resolve(("failed", "superseded by a newer request", 0.0))
             future: asyncio.Future[tuple[str, Any, float]] = loop.create_future()
             connection.expect, connection.future = (kind, round_index), future
@@ -637,17 +602,7 @@ class GrpcGrid(Grid):
             else:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
                 if full is None:
-                    full = [
-                        pb.ServerMessage(
-                            round_start=pb.RoundStart(
-                                round_index=round_index,
-                                weights_sha256=digest,
-                                global_weights=chunk,
-                                buffers=encode_buffers(buffers) if chunk.last else [],
-                            )
-                        )
-                        for chunk in encode_tensor(weights, self.transport.chunk_bytes)
-                    ]
+                    full = self._full_round_start(round_index, digest, weights, buffers)
                 for message in full:
                     connection.send(message)
                 connection.weights_digest = digest  # unless the node reports a failure
@@ -661,16 +616,29 @@ class GrpcGrid(Grid):
             if cut_short
             else f"no {what} within the {timeout:g} s round deadline"
         )
-        for node, (connection, future) in waiting.items():
-            if not future.done():
-                connection.resolve(("failed", late, 0.0))
-            status, value, seconds = future.result()
-            if status == "ok":
-                replies.values[node] = value
-                replies.work_seconds[node] = seconds
-            else:
-                replies.failures[node] = str(value)
+        _gather(waiting, late, replies)
         return replies
+
+    def _full_round_start(
+        self, round_index: int, digest: bytes, weights: FloatArray, buffers: Weights | None
+    ) -> list[pb.ServerMessage]:
+        """``RoundStart`` with the whole weights, chunked; buffers and the standardisation
+        ride on the message of the last chunk."""
+        standardisation = (
+            None if self.standardisation is None else standardisation_to_proto(self.standardisation)
+        )
+        return [
+            pb.ServerMessage(
+                round_start=pb.RoundStart(
+                    round_index=round_index,
+                    weights_sha256=digest,
+                    global_weights=chunk,
+                    buffers=encode_buffers(buffers) if chunk.last else [],
+                    standardisation=standardisation,
+                )
+            )
+            for chunk in encode_tensor(weights, self.transport.chunk_bytes)
+        ]
 
     def broadcast_second_gradient(
         self,
@@ -739,3 +707,20 @@ class GrpcGrid(Grid):
             self._call(close())
         finally:
             self._stop_loop()
+
+
+def _gather(
+    waiting: Mapping[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]],
+    late: str,
+    replies: Replies,
+) -> None:
+    """Each awaited node's answer into ``replies``; one still missing fails as ``late``."""
+    for node, (connection, future) in waiting.items():
+        if not future.done():
+            connection.resolve(("failed", late, 0.0))
+        status, value, seconds = future.result()
+        if status == "ok":
+            replies.values[node] = value
+            replies.work_seconds[node] = seconds
+        else:
+            replies.failures[node] = str(value)

@@ -74,9 +74,11 @@ class ServerSettings:
     ``run`` holds the same scenario, model, local-training, round, stop and policy settings
     as ``accord simulate``; ``policy`` names the weighting policy; ``validation_data`` and
     ``test_data`` are CSV/Parquet files (with ``label_column``) the server scores on instead
-    of the scenario's held-out sets. ``app`` (``package.module:factory``) runs a user's
-    :class:`~accord.fl.ServerApp` instead of a scenario; ``app_config`` is the JSON object
-    its factory and every node receive.
+    of the scenario's held-out sets; ``standardise_from`` (with ``validation_data``) a
+    saved transform (``.json``) or a CSV/Parquet file whose statistics standardise every
+    node's and the server's data, instead of the nodes' combined statistics. ``app``
+    (``package.module:factory``) runs a user's :class:`~accord.fl.ServerApp` instead of a
+    scenario; ``app_config`` is the JSON object its factory and every node receive.
     """
 
     run: SimulationSettings = field(default_factory=SimulationSettings)
@@ -85,6 +87,7 @@ class ServerSettings:
     validation_data: str | None = None
     test_data: str | None = None
     label_column: str = "label"
+    standardise_from: str | None = None
     app: str | None = None
     app_config: str = "{}"
 
@@ -96,6 +99,11 @@ class ServerSettings:
             )
         if self.test_data is not None and self.validation_data is None:
             raise ConfigurationError("test_data: give validation_data as well")
+        if self.standardise_from is not None and self.validation_data is None:
+            raise ConfigurationError(
+                "standardise_from: give validation_data as well (a built-in scenario's data "
+                "is already scaled)"
+            )
 
     @property
     def expected_nodes(self) -> int:

@@ -11,6 +11,11 @@ Everything the server sends is checked before it is applied: dtype float32, shap
 ``(dim,)``, finite values, the buffers' names, shapes and dtypes, and the SHA-256 digest of
 the weights (and buffers) it should produce. An exception from user code fails the round
 for this node with the exception's text, never the node process.
+
+A built-in worker made with ``global_standardisation=True`` (``accord node --data`` by
+default) holds its samples as read, reports their moments at registration, and trains only
+once the server has sent the run's :class:`~accord.data.standardise.Standardisation` (with
+the first full weights); it then trains and validates on the standardised samples.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray
 from accord.data.faults import NodeFault
+from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError, InputDataError, ProtocolError
 from accord.federation.grid import Evaluation, NodeInfo, RunSpec
 from accord.federation.naming import check_node_id
@@ -80,6 +86,7 @@ class NodeWorker:
         seed: int,
         validation: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
         fault: NodeFault | None = None,
+        global_standardisation: bool = False,
         device: str = "cpu",
     ) -> None:
         problem = check_node_id(node_id)
@@ -100,6 +107,15 @@ class NodeWorker:
         self.seed = seed
         self.validation = validation
         self.fault = fault
+        #: The samples as given, when the run's standardisation is still to be applied.
+        self.raw: (
+            tuple[
+                npt.NDArray[np.float32],
+                tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None,
+            ]
+            | None
+        ) = (self.features, validation) if global_standardisation else None
+        self.standardisation: Standardisation | None = None
         self.device = device
         self._factory: NodeFactory | None = None
         self._sample_count = int(labels.shape[0])
@@ -121,6 +137,7 @@ class NodeWorker:
         worker.features, worker.labels = None, None
         worker.seed, worker.validation, worker.fault, worker.device = 0, None, None, "cpu"
         worker._factory = factory
+        worker.raw, worker.standardisation = None, None
         worker._sample_count = 0  # known once the node is built
         worker.spec, worker.node, worker.layout = None, None, None
         worker.weights, worker.buffers, worker._digest = None, {}, None
@@ -145,6 +162,7 @@ class NodeWorker:
             n_features=int(self.features.shape[1]),
             n_classes=label_max + 1,
             validation_sample_count=0 if self.validation is None else len(self.validation[1]),
+            feature_moments=None if self.raw is None else FeatureMoments.of(self.raw[0]),
         )
 
     def _build(self, spec: RunSpec) -> Node:
@@ -234,9 +252,14 @@ class NodeWorker:
         weights: FloatArray | None,
         weights_sha256: bytes,
         buffers: Weights | None = None,
+        standardisation: Standardisation | None = None,
     ) -> FloatArray | NodeUpdate:
-        """Take ``w_t`` (or check the local copy against its digest); return ``g_i`` (with
-        the node's buffers after training, for a model that has buffers)."""
+        """Take ``w_t`` (or check the local copy against its digest) and the run's
+        standardisation, if this node waits for one; return ``g_i`` (with the node's buffers
+        after training, for a model that has buffers)."""
+        self._ready()
+        if self.raw is not None:
+            self._standardise(standardisation)
         spec, node, layout = self._ready()
         if weights is not None:
             weights = check_weights(weights, spec.dim, "global weights")
@@ -264,6 +287,36 @@ class NodeWorker:
         except Exception as error:  # user code: fail this round, not the node
             raise InputDataError(f"fit raised {type(error).__name__}: {error}") from error
         return _update_of(result, layout, self.weights)
+
+    def _standardise(self, standardisation: Standardisation | None) -> None:
+        """Apply the run's transform to the samples as given (once; again only if the
+        server sends a different one), or refuse to train without one."""
+        assert self.raw is not None and self.spec is not None
+        if standardisation is None:
+            if self.standardisation is None:
+                raise ProtocolError(
+                    "this node standardises its data with the run's global statistics, and "
+                    "the server sent none (start the node with --standardise own or off to "
+                    "train on data the server does not standardise)"
+                )
+            return
+        if self.standardisation is not None and (
+            np.array_equal(standardisation.mean, self.standardisation.mean)
+            and np.array_equal(standardisation.scale, self.standardisation.scale)
+        ):
+            return
+        if standardisation.n_features != self.raw[0].shape[1]:
+            raise ProtocolError(
+                f"the server's standardisation covers {standardisation.n_features} features; "
+                f"this node has {self.raw[0].shape[1]}"
+            )
+        features, validation = self.raw
+        self.features = standardisation.apply(features)
+        if validation is not None:
+            self.validation = (standardisation.apply(validation[0]), validation[1])
+        self.standardisation = standardisation
+        self.node = self._build(self.spec)  # the same model, on the standardised samples
+        logger.info("node %s: data standardised with the run's global statistics", self.node_id)
 
     def apply_second_gradient(
         self,

@@ -11,7 +11,16 @@ Run them in this process with :func:`accord.simulation.run_app`, over gRPC with
 
 from __future__ import annotations
 
-from accord.fl.contracts import ROUND, EvalResult, FitResult, Node, Scorer, ServerApp
+from accord.fl.contracts import (
+    ROUND,
+    EvalResult,
+    FitResult,
+    Node,
+    NodeAppFactory,
+    Scorer,
+    ServerApp,
+    ServerAppFactory,
+)
 from accord.fl.tabular import TabularNode
 from accord.fl.torch_app import HeldOut, TorchNode, TorchServerApp
 from accord.training.weights import (
@@ -29,8 +38,10 @@ __all__ = [
     "FitResult",
     "HeldOut",
     "Node",
+    "NodeAppFactory",
     "Scorer",
     "ServerApp",
+    "ServerAppFactory",
     "TabularNode",
     "TorchNode",
     "TorchServerApp",

@@ -15,7 +15,7 @@ any ``nn.Module`` and ``DataLoader``; the built-in tabular nodes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,8 +28,10 @@ __all__ = [
     "EvalResult",
     "FitResult",
     "Node",
+    "NodeAppFactory",
     "Scorer",
     "ServerApp",
+    "ServerAppFactory",
 ]
 
 #: The key of ``config`` that carries the round's index (0-based) in every ``fit`` call.
@@ -118,3 +120,13 @@ class ServerApp(Protocol):
     def validation(self) -> Scorer | None: ...
 
     def test(self) -> Scorer | None: ...
+
+
+#: ``accord node --app MODULE:FACTORY``: ``FACTORY(node_id, config)`` returns the node's
+#: :class:`Node`; ``config`` is the server's ``--app-config`` values updated with the node's
+#: own (and ``device``). Called once the node has registered, so it sees the run's values.
+NodeAppFactory = Callable[[str, Mapping[str, Any]], Node]
+
+#: ``accord server --app MODULE:FACTORY``: ``FACTORY(config)`` returns the run's
+#: :class:`ServerApp`; ``config`` is the ``--app-config`` values (and ``device``).
+ServerAppFactory = Callable[[Mapping[str, Any]], ServerApp]

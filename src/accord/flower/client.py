@@ -1,4 +1,5 @@
-"""A Flower ``ClientApp`` whose nodes are the nodes of an Accord scenario.
+"""Flower ``ClientApp``s around Accord nodes: any :class:`accord.fl.Node`, or the nodes of
+an Accord scenario.
 
 Flower node ``partition-id`` *i* (its ``node_config``, set by Flower's simulation or by
 ``flower-supernode --node-config "partition-id=i num-partitions=N"``) holds exactly what
@@ -16,25 +17,25 @@ The node replies as any Flower client does: its trained weights ``w_i = w_t − 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from accord.aggregation.base import FloatArray
-from accord.data.faults import FaultSpec, node_first_gradient
+from accord.data.faults import FaultSpec
 from accord.data.partition import PartitionSpec
 from accord.errors import ConfigurationError
-from accord.flower._weights import Layout
-from accord.flower.strategy import arrays_to_weights, weights_to_arrays
+from accord.fl.contracts import ROUND, FitResult, Node
+from accord.fl.tabular import TabularNode
+from accord.flower.records import arrays_to_weights, weights_to_arrays
 from accord.scenario import ScenarioData, ScenarioSettings, build_scenario, node_seed
-from accord.training.local import LocalTrainer, LocalTrainingSettings
-from accord.training.models import ModelSpec, build_model
+from accord.training.local import LocalTrainingSettings
+from accord.training.models import ModelSpec
+from accord.training.weights import WeightLayout, Weights
 
-__all__ = ["ScenarioClientSettings", "scenario_client_app"]
+__all__ = ["NodeFactory", "ScenarioClientSettings", "node_client_app", "scenario_client_app"]
 
 
 @dataclass(frozen=True)
@@ -79,34 +80,23 @@ class ScenarioClientSettings:
         return cls(scenario=scenario, model=ModelSpec(hidden=hidden), local=local)
 
 
-class _Node:
-    """One scenario node's data and trainers, built once per process."""
-
-    def __init__(self, settings: ScenarioClientSettings, data: ScenarioData, index: int) -> None:
-        seed = settings.scenario.seed
-        self.data = data
-        self.node = data.nodes[index]
-
-        def trainer(labels: np.ndarray[Any, Any]) -> LocalTrainer:
-            model = build_model(settings.model, data.n_features, data.n_classes, seed)
-            return LocalTrainer(
-                model, self.node.features, labels, settings.local, node_seed(seed, index)
-            )
-
-        self.trainer = trainer(self.node.labels)
-        self.flipped = (
-            trainer(self.node.flipped_labels) if self.node.flipped_labels is not None else None
-        )
-        self.layout = Layout.of_module(self.trainer.flat.module)
-
-    def first_gradient(self, weights: FloatArray, round_index: int) -> FloatArray:
-        def train(flipped: bool) -> FloatArray:
-            chosen = self.flipped if flipped and self.flipped is not None else self.trainer
-            return chosen.first_gradient(weights, round_index)
-
-        return node_first_gradient(
-            self.data.node_fault(self.node), round_index, train, self.layout.dim
-        )
+def _scenario_node(settings: ScenarioClientSettings, index: int) -> Node:
+    """Node ``index`` of the scenario, built exactly as ``accord simulate`` builds it (the
+    built-in :class:`~accord.fl.TabularNode`), scored on its own samples by ``evaluate``."""
+    data = _scenario(settings.scenario)
+    node = data.nodes[index]
+    seed = settings.scenario.seed
+    return TabularNode(
+        node.features,
+        node.labels,
+        spec=settings.model,
+        n_classes=data.n_classes,
+        settings=settings.local,
+        seed=node_seed(seed, index),
+        model_seed=seed,
+        fault=data.node_fault(node),
+        validation=(node.features, node.labels),
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -114,12 +104,8 @@ def _scenario(settings: ScenarioSettings) -> ScenarioData:
     return build_scenario(settings)
 
 
-@functools.lru_cache(maxsize=64)
-def _node(settings: ScenarioClientSettings, index: int) -> _Node:
-    return _Node(settings, _scenario(settings.scenario), index)
-
-
-def _partition(context: Context, settings: ScenarioClientSettings) -> int:
+def _partition(context: Context, nodes: int | None) -> int:
+    """The node's ``partition-id`` from its node config, checked against ``nodes``."""
     try:
         index = int(context.node_config["partition-id"])
     except (KeyError, TypeError, ValueError) as error:
@@ -127,8 +113,9 @@ def _partition(context: Context, settings: ScenarioClientSettings) -> int:
             "node config: expected an integer 'partition-id' (flower-supernode "
             f'--node-config "partition-id=I num-partitions=N"), got {dict(context.node_config)}'
         ) from error
+    if nodes is None:
+        return index
     partitions = context.node_config.get("num-partitions")
-    nodes = settings.scenario.nodes
     if partitions is not None and int(partitions) != nodes:
         raise ConfigurationError(
             f"node config: num-partitions is {partitions}, expected the scenario's {nodes} nodes"
@@ -138,53 +125,83 @@ def _partition(context: Context, settings: ScenarioClientSettings) -> int:
     return index
 
 
-def scenario_client_app(settings: ScenarioClientSettings | None = None) -> ClientApp:
-    """A ``ClientApp`` training the scenario's nodes (``None``: read the settings from the
-    run config with :meth:`ScenarioClientSettings.from_run_config`)."""
-    app = ClientApp()
+#: Builds (or returns a cached) node for a Flower ``Context``.
+NodeFactory = Callable[[Context], Node]
 
-    def settings_of(context: Context) -> ScenarioClientSettings:
-        if settings is not None:
-            return settings
-        return ScenarioClientSettings.from_run_config(context.run_config)
+
+def node_client_app(factory: NodeFactory) -> ClientApp:
+    """A ``ClientApp`` around any :class:`accord.fl.Node`: ``train`` calls the node's
+    ``fit`` with the received weights and ``{ROUND: server-round − 1, **config}`` and replies
+    with its trained weights (``w_t − g_i`` and its buffers when ``fit`` returns a first
+    gradient) and ``MetricRecord({"num-examples", "partition-id" (when the node config has
+    one), **fit metrics})``; ``evaluate`` replies with the node's loss, accuracy and count.
+    ``factory(context)`` is called for every message: cache the node in it (e.g. by
+    ``partition-id``) to keep its data and model between rounds."""
+    app = ClientApp()
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        chosen = settings_of(context)
-        index = _partition(context, chosen)
-        node = _node(chosen, index)
+        node = factory(context)
         weights = arrays_to_weights(message.content.array_records["arrays"])
-        reason = node.layout.mismatch(weights)
-        if reason is not None:
-            raise ConfigurationError(f"arrays from the server: {reason}")
-        server_round = message.content.config_records["config"].get("server-round")
+        layout = node.layout()
+        layout.check(weights, "arrays from the server")
+        config = dict(message.content.config_records["config"])
+        server_round = config.get("server-round")
         if not isinstance(server_round, int) or server_round < 1:
             raise ConfigurationError(
                 f"config from the server: expected server-round >= 1, got {server_round!r}"
             )
-        round_index = server_round - 1
-        flat = node.layout.flatten(weights)
-        trained = flat - node.first_gradient(flat, round_index)
-        reply = node.layout.join(trained.astype(np.float32), node.layout.buffers_of(weights))
-        metrics = MetricRecord({"num-examples": node.node.sample_count, "partition-id": index})
-        content = RecordDict({"arrays": weights_to_arrays(reply), "metrics": metrics})
+        result = node.fit(weights, {**config, ROUND: server_round - 1})
+        trained = _trained_weights(layout, weights, result)
+        metrics: dict[str, int | float] = {"num-examples": result.sample_count}
+        metrics.update({key: float(value) for key, value in result.metrics.items()})
+        if "partition-id" in context.node_config:
+            metrics["partition-id"] = int(context.node_config["partition-id"])
+        content = RecordDict(
+            {"arrays": weights_to_arrays(trained), "metrics": MetricRecord(metrics)}  # type: ignore[arg-type]
+        )
         return Message(content=content, reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        chosen = settings_of(context)
-        index = _partition(context, chosen)
-        node = _node(chosen, index)
+        node = factory(context)
         weights = arrays_to_weights(message.content.array_records["arrays"])
-        node.trainer.flat.set_flat(node.layout.flatten(weights))
-        loss, accuracy = node.trainer.evaluate()
-        metrics = MetricRecord(
-            {
-                "num-examples": node.node.sample_count,
-                "loss": loss,
-                "accuracy": accuracy,
-            }
-        )
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
+        config = dict(message.content.config_records.get("config", {}))
+        result = node.evaluate(weights, config)
+        metrics = {
+            "num-examples": result.sample_count,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            **{key: float(value) for key, value in result.metrics.items()},
+        }
+        return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=message)  # type: ignore[arg-type]
 
     return app
+
+
+def _trained_weights(layout: WeightLayout, sent: Weights, result: FitResult) -> dict[str, Any]:
+    """``w_i`` from a node's ``fit``: its weights, or ``w_t − g_i`` with its buffers."""
+    if result.weights is not None:
+        layout.check(result.weights, "the node's weights")
+        return dict(result.weights)
+    assert result.first_gradient is not None  # FitResult holds exactly one of the two
+    gradient = layout.flatten(result.first_gradient)
+    buffers = result.buffers if result.buffers else layout.buffers_of(sent)
+    return layout.join(layout.flatten(sent) - gradient, buffers)
+
+
+def scenario_client_app(settings: ScenarioClientSettings | None = None) -> ClientApp:
+    """A ``ClientApp`` whose node ``partition-id`` is that node of the scenario (``None``:
+    read the settings from the run config with
+    :meth:`ScenarioClientSettings.from_run_config`)."""
+    cache: dict[tuple[ScenarioClientSettings, int], Node] = {}
+
+    def factory(context: Context) -> Node:
+        chosen = settings or ScenarioClientSettings.from_run_config(context.run_config)
+        index = _partition(context, chosen.scenario.nodes)
+        key = (chosen, index)
+        if key not in cache:
+            cache[key] = _scenario_node(chosen, index)
+        return cache[key]
+
+    return node_client_app(factory)

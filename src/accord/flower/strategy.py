@@ -18,10 +18,10 @@ What crosses Flower's messages:
   ``ClientApp`` replies. The strategy computes the first gradient ``g_i = w_t − w_i`` over
   the trainable parameters, as one float32 vector (the policies never see buffers).
 
-Buffers (BatchNorm's running statistics) are combined outside the policy, over the nodes
-whose first gradient the round uses: a floating-point buffer is the mean weighted by the
-nodes' ``num-examples`` of this round; an integer buffer (``num_batches_tracked``) is the
-maximum.
+Buffers (BatchNorm's running statistics) are combined outside the policy by the round
+engine (:func:`accord.training.weights.combine_buffers`), over the nodes whose first
+gradient the round uses: a floating-point buffer is the mean weighted by the nodes' data
+sizes; an integer buffer (``num_batches_tracked``) is the maximum.
 
 The *roster* is fixed by the first round: the nodes that replied to it (their
 ``num-examples`` then are the data sizes the policies use). Later rounds train the roster
@@ -41,7 +41,6 @@ logged, and returned to Flower as the round's training ``MetricRecord``
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -50,9 +49,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -62,62 +59,29 @@ from flwr.app import (
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from torch import nn
 
 from accord._validation import require_int, require_number
 from accord.aggregation.actor_critic import ActorCriticSettings
-from accord.aggregation.base import Aggregator, ServerUpdateFn, ValidationFn
+from accord.aggregation.base import Aggregator, ServerUpdateFn
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.aggregation.registry import POLICIES, make_policy
 from accord.errors import ConfigurationError, InputDataError, PeerError, ProtocolError
-from accord.flower._weights import Layout, Weights, combine_buffers
-from accord.rounds import DivergedError, RoundEngine, RoundRecord, RoundSettings
+from accord.flower.records import (
+    HeldOutData,
+    ModelSource,
+    arrays_to_weights,
+    build_model_copy,
+    make_scorer,
+    weights_to_arrays,
+)
+from accord.rounds import DivergedError, NodeUpdate, RoundEngine, RoundRecord, RoundSettings
 from accord.scenario import node_id, node_seed
-from accord.training.evaluation import make_validation_fn
 from accord.training.local import LocalTrainingSettings, root_update
-from accord.training.models import FlatModel
+from accord.training.weights import WeightLayout, Weights
 
-__all__ = [
-    "AccordStrategy",
-    "HeldOutData",
-    "ModelSource",
-    "StrategySettings",
-    "arrays_to_weights",
-    "make_evaluate_fn",
-    "weights_to_arrays",
-]
+__all__ = ["AccordStrategy", "StrategySettings"]
 
 logger = logging.getLogger(__name__)
-
-#: A model, or a function that builds a freshly initialised one.
-ModelSource = nn.Module | Callable[[], nn.Module]
-
-
-@dataclass(frozen=True)
-class HeldOutData:
-    """The server's held-out samples: ``features`` (n, ...) float32 in the model's input
-    shape and ``labels`` (n,) class indices. Scored with mean cross-entropy and accuracy."""
-
-    features: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.int64]
-
-    def __post_init__(self) -> None:
-        features = np.asarray(self.features)
-        labels = np.asarray(self.labels)
-        if features.ndim < 2 or features.shape[0] == 0:
-            raise InputDataError(
-                f"held-out features: expected an array of shape (n >= 1, ...), got {features.shape}"
-            )
-        if labels.shape != (features.shape[0],):
-            raise InputDataError(
-                f"held-out labels: expected shape ({features.shape[0]},), got {labels.shape}"
-            )
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise InputDataError(f"held-out labels: expected integers, got dtype {labels.dtype}")
-        if not np.isfinite(features).all():
-            raise InputDataError("held-out features: contain NaN or Inf")
-        object.__setattr__(self, "features", np.ascontiguousarray(features, dtype=np.float32))
-        object.__setattr__(self, "labels", np.ascontiguousarray(labels, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -174,77 +138,11 @@ class StrategySettings:
                 raise ConfigurationError(f"{key}: expected a non-empty record key, got ''")
 
 
-def arrays_to_weights(arrays: ArrayRecord) -> dict[str, npt.NDArray[Any]]:
-    """A Flower ``ArrayRecord`` as named numpy arrays (a ``state_dict`` of numpy arrays)."""
-    return {name: array.numpy() for name, array in arrays.items()}
-
-
-def weights_to_arrays(weights: Weights) -> ArrayRecord:
-    """Named numpy arrays as a Flower ``ArrayRecord`` (order kept)."""
-    return ArrayRecord(
-        {name: Array(np.asarray(value, order="C")) for name, value in weights.items()}
-    )
-
-
-def _build(model: ModelSource) -> nn.Module:
-    """A private copy of the model in eval mode (the strategy changes its buffers)."""
-    module = copy.deepcopy(model) if isinstance(model, nn.Module) else model()
-    if not isinstance(module, nn.Module):
-        raise ConfigurationError(
-            f"model: expected a torch.nn.Module or a function returning one, got "
-            f"{type(module).__name__}"
-        )
-    return module.eval()
-
-
-class _Scorer:
-    """A validation function over one model copy whose buffers follow the global model's."""
-
-    def __init__(self, model: ModelSource, data: HeldOutData) -> None:
-        self.module = _build(model)
-        self.score: ValidationFn = make_validation_fn(
-            FlatModel(self.module), data.features, data.labels
-        )
-
-    def set_buffers(self, buffers: Weights) -> None:
-        if not buffers:
-            return
-        state = self.module.state_dict()
-        with torch.no_grad():
-            for name, value in buffers.items():
-                state[name].copy_(torch.from_numpy(np.asarray(value, order="C")))
-
-
-def make_evaluate_fn(
-    model: ModelSource, data: HeldOutData
-) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """Server-side evaluation for any Flower strategy's ``start(evaluate_fn=...)``: loads
-    the round's arrays into a copy of ``model`` and returns ``{"loss", "accuracy"}`` on
-    ``data`` (mean cross-entropy, as Accord scores)."""
-    module = _build(model)
-    inputs = torch.from_numpy(data.features)
-    targets = torch.from_numpy(data.labels)
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        state = {
-            name: torch.from_numpy(np.asarray(value, order="C"))
-            for name, value in arrays_to_weights(arrays).items()
-        }
-        module.load_state_dict(state, strict=True)
-        with torch.no_grad():
-            logits = module(inputs)
-            loss = float(torch.nn.functional.cross_entropy(logits, targets))
-            accuracy = float((logits.argmax(dim=1) == targets).float().mean())
-        return MetricRecord({"loss": loss, "accuracy": accuracy})
-
-    return evaluate
-
-
 @dataclass
 class _Reply:
     """One usable train reply: the node's trained weights and sample count."""
 
-    weights: dict[str, npt.NDArray[Any]]
+    weights: dict[str, npt.NDArray[np.generic]]
     sample_count: float
     name: int | None
 
@@ -277,8 +175,8 @@ class AccordStrategy(Strategy):
     ) -> None:
         self.settings = settings or StrategySettings()
         self.model = model
-        self._module = _build(model)
-        self.layout = Layout.of_module(self._module)
+        self._module = build_model_copy(model)
+        self.layout = WeightLayout.of_module(self._module)
         if self.layout.dim == 0:
             raise ConfigurationError("model: expected trainable parameters, found none")
         self.policy = policy or make_policy(
@@ -293,13 +191,15 @@ class AccordStrategy(Strategy):
                 f"validation: policy {self.policy.name!r} scores candidates on the server's "
                 "validation set; give AccordStrategy(validation=HeldOutData(...))"
             )
-        self._validation = None if validation is None else _Scorer(model, validation)
-        self._test = None if test is None else _Scorer(model, test)
+        self._validation = (
+            None if validation is None else make_scorer(model, validation, self.layout)
+        )
+        self._test = None if test is None else make_scorer(model, test, self.layout)
         self._server_update: ServerUpdateFn | None = None
         if self.policy.root_samples > 0:
             assert validation is not None  # FLTrust needs validation (checked above)
             self._server_update = root_update(
-                _build(model).train(),
+                build_model_copy(model).train(),
                 validation.features,
                 validation.labels,
                 self.settings.root_training,
@@ -345,7 +245,7 @@ class AccordStrategy(Strategy):
         """Send ``w_t`` to every roster node still connected (round 1: every node, once
         ``min_nodes`` are connected)."""
         weights = arrays_to_weights(arrays)
-        reason = self.layout.mismatch(weights)
+        reason = _mismatch(self.layout, weights)
         if reason is not None:
             raise ConfigurationError(f"arrays of round {server_round}: {reason}")
         if self.engine is not None and not np.array_equal(
@@ -390,29 +290,20 @@ class AccordStrategy(Strategy):
         assert engine is not None and self._sent is not None
         by_name = {self._name_of(node): reply for node, reply in usable.items()}
         failures = {self._name_of(node): reason for node, reason in failed.items()}
-        first_gradients = {
-            name: np.asarray(engine.global_weights - self.layout.flatten(reply.weights), np.float32)
-            for name, reply in by_name.items()
-        }
-        present = [
-            name
-            for name in engine.roster
-            if name in by_name and name not in failures and np.isfinite(first_gradients[name]).all()
-        ]
-        buffers = (
-            combine_buffers(
-                [self.layout.buffers_of(by_name[name].weights) for name in present],
-                [by_name[name].sample_count for name in present],
-                self.layout,
+        # The first gradient w_t − w_i over the trainable arrays; with buffers the engine
+        # also gets the node's buffers and combines them (accord.training.weights).
+        answers: dict[str, object] = {}
+        for name, reply in by_name.items():
+            gradient = np.asarray(
+                engine.global_weights - self.layout.flatten(reply.weights), np.float32
             )
-            if present
-            else self.layout.buffers_of(self._sent)
-        )
-        for scorer in (self._validation, self._test):
-            if scorer is not None:
-                scorer.set_buffers(buffers)
+            answers[name] = (
+                NodeUpdate(gradient, self.layout.buffers_of(reply.weights))
+                if self.layout.buffers
+                else gradient
+            )
         try:
-            pending = engine.aggregate(first_gradients, failures)
+            pending = engine.aggregate(answers, failures)
         except DivergedError as error:
             self.diverged = error.reason
             logger.warning("round %d: the run diverged: %s", server_round, error.reason)
@@ -424,7 +315,7 @@ class AccordStrategy(Strategy):
         self.records.append(record)
         if record.diverged is not None:
             self.diverged = record.diverged
-        new_weights = self.layout.join(np.array(engine.global_weights), buffers)
+        new_weights = self.layout.join(np.array(engine.global_weights), engine.global_buffers)
         _log_record(record)
         return weights_to_arrays(new_weights), _metrics_of(record)
 
@@ -523,7 +414,7 @@ class AccordStrategy(Strategy):
         if arrays is None:
             return None, f"no ArrayRecord {self.settings.arrayrecord_key!r}"
         weights = arrays_to_weights(arrays)
-        reason = self.layout.mismatch(weights)
+        reason = _mismatch(self.layout, weights)
         if reason is not None:
             return None, reason
         count: float | None = None
@@ -555,15 +446,32 @@ class AccordStrategy(Strategy):
             sample_counts={self._names[node]: reply.sample_count for node, reply in usable.items()},
             initial_weights=self.layout.flatten(self._sent),
             aggregator=self.policy,
-            validate=None if self._validation is None else self._validation.score,
-            test=None if self._test is None else self._test.score,
+            validate=self._validation,
+            test=self._test,
             settings=RoundSettings(server_learning_rate=self.settings.server_learning_rate),
             server_update=self._server_update,
+            layout=self.layout,
+            initial_buffers=self.layout.buffers_of(self._sent),
+            validation_gradient=None if self._validation is None else self._validation.gradient,
         )
         logger.info("roster fixed by round 1: %d nodes %s", len(roster), list(roster))
 
     def _name_of(self, node: int) -> str:
         return self._names.get(node, f"unknown-{node}")
+
+
+def _mismatch(layout: WeightLayout, weights: Weights) -> str | None:
+    """Why ``weights`` cannot be used with ``layout`` (names, shapes, dtypes, a non-finite
+    buffer), or ``None``. Non-finite trainable values are the round engine's to judge."""
+    try:
+        layout.check(weights, "arrays")
+    except InputDataError as error:
+        return str(error).removeprefix("arrays: ")
+    for entry in layout.buffers:
+        array = np.asarray(weights[entry.name])
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            return f"buffer {entry.name} contains NaN or Inf"
+    return None
 
 
 def _metrics_of(record: RoundRecord) -> MetricRecord:

@@ -6,15 +6,17 @@ the networked server uses.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from accord.aggregation.base import Aggregator, FloatArray
 from accord.aggregation.registry import make_policy
+from accord.federation.driver import FederatedRun
+from accord.federation.grid import RunSpec
 from accord.fl.tabular import TabularNode
 from accord.rounds import DivergedError, RoundEngine
 from accord.run import (
@@ -24,7 +26,7 @@ from accord.run import (
     stop_reason_of_round,
 )
 from accord.scenario import NodeData, ScenarioData, build_scenario, node_seed
-from accord.training.evaluation import make_validation_fn
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
 from accord.training.local import root_update
 from accord.training.models import FlatModel, build_model
 
@@ -94,7 +96,11 @@ class Simulation:
             test=make_validation_fn(self.flat, holdout.test.features, holdout.test.labels),
             settings=settings.rounds,
             server_update=server_update,
+            validation_gradient=make_validation_gradient_fn(
+                self.flat, holdout.validation.features, holdout.validation.labels
+            ),
         )
+        self._driver = _in_memory_driver(self)
 
     def _node(self, node: NodeData) -> TabularNode:
         seed = self.settings.scenario.seed
@@ -123,14 +129,11 @@ class Simulation:
         return self.data.faulty_in_round(round_index)
 
     def run_round(self) -> TimedRecord:
-        started = time.perf_counter()
-        weights = np.array(self.engine.global_weights)
-        gradients = self.first_gradients(weights, self.engine.round_index)
-        local_seconds = time.perf_counter() - started
+        """One round: the federated driver's round over the in-memory grid, with the
+        scenario's truth of which nodes were faulty in it."""
         faulty = tuple(sorted(self.data.faulty_in_round(self.engine.round_index)))
-        pending = self.engine.aggregate(gradients)
-        record = self.engine.conclude(pending)
-        return TimedRecord(record, time.perf_counter() - started, local_seconds, faulty)
+        timed = self._driver.play_round(self.engine, self.engine.roster, self.engine.roster)
+        return dataclasses.replace(timed, faulty=faulty)
 
     def run(
         self,
@@ -169,3 +172,55 @@ class Simulation:
             faulty_nodes=self.data.faulty_nodes,
             seconds=time.perf_counter() - started,
         )
+
+
+def _in_memory_driver(simulation: Simulation) -> FederatedRun:
+    """The federated driver over an in-memory grid of the simulation's nodes: each node is
+    a :class:`~accord.federation.worker.NodeWorker` around its
+    :class:`~accord.fl.TabularNode`, as in an ``accord node`` process, so the simulation is
+    the federated run without the network (DESIGN §3: one driver)."""
+    from accord.federation.grid import InMemoryGrid, RunSpec
+    from accord.federation.settings import FederationSettings
+    from accord.federation.worker import NodeWorker
+
+    settings = simulation.settings
+    spec = RunSpec(
+        run_id="in-process",
+        model=None,
+        n_features=0,
+        n_classes=0,
+        dim=simulation.engine.dim,
+        local=settings.local,
+        server_learning_rate=settings.rounds.server_learning_rate,
+        federated_evaluation=False,
+    )
+    workers = {
+        data.node_id: NodeWorker.of_app(data.node_id, _constant(node))
+        for data, node in zip(simulation.data.nodes, simulation.nodes, strict=True)
+    }
+    roster = simulation.engine.roster
+
+    def engine(
+        roster: tuple[str, ...], counts: Mapping[str, float], standardisation: Any = None
+    ) -> RoundEngine:
+        del roster, counts, standardisation  # the simulation built its engine already
+        return simulation.engine
+
+    return FederatedRun(
+        InMemoryGrid(spec, workers),
+        engine,
+        simulation.policy.name,
+        settings.stop,
+        FederationSettings(),
+        expected_nodes=len(roster),
+        quorum=len(roster),
+        run_id="in-process",
+    )
+
+
+def _constant(node: TabularNode) -> Callable[[RunSpec], TabularNode]:
+    def factory(spec: RunSpec) -> TabularNode:
+        del spec
+        return node
+
+    return factory

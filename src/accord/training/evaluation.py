@@ -13,9 +13,15 @@ import torch
 from torch.func import functional_call, vmap
 
 from accord.training.models import FlatModel
-from accord.types import FloatArray, ValidationFn, ValidationScores
+from accord.types import (
+    FloatArray,
+    ValidationFn,
+    ValidationGradient,
+    ValidationGradientFn,
+    ValidationScores,
+)
 
-__all__ = ["make_validation_fn"]
+__all__ = ["make_validation_fn", "make_validation_gradient_fn"]
 
 
 def make_validation_fn(
@@ -61,3 +67,36 @@ def make_validation_fn(
         )
 
     return validate
+
+
+def make_validation_gradient_fn(
+    model: FlatModel,
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+) -> ValidationGradientFn:
+    """A function giving the mean cross-entropy at one flat weight vector, its gradient
+    there and the per-sample losses: one forward and one backward pass (first-order
+    credit, :mod:`accord.aggregation.credit`)."""
+    device = model.device
+    inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
+    module = model.module
+
+    def gradient(weights: FloatArray) -> ValidationGradient:
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # writable copy
+        params = {
+            name: piece[0].detach().clone().requires_grad_(True)
+            for name, piece in model.unflatten(flat[None, :]).items()
+        }
+        logits: torch.Tensor = functional_call(module, params, (inputs,))
+        per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        loss = per_sample.mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        joined = torch.cat([g.reshape(-1) for g in grads]).detach().cpu().numpy()
+        return ValidationGradient(
+            loss=float(loss.detach()),
+            gradient=joined.astype(np.float32),
+            sample_losses=per_sample.detach().double().cpu().numpy(),
+        )
+
+    return gradient

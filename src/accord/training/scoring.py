@@ -21,9 +21,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from accord.aggregation.base import FloatArray, ValidationScores
 from accord.errors import InputDataError
 from accord.training.weights import WeightLayout, Weights
+from accord.types import FloatArray, ValidationGradient, ValidationScores
 
 __all__ = ["Batches", "ModuleScorer", "PerSampleLoss", "batches_of_arrays", "cross_entropy"]
 
@@ -153,4 +153,32 @@ class ModuleScorer:
             losses=sample_losses.mean(axis=1),
             accuracies=accuracies,
             sample_losses=sample_losses,
+        )
+
+    def gradient(self, weights: FloatArray) -> ValidationGradient:
+        """The mean loss at one flat trainable vector, its gradient there and the per-sample
+        losses, batch by batch (first-order credit)."""
+        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(self.device)
+        params = {
+            name: piece[0].detach().clone().requires_grad_(True)
+            for name, piece in self._unflatten(flat[None, :]).items()
+        }
+        totals = [torch.zeros_like(p) for p in params.values()]
+        sample_losses: list[torch.Tensor] = []
+        for raw_inputs, raw_targets in self.batches:
+            inputs, targets = raw_inputs.to(self.device), raw_targets.to(self.device)
+            outputs = functional_call(self.module, (params, self._buffers), (inputs,))
+            per_sample = self.loss(outputs, targets)
+            grads = torch.autograd.grad(per_sample.sum(), list(params.values()))
+            torch._foreach_add_(totals, list(grads))
+            sample_losses.append(per_sample.detach().double())
+        if not sample_losses:
+            raise InputDataError("the held-out data has no samples")
+        losses = torch.cat(sample_losses)
+        count = losses.shape[0]
+        joined = torch.cat([t.reshape(-1) for t in totals]) / count
+        return ValidationGradient(
+            loss=float(losses.mean()),
+            gradient=joined.detach().cpu().numpy().astype(np.float32),
+            sample_losses=losses.cpu().numpy(),
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, InputDataError
+from accord.types import FloatArray
 
 __all__ = [
     "WeightEntry",
@@ -57,7 +58,7 @@ class WeightEntry:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

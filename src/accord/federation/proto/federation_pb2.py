@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(accord/federation/proto/federation.proto\x12\x14\x61\x63\x63ord.federation.v1\"t\n\x0bTensorChunk\x12*\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1b.accord.federation.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"N\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06tensor\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\"J\n\tArrayInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\ttrainable\x18\x04 \x01(\x08\")\n\tModelSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06hidden\x18\x02 \x03(\r\"\\\n\rLocalTraining\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08momentum\x18\x04 \x01(\x01\"\xa7\x02\n\x08Register\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0csample_count\x18\x03 \x01(\x04\x12\x12\n\nn_features\x18\x04 \x01(\r\x12\x11\n\tn_classes\x18\x05 \x01(\r\x12\x1f\n\x17validation_sample_count\x18\x06 \x01(\x04\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x44\n\x0b\x66ingerprint\x18\x08 \x03(\x0b\x32/.accord.federation.v1.Register.FingerprintEntry\x1a\x32\n\x10\x46ingerprintEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12.\n\x05model\x18\x04 \x01(\x0b\x32\x1f.accord.federation.v1.ModelSpec\x12\x12\n\nn_features\x18\x05 \x01(\r\x12\x11\n\tn_classes\x18\x06 \x01(\r\x12\x0b\n\x03\x64im\x18\x07 \x01(\x04\x12\x32\n\x05local\x18\x08 \x01(\x0b\x32#.accord.federation.v1.LocalTraining\x12\x1c\n\x14server_learning_rate\x18\t \x01(\x01\x12\x1c\n\x14\x66\x65\x64\x65rated_evaluation\x18\n \x01(\x08\x12\x12\n\nnext_round\x18\x0b \x01(\x04\x12\x0b\n\x03\x61pp\x18\x0c \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\r \x01(\t\x12/\n\x06layout\x18\x0e \x03(\x0b\x32\x1f.accord.federation.v1.ArrayInfo\"O\n\x05Ready\x12\x14\n\x0csample_count\x18\x01 \x01(\x04\x12\x1f\n\x17validation_sample_count\x18\x02 \x01(\x04\x12\x0f\n\x07problem\x18\x03 \x01(\t\"\xa8\x01\n\nRoundStart\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\x0c\x12\x39\n\x0eglobal_weights\x18\x03 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x32\n\x07\x62uffers\x18\x04 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\"\xa4\x01\n\rFirstGradient\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x33\n\x08gradient\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\x12\x32\n\x07\x62uffers\x18\x04 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\"3\n\x0cRoundFailure\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0eSecondGradient\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x33\n\x08gradient\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x1c\n\x14server_learning_rate\x18\x03 \x01(\x01\x12\x1b\n\x13next_weights_sha256\x18\x04 \x01(\x0c\x12\x37\n\x0cnext_buffers\x18\x05 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\">\n\x0f\x45valuateRequest\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\x0c\"Z\n\rEvaluateReply\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0csample_count\x18\x04 \x01(\x04\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xac\x02\n\x0bNodeMessage\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.accord.federation.v1.RegisterH\x00\x12=\n\x0e\x66irst_gradient\x18\x02 \x01(\x0b\x32#.accord.federation.v1.FirstGradientH\x00\x12\x35\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\".accord.federation.v1.RoundFailureH\x00\x12=\n\x0e\x65valuate_reply\x18\x04 \x01(\x0b\x32#.accord.federation.v1.EvaluateReplyH\x00\x12,\n\x05ready\x18\x05 \x01(\x0b\x32\x1b.accord.federation.v1.ReadyH\x00\x42\x06\n\x04\x62ody\"\xb2\x02\n\rServerMessage\x12\x30\n\x07welcome\x18\x01 \x01(\x0b\x32\x1d.accord.federation.v1.WelcomeH\x00\x12\x37\n\x0bround_start\x18\x02 \x01(\x0b\x32 .accord.federation.v1.RoundStartH\x00\x12?\n\x0fsecond_gradient\x18\x03 \x01(\x0b\x32$.accord.federation.v1.SecondGradientH\x00\x12\x39\n\x08\x65valuate\x18\x04 \x01(\x0b\x32%.accord.federation.v1.EvaluateRequestH\x00\x12\x32\n\x08shutdown\x18\x05 \x01(\x0b\x32\x1e.accord.federation.v1.ShutdownH\x00\x42\x06\n\x04\x62ody*\xbb\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT16\x10\x06\x12\x0e\n\nDTYPE_INT8\x10\x07\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x08\x12\x0e\n\nDTYPE_BOOL\x10\t2c\n\nFederation\x12U\n\x07Session\x12!.accord.federation.v1.NodeMessage\x1a#.accord.federation.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(accord/federation/proto/federation.proto\x12\x14\x61\x63\x63ord.federation.v1\"t\n\x0bTensorChunk\x12*\n\x05\x64type\x18\x01 \x01(\x0e\x32\x1b.accord.federation.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0c\n\x04last\x18\x05 \x01(\x08\"N\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06tensor\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\"J\n\tArrayInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x11\n\ttrainable\x18\x04 \x01(\x08\")\n\tModelSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06hidden\x18\x02 \x03(\r\"F\n\x0e\x46\x65\x61tureMoments\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0c\n\x04sums\x18\x02 \x03(\x01\x12\x17\n\x0fsums_of_squares\x18\x03 \x03(\x01\".\n\x0fStandardisation\x12\x0c\n\x04mean\x18\x01 \x03(\x01\x12\r\n\x05scale\x18\x02 \x03(\x01\"\\\n\rLocalTraining\x12\x15\n\rlearning_rate\x18\x01 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08momentum\x18\x04 \x01(\x01\"\xe6\x02\n\x08Register\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0csample_count\x18\x03 \x01(\x04\x12\x12\n\nn_features\x18\x04 \x01(\r\x12\x11\n\tn_classes\x18\x05 \x01(\r\x12\x1f\n\x17validation_sample_count\x18\x06 \x01(\x04\x12\x18\n\x10software_version\x18\x07 \x01(\t\x12\x44\n\x0b\x66ingerprint\x18\x08 \x03(\x0b\x32/.accord.federation.v1.Register.FingerprintEntry\x12=\n\x0f\x66\x65\x61ture_moments\x18\t \x01(\x0b\x32$.accord.federation.v1.FeatureMoments\x1a\x32\n\x10\x46ingerprintEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xff\x02\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12.\n\x05model\x18\x04 \x01(\x0b\x32\x1f.accord.federation.v1.ModelSpec\x12\x12\n\nn_features\x18\x05 \x01(\r\x12\x11\n\tn_classes\x18\x06 \x01(\r\x12\x0b\n\x03\x64im\x18\x07 \x01(\x04\x12\x32\n\x05local\x18\x08 \x01(\x0b\x32#.accord.federation.v1.LocalTraining\x12\x1c\n\x14server_learning_rate\x18\t \x01(\x01\x12\x1c\n\x14\x66\x65\x64\x65rated_evaluation\x18\n \x01(\x08\x12\x12\n\nnext_round\x18\x0b \x01(\x04\x12\x0b\n\x03\x61pp\x18\x0c \x01(\x08\x12\x13\n\x0b\x63onfig_json\x18\r \x01(\t\x12/\n\x06layout\x18\x0e \x03(\x0b\x32\x1f.accord.federation.v1.ArrayInfo\"O\n\x05Ready\x12\x14\n\x0csample_count\x18\x01 \x01(\x04\x12\x1f\n\x17validation_sample_count\x18\x02 \x01(\x04\x12\x0f\n\x07problem\x18\x03 \x01(\t\"\xe8\x01\n\nRoundStart\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\x0c\x12\x39\n\x0eglobal_weights\x18\x03 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x32\n\x07\x62uffers\x18\x04 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\x12>\n\x0fstandardisation\x18\x05 \x01(\x0b\x32%.accord.federation.v1.Standardisation\"\xa4\x01\n\rFirstGradient\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x33\n\x08gradient\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\x12\x32\n\x07\x62uffers\x18\x04 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\"3\n\x0cRoundFailure\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x0eSecondGradient\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x33\n\x08gradient\x18\x02 \x01(\x0b\x32!.accord.federation.v1.TensorChunk\x12\x1c\n\x14server_learning_rate\x18\x03 \x01(\x01\x12\x1b\n\x13next_weights_sha256\x18\x04 \x01(\x0c\x12\x37\n\x0cnext_buffers\x18\x05 \x03(\x0b\x32!.accord.federation.v1.NamedTensor\">\n\x0f\x45valuateRequest\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\x0c\"Z\n\rEvaluateReply\x12\x13\n\x0bround_index\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x14\n\x0csample_count\x18\x04 \x01(\x04\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xac\x02\n\x0bNodeMessage\x12\x32\n\x08register\x18\x01 \x01(\x0b\x32\x1e.accord.federation.v1.RegisterH\x00\x12=\n\x0e\x66irst_gradient\x18\x02 \x01(\x0b\x32#.accord.federation.v1.FirstGradientH\x00\x12\x35\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\".accord.federation.v1.RoundFailureH\x00\x12=\n\x0e\x65valuate_reply\x18\x04 \x01(\x0b\x32#.accord.federation.v1.EvaluateReplyH\x00\x12,\n\x05ready\x18\x05 \x01(\x0b\x32\x1b.accord.federation.v1.ReadyH\x00\x42\x06\n\x04\x62ody\"\xb2\x02\n\rServerMessage\x12\x30\n\x07welcome\x18\x01 \x01(\x0b\x32\x1d.accord.federation.v1.WelcomeH\x00\x12\x37\n\x0bround_start\x18\x02 \x01(\x0b\x32 .accord.federation.v1.RoundStartH\x00\x12?\n\x0fsecond_gradient\x18\x03 \x01(\x0b\x32$.accord.federation.v1.SecondGradientH\x00\x12\x39\n\x08\x65valuate\x18\x04 \x01(\x0b\x32%.accord.federation.v1.EvaluateRequestH\x00\x12\x32\n\x08shutdown\x18\x05 \x01(\x0b\x32\x1e.accord.federation.v1.ShutdownH\x00\x42\x06\n\x04\x62ody*\xbb\x01\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04\x12\x0f\n\x0b\x44TYPE_INT32\x10\x05\x12\x0f\n\x0b\x44TYPE_INT16\x10\x06\x12\x0e\n\nDTYPE_INT8\x10\x07\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x08\x12\x0e\n\nDTYPE_BOOL\x10\t2c\n\nFederation\x12U\n\x07Session\x12!.accord.federation.v1.NodeMessage\x1a#.accord.federation.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTER_FINGERPRINTENTRY']._loaded_options = None
   _globals['_REGISTER_FINGERPRINTENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2639
-  _globals['_DTYPE']._serialized_end=2826
+  _globals['_DTYPE']._serialized_start=2886
+  _globals['_DTYPE']._serialized_end=3073
   _globals['_TENSORCHUNK']._serialized_start=66
   _globals['_TENSORCHUNK']._serialized_end=182
   _globals['_NAMEDTENSOR']._serialized_start=184
@@ -43,34 +43,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARRAYINFO']._serialized_end=338
   _globals['_MODELSPEC']._serialized_start=340
   _globals['_MODELSPEC']._serialized_end=381
-  _globals['_LOCALTRAINING']._serialized_start=383
-  _globals['_LOCALTRAINING']._serialized_end=475
-  _globals['_REGISTER']._serialized_start=478
-  _globals['_REGISTER']._serialized_end=773
-  _globals['_REGISTER_FINGERPRINTENTRY']._serialized_start=723
-  _globals['_REGISTER_FINGERPRINTENTRY']._serialized_end=773
-  _globals['_WELCOME']._serialized_start=776
-  _globals['_WELCOME']._serialized_end=1159
-  _globals['_READY']._serialized_start=1161
-  _globals['_READY']._serialized_end=1240
-  _globals['_ROUNDSTART']._serialized_start=1243
-  _globals['_ROUNDSTART']._serialized_end=1411
-  _globals['_FIRSTGRADIENT']._serialized_start=1414
-  _globals['_FIRSTGRADIENT']._serialized_end=1578
-  _globals['_ROUNDFAILURE']._serialized_start=1580
-  _globals['_ROUNDFAILURE']._serialized_end=1631
-  _globals['_SECONDGRADIENT']._serialized_start=1634
-  _globals['_SECONDGRADIENT']._serialized_end=1840
-  _globals['_EVALUATEREQUEST']._serialized_start=1842
-  _globals['_EVALUATEREQUEST']._serialized_end=1904
-  _globals['_EVALUATEREPLY']._serialized_start=1906
-  _globals['_EVALUATEREPLY']._serialized_end=1996
-  _globals['_SHUTDOWN']._serialized_start=1998
-  _globals['_SHUTDOWN']._serialized_end=2024
-  _globals['_NODEMESSAGE']._serialized_start=2027
-  _globals['_NODEMESSAGE']._serialized_end=2327
-  _globals['_SERVERMESSAGE']._serialized_start=2330
-  _globals['_SERVERMESSAGE']._serialized_end=2636
-  _globals['_FEDERATION']._serialized_start=2828
-  _globals['_FEDERATION']._serialized_end=2927
+  _globals['_FEATUREMOMENTS']._serialized_start=383
+  _globals['_FEATUREMOMENTS']._serialized_end=453
+  _globals['_STANDARDISATION']._serialized_start=455
+  _globals['_STANDARDISATION']._serialized_end=501
+  _globals['_LOCALTRAINING']._serialized_start=503
+  _globals['_LOCALTRAINING']._serialized_end=595
+  _globals['_REGISTER']._serialized_start=598
+  _globals['_REGISTER']._serialized_end=956
+  _globals['_REGISTER_FINGERPRINTENTRY']._serialized_start=906
+  _globals['_REGISTER_FINGERPRINTENTRY']._serialized_end=956
+  _globals['_WELCOME']._serialized_start=959
+  _globals['_WELCOME']._serialized_end=1342
+  _globals['_READY']._serialized_start=1344
+  _globals['_READY']._serialized_end=1423
+  _globals['_ROUNDSTART']._serialized_start=1426
+  _globals['_ROUNDSTART']._serialized_end=1658
+  _globals['_FIRSTGRADIENT']._serialized_start=1661
+  _globals['_FIRSTGRADIENT']._serialized_end=1825
+  _globals['_ROUNDFAILURE']._serialized_start=1827
+  _globals['_ROUNDFAILURE']._serialized_end=1878
+  _globals['_SECONDGRADIENT']._serialized_start=1881
+  _globals['_SECONDGRADIENT']._serialized_end=2087
+  _globals['_EVALUATEREQUEST']._serialized_start=2089
+  _globals['_EVALUATEREQUEST']._serialized_end=2151
+  _globals['_EVALUATEREPLY']._serialized_start=2153
+  _globals['_EVALUATEREPLY']._serialized_end=2243
+  _globals['_SHUTDOWN']._serialized_start=2245
+  _globals['_SHUTDOWN']._serialized_end=2271
+  _globals['_NODEMESSAGE']._serialized_start=2274
+  _globals['_NODEMESSAGE']._serialized_end=2574
+  _globals['_SERVERMESSAGE']._serialized_start=2577
+  _globals['_SERVERMESSAGE']._serialized_end=2883
+  _globals['_FEDERATION']._serialized_start=3075
+  _globals['_FEDERATION']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,24 @@ class ModelSpec(_message.Message):
     hidden: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, kind: _Optional[str] = ..., hidden: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class FeatureMoments(_message.Message):
+    __slots__ = ("count", "sums", "sums_of_squares")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    SUMS_OF_SQUARES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    sums: _containers.RepeatedScalarFieldContainer[float]
+    sums_of_squares: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, count: _Optional[int] = ..., sums: _Optional[_Iterable[float]] = ..., sums_of_squares: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Standardisation(_message.Message):
+    __slots__ = ("mean", "scale")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    scale: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, mean: _Optional[_Iterable[float]] = ..., scale: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class LocalTraining(_message.Message):
     __slots__ = ("learning_rate", "epochs", "batch_size", "momentum")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -84,7 +102,7 @@ class LocalTraining(_message.Message):
     def __init__(self, learning_rate: _Optional[float] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version", "fingerprint")
+    __slots__ = ("protocol_version", "node_id", "sample_count", "n_features", "n_classes", "validation_sample_count", "software_version", "fingerprint", "feature_moments")
     class FingerprintEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +118,7 @@ class Register(_message.Message):
     VALIDATION_SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MOMENTS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     sample_count: int
@@ -108,7 +127,8 @@ class Register(_message.Message):
     validation_sample_count: int
     software_version: str
     fingerprint: _containers.ScalarMap[str, str]
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    feature_moments: FeatureMoments
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., sample_count: _Optional[int] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., software_version: _Optional[str] = ..., fingerprint: _Optional[_Mapping[str, str]] = ..., feature_moments: _Optional[_Union[FeatureMoments, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("protocol_version", "run_id", "node_id", "model", "n_features", "n_classes", "dim", "local", "server_learning_rate", "federated_evaluation", "next_round", "app", "config_json", "layout")
@@ -153,16 +173,18 @@ class Ready(_message.Message):
     def __init__(self, sample_count: _Optional[int] = ..., validation_sample_count: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class RoundStart(_message.Message):
-    __slots__ = ("round_index", "weights_sha256", "global_weights", "buffers")
+    __slots__ = ("round_index", "weights_sha256", "global_weights", "buffers", "standardisation")
     ROUND_INDEX_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
+    STANDARDISATION_FIELD_NUMBER: _ClassVar[int]
     round_index: int
     weights_sha256: bytes
     global_weights: TensorChunk
     buffers: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+    standardisation: Standardisation
+    def __init__(self, round_index: _Optional[int] = ..., weights_sha256: _Optional[bytes] = ..., global_weights: _Optional[_Union[TensorChunk, _Mapping]] = ..., buffers: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., standardisation: _Optional[_Union[Standardisation, _Mapping]] = ...) -> None: ...
 
 class FirstGradient(_message.Message):
     __slots__ = ("round_index", "gradient", "train_seconds", "buffers")

@@ -255,7 +255,7 @@ def _fail(identity: SealedFile, reason: str) -> ChannelError:
     )
 
 
-def open_sealed(
+def open_sealed(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
     sealing_key: bytes,
     identity: SealedFile,
     data: bytes | bytearray | memoryview,

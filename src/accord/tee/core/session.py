@@ -419,7 +419,7 @@ class EnclaveSession:
             link.closed = True
         return {"ended": link.reader.ended}, b""
 
-    def _receive(self, link: PeerState, peer: str, kind: int, message: bytearray) -> None:
+    def _receive(self, link: PeerState, peer: str, kind: int, message: bytearray) -> None:  # noqa: C901, PLR0912 - split next
         assert self._config is not None
         if kind == MessageKind.ROSTER:
             if link.roster is not None:

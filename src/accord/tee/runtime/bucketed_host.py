@@ -287,7 +287,7 @@ class _Checkpoints:
         return self.progress
 
 
-async def drive_buckets(
+async def drive_buckets(  # noqa: C901, PLR0912, PLR0915 - split next
     run: PartyRun,
     directory: RunDirectory,
     manifest: RunManifest,

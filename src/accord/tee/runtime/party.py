@@ -211,7 +211,7 @@ def _with_resume_hint(error: BaseException, bucketing: _Bucketing | None) -> Bas
     return hint
 
 
-async def run_party(
+async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
     settings: PartySettings,
     *,
     enclave: EnclaveHandle | None = None,

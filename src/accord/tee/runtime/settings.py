@@ -86,7 +86,7 @@ class PartySettings:
     #: output, ``accord-run-<session>-<party>``).
     run_dir: Path | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901, PLR0912 - split next
         validate_party_name(self.party_name, "party_name")
         validate_party_name(self.session, "session")
         require_int("parties", self.parties, minimum=2)

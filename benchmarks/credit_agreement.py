@@ -1,0 +1,168 @@
+"""First-order against exact credit (issue 9's targets), on digits with 3 label flippers.
+
+1. Agreement: along an exact-credit Actor-Critic run, every round's leave-one-out credit
+   (step-normalised, at the data-size weights) is computed both ways; reported are the
+   median Spearman rank correlation over rounds 10–100 and the share of those rounds whose
+   bottom 3 nodes by credit are the same (targets: >= 0.9 and >= 95 %), for first-order
+   credit alone (recheck 0) and with the K lowest and K highest re-checked exactly
+   (``--recheck K``; with 10 nodes, K = 5 re-checks every node, which is exact credit).
+2. Accuracy: Hedge-LOO and the Actor-Critic with exact and with first-order credit, final
+   test accuracy, mean over seeds (target: first-order within 0.5 point of exact).
+3. Policy time per round of each.
+
+    python benchmarks/credit_agreement.py --seeds 0 1 2
+
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from machine import cpu_model
+from scipy.stats import spearmanr
+
+from accord.aggregation import credit
+from accord.aggregation.base import Aggregation, RoundInput
+from accord.aggregation.combine import data_size_probabilities
+from accord.aggregation.credit import leave_one_out_credit
+from accord.scenario import ScenarioSettings
+from accord.simulation import Simulation, SimulationSettings, StopConditions
+
+
+def agreement(seed: int, rounds: int) -> dict[str, Any]:
+    settings = SimulationSettings(
+        scenario=ScenarioSettings(seed=seed), stop=StopConditions(max_rounds=rounds)
+    )
+    simulation = Simulation(
+        dataclasses.replace(
+            settings,
+            actor_critic=dataclasses.replace(settings.actor_critic, credit_method="exact"),
+        ),
+        "actor-critic",
+    )
+    policy = simulation.engine.aggregator
+    original = policy.aggregate
+    correlations: list[float] = []
+    bottom_same: list[bool] = []
+
+    def recording(round_input: RoundInput) -> Aggregation:
+        if round_input.round_index >= 9:
+            assert round_input.validate is not None
+            assert round_input.validation_gradient is not None
+            p = data_size_probabilities(round_input.present_counts)
+            common = (
+                round_input.validate,
+                round_input.global_weights,
+                p,
+                round_input.first_gradients,
+                settings.rounds.server_learning_rate,
+            )
+            exact = leave_one_out_credit(*common, step_normalised=True).credit
+            first = leave_one_out_credit(
+                *common,
+                step_normalised=True,
+                validation_gradient=round_input.validation_gradient,
+            ).credit
+            correlations.append(float(spearmanr(exact, first).statistic))
+            bottom_same.append(set(np.argsort(exact)[:3]) == set(np.argsort(first)[:3]))
+        return original(round_input)
+
+    policy.aggregate = recording  # type: ignore[method-assign]
+    simulation.run()
+    return {
+        "seed": seed,
+        "rounds_compared": len(correlations),
+        "median_spearman": round(statistics.median(correlations), 4),
+        "bottom3_same_share": round(float(np.mean(bottom_same)), 4),
+    }
+
+
+def accuracy(policy: str, method: str, seed: int, rounds: int) -> dict[str, float]:
+    settings = SimulationSettings(
+        scenario=ScenarioSettings(seed=seed), stop=StopConditions(max_rounds=rounds)
+    )
+    settings = dataclasses.replace(
+        settings,
+        actor_critic=dataclasses.replace(settings.actor_critic, credit_method=method),
+        hedge=dataclasses.replace(settings.hedge, credit_method=method),
+    )
+    result = Simulation(settings, policy).run()
+    last = result.rounds[-1].record
+    return {
+        "final_test_accuracy": float(last.test_accuracy or 0.0),
+        "policy_ms": 1000 * statistics.median(t.record.aggregate_seconds for t in result.rounds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument(
+        "--recheck",
+        type=int,
+        nargs="+",
+        default=[0, 3],
+        help="exact re-checks of the lowest and highest credits (credit.RECHECK) to compare",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    agreements: dict[str, Any] = {}
+    policies: dict[str, Any] = {}
+    for recheck in args.recheck:
+        credit.RECHECK = recheck
+        agreements[f"recheck {recheck}"] = [agreement(seed, args.rounds) for seed in args.seeds]
+    for policy in ("hedge-loo", "actor-critic"):
+        for method, recheck in [("exact", 0)] + [("first-order", r) for r in args.recheck]:
+            credit.RECHECK = recheck
+            runs = [accuracy(policy, method, seed, args.rounds) for seed in args.seeds]
+            label = (
+                policy + " exact" if method == "exact" else f"{policy} {method} recheck {recheck}"
+            )
+            policies[label] = {
+                "mean_final_test_accuracy": round(
+                    float(np.mean([r["final_test_accuracy"] for r in runs])), 4
+                ),
+                "per_seed": [round(r["final_test_accuracy"], 4) for r in runs],
+                "median_policy_ms": round(float(np.median([r["policy_ms"] for r in runs])), 2),
+            }
+    print(
+        json.dumps(
+            {
+                "benchmark": "credit_agreement",
+                "scenario": "digits, 10 nodes, Dirichlet 0.5, 3 label flippers",
+                "rounds": args.rounds,
+                "seeds": args.seeds,
+                "agreement": agreements,
+                "policies": policies,
+                "targets": {
+                    "median_spearman_at_least": 0.9,
+                    "bottom3_same_share_at_least": 0.95,
+                    "first_order_within_points": 0.5,
+                },
+                "seconds": round(time.perf_counter() - started, 1),
+                "machine": {
+                    "cpu": cpu_model(),
+                    "cores": os.cpu_count(),
+                    "load_average_1min": os.getloadavg()[0],
+                    "torch": torch.__version__,
+                },
+                "date": time.strftime("%Y-%m-%d"),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Where and how the gRPC server listens, and the channel options both ends use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accord.errors import ConfigurationError
+from accord.federation.tensors import DEFAULT_CHUNK_BYTES
+
+__all__ = ["TransportSettings", "channel_options", "format_address"]
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Where and how the server listens.
+
+    ``host`` (default 127.0.0.1; 0.0.0.0 for every interface) and ``port`` (default 50051;
+    0 picks a free one); ``chunk_bytes`` of tensor data per message (default 1 MiB);
+    ``max_message_bytes`` accepted from a node (default 4 MiB); ``registration_timeout``
+    seconds a new stream has to send ``Register`` (default 10); ``shutdown_grace`` seconds
+    given to nodes to close their streams at the end (default 2)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_message_bytes: int = 4 << 20
+    registration_timeout: float = 10.0
+    shutdown_grace: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ConfigurationError(f"port: expected 0..65535, got {self.port!r}")
+        if self.chunk_bytes < 1024 or self.chunk_bytes > self.max_message_bytes - 4096:
+            raise ConfigurationError(
+                f"chunk_bytes: expected 1024 .. max_message_bytes - 4096, got {self.chunk_bytes}"
+            )
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC options both ends use: message limits, keepalive, no port sharing."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]

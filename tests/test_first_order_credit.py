@@ -1,0 +1,163 @@
+"""First-order credit (DESIGN §3.2) against exact credit, its oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accord.aggregation.base import ValidationScores
+from accord.aggregation.credit import (
+    AUTO_FIRST_ORDER_NODES,
+    credit_method_for,
+    leave_one_out_credit,
+    node_features,
+)
+from accord.errors import ConfigurationError
+from accord.training.evaluation import make_validation_fn, make_validation_gradient_fn
+from accord.training.models import FlatModel, ModelSpec, build_model
+from accord.training.scoring import ModuleScorer, batches_of_arrays
+
+
+def _problem(seed: int = 0) -> tuple[FlatModel, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(200, 8)).astype(np.float32)
+    labels = (features[:, 0] + 0.5 * features[:, 1] > 0).astype(np.int64)
+    flat = FlatModel(build_model(ModelSpec(hidden=(16,)), 8, 2, seed))
+    weights = flat.get_flat()
+    direction = rng.normal(size=(1, weights.size)).astype(np.float32)
+    # Six nodes: four honest-ish (a common direction plus noise), two opposed.
+    gradients = 0.05 * (direction + 0.5 * rng.normal(size=(6, weights.size)))
+    gradients[4:] *= -1.0
+    return flat, features, labels, weights, gradients.astype(np.float32)
+
+
+@pytest.mark.parametrize("step_normalised", [False, True])
+def test_first_order_leave_one_out_credit_approximates_exact_credit_for_a_small_step(
+    step_normalised: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 0)  # the first-order part alone
+    flat, features, labels, weights, gradients = _problem()
+    validate = make_validation_fn(flat, features, labels)
+    gradient = make_validation_gradient_fn(flat, features, labels)
+    probabilities = np.full(6, 1 / 6)
+    lr = 0.05
+    exact = leave_one_out_credit(
+        validate, weights, probabilities, gradients, lr, step_normalised=step_normalised
+    )
+    first = leave_one_out_credit(
+        validate,
+        weights,
+        probabilities,
+        gradients,
+        lr,
+        step_normalised=step_normalised,
+        validation_gradient=gradient,
+    )
+    np.testing.assert_allclose(first.credit, exact.credit, rtol=0.1, atol=1e-4)
+    assert list(np.argsort(first.credit)) == list(np.argsort(exact.credit))
+    assert first.loss_after == pytest.approx(exact.loss_after, rel=1e-5)
+    assert first.sample_losses_after is not None and exact.sample_losses_after is not None
+    np.testing.assert_allclose(first.sample_losses_after, exact.sample_losses_after, rtol=1e-4)
+
+
+def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 2)
+    flat, features, labels, weights, gradients = _problem(3)
+    many = np.concatenate([gradients, gradients * 0.7]).astype(np.float32)  # 12 nodes
+    validate = make_validation_fn(flat, features, labels)
+    rows_scored: list[int] = []
+
+    def counting(stack: np.ndarray) -> ValidationScores:
+        rows_scored.append(stack.shape[0])
+        return validate(stack)
+
+    probabilities = np.full(12, 1 / 12)
+    exact = leave_one_out_credit(validate, weights, probabilities, many, 1.0).credit
+    first = leave_one_out_credit(
+        counting,
+        weights,
+        probabilities,
+        many,
+        1.0,
+        validation_gradient=make_validation_gradient_fn(flat, features, labels),
+    ).credit
+    assert rows_scored == [5]  # w − ηG and the 2 lowest and 2 highest, never 12 rows
+    rechecked = [i for i in range(12) if abs(first[i] - exact[i]) < 1e-6]
+    assert len(rechecked) >= 4
+
+
+def test_first_order_features_score_only_the_candidates_never_a_stack_per_node() -> None:
+    flat, features, labels, weights, gradients = _problem(1)
+    validate = make_validation_fn(flat, features, labels)
+    rows_scored: list[int] = []
+
+    def counting(stack: np.ndarray) -> ValidationScores:
+        rows_scored.append(stack.shape[0])
+        return validate(stack)
+
+    gradient = make_validation_gradient_fn(flat, features, labels)
+    candidates = np.stack([gradients.mean(axis=0), gradients[:4].mean(axis=0)])
+    exact = node_features(
+        validate, weights, gradients, 0.05, None, np.ones(6), np.zeros(6),
+        candidate_gradients=candidates,
+    )  # fmt: skip
+    first = node_features(
+        counting, weights, gradients, 0.05, None, np.ones(6), np.zeros(6),
+        candidate_gradients=candidates, validation_gradient=gradient,
+    )  # fmt: skip
+    assert rows_scored == [2]  # the two candidates; the six nodes need no pass of their own
+    np.testing.assert_allclose(first.candidate_losses, exact.candidate_losses, rtol=1e-6)
+    assert first.loss_now == pytest.approx(exact.loss_now, rel=1e-6)
+    alone = 0  # the feature columns: alone_loss_z first
+    assert np.corrcoef(first.values[:, alone], exact.values[:, alone])[0, 1] > 0.95
+
+
+def test_the_module_scorer_gradient_equals_autograd_on_the_module() -> None:
+    flat, features, labels, weights, _ = _problem(2)
+    scorer = ModuleScorer(flat.module, batches_of_arrays(features, labels, batch_size=64))
+    got = scorer.gradient(weights)
+    reference = make_validation_gradient_fn(flat, features, labels)(weights)
+    module = build_model(ModelSpec(hidden=(16,)), 8, 2, 2)
+    FlatModel(module).set_flat(weights)
+    loss = torch.nn.functional.cross_entropy(
+        module(torch.from_numpy(features)), torch.from_numpy(labels)
+    )
+    loss.backward()  # type: ignore[no-untyped-call]
+    by_hand = torch.cat([p.grad.reshape(-1) for p in module.parameters() if p.grad is not None])
+    np.testing.assert_allclose(got.gradient, by_hand.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(reference.gradient, by_hand.numpy(), rtol=1e-4, atol=1e-6)
+    assert got.loss == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+def test_auto_switches_to_first_order_only_for_large_rounds_with_a_gradient() -> None:
+    def gradient(weights: np.ndarray) -> object:
+        raise AssertionError("not called")
+
+    assert credit_method_for("auto", 10, 2410, gradient) == "exact"  # type: ignore[arg-type]
+    assert credit_method_for("auto", 30, 2410, gradient) == "exact"  # type: ignore[arg-type]
+    large = AUTO_FIRST_ORDER_NODES + 1
+    assert credit_method_for("auto", large, 2410, gradient) == "first-order"  # type: ignore[arg-type]
+    assert credit_method_for("auto", 10, 10_000_000, gradient) == "first-order"  # type: ignore[arg-type]
+    assert credit_method_for("auto", large, 2410, None) == "exact"
+    with pytest.raises(ConfigurationError, match="first-order needs"):
+        credit_method_for("first-order", 10, 2410, None)
+
+
+@pytest.mark.parametrize("policy", ["hedge-loo", "actor-critic"])
+def test_a_simulation_with_first_order_credit_trains(policy: str) -> None:
+    import dataclasses
+
+    from accord.simulation import Simulation, SimulationSettings, StopConditions
+
+    settings = SimulationSettings(stop=StopConditions(max_rounds=8))
+    settings = dataclasses.replace(
+        settings,
+        hedge=dataclasses.replace(settings.hedge, credit_method="first-order"),
+        actor_critic=dataclasses.replace(settings.actor_critic, credit_method="first-order"),
+    )
+    result = Simulation(settings, policy).run()
+    assert len(result.rounds) == 8
+    assert (result.rounds[-1].record.test_accuracy or 0.0) > 0.5
