@@ -83,6 +83,15 @@ ZYGOTE = textwrap.dedent(
 )
 
 
+def process_environment() -> dict[str, str]:
+    """The environment for the ``accord`` processes: this one's without GRPC_VERBOSITY.
+    Importing flwr (the Flower tests, collected in the same pytest process) sets
+    GRPC_VERBOSITY=error in os.environ, and a server that finds GRPC_VERBOSITY set leaves
+    gRPC's lines alone (the user asked for them): it would no longer report a plaintext
+    client on its TLS port."""
+    return {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
+
+
 class Zygote:
     """A clean, single-threaded process that has imported torch, gRPC and the scenario data
     once and forks the test's ``accord`` processes: each starts in milliseconds, and none
@@ -94,6 +103,7 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=process_environment(),
         )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +148,7 @@ class Processes:
                 [sys.executable, "-m", "accord.cli", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**process_environment(), **(env or {})},
             )
         self.started[name] = process.pid
         self._popen[process.pid] = process
