@@ -28,7 +28,6 @@ from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.checkpoint import dumps_tree
 from accord.federation.launcher import (
     ServedRun,
-    free_port,
     prepare_process,
     serve,
     warm_up_in_background,
@@ -61,12 +60,12 @@ class FederateSettings:
 def _node_child(
     data_fd: int,
     settings: ServerSettings,
-    port: int,
     credentials_dir: Path | None,
     parent_pid: int,
     log_level: int,
 ) -> int:
-    """Body of a forked node process: wait for its partition from the parent, then serve."""
+    """Body of a forked node process: wait for its partition and the server's port from the
+    parent (sent once the server listens), then serve."""
     import numpy as np
 
     from accord.federation.auth import load_node_credentials
@@ -86,6 +85,7 @@ def _node_child(
         os.close(data_fd)
     scenario = settings.run.scenario
     index = int(node["index"])
+    port = int(node["port"])
     seed = node_seed(scenario.seed, index)
     features, labels = node["features"], node["labels"]
     validation = None
@@ -160,26 +160,27 @@ def federate(
         scenario_helper = ScenarioHelper()
     scenario_helper.request(settings.run.scenario)
     credentials_dir, credentials, authenticator = _run_credentials(options, node_ids)
-    port = free_port()
     children: dict[int, str] = {}
     data_pipes: dict[str, int] = {}
     node_rss: dict[str, int] = {}
     exit_codes: dict[str, int] = {}
     try:
-        _fork_nodes(node_ids, settings, port, credentials_dir, options, children, data_pipes)
+        _fork_nodes(node_ids, settings, credentials_dir, options, children, data_pipes)
         warm_up_in_background()  # the server's optimisers; the nodes (forked) do not need it
         scenario = scenario_helper.collect(settings.run.scenario)
         federation = replace(settings.federation, expected_nodes=count)
         return serve(
             replace(settings, federation=federation) if resume is None else None,
-            TransportSettings(host="127.0.0.1", port=port),
+            # Port 0: the system picks a free port as the server binds, and the nodes learn
+            # it with their partition (no window in which another process can take it).
+            TransportSettings(host="127.0.0.1", port=0),
             credentials,
             authenticator,
             out=str(run_dir),
             resume=resume,
             scenario=scenario,
             progress=progress,
-            on_listening=lambda _port: _release_nodes(scenario, data_pipes),
+            on_listening=lambda port: _release_nodes(scenario, data_pipes, port),
             stop_request=stop_request,
             end_nodes_when_interrupted=True,
             extra_stats=lambda: {
@@ -241,7 +242,6 @@ def _run_credentials(
 def _fork_nodes(
     node_ids: Sequence[str],
     settings: ServerSettings,
-    port: int,
     credentials_dir: Path | None,
     options: FederateSettings,
     children: dict[int, str],
@@ -262,7 +262,7 @@ def _fork_nodes(
                 for inherited in data_pipes.values():
                     os.close(inherited)
                 code = _node_child(
-                    read_fd, settings, port, credentials_dir, parent, options.node_log_level
+                    read_fd, settings, credentials_dir, parent, options.node_log_level
                 )
             except BaseException as error:
                 logger.error("node %s failed: %s", name, error)
@@ -275,8 +275,9 @@ def _fork_nodes(
         data_pipes[name] = write_fd
 
 
-def _release_nodes(scenario: Any, data_pipes: dict[str, int]) -> None:
-    """The server listens: hand each node its partition, and it connects at once."""
+def _release_nodes(scenario: Any, data_pipes: dict[str, int], port: int) -> None:
+    """The server listens on ``port``: hand each node its partition and the port, and it
+    connects at once."""
     for node in scenario.nodes:
         descriptor = data_pipes.pop(node.node_id)
         try:
@@ -285,6 +286,7 @@ def _release_nodes(scenario: Any, data_pipes: dict[str, int]) -> None:
                 dumps_tree(
                     {
                         "node_id": node.node_id,
+                        "port": port,
                         "index": node.index,
                         "faulty": node.faulty,
                         "fault_group": _fault_group(scenario, node),
