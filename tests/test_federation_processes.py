@@ -28,7 +28,6 @@ import pytest
 from accord.commands.exit_codes import ExitCode
 from accord.data.faults import FaultSpec
 from accord.federation.credentials import make_credentials, renew_node_credentials
-from accord.federation.launcher import free_port
 from accord.run import StopConditions
 from accord.scenario import ScenarioSettings
 from accord.simulation.driver import Simulation, SimulationSettings
@@ -249,6 +248,22 @@ def simulation_records(rounds: int, policy: str = "actor-critic") -> list[dict[s
     return [timed.record.to_json() for timed in result.rounds]
 
 
+def listening_port(processes: Processes, name: str, run_dir: Path, timeout: float = 120.0) -> int:
+    """The port a server started with ``--port 0`` bound, read from its run folder's
+    ``server.json`` (written once it listens); fails if the server ends first."""
+    address = run_dir / "server.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        if address.exists():
+            try:
+                return int(json.loads(address.read_text())["port"])
+            except (ValueError, KeyError):
+                pass  # being written: read again
+        if processes.poll(name) is not None or time.monotonic() > deadline:
+            pytest.fail(f"{name} never listened:\n{processes.log(name)[-3000:]}")
+        time.sleep(0.02)
+
+
 def run_records(run_dir: Path) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
@@ -304,10 +319,10 @@ def test_server_and_four_nodes_reach_the_simulation_metrics(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
     # Arrange: 4 KiB chunks, so every 9640-byte tensor travels in three messages
-    port = free_port()
     run_dir = tmp_path / "run"
     chunks = ["--chunk-bytes", "4096"]
-    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(5), *chunks))
+    processes.start("server", server_args(run_dir, 0, credentials, *scenario_args(5), *chunks))
+    port = listening_port(processes, "server", run_dir)
     for i in range(NODES):
         processes.start(f"node-{i}", [*node_args(i, port, credentials), *chunks])
 
@@ -340,13 +355,12 @@ def test_failing_nodes_are_dropped_with_reasons_and_the_run_goes_on(
     # 14 s late in round 2, node-03 is killed when round 3 starts. The 10 s deadline leaves
     # the healthy nodes ample time on a loaded machine; node-00 misses it by seconds, and is
     # back, with time to spare, for round 3 (which starts at the deadline).
-    port = free_port()
     run_dir = tmp_path / "run"
     processes.start(
         "server",
         server_args(
             run_dir,
-            port,
+            0,
             credentials,
             *scenario_args(6, policy="fedavg"),
             "--quorum",
@@ -355,6 +369,7 @@ def test_failing_nodes_are_dropped_with_reasons_and_the_run_goes_on(
             "10",
         ),
     )
+    port = listening_port(processes, "server", run_dir)
     failpoints = {0: "stall@2:14", 1: "nan@1", 2: "shape@2", 3: "exit@3"}
     for i in range(NODES):
         processes.start(
@@ -391,13 +406,13 @@ def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
     # Arrange: the server SIGKILLs itself right after writing the checkpoint of round 3.
-    port = free_port()
     run_dir = tmp_path / "run"
     processes.start(
         "server",
-        server_args(run_dir, port, credentials, *scenario_args(6), "--quorum", "3"),
+        server_args(run_dir, 0, credentials, *scenario_args(6), "--quorum", "3"),
         env={"ACCORD_FAILPOINT": "crash-after-round@3"},
     )
+    port = listening_port(processes, "server", run_dir)
     for i in range(NODES):
         processes.start(f"node-{i}", node_args(i, port, credentials))
     assert processes.wait("server") == -signal.SIGKILL
@@ -490,7 +505,6 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
 ) -> None:
     # Arrange: a run of node-00 and node-01 (quorum 1); node-01 hangs in round 1 until the
     # test kills it, so the attacks below surely happen while the run is in round 1.
-    port = free_port()
     run_dir = tmp_path / "run"
     rogue_ca = tmp_path / "rogue"
     make_credentials(rogue_ca, ["node-02"], now=dt.datetime.now(dt.UTC), days=1)
@@ -504,7 +518,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
         "server",
         server_args(
             run_dir,
-            port,
+            0,
             credentials,
             *scenario_args(3, policy="fedavg"),
             "--expected-nodes",
@@ -515,6 +529,7 @@ def test_nodes_without_valid_credentials_are_refused_while_the_others_train(
             "120",
         ),
     )
+    port = listening_port(processes, "server", run_dir)
     processes.start("node-0", node_args(0, port, credentials))
     processes.start(
         "node-1", node_args(1, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:600"}
@@ -603,14 +618,14 @@ def test_a_node_whose_credentials_are_revoked_mid_run_is_cut_at_the_next_round(
 ) -> None:
     # Arrange: nodes 0, 1 and 2 (quorum 1); node-00 hangs in round 1, so the run is surely in
     # round 1 when node-01's credentials are renewed (`accord certs --renew`)
-    port = free_port()
     run_dir = tmp_path / "run"
     shutil.copytree(credentials, tmp_path / "creds")
     credentials = tmp_path / "creds"
     extra = ["--expected-nodes", "3", "--quorum", "1", "--round-deadline", "600"]
     processes.start(
-        "server", server_args(run_dir, port, credentials, *scenario_args(5, "fedavg"), *extra)
+        "server", server_args(run_dir, 0, credentials, *scenario_args(5, "fedavg"), *extra)
     )
+    port = listening_port(processes, "server", run_dir)
     processes.start(
         "node-0", node_args(0, port, credentials), env={"ACCORD_FAILPOINT": "stall@1:600"}
     )
@@ -721,13 +736,12 @@ def test_federated_evaluation_over_grpc_equals_the_in_memory_grid(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
     # Arrange: the patent Actor-Critic learns from the nodes' validation accuracy
-    port = free_port()
     run_dir = tmp_path / "run"
     processes.start(
         "server",
         server_args(
             run_dir,
-            port,
+            0,
             credentials,
             *scenario_args(3, policy="actor-critic-patent"),
             "--expected-nodes",
@@ -736,6 +750,7 @@ def test_federated_evaluation_over_grpc_equals_the_in_memory_grid(
             "federated",
         ),
     )
+    port = listening_port(processes, "server", run_dir)
     for i in range(2):
         processes.start(
             f"node-{i}", [*node_args(i, port, credentials), "--node-validation-fraction", "0.25"]
@@ -813,9 +828,9 @@ def test_sigterm_finishes_the_round_writes_the_summary_and_the_printed_command_r
 ) -> None:
     # Arrange: node-00 answers round 3 eight seconds late (within the stop's 10 s grace, and
     # long enough that the signal surely arrives meanwhile on a loaded machine)
-    port = free_port()
     run_dir = tmp_path / "run"
-    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(5)))
+    processes.start("server", server_args(run_dir, 0, credentials, *scenario_args(5)))
+    port = listening_port(processes, "server", run_dir)
     for i in range(NODES):
         env = {"ACCORD_FAILPOINT": "stall@2:8"} if i == 0 else None
         processes.start(f"node-{i}", node_args(i, port, credentials), env=env)
@@ -875,8 +890,8 @@ def test_nodes_of_another_scenario_or_transport_are_refused_with_one_line_each(
 ) -> None:
     # Arrange: a TLS server of the 4-node scenario, started from scratch (gRPC's own
     # logging is set up at its first import)
-    port = free_port()
-    processes.exec("server", server_args(tmp_path / "run", port, credentials, *scenario_args(3)))
+    processes.exec("server", server_args(tmp_path / "run", 0, credentials, *scenario_args(3)))
+    port = listening_port(processes, "server", tmp_path / "run")
     processes.wait_for_text("server", "waiting for 4 nodes", timeout=120)
     ten_nodes = node_args(0, port, credentials)
     ten_nodes[ten_nodes.index("--nodes") + 1] = "10"
@@ -922,9 +937,9 @@ def test_nodes_of_another_scenario_or_transport_are_refused_with_one_line_each(
 def test_a_tls_node_against_a_plaintext_server_names_the_cause(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    args = ["server", "--out", str(tmp_path / "run"), "--port", str(port), "--insecure"]
+    args = ["server", "--out", str(tmp_path / "run"), "--port", "0", "--insecure"]
     processes.start("server", [*args, *scenario_args(3)])
+    port = listening_port(processes, "server", tmp_path / "run")
     processes.wait_for_text("server", "waiting for 4 nodes")
 
     processes.start("node", node_args(2, port, credentials))
@@ -948,10 +963,10 @@ def test_the_three_node_example_without_faulty_trains(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
     # Arrange: the documented example, with neither --faulty nor --seed
-    port = free_port()
     run_dir = tmp_path / "run"
     three = ["--nodes", "3", "--rounds", "10"]
-    processes.start("server", server_args(run_dir, port, credentials, *three))
+    processes.start("server", server_args(run_dir, 0, credentials, *three))
+    port = listening_port(processes, "server", run_dir)
     for i in range(3):
         processes.start(
             f"node-{i}",
@@ -984,9 +999,9 @@ def test_a_second_signal_stops_the_server_at_once(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
     # Arrange: node-00 stalls 60 s in round 1, so the first signal's grace (10 s) runs
-    port = free_port()
     run_dir = tmp_path / "run"
-    processes.start("server", server_args(run_dir, port, credentials, *scenario_args(3)))
+    processes.start("server", server_args(run_dir, 0, credentials, *scenario_args(3)))
+    port = listening_port(processes, "server", run_dir)
     for i in range(NODES):
         env = {"ACCORD_FAILPOINT": "stall@0:60"} if i == 0 else None
         processes.start(f"node-{i}", node_args(i, port, credentials), env=env)

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import test_federation_processes as federation_processes
-from test_federation_processes import Processes, run_records
+from test_federation_processes import Processes, listening_port, run_records
 
 from accord.commands.exit_codes import ExitCode
-from accord.federation.launcher import free_port
 from accord.simulation import run_app
 
 # The real-process fixtures of the federation tests, shared.
@@ -70,11 +69,11 @@ def test_the_cnn_app_over_grpc_equals_the_in_process_run(
     rounds = 3
     nodes = {f"node-{i}": node_app(f"node-{i}", CONFIG) for i in range(3)}
     expected = run_app(server_app(CONFIG), nodes, "actor-critic", rounds=rounds, config=CONFIG)
-    port = free_port()
     run_dir = tmp_path / "run"
 
     # Act: a server and three node processes
-    processes.start("server", server_args(run_dir, port, rounds))
+    processes.start("server", server_args(run_dir, 0, rounds))
+    port = listening_port(processes, "server", run_dir)
     processes.wait_for_text("server", "waiting for 3 nodes", timeout=120)
     for i in range(3):
         processes.start(f"node-{i}", node_args(f"node-{i}", port))
@@ -98,9 +97,9 @@ def test_a_node_whose_model_differs_is_refused_with_one_line_and_no_round_starts
     processes: Processes, tmp_path: Path
 ) -> None:
     # Arrange
-    port = free_port()
     run_dir = tmp_path / "run"
-    processes.start("server", server_args(run_dir, port, 2))
+    processes.start("server", server_args(run_dir, 0, 2))
+    port = listening_port(processes, "server", run_dir)
     processes.wait_for_text("server", "waiting for 3 nodes", timeout=120)
 
     # Act: a node whose CNN is half as wide
@@ -132,13 +131,13 @@ def test_an_app_run_killed_after_round_2_resumes_with_its_buffers_to_the_same_me
     rounds = 4
     nodes = {f"node-{i}": node_app(f"node-{i}", CONFIG) for i in range(3)}
     expected = run_app(server_app(CONFIG), nodes, "actor-critic", rounds=rounds, config=CONFIG)
-    port = free_port()
     run_dir = tmp_path / "run"
     processes.start(
         "server",
-        server_args(run_dir, port, rounds),
+        server_args(run_dir, 0, rounds),
         env={"ACCORD_FAILPOINT": "crash-after-round@2"},
     )
+    port = listening_port(processes, "server", run_dir)
     processes.wait_for_text("server", "waiting for 3 nodes", timeout=120)
     for i in range(3):
         processes.start(f"node-{i}", node_args(f"node-{i}", port))
