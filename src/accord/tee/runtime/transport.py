@@ -262,6 +262,10 @@ class TcpPeerLink:
         self._sock.close()
 
 
+#: How many refused hellos a listener's timeout message names.
+_MAX_REFUSALS_NAMED = 3
+
+
 async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
     loop = asyncio.get_running_loop()
     await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
@@ -401,6 +405,10 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
     deadline = time.monotonic() + connect_timeout
     accepted: asyncio.Queue[TcpPeerLink | BaseException] = asyncio.Queue()
     handlers: set[asyncio.Task[None]] = set()
+    # Why connections were refused at their hello: no unauthenticated connection (a port
+    # scanner, a stale peer of another session) can stop the listener, which keeps waiting
+    # until --connect-timeout and names these reasons if the peers never come.
+    refused: list[str] = []
 
     async def on_accept(sock: socket.socket, name: Any) -> None:
         address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
@@ -409,10 +417,9 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
             peer = await _exchange_hello(sock, own, address, 10.0)
         except ProtocolError as error:
             sock.close()
-            if "not an accord align endpoint" in str(error):
-                logger.warning("ignored a connection from %s: %s", address, error)
-                return
-            await accepted.put(error)
+            logger.warning("ignored a connection from %s: %s", address, error)
+            if len(refused) < _MAX_REFUSALS_NAMED:
+                refused.append(str(error))
             return
         except (OSError, asyncio.IncompleteReadError) as error:
             sock.close()
@@ -477,9 +484,10 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
                 item = await asyncio.wait_for(accepted.get(), max(remaining, 0.0))
             except TimeoutError as error:
                 have = ", ".join(repr(link.name) for link in links) or "none"
+                why = f"; refused: {'; '.join(refused)}" if refused else ""
                 raise PeerError(
                     f"waited {connect_timeout:g} s for {needed} peer(s) to connect on {listen}; "
-                    f"connected: {have}"
+                    f"connected: {have}{why}"
                 ) from error
             if isinstance(item, BaseException):
                 raise item
