@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
 
 from accord.data.faults import FaultSpec
+from accord.rounds import RoundSettings
 from accord.scenario import ScenarioSettings
 from accord.simulation import Simulation, SimulationSettings, StopConditions, StopTracker
 
@@ -86,3 +88,27 @@ def test_gradient_faults_reach_the_server(kind: str) -> None:
 def test_fedavg_learns_digits() -> None:
     result = Simulation(_settings(StopConditions(max_rounds=15)), "fedavg").run()
     assert result.rounds[-1].record.test_accuracy > 0.8
+
+
+def test_nodes_per_round_samples_the_same_nodes_for_the_same_seed_and_weighs_only_them() -> None:
+    def run(seed: int) -> list[Any]:
+        settings = SimulationSettings(
+            scenario=ScenarioSettings(seed=seed),
+            rounds=RoundSettings(nodes_per_round=4),
+            stop=StopConditions(max_rounds=6),
+        )
+        return [t.record for t in Simulation(settings, "fedavg").run().rounds]
+
+    records = run(0)
+    assert [len(r.present) for r in records] == [4] * 6
+    assert len({r.present for r in records}) > 1  # another sample each round
+    assert all(r.dropped == {} for r in records)  # not asked is not a failure
+    assert [r.present for r in run(0)] == [r.present for r in records]
+    assert [r.present for r in run(1)] != [r.present for r in records]
+    data = Simulation(SimulationSettings(), "fedavg").data
+    counts = {node.node_id: node.sample_count for node in data.nodes}
+    first = records[0]
+    total = sum(counts[n] for n in first.present)
+    for node, probability in first.probabilities.items():
+        expected = counts[node] / total if node in first.present else 0.0
+        assert probability == pytest.approx(expected)

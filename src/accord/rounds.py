@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from accord._validation import require_number
+from accord._validation import require_int, require_number
 from accord.aggregation.base import (
     Aggregation,
     Aggregator,
@@ -72,14 +72,20 @@ class DivergedError(ProtocolError):
 @dataclass(frozen=True)
 class RoundSettings:
     """``server_learning_rate``: η_server in ``w_{t+1} = w_t − η_server · G`` (default 1.0,
-    which with data-size probabilities is exactly FedAvg)."""
+    which with data-size probabilities is exactly FedAvg). ``nodes_per_round``: ask only
+    this many of the connected nodes each round, a sample drawn from the run's seed and the
+    round (default ``None``: every node). A node not asked is absent from the round, as a
+    node that did not answer is, but without a reason or a warning."""
 
     server_learning_rate: float = 1.0
+    nodes_per_round: int | None = None
 
     def __post_init__(self) -> None:
         require_number(
             "server_learning_rate", self.server_learning_rate, minimum=0.0, exclusive_minimum=True
         )
+        if self.nodes_per_round is not None:
+            require_int("nodes_per_round", self.nodes_per_round, minimum=1)
 
 
 def check_first_gradient(gradient: object, dim: int) -> str | None:
@@ -251,14 +257,17 @@ class RoundEngine:
         return answer.first_gradient, answer.buffers, None
 
     def _usable_answers(
-        self, first_gradients: Mapping[str, object], dropped: dict[str, str]
+        self,
+        first_gradients: Mapping[str, object],
+        dropped: dict[str, str],
+        not_asked: frozenset[str] = frozenset(),
     ) -> tuple[dict[str, FloatArray], dict[str, Weights]]:
-        """The roster's usable first gradients (and buffers); every other node goes into
-        ``dropped`` with its reason."""
+        """The roster's usable first gradients (and buffers); every other node that was
+        asked goes into ``dropped`` with its reason."""
         usable: dict[str, FloatArray] = {}
         node_buffers: dict[str, Weights] = {}
         for node in self.roster:
-            if node in dropped:
+            if node in dropped or node in not_asked:
                 continue
             if node not in first_gradients:
                 dropped[node] = "no first gradient this round"
@@ -283,17 +292,19 @@ class RoundEngine:
         self,
         first_gradients: Mapping[str, object],
         failures: Mapping[str, str] | None = None,
+        not_asked: Collection[str] = (),
     ) -> PendingRound:
         """Check the first gradients, weigh the nodes and form the second gradient.
 
-        ``failures`` carries nodes the driver already knows failed (timeouts, errors).
+        ``failures`` carries nodes the driver already knows failed (timeouts, errors);
+        ``not_asked`` the nodes left out of this round's sample (absent, no reason).
         Raises :class:`ProtocolError` when no usable first gradient arrived.
         """
         if self.diverged is not None:
             raise DivergedError(self.diverged)
         number = self.round_index + 1  # rounds in messages count from 1, as in the tables
         dropped: dict[str, str] = dict(failures or {})
-        usable, node_buffers = self._usable_answers(first_gradients, dropped)
+        usable, node_buffers = self._usable_answers(first_gradients, dropped, frozenset(not_asked))
         unknown = sorted(set(first_gradients) - set(self.roster))
         for node in unknown:
             logger.warning("round %d: ignoring gradient from unknown node %s", number, node)

@@ -66,6 +66,7 @@ _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--server-learning-rate": ("server_learning_rate", ("rounds", "server_learning_rate")),
     # Also sets hedge.credit_method (option_overrides): one method for both policies.
     "--credit-method": ("credit_method", ("actor_critic", "credit_method")),
+    "--nodes-per-round": ("nodes_per_round", ("rounds", "nodes_per_round")),
     "--rounds": ("rounds", ("stop", "max_rounds")),
     "--target-accuracy": ("target_accuracy", ("stop", "target_accuracy")),
     "--patience": ("patience", ("stop", "patience")),
@@ -223,6 +224,14 @@ def add_training_options(group: Any) -> None:
     group.add_argument("--batch-size", type=int, default=None, help="local batch size [16]")
     group.add_argument("--momentum", type=float, default=None, help="local SGD momentum [0]")
     group.add_argument("--server-learning-rate", type=float, default=None, help="η_server [1.0]")
+    group.add_argument(
+        "--nodes-per-round",
+        type=int,
+        default=None,
+        metavar="K",
+        help="ask only K of the nodes each round, a sample drawn from the seed and the round "
+        "[every node]",
+    )
     group.add_argument(
         "--credit-method",
         choices=("auto", "exact", "first-order"),

@@ -194,6 +194,7 @@ class FederatedRun:
         after_round: Callable[[int], None] | None = None,
         stop_request: StopRequest | None = None,
         end_nodes_when_interrupted: bool = False,
+        sample_seed: int = 0,
         fit_standardisation: StandardisationFit | None = None,
     ) -> None:
         self.grid = grid
@@ -214,6 +215,8 @@ class FederatedRun:
         self.stop_request = stop_request or StopRequest()
         self.stop_request.attach(grid)
         self.end_nodes_when_interrupted = end_nodes_when_interrupted
+        #: Seeds the nodes sampled each round (``RoundSettings.nodes_per_round``).
+        self.sample_seed = sample_seed
         self.engine: RoundEngine | None = None
         self.fit_standardisation = fit_standardisation
         #: The run's feature transform, frozen once the roster is fixed (checkpointed).
@@ -420,6 +423,13 @@ class FederatedRun:
         round_index = engine.round_index
         weights = np.array(engine.global_weights)
         targets = tuple(node for node in roster if node in connected)
+        sample = engine.settings.nodes_per_round
+        not_asked: tuple[str, ...] = ()
+        if sample is not None and len(targets) > sample:
+            rng = np.random.default_rng([self.sample_seed, round_index, 4051])
+            chosen = set(rng.choice(len(targets), size=sample, replace=False).tolist())
+            not_asked = tuple(node for i, node in enumerate(targets) if i not in chosen)
+            targets = tuple(node for i, node in enumerate(targets) if i in chosen)
         buffers = engine.global_buffers if engine.layout is not None else None
         replies = self.grid.collect_first_gradients(
             round_index, weights, targets, self.settings.round_deadline, buffers
@@ -427,7 +437,7 @@ class FederatedRun:
         local_seconds = time.perf_counter() - round_started
         failures = {node: "not connected" for node in roster if node not in connected}
         failures.update(replies.failures)
-        pending = engine.aggregate(replies.values, failures)
+        pending = engine.aggregate(replies.values, failures, not_asked)
         new_buffers = pending.new_buffers if engine.layout is not None else None
         self.grid.broadcast_second_gradient(
             round_index,

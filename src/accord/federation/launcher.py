@@ -246,6 +246,7 @@ def serve(
         stop_request=stop,
         end_nodes_when_interrupted=end_nodes_when_interrupted,
         fit_standardisation=fit_standardisation,
+        sample_seed=settings.run.scenario.seed,
     )
     result = run.run()
     if not result.rounds:

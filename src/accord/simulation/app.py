@@ -82,6 +82,7 @@ def run_app(
         quorum=len(nodes),
         run_id="in-process",
         on_round=on_round,
+        sample_seed=seed,
     )
     return run.run()
 

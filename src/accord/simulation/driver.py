@@ -215,6 +215,7 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
         expected_nodes=len(roster),
         quorum=len(roster),
         run_id="in-process",
+        sample_seed=settings.scenario.seed,
     )
 
 
