@@ -274,3 +274,32 @@ def test_validation_scores_carry_per_sample_losses() -> None:
     assert scores.sample_losses is not None
     assert scores.sample_losses.shape == (3, 30)
     np.testing.assert_allclose(scores.sample_losses.mean(axis=1), scores.losses, rtol=1e-6)
+
+
+def test_hedge_loo_carries_an_absent_node_s_credit_over_unchanged() -> None:
+    import numpy as np
+
+    from accord.aggregation.base import RoundInput, ValidationScores
+    from accord.aggregation.hedge import HedgeLoo
+
+    policy = HedgeLoo()
+    policy.credit = {"a": 2.0, "b": -1.0, "c": 0.5}
+
+    def validate(weights: np.ndarray) -> ValidationScores:
+        losses = np.asarray(np.abs(weights).sum(axis=1), dtype=np.float64)
+        return ValidationScores(losses=losses, accuracies=np.zeros(len(losses)))
+
+    gradients = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)  # a and b answer
+    policy.aggregate(
+        RoundInput(
+            round_index=0,
+            roster=("a", "b", "c"),
+            sample_counts=np.array([1.0, 1.0, 1.0]),
+            present=np.array([True, True, False]),
+            global_weights=np.zeros(2, dtype=np.float32),
+            first_gradients=gradients,
+            validate=validate,
+        )
+    )
+    assert policy.credit["c"] == 0.5  # absent: not aged, not credited
+    assert policy.credit["a"] != 2.0 and policy.credit["b"] != -1.0

@@ -55,9 +55,9 @@ def fold_evidence(
     cosines: np.ndarray | None,
 ) -> None:
     """Fold one round's leave-one-out ``credit`` of the present nodes into ``memory``, in
-    place: decay, the scaled increment, its running mean and variance, the norm-bound
-    penalty, the alignment penalty (``cosines`` to the last second gradient; ``None`` in
-    the first round) and the floor at −2b."""
+    place (absent nodes' records carry over unchanged): decay, the scaled increment, its
+    running mean and variance, the norm-bound penalty, the alignment penalty (``cosines``
+    to the last second gradient; ``None`` in the first round) and the floor at −2b."""
     s = settings
     running = memory.credit
     evidence = credit
@@ -69,7 +69,9 @@ def fold_evidence(
         gain = np.clip(share / np.maximum(applied, 1e-12), np.exp(-s.upper_bound), None)
         evidence = credit * np.minimum(gain, s.evidence_max_gain)
     credit_scale = float(np.mean(np.abs(evidence)))
-    running *= np.where(running < 0, s.harm_decay, s.credit_decay)
+    # Only the present nodes' records age: a node not in this round (not sampled, or
+    # failed) carries its record over unchanged until it is heard from again.
+    running[present] *= np.where(running[present] < 0, s.harm_decay, s.credit_decay)
     increment = evidence / credit_scale if credit_scale > 0 else np.zeros_like(evidence)
     running[present] += increment
     # Each node's per-round evidence, as an exponentially weighted mean and variance:

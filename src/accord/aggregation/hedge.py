@@ -79,10 +79,10 @@ class HedgeLoo(Aggregator):
         )
         scale = float(np.mean(np.abs(loo.credit)))
         update = loo.credit / scale if scale > 0 else loo.credit
-        for node in round_input.roster:
-            self.credit[node] = s.decay * self.credit.get(node, 0.0)
+        # Only the present nodes' credit ages: a node not in this round (not sampled, or
+        # failed) carries its credit over unchanged until it is heard from again.
         for node, value in zip(present_nodes, update, strict=True):
-            self.credit[node] += float(value)
+            self.credit[node] = s.decay * self.credit.get(node, 0.0) + float(value)
         return Aggregation(
             probabilities=expand_to_roster(probabilities, round_input.present),
             second_gradient=second_gradient(probabilities, round_input.first_gradients),
