@@ -268,3 +268,71 @@ def test_the_welcome_carries_a_run_both_ways() -> None:
     built_in = RunSpec("run", ModelSpec(hidden=(8,)), 4, 3, 67, LocalTrainingSettings(), 1.0, True)
     assert spec_from_welcome(welcome_message(app, "a", 2)) == app
     assert spec_from_welcome(welcome_message(built_in, "a", 0)) == built_in
+
+
+class WithUnusedHead(SmallBN):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Linear(3, 2)  # trained by nobody: no gradient
+
+
+def test_first_order_gradients_of_a_model_with_an_unused_parameter_are_zero_there() -> None:
+    features, labels = _data(4)
+    scorer = ModuleScorer(WithUnusedHead(), batches_of_arrays(features, labels))
+    layout = scorer.layout
+    flat = layout.flatten(module_weights(WithUnusedHead()))
+    gradient = scorer.gradient(flat)
+    pieces = layout.unflatten(gradient.gradient)
+    assert not pieces["unused.weight"].any() and pieces["head.weight"].any()
+
+
+def test_a_validation_loader_that_reshuffles_is_held_in_one_order() -> None:
+    features, labels = _data(5)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(features), torch.from_numpy(labels)),
+        batch_size=8,
+        shuffle=True,
+    )
+    scorer = ModuleScorer(SmallBN(), loader)
+    flat = scorer.layout.flatten(module_weights(SmallBN()))[None, :]
+    first, second = scorer(flat), scorer(flat)
+    assert first.sample_losses is not None and second.sample_losses is not None
+    np.testing.assert_array_equal(first.sample_losses, second.sample_losses)
+
+
+def test_a_user_fit_that_returns_unusable_arrays_fails_the_round_not_the_node() -> None:
+    from accord.federation.grid import RunSpec
+    from accord.federation.tensors import state_digest
+    from accord.federation.worker import NodeWorker
+    from accord.training.local import LocalTrainingSettings
+
+    class Broken(TorchNode):
+        def fit(self, weights: Any, config: Any) -> FitResult:
+            grads = {
+                e.name: torch.ones(e.shape, requires_grad=True) for e in self.layout().trainable
+            }
+            return FitResult(sample_count=1, first_gradient=grads, buffers={})  # type: ignore[arg-type]
+
+    node = Broken(SmallBN(), _loader(1), validation=_data(2))
+    layout = node.layout()
+    spec = RunSpec("r", None, 0, 0, layout.dim, LocalTrainingSettings(), 1.0, True, layout=layout)
+    worker = NodeWorker.of_app("n", lambda _spec: node)
+    info = worker.configure(spec)
+    assert info.sample_count == 40 and info.validation_sample_count == 40
+    weights = module_weights(SmallBN())
+    flat, buffers = layout.flatten(weights), layout.buffers_of(weights)
+    with pytest.raises(InputDataError, match="fit raised RuntimeError"):
+        worker.start_round(0, flat, state_digest(flat, buffers), buffers)
+
+
+def test_an_app_whose_buffers_cannot_travel_is_refused_before_any_node() -> None:
+    from accord.federation.engine import prepare_app_run
+
+    class WithMask(SmallBN):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mask", torch.ones(1600, 1600, dtype=torch.bool))
+
+    features, labels = _data(9)
+    with pytest.raises(ConfigurationError, match="MiB of buffers; at most 2 MiB"):
+        prepare_app_run(TorchServerApp(WithMask, validation=(features, labels)), "fedavg", "r")

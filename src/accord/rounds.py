@@ -318,6 +318,11 @@ class RoundEngine:
         stacked = np.stack([usable[node] for node in self.roster if node in usable])
         new_buffers: dict[str, Any] = {}
         if self.layout is not None:
+            if self._scores_of_current is None and self.validate is not None:
+                # w_t's own score, with w_t's buffers, before the scorers take this
+                # round's (the first round's "before" and the reward's baseline).
+                scores = self.validate(self._weights[None, :])
+                self._scores_of_current = (float(scores.losses[0]), float(scores.accuracies[0]))
             present_nodes = [node for node in self.roster if node in usable]
             new_buffers = combine_buffers(
                 [node_buffers[node] for node in present_nodes],
@@ -338,9 +343,14 @@ class RoundEngine:
             validation_gradient=self.validation_gradient,
         )
         started = time.perf_counter()
-        aggregation = self.aggregator.aggregate(round_input)
-        aggregate_seconds = time.perf_counter() - started
-        _check_aggregation(aggregation, present_mask, self.dim, self.aggregator.name, number)
+        try:
+            aggregation = self.aggregator.aggregate(round_input)
+            aggregate_seconds = time.perf_counter() - started
+            _check_aggregation(aggregation, present_mask, self.dim, self.aggregator.name, number)
+        except BaseException:
+            if self.layout is not None:  # the round is not taken: back to w_t's buffers
+                self._set_scorer_buffers(self._buffers)
+            raise
         with np.errstate(over="ignore", invalid="ignore"):  # overflow: checked just below
             new_weights = self._weights - np.float32(self.settings.server_learning_rate) * (
                 aggregation.second_gradient

@@ -282,6 +282,7 @@ def prepare_app_run(
         raise ConfigurationError(str(error)) from error
     flat = layout.flatten(initial)
     buffers: Weights = layout.buffers_of(initial)
+    _check_buffers_travel(buffers)
     spec = RunSpec(
         run_id=run_id,
         model=None,
@@ -328,3 +329,27 @@ def prepare_app_run(
         )
 
     return spec, factory
+
+
+#: The most bytes a model's buffers may have together: they travel whole, with the last
+#: chunk of the weights, inside gRPC's 4 MiB message limit.
+MAX_BUFFER_TOTAL = 2 << 20
+
+
+def _check_buffers_travel(buffers: Weights) -> None:
+    """Refuse, before any node registers, buffers the protocol cannot carry: a dtype it has
+    no code for, or more than :data:`MAX_BUFFER_TOTAL` bytes in all."""
+    from accord.federation.tensors import wire_dtype_problem
+
+    total = 0
+    for name, array in buffers.items():
+        problem = wire_dtype_problem(np.asarray(array))
+        if problem is not None:
+            raise ConfigurationError(f"the app's model: buffer {name}: {problem}")
+        total += int(np.asarray(array).nbytes)
+    if total > MAX_BUFFER_TOTAL:
+        raise ConfigurationError(
+            f"the app's model has {total / 2**20:.1f} MiB of buffers; at most "
+            f"{MAX_BUFFER_TOTAL / 2**20:.0f} MiB travel with the weights (make large constant "
+            "tensors non-persistent: register_buffer(..., persistent=False))"
+        )

@@ -31,6 +31,7 @@ __all__ = [
     "encode_tensor",
     "state_digest",
     "weights_digest",
+    "wire_dtype_problem",
 ]
 
 #: Version of the federation protocol; a server refuses nodes speaking another one.
@@ -158,6 +159,14 @@ def decode_tensor(
         if array is not None:
             return array
     raise ProtocolError("tensor chunk: the last chunk is missing")
+
+
+def wire_dtype_problem(array: npt.NDArray[Any]) -> str | None:
+    """Why ``array``'s dtype cannot travel, or ``None``."""
+    if array.dtype.newbyteorder("<") in _TO_WIRE:
+        return None
+    accepted = ", ".join(sorted(str(dtype) for dtype in _TO_WIRE))
+    return f"dtype {array.dtype} cannot be sent; accepted: {accepted}"
 
 
 #: The most bytes one buffer may have on the wire (buffers travel whole, unchunked).

@@ -144,13 +144,14 @@ class NodeWorker:
         return worker
 
     def info(self) -> NodeInfo:
-        if self.labels is None:
+        if self.labels is None:  # a user app's node: what it says about itself
+            node = self.node
             return NodeInfo(
                 node_id=self.node_id,
-                sample_count=self.node.sample_count if self.node is not None else 0,
+                sample_count=_user_int(node, "sample_count"),
                 n_features=0,
                 n_classes=0,
-                validation_sample_count=0,
+                validation_sample_count=_user_int(node, "validation_sample_count"),
             )
         label_max = int(self.labels.max())
         if self.validation is not None:
@@ -212,7 +213,12 @@ class NodeWorker:
             self.spec = spec
             return self.info()
         node = self._build(spec)
-        layout = node.layout()
+        try:
+            layout = node.layout()
+        except AccordError:
+            raise
+        except Exception as error:  # user code
+            raise InputDataError(f"layout() raised {type(error).__name__}: {error}") from error
         if spec.layout is not None:
             difference = layout_difference(layout, spec.layout)
             if difference is not None:
@@ -282,11 +288,11 @@ class NodeWorker:
         config = {**spec.config, ROUND: round_index}
         try:
             result = node.fit(layout.join(self.weights, self.buffers), config)
+            return _update_of(result, layout, self.weights)
         except AccordError:
             raise
-        except Exception as error:  # user code: fail this round, not the node
+        except Exception as error:  # user code, or what it returned: fail the round only
             raise InputDataError(f"fit raised {type(error).__name__}: {error}") from error
-        return _update_of(result, layout, self.weights)
 
     def _standardise(self, standardisation: Standardisation | None) -> None:
         """Apply the run's transform to the samples as given (once; again only if the
@@ -390,3 +396,14 @@ def _update_of(
     if not layout.buffers:
         return gradient
     return NodeUpdate(first_gradient=gradient, buffers=buffers)
+
+
+def _user_int(node: object, name: str) -> int:
+    """A count a user's node reports (0 before it is built, or when it has none); a
+    failing or malformed one is an :class:`InputDataError` naming it."""
+    if node is None:
+        return 0
+    try:
+        return int(getattr(node, name, 0))
+    except Exception as error:  # user code
+        raise InputDataError(f"the node's {name} raised {type(error).__name__}: {error}") from error

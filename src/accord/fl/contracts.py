@@ -47,8 +47,9 @@ class FitResult:
     - ``first_gradient``: ``w_t − w_i`` by trainable parameter name, with the node's
       ``buffers`` after training (required when the model has buffers).
 
-    ``sample_count`` is the number of samples trained on; ``metrics`` anything the node
-    wants logged (loss, seconds, ...)."""
+    ``sample_count`` is the number of samples trained on (for the node's own bookkeeping:
+    the policies weigh a node by the ``Node.sample_count`` it registered with);
+    ``metrics`` anything the node wants logged (loss, seconds, ...)."""
 
     sample_count: int
     weights: Weights | None = None

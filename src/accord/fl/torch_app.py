@@ -117,6 +117,12 @@ class TorchNode:
     def sample_count(self) -> int:
         return self._sample_count
 
+    @property
+    def validation_sample_count(self) -> int:
+        """Samples :meth:`evaluate` scores (0 without validation data): what a run with
+        federated evaluation admits the node by."""
+        return 0 if self.validation_batches is None else _count(self.validation_batches)
+
     def layout(self) -> WeightLayout:
         return self._layout
 

@@ -91,8 +91,19 @@ def make_validation_gradient_fn(
         logits: torch.Tensor = functional_call(module, params, (inputs,))
         per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         loss = per_sample.mean()
-        grads = torch.autograd.grad(loss, list(params.values()))
-        joined = torch.cat([g.reshape(-1) for g in grads]).detach().cpu().numpy()
+        values = list(params.values())
+        grads = torch.autograd.grad(loss, values, allow_unused=True)
+        joined = (
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(v)).reshape(-1)
+                    for g, v in zip(grads, values, strict=True)
+                ]
+            )
+            .detach()
+            .cpu()
+            .numpy()
+        )
         return ValidationGradient(
             loss=float(loss.detach()),
             gradient=joined.astype(np.float32),

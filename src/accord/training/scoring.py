@@ -78,7 +78,11 @@ class ModuleScorer:
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.layout = layout or WeightLayout.of_module(module)
-        self.batches = batches
+        # Held once, in one order: the policies compare candidates sample by sample, which a
+        # loader that reshuffles between passes would silently pair wrongly.
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (inputs, targets) for inputs, targets in batches
+        ]
         self.loss = loss
         self.chunk = chunk
         self._sizes = [entry.size for entry in self.layout.trainable]
@@ -169,8 +173,13 @@ class ModuleScorer:
             inputs, targets = raw_inputs.to(self.device), raw_targets.to(self.device)
             outputs = functional_call(self.module, (params, self._buffers), (inputs,))
             per_sample = self.loss(outputs, targets)
-            grads = torch.autograd.grad(per_sample.sum(), list(params.values()))
-            torch._foreach_add_(totals, list(grads))
+            grads = torch.autograd.grad(per_sample.sum(), list(params.values()), allow_unused=True)
+            # A parameter the forward pass does not use has no gradient: zero, as in fit.
+            present = [
+                g if g is not None else torch.zeros_like(t)
+                for g, t in zip(grads, totals, strict=True)
+            ]
+            torch._foreach_add_(totals, present)
             sample_losses.append(per_sample.detach().double())
         if not sample_losses:
             raise InputDataError("the held-out data has no samples")
