@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import logging
@@ -494,6 +495,11 @@ def warm_up_in_background() -> None:
         thread = threading.Thread(target=warm_up_torch, name="accord-warm-up", daemon=True)
         _warming.append(thread)
         thread.start()
+        # A short run can end while the thread is still inside torch's lazy imports; the
+        # interpreter's shutdown then kills it mid-way and torch's C++ side aborts the
+        # process ("terminate called without an active exception", exit -6). Let it
+        # finish first.
+        atexit.register(thread.join, 120.0)
 
 
 def warm_up_torch() -> None:
