@@ -143,6 +143,17 @@ class NodeWorker:
         worker.weights, worker.buffers, worker._digest = None, {}, None
         return worker
 
+    @classmethod
+    def of_node(cls, node_id: str, node: Node) -> NodeWorker:
+        """A worker around a node already built (the in-process drivers: every run spec
+        gets this same node)."""
+
+        def factory(spec: RunSpec) -> Node:
+            del spec
+            return node
+
+        return cls.of_app(node_id, factory)
+
     def info(self) -> NodeInfo:
         if self.labels is None:  # a user app's node: what it says about itself
             node = self.node

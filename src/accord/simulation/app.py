@@ -19,7 +19,7 @@ from accord.aggregation.hedge import HedgeLooSettings
 from accord.errors import ConfigurationError
 from accord.federation.driver import FederatedResult, FederatedRun
 from accord.federation.engine import prepare_app_run
-from accord.federation.grid import InMemoryGrid, RunSpec
+from accord.federation.grid import InMemoryGrid
 from accord.federation.settings import FederationSettings
 from accord.federation.worker import NodeWorker
 from accord.fl.contracts import Node, ServerApp
@@ -62,9 +62,7 @@ def run_app(
         hedge=hedge,
         config=config,
     )
-    workers = {
-        node_id: NodeWorker.of_app(node_id, _constant(node)) for node_id, node in nodes.items()
-    }
+    workers = {node_id: NodeWorker.of_node(node_id, node) for node_id, node in nodes.items()}
     grid = InMemoryGrid(spec, workers)
     refused = sorted(set(nodes) - set(grid.connected()))
     if refused:
@@ -85,11 +83,3 @@ def run_app(
         sample_seed=seed,
     )
     return run.run()
-
-
-def _constant(node: Node) -> Callable[[RunSpec], Node]:
-    def factory(spec: RunSpec) -> Node:
-        del spec
-        return node
-
-    return factory

@@ -179,7 +179,7 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
     a :class:`~accord.federation.worker.NodeWorker` around its
     :class:`~accord.fl.TabularNode`, as in an ``accord node`` process, so the simulation is
     the federated run without the network (DESIGN §3: one driver)."""
-    from accord.federation.grid import InMemoryGrid, RunSpec
+    from accord.federation.grid import InMemoryGrid
     from accord.federation.settings import FederationSettings
     from accord.federation.worker import NodeWorker
 
@@ -195,7 +195,7 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
         federated_evaluation=False,
     )
     workers = {
-        data.node_id: NodeWorker.of_app(data.node_id, _constant(node))
+        data.node_id: NodeWorker.of_node(data.node_id, node)
         for data, node in zip(simulation.data.nodes, simulation.nodes, strict=True)
     }
     roster = simulation.engine.roster
@@ -217,11 +217,3 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
         run_id="in-process",
         sample_seed=settings.scenario.seed,
     )
-
-
-def _constant(node: TabularNode) -> Callable[[RunSpec], TabularNode]:
-    def factory(spec: RunSpec) -> TabularNode:
-        del spec
-        return node
-
-    return factory
