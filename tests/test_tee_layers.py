@@ -8,10 +8,10 @@ any import of the runtime, the tables, the commands or the CLI.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from import_support import forbidden_imports, imports
 
 import accord
 
@@ -40,16 +40,6 @@ FORBIDDEN = (
 )
 
 
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
 def _core_files() -> list[Path]:
     return sorted(path for core in CORES for path in (PACKAGE / core).rglob("*.py"))
 
@@ -57,15 +47,10 @@ def _core_files() -> list[Path]:
 def test_the_cores_exist_and_are_read() -> None:
     files = {path.relative_to(PACKAGE).as_posix() for path in _core_files()}
     assert {"tee/core/session.py", "tee/core/channel.py", "alignment/intersect.py"} <= files
-    assert "socket" in _imports(PACKAGE / "tee/runtime/transport.py")  # the check can fail
+    assert "socket" in imports(PACKAGE / "tee/runtime/transport.py")  # the check can fail
 
 
 @pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.relative_to(PACKAGE).as_posix())
 def test_a_core_module_imports_no_io_and_nothing_above_it(path: Path) -> None:
-    bad = sorted(
-        name
-        for name in _imports(path)
-        for forbidden in FORBIDDEN
-        if name == forbidden or name.startswith(forbidden + ".")
-    )
+    bad = forbidden_imports(path, FORBIDDEN)
     assert bad == [], f"{path.relative_to(PACKAGE)} imports {bad}"

@@ -7,10 +7,10 @@ commands, the CLI or another driver).
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+from import_support import forbidden_imports, imports
 
 import accord
 
@@ -35,31 +35,16 @@ FORBIDDEN = (
 )
 
 
-def _imports(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
 FILES = sorted((PACKAGE / "vertical").rglob("*.py"))
 
 
 def test_the_check_reads_the_modules_and_can_fail() -> None:
     names = {path.name for path in FILES}
     assert {"parties.py", "batches.py", "simulation.py"} <= names
-    assert "socket" in _imports(PACKAGE / "tee/runtime/transport.py")
+    assert "socket" in imports(PACKAGE / "tee/runtime/transport.py")
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_a_vertical_module_imports_no_io(path: Path) -> None:
-    bad = sorted(
-        name
-        for name in _imports(path)
-        for forbidden in FORBIDDEN
-        if name == forbidden or name.startswith(forbidden + ".")
-    )
+    bad = forbidden_imports(path, FORBIDDEN)
     assert bad == [], f"{path.relative_to(PACKAGE)} imports {bad}"
