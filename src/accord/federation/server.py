@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ import numpy as np
 from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, ProtocolError
 from accord.federation.auth import Authenticator, ServerCredentials
+from accord.federation.connection import Connection, gather, retrieve, stop_writer
 from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import (
     Evaluation,
@@ -64,61 +65,11 @@ __all__ = ["GrpcGrid", "TransportSettings", "channel_options", "format_address"]
 
 logger = logging.getLogger(__name__)
 
-#: How long a closing session's writer may take to finish the write in flight.
-_WRITER_STOP_SECONDS = 2.0
-
 T = TypeVar("T")
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Consume the outcome of a read left pending when a session is ended locally."""
-    if not task.cancelled():
-        task.exception()
-
-
-async def _stop_writer(connection: _Connection, writer: asyncio.Task[None]) -> None:
-    """Let the session's writer finish the write in flight (gRPC cannot end a stream with a
-    write pending), then stop it."""
-    if not writer.done():
-        connection.send(None)
-        await asyncio.wait({writer}, timeout=_WRITER_STOP_SECONDS)
-    writer.cancel()
 
 
 #: Seconds a user app's node has, after Welcome, to build its model and answer Ready.
 _READY_TIMEOUT = 300.0
-
-
-class _Connection:
-    """One node's live session (touched only on the event loop)."""
-
-    def __init__(self, info: NodeInfo, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.info = info
-        self.context = context
-        self.outbox: asyncio.Queue[pb.ServerMessage | None] = asyncio.Queue()
-        self.weights_digest: bytes | None = None
-        self.expect: tuple[str, int] | None = None
-        self.future: asyncio.Future[tuple[str, Any, float]] | None = None
-        self.assembler: TensorAssembler | None = None
-        self.task: asyncio.Task[Any] | None = None
-        #: Set to (status, reason) when the server ends this session itself (a final refusal).
-        self.refused: asyncio.Future[tuple[grpc.StatusCode, str]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        #: The metadata and TLS auth context it registered with, checked again every round.
-        self.credentials: tuple[list[tuple[str, str | bytes]], Any] = ([], {})
-
-    @property
-    def node_id(self) -> str:
-        return self.info.node_id
-
-    def send(self, message: pb.ServerMessage | None) -> None:
-        self.outbox.put_nowait(message)
-
-    def resolve(self, outcome: tuple[str, Any, float]) -> None:
-        if self.future is not None and not self.future.done():
-            self.future.set_result(outcome)
-        self.expect, self.future, self.assembler = None, None, None
 
 
 class _Servicer(pb_grpc.FederationServicer):
@@ -148,7 +99,7 @@ class GrpcGrid(Grid):
         self.transport = transport
         self.credentials = credentials
         self.authenticator = authenticator
-        self._connections: dict[str, _Connection] = {}
+        self._connections: dict[str, Connection] = {}
         self._roster: frozenset[str] | None = None
         self._sent = 0
         self._received = 0
@@ -274,30 +225,29 @@ class GrpcGrid(Grid):
         if problem is not None:
             logger.warning("node %s cannot join: %s", info.node_id, problem)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
-        connection = _Connection(info, context)
+        connection = Connection(info, context)
         connection.credentials = credentials
         connection.task = asyncio.current_task()
+        welcome = pb.ServerMessage(
+            welcome=welcome_message(self.spec, info.node_id, self._next_round)
+        )
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
-            await context.write(
-                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
-            )
+            await context.write(welcome)
             await self._await_ready(connection, context)
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
-            connection.send(
-                pb.ServerMessage(welcome=welcome_message(self.spec, info.node_id, self._next_round))
-            )
+            connection.send(welcome)
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
                 await asyncio.wait((read, connection.refused), return_when=asyncio.FIRST_COMPLETED)
                 if not read.done():
                     # End the stream from here: cancelling this handler would leave it open.
-                    read.add_done_callback(_retrieve)
-                    await _stop_writer(connection, writer)  # a write in flight blocks the status
+                    read.add_done_callback(retrieve)
+                    await stop_writer(connection, writer)  # a write in flight blocks the status
                     code, reason = connection.refused.result()
                     await context.abort(code, reason)
                 message = read.result()
@@ -310,11 +260,11 @@ class GrpcGrid(Grid):
                     logger.warning("node %s broke the protocol: %s", info.node_id, error)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
-            await _stop_writer(connection, writer)
+            await stop_writer(connection, writer)
             await self._detach(connection, "disconnected")
 
     async def _await_ready(
-        self, connection: _Connection, context: grpc.aio.ServicerContext[Any, Any]
+        self, connection: Connection, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """A user app's node builds its model after Welcome and answers Ready; only then
         does it count as connected. A node that cannot join says why, in one line."""
@@ -343,7 +293,7 @@ class GrpcGrid(Grid):
             logger.warning("node %s cannot join: %s", connection.node_id, problem)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
 
-    async def _attach(self, connection: _Connection) -> None:
+    async def _attach(self, connection: Connection) -> None:
         old = self._connections.get(connection.node_id)
         if old is not None:
             logger.warning("node %s opened a new session; closing its old one", old.node_id)
@@ -359,7 +309,7 @@ class GrpcGrid(Grid):
         )
         await self._notify()
 
-    async def _detach(self, connection: _Connection, reason: str) -> None:
+    async def _detach(self, connection: Connection, reason: str) -> None:
         connection.resolve(("failed", f"node {reason}", 0.0))
         if self._connections.get(connection.node_id) is connection:
             del self._connections[connection.node_id]
@@ -367,7 +317,7 @@ class GrpcGrid(Grid):
                 logger.warning("node %s %s", connection.node_id, reason)
             await self._notify()
 
-    async def _write_loop(self, connection: _Connection) -> None:
+    async def _write_loop(self, connection: Connection) -> None:
         try:
             while True:
                 message = await connection.outbox.get()
@@ -380,7 +330,7 @@ class GrpcGrid(Grid):
         except Exception as error:  # the stream is gone: the reader notices and detaches
             logger.debug("writing to node %s failed: %s", connection.node_id, error)
 
-    def _revoked(self, connection: _Connection) -> bool:
+    def _revoked(self, connection: Connection) -> bool:
         """Whether the credentials the node registered with are no longer accepted (a
         renewed token, a revoked certificate); its session is then ended, refused."""
         if self.authenticator.open:
@@ -397,7 +347,7 @@ class GrpcGrid(Grid):
             connection.refused.set_result((grpc.StatusCode.UNAUTHENTICATED, "credentials refused"))
         return True
 
-    def _on_first_gradient(self, connection: _Connection, part: pb.FirstGradient) -> None:
+    def _on_first_gradient(self, connection: Connection, part: pb.FirstGradient) -> None:
         if connection.expect != ("first", part.round_index) or connection.assembler is None:
             logger.info(
                 "ignoring a late or unexpected first gradient from node %s (round %d)",
@@ -421,7 +371,7 @@ class GrpcGrid(Grid):
                 return
         connection.resolve(("ok", value, float(part.train_seconds)))
 
-    def _on_message(self, connection: _Connection, message: pb.NodeMessage) -> None:
+    def _on_message(self, connection: Connection, message: pb.NodeMessage) -> None:
         kind = message.WhichOneof("body")
         if kind == "first_gradient":
             self._on_first_gradient(connection, message.first_gradient)
@@ -573,7 +523,7 @@ class GrpcGrid(Grid):
             self._digest_of_current = digest  # what the second gradient starts from
         full: list[pb.ServerMessage] | None = None
         replies = Replies()
-        waiting: dict[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]] = {}
+        waiting: dict[str, tuple[Connection, asyncio.Future[tuple[str, Any, float]]]] = {}
         loop = asyncio.get_running_loop()
         for node in node_ids:
             connection = self._connections.get(node)
@@ -616,7 +566,7 @@ class GrpcGrid(Grid):
             if cut_short
             else f"no {what} within the {timeout:g} s round deadline"
         )
-        _gather(waiting, late, replies)
+        gather(waiting, late, replies)
         return replies
 
     def _full_round_start(
@@ -707,20 +657,3 @@ class GrpcGrid(Grid):
             self._call(close())
         finally:
             self._stop_loop()
-
-
-def _gather(
-    waiting: Mapping[str, tuple[_Connection, asyncio.Future[tuple[str, Any, float]]]],
-    late: str,
-    replies: Replies,
-) -> None:
-    """Each awaited node's answer into ``replies``; one still missing fails as ``late``."""
-    for node, (connection, future) in waiting.items():
-        if not future.done():
-            connection.resolve(("failed", late, 0.0))
-        status, value, seconds = future.result()
-        if status == "ok":
-            replies.values[node] = value
-            replies.work_seconds[node] = seconds
-        else:
-            replies.failures[node] = str(value)
