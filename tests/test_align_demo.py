@@ -45,7 +45,8 @@ def test_demo_runs_every_party_and_its_checks_pass(
         ]
     else:
         assert "demo: removed its temporary folder" in done.stderr
-    assert done.stdout.count("[ok]") == 3 and "FAILED" not in done.stdout
+    assert done.stdout.count("[ok]") == 4 and "FAILED" not in done.stdout
+    assert len(set(_fingerprints(done.stdout))) == 1  # in memory and bucketed alike
     assert "the shared IDs are exactly the 1200 generated in common" in done.stdout
     received = [line for line in done.stdout.splitlines() if " received: " in line]
     assert len(received) == parties
@@ -57,6 +58,24 @@ def test_demo_runs_every_party_and_its_checks_pass(
         assert f"[alice] sort: {buckets}/{buckets} buckets done in " in done.stderr
         assert all(f"({buckets} buckets)" in line for line in received)
         assert not list((tmp_path / "kept").glob("run-*"))  # removed once each run completed
+
+
+def _fingerprints(stdout: str) -> list[str]:
+    return [
+        line.split(": ", 1)[1]
+        for line in stdout.splitlines()
+        if line.strip().startswith("alignment fingerprint: ")
+    ]
+
+
+def test_each_alignment_has_its_own_fingerprint_that_every_party_prints() -> None:
+    runs = [_demo("--rows", "300", "--seed", str(seed)) for seed in (1, 2)]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-2000:] for run in runs]
+    first, second = (_fingerprints(run.stdout) for run in runs)
+    assert len(first) == len(second) == 2
+    assert first[0] == first[1] and second[0] == second[1]
+    assert all(len(f) == 64 and int(f, 16) >= 0 for f in first)
+    assert first[0] != second[0]
 
 
 @pytest.mark.parametrize(

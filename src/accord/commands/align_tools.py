@@ -229,8 +229,10 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
         return 1
 
     aligned = {}
+    fingerprints = {}
     for name in names:
         summary = json.loads((folder / f"{name}.summary.json").read_text())
+        fingerprints[name] = summary["fingerprint"]
         table = pcsv.read_csv(folder / f"{name}.aligned.csv")
         aligned[name] = table.column("id").to_pylist()
         peers = ", ".join(
@@ -242,6 +244,7 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
             f"\n{name} received: |own IDs| = {summary['own_ids']}, peers' IDs: {peers}, "
             f"|I| = {summary['intersection']}" + (f" ({buckets} buckets)" if buckets else "") + "\n"
             f"  peer enclaves attested: {', '.join(sorted(summary['peer_enclaves']))}\n"
+            f"  alignment fingerprint: {summary['fingerprint']}\n"
             + (
                 f"  row map {folder / f'{name}.map.csv'}, aligned table "
                 f"{folder / f'{name}.aligned.csv'}; first rows:\n"
@@ -253,6 +256,8 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
             sys.stdout.write(f"    {row}\n")
     first = aligned[names[0]]
     checks = {
+        "every party holds the same alignment fingerprint": len(set(fingerprints.values())) == 1
+        and None not in fingerprints.values(),
         "every party's aligned table lines up position by position": all(
             ids == first for ids in aligned.values()
         ),

@@ -438,6 +438,7 @@ class BucketedRun:
     def counts(self) -> dict[str, Any]:
         """The counts the host may see (as in memory: own, peers', intersection, duplicates)."""
         state = self.state
+        confirmed = state.stage in ("confirm", "done")
         return {
             "own_size": state.own_size,
             "peer_sizes": {peer: sum(sizes) for peer, sizes in sorted(state.peer_sizes.items())},
@@ -447,6 +448,8 @@ class BucketedRun:
             ),
             "buckets": state.buckets,
             "bucket_intersections": list(state.intersections),
+            # The run's fingerprint (hex), once every bucket is exchanged.
+            "fingerprint": self.outcome()[1].hex() if confirmed else None,
         }
 
     def confirmed(self) -> None:

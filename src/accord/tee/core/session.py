@@ -546,6 +546,9 @@ class EnclaveSession:
             "own_size": self._result.own_size,
             "peer_sizes": peer_sizes,
             "intersection_size": self._result.intersection_size,
+            # The alignment's fingerprint (hex): reveals nothing about IDs; every party's
+            # host gets the same one, so later steps can check they hold the same alignment.
+            "fingerprint": self._result.fingerprint.hex(),
             "duplicates": {
                 key: (value.value if isinstance(value, DuplicatePolicy) else value)
                 for key, value in asdict(self._own.duplicates).items()

@@ -20,9 +20,11 @@ What each output reveals, and to whom
 * **Aligned table** (``--output-table``): this party's own rows, every column, in the shared
   order — the same information as the row map.
 * **Summary** (returned, printed by the CLI, ``--summary``): ``|own set|`` (distinct usable
-  IDs), ``|I|``, problems found in the own input, the attested identities of the peers'
-  enclaves, and each peer's set size — unless that peer padded its digest stream
-  (``pad_to``), in which case it is ``None``. Without padding the sizes are revealed anyway:
+  IDs), ``|I|``, the alignment's ``fingerprint`` (the hash every enclave confirmed; equal on
+  every party of one alignment, a hash of keyed digests that reveals no ID), problems
+  found in the own input, the attested identities of the peers' enclaves, and each peer's
+  set size — unless that peer padded its digest stream (``pad_to``), in which case it is
+  ``None``. Without padding the sizes are revealed anyway:
   the relayed ciphertext is 16 bytes per distinct ID.
 * **To the peers' hosts**: only ciphertext, the cleartext hello (party name, session name,
   party count) and the handshake (nonces, public keys, quotes naming this enclave's
@@ -350,6 +352,7 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
             own_ids=int(counts["own_size"]),
             peer_ids=dict(counts["peer_sizes"]),
             intersection=int(counts["intersection_size"]),
+            fingerprint=counts.get("fingerprint"),
             input_report={
                 "empty_rows": report["empty_rows"],
                 "empty_examples": list(report["empty_examples"]),

@@ -164,6 +164,10 @@ class PartySummary:
     peer_ids: dict[str, int | None]
     #: Size of the intersection of every party's IDs.
     intersection: int
+    #: The alignment's fingerprint (SHA-256, hex) that every party's enclave computed and
+    #: confirmed: the same on every party of one alignment, another for any other alignment.
+    #: It reveals nothing about IDs; ``accord vertical`` checks it before training.
+    fingerprint: str | None
     #: Empty, undecodable and duplicate IDs found in this party's input; ``dropped_rows``
     #: counts every row left out (skipped invalid IDs and the duplicate policy's drops).
     input_report: dict[str, Any]
