@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from accord.commands.exit_codes import ExitCode
+from accord.credentials.issue import make_credentials, renew_node_credentials
 from accord.data.faults import FaultSpec
-from accord.federation.credentials import make_credentials, renew_node_credentials
 from accord.run import StopConditions
 from accord.scenario import ScenarioSettings
 from accord.simulation.driver import Simulation, SimulationSettings

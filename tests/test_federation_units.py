@@ -20,21 +20,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.data.faults import FaultSpec
-from accord.errors import ConfigurationError, InputDataError, PeerError, ProtocolError
-from accord.federation.auth import (
+from accord.credentials.auth import (
     Authenticator,
     hash_token,
     load_node_credentials,
     load_server_credentials,
 )
+from accord.credentials.issue import make_credentials, renew_node_credentials
+from accord.data.faults import FaultSpec
+from accord.errors import ConfigurationError, InputDataError, PeerError, ProtocolError
 from accord.federation.checkpoint import (
     dumps_tree,
     loads_tree,
     read_checkpoint,
     write_checkpoint,
 )
-from accord.federation.credentials import make_credentials, renew_node_credentials
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
 from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem
@@ -290,7 +290,7 @@ def test_renewing_a_node_revokes_its_old_certificate_and_token(tmp_path: Path) -
     import subprocess
     import sys
 
-    from accord.federation.auth import certificate_fingerprint, read_revoked
+    from accord.credentials.auth import certificate_fingerprint, read_revoked
 
     directory = tmp_path / "creds"
     make_credentials(directory, ["node-00", "node-01"], now=dt.datetime.now(dt.UTC))
@@ -372,7 +372,7 @@ def test_a_running_server_applies_a_renewal_and_fails_closed_on_a_broken_list(
 
 
 def test_a_revocation_list_is_checked_when_read(tmp_path: Path) -> None:
-    from accord.federation.auth import read_revoked
+    from accord.credentials.auth import read_revoked
 
     bad = tmp_path / "revoked.json"
     bad.write_text('{"format": "accord-revoked-certificates", "certificates": ["abc"]}')
@@ -923,7 +923,7 @@ def test_an_interrupted_grpc_grid_stops_waiting_for_nodes_at_once(
     small: tuple[Any, Any],
 ) -> None:
     # Arrange: a real server on 127.0.0.1 that nobody joins, waiting up to 120 s
-    from accord.federation.auth import Authenticator
+    from accord.credentials.auth import Authenticator
 
     scenario, data = small
     settings_ = ServerSettings(run=SimulationSettings(scenario=scenario))

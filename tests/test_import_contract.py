@@ -8,7 +8,7 @@ below, never one above)::
                       accord.tee.runtime (and any accord.tee module outside accord.tee.core)
     3  round logic    accord.rounds, accord.fl, accord.run, accord.scenario,
                       accord.scenario_codec, accord.reporting, accord.config, accord.tables,
-                      accord.csv_lines
+                      accord.csv_lines, accord.credentials
     2  domain         accord.aggregation, accord.training, accord.data, accord.alignment,
                       accord.tee.core
     1  shared         accord (the package), accord.errors, accord.types, accord._validation,
@@ -72,6 +72,9 @@ LAYERS: Mapping[int, tuple[str, tuple[str, ...]]] = {
             "accord.config",
             "accord.tables",
             "accord.csv_lines",
+            # credentials folders, their checks and gRPC TLS: below every networked driver
+            # (federation and vertical both use it; neither may import the other)
+            "accord.credentials",
         ),
     ),
     2: (

@@ -15,7 +15,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         description="Write a certificate authority, a TLS certificate for the server and, for "
         "every node, a folder with the CA, a client certificate and a token. Copy "
         "DIR/<node-id>/ to that node's machine; the server uses DIR itself. Keep DIR/ca.key "
-        "offline: it only serves to issue more certificates.",
+        "offline: it only serves to issue more certificates. For a vertical run, --names "
+        "issues one folder per party (the label party listens with DIR, each feature party "
+        "dials with DIR/<name>/).",
     )
     parser.add_argument("directory", metavar="DIR", help="folder to write into")
     group = parser.add_mutually_exclusive_group()
@@ -26,10 +28,17 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--node-ids", default=None, help="comma-separated node ids instead of --nodes"
     )
     group.add_argument(
+        "--names",
+        default=None,
+        help="comma-separated party names of a vertical run (accord vertical), e.g. "
+        "bank,insurer: one credentials folder per party, named as in the alignment",
+    )
+    group.add_argument(
         "--renew",
         default=None,
         metavar="IDS",
-        help="comma-separated node ids: issue them a new certificate and token from DIR's CA "
+        help="comma-separated node ids or party names: issue them a new certificate and "
+        "token from DIR's CA "
         "and revoke the old ones (a new id is added); a running server applies it at the next "
         "registration",
     )
@@ -51,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from accord.credentials.issue import make_credentials, renew_node_credentials
     from accord.errors import ConfigurationError
-    from accord.federation.credentials import make_credentials, renew_node_credentials
 
     if args.renew is not None:
         if args.host or args.force:
             raise ConfigurationError("--renew: --host and --force do not apply (the CA stays)")
-        renewed = [n.strip() for n in args.renew.split(",") if n.strip()]
+        renewed = _names(args.renew)
         directory = Path(args.directory)
         renewal = renew_node_credentials(
             directory, renewed, now=dt.datetime.now(dt.UTC), days=args.days
@@ -83,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
         )
         sys.stdout.write("\n".join(lines) + "\n")
         return 0
+    if args.names is not None:
+        return _run_names(args, _names(args.names))
     if args.node_ids is not None:
-        node_ids = [n.strip() for n in args.node_ids.split(",") if n.strip()]
+        node_ids = _names(args.node_ids)
     else:
         count = 10 if args.nodes is None else args.nodes
         if count < 1:
@@ -103,4 +114,36 @@ def run(args: argparse.Namespace) -> int:
         f"  server: accord server --credentials {args.directory} ...\n"
         f"  node:   accord node --credentials {paths[node_ids[0]]} --node-id {node_ids[0]} ...\n"
     )
+    return 0
+
+
+def _names(listed: str) -> list[str]:
+    return [name.strip() for name in listed.split(",") if name.strip()]
+
+
+def _run_names(args: argparse.Namespace, names: list[str]) -> int:
+    """``--names``: a vertical run's credentials, one folder per party name."""
+    import datetime as dt
+    import sys
+    from pathlib import Path
+
+    from accord.credentials.issue import make_credentials
+
+    directory = Path(args.directory)
+    paths = make_credentials(
+        directory,
+        names,
+        hosts=args.host,
+        now=dt.datetime.now(dt.UTC),
+        days=args.days,
+        overwrite=args.force,
+        what="party name",
+    )
+    lines = [f"wrote credentials for {len(names)} parties to {directory}"]
+    lines += [f"  {name}: {paths[name]}" for name in names]
+    lines.append(
+        f"The label party listens with --credentials {directory}; each feature party dials "
+        f"with --credentials {directory}/<its name> (copy that folder to its machine)."
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0

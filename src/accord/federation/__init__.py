@@ -10,19 +10,18 @@ Layout::
     server.py     GrpcGrid: the server's gRPC transport (asyncio, one stream per node)
     worker.py     NodeWorker: a node's data, model and round logic, transport-free
     client.py     NodeClient: the node's gRPC session, reconnection with backoff
-    auth.py       reading credentials; the server's check of every registering node
-    credentials.py  making the CA, certificates and tokens (``accord certs``)
     checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
     settings.py   FederationSettings, ServerSettings (JSON form: accord.settings_mapping)
     node_data.py  a node's CSV/Parquet file; its validation split
-    naming.py     what a node id may be
     launcher.py   ``accord server``'s main loop; what every federation process does first
     local.py      ``accord federate``: the server here, one forked process per node
     run_files.py  the run folder: federation.json, server.json, checkpoint, stats, summary
     scenario_helper.py  builds the scenario in a forked helper while torch loads
 
-Names are imported lazily: ``import accord.federation`` loads neither torch nor gRPC.
+Credentials (reading, checking, issuing; TLS) live in :mod:`accord.credentials`, shared
+with the vertical driver. Names are imported lazily: ``import accord.federation`` loads
+neither torch nor gRPC.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Authenticator": "auth",
+    "Authenticator": "accord.credentials.auth",
     "FederatedResult": "driver",
     "FederatedRun": "driver",
     "FederationSettings": "settings",
@@ -59,7 +58,7 @@ _WHERE = {
     "NodeWorker": "worker",
     "ServerSettings": "settings",
     "TransportSettings": "server",
-    "make_credentials": "credentials",
+    "make_credentials": "accord.credentials.issue",
 }
 
 
@@ -67,4 +66,6 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'accord.federation' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"accord.federation.{module}"), name)
+    if not module.startswith("accord."):
+        module = f"accord.federation.{module}"
+    return getattr(importlib.import_module(module), name)

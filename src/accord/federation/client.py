@@ -34,9 +34,10 @@ import grpc
 import numpy as np
 
 from accord import __version__
+from accord.credentials.auth import NodeCredentials
+from accord.credentials.tls import bearer_metadata, channel_tls
 from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
 from accord.failpoints import Failpoint
-from accord.federation.auth import NodeCredentials
 from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import RunSpec
 from accord.federation.proto import federation_pb2 as pb
@@ -190,17 +191,12 @@ class NodeClient:
         assert self.credentials is not None
         if self.settings.server_name:
             options.append(("grpc.ssl_target_name_override", self.settings.server_name))
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.credentials.root_ca,
-            private_key=self.credentials.private_key,
-            certificate_chain=self.credentials.certificate_chain,
+        return grpc.secure_channel(
+            self.settings.server, channel_tls(self.credentials), options=options
         )
-        return grpc.secure_channel(self.settings.server, creds, options=options)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        if self.credentials is None or self.credentials.token is None:
-            return ()
-        return (("authorization", f"Bearer {self.credentials.token}"),)
+        return bearer_metadata(self.credentials)
 
     # --------------------------------------------------------------------- run
 

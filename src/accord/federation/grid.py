@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from accord.aggregation.base import FloatArray
+from accord.credentials.naming import check_node_id
 from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError
 from accord.federation.fingerprint import FEATURES, SCENARIO, Fingerprint
-from accord.federation.naming import check_node_id
 from accord.federation.tensors import state_digest
 from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec

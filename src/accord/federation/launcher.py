@@ -21,9 +21,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from accord.credentials.auth import Authenticator, ServerCredentials
 from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.failpoints import SERVER_ACTIONS, failpoints_for
-from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.run_files import (
     ADDRESS_FILE,
     CHECKPOINT_FILE,

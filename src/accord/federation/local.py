@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from accord.credentials.auth import Authenticator, ServerCredentials
 from accord.errors import ConfigurationError
-from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.checkpoint import dumps_tree
 from accord.federation.launcher import (
     ServedRun,
@@ -68,7 +68,7 @@ def _node_child(
     parent (sent once the server listens), then serve."""
     import numpy as np
 
-    from accord.federation.auth import load_node_credentials
+    from accord.credentials.auth import load_node_credentials
     from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.fingerprint import Fingerprint
@@ -223,8 +223,8 @@ def _run_credentials(
 ) -> tuple[Path | None, ServerCredentials | None, Authenticator]:
     """Throw-away credentials in a private temporary folder (removed at the end of the
     run), or none with ``--insecure``: (their folder, the server's, its authenticator)."""
-    from accord.federation.auth import load_server_credentials
-    from accord.federation.credentials import make_credentials
+    from accord.credentials.auth import load_server_credentials
+    from accord.credentials.issue import make_credentials
 
     if options.insecure:
         logger.warning("--insecure: the local federation runs in plaintext without authentication")

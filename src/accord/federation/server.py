@@ -27,8 +27,10 @@ import grpc
 import numpy as np
 
 from accord.aggregation.base import FloatArray
+from accord.credentials.auth import Authenticator, ServerCredentials
+from accord.credentials.naming import check_node_id
+from accord.credentials.tls import server_tls
 from accord.errors import ConfigurationError, ProtocolError
-from accord.federation.auth import Authenticator, ServerCredentials
 from accord.federation.connection import Connection, gather, retrieve, stop_writer
 from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import (
@@ -39,7 +41,6 @@ from accord.federation.grid import (
     RunSpec,
     admission_problem,
 )
-from accord.federation.naming import check_node_id
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
 from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
@@ -144,12 +145,7 @@ class GrpcGrid(Grid):
             if self.credentials is None:
                 port = server.add_insecure_port(address)
             else:
-                creds = grpc.ssl_server_credentials(
-                    [(self.credentials.private_key, self.credentials.certificate_chain)],
-                    root_certificates=self.credentials.client_ca,
-                    require_client_auth=self.credentials.client_ca is not None,
-                )
-                port = server.add_secure_port(address, creds)
+                port = server.add_secure_port(address, server_tls(self.credentials))
         except RuntimeError as error:
             raise ConfigurationError(f"cannot listen on {address}: {error}") from error
         if port == 0:

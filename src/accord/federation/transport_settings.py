@@ -1,9 +1,11 @@
-"""Where and how the gRPC server listens, and the channel options both ends use."""
+"""Where and how the gRPC server listens (the channel options both ends use, and the
+address form, come from :mod:`accord.credentials.tls`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from accord.credentials.tls import channel_options, format_address
 from accord.errors import ConfigurationError
 from accord.federation.tensors import DEFAULT_CHUNK_BYTES
 
@@ -34,20 +36,3 @@ class TransportSettings:
             raise ConfigurationError(
                 f"chunk_bytes: expected 1024 .. max_message_bytes - 4096, got {self.chunk_bytes}"
             )
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options both ends use: message limits, keepalive, no port sharing."""
-    return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 20_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]

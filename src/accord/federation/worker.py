@@ -29,11 +29,11 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray
+from accord.credentials.naming import check_node_id
 from accord.data.faults import NodeFault
 from accord.data.standardise import FeatureMoments, Standardisation
 from accord.errors import AccordError, InputDataError, ProtocolError
 from accord.federation.grid import Evaluation, NodeInfo, RunSpec
-from accord.federation.naming import check_node_id
 from accord.federation.tensors import check_weights, state_digest
 from accord.fl.contracts import ROUND, FitResult, Node
 from accord.fl.tabular import TabularNode

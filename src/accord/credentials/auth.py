@@ -1,17 +1,18 @@
-"""Credentials of a federation: a local CA, TLS certificates, per-node tokens, and the check
-a server makes on every registering node.
+"""Reading credentials: a local CA, TLS certificates, per-node (or per-party) tokens, and
+the check a server makes on every registering node (or dialling party).
 
-``accord certs DIR`` (:func:`accord.federation.credentials.make_credentials`) writes::
+``accord certs DIR`` (:func:`accord.credentials.issue.make_credentials`) writes::
 
     DIR/ca.pem  DIR/ca.key              the federation's CA (keep ca.key offline)
     DIR/server.pem  DIR/server.key      the server's TLS certificate (serverAuth)
     DIR/tokens.json                     SHA-256 of each node's token (server side)
     DIR/<node-id>/ca.pem node.pem node.key token
                                         one folder to copy to each node's machine
+                                        (``--names bank,insurer``: one per party name)
     DIR/revoked.json                    SHA-256 of certificates replaced by ``--renew``
 
 ``accord certs DIR --renew NODE``
-(:func:`~accord.federation.credentials.renew_node_credentials`) issues that node a new
+(:func:`~accord.credentials.issue.renew_node_credentials`) issues that node a new
 certificate and token from the same CA (a leaked or lost folder is replaced), lists the old
 certificate in ``revoked.json`` and drops the old token from ``tokens.json``; a running
 server reads both again when they change (:meth:`Authenticator.reloading`).
@@ -33,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accord.credentials.naming import check_node_id
 from accord.errors import AccordError, ConfigurationError, InputDataError
-from accord.federation.naming import check_node_id
 
 __all__ = [
     "CLIENT_AUTH_MODES",

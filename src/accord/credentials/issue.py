@@ -1,7 +1,8 @@
-"""Making a federation's credentials: ``accord certs DIR`` and ``accord certs DIR --renew``.
+"""Making credentials: ``accord certs DIR`` and ``accord certs DIR --renew``.
 
-A local CA, the server's TLS certificate, and per node a certificate, key and token (the
-layout is drawn in :mod:`accord.federation.auth`, which reads and checks them). Private
+A local CA, the server's TLS certificate, and per node (a federation's node ids, or a
+vertical run's party names) a certificate, key and token (the layout is drawn in
+:mod:`accord.credentials.auth`, which reads and checks them). Private
 keys and tokens are written with mode 0600; ``tokens.json`` and ``revoked.json`` are
 replaced atomically, so a running server reads the old state or the new one.
 """
@@ -20,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from accord.atomic_files import write_atomically
-from accord.errors import ConfigurationError, InputDataError
-from accord.federation.auth import (
+from accord.credentials.auth import (
     REVOKED_FORMAT,
     REVOKED_NAME,
     TOKENS_FORMAT,
@@ -31,7 +31,8 @@ from accord.federation.auth import (
     read_revoked,
     read_token_hashes,
 )
-from accord.federation.naming import check_node_id
+from accord.credentials.naming import check_name
+from accord.errors import ConfigurationError, InputDataError
 
 __all__ = ["CredentialRenewal", "make_credentials", "renew_node_credentials"]
 
@@ -141,14 +142,14 @@ def _write_node_folder(
     return folder, hash_token(token)
 
 
-def _checked_node_ids(node_ids: Iterable[str], days: int) -> list[str]:
+def _checked_node_ids(node_ids: Iterable[str], days: int, what: str) -> list[str]:
     nodes = list(node_ids)
     for node in nodes:
-        problem = check_node_id(node)
+        problem = check_name(node, what)
         if problem is not None:
             raise ConfigurationError(problem)
     if len(set(nodes)) != len(nodes) or not nodes:
-        raise ConfigurationError(f"node ids: expected distinct ids, got {nodes}")
+        raise ConfigurationError(f"{what}s: expected distinct {what}s, got {nodes}")
     if not isinstance(days, int) or days < 1:
         raise ConfigurationError(f"days: expected a whole number >= 1, got {days!r}")
     return nodes
@@ -162,15 +163,19 @@ def make_credentials(
     now: dt.datetime,
     days: int = 365,
     overwrite: bool = False,
+    what: str = "node id",
 ) -> dict[str, Path]:
     """Write a CA, a server certificate for ``localhost``, ``127.0.0.1``, ``::1`` and
-    ``hosts``, and for each node a client certificate and a token. Returns the paths."""
+    ``hosts``, and for each node a client certificate and a token. Returns the paths.
+
+    ``what`` names the ids in errors: ``node id`` (a federation) or ``party name`` (a
+    vertical run, whose parties authenticate as nodes do)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    nodes = _checked_node_ids(node_ids, days)
+    nodes = _checked_node_ids(node_ids, days, what)
     directory.mkdir(parents=True, exist_ok=True)
 
     start, end = now - dt.timedelta(minutes=5), now + dt.timedelta(days=days)
@@ -259,7 +264,12 @@ class CredentialRenewal:
 
 
 def renew_node_credentials(
-    directory: Path, node_ids: Iterable[str], *, now: dt.datetime, days: int = 365
+    directory: Path,
+    node_ids: Iterable[str],
+    *,
+    now: dt.datetime,
+    days: int = 365,
+    what: str = "node id",
 ) -> CredentialRenewal:
     """A new client certificate and token for each node, from ``directory``'s CA.
 
@@ -271,7 +281,7 @@ def renew_node_credentials(
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    nodes = _checked_node_ids(node_ids, days)
+    nodes = _checked_node_ids(node_ids, days, what)
     ca_pem = read_file(directory / "ca.pem", "CA certificate")
     if not (directory / "ca.key").exists():
         raise ConfigurationError(
