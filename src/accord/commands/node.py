@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
     import numpy as np
 
     from accord.commands.server import scenario_from_args
+    from accord.credentials.auth import load_node_credentials
     from accord.errors import ConfigurationError
-    from accord.federation.auth import load_node_credentials
     from accord.federation.client import NodeClient
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation

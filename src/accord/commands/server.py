@@ -286,13 +286,13 @@ def security_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     import logging
     from pathlib import Path
 
-    from accord.errors import ConfigurationError
-    from accord.federation.auth import (
+    from accord.credentials.auth import (
         REVOKED_NAME,
         Authenticator,
         load_server_credentials,
         read_token_hashes,
     )
+    from accord.errors import ConfigurationError
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
