@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "predict": "score a CSV or Parquet file with a run folder's trained model",
     "certs": "make a local CA, server and node certificates and node tokens",
     "align": "align samples across parties inside TEEs (intersect, shared shuffle)",
+    "vertical": "split learning over aligned tables: label and feature parties over gRPC",
 }
 
 logger = logging.getLogger(__name__)

@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from accord.atomic_files import write_atomically
 from accord.reporting.summary import PolicyRun, faulty_mass, round_faulty
 
-__all__ = ["plot_accuracy", "plot_probabilities", "plot_run", "shared_colour_limit", "stop_note"]
+__all__ = [
+    "plot_accuracy",
+    "plot_curves",
+    "plot_probabilities",
+    "plot_run",
+    "shared_colour_limit",
+    "stop_note",
+]
 
 _DPI = 110
 
@@ -123,6 +130,30 @@ def plot_accuracy(
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(handles)))
+    return _save(figure, path)
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """One line per named curve of ``(x, y)`` points (a curve with no point is left out)."""
+    figure, _ = _new_figure(7.0, 3.6)
+    axes = figure.subplots()
+    for name, points in curves.items():
+        if points:
+            axes.plot([x for x, _ in points], [y for _, y in points], label=name, linewidth=1.6)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="best")
     return _save(figure, path)
 
 

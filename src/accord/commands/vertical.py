@@ -1,0 +1,278 @@
+"""``accord vertical``: split learning over aligned tables, one process per party.
+
+::
+
+    accord vertical label   --table bank.aligned.csv --alignment bank.summary.json \\
+        --label-column y --ignore-columns id --listen 0.0.0.0:9800 --credentials creds \\
+        --run-dir run
+    accord vertical feature --table insurer.aligned.csv --alignment insurer.summary.json \\
+        --ignore-columns id --connect bank.example:9800 --credentials creds/insurer
+    accord vertical demo    # breast cancer, aligned with `accord align`, trained on 127.0.0.1
+
+The label party listens (it hosts the top model); every feature party dials it. The
+parties' settings (flags below, or ``--config FILE.toml`` with the keys of
+:class:`~accord.vertical.settings.VerticalSettings`, flags winning) must be the same on
+every party: the label party refuses, with one line on both sides, a party whose settings,
+alignment fingerprint or row count differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+#: Settings flags -> (dotted key in VerticalSettings, type).
+_SETTINGS_FLAGS: dict[str, tuple[str, Any]] = {
+    "seed": ("seed", int),
+    "epochs": ("epochs", int),
+    "batch_size": ("batch_size", int),
+    "learning_rate": ("learning_rate", float),
+    "optimizer": ("optimizer", str),
+    "patience": ("patience", int),
+    "validation_fraction": ("validation_fraction", float),
+    "test_fraction": ("test_fraction", float),
+    "bottom": ("model.bottom", str),
+    "bottom_hidden": ("model.bottom_hidden", "widths"),
+    "embedding_dim": ("model.embedding_dim", int),
+    "top": ("model.top", str),
+    "top_hidden": ("model.top_hidden", "widths"),
+}
+
+
+def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "vertical",
+        help=help_text,
+        description="Split learning over the aligned tables of `accord align`: each party "
+        "trains a bottom model on its own columns, the label party the top model and the "
+        "loss; only embeddings and their gradients travel (gRPC, mutual TLS and tokens).",
+    )
+    commands = parser.add_subparsers(dest="vertical_command", metavar="{label,feature,demo}")
+    commands.required = True
+    label = commands.add_parser(
+        "label",
+        help="run the label party: listen, admit the feature parties, train, write RUN_DIR",
+        description="Run the label party of a vertical run. It listens (--listen), admits "
+        "every feature party of the alignment once its credentials and its agreement "
+        "(alignment fingerprint, row count, settings) check out, trains, and writes RUN_DIR: "
+        "label.json (where it listens), metrics.jsonl, summary.json, loss.png, auc.png.",
+    )
+    _add_party_arguments(label)
+    label.add_argument("--label-column", required=True, help="the 0/1 label column")
+    label.add_argument(
+        "--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any)"
+    )
+    label.add_argument(
+        "--credentials",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the folder `accord certs DIR --names ...` wrote (its server.pem, tokens.json)",
+    )
+    label.add_argument("--run-dir", type=Path, default=Path("vertical-run"), help="[vertical-run]")
+    label.add_argument(
+        "--protection",
+        choices=("none", "max_norm", "label_dp"),
+        default="none",
+        help="perturb the gradients returned to the feature parties [none]",
+    )
+    label.add_argument("--epsilon", type=float, default=1.0, help="label_dp's epsilon [1]")
+    label.add_argument(
+        "--private-seed", type=int, default=0, help="seed of the protection's noise [0]"
+    )
+    label.add_argument(
+        "--join-timeout", type=float, default=600.0, help="seconds to wait for the parties [600]"
+    )
+    label.set_defaults(run=run, vertical_role="label")
+    feature = commands.add_parser(
+        "feature",
+        help="run a feature party: dial the label party and serve its rounds",
+        description="Run a feature party of a vertical run: dial the label party, prove "
+        "who it is (its certificate and token), announce its alignment fingerprint, row "
+        "count and settings, and answer every batch until the label party ends the run.",
+    )
+    _add_party_arguments(feature)
+    feature.add_argument("--connect", required=True, metavar="HOST:PORT", help="the label party")
+    feature.add_argument(
+        "--credentials",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="this party's folder from `accord certs DIR --names ...` (DIR/<name>)",
+    )
+    feature.add_argument(
+        "--server-name", default=None, help="TLS name on the label party's certificate"
+    )
+    feature.add_argument(
+        "--connect-timeout", type=float, default=60.0, help="seconds to reach it [60]"
+    )
+    feature.set_defaults(run=run, vertical_role="feature")
+    return parser
+
+
+def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--table", type=Path, required=True, help="this party's aligned table (CSV or Parquet)")
+    add(
+        "--alignment",
+        type=Path,
+        default=None,
+        metavar="SUMMARY",
+        help="the summary JSON `accord align --summary` wrote: party names, rows, fingerprint",
+    )
+    add("--party-name", default=None, help="this party's name (default: from --alignment)")
+    add(
+        "--parties",
+        default=None,
+        help="every party's name, comma-separated (default: from --alignment)",
+    )
+    add(
+        "--ignore-columns",
+        default="",
+        help="comma-separated columns that are not features (the ID key, e.g. id)",
+    )
+    add("--config", type=Path, default=None, help="a TOML file of the run's settings")
+    add("--idle-timeout", type=float, default=300.0, help="seconds a peer may stay silent [300]")
+    for flag, (key, kind) in _SETTINGS_FLAGS.items():
+        add(
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            type=str if kind == "widths" else kind,
+            default=None,
+            help=f"setting {key}" + (" (comma-separated widths)" if kind == "widths" else ""),
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`VerticalSettings` of ``--config`` and the flags (flags win)."""
+    from accord.errors import ConfigurationError
+    from accord.settings_mapping import read_toml, settings_from_mapping
+    from accord.vertical.settings import VerticalSettings
+
+    data: dict[str, Any] = {}
+    source = "options"
+    if args.config is not None:
+        data = read_toml(args.config)
+        source = f"{args.config} and options"
+    for flag, (key, kind) in _SETTINGS_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if kind == "widths":
+            try:
+                value = [int(w) for w in value.split(",") if w.strip()]
+            except ValueError as error:
+                raise ConfigurationError(
+                    f"--{flag.replace('_', '-')}: expected widths like 32,16, got {value!r}"
+                ) from error
+        table = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+        table[leaf] = value
+    return settings_from_mapping(VerticalSettings, data, source=source)
+
+
+def parse_address(text: str, option: str) -> tuple[str, int]:
+    from accord.errors import ConfigurationError
+
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigurationError(f"{option}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _names(args: argparse.Namespace) -> tuple[str, tuple[str, ...], int | None, str | None]:
+    """(this party, every party, aligned rows or None, alignment fingerprint or None)."""
+    from accord.errors import ConfigurationError
+    from accord.vertical.inputs import read_alignment
+
+    parties = None
+    if args.parties is not None:
+        parties = tuple(p.strip() for p in args.parties.split(",") if p.strip())
+    if args.alignment is not None:
+        info = read_alignment(args.alignment)
+        if args.party_name is not None and args.party_name != info.party:
+            raise ConfigurationError(
+                f"--party-name: {args.alignment} is party {info.party!r}'s summary,"
+                f" not {args.party_name!r}'s"
+            )
+        if parties is not None and set(parties) != set(info.parties):
+            raise ConfigurationError(
+                f"--parties: {args.alignment} names the parties {', '.join(info.parties)}"
+            )
+        return info.party, info.parties, info.rows, info.fingerprint
+    if args.party_name is None or parties is None:
+        raise ConfigurationError(
+            "--alignment: give the alignment's summary JSON (or --party-name and --parties)"
+        )
+    if args.party_name not in parties:
+        raise ConfigurationError(f"--parties: expected {args.party_name!r} among {parties}")
+    return args.party_name, parties, None, None
+
+
+def run(args: argparse.Namespace) -> int:
+    from accord.errors import InputDataError
+    from accord.vertical.inputs import read_party_table
+
+    settings = settings_from_args(args)
+    name, parties, rows, fingerprint = _names(args)
+    ignore = [c.strip() for c in args.ignore_columns.split(",") if c.strip()]
+    label_column = args.label_column if args.vertical_role == "label" else None
+    table = read_party_table(args.table, name, label_column=label_column, ignore=ignore)
+    if rows is not None and table.row_count != rows:
+        raise InputDataError(
+            f"{args.table}: expected the {rows} aligned rows of {args.alignment}, found"
+            f" {table.row_count} (a table from another alignment?)"
+        )
+    if args.vertical_role == "label":
+        return _run_label(args, settings, table, parties, fingerprint)
+    return _run_feature(args, settings, table, fingerprint)
+
+
+def _run_label(
+    args: argparse.Namespace,
+    settings: Any,
+    table: Any,
+    parties: tuple[str, ...],
+    fingerprint: str | None,
+) -> int:
+    from accord.vertical.network import ListenSettings, run_label_party
+    from accord.vertical.parties import LabelParty
+    from accord.vertical.settings import ProtectionSettings
+
+    host, port = parse_address(args.listen, "--listen")
+    listen = ListenSettings(host, port, args.join_timeout, args.idle_timeout)
+    protection = ProtectionSettings(args.protection, args.epsilon)
+    features = [p for p in parties if p != table.name]
+    label = LabelParty(table, settings, features, protection, args.private_seed)
+    result = run_label_party(label, fingerprint, args.credentials, listen, args.run_dir)
+    test = result.test
+    sys.stdout.write(
+        f"vertical run of {', '.join(parties)}: {len(result.epochs)} epochs, best epoch"
+        f" {result.best_epoch}"
+        + ("" if test is None else f", test loss {test.loss:.4f}")
+        + ("" if test is None or test.auc is None else f", test AUC {test.auc:.4f}")
+        + f"\n  run folder: {args.run_dir}\n"
+    )
+    return 0
+
+
+def _run_feature(
+    args: argparse.Namespace, settings: Any, table: Any, fingerprint: str | None
+) -> int:
+    from accord.vertical.network import run_feature_party
+    from accord.vertical.parties import FeatureParty
+    from accord.vertical.transport import DialSettings
+
+    parse_address(args.connect, "--connect")
+    dial = DialSettings(args.connect, args.connect_timeout, args.idle_timeout, args.server_name)
+    party = FeatureParty(table, settings)
+    reason = run_feature_party(party, fingerprint, args.credentials, dial)
+    sys.stdout.write(f"party {table.name!r}: the label party ended the run: {reason}\n")
+    return 0

@@ -1,0 +1,182 @@
+"""The networked vertical run, one function per role: :func:`run_label_party` listens and
+drives :func:`~accord.vertical.simulation.run_vertical` over the feature parties' streams;
+:func:`run_feature_party` dials it and answers. The round logic is the in-memory driver's;
+this module adds credentials, the run folder and the transport only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accord.credentials.auth import (
+    REVOKED_NAME,
+    Authenticator,
+    NodeCredentials,
+    load_node_credentials,
+    load_server_credentials,
+)
+from accord.credentials.tls import format_address
+from accord.errors import ConfigurationError, InputDataError
+from accord.settings_mapping import settings_to_mapping
+from accord.vertical.agreement import PartyAnnouncement, settings_fingerprint
+from accord.vertical.parties import FeatureParty, LabelParty
+from accord.vertical.results import DriverState, VerticalResult
+from accord.vertical.run_files import LabelRunFolder
+from accord.vertical.simulation import run_vertical
+from accord.vertical.transport import (
+    DialSettings,
+    LabelServer,
+    feature_hello,
+    links_bytes,
+    serve_feature_party,
+)
+
+__all__ = ["ListenSettings", "announce", "run_feature_party", "run_label_party"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    """Where the label party listens and how long it waits."""
+
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (written to ``RUN_DIR/label.json``).
+    port: int = 0
+    #: Seconds to wait for every feature party to join.
+    join_timeout: float = 600.0
+    #: Seconds a joined feature party may stay silent.
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
+            raise ConfigurationError(f"--listen: expected a port 0..65535, got {self.port!r}")
+        for name in ("join_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
+
+
+def announce(
+    party: LabelParty | FeatureParty, alignment_fingerprint: str | None
+) -> PartyAnnouncement:
+    """What ``party`` tells the others before training."""
+    return PartyAnnouncement(
+        party.name, party.row_count, settings_fingerprint(party.settings), alignment_fingerprint
+    )
+
+
+def run_label_party(
+    label: LabelParty,
+    alignment_fingerprint: str | None,
+    credentials_dir: Path,
+    listen: ListenSettings,
+    run_dir: Path,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> VerticalResult:
+    """Listen, admit the feature parties, train, write the run folder; the result.
+
+    Before any training each feature party's credentials (mutual TLS and token) and its
+    agreement (alignment fingerprint, row count, settings) are checked; a refusal leaves no
+    run folder behind.
+    """
+    folder = LabelRunFolder(run_dir)
+
+    def load() -> Any:
+        return load_server_credentials(credentials_dir, "both")
+
+    credentials = load()
+    authenticator = Authenticator.reloading(
+        load, [credentials_dir / "tokens.json", credentials_dir / REVOKED_NAME]
+    )
+    server = LabelServer(
+        announce(label, alignment_fingerprint),
+        label.feature_parties,
+        credentials,
+        authenticator,
+        idle_timeout=listen.idle_timeout,
+    )
+    started = clock()
+    try:
+        port = server.start(listen.host, listen.port)
+        address = format_address(listen.host, port)
+        folder.listening(address, port, label.name)
+        if on_listening is not None:
+            on_listening(address)
+        links = server.wait_for_parties(listen.join_timeout)
+        folder.start()
+        logger.info("every party agreed (%s); training", ", ".join(links))
+        exchanged = [0, 0]
+
+        def on_epoch_end(state: DriverState) -> None:
+            sent, received = links_bytes(links)
+            extra = {"bytes_sent": sent - exchanged[0], "bytes_received": received - exchanged[1]}
+            exchanged[:] = [sent, received]
+            folder.append_epoch(state.history[-1], extra)
+
+        result = run_vertical(label, links, on_epoch_end=on_epoch_end)
+        for link in links.values():
+            link.finish("the run is complete")
+        sent, received = links_bytes(links)
+        folder.finish(
+            result,
+            {
+                "label_party": label.name,
+                "parties": [label.name, *label.feature_parties],
+                "feature_parties": list(label.feature_parties),
+                "rows": label.row_count,
+                "alignment_fingerprint": alignment_fingerprint,
+                "settings": settings_to_mapping(label.settings),
+                "protection": settings_to_mapping(label.protection),
+                "bytes_sent": sent,
+                "bytes_received": received,
+                "seconds": round(clock() - started, 3),
+            },
+        )
+        return result
+    except BaseException:
+        folder.discard()
+        raise
+    finally:
+        server.stop()
+
+
+def feature_credentials(directory: Path) -> NodeCredentials:
+    """A feature party's credentials folder (``accord certs DIR --names ...``'s
+    ``DIR/<name>``): the CA, its certificate and key, and its token, all required."""
+    credentials = load_node_credentials(directory)
+    missing = [
+        name
+        for name, value in (
+            ("ca.pem", credentials.root_ca),
+            ("node.pem", credentials.certificate_chain),
+            ("node.key", credentials.private_key),
+            ("token", credentials.token),
+        )
+        if value is None
+    ]
+    if missing:
+        raise InputDataError(
+            f"{directory}: expected a party's credentials folder (accord certs DIR --names"
+            f" ...: DIR/<name>), missing {', '.join(missing)}"
+        )
+    return credentials
+
+
+def run_feature_party(
+    party: FeatureParty,
+    alignment_fingerprint: str | None,
+    credentials_dir: Path,
+    dial: DialSettings,
+) -> str:
+    """Dial the label party and serve the run; the label party's finish reason."""
+    credentials = feature_credentials(credentials_dir)
+    hello = feature_hello(announce(party, alignment_fingerprint))
+    return serve_feature_party(party, hello, dial, credentials)

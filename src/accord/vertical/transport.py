@@ -1,0 +1,553 @@
+"""The vertical round over gRPC: the label party listens, each feature party dials it.
+
+One bidirectional stream per feature party (``proto/vertical.proto``). The feature party
+sends :class:`Hello` (its name, aligned row count, alignment and settings fingerprints);
+the label party checks its credentials (mutual TLS and a token, through
+:class:`~accord.credentials.auth.Authenticator`: the certificate's common name and the
+token must both be the announced party's), then the agreement
+(:func:`~accord.vertical.agreement.check_announcements`), and answers ``Welcome`` or
+``Refused`` with one line. After that the label party drives: a
+:class:`RemoteFeatureParty` is the :class:`~accord.vertical.simulation.FeaturePartyLink`
+of one feature party, so :func:`~accord.vertical.simulation.run_vertical` runs the same
+rounds as in memory; :func:`serve_feature_party` answers each instruction with the
+:class:`~accord.vertical.parties.FeatureParty`'s own methods. A driver adds transport,
+never rules.
+
+Timeouts: a feature party that sends nothing for ``idle_timeout`` seconds, or whose stream
+ends (its process died), ends the label party's run with one :class:`PeerError` line; a
+label party that goes silent or away ends the feature party's likewise.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from accord.credentials.auth import Authenticator, NodeCredentials, ServerCredentials
+from accord.credentials.tls import (
+    bearer_metadata,
+    channel_options,
+    channel_tls,
+    format_address,
+    server_tls,
+)
+from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
+from accord.vertical.agreement import PartyAnnouncement, check_announcements
+from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
+from accord.vertical.parties import FeatureParty
+from accord.vertical.proto import vertical_pb2 as pb
+from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "LabelServer",
+    "RemoteFeatureParty",
+    "serve_feature_party",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+#: Largest message either end accepts: a split's embedding travels in one message.
+MAX_MESSAGE_BYTES = 1 << 30
+_END = object()
+
+
+def to_matrix(values: np.ndarray) -> pb.Matrix:
+    """A float32 ``(rows, columns)`` array as a message (row-major, little-endian)."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    rows, columns = array.shape
+    return pb.Matrix(rows=rows, columns=columns, data=array.tobytes())
+
+
+def from_matrix(message: pb.Matrix, what: str) -> np.ndarray:
+    """The array a :class:`pb.Matrix` holds; a size that does not match is one line."""
+    expected = message.rows * message.columns * 4
+    if len(message.data) != expected:
+        raise ProtocolError(
+            f"{what}: expected {expected} bytes for {message.rows}x{message.columns} float32,"
+            f" got {len(message.data)}"
+        )
+    values = np.frombuffer(message.data, dtype="<f4").reshape(message.rows, message.columns)
+    return values.astype(np.float32)  # a writable native copy
+
+
+def announcement_of(hello: pb.Hello) -> PartyAnnouncement:
+    return PartyAnnouncement(
+        party=hello.party,
+        row_count=int(hello.row_count),
+        settings_fingerprint=hello.settings_fingerprint,
+        alignment_fingerprint=hello.alignment_fingerprint or None,
+    )
+
+
+class _Session:
+    """One feature party's stream, seen from the label party: instructions go out through
+    ``outbound`` (``_END`` ends the stream), replies come in through ``inbound``."""
+
+    def __init__(self, party: str, peer: str) -> None:
+        self.party = party
+        self.peer = peer
+        self.outbound: queue.Queue[Any] = queue.Queue()
+        self.inbound: queue.Queue[Any] = queue.Queue()
+
+    def close(self) -> None:
+        self.outbound.put(_END)
+
+
+class RemoteFeatureParty:
+    """A feature party at the other end of a stream (a
+    :class:`~accord.vertical.simulation.FeaturePartyLink`)."""
+
+    def __init__(self, session: _Session, idle_timeout: float) -> None:
+        self.name = session.party
+        self._session = session
+        self._idle_timeout = idle_timeout
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _send(self, message: pb.LabelMessage) -> None:
+        self.bytes_sent += message.ByteSize()
+        self._session.outbound.put(message)
+
+    def _matrix(self, what: str) -> np.ndarray:
+        try:
+            reply = self._session.inbound.get(timeout=self._idle_timeout)
+        except queue.Empty:
+            raise PeerError(
+                f"party {self.name!r} sent nothing for {self._idle_timeout:g} s"
+                f" (waiting for its {what})"
+            ) from None
+        if isinstance(reply, AccordError):
+            raise reply
+        self.bytes_received += reply.ByteSize()
+        if reply.WhichOneof("body") != "matrix":
+            raise ProtocolError(
+                f"party {self.name!r}: expected its {what}, got {reply.WhichOneof('body')}"
+            )
+        return from_matrix(reply.matrix, f"{what} from {self.name!r}")
+
+    def forward(self, request: BatchRequest) -> Embedding:
+        self._send(pb.LabelMessage(forward=pb.Forward(epoch=request.epoch, batch=request.batch)))
+        values = self._matrix(f"embedding of epoch {request.epoch} batch {request.batch}")
+        return Embedding(self.name, request.epoch, request.batch, values)
+
+    def backward(self, gradient: EmbeddingGradient) -> None:
+        self._send(
+            pb.LabelMessage(
+                backward=pb.Backward(
+                    epoch=gradient.epoch, batch=gradient.batch, gradient=to_matrix(gradient.values)
+                )
+            )
+        )
+
+    def embed(self, split: str) -> SplitEmbedding:
+        self._send(pb.LabelMessage(embed=pb.Embed(split=split)))
+        return SplitEmbedding(self.name, split, self._matrix(f"embedding of the {split} split"))
+
+    def keep_best(self) -> None:
+        self._send(pb.LabelMessage(keep_best=pb.KeepBest()))
+
+    def restore_best(self) -> None:
+        self._send(pb.LabelMessage(restore_best=pb.RestoreBest()))
+
+    def checkpoint(self, next_epoch: int) -> None:
+        """Ask the feature party to save its state (to resume after ``next_epoch`` epochs)."""
+        self._send(pb.LabelMessage(checkpoint=pb.Checkpoint(next_epoch=next_epoch)))
+
+    def finish(self, reason: str) -> None:
+        """Tell the feature party the run is over, and end its stream."""
+        self._send(pb.LabelMessage(finish=pb.Finish(reason=reason)))
+        self._session.close()
+
+
+class _Servicer(pb_grpc.VerticalServicer):
+    def __init__(self, server: LabelServer) -> None:
+        self.server = server
+
+    def Session(  # noqa: N802 - the gRPC method's name
+        self, request_iterator: Iterator[pb.FeatureMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.LabelMessage]:
+        peer = context.peer()
+        try:
+            first = next(request_iterator)
+        except (StopIteration, grpc.RpcError):
+            return
+        if first.WhichOneof("body") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
+        hello = first.hello
+        metadata = [(m.key, m.value) for m in (context.invocation_metadata() or ())]
+        refusal = self.server.authenticator.refusal(hello.party, metadata, context.auth_context())
+        if refusal is not None:
+            logger.warning("refused party %r from %s: %s", hello.party[:64], peer, refusal)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
+        joined = self.server.join(hello, peer)
+        if isinstance(joined, str):
+            yield pb.LabelMessage(refused=pb.Refused(reason=joined))
+            return
+        context.add_callback(joined.close)
+        threading.Thread(target=_read_replies, args=(request_iterator, joined), daemon=True).start()
+        yield pb.LabelMessage(welcome=self.server.welcome())
+        while True:
+            message = joined.outbound.get()
+            if message is _END:
+                return
+            yield message
+
+
+def _read_replies(replies: Iterator[pb.FeatureMessage], session: _Session) -> None:
+    why = "its stream ended"
+    try:
+        for reply in replies:
+            session.inbound.put(reply)
+    except grpc.RpcError as error:
+        why = f"its stream broke ({_details(error)})"
+    except Exception as error:  # any failure of the stream ends the session
+        why = f"its stream broke ({type(error).__name__})"
+    finally:
+        session.inbound.put(PeerError(f"party {session.party!r} is gone: {why}"))
+
+
+def _details(error: grpc.RpcError) -> str:
+    """The first line of a gRPC error's details (or its status code)."""
+    details = error.details() if hasattr(error, "details") else None
+    lines = str(details or "").strip().splitlines()
+    if lines:
+        return lines[0][:300]
+    code = error.code() if hasattr(error, "code") else None
+    return str(getattr(code, "name", None) or type(error).__name__)
+
+
+@dataclass(frozen=True)
+class _Expected:
+    label: PartyAnnouncement
+    feature_parties: tuple[str, ...]
+    first_epoch: int
+
+
+class LabelServer:
+    """The label party's listening end: admits the expected feature parties (credentials,
+    protocol version, agreement) and hands one :class:`RemoteFeatureParty` per party."""
+
+    def __init__(
+        self,
+        label: PartyAnnouncement,
+        feature_parties: Sequence[str],
+        credentials: ServerCredentials,
+        authenticator: Authenticator,
+        *,
+        idle_timeout: float = 300.0,
+        first_epoch: int = 0,
+    ) -> None:
+        self._expected = _Expected(label, tuple(sorted(feature_parties)), first_epoch)
+        self.credentials = credentials
+        self.authenticator = authenticator
+        self.idle_timeout = idle_timeout
+        self._sessions: dict[str, _Session] = {}
+        self._failure: AccordError | None = None
+        self._changed = threading.Condition()
+        self._server: grpc.Server | None = None
+        self.port: int | None = None
+
+    def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (port 0: a free one); the bound port."""
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2 * len(self._expected.feature_parties) + 2),
+            options=[*channel_options(MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
+        )
+        pb_grpc.add_VerticalServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
+        address = format_address(host, port)
+        try:
+            bound = server.add_secure_port(address, server_tls(self.credentials))
+        except RuntimeError as error:
+            raise ConfigurationError(f"--listen {address}: cannot listen: {error}") from error
+        if bound == 0:
+            raise ConfigurationError(f"--listen {address}: cannot listen there")
+        server.start()
+        self._server, self.port = server, int(bound)
+        logger.info("listening on %s (mutual TLS)", format_address(host, bound))
+        return int(bound)
+
+    def welcome(self) -> pb.Welcome:
+        expected = self._expected
+        return pb.Welcome(
+            label_party=expected.label.party,
+            parties=[expected.label.party, *expected.feature_parties],
+            first_epoch=expected.first_epoch,
+        )
+
+    def join(self, hello: pb.Hello, peer: str) -> _Session | str:
+        """Admit an authenticated party, or the one line that refuses it. A disagreement
+        (alignment, rows, settings) also ends the label party's own run."""
+        expected = self._expected
+        party = hello.party
+        if hello.protocol_version != PROTOCOL_VERSION:
+            return (
+                f"protocol version {hello.protocol_version} is not supported; the label party"
+                f" speaks version {PROTOCOL_VERSION}"
+            )
+        if party not in expected.feature_parties:
+            return (
+                f"party {party!r} is not a feature party of this run"
+                f" (expected {', '.join(expected.feature_parties)})"
+            )
+        if hello.resume_epoch != expected.first_epoch:
+            reason = (
+                f"party {party!r} would start at epoch {hello.resume_epoch}, the label party"
+                f" at epoch {expected.first_epoch} (resume both, or neither)"
+            )
+            self._fail(PeerError(reason))
+            return reason
+        try:
+            check_announcements(expected.label, [announcement_of(hello)])
+        except AccordError as error:
+            self._fail(PeerError(str(error)))
+            return str(error)
+        with self._changed:
+            if party in self._sessions:
+                return f"party {party!r} is connected already"
+            session = _Session(party, peer)
+            self._sessions[party] = session
+            self._changed.notify_all()
+        logger.info("party %r joined from %s", party, peer)
+        return session
+
+    def _fail(self, error: AccordError) -> None:
+        with self._changed:
+            if self._failure is None:
+                self._failure = error
+            self._changed.notify_all()
+
+    def wait_for_parties(
+        self, timeout: float, clock: Callable[[], float] = time.monotonic
+    ) -> dict[str, RemoteFeatureParty]:
+        """Every expected feature party, once each has joined; a refused agreement or the
+        timeout is one :class:`PeerError` line."""
+        deadline = clock() + timeout
+        expected = self._expected.feature_parties
+        with self._changed:
+            while self._failure is None and set(self._sessions) != set(expected):
+                left = deadline - clock()
+                if left <= 0:
+                    missing = sorted(set(expected) - set(self._sessions))
+                    raise PeerError(
+                        f"feature parties {', '.join(missing)} did not join within {timeout:g} s"
+                    )
+                self._changed.wait(min(left, 1.0))
+            if self._failure is not None:
+                raise self._failure
+            return {
+                party: RemoteFeatureParty(self._sessions[party], self.idle_timeout)
+                for party in expected
+            }
+
+    def stop(self, grace: float = 2.0) -> None:
+        """End every stream and stop listening."""
+        with self._changed:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close()
+        if self._server is not None:
+            self._server.stop(grace).wait(grace + 1)
+            self._server = None
+
+
+# ------------------------------------------------------------------ feature party
+
+
+@dataclass(frozen=True)
+class DialSettings:
+    """How a feature party reaches the label party."""
+
+    #: ``HOST:PORT`` of the label party.
+    address: str
+    #: Seconds to reach the label party (it may still be starting).
+    connect_timeout: float = 60.0
+    #: Seconds the label party may stay silent once joined.
+    idle_timeout: float = 300.0
+    #: The TLS name to expect on the label party's certificate (``None``: the host).
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
+
+
+def _channel(settings: DialSettings, credentials: NodeCredentials) -> grpc.Channel:
+    options: list[tuple[str, int | str]] = [
+        *channel_options(MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+    if settings.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.server_name))
+    return grpc.secure_channel(settings.address, channel_tls(credentials), options=options)
+
+
+class _Watchdog:
+    """Cancels a call when nothing arrived for ``timeout`` seconds."""
+
+    def __init__(self, call: Any, timeout: float) -> None:
+        self.call, self.timeout = call, timeout
+        self.last = time.monotonic()
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            if time.monotonic() - self.last > self.timeout:
+                self.fired = True
+                self.call.cancel()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def serve_feature_party(
+    party: FeatureParty,
+    hello: pb.Hello,
+    settings: DialSettings,
+    credentials: NodeCredentials,
+    *,
+    on_checkpoint: Callable[[int], None] | None = None,
+    on_welcome: Callable[[pb.Welcome], None] | None = None,
+) -> str:
+    """Dial the label party, answer its instructions until it finishes the run; the
+    finish reason. A refusal, a lost or silent label party is one :class:`PeerError`."""
+    channel = _channel(settings, credentials)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=settings.connect_timeout)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise PeerError(
+            f"cannot reach the label party at {settings.address} within"
+            f" {settings.connect_timeout:g} s (is it listening? do its certificate and this"
+            " party's CA match?)"
+        ) from None
+    outbound: queue.Queue[Any] = queue.Queue()
+    outbound.put(pb.FeatureMessage(hello=hello))
+
+    def requests() -> Iterator[pb.FeatureMessage]:
+        while True:
+            message = outbound.get()
+            if message is _END:
+                return
+            yield message
+
+    stub = pb_grpc.VerticalStub(channel)  # type: ignore[no-untyped-call]
+    call = stub.Session(requests(), metadata=bearer_metadata(credentials))
+    watchdog = _Watchdog(call, settings.idle_timeout)
+    try:
+        for message in call:
+            watchdog.last = time.monotonic()
+            reason = _answer(party, message, outbound, on_checkpoint, on_welcome)
+            if reason is not None:
+                return reason
+        raise PeerError("the label party closed the session before the run ended")
+    except grpc.RpcError as error:
+        if watchdog.fired:
+            raise PeerError(
+                f"the label party sent nothing for {settings.idle_timeout:g} s"
+            ) from None
+        code = error.code() if hasattr(error, "code") else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            raise PeerError(
+                f"the label party at {settings.address} refused this party's credentials"
+                f" (party {hello.party!r}: is this its own `accord certs --names` folder?)"
+            ) from None
+        raise PeerError(f"lost the label party at {settings.address}: {_details(error)}") from None
+    finally:
+        watchdog.stop()
+        outbound.put(_END)
+        call.cancel()
+        channel.close()
+
+
+def _answer(
+    party: FeatureParty,
+    message: pb.LabelMessage,
+    outbound: queue.Queue[Any],
+    on_checkpoint: Callable[[int], None] | None,
+    on_welcome: Callable[[pb.Welcome], None] | None,
+) -> str | None:
+    """Carry out one instruction; the finish reason once the run is over."""
+    kind = message.WhichOneof("body")
+    if kind == "finish":
+        return message.finish.reason or "finished"
+    if kind == "refused":
+        raise PeerError(f"the label party refused this party: {message.refused.reason}")
+    if kind == "welcome":
+        logger.info("joined %r's run", message.welcome.label_party)
+        if on_welcome is not None:
+            on_welcome(message.welcome)
+    elif kind == "checkpoint":
+        if on_checkpoint is not None:
+            on_checkpoint(int(message.checkpoint.next_epoch))
+    else:
+        reply = _carry_out(party, message, kind)
+        if reply is not None:
+            outbound.put(pb.FeatureMessage(matrix=to_matrix(reply)))
+    return None
+
+
+def _carry_out(
+    party: FeatureParty, message: pb.LabelMessage, kind: str | None
+) -> np.ndarray | None:
+    """One round instruction, by the feature party's own methods; the matrix to send back."""
+    if kind == "forward":
+        request = BatchRequest(int(message.forward.epoch), int(message.forward.batch))
+        return party.forward(request).values
+    if kind == "backward":
+        body = message.backward
+        values = from_matrix(body.gradient, "gradient")
+        party.backward(EmbeddingGradient(party.name, int(body.epoch), int(body.batch), values))
+        return None
+    if kind == "embed":
+        split = message.embed.split
+        if split not in ("validation", "test"):
+            raise ProtocolError(f"embed: expected the validation or test split, got {split!r}")
+        return party.embed(split).values
+    if kind == "keep_best":
+        party.keep_best()
+        return None
+    if kind == "restore_best":
+        party.restore_best()
+        return None
+    raise ProtocolError(f"unknown instruction {kind!r} from the label party")
+
+
+def feature_hello(announcement: PartyAnnouncement, resume_epoch: int = 0) -> pb.Hello:
+    """The first message of a feature party's stream."""
+    return pb.Hello(
+        protocol_version=PROTOCOL_VERSION,
+        party=announcement.party,
+        row_count=announcement.row_count,
+        settings_fingerprint=announcement.settings_fingerprint,
+        alignment_fingerprint=announcement.alignment_fingerprint or "",
+        resume_epoch=resume_epoch,
+    )
+
+
+def links_bytes(links: Mapping[str, RemoteFeatureParty]) -> tuple[int, int]:
+    """Bytes sent to and received from every feature party so far."""
+    return (
+        sum(link.bytes_sent for link in links.values()),
+        sum(link.bytes_received for link in links.values()),
+    )

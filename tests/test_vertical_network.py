@@ -1,0 +1,223 @@
+"""``accord vertical label|feature``: the parties as real processes on 127.0.0.1 over mutual
+TLS with tokens; the same rounds as the in-process simulation; refusals, a lost party and
+Ctrl-C each end in one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from accord.cli import main
+from accord.commands.exit_codes import ExitCode
+from accord.vertical import ModelSettings, VerticalSettings, simulate_vertical
+from accord.vertical.inputs import read_party_table
+
+ROWS = 600
+SETTINGS = [
+    "--seed", "3", "--epochs", "4", "--batch-size", "64", "--learning-rate", "0.01",
+    "--bottom", "mlp", "--bottom-hidden", "8", "--embedding-dim", "4",
+    "--top", "concat", "--top-hidden", "8", "--patience", "2",
+]  # fmt: skip
+EXPECTED = VerticalSettings(
+    model=ModelSettings(
+        bottom="mlp", bottom_hidden=(8,), embedding_dim=4, top="concat", top_hidden=(8,)
+    ),
+    seed=3,
+    epochs=4,
+    batch_size=64,
+    learning_rate=0.01,
+    patience=2,
+)
+FINGERPRINT = "ab" * 32
+
+
+def _write_party(folder: Path, name: str, columns: dict[str, np.ndarray], rows: int) -> None:
+    header = ["id", *columns]
+    lines = [",".join(header)]
+    for row in range(rows):
+        lines.append(",".join([f"id{row}", *(f"{columns[c][row]:.6f}" for c in columns)]))
+    (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    summary = {
+        "party": name,
+        "parties": ["bank", "insurer"],
+        "intersection": rows,
+        "fingerprint": FINGERPRINT,
+    }
+    (folder / f"{name}.summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("vertical")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(ROWS, 6))
+    logits = features @ np.array([1.5, -1.0, 0.5, 1.0, -1.5, 0.8]) + rng.normal(size=ROWS)
+    labels = (logits > 0.5).astype(np.float64)
+    bank = {f"b{i}": features[:, i] for i in range(3)} | {"y": labels}
+    insurer = {f"i{i}": features[:, 3 + i] for i in range(3)}
+    _write_party(folder, "bank", bank, ROWS)
+    _write_party(folder, "insurer", insurer, ROWS)
+    assert main(["--quiet", "certs", str(folder / "creds"), "--names", "bank,insurer"]) == 0
+    return folder
+
+
+def _label(world: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, "-m", "accord.cli", "vertical", "label",
+        "--table", str(world / "bank.csv"), "--alignment", str(world / "bank.summary.json"),
+        "--label-column", "y", "--ignore-columns", "id", "--listen", "127.0.0.1:0",
+        "--credentials", str(world / "creds"), "--run-dir", str(run_dir), *SETTINGS, *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _feature(world: Path, port: int, *extra: str, creds: str = "insurer") -> subprocess.Popen[str]:
+    command = [
+        sys.executable, "-m", "accord.cli", "vertical", "feature",
+        "--table", str(world / "insurer.csv"),
+        "--alignment", str(world / "insurer.summary.json"), "--ignore-columns", "id",
+        "--connect", f"127.0.0.1:{port}", "--credentials", str(world / "creds" / creds),
+        "--connect-timeout", "60", *SETTINGS, *extra,
+    ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _port(run_dir: Path, label: subprocess.Popen[str]) -> int:
+    """The port the label party wrote to RUN_DIR/label.json (generous deadline)."""
+    deadline = time.monotonic() + 120
+    endpoint = run_dir / "label.json"
+    while not endpoint.exists():
+        if label.poll() is not None:
+            pytest.fail(f"the label party ended: {label.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("the label party did not write label.json")
+        time.sleep(0.05)
+    port = json.loads(endpoint.read_text())["port"]
+    assert isinstance(port, int)
+    return port
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=180)
+    return process.returncode, out, err
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    """Every process a test starts; any still running at the end is killed."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=60)
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ": error: " in line]
+
+
+def test_networked_run_equals_the_in_process_simulation(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir)
+    processes.append(label)
+    feature = _feature(world, _port(run_dir, label))
+    processes.append(feature)
+    feature_code, feature_out, feature_err = _finish(feature)
+    label_code, label_out, label_err = _finish(label)
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "the label party ended the run: the run is complete" in feature_out
+
+    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
+    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
+    expected = simulate_vertical(bank, [insurer], EXPECTED)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == len(expected.epochs)
+    for line, epoch in zip(lines, expected.epochs, strict=True):
+        assert line["epoch"] == epoch.epoch
+        assert line["train_loss"] == pytest.approx(epoch.train_loss, rel=1e-5, abs=1e-6)
+        assert epoch.validation is not None and epoch.test is not None
+        assert line["validation"]["loss"] == pytest.approx(epoch.validation.loss, rel=1e-5)
+        assert line["test"]["auc"] == pytest.approx(epoch.test.auc, abs=1e-6)
+        assert line["bytes_sent"] > 0 and line["bytes_received"] > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert expected.test is not None and expected.test.auc is not None
+    assert summary["best_epoch"] == expected.best_epoch
+    assert summary["test"]["auc"] == pytest.approx(expected.test.auc, abs=1e-6)
+    assert summary["test"]["loss"] == pytest.approx(expected.test.loss, rel=1e-5)
+    assert summary["alignment_fingerprint"] == FINGERPRINT
+    assert summary["parties"] == ["bank", "insurer"]
+    assert f"test AUC {expected.test.auc:.4f}" in label_out
+    assert {p.name for p in run_dir.iterdir()} == {
+        "label.json", "metrics.jsonl", "summary.json", "loss.png", "auc.png"
+    }  # fmt: skip
+
+
+def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir)
+    processes.append(label)
+    feature = _feature(world, _port(run_dir, label), "--learning-rate", "0.02")
+    processes.append(feature)
+    feature_code, _, feature_err = _finish(feature)
+    label_code, _, label_err = _finish(label)
+    assert (label_code, feature_code) == (ExitCode.REFUSED, ExitCode.REFUSED)
+    for stderr in (label_err, feature_err):
+        (line,) = _errors(stderr)
+        assert "party 'insurer': vertical settings differ from 'bank''s" in line
+    assert not run_dir.exists()
+
+
+def test_wrong_credentials_are_refused_and_ctrl_c_ends_the_waiting_label_party(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir)
+    processes.append(label)
+    # insurer presenting bank's folder: its certificate and token are bank's
+    feature = _feature(world, _port(run_dir, label), creds="bank")
+    processes.append(feature)
+    feature_code, _, feature_err = _finish(feature)
+    assert feature_code == ExitCode.REFUSED
+    (line,) = _errors(feature_err)
+    assert "refused this party's credentials" in line
+    assert label.poll() is None  # a refused stranger does not end the run
+    label.send_signal(signal.SIGINT)
+    label_code, _, label_err = _finish(label)
+    assert label_code == ExitCode.INTERRUPTED, label_err[-2000:]
+    assert "refused party 'insurer'" in label_err  # the reason, in the label party's log
+    assert not run_dir.exists()
+
+
+def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    many = ["--epochs", "100000", "--patience", "100000"]
+    label = _label(world, run_dir, *many)
+    processes.append(label)
+    feature = _feature(world, _port(run_dir, label), *many)
+    processes.append(feature)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and feature.poll() is None, "no epoch was done"
+        time.sleep(0.05)
+    feature.kill()
+    feature.communicate(timeout=60)
+    label_code, _, label_err = _finish(label)
+    assert label_code == ExitCode.REFUSED
+    (line,) = _errors(label_err)
+    assert "party 'insurer' is gone" in line
