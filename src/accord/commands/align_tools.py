@@ -18,7 +18,13 @@ from accord.commands.align_config import bucket_count, memory_limit
 if TYPE_CHECKING:
     from accord.tee.core.backend import EnclaveIdentity
 
-__all__ = ["enclave_identity", "run_demo", "run_identity"]
+__all__ = [
+    "demo_policy",
+    "enclave_identity",
+    "run_align_parties",
+    "run_demo",
+    "run_identity",
+]
 
 
 async def enclave_identity(platform_key: Path | None) -> EnclaveIdentity:
@@ -140,23 +146,12 @@ def run_demo(args: argparse.Namespace) -> int:
         )
 
 
-def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
-    args: argparse.Namespace, folder: Path, names: list[str], bucketing: list[str]
-) -> int:
+def demo_policy(folder: Path) -> tuple[Path, Path]:
+    """A platform key and a policy that trusts this installation's enclave, in ``folder``:
+    ``(policy path, platform key path)``."""
     import asyncio
-    import json
-    import re
-    import subprocess
-    import threading
 
-    import pyarrow.csv as pcsv
-
-    from accord.errors import AccordError
     from accord.tee.core.attestation import AttestationPolicy, policy_toml
-
-    if args.keep is not None:
-        sys.stderr.write(f"demo: writing into {folder} (kept)\n")
-    expected = _demo_tables(folder, names, args.rows, args.overlap, args.seed)
 
     key_path = folder / "platform-key.pem"
     identity = asyncio.run(enclave_identity(key_path))
@@ -170,6 +165,52 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
             )
         )
     )
+    return policy_path, key_path
+
+
+def _align_command(
+    folder: Path,
+    name: str,
+    parties: int,
+    trust: tuple[Path, Path],
+    bucketing: list[str],
+    peers: list[str],
+    listen: bool,
+) -> list[str]:
+    """One party's ``accord align`` command line (see :func:`run_align_parties`)."""
+    policy_path, key_path = trust
+    command = [
+        sys.executable, "-m", "accord.cli", "--quiet", "align",
+        "--input", str(folder / f"{name}.csv"), "--key", "id",
+        "--party-name", name, "--parties", str(parties),
+        "--policy", str(policy_path), "--platform-key", str(key_path),
+        "--output-map", str(folder / f"{name}.map.csv"),
+        "--output-table", str(folder / f"{name}.aligned.csv"),
+        "--summary", str(folder / f"{name}.summary.json"),
+        "--progress", "log", "--connect-timeout", "60",
+    ]  # fmt: skip
+    if bucketing:
+        command += [*bucketing, "--run-dir", str(folder / f"run-{name}")]
+    for address in peers:
+        command += ["--peer", address]
+    if listen:
+        command += ["--listen", "127.0.0.1:0"]
+    return command
+
+
+def run_align_parties(
+    folder: Path, names: list[str], policy_path: Path, key_path: Path, bucketing: list[str]
+) -> list[int]:
+    """Run ``accord align`` for every party on 127.0.0.1, each a process (its enclave
+    another): ``folder/<name>.csv`` keyed by ``id`` in; ``<name>.map.csv``,
+    ``<name>.aligned.csv`` and ``<name>.summary.json`` out. Each party's stderr is
+    forwarded with its name; the exit codes."""
+    import re
+    import subprocess
+    import threading
+
+    from accord.errors import AccordError
+
     listening = re.compile(r"listening on (\S+)$")
     addresses: list[str] = []
     processes: list[subprocess.Popen[str]] = []
@@ -187,23 +228,10 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
 
     try:
         for index, name in enumerate(names):
-            command = [
-                sys.executable, "-m", "accord.cli", "--quiet", "align",
-                "--input", str(folder / f"{name}.csv"), "--key", "id",
-                "--party-name", name, "--parties", str(len(names)),
-                "--policy", str(policy_path), "--platform-key", str(key_path),
-                "--output-map", str(folder / f"{name}.map.csv"),
-                "--output-table", str(folder / f"{name}.aligned.csv"),
-                "--summary", str(folder / f"{name}.summary.json"),
-                "--progress", "log", "--connect-timeout", "60",
-            ]  # fmt: skip
-            if bucketing:
-                command += [*bucketing, "--run-dir", str(folder / f"run-{name}")]
-            for address in addresses:
-                command += ["--peer", address]
             last = index == len(names) - 1
-            if not last:
-                command += ["--listen", "127.0.0.1:0"]
+            command = _align_command(
+                folder, name, len(names), (policy_path, key_path), bucketing, addresses, not last
+            )
             process = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
             )
@@ -224,6 +252,21 @@ def _run_demo_in(  # noqa: C901, PLR0912, PLR0915 - split next
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    return codes
+
+
+def _run_demo_in(
+    args: argparse.Namespace, folder: Path, names: list[str], bucketing: list[str]
+) -> int:
+    import json
+
+    import pyarrow.csv as pcsv
+
+    if args.keep is not None:
+        sys.stderr.write(f"demo: writing into {folder} (kept)\n")
+    expected = _demo_tables(folder, names, args.rows, args.overlap, args.seed)
+    policy_path, key_path = demo_policy(folder)
+    codes = run_align_parties(folder, names, policy_path, key_path, bucketing)
     if any(codes):
         sys.stderr.write(f"demo: a party failed (exit codes {codes}); see its lines above\n")
         return 1

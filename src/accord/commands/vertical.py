@@ -111,6 +111,9 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--connect-timeout", type=float, default=60.0, help="seconds to reach it [60]"
     )
     feature.set_defaults(run=run, vertical_role="feature")
+    from accord.commands.vertical_demo import add_demo_parser
+
+    add_demo_parser(commands)
     return parser
 
 
