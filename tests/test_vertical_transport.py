@@ -1,0 +1,204 @@
+"""The vertical transport in one process (real gRPC on 127.0.0.1, mutual TLS and tokens):
+agreement refusals on both sides, a label party gone or silent, a silent feature party;
+and the command's refusals of bad inputs, before anything is written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from accord.cli import main
+from accord.commands.exit_codes import ExitCode
+from accord.credentials.auth import Authenticator, load_server_credentials
+from accord.credentials.issue import make_credentials
+from accord.errors import PeerError
+from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
+from accord.vertical.network import announce, feature_credentials, run_feature_party
+from accord.vertical.transport import DialSettings, LabelServer, RemoteFeatureParty, _Session
+
+SETTINGS = VerticalSettings(batch_size=32, epochs=2, validation_fraction=0.2, test_fraction=0.2)
+FINGERPRINT = "cd" * 32
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("creds")
+    make_credentials(directory, ["bank", "insurer"], now=dt.datetime.now(dt.UTC), what="party name")
+    return directory
+
+
+def _table(name: str, rows: int, labels: bool = False) -> PartyTable:
+    rng = np.random.default_rng(len(name))
+    features = rng.normal(size=(rows, 3)).astype(np.float32)
+    label = (features[:, 0] > 0).astype(np.float32) if labels else None
+    return PartyTable(name, features, ("a", "b", "c"), label)
+
+
+def _server(creds: Path, fingerprint: str | None = FINGERPRINT) -> LabelServer:
+    from accord.vertical import LabelParty
+
+    label = LabelParty(_table("bank", 200, labels=True), SETTINGS, ["insurer"])
+    credentials = load_server_credentials(creds, "both")
+    check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
+    server = LabelServer(announce(label, fingerprint), ["insurer"], credentials, check)
+    server.start("127.0.0.1", 0)
+    return server
+
+
+def _dial(
+    server: LabelServer, creds: Path, party: FeatureParty, fingerprint: str | None, **dial: Any
+) -> tuple[threading.Thread, list[BaseException | str]]:
+    """The feature party in a thread; its outcome (a finish reason or an error) appended."""
+    outcome: list[BaseException | str] = []
+    settings = DialSettings(f"127.0.0.1:{server.port}", connect_timeout=30, **dial)
+
+    def serve() -> None:
+        try:
+            outcome.append(run_feature_party(party, fingerprint, creds / "insurer", settings))
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize(
+    ("rows", "fingerprint", "message"),
+    [
+        (200, "ef" * 32, f"alignment fingerprint {'ef' * 32} differs from 'bank''s"),
+        (199, FINGERPRINT, "party 'insurer': expected 200 aligned rows like 'bank', got 199"),
+    ],
+    ids=["fingerprint", "rows"],
+)
+def test_a_disagreement_is_refused_on_both_sides(
+    creds: Path, rows: int, fingerprint: str, message: str
+) -> None:
+    server = _server(creds)
+    try:
+        party = FeatureParty(_table("insurer", rows), SETTINGS)
+        thread, outcome = _dial(server, creds, party, fingerprint)
+        with pytest.raises(PeerError, match=message):
+            server.wait_for_parties(60)
+        thread.join(60)
+    finally:
+        server.stop()
+    (error,) = outcome
+    assert isinstance(error, PeerError)
+    assert str(error).startswith("the label party refused this party: ") and message in str(error)
+
+
+def _joined(creds: Path, **dial: Any) -> tuple[LabelServer, threading.Thread, list[Any]]:
+    server = _server(creds)
+    party = FeatureParty(_table("insurer", 200), SETTINGS)
+    thread, outcome = _dial(server, creds, party, FINGERPRINT, **dial)
+    links = server.wait_for_parties(60)
+    embedding = links["insurer"].forward(BatchRequest(0, 0))
+    assert embedding.values.shape == (32, SETTINGS.model.embedding_dim)
+    return server, thread, outcome
+
+
+def _ends_with(outcome: list[Any], thread: threading.Thread, message: str) -> None:
+    thread.join(60)
+    assert not thread.is_alive()
+    (error,) = outcome
+    assert isinstance(error, PeerError) and message in str(error)
+
+
+def test_a_label_party_that_leaves_mid_run_ends_the_feature_party(creds: Path) -> None:
+    server, thread, outcome = _joined(creds)
+    server.stop()  # no Finish: the stream ends mid-run
+    _ends_with(outcome, thread, "the label party closed the session before the run ended")
+
+
+def test_a_silent_label_party_ends_the_feature_party(creds: Path) -> None:
+    server, thread, outcome = _joined(creds, idle_timeout=1.0)
+    try:
+        _ends_with(outcome, thread, "the label party sent nothing for 1 s")
+    finally:
+        server.stop()
+
+
+def test_a_silent_feature_party_ends_the_label_partys_wait() -> None:
+    link = RemoteFeatureParty(_Session("insurer", "peer"), idle_timeout=0.2)
+    with pytest.raises(PeerError, match=r"party 'insurer' sent nothing for 0.2 s \(waiting for"):
+        link.forward(BatchRequest(0, 0))
+
+
+def test_a_credentials_folder_without_a_token_is_refused(creds: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "insurer"
+    folder.mkdir()
+    for name in ("ca.pem", "node.pem", "node.key"):
+        (folder / name).write_bytes((creds / "insurer" / name).read_bytes())
+    with pytest.raises(Exception, match="missing token"):
+        feature_credentials(folder)
+
+
+# ------------------------------------------------------------------ command refusals
+
+
+def _write(folder: Path, name: str, header: str, rows: list[str], count: int | None = None) -> None:
+    (folder / f"{name}.csv").write_text("\n".join([header, *rows]) + "\n")
+    summary = {
+        "party": name,
+        "parties": ["bank", "insurer"],
+        "intersection": len(rows) if count is None else count,
+        "fingerprint": FINGERPRINT,
+    }
+    (folder / f"{name}.summary.json").write_text(json.dumps(summary))
+
+
+ROWS = [f"id{i},{i % 7}.5,{i % 3},{i % 2}" for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    ("arrange", "message"),
+    [
+        (
+            lambda f: _write(f, "bank", "id,x,z,y", ROWS),
+            "bank.csv: column 'label' not found",
+        ),
+        (
+            lambda f: _write(f, "bank", "id,x,z,label", [*ROWS[:5], "id5,abc,1,0", *ROWS[6:]]),
+            "bank.csv: column 'x': expected numbers",
+        ),
+        (
+            lambda f: _write(f, "bank", "id,x,z,label", [r.replace(",0", ",2") for r in ROWS]),
+            "bank.csv: label column 'label': expected 0 or 1, found 2",
+        ),
+        (
+            lambda f: _write(f, "bank", "id,x,z,label", ROWS, count=41),
+            "bank.csv: expected the 41 aligned rows of",
+        ),
+    ],
+    ids=["no-label-column", "non-numeric", "non-binary-label", "rows-differ"],
+)
+def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path,
+    creds: Path,
+    capsys: pytest.CaptureFixture[str],
+    arrange: Callable[[Path], None],
+    message: str,
+) -> None:
+    arrange(tmp_path)
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "vertical", "label", "--table", str(tmp_path / "bank.csv"),
+            "--alignment", str(tmp_path / "bank.summary.json"), "--label-column", "label",
+            "--ignore-columns", "id", "--listen", "127.0.0.1:0", "--credentials", str(creds),
+            "--run-dir", str(run_dir),
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == ExitCode.REFUSED, err
+    (line,) = [line for line in err.splitlines() if ": error: " in line]
+    assert line.startswith("accord vertical: error: ") and message in line
+    assert not run_dir.exists()
