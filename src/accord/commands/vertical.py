@@ -140,13 +140,21 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--config", type=Path, default=None, help="a TOML file of the run's settings")
     add("--idle-timeout", type=float, default=300.0, help="seconds a peer may stay silent [300]")
+    from accord.vertical.settings import VerticalSettings
+
+    defaults = VerticalSettings()
     for flag, (key, kind) in _SETTINGS_FLAGS.items():
+        default: Any = defaults
+        for part in key.split("."):
+            default = getattr(default, part)
+        if kind == "widths":
+            default = ",".join(str(width) for width in default)
         add(
             f"--{flag.replace('_', '-')}",
             dest=flag,
             type=str if kind == "widths" else kind,
             default=None,
-            help=f"setting {key}" + (" (comma-separated widths)" if kind == "widths" else ""),
+            help=f"setting {key} [{default}]",
         )
 
 
