@@ -20,6 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from accord.checkpoint_files import (
+    dumps_tree,
+    loads_tree,
+    read_checkpoint,
+    write_checkpoint,
+)
 from accord.credentials.auth import (
     Authenticator,
     hash_token,
@@ -29,12 +35,6 @@ from accord.credentials.auth import (
 from accord.credentials.issue import make_credentials, renew_node_credentials
 from accord.data.faults import FaultSpec
 from accord.errors import ConfigurationError, InputDataError, PeerError, ProtocolError
-from accord.federation.checkpoint import (
-    dumps_tree,
-    loads_tree,
-    read_checkpoint,
-    write_checkpoint,
-)
 from accord.federation.driver import FederatedRun, load_run_checkpoint
 from accord.federation.engine import load_server_data, prepare_run
 from accord.federation.grid import InMemoryGrid, NodeInfo, RunSpec, admission_problem

@@ -241,7 +241,7 @@ def test_a_run_folder_or_checkpoint_of_an_older_format_is_refused_naming_both_ve
 ) -> None:
     import json
 
-    from accord.federation.checkpoint import write_checkpoint
+    from accord.checkpoint_files import write_checkpoint
     from accord.federation.driver import CHECKPOINT_FORMAT, load_run_checkpoint
     from accord.federation.run_files import RUN_FILE, RUN_FORMAT, read_run_file
 

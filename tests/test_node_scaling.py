@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from accord.checkpoint_files import read_checkpoint
 from accord.data.standardise import Standardisation
 from accord.errors import ConfigurationError, InputDataError, ProtocolError
-from accord.federation.checkpoint import read_checkpoint
 from accord.federation.driver import FederatedRun
 from accord.federation.engine import (
     load_given_standardisation,

@@ -10,7 +10,6 @@ Layout::
     server.py     GrpcGrid: the server's gRPC transport (asyncio, one stream per node)
     worker.py     NodeWorker: a node's data, model and round logic, transport-free
     client.py     NodeClient: the node's gRPC session, reconnection with backoff
-    checkpoint.py atomic, pickle-free checkpoints
     engine.py     the server's data, model and RoundEngine, built as the simulation does
     settings.py   FederationSettings, ServerSettings (JSON form: accord.settings_mapping)
     node_data.py  a node's CSV/Parquet file; its validation split
@@ -19,8 +18,9 @@ Layout::
     run_files.py  the run folder: federation.json, server.json, checkpoint, stats, summary
     scenario_helper.py  builds the scenario in a forked helper while torch loads
 
-Credentials (reading, checking, issuing; TLS) live in :mod:`accord.credentials`, shared
-with the vertical driver. Names are imported lazily: ``import accord.federation`` loads
+Credentials (reading, checking, issuing; TLS) live in :mod:`accord.credentials` and the
+pickle-free checkpoint files in :mod:`accord.checkpoint_files`, both shared with the
+vertical driver. Names are imported lazily: ``import accord.federation`` loads
 neither torch nor gRPC.
 """
 

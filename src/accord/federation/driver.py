@@ -29,9 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from accord.checkpoint_files import read_checkpoint, write_checkpoint
 from accord.data.standardise import Standardisation
 from accord.errors import InputDataError, PeerError, ProtocolError
-from accord.federation.checkpoint import read_checkpoint, write_checkpoint
 from accord.federation.grid import Evaluation, Grid, NodeInfo
 from accord.federation.settings import FederationSettings
 from accord.rounds import DivergedError, RoundEngine, RoundRecord

@@ -23,9 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from accord.checkpoint_files import dumps_tree
 from accord.credentials.auth import Authenticator, ServerCredentials
 from accord.errors import ConfigurationError
-from accord.federation.checkpoint import dumps_tree
 from accord.federation.launcher import (
     ServedRun,
     prepare_process,
@@ -68,8 +68,8 @@ def _node_child(
     parent (sent once the server listens), then serve."""
     import numpy as np
 
+    from accord.checkpoint_files import loads_tree
     from accord.credentials.auth import load_node_credentials
-    from accord.federation.checkpoint import loads_tree
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation

@@ -1,4 +1,4 @@
-"""Checkpoints of a federated run: written atomically, read without pickle.
+"""Checkpoints (of a federated or a vertical run): written atomically, read without pickle.
 
 A checkpoint is one ``.npz`` file (a zip of ``.npy`` arrays, ``allow_pickle=False``): the
 state tree (dicts, lists, tuples, strings, numbers, ``None``) as JSON in ``__tree__``, every
