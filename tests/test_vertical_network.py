@@ -4,6 +4,7 @@ Ctrl-C each end in one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from accord.cli import main
 from accord.commands.exit_codes import ExitCode
-from accord.vertical import ModelSettings, VerticalSettings, simulate_vertical
+from accord.vertical import ModelSettings, VerticalResult, VerticalSettings, simulate_vertical
 from accord.vertical.inputs import read_party_table
 
 ROWS = 600
@@ -140,7 +141,19 @@ def test_networked_run_equals_the_in_process_simulation(
 
     bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
     insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
-    expected = simulate_vertical(bank, [insurer], EXPECTED)
+    _check_equal(run_dir, simulate_vertical(bank, [insurer], EXPECTED))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["alignment_fingerprint"] == FINGERPRINT
+    assert summary["parties"] == ["bank", "insurer"]
+    assert summary["test"]["auc"] is not None
+    assert f"test AUC {summary['test']['auc']:.4f}" in label_out
+    assert {p.name for p in run_dir.iterdir()} == {
+        "label.json", "metrics.jsonl", "summary.json", "loss.png", "auc.png", "checkpoint.npz"
+    }  # fmt: skip
+
+
+def _check_equal(run_dir: Path, expected: VerticalResult) -> None:
+    """The run folder holds ``expected``'s epochs and final scores, to float tolerance."""
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == len(expected.epochs)
     for line, epoch in zip(lines, expected.epochs, strict=True):
@@ -155,12 +168,45 @@ def test_networked_run_equals_the_in_process_simulation(
     assert summary["best_epoch"] == expected.best_epoch
     assert summary["test"]["auc"] == pytest.approx(expected.test.auc, abs=1e-6)
     assert summary["test"]["loss"] == pytest.approx(expected.test.loss, rel=1e-5)
-    assert summary["alignment_fingerprint"] == FINGERPRINT
-    assert summary["parties"] == ["bank", "insurer"]
-    assert f"test AUC {expected.test.auc:.4f}" in label_out
-    assert {p.name for p in run_dir.iterdir()} == {
-        "label.json", "metrics.jsonl", "summary.json", "loss.png", "auc.png"
-    }  # fmt: skip
+
+
+def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
+    longer = ["--epochs", "30", "--patience", "1000"]
+    label = _label(world, run_dir, *longer)
+    processes.append(label)
+    feature = _feature(world, _port(run_dir, label), *longer, "--checkpoint", str(saved))
+    processes.append(feature)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and label.poll() is None, "no epoch was done"
+        time.sleep(0.02)
+    label.kill()  # mid-run, without warning
+    label.communicate(timeout=60)
+    feature_code, _, feature_err = _finish(feature)
+    assert feature_code == ExitCode.REFUSED
+    (line,) = _errors(feature_err)
+    assert "the label party" in line
+    assert not (run_dir / "summary.json").exists()
+
+    (run_dir / "label.json").unlink()  # the killed party's address: wait for the new one
+    label = _label(world, run_dir, *longer, "--resume")
+    processes.append(label)
+    feature = _feature(
+        world, _port(run_dir, label), *longer, "--checkpoint", str(saved), "--resume"
+    )
+    processes.append(feature)
+    feature_code, _, feature_err = _finish(feature)
+    assert feature_code == 0, feature_err[-3000:]
+    label_code, _, label_err = _finish(label)
+    assert label_code == 0, label_err[-3000:]
+    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
+    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
+    settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
+    _check_equal(run_dir, simulate_vertical(bank, [insurer], settings))
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(

@@ -87,6 +87,11 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     label.add_argument(
         "--join-timeout", type=float, default=600.0, help="seconds to wait for the parties [600]"
     )
+    label.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its checkpoint (every feature party resumes too)",
+    )
     label.set_defaults(run=run, vertical_role="label")
     feature = commands.add_parser(
         "feature",
@@ -110,6 +115,14 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     feature.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to reach it [60]"
     )
+    feature.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="save this party's state here after every epoch (needed to --resume)",
+    )
+    feature.add_argument("--resume", action="store_true", help="continue from --checkpoint FILE")
     feature.set_defaults(run=run, vertical_role="feature")
     from accord.commands.vertical_demo import add_demo_parser
 
@@ -262,7 +275,9 @@ def _run_label(
     protection = ProtectionSettings(args.protection, args.epsilon)
     features = [p for p in parties if p != table.name]
     label = LabelParty(table, settings, features, protection, args.private_seed)
-    result = run_label_party(label, fingerprint, args.credentials, listen, args.run_dir)
+    result = run_label_party(
+        label, fingerprint, args.credentials, listen, args.run_dir, resume=args.resume
+    )
     test = result.test
     sys.stdout.write(
         f"vertical run of {', '.join(parties)}: {len(result.epochs)} epochs, best epoch"
@@ -284,6 +299,8 @@ def _run_feature(
     parse_address(args.connect, "--connect")
     dial = DialSettings(args.connect, args.connect_timeout, args.idle_timeout, args.server_name)
     party = FeatureParty(table, settings)
-    reason = run_feature_party(party, fingerprint, args.credentials, dial)
+    reason = run_feature_party(
+        party, fingerprint, args.credentials, dial, checkpoint=args.checkpoint, resume=args.resume
+    )
     sys.stdout.write(f"party {table.name!r}: the label party ended the run: {reason}\n")
     return 0

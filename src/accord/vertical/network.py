@@ -24,6 +24,11 @@ from accord.credentials.tls import format_address
 from accord.errors import ConfigurationError, InputDataError
 from accord.settings_mapping import settings_to_mapping
 from accord.vertical.agreement import PartyAnnouncement, settings_fingerprint
+from accord.vertical.checkpoints import (
+    FeatureCheckpoints,
+    read_label_checkpoint,
+    write_label_checkpoint,
+)
 from accord.vertical.parties import FeatureParty, LabelParty
 from accord.vertical.results import DriverState, VerticalResult
 from accord.vertical.run_files import LabelRunFolder
@@ -80,14 +85,18 @@ def run_label_party(
     *,
     on_listening: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    resume: bool = False,
 ) -> VerticalResult:
     """Listen, admit the feature parties, train, write the run folder; the result.
 
     Before any training each feature party's credentials (mutual TLS and token) and its
     agreement (alignment fingerprint, row count, settings) are checked; a refusal leaves no
-    run folder behind.
+    run folder behind. After every epoch each feature party saves its state, then the label
+    party (``RUN_DIR/checkpoint.npz``); ``resume`` continues from there.
     """
-    folder = LabelRunFolder(run_dir)
+    folder = LabelRunFolder(run_dir, resume=resume)
+    announcement = announce(label, alignment_fingerprint)
+    state = read_label_checkpoint(folder.checkpoint, label, announcement) if resume else None
 
     def load() -> Any:
         return load_server_credentials(credentials_dir, "both")
@@ -97,11 +106,12 @@ def run_label_party(
         load, [credentials_dir / "tokens.json", credentials_dir / REVOKED_NAME]
     )
     server = LabelServer(
-        announce(label, alignment_fingerprint),
+        announcement,
         label.feature_parties,
         credentials,
         authenticator,
         idle_timeout=listen.idle_timeout,
+        first_epoch=0 if state is None else state.next_epoch,
     )
     started = clock()
     try:
@@ -111,17 +121,20 @@ def run_label_party(
         if on_listening is not None:
             on_listening(address)
         links = server.wait_for_parties(listen.join_timeout)
-        folder.start()
+        folder.start(0 if state is None else state.next_epoch)
         logger.info("every party agreed (%s); training", ", ".join(links))
         exchanged = [0, 0]
 
-        def on_epoch_end(state: DriverState) -> None:
+        def on_epoch_end(done: DriverState) -> None:
             sent, received = links_bytes(links)
             extra = {"bytes_sent": sent - exchanged[0], "bytes_received": received - exchanged[1]}
             exchanged[:] = [sent, received]
-            folder.append_epoch(state.history[-1], extra)
+            folder.append_epoch(done.history[-1], extra)
+            for link in links.values():
+                link.checkpoint(done.next_epoch)
+            write_label_checkpoint(folder.checkpoint, label, announcement, done)
 
-        result = run_vertical(label, links, on_epoch_end=on_epoch_end)
+        result = run_vertical(label, links, on_epoch_end=on_epoch_end, resume=state)
         for link in links.values():
             link.finish("the run is complete")
         sent, received = links_bytes(links)
@@ -175,8 +188,33 @@ def run_feature_party(
     alignment_fingerprint: str | None,
     credentials_dir: Path,
     dial: DialSettings,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> str:
-    """Dial the label party and serve the run; the label party's finish reason."""
+    """Dial the label party and serve the run; the label party's finish reason.
+
+    With ``checkpoint`` the party saves its state there whenever the label party asks
+    (after every epoch); ``resume`` continues from that file at the label party's epoch.
+    """
     credentials = feature_credentials(credentials_dir)
-    hello = feature_hello(announce(party, alignment_fingerprint))
-    return serve_feature_party(party, hello, dial, credentials)
+    announcement = announce(party, alignment_fingerprint)
+    saved = None if checkpoint is None else FeatureCheckpoints(checkpoint, party, announcement)
+    latest = 0
+    if resume:
+        if saved is None:
+            raise ConfigurationError("--resume: give the --checkpoint FILE to resume from")
+        latest = saved.load()
+
+    def on_welcome(welcome: Any) -> None:
+        if resume and saved is not None:
+            saved.restore(int(welcome.first_epoch))
+
+    return serve_feature_party(
+        party,
+        feature_hello(announcement, latest),
+        dial,
+        credentials,
+        on_checkpoint=None if saved is None else saved.save,
+        on_welcome=on_welcome,
+    )

@@ -10,6 +10,7 @@ and the plots.
     RUN_DIR/summary.json   the parties, settings, best epoch and its scores, totals
     RUN_DIR/loss.png       train and validation loss per epoch
     RUN_DIR/auc.png        validation and test AUC per epoch
+    RUN_DIR/checkpoint.npz the label party's state after the last epoch (``--resume``)
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from accord.reporting.plots import plot_curves
 from accord.reporting.writer import finite_json
 from accord.vertical.results import EpochMetrics, VerticalResult
 
-__all__ = ["ENDPOINT_FILE", "LabelRunFolder", "epoch_line", "read_endpoint"]
+__all__ = ["CHECKPOINT_FILE", "ENDPOINT_FILE", "LabelRunFolder", "epoch_line", "read_endpoint"]
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "label.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.npz"
 
 
 def _json(value: Any) -> str:
@@ -61,15 +63,24 @@ def read_endpoint(run_dir: Path) -> dict[str, Any]:
 
 class LabelRunFolder:
     """The label party's run folder. Nothing is written before :meth:`listening`; until
-    :meth:`start`, :meth:`discard` removes what was written (a refused run leaves nothing)."""
+    :meth:`start`, :meth:`discard` removes what was written (a refused run leaves nothing).
+    ``resume``: the folder of a run that stopped, continued in place."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, resume: bool = False) -> None:
         self.path = path
-        if path.exists() and not path.is_dir():
+        self.resume = resume
+        self.checkpoint = path / CHECKPOINT_FILE
+        if resume:
+            if not self.checkpoint.is_file():
+                raise ConfigurationError(
+                    f"--resume: {self.checkpoint} not found (the run stopped before its first"
+                    " epoch ended, or --run-dir is another folder)"
+                )
+        elif path.exists() and not path.is_dir():
             raise ConfigurationError(f"--run-dir: {path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()):
+        elif path.is_dir() and any(path.iterdir()):
             raise ConfigurationError(
-                f"--run-dir: {path} exists and is not empty; choose another folder"
+                f"--run-dir: {path} exists and is not empty; choose another folder (or --resume)"
             )
         self._created = False
         self._started = False
@@ -87,10 +98,13 @@ class LabelRunFolder:
         text = _json({"address": address, "port": port, "party": party, "pid": os.getpid()})
         write_atomically(self.path / ENDPOINT_FILE, (text + "\n").encode())
 
-    def start(self) -> None:
-        """The parties agreed: from now on the folder is the run's."""
+    def start(self, epochs_done: int = 0) -> None:
+        """The parties agreed: from now on the folder is the run's. A resumed run keeps
+        the metrics lines of the ``epochs_done`` epochs of its checkpoint."""
         self._started = True
-        (self.path / METRICS_FILE).touch()
+        metrics = self.path / METRICS_FILE
+        kept = metrics.read_text().splitlines()[:epochs_done] if metrics.exists() else []
+        write_atomically(metrics, "".join(line + "\n" for line in kept).encode())
 
     def discard(self) -> None:
         """Remove what a run that never started wrote."""

@@ -162,8 +162,10 @@ class RemoteFeatureParty:
         self._send(pb.LabelMessage(restore_best=pb.RestoreBest()))
 
     def checkpoint(self, next_epoch: int) -> None:
-        """Ask the feature party to save its state (to resume after ``next_epoch`` epochs)."""
+        """Have the feature party save its state after ``next_epoch`` epochs, and wait
+        until it has (it answers with an empty matrix)."""
         self._send(pb.LabelMessage(checkpoint=pb.Checkpoint(next_epoch=next_epoch)))
+        self._matrix(f"confirmation that it saved epoch {next_epoch}")
 
     def finish(self, reason: str) -> None:
         """Tell the feature party the run is over, and end its stream."""
@@ -301,10 +303,12 @@ class LabelServer:
                 f"party {party!r} is not a feature party of this run"
                 f" (expected {', '.join(expected.feature_parties)})"
             )
-        if hello.resume_epoch != expected.first_epoch:
+        # A resumed feature party holds its last two epochs: it continues from either.
+        first, latest = expected.first_epoch, int(hello.resume_epoch)
+        if not (first == latest or (first > 0 and first == latest - 1)):
             reason = (
-                f"party {party!r} would start at epoch {hello.resume_epoch}, the label party"
-                f" at epoch {expected.first_epoch} (resume both, or neither)"
+                f"party {party!r} can resume at epoch {latest}, the label party at epoch"
+                f" {first} (give --resume to both parties, or to neither)"
             )
             self._fail(PeerError(reason))
             return reason
@@ -500,6 +504,7 @@ def _answer(
     elif kind == "checkpoint":
         if on_checkpoint is not None:
             on_checkpoint(int(message.checkpoint.next_epoch))
+        outbound.put(pb.FeatureMessage(matrix=pb.Matrix()))  # saved (or nothing to save)
     else:
         reply = _carry_out(party, message, kind)
         if reply is not None:
