@@ -18,6 +18,11 @@ process). Prints one JSON object; ``--markdown FILE`` also writes the tables.
     python benchmarks/zoo.py --workers 2 > zoo.json                 # the full zoo
     python benchmarks/zoo.py --scenarios issue-wine-4-free-rider --seeds 1 --rounds 30 \\
         --policies fedavg,fltrust
+
+``--runs FILE`` keeps every finished run as one JSON line, appended as it finishes, and
+reuses the runs already in it (same scenario spec, seed, policy and rounds): an interrupted
+zoo goes on where it stopped, and policies run at different times share one report. Reused
+runs are only valid for unchanged code; the file's lines carry the commit they ran at.
 """
 
 from __future__ import annotations
@@ -595,12 +600,82 @@ def _git_commit() -> str | None:
     return out.stdout.strip()
 
 
+def run_key(scenario: str, seed: int, policy: str, rounds: int) -> str:
+    """The identity of one run in a ``--runs`` file: the scenario's spec (not only its name,
+    so an edited scenario is run again), the seed, the policy and the rounds."""
+    spec = json.dumps(ZOO[scenario]["spec"], sort_keys=True)
+    return f"{scenario}|{spec}|{seed}|{policy}|{rounds}"
+
+
+def load_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs kept in a ``--runs`` file, by :func:`run_key`; a torn last line (the zoo was
+    killed mid-write) is skipped, any other bad line stops with its line number."""
+    kept: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return kept
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            kept[entry["key"]] = entry["run"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            if number == len(lines):
+                break
+            message = f"zoo: --runs {path}: line {number}: not a kept run ({error})"
+            raise SystemExit(message) from None
+    return kept
+
+
 def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in accepted]
     if unknown or not names:
         raise SystemExit(f"zoo: --{what}: unknown {unknown}; accepted: {', '.join(accepted)}")
     return names
+
+
+def _run_jobs(
+    jobs: list[Any],
+    workers: int,
+    runs_path: Path | None,
+    commit: str | None,
+    done_before: int,
+    total: int,
+) -> list[dict[str, Any]]:
+    """Run ``jobs`` in ``workers`` processes, each finished run kept in ``runs_path`` at once
+    (so a killed zoo loses at most the runs in flight); progress on stderr."""
+    started = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[dict[str, Any]]] = {pool.submit(run_one, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = future.result()
+                run.pop("accuracy", None)  # per-round series stay out of the JSON
+                run.pop("faulty_mass", None)
+                runs.append(run)
+                if runs_path:
+                    key = run_key(run["scenario"], run["seed"], run["policy"], job_rounds(jobs))
+                    with runs_path.open("a", encoding="utf-8") as kept_file:
+                        kept_file.write(
+                            json.dumps({"key": key, "commit": commit, "run": run}) + "\n"
+                        )
+                status = "diverged" if run["diverged"] else f"{100 * _final(run):.1f} %"
+                print(
+                    f"[{done_before + len(runs)}/{total} {time.perf_counter() - started:.0f} s] "
+                    f"{run['scenario']} {run['policy']} seed {run['seed']}: {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def job_rounds(jobs: list[Any]) -> int:
+    """The rounds of a list of jobs (every job of one zoo run has the same)."""
+    return int(jobs[0][3])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--markdown", help="also write the tables to this file")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        help="keep each finished run in this JSON-lines file and reuse the runs already in it",
+    )
     args = parser.parse_args(argv)
     if args.list:
         for name, entry in ZOO.items():
@@ -636,25 +716,21 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds
         for policy in [ORACLE, *policies]
     ]
+    kept = load_runs(args.runs) if args.runs else {}
+    runs: list[dict[str, Any]] = []
+    to_run = []
+    for job in jobs:
+        key = run_key(job[0], job[1].seed, job[2], job[3])
+        if key in kept:
+            runs.append(kept[key])
+        else:
+            to_run.append(job)
+    if runs:
+        print(f"zoo: reusing {len(runs)} kept runs from {args.runs}", file=sys.stderr)
+    commit = _git_commit()
     load_start = os.getloadavg()
     started = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        pending: set[Future[dict[str, Any]]] = {pool.submit(run_one, job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                run = future.result()
-                run.pop("accuracy", None)  # per-round series stay out of the JSON
-                run.pop("faulty_mass", None)
-                runs.append(run)
-                status = "diverged" if run["diverged"] else f"{100 * _final(run):.1f} %"
-                print(
-                    f"[{len(runs)}/{len(jobs)} {time.perf_counter() - started:.0f} s] "
-                    f"{run['scenario']} {run['policy']} seed {run['seed']}: {status}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+    runs += _run_jobs(to_run, args.workers, args.runs, commit, len(runs), len(jobs))
     by_scenario: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     for run in runs:
         by_scenario[run["scenario"]].append(run)
@@ -693,7 +769,8 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
-            "git_commit": _git_commit(),
+            "git_commit": commit,
+            "reused_runs": len(jobs) - len(to_run),
         },
     }
     if args.markdown:
