@@ -353,6 +353,11 @@ def accuracy_targets(by_policy: dict[str, list[dict[str, Any]]], faulty: bool) -
         best = max(means, key=lambda p: means[p])
         tally = compare({"s": by_policy[JUDGED] + by_policy[best]}, JUDGED, best)
         result["beats_best_rule"] = f"{'yes' if tally['wins']['count'] else 'no'} ({best})"
+        if ORACLE in by_policy and faulty:
+            # Room left above the best rule: where it is under a point, a win of a point
+            # means beating the oracle (possible, e.g. using a scaled node's data, but rare).
+            oracle = float(np.mean([_final(r) for r in by_policy[ORACLE]]))
+            result["headroom"] = f"{100 * (oracle - means[best]):+.1f} ({best})"
     return result
 
 
@@ -533,11 +538,13 @@ def markdown(output: dict[str, Any]) -> str:
         judged_ceiling = [c for c in ceiling if c != "n/a"]
         wins = sum(t.get("beats_best_rule", "").startswith("yes") for _, t in accuracy_rows)
         floors = sum(t.get("floor") == "pass" for _, t in accuracy_rows)
+        room = [float(t["headroom"].split()[0]) for _, t in accuracy_rows if "headroom" in t]
         lines.append(
             f"\nFloor met in {floors} of {len(accuracy_rows)} scenarios; within 1 point of "
             f"the oracle in {sum(c == 'pass' for c in judged_ceiling)} of "
             f"{len(judged_ceiling)} fault scenarios (target: 80 %); beats the best rule in "
-            f"{wins} (target: 3)."
+            f"{wins} (target: 3). Headroom (oracle minus best rule) is at least 1 point in "
+            f"{sum(r >= 1.0 for r in room)} of {len(room)} fault scenarios."
         )
     agg = output["aggregate"]
     if agg[f"{JUDGED}_against"]:
