@@ -23,8 +23,8 @@ from accord.aggregation.combine import (
     cap_rise,
     clearly_worse,
     leave_one_out_gradients,
-    second_gradient,
     reweighted_gradients,
+    second_gradient,
     step_normalised_leave_one_out_gradients,
 )
 from accord.aggregation.credit import leave_one_out_credit
