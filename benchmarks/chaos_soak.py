@@ -344,7 +344,7 @@ def _strike(soak: Soak, plan: _Plan, rng: random.Random, proxy_port: int) -> Non
 
 def run_soak(settings: SoakSettings, directory: Path) -> dict[str, Any]:
     """Run one soak in ``directory``; the report of :func:`check_soak` plus what happened."""
-    from accord.federation.credentials import make_credentials
+    from accord.credentials.issue import make_credentials
 
     rng = random.Random(settings.seed)
     soak = Soak(settings, directory)
