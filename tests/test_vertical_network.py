@@ -122,6 +122,29 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         process.communicate(timeout=60)
 
 
+def _pair(
+    world: Path,
+    run_dir: Path,
+    processes: list[subprocess.Popen[str]],
+    label_flags: tuple[str, ...] = (),
+    feature_flags: tuple[str, ...] = (),
+    creds: str = "insurer",
+) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    """The label party, then the feature party dialling the port it wrote."""
+    label = _label(world, run_dir, *label_flags)
+    processes.append(label)
+    feature = _feature(world, _port(run_dir, label), *feature_flags, creds=creds)
+    processes.append(feature)
+    return label, feature
+
+
+def _simulated(world: Path, settings: VerticalSettings) -> VerticalResult:
+    """The same run in one process, on the same tables."""
+    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
+    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
+    return simulate_vertical(bank, [insurer], settings)
+
+
 def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ": error: " in line]
 
@@ -130,18 +153,13 @@ def test_networked_run_equals_the_in_process_simulation(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
-    label = _label(world, run_dir)
-    processes.append(label)
-    feature = _feature(world, _port(run_dir, label))
-    processes.append(feature)
+    label, feature = _pair(world, run_dir, processes)
     feature_code, feature_out, feature_err = _finish(feature)
     label_code, label_out, label_err = _finish(label)
     assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
     assert "the label party ended the run: the run is complete" in feature_out
 
-    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
-    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
-    _check_equal(run_dir, simulate_vertical(bank, [insurer], EXPECTED))
+    _check_equal(run_dir, _simulated(world, EXPECTED))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["alignment_fingerprint"] == FINGERPRINT
     assert summary["parties"] == ["bank", "insurer"]
@@ -174,11 +192,9 @@ def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
-    longer = ["--epochs", "30", "--patience", "1000"]
-    label = _label(world, run_dir, *longer)
-    processes.append(label)
-    feature = _feature(world, _port(run_dir, label), *longer, "--checkpoint", str(saved))
-    processes.append(feature)
+    longer = ("--epochs", "30", "--patience", "1000")
+    saving = (*longer, "--checkpoint", str(saved))
+    label, feature = _pair(world, run_dir, processes, longer, saving)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -193,30 +209,26 @@ def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
     assert not (run_dir / "summary.json").exists()
 
     (run_dir / "label.json").unlink()  # the killed party's address: wait for the new one
-    label = _label(world, run_dir, *longer, "--resume")
-    processes.append(label)
-    feature = _feature(
-        world, _port(run_dir, label), *longer, "--checkpoint", str(saved), "--resume"
+    label, feature = _pair(
+        world,
+        run_dir,
+        processes,
+        (*longer, "--resume"),
+        (*longer, "--checkpoint", str(saved), "--resume"),
     )
-    processes.append(feature)
     feature_code, _, feature_err = _finish(feature)
     assert feature_code == 0, feature_err[-3000:]
     label_code, _, label_err = _finish(label)
     assert label_code == 0, label_err[-3000:]
-    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
-    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
     settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
-    _check_equal(run_dir, simulate_vertical(bank, [insurer], settings))
+    _check_equal(run_dir, _simulated(world, settings))
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
-    label = _label(world, run_dir)
-    processes.append(label)
-    feature = _feature(world, _port(run_dir, label), "--learning-rate", "0.02")
-    processes.append(feature)
+    label, feature = _pair(world, run_dir, processes, (), ("--learning-rate", "0.02"))
     feature_code, _, feature_err = _finish(feature)
     label_code, _, label_err = _finish(label)
     assert (label_code, feature_code) == (ExitCode.REFUSED, ExitCode.REFUSED)
@@ -230,11 +242,8 @@ def test_wrong_credentials_are_refused_and_ctrl_c_ends_the_waiting_label_party(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
-    label = _label(world, run_dir)
-    processes.append(label)
     # insurer presenting bank's folder: its certificate and token are bank's
-    feature = _feature(world, _port(run_dir, label), creds="bank")
-    processes.append(feature)
+    label, feature = _pair(world, run_dir, processes, creds="bank")
     feature_code, _, feature_err = _finish(feature)
     assert feature_code == ExitCode.REFUSED
     (line,) = _errors(feature_err)
@@ -251,11 +260,8 @@ def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
-    many = ["--epochs", "100000", "--patience", "100000"]
-    label = _label(world, run_dir, *many)
-    processes.append(label)
-    feature = _feature(world, _port(run_dir, label), *many)
-    processes.append(feature)
+    many = ("--epochs", "100000", "--patience", "100000")
+    label, feature = _pair(world, run_dir, processes, many, many)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1):

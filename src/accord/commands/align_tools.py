@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 from accord.commands.align_config import bucket_count, memory_limit
 
 if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+
     from accord.tee.core.backend import EnclaveIdentity
 
 __all__ = [
@@ -198,6 +201,59 @@ def _align_command(
     return command
 
 
+class ForwardedProcesses:
+    """A demo's party processes: each one's stderr forwarded line by line with its name
+    (``on_line`` sees each line first, then ``None`` at the end); any still running on
+    leaving is killed."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.processes: list[subprocess.Popen[str]] = []
+        self.threads: list[threading.Thread] = []
+
+    def start(
+        self, name: str, command: list[str], on_line: Callable[[str | None], None] | None = None
+    ) -> subprocess.Popen[str]:
+        import subprocess
+        import threading
+
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self.processes.append(process)
+
+        def forward() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if on_line is not None:
+                    on_line(line.rstrip())
+                sys.stderr.write(f"[{name}] {line}")
+            if on_line is not None:
+                on_line(None)  # the end: a waiting caller stops waiting
+
+        thread = threading.Thread(target=forward, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return process
+
+    def wait(self) -> list[int]:
+        """Every process's exit code, once all have ended."""
+        codes = [process.wait() for process in self.processes]
+        for thread in self.threads:
+            thread.join(5)
+        return codes
+
+    def __enter__(self) -> ForwardedProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def run_align_parties(
     folder: Path, names: list[str], policy_path: Path, key_path: Path, bucketing: list[str]
 ) -> list[int]:
@@ -206,53 +262,33 @@ def run_align_parties(
     ``<name>.aligned.csv`` and ``<name>.summary.json`` out. Each party's stderr is
     forwarded with its name; the exit codes."""
     import re
-    import subprocess
     import threading
 
     from accord.errors import AccordError
 
     listening = re.compile(r"listening on (\S+)$")
     addresses: list[str] = []
-    processes: list[subprocess.Popen[str]] = []
-    forwarders: list[threading.Thread] = []
-
-    def forward(name: str, process: subprocess.Popen[str], ready: threading.Event) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            match = listening.search(line.rstrip())
-            if match and not ready.is_set():
-                addresses.append(match.group(1))
-                ready.set()
-            sys.stderr.write(f"[{name}] {line}")
-        ready.set()
-
-    try:
+    with ForwardedProcesses() as processes:
         for index, name in enumerate(names):
             last = index == len(names) - 1
             command = _align_command(
                 folder, name, len(names), (policy_path, key_path), bucketing, addresses, not last
             )
-            process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-            )
-            processes.append(process)
             ready = threading.Event()
-            thread = threading.Thread(target=forward, args=(name, process, ready), daemon=True)
-            thread.start()
-            forwarders.append(thread)
+
+            def on_line(line: str | None, ready: threading.Event = ready) -> None:
+                match = None if line is None else listening.search(line)
+                if match and not ready.is_set():
+                    addresses.append(match.group(1))
+                if match or line is None:
+                    ready.set()
+
+            processes.start(name, command, on_line)
             if not last:
                 ready.wait(120)
                 if len(addresses) != index + 1:
                     raise AccordError(f"demo: party {name!r} did not start listening")
-        codes = [process.wait() for process in processes]
-        for thread in forwarders:
-            thread.join(5)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return codes
+        return processes.wait()
 
 
 def _run_demo_in(

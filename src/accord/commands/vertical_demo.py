@@ -134,10 +134,9 @@ def _run_in(args: argparse.Namespace, folder: Path) -> int:
 
 def _train(folder: Path, flags: list[str]) -> list[int]:
     """Run the label and the feature party as processes; their exit codes."""
-    import subprocess
-    import threading
     import time
 
+    from accord.commands.align_tools import ForwardedProcesses
     from accord.errors import AccordError
     from accord.vertical.run_files import ENDPOINT_FILE, read_endpoint
 
@@ -149,27 +148,9 @@ def _train(folder: Path, flags: list[str]) -> list[int]:
             "--ignore-columns", "id", *flags, *extra,
         ]  # fmt: skip
 
-    def forward(name: str, process: subprocess.Popen[str]) -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            sys.stderr.write(f"[{name}] {line}")
-
     run_dir = folder / "run"
-    processes: list[subprocess.Popen[str]] = []
-    threads: list[threading.Thread] = []
-
-    def start(name: str, command: list[str]) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        processes.append(process)
-        thread = threading.Thread(target=forward, args=(name, process), daemon=True)
-        thread.start()
-        threads.append(thread)
-        return process
-
-    try:
-        label = start(
+    with ForwardedProcesses() as processes:
+        label = processes.start(
             LABEL,
             party(
                 "label", LABEL, "--label-column", "diagnosis", "--listen", "127.0.0.1:0",
@@ -182,22 +163,14 @@ def _train(folder: Path, flags: list[str]) -> list[int]:
                 raise AccordError("demo: the label party did not start listening")
             time.sleep(0.05)
         port = read_endpoint(run_dir)["port"]
-        start(
+        processes.start(
             FEATURE,
             party(
                 "feature", FEATURE, "--connect", f"127.0.0.1:{port}",
                 "--credentials", str(folder / "creds" / FEATURE),
             ),
         )  # fmt: skip
-        codes = [process.wait() for process in processes]
-        for thread in threads:
-            thread.join(5)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return codes
+        return processes.wait()
 
 
 def _report(folder: Path, args: argparse.Namespace) -> int:
