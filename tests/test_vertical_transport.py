@@ -18,7 +18,7 @@ from accord.cli import main
 from accord.commands.exit_codes import ExitCode
 from accord.credentials.auth import Authenticator, load_server_credentials
 from accord.credentials.issue import make_credentials
-from accord.errors import PeerError
+from accord.errors import ConfigurationError, PeerError
 from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
 from accord.vertical.network import announce, feature_credentials, run_feature_party
 from accord.vertical.transport import DialSettings, LabelServer, RemoteFeatureParty, _Session
@@ -202,3 +202,26 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(
     (line,) = [line for line in err.splitlines() if ": error: " in line]
     assert line.startswith("accord vertical: error: ") and message in line
     assert not run_dir.exists()
+
+
+def test_settings_come_from_the_config_file_and_flags_win(tmp_path: Path) -> None:
+    import argparse
+
+    from accord.commands.vertical import settings_from_args
+
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = 7\nbatch_size = 128\n[model]\nbottom = "mlp"\nembedding_dim = 4\n')
+    names = ("seed", "epochs", "batch_size", "learning_rate", "optimizer", "patience")
+    names += ("validation_fraction", "test_fraction", "bottom", "bottom_hidden")
+    names += ("embedding_dim", "top", "top_hidden")
+    args = argparse.Namespace(config=config, **dict.fromkeys(names))
+    args.epochs, args.bottom_hidden = 9, "8,4"
+    settings = settings_from_args(args)
+    assert (settings.epochs, settings.batch_size) == (9, 128)
+    assert settings.model.bottom == "mlp" and settings.model.embedding_dim == 4
+    assert settings.model.bottom_hidden == (8, 4)
+    args.top = "wide"
+    with pytest.raises(
+        ConfigurationError, match='run.toml and options: model.top = "wide": expected'
+    ):
+        settings_from_args(args)
