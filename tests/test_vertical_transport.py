@@ -221,7 +221,6 @@ def test_settings_come_from_the_config_file_and_flags_win(tmp_path: Path) -> Non
     assert settings.model.bottom == "mlp" and settings.model.embedding_dim == 4
     assert settings.model.bottom_hidden == (8, 4)
     args.top = "wide"
-    with pytest.raises(
-        ConfigurationError, match='run.toml and options: model.top = "wide": expected'
-    ):
+    expected = r'run\.toml and options: model\.top = "wide": expected'
+    with pytest.raises(ConfigurationError, match=expected):
         settings_from_args(args)
