@@ -273,3 +273,75 @@ def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
     assert label_code == ExitCode.REFUSED
     (line,) = _errors(label_err)
     assert "party 'insurer' is gone" in line
+
+
+def test_predict_scores_new_rows_like_the_in_process_model(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    from accord.vertical import build_parties, run_vertical
+
+    run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
+    label, feature = _pair(world, run_dir, processes, (), ("--checkpoint", str(saved)))
+    assert (_finish(feature)[0], _finish(label)[0]) == (0, 0)
+    # new rows, aligned by another alignment: the first 100 of each table, no label column
+    new = tmp_path / "new"
+    new.mkdir()
+    for name, drop in (("bank", "y"), ("insurer", None)):
+        lines = (world / f"{name}.csv").read_text().splitlines()[:101]
+        header = lines[0].split(",")
+        keep = [i for i, column in enumerate(header) if column != drop]
+        rows = [",".join(line.split(",")[i] for i in keep) for line in lines]
+        (new / f"{name}.csv").write_text("\n".join(rows) + "\n")
+        summary = {"party": name, "parties": ["bank", "insurer"], "intersection": 100}
+        (new / f"{name}.summary.json").write_text(json.dumps({**summary, "fingerprint": "ef" * 32}))
+    common = ["--ignore-columns", "id", "--idle-timeout", "120"]
+    out = tmp_path / "scores.csv"
+    label = subprocess.Popen(
+        [
+            sys.executable, "-m", "accord.cli", "vertical", "predict", "label",
+            "--run-dir", str(run_dir), "--train-table", str(world / "bank.csv"),
+            "--train-alignment", str(world / "bank.summary.json"), "--label-column", "y",
+            "--table", str(new / "bank.csv"), "--alignment", str(new / "bank.summary.json"),
+            "--listen", "127.0.0.1:0", "--credentials", str(world / "creds"),
+            "--out", str(out), *common,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    processes.append(label)
+    port = None
+    deadline = time.monotonic() + 120
+    assert label.stderr is not None
+    for line in label.stderr:  # "listening on 127.0.0.1:PORT (mutual TLS)"
+        if "listening on 127.0.0.1:" in line:
+            port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
+            break
+        assert time.monotonic() < deadline
+    assert port is not None
+    feature = subprocess.Popen(
+        [
+            sys.executable, "-m", "accord.cli", "vertical", "predict", "feature",
+            "--checkpoint", str(saved), "--train-table", str(world / "insurer.csv"),
+            "--train-alignment", str(world / "insurer.summary.json"),
+            "--table", str(new / "insurer.csv"),
+            "--alignment", str(new / "insurer.summary.json"),
+            "--connect", f"127.0.0.1:{port}",
+            "--credentials", str(world / "creds" / "insurer"), *common, *SETTINGS,
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    processes.append(feature)
+    feature_code, _, feature_err = _finish(feature)
+    assert feature_code == 0, feature_err[-3000:]
+    label_code, label_out, _ = _finish(label)
+    assert label_code == 0 and f"scored 100 rows: {out}" in label_out
+
+    bank = read_party_table(world / "bank.csv", "bank", label_column="y", ignore=["id"])
+    insurer = read_party_table(world / "insurer.csv", "insurer", ignore=["id"])
+    label_party, parties = build_parties(bank, [insurer], EXPECTED)
+    run_vertical(label_party, parties)
+    new_bank = read_party_table(new / "bank.csv", "bank", ignore=["id"])
+    new_insurer = read_party_table(new / "insurer.csv", "insurer", ignore=["id"])
+    expected = label_party.predict(new_bank, {"insurer": parties["insurer"].embed_new(new_insurer)})
+    scores = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert scores.shape == (100, 2) and (scores[:, 0] == np.arange(100)).all()
+    np.testing.assert_allclose(scores[:, 1], expected, rtol=1e-5, atol=1e-6)

@@ -207,7 +207,7 @@ def test_bad_inputs_are_refused_in_one_line_before_anything_is_written(
 def test_settings_come_from_the_config_file_and_flags_win(tmp_path: Path) -> None:
     import argparse
 
-    from accord.commands.vertical import settings_from_args
+    from accord.commands.vertical_options import settings_from_args
 
     config = tmp_path / "run.toml"
     config.write_text('epochs = 7\nbatch_size = 128\n[model]\nbottom = "mlp"\nembedding_dim = 4\n')

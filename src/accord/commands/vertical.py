@@ -23,24 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run"]
+from accord.commands.vertical_options import (
+    add_party_arguments,
+    parse_address,
+    read_inputs,
+    settings_from_args,
+)
 
-#: Settings flags -> (dotted key in VerticalSettings, type).
-_SETTINGS_FLAGS: dict[str, tuple[str, Any]] = {
-    "seed": ("seed", int),
-    "epochs": ("epochs", int),
-    "batch_size": ("batch_size", int),
-    "learning_rate": ("learning_rate", float),
-    "optimizer": ("optimizer", str),
-    "patience": ("patience", int),
-    "validation_fraction": ("validation_fraction", float),
-    "test_fraction": ("test_fraction", float),
-    "bottom": ("model.bottom", str),
-    "bottom_hidden": ("model.bottom_hidden", "widths"),
-    "embedding_dim": ("model.embedding_dim", int),
-    "top": ("model.top", str),
-    "top_hidden": ("model.top_hidden", "widths"),
-}
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
@@ -61,7 +51,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "(alignment fingerprint, row count, settings) check out, trains, and writes RUN_DIR: "
         "label.json (where it listens), metrics.jsonl, summary.json, loss.png, auc.png.",
     )
-    _add_party_arguments(label)
+    add_party_arguments(label)
     label.add_argument("--label-column", required=True, help="the 0/1 label column")
     label.add_argument(
         "--listen", required=True, metavar="HOST:PORT", help="where to listen (port 0: any)"
@@ -100,7 +90,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "who it is (its certificate and token), announce its alignment fingerprint, row "
         "count and settings, and answer every batch until the label party ends the run.",
     )
-    _add_party_arguments(feature)
+    add_party_arguments(feature)
     feature.add_argument("--connect", required=True, metavar="HOST:PORT", help="the label party")
     feature.add_argument(
         "--credentials",
@@ -125,138 +115,20 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     feature.add_argument("--resume", action="store_true", help="continue from --checkpoint FILE")
     feature.set_defaults(run=run, vertical_role="feature")
     from accord.commands.vertical_demo import add_demo_parser
+    from accord.commands.vertical_predict import add_predict_parser
 
+    add_predict_parser(commands)
     add_demo_parser(commands)
     return parser
 
 
-def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--table", type=Path, required=True, help="this party's aligned table (CSV or Parquet)")
-    add(
-        "--alignment",
-        type=Path,
-        default=None,
-        metavar="SUMMARY",
-        help="the summary JSON `accord align --summary` wrote: party names, rows, fingerprint",
-    )
-    add("--party-name", default=None, help="this party's name (default: from --alignment)")
-    add(
-        "--parties",
-        default=None,
-        help="every party's name, comma-separated (default: from --alignment)",
-    )
-    add(
-        "--ignore-columns",
-        default="",
-        help="comma-separated columns that are not features (the ID key, e.g. id)",
-    )
-    add("--config", type=Path, default=None, help="a TOML file of the run's settings")
-    add("--idle-timeout", type=float, default=300.0, help="seconds a peer may stay silent [300]")
-    from accord.vertical.settings import VerticalSettings
-
-    defaults = VerticalSettings()
-    for flag, (key, kind) in _SETTINGS_FLAGS.items():
-        default: Any = defaults
-        for part in key.split("."):
-            default = getattr(default, part)
-        if kind == "widths":
-            default = ",".join(str(width) for width in default)
-        add(
-            f"--{flag.replace('_', '-')}",
-            dest=flag,
-            type=str if kind == "widths" else kind,
-            default=None,
-            help=f"setting {key} [{default}]",
-        )
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`VerticalSettings` of ``--config`` and the flags (flags win)."""
-    from accord.errors import ConfigurationError
-    from accord.settings_mapping import read_toml, settings_from_mapping
-    from accord.vertical.settings import VerticalSettings
-
-    data: dict[str, Any] = {}
-    source = "options"
-    if args.config is not None:
-        data = read_toml(args.config)
-        source = f"{args.config} and options"
-    for flag, (key, kind) in _SETTINGS_FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if kind == "widths":
-            try:
-                value = [int(w) for w in value.split(",") if w.strip()]
-            except ValueError as error:
-                raise ConfigurationError(
-                    f"--{flag.replace('_', '-')}: expected widths like 32,16, got {value!r}"
-                ) from error
-        table = data
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            table = table.setdefault(parent, {})
-        table[leaf] = value
-    return settings_from_mapping(VerticalSettings, data, source=source)
-
-
-def parse_address(text: str, option: str) -> tuple[str, int]:
-    from accord.errors import ConfigurationError
-
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"{option}: expected HOST:PORT, got {text!r}")
-    return host, int(port)
-
-
-def _names(args: argparse.Namespace) -> tuple[str, tuple[str, ...], int | None, str | None]:
-    """(this party, every party, aligned rows or None, alignment fingerprint or None)."""
-    from accord.errors import ConfigurationError
-    from accord.vertical.inputs import read_alignment
-
-    parties = None
-    if args.parties is not None:
-        parties = tuple(p.strip() for p in args.parties.split(",") if p.strip())
-    if args.alignment is not None:
-        info = read_alignment(args.alignment)
-        if args.party_name is not None and args.party_name != info.party:
-            raise ConfigurationError(
-                f"--party-name: {args.alignment} is party {info.party!r}'s summary,"
-                f" not {args.party_name!r}'s"
-            )
-        if parties is not None and set(parties) != set(info.parties):
-            raise ConfigurationError(
-                f"--parties: {args.alignment} names the parties {', '.join(info.parties)}"
-            )
-        return info.party, info.parties, info.rows, info.fingerprint
-    if args.party_name is None or parties is None:
-        raise ConfigurationError(
-            "--alignment: give the alignment's summary JSON (or --party-name and --parties)"
-        )
-    if args.party_name not in parties:
-        raise ConfigurationError(f"--parties: expected {args.party_name!r} among {parties}")
-    return args.party_name, parties, None, None
-
-
 def run(args: argparse.Namespace) -> int:
-    from accord.errors import InputDataError
-    from accord.vertical.inputs import read_party_table
-
     settings = settings_from_args(args)
-    name, parties, rows, fingerprint = _names(args)
-    ignore = [c.strip() for c in args.ignore_columns.split(",") if c.strip()]
     label_column = args.label_column if args.vertical_role == "label" else None
-    table = read_party_table(args.table, name, label_column=label_column, ignore=ignore)
-    if rows is not None and table.row_count != rows:
-        raise InputDataError(
-            f"{args.table}: expected the {rows} aligned rows of {args.alignment}, found"
-            f" {table.row_count} (a table from another alignment?)"
-        )
+    table, info = read_inputs(args, label_column)
     if args.vertical_role == "label":
-        return _run_label(args, settings, table, parties, fingerprint)
-    return _run_feature(args, settings, table, fingerprint)
+        return _run_label(args, settings, table, info.parties, info.fingerprint)
+    return _run_feature(args, settings, table, info.fingerprint)
 
 
 def _run_label(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from accord.credentials.auth import (
     REVOKED_NAME,
     Authenticator,
@@ -29,9 +31,9 @@ from accord.vertical.checkpoints import (
     read_label_checkpoint,
     write_label_checkpoint,
 )
-from accord.vertical.parties import FeatureParty, LabelParty
+from accord.vertical.parties import PREDICT, FeatureParty, LabelParty, PartyTable
 from accord.vertical.results import DriverState, VerticalResult
-from accord.vertical.run_files import LabelRunFolder
+from accord.vertical.run_files import CHECKPOINT_FILE, LabelRunFolder
 from accord.vertical.simulation import run_vertical
 from accord.vertical.transport import (
     DialSettings,
@@ -41,7 +43,14 @@ from accord.vertical.transport import (
     serve_feature_party,
 )
 
-__all__ = ["ListenSettings", "announce", "run_feature_party", "run_label_party"]
+__all__ = [
+    "ListenSettings",
+    "announce",
+    "predict_feature_party",
+    "predict_label_party",
+    "run_feature_party",
+    "run_label_party",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,19 +107,11 @@ def run_label_party(
     announcement = announce(label, alignment_fingerprint)
     state = read_label_checkpoint(folder.checkpoint, label, announcement) if resume else None
 
-    def load() -> Any:
-        return load_server_credentials(credentials_dir, "both")
-
-    credentials = load()
-    authenticator = Authenticator.reloading(
-        load, [credentials_dir / "tokens.json", credentials_dir / REVOKED_NAME]
-    )
-    server = LabelServer(
+    server = _label_server(
         announcement,
         label.feature_parties,
-        credentials,
-        authenticator,
-        idle_timeout=listen.idle_timeout,
+        credentials_dir,
+        listen,
         first_epoch=0 if state is None else state.next_epoch,
     )
     started = clock()
@@ -217,4 +218,109 @@ def run_feature_party(
         credentials,
         on_checkpoint=None if saved is None else saved.save,
         on_welcome=on_welcome,
+    )
+
+
+def _label_server(
+    announcement: PartyAnnouncement,
+    feature_parties: tuple[str, ...],
+    credentials_dir: Path,
+    listen: ListenSettings,
+    *,
+    first_epoch: int,
+    predict: PartyAnnouncement | None = None,
+) -> LabelServer:
+    """The label party's server (not yet listening), checking credentials from ``DIR``."""
+
+    def load() -> Any:
+        return load_server_credentials(credentials_dir, "both")
+
+    credentials = load()
+    authenticator = Authenticator.reloading(
+        load, [credentials_dir / "tokens.json", credentials_dir / REVOKED_NAME]
+    )
+    return LabelServer(
+        announcement,
+        feature_parties,
+        credentials,
+        authenticator,
+        idle_timeout=listen.idle_timeout,
+        first_epoch=first_epoch,
+        predict=predict,
+    )
+
+
+def predict_label_party(
+    label: LabelParty,
+    alignment_fingerprint: str | None,
+    run_dir: Path,
+    new_rows: PartyTable,
+    new_fingerprint: str | None,
+    credentials_dir: Path,
+    listen: ListenSettings,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Score new rows with the trained model in ``run_dir``: the probability of label 1 per
+    row, for the label party only. ``label`` is rebuilt from its training table (the same
+    splits and standardisation) and restored to the run's best epoch; every feature party
+    does the same and sends its embedding of its columns of the new rows."""
+    announcement = announce(label, alignment_fingerprint)
+    state = read_label_checkpoint(run_dir / CHECKPOINT_FILE, label, announcement)
+    label.restore_best()
+    predict = PartyAnnouncement(
+        label.name, new_rows.row_count, announcement.settings_fingerprint, new_fingerprint
+    )
+    server = _label_server(
+        announcement,
+        label.feature_parties,
+        credentials_dir,
+        listen,
+        first_epoch=state.next_epoch,
+        predict=predict,
+    )
+    try:
+        port = server.start(listen.host, listen.port)
+        if on_listening is not None:
+            on_listening(format_address(listen.host, port))
+        links = server.wait_for_parties(listen.join_timeout)
+        embeddings = {party: link.embed(PREDICT) for party, link in links.items()}
+        probabilities = label.predict(new_rows if label.bottom is not None else None, embeddings)
+        for link in links.values():
+            link.finish("the new rows are scored")
+        return probabilities
+    finally:
+        server.stop()
+
+
+def predict_feature_party(
+    party: FeatureParty,
+    alignment_fingerprint: str | None,
+    checkpoint: Path,
+    new_rows: PartyTable,
+    new_fingerprint: str | None,
+    credentials_dir: Path,
+    dial: DialSettings,
+) -> str:
+    """Embed this party's columns of new rows for the label party, with its trained bottom
+    (from ``checkpoint``, restored to the run's best epoch); the label party's reason."""
+    credentials = feature_credentials(credentials_dir)
+    announcement = announce(party, alignment_fingerprint)
+    saved = FeatureCheckpoints(checkpoint, party, announcement)
+    latest = saved.load()
+
+    def on_welcome(welcome: Any) -> None:
+        saved.restore(int(welcome.first_epoch))
+        party.restore_best()
+
+    predict = PartyAnnouncement(
+        party.name, new_rows.row_count, announcement.settings_fingerprint, new_fingerprint
+    )
+    return serve_feature_party(
+        party,
+        feature_hello(announcement, latest, predict),
+        dial,
+        credentials,
+        on_welcome=on_welcome,
+        new_rows=new_rows,
     )

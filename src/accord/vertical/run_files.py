@@ -29,7 +29,14 @@ from accord.reporting.plots import plot_curves
 from accord.reporting.writer import finite_json
 from accord.vertical.results import EpochMetrics, VerticalResult
 
-__all__ = ["CHECKPOINT_FILE", "ENDPOINT_FILE", "LabelRunFolder", "epoch_line", "read_endpoint"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "ENDPOINT_FILE",
+    "LabelRunFolder",
+    "epoch_line",
+    "read_endpoint",
+    "write_scores",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +167,14 @@ class LabelRunFolder:
             title="vertical training: AUC",
         )
         return {"summary": summary_path, "loss_plot": loss, "auc_plot": auc}
+
+
+def write_scores(path: Path, probabilities: Any) -> Path:
+    """``position,probability`` (the new alignment's shared order), written atomically."""
+    lines = ["position,probability"]
+    lines += [f"{position},{float(p):.9g}" for position, p in enumerate(probabilities)]
+    try:
+        write_atomically(path, ("\n".join(lines) + "\n").encode())
+    except OSError as error:
+        raise ConfigurationError(f"--out: cannot write {path}: {error}") from error
+    return path

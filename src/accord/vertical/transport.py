@@ -43,7 +43,7 @@ from accord.credentials.tls import (
 from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
 from accord.vertical.agreement import PartyAnnouncement, check_announcements
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
-from accord.vertical.parties import FeatureParty
+from accord.vertical.parties import PREDICT, FeatureParty, PartyTable
 from accord.vertical.proto import vertical_pb2 as pb
 from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
 
@@ -235,6 +235,8 @@ class _Expected:
     label: PartyAnnouncement
     feature_parties: tuple[str, ...]
     first_epoch: int
+    #: The new rows the label party scores (``None``: it trains).
+    predict: PartyAnnouncement | None
 
 
 class LabelServer:
@@ -250,8 +252,9 @@ class LabelServer:
         *,
         idle_timeout: float = 300.0,
         first_epoch: int = 0,
+        predict: PartyAnnouncement | None = None,
     ) -> None:
-        self._expected = _Expected(label, tuple(sorted(feature_parties)), first_epoch)
+        self._expected = _Expected(label, tuple(sorted(feature_parties)), first_epoch, predict)
         self.credentials = credentials
         self.authenticator = authenticator
         self.idle_timeout = idle_timeout
@@ -314,6 +317,7 @@ class LabelServer:
             return reason
         try:
             check_announcements(expected.label, [announcement_of(hello)])
+            _check_predict(expected.predict, hello)
         except AccordError as error:
             self._fail(PeerError(str(error)))
             return str(error)
@@ -364,6 +368,31 @@ class LabelServer:
         if self._server is not None:
             self._server.stop(grace).wait(grace + 1)
             self._server = None
+
+
+def _check_predict(expected: PartyAnnouncement | None, hello: pb.Hello) -> None:
+    """Both parties score the same new rows (or both train)."""
+    if expected is None:
+        if hello.predict_rows:
+            raise ProtocolError(
+                f"party {hello.party!r} came to score new rows; the label party is training"
+            )
+        return
+    if not hello.predict_rows:
+        raise ProtocolError(
+            f"party {hello.party!r} came to train; the label party is scoring new rows"
+        )
+    check_announcements(
+        expected,
+        [
+            PartyAnnouncement(
+                hello.party,
+                int(hello.predict_rows),
+                expected.settings_fingerprint,
+                hello.predict_alignment_fingerprint or None,
+            )
+        ],
+    )
 
 
 # ------------------------------------------------------------------ feature party
@@ -432,9 +461,12 @@ def serve_feature_party(
     *,
     on_checkpoint: Callable[[int], None] | None = None,
     on_welcome: Callable[[pb.Welcome], None] | None = None,
+    new_rows: PartyTable | None = None,
 ) -> str:
     """Dial the label party, answer its instructions until it finishes the run; the
-    finish reason. A refusal, a lost or silent label party is one :class:`PeerError`."""
+    finish reason. A refusal, a lost or silent label party is one :class:`PeerError`.
+    ``new_rows``: the party's columns of new rows to embed when the label party scores
+    them (``accord vertical predict``)."""
     channel = _channel(settings, credentials)
     try:
         grpc.channel_ready_future(channel).result(timeout=settings.connect_timeout)
@@ -461,7 +493,7 @@ def serve_feature_party(
     try:
         for message in call:
             watchdog.last = time.monotonic()
-            reason = _answer(party, message, outbound, on_checkpoint, on_welcome)
+            reason = _answer(party, message, outbound, (on_checkpoint, on_welcome), new_rows)
             if reason is not None:
                 return reason
         raise PeerError("the label party closed the session before the run ended")
@@ -488,10 +520,11 @@ def _answer(
     party: FeatureParty,
     message: pb.LabelMessage,
     outbound: queue.Queue[Any],
-    on_checkpoint: Callable[[int], None] | None,
-    on_welcome: Callable[[pb.Welcome], None] | None,
+    callbacks: tuple[Callable[[int], None] | None, Callable[[pb.Welcome], None] | None],
+    new_rows: PartyTable | None,
 ) -> str | None:
     """Carry out one instruction; the finish reason once the run is over."""
+    on_checkpoint, on_welcome = callbacks
     kind = message.WhichOneof("body")
     if kind == "finish":
         return message.finish.reason or "finished"
@@ -506,14 +539,14 @@ def _answer(
             on_checkpoint(int(message.checkpoint.next_epoch))
         outbound.put(pb.FeatureMessage(matrix=pb.Matrix()))  # saved (or nothing to save)
     else:
-        reply = _carry_out(party, message, kind)
+        reply = _carry_out(party, message, kind, new_rows)
         if reply is not None:
             outbound.put(pb.FeatureMessage(matrix=to_matrix(reply)))
     return None
 
 
 def _carry_out(
-    party: FeatureParty, message: pb.LabelMessage, kind: str | None
+    party: FeatureParty, message: pb.LabelMessage, kind: str | None, new_rows: PartyTable | None
 ) -> np.ndarray | None:
     """One round instruction, by the feature party's own methods; the matrix to send back."""
     if kind == "forward":
@@ -526,6 +559,8 @@ def _carry_out(
         return None
     if kind == "embed":
         split = message.embed.split
+        if split == PREDICT and new_rows is not None:
+            return party.embed_new(new_rows).values
         if split not in ("validation", "test"):
             raise ProtocolError(f"embed: expected the validation or test split, got {split!r}")
         return party.embed(split).values
@@ -538,8 +573,12 @@ def _carry_out(
     raise ProtocolError(f"unknown instruction {kind!r} from the label party")
 
 
-def feature_hello(announcement: PartyAnnouncement, resume_epoch: int = 0) -> pb.Hello:
-    """The first message of a feature party's stream."""
+def feature_hello(
+    announcement: PartyAnnouncement,
+    resume_epoch: int = 0,
+    predict: PartyAnnouncement | None = None,
+) -> pb.Hello:
+    """The first message of a feature party's stream (``predict``: the new rows it embeds)."""
     return pb.Hello(
         protocol_version=PROTOCOL_VERSION,
         party=announcement.party,
@@ -547,6 +586,10 @@ def feature_hello(announcement: PartyAnnouncement, resume_epoch: int = 0) -> pb.
         settings_fingerprint=announcement.settings_fingerprint,
         alignment_fingerprint=announcement.alignment_fingerprint or "",
         resume_epoch=resume_epoch,
+        predict_rows=0 if predict is None else predict.row_count,
+        predict_alignment_fingerprint=(
+            "" if predict is None else predict.alignment_fingerprint or ""
+        ),
     )
 
 

@@ -16,20 +16,24 @@ class Matrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "party", "row_count", "settings_fingerprint", "alignment_fingerprint", "resume_epoch")
+    __slots__ = ("protocol_version", "party", "row_count", "settings_fingerprint", "alignment_fingerprint", "resume_epoch", "predict_rows", "predict_alignment_fingerprint")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ALIGNMENT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RESUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_ALIGNMENT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     party: str
     row_count: int
     settings_fingerprint: str
     alignment_fingerprint: str
     resume_epoch: int
-    def __init__(self, protocol_version: _Optional[int] = ..., party: _Optional[str] = ..., row_count: _Optional[int] = ..., settings_fingerprint: _Optional[str] = ..., alignment_fingerprint: _Optional[str] = ..., resume_epoch: _Optional[int] = ...) -> None: ...
+    predict_rows: int
+    predict_alignment_fingerprint: str
+    def __init__(self, protocol_version: _Optional[int] = ..., party: _Optional[str] = ..., row_count: _Optional[int] = ..., settings_fingerprint: _Optional[str] = ..., alignment_fingerprint: _Optional[str] = ..., resume_epoch: _Optional[int] = ..., predict_rows: _Optional[int] = ..., predict_alignment_fingerprint: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("label_party", "parties", "first_epoch")
