@@ -9,6 +9,7 @@ intersection of the generated IDs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,6 +121,9 @@ def test_two_parties_align_in_process_over_memory_links(
     assert summaries[0].peer_ids == {"b": 70} and summaries[1].peer_ids == {"a": 60}
     assert summaries[0].buckets == buckets and summaries[1].buckets == buckets
     assert summaries[0].peer_enclaves["b"]["measurement"] == MEASUREMENT.hex()
+    # both hosts hold the fingerprint their enclaves confirmed (in memory and bucketed)
+    assert summaries[0].fingerprint == summaries[1].fingerprint
+    assert summaries[0].fingerprint is not None and len(summaries[0].fingerprint) == 64
     aligned = {name: read_csv(tmp_path / f"{name}.aligned.csv") for name in ("a", "b")}
     ids_a = [row["id"] for row in aligned["a"]]
     assert ids_a == [row["id"] for row in aligned["b"]]  # the same shared order
@@ -129,6 +133,26 @@ def test_two_parties_align_in_process_over_memory_links(
     row_map = read_csv(tmp_path / "a.map.csv")
     assert [own[int(row["row"])] for row in row_map] == ids_a
     assert not any(path.name.startswith("run-") for path in tmp_path.iterdir())  # removed
+
+
+def test_another_alignment_has_another_fingerprint(tmp_path: Path) -> None:
+    _tables(tmp_path)
+    policy = _policy(tmp_path / "policy.toml", PLATFORM)
+    fingerprints = []
+    for run in range(2):  # the same tables, two sessions: two keyed orders
+        settings = [
+            dataclasses.replace(_settings(tmp_path, name, policy), session=f"session-{run}")
+            for name in ("a", "b")
+        ]
+        for name in ("a", "b"):
+            for output in tmp_path.glob(f"{name}.*.csv"):
+                output.unlink()
+        results = asyncio.run(_align(settings, [_enclave(), _enclave()]))
+        summaries = [result for result in results if isinstance(result, PartySummary)]
+        assert len(summaries) == 2, results
+        assert summaries[0].fingerprint == summaries[1].fingerprint
+        fingerprints.append(summaries[0].fingerprint)
+    assert fingerprints[0] != fingerprints[1]
 
 
 def test_a_refused_attestation_in_process_writes_nothing_on_either_side(tmp_path: Path) -> None:
