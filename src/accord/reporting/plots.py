@@ -140,10 +140,16 @@ def plot_curves(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    integer_x: bool = False,
 ) -> Path:
-    """One line per named curve of ``(x, y)`` points (a curve with no point is left out)."""
+    """One line per named curve of ``(x, y)`` points (a curve with no point is left out);
+    ``integer_x``: whole-number ticks on the x axis (epochs, rounds)."""
+    from matplotlib.ticker import MaxNLocator
+
     figure, _ = _new_figure(7.0, 3.6)
     axes = figure.subplots()
+    if integer_x:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     for name, points in curves.items():
         if points:
             axes.plot([x for x, _ in points], [y for _, y in points], label=name, linewidth=1.6)

@@ -151,6 +151,7 @@ class LabelRunFolder:
             xlabel="epoch",
             ylabel="log loss",
             title="vertical training: loss",
+            integer_x=True,
         )
         auc = plot_curves(
             {
@@ -165,6 +166,7 @@ class LabelRunFolder:
             xlabel="epoch",
             ylabel="AUC",
             title="vertical training: AUC",
+            integer_x=True,
         )
         return {"summary": summary_path, "loss_plot": loss, "auc_plot": auc}
 
