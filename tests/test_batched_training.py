@@ -5,11 +5,16 @@ subset of nodes, chunks, faulty nodes and node sampling."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from accord.cli import build_parser
+from accord.commands.run_options import config_from_args
+from accord.config import SimulateConfig, load_simulate_config, simulate_config_to_toml
 from accord.data.faults import FAULT_KINDS, FaultSpec, NodeFault, labels_trained_on
 from accord.data.partition import PartitionSpec
 from accord.errors import ConfigurationError
@@ -240,3 +245,23 @@ def test_auto_batches_from_the_threshold_on() -> None:
 def test_node_training_is_checked() -> None:
     with pytest.raises(ConfigurationError, match="node_training: expected one of auto, batched"):
         SimulationSettings(node_training="vmap")
+
+
+def test_the_option_and_the_config_key_set_node_training(tmp_path: Path) -> None:
+    argv = ["simulate", "--node-training", "loop"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).simulation.node_training == "loop"
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('node_training = "batched"\n[scenario]\nnodes = 4\n')
+    assert load_simulate_config(config_file).simulation.node_training == "batched"
+    argv = ["simulate", "--config", str(config_file), "--node-training", "auto"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).simulation.node_training == "auto"
+    config_file.write_text('node_training = "gpu"\n')
+    with pytest.raises(
+        ConfigurationError, match=r'run\.toml: node_training = "gpu": expected one of'
+    ):
+        load_simulate_config(config_file)
+    # written back into a run folder's config.toml, and read again
+    settings = SimulationSettings(node_training="batched")
+    text = simulate_config_to_toml(SimulateConfig(simulation=settings))
+    config_file.write_text(text)
+    assert load_simulate_config(config_file).simulation == settings
