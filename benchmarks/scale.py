@@ -37,7 +37,8 @@ round in the same run.
 
     python benchmarks/scale.py                 # N in {10, 100, 1000}, both models, Flower
     python benchmarks/scale.py --quick         # N in {10, 100}, 1 round, Flower at 10
-    python benchmarks/scale.py --cell mlp 100  # one cell's JSON (what the run spawns)
+    python benchmarks/scale.py --cell accord mlp 100  # one cell's JSON (what the run spawns)
+    python benchmarks/scale.py --models mlp --reuse OLD.json  # re-measure the MLP cells only
 
 prints one JSON object.
 """
@@ -236,11 +237,15 @@ def mlp_cell(nodes: int, rounds: int) -> dict[str, Any]:
         "load_1min": _load(),
     }
     del loop, batched
-    # 2. FedAvg rounds (Accord's side of the Flower comparison) and the credit agreement
+    # 2. FedAvg rounds: Accord's side of the Flower comparison
     simulation = Simulation(mlp_settings(nodes, rounds), "fedavg")
+    out["fedavg"] = _rounds([simulation.run_round() for _ in range(rounds)])
     skip = _exact_skip(nodes, simulation.engine.dim, None)
+    # the credit agreement along another FedAvg run, whose rounds are not timed (each
+    # round computes exact credit once more)
     correlations: list[float] = []
     if skip is None:
+        simulation = Simulation(mlp_settings(nodes, rounds), "fedavg")
         policy = simulation.engine.aggregator
         original = policy.aggregate
 
@@ -249,9 +254,10 @@ def mlp_cell(nodes: int, rounds: int) -> dict[str, Any]:
             return original(round_input)
 
         policy.aggregate = recording  # type: ignore[method-assign]
-    records = [simulation.run_round() for _ in range(rounds)]
-    out["fedavg"] = _rounds(records, exclude_policy=True)
+        for _ in range(rounds):
+            simulation.run_round()
     out["spearman_first_order_vs_exact"] = correlations if skip is None else skip
+    out["peak_rss_mib_after_fedavg"] = _peak_rss_mib()
     del simulation
     # 3. the policies
     out["policies"] = {}
@@ -267,18 +273,22 @@ def mlp_cell(nodes: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-def _rounds(records: list[Any], exclude_policy: bool = False) -> dict[str, Any]:
+def _rounds(records: list[Any]) -> dict[str, Any]:
     """Per-round figures of a simulation's timed records."""
-    row = {
+    return {
         "round_seconds": [round(t.round_seconds, 4) for t in records],
         "local_training_seconds": [round(t.local_training_seconds, 4) for t in records],
-        "load_1min": _load(),
-    }
-    if not exclude_policy:
-        row["policy_seconds"] = [
+        "policy_seconds": [
             round(t.record.aggregate_seconds + t.record.learn_seconds, 4) for t in records
-        ]
-    return row
+        ],
+        "load_1min": _load(),
+        "peak_rss_mib_so_far": _peak_rss_mib(),
+    }
+
+
+def _peak_rss_mib() -> int:
+    """This process's peak RSS so far (MiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def cnn_cell(nodes: int, rounds: int) -> dict[str, Any]:
@@ -310,9 +320,15 @@ def cnn_cell(nodes: int, rounds: int) -> dict[str, Any]:
     tick = time.perf_counter()
     looped = loop(initial, 0)
     loop_seconds = time.perf_counter() - tick
-    tick = time.perf_counter()
-    stacked = batch.first_gradients(initial, 0)
-    batched_seconds = time.perf_counter() - tick
+    # the batched gradients chunk by chunk, compared as they come (not two sets at once)
+    batched_seconds, difference, step = 0.0, 0.0, batch.nodes_per_chunk
+    for start in range(0, nodes, step):
+        tick = time.perf_counter()
+        chunk = batch.first_gradients(initial, 0, trainers[start : start + step])
+        batched_seconds += time.perf_counter() - tick
+        for a, b in zip(looped[start : start + step], chunk, strict=True):
+            difference = max(difference, float(np.abs(a - b).max()))
+    del looped, chunk
     faster: Callable[[Any, int], list[Any]] = (
         loop if loop_seconds <= batched_seconds else batch.first_gradients
     )
@@ -320,14 +336,12 @@ def cnn_cell(nodes: int, rounds: int) -> dict[str, Any]:
         "loop_seconds": round(loop_seconds, 4),
         "batched_seconds": round(batched_seconds, 4),
         "speedup": round(loop_seconds / batched_seconds, 2),
-        "max_abs_difference": float(
-            max(np.abs(a - b).max() for a, b in zip(looped, stacked, strict=True))
-        ),
+        "max_abs_difference": difference,
         "nodes_per_chunk": batch.nodes_per_chunk,
         "policy_rounds_train_with": "loop" if faster is loop else "batched",
         "load_1min": _load(),
+        "peak_rss_mib_so_far": _peak_rss_mib(),
     }
-    del looped, stacked
     skip = _exact_skip(nodes, flat.dim, EXACT_MAX_PASSES)
     correlations: list[float] = []
     out["policies"] = {}
@@ -406,6 +420,7 @@ def _cnn_rounds(
         row["policy_seconds"].append(round(record.aggregate_seconds + record.learn_seconds, 4))
         del gradients
     row["load_1min"] = _load()
+    row["peak_rss_mib_so_far"] = _peak_rss_mib()
     return row
 
 
@@ -606,6 +621,13 @@ def main() -> None:
         "--flower-nodes", type=int, nargs="*", default=None, help="[10 100 1000; 10 --quick]"
     )
     parser.add_argument("--cell", nargs=3, metavar=("KIND", "MODEL", "N"), default=None)
+    parser.add_argument(
+        "--reuse",
+        default=None,
+        metavar="JSON",
+        help="an earlier run's output: its cells that this run does not measure are copied "
+        "in, marked with that run's date",
+    )
     args = parser.parse_args()
 
     import torch
@@ -618,7 +640,7 @@ def main() -> None:
             result = flower_cell(model, nodes, rounds)
         else:
             result = (mlp_cell if model == "mlp" else cnn_cell)(nodes, rounds)
-        result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        result["peak_rss_mib"] = _peak_rss_mib()
         print(json.dumps(result))
         return
     nodes = args.nodes or ([10, 100] if args.quick else [10, 100, 1000])
@@ -637,6 +659,12 @@ def main() -> None:
             cells[f"accord {model} {n}"] = run_cell("accord", model, n, cell_rounds)
             if n in flower_nodes and not (model == "cnn" and n >= 1000):
                 cells[f"flower {model} {n}"] = run_cell("flower", model, n, max(cell_rounds, 2))
+    if args.reuse is not None:
+        with open(args.reuse) as handle:
+            earlier = json.load(handle)
+        for key, cell in earlier["cells"].items():
+            if key not in cells:
+                cells[key] = {**cell, "from_earlier_run": earlier["date"]}
     report = {
         "benchmark": "scale",
         "summary_medians": summary(cells),
