@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_demo_aligns_trains_over_the_network_and_matches_centralised(tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     done = subprocess.run(

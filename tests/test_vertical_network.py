@@ -149,6 +149,7 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ": error: " in line]
 
 
+@pytest.mark.slow
 def test_networked_run_equals_the_in_process_simulation(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -188,6 +189,7 @@ def _check_equal(run_dir: Path, expected: VerticalResult) -> None:
     assert summary["test"]["loss"] == pytest.approx(expected.test.loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -275,6 +277,7 @@ def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
     assert "party 'insurer' is gone" in line
 
 
+@pytest.mark.slow
 def test_predict_scores_new_rows_like_the_in_process_model(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
