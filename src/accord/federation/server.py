@@ -29,8 +29,13 @@ import numpy as np
 from accord.aggregation.base import FloatArray
 from accord.errors import ConfigurationError, ProtocolError
 from accord.federation.auth import Authenticator, ServerCredentials
-from accord.federation.connection import Connection, gather, retrieve, stop_writer
-from accord.federation.fingerprint import Fingerprint
+from accord.federation.connection import (
+    Connection,
+    gather,
+    registration_info,
+    retrieve,
+    stop_writer,
+)
 from accord.federation.grid import (
     Evaluation,
     Grid,
@@ -42,7 +47,7 @@ from accord.federation.grid import (
 from accord.federation.naming import check_node_id
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
-from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
+from accord.federation.scaling_wire import standardisation_to_proto
 from accord.federation.tensors import (
     PROTOCOL_VERSION,
     TensorAssembler,
@@ -204,23 +209,9 @@ class GrpcGrid(Grid):
                 f"speaks version {PROTOCOL_VERSION}",
             )
         try:
-            fingerprint = Fingerprint(dict(register.fingerprint))
-            moments = (
-                moments_from_proto(register.feature_moments)
-                if register.HasField("feature_moments")
-                else None
-            )
+            info = registration_info(register)
         except (ConfigurationError, ProtocolError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        info = NodeInfo(
-            node_id=register.node_id,
-            sample_count=int(register.sample_count),
-            n_features=int(register.n_features),
-            n_classes=int(register.n_classes),
-            validation_sample_count=int(register.validation_sample_count),
-            fingerprint=fingerprint,
-            feature_moments=moments,
-        )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
             logger.warning("node %s cannot join: %s", info.node_id, problem)

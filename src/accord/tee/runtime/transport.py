@@ -46,6 +46,8 @@ __all__ = [
     "TcpPeerLink",
     "abort_category",
     "connect_links",
+    "hello_body_size",
+    "parse_hello",
     "receive_exactly",
 ]
 
@@ -266,10 +268,9 @@ class TcpPeerLink:
 _MAX_REFUSALS_NAMED = 3
 
 
-async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
-    loop = asyncio.get_running_loop()
-    await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
-    prefix = await asyncio.wait_for(receive_exactly(sock, _HELLO_PREFIX.size), timeout)
+def hello_body_size(prefix: bytes, address: str) -> int:
+    """The body size announced by a hello's fixed prefix; a greeting that is not an
+    accord align hello of this version, or announces too large a body, is refused."""
     magic, version, size = _HELLO_PREFIX.unpack(prefix)
     if magic != HELLO_MAGIC:
         raise ProtocolError(f"{address} is not an accord align endpoint (unexpected greeting)")
@@ -280,11 +281,23 @@ async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout
         )
     if size > _MAX_HELLO:
         raise ProtocolError(f"{address} sent a hello of {size} bytes (too large)")
-    body = await asyncio.wait_for(receive_exactly(sock, size), timeout)
+    return int(size)
+
+
+def parse_hello(body: bytes, own: Hello, address: str) -> Hello:
+    """The peer's hello from its JSON body, checked against this party's own: the same
+    session and party count, another name. Any defect is one :class:`ProtocolError`."""
     try:
         fields = json.loads(body)
         peer = Hello(str(fields["party"]), str(fields["session"]), int(fields["parties"]))
-    except (ValueError, KeyError, TypeError, ConfigurationError) as error:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,  # "parties": Infinity (a float that int() refuses)
+        RecursionError,  # JSON nested deeper than the parser's recursion limit
+        ConfigurationError,
+    ) as error:
         raise ProtocolError(f"{address} sent a malformed hello ({error})") from error
     if peer.session != own.session:
         raise ProtocolError(
@@ -301,6 +314,15 @@ async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout
             f"{address} is also named {own.party!r}: give every party its own --party-name"
         )
     return peer
+
+
+async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
+    prefix = await asyncio.wait_for(receive_exactly(sock, _HELLO_PREFIX.size), timeout)
+    size = hello_body_size(bytes(prefix), address)
+    body = await asyncio.wait_for(receive_exactly(sock, size), timeout)
+    return parse_hello(bytes(body), own, address)
 
 
 def _tune(sock: socket.socket) -> None:
