@@ -13,7 +13,7 @@ below, never one above)::
                       accord.tee.core
     1  shared         accord (the package), accord.errors, accord.types, accord._validation,
                       accord.atomic_files, accord.settings_mapping, accord.failpoints,
-                      accord.optim, accord.proc
+                      accord.optim, accord.proc, accord.rate_limits
 
 Rules, each named in a failure:
 
@@ -96,6 +96,7 @@ LAYERS: Mapping[int, tuple[str, tuple[str, ...]]] = {
             "accord.failpoints",
             "accord.optim",
             "accord.proc",
+            "accord.rate_limits",
         ),
     ),
 }
