@@ -23,6 +23,7 @@ from accord.aggregation.combine import (
     cap_rise,
     clearly_worse,
     leave_one_out_gradients,
+    reweighted_gradients,
     second_gradient,
     step_normalised_leave_one_out_gradients,
 )
@@ -230,6 +231,53 @@ def test_a_free_rider_earns_nothing_for_damping_under_the_step_normalised_credit
     normalised = leave_one_out_credit(validate, weights, p, gradients, 1.0, step_normalised=True)
     assert renormalised.credit[3] > 0.1
     assert normalised.credit[3] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reweighted_gradients_leave_out_at_target_zero_and_lift_to_a_given_weight() -> None:
+    rng = np.random.default_rng(5)
+    gradients = rng.normal(size=(4, 6)).astype(np.float32)
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    zeros = np.zeros(4)
+    np.testing.assert_allclose(
+        reweighted_gradients(p, gradients, zeros), leave_one_out_gradients(p, gradients), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        reweighted_gradients(p, gradients, zeros, step_normalised=True),
+        step_normalised_leave_one_out_gradients(p, gradients),
+        atol=1e-6,
+    )
+    # Lifting node 0 from 0.1 to 0.4: the second gradient of the weights (0.4, then the
+    # others' 0.9 rescaled to 0.6).
+    rows = reweighted_gradients(p, gradients, np.array([0.4, 0.0, 0.0, 0.0]))
+    lifted = np.array([0.4, 0.2 * 0.6 / 0.9, 0.3 * 0.6 / 0.9, 0.4 * 0.6 / 0.9])
+    np.testing.assert_allclose(rows[0], second_gradient(lifted, gradients), atol=1e-6)
+
+
+def test_a_node_held_down_is_credited_by_lifting_it_to_its_share() -> None:
+    # Node 3 is honest but held at 1 % of the weight: leaving it out changes almost
+    # nothing, lifting it back to its share (25 %) shows it helps; a harmful node held
+    # down shows harm when lifted.
+    target = np.array([1.0, 1.0], dtype=np.float32)
+    validate = _quadratic_validation(target)
+    weights = np.zeros(2, dtype=np.float32)
+    honest = (weights - target) * 0.5
+    gradients = np.stack([honest, honest * 0.2, honest * 0.2, honest]).astype(np.float32)
+    p = np.array([0.33, 0.33, 0.33, 0.01])
+    share = np.full(4, 0.25)
+    plain = leave_one_out_credit(validate, weights, p, gradients, 1.0)
+    lift_to = np.where(p < 0.5 * share, share, 0.0)
+    lifted = leave_one_out_credit(validate, weights, p, gradients, 1.0, lift_to=lift_to)
+    assert abs(plain.credit[3]) < 0.02
+    moved = p * 0.75 / 0.99
+    moved[3] = 0.25
+    after = validate((weights - second_gradient(p, gradients))[None, :]).losses[0]
+    expected = after - validate((weights - second_gradient(moved, gradients))[None, :]).losses[0]
+    assert lifted.credit[3] == pytest.approx(expected, rel=1e-4)
+    assert lifted.credit[3] > 0.1
+    np.testing.assert_allclose(lifted.credit[:3], plain.credit[:3], rtol=1e-6)
+    harmful = gradients.copy()
+    harmful[3] = -3 * honest
+    assert leave_one_out_credit(validate, weights, p, harmful, 1.0, lift_to=lift_to).credit[3] < 0
 
 
 def test_clearly_worse_needs_k_standard_errors() -> None:

@@ -107,6 +107,17 @@ def test_every_first_gradient_non_finite_is_a_divergence() -> None:
         engine.aggregate({"a": nan, "b": nan})
 
 
+def test_non_finite_answers_beside_a_node_that_did_not_answer_are_a_divergence() -> None:
+    engine = _engine(FedAvg())
+    nan = np.full(2, np.nan, dtype=np.float32)
+    with pytest.raises(DivergedError, match=r"^every first gradient is not finite at round 1$"):
+        engine.aggregate({"a": nan}, failures={"b": "node disconnected"})
+    # Nobody answered at all: a failed round (retried), not a divergence.
+    with pytest.raises(ProtocolError, match="no usable first gradient") as caught:
+        engine.aggregate({}, failures={"a": "not connected", "b": "node disconnected"})
+    assert not isinstance(caught.value, DivergedError)
+
+
 def test_overflowing_weights_are_a_divergence() -> None:
     engine = _engine(FedAvg())
     engine.settings = RoundSettings(server_learning_rate=10.0)

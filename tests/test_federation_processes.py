@@ -1021,6 +1021,34 @@ def test_a_second_signal_stops_the_server_at_once(
     assert run_records(run_dir) == [] and not (run_dir / "summary.json").exists()
 
 
+def test_a_second_signal_to_accord_federate_leaves_no_private_keys_behind(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: every node stalls 60 s in round 1; the run's throw-away CA and node keys
+    # live in a private folder under TMPDIR
+    run_dir, private = tmp_path / "run", tmp_path / "tmp"
+    private.mkdir()
+    env = {"ACCORD_FAILPOINT": "stall@0:60", "TMPDIR": str(private)}
+    processes.exec("federate", ["federate", "--out", str(run_dir), *scenario_args(3)], env=env)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "server.json").exists() or not list(private.glob("accord-federate-*")):
+        assert processes.poll("federate") is None, processes.log("federate")
+        assert time.monotonic() < deadline, processes.log("federate")
+        time.sleep(0.05)
+    os.kill(processes.started["federate"], signal.SIGINT)
+    processes.wait_for_text("federate", "Ctrl-C: stopping after this round")
+
+    # Act
+    os.kill(processes.started["federate"], signal.SIGINT)
+    code = processes.wait("federate")
+
+    # Assert: stopped at once, and the keys went with it
+    log = processes.log("federate")
+    assert code == ExitCode.INTERRUPTED, log
+    assert "Ctrl-C again: stopping at once" in log
+    assert list(private.glob("accord-federate-*")) == [], log
+
+
 def test_a_diverging_federated_run_stops_with_the_reason_and_exit_code_4(
     processes: Processes, tmp_path: Path
 ) -> None:

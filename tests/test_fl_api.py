@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -336,3 +338,29 @@ def test_an_app_whose_buffers_cannot_travel_is_refused_before_any_node() -> None
     features, labels = _data(9)
     with pytest.raises(ConfigurationError, match="MiB of buffers; at most 2 MiB"):
         prepare_app_run(TorchServerApp(WithMask, validation=(features, labels)), "fedavg", "r")
+
+
+def test_loading_a_user_module_leaves_grpc_logging_as_the_user_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from accord.fl.loading import load_factory
+
+    # A module that, like flwr, sets GRPC_VERBOSITY when imported.
+    (tmp_path / "loud_app.py").write_text(
+        "import os\nos.environ['GRPC_VERBOSITY'] = 'error'\nos.environ['GRPC_TRACE'] = 'all'\n"
+        "def factory(config):\n    return config\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "broken_app.py").write_text(
+        "import os\nos.environ['GRPC_VERBOSITY'] = 'error'\nraise RuntimeError('boom')\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
+    monkeypatch.delenv("GRPC_TRACE", raising=False)
+    assert load_factory("loud_app:factory")({"a": 1}) == {"a": 1}
+    assert os.environ["GRPC_VERBOSITY"] == "INFO"
+    assert "GRPC_TRACE" not in os.environ
+    with pytest.raises(ConfigurationError, match="raised RuntimeError: boom"):
+        load_factory("broken_app:factory")
+    assert os.environ["GRPC_VERBOSITY"] == "INFO"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -153,6 +154,7 @@ def test_accuracy_targets_by_hand() -> None:
         "no_divergence": "pass",
         "within_1_of_oracle": "fail (3.0 points)",
         "beats_best_rule": "no (hedge-loo)",
+        "headroom": "+2.0 (hedge-loo)",  # oracle 95.0, best rule 93.0
     }
     by_policy["actor-critic"] = [_run("actor-critic", s, 0.945) for s in range(2)]
     assert zoo.accuracy_targets(by_policy, faulty=True) == {
@@ -160,4 +162,24 @@ def test_accuracy_targets_by_hand() -> None:
         "no_divergence": "pass",
         "within_1_of_oracle": "pass",
         "beats_best_rule": "yes (hedge-loo)",
+        "headroom": "+2.0 (hedge-loo)",
     }
+
+
+def test_kept_runs_are_found_by_scenario_spec_seed_policy_and_rounds(tmp_path: Path) -> None:
+    name = next(iter(zoo.ZOO))
+    kept = tmp_path / "runs.jsonl"
+    key = zoo.run_key(name, 1, "fedavg", 100)
+    assert key != zoo.run_key(name, 1, "fedavg", 50)
+    assert key != zoo.run_key(name, 2, "fedavg", 100)
+    run = {"scenario": name, "seed": 1, "policy": "fedavg", "final_accuracy": 0.9}
+    lines = [
+        json.dumps({"key": key, "commit": None, "run": run}),
+        '{"key": "torn',  # the zoo was killed while writing its last line
+    ]
+    kept.write_text("\n".join(lines), encoding="utf-8")
+    assert zoo.load_runs(kept) == {key: run}
+    kept.write_text("\n".join(reversed(lines)), encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 1: not a kept run"):
+        zoo.load_runs(kept)
+    assert zoo.load_runs(tmp_path / "missing.jsonl") == {}

@@ -311,7 +311,10 @@ class RoundEngine:
         for node, reason in dropped.items():
             logger.warning("round %d: node %s left out: %s", number, node, reason)
         if not usable:
-            if dropped and all(reason.endswith("NaN or Inf") for reason in dropped.values()):
+            # Diverged when every node that answered sent a non-finite gradient, whatever
+            # the nodes that did not answer (disconnected, timed out) would have sent.
+            answered = [node for node in first_gradients if node in dropped]
+            if answered and all(dropped[node].endswith("NaN or Inf") for node in answered):
                 raise DivergedError(f"every first gradient is not finite at round {number}")
             raise ProtocolError(f"round {number}: no usable first gradient")
         present_mask = np.array([node in usable for node in self.roster], dtype=bool)

@@ -248,7 +248,7 @@ class RichActorCritic(Aggregator):
             proposal, fell_back = self._propose(x, anchor, log_prior, ref.weights, round_input)
         checked = check and not fell_back
         loo, worse = self._checked_credit(
-            round_input, gradients, proposal, ref, checked, first_order
+            round_input, gradients, proposal, ref, checked, first_order, data_size
         )
         rejected = fell_back or worse
         applied = ref.weights if rejected else proposal
@@ -404,6 +404,7 @@ class RichActorCritic(Aggregator):
         ref: _Reference,
         check: bool,
         first_order: ValidationGradientFn | None,
+        data_size: np.ndarray,
     ) -> tuple[LeaveOneOut, bool]:
         """The leave-one-out credit of the proposal and, with ``check``, the safety test:
         a proposal clearly worse than the reference is rejected and the credit is the
@@ -411,6 +412,14 @@ class RichActorCritic(Aggregator):
         assert round_input.validate is not None
         s = self.settings
         step_normalised = s.credit == "step-normalised"
+
+        def lift_to(weights: np.ndarray) -> np.ndarray | None:
+            # A node held below lift_below × its data share is credited by lifting it
+            # back to its share (leaving out a node near 0 weight measures nothing).
+            if s.lift_below <= 0:
+                return None
+            return np.where(weights < s.lift_below * data_size, data_size, 0.0)
+
         loo = leave_one_out_credit(
             round_input.validate,
             round_input.global_weights,
@@ -419,6 +428,7 @@ class RichActorCritic(Aggregator):
             s.server_learning_rate,
             step_normalised=step_normalised,
             validation_gradient=first_order,
+            lift_to=lift_to(proposal),
         )
         if not check:
             return loo, False
@@ -440,6 +450,7 @@ class RichActorCritic(Aggregator):
                 s.server_learning_rate,
                 step_normalised=step_normalised,
                 validation_gradient=first_order,
+                lift_to=lift_to(ref.weights),
             ),
             True,
         )

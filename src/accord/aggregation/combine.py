@@ -104,6 +104,34 @@ def step_normalised_leave_one_out_gradients(
     return np.asarray(without * scale[:, None].astype(np.float32), dtype=np.float32)
 
 
+def reweighted_gradients(
+    probabilities: npt.NDArray[np.float64],
+    first_gradients: FloatArray,
+    targets: npt.NDArray[np.float64],
+    *,
+    step_normalised: bool = False,
+) -> FloatArray:
+    """Row i is ``G`` with node i's weight moved from ``pᵢ`` to ``targets[i]`` and the others
+    rescaled by ``(1 − tᵢ)/(1 − pᵢ)``: a target of 0 gives ``G₋ᵢ`` (leave one out), a target
+    above ``pᵢ`` lifts the node (its data share, say). With ``step_normalised`` every row is
+    rescaled to the length of ``G``. A node holding all the weight has a zero row."""
+    total = second_gradient(probabilities, first_gradients)
+    p = probabilities.astype(np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    rest = 1.0 - p
+    safe = np.where(rest > 1e-12, rest, 1.0)
+    others = ((1.0 - t) / safe)[:, None].astype(np.float32)
+    rows = others * (total[None, :] - p[:, None].astype(np.float32) * first_gradients)
+    rows = rows + t[:, None].astype(np.float32) * first_gradients
+    rows[rest <= 1e-12] = 0.0
+    if step_normalised:
+        length = float(np.sqrt(np.dot(total, total)))
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+        scale = np.where(norms > 1e-30, length / np.maximum(norms, 1e-30), 0.0)
+        rows = rows * scale[:, None].astype(np.float32)
+    return np.asarray(rows, dtype=np.float32)
+
+
 def expand_to_roster(
     present_probabilities: npt.NDArray[np.float64], present: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.float64]:

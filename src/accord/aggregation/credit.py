@@ -39,6 +39,7 @@ from accord.aggregation.base import (
 )
 from accord.aggregation.combine import (
     leave_one_out_gradients,
+    reweighted_gradients,
     second_gradient,
     step_normalised_leave_one_out_gradients,
 )
@@ -240,9 +241,17 @@ def leave_one_out_credit(
     *,
     step_normalised: bool = False,
     validation_gradient: ValidationGradientFn | None = None,
+    lift_to: npt.NDArray[np.float64] | None = None,
 ) -> LeaveOneOut:
     """Each present node's leave-one-out credit for the second gradient it was part of;
     first-order (see the module docstring) when a ``validation_gradient`` is given.
+
+    ``lift_to`` (exact credit only): a node whose weight is below its entry is credited the
+    other way round, by lifting it to that weight (its data share, say) instead of leaving
+    it out: ``L(G) − L(G₊ᵢ)``. Leaving out a node whose weight is near 0 changes nothing, so
+    its credit says nothing about what it would do if it were trusted again; the lift asks
+    exactly that, on the same scale as the leave-one-out credit of a node at that weight,
+    at no extra cost (it replaces the node's leave-one-out candidate).
 
     Non-finite losses (a candidate that diverges) give a finite credit: the candidate
     counts as very bad (loss 1e6), never as NaN.
@@ -260,7 +269,14 @@ def leave_one_out_credit(
             float(lr),
             step_normalised,
         )
-    if step_normalised:
+    lifted = np.zeros(probabilities.shape, dtype=bool)
+    if lift_to is not None:
+        lifted = np.asarray(lift_to) > probabilities
+        targets = np.where(lifted, lift_to, 0.0)
+        without = reweighted_gradients(
+            probabilities, first_gradients, targets, step_normalised=step_normalised
+        )
+    elif step_normalised:
         without = step_normalised_leave_one_out_gradients(probabilities, first_gradients)
     else:
         without = leave_one_out_gradients(probabilities, first_gradients, combined)
@@ -271,6 +287,8 @@ def leave_one_out_credit(
     losses = np.nan_to_num(scores.losses, nan=1e6, posinf=1e6)
     loss_after = float(scores.losses[0])
     credit = losses[1:] - losses[0]  # B − B₋ᵢ = (−loss) − (−loss₋ᵢ)
+    # A lifted node's candidate has more of it, not less: the sign turns.
+    credit = np.where(lifted, -credit, credit)
     if first_gradients.shape[0] == 1:
         credit = np.zeros(1)
     after = None if scores.sample_losses is None else np.asarray(scores.sample_losses[0])

@@ -382,6 +382,7 @@ def graceful_stop(stop_request: Any) -> Iterator[None]:
             sys.stderr.write(f"{name} again: stopping at once (the last checkpoint is kept)\n")
             sys.stdout.flush()
             sys.stderr.flush()
+            stop_request.stop_at_once()
             os._exit(int(stop_exit_code(signal_number)))
         sys.stderr.write(
             f"{name}: stopping after this round (at most {STOP_GRACE_SECONDS:g} s; "

@@ -20,6 +20,7 @@ from 1, as the tables and plots do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -92,6 +93,7 @@ class StopRequest:
         self.grace = grace
         self.signal_number: int | None = None
         self._grids: list[Grid] = []
+        self._at_once: list[Callable[[], None]] = []
 
     @property
     def requested(self) -> bool:
@@ -110,6 +112,18 @@ class StopRequest:
         self._grids.append(grid)
         if self.requested:
             grid.interrupt(self.grace)
+
+    def on_stop_at_once(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` when the process stops at once (a second signal), which skips
+        every ``finally``: private files such as throw-away keys must not outlive it."""
+        self._at_once.append(cleanup)
+
+    def stop_at_once(self) -> None:
+        """The cleanups of :meth:`on_stop_at_once`, newest first; one that fails does not
+        keep the others from running."""
+        for cleanup in reversed(self._at_once):
+            with contextlib.suppress(Exception):
+                cleanup()
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,9 @@ def federate(
         scenario_helper = ScenarioHelper()
     scenario_helper.request(settings.run.scenario)
     credentials_dir, credentials, authenticator = _run_credentials(options, node_ids)
+    if credentials_dir is not None and stop_request is not None:
+        folder = credentials_dir
+        stop_request.on_stop_at_once(lambda: shutil.rmtree(folder, ignore_errors=True))
     children: dict[int, str] = {}
     data_pipes: dict[str, int] = {}
     node_rss: dict[str, int] = {}

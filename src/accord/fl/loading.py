@@ -15,6 +15,10 @@ from accord.errors import ConfigurationError
 __all__ = ["load_factory", "parse_app_config"]
 
 
+#: Environment variables through which gRPC's logging is set for the whole process.
+PROCESS_LOGGING_VARIABLES = ("GRPC_VERBOSITY", "GRPC_TRACE")
+
+
 def load_factory(reference: str, option: str = "--app") -> Callable[..., Any]:
     """The callable named by ``package.module:attribute``. The current directory is
     importable, as it is for ``python -m``."""
@@ -23,6 +27,10 @@ def load_factory(reference: str, option: str = "--app") -> Callable[..., Any]:
         raise ConfigurationError(f"{option}: expected package.module:factory, got {reference!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # Importing a user's module must not change how gRPC logs in this process: Flower, for
+    # one, sets GRPC_VERBOSITY when imported, which silenced the server's report of
+    # plaintext clients on its TLS port. What the user's shell set is kept as it was.
+    kept = {name: os.environ.get(name) for name in PROCESS_LOGGING_VARIABLES}
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -34,6 +42,12 @@ def load_factory(reference: str, option: str = "--app") -> Callable[..., Any]:
         raise ConfigurationError(
             f"{option} {reference}: importing {module_name} raised {type(error).__name__}: {error}"
         ) from error
+    finally:
+        for name, value in kept.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
