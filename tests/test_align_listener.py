@@ -60,8 +60,8 @@ def test_bad_hellos_are_logged_and_dropped_and_the_real_peer_still_joins(
     assert "in session 'another-session'" in ignored[0].getMessage()
     assert "expects 3 parties" in ignored[1].getMessage()
     # One warning per source address a minute (issue 13 item 4): the second, from the same
-    # address within the minute, is logged at debug level and counted for the next warning.
-    assert [r.levelno for r in ignored] == [logging.WARNING, logging.DEBUG]
+    # address within the minute, is logged at info level and counted for the next warning.
+    assert [r.levelno for r in ignored] == [logging.WARNING, logging.INFO]
 
 
 def test_a_listener_whose_peers_never_come_names_what_it_refused() -> None:

@@ -85,7 +85,7 @@ def test_one_warning_per_source_per_interval_counting_the_rest(
         "refused node from a, later (and 29 more refused or dropped from a since the last "
         "warning: at most one warning per source every 60 s)",
     ]
-    assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 58
+    assert sum(r.levelno == logging.INFO for r in caplog.records) == 58  # precise, bounded
 
 
 def test_settings_are_validated_and_addresses_lose_their_port() -> None:

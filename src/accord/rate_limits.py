@@ -14,7 +14,9 @@ source address:
   in, late), and an attempt that would wait more than ``max_wait`` seconds is dropped;
 * **one warning per source per interval** — the first failure or drop of a source is logged
   as a warning with its reason; the next ones within ``warning_interval`` seconds are
-  counted (and logged at debug level) and the next warning says how many there were.
+  counted, and the next warning says how many there were. Within the interval a failure
+  is logged at info level with its precise reason (their number is bounded by the failure
+  budget), a drop at debug level (a flood's drops are not bounded).
 
 Time comes from the ``clock`` passed in; nothing here does I/O. Not thread-safe: each user
 touches its limiter from one event loop.
@@ -164,17 +166,19 @@ class SourceLimiter:
             state.tokens = min(float(self.settings.failures_per_minute), state.tokens + 1.0)
             return
         self.failures += 1
-        self._note(source, state, now, failure)
+        self._note(source, state, now, failure, logging.INFO)
 
     def _drop(self, source: str, state: _Source, now: float, why: str) -> None:
         self.dropped += 1
-        self._note(source, state, now, f"dropped a {self._what} from {source}: {why}")
+        self._note(
+            source, state, now, f"dropped a {self._what} from {source}: {why}", logging.DEBUG
+        )
 
-    def _note(self, source: str, state: _Source, now: float, line: str) -> None:
+    def _note(self, source: str, state: _Source, now: float, line: str, quiet_level: int) -> None:
         interval = self.settings.warning_interval
         if state.warned_at is not None and now - state.warned_at < interval:
             state.quiet += 1
-            self._logger.debug("%s", line)
+            self._logger.log(quiet_level, "%s", line)
             return
         more = ""
         if state.quiet:
