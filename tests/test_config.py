@@ -122,7 +122,7 @@ def test_an_empty_file_gives_the_defaults(tmp_path: Path) -> None:
         (
             "colour = 1\n",
             r"^{file}: unknown key 'colour'; accepted keys in the top level: actor_critic, "
-            r"hedge, local, model, policies, rounds, scenario, stop$",
+            r"hedge, local, model, node_training, policies, rounds, scenario, stop$",
         ),
         (
             "[scenario.fault]\nkind = 'bogus'\n",

@@ -2,10 +2,12 @@
 
 A table of the file is a settings dataclass, a key is one of its fields, with the same
 name. ``accord simulate --config run.toml`` reads a file whose top-level tables are the
-fields of :class:`accord.simulation.SimulationSettings`, plus one top-level key,
-``policies``, the policies to run side by side::
+fields of :class:`accord.simulation.SimulationSettings` (and its one top-level key,
+``node_training``), plus one more top-level key, ``policies``, the policies to run side by
+side::
 
     policies = ["actor-critic", "fedavg"]
+    node_training = "auto"   # or "loop", "batched": how the simulation trains its nodes
 
     [scenario]               # ScenarioSettings
     dataset = "digits"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from accord._validation import require_int, require_number, require_probability
+from accord._validation import require_choice, require_int, require_number, require_probability
 from accord.aggregation.actor_critic_settings import ActorCriticSettings
 from accord.aggregation.hedge import HedgeLooSettings
 from accord.rounds import RoundRecord, RoundSettings
@@ -21,6 +21,7 @@ from accord.training.local import LocalTrainingSettings
 from accord.training.models import ModelSpec
 
 __all__ = [
+    "NODE_TRAINING",
     "SimulationSettings",
     "StopConditions",
     "StopTracker",
@@ -83,9 +84,17 @@ class StopTracker:
         return None
 
 
+#: How the simulation trains the built-in nodes of a round (``node_training``): ``auto``
+#: (batched from 32 nodes on, see :mod:`accord.simulation.batched`), ``batched`` (as one
+#: stack of their models) or ``loop`` (one node after another, the reference).
+NODE_TRAINING = ("auto", "batched", "loop")
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
-    """A whole in-process run: scenario, model, local training, round, stop and policy."""
+    """A whole in-process run: scenario, model, local training, round, stop and policy;
+    ``node_training`` (default ``auto``), how the in-process simulation trains its
+    built-in nodes (:data:`NODE_TRAINING`; the networked run ignores it)."""
 
     scenario: ScenarioSettings = field(default_factory=ScenarioSettings)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -94,6 +103,10 @@ class SimulationSettings:
     stop: StopConditions = field(default_factory=StopConditions)
     actor_critic: ActorCriticSettings = field(default_factory=ActorCriticSettings)
     hedge: HedgeLooSettings = field(default_factory=HedgeLooSettings)
+    node_training: str = "auto"
+
+    def __post_init__(self) -> None:
+        require_choice("node_training", self.node_training, NODE_TRAINING)
 
 
 @dataclass(frozen=True)

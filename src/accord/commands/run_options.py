@@ -67,6 +67,7 @@ _OPTION_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Also sets hedge.credit_method (option_overrides): one method for both policies.
     "--credit-method": ("credit_method", ("actor_critic", "credit_method")),
     "--nodes-per-round": ("nodes_per_round", ("rounds", "nodes_per_round")),
+    "--node-training": ("node_training", ("node_training",)),
     "--rounds": ("rounds", ("stop", "max_rounds")),
     "--target-accuracy": ("target_accuracy", ("stop", "target_accuracy")),
     "--patience": ("patience", ("stop", "patience")),

@@ -90,7 +90,16 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     add_display_options(parser)
     add_scenario_options(parser.add_argument_group("scenario"))
-    add_training_options(parser.add_argument_group("model and training"))
+    training = parser.add_argument_group("model and training")
+    add_training_options(training)
+    training.add_argument(
+        "--node-training",
+        choices=("auto", "batched", "loop"),
+        default=None,
+        help="train the built-in nodes of a round one after another (loop), or as one "
+        "stack of their models (batched; the same batches, to float rounding); auto batches "
+        "from 32 nodes on [auto]",
+    )
     add_stop_options(
         parser.add_argument_group("stop conditions (per policy, whichever comes first)"),
         "stop after this much training time per policy",

@@ -41,6 +41,7 @@ __all__ = [
     "default_faulty_count",
     "fault_rng",
     "flip_labels",
+    "labels_trained_on",
     "node_first_gradient",
 ]
 
@@ -212,14 +213,24 @@ def node_first_gradient(
     without training; a faulty label flipper sends ``train(True)``; the other kinds corrupt
     ``train(False)`` with noise from :func:`fault_rng`.
     """
-    if fault is None or not fault.active(round_index):
-        return train(False)
-    spec = fault.spec
-    if spec.kind == "free-rider":
+    flipped = labels_trained_on(fault, round_index)
+    if flipped is None:
         return np.zeros(dim, dtype=np.float32)
-    if spec.corrupts_labels:
-        return train(True)
-    honest = train(False)
+    gradient = train(flipped)
+    if fault is None or flipped or not fault.active(round_index):
+        return gradient
     return corrupt_gradient(
-        spec, honest, fault_rng(fault.scenario_seed, fault.node_index, round_index)
+        fault.spec, gradient, fault_rng(fault.scenario_seed, fault.node_index, round_index)
     )
+
+
+def labels_trained_on(fault: NodeFault | None, round_index: int) -> bool | None:
+    """Which labels the recipe of :func:`node_first_gradient` trains on in round
+    ``round_index``: ``True`` the flipped ones (a faulty label flipper), ``False`` its own,
+    ``None`` none (a faulty free rider does not train). The batched simulation asks it to
+    train a round's nodes together before each node runs the recipe."""
+    if fault is None or not fault.active(round_index):
+        return False
+    if fault.spec.kind == "free-rider":
+        return None
+    return fault.spec.corrupts_labels

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from accord.aggregation.base import FloatArray
-from accord.data.faults import NodeFault, flip_labels, node_first_gradient
+from accord.data.faults import NodeFault, flip_labels, labels_trained_on, node_first_gradient
 from accord.errors import ConfigurationError, InputDataError
 from accord.fl.contracts import ROUND, EvalResult, FitResult
 from accord.training.evaluation import make_validation_fn
@@ -101,6 +101,22 @@ class TabularNode:
             return chosen.first_gradient(weights, round_index)
 
         return node_first_gradient(self.fault, round_index, train, int(weights.shape[0]))
+
+    def trainers(self) -> tuple[LocalTrainer, ...]:
+        """The node's trainers: on its labels and, for a label flipper, on flipped ones."""
+        if self.flipped_trainer is None:
+            return (self.trainer,)
+        return (self.trainer, self.flipped_trainer)
+
+    def round_trainer(self, round_index: int) -> LocalTrainer | None:
+        """The trainer :meth:`first_gradient` trains with in round ``round_index`` (``None``:
+        it sends zeros without training), for a driver that trains the round's nodes as one
+        batch (:class:`accord.training.batched.NodeBatch`) and hands each trainer its result
+        (:meth:`~accord.training.local.LocalTrainer.provide`)."""
+        flipped = labels_trained_on(self.fault, round_index)
+        if flipped is None:
+            return None
+        return self.flipped_trainer if flipped else self.trainer
 
     def fit(self, weights: Weights, config: Mapping[str, Any]) -> FitResult:
         flat = self._layout.flatten(weights)

@@ -182,6 +182,7 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
     from accord.federation.grid import InMemoryGrid
     from accord.federation.settings import FederationSettings
     from accord.federation.worker import NodeWorker
+    from accord.simulation.batched import BatchedGrid, batched_training
 
     settings = simulation.settings
     spec = RunSpec(
@@ -194,11 +195,16 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
         server_learning_rate=settings.rounds.server_learning_rate,
         federated_evaluation=False,
     )
-    workers = {
-        data.node_id: NodeWorker.of_node(data.node_id, node)
+    nodes = {
+        data.node_id: node
         for data, node in zip(simulation.data.nodes, simulation.nodes, strict=True)
     }
+    workers = {node_id: NodeWorker.of_node(node_id, node) for node_id, node in nodes.items()}
     roster = simulation.engine.roster
+    batch = batched_training(settings.node_training, nodes)
+    grid = (
+        InMemoryGrid(spec, workers) if batch is None else BatchedGrid(spec, workers, nodes, batch)
+    )
 
     def engine(
         roster: tuple[str, ...], counts: Mapping[str, float], standardisation: Any = None
@@ -207,7 +213,7 @@ def _in_memory_driver(simulation: Simulation) -> FederatedRun:
         return simulation.engine
 
     return FederatedRun(
-        InMemoryGrid(spec, workers),
+        grid,
         engine,
         simulation.policy.name,
         settings.stop,
