@@ -50,6 +50,19 @@ def test_checkpoint_nested_too_deep_is_corrupt() -> None:
         loads_tree(_npz(DEEP), "ck")
 
 
+def test_a_bare_array_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    # Was TypeError: np.load returns an ndarray (no context manager) for a .npy, e.g. a
+    # checkpoint whose zip header was cut off.
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(4))
+    with pytest.raises(InputDataError, match="ck: not an Accord checkpoint"):
+        loads_tree(buffer.getvalue(), "ck")
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(dumps_tree({"a": np.arange(3)})[56:])  # the fuzzer's input
+    with pytest.raises(InputDataError, match="not an Accord checkpoint"):
+        read_checkpoint(path)
+
+
 def _with_compression_method(data: bytes, method: int) -> bytes:
     """The zip with every member's compression method set to ``method``."""
     out = bytearray(data)

@@ -113,7 +113,12 @@ def loads_tree(data: bytes | io.BufferedIOBase | Path, where: str = "state") -> 
                 source = stack.enter_context(data.open("rb"))
             else:
                 source = data
-            with np.load(source, allow_pickle=False) as archive:
+            loaded = np.load(source, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
+                raise InputDataError(
+                    f"{where}: not an Accord checkpoint (one array, not an archive)"
+                )
+            with loaded as archive:
                 arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError as error:
         raise InputDataError(f"{where}: no checkpoint there") from error
