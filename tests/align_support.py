@@ -23,6 +23,7 @@ from pathlib import Path
 
 from accord.tee.core.attestation import (
     AttestationPolicy,
+    PartyBinding,
     key_fingerprint,
     policy_toml,
     public_key_bytes,
@@ -70,13 +71,19 @@ def write_policy(
     allow_debug: bool = False,
     allow_simulated: bool = True,
     min_security_version: int = 1,
+    bindings: dict[str, Sequence[Path]] | None = None,
 ) -> Path:
+    """A policy trusting ``platform_keys``; ``bindings`` binds party names to some of them."""
     policy = AttestationPolicy(
         allowed_measurements=frozenset({measurement or enclave_measurement().hex()}),
         trusted_platform_keys=frozenset(platform_fingerprint(key) for key in platform_keys),
         min_security_version=min_security_version,
         allow_debug=allow_debug,
         allow_simulated=allow_simulated,
+        parties=tuple(
+            PartyBinding(name, frozenset(platform_fingerprint(key) for key in keys))
+            for name, keys in (bindings or {}).items()
+        ),
     )
     path.write_text(policy_toml(policy))
     return path

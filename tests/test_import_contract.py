@@ -13,7 +13,8 @@ below, never one above)::
                       accord.tee.core
     1  shared         accord (the package), accord.errors, accord.types, accord._validation,
                       accord.atomic_files, accord.settings_mapping, accord.failpoints,
-                      accord.optim, accord.proc, accord.checkpoint_files
+                      accord.optim, accord.proc, accord.checkpoint_files,
+                      accord.rate_limits
 
 Rules, each named in a failure:
 
@@ -100,6 +101,7 @@ LAYERS: Mapping[int, tuple[str, tuple[str, ...]]] = {
             "accord.optim",
             "accord.proc",
             "accord.checkpoint_files",  # pickle-free checkpoints, any driver's
+            "accord.rate_limits",
         ),
     ),
 }

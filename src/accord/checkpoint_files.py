@@ -11,6 +11,7 @@ the new one, never a torn file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -102,20 +103,42 @@ def dumps_tree(state: Mapping[str, Any]) -> bytes:
 
 def loads_tree(data: bytes | io.BufferedIOBase | Path, where: str = "state") -> dict[str, Any]:
     """The inverse of :func:`dumps_tree`; ``where`` names the source in errors."""
-    source = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with np.load(source, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+        with contextlib.ExitStack() as stack:
+            if isinstance(data, bytes):
+                source: io.BufferedIOBase | io.BytesIO = io.BytesIO(data)
+            elif isinstance(data, Path):
+                # Opened here, not by numpy: np.load leaks its own handle when the file is
+                # a zip that zipfile then refuses.
+                source = stack.enter_context(data.open("rb"))
+            else:
+                source = data
+            loaded = np.load(source, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy: one array
+                raise InputDataError(
+                    f"{where}: not an Accord checkpoint (one array, not an archive)"
+                )
+            with loaded as archive:
+                arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError as error:
         raise InputDataError(f"{where}: no checkpoint there") from error
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        NotImplementedError,  # zipfile: a compression method or feature it does not read
+        RuntimeError,  # zipfile: an encrypted member
+        MemoryError,  # an array header claiming more memory than the machine has
+    ) as error:
         raise InputDataError(f"{where}: not a readable checkpoint ({error})") from error
     if _TREE not in arrays:
         raise InputDataError(f"{where}: not an Accord checkpoint (no {_TREE} member)")
     try:
         tree = json.loads(arrays.pop(_TREE).tobytes())
         state = decode_tree(tree, arrays)
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+        # RecursionError: a tree nested deeper than the JSON parser or decode_tree can go.
         raise InputDataError(f"{where}: corrupt checkpoint ({error})") from error
     if not isinstance(state, dict):
         raise InputDataError(f"{where}: corrupt checkpoint (the state is not a mapping)")

@@ -213,9 +213,14 @@ def _csv_header(path: StrPath) -> list[str]:
             parse_options=_parse_options(path),
             convert_options=pcsv.ConvertOptions(include_columns=[]),
         )
+        names = list(reader.schema.names)
     except (pa.ArrowException, OSError) as exc:
         raise InputDataError(f"{path}: cannot read CSV: {_describe(exc)}") from exc
-    names = list(reader.schema.names)
+    except UnicodeDecodeError as exc:  # pyarrow decodes the header's names as UTF-8
+        raise InputDataError(
+            f"{path}: cannot read CSV: the header is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start})"
+        ) from exc
     reader.close()
     return names
 

@@ -235,7 +235,12 @@ def plain_key_column(column: pa.Array, label: str) -> pa.Array:
     """
     kind = column.type
     if pa.types.is_dictionary(kind):
-        column = column.dictionary_decode()
+        try:
+            column = column.dictionary_decode()
+        except pa.ArrowException as error:  # an index past the dictionary: a corrupt file
+            raise InputDataError(
+                f"key column {label!r}: its dictionary encoding is corrupt ({error})"
+            ) from error
         kind = column.type
     if (
         pa.types.is_string(kind)

@@ -145,6 +145,14 @@ def _add_party_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--idle-timeout", type=float, default=None, help="seconds a peer may be silent [300]")
     add(
+        "--max-pending-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections from one address that may wait at once to say their hello to this "
+        "party's listener (8 N from all); more are dropped, refused hellos throttled [8]",
+    )
+    add(
         "--memory-limit",
         default=None,
         metavar="SIZE",

@@ -80,6 +80,9 @@ class AlignConfig:
     connect_timeout: float | None = None
     #: Seconds a peer may stay silent (``--idle-timeout``) [300].
     idle_timeout: float | None = None
+    #: Connections from one address that may wait to say hello
+    #: (``--max-pending-connections``) [8].
+    max_pending_connections: int | None = None
     #: Memory budget: a size like ``"2GiB"`` or a number of bytes (``--memory-limit``).
     memory_limit: int | str | None = None
     #: Bucket count set by hand (``--buckets``).
@@ -188,6 +191,7 @@ def settings_from_args(args: argparse.Namespace) -> PartySettings:
             "platform_key",
             "connect_timeout",
             "idle_timeout",
+            "max_pending_connections",
             "memory_limit",
             "buckets",
             "run_dir",

@@ -76,6 +76,13 @@ def run_identity(args: argparse.Namespace) -> int:
         "\n# A policy that trusts this installation. Give it to your peers; to trust theirs,\n"
         "# add their measurement and platform key to your own policy.\n"
         f"{policy}"
+        + (
+            "\n# To bind a party name to this installation (peers then refuse any other\n"
+            "# enclave that claims it), add to each policy, with the name you run as:\n"
+            f'# [parties.<your --party-name>]\n# platform_keys = ["{identity.platform_key}"]\n'
+            if identity.platform_key is not None
+            else ""
+        )
     )
     return 0
 

@@ -243,6 +243,22 @@ def add_federation_arguments(parser: argparse.ArgumentParser) -> None:
 def add_server_security_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("security")
     group.add_argument(
+        "--failed-registrations-per-minute",
+        type=int,
+        default=None,
+        metavar="N",
+        help="failed registrations one address may make before its attempts are throttled "
+        "to N a minute [10]",
+    )
+    group.add_argument(
+        "--max-pending-registrations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="streams open at once that have not registered yet, from all addresses; an "
+        "eighth of them (at least 1) from one address [64]",
+    )
+    group.add_argument(
         "--credentials", default=None, metavar="DIR", help="folder written by `accord certs`"
     )
     group.add_argument(
@@ -406,7 +422,30 @@ def _security_options(args: argparse.Namespace) -> list[str]:
         options.append("--insecure")
     if args.chunk_bytes is not None:
         options += ["--chunk-bytes", str(args.chunk_bytes)]
+    for name in ("failed_registrations_per_minute", "max_pending_registrations"):
+        if getattr(args, name, None) is not None:
+            options += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     return options
+
+
+def rate_limits_from_args(args: argparse.Namespace) -> Any:
+    """The server's :class:`~accord.rate_limits.RateLimitSettings` from its options."""
+    from accord.errors import ConfigurationError
+    from accord.rate_limits import RateLimitSettings
+
+    given: dict[str, int] = {}
+    for option, value in (
+        ("--failed-registrations-per-minute", args.failed_registrations_per_minute),
+        ("--max-pending-registrations", args.max_pending_registrations),
+    ):
+        if value is not None and value < 1:
+            raise ConfigurationError(f"{option}: expected an integer >= 1, got {value}")
+    if args.failed_registrations_per_minute is not None:
+        given["failures_per_minute"] = args.failed_registrations_per_minute
+    if args.max_pending_registrations is not None:
+        given["max_pending"] = args.max_pending_registrations
+        given["max_pending_per_source"] = max(1, args.max_pending_registrations // 8)
+    return RateLimitSettings(**given)
 
 
 def _address(args: argparse.Namespace) -> tuple[str, int]:
@@ -524,6 +563,7 @@ def _run(args: argparse.Namespace) -> int:
                 host=host,
                 port=port,
                 **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
+                limits=rate_limits_from_args(args),
             ),
             credentials,
             authenticator,

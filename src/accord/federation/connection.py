@@ -1,5 +1,6 @@
-"""One node's live session on the gRPC server, and the small steps that end or answer it.
+"""One node's live session on the gRPC server, and the small steps that open, end or answer it.
 
+:func:`registration_info` reads what a ``Register`` message says about its node.
 :class:`Connection` holds what the event loop knows of a registered node: its outbox, the
 digest of the weights it holds, the request it owes an answer to, and the future a final
 refusal resolves. Touched only on the server's event loop.
@@ -13,14 +14,44 @@ from typing import Any
 
 import grpc
 
+from accord.credentials.naming import check_node_id
+from accord.errors import ProtocolError
+from accord.federation.fingerprint import Fingerprint
 from accord.federation.grid import NodeInfo, Replies
 from accord.federation.proto import federation_pb2 as pb
+from accord.federation.scaling_wire import moments_from_proto
 from accord.federation.tensors import TensorAssembler
 
-__all__ = ["Connection", "gather", "retrieve", "stop_writer"]
+__all__ = ["Connection", "gather", "registration_info", "retrieve", "stop_writer"]
 
 #: How long a closing session's writer may take to finish the write in flight.
 _WRITER_STOP_SECONDS = 2.0
+
+
+def registration_info(register: pb.Register) -> NodeInfo:
+    """The node a ``Register`` message describes (its id, counts, fingerprint, moments).
+
+    A bad node id or fingerprint or malformed moments raise :class:`ProtocolError` or
+    :class:`~accord.errors.ConfigurationError` naming the field; nothing else escapes,
+    whatever the message holds. Credentials and the protocol version are checked before,
+    and admission (:func:`accord.federation.grid.admission_problem`) after.
+    """
+    problem = check_node_id(register.node_id)
+    if problem is not None:
+        raise ProtocolError(problem)
+    return NodeInfo(
+        node_id=register.node_id,
+        sample_count=int(register.sample_count),
+        n_features=int(register.n_features),
+        n_classes=int(register.n_classes),
+        validation_sample_count=int(register.validation_sample_count),
+        fingerprint=Fingerprint(dict(register.fingerprint)),
+        feature_moments=(
+            moments_from_proto(register.feature_moments)
+            if register.HasField("feature_moments")
+            else None
+        ),
+    )
 
 
 class Connection:

@@ -20,19 +20,23 @@ import contextlib
 import logging
 import threading
 from collections.abc import Coroutine, Sequence
-from dataclasses import replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
 
 from accord.aggregation.base import FloatArray
 from accord.credentials.auth import Authenticator, ServerCredentials
-from accord.credentials.naming import check_node_id
 from accord.credentials.tls import server_tls
 from accord.errors import ConfigurationError, ProtocolError
-from accord.federation.connection import Connection, gather, retrieve, stop_writer
-from accord.federation.fingerprint import Fingerprint
+from accord.federation.connection import (
+    Connection,
+    gather,
+    registration_info,
+    retrieve,
+    stop_writer,
+)
 from accord.federation.grid import (
     Evaluation,
     Grid,
@@ -43,7 +47,7 @@ from accord.federation.grid import (
 )
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
-from accord.federation.scaling_wire import moments_from_proto, standardisation_to_proto
+from accord.federation.scaling_wire import standardisation_to_proto
 from accord.federation.tensors import (
     PROTOCOL_VERSION,
     TensorAssembler,
@@ -59,6 +63,7 @@ from accord.federation.transport_settings import (
     format_address,
 )
 from accord.federation.welcome import welcome_message
+from accord.rate_limits import SourceLimiter, source_address
 from accord.rounds import NodeUpdate
 from accord.training.weights import Weights
 
@@ -71,6 +76,13 @@ T = TypeVar("T")
 
 #: Seconds a user app's node has, after Welcome, to build its model and answer Ready.
 _READY_TIMEOUT = 300.0
+
+
+@dataclass
+class _Attempt:
+    """A registration in progress: the line to log if it ends now (``None``: it succeeded)."""
+
+    failure: str | None
 
 
 class _Servicer(pb_grpc.FederationServicer):
@@ -100,6 +112,8 @@ class GrpcGrid(Grid):
         self.transport = transport
         self.credentials = credentials
         self.authenticator = authenticator
+        #: Unauthenticated streams and failed registrations, per source address.
+        self._limiter = SourceLimiter(transport.limits, logger, what="registration")
         self._connections: dict[str, Connection] = {}
         self._roster: frozenset[str] | None = None
         self._sent = 0
@@ -166,19 +180,62 @@ class GrpcGrid(Grid):
 
     # ----------------------------------------------------------------- sessions
 
-    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
+    async def _session(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        source = source_address(context.peer())
+        wait = self._limiter.admit(source)
+        if wait is None:  # too many attempts open, or a throttled source: logged, rate limited
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "too many registration attempts from this address; try again later",
+            )
+        attempt = _Attempt(f"the stream from {context.peer()} ended before it registered")
+        try:
+            if wait:
+                await asyncio.sleep(wait)  # a throttled source waits for its turn
+            connection, writer = await self._register(context, attempt)
+        finally:
+            self._limiter.finish(source, attempt.failure)
+        await self._serve_node(context, connection, writer)
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        attempt: _Attempt,
+        code: grpc.StatusCode,
+        reason: str,
+        line: str,
+    ) -> NoReturn:
+        """End a registration: ``reason`` to the node, ``line`` to the log (rate limited)."""
+        attempt.failure = line
+        await context.abort(code, reason)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def _register(
+        self, context: grpc.aio.ServicerContext[Any, Any], attempt: _Attempt
+    ) -> tuple[Connection, asyncio.Task[None]]:
+        """Read and check the node's Register (and, for a user app, its Ready); attach it."""
         peer = context.peer()
         try:
             first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)
         except TimeoutError:
-            logger.warning("peer %s sent no registration in time", peer)
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Register message in time")
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "no Register message in time",
+                f"peer {peer} sent no registration in time",
+            )
         if first is grpc.aio.EOF or first.WhichOneof("body") != "register":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Register"
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message must be Register",
+                f"peer {peer} did not send Register first",
             )
         self._received += first.ByteSize()
         register = first.register
+        refused = f"refused node {register.node_id[:64]!r} from {peer}"
         # Credentials first: a peer that cannot prove who it is learns nothing else.
         refusal = None
         credentials = (
@@ -188,39 +245,44 @@ class GrpcGrid(Grid):
         if not self.authenticator.open:
             refusal = self.authenticator.refusal(register.node_id, *credentials)
         if refusal is not None:
-            logger.warning("refused node %r from %s: %s", register.node_id[:64], peer, refusal)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
-        problem = check_node_id(register.node_id)
-        if problem is not None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "credentials refused",
+                f"{refused}: {refusal}",
+            )
         if register.protocol_version != PROTOCOL_VERSION:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            version = (
                 f"protocol version {register.protocol_version} is not supported; this server "
-                f"speaks version {PROTOCOL_VERSION}",
+                f"speaks version {PROTOCOL_VERSION}"
+            )
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                version,
+                f"{refused}: {version}",
             )
         try:
-            fingerprint = Fingerprint(dict(register.fingerprint))
-            moments = (
-                moments_from_proto(register.feature_moments)
-                if register.HasField("feature_moments")
-                else None
-            )
+            info = registration_info(register)
         except (ConfigurationError, ProtocolError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        info = NodeInfo(
-            node_id=register.node_id,
-            sample_count=int(register.sample_count),
-            n_features=int(register.n_features),
-            n_classes=int(register.n_classes),
-            validation_sample_count=int(register.validation_sample_count),
-            fingerprint=fingerprint,
-            feature_moments=moments,
-        )
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                str(error),
+                f"{refused}: {error}",
+            )
         problem = admission_problem(info, self.spec, self._roster)
         if problem is not None:
-            logger.warning("node %s cannot join: %s", info.node_id, problem)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                problem,
+                f"node {info.node_id} cannot join: {problem}",
+            )
         connection = Connection(info, context)
         connection.credentials = credentials
         connection.task = asyncio.current_task()
@@ -229,13 +291,24 @@ class GrpcGrid(Grid):
         )
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
             await context.write(welcome)
-            await self._await_ready(connection, context)
+            await self._await_ready(connection, context, attempt)
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
             await self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
             connection.send(welcome)
+        attempt.failure = None
+        return connection, writer
+
+    async def _serve_node(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        connection: Connection,
+        writer: asyncio.Task[None],
+    ) -> None:
+        """Answer a registered node's messages until its stream ends or is ended."""
+        info = connection.info
         try:
             while True:
                 read = asyncio.ensure_future(context.read())
@@ -260,17 +333,30 @@ class GrpcGrid(Grid):
             await self._detach(connection, "disconnected")
 
     async def _await_ready(
-        self, connection: Connection, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        connection: Connection,
+        context: grpc.aio.ServicerContext[Any, Any],
+        attempt: _Attempt,
     ) -> None:
         """A user app's node builds its model after Welcome and answers Ready; only then
         does it count as connected. A node that cannot join says why, in one line."""
         try:
             message = await asyncio.wait_for(context.read(), _READY_TIMEOUT)
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no Ready message in time")
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "no Ready message in time",
+                f"node {connection.node_id} sent no Ready in time",
+            )
         if message is grpc.aio.EOF or message.WhichOneof("body") != "ready":
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the message after Welcome must be Ready"
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the message after Welcome must be Ready",
+                f"node {connection.node_id} did not answer Welcome with Ready",
             )
         self._received += message.ByteSize()
         ready = message.ready
@@ -286,8 +372,13 @@ class GrpcGrid(Grid):
             elif self.spec.federated_evaluation and connection.info.validation_sample_count < 1:
                 problem = "this run uses federated evaluation; the node has no validation data"
         if problem:
-            logger.warning("node %s cannot join: %s", connection.node_id, problem)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            await self._refuse(
+                context,
+                attempt,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                problem,
+                f"node {connection.node_id} cannot join: {problem}",
+            )
 
     async def _attach(self, connection: Connection) -> None:
         old = self._connections.get(connection.node_id)

@@ -3,11 +3,12 @@ address form, come from :mod:`accord.credentials.tls`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from accord.credentials.tls import channel_options, format_address
 from accord.errors import ConfigurationError
 from accord.federation.tensors import DEFAULT_CHUNK_BYTES
+from accord.rate_limits import RateLimitSettings
 
 __all__ = ["TransportSettings", "channel_options", "format_address"]
 
@@ -20,7 +21,10 @@ class TransportSettings:
     0 picks a free one); ``chunk_bytes`` of tensor data per message (default 1 MiB);
     ``max_message_bytes`` accepted from a node (default 4 MiB); ``registration_timeout``
     seconds a new stream has to send ``Register`` (default 10); ``shutdown_grace`` seconds
-    given to nodes to close their streams at the end (default 2)."""
+    given to nodes to close their streams at the end (default 2); ``limits`` on streams that
+    have not registered yet and on failed registrations, per source address
+    (:class:`accord.rate_limits.RateLimitSettings`: 10 failures a minute, 64 open streams,
+    8 from one address)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -28,6 +32,7 @@ class TransportSettings:
     max_message_bytes: int = 4 << 20
     registration_timeout: float = 10.0
     shutdown_grace: float = 2.0
+    limits: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -203,6 +204,18 @@ class NodeWorker:
             raise ProtocolError(
                 f"the server's model takes {spec.n_features} features; this node has "
                 f"{self.features.shape[1]}"
+            )
+        # Checked before the model is built: a Welcome naming huge layers must not make
+        # this node allocate them.
+        widths = [
+            spec.n_features,
+            *(spec.model.hidden if spec.model.kind == "mlp" else ()),
+            spec.n_classes,
+        ]
+        built = sum(inputs * outputs + outputs for inputs, outputs in pairwise(widths))
+        if built != spec.dim:
+            raise ProtocolError(
+                f"the server's model has {spec.dim} weights; its layers {widths} have {built}"
             )
         return TabularNode(
             self.features,

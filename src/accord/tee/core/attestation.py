@@ -11,7 +11,11 @@ An enclave proves what it is with **evidence**: a statement, signed by its platf
   cannot be replayed into another session and the channel key cannot be swapped.
 
 The verifier checks the evidence against its own :class:`AttestationPolicy` (loaded from
-TOML by :func:`parse_policy`) with :func:`verify_evidence`. Every failure raises
+TOML by :func:`parse_policy`) with :func:`verify_evidence`. A policy may also **bind party
+names** to the platform keys (and optionally the measurements) allowed for each
+(:class:`PartyBinding`, ``[parties.<name>]`` tables): :func:`check_party_binding` then
+refuses a trusted enclave that claims another party's name. A policy without bindings
+keeps working, and the verified identity says its name is ``unbound``. Every failure raises
 :class:`~accord.errors.AttestationError` whose message states the precise reason; it is
 meant for the local log only. What goes back to the peer is one opaque word (see
 :mod:`accord.tee.core.wire`).
@@ -47,13 +51,16 @@ __all__ = [
     "SIMULATED_BACKEND",
     "AttestationPolicy",
     "EvidenceClaims",
+    "PartyBinding",
     "channel_report_data",
+    "check_party_binding",
     "key_fingerprint",
     "make_simulated_evidence",
     "measure",
     "parse_policy",
     "policy_toml",
     "public_key_bytes",
+    "validate_party_name",
     "verify_evidence",
 ]
 
@@ -69,6 +76,17 @@ _SECURITY_VERSION = struct.Struct("!I")
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RAW_KEY = re.compile(r"^ed25519:[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_party_name(name: str, field: str = "party name") -> str:
+    """Party and session names: 1–64 characters of ``A-Z a-z 0-9 . _ -``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"{field}: expected 1-64 characters from A-Z a-z 0-9 . _ - "
+            f"(starting with a letter or digit), got {name!r}"
+        )
+    return name
 
 
 def _require_size(name: str, value: bytes, size: int) -> None:
@@ -212,6 +230,38 @@ _VERIFIERS: dict[str, Callable[[bytes, bytes], EvidenceClaims]] = {
 }
 
 
+def _check_fingerprints(field: str, values: frozenset[str]) -> None:
+    for value in values:
+        if not isinstance(value, str) or not _FINGERPRINT.match(value):
+            raise ConfigurationError(f"{field}: expected 'sha256:<64 hex digits>', got {value!r}")
+
+
+def _check_measurements(field: str, values: frozenset[str]) -> None:
+    for value in values:
+        if not isinstance(value, str) or not _HEX_DIGEST.match(value):
+            raise ConfigurationError(f"{field}: expected 64 lowercase hex digits, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PartyBinding:
+    """The enclaves allowed to act as one party: ``[parties.<name>]`` in a policy."""
+
+    #: The party name (as given with ``--party-name``).
+    name: str
+    #: ``sha256:<hex>`` fingerprints of the platform keys that may sign for this party.
+    platform_keys: frozenset[str]
+    #: Hex measurements this party's enclave may have (empty: any the policy allows).
+    measurements: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        validate_party_name(self.name, "parties")
+        field = f"parties.{self.name}"
+        if not self.platform_keys:
+            raise ConfigurationError(f"{field}.platform_keys: expected at least one key")
+        _check_fingerprints(f"{field}.platform_keys", self.platform_keys)
+        _check_measurements(f"{field}.measurements", self.measurements)
+
+
 @dataclass(frozen=True)
 class AttestationPolicy:
     """Which peer enclaves this party trusts. Loaded from TOML by :func:`parse_policy`.
@@ -230,21 +280,33 @@ class AttestationPolicy:
     allow_debug: bool = False
     #: Accept evidence of the ``simulated`` backend (no hardware protection at all).
     allow_simulated: bool = False
+    #: Party names bound to the platform keys (and measurements) allowed for each. Empty:
+    #: names are unbound (any trusted enclave may use any name). Once any party is bound,
+    #: a peer whose name is not bound is refused.
+    parties: tuple[PartyBinding, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.allowed_measurements:
             raise ConfigurationError("allowed_measurements: expected at least one measurement")
-        for value in self.allowed_measurements:
-            if not isinstance(value, str) or not _HEX_DIGEST.match(value):
-                raise ConfigurationError(
-                    f"allowed_measurements: expected 64 lowercase hex digits, got {value!r}"
-                )
+        _check_measurements("allowed_measurements", self.allowed_measurements)
         if not self.trusted_platform_keys:
             raise ConfigurationError("trusted_platform_keys: expected at least one key")
-        for value in self.trusted_platform_keys:
-            if not isinstance(value, str) or not _FINGERPRINT.match(value):
+        _check_fingerprints("trusted_platform_keys", self.trusted_platform_keys)
+        names = [binding.name for binding in self.parties]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"parties: a party is bound twice in {sorted(names)}")
+        for binding in self.parties:
+            untrusted = sorted(binding.platform_keys - self.trusted_platform_keys)
+            if untrusted:
                 raise ConfigurationError(
-                    f"trusted_platform_keys: expected 'sha256:<64 hex digits>', got {value!r}"
+                    f"parties.{binding.name}.platform_keys: {untrusted[0]} is not in "
+                    "trusted_platform_keys"
+                )
+            unknown = sorted(binding.measurements - self.allowed_measurements)
+            if unknown:
+                raise ConfigurationError(
+                    f"parties.{binding.name}.measurements: {unknown[0]} is not in "
+                    "allowed_measurements"
                 )
         require_int("min_security_version", self.min_security_version, minimum=0)
         for name in ("allow_debug", "allow_simulated"):
@@ -253,6 +315,10 @@ class AttestationPolicy:
                     f"{name}: expected true or false, got {getattr(self, name)!r}"
                 )
 
+    def binding(self, name: str) -> PartyBinding | None:
+        """The binding of party ``name`` (``None``: not bound)."""
+        return next((binding for binding in self.parties if binding.name == name), None)
+
 
 _POLICY_KEYS = {
     "allowed_measurements",
@@ -260,25 +326,65 @@ _POLICY_KEYS = {
     "min_security_version",
     "allow_debug",
     "allow_simulated",
+    "parties",
 }
+_BINDING_KEYS = {"platform_keys", "measurements"}
 
 
-def _string_list(source: str, table: Mapping[str, Any], key: str) -> list[str]:
+def _string_list(source: str, table: Mapping[str, Any], key: str, within: str = "") -> list[str]:
     value = table.get(key)
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ConfigurationError(f"{source}: {key}: expected a list of strings, got {value!r}")
+        field = f"{within}.{key}" if within else key
+        raise ConfigurationError(f"{source}: {field}: expected a list of strings, got {value!r}")
     return [item.strip().lower() for item in value]
 
 
-def _trusted_key(source: str, entry: str) -> str:
+def _trusted_key(source: str, entry: str, key: str = "trusted_platform_keys") -> str:
     if _FINGERPRINT.match(entry):
         return entry
     if _RAW_KEY.match(entry):
         return key_fingerprint(bytes.fromhex(entry.removeprefix("ed25519:")))
     raise ConfigurationError(
-        f"{source}: trusted_platform_keys: expected 'sha256:<64 hex digits>' (a fingerprint) "
+        f"{source}: {key}: expected 'sha256:<64 hex digits>' (a fingerprint) "
         f"or 'ed25519:<64 hex digits>' (a raw public key), got {entry!r}"
     )
+
+
+def _parse_bindings(source: str, value: Any) -> tuple[PartyBinding, ...]:
+    """``[parties.<name>]`` tables: ``platform_keys`` (required), ``measurements``."""
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"{source}: parties: expected tables [parties.<name>], got {value!r}"
+        )
+    bindings = []
+    for name, table in sorted(value.items()):
+        field = f"parties.{name}"
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{source}: {field}: expected a table, got {table!r}")
+        unknown = sorted(set(table) - _BINDING_KEYS)
+        if unknown:
+            raise ConfigurationError(
+                f"{source}: {field}: unknown key {unknown[0]!r}; expected platform_keys "
+                "and optionally measurements"
+            )
+        if "platform_keys" not in table:
+            raise ConfigurationError(f"{source}: {field}: missing required key 'platform_keys'")
+        keys = [
+            _trusted_key(source, entry, f"{field}.platform_keys")
+            for entry in _string_list(source, table, "platform_keys", field)
+        ]
+        measurements = (
+            _string_list(source, table, "measurements", field) if "measurements" in table else []
+        )
+        try:
+            bindings.append(
+                PartyBinding(
+                    name=name, platform_keys=frozenset(keys), measurements=frozenset(measurements)
+                )
+            )
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{source}: {error}") from error
+    return tuple(bindings)
 
 
 def parse_policy(text: str, source: str = "policy") -> AttestationPolicy:
@@ -291,6 +397,11 @@ def parse_policy(text: str, source: str = "policy") -> AttestationPolicy:
         min_security_version = 1
         allow_debug = false
         allow_simulated = false
+
+        # Optional: bind party names to the enclaves allowed to act as them.
+        [parties.a]
+        platform_keys = ["sha256:<64 hex digits>"]
+        measurements = ["<64 hex digits>"]        # optional: a subset of the above
     """
     try:
         table = tomllib.loads(text)
@@ -310,6 +421,7 @@ def parse_policy(text: str, source: str = "policy") -> AttestationPolicy:
         _trusted_key(source, entry)
         for entry in _string_list(source, table, "trusted_platform_keys")
     ]
+    bindings = _parse_bindings(source, table.get("parties", {}))
     try:
         return AttestationPolicy(
             allowed_measurements=frozenset(measurements),
@@ -317,6 +429,7 @@ def parse_policy(text: str, source: str = "policy") -> AttestationPolicy:
             min_security_version=table.get("min_security_version", 1),
             allow_debug=table.get("allow_debug", False),
             allow_simulated=table.get("allow_simulated", False),
+            parties=bindings,
         )
     except ConfigurationError as error:
         raise ConfigurationError(f"{source}: {error}") from error
@@ -328,13 +441,49 @@ def policy_toml(policy: AttestationPolicy) -> str:
     def strings(values: Iterable[str]) -> str:
         return "[" + ", ".join(json.dumps(value) for value in sorted(values)) + "]"
 
-    return (
+    text = (
         f"allowed_measurements = {strings(policy.allowed_measurements)}\n"
         f"trusted_platform_keys = {strings(policy.trusted_platform_keys)}\n"
         f"min_security_version = {policy.min_security_version}\n"
         f"allow_debug = {str(policy.allow_debug).lower()}\n"
         f"allow_simulated = {str(policy.allow_simulated).lower()}\n"
     )
+    for binding in sorted(policy.parties, key=lambda binding: binding.name):
+        text += f"\n[parties.{binding.name}]\nplatform_keys = {strings(binding.platform_keys)}\n"
+        if binding.measurements:
+            text += f"measurements = {strings(binding.measurements)}\n"
+    return text
+
+
+def check_party_binding(policy: AttestationPolicy, name: str, claims: EvidenceClaims) -> bool:
+    """Check that the enclave behind ``claims`` may act as party ``name``.
+
+    Returns ``True`` when the policy binds ``name`` and the claims match, ``False`` when
+    the policy binds no name at all (names are unbound: the caller reports so). Raises
+    :class:`AttestationError` naming the party, the key (or measurement) presented and the
+    ones allowed when the policy binds names and this one does not match or is not bound.
+    """
+    if not policy.parties:
+        return False
+    binding = policy.binding(name)
+    if binding is None:
+        bound = ", ".join(sorted(repr(other.name) for other in policy.parties))
+        raise AttestationError(
+            f"party {name!r} is not bound in the policy's [parties] (bound: {bound}); "
+            f"it presented platform key {claims.signer}"
+        )
+    if claims.signer not in binding.platform_keys:
+        raise AttestationError(
+            f"party {name!r} presented platform key {claims.signer}; the policy allows only "
+            f"{', '.join(sorted(binding.platform_keys))} for {name!r}"
+        )
+    measurement = claims.measurement.hex()
+    if binding.measurements and measurement not in binding.measurements:
+        raise AttestationError(
+            f"party {name!r} presented measurement {measurement}; the policy allows only "
+            f"{', '.join(sorted(binding.measurements))} for {name!r}"
+        )
+    return True
 
 
 def verify_evidence(

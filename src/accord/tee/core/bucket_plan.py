@@ -141,10 +141,12 @@ class RunState:
     def from_bytes(cls, data: bytes) -> RunState:
         try:
             raw = json.loads(data)
-            if raw.pop("version") != _STATE_VERSION:
+            if not isinstance(raw, dict):
+                raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+            if raw.pop("version", None) != _STATE_VERSION:
                 raise ValueError("unknown version")
             state = cls(**raw)
-        except (ValueError, TypeError, KeyError) as error:
+        except (ValueError, TypeError, KeyError, RecursionError) as error:
             raise ProtocolError(f"sealed run state: malformed ({error})") from error
         if state.stage not in STAGES:
             raise ProtocolError(f"sealed run state: unknown stage {state.stage!r}")

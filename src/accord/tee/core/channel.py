@@ -33,7 +33,6 @@ truncated. Every such failure raises :class:`~accord.errors.ChannelError`.
 from __future__ import annotations
 
 import hashlib
-import re
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +52,8 @@ from accord.tee.core.attestation import (
     AttestationPolicy,
     EvidenceClaims,
     channel_report_data,
+    check_party_binding,
+    validate_party_name,
     verify_evidence,
 )
 from accord.tee.core.wire import pack_fields, unpack_fields
@@ -93,7 +94,6 @@ _FINISH = b"accord-align-finish/v1"
 _SESSION = b"accord-align-session/v1"
 _TRANSCRIPT = b"accord-align-transcript/v1"
 _KEY_INFO = b"accord-align/v1 channel keys"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class RecordType(IntEnum):
@@ -101,16 +101,6 @@ class RecordType(IntEnum):
 
     DATA = 1
     END = 2
-
-
-def validate_party_name(name: str, field: str = "party name") -> str:
-    """Party and session names: 1–64 characters of ``A-Z a-z 0-9 . _ -``."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigurationError(
-            f"{field}: expected 1-64 characters from A-Z a-z 0-9 . _ - "
-            f"(starting with a letter or digit), got {name!r}"
-        )
-    return name
 
 
 @dataclass(frozen=True)
@@ -144,6 +134,9 @@ class ChannelKeys:
     receive_key: bytes
     transcript_hash: bytes
     peer_claims: EvidenceClaims
+    #: The policy binds the peer's name to the platform key that signed its evidence
+    #: (``False``: the policy binds no names, so any trusted enclave could use this one).
+    peer_name_bound: bool = False
 
 
 def session_id(hello: bytes, responder_name: str, responder_nonce: bytes) -> bytes:
@@ -207,10 +200,13 @@ def _verify(
     peer_public: bytes,
     own_nonce: bytes,
     sid: bytes,
-) -> EvidenceClaims:
-    """Verify the peer's evidence, bound to its key share, this side's nonce and the session."""
+) -> tuple[EvidenceClaims, bool]:
+    """Verify the peer's evidence, bound to its key share, this side's nonce and the session,
+    and that its enclave may act as party ``peer``: ``(claims, the name is bound)``. Both
+    sides run this before any channel key exists, so a refused peer never gets a record."""
     try:
-        return verify_evidence(evidence, policy, channel_report_data(peer_public, own_nonce, sid))
+        claims = verify_evidence(evidence, policy, channel_report_data(peer_public, own_nonce, sid))
+        return claims, check_party_binding(policy, peer, claims)
     except AttestationError as error:
         raise AttestationError(
             f"refused the enclave of peer {peer!r}: {error}", detail=error.detail
@@ -252,7 +248,7 @@ class InitiatorHandshake:
             raise ProtocolError("malformed handshake response")
         peer = _peer_name(name_raw, self._config.party_name)
         sid = session_id(hello, peer, nonce_r)
-        claims = _verify(peer, evidence_r, self._config.policy, public_r, self._nonce, sid)
+        claims, bound = _verify(peer, evidence_r, self._config.policy, public_r, self._nonce, sid)
         evidence = self._config.make_evidence(channel_report_data(self._public, nonce_r, sid))
         finish = pack_fields([_FINISH, self._public, evidence])
         send, receive = derive_channel_keys(
@@ -264,6 +260,7 @@ class InitiatorHandshake:
             receive_key=receive,
             transcript_hash=transcript_hash(hello, response, finish),
             peer_claims=claims,
+            peer_name_bound=bound,
         )
 
 
@@ -319,7 +316,7 @@ class ResponderHandshake:
         context, public_i, evidence_i = unpack_fields(finish, 3, "handshake finish")
         if context != _FINISH or len(public_i) != 32:
             raise ProtocolError("malformed handshake finish")
-        claims = _verify(peer, evidence_i, self._config.policy, public_i, self._nonce, sid)
+        claims, bound = _verify(peer, evidence_i, self._config.policy, public_i, self._nonce, sid)
         receive, send = derive_channel_keys(
             _shared_secret(self._private, public_i), transcript_hash(hello, response, finish)
         )
@@ -329,6 +326,7 @@ class ResponderHandshake:
             receive_key=receive,
             transcript_hash=transcript_hash(hello, response, finish),
             peer_claims=claims,
+            peer_name_bound=bound,
         )
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
 
+from accord.alignment import DIGEST_BYTES
 from accord.errors import ProtocolError
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "SHARE_BYTES",
     "MessageKind",
     "bucket_of",
+    "decode_confirm",
+    "decode_digests",
     "decode_roster",
     "derive",
     "encode_roster",
@@ -73,13 +76,40 @@ def encode_roster(fields: Mapping[str, Any], share: bytes) -> bytes:
 
 
 def decode_roster(message: bytes | bytearray, peer: str) -> tuple[dict[str, Any], bytes]:
-    """The fields and share of ``peer``'s ``ROSTER`` message."""
+    """The fields and share of ``peer``'s ``ROSTER`` message (a :class:`ProtocolError` for
+    any malformed one)."""
+    if len(message) < _ROSTER_LENGTH.size:
+        raise ProtocolError(f"peer {peer!r} sent a malformed roster (too short)")
     (length,) = _ROSTER_LENGTH.unpack_from(message)
-    roster = json.loads(bytes(message[4 : 4 + length]))
+    try:
+        roster = json.loads(bytes(message[4 : 4 + length]))
+    except (ValueError, RecursionError) as error:  # not UTF-8 or not JSON; nested too deep
+        raise ProtocolError(f"peer {peer!r} sent a malformed roster (not JSON)") from error
     share = bytes(message[4 + length :])
     if not isinstance(roster, dict):
         raise ProtocolError(f"peer {peer!r} sent a malformed roster")
     return roster, share
+
+
+def decode_digests(message: bytes | bytearray, peer: str) -> tuple[memoryview, bool]:
+    """The digests of ``peer``'s ``DIGESTS`` message (their bytes) and whether it hid its
+    set size (padded with zeros, which must be all that follows)."""
+    if len(message) < DIGESTS_HEADER.size:
+        raise ProtocolError(f"peer {peer!r} sent a malformed digest message")
+    count, flags = DIGESTS_HEADER.unpack_from(message)
+    start = DIGESTS_HEADER.size
+    end = start + count * DIGEST_BYTES
+    if end > len(message) or any(memoryview(message)[end:]):
+        raise ProtocolError(f"peer {peer!r} sent a malformed digest message")
+    return memoryview(message)[start:end], bool(flags & HIDDEN_SIZE)
+
+
+def decode_confirm(message: bytes | bytearray, peer: str) -> tuple[int, bytes]:
+    """``(|I|, result fingerprint)`` of ``peer``'s ``CONFIRM`` message."""
+    if len(message) != CONFIRM.size:
+        raise ProtocolError(f"peer {peer!r} sent a malformed confirmation")
+    size, fingerprint = CONFIRM.unpack(message)
+    return int(size), bytes(fingerprint)
 
 
 def bucket_of(meta: Mapping[str, Any]) -> int:

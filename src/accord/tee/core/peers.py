@@ -48,11 +48,18 @@ class PeerState:
 
 
 def peer_identity(keys: ChannelKeys) -> dict[str, Any]:
-    """The peer's party name and verified enclave claims, as the host may see them."""
+    """The peer's party name and verified enclave claims, as the host may see them.
+
+    ``name_binding`` is ``bound`` when this party's policy binds the peer's name to the
+    platform key (and measurements) it presented, ``unbound`` when the policy binds no
+    names: then the name is only what the peer's host chose to announce.
+    """
     claims = keys.peer_claims
     return {
         "peer": keys.peer_name,
         "peer_identity": {
+            "party": keys.peer_name,
+            "name_binding": "bound" if keys.peer_name_bound else "unbound",
             "backend": claims.backend,
             "measurement": claims.measurement.hex(),
             "security_version": claims.security_version,

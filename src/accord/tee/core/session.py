@@ -97,6 +97,8 @@ from accord.tee.core.messages import (
     SHARE_BYTES,
     MessageKind,
     bucket_of,
+    decode_confirm,
+    decode_digests,
     decode_roster,
     derive,
     encode_roster,
@@ -453,14 +455,10 @@ class EnclaveSession:
         elif kind == MessageKind.DIGESTS:
             if link.share is None or link.got_digests:
                 raise ProtocolError(f"peer {peer!r} sent digests out of order")
-            count, flags = DIGESTS_HEADER.unpack_from(message)
-            start = DIGESTS_HEADER.size
-            end = start + count * DIGEST_BYTES
-            if end > len(message) or any(message[end:]):
-                raise ProtocolError(f"peer {peer!r} sent a malformed digest message")
-            link.digests = digests_from_bytes(memoryview(message)[start:end])
+            digests, hidden = decode_digests(message, peer)
+            link.digests = digests_from_bytes(digests)
             link.got_digests = True
-            link.size_hidden = bool(flags & HIDDEN_SIZE)
+            link.size_hidden = hidden
         elif kind == MessageKind.BUCKET:
             if self._bucketed is None:
                 raise ProtocolError(f"peer {peer!r} sent bucket keys in an in-memory run")
@@ -469,8 +467,7 @@ class EnclaveSession:
         elif kind == MessageKind.CONFIRM:
             if not link.got_digests or link.confirm is not None:
                 raise ProtocolError(f"peer {peer!r} confirmed out of order")
-            size, fingerprint = CONFIRM.unpack(message)
-            link.confirm = (size, fingerprint)
+            link.confirm = decode_confirm(message, peer)
             if self._outcome is not None:
                 self._check_confirm(link, peer)
         else:

@@ -154,7 +154,8 @@ def decode_meta(data: bytes, what: str) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        # RecursionError: JSON nested deeper than the parser's recursion limit.
         raise ProtocolError(f"malformed {what}: metadata is not JSON ({error})") from error
     if not isinstance(meta, dict):
         raise ProtocolError(f"malformed {what}: metadata is {type(meta).__name__}, not an object")

@@ -66,6 +66,7 @@ from accord.errors import (
     ConfigurationError,
     PeerError,
 )
+from accord.rate_limits import RateLimitSettings
 from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call
 from accord.tee.runtime import bucketed_host
 from accord.tee.runtime.bucketed_host import BucketOutcome, larger_than_memory
@@ -290,6 +291,10 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
                     connect_timeout=settings.connect_timeout,
                     idle_timeout=settings.idle_timeout,
                     on_listening=on_listening,
+                    limits=RateLimitSettings(
+                        max_pending=8 * settings.max_pending_connections,
+                        max_pending_per_source=settings.max_pending_connections,
+                    ),
                 )
             )
             link_start = asyncio.ensure_future(opening)

@@ -106,8 +106,23 @@ class PartyRun:
                 f"the host at {link.address} announced party {link.name!r}, but its enclave "
                 f"attests party {reply.get('peer')!r}"
             )
-        self.peer_enclaves[link.name] = dict(reply["peer_identity"])
-        logger.info("attested channel to %r open", link.name)
+        identity = dict(reply["peer_identity"])
+        self.peer_enclaves[link.name] = identity
+        logger.info(
+            "attested channel to %r open (platform key %s, measurement %s, name %s)",
+            link.name,
+            identity.get("platform_key"),
+            identity.get("measurement"),
+            identity.get("name_binding"),
+        )
+        if identity.get("name_binding") != "bound":
+            logger.warning(
+                "peer %r: the policy %s binds no party names, so any enclave it trusts could "
+                "have used this name (add a [parties.%s] table to bind it)",
+                link.name,
+                self.settings.policy,
+                link.name,
+            )
 
     async def _handshake_steps(
         self,

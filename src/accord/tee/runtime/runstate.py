@@ -107,7 +107,7 @@ class RunManifest:
     def from_json(cls, text: str, where: str) -> RunManifest:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:
             raise ConfigurationError(
                 f"{where}: not a run manifest (invalid JSON: {error})"
             ) from error
@@ -123,15 +123,50 @@ class RunManifest:
             data["inputs"] = {
                 role: InputDigest(**value) for role, value in dict(data["inputs"]).items()
             }
-            return cls(**data)
-        except (KeyError, TypeError) as error:
+            manifest = cls(**data)
+        except (KeyError, TypeError, ValueError) as error:
             raise ConfigurationError(f"{where}: malformed run manifest ({error})") from error
+        problem = manifest._type_problem()
+        if problem is not None:
+            raise ConfigurationError(f"{where}: malformed run manifest ({problem})")
+        return manifest
+
+    def _type_problem(self) -> str | None:
+        """The first field whose JSON value has the wrong type, or ``None``."""
+        expected: dict[str, tuple[type, ...]] = {
+            "party": (str,),
+            "session": (str,),
+            "settings": (dict,),
+            "stage": (str,),
+            "buckets": (int, type(None)),
+            "sorted": (int,),
+            "exchanged": (int,),
+            "run_id": (str, type(None)),
+            "sealed_state": (str, type(None)),
+            "summary": (dict, type(None)),
+            "notes": (dict,),
+        }
+        for name, types in expected.items():
+            value = getattr(self, name)
+            if not isinstance(value, types) or isinstance(value, bool):
+                return f"{name}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}"
+        for role, digest in self.inputs.items():
+            if not isinstance(digest.path, str) or not isinstance(digest.size, int):
+                return f"inputs.{role}: expected a path and a size"
+            if not isinstance(digest.sha256, str):
+                return f"inputs.{role}.sha256: expected a hex string"
+        return None
 
     def sealed_bytes(self) -> bytes | None:
         """The enclave's sealed state, decoded."""
         if self.sealed_state is None:
             return None
-        return base64.b64decode(self.sealed_state)
+        try:
+            return base64.b64decode(self.sealed_state, validate=True)
+        except ValueError as error:  # binascii.Error
+            raise ConfigurationError(
+                f"run manifest: sealed_state is not base64 ({error})"
+            ) from error
 
     def set_sealed(self, blob: bytes) -> None:
         self.sealed_state = base64.b64encode(blob).decode("ascii")

@@ -77,6 +77,10 @@ class PartySettings:
     connect_timeout: float = 60.0
     #: Seconds a peer may stay silent during the run.
     idle_timeout: float = 300.0
+    #: Connections from one address that may wait at once to say their hello to this
+    #: party's listener (eight times as many from all addresses); one beyond is dropped at
+    #: once, and refused hellos are throttled per address (:mod:`accord.rate_limits`).
+    max_pending_connections: int = 8
     #: Memory budget of this party, host and enclave together (bytes). The run is bucketed
     #: when the agreed plan needs more than one bucket (``None``: no limit).
     memory_limit: int | None = None
@@ -115,6 +119,7 @@ class PartySettings:
             require_int("pad_to", self.pad_to, minimum=1)
         require_number("connect_timeout", self.connect_timeout, minimum=0, exclusive_minimum=True)
         require_number("idle_timeout", self.idle_timeout, minimum=0, exclusive_minimum=True)
+        require_int("max_pending_connections", self.max_pending_connections, minimum=1)
         outputs = [p for p in (self.output_map, self.output_table, self.summary) if p is not None]
         resolved = [p.resolve() for p in outputs]
         if len(set(resolved)) != len(resolved):

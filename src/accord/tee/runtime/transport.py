@@ -35,6 +35,7 @@ from accord.errors import (
     PeerError,
     ProtocolError,
 )
+from accord.rate_limits import RateLimitSettings, SourceLimiter
 from accord.tee.core.channel import PROTOCOL_VERSION, validate_party_name
 from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
 from accord.tee.runtime.links import abort_error
@@ -46,6 +47,8 @@ __all__ = [
     "TcpPeerLink",
     "abort_category",
     "connect_links",
+    "hello_body_size",
+    "parse_hello",
     "receive_exactly",
 ]
 
@@ -266,10 +269,9 @@ class TcpPeerLink:
 _MAX_REFUSALS_NAMED = 3
 
 
-async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
-    loop = asyncio.get_running_loop()
-    await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
-    prefix = await asyncio.wait_for(receive_exactly(sock, _HELLO_PREFIX.size), timeout)
+def hello_body_size(prefix: bytes, address: str) -> int:
+    """The body size announced by a hello's fixed prefix; a greeting that is not an
+    accord align hello of this version, or announces too large a body, is refused."""
     magic, version, size = _HELLO_PREFIX.unpack(prefix)
     if magic != HELLO_MAGIC:
         raise ProtocolError(f"{address} is not an accord align endpoint (unexpected greeting)")
@@ -280,11 +282,23 @@ async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout
         )
     if size > _MAX_HELLO:
         raise ProtocolError(f"{address} sent a hello of {size} bytes (too large)")
-    body = await asyncio.wait_for(receive_exactly(sock, size), timeout)
+    return int(size)
+
+
+def parse_hello(body: bytes, own: Hello, address: str) -> Hello:
+    """The peer's hello from its JSON body, checked against this party's own: the same
+    session and party count, another name. Any defect is one :class:`ProtocolError`."""
     try:
         fields = json.loads(body)
         peer = Hello(str(fields["party"]), str(fields["session"]), int(fields["parties"]))
-    except (ValueError, KeyError, TypeError, ConfigurationError) as error:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,  # "parties": Infinity (a float that int() refuses)
+        RecursionError,  # JSON nested deeper than the parser's recursion limit
+        ConfigurationError,
+    ) as error:
         raise ProtocolError(f"{address} sent a malformed hello ({error})") from error
     if peer.session != own.session:
         raise ProtocolError(
@@ -301,6 +315,15 @@ async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout
             f"{address} is also named {own.party!r}: give every party its own --party-name"
         )
     return peer
+
+
+async def _exchange_hello(sock: socket.socket, own: Hello, address: str, timeout: float) -> Hello:
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(loop.sock_sendall(sock, own.encode()), timeout)
+    prefix = await asyncio.wait_for(receive_exactly(sock, _HELLO_PREFIX.size), timeout)
+    size = hello_body_size(bytes(prefix), address)
+    body = await asyncio.wait_for(receive_exactly(sock, size), timeout)
+    return parse_hello(bytes(body), own, address)
 
 
 def _tune(sock: socket.socket) -> None:
@@ -381,8 +404,15 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
     connect_timeout: float,
     idle_timeout: float,
     on_listening: Callable[[Endpoint], None] | None = None,
+    limits: RateLimitSettings | None = None,
+    hello_timeout: float = 10.0,
 ) -> list[TcpPeerLink]:
     """Open one link to every other party: dial ``peers``, accept the rest on ``listen``.
+
+    The listener gives a connection ``hello_timeout`` seconds to say a valid hello, and
+    bounds the connections that have not yet, per source address and in all, and the
+    refused hellos per source (``limits``, :class:`accord.rate_limits.RateLimitSettings`):
+    one beyond is dropped at once, and each source gets at most one warning a minute.
 
     The caller checks its own inputs first, so it contacts no peer with a bad input. A
     party that dials every peer needs no listener: ``listen`` is then not opened (and
@@ -410,24 +440,40 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
     # until --connect-timeout and names these reasons if the peers never come.
     refused: list[str] = []
 
+    limiter = SourceLimiter(limits or RateLimitSettings(), logger, what="connection")
+
     async def on_accept(sock: socket.socket, name: Any) -> None:
         address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+        source = str(name[0]) if isinstance(name, tuple) else str(name)
+        wait = limiter.admit(source)
+        if wait is None:  # too many half-open connections, or a throttled source (logged)
+            sock.close()
+            return
+        failure: str | None = None
         try:
+            if wait:
+                await asyncio.sleep(wait)
             _tune(sock)
-            peer = await _exchange_hello(sock, own, address, 10.0)
+            peer = await _exchange_hello(sock, own, address, hello_timeout)
         except ProtocolError as error:
             sock.close()
-            logger.warning("ignored a connection from %s: %s", address, error)
+            failure = f"ignored a connection from {address}: {error}"
             if len(refused) < _MAX_REFUSALS_NAMED:
                 refused.append(str(error))
             return
+        except TimeoutError:  # (an OSError: caught first)
+            sock.close()
+            failure = f"ignored a connection from {address}: no hello within {hello_timeout:g} s"
+            return
         except (OSError, asyncio.IncompleteReadError) as error:
             sock.close()
-            logger.warning("ignored a connection from %s: %s", address, error)
+            failure = f"ignored a connection from {address}: {error or type(error).__name__}"
             return
         except BaseException:
             sock.close()
             raise
+        finally:
+            limiter.finish(source, failure)
         await accepted.put(
             TcpPeerLink(
                 sock, peer=peer, address=address, initiator=False, idle_timeout=idle_timeout
