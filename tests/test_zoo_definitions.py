@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from benchmark_support import load_benchmark
 
 from accord.data.faults import FAULT_KINDS
 from accord.scenario import build_scenario
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _load(name: str) -> ModuleType:
-    if str(BENCHMARKS) not in sys.path:
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-zoo = _load("zoo")
-learning_quality = _load("learning_quality")
+zoo = load_benchmark("zoo")
+learning_quality = load_benchmark("learning_quality")
 
 
 def test_the_zoo_is_broad_enough() -> None:
