@@ -351,3 +351,62 @@ def test_hedge_loo_carries_an_absent_node_s_credit_over_unchanged() -> None:
     )
     assert policy.credit["c"] == 0.5  # absent: not aged, not credited
     assert policy.credit["a"] != 2.0 and policy.credit["b"] != -1.0
+
+
+def test_candidates_are_formed_and_scored_a_block_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import accord.aggregation.credit as credit_module
+
+    target = np.linspace(-1.0, 1.0, 8).astype(np.float32)
+    plain = _quadratic_validation(target)
+    sizes: list[int] = []
+
+    def validate(weights: np.ndarray) -> ValidationScores:
+        sizes.append(weights.shape[0])
+        return plain(weights)
+
+    rng = np.random.default_rng(7)
+    n = 150  # 151 candidates: blocks of 64, 64 and 23
+    gradients = rng.normal(size=(n, 8)).astype(np.float32)
+    weights = rng.normal(size=8).astype(np.float32)
+    p = rng.dirichlet(np.ones(n))
+    blocked = leave_one_out_credit(validate, weights, p, gradients, 0.5, step_normalised=True)
+    assert max(sizes) <= credit_module.CANDIDATE_BLOCK and sum(sizes) == n + 1
+    monkeypatch.setattr(credit_module, "CANDIDATE_BLOCK", 10_000)  # one stack, as before
+    whole = leave_one_out_credit(validate, weights, p, gradients, 0.5, step_normalised=True)
+    assert sizes[-1] == n + 1
+    np.testing.assert_array_equal(blocked.credit, whole.credit)
+
+
+def test_node_features_score_their_candidates_a_block_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import accord.aggregation.credit as credit_module
+    from accord.aggregation.credit import node_features
+
+    validate = _quadratic_validation(np.linspace(-1.0, 1.0, 8).astype(np.float32))
+    rng = np.random.default_rng(8)
+    n = 140  # w, 140 alone candidates, a reference and two candidates: 144 rows
+    gradients = rng.normal(size=(n, 8)).astype(np.float32)
+    weights = rng.normal(size=8).astype(np.float32)
+
+    def features() -> credit_module.NodeFeatures:
+        return node_features(
+            validate,
+            weights,
+            gradients,
+            0.5,
+            gradients[0],
+            np.ones(n),
+            np.zeros(n),
+            reference_gradient=gradients.mean(axis=0),
+            candidate_gradients=gradients[:2],
+        )
+
+    blocked = features()
+    monkeypatch.setattr(credit_module, "CANDIDATE_BLOCK", 10_000)
+    whole = features()
+    np.testing.assert_array_equal(blocked.values, whole.values)
+    assert blocked.reference_loss == whole.reference_loss
+    np.testing.assert_array_equal(blocked.candidate_losses, whole.candidate_losses)

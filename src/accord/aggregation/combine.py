@@ -87,6 +87,31 @@ def bound_norms(
     return np.asarray(bounded, dtype=np.float32), scale
 
 
+def leave_one_out_rows(
+    probabilities: npt.NDArray[np.float64],
+    first_gradients: FloatArray,
+    total: FloatArray,
+    rows: slice,
+    *,
+    step_normalised: bool = False,
+) -> FloatArray:
+    """Rows ``rows`` of :func:`leave_one_out_gradients` (or, with ``step_normalised``, of
+    :func:`step_normalised_leave_one_out_gradients`), computed the same way, without the
+    other rows: a caller scores the candidates a block at a time instead of forming the
+    whole ``(N, dim)`` stack."""
+    p = probabilities[rows]
+    rest = 1.0 - p
+    safe = np.where(rest > 1e-12, rest, 1.0)[:, None].astype(np.float32)
+    without = (total[None, :] - p[:, None].astype(np.float32) * first_gradients[rows]) / safe
+    without[rest <= 1e-12] = 0.0
+    if step_normalised:
+        target = float(np.sqrt(np.dot(total, total, out=None)))
+        norms = np.sqrt(np.einsum("ij,ij->i", without, without, dtype=np.float64))
+        scale = np.where(norms > 1e-30, target / np.maximum(norms, 1e-30), 0.0)
+        without = without * scale[:, None].astype(np.float32)
+    return np.asarray(without, dtype=np.float32)
+
+
 def step_normalised_leave_one_out_gradients(
     probabilities: npt.NDArray[np.float64], first_gradients: FloatArray
 ) -> FloatArray:

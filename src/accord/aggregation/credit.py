@@ -26,6 +26,7 @@ picks the method when the setting is ``auto``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +39,9 @@ from accord.aggregation.base import (
     ValidationScores,
 )
 from accord.aggregation.combine import (
-    leave_one_out_gradients,
+    leave_one_out_rows,
     reweighted_gradients,
     second_gradient,
-    step_normalised_leave_one_out_gradients,
 )
 from accord.errors import ConfigurationError
 
@@ -75,6 +75,11 @@ CREDIT_METHODS = ("auto", "exact", "first-order")
 #: most (the harmful and the most useful) carry exact credit.
 RECHECK = 5
 
+#: Candidate weight vectors are formed and scored this many at a time (the validation
+#: functions score in chunks of the same size, so the scores are those of one stack): the
+#: peak holds one block of candidates, not a ``(2N + 2, dim)`` stack of them.
+CANDIDATE_BLOCK = 64
+
 #: ``auto`` switches to first-order credit above this many present nodes ...
 AUTO_FIRST_ORDER_NODES = 32
 #: ... or when the exact method's candidates, ``(2N + 2) × dim`` floats, exceed this.
@@ -99,6 +104,44 @@ def credit_method_for(
         return "first-order"
     large = nodes > AUTO_FIRST_ORDER_NODES or (2 * nodes + 2) * dim > AUTO_FIRST_ORDER_FLOATS
     return "first-order" if large and validation_gradient is not None else "exact"
+
+
+def score_in_blocks(
+    validate: ValidationFn, count: int, rows: Callable[[int, int], FloatArray]
+) -> ValidationScores:
+    """The scores of ``count`` candidate rows, each block of :data:`CANDIDATE_BLOCK` built by
+    ``rows(start, stop)`` only when it is scored."""
+    parts = [
+        validate(rows(start, min(start + CANDIDATE_BLOCK, count)))
+        for start in range(0, count, CANDIDATE_BLOCK)
+    ]
+    samples = [part.sample_losses for part in parts]
+    return ValidationScores(
+        losses=np.concatenate([part.losses for part in parts]),
+        accuracies=np.concatenate([part.accuracies for part in parts]),
+        sample_losses=None
+        if any(sample is None for sample in samples)
+        else np.concatenate([np.asarray(sample) for sample in samples]),
+    )
+
+
+def _feature_rows(
+    weights: FloatArray, first_gradients: FloatArray, lr: np.float32, extra_rows: FloatArray
+) -> Callable[[int, int], FloatArray]:
+    """``rows(start, stop)`` of the features' candidates: row 0 is ``w``, rows 1..N are
+    ``w − η g_i``, then ``extra_rows``; only the asked block's rows are formed."""
+    n = first_gradients.shape[0]
+
+    def rows(start: int, stop: int) -> FloatArray:
+        parts = [weights[None, :]] if start == 0 else []
+        alone = slice(max(start, 1) - 1, min(stop, n + 1) - 1)
+        if alone.stop > alone.start:
+            parts.append(weights[None, :] - lr * first_gradients[alone])
+        if stop > n + 1:
+            parts.append(extra_rows[max(start, n + 1) - n - 1 : stop - n - 1])
+        return np.concatenate(parts)
+
+    return rows
 
 
 def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[np.float64]:
@@ -170,8 +213,9 @@ def node_features(
         extra.append(weights[None, :] - lr * candidate_gradients)
     scores: ValidationScores | None
     if validation_gradient is None:
-        parts = [weights[None, :], weights[None, :] - lr * first_gradients, *extra]
-        scores = validate(np.concatenate(parts))
+        extra_rows = np.concatenate(extra) if extra else np.empty((0, weights.shape[0]), np.float32)
+        rows = _feature_rows(weights, first_gradients, lr, extra_rows)
+        scores = score_in_blocks(validate, n + 1 + extra_rows.shape[0], rows)
         loss_now = float(scores.losses[0])
         alone_changes = scores.losses[1 : n + 1] - loss_now
         first = n + 1
@@ -276,12 +320,25 @@ def leave_one_out_credit(
         without = reweighted_gradients(
             probabilities, first_gradients, targets, step_normalised=step_normalised
         )
-    elif step_normalised:
-        without = step_normalised_leave_one_out_gradients(probabilities, first_gradients)
+    stepped = weights - lr * combined
+    n = first_gradients.shape[0]
+    if lift_to is not None:
+        candidates = np.concatenate([stepped[None, :], weights[None, :] - lr * without])
+        scores = validate(candidates)
     else:
-        without = leave_one_out_gradients(probabilities, first_gradients, combined)
-    candidates = np.concatenate([weights[None, :] - lr * combined, weights[None, :] - lr * without])
-    scores = validate(candidates)
+
+        def rows(start: int, stop: int) -> FloatArray:
+            # Row 0 is w − ηG, row i + 1 is w − ηG₋ᵢ: only this block's G₋ᵢ are formed.
+            parts = [stepped[None, :]] if start == 0 else []
+            nodes = slice(max(start, 1) - 1, stop - 1)
+            if nodes.stop > nodes.start:
+                without = leave_one_out_rows(
+                    probabilities, first_gradients, combined, nodes, step_normalised=step_normalised
+                )
+                parts.append(weights[None, :] - lr * without)
+            return np.concatenate(parts)
+
+        scores = score_in_blocks(validate, n + 1, rows)
     # A diverging candidate (inf or NaN loss) counts as very bad, so removing the node
     # that makes a step diverge is credited, never NaN.
     losses = np.nan_to_num(scores.losses, nan=1e6, posinf=1e6)
