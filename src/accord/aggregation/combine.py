@@ -54,11 +54,7 @@ def leave_one_out_gradients(
     """
     if total is None:
         total = second_gradient(probabilities, first_gradients)
-    rest = 1.0 - probabilities
-    safe = np.where(rest > 1e-12, rest, 1.0)[:, None].astype(np.float32)
-    without = (total[None, :] - probabilities[:, None].astype(np.float32) * first_gradients) / safe
-    without[rest <= 1e-12] = 0.0
-    return np.asarray(without, dtype=np.float32)
+    return leave_one_out_rows(probabilities, first_gradients, total, slice(None))
 
 
 def bound_norms(
@@ -96,9 +92,9 @@ def leave_one_out_rows(
     step_normalised: bool = False,
 ) -> FloatArray:
     """Rows ``rows`` of :func:`leave_one_out_gradients` (or, with ``step_normalised``, of
-    :func:`step_normalised_leave_one_out_gradients`), computed the same way, without the
-    other rows: a caller scores the candidates a block at a time instead of forming the
-    whole ``(N, dim)`` stack."""
+    :func:`step_normalised_leave_one_out_gradients`), which are this with every row: a
+    caller can score the candidates a block at a time instead of forming the whole
+    ``(N, dim)`` stack."""
     p = probabilities[rows]
     rest = 1.0 - p
     safe = np.where(rest > 1e-12, rest, 1.0)[:, None].astype(np.float32)
@@ -122,11 +118,9 @@ def step_normalised_leave_one_out_gradients(
     overshoots. At equal length, leaving a node out changes only the step's direction.
     """
     total = second_gradient(probabilities, first_gradients)
-    without = leave_one_out_gradients(probabilities, first_gradients, total)
-    target = float(np.sqrt(np.dot(total, total, out=None)))
-    norms = np.sqrt(np.einsum("ij,ij->i", without, without, dtype=np.float64))
-    scale = np.where(norms > 1e-30, target / np.maximum(norms, 1e-30), 0.0)
-    return np.asarray(without * scale[:, None].astype(np.float32), dtype=np.float32)
+    return leave_one_out_rows(
+        probabilities, first_gradients, total, slice(None), step_normalised=True
+    )
 
 
 def reweighted_gradients(
