@@ -8,6 +8,7 @@ records the way a hostile host or network would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import random
@@ -20,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from accord.tee.core.attestation import (
     AttestationPolicy,
@@ -313,3 +315,26 @@ class Relay:
 
     def join(self, timeout: float = 10) -> None:
         self._thread.join(timeout)
+
+
+async def listening_party(
+    connect_timeout: float = 60, **options: Any
+) -> tuple[asyncio.Future[Any], Any]:
+    """Party "a" of the two-party session "s1" listening on 127.0.0.1:0, with no peer to
+    dial: (its ``connect_links`` task, the endpoint it bound). ``options`` go to
+    ``connect_links`` (limits, hello_timeout, ...)."""
+    from accord.tee.runtime.transport import Endpoint, Hello, connect_links
+
+    listening: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
+    listener = asyncio.ensure_future(
+        connect_links(
+            Hello("a", "s1", 2),
+            listen=Endpoint("127.0.0.1", 0),
+            peers=[],
+            connect_timeout=connect_timeout,
+            idle_timeout=60,
+            on_listening=listening.set_result,
+            **options,
+        )
+    )
+    return listener, await asyncio.wait_for(listening, 30)

@@ -7,9 +7,10 @@ import logging
 import socket
 
 import pytest
+from align_support import listening_party
 
 from accord.errors import PeerError
-from accord.tee.runtime.transport import Endpoint, Hello, connect_links
+from accord.tee.runtime.transport import Hello, connect_links
 
 
 async def _stray(port: int, greeting: bytes) -> None:
@@ -31,18 +32,7 @@ def test_bad_hellos_are_logged_and_dropped_and_the_real_peer_still_joins(
     caplog.set_level(logging.DEBUG, logger="accord.tee.runtime.transport")
 
     async def scenario() -> list[str]:
-        listening: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
-        listener = asyncio.ensure_future(
-            connect_links(
-                Hello("a", "s1", 2),
-                listen=Endpoint("127.0.0.1", 0),
-                peers=[],
-                connect_timeout=60,
-                idle_timeout=60,
-                on_listening=listening.set_result,
-            )
-        )
-        endpoint = await asyncio.wait_for(listening, 30)
+        listener, endpoint = await listening_party()
         await _stray(endpoint.port, Hello("x", "another-session", 2).encode())  # stale peer
         await _stray(endpoint.port, Hello("y", "s1", 3).encode())  # another party count
         dialer = await connect_links(
@@ -66,18 +56,8 @@ def test_bad_hellos_are_logged_and_dropped_and_the_real_peer_still_joins(
 
 def test_a_listener_whose_peers_never_come_names_what_it_refused() -> None:
     async def scenario() -> None:
-        listening: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
-        listener = asyncio.ensure_future(
-            connect_links(
-                Hello("a", "s1", 2),
-                listen=Endpoint("127.0.0.1", 0),
-                peers=[],
-                connect_timeout=8,  # the stray below is refused within milliseconds
-                idle_timeout=60,
-                on_listening=listening.set_result,
-            )
-        )
-        endpoint = await asyncio.wait_for(listening, 30)
+        # The stray below is refused within milliseconds.
+        listener, endpoint = await listening_party(connect_timeout=8)
         await _stray(endpoint.port, Hello("x", "another-session", 2).encode())
         await listener
 

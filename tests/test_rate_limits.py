@@ -193,23 +193,14 @@ def test_half_open_connections_are_dropped_while_the_real_peer_gets_through(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Arrange: a listener that lets 3 connections from one address wait for their hello
-    from accord.tee.runtime.transport import Endpoint, Hello, connect_links
+    from align_support import listening_party
+
+    from accord.tee.runtime.transport import Hello, connect_links
 
     async def scenario() -> tuple[list[str], int, int]:
-        listening: asyncio.Future[Endpoint] = asyncio.get_running_loop().create_future()
-        listener = asyncio.ensure_future(
-            connect_links(
-                Hello("a", "s1", 2),
-                listen=Endpoint("127.0.0.1", 0),
-                peers=[],
-                connect_timeout=60,
-                idle_timeout=60,
-                on_listening=listening.set_result,
-                limits=RateLimitSettings(max_pending_per_source=3),
-                hello_timeout=30,
-            )
+        listener, endpoint = await listening_party(
+            limits=RateLimitSettings(max_pending_per_source=3), hello_timeout=30
         )
-        endpoint = await asyncio.wait_for(listening, 30)
 
         # Act: 20 connections from 127.0.0.2 that never say hello, then the real peer
         loop = asyncio.get_running_loop()
