@@ -645,6 +645,7 @@ def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
 
 def _run_jobs(
     jobs: list[Any],
+    rounds: int,
     workers: int,
     runs_path: Path | None,
     commit: str | None,
@@ -665,7 +666,7 @@ def _run_jobs(
                 run.pop("faulty_mass", None)
                 runs.append(run)
                 if runs_path:
-                    key = run_key(run["scenario"], run["seed"], run["policy"], job_rounds(jobs))
+                    key = run_key(run["scenario"], run["seed"], run["policy"], rounds)
                     with runs_path.open("a", encoding="utf-8") as kept_file:
                         kept_file.write(
                             json.dumps({"key": key, "commit": commit, "run": run}) + "\n"
@@ -678,11 +679,6 @@ def _run_jobs(
                     flush=True,
                 )
     return runs
-
-
-def job_rounds(jobs: list[Any]) -> int:
-    """The rounds of a list of jobs (every job of one zoo run has the same)."""
-    return int(jobs[0][3])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -737,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     commit = _git_commit()
     load_start = os.getloadavg()
     started = time.perf_counter()
-    runs += _run_jobs(to_run, args.workers, args.runs, commit, len(runs), len(jobs))
+    runs += _run_jobs(to_run, args.rounds, args.workers, args.runs, commit, len(runs), len(jobs))
     by_scenario: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     for run in runs:
         by_scenario[run["scenario"]].append(run)
