@@ -314,17 +314,15 @@ def leave_one_out_credit(
             step_normalised,
         )
     lifted = np.zeros(probabilities.shape, dtype=bool)
+    stepped = weights - lr * combined
+    n = first_gradients.shape[0]
     if lift_to is not None:
         lifted = np.asarray(lift_to) > probabilities
         targets = np.where(lifted, lift_to, 0.0)
         without = reweighted_gradients(
             probabilities, first_gradients, targets, step_normalised=step_normalised
         )
-    stepped = weights - lr * combined
-    n = first_gradients.shape[0]
-    if lift_to is not None:
-        candidates = np.concatenate([stepped[None, :], weights[None, :] - lr * without])
-        scores = validate(candidates)
+        scores = validate(np.concatenate([stepped[None, :], weights[None, :] - lr * without]))
     else:
 
         def rows(start: int, stop: int) -> FloatArray:
