@@ -70,11 +70,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _label(world: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+def _label(
+    world: Path, run_dir: Path, *extra: str, listen: str = "127.0.0.1:0"
+) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "label",
         "--table", str(world / "bank.csv"), "--alignment", str(world / "bank.summary.json"),
-        "--label-column", "y", "--ignore-columns", "id", "--listen", "127.0.0.1:0",
+        "--label-column", "y", "--ignore-columns", "id", "--listen", listen,
         "--credentials", str(world / "creds"), "--run-dir", str(run_dir), *SETTINGS, *extra,
     ]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -189,41 +191,68 @@ def _check_equal(run_dir: Path, expected: VerticalResult) -> None:
     assert summary["test"]["loss"] == pytest.approx(expected.test.loss, rel=1e-5)
 
 
+LONGER = ("--epochs", "30", "--patience", "1000")
+
+
+def _wait_for_epochs(run_dir: Path, count: int, running: subprocess.Popen[str]) -> None:
+    """Until RUN_DIR/metrics.jsonl holds ``count`` epochs (generous deadline)."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= count):
+        assert time.monotonic() < deadline and running.poll() is None, "no epoch was done"
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
-def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
+def test_a_label_party_killed_and_resumed_is_rejoined_by_the_running_feature_party(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
-    longer = ("--epochs", "30", "--patience", "1000")
-    saving = (*longer, "--checkpoint", str(saved))
-    label, feature = _pair(world, run_dir, processes, longer, saving)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert time.monotonic() < deadline and label.poll() is None, "no epoch was done"
-        time.sleep(0.02)
+    label, feature = _pair(world, run_dir, processes, LONGER, (*LONGER, "--checkpoint", str(saved)))
+    port = _port(run_dir, label)
+    _wait_for_epochs(run_dir, 2, label)
     label.kill()  # mid-run, without warning
     label.communicate(timeout=60)
-    feature_code, _, feature_err = _finish(feature)
-    assert feature_code == ExitCode.REFUSED
-    (line,) = _errors(feature_err)
-    assert "the label party" in line
     assert not (run_dir / "summary.json").exists()
 
-    (run_dir / "label.json").unlink()  # the killed party's address: wait for the new one
-    label, feature = _pair(
-        world,
-        run_dir,
-        processes,
-        (*longer, "--resume"),
-        (*longer, "--checkpoint", str(saved), "--resume"),
-    )
-    feature_code, _, feature_err = _finish(feature)
-    assert feature_code == 0, feature_err[-3000:]
+    # The label party restarted on the same port; the feature party was never restarted.
+    (run_dir / "label.json").unlink()
+    label = _label(world, run_dir, *LONGER, "--resume", listen=f"127.0.0.1:{port}")
+    processes.append(label)
+    feature_code, feature_out, feature_err = _finish(feature)
     label_code, _, label_err = _finish(label)
-    assert label_code == 0, label_err[-3000:]
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "redialling for up to 60 s" in feature_err and "rejoined 'bank''s run" in feature_err
+    assert "the run is complete" in feature_out
     settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
     _check_equal(run_dir, _simulated(world, settings))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_at_epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_a_feature_party_killed_and_restarted_rejoins_the_running_label_party(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
+    saving = (*LONGER, "--checkpoint", str(saved))
+    label, feature = _pair(world, run_dir, processes, LONGER, saving)
+    port = _port(run_dir, label)
+    _wait_for_epochs(run_dir, 2, label)
+    feature.kill()  # mid-run, without warning
+    feature.communicate(timeout=60)
+
+    feature = _feature(world, port, *saving, "--resume")
+    processes.append(feature)
+    feature_code, _, feature_err = _finish(feature)
+    label_code, _, label_err = _finish(label)
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "party 'insurer' is gone" in label_err and "party 'insurer' is back after" in label_err
+    settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
+    _check_equal(run_dir, _simulated(world, settings))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (reconnection,) = summary["reconnections"]
+    assert reconnection["party"] == "insurer" and reconnection["epoch"] >= 1
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(
@@ -258,23 +287,19 @@ def test_wrong_credentials_are_refused_and_ctrl_c_ends_the_waiting_label_party(
     assert not run_dir.exists()
 
 
-def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
+def test_a_feature_party_that_dies_and_never_comes_back_ends_the_label_party_in_one_line(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
     many = ("--epochs", "100000", "--patience", "100000")
-    label, feature = _pair(world, run_dir, processes, many, many)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and feature.poll() is None, "no epoch was done"
-        time.sleep(0.05)
-    feature.kill()
+    label, feature = _pair(world, run_dir, processes, (*many, "--reconnect-timeout", "1.5"), many)
+    _wait_for_epochs(run_dir, 1, feature)
+    feature.kill()  # and never restarted
     feature.communicate(timeout=60)
     label_code, _, label_err = _finish(label)
     assert label_code == ExitCode.REFUSED
     (line,) = _errors(label_err)
-    assert "party 'insurer' is gone" in line
+    assert "party 'insurer' did not come back within 1.5 s (party 'insurer' is gone" in line
 
 
 @pytest.mark.slow

@@ -113,15 +113,37 @@ def _ends_with(outcome: list[Any], thread: threading.Thread, message: str) -> No
 
 
 def test_a_label_party_that_leaves_mid_run_ends_the_feature_party(creds: Path) -> None:
-    server, thread, outcome = _joined(creds)
+    server, thread, outcome = _joined(creds, reconnect_timeout=0)
     server.stop()  # no Finish: the stream ends mid-run
     _ends_with(outcome, thread, "the label party closed the session before the run ended")
 
 
+def test_a_label_party_that_never_comes_back_ends_the_feature_party_at_the_deadline(
+    creds: Path,
+) -> None:
+    server, thread, outcome = _joined(creds, reconnect_timeout=1.5)
+    server.stop()  # no Finish, and nobody listens any more: the party redials in vain
+    _ends_with(outcome, thread, "; it did not come back within 1.5 s")
+    assert "the label party closed the session before the run ended" in str(outcome[0])
+
+
 def test_a_silent_label_party_ends_the_feature_party(creds: Path) -> None:
-    server, thread, outcome = _joined(creds, idle_timeout=1.0)
+    server, thread, outcome = _joined(creds, idle_timeout=1.0, reconnect_timeout=0)
     try:
         _ends_with(outcome, thread, "the label party sent nothing for 1 s")
+    finally:
+        server.stop()
+
+
+def test_a_label_party_that_readmits_the_party_but_stays_silent_ends_it_at_the_deadline(
+    creds: Path,
+) -> None:
+    # The party redials after 1 s of silence and is admitted again, but the label party
+    # never sends an instruction: the window is not reopened by the new welcome.
+    server, thread, outcome = _joined(creds, idle_timeout=1.0, reconnect_timeout=3.0)
+    try:
+        _ends_with(outcome, thread, "it did not come back within 3 s")
+        assert str(outcome[0]).startswith("the label party sent nothing for 1 s")
     finally:
         server.stop()
 

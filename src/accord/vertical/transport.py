@@ -13,9 +13,13 @@ rounds as in memory; :func:`serve_feature_party` answers each instruction with t
 :class:`~accord.vertical.parties.FeatureParty`'s own methods. A driver adds transport,
 never rules.
 
-Timeouts: a feature party that sends nothing for ``idle_timeout`` seconds, or whose stream
-ends (its process died), ends the label party's run with one :class:`PeerError` line; a
-label party that goes silent or away ends the feature party's likewise.
+Timeouts and reconnection: a connection that sends no ``Hello`` within ``hello_timeout``
+is dropped. A feature party that sends nothing for ``idle_timeout`` seconds, or whose
+stream ends (its process died, the network was cut), is a :class:`PartyLostError`: the
+label party's driver waits for it to connect again (:meth:`LabelServer.recover`) and then
+tells every party where to continue (``Restore``). A feature party that loses the label
+party redials for up to ``DialSettings.reconnect_timeout`` seconds and announces again
+which epochs it holds. Past those deadlines, one :class:`PeerError` line ends the party.
 """
 
 from __future__ import annotations
@@ -50,8 +54,13 @@ from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "DialSettings",
     "LabelServer",
+    "PartyLostError",
     "RemoteFeatureParty",
+    "feature_hello",
+    "held_epochs",
+    "links_bytes",
     "serve_feature_party",
 ]
 
@@ -91,46 +100,92 @@ def announcement_of(hello: pb.Hello) -> PartyAnnouncement:
     )
 
 
+class _Gone:
+    """The end of a feature party's stream, as the last item of its inbound queue."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class PartyLostError(PeerError):
+    """A feature party's stream ended, or it went silent, in the middle of a run: it may
+    rejoin (:meth:`LabelServer.recover`)."""
+
+    def __init__(self, party: str, message: str, session: _Session | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+        self.session = session
+
+
 class _Session:
     """One feature party's stream, seen from the label party: instructions go out through
-    ``outbound`` (``_END`` ends the stream), replies come in through ``inbound``."""
+    ``outbound`` (``_END`` ends the stream), replies come in through ``inbound`` (a
+    :class:`_Gone` once the stream has ended)."""
 
-    def __init__(self, party: str, peer: str) -> None:
+    def __init__(self, party: str, peer: str, inbound: queue.Queue[Any] | None = None) -> None:
         self.party = party
         self.peer = peer
         self.outbound: queue.Queue[Any] = queue.Queue()
-        self.inbound: queue.Queue[Any] = queue.Queue()
+        self.inbound: queue.Queue[Any] = queue.Queue() if inbound is None else inbound
 
     def close(self) -> None:
         self.outbound.put(_END)
 
+    def drop(self, why: str) -> None:
+        """End the stream; whoever waits for a reply learns ``why``."""
+        self.inbound.put(_Gone(why))
+        self.close()
+
+
+class _Traffic:
+    """Bytes exchanged with one feature party over every stream it has had."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+
 
 class RemoteFeatureParty:
     """A feature party at the other end of a stream (a
-    :class:`~accord.vertical.simulation.FeaturePartyLink`)."""
+    :class:`~accord.vertical.simulation.FeaturePartyLink`). A stream that ends or stays
+    silent for ``idle_timeout`` seconds raises :class:`PartyLostError`."""
 
-    def __init__(self, session: _Session, idle_timeout: float) -> None:
+    def __init__(
+        self, session: _Session, idle_timeout: float, traffic: _Traffic | None = None
+    ) -> None:
         self.name = session.party
         self._session = session
         self._idle_timeout = idle_timeout
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self._traffic = _Traffic() if traffic is None else traffic
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._traffic.sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self._traffic.received
 
     def _send(self, message: pb.LabelMessage) -> None:
-        self.bytes_sent += message.ByteSize()
+        self._traffic.sent += message.ByteSize()
         self._session.outbound.put(message)
 
     def _matrix(self, what: str) -> np.ndarray:
         try:
             reply = self._session.inbound.get(timeout=self._idle_timeout)
         except queue.Empty:
-            raise PeerError(
+            raise PartyLostError(
+                self.name,
                 f"party {self.name!r} sent nothing for {self._idle_timeout:g} s"
-                f" (waiting for its {what})"
+                f" (waiting for its {what})",
+                self._session,
             ) from None
-        if isinstance(reply, AccordError):
-            raise reply
-        self.bytes_received += reply.ByteSize()
+        if isinstance(reply, _Gone):
+            self._session.inbound.put(reply)  # every later wait learns it too
+            raise PartyLostError(
+                self.name, f"party {self.name!r} is gone: {reply.why}", self._session
+            )
+        self._traffic.received += reply.ByteSize()
         if reply.WhichOneof("body") != "matrix":
             raise ProtocolError(
                 f"party {self.name!r}: expected its {what}, got {reply.WhichOneof('body')}"
@@ -167,6 +222,12 @@ class RemoteFeatureParty:
         self._send(pb.LabelMessage(checkpoint=pb.Checkpoint(next_epoch=next_epoch)))
         self._matrix(f"confirmation that it saved epoch {next_epoch}")
 
+    def restore(self, next_epoch: int) -> None:
+        """Have the feature party continue from its state after ``next_epoch`` epochs, and
+        wait until it has (it answers with an empty matrix)."""
+        self._send(pb.LabelMessage(restore=pb.Restore(next_epoch=next_epoch)))
+        self._matrix(f"confirmation that it restored epoch {next_epoch}")
+
     def finish(self, reason: str) -> None:
         """Tell the feature party the run is over, and end its stream."""
         self._send(pb.LabelMessage(finish=pb.Finish(reason=reason)))
@@ -181,9 +242,16 @@ class _Servicer(pb_grpc.VerticalServicer):
         self, request_iterator: Iterator[pb.FeatureMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.LabelMessage]:
         peer = context.peer()
+        inbound: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=_read_stream, args=(request_iterator, inbound), daemon=True).start()
+        timeout = self.server.hello_timeout
         try:
-            first = next(request_iterator)
-        except (StopIteration, grpc.RpcError):
+            first = inbound.get(timeout=timeout)
+        except queue.Empty:
+            # A client that opens the stream and says nothing must not hold this thread.
+            logger.warning("dropped the connection from %s: no Hello within %g s", peer, timeout)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {timeout:g} s")
+        if isinstance(first, _Gone):
             return
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
@@ -193,12 +261,11 @@ class _Servicer(pb_grpc.VerticalServicer):
         if refusal is not None:
             logger.warning("refused party %r from %s: %s", hello.party[:64], peer, refusal)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
-        joined = self.server.join(hello, peer)
+        joined = self.server.join(hello, peer, inbound)
         if isinstance(joined, str):
             yield pb.LabelMessage(refused=pb.Refused(reason=joined))
             return
         context.add_callback(joined.close)
-        threading.Thread(target=_read_replies, args=(request_iterator, joined), daemon=True).start()
         yield pb.LabelMessage(welcome=self.server.welcome())
         while True:
             message = joined.outbound.get()
@@ -207,17 +274,18 @@ class _Servicer(pb_grpc.VerticalServicer):
             yield message
 
 
-def _read_replies(replies: Iterator[pb.FeatureMessage], session: _Session) -> None:
+def _read_stream(messages: Iterator[pb.FeatureMessage], inbound: queue.Queue[Any]) -> None:
+    """Every message of a feature party's stream into ``inbound``, then a :class:`_Gone`."""
     why = "its stream ended"
     try:
-        for reply in replies:
-            session.inbound.put(reply)
+        for message in messages:
+            inbound.put(message)
     except grpc.RpcError as error:
         why = f"its stream broke ({_details(error)})"
     except Exception as error:  # any failure of the stream ends the session
         why = f"its stream broke ({type(error).__name__})"
     finally:
-        session.inbound.put(PeerError(f"party {session.party!r} is gone: {why}"))
+        inbound.put(_Gone(why))
 
 
 def _details(error: grpc.RpcError) -> str:
@@ -234,14 +302,27 @@ def _details(error: grpc.RpcError) -> str:
 class _Expected:
     label: PartyAnnouncement
     feature_parties: tuple[str, ...]
-    first_epoch: int
     #: The new rows the label party scores (``None``: it trains).
     predict: PartyAnnouncement | None
 
 
+def held_epochs(hello: pb.Hello) -> set[int]:
+    """The epochs a feature party can continue after: those it announced, or for a party
+    that announced none, its initial state (0)."""
+    if hello.held_epochs:
+        return {int(epoch) for epoch in hello.held_epochs}
+    latest = int(hello.resume_epoch)
+    return {latest, latest - 1} if latest > 0 else {0}
+
+
 class LabelServer:
     """The label party's listening end: admits the expected feature parties (credentials,
-    protocol version, agreement) and hands one :class:`RemoteFeatureParty` per party."""
+    protocol version, agreement) and hands one :class:`RemoteFeatureParty` per party.
+
+    A party that connects again (same name, same credentials, same agreement) replaces
+    its previous stream; :meth:`recover` waits for the parties lost mid-run to do so.
+    A connection that sends no ``Hello`` within ``hello_timeout`` seconds is dropped.
+    """
 
     def __init__(
         self,
@@ -253,21 +334,29 @@ class LabelServer:
         idle_timeout: float = 300.0,
         first_epoch: int = 0,
         predict: PartyAnnouncement | None = None,
+        hello_timeout: float = 30.0,
     ) -> None:
-        self._expected = _Expected(label, tuple(sorted(feature_parties)), first_epoch, predict)
+        self._expected = _Expected(label, tuple(sorted(feature_parties)), predict)
         self.credentials = credentials
         self.authenticator = authenticator
         self.idle_timeout = idle_timeout
+        self.hello_timeout = hello_timeout
+        #: The epoch every party continues from (the last one they all hold).
+        self._held_epoch = first_epoch
         self._sessions: dict[str, _Session] = {}
+        self._traffic = {party: _Traffic() for party in self._expected.feature_parties}
         self._failure: AccordError | None = None
+        #: Once training started, a refused party no longer ends the run (it may come back).
+        self._running = False
         self._changed = threading.Condition()
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
     def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (port 0: a free one); the bound port."""
+        workers = 4 * len(self._expected.feature_parties) + 4
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2 * len(self._expected.feature_parties) + 2),
+            futures.ThreadPoolExecutor(max_workers=workers),
             options=[*channel_options(MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_VerticalServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
@@ -288,12 +377,15 @@ class LabelServer:
         return pb.Welcome(
             label_party=expected.label.party,
             parties=[expected.label.party, *expected.feature_parties],
-            first_epoch=expected.first_epoch,
+            first_epoch=self._held_epoch,
         )
 
-    def join(self, hello: pb.Hello, peer: str) -> _Session | str:
-        """Admit an authenticated party, or the one line that refuses it. A disagreement
-        (alignment, rows, settings) also ends the label party's own run."""
+    def join(
+        self, hello: pb.Hello, peer: str, inbound: queue.Queue[Any] | None = None
+    ) -> _Session | str:
+        """Admit an authenticated party, or the one line that refuses it. Before training,
+        a disagreement (alignment, rows, settings, epochs held) also ends the label party's
+        own run; once it trains, the refused party may still come back in time."""
         expected = self._expected
         party = hello.party
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -306,35 +398,42 @@ class LabelServer:
                 f"party {party!r} is not a feature party of this run"
                 f" (expected {', '.join(expected.feature_parties)})"
             )
-        # A resumed feature party holds its last two epochs: it continues from either.
-        first, latest = expected.first_epoch, int(hello.resume_epoch)
-        if not (first == latest or (first > 0 and first == latest - 1)):
-            reason = (
-                f"party {party!r} can resume at epoch {latest}, the label party at epoch"
+        first, held = self._held_epoch, held_epochs(hello)
+        if first not in held:
+            return self._refuse(
+                f"party {party!r} can resume at epoch {max(held)}, the label party at epoch"
                 f" {first} (give --resume to both parties, or to neither)"
             )
-            self._fail(PeerError(reason))
-            return reason
         try:
             check_announcements(expected.label, [announcement_of(hello)])
             _check_predict(expected.predict, hello)
         except AccordError as error:
-            self._fail(PeerError(str(error)))
-            return str(error)
+            return self._refuse(str(error))
         with self._changed:
-            if party in self._sessions:
-                return f"party {party!r} is connected already"
-            session = _Session(party, peer)
+            previous = self._sessions.get(party)
+            session = _Session(party, peer, inbound)
             self._sessions[party] = session
             self._changed.notify_all()
-        logger.info("party %r joined from %s", party, peer)
+        if previous is None:
+            logger.info("party %r joined from %s", party, peer)
+        else:
+            previous.drop("it connected again")
+            logger.info("party %r connected again from %s", party, peer)
         return session
 
-    def _fail(self, error: AccordError) -> None:
+    def _refuse(self, reason: str) -> str:
         with self._changed:
-            if self._failure is None:
-                self._failure = error
+            if not self._running and self._failure is None:
+                self._failure = PeerError(reason)
             self._changed.notify_all()
+        logger.warning("refused: %s", reason)
+        return reason
+
+    def _links(self) -> dict[str, RemoteFeatureParty]:
+        return {
+            party: RemoteFeatureParty(self._sessions[party], self.idle_timeout, traffic)
+            for party, traffic in self._traffic.items()
+        }
 
     def wait_for_parties(
         self, timeout: float, clock: Callable[[], float] = time.monotonic
@@ -354,10 +453,39 @@ class LabelServer:
                 self._changed.wait(min(left, 1.0))
             if self._failure is not None:
                 raise self._failure
-            return {
-                party: RemoteFeatureParty(self._sessions[party], self.idle_timeout)
-                for party in expected
-            }
+            self._running = True
+            return self._links()
+
+    def recover(
+        self,
+        lost: PartyLostError,
+        held_epoch: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> dict[str, RemoteFeatureParty]:
+        """After ``lost``: forget the lost stream, and once every feature party is
+        connected again (within ``timeout`` seconds, or one :class:`PeerError` line) the
+        links to continue with, from ``held_epoch`` (the parties must be told to restore
+        it: :meth:`RemoteFeatureParty.restore`)."""
+        with self._changed:
+            self._held_epoch = held_epoch
+            if lost.session is not None and self._sessions.get(lost.party) is lost.session:
+                del self._sessions[lost.party]
+        if lost.session is not None:
+            lost.session.drop("the label party forgot this stream")
+        deadline = clock() + timeout
+        expected = set(self._expected.feature_parties)
+        with self._changed:
+            while set(self._sessions) != expected:
+                left = deadline - clock()
+                if left <= 0:
+                    missing = sorted(expected - set(self._sessions))
+                    raise PeerError(
+                        f"party {', '.join(repr(p) for p in missing)} did not come back within"
+                        f" {timeout:g} s ({lost})"
+                    )
+                self._changed.wait(min(left, 1.0))
+            return self._links()
 
     def stop(self, grace: float = 2.0) -> None:
         """End every stream and stop listening."""
@@ -410,12 +538,25 @@ class DialSettings:
     idle_timeout: float = 300.0
     #: The TLS name to expect on the label party's certificate (``None``: the host).
     server_name: str | None = None
+    #: Seconds to keep redialling a label party lost mid-run (0: a loss ends the party).
+    reconnect_timeout: float = 60.0
+    #: Bounds of the pause between two failed attempts (doubling from the first).
+    reconnect_initial: float = 0.05
+    reconnect_max: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("connect_timeout", "idle_timeout"):
+        for name in ("connect_timeout", "idle_timeout", "reconnect_initial", "reconnect_max"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
+        value = self.reconnect_timeout
+        if not isinstance(value, int | float) or value < 0:
+            raise ConfigurationError(f"reconnect_timeout: expected seconds >= 0, got {value!r}")
+        if self.reconnect_initial > self.reconnect_max:
+            raise ConfigurationError(
+                "reconnect: expected reconnect_initial <= reconnect_max, got"
+                f" {self.reconnect_initial!r} and {self.reconnect_max!r}"
+            )
 
 
 def _channel(settings: DialSettings, credentials: NodeCredentials) -> grpc.Channel:
@@ -453,30 +594,101 @@ class _Watchdog:
         self._thread.join(5)
 
 
+class _LostError(Exception):
+    """The stream to the label party ended before the run did. ``progress``: 0, it was
+    not admitted; 1, admitted (welcomed) only; 2, it carried out instructions."""
+
+    def __init__(self, message: str, progress: int) -> None:
+        super().__init__(message)
+        self.progress = progress
+
+
+@dataclass(frozen=True)
+class FeatureHooks:
+    """What a feature party does besides the rounds (each optional)."""
+
+    #: Save the party's state after ``next_epoch`` epochs (the label party asks after each).
+    on_checkpoint: Callable[[int], None] | None = None
+    #: Continue from the state after ``next_epoch`` epochs (after every join and rejoin).
+    on_restore: Callable[[int], None] | None = None
+    #: Called with every ``Welcome``.
+    on_welcome: Callable[[pb.Welcome], None] | None = None
+
+
 def serve_feature_party(
+    party: FeatureParty,
+    hello: pb.Hello | Callable[[], pb.Hello],
+    settings: DialSettings,
+    credentials: NodeCredentials,
+    *,
+    hooks: FeatureHooks | None = None,
+    new_rows: PartyTable | None = None,
+) -> str:
+    """Dial the label party, answer its instructions until it finishes the run; the
+    finish reason. A refusal is one :class:`PeerError`; so is a label party lost or silent
+    for longer than ``settings.reconnect_timeout`` (until then the party redials, with a
+    pause doubling from ``reconnect_initial`` to ``reconnect_max``, and announces itself
+    again: ``hello`` may be a function giving the current ``Hello``).
+    ``new_rows``: the party's columns of new rows to embed when the label party scores
+    them (``accord vertical predict``)."""
+    hooks = hooks or FeatureHooks()
+    make_hello = hello if callable(hello) else (lambda: hello)
+    window = settings.reconnect_timeout
+    lost_at: float | None = None  # when the label party was lost (None: not lost)
+    lost_why = ""
+    delay = settings.reconnect_initial
+    while True:
+        within = settings.connect_timeout
+        if lost_at is not None:
+            within = lost_at + window - time.monotonic()
+            if within <= 0:
+                raise PeerError(f"{lost_why}; it did not come back within {window:g} s")
+        try:
+            return _feature_session(
+                party, make_hello(), settings, credentials, hooks, within, new_rows, lost_at
+            )
+        except _LostError as lost:
+            # A loss mid-run opens a window to redial; a label party that admits the party
+            # again but sends no instruction (it is stuck) does not reopen it.
+            if window > 0 and lost.progress > (0 if lost_at is None else 1):
+                lost_at, lost_why, delay = time.monotonic(), str(lost), settings.reconnect_initial
+                logger.warning("%s; redialling for up to %g s", lost_why, window)
+            elif lost_at is None:  # never joined, or no reconnection
+                raise PeerError(str(lost)) from None
+            left = lost_at + window - time.monotonic()  # still away: pause, then redial
+        time.sleep(max(0.0, min(delay, left)))
+        delay = min(settings.reconnect_max, delay * 2)
+
+
+def _connect(settings: DialSettings, credentials: NodeCredentials, within: float) -> grpc.Channel:
+    """A channel to the label party, ready within ``within`` seconds (or :class:`_LostError`)."""
+    channel = _channel(settings, credentials)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=within)
+    except grpc.FutureTimeoutError:
+        channel.close()
+        raise _LostError(
+            f"cannot reach the label party at {settings.address} within {within:g} s (is it"
+            " listening? do its certificate and this party's CA match?)",
+            False,
+        ) from None
+    return channel
+
+
+def _feature_session(
     party: FeatureParty,
     hello: pb.Hello,
     settings: DialSettings,
     credentials: NodeCredentials,
-    *,
-    on_checkpoint: Callable[[int], None] | None = None,
-    on_welcome: Callable[[pb.Welcome], None] | None = None,
-    new_rows: PartyTable | None = None,
+    hooks: FeatureHooks,
+    within: float,
+    new_rows: PartyTable | None,
+    lost_at: float | None,
 ) -> str:
-    """Dial the label party, answer its instructions until it finishes the run; the
-    finish reason. A refusal, a lost or silent label party is one :class:`PeerError`.
-    ``new_rows``: the party's columns of new rows to embed when the label party scores
-    them (``accord vertical predict``)."""
-    channel = _channel(settings, credentials)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=settings.connect_timeout)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise PeerError(
-            f"cannot reach the label party at {settings.address} within"
-            f" {settings.connect_timeout:g} s (is it listening? do its certificate and this"
-            " party's CA match?)"
-        ) from None
+    """One stream: connect (within ``within`` seconds), announce, serve; the finish
+    reason. A stream that ends before the run does is :class:`_LostError`. ``lost_at``:
+    when the previous stream was lost (``None``: this is the first)."""
+    channel = _connect(settings, credentials, within)
     outbound: queue.Queue[Any] = queue.Queue()
     outbound.put(pb.FeatureMessage(hello=hello))
 
@@ -490,25 +702,33 @@ def serve_feature_party(
     stub = pb_grpc.VerticalStub(channel)  # type: ignore[no-untyped-call]
     call = stub.Session(requests(), metadata=bearer_metadata(credentials))
     watchdog = _Watchdog(call, settings.idle_timeout)
+    progress = [0]
+
+    def on_welcome(welcome: pb.Welcome) -> None:
+        progress[0] = 1
+        if lost_at is None:
+            logger.info("joined %r's run", welcome.label_party)
+        else:
+            logger.info(
+                "rejoined %r's run after %.1f s",
+                welcome.label_party,
+                time.monotonic() - lost_at,
+            )
+        if hooks.on_welcome is not None:
+            hooks.on_welcome(welcome)
+
+    session_hooks = FeatureHooks(hooks.on_checkpoint, hooks.on_restore, on_welcome)
     try:
         for message in call:
             watchdog.last = time.monotonic()
-            reason = _answer(party, message, outbound, (on_checkpoint, on_welcome), new_rows)
+            if progress[0] == 1 and message.WhichOneof("body") != "welcome":
+                progress[0] = 2
+            reason = _answer(party, message, outbound, session_hooks, new_rows)
             if reason is not None:
                 return reason
-        raise PeerError("the label party closed the session before the run ended")
+        raise _LostError("the label party closed the session before the run ended", progress[0])
     except grpc.RpcError as error:
-        if watchdog.fired:
-            raise PeerError(
-                f"the label party sent nothing for {settings.idle_timeout:g} s"
-            ) from None
-        code = error.code() if hasattr(error, "code") else None
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise PeerError(
-                f"the label party at {settings.address} refused this party's credentials"
-                f" (party {hello.party!r}: is this its own `accord certs --names` folder?)"
-            ) from None
-        raise PeerError(f"lost the label party at {settings.address}: {_details(error)}") from None
+        raise _broken(error, watchdog.fired, settings, hello.party, progress[0]) from None
     finally:
         watchdog.stop()
         outbound.put(_END)
@@ -516,28 +736,47 @@ def serve_feature_party(
         channel.close()
 
 
+def _broken(
+    error: grpc.RpcError, silent: bool, settings: DialSettings, party: str, progress: int
+) -> Exception:
+    """What a broken stream to the label party means: a refusal of this party's
+    credentials (final, :class:`PeerError`), or a loss (:class:`_LostError`)."""
+    if silent:
+        return _LostError(f"the label party sent nothing for {settings.idle_timeout:g} s", progress)
+    code = error.code() if hasattr(error, "code") else None
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return PeerError(
+            f"the label party at {settings.address} refused this party's credentials"
+            f" (party {party!r}: is this its own `accord certs --names` folder?)"
+        )
+    return _LostError(f"lost the label party at {settings.address}: {_details(error)}", progress)
+
+
 def _answer(
     party: FeatureParty,
     message: pb.LabelMessage,
     outbound: queue.Queue[Any],
-    callbacks: tuple[Callable[[int], None] | None, Callable[[pb.Welcome], None] | None],
+    hooks: FeatureHooks,
     new_rows: PartyTable | None,
 ) -> str | None:
     """Carry out one instruction; the finish reason once the run is over."""
-    on_checkpoint, on_welcome = callbacks
     kind = message.WhichOneof("body")
     if kind == "finish":
         return message.finish.reason or "finished"
     if kind == "refused":
         raise PeerError(f"the label party refused this party: {message.refused.reason}")
     if kind == "welcome":
-        logger.info("joined %r's run", message.welcome.label_party)
-        if on_welcome is not None:
-            on_welcome(message.welcome)
+        if hooks.on_welcome is not None:
+            hooks.on_welcome(message.welcome)
     elif kind == "checkpoint":
-        if on_checkpoint is not None:
-            on_checkpoint(int(message.checkpoint.next_epoch))
+        if hooks.on_checkpoint is not None:
+            hooks.on_checkpoint(int(message.checkpoint.next_epoch))
         outbound.put(pb.FeatureMessage(matrix=pb.Matrix()))  # saved (or nothing to save)
+    elif kind == "restore":
+        if hooks.on_restore is None:
+            raise ProtocolError("restore: this party keeps no state to continue from")
+        hooks.on_restore(int(message.restore.next_epoch))
+        outbound.put(pb.FeatureMessage(matrix=pb.Matrix()))  # restored
     else:
         reply = _carry_out(party, message, kind, new_rows)
         if reply is not None:
@@ -575,17 +814,19 @@ def _carry_out(
 
 def feature_hello(
     announcement: PartyAnnouncement,
-    resume_epoch: int = 0,
+    held: Sequence[int] = (),
     predict: PartyAnnouncement | None = None,
 ) -> pb.Hello:
-    """The first message of a feature party's stream (``predict``: the new rows it embeds)."""
+    """The first message of a feature party's stream: ``held``, the epochs it holds a
+    state after (empty: a new party); ``predict``, the new rows it embeds."""
     return pb.Hello(
         protocol_version=PROTOCOL_VERSION,
         party=announcement.party,
         row_count=announcement.row_count,
         settings_fingerprint=announcement.settings_fingerprint,
         alignment_fingerprint=announcement.alignment_fingerprint or "",
-        resume_epoch=resume_epoch,
+        resume_epoch=max(held, default=0),
+        held_epochs=sorted(held),
         predict_rows=0 if predict is None else predict.row_count,
         predict_alignment_fingerprint=(
             "" if predict is None else predict.alignment_fingerprint or ""
