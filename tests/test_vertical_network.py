@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_support import load_benchmark
 
 from accord.cli import main
 from accord.commands.exit_codes import ExitCode
@@ -253,6 +254,33 @@ def test_a_feature_party_killed_and_restarted_rejoins_the_running_label_party(
     summary = json.loads((run_dir / "summary.json").read_text())
     (reconnection,) = summary["reconnections"]
     assert reconnection["party"] == "insurer" and reconnection["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_a_cut_connection_is_redialled_and_the_run_equals_the_uninterrupted_one(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    chaos = load_benchmark("chaos_soak")
+    quiet = chaos.SoakSettings(server_kills=0, node_kills=0, max_delay=0.0, cut_after=1e9, refuse=0)
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir, *LONGER)
+    processes.append(label)
+    proxy = chaos.ChaosProxy(_port(run_dir, label), quiet, seed=0)
+    try:
+        feature = _feature(world, proxy.start(), *LONGER)  # no checkpoint file: in memory
+        processes.append(feature)
+        _wait_for_epochs(run_dir, 2, label)
+        proxy.cut()  # both processes live on; their TCP connection dies without a FIN
+        feature_code, _, feature_err = _finish(feature)
+        label_code, _, label_err = _finish(label)
+    finally:
+        proxy.stop()
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "redialling for up to 60 s" in feature_err and "rejoined 'bank''s run" in feature_err
+    settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
+    _check_equal(run_dir, _simulated(world, settings))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["party"] for r in summary["reconnections"]] == ["insurer"]
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(

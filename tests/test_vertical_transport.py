@@ -41,13 +41,17 @@ def _table(name: str, rows: int, labels: bool = False) -> PartyTable:
     return PartyTable(name, features, ("a", "b", "c"), label)
 
 
-def _server(creds: Path, fingerprint: str | None = FINGERPRINT) -> LabelServer:
+def _server(
+    creds: Path, fingerprint: str | None = FINGERPRINT, hello_timeout: float = 30.0
+) -> LabelServer:
     from accord.vertical import LabelParty
 
     label = LabelParty(_table("bank", 200, labels=True), SETTINGS, ["insurer"])
     credentials = load_server_credentials(creds, "both")
     check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
-    server = LabelServer(announce(label, fingerprint), ["insurer"], credentials, check)
+    server = LabelServer(
+        announce(label, fingerprint), ["insurer"], credentials, check, hello_timeout=hello_timeout
+    )
     server.start("127.0.0.1", 0)
     return server
 
@@ -152,6 +156,46 @@ def test_a_silent_feature_party_ends_the_label_partys_wait() -> None:
     link = RemoteFeatureParty(_Session("insurer", "peer"), idle_timeout=0.2)
     with pytest.raises(PeerError, match=r"party 'insurer' sent nothing for 0.2 s \(waiting for"):
         link.forward(BatchRequest(0, 0))
+
+
+def test_connections_that_never_say_hello_are_dropped_and_the_party_still_joins(
+    creds: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    from accord.credentials.tls import bearer_metadata
+    from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
+    from accord.vertical.transport import _channel
+
+    server = _server(creds, hello_timeout=1.0)
+    silence = threading.Event()
+
+    def nothing() -> Any:
+        silence.wait(120)
+        yield from ()
+
+    credentials = feature_credentials(creds / "insurer")
+    channel = _channel(DialSettings(f"127.0.0.1:{server.port}"), credentials)
+    raw = socket.create_connection(("127.0.0.1", server.port or 0))  # TCP, then nothing
+    try:
+        # More silent streams (authenticated TLS, no Hello) than the server has threads:
+        # without a deadline on the Hello they would hold every one of them.
+        stub = pb_grpc.VerticalStub(channel)  # type: ignore[no-untyped-call]
+        silent = [stub.Session(nothing(), metadata=bearer_metadata(credentials)) for _ in range(9)]
+        party = FeatureParty(_table("insurer", 200), SETTINGS)
+        thread, outcome = _dial(server, creds, party, FINGERPRINT)
+        links = server.wait_for_parties(60)
+        assert links["insurer"].forward(BatchRequest(0, 0)).values.shape[0] == 32
+        links["insurer"].finish("done")
+        thread.join(60)
+        assert outcome == ["done"]
+    finally:
+        silence.set()
+        raw.close()
+        channel.close()
+        server.stop()
+    dropped = [r.getMessage() for r in caplog.records if "no Hello within 1 s" in r.getMessage()]
+    assert dropped and len(silent) == 9
 
 
 def test_a_credentials_folder_without_a_token_is_refused(creds: Path, tmp_path: Path) -> None:
