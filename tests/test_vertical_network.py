@@ -41,7 +41,13 @@ EXPECTED = VerticalSettings(
 FINGERPRINT = "ab" * 32
 
 
-def _write_party(folder: Path, name: str, columns: dict[str, np.ndarray], rows: int) -> None:
+def _write_party(
+    folder: Path,
+    name: str,
+    columns: dict[str, np.ndarray],
+    rows: int,
+    parties: tuple[str, ...] = ("bank", "insurer"),
+) -> None:
     header = ["id", *columns]
     lines = [",".join(header)]
     for row in range(rows):
@@ -49,7 +55,7 @@ def _write_party(folder: Path, name: str, columns: dict[str, np.ndarray], rows: 
     (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
     summary = {
         "party": name,
-        "parties": ["bank", "insurer"],
+        "parties": list(parties),
         "intersection": rows,
         "fingerprint": FINGERPRINT,
     }
@@ -83,11 +89,13 @@ def _label(
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _feature(world: Path, port: int, *extra: str, creds: str = "insurer") -> subprocess.Popen[str]:
+def _feature(
+    world: Path, port: int, *extra: str, creds: str = "insurer", name: str = "insurer"
+) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "feature",
-        "--table", str(world / "insurer.csv"),
-        "--alignment", str(world / "insurer.summary.json"), "--ignore-columns", "id",
+        "--table", str(world / f"{name}.csv"),
+        "--alignment", str(world / f"{name}.summary.json"), "--ignore-columns", "id",
         "--connect", f"127.0.0.1:{port}", "--credentials", str(world / "creds" / creds),
         "--connect-timeout", "60", *SETTINGS, *extra,
     ]  # fmt: skip
@@ -281,6 +289,64 @@ def test_a_cut_connection_is_redialled_and_the_run_equals_the_uninterrupted_one(
     _check_equal(run_dir, _simulated(world, settings))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["party"] for r in summary["reconnections"]] == ["insurer"]
+
+
+@pytest.fixture(scope="module")
+def world3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three aligned tables: bank (labels, 2 columns), insurer (2) and merchant (2)."""
+    folder = tmp_path_factory.mktemp("vertical3")
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(ROWS, 6))
+    logits = features @ np.array([1.0, -1.0, 1.5, 0.8, -1.2, 1.0]) + rng.normal(size=ROWS)
+    parties = ("bank", "insurer", "merchant")
+    columns = {
+        "bank": {"b0": features[:, 0], "b1": features[:, 1], "y": (logits > 0.3) * 1.0},
+        "insurer": {"i0": features[:, 2], "i1": features[:, 3]},
+        "merchant": {"m0": features[:, 4], "m1": features[:, 5]},
+    }
+    for name in parties:
+        _write_party(folder, name, columns[name], ROWS, parties)
+    assert main(["--quiet", "certs", str(folder / "creds"), "--names", ",".join(parties)]) == 0
+    return folder
+
+
+@pytest.mark.slow
+def test_three_parties_equal_the_simulation_and_the_others_wait_for_a_restarted_one(
+    world3: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir, saved = tmp_path / "run", tmp_path / "merchant.npz"
+    label = _label(world3, run_dir, *LONGER)
+    processes.append(label)
+    port = _port(run_dir, label)
+    insurer = _feature(world3, port, *LONGER)
+    merchant_flags = (*LONGER, "--checkpoint", str(saved))
+    merchant = _feature(world3, port, *merchant_flags, creds="merchant", name="merchant")
+    processes += [insurer, merchant]
+    _wait_for_epochs(run_dir, 2, label)
+    merchant.kill()  # insurer stays connected: it waits, then rolls back with the others
+    merchant.communicate(timeout=60)
+    merchant = _feature(
+        world3, port, *merchant_flags, "--resume", creds="merchant", name="merchant"
+    )
+    processes.append(merchant)
+    codes = [_finish(p) for p in (merchant, insurer, label)]
+    assert [c[0] for c in codes] == [0, 0, 0], "".join(c[2][-2000:] for c in codes)
+
+    tables = {
+        name: read_party_table(
+            world3 / f"{name}.csv",
+            name,
+            label_column="y" if name == "bank" else None,
+            ignore=["id"],
+        )
+        for name in ("bank", "insurer", "merchant")
+    }
+    settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
+    expected = simulate_vertical(tables["bank"], [tables["insurer"], tables["merchant"]], settings)
+    _check_equal(run_dir, expected)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["parties"] == ["bank", "insurer", "merchant"]
+    assert [r["party"] for r in summary["reconnections"]] == ["merchant"]
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(
