@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _label(
-    world: Path, run_dir: Path, *extra: str, listen: str = "127.0.0.1:0"
+    world: Path, run_dir: Path, *extra: str, listen: str = "127.0.0.1:0", die_in: int | None = None
 ) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "label",
@@ -86,11 +87,16 @@ def _label(
         "--label-column", "y", "--ignore-columns", "id", "--listen", listen,
         "--credentials", str(world / "creds"), "--run-dir", str(run_dir), *SETTINGS, *extra,
     ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _start(command, die_in)
 
 
 def _feature(
-    world: Path, port: int, *extra: str, creds: str = "insurer", name: str = "insurer"
+    world: Path,
+    port: int,
+    *extra: str,
+    creds: str = "insurer",
+    name: str = "insurer",
+    die_in: int | None = None,
 ) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "feature",
@@ -99,7 +105,17 @@ def _feature(
         "--connect", f"127.0.0.1:{port}", "--credentials", str(world / "creds" / creds),
         "--connect-timeout", "60", *SETTINGS, *extra,
     ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _start(command, die_in)
+
+
+def _start(command: list[str], die_in: int | None) -> subprocess.Popen[str]:
+    """``command``, killing itself in the middle of epoch ``die_in`` (a failpoint)."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCORD_FAILPOINT"}
+    if die_in is not None:
+        env["ACCORD_FAILPOINT"] = f"vertical-exit@{die_in}"
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _port(run_dir: Path, label: subprocess.Popen[str]) -> int:
@@ -216,12 +232,13 @@ def _wait_for_epochs(run_dir: Path, count: int, running: subprocess.Popen[str]) 
 def test_a_label_party_killed_and_resumed_is_rejoined_by_the_running_feature_party(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
-    label, feature = _pair(world, run_dir, processes, LONGER, (*LONGER, "--checkpoint", str(saved)))
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir, *LONGER, die_in=3)  # SIGKILLed in the middle of epoch 3
+    processes.append(label)
     port = _port(run_dir, label)
-    _wait_for_epochs(run_dir, 2, label)
-    label.kill()  # mid-run, without warning
-    label.communicate(timeout=60)
+    feature = _feature(world, port, *LONGER)  # no checkpoint file: it keeps its state in memory
+    processes.append(feature)
+    assert label.wait(timeout=120) == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
 
     # The label party restarted on the same port; the feature party was never restarted.
@@ -236,7 +253,7 @@ def test_a_label_party_killed_and_resumed_is_rejoined_by_the_running_feature_par
     settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
     _check_equal(run_dir, _simulated(world, settings))
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["resumed_at_epoch"] >= 1
+    assert summary["resumed_at_epoch"] == 3
 
 
 @pytest.mark.slow
@@ -245,11 +262,12 @@ def test_a_feature_party_killed_and_restarted_rejoins_the_running_label_party(
 ) -> None:
     run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
     saving = (*LONGER, "--checkpoint", str(saved))
-    label, feature = _pair(world, run_dir, processes, LONGER, saving)
+    label = _label(world, run_dir, *LONGER)
+    processes.append(label)
     port = _port(run_dir, label)
-    _wait_for_epochs(run_dir, 2, label)
-    feature.kill()  # mid-run, without warning
-    feature.communicate(timeout=60)
+    feature = _feature(world, port, *saving, die_in=3)  # SIGKILLed in the middle of epoch 3
+    processes.append(feature)
+    assert feature.wait(timeout=120) == -signal.SIGKILL
 
     feature = _feature(world, port, *saving, "--resume")
     processes.append(feature)
@@ -261,7 +279,7 @@ def test_a_feature_party_killed_and_restarted_rejoins_the_running_label_party(
     _check_equal(run_dir, _simulated(world, settings))
     summary = json.loads((run_dir / "summary.json").read_text())
     (reconnection,) = summary["reconnections"]
-    assert reconnection["party"] == "insurer" and reconnection["epoch"] >= 1
+    assert (reconnection["party"], reconnection["epoch"]) == ("insurer", 3)
 
 
 @pytest.mark.slow
@@ -320,11 +338,11 @@ def test_three_parties_equal_the_simulation_and_the_others_wait_for_a_restarted_
     port = _port(run_dir, label)
     insurer = _feature(world3, port, *LONGER)
     merchant_flags = (*LONGER, "--checkpoint", str(saved))
-    merchant = _feature(world3, port, *merchant_flags, creds="merchant", name="merchant")
+    merchant = _feature(world3, port, *merchant_flags, creds="merchant", name="merchant", die_in=2)
     processes += [insurer, merchant]
-    _wait_for_epochs(run_dir, 2, label)
-    merchant.kill()  # insurer stays connected: it waits, then rolls back with the others
-    merchant.communicate(timeout=60)
+    # merchant dies in the middle of epoch 2; insurer stays connected: it waits, then rolls
+    # back to the end of epoch 1 with the others
+    assert merchant.wait(timeout=120) == -signal.SIGKILL
     merchant = _feature(
         world3, port, *merchant_flags, "--resume", creds="merchant", name="merchant"
     )
@@ -346,7 +364,7 @@ def test_three_parties_equal_the_simulation_and_the_others_wait_for_a_restarted_
     _check_equal(run_dir, expected)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["parties"] == ["bank", "insurer", "merchant"]
-    assert [r["party"] for r in summary["reconnections"]] == ["merchant"]
+    assert [(r["party"], r["epoch"]) for r in summary["reconnections"]] == [("merchant", 2)]
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(

@@ -19,7 +19,10 @@ alignment fingerprint or row count differ.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +175,13 @@ def _run_label(
     features = [p for p in parties if p != table.name]
     label = LabelParty(table, settings, features, protection, args.private_seed)
     result = run_label_party(
-        label, fingerprint, args.credentials, listen, args.run_dir, resume=args.resume
+        label,
+        fingerprint,
+        args.credentials,
+        listen,
+        args.run_dir,
+        resume=args.resume,
+        on_step=_failpoint(),
     )
     test = result.test
     sys.stdout.write(
@@ -202,7 +211,30 @@ def _run_feature(
     )
     party = FeatureParty(table, settings)
     reason = run_feature_party(
-        party, fingerprint, args.credentials, dial, checkpoint=args.checkpoint, resume=args.resume
+        party,
+        fingerprint,
+        args.credentials,
+        dial,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        on_step=_failpoint(),
     )
     sys.stdout.write(f"party {table.name!r}: the label party ended the run: {reason}\n")
     return 0
+
+
+def _failpoint() -> Callable[[int, int], None] | None:
+    """``ACCORD_FAILPOINT=vertical-exit@E``: SIGKILL this party after the training step of
+    batch 2 of epoch E (tests of a party killed mid-epoch)."""
+    from accord.failpoints import VERTICAL_ACTIONS, failpoints_for
+
+    points = failpoints_for(VERTICAL_ACTIONS)
+    if not points:
+        return None
+    epoch = points[0].step
+
+    def die(done_epoch: int, batch: int) -> None:
+        if (done_epoch, batch) == (epoch, 2):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die

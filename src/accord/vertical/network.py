@@ -33,10 +33,11 @@ from accord.vertical.checkpoints import (
     read_label_checkpoint,
     write_label_checkpoint,
 )
+from accord.vertical.messages import BatchRequest, EmbeddingGradient
 from accord.vertical.parties import PREDICT, FeatureParty, LabelParty, PartyTable
 from accord.vertical.results import DriverState, VerticalResult
 from accord.vertical.run_files import CHECKPOINT_FILE, LabelRunFolder
-from accord.vertical.simulation import run_vertical
+from accord.vertical.simulation import GradientObserver, run_vertical
 from accord.vertical.transport import (
     DialSettings,
     FeatureHooks,
@@ -108,6 +109,7 @@ def run_label_party(
     on_listening: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     resume: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> VerticalResult:
     """Listen, admit the feature parties, train, write the run folder; the result.
 
@@ -120,6 +122,7 @@ def run_label_party(
     ``listen.reconnect_timeout`` seconds, passing the same checks: every party then rolls
     back to the last epoch they all hold and the epoch in progress is replayed, so the
     result equals an uninterrupted run's. The reconnections are listed in ``summary.json``.
+    ``on_step(epoch, batch)`` is called after each training step (testing failpoints).
     """
     folder = LabelRunFolder(run_dir, resume=resume)
     announcement = announce(label, alignment_fingerprint)
@@ -163,7 +166,13 @@ def run_label_party(
             try:
                 for link in links.values():
                     link.restore(snapshot.next_epoch)
-                result = run_vertical(label, links, on_epoch_end=on_epoch_end, resume=resume_from)
+                result = run_vertical(
+                    label,
+                    links,
+                    on_epoch_end=on_epoch_end,
+                    resume=resume_from,
+                    on_gradient=None if on_step is None else _stepped(on_step),
+                )
                 break
             except PartyLostError as lost:
                 if listen.reconnect_timeout <= 0:
@@ -195,6 +204,14 @@ def run_label_party(
         raise
     finally:
         server.stop()
+
+
+def _stepped(on_step: Callable[[int, int], None]) -> GradientObserver:
+    def observe(request: BatchRequest, gradient: EmbeddingGradient) -> None:
+        del gradient
+        on_step(request.epoch, request.batch)
+
+    return observe
 
 
 def _rejoined(
@@ -254,6 +271,7 @@ def run_feature_party(
     *,
     checkpoint: Path | None = None,
     resume: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> str:
     """Dial the label party and serve the run; the label party's finish reason.
 
@@ -282,9 +300,7 @@ def run_feature_party(
         lambda: feature_hello(announcement, saved.held()),
         dial,
         credentials,
-        hooks=FeatureHooks(
-            on_checkpoint=saved.save, on_restore=saved.restore, on_welcome=on_welcome
-        ),
+        hooks=FeatureHooks(saved.save, saved.restore, on_welcome, on_step),
     )
 
 

@@ -24,13 +24,13 @@ which epochs it holds. Past those deadlines, one :class:`PeerError` line ends th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -298,7 +298,7 @@ def _details(error: grpc.RpcError) -> str:
     return str(getattr(code, "name", None) or type(error).__name__)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Expected:
     label: PartyAnnouncement
     feature_parties: tuple[str, ...]
@@ -526,7 +526,7 @@ def _check_predict(expected: PartyAnnouncement | None, hello: pb.Hello) -> None:
 # ------------------------------------------------------------------ feature party
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DialSettings:
     """How a feature party reaches the label party."""
 
@@ -603,7 +603,7 @@ class _LostError(Exception):
         self.progress = progress
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class FeatureHooks:
     """What a feature party does besides the rounds (each optional)."""
 
@@ -613,6 +613,8 @@ class FeatureHooks:
     on_restore: Callable[[int], None] | None = None
     #: Called with every ``Welcome``.
     on_welcome: Callable[[pb.Welcome], None] | None = None
+    #: Called with ``(epoch, batch)`` after each training step (testing failpoints).
+    on_step: Callable[[int, int], None] | None = None
 
 
 def serve_feature_party(
@@ -717,7 +719,7 @@ def _feature_session(
         if hooks.on_welcome is not None:
             hooks.on_welcome(welcome)
 
-    session_hooks = FeatureHooks(hooks.on_checkpoint, hooks.on_restore, on_welcome)
+    session_hooks = dataclasses.replace(hooks, on_welcome=on_welcome)
     try:
         for message in call:
             watchdog.last = time.monotonic()
@@ -781,6 +783,8 @@ def _answer(
         reply = _carry_out(party, message, kind, new_rows)
         if reply is not None:
             outbound.put(pb.FeatureMessage(matrix=to_matrix(reply)))
+        elif kind == "backward" and hooks.on_step is not None:
+            hooks.on_step(int(message.backward.epoch), int(message.backward.batch))
     return None
 
 
