@@ -20,8 +20,9 @@ from accord.credentials.auth import Authenticator, load_server_credentials
 from accord.credentials.issue import make_credentials
 from accord.errors import ConfigurationError, PeerError
 from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
+from accord.vertical.feature_transport import DialSettings
 from accord.vertical.network import announce, feature_credentials, run_feature_party
-from accord.vertical.transport import DialSettings, LabelServer, RemoteFeatureParty, _Session
+from accord.vertical.transport import LabelServer, RemoteFeatureParty, _Session
 
 SETTINGS = VerticalSettings(batch_size=32, epochs=2, validation_fraction=0.2, test_fraction=0.2)
 FINGERPRINT = "cd" * 32
@@ -164,8 +165,8 @@ def test_connections_that_never_say_hello_are_dropped_and_the_party_still_joins(
     import socket
 
     from accord.credentials.tls import bearer_metadata
+    from accord.vertical.feature_transport import _channel
     from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
-    from accord.vertical.transport import _channel
 
     server = _server(creds, hello_timeout=1.0)
     silence = threading.Event()

@@ -197,9 +197,9 @@ def _run_label(
 def _run_feature(
     args: argparse.Namespace, settings: Any, table: Any, fingerprint: str | None
 ) -> int:
+    from accord.vertical.feature_transport import DialSettings
     from accord.vertical.network import run_feature_party
     from accord.vertical.parties import FeatureParty
-    from accord.vertical.transport import DialSettings
 
     parse_address(args.connect, "--connect")
     dial = DialSettings(

@@ -33,20 +33,22 @@ from accord.vertical.checkpoints import (
     read_label_checkpoint,
     write_label_checkpoint,
 )
+from accord.vertical.feature_transport import (
+    DialSettings,
+    FeatureHooks,
+    feature_hello,
+    serve_feature_party,
+)
 from accord.vertical.messages import BatchRequest, EmbeddingGradient
 from accord.vertical.parties import PREDICT, FeatureParty, LabelParty, PartyTable
 from accord.vertical.results import DriverState, VerticalResult
 from accord.vertical.run_files import CHECKPOINT_FILE, LabelRunFolder
 from accord.vertical.simulation import GradientObserver, run_vertical
 from accord.vertical.transport import (
-    DialSettings,
-    FeatureHooks,
     LabelServer,
     PartyLostError,
     RemoteFeatureParty,
-    feature_hello,
     links_bytes,
-    serve_feature_party,
 )
 
 __all__ = [
