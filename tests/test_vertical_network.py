@@ -42,40 +42,48 @@ EXPECTED = VerticalSettings(
 FINGERPRINT = "ab" * 32
 
 
-def _write_party(
-    folder: Path,
-    name: str,
-    columns: dict[str, np.ndarray],
-    rows: int,
-    parties: tuple[str, ...] = ("bank", "insurer"),
-) -> None:
-    header = ["id", *columns]
-    lines = [",".join(header)]
-    for row in range(rows):
-        lines.append(",".join([f"id{row}", *(f"{columns[c][row]:.6f}" for c in columns)]))
-    (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
-    summary = {
-        "party": name,
-        "parties": list(parties),
-        "intersection": rows,
-        "fingerprint": FINGERPRINT,
-    }
-    (folder / f"{name}.summary.json").write_text(json.dumps(summary))
+def _write_world(
+    folder: Path, widths: dict[str, int], weights: list[float], threshold: float, seed: int
+) -> Path:
+    """Aligned tables of ``ROWS`` rows, one per party of ``widths`` (its column count; the
+    first party also holds the label ``y``), their alignment summaries and credentials."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(ROWS, sum(widths.values())))
+    logits = features @ np.array(weights) + rng.normal(size=ROWS)
+    labels = (logits > threshold).astype(np.float64)
+    start = 0
+    for index, (name, width) in enumerate(widths.items()):
+        columns = {f"{name[0]}{i}": features[:, start + i] for i in range(width)}
+        columns |= {"y": labels} if index == 0 else {}
+        start += width
+        lines = [",".join(["id", *columns])]
+        for row in range(ROWS):
+            lines.append(",".join([f"id{row}", *(f"{columns[c][row]:.6f}" for c in columns)]))
+        (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        summary = {"party": name, "parties": list(widths), "intersection": ROWS}
+        (folder / f"{name}.summary.json").write_text(
+            json.dumps({**summary, "fingerprint": FINGERPRINT})
+        )
+    names = ",".join(widths)
+    assert main(["--quiet", "certs", str(folder / "creds"), "--names", names]) == 0
+    return folder
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("vertical")
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(ROWS, 6))
-    logits = features @ np.array([1.5, -1.0, 0.5, 1.0, -1.5, 0.8]) + rng.normal(size=ROWS)
-    labels = (logits > 0.5).astype(np.float64)
-    bank = {f"b{i}": features[:, i] for i in range(3)} | {"y": labels}
-    insurer = {f"i{i}": features[:, 3 + i] for i in range(3)}
-    _write_party(folder, "bank", bank, ROWS)
-    _write_party(folder, "insurer", insurer, ROWS)
-    assert main(["--quiet", "certs", str(folder / "creds"), "--names", "bank,insurer"]) == 0
-    return folder
+    """bank (labels, 3 columns) and insurer (3 columns)."""
+    weights = [1.5, -1.0, 0.5, 1.0, -1.5, 0.8]
+    return _write_world(
+        tmp_path_factory.mktemp("vertical"), {"bank": 3, "insurer": 3}, weights, 0.5, seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def world3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three aligned tables: bank (labels, 2 columns), insurer (2) and merchant (2)."""
+    widths = {"bank": 2, "insurer": 2, "merchant": 2}
+    weights = [1.0, -1.0, 1.5, 0.8, -1.2, 1.0]
+    return _write_world(tmp_path_factory.mktemp("vertical3"), widths, weights, 0.3, seed=1)
 
 
 def _label(
@@ -307,25 +315,6 @@ def test_a_cut_connection_is_redialled_and_the_run_equals_the_uninterrupted_one(
     _check_equal(run_dir, _simulated(world, settings))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["party"] for r in summary["reconnections"]] == ["insurer"]
-
-
-@pytest.fixture(scope="module")
-def world3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three aligned tables: bank (labels, 2 columns), insurer (2) and merchant (2)."""
-    folder = tmp_path_factory.mktemp("vertical3")
-    rng = np.random.default_rng(1)
-    features = rng.normal(size=(ROWS, 6))
-    logits = features @ np.array([1.0, -1.0, 1.5, 0.8, -1.2, 1.0]) + rng.normal(size=ROWS)
-    parties = ("bank", "insurer", "merchant")
-    columns = {
-        "bank": {"b0": features[:, 0], "b1": features[:, 1], "y": (logits > 0.3) * 1.0},
-        "insurer": {"i0": features[:, 2], "i1": features[:, 3]},
-        "merchant": {"m0": features[:, 4], "m1": features[:, 5]},
-    }
-    for name in parties:
-        _write_party(folder, name, columns[name], ROWS, parties)
-    assert main(["--quiet", "certs", str(folder / "creds"), "--names", ",".join(parties)]) == 0
-    return folder
 
 
 @pytest.mark.slow

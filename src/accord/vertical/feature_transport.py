@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from accord._validation import require_number
 from accord.credentials.auth import NodeCredentials
 from accord.credentials.tls import bearer_metadata, channel_options, channel_tls
 from accord.errors import ConfigurationError, PeerError, ProtocolError
@@ -65,12 +66,8 @@ class DialSettings:
 
     def __post_init__(self) -> None:
         for name in ("connect_timeout", "idle_timeout", "reconnect_initial", "reconnect_max"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
-        value = self.reconnect_timeout
-        if not isinstance(value, int | float) or value < 0:
-            raise ConfigurationError(f"reconnect_timeout: expected seconds >= 0, got {value!r}")
+            require_number(name, getattr(self, name), minimum=0, exclusive_minimum=True)
+        require_number("reconnect_timeout", self.reconnect_timeout, minimum=0)
         if self.reconnect_initial > self.reconnect_max:
             raise ConfigurationError(
                 "reconnect: expected reconnect_initial <= reconnect_max, got"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from accord._validation import require_number
 from accord.credentials.auth import (
     REVOKED_NAME,
     Authenticator,
@@ -84,12 +85,8 @@ class ListenSettings:
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
             raise ConfigurationError(f"--listen: expected a port 0..65535, got {self.port!r}")
         for name in ("join_timeout", "idle_timeout", "hello_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
-        value = self.reconnect_timeout
-        if not isinstance(value, int | float) or value < 0:
-            raise ConfigurationError(f"reconnect_timeout: expected seconds >= 0, got {value!r}")
+            require_number(name, getattr(self, name), minimum=0, exclusive_minimum=True)
+        require_number("reconnect_timeout", self.reconnect_timeout, minimum=0)
 
 
 def announce(
