@@ -43,7 +43,10 @@ def _table(name: str, rows: int, labels: bool = False) -> PartyTable:
 
 
 def _server(
-    creds: Path, fingerprint: str | None = FINGERPRINT, hello_timeout: float = 30.0
+    creds: Path,
+    fingerprint: str | None = FINGERPRINT,
+    hello_timeout: float = 30.0,
+    first_epoch: int = 0,
 ) -> LabelServer:
     from accord.vertical import LabelParty
 
@@ -51,7 +54,12 @@ def _server(
     credentials = load_server_credentials(creds, "both")
     check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
     server = LabelServer(
-        announce(label, fingerprint), ["insurer"], credentials, check, hello_timeout=hello_timeout
+        announce(label, fingerprint),
+        ["insurer"],
+        credentials,
+        check,
+        hello_timeout=hello_timeout,
+        first_epoch=first_epoch,
     )
     server.start("127.0.0.1", 0)
     return server
@@ -98,6 +106,21 @@ def test_a_disagreement_is_refused_on_both_sides(
     (error,) = outcome
     assert isinstance(error, PeerError)
     assert str(error).startswith("the label party refused this party: ") and message in str(error)
+
+
+def test_a_new_party_is_refused_by_a_label_party_that_continues_a_run(creds: Path) -> None:
+    server = _server(creds, first_epoch=3)  # a label party resumed after 3 epochs
+    try:
+        party = FeatureParty(_table("insurer", 200), SETTINGS)
+        thread, outcome = _dial(server, creds, party, FINGERPRINT)  # holds no saved epoch
+        message = "party 'insurer' holds the state after epoch 0, the label party continues"
+        with pytest.raises(PeerError, match=message):
+            server.wait_for_parties(60)
+        thread.join(60)
+    finally:
+        server.stop()
+    (error,) = outcome
+    assert isinstance(error, PeerError) and "needs --resume and its --checkpoint" in str(error)
 
 
 def _joined(creds: Path, **dial: Any) -> tuple[LabelServer, threading.Thread, list[Any]]:

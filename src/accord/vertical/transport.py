@@ -400,8 +400,10 @@ class LabelServer:
         first, held = self._held_epoch, held_epochs(hello)
         if first not in held:
             return self._refuse(
-                f"party {party!r} can resume at epoch {max(held)}, the label party at epoch"
-                f" {first} (give --resume to both parties, or to neither)"
+                f"party {party!r} holds the state after epoch"
+                f" {' or '.join(str(e) for e in sorted(held))}, the label party continues"
+                f" after epoch {first} (a restarted party needs --resume and its --checkpoint"
+                " FILE; to start over, start every party without --resume)"
             )
         try:
             check_announcements(expected.label, [announcement_of(hello)])
