@@ -166,12 +166,12 @@ def test_a_silent_label_party_ends_the_feature_party(creds: Path) -> None:
 def test_a_label_party_that_readmits_the_party_but_stays_silent_ends_it_at_the_deadline(
     creds: Path,
 ) -> None:
-    # The party redials after 1 s of silence and is admitted again, but the label party
+    # The party redials after 0.5 s of silence and is admitted again, but the label party
     # never sends an instruction: the window is not reopened by the new welcome.
-    server, thread, outcome = _joined(creds, idle_timeout=1.0, reconnect_timeout=3.0)
+    server, thread, outcome = _joined(creds, idle_timeout=0.5, reconnect_timeout=1.5)
     try:
-        _ends_with(outcome, thread, "it did not come back within 3 s")
-        assert str(outcome[0]).startswith("the label party sent nothing for 1 s")
+        _ends_with(outcome, thread, "it did not come back within 1.5 s")
+        assert str(outcome[0]).startswith("the label party sent nothing for 0.5 s")
     finally:
         server.stop()
 
