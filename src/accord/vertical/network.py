@@ -144,7 +144,9 @@ def run_label_party(
         if on_listening is not None:
             on_listening(address)
         links = server.wait_for_parties(listen.join_timeout)
-        logger.info("every party agreed (%s); training", ", ".join(links))
+        logger.info(
+            "every party agreed (%s); training from epoch %d", ", ".join(links), snapshot.next_epoch
+        )
         exchanged = [0, 0]
 
         def on_epoch_end(done: DriverState) -> None:
