@@ -70,7 +70,7 @@ class ChaosSettings:
     buckets: int = 4
     seed: int = 0
     timeout: float = 120.0
-    patience: float = 10.0  # the parties' --connect-timeout and --idle-timeout
+    patience: float = 30.0  # the parties' --connect-timeout and --idle-timeout
 
     def __post_init__(self) -> None:
         if self.trials < 1:
