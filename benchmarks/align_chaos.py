@@ -413,7 +413,12 @@ class TrialRun:
 
     def _recover(self, codes: dict[str, int | None]) -> str:
         """Resume what can be resumed; else a fresh run. Returns how the result was reached."""
-        finished = {name for name, code in codes.items() if code == 0}
+        # A host killed after its outputs were in place has finished (checked in _settle).
+        finished = {
+            name
+            for name, code in codes.items()
+            if code == 0 or (code is not None and len(_outputs(self.out, name)) == len(OUTPUTS))
+        }
         if finished == set(NAMES):
             self._check_same_order("first run")
             return "completed"
@@ -423,9 +428,11 @@ class TrialRun:
                 for name in NAMES
                 if name not in finished and (self.out / f"run-{name}" / "manifest.json").exists()
             }
-            if resumable == set(NAMES) - finished and self._resume(finished):
+            failed = set(NAMES) - finished
+            if resumable != failed:
+                self.events.append(f"no run to resume for {sorted(failed - resumable)}")
+            elif self._resume(finished):
                 return "resumed" if not finished else "resumed alone"
-            self.events.append(f"no resume possible for {sorted(set(NAMES) - resumable)}")
         return self._fresh_run()
 
     def _resume(self, finished: set[str]) -> bool:
