@@ -17,7 +17,8 @@ entry                         who, and what it does
                               B of the exchange; ``align-pause@done``: after the last one
 ============================  ==============================================================
 
-R is the 0-based round index of the protocol (``round`` in ``metrics.jsonl``).
+R is the 0-based round index of the protocol (``round`` in ``metrics.jsonl``). The node
+processes that ``accord federate`` forks read the node entries too.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn, TypeVar
 
@@ -125,7 +125,10 @@ class GrpcGrid(Grid):
             target=self._loop.run_forever, name="accord-grpc-server", daemon=True
         )
         self._thread.start()
-        self._changed: asyncio.Condition | None = None
+        #: Set (and replaced) whenever the set of connections changes or the run is
+        #: interrupted; waiters re-check their condition. Setting it never yields, so a
+        #: session's cleanup cannot be cut short between removing a node and waking them.
+        self._change: asyncio.Event | None = None
         self._interrupted: asyncio.Event | None = None
         self._grace_until = float("inf")
         self._server: grpc.aio.Server | None = None
@@ -148,7 +151,7 @@ class GrpcGrid(Grid):
             self._loop.close()
 
     async def _start(self) -> int:
-        self._changed = asyncio.Condition()
+        self._change = asyncio.Event()
         self._interrupted = asyncio.Event()
         server = grpc.aio.server(
             options=[*channel_options(self.transport.max_message_bytes), ("grpc.so_reuseport", 0)]
@@ -173,10 +176,23 @@ class GrpcGrid(Grid):
         )
         return int(port)
 
-    async def _notify(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        """Wake every waiter on the connections (on the loop; never yields)."""
+        assert self._change is not None
+        change, self._change = self._change, asyncio.Event()
+        change.set()
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Return once ``condition()`` holds (checked at each change) or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            assert self._change is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
 
     # ----------------------------------------------------------------- sessions
 
@@ -292,10 +308,10 @@ class GrpcGrid(Grid):
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
             await context.write(welcome)
             await self._await_ready(connection, context, attempt)
-            await self._attach(connection)
+            self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
-            await self._attach(connection)
+            self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
             connection.send(welcome)
         attempt.failure = None
@@ -329,8 +345,12 @@ class GrpcGrid(Grid):
                     logger.warning("node %s broke the protocol: %s", info.node_id, error)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
-            await stop_writer(connection, writer)
-            await self._detach(connection, "disconnected")
+            # The end of a stream reaches this handler twice, in either order: its read
+            # sees EOF (or fails), and gRPC cancels the handler. The node is detached
+            # before the first await here, so the second of them cannot skip it (it did:
+            # the server then waited out every round's deadline for a dead node).
+            self._detach(connection, "disconnected")
+            await asyncio.shield(stop_writer(connection, writer))
 
     async def _await_ready(
         self,
@@ -380,11 +400,11 @@ class GrpcGrid(Grid):
                 f"node {connection.node_id} cannot join: {problem}",
             )
 
-    async def _attach(self, connection: Connection) -> None:
+    def _attach(self, connection: Connection) -> None:
         old = self._connections.get(connection.node_id)
         if old is not None:
             logger.warning("node %s opened a new session; closing its old one", old.node_id)
-            await self._detach(old, "superseded by a new session")
+            self._detach(old, "superseded by a new session")
             if old.task is not None:
                 old.task.cancel()
         self._connections[connection.node_id] = connection
@@ -394,15 +414,15 @@ class GrpcGrid(Grid):
             connection.info.sample_count,
             len(self._connections),
         )
-        await self._notify()
+        self._notify()
 
-    async def _detach(self, connection: Connection, reason: str) -> None:
+    def _detach(self, connection: Connection, reason: str) -> None:
         connection.resolve(("failed", f"node {reason}", 0.0))
         if self._connections.get(connection.node_id) is connection:
             del self._connections[connection.node_id]
             if not self._closed:
                 logger.warning("node %s %s", connection.node_id, reason)
-            await self._notify()
+            self._notify()
 
     async def _write_loop(self, connection: Connection) -> None:
         try:
@@ -502,8 +522,6 @@ class GrpcGrid(Grid):
     async def _wait_for_nodes(
         self, count: int, timeout: float, among: frozenset[str] | None
     ) -> dict[str, NodeInfo]:
-        assert self._changed is not None
-
         def present() -> dict[str, NodeInfo]:
             return {
                 node: c.info
@@ -514,9 +532,7 @@ class GrpcGrid(Grid):
         def ready() -> bool:
             return len(present()) >= count or self._is_interrupted()
 
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+        await self._wait_until(ready, timeout)
         return present()
 
     def _is_interrupted(self) -> bool:
@@ -528,7 +544,7 @@ class GrpcGrid(Grid):
                 return
             self._grace_until = self._loop.time() + grace
             self._interrupted.set()
-            self._loop.create_task(self._notify())
+            self._notify()
 
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(on_loop)
@@ -563,7 +579,7 @@ class GrpcGrid(Grid):
                 if node not in self._roster:
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
-                    await self._detach(connection, "left out of the roster")
+                    self._detach(connection, "left out of the roster")
                     connection.refused.set_result(
                         (
                             grpc.StatusCode.FAILED_PRECONDITION,
@@ -730,13 +746,7 @@ class GrpcGrid(Grid):
                 for connection in list(self._connections.values()):
                     if connection.task is not None:
                         connection.task.cancel()
-            assert self._changed is not None
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: not self._connections),
-                        self.transport.shutdown_grace,
-                    )
+            await self._wait_until(lambda: not self._connections, self.transport.shutdown_grace)
             if self._server is not None:
                 await self._server.stop(0.5)
 
