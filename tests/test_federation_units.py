@@ -554,6 +554,23 @@ def _federated_run(
     return run, grid
 
 
+def test_a_run_times_each_stage_of_each_round(small: tuple[Any, Any]) -> None:
+    from accord.federation.driver import ROUND_STAGES
+
+    scenario, data = small
+    run, _ = _federated_run(scenario, data, 3)
+
+    result = run.run()
+
+    # one entry per round, every stage, and the stages fit in the round's wall time
+    assert len(result.stage_seconds) == len(result.rounds) == 3
+    for stages, timed in zip(result.stage_seconds, result.rounds, strict=True):
+        assert set(stages) == {*ROUND_STAGES, "process_cpu"}
+        assert all(seconds >= 0 for seconds in stages.values())
+        assert stages["first_gradients"] == timed.local_training_seconds
+        assert sum(stages[name] for name in ROUND_STAGES) <= timed.round_seconds
+
+
 def test_the_in_memory_grid_reproduces_the_simulation(small: tuple[Any, Any]) -> None:
     scenario, data = small  # with a node sending noise
     run, _ = _federated_run(scenario, data, 4)

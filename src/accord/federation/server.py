@@ -555,22 +555,36 @@ class GrpcGrid(Grid):
         assert self._interrupted is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # One future for "all answered", counted down by each answer: waiting on every
+        # pending future again after each answer costs O(N²) callbacks a round.
+        every = loop.create_future()
+        left = len({future for future in futures if not future.done()})
+
+        def one_done(_: asyncio.Future[Any]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not every.done():
+                every.set_result(None)
+
+        for future in futures:
+            if not future.done():
+                future.add_done_callback(one_done)
+        if left == 0:
+            every.set_result(None)
         stop = asyncio.ensure_future(self._interrupted.wait())
-        pending = set(futures)
         try:
-            while pending:
+            while not every.done():
                 limit = min(deadline, self._grace_until) if stop.done() else deadline
                 remaining = limit - loop.time()
                 if remaining <= 0:
                     return limit < deadline
-                watched: set[asyncio.Future[Any]] = pending if stop.done() else pending | {stop}
-                done, _ = await asyncio.wait(
-                    watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
+                watched: set[asyncio.Future[Any]] = {every} if stop.done() else {every, stop}
+                await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             return False
         finally:
             stop.cancel()
+            for future in futures:
+                future.remove_done_callback(one_done)
 
     def fix_roster(self, roster: tuple[str, ...]) -> None:
         async def fix() -> None:
@@ -702,32 +716,34 @@ class GrpcGrid(Grid):
         next_weights: FloatArray,
         next_buffers: Weights | None = None,
     ) -> None:
-        async def broadcast() -> None:
-            before = self._digest_of_current or weights_digest(weights)
-            after = state_digest(next_weights, next_buffers or {})
-            messages: list[pb.ServerMessage] | None = None
+        # The messages are built here, and handed to the loop without waiting for it: the
+        # round goes on (conclude, checkpoint) while the loop sends. The loop runs its
+        # callbacks in order, so the next round's request follows this one.
+        before = self._digest_of_current or weights_digest(weights)
+        after = state_digest(next_weights, next_buffers or {})
+        messages = [
+            pb.ServerMessage(
+                second_gradient=pb.SecondGradient(
+                    round_index=round_index,
+                    gradient=chunk,
+                    server_learning_rate=server_learning_rate,
+                    next_weights_sha256=after,
+                    next_buffers=encode_buffers(next_buffers) if chunk.last else [],
+                )
+            )
+            for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)
+        ]
+
+        def broadcast() -> None:
             for connection in self._connections.values():
                 if connection.weights_digest != before:
                     connection.weights_digest = None
                     continue
-                if messages is None:
-                    messages = [
-                        pb.ServerMessage(
-                            second_gradient=pb.SecondGradient(
-                                round_index=round_index,
-                                gradient=chunk,
-                                server_learning_rate=server_learning_rate,
-                                next_weights_sha256=after,
-                                next_buffers=encode_buffers(next_buffers) if chunk.last else [],
-                            )
-                        )
-                        for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)
-                    ]
                 for message in messages:
                     connection.send(message)
                 connection.weights_digest = after
 
-        self._call(broadcast())
+        self._loop.call_soon_threadsafe(broadcast)
 
     def traffic(self) -> tuple[int, int]:
         return self._sent, self._received
