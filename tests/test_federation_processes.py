@@ -1074,3 +1074,43 @@ def test_a_diverging_federated_run_stops_with_the_reason_and_exit_code_4(
     reason = summary["results"]["fedavg"]["stop_reason"]
     assert reason == "diverged: validation loss is not finite at round 65", reason
     assert "attempt" not in log and "Traceback" not in log, log
+
+
+def test_one_process_hosts_twenty_node_sessions_and_every_one_is_in_every_round(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Arrange: credentials for 20 nodes; a server of a 20-node scenario; one process with
+    # 20 sessions (the load-test mode: the node client's code, a channel, credentials and
+    # registration each). Eight registrations at a time from one address: the rest retry.
+    credentials = tmp_path / "credentials"
+    node_ids = [f"node-{i:02d}" for i in range(20)]
+    make_credentials(credentials, node_ids, now=dt.datetime.now(dt.UTC), days=1)
+    scenario = ["--nodes", "20", "--seed", str(SEED)]
+    run_dir = tmp_path / "run"
+    processes.start(
+        "server",
+        server_args(run_dir, 0, credentials, *scenario, "--rounds", "3", "--policy", "fedavg"),
+    )
+    port = listening_port(processes, "server", run_dir)
+
+    # Act
+    host = ["node", "--server", f"127.0.0.1:{port}", "--scenario-node", "0", "--sessions"]
+    host += ["20", "--credentials", str(credentials), "--give-up-after", "60", *scenario]
+    processes.start("host", host)
+    server_code, host_code = processes.wait("server"), processes.wait("host")
+
+    # Assert
+    assert server_code == 0, processes.log("server")
+    assert host_code == 0, processes.log("host")
+    records = run_records(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    from accord.scenario import build_scenario
+
+    counts = {
+        n.node_id: n.sample_count
+        for n in build_scenario(ScenarioSettings(nodes=20, seed=SEED)).nodes
+    }
+    fedavg = {node: count / sum(counts.values()) for node, count in counts.items()}
+    for record in records:
+        assert record["present"] == node_ids and record["dropped"] == {}
+        assert record["probabilities"] == pytest.approx(fedavg, abs=1e-9)
