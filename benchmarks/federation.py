@@ -70,12 +70,24 @@ def _summary(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _stages(runs: list[list[dict[str, float]]]) -> dict[str, float]:
-    """Median milliseconds of each stage over rounds 1.. of every run."""
+def stage_medians(runs: list[list[dict[str, float]]]) -> dict[str, float]:
+    """Median milliseconds of each stage (and of the process's CPU) over rounds 1.. of
+    every run."""
     later = [stages for run in runs for stages in run[1:]]
     return {
         f"{name}_ms": statistics.median(stages.get(name, 0.0) for stages in later) * 1000
         for name in (*ROUND_STAGES, "process_cpu")
+    }
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine, and its load averages before the runs and now."""
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
     }
 
 
@@ -211,7 +223,7 @@ def main() -> int:
         },
         "federated": {
             **federated,
-            "stages": _stages([s["stage_seconds"] for s in stats]),
+            "stages": stage_medians([s["stage_seconds"] for s in stats]),
             "total_seconds_median": statistics.median(fed["seconds"] for fed, _, _ in pairs),
             "launch_to_first_round_seconds_median": statistics.median(first_round),
             "bytes_sent_per_round": statistics.median(sent),
@@ -223,7 +235,7 @@ def main() -> int:
         },
         "simulation_baseline": {
             **simulated,
-            "stages": _stages([sim["stages"] for _, sim, _ in pairs]),
+            "stages": stage_medians([sim["stages"] for _, sim, _ in pairs]),
             "build_seconds_median": statistics.median(sim["build_seconds"] for _, sim, _ in pairs),
         },
         "pairs": per_pair,
@@ -234,13 +246,7 @@ def main() -> int:
             "node_peak_rss_mb<=300": max(node_rss) / 2**20 <= 300,
             "first_round_within_5s": statistics.median(first_round) <= 5,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "load_average_before": list(load_before),
-            "load_average_after": list(os.getloadavg()),
-        },
+        "machine": machine(load_before),
         "versions": _versions(),
     }
     print(json.dumps(report, indent=2))

@@ -4,10 +4,10 @@ A node process holds about 200 MB, so a hundred of them may not fit; ``accord no
 --sessions N`` runs N sessions in one process instead, with the same client code (each its
 own gRPC channel and connection, client certificate and token, registration and worker). For
 each node count this script starts ``accord server`` (TLS, client certificates and tokens;
-digits, MLP 64-32-10) and one such host, both fresh interpreters, lets them play the rounds,
-then plays the same rounds in the in-process simulation (every node trained in a loop, as
-the host's nodes are: one process, one interpreter lock), and prints one JSON object with,
-per node count:
+digits split IID, MLP 64-32-10) and one such host, both fresh interpreters, lets them play
+the rounds, then plays the same rounds in the in-process simulation (every node trained in
+a loop, as the host's nodes are: one process, one interpreter lock), and prints one JSON
+object with, per node count:
 
 - the median round's wall time, networked and simulated, and the difference (the round
   overhead of the network; rounds 1.. , round 0 holds registration's last steps);
@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model
-
-from accord.federation.driver import ROUND_STAGES
+from federation import machine, stage_medians
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -55,14 +52,6 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
-    later = stages[1:] or stages
-    return {
-        f"{name}_ms": statistics.median(s.get(name, 0.0) for s in later) * 1000
-        for name in (*ROUND_STAGES, "process_cpu")
-    }
-
-
 def _networked(args: argparse.Namespace, nodes: int, scratch: Path) -> dict[str, Any]:
     """One server and one host of ``nodes`` sessions: the server's stats and records, the
     host's peak RSS."""
@@ -74,6 +63,7 @@ def _networked(args: argparse.Namespace, nodes: int, scratch: Path) -> dict[str,
         make_credentials(credentials, node_ids, now=dt.datetime.now(dt.UTC), days=1)
     security = ["--insecure"] if args.insecure else ["--credentials", str(credentials)]
     scenario = ["--nodes", str(nodes), "--seed", str(args.seed), "--dataset", "digits"]
+    scenario += ["--partition", "iid"]  # Dirichlet 0.5 cannot give 100 nodes 10 samples each
     run_dir = scratch / f"run-{nodes}"
     cli = [sys.executable, "-m", "accord.cli", "-q"]
     server = subprocess.Popen(
@@ -156,12 +146,13 @@ def _networked(args: argparse.Namespace, nodes: int, scratch: Path) -> dict[str,
 
 
 def _simulated(args: argparse.Namespace, nodes: int) -> dict[str, Any]:
+    from accord.data.partition import PartitionSpec
     from accord.run import StopConditions
     from accord.scenario import ScenarioSettings
     from accord.simulation.driver import Simulation, SimulationSettings
 
     settings = SimulationSettings(
-        scenario=ScenarioSettings(nodes=nodes, seed=args.seed),
+        scenario=ScenarioSettings(nodes=nodes, seed=args.seed, partition=PartitionSpec("iid")),
         stop=StopConditions(max_rounds=args.rounds),
         node_training="loop",  # as the host's sessions train: one after another
     )
@@ -216,8 +207,8 @@ def main() -> int:
                     "host_peak_rss_mb_per_node": networked["host_peak_rss_mb"] / nodes,
                     "bytes_sent_per_round": statistics.median(stats["bytes_sent"][1:]),
                     "bytes_received_per_round": statistics.median(stats["bytes_received"][1:]),
-                    "stages_federated": _stage_medians(stats["stage_seconds"]),
-                    "stages_simulated": _stage_medians(simulated["stages"]),
+                    "stages_federated": stage_medians([stats["stage_seconds"]]),
+                    "stages_simulated": stage_medians([simulated["stages"]]),
                     "every_node_in_every_round": every,
                     "same_records_as_simulation": [_essentials(r) for r in networked["records"]]
                     == [_essentials(r) for r in simulated["records"]],
@@ -231,20 +222,14 @@ def main() -> int:
         "configuration": {
             "rounds": args.rounds,
             "policy": args.policy,
-            "dataset": "digits",
+            "dataset": "digits, IID",
             "model": "mlp 64-32-10",
             "nodes_hosted_as": "sessions of one process (accord node --sessions N)",
             "transport": "plaintext" if args.insecure else "TLS + client certificates + tokens",
             "seed": args.seed,
         },
         "cells": cells,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "load_average_before": list(load_before),
-            "load_average_after": list(os.getloadavg()),
-        },
+        "machine": machine(load_before),
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -313,7 +313,7 @@ class GrpcGrid(Grid):
         else:
             self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
-            connection.send(welcome)
+            self._send(connection, welcome)
         attempt.failure = None
         return connection, writer
 
@@ -424,6 +424,13 @@ class GrpcGrid(Grid):
                 logger.warning("node %s %s", connection.node_id, reason)
             self._notify()
 
+    def _send(self, connection: Connection, *messages: pb.ServerMessage) -> None:
+        """Queue ``messages`` for the node; their bytes count as sent in the round that
+        queued them (a round's figure does not depend on when the writes end)."""
+        for message in messages:
+            self._sent += message.ByteSize()
+            connection.send(message)
+
     async def _write_loop(self, connection: Connection) -> None:
         try:
             while True:
@@ -431,7 +438,6 @@ class GrpcGrid(Grid):
                 if message is None:
                     return
                 await connection.context.write(message)
-                self._sent += message.ByteSize()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the stream is gone: the reader notices and detaches
@@ -654,24 +660,25 @@ class GrpcGrid(Grid):
             future: asyncio.Future[tuple[str, Any, float]] = loop.create_future()
             connection.expect, connection.future = (kind, round_index), future
             if kind == "evaluate":
-                connection.send(
+                self._send(
+                    connection,
                     pb.ServerMessage(
                         evaluate=pb.EvaluateRequest(round_index=round_index, weights_sha256=digest)
-                    )
+                    ),
                 )
             elif connection.weights_digest == digest:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
-                connection.send(
+                self._send(
+                    connection,
                     pb.ServerMessage(
                         round_start=pb.RoundStart(round_index=round_index, weights_sha256=digest)
-                    )
+                    ),
                 )
             else:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
                 if full is None:
                     full = self._full_round_start(round_index, digest, weights, buffers)
-                for message in full:
-                    connection.send(message)
+                self._send(connection, *full)
                 connection.weights_digest = digest  # unless the node reports a failure
             waiting[node] = (connection, future)
         cut_short = await self._wait_until_deadline(
@@ -739,14 +746,16 @@ class GrpcGrid(Grid):
                 if connection.weights_digest != before:
                     connection.weights_digest = None
                     continue
-                for message in messages:
-                    connection.send(message)
+                self._send(connection, *messages)
                 connection.weights_digest = after
 
         self._loop.call_soon_threadsafe(broadcast)
 
     def traffic(self) -> tuple[int, int]:
-        return self._sent, self._received
+        async def read() -> tuple[int, int]:  # after every send queued before this call
+            return self._sent, self._received
+
+        return self._call(read())
 
     def shutdown(self, reason: str | None) -> None:
         if self._closed:
@@ -756,7 +765,7 @@ class GrpcGrid(Grid):
             self._closed = True
             for connection in list(self._connections.values()):
                 if reason is not None:
-                    connection.send(pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
+                    self._send(connection, pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
                 connection.send(None)
             if reason is None:  # just go away: the nodes reconnect to the next server
                 for connection in list(self._connections.values()):
