@@ -13,7 +13,8 @@ object with, per node count:
   overhead of the network; rounds 1.. , round 0 holds registration's last steps);
 - the server process's CPU seconds per round (median; all its threads), and the median of
   each stage of a round on both sides (first gradients, aggregate, second gradient, ...);
-- the server's peak RSS, and the node host's peak RSS (per node, too);
+- the server's peak RSS, and the node host's peak RSS (per node, too) and CPU seconds in all
+  (start-up and registration included);
 - protobuf payload bytes the server sent and received per round (median; TLS and HTTP/2
   framing not counted);
 - whether every node answered in every round, and whether the networked records equal the
@@ -39,6 +40,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from federation import machine, stage_medians
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The process's CPU seconds so far (user and system, all threads), or ``None``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -119,9 +129,10 @@ def _networked(args: argparse.Namespace, nodes: int, scratch: Path) -> dict[str,
         stderr=subprocess.PIPE,
         text=True,
     )
-    host_rss = 0.0
+    host_rss = host_cpu = 0.0
     while host.poll() is None or server.poll() is None:
         host_rss = max(host_rss, _peak_rss_mb(host.pid) or 0.0)
+        host_cpu = max(host_cpu, _cpu_seconds(host.pid) or 0.0)
         if time.perf_counter() - started > 600:
             host.kill()
             server.kill()
@@ -140,6 +151,7 @@ def _networked(args: argparse.Namespace, nodes: int, scratch: Path) -> dict[str,
         "stats": stats,
         "records": records,
         "host_peak_rss_mb": host_rss,
+        "host_cpu_seconds": host_cpu,
         "seconds": seconds,
         "node_ids": node_ids,
     }
@@ -205,6 +217,8 @@ def main() -> int:
                     "server_peak_rss_mb": stats["server_peak_rss_bytes"] / 2**20,
                     "host_peak_rss_mb": networked["host_peak_rss_mb"],
                     "host_peak_rss_mb_per_node": networked["host_peak_rss_mb"] / nodes,
+                    # sampled every 0.2 s until it exits: start-up and registration included
+                    "host_cpu_seconds_in_all": networked["host_cpu_seconds"],
                     "bytes_sent_per_round": statistics.median(stats["bytes_sent"][1:]),
                     "bytes_received_per_round": statistics.median(stats["bytes_received"][1:]),
                     "stages_federated": stage_medians([stats["stage_seconds"]]),
