@@ -404,6 +404,29 @@ def test_failing_nodes_are_dropped_with_reasons_and_the_run_goes_on(
     assert "failed round 2" not in processes.log("server")  # NaN was the server's finding
 
 
+def test_a_node_killed_between_registration_and_its_first_update_is_dropped_at_once(
+    processes: Processes, credentials: Path, tmp_path: Path
+) -> None:
+    # Arrange: node-02 registers, then is SIGKILLed as round 1 reaches it; the deadline is
+    # long, so a server that missed the stream's end would name the deadline instead
+    run_dir = tmp_path / "run"
+    args = [*scenario_args(2, policy="fedavg"), "--quorum", "3", "--round-deadline", "60"]
+    processes.start("server", server_args(run_dir, 0, credentials, *args))
+    port = listening_port(processes, "server", run_dir)
+    for i in range(NODES):
+        env = {"ACCORD_FAILPOINT": "exit@0"} if i == 2 else None
+        processes.start(f"node-{i}", node_args(i, port, credentials), env=env)
+
+    # Act
+    server_code = processes.wait("server")
+
+    # Assert
+    assert server_code == 0, processes.log("server")
+    assert processes.wait("node-2") == -signal.SIGKILL
+    dropped = [record["dropped"] for record in run_records(run_dir)]
+    assert dropped == [{"node-02": "node disconnected"}, {"node-02": "not connected"}]
+
+
 def test_server_killed_after_round_3_resumes_to_the_uninterrupted_metrics(
     processes: Processes, credentials: Path, tmp_path: Path
 ) -> None:
