@@ -336,6 +336,19 @@ def _may_need_trim(text: pa.Array) -> bool:
         return False
     data = np.frombuffer(buffer, dtype=np.uint8)
     offsets = value_offsets(text)
+    first, last = int(offsets[0]), int(offsets[-1])
+    count = len(offsets) - 1
+    width, remainder = divmod(last - first, count)
+    # Values of one width (IDs usually are): the data is an (n, width) matrix, and the first
+    # and last bytes are two of its columns.
+    if (
+        width
+        and not remainder
+        and int(offsets[1]) - first == width
+        and bool(np.all(np.diff(offsets) == width))
+    ):
+        matrix = data[first:last].reshape(count, width)
+        return bool(_MAYBE_WHITESPACE[matrix[:, 0]].any() or _MAYBE_WHITESPACE[matrix[:, -1]].any())
     starts = offsets[:-1]
     ends = offsets[1:]
     nonempty = ends > starts

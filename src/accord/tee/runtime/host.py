@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
+from accord.tee.core.allocator import HUGEPAGE_VARIABLE
 from accord.tee.core.backend import EnclaveIdentity
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 from accord.tee.runtime.transport import receive_exactly
@@ -132,6 +133,8 @@ class EnclaveProcess:
         environment = dict(os.environ)
         # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
         environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        # Small pages: faulting in huge ones costs more here (accord.tee.core.allocator).
+        environment.setdefault(HUGEPAGE_VARIABLE, "0")
         try:
             process = subprocess.Popen(
                 command,
