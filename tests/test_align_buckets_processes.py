@@ -277,7 +277,7 @@ def test_bucketed_memory_stays_well_below_the_in_memory_run(tmp_path: Path) -> N
         summaries = _finish(parties)
         for sampler in samplers.values():
             sampler.stop()
-        for name, summary in summaries.items():
+        for summary in summaries.values():
             assert summary["intersection"] == n // 2
             assert (summary["buckets"] or 0) >= (2 if mode == "bucketed" else 0)
         peaks[mode] = {name: sampler.peak_anon for name, sampler in samplers.items()}
