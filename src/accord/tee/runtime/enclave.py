@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.core.allocator import tune_allocator
+from accord.tee.core.allocator import HUGEPAGE_VARIABLE, tune_allocator
 from accord.tee.core.backend import SimulatedBackend
 from accord.tee.core.session import EnclaveSession
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s enclave[%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    tune_allocator()
+    # The host starts this process with HUGEPAGE_VARIABLE set ("0" unless the user chose).
+    tune_allocator(huge_pages=os.environ.get(HUGEPAGE_VARIABLE, "0") != "0")
     try:
         sock = socket.socket(fileno=args.fd)
     except OSError as error:
