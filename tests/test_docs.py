@@ -1,4 +1,5 @@
-"""The README and the reference pages link only to files and headings that exist."""
+"""The README and the reference pages link only to files and headings that exist, and the
+README's two commands are the ones CI runs."""
 
 from __future__ import annotations
 
@@ -53,3 +54,28 @@ def test_anchor_check_catches_a_missing_heading(tmp_path: Path) -> None:
         "a.md: #nope (no heading #nope in a.md)",
         f"a.md: missing.md (no file {tmp_path / 'missing.md'})",
     ]
+
+
+def _readme_commands() -> list[str]:
+    """The command lines of the README's first code block, without their comments."""
+    block = (ROOT / "README.md").read_text(encoding="utf-8").split("```bash\n", 1)[1]
+    lines = block.split("```", 1)[0].splitlines()
+    return [line.split("#", 1)[0].strip() for line in lines if line.strip()]
+
+
+def test_readme_gives_two_commands_and_ci_runs_the_test_command() -> None:
+    setup, tests = _readme_commands()
+    assert setup.endswith("&& accord simulate")
+    install, _, run_tests = tests.partition(" && ")
+    assert run_tests == "python3 -m pytest"
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    # .ci/run installs with pip's quiet flags and runs lint between the halves.
+    ci_install = next(line for line in ci if "pip install" in line)
+    assert ci_install.replace(" --quiet --disable-pip-version-check", "") == (
+        "python3 -m " + install
+    )
+    assert ci[-1] == run_tests

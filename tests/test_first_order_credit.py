@@ -9,6 +9,7 @@ import torch
 from accord.aggregation.base import ValidationScores
 from accord.aggregation.credit import (
     AUTO_FIRST_ORDER_NODES,
+    _recheck_extremes,
     credit_method_for,
     leave_one_out_credit,
     node_features,
@@ -84,9 +85,49 @@ def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
         1.0,
         validation_gradient=make_validation_gradient_fn(flat, features, labels),
     ).credit
-    assert rows_scored == [5]  # w − ηG and the 2 lowest and 2 highest, never 12 rows
+    # w − ηG and the 2 lowest and 2 highest, then at most 2 more a pass while first order's
+    # error bound says another node could be among the 2 lowest; never one stack of 12.
+    assert rows_scored[0] == 5 and all(rows <= 2 for rows in rows_scored[1:])
     rechecked = [i for i in range(12) if abs(first[i] - exact[i]) < 1e-6]
     assert len(rechecked) >= 4
+    assert set(np.argsort(first)[:2]) == set(np.argsort(exact)[:2])
+
+
+def test_a_node_whose_first_order_error_could_hide_it_among_the_lowest_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 2)
+    first = np.arange(8, dtype=np.float64)
+    step_sq = np.array([1.0, 1.0, 0.0, 0.0, 0.0, 6.0, 0.0, 0.0])
+    truth = first - step_sq  # first order misses exactly c·|ηδ|² with c = 1
+    asked: list[list[int]] = []
+
+    def exact(chosen: np.ndarray, with_after: bool) -> np.ndarray:
+        asked.append(list(chosen))
+        reference = [10.0] if with_after else []
+        return np.array(reference + [10.0 + truth[i] for i in chosen])
+
+    credit, checked = _recheck_extremes(first, step_sq, exact)
+    # Nodes 0, 1 (lowest) and 6, 7 (highest) first; their errors give c = 1, so node 5
+    # (5 − 6 < 0, the second-lowest exact credit so far) is checked; node 2, 3 and 4 cannot
+    # be lower (no step to miss).
+    assert asked == [[0, 1, 6, 7], [5]] and checked == 5
+    np.testing.assert_allclose(credit[[0, 1, 5, 6, 7]], truth[[0, 1, 5, 6, 7]])
+    assert set(np.argsort(credit)[:2]) == set(np.argsort(truth)[:2]) == {0, 5}
+
+
+def test_exact_first_order_credit_needs_no_further_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("accord.aggregation.credit.RECHECK", 2)
+    first = np.arange(8, dtype=np.float64)
+    calls: list[int] = []
+
+    def exact(chosen: np.ndarray, with_after: bool) -> np.ndarray:
+        calls.append(len(chosen))
+        return np.array(([0.0] if with_after else []) + [first[i] for i in chosen])
+
+    credit, checked = _recheck_extremes(first, np.ones(8), exact)
+    assert calls == [4] and checked == 4
+    np.testing.assert_array_equal(credit, first)
 
 
 def test_first_order_features_score_only_the_candidates_never_a_stack_per_node() -> None:

@@ -91,7 +91,7 @@ _DEMO_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi
 _ALPHABET = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def _demo_tables(folder: Path, names: list[str], rows: int, overlap: float, seed: int) -> set[str]:
+def demo_tables(folder: Path, names: list[str], rows: int, overlap: float, seed: int) -> set[str]:
     """Write one CSV per party (id + two features); return the IDs common to all."""
     import numpy as np
     import pyarrow as pa
@@ -307,7 +307,7 @@ def _run_demo_in(
 
     if args.keep is not None:
         sys.stderr.write(f"demo: writing into {folder} (kept)\n")
-    expected = _demo_tables(folder, names, args.rows, args.overlap, args.seed)
+    expected = demo_tables(folder, names, args.rows, args.overlap, args.seed)
     policy_path, key_path = demo_policy(folder)
     codes = run_align_parties(folder, names, policy_path, key_path, bucketing)
     if any(codes):
