@@ -260,24 +260,22 @@ def _message_fixed(values: np.ndarray, length: int) -> np.ndarray:
     n = len(values)
     blocks = (length + 8 + 15) // 16
     message = np.empty((blocks, n, 2), dtype=DIGEST_DTYPE)
-    words = message.reshape(blocks, n, 2)
     message[0, :, 0] = length
     full, tail = divmod(length, 8)
     if full:
         value_words = values[:, : 8 * full].view(DIGEST_DTYPE)  # (n, full), rows unaligned
         for word in range(full):
             target = word + 1
-            words[target // 2, :, target % 2] = value_words[:, word]
+            message[target // 2, :, target % 2] = value_words[:, word]
     filled = full + 1
     if tail:
-        last = words[filled // 2, :, filled % 2]
-        last[:] = 0
+        message[filled // 2, :, filled % 2] = 0
         as_bytes = message.view(np.uint8).reshape(blocks, n, 16)
         first = 8 * (filled % 2)
         as_bytes[filled // 2, :, first : first + tail] = values[:, 8 * full : length]
         filled += 1
     for word in range(filled, 2 * blocks):
-        words[word // 2, :, word % 2] = 0
+        message[word // 2, :, word % 2] = 0
     return message
 
 
