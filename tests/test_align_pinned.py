@@ -28,7 +28,7 @@ from accord.tee.core.session import EnclaveSession
 from accord.tee.runtime.host import InProcessEnclave
 from accord.tee.runtime.party import PartySummary
 from tests.align_support import write_table
-from tests.test_align_in_process import MEASUREMENT, PLATFORM, _align, _policy, _settings
+from tests.test_align_in_process import MEASUREMENT, PLATFORM, _align, _pair_settings, _policy
 
 #: Row map SHA-256 of party a and of party b (the same in memory and bucketed), from d7a2a8a.
 PINNED_MAPS = {
@@ -107,12 +107,7 @@ def _file_hash(path: Path) -> str:
 def test_the_result_is_pinned(tmp_path: Path, kind: str, buckets: int | None) -> None:
     _write(tmp_path, kind)
     policy = _policy(tmp_path / "policy.toml", PLATFORM)
-    settings = [
-        _settings(tmp_path, name, policy)
-        if buckets is None
-        else _settings(tmp_path, name, policy, buckets=buckets, run_dir=tmp_path / f"run-{name}")
-        for name in ("a", "b")
-    ]
+    settings = _pair_settings(tmp_path, policy, buckets)
     results = asyncio.run(_align(settings, [_enclave("a"), _enclave("b")]))
     summaries = [result for result in results if isinstance(result, PartySummary)]
     assert len(summaries) == 2, results
