@@ -9,7 +9,8 @@ A user must be able to rely on this after any such kill:
 - a party that exits 0 has written complete outputs: its aligned table holds exactly the
   shared IDs, in the same order as its peer's;
 - a party that fails says so in one ``accord align: error:`` line, without a traceback, and
-  writes nothing (no output file, no temporary file beside them);
+  writes nothing (no output file, no temporary file beside them); a SIGKILLed host cannot
+  remove its staging files, and the next run that writes the same outputs must;
 - the run then goes on: a bucketed party with a run directory is resumed with ``--resume``
   and reaches the identical result (the same IDs in the same shared order as its peer, or
   as the peer that had already finished); where no resume is possible (an in-memory run, a
@@ -69,7 +70,7 @@ class ChaosSettings:
     buckets: int = 4
     seed: int = 0
     timeout: float = 120.0
-    patience: float = 10.0  # the parties' --connect-timeout and --idle-timeout
+    patience: float = 30.0  # the parties' --connect-timeout and --idle-timeout
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -375,6 +376,14 @@ class TrialRun:
             killed_host = self.trial.party == name and self.trial.victim == "host"
             self._check_exit(party, codes[name], stage, killed_host and stage == "first run")
         stray = _stray_files(self.out)
+        if stage == "first run" and self.trial.victim == "host":
+            # A SIGKILLed host cannot remove its staging files; the next run that writes the
+            # same outputs does (they carry its process ID), which the later stages check.
+            killed = f".accord-partial-{processes[self.trial.party].process.pid}-"
+            left = [name for name in stray if name.lstrip(".").startswith(killed[1:])]
+            if left:
+                self.events.append(f"the killed host left staging files {left}")
+            stray = [name for name in stray if name not in left]
         if stray:
             self.problem(f"{stage}: files left beside the outputs: {stray}")
         return codes
@@ -404,7 +413,12 @@ class TrialRun:
 
     def _recover(self, codes: dict[str, int | None]) -> str:
         """Resume what can be resumed; else a fresh run. Returns how the result was reached."""
-        finished = {name for name, code in codes.items() if code == 0}
+        # A host killed after its outputs were in place has finished (checked in _settle).
+        finished = {
+            name
+            for name, code in codes.items()
+            if code == 0 or (code is not None and len(_outputs(self.out, name)) == len(OUTPUTS))
+        }
         if finished == set(NAMES):
             self._check_same_order("first run")
             return "completed"
@@ -414,9 +428,11 @@ class TrialRun:
                 for name in NAMES
                 if name not in finished and (self.out / f"run-{name}" / "manifest.json").exists()
             }
-            if resumable == set(NAMES) - finished and self._resume(finished):
+            failed = set(NAMES) - finished
+            if resumable != failed:
+                self.events.append(f"no run to resume for {sorted(failed - resumable)}")
+            elif self._resume(finished):
                 return "resumed" if not finished else "resumed alone"
-            self.events.append(f"no resume possible for {sorted(set(NAMES) - resumable)}")
         return self._fresh_run()
 
     def _resume(self, finished: set[str]) -> bool:

@@ -104,12 +104,25 @@ class ChaosProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="chaos-proxy", daemon=True)
         self._server: asyncio.base_events.Server | None = None
+        #: The transports of the connections open now, both sides (for :meth:`cut`).
+        self._open: set[asyncio.BaseTransport] = set()
 
     def start(self) -> int:
         self._thread.start()
         if not self._ready.wait(30):
             raise RuntimeError("the chaos proxy did not start")
         return self.port
+
+    def cut(self) -> None:
+        """Cut every connection open now (abort, no FIN), as a network failure would; new
+        connections are still proxied."""
+
+        def abort() -> None:
+            for transport in list(self._open):
+                transport.abort()
+            self.stats.cuts += 1
+
+        self._loop.call_soon_threadsafe(abort)
 
     def stop(self) -> None:
         if self._thread.is_alive():
@@ -146,6 +159,8 @@ class ChaosProxy:
             writer.transport.abort()
             return
         lifetime = self.rng.expovariate(1.0 / self.settings.cut_after)
+        ends = {writer.transport, up_writer.transport}
+        self._open |= ends
         pumps = [
             asyncio.ensure_future(self._pump(reader, up_writer)),
             asyncio.ensure_future(self._pump(up_reader, writer)),
@@ -155,6 +170,7 @@ class ChaosProxy:
             self.stats.cuts += 1
         for pump in pumps:
             pump.cancel()
+        self._open -= ends
         writer.transport.abort()
         up_writer.transport.abort()
 

@@ -95,6 +95,62 @@ def agreement(seed: int, rounds: int, nodes: int = 10) -> dict[str, Any]:
     }
 
 
+def recheck_cost(seed: int, nodes: int, rounds: int = 12) -> dict[str, Any]:
+    """What certifying the lowest costs: each round's first-order leave-one-out credit with
+    and without the extension (``RECHECK_EXTEND`` 10 and 0), timed interleaved on the same
+    round inputs of a first-order Actor-Critic run; medians over rounds 3 onwards."""
+    settings = SimulationSettings(
+        scenario=ScenarioSettings(seed=seed, nodes=nodes), stop=StopConditions(max_rounds=rounds)
+    )
+    simulation = Simulation(
+        dataclasses.replace(
+            settings,
+            actor_critic=dataclasses.replace(settings.actor_critic, credit_method="first-order"),
+        ),
+        "actor-critic",
+    )
+    policy = simulation.engine.aggregator
+    original = policy.aggregate
+    seconds: dict[int, list[float]] = {0: [], credit.RECHECK_EXTEND: []}
+    checked: dict[int, list[int]] = {0: [], credit.RECHECK_EXTEND: []}
+    extend = credit.RECHECK_EXTEND
+
+    def timing(round_input: RoundInput) -> Aggregation:
+        if round_input.round_index >= 2:
+            assert round_input.validate is not None
+            assert round_input.validation_gradient is not None
+            for limit in (0, extend, 0, extend):
+                credit.RECHECK_EXTEND = limit
+                started = time.perf_counter()
+                result = leave_one_out_credit(
+                    round_input.validate,
+                    round_input.global_weights,
+                    data_size_probabilities(round_input.present_counts),
+                    round_input.first_gradients,
+                    settings.rounds.server_learning_rate,
+                    step_normalised=True,
+                    validation_gradient=round_input.validation_gradient,
+                )
+                seconds[limit].append(time.perf_counter() - started)
+                checked[limit].append(result.exact_nodes or 0)
+            credit.RECHECK_EXTEND = extend
+        return original(round_input)
+
+    policy.aggregate = timing  # type: ignore[method-assign]
+    simulation.run()
+    return {
+        "seed": seed,
+        "nodes": nodes,
+        **{
+            f"extend {limit}": {
+                "median_ms": round(1000 * statistics.median(seconds[limit]), 2),
+                "mean_nodes_checked_exactly": round(float(np.mean(checked[limit])), 2),
+            }
+            for limit in seconds
+        },
+    }
+
+
 def accuracy(policy: str, method: str, seed: int, rounds: int) -> dict[str, float]:
     settings = SimulationSettings(
         scenario=ScenarioSettings(seed=seed), stop=StopConditions(max_rounds=rounds)
@@ -129,8 +185,16 @@ def main() -> None:
     parser.add_argument(
         "--agreement-only", action="store_true", help="skip the policies' accuracy runs"
     )
+    parser.add_argument(
+        "--cost-nodes",
+        type=int,
+        nargs="*",
+        default=[10, 30],
+        help="node counts at which the certification's cost is timed",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    credit_default_recheck = credit.RECHECK
     started = time.perf_counter()
     agreements: dict[str, Any] = {}
     policies: dict[str, Any] = {}
@@ -139,6 +203,8 @@ def main() -> None:
         agreements[f"recheck {recheck}"] = [
             agreement(seed, args.rounds, nodes) for nodes in args.nodes for seed in args.seeds
         ]
+    credit.RECHECK = credit_default_recheck
+    costs = [recheck_cost(seed, nodes) for nodes in args.cost_nodes for seed in args.seeds[:1]]
     for policy in () if args.agreement_only else ("hedge-loo", "actor-critic"):
         for method, recheck in [("exact", 0)] + [("first-order", r) for r in args.recheck]:
             credit.RECHECK = recheck
@@ -157,10 +223,11 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "credit_agreement",
-                "scenario": "digits, 10 nodes, Dirichlet 0.5, 3 label flippers",
+                "scenario": "digits, Dirichlet 0.5, 30 % label flippers (3 of 10, 9 of 30 nodes)",
                 "rounds": args.rounds,
                 "seeds": args.seeds,
                 "agreement": agreements,
+                "certification_cost": costs,
                 "policies": policies,
                 "targets": {
                     "median_spearman_at_least": 0.9,

@@ -17,8 +17,8 @@ chaos = load_benchmark("align_chaos")
 
 @pytest.mark.slow
 def test_alignment_survives_killed_hosts_and_enclaves(tmp_path: Path) -> None:
-    # A party whose peer died before connecting waits out its connect timeout: 6 s here.
-    settings = chaos.ChaosSettings(trials=8, rows=40_000, seed=3, timeout=120.0, patience=6.0)
+    # A party whose peer died before connecting waits out its connect timeout: 10 s here.
+    settings = chaos.ChaosSettings(trials=8, rows=40_000, seed=3, timeout=120.0, patience=10.0)
     report = chaos.run_chaos(settings, tmp_path)
     details = json.dumps(report, indent=1)
     assert report["ok"], details

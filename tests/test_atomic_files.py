@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,23 @@ def test_scratch_files_skip_the_fsyncs_but_stay_atomic(
     assert target.read_bytes() == b"again"
     assert len(synced) == 2  # the file and its folder
     assert leftovers(tmp_path) == []
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_the_next_write_removes_temporaries_of_killed_writers_only(tmp_path: Path) -> None:
+    final = tmp_path / "summary[1].json"  # glob characters in the name are literal
+    killed = tmp_path / f".summary[1].json.{_dead_pid()}-0123456789ab.tmp"
+    running = tmp_path / f".summary[1].json.{os.getpid()}-0123456789ab.tmp"
+    other = tmp_path / f".summary[2].json.{_dead_pid()}-0123456789ab.tmp"
+    for path in (killed, running, other):
+        path.write_text("part")
+    write_atomically(final, b"{}")
+    assert final.read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (final, running, other)
+    )

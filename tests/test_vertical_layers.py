@@ -39,7 +39,15 @@ IO = (
     "threading",
 )
 #: The networked driver: files, sockets and threads are its job.
-DRIVER_MODULES = ("checkpoints", "inputs", "network", "run_files", "transport", "proto")
+DRIVER_MODULES = (
+    "checkpoints",
+    "feature_transport",
+    "inputs",
+    "network",
+    "run_files",
+    "transport",
+    "proto",
+)
 
 FILES = sorted((PACKAGE / "vertical").rglob("*.py"))
 

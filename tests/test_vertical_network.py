@@ -1,11 +1,14 @@
 """``accord vertical label|feature``: the parties as real processes on 127.0.0.1 over mutual
-TLS with tokens; the same rounds as the in-process simulation; refusals, a lost party and
-Ctrl-C each end in one line."""
+TLS with tokens; the same rounds as the in-process simulation, with two and three parties;
+refusals, a party that never comes back and Ctrl-C each end in one line; a party killed in
+the middle of an epoch and restarted, or a cut connection, is rejoined and the run equals
+the uninterrupted one."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_support import load_benchmark
 
 from accord.cli import main
 from accord.commands.exit_codes import ExitCode
@@ -40,55 +44,88 @@ EXPECTED = VerticalSettings(
 FINGERPRINT = "ab" * 32
 
 
-def _write_party(folder: Path, name: str, columns: dict[str, np.ndarray], rows: int) -> None:
-    header = ["id", *columns]
-    lines = [",".join(header)]
-    for row in range(rows):
-        lines.append(",".join([f"id{row}", *(f"{columns[c][row]:.6f}" for c in columns)]))
-    (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
-    summary = {
-        "party": name,
-        "parties": ["bank", "insurer"],
-        "intersection": rows,
-        "fingerprint": FINGERPRINT,
-    }
-    (folder / f"{name}.summary.json").write_text(json.dumps(summary))
+def _write_world(
+    folder: Path, widths: dict[str, int], weights: list[float], threshold: float, seed: int
+) -> Path:
+    """Aligned tables of ``ROWS`` rows, one per party of ``widths`` (its column count; the
+    first party also holds the label ``y``), their alignment summaries and credentials."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(ROWS, sum(widths.values())))
+    logits = features @ np.array(weights) + rng.normal(size=ROWS)
+    labels = (logits > threshold).astype(np.float64)
+    start = 0
+    for index, (name, width) in enumerate(widths.items()):
+        columns = {f"{name[0]}{i}": features[:, start + i] for i in range(width)}
+        columns |= {"y": labels} if index == 0 else {}
+        start += width
+        lines = [",".join(["id", *columns])]
+        for row in range(ROWS):
+            lines.append(",".join([f"id{row}", *(f"{columns[c][row]:.6f}" for c in columns)]))
+        (folder / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        summary = {"party": name, "parties": list(widths), "intersection": ROWS}
+        (folder / f"{name}.summary.json").write_text(
+            json.dumps({**summary, "fingerprint": FINGERPRINT})
+        )
+    names = ",".join(widths)
+    assert main(["--quiet", "certs", str(folder / "creds"), "--names", names]) == 0
+    return folder
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("vertical")
-    rng = np.random.default_rng(0)
-    features = rng.normal(size=(ROWS, 6))
-    logits = features @ np.array([1.5, -1.0, 0.5, 1.0, -1.5, 0.8]) + rng.normal(size=ROWS)
-    labels = (logits > 0.5).astype(np.float64)
-    bank = {f"b{i}": features[:, i] for i in range(3)} | {"y": labels}
-    insurer = {f"i{i}": features[:, 3 + i] for i in range(3)}
-    _write_party(folder, "bank", bank, ROWS)
-    _write_party(folder, "insurer", insurer, ROWS)
-    assert main(["--quiet", "certs", str(folder / "creds"), "--names", "bank,insurer"]) == 0
-    return folder
+    """bank (labels, 3 columns) and insurer (3 columns)."""
+    weights = [1.5, -1.0, 0.5, 1.0, -1.5, 0.8]
+    return _write_world(
+        tmp_path_factory.mktemp("vertical"), {"bank": 3, "insurer": 3}, weights, 0.5, seed=0
+    )
 
 
-def _label(world: Path, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+@pytest.fixture(scope="module")
+def world3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three aligned tables: bank (labels, 2 columns), insurer (2) and merchant (2)."""
+    widths = {"bank": 2, "insurer": 2, "merchant": 2}
+    weights = [1.0, -1.0, 1.5, 0.8, -1.2, 1.0]
+    return _write_world(tmp_path_factory.mktemp("vertical3"), widths, weights, 0.3, seed=1)
+
+
+def _label(
+    world: Path, run_dir: Path, *extra: str, listen: str = "127.0.0.1:0", die_in: int | None = None
+) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "label",
         "--table", str(world / "bank.csv"), "--alignment", str(world / "bank.summary.json"),
-        "--label-column", "y", "--ignore-columns", "id", "--listen", "127.0.0.1:0",
+        "--label-column", "y", "--ignore-columns", "id", "--listen", listen,
         "--credentials", str(world / "creds"), "--run-dir", str(run_dir), *SETTINGS, *extra,
     ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _start(command, die_in)
 
 
-def _feature(world: Path, port: int, *extra: str, creds: str = "insurer") -> subprocess.Popen[str]:
+def _feature(
+    world: Path,
+    port: int,
+    *extra: str,
+    creds: str = "insurer",
+    name: str = "insurer",
+    die_in: int | None = None,
+) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "accord.cli", "vertical", "feature",
-        "--table", str(world / "insurer.csv"),
-        "--alignment", str(world / "insurer.summary.json"), "--ignore-columns", "id",
+        "--table", str(world / f"{name}.csv"),
+        "--alignment", str(world / f"{name}.summary.json"), "--ignore-columns", "id",
         "--connect", f"127.0.0.1:{port}", "--credentials", str(world / "creds" / creds),
         "--connect-timeout", "60", *SETTINGS, *extra,
     ]  # fmt: skip
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _start(command, die_in)
+
+
+def _start(command: list[str], die_in: int | None) -> subprocess.Popen[str]:
+    """``command``, killing itself in the middle of epoch ``die_in`` (a failpoint)."""
+    env = {key: value for key, value in os.environ.items() if key != "ACCORD_FAILPOINT"}
+    if die_in is not None:
+        env["ACCORD_FAILPOINT"] = f"vertical-exit@{die_in}"
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def _port(run_dir: Path, label: subprocess.Popen[str]) -> int:
@@ -189,41 +226,112 @@ def _check_equal(run_dir: Path, expected: VerticalResult) -> None:
     assert summary["test"]["loss"] == pytest.approx(expected.test.loss, rel=1e-5)
 
 
-@pytest.mark.slow
-def test_a_run_killed_mid_training_and_resumed_equals_the_uninterrupted_run(
-    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
-) -> None:
-    run_dir, saved = tmp_path / "run", tmp_path / "insurer.npz"
-    longer = ("--epochs", "30", "--patience", "1000")
-    saving = (*longer, "--checkpoint", str(saved))
-    label, feature = _pair(world, run_dir, processes, longer, saving)
+#: Runs that a party leaves in the middle of (epochs 2 or 3); the cut needs a longer one.
+LONGER = ("--epochs", "8", "--patience", "1000")
+LONGEST = ("--epochs", "30", "--patience", "1000")
+
+
+def _wait_for_epochs(run_dir: Path, count: int, running: subprocess.Popen[str]) -> None:
+    """Until RUN_DIR/metrics.jsonl holds ``count`` epochs (generous deadline)."""
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert time.monotonic() < deadline and label.poll() is None, "no epoch was done"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= count):
+        assert time.monotonic() < deadline and running.poll() is None, "no epoch was done"
         time.sleep(0.02)
-    label.kill()  # mid-run, without warning
-    label.communicate(timeout=60)
-    feature_code, _, feature_err = _finish(feature)
-    assert feature_code == ExitCode.REFUSED
-    (line,) = _errors(feature_err)
-    assert "the label party" in line
+
+
+@pytest.mark.slow
+def test_a_label_party_killed_and_resumed_is_rejoined_by_the_running_feature_party(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir, *LONGER, die_in=3)  # SIGKILLed in the middle of epoch 3
+    processes.append(label)
+    port = _port(run_dir, label)
+    feature = _feature(world, port, *LONGER)  # no checkpoint file: it keeps its state in memory
+    processes.append(feature)
+    assert label.wait(timeout=120) == -signal.SIGKILL
     assert not (run_dir / "summary.json").exists()
 
-    (run_dir / "label.json").unlink()  # the killed party's address: wait for the new one
-    label, feature = _pair(
-        world,
-        run_dir,
-        processes,
-        (*longer, "--resume"),
-        (*longer, "--checkpoint", str(saved), "--resume"),
-    )
-    feature_code, _, feature_err = _finish(feature)
-    assert feature_code == 0, feature_err[-3000:]
+    # The label party restarted on the same port; the feature party was never restarted.
+    (run_dir / "label.json").unlink()
+    label = _label(world, run_dir, *LONGER, "--resume", listen=f"127.0.0.1:{port}")
+    processes.append(label)
+    feature_code, feature_out, feature_err = _finish(feature)
     label_code, _, label_err = _finish(label)
-    assert label_code == 0, label_err[-3000:]
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "redialling for up to 60 s" in feature_err and "rejoined 'bank''s run" in feature_err
+    assert "the run is complete" in feature_out
+    settings = dataclasses.replace(EXPECTED, epochs=8, patience=1000)
+    _check_equal(run_dir, _simulated(world, settings))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_at_epoch"] == 3
+
+
+@pytest.mark.slow
+def test_a_cut_connection_is_redialled_and_the_run_equals_the_uninterrupted_one(
+    world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    chaos = load_benchmark("chaos_soak")
+    quiet = chaos.SoakSettings(server_kills=0, node_kills=0, max_delay=0.0, cut_after=1e9, refuse=0)
+    run_dir = tmp_path / "run"
+    label = _label(world, run_dir, *LONGEST)
+    processes.append(label)
+    proxy = chaos.ChaosProxy(_port(run_dir, label), quiet, seed=0)
+    try:
+        feature = _feature(world, proxy.start(), *LONGEST)  # no checkpoint file: in memory
+        processes.append(feature)
+        _wait_for_epochs(run_dir, 2, label)
+        proxy.cut()  # both processes live on; their TCP connection dies without a FIN
+        feature_code, _, feature_err = _finish(feature)
+        label_code, _, label_err = _finish(label)
+    finally:
+        proxy.stop()
+    assert (label_code, feature_code) == (0, 0), label_err[-3000:] + feature_err[-3000:]
+    assert "redialling for up to 60 s" in feature_err and "rejoined 'bank''s run" in feature_err
     settings = dataclasses.replace(EXPECTED, epochs=30, patience=1000)
     _check_equal(run_dir, _simulated(world, settings))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["party"] for r in summary["reconnections"]] == ["insurer"]
+
+
+@pytest.mark.slow
+def test_three_parties_equal_the_simulation_and_the_others_wait_for_a_restarted_one(
+    world3: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir, saved = tmp_path / "run", tmp_path / "merchant.npz"
+    label = _label(world3, run_dir, *LONGER)
+    processes.append(label)
+    port = _port(run_dir, label)
+    insurer = _feature(world3, port, *LONGER)
+    merchant_flags = (*LONGER, "--checkpoint", str(saved))
+    merchant = _feature(world3, port, *merchant_flags, creds="merchant", name="merchant", die_in=2)
+    processes += [insurer, merchant]
+    # merchant dies in the middle of epoch 2; insurer stays connected: it waits, then rolls
+    # back to the end of epoch 1 with the others
+    assert merchant.wait(timeout=120) == -signal.SIGKILL
+    merchant = _feature(
+        world3, port, *merchant_flags, "--resume", creds="merchant", name="merchant"
+    )
+    processes.append(merchant)
+    codes = [_finish(p) for p in (merchant, insurer, label)]
+    assert [c[0] for c in codes] == [0, 0, 0], "".join(c[2][-2000:] for c in codes)
+
+    tables = {
+        name: read_party_table(
+            world3 / f"{name}.csv",
+            name,
+            label_column="y" if name == "bank" else None,
+            ignore=["id"],
+        )
+        for name in ("bank", "insurer", "merchant")
+    }
+    settings = dataclasses.replace(EXPECTED, epochs=8, patience=1000)
+    expected = simulate_vertical(tables["bank"], [tables["insurer"], tables["merchant"]], settings)
+    _check_equal(run_dir, expected)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["parties"] == ["bank", "insurer", "merchant"]
+    assert [(r["party"], r["epoch"]) for r in summary["reconnections"]] == [("merchant", 2)]
 
 
 def test_a_settings_mismatch_is_refused_on_both_sides_and_nothing_is_written(
@@ -258,23 +366,19 @@ def test_wrong_credentials_are_refused_and_ctrl_c_ends_the_waiting_label_party(
     assert not run_dir.exists()
 
 
-def test_a_feature_party_that_dies_ends_the_label_party_in_one_line(
+def test_a_feature_party_that_dies_and_never_comes_back_ends_the_label_party_in_one_line(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
     run_dir = tmp_path / "run"
     many = ("--epochs", "100000", "--patience", "100000")
-    label, feature = _pair(world, run_dir, processes, many, many)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and feature.poll() is None, "no epoch was done"
-        time.sleep(0.05)
-    feature.kill()
+    label, feature = _pair(world, run_dir, processes, (*many, "--reconnect-timeout", "1.5"), many)
+    _wait_for_epochs(run_dir, 1, feature)
+    feature.kill()  # and never restarted
     feature.communicate(timeout=60)
     label_code, _, label_err = _finish(label)
     assert label_code == ExitCode.REFUSED
     (line,) = _errors(label_err)
-    assert "party 'insurer' is gone" in line
+    assert "party 'insurer' did not come back within 1.5 s (party 'insurer' is gone" in line
 
 
 @pytest.mark.slow

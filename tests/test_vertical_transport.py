@@ -20,8 +20,9 @@ from accord.credentials.auth import Authenticator, load_server_credentials
 from accord.credentials.issue import make_credentials
 from accord.errors import ConfigurationError, PeerError
 from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
+from accord.vertical.feature_transport import DialSettings
 from accord.vertical.network import announce, feature_credentials, run_feature_party
-from accord.vertical.transport import DialSettings, LabelServer, RemoteFeatureParty, _Session
+from accord.vertical.transport import LabelServer, RemoteFeatureParty, _Session
 
 SETTINGS = VerticalSettings(batch_size=32, epochs=2, validation_fraction=0.2, test_fraction=0.2)
 FINGERPRINT = "cd" * 32
@@ -41,13 +42,25 @@ def _table(name: str, rows: int, labels: bool = False) -> PartyTable:
     return PartyTable(name, features, ("a", "b", "c"), label)
 
 
-def _server(creds: Path, fingerprint: str | None = FINGERPRINT) -> LabelServer:
+def _server(
+    creds: Path,
+    fingerprint: str | None = FINGERPRINT,
+    hello_timeout: float = 30.0,
+    first_epoch: int = 0,
+) -> LabelServer:
     from accord.vertical import LabelParty
 
     label = LabelParty(_table("bank", 200, labels=True), SETTINGS, ["insurer"])
     credentials = load_server_credentials(creds, "both")
     check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
-    server = LabelServer(announce(label, fingerprint), ["insurer"], credentials, check)
+    server = LabelServer(
+        announce(label, fingerprint),
+        ["insurer"],
+        credentials,
+        check,
+        hello_timeout=hello_timeout,
+        first_epoch=first_epoch,
+    )
     server.start("127.0.0.1", 0)
     return server
 
@@ -95,6 +108,21 @@ def test_a_disagreement_is_refused_on_both_sides(
     assert str(error).startswith("the label party refused this party: ") and message in str(error)
 
 
+def test_a_new_party_is_refused_by_a_label_party_that_continues_a_run(creds: Path) -> None:
+    server = _server(creds, first_epoch=3)  # a label party resumed after 3 epochs
+    try:
+        party = FeatureParty(_table("insurer", 200), SETTINGS)
+        thread, outcome = _dial(server, creds, party, FINGERPRINT)  # holds no saved epoch
+        message = "party 'insurer' holds the state after epoch 0, the label party continues"
+        with pytest.raises(PeerError, match=message):
+            server.wait_for_parties(60)
+        thread.join(60)
+    finally:
+        server.stop()
+    (error,) = outcome
+    assert isinstance(error, PeerError) and "needs --resume and its --checkpoint" in str(error)
+
+
 def _joined(creds: Path, **dial: Any) -> tuple[LabelServer, threading.Thread, list[Any]]:
     server = _server(creds)
     party = FeatureParty(_table("insurer", 200), SETTINGS)
@@ -113,15 +141,37 @@ def _ends_with(outcome: list[Any], thread: threading.Thread, message: str) -> No
 
 
 def test_a_label_party_that_leaves_mid_run_ends_the_feature_party(creds: Path) -> None:
-    server, thread, outcome = _joined(creds)
+    server, thread, outcome = _joined(creds, reconnect_timeout=0)
     server.stop()  # no Finish: the stream ends mid-run
     _ends_with(outcome, thread, "the label party closed the session before the run ended")
 
 
+def test_a_label_party_that_never_comes_back_ends_the_feature_party_at_the_deadline(
+    creds: Path,
+) -> None:
+    server, thread, outcome = _joined(creds, reconnect_timeout=1.5)
+    server.stop()  # no Finish, and nobody listens any more: the party redials in vain
+    _ends_with(outcome, thread, "; it did not come back within 1.5 s")
+    assert "the label party closed the session before the run ended" in str(outcome[0])
+
+
 def test_a_silent_label_party_ends_the_feature_party(creds: Path) -> None:
-    server, thread, outcome = _joined(creds, idle_timeout=1.0)
+    server, thread, outcome = _joined(creds, idle_timeout=1.0, reconnect_timeout=0)
     try:
         _ends_with(outcome, thread, "the label party sent nothing for 1 s")
+    finally:
+        server.stop()
+
+
+def test_a_label_party_that_readmits_the_party_but_stays_silent_ends_it_at_the_deadline(
+    creds: Path,
+) -> None:
+    # The party redials after 0.5 s of silence and is admitted again, but the label party
+    # never sends an instruction: the window is not reopened by the new welcome.
+    server, thread, outcome = _joined(creds, idle_timeout=0.5, reconnect_timeout=1.5)
+    try:
+        _ends_with(outcome, thread, "it did not come back within 1.5 s")
+        assert str(outcome[0]).startswith("the label party sent nothing for 0.5 s")
     finally:
         server.stop()
 
@@ -130,6 +180,46 @@ def test_a_silent_feature_party_ends_the_label_partys_wait() -> None:
     link = RemoteFeatureParty(_Session("insurer", "peer"), idle_timeout=0.2)
     with pytest.raises(PeerError, match=r"party 'insurer' sent nothing for 0.2 s \(waiting for"):
         link.forward(BatchRequest(0, 0))
+
+
+def test_connections_that_never_say_hello_are_dropped_and_the_party_still_joins(
+    creds: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    from accord.credentials.tls import bearer_metadata
+    from accord.vertical.feature_transport import _channel
+    from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
+
+    server = _server(creds, hello_timeout=1.0)
+    silence = threading.Event()
+
+    def nothing() -> Any:
+        silence.wait(120)
+        yield from ()
+
+    credentials = feature_credentials(creds / "insurer")
+    channel = _channel(DialSettings(f"127.0.0.1:{server.port}"), credentials)
+    raw = socket.create_connection(("127.0.0.1", server.port or 0))  # TCP, then nothing
+    try:
+        # More silent streams (authenticated TLS, no Hello) than the server has threads:
+        # without a deadline on the Hello they would hold every one of them.
+        stub = pb_grpc.VerticalStub(channel)  # type: ignore[no-untyped-call]
+        silent = [stub.Session(nothing(), metadata=bearer_metadata(credentials)) for _ in range(9)]
+        party = FeatureParty(_table("insurer", 200), SETTINGS)
+        thread, outcome = _dial(server, creds, party, FINGERPRINT)
+        links = server.wait_for_parties(60)
+        assert links["insurer"].forward(BatchRequest(0, 0)).values.shape[0] == 32
+        links["insurer"].finish("done")
+        thread.join(60)
+        assert outcome == ["done"]
+    finally:
+        silence.set()
+        raw.close()
+        channel.close()
+        server.stop()
+    dropped = [r.getMessage() for r in caplog.records if "no Hello within 1 s" in r.getMessage()]
+    assert dropped and len(silent) == 9
 
 
 def test_a_credentials_folder_without_a_token_is_refused(creds: Path, tmp_path: Path) -> None:

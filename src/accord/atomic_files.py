@@ -2,10 +2,12 @@
 
 The one way Accord replaces a file (run summaries, metrics, plots, checkpoints,
 ``federation.json``, token and revocation lists, aligned tables): write a temporary file
-in the destination's folder (``.NAME.RANDOM.tmp``), flush and fsync it, rename it over the
-destination with :func:`os.replace`, then fsync the folder where the OS allows it, so the
-rename survives a crash. On any exception the temporary file is removed and the
-destination is left as it was. An :class:`OSError` becomes one
+in the destination's folder (``.NAME.PID-RANDOM.tmp``), flush and fsync it, rename it over
+the destination with :func:`os.replace`, then fsync the folder where the OS allows it, so
+the rename survives a crash. On any exception the temporary file is removed and the
+destination is left as it was. A process that is killed (SIGKILL) cannot remove its
+temporary file; the next write of the same destination removes those whose writer process
+no longer exists. An :class:`OSError` becomes one
 :class:`~accord.errors.ConfigurationError` naming the file.
 
 :func:`atomic_output` hands the caller the temporary path (for writers that want a path,
@@ -15,16 +17,72 @@ such as pyarrow's); :func:`write_atomically` writes bytes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from accord.errors import ConfigurationError
 
-__all__ = ["atomic_output", "write_atomically"]
+__all__ = [
+    "atomic_output",
+    "glob_escape",
+    "process_exists",
+    "remove_files_of_killed_writers",
+    "remove_stale_temporaries",
+    "write_atomically",
+]
+
+logger = logging.getLogger(__name__)
 
 StrPath = str | os.PathLike[str]
+
+_TEMPORARY = re.compile(r"\.(\d+)-[0-9a-f]{12}\.tmp$")
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this ID exists (another user's counts: it is not ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_files_of_killed_writers(files: Iterable[tuple[Path, int]], what: str) -> list[Path]:
+    """Remove each ``(file, writer's process ID)`` whose writer no longer exists, logging
+    each as ``what`` (a write killed before it could clean up); the files removed."""
+    removed = []
+    for path, pid in files:
+        if process_exists(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+            logger.warning("removed %s, %s (process %s was killed)", path, what, pid)
+    return removed
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove the temporary files of writes of ``final`` whose writer was killed; the files
+    removed."""
+    prefix = f".{final.name}."
+    stale = []
+    with contextlib.suppress(OSError):
+        for candidate in final.parent.glob(f".{glob_escape(final.name)}.*.tmp"):
+            match = _TEMPORARY.search(candidate.name)
+            if match is not None and candidate.name[: match.start() + 1] == prefix:
+                stale.append((candidate, int(match.group(1))))
+    return remove_files_of_killed_writers(stale, f"a partial write of {final.name}")
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob characters ``*?[`` matched literally."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _reason(error: OSError) -> str:
@@ -52,7 +110,8 @@ def atomic_output(path: StrPath, *, mode: int = 0o666, durable: bool = True) -> 
     directory = final.parent
     if not directory.is_dir():
         raise ConfigurationError(f"{path}: the output directory {directory} does not exist")
-    temporary = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
+    remove_stale_temporaries(final)
+    temporary = directory / f".{final.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except OSError as exc:

@@ -15,6 +15,8 @@ entry                         who, and what it does
                               rounds is written
 ``align-pause@B``             ``accord align`` host: stop (sleep until killed) after bucket
                               B of the exchange; ``align-pause@done``: after the last one
+``vertical-exit@E``           ``accord vertical label|feature``: SIGKILL itself after the
+                              training step of batch 2 of epoch E (in the middle of it)
 ============================  ==============================================================
 
 R is the 0-based round index of the protocol (``round`` in ``metrics.jsonl``).
@@ -33,6 +35,7 @@ __all__ = [
     "FAILPOINT_ENV",
     "NODE_ACTIONS",
     "SERVER_ACTIONS",
+    "VERTICAL_ACTIONS",
     "Failpoint",
     "failpoints_for",
     "parse_failpoints",
@@ -44,7 +47,8 @@ FAILPOINT_ENV = "ACCORD_FAILPOINT"
 NODE_ACTIONS = ("exit", "nan", "shape", "stall")
 SERVER_ACTIONS = ("crash-after-round",)
 ALIGN_ACTIONS = ("align-pause",)
-_ALL_ACTIONS = NODE_ACTIONS + SERVER_ACTIONS + ALIGN_ACTIONS
+VERTICAL_ACTIONS = ("vertical-exit",)
+_ALL_ACTIONS = NODE_ACTIONS + SERVER_ACTIONS + ALIGN_ACTIONS + VERTICAL_ACTIONS
 #: The actions whose step may be ``done`` (after the last step).
 _DONE_ALLOWED = frozenset(ALIGN_ACTIONS)
 

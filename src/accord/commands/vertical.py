@@ -19,7 +19,10 @@ alignment fingerprint or row count differ.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +81,18 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "--join-timeout", type=float, default=600.0, help="seconds to wait for the parties [600]"
     )
     label.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a feature party lost mid-run to connect again; the run "
+        "then continues from the last epoch every party holds (0: a loss ends the run) [60]",
+    )
+    label.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in RUN_DIR from its checkpoint (every feature party resumes too)",
+        help="continue the run in RUN_DIR from its checkpoint (running feature parties "
+        "reconnect by themselves; a restarted one needs --resume too)",
     )
     label.set_defaults(run=run, vertical_role="label")
     feature = commands.add_parser(
@@ -112,7 +124,20 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         metavar="FILE",
         help="save this party's state here after every epoch (needed to --resume)",
     )
-    feature.add_argument("--resume", action="store_true", help="continue from --checkpoint FILE")
+    feature.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep redialling a label party lost mid-run (0: a loss ends this "
+        "party) [60]",
+    )
+    feature.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint FILE (a restarted party rejoins the running label "
+        "party; a file not written yet: join as a new party)",
+    )
     feature.set_defaults(run=run, vertical_role="feature")
     from accord.commands.vertical_demo import add_demo_parser
     from accord.commands.vertical_predict import add_predict_parser
@@ -143,12 +168,20 @@ def _run_label(
     from accord.vertical.settings import ProtectionSettings
 
     host, port = parse_address(args.listen, "--listen")
-    listen = ListenSettings(host, port, args.join_timeout, args.idle_timeout)
+    listen = ListenSettings(
+        host, port, args.join_timeout, args.idle_timeout, args.reconnect_timeout
+    )
     protection = ProtectionSettings(args.protection, args.epsilon)
     features = [p for p in parties if p != table.name]
     label = LabelParty(table, settings, features, protection, args.private_seed)
     result = run_label_party(
-        label, fingerprint, args.credentials, listen, args.run_dir, resume=args.resume
+        label,
+        fingerprint,
+        args.credentials,
+        listen,
+        args.run_dir,
+        resume=args.resume,
+        on_step=_failpoint(),
     )
     test = result.test
     sys.stdout.write(
@@ -164,15 +197,44 @@ def _run_label(
 def _run_feature(
     args: argparse.Namespace, settings: Any, table: Any, fingerprint: str | None
 ) -> int:
+    from accord.vertical.feature_transport import DialSettings
     from accord.vertical.network import run_feature_party
     from accord.vertical.parties import FeatureParty
-    from accord.vertical.transport import DialSettings
 
     parse_address(args.connect, "--connect")
-    dial = DialSettings(args.connect, args.connect_timeout, args.idle_timeout, args.server_name)
+    dial = DialSettings(
+        args.connect,
+        args.connect_timeout,
+        args.idle_timeout,
+        args.server_name,
+        reconnect_timeout=args.reconnect_timeout,
+    )
     party = FeatureParty(table, settings)
     reason = run_feature_party(
-        party, fingerprint, args.credentials, dial, checkpoint=args.checkpoint, resume=args.resume
+        party,
+        fingerprint,
+        args.credentials,
+        dial,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        on_step=_failpoint(),
     )
     sys.stdout.write(f"party {table.name!r}: the label party ended the run: {reason}\n")
     return 0
+
+
+def _failpoint() -> Callable[[int, int], None] | None:
+    """``ACCORD_FAILPOINT=vertical-exit@E``: SIGKILL this party after the training step of
+    batch 2 of epoch E (tests of a party killed mid-epoch)."""
+    from accord.failpoints import VERTICAL_ACTIONS, failpoints_for
+
+    points = failpoints_for(VERTICAL_ACTIONS)
+    if not points:
+        return None
+    epoch = points[0].step
+
+    def die(done_epoch: int, batch: int) -> None:
+        if (done_epoch, batch) == (epoch, 2):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die

@@ -101,9 +101,9 @@ def run_predict(args: argparse.Namespace) -> int:
     )
     table, _ = read_inputs(train_args, label_column=label_column)
     if args.vertical_role == "feature":
+        from accord.vertical.feature_transport import DialSettings
         from accord.vertical.network import predict_feature_party
         from accord.vertical.parties import FeatureParty
-        from accord.vertical.transport import DialSettings
 
         parse_address(args.connect, "--connect")
         dial = DialSettings(args.connect, args.connect_timeout, args.idle_timeout, args.server_name)

@@ -12,6 +12,10 @@ embedding. With linear bottoms and a ``sum`` top this is vertical logistic regre
 - :mod:`~accord.vertical.simulation`: the in-process driver.
 - :mod:`~accord.vertical.centralised`: the composed network trained on the joined table.
 - :mod:`~accord.vertical.protection`, :mod:`~accord.vertical.attacks`: label leakage.
+- :mod:`~accord.vertical.network`: the networked driver, one function per role, over
+  :mod:`~accord.vertical.transport` (the label party's end of the gRPC streams) and
+  :mod:`~accord.vertical.feature_transport` (a feature party's end); reconnection inside
+  a run rolls every party back to the last epoch all hold (:mod:`~accord.vertical.checkpoints`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,12 @@ from accord.vertical.agreement import PartyAnnouncement
 from accord.vertical.parties import FeatureParty, LabelParty, SplitMetrics
 from accord.vertical.results import DriverState, EpochMetrics
 
-__all__ = ["FeatureCheckpoints", "read_label_checkpoint", "write_label_checkpoint"]
+__all__ = [
+    "FeatureCheckpoints",
+    "LabelSnapshot",
+    "read_label_checkpoint",
+    "write_label_checkpoint",
+]
 
 LABEL_FORMAT = "accord-vertical-label-checkpoint"
 FEATURE_FORMAT = "accord-vertical-feature-checkpoint"
@@ -124,9 +129,12 @@ def read_label_checkpoint(
 
 
 class FeatureCheckpoints:
-    """A feature party's checkpoint file: its states after the last two epochs saved."""
+    """A feature party's states after the last two epochs saved, in memory and (with a
+    ``path``) in its checkpoint file: the label party continues from either."""
 
-    def __init__(self, path: Path, party: FeatureParty, announcement: PartyAnnouncement) -> None:
+    def __init__(
+        self, path: Path | None, party: FeatureParty, announcement: PartyAnnouncement
+    ) -> None:
         self.path = path
         self.party = party
         self.announcement = announcement
@@ -134,11 +142,17 @@ class FeatureCheckpoints:
 
     def load(self) -> int:
         """Read the file (``--resume``); the latest epoch it can resume at."""
+        if self.path is None:
+            raise InputDataError("--resume: give the --checkpoint FILE to resume from")
         state = _checked(self.path, FEATURE_FORMAT, self.announcement)
         self._states = dict(state["states"])
         if not self._states:
             raise InputDataError(f"{self.path}: holds no saved epoch")
-        return max(int(epoch) for epoch in self._states)
+        return max(self.held())
+
+    def held(self) -> list[int]:
+        """The epochs this party holds a state after (empty: none saved yet)."""
+        return sorted(int(epoch) for epoch in self._states)
 
     def save(self, next_epoch: int) -> None:
         """Save the party's state after ``next_epoch`` epochs; keep the one before."""
@@ -147,16 +161,40 @@ class FeatureCheckpoints:
         if previous in self._states:
             states[previous] = self._states[previous]
         self._states = states
-        write_checkpoint(
-            self.path, {"format": FEATURE_FORMAT, **_identity(self.announcement), "states": states}
-        )
+        if self.path is not None:
+            tree = {"format": FEATURE_FORMAT, **_identity(self.announcement), "states": states}
+            write_checkpoint(self.path, tree)
 
     def restore(self, next_epoch: int) -> None:
         """Continue from the state after ``next_epoch`` epochs (the label party's choice)."""
         state = self._states.get(str(next_epoch))
         if state is None:
+            where = "memory" if self.path is None else str(self.path)
             raise InputDataError(
-                f"{self.path}: no state after epoch {next_epoch} to resume from (it holds"
+                f"{where}: no state after epoch {next_epoch} to continue from (it holds"
                 f" {', '.join(sorted(self._states)) or 'none'})"
             )
         self.party.restore(_to_torch(state))
+
+
+class LabelSnapshot:
+    """The label party's state after the last epoch every party holds, in memory: where
+    a run continues after a feature party rejoins (every party rolls back to it and the
+    epoch in progress is replayed, as the batches depend on the seed only)."""
+
+    def __init__(self, label: LabelParty, state: DriverState | None) -> None:
+        self._tree: Any = None
+        self.state = state
+        self.take(label, state)
+
+    @property
+    def next_epoch(self) -> int:
+        return 0 if self.state is None else self.state.next_epoch
+
+    def take(self, label: LabelParty, state: DriverState | None) -> None:
+        self._tree, self.state = _to_numpy(label.checkpoint()), state
+
+    def restore(self, label: LabelParty) -> DriverState | None:
+        """Roll ``label`` back to the snapshot; the driver's state to continue from."""
+        label.restore(_to_torch(self._tree))
+        return self.state

@@ -6,6 +6,7 @@ this module adds credentials, the run folder and the transport only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from accord._validation import require_number
 from accord.credentials.auth import (
     REVOKED_NAME,
     Authenticator,
@@ -28,19 +30,26 @@ from accord.settings_mapping import settings_to_mapping
 from accord.vertical.agreement import PartyAnnouncement, settings_fingerprint
 from accord.vertical.checkpoints import (
     FeatureCheckpoints,
+    LabelSnapshot,
     read_label_checkpoint,
     write_label_checkpoint,
 )
+from accord.vertical.feature_transport import (
+    DialSettings,
+    FeatureHooks,
+    feature_hello,
+    serve_feature_party,
+)
+from accord.vertical.messages import BatchRequest, EmbeddingGradient
 from accord.vertical.parties import PREDICT, FeatureParty, LabelParty, PartyTable
 from accord.vertical.results import DriverState, VerticalResult
 from accord.vertical.run_files import CHECKPOINT_FILE, LabelRunFolder
-from accord.vertical.simulation import run_vertical
+from accord.vertical.simulation import GradientObserver, run_vertical
 from accord.vertical.transport import (
-    DialSettings,
     LabelServer,
-    feature_hello,
+    PartyLostError,
+    RemoteFeatureParty,
     links_bytes,
-    serve_feature_party,
 )
 
 __all__ = [
@@ -66,14 +75,18 @@ class ListenSettings:
     join_timeout: float = 600.0
     #: Seconds a joined feature party may stay silent.
     idle_timeout: float = 300.0
+    #: Seconds to wait for a feature party lost mid-run to come back (0: a loss ends the
+    #: run).
+    reconnect_timeout: float = 60.0
+    #: Seconds a new connection may take to say who it is before it is dropped.
+    hello_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.port, int) and 0 <= self.port <= 65535):
             raise ConfigurationError(f"--listen: expected a port 0..65535, got {self.port!r}")
-        for name in ("join_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
+        for name in ("join_timeout", "idle_timeout", "hello_timeout"):
+            require_number(name, getattr(self, name), minimum=0, exclusive_minimum=True)
+        require_number("reconnect_timeout", self.reconnect_timeout, minimum=0)
 
 
 def announce(
@@ -95,6 +108,7 @@ def run_label_party(
     on_listening: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     resume: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> VerticalResult:
     """Listen, admit the feature parties, train, write the run folder; the result.
 
@@ -102,19 +116,27 @@ def run_label_party(
     agreement (alignment fingerprint, row count, settings) are checked; a refusal leaves no
     run folder behind. After every epoch each feature party saves its state, then the label
     party (``RUN_DIR/checkpoint.npz``); ``resume`` continues from there.
+
+    A feature party lost mid-run (its stream ended or it went silent) may come back within
+    ``listen.reconnect_timeout`` seconds, passing the same checks: every party then rolls
+    back to the last epoch they all hold and the epoch in progress is replayed, so the
+    result equals an uninterrupted run's. The reconnections are listed in ``summary.json``.
+    ``on_step(epoch, batch)`` is called after each training step (testing failpoints).
     """
     folder = LabelRunFolder(run_dir, resume=resume)
     announcement = announce(label, alignment_fingerprint)
     state = read_label_checkpoint(folder.checkpoint, label, announcement) if resume else None
+    snapshot = LabelSnapshot(label, state)
 
     server = _label_server(
         announcement,
         label.feature_parties,
         credentials_dir,
         listen,
-        first_epoch=0 if state is None else state.next_epoch,
+        first_epoch=snapshot.next_epoch,
     )
     started = clock()
+    reconnections: list[dict[str, Any]] = []
     try:
         port = server.start(listen.host, listen.port)
         address = format_address(listen.host, port)
@@ -122,8 +144,9 @@ def run_label_party(
         if on_listening is not None:
             on_listening(address)
         links = server.wait_for_parties(listen.join_timeout)
-        folder.start(0 if state is None else state.next_epoch)
-        logger.info("every party agreed (%s); training", ", ".join(links))
+        logger.info(
+            "every party agreed (%s); training from epoch %d", ", ".join(links), snapshot.next_epoch
+        )
         exchanged = [0, 0]
 
         def on_epoch_end(done: DriverState) -> None:
@@ -134,8 +157,28 @@ def run_label_party(
             for link in links.values():
                 link.checkpoint(done.next_epoch)
             write_label_checkpoint(folder.checkpoint, label, announcement, done)
+            snapshot.take(label, done)
 
-        result = run_vertical(label, links, on_epoch_end=on_epoch_end, resume=state)
+        while True:
+            # Every party continues from the snapshot's epoch: at the start, and after a
+            # rejoin (the epoch in progress is replayed; its metrics line is dropped).
+            resume_from = snapshot.restore(label)
+            folder.start(snapshot.next_epoch)
+            try:
+                for link in links.values():
+                    link.restore(snapshot.next_epoch)
+                result = run_vertical(
+                    label,
+                    links,
+                    on_epoch_end=on_epoch_end,
+                    resume=resume_from,
+                    on_gradient=None if on_step is None else _stepped(on_step),
+                )
+                break
+            except PartyLostError as lost:
+                if listen.reconnect_timeout <= 0:
+                    raise
+                links = _rejoined(server, lost, snapshot.next_epoch, listen, reconnections)
         for link in links.values():
             link.finish("the run is complete")
         sent, received = links_bytes(links)
@@ -151,6 +194,8 @@ def run_label_party(
                 "protection": settings_to_mapping(label.protection),
                 "bytes_sent": sent,
                 "bytes_received": received,
+                "resumed_at_epoch": state.next_epoch if state is not None else None,
+                "reconnections": reconnections,
                 "seconds": round(clock() - started, 3),
             },
         )
@@ -160,6 +205,41 @@ def run_label_party(
         raise
     finally:
         server.stop()
+
+
+def _stepped(on_step: Callable[[int, int], None]) -> GradientObserver:
+    def observe(request: BatchRequest, gradient: EmbeddingGradient) -> None:
+        del gradient
+        on_step(request.epoch, request.batch)
+
+    return observe
+
+
+def _rejoined(
+    server: LabelServer,
+    lost: PartyLostError,
+    epoch: int,
+    listen: ListenSettings,
+    reconnections: list[dict[str, Any]],
+) -> dict[str, RemoteFeatureParty]:
+    """Wait for ``lost``'s party (and any other gone) to connect again; the new links.
+    The reconnection is logged and appended to ``reconnections``."""
+    logger.warning(
+        "%s; waiting up to %g s for it to connect again (the run continues from epoch %d)",
+        lost,
+        listen.reconnect_timeout,
+        epoch,
+    )
+    waited = time.monotonic()
+    links = server.recover(lost, epoch, listen.reconnect_timeout)
+    seconds = time.monotonic() - waited
+    logger.info(
+        "party %r is back after %.1f s; continuing from epoch %d", lost.party, seconds, epoch
+    )
+    reconnections.append(
+        {"party": lost.party, "reason": str(lost), "epoch": epoch, "seconds": round(seconds, 3)}
+    )
+    return links
 
 
 def feature_credentials(directory: Path) -> NodeCredentials:
@@ -192,32 +272,36 @@ def run_feature_party(
     *,
     checkpoint: Path | None = None,
     resume: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> str:
     """Dial the label party and serve the run; the label party's finish reason.
 
-    With ``checkpoint`` the party saves its state there whenever the label party asks
-    (after every epoch); ``resume`` continues from that file at the label party's epoch.
+    The party keeps its state after the last two epochs in memory (and, with
+    ``checkpoint``, in that file), so that it can continue from where the label party
+    says after a reconnection. ``resume`` continues a restarted process from the file
+    (a file not written yet: the party joins as a new one).
     """
     credentials = feature_credentials(credentials_dir)
     announcement = announce(party, alignment_fingerprint)
-    saved = None if checkpoint is None else FeatureCheckpoints(checkpoint, party, announcement)
-    latest = 0
+    saved = FeatureCheckpoints(checkpoint, party, announcement)
     if resume:
-        if saved is None:
+        if checkpoint is None:
             raise ConfigurationError("--resume: give the --checkpoint FILE to resume from")
-        latest = saved.load()
+        if checkpoint.exists():
+            saved.load()
+        else:
+            logger.info("%s does not exist yet: joining as a new party", checkpoint)
 
     def on_welcome(welcome: Any) -> None:
-        if resume and saved is not None:
-            saved.restore(int(welcome.first_epoch))
+        if not saved.held():  # a new party: its initial state is epoch 0's
+            saved.save(0)
 
     return serve_feature_party(
         party,
-        feature_hello(announcement, latest),
+        lambda: feature_hello(announcement, saved.held()),
         dial,
         credentials,
-        on_checkpoint=None if saved is None else saved.save,
-        on_welcome=on_welcome,
+        hooks=FeatureHooks(saved.save, saved.restore, on_welcome, on_step),
     )
 
 
@@ -247,6 +331,7 @@ def _label_server(
         idle_timeout=listen.idle_timeout,
         first_epoch=first_epoch,
         predict=predict,
+        hello_timeout=listen.hello_timeout,
     )
 
 
@@ -307,7 +392,7 @@ def predict_feature_party(
     credentials = feature_credentials(credentials_dir)
     announcement = announce(party, alignment_fingerprint)
     saved = FeatureCheckpoints(checkpoint, party, announcement)
-    latest = saved.load()
+    saved.load()
 
     def on_welcome(welcome: Any) -> None:
         saved.restore(int(welcome.first_epoch))
@@ -318,9 +403,9 @@ def predict_feature_party(
     )
     return serve_feature_party(
         party,
-        feature_hello(announcement, latest, predict),
-        dial,
+        feature_hello(announcement, saved.held(), predict),
+        dataclasses.replace(dial, reconnect_timeout=0),
         credentials,
-        on_welcome=on_welcome,
+        hooks=FeatureHooks(on_welcome=on_welcome),
         new_rows=new_rows,
     )

@@ -308,6 +308,11 @@ class FeatureParty(_Party):
         embedding.backward(torch.from_numpy(gradient.values))  # type: ignore[no-untyped-call]
         self.optimizer.step()
 
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue from what :meth:`checkpoint` returned (a pending batch is dropped)."""
+        super().restore(checkpoint)
+        self._pending = None
+
     def embed(self, split: str) -> SplitEmbedding:
         """This party's embedding of every row of ``split`` (validation or test)."""
         return SplitEmbedding(self.name, split, self._embed_rows(self.splits.positions(split)))

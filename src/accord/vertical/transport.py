@@ -9,41 +9,43 @@ token must both be the announced party's), then the agreement
 ``Refused`` with one line. After that the label party drives: a
 :class:`RemoteFeatureParty` is the :class:`~accord.vertical.simulation.FeaturePartyLink`
 of one feature party, so :func:`~accord.vertical.simulation.run_vertical` runs the same
-rounds as in memory; :func:`serve_feature_party` answers each instruction with the
-:class:`~accord.vertical.parties.FeatureParty`'s own methods. A driver adds transport,
-never rules.
+rounds as in memory; the feature party's end
+(:func:`~accord.vertical.feature_transport.serve_feature_party`) answers each instruction
+with the :class:`~accord.vertical.parties.FeatureParty`'s own methods. A driver adds
+transport, never rules. This module is the label party's end and the wire helpers.
 
-Timeouts: a feature party that sends nothing for ``idle_timeout`` seconds, or whose stream
-ends (its process died), ends the label party's run with one :class:`PeerError` line; a
-label party that goes silent or away ends the feature party's likewise.
+Timeouts and reconnection: a connection that sends no ``Hello`` within ``hello_timeout``
+is dropped. A feature party that sends nothing for ``idle_timeout`` seconds, or whose
+stream ends (its process died, the network was cut), is a :class:`PartyLostError`: the
+label party's driver waits for it to connect again (:meth:`LabelServer.recover`) and then
+tells every party where to continue (``Restore``). A feature party that loses the label
+party redials for up to ``DialSettings.reconnect_timeout`` seconds and announces again
+which epochs it holds. Past those deadlines, one :class:`PeerError` line ends the party.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
 
-from accord.credentials.auth import Authenticator, NodeCredentials, ServerCredentials
+from accord.credentials.auth import Authenticator, ServerCredentials
 from accord.credentials.tls import (
-    bearer_metadata,
     channel_options,
-    channel_tls,
     format_address,
     server_tls,
 )
 from accord.errors import AccordError, ConfigurationError, PeerError, ProtocolError
 from accord.vertical.agreement import PartyAnnouncement, check_announcements
 from accord.vertical.messages import BatchRequest, Embedding, EmbeddingGradient, SplitEmbedding
-from accord.vertical.parties import PREDICT, FeatureParty, PartyTable
 from accord.vertical.proto import vertical_pb2 as pb
 from accord.vertical.proto import vertical_pb2_grpc as pb_grpc
 
@@ -51,8 +53,13 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "LabelServer",
+    "PartyLostError",
     "RemoteFeatureParty",
-    "serve_feature_party",
+    "from_matrix",
+    "grpc_details",
+    "held_epochs",
+    "links_bytes",
+    "to_matrix",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +67,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 #: Largest message either end accepts: a split's embedding travels in one message.
 MAX_MESSAGE_BYTES = 1 << 30
-_END = object()
+#: Put in an outbound queue: the stream ends there.
+END = object()
 
 
 def to_matrix(values: np.ndarray) -> pb.Matrix:
@@ -91,46 +99,92 @@ def announcement_of(hello: pb.Hello) -> PartyAnnouncement:
     )
 
 
+class _Gone:
+    """The end of a feature party's stream, as the last item of its inbound queue."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+class PartyLostError(PeerError):
+    """A feature party's stream ended, or it went silent, in the middle of a run: it may
+    rejoin (:meth:`LabelServer.recover`)."""
+
+    def __init__(self, party: str, message: str, session: _Session | None = None) -> None:
+        super().__init__(message)
+        self.party = party
+        self.session = session
+
+
 class _Session:
     """One feature party's stream, seen from the label party: instructions go out through
-    ``outbound`` (``_END`` ends the stream), replies come in through ``inbound``."""
+    ``outbound`` (``END`` ends the stream), replies come in through ``inbound`` (a
+    :class:`_Gone` once the stream has ended)."""
 
-    def __init__(self, party: str, peer: str) -> None:
+    def __init__(self, party: str, peer: str, inbound: queue.Queue[Any] | None = None) -> None:
         self.party = party
         self.peer = peer
         self.outbound: queue.Queue[Any] = queue.Queue()
-        self.inbound: queue.Queue[Any] = queue.Queue()
+        self.inbound: queue.Queue[Any] = queue.Queue() if inbound is None else inbound
 
     def close(self) -> None:
-        self.outbound.put(_END)
+        self.outbound.put(END)
+
+    def drop(self, why: str) -> None:
+        """End the stream; whoever waits for a reply learns ``why``."""
+        self.inbound.put(_Gone(why))
+        self.close()
+
+
+class _Traffic:
+    """Bytes exchanged with one feature party over every stream it has had."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
 
 
 class RemoteFeatureParty:
     """A feature party at the other end of a stream (a
-    :class:`~accord.vertical.simulation.FeaturePartyLink`)."""
+    :class:`~accord.vertical.simulation.FeaturePartyLink`). A stream that ends or stays
+    silent for ``idle_timeout`` seconds raises :class:`PartyLostError`."""
 
-    def __init__(self, session: _Session, idle_timeout: float) -> None:
+    def __init__(
+        self, session: _Session, idle_timeout: float, traffic: _Traffic | None = None
+    ) -> None:
         self.name = session.party
         self._session = session
         self._idle_timeout = idle_timeout
-        self.bytes_sent = 0
-        self.bytes_received = 0
+        self._traffic = _Traffic() if traffic is None else traffic
+
+    @property
+    def bytes_sent(self) -> int:
+        return self._traffic.sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self._traffic.received
 
     def _send(self, message: pb.LabelMessage) -> None:
-        self.bytes_sent += message.ByteSize()
+        self._traffic.sent += message.ByteSize()
         self._session.outbound.put(message)
 
     def _matrix(self, what: str) -> np.ndarray:
         try:
             reply = self._session.inbound.get(timeout=self._idle_timeout)
         except queue.Empty:
-            raise PeerError(
+            raise PartyLostError(
+                self.name,
                 f"party {self.name!r} sent nothing for {self._idle_timeout:g} s"
-                f" (waiting for its {what})"
+                f" (waiting for its {what})",
+                self._session,
             ) from None
-        if isinstance(reply, AccordError):
-            raise reply
-        self.bytes_received += reply.ByteSize()
+        if isinstance(reply, _Gone):
+            self._session.inbound.put(reply)  # every later wait learns it too
+            raise PartyLostError(
+                self.name, f"party {self.name!r} is gone: {reply.why}", self._session
+            )
+        self._traffic.received += reply.ByteSize()
         if reply.WhichOneof("body") != "matrix":
             raise ProtocolError(
                 f"party {self.name!r}: expected its {what}, got {reply.WhichOneof('body')}"
@@ -167,6 +221,12 @@ class RemoteFeatureParty:
         self._send(pb.LabelMessage(checkpoint=pb.Checkpoint(next_epoch=next_epoch)))
         self._matrix(f"confirmation that it saved epoch {next_epoch}")
 
+    def restore(self, next_epoch: int) -> None:
+        """Have the feature party continue from its state after ``next_epoch`` epochs, and
+        wait until it has (it answers with an empty matrix)."""
+        self._send(pb.LabelMessage(restore=pb.Restore(next_epoch=next_epoch)))
+        self._matrix(f"confirmation that it restored epoch {next_epoch}")
+
     def finish(self, reason: str) -> None:
         """Tell the feature party the run is over, and end its stream."""
         self._send(pb.LabelMessage(finish=pb.Finish(reason=reason)))
@@ -181,9 +241,16 @@ class _Servicer(pb_grpc.VerticalServicer):
         self, request_iterator: Iterator[pb.FeatureMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.LabelMessage]:
         peer = context.peer()
+        inbound: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=_read_stream, args=(request_iterator, inbound), daemon=True).start()
+        timeout = self.server.hello_timeout
         try:
-            first = next(request_iterator)
-        except (StopIteration, grpc.RpcError):
+            first = inbound.get(timeout=timeout)
+        except queue.Empty:
+            # A client that opens the stream and says nothing must not hold this thread.
+            logger.warning("dropped the connection from %s: no Hello within %g s", peer, timeout)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {timeout:g} s")
+        if isinstance(first, _Gone):
             return
         if first.WhichOneof("body") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
@@ -193,34 +260,34 @@ class _Servicer(pb_grpc.VerticalServicer):
         if refusal is not None:
             logger.warning("refused party %r from %s: %s", hello.party[:64], peer, refusal)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
-        joined = self.server.join(hello, peer)
+        joined = self.server.join(hello, peer, inbound)
         if isinstance(joined, str):
             yield pb.LabelMessage(refused=pb.Refused(reason=joined))
             return
         context.add_callback(joined.close)
-        threading.Thread(target=_read_replies, args=(request_iterator, joined), daemon=True).start()
         yield pb.LabelMessage(welcome=self.server.welcome())
         while True:
             message = joined.outbound.get()
-            if message is _END:
+            if message is END:
                 return
             yield message
 
 
-def _read_replies(replies: Iterator[pb.FeatureMessage], session: _Session) -> None:
+def _read_stream(messages: Iterator[pb.FeatureMessage], inbound: queue.Queue[Any]) -> None:
+    """Every message of a feature party's stream into ``inbound``, then a :class:`_Gone`."""
     why = "its stream ended"
     try:
-        for reply in replies:
-            session.inbound.put(reply)
+        for message in messages:
+            inbound.put(message)
     except grpc.RpcError as error:
-        why = f"its stream broke ({_details(error)})"
+        why = f"its stream broke ({grpc_details(error)})"
     except Exception as error:  # any failure of the stream ends the session
         why = f"its stream broke ({type(error).__name__})"
     finally:
-        session.inbound.put(PeerError(f"party {session.party!r} is gone: {why}"))
+        inbound.put(_Gone(why))
 
 
-def _details(error: grpc.RpcError) -> str:
+def grpc_details(error: grpc.RpcError) -> str:
     """The first line of a gRPC error's details (or its status code)."""
     details = error.details() if hasattr(error, "details") else None
     lines = str(details or "").strip().splitlines()
@@ -230,18 +297,31 @@ def _details(error: grpc.RpcError) -> str:
     return str(getattr(code, "name", None) or type(error).__name__)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Expected:
     label: PartyAnnouncement
     feature_parties: tuple[str, ...]
-    first_epoch: int
     #: The new rows the label party scores (``None``: it trains).
     predict: PartyAnnouncement | None
 
 
+def held_epochs(hello: pb.Hello) -> set[int]:
+    """The epochs a feature party can continue after: those it announced, or for a party
+    that announced none, its initial state (0)."""
+    if hello.held_epochs:
+        return {int(epoch) for epoch in hello.held_epochs}
+    latest = int(hello.resume_epoch)
+    return {latest, latest - 1} if latest > 0 else {0}
+
+
 class LabelServer:
     """The label party's listening end: admits the expected feature parties (credentials,
-    protocol version, agreement) and hands one :class:`RemoteFeatureParty` per party."""
+    protocol version, agreement) and hands one :class:`RemoteFeatureParty` per party.
+
+    A party that connects again (same name, same credentials, same agreement) replaces
+    its previous stream; :meth:`recover` waits for the parties lost mid-run to do so.
+    A connection that sends no ``Hello`` within ``hello_timeout`` seconds is dropped.
+    """
 
     def __init__(
         self,
@@ -253,21 +333,29 @@ class LabelServer:
         idle_timeout: float = 300.0,
         first_epoch: int = 0,
         predict: PartyAnnouncement | None = None,
+        hello_timeout: float = 30.0,
     ) -> None:
-        self._expected = _Expected(label, tuple(sorted(feature_parties)), first_epoch, predict)
+        self._expected = _Expected(label, tuple(sorted(feature_parties)), predict)
         self.credentials = credentials
         self.authenticator = authenticator
         self.idle_timeout = idle_timeout
+        self.hello_timeout = hello_timeout
+        #: The epoch every party continues from (the last one they all hold).
+        self._held_epoch = first_epoch
         self._sessions: dict[str, _Session] = {}
+        self._traffic = {party: _Traffic() for party in self._expected.feature_parties}
         self._failure: AccordError | None = None
+        #: Once training started, a refused party no longer ends the run (it may come back).
+        self._running = False
         self._changed = threading.Condition()
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
     def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (port 0: a free one); the bound port."""
+        workers = 4 * len(self._expected.feature_parties) + 4
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2 * len(self._expected.feature_parties) + 2),
+            futures.ThreadPoolExecutor(max_workers=workers),
             options=[*channel_options(MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_VerticalServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
@@ -288,12 +376,15 @@ class LabelServer:
         return pb.Welcome(
             label_party=expected.label.party,
             parties=[expected.label.party, *expected.feature_parties],
-            first_epoch=expected.first_epoch,
+            first_epoch=self._held_epoch,
         )
 
-    def join(self, hello: pb.Hello, peer: str) -> _Session | str:
-        """Admit an authenticated party, or the one line that refuses it. A disagreement
-        (alignment, rows, settings) also ends the label party's own run."""
+    def join(
+        self, hello: pb.Hello, peer: str, inbound: queue.Queue[Any] | None = None
+    ) -> _Session | str:
+        """Admit an authenticated party, or the one line that refuses it. Before training,
+        a disagreement (alignment, rows, settings, epochs held) also ends the label party's
+        own run; once it trains, the refused party may still come back in time."""
         expected = self._expected
         party = hello.party
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -306,35 +397,44 @@ class LabelServer:
                 f"party {party!r} is not a feature party of this run"
                 f" (expected {', '.join(expected.feature_parties)})"
             )
-        # A resumed feature party holds its last two epochs: it continues from either.
-        first, latest = expected.first_epoch, int(hello.resume_epoch)
-        if not (first == latest or (first > 0 and first == latest - 1)):
-            reason = (
-                f"party {party!r} can resume at epoch {latest}, the label party at epoch"
-                f" {first} (give --resume to both parties, or to neither)"
+        first, held = self._held_epoch, held_epochs(hello)
+        if first not in held:
+            return self._refuse(
+                f"party {party!r} holds the state after epoch"
+                f" {' or '.join(str(e) for e in sorted(held))}, the label party continues"
+                f" after epoch {first} (a restarted party needs --resume and its --checkpoint"
+                " FILE; to start over, start every party without --resume)"
             )
-            self._fail(PeerError(reason))
-            return reason
         try:
             check_announcements(expected.label, [announcement_of(hello)])
             _check_predict(expected.predict, hello)
         except AccordError as error:
-            self._fail(PeerError(str(error)))
-            return str(error)
+            return self._refuse(str(error))
         with self._changed:
-            if party in self._sessions:
-                return f"party {party!r} is connected already"
-            session = _Session(party, peer)
+            previous = self._sessions.get(party)
+            session = _Session(party, peer, inbound)
             self._sessions[party] = session
             self._changed.notify_all()
-        logger.info("party %r joined from %s", party, peer)
+        if previous is None:
+            logger.info("party %r joined from %s", party, peer)
+        else:
+            previous.drop("it connected again")
+            logger.info("party %r connected again from %s", party, peer)
         return session
 
-    def _fail(self, error: AccordError) -> None:
+    def _refuse(self, reason: str) -> str:
         with self._changed:
-            if self._failure is None:
-                self._failure = error
+            if not self._running and self._failure is None:
+                self._failure = PeerError(reason)
             self._changed.notify_all()
+        logger.warning("refused: %s", reason)
+        return reason
+
+    def _links(self) -> dict[str, RemoteFeatureParty]:
+        return {
+            party: RemoteFeatureParty(self._sessions[party], self.idle_timeout, traffic)
+            for party, traffic in self._traffic.items()
+        }
 
     def wait_for_parties(
         self, timeout: float, clock: Callable[[], float] = time.monotonic
@@ -354,10 +454,39 @@ class LabelServer:
                 self._changed.wait(min(left, 1.0))
             if self._failure is not None:
                 raise self._failure
-            return {
-                party: RemoteFeatureParty(self._sessions[party], self.idle_timeout)
-                for party in expected
-            }
+            self._running = True
+            return self._links()
+
+    def recover(
+        self,
+        lost: PartyLostError,
+        held_epoch: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> dict[str, RemoteFeatureParty]:
+        """After ``lost``: forget the lost stream, and once every feature party is
+        connected again (within ``timeout`` seconds, or one :class:`PeerError` line) the
+        links to continue with, from ``held_epoch`` (the parties must be told to restore
+        it: :meth:`RemoteFeatureParty.restore`)."""
+        with self._changed:
+            self._held_epoch = held_epoch
+            if lost.session is not None and self._sessions.get(lost.party) is lost.session:
+                del self._sessions[lost.party]
+        if lost.session is not None:
+            lost.session.drop("the label party forgot this stream")
+        deadline = clock() + timeout
+        expected = set(self._expected.feature_parties)
+        with self._changed:
+            while set(self._sessions) != expected:
+                left = deadline - clock()
+                if left <= 0:
+                    missing = sorted(expected - set(self._sessions))
+                    raise PeerError(
+                        f"party {', '.join(repr(p) for p in missing)} did not come back within"
+                        f" {timeout:g} s ({lost})"
+                    )
+                self._changed.wait(min(left, 1.0))
+            return self._links()
 
     def stop(self, grace: float = 2.0) -> None:
         """End every stream and stop listening."""
@@ -392,204 +521,6 @@ def _check_predict(expected: PartyAnnouncement | None, hello: pb.Hello) -> None:
                 hello.predict_alignment_fingerprint or None,
             )
         ],
-    )
-
-
-# ------------------------------------------------------------------ feature party
-
-
-@dataclass(frozen=True)
-class DialSettings:
-    """How a feature party reaches the label party."""
-
-    #: ``HOST:PORT`` of the label party.
-    address: str
-    #: Seconds to reach the label party (it may still be starting).
-    connect_timeout: float = 60.0
-    #: Seconds the label party may stay silent once joined.
-    idle_timeout: float = 300.0
-    #: The TLS name to expect on the label party's certificate (``None``: the host).
-    server_name: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("connect_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name}: expected seconds > 0, got {value!r}")
-
-
-def _channel(settings: DialSettings, credentials: NodeCredentials) -> grpc.Channel:
-    options: list[tuple[str, int | str]] = [
-        *channel_options(MAX_MESSAGE_BYTES),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
-    if settings.server_name:
-        options.append(("grpc.ssl_target_name_override", settings.server_name))
-    return grpc.secure_channel(settings.address, channel_tls(credentials), options=options)
-
-
-class _Watchdog:
-    """Cancels a call when nothing arrived for ``timeout`` seconds."""
-
-    def __init__(self, call: Any, timeout: float) -> None:
-        self.call, self.timeout = call, timeout
-        self.last = time.monotonic()
-        self.fired = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout / 4)):
-            if time.monotonic() - self.last > self.timeout:
-                self.fired = True
-                self.call.cancel()
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
-def serve_feature_party(
-    party: FeatureParty,
-    hello: pb.Hello,
-    settings: DialSettings,
-    credentials: NodeCredentials,
-    *,
-    on_checkpoint: Callable[[int], None] | None = None,
-    on_welcome: Callable[[pb.Welcome], None] | None = None,
-    new_rows: PartyTable | None = None,
-) -> str:
-    """Dial the label party, answer its instructions until it finishes the run; the
-    finish reason. A refusal, a lost or silent label party is one :class:`PeerError`.
-    ``new_rows``: the party's columns of new rows to embed when the label party scores
-    them (``accord vertical predict``)."""
-    channel = _channel(settings, credentials)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=settings.connect_timeout)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise PeerError(
-            f"cannot reach the label party at {settings.address} within"
-            f" {settings.connect_timeout:g} s (is it listening? do its certificate and this"
-            " party's CA match?)"
-        ) from None
-    outbound: queue.Queue[Any] = queue.Queue()
-    outbound.put(pb.FeatureMessage(hello=hello))
-
-    def requests() -> Iterator[pb.FeatureMessage]:
-        while True:
-            message = outbound.get()
-            if message is _END:
-                return
-            yield message
-
-    stub = pb_grpc.VerticalStub(channel)  # type: ignore[no-untyped-call]
-    call = stub.Session(requests(), metadata=bearer_metadata(credentials))
-    watchdog = _Watchdog(call, settings.idle_timeout)
-    try:
-        for message in call:
-            watchdog.last = time.monotonic()
-            reason = _answer(party, message, outbound, (on_checkpoint, on_welcome), new_rows)
-            if reason is not None:
-                return reason
-        raise PeerError("the label party closed the session before the run ended")
-    except grpc.RpcError as error:
-        if watchdog.fired:
-            raise PeerError(
-                f"the label party sent nothing for {settings.idle_timeout:g} s"
-            ) from None
-        code = error.code() if hasattr(error, "code") else None
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise PeerError(
-                f"the label party at {settings.address} refused this party's credentials"
-                f" (party {hello.party!r}: is this its own `accord certs --names` folder?)"
-            ) from None
-        raise PeerError(f"lost the label party at {settings.address}: {_details(error)}") from None
-    finally:
-        watchdog.stop()
-        outbound.put(_END)
-        call.cancel()
-        channel.close()
-
-
-def _answer(
-    party: FeatureParty,
-    message: pb.LabelMessage,
-    outbound: queue.Queue[Any],
-    callbacks: tuple[Callable[[int], None] | None, Callable[[pb.Welcome], None] | None],
-    new_rows: PartyTable | None,
-) -> str | None:
-    """Carry out one instruction; the finish reason once the run is over."""
-    on_checkpoint, on_welcome = callbacks
-    kind = message.WhichOneof("body")
-    if kind == "finish":
-        return message.finish.reason or "finished"
-    if kind == "refused":
-        raise PeerError(f"the label party refused this party: {message.refused.reason}")
-    if kind == "welcome":
-        logger.info("joined %r's run", message.welcome.label_party)
-        if on_welcome is not None:
-            on_welcome(message.welcome)
-    elif kind == "checkpoint":
-        if on_checkpoint is not None:
-            on_checkpoint(int(message.checkpoint.next_epoch))
-        outbound.put(pb.FeatureMessage(matrix=pb.Matrix()))  # saved (or nothing to save)
-    else:
-        reply = _carry_out(party, message, kind, new_rows)
-        if reply is not None:
-            outbound.put(pb.FeatureMessage(matrix=to_matrix(reply)))
-    return None
-
-
-def _carry_out(
-    party: FeatureParty, message: pb.LabelMessage, kind: str | None, new_rows: PartyTable | None
-) -> np.ndarray | None:
-    """One round instruction, by the feature party's own methods; the matrix to send back."""
-    if kind == "forward":
-        request = BatchRequest(int(message.forward.epoch), int(message.forward.batch))
-        return party.forward(request).values
-    if kind == "backward":
-        body = message.backward
-        values = from_matrix(body.gradient, "gradient")
-        party.backward(EmbeddingGradient(party.name, int(body.epoch), int(body.batch), values))
-        return None
-    if kind == "embed":
-        split = message.embed.split
-        if split == PREDICT and new_rows is not None:
-            return party.embed_new(new_rows).values
-        if split not in ("validation", "test"):
-            raise ProtocolError(f"embed: expected the validation or test split, got {split!r}")
-        return party.embed(split).values
-    if kind == "keep_best":
-        party.keep_best()
-        return None
-    if kind == "restore_best":
-        party.restore_best()
-        return None
-    raise ProtocolError(f"unknown instruction {kind!r} from the label party")
-
-
-def feature_hello(
-    announcement: PartyAnnouncement,
-    resume_epoch: int = 0,
-    predict: PartyAnnouncement | None = None,
-) -> pb.Hello:
-    """The first message of a feature party's stream (``predict``: the new rows it embeds)."""
-    return pb.Hello(
-        protocol_version=PROTOCOL_VERSION,
-        party=announcement.party,
-        row_count=announcement.row_count,
-        settings_fingerprint=announcement.settings_fingerprint,
-        alignment_fingerprint=announcement.alignment_fingerprint or "",
-        resume_epoch=resume_epoch,
-        predict_rows=0 if predict is None else predict.row_count,
-        predict_alignment_fingerprint=(
-            "" if predict is None else predict.alignment_fingerprint or ""
-        ),
     )
 
 

@@ -2,7 +2,9 @@
 
 Every output is written next to its destination under a staging name and renamed into
 place only when all of them are complete (:func:`write_outputs`), so a failed run leaves
-no partial file behind.
+no partial file behind. A run that is killed (SIGKILL, power loss) cannot remove its
+staging files; they carry the writer's process ID, and the next run writing the same
+outputs removes those of processes that no longer exist.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from accord.atomic_files import glob_escape, remove_files_of_killed_writers
 from accord.errors import ConfigurationError
 from accord.tee.runtime.bucketed_host import larger_than_memory
 from accord.tee.runtime.settings import PartySettings, PartySummary, Progress
@@ -23,11 +27,36 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-__all__ = ["write_outputs"]
+__all__ = ["remove_stale_staging", "write_outputs"]
+
+
+# A staging file, or (a leading dot more) the temporary file of the atomic write of one.
+_STAGING = re.compile(r"^(\.?)\.accord-partial-(\d+)-[0-9a-f]{12}-(.+)$")
 
 
 def _staging_path(final: Path) -> Path:
-    return final.parent / f".accord-{secrets.token_hex(6)}-{final.name}"
+    return final.parent / f".accord-partial-{os.getpid()}-{secrets.token_hex(6)}-{final.name}"
+
+
+def remove_stale_staging(finals: list[Path]) -> list[Path]:
+    """Remove the staging files of ``finals`` left by killed runs (their writer's process is
+    gone), and the temporary files of their writes; the files removed."""
+    removed = []
+    for final in finals:
+        stale = []
+        with contextlib.suppress(OSError):
+            for candidate in final.parent.glob(f"*.accord-partial-*-{glob_escape(final.name)}*"):
+                match = _STAGING.match(candidate.name)
+                if match is not None and _stages(match.group(3), final.name):
+                    stale.append((candidate, int(match.group(2))))
+        removed += remove_files_of_killed_writers(stale, f"a partial output for {final.name}")
+    return removed
+
+
+def _stages(rest: str, name: str) -> bool:
+    """Whether a staging file's name, after its prefix, is ``name`` or a temporary file of
+    a write of it (``NAME.PID-RANDOM.tmp``)."""
+    return rest == name or (rest.startswith(f"{name}.") and rest.endswith(".tmp"))
 
 
 def write_outputs(
@@ -43,6 +72,8 @@ def write_outputs(
 
     outputs: dict[str, str] = {}
     staged: list[tuple[Path, Path]] = []
+    finals = [settings.output_map, settings.output_table, settings.summary]
+    remove_stale_staging([final for final in finals if final is not None])
     try:
         if settings.output_map is not None:
             temporary = _staging_path(settings.output_map)

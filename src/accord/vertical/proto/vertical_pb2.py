@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$accord/vertical/proto/vertical.proto\x12\x12\x61\x63\x63ord.vertical.v1\"5\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0f\n\x07\x63olumns\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd3\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05party\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x04\x12\x1c\n\x14settings_fingerprint\x18\x04 \x01(\t\x12\x1d\n\x15\x61lignment_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0cresume_epoch\x18\x06 \x01(\r\x12\x14\n\x0cpredict_rows\x18\x07 \x01(\x04\x12%\n\x1dpredict_alignment_fingerprint\x18\x08 \x01(\t\"D\n\x07Welcome\x12\x13\n\x0blabel_party\x18\x01 \x01(\t\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\x13\n\x0b\x66irst_epoch\x18\x03 \x01(\r\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\'\n\x07\x46orward\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\r\"V\n\x08\x42\x61\x63kward\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\r\x12,\n\x08gradient\x18\x03 \x01(\x0b\x32\x1a.accord.vertical.v1.Matrix\"\x16\n\x05\x45mbed\x12\r\n\x05split\x18\x01 \x01(\t\"\n\n\x08KeepBest\"\r\n\x0bRestoreBest\" \n\nCheckpoint\x12\x12\n\nnext_epoch\x18\x01 \x01(\r\"\x18\n\x06\x46inish\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x0e\x46\x65\x61tureMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.accord.vertical.v1.HelloH\x00\x12,\n\x06matrix\x18\x02 \x01(\x0b\x32\x1a.accord.vertical.v1.MatrixH\x00\x42\x06\n\x04\x62ody\"\xd4\x03\n\x0cLabelMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.accord.vertical.v1.WelcomeH\x00\x12.\n\x07refused\x18\x02 \x01(\x0b\x32\x1b.accord.vertical.v1.RefusedH\x00\x12.\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x1b.accord.vertical.v1.ForwardH\x00\x12\x30\n\x08\x62\x61\x63kward\x18\x04 \x01(\x0b\x32\x1c.accord.vertical.v1.BackwardH\x00\x12*\n\x05\x65mbed\x18\x05 \x01(\x0b\x32\x19.accord.vertical.v1.EmbedH\x00\x12\x31\n\tkeep_best\x18\x06 \x01(\x0b\x32\x1c.accord.vertical.v1.KeepBestH\x00\x12\x37\n\x0crestore_best\x18\x07 \x01(\x0b\x32\x1f.accord.vertical.v1.RestoreBestH\x00\x12\x34\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x1e.accord.vertical.v1.CheckpointH\x00\x12,\n\x06\x66inish\x18\t \x01(\x0b\x32\x1a.accord.vertical.v1.FinishH\x00\x42\x06\n\x04\x62ody2_\n\x08Vertical\x12S\n\x07Session\x12\".accord.vertical.v1.FeatureMessage\x1a .accord.vertical.v1.LabelMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$accord/vertical/proto/vertical.proto\x12\x12\x61\x63\x63ord.vertical.v1\"5\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0f\n\x07\x63olumns\x18\x02 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe8\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05party\x18\x02 \x01(\t\x12\x11\n\trow_count\x18\x03 \x01(\x04\x12\x1c\n\x14settings_fingerprint\x18\x04 \x01(\t\x12\x1d\n\x15\x61lignment_fingerprint\x18\x05 \x01(\t\x12\x14\n\x0cresume_epoch\x18\x06 \x01(\r\x12\x14\n\x0cpredict_rows\x18\x07 \x01(\x04\x12%\n\x1dpredict_alignment_fingerprint\x18\x08 \x01(\t\x12\x13\n\x0bheld_epochs\x18\t \x03(\r\"D\n\x07Welcome\x12\x13\n\x0blabel_party\x18\x01 \x01(\t\x12\x0f\n\x07parties\x18\x02 \x03(\t\x12\x13\n\x0b\x66irst_epoch\x18\x03 \x01(\r\"\x19\n\x07Refused\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\'\n\x07\x46orward\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\r\"V\n\x08\x42\x61\x63kward\x12\r\n\x05\x65poch\x18\x01 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\r\x12,\n\x08gradient\x18\x03 \x01(\x0b\x32\x1a.accord.vertical.v1.Matrix\"\x16\n\x05\x45mbed\x12\r\n\x05split\x18\x01 \x01(\t\"\n\n\x08KeepBest\"\r\n\x0bRestoreBest\" \n\nCheckpoint\x12\x12\n\nnext_epoch\x18\x01 \x01(\r\"\x1d\n\x07Restore\x12\x12\n\nnext_epoch\x18\x01 \x01(\r\"\x18\n\x06\x46inish\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x0e\x46\x65\x61tureMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.accord.vertical.v1.HelloH\x00\x12,\n\x06matrix\x18\x02 \x01(\x0b\x32\x1a.accord.vertical.v1.MatrixH\x00\x42\x06\n\x04\x62ody\"\x84\x04\n\x0cLabelMessage\x12.\n\x07welcome\x18\x01 \x01(\x0b\x32\x1b.accord.vertical.v1.WelcomeH\x00\x12.\n\x07refused\x18\x02 \x01(\x0b\x32\x1b.accord.vertical.v1.RefusedH\x00\x12.\n\x07\x66orward\x18\x03 \x01(\x0b\x32\x1b.accord.vertical.v1.ForwardH\x00\x12\x30\n\x08\x62\x61\x63kward\x18\x04 \x01(\x0b\x32\x1c.accord.vertical.v1.BackwardH\x00\x12*\n\x05\x65mbed\x18\x05 \x01(\x0b\x32\x19.accord.vertical.v1.EmbedH\x00\x12\x31\n\tkeep_best\x18\x06 \x01(\x0b\x32\x1c.accord.vertical.v1.KeepBestH\x00\x12\x37\n\x0crestore_best\x18\x07 \x01(\x0b\x32\x1f.accord.vertical.v1.RestoreBestH\x00\x12\x34\n\ncheckpoint\x18\x08 \x01(\x0b\x32\x1e.accord.vertical.v1.CheckpointH\x00\x12,\n\x06\x66inish\x18\t \x01(\x0b\x32\x1a.accord.vertical.v1.FinishH\x00\x12.\n\x07restore\x18\n \x01(\x0b\x32\x1b.accord.vertical.v1.RestoreH\x00\x42\x06\n\x04\x62ody2_\n\x08Vertical\x12S\n\x07Session\x12\".accord.vertical.v1.FeatureMessage\x1a .accord.vertical.v1.LabelMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATRIX']._serialized_start=60
   _globals['_MATRIX']._serialized_end=113
   _globals['_HELLO']._serialized_start=116
-  _globals['_HELLO']._serialized_end=327
-  _globals['_WELCOME']._serialized_start=329
-  _globals['_WELCOME']._serialized_end=397
-  _globals['_REFUSED']._serialized_start=399
-  _globals['_REFUSED']._serialized_end=424
-  _globals['_FORWARD']._serialized_start=426
-  _globals['_FORWARD']._serialized_end=465
-  _globals['_BACKWARD']._serialized_start=467
-  _globals['_BACKWARD']._serialized_end=553
-  _globals['_EMBED']._serialized_start=555
-  _globals['_EMBED']._serialized_end=577
-  _globals['_KEEPBEST']._serialized_start=579
-  _globals['_KEEPBEST']._serialized_end=589
-  _globals['_RESTOREBEST']._serialized_start=591
-  _globals['_RESTOREBEST']._serialized_end=604
-  _globals['_CHECKPOINT']._serialized_start=606
-  _globals['_CHECKPOINT']._serialized_end=638
-  _globals['_FINISH']._serialized_start=640
-  _globals['_FINISH']._serialized_end=664
-  _globals['_FEATUREMESSAGE']._serialized_start=666
-  _globals['_FEATUREMESSAGE']._serialized_end=780
-  _globals['_LABELMESSAGE']._serialized_start=783
-  _globals['_LABELMESSAGE']._serialized_end=1251
-  _globals['_VERTICAL']._serialized_start=1253
-  _globals['_VERTICAL']._serialized_end=1348
+  _globals['_HELLO']._serialized_end=348
+  _globals['_WELCOME']._serialized_start=350
+  _globals['_WELCOME']._serialized_end=418
+  _globals['_REFUSED']._serialized_start=420
+  _globals['_REFUSED']._serialized_end=445
+  _globals['_FORWARD']._serialized_start=447
+  _globals['_FORWARD']._serialized_end=486
+  _globals['_BACKWARD']._serialized_start=488
+  _globals['_BACKWARD']._serialized_end=574
+  _globals['_EMBED']._serialized_start=576
+  _globals['_EMBED']._serialized_end=598
+  _globals['_KEEPBEST']._serialized_start=600
+  _globals['_KEEPBEST']._serialized_end=610
+  _globals['_RESTOREBEST']._serialized_start=612
+  _globals['_RESTOREBEST']._serialized_end=625
+  _globals['_CHECKPOINT']._serialized_start=627
+  _globals['_CHECKPOINT']._serialized_end=659
+  _globals['_RESTORE']._serialized_start=661
+  _globals['_RESTORE']._serialized_end=690
+  _globals['_FINISH']._serialized_start=692
+  _globals['_FINISH']._serialized_end=716
+  _globals['_FEATUREMESSAGE']._serialized_start=718
+  _globals['_FEATUREMESSAGE']._serialized_end=832
+  _globals['_LABELMESSAGE']._serialized_start=835
+  _globals['_LABELMESSAGE']._serialized_end=1351
+  _globals['_VERTICAL']._serialized_start=1353
+  _globals['_VERTICAL']._serialized_end=1448
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class Matrix(_message.Message):
     def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "party", "row_count", "settings_fingerprint", "alignment_fingerprint", "resume_epoch", "predict_rows", "predict_alignment_fingerprint")
+    __slots__ = ("protocol_version", "party", "row_count", "settings_fingerprint", "alignment_fingerprint", "resume_epoch", "predict_rows", "predict_alignment_fingerprint", "held_epochs")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Hello(_message.Message):
     RESUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
     PREDICT_ROWS_FIELD_NUMBER: _ClassVar[int]
     PREDICT_ALIGNMENT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    HELD_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     party: str
     row_count: int
@@ -33,7 +34,8 @@ class Hello(_message.Message):
     resume_epoch: int
     predict_rows: int
     predict_alignment_fingerprint: str
-    def __init__(self, protocol_version: _Optional[int] = ..., party: _Optional[str] = ..., row_count: _Optional[int] = ..., settings_fingerprint: _Optional[str] = ..., alignment_fingerprint: _Optional[str] = ..., resume_epoch: _Optional[int] = ..., predict_rows: _Optional[int] = ..., predict_alignment_fingerprint: _Optional[str] = ...) -> None: ...
+    held_epochs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, protocol_version: _Optional[int] = ..., party: _Optional[str] = ..., row_count: _Optional[int] = ..., settings_fingerprint: _Optional[str] = ..., alignment_fingerprint: _Optional[str] = ..., resume_epoch: _Optional[int] = ..., predict_rows: _Optional[int] = ..., predict_alignment_fingerprint: _Optional[str] = ..., held_epochs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("label_party", "parties", "first_epoch")
@@ -89,6 +91,12 @@ class Checkpoint(_message.Message):
     next_epoch: int
     def __init__(self, next_epoch: _Optional[int] = ...) -> None: ...
 
+class Restore(_message.Message):
+    __slots__ = ("next_epoch",)
+    NEXT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    next_epoch: int
+    def __init__(self, next_epoch: _Optional[int] = ...) -> None: ...
+
 class Finish(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -104,7 +112,7 @@ class FeatureMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., matrix: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
 
 class LabelMessage(_message.Message):
-    __slots__ = ("welcome", "refused", "forward", "backward", "embed", "keep_best", "restore_best", "checkpoint", "finish")
+    __slots__ = ("welcome", "refused", "forward", "backward", "embed", "keep_best", "restore_best", "checkpoint", "finish", "restore")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +122,7 @@ class LabelMessage(_message.Message):
     RESTORE_BEST_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     FINISH_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     refused: Refused
     forward: Forward
@@ -123,4 +132,5 @@ class LabelMessage(_message.Message):
     restore_best: RestoreBest
     checkpoint: Checkpoint
     finish: Finish
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., backward: _Optional[_Union[Backward, _Mapping]] = ..., embed: _Optional[_Union[Embed, _Mapping]] = ..., keep_best: _Optional[_Union[KeepBest, _Mapping]] = ..., restore_best: _Optional[_Union[RestoreBest, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+    restore: Restore
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., forward: _Optional[_Union[Forward, _Mapping]] = ..., backward: _Optional[_Union[Backward, _Mapping]] = ..., embed: _Optional[_Union[Embed, _Mapping]] = ..., keep_best: _Optional[_Union[KeepBest, _Mapping]] = ..., restore_best: _Optional[_Union[RestoreBest, _Mapping]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., restore: _Optional[_Union[Restore, _Mapping]] = ...) -> None: ...
