@@ -3,6 +3,8 @@ node data, settings, the node's checks, and the round driver over an in-memory g
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -552,6 +554,23 @@ def _federated_run(
     return run, grid
 
 
+def test_a_run_times_each_stage_of_each_round(small: tuple[Any, Any]) -> None:
+    from accord.federation.driver import ROUND_STAGES
+
+    scenario, data = small
+    run, _ = _federated_run(scenario, data, 3)
+
+    result = run.run()
+
+    # one entry per round, every stage, and the stages fit in the round's wall time
+    assert len(result.stage_seconds) == len(result.rounds) == 3
+    for stages, timed in zip(result.stage_seconds, result.rounds, strict=True):
+        assert set(stages) == {*ROUND_STAGES, "process_cpu"}
+        assert all(seconds >= 0 for seconds in stages.values())
+        assert stages["first_gradients"] == timed.local_training_seconds
+        assert sum(stages[name] for name in ROUND_STAGES) <= timed.round_seconds
+
+
 def test_the_in_memory_grid_reproduces_the_simulation(small: tuple[Any, Any]) -> None:
     scenario, data = small  # with a node sending noise
     run, _ = _federated_run(scenario, data, 4)
@@ -795,6 +814,55 @@ def test_a_node_admitted_before_the_roster_is_fixed_and_left_out_is_told_why() -
     finally:
         hang_up.set()
         channel.close()
+        grid.shutdown(None)
+
+
+class _VanishingPeer:
+    """The server side of a stream whose node was killed: the read sees EOF, and gRPC then
+    cancels the handler too, here at the latest moment (while it stops its writer)."""
+
+    handler: asyncio.Task[None] | None = None
+
+    async def read(self) -> object:
+        return grpc.aio.EOF
+
+    async def write(self, message: object) -> None:
+        raise AssertionError("nothing is written to a vanished node")
+
+
+def test_a_node_whose_stream_ends_twice_is_still_dropped_at_once() -> None:
+    # Arrange: a real server's loop; a registered node owes it a first gradient, and its
+    # stream's end is seen twice: EOF on the read, then the handler's cancellation, which
+    # lands in the handler's clean-up (the order that once left a dead node registered).
+    from accord.federation.connection import Connection
+
+    spec = RunSpec("run", ModelSpec(), 64, 10, 2410, LocalTrainingSettings(), 1.0, False)
+    grid = GrpcGrid(spec, TransportSettings(port=0), None, Authenticator(None, False))
+    peer = _VanishingPeer()
+
+    async def vanish() -> tuple[dict[str, NodeInfo], tuple[str, Any, float] | None, bool]:
+        connection = Connection(NodeInfo("node-03", 10, 64, 10), peer)  # type: ignore[arg-type]
+        grid._attach(connection)
+        owed: asyncio.Future[tuple[str, Any, float]] = asyncio.get_running_loop().create_future()
+        connection.expect, connection.future = ("first", 0), owed
+        writer = asyncio.create_task(grid._write_loop(connection))
+        handler = asyncio.create_task(grid._serve_node(peer, connection, writer))  # type: ignore[arg-type]
+        writer.add_done_callback(lambda _: handler.cancel())
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+
+        outcome = owed.result() if owed.done() else None
+        return {n: c.info for n, c in grid._connections.items()}, outcome, handler.cancelled()
+
+    try:
+        # Act
+        connected, outcome, cancelled = grid._call(vanish())
+
+        # Assert: the cancellation did land in the clean-up, and the node is gone all the same
+        assert cancelled
+        assert connected == {}
+        assert outcome == ("failed", "node disconnected", 0.0)
+    finally:
         grid.shutdown(None)
 
 

@@ -19,7 +19,8 @@ entry                         who, and what it does
                               training step of batch 2 of epoch E (in the middle of it)
 ============================  ==============================================================
 
-R is the 0-based round index of the protocol (``round`` in ``metrics.jsonl``).
+R is the 0-based round index of the protocol (``round`` in ``metrics.jsonl``). The node
+processes that ``accord federate`` forks read the node entries too.
 """
 
 from __future__ import annotations

@@ -105,6 +105,10 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         action="store_true",
         help="after a run ends, wait for the next one instead of exiting",
     )
+    # Load tests (benchmarks/federation_load.py): N sessions in this process, scenario
+    # partitions K..K+N-1 of --scenario-node K, each a client of its own (channel,
+    # credentials from the `accord certs` folder --credentials DIR/<node id>, registration).
+    connection.add_argument("--sessions", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
     return parser
 
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
     from accord.training.device import resolve_device
 
     logger = logging.getLogger("accord.commands.node")
+    if args.sessions is not None:
+        return _run_sessions(args)
     # Credentials first: a mistake there should not wait for the data to load.
     given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
     if args.insecure:
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
     if args.app_config:
         raise ConfigurationError("--app-config: only with --app")
     if args.scenario_node is not None:
-        from accord.scenario import build_scenario, node_id, node_seed
+        from accord.scenario import build_scenario
 
         scenario_settings = scenario_from_args(args)
         if not 0 <= args.scenario_node < scenario_settings.nodes:
@@ -171,17 +177,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
                 f"scenario_node: expected 0..{scenario_settings.nodes - 1}, got "
                 f"{args.scenario_node}"
             )
-        scenario = build_scenario(scenario_settings)
-        node = scenario.nodes[args.scenario_node]
-        fingerprint = Fingerprint.of(scenario=scenario_settings)
-        node_name = args.node_id or node_id(args.scenario_node)
-        seed = node_seed(scenario_settings.seed, node.index)
-        features, labels = node.features, node.labels
-        fault = scenario.node_fault(node)  # the worker flips a label flipper's labels
         if args.standardise is not None:
             raise ConfigurationError(
                 "--standardise: only with --data (a scenario's data is already scaled)"
             )
+        scenario = build_scenario(scenario_settings)
+        node_name, seed, features, labels, fault, fingerprint = _scenario_node(
+            scenario_settings, scenario, args.scenario_node, args.node_id
+        )
     else:
         from accord.federation.node_data import load_table
 
@@ -300,3 +303,94 @@ def _node_settings(args: argparse.Namespace) -> Any:
         **({} if args.chunk_bytes is None else {"chunk_bytes": args.chunk_bytes}),
         failpoints=failpoints_for(NODE_ACTIONS),
     )
+
+
+def _scenario_node(
+    scenario_settings: Any, scenario: Any, index: int, name: str | None
+) -> tuple[str, int, Any, Any, Any, Any]:
+    """Scenario partition ``index``: its node id (``name``, or node-KK), seed, features,
+    labels, fault (the worker flips a label flipper's labels) and fingerprint."""
+    from accord.federation.fingerprint import Fingerprint
+    from accord.scenario import node_id, node_seed
+
+    node = scenario.nodes[index]
+    return (
+        name or node_id(index),
+        node_seed(scenario_settings.seed, node.index),
+        node.features,
+        node.labels,
+        scenario.node_fault(node),
+        Fingerprint.of(scenario=scenario_settings),
+    )
+
+
+def _run_sessions(args: argparse.Namespace) -> int:
+    """``accord node --sessions N --scenario-node K``: scenario partitions K..K+N-1 as N
+    sessions of this process (:func:`accord.federation.node_host.host_sessions`), each
+    with its credentials from ``--credentials DIR/<node id>``. Load tests only."""
+    import logging
+    from pathlib import Path
+
+    import numpy as np
+
+    from accord.commands.server import scenario_from_args
+    from accord.credentials.auth import load_node_credentials
+    from accord.errors import ConfigurationError, PeerError
+    from accord.federation.client import NodeClient
+    from accord.federation.node_data import split_validation
+    from accord.federation.node_host import host_sessions
+    from accord.federation.worker import NodeWorker
+    from accord.scenario import build_scenario
+
+    logger = logging.getLogger("accord.commands.node")
+    if args.scenario_node is None or args.node_id is not None:
+        raise ConfigurationError("--sessions: only with --scenario-node K and no --node-id")
+    if args.standardise is not None:
+        raise ConfigurationError("--standardise: only with --data")
+    others = (args.tls_ca, args.tls_cert, args.tls_key, args.token_file)
+    if any(value is not None for value in others) or args.insecure == (
+        args.credentials is not None
+    ):
+        raise ConfigurationError(
+            "--sessions: give --credentials DIR (the `accord certs` folder) or --insecure"
+        )
+    scenario_settings = scenario_from_args(args)
+    first, count = args.scenario_node, args.sessions
+    if count < 1 or first < 0 or first + count > scenario_settings.nodes:
+        raise ConfigurationError(
+            f"--sessions: expected partitions within 0..{scenario_settings.nodes - 1}, got "
+            f"{count} from {first}"
+        )
+    scenario = build_scenario(scenario_settings)
+    settings = _node_settings(args)
+    clients = []
+    for index in range(first, first + count):
+        name, seed, features, labels, fault, fingerprint = _scenario_node(
+            scenario_settings, scenario, index, None
+        )
+        features, labels, validation = split_validation(
+            features, labels, args.node_validation_fraction, seed
+        )
+        worker = NodeWorker(name, features, labels, seed=seed, validation=validation, fault=fault)
+        credentials = (
+            None if args.insecure else load_node_credentials(Path(args.credentials) / name)
+        )
+        clients.append(
+            NodeClient(
+                worker,
+                settings,
+                credentials,
+                rng=np.random.default_rng([seed, 5]),
+                fingerprint=fingerprint,
+            )
+        )
+    logger.info("hosting %d node sessions; server %s", count, args.server)
+    outcomes = host_sessions(clients)
+    failed = [outcome for outcome in outcomes if outcome.error is not None]
+    if failed:
+        raise PeerError(
+            f"{len(failed)} of {count} sessions failed; first: node {failed[0].node_id}: "
+            f"{failed[0].error}"
+        )
+    logger.info("all %d sessions done: %s", count, outcomes[0].reason)
+    return 0

@@ -185,6 +185,9 @@ class NodeClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
+            # Its own connection, even beside other sessions in this process (a load test
+            # hosts many): gRPC would otherwise share one between equal channels.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if self.settings.insecure:
             return grpc.insecure_channel(self.settings.server, options=options)

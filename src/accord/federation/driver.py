@@ -41,6 +41,7 @@ from accord.run import StopConditions, StopTracker, TimedRecord
 __all__ = [
     "CHECKPOINT_FORMAT",
     "INTERRUPTED",
+    "ROUND_STAGES",
     "FederatedResult",
     "FederatedRun",
     "RoundTraffic",
@@ -58,6 +59,12 @@ CHECKPOINT_VERSION = 2
 
 #: The stop reason of a run ended by a :class:`StopRequest`; its checkpoint stays resumable.
 INTERRUPTED = "interrupted"
+#: The stages of :meth:`FederatedRun.play_round`, in order: collecting the first gradients
+#: (the nodes' training and the transport both ways), the engine's aggregation (credit,
+#: policy, second gradient), handing the second gradient to the grid, collecting federated
+#: evaluations (0 without them), and the engine's conclusion (validation, learning).
+ROUND_STAGES = ("first_gradients", "aggregate", "second_gradient", "evaluations", "conclude")
+
 #: The stop reason's prefix when the model diverged (the run cannot go on, nor be resumed).
 DIVERGED = "diverged"
 
@@ -144,6 +151,9 @@ class FederatedResult:
     seconds: float
     resumed_at: int | None = None
     first_round_done_at: float | None = None  # time.time() when round 0 was concluded
+    #: Per round played by this process: each stage's wall seconds (:data:`ROUND_STAGES`)
+    #: and ``process_cpu``, the CPU seconds of this whole process during the round.
+    stage_seconds: tuple[Mapping[str, float], ...] = ()
 
 
 def record_from_json(data: Mapping[str, Any]) -> RoundRecord:
@@ -235,6 +245,10 @@ class FederatedRun:
         self.fit_standardisation = fit_standardisation
         #: The run's feature transform, frozen once the roster is fixed (checkpointed).
         self.standardisation: Standardisation | None = None
+        #: Wall seconds of each stage (:data:`ROUND_STAGES`) of every round played by this
+        #: object, and the process's CPU seconds (``process_cpu``) in the round (not
+        #: checkpointed; for benchmarks and ``federation_stats.json``).
+        self.stage_seconds: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ roster
 
@@ -423,6 +437,7 @@ class FederatedRun:
             seconds=elapsed_before + (time.perf_counter() - started),
             resumed_at=resumed_at,
             first_round_done_at=first_round_done_at,
+            stage_seconds=tuple(self.stage_seconds),
         )
 
     def play_round(
@@ -434,6 +449,15 @@ class FederatedRun:
         :class:`DivergedError`, or :class:`ProtocolError` when no usable first gradient
         arrived (the caller may retry). The in-process simulation plays its rounds here too."""
         round_started = time.perf_counter()
+        cpu_started = time.process_time()
+        stages: dict[str, float] = {}
+        last = round_started
+
+        def lap(stage: str) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            stages[stage], last = now - last, now
+
         round_index = engine.round_index
         weights = np.array(engine.global_weights)
         targets = tuple(node for node in roster if node in connected)
@@ -448,11 +472,13 @@ class FederatedRun:
         replies = self.grid.collect_first_gradients(
             round_index, weights, targets, self.settings.round_deadline, buffers
         )
-        local_seconds = time.perf_counter() - round_started
+        lap("first_gradients")
+        local_seconds = stages["first_gradients"]
         failures = {node: "not connected" for node in roster if node not in connected}
         failures.update(replies.failures)
         pending = engine.aggregate(replies.values, failures, not_asked)
         new_buffers = pending.new_buffers if engine.layout is not None else None
+        lap("aggregate")
         self.grid.broadcast_second_gradient(
             round_index,
             pending.aggregation.second_gradient,
@@ -461,12 +487,17 @@ class FederatedRun:
             pending.new_weights,
             new_buffers,
         )
+        lap("second_gradient")
         federated_accuracy: float | None = None
         if self.settings.evaluation == "federated":
             federated_accuracy = self._federated_accuracy(
                 round_index, pending.new_weights, pending.present, new_buffers
             )
+        lap("evaluations")
         record = engine.conclude(pending, federated_accuracy_after=federated_accuracy)
+        lap("conclude")
+        stages["process_cpu"] = time.process_time() - cpu_started
+        self.stage_seconds.append(stages)
         return TimedRecord(record, time.perf_counter() - round_started, local_seconds)
 
     def _federated_accuracy(

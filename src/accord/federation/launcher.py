@@ -474,6 +474,8 @@ def _write_stats(
             "bytes_sent": [t.sent for t in result.traffic],
             "bytes_received": [t.received for t in result.traffic],
             "first_round_done_at": result.first_round_done_at,
+            # the rounds this process played: wall seconds per stage, and its CPU seconds
+            "stage_seconds": [dict(stages) for stages in result.stage_seconds],
             "server_peak_rss_bytes": peak_rss_bytes(),
             **(dict(extra_stats()) if extra_stats is not None else {}),
         },

@@ -70,6 +70,7 @@ def _node_child(
 
     from accord.checkpoint_files import loads_tree
     from accord.credentials.auth import load_node_credentials
+    from accord.failpoints import NODE_ACTIONS, failpoints_for
     from accord.federation.client import NodeClient, NodeSettings
     from accord.federation.fingerprint import Fingerprint
     from accord.federation.node_data import split_validation
@@ -112,6 +113,7 @@ def _node_child(
             server=f"127.0.0.1:{port}",
             insecure=credentials_dir is None,
             give_up_after=60.0,
+            failpoints=failpoints_for(NODE_ACTIONS),  # as `accord node` (tests)
         ),
         credentials,
         rng=np.random.default_rng([seed, 5]),

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn, TypeVar
 
@@ -125,7 +125,10 @@ class GrpcGrid(Grid):
             target=self._loop.run_forever, name="accord-grpc-server", daemon=True
         )
         self._thread.start()
-        self._changed: asyncio.Condition | None = None
+        #: Set (and replaced) whenever the set of connections changes or the run is
+        #: interrupted; waiters re-check their condition. Setting it never yields, so a
+        #: session's cleanup cannot be cut short between removing a node and waking them.
+        self._change: asyncio.Event | None = None
         self._interrupted: asyncio.Event | None = None
         self._grace_until = float("inf")
         self._server: grpc.aio.Server | None = None
@@ -148,7 +151,7 @@ class GrpcGrid(Grid):
             self._loop.close()
 
     async def _start(self) -> int:
-        self._changed = asyncio.Condition()
+        self._change = asyncio.Event()
         self._interrupted = asyncio.Event()
         server = grpc.aio.server(
             options=[*channel_options(self.transport.max_message_bytes), ("grpc.so_reuseport", 0)]
@@ -173,10 +176,23 @@ class GrpcGrid(Grid):
         )
         return int(port)
 
-    async def _notify(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        """Wake every waiter on the connections (on the loop; never yields)."""
+        assert self._change is not None
+        change, self._change = self._change, asyncio.Event()
+        change.set()
+
+    async def _wait_until(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Return once ``condition()`` holds (checked at each change) or ``timeout`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not condition():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            assert self._change is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._change.wait(), remaining)
 
     # ----------------------------------------------------------------- sessions
 
@@ -292,12 +308,12 @@ class GrpcGrid(Grid):
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
             await context.write(welcome)
             await self._await_ready(connection, context, attempt)
-            await self._attach(connection)
+            self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
-            await self._attach(connection)
+            self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
-            connection.send(welcome)
+            self._send(connection, welcome)
         attempt.failure = None
         return connection, writer
 
@@ -329,8 +345,12 @@ class GrpcGrid(Grid):
                     logger.warning("node %s broke the protocol: %s", info.node_id, error)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         finally:
-            await stop_writer(connection, writer)
-            await self._detach(connection, "disconnected")
+            # The end of a stream reaches this handler twice, in either order: its read
+            # sees EOF (or fails), and gRPC cancels the handler. The node is detached
+            # before the first await here, so the second of them cannot skip it (it did:
+            # the server then waited out every round's deadline for a dead node).
+            self._detach(connection, "disconnected")
+            await asyncio.shield(stop_writer(connection, writer))
 
     async def _await_ready(
         self,
@@ -380,11 +400,11 @@ class GrpcGrid(Grid):
                 f"node {connection.node_id} cannot join: {problem}",
             )
 
-    async def _attach(self, connection: Connection) -> None:
+    def _attach(self, connection: Connection) -> None:
         old = self._connections.get(connection.node_id)
         if old is not None:
             logger.warning("node %s opened a new session; closing its old one", old.node_id)
-            await self._detach(old, "superseded by a new session")
+            self._detach(old, "superseded by a new session")
             if old.task is not None:
                 old.task.cancel()
         self._connections[connection.node_id] = connection
@@ -394,15 +414,22 @@ class GrpcGrid(Grid):
             connection.info.sample_count,
             len(self._connections),
         )
-        await self._notify()
+        self._notify()
 
-    async def _detach(self, connection: Connection, reason: str) -> None:
+    def _detach(self, connection: Connection, reason: str) -> None:
         connection.resolve(("failed", f"node {reason}", 0.0))
         if self._connections.get(connection.node_id) is connection:
             del self._connections[connection.node_id]
             if not self._closed:
                 logger.warning("node %s %s", connection.node_id, reason)
-            await self._notify()
+            self._notify()
+
+    def _send(self, connection: Connection, *messages: pb.ServerMessage) -> None:
+        """Queue ``messages`` for the node; their bytes count as sent in the round that
+        queued them (a round's figure does not depend on when the writes end)."""
+        for message in messages:
+            self._sent += message.ByteSize()
+            connection.send(message)
 
     async def _write_loop(self, connection: Connection) -> None:
         try:
@@ -411,7 +438,6 @@ class GrpcGrid(Grid):
                 if message is None:
                     return
                 await connection.context.write(message)
-                self._sent += message.ByteSize()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the stream is gone: the reader notices and detaches
@@ -502,8 +528,6 @@ class GrpcGrid(Grid):
     async def _wait_for_nodes(
         self, count: int, timeout: float, among: frozenset[str] | None
     ) -> dict[str, NodeInfo]:
-        assert self._changed is not None
-
         def present() -> dict[str, NodeInfo]:
             return {
                 node: c.info
@@ -514,9 +538,7 @@ class GrpcGrid(Grid):
         def ready() -> bool:
             return len(present()) >= count or self._is_interrupted()
 
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout)
+        await self._wait_until(ready, timeout)
         return present()
 
     def _is_interrupted(self) -> bool:
@@ -528,7 +550,7 @@ class GrpcGrid(Grid):
                 return
             self._grace_until = self._loop.time() + grace
             self._interrupted.set()
-            self._loop.create_task(self._notify())
+            self._notify()
 
         if not self._loop.is_closed():
             self._loop.call_soon_threadsafe(on_loop)
@@ -539,22 +561,36 @@ class GrpcGrid(Grid):
         assert self._interrupted is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        # One future for "all answered", counted down by each answer: waiting on every
+        # pending future again after each answer costs O(N²) callbacks a round.
+        every = loop.create_future()
+        left = len({future for future in futures if not future.done()})
+
+        def one_done(_: asyncio.Future[Any]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0 and not every.done():
+                every.set_result(None)
+
+        for future in futures:
+            if not future.done():
+                future.add_done_callback(one_done)
+        if left == 0:
+            every.set_result(None)
         stop = asyncio.ensure_future(self._interrupted.wait())
-        pending = set(futures)
         try:
-            while pending:
+            while not every.done():
                 limit = min(deadline, self._grace_until) if stop.done() else deadline
                 remaining = limit - loop.time()
                 if remaining <= 0:
                     return limit < deadline
-                watched: set[asyncio.Future[Any]] = pending if stop.done() else pending | {stop}
-                done, _ = await asyncio.wait(
-                    watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending -= done
+                watched: set[asyncio.Future[Any]] = {every} if stop.done() else {every, stop}
+                await asyncio.wait(watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             return False
         finally:
             stop.cancel()
+            for future in futures:
+                future.remove_done_callback(one_done)
 
     def fix_roster(self, roster: tuple[str, ...]) -> None:
         async def fix() -> None:
@@ -563,7 +599,7 @@ class GrpcGrid(Grid):
                 if node not in self._roster:
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
-                    await self._detach(connection, "left out of the roster")
+                    self._detach(connection, "left out of the roster")
                     connection.refused.set_result(
                         (
                             grpc.StatusCode.FAILED_PRECONDITION,
@@ -624,24 +660,25 @@ class GrpcGrid(Grid):
             future: asyncio.Future[tuple[str, Any, float]] = loop.create_future()
             connection.expect, connection.future = (kind, round_index), future
             if kind == "evaluate":
-                connection.send(
+                self._send(
+                    connection,
                     pb.ServerMessage(
                         evaluate=pb.EvaluateRequest(round_index=round_index, weights_sha256=digest)
-                    )
+                    ),
                 )
             elif connection.weights_digest == digest:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
-                connection.send(
+                self._send(
+                    connection,
                     pb.ServerMessage(
                         round_start=pb.RoundStart(round_index=round_index, weights_sha256=digest)
-                    )
+                    ),
                 )
             else:
                 connection.assembler = TensorAssembler(self.spec.dim * 8)
                 if full is None:
                     full = self._full_round_start(round_index, digest, weights, buffers)
-                for message in full:
-                    connection.send(message)
+                self._send(connection, *full)
                 connection.weights_digest = digest  # unless the node reports a failure
             waiting[node] = (connection, future)
         cut_short = await self._wait_until_deadline(
@@ -686,35 +723,39 @@ class GrpcGrid(Grid):
         next_weights: FloatArray,
         next_buffers: Weights | None = None,
     ) -> None:
-        async def broadcast() -> None:
-            before = self._digest_of_current or weights_digest(weights)
-            after = state_digest(next_weights, next_buffers or {})
-            messages: list[pb.ServerMessage] | None = None
+        # The messages are built here, and handed to the loop without waiting for it: the
+        # round goes on (conclude, checkpoint) while the loop sends. The loop runs its
+        # callbacks in order, so the next round's request follows this one.
+        before = self._digest_of_current or weights_digest(weights)
+        after = state_digest(next_weights, next_buffers or {})
+        messages = [
+            pb.ServerMessage(
+                second_gradient=pb.SecondGradient(
+                    round_index=round_index,
+                    gradient=chunk,
+                    server_learning_rate=server_learning_rate,
+                    next_weights_sha256=after,
+                    next_buffers=encode_buffers(next_buffers) if chunk.last else [],
+                )
+            )
+            for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)
+        ]
+
+        def broadcast() -> None:
             for connection in self._connections.values():
                 if connection.weights_digest != before:
                     connection.weights_digest = None
                     continue
-                if messages is None:
-                    messages = [
-                        pb.ServerMessage(
-                            second_gradient=pb.SecondGradient(
-                                round_index=round_index,
-                                gradient=chunk,
-                                server_learning_rate=server_learning_rate,
-                                next_weights_sha256=after,
-                                next_buffers=encode_buffers(next_buffers) if chunk.last else [],
-                            )
-                        )
-                        for chunk in encode_tensor(second_gradient, self.transport.chunk_bytes)
-                    ]
-                for message in messages:
-                    connection.send(message)
+                self._send(connection, *messages)
                 connection.weights_digest = after
 
-        self._call(broadcast())
+        self._loop.call_soon_threadsafe(broadcast)
 
     def traffic(self) -> tuple[int, int]:
-        return self._sent, self._received
+        async def read() -> tuple[int, int]:  # after every send queued before this call
+            return self._sent, self._received
+
+        return self._call(read())
 
     def shutdown(self, reason: str | None) -> None:
         if self._closed:
@@ -724,19 +765,13 @@ class GrpcGrid(Grid):
             self._closed = True
             for connection in list(self._connections.values()):
                 if reason is not None:
-                    connection.send(pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
+                    self._send(connection, pb.ServerMessage(shutdown=pb.Shutdown(reason=reason)))
                 connection.send(None)
             if reason is None:  # just go away: the nodes reconnect to the next server
                 for connection in list(self._connections.values()):
                     if connection.task is not None:
                         connection.task.cancel()
-            assert self._changed is not None
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: not self._connections),
-                        self.transport.shutdown_grace,
-                    )
+            await self._wait_until(lambda: not self._connections, self.transport.shutdown_grace)
             if self._server is not None:
                 await self._server.stop(0.5)
 
