@@ -24,10 +24,17 @@ reports wall time, each party's peak RSS (host and enclave; also without file-ba
 the run directory's peak size and the outputs' size; the check is that both aligned tables
 are identical and hold exactly the shared rows.
 
+The runs of a size alternate with the baseline's (bare set, this code, and with
+``--compare-src DIR`` another checkout's code on the same tables, in turn), so a change in
+the machine's load touches each alike; the medians and their ratios are reported, with the
+load average and the CPU model, beside the committed results (``--committed``, default
+``benchmarks/results_alignment.json``). One line per size goes to stderr.
+
 Prints one JSON object. Usage::
 
     python3 benchmarks/alignment.py                       # 1M x 1M (+ OpenMined PSI)
-    python3 benchmarks/alignment.py --sizes 1000000 10000000 --repeat 3
+    python3 benchmarks/alignment.py --sizes 1000000 10000000 --psi-sizes --repeat 5 3
+    git worktree add /tmp/old COMMIT && python3 benchmarks/alignment.py --compare-src /tmp/old
     python3 benchmarks/alignment.py --sizes 10000000 --psi-sizes --memory-limit 2GiB \
         --large 100000000                                 # 10M in memory vs bucketed, 100M
 """
@@ -51,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_model
 
 _ALPHABET = np.frombuffer(
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8
@@ -189,13 +197,18 @@ def generate_large(folder: Path, n: int, overlap: float, seed: int) -> dict[str,
 
 
 class TreeSampler:
-    """Samples the RSS of a process and its children every ``interval`` seconds."""
+    """Samples the RSS of a process and its children every ``interval`` seconds.
+
+    It reads only ``/proc`` files of the process tree itself (children from
+    ``/proc/PID/task/TID/children``, memory from ``status``, CPU from ``stat``): listing every
+    process of the machine a hundred times a second (psutil's ``children()``) cost the
+    parties of a 1M run about a second of their two cores.
+    """
 
     def __init__(self, pid: int, interval: float = 0.01) -> None:
-        import psutil
-
-        self._root = psutil.Process(pid)
+        self._root = pid
         self._interval = interval
+        self._ticks = os.sysconf("SC_CLK_TCK")
         self.combined_peak = 0
         self.combined_anon_peak = 0
         self.high_water: dict[int, int] = {}
@@ -205,30 +218,36 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        import psutil
+    def _tree(self) -> list[int]:
+        pids, index = [self._root], 0
+        while index < len(pids):
+            with contextlib.suppress(OSError):
+                for task in os.listdir(f"/proc/{pids[index]}/task"):
+                    with open(f"/proc/{pids[index]}/task/{task}/children") as handle:
+                        pids += [int(child) for child in handle.read().split()]
+            index += 1
+        return pids
 
+    def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                processes = [self._root, *self._root.children(recursive=True)]
-            except psutil.Error:
-                return
             total = anon = 0
-            for process in processes:
+            alive = False
+            for pid in self._tree():
                 try:
-                    total += process.memory_info().rss
-                    anon += _rss_anon(process.pid)
-                    times = process.cpu_times()
-                    self.cpu[process.pid] = (times.user, times.system)
-                    self.high_water[process.pid] = max(
-                        self.high_water.get(process.pid, 0), _vm_hwm(process.pid)
-                    )
-                    if process.pid not in self.names:
-                        self.names[process.pid] = (
-                            "host" if process.pid == self._root.pid else "enclave"
-                        )
-                except (psutil.Error, OSError):
+                    fields = _status(pid)
+                    with open(f"/proc/{pid}/stat") as handle:
+                        stat = handle.read().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
                     continue
+                alive = True
+                total += fields.get("VmRSS", 0)
+                anon += fields.get("RssAnon", 0) + fields.get("RssShmem", 0)
+                self.cpu[pid] = (int(stat[11]) / self._ticks, int(stat[12]) / self._ticks)
+                self.high_water[pid] = max(self.high_water.get(pid, 0), fields.get("VmHWM", 0))
+                if pid not in self.names:
+                    self.names[pid] = "host" if pid == self._root else "enclave"
+            if not alive:
+                return
             self.combined_peak = max(self.combined_peak, total)
             self.combined_anon_peak = max(self.combined_anon_peak, anon)
             time.sleep(self._interval)
@@ -254,21 +273,17 @@ class TreeSampler:
         }
 
 
-def _vm_hwm(pid: int) -> int:
+def _status(pid: int) -> dict[str, int]:
+    """The memory fields (bytes) of ``/proc/PID/status``."""
+    fields: dict[str, int] = {}
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss_anon(pid: int) -> int:
-    total = 0
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(("RssAnon:", "RssShmem:")):
-                total += int(line.split()[1]) * 1024
-    return total
+            if line.startswith(("Vm", "Rss")):
+                name, _, value = line.partition(":")
+                parts = value.split()
+                if len(parts) == 2 and parts[1] == "kB":
+                    fields[name] = int(parts[0]) * 1024
+    return fields
 
 
 class MemoryCgroup:
@@ -338,12 +353,14 @@ def run_pair(
     extra: list[str] | None = None,
     check: bool = True,
     cgroup_limit: int | None = None,
+    environment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Both parties at once; wall time, per-party memory, stage times, correctness.
 
     ``extra``: flags for both parties (e.g. ``--memory-limit 2GiB``; each party then gets
     its own ``--run-dir`` under ``work``). ``cgroup_limit``: each party (host and enclave)
-    runs in its own memory cgroup capped at that many bytes.
+    runs in its own memory cgroup capped at that many bytes. ``environment``: the parties'
+    environment (``--compare-src`` runs another checkout's code through ``PYTHONPATH``).
     """
     out = work / "out"
     if out.exists():
@@ -374,7 +391,11 @@ def run_pair(
         start = time.perf_counter()
         processes = {
             name: subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=environment,
             )
             for name, command in commands.items()
         }
@@ -518,25 +539,19 @@ def _versions() -> dict[str, str]:
 
 
 def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in handle if "model name" in line), ""
-            )
-    except OSError:
-        pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "cpus": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "memory_bytes": memory,
         "platform": platform.platform(),
+        "load_average_at_end": [round(value, 2) for value in os.getloadavg()],
     }
 
 
-def _identity(key: Path, policy: Path) -> None:
-    """Write a policy that trusts this installation's enclave and the benchmark's key."""
+def _identity(key: Path, policy: Path, environment: dict[str, str] | None = None) -> None:
+    """Write a policy that trusts this installation's enclave (or the enclave of the code
+    ``environment`` selects) and the benchmark's key."""
     identity = json.loads(
         subprocess.run(
             [
@@ -552,12 +567,125 @@ def _identity(key: Path, policy: Path) -> None:
             check=True,
             capture_output=True,
             text=True,
+            env=environment,
         ).stdout
     )
     policy.write_text(identity["policy"])
 
 
-def main() -> None:  # noqa: PLR0915 - its owner refactors it
+def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key`` (the upper one of an even count)."""
+    ordered = sorted(runs, key=lambda run: run[key])
+    return ordered[len(ordered) // 2]
+
+
+class _Compare:
+    """Another checkout of Accord (``--compare-src DIR``, its ``src`` folder or the checkout)
+    run on the same tables, each pair right after this code's: a ``git worktree add`` of an
+    older commit, say, to tell what the machine costs from what the code costs."""
+
+    def __init__(self, source: Path, workdir: Path) -> None:
+        source = source.resolve()
+        if (source / "src" / "accord").is_dir():
+            source = source / "src"
+        if not (source / "accord").is_dir():
+            raise SystemExit(f"--compare-src {source}: expected a folder holding accord/")
+        self.source = source
+        self.environment = {**os.environ, "PYTHONPATH": str(source)}
+        self.key = workdir / "platform-key.pem"
+        self.policy = workdir / "policy-compared.toml"
+        _identity(self.key, self.policy, self.environment)
+        self.commit = _commit(source)
+
+    def run(self, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+        return run_pair(
+            data, folder / "compared", self.key, self.policy, environment=self.environment
+        )
+
+    def summary(self, runs: list[dict[str, Any]], baseline: float) -> dict[str, Any]:
+        median = _median(runs, "wall_seconds")
+        return {
+            "source": str(self.source),
+            "commit": self.commit,
+            "wall_seconds": median["wall_seconds"],
+            "wall_seconds_all": [run["wall_seconds"] for run in runs],
+            "correct": all(run["correct"] for run in runs),
+            "ratio_to_set_intersection": round(median["wall_seconds"] / baseline, 3),
+            "stage_seconds": {
+                name: party["stage_seconds"] for name, party in median["parties"].items()
+            },
+            "cpu_user_system_seconds": {
+                name: party["cpu_user_system_seconds"] for name, party in median["parties"].items()
+            },
+        }
+
+
+def _commit(folder: Path) -> str | None:
+    """The git commit checked out at ``folder`` (``None`` outside a checkout)."""
+    probe = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return probe.stdout.strip() or None
+
+
+def _committed(path: Path | None) -> dict[int, dict[str, Any]]:
+    """The committed results by size (``--committed``; none when the file is absent)."""
+    if path is None or not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    machine = report.get("machine", {})
+    return {
+        int(entry["n_per_party"]): {**entry, "machine": machine, "command": report.get("command")}
+        for entry in report.get("results", [])
+        if "wall_seconds" in entry and "baseline_set_intersection" in entry
+    }
+
+
+def _against_committed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """This run's figures beside the committed ones for the same size, and their ratio."""
+    comparison = {
+        "wall_seconds": old["wall_seconds"],
+        "set_intersection_seconds": round(old["baseline_set_intersection"]["seconds"], 3),
+        "ratio_to_set_intersection": old["ratio_to_set_intersection"],
+        "cpu_model": old["machine"].get("cpu_model"),
+        "load_average_before": old.get("load_average_before"),
+        "this_wall_over_committed": round(new["wall_seconds"] / old["wall_seconds"], 3),
+        "this_ratio_over_committed": round(
+            new["ratio_to_set_intersection"] / old["ratio_to_set_intersection"], 3
+        ),
+    }
+    return comparison
+
+
+def _say(entry: dict[str, Any]) -> None:
+    """One readable line per size on stderr: this run, the code compared, the committed."""
+    n = entry["n_per_party"]
+    line = (
+        f"{n:,} x {n:,}: {entry['wall_seconds']:.2f} s (median of "
+        f"{len(entry['wall_seconds_all'])}), {entry['ratio_to_set_intersection']:.2f} x the bare "
+        f"set ({entry['baseline_set_intersection']['seconds']:.2f} s); connect "
+        f"{entry['connect_seconds_max']:.3f} s; load {entry['load_average_before'][0]:.1f}"
+    )
+    if "compared" in entry:
+        other = entry["compared"]
+        line += (
+            f" | {other['commit'] or other['source']}: {other['wall_seconds']:.2f} s, "
+            f"{other['ratio_to_set_intersection']:.2f} x"
+        )
+    if "committed" in entry:
+        old = entry["committed"]
+        line += (
+            f" | committed: {old['wall_seconds']:.2f} s, {old['ratio_to_set_intersection']:.2f} x"
+            f" on {old['cpu_model']}; this/committed: wall {old['this_wall_over_committed']:.2f},"
+            f" ratio {old['this_ratio_over_committed']:.2f}"
+        )
+    print(line, file=sys.stderr)
+
+
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -566,7 +694,14 @@ def main() -> None:  # noqa: PLR0915 - its owner refactors it
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--id-length", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=1, help="timed runs per size (median kept)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="timed runs per size, the median kept: one count for every size, or one per "
+        "--sizes entry (e.g. --sizes 1000000 10000000 --repeat 5 3)",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "accord-bench-alignment"
     )
@@ -592,55 +727,115 @@ def main() -> None:  # noqa: PLR0915 - its owner refactors it
         help="large mode: run each party in a memory cgroup capped at --memory-limit, page "
         "cache included (Linux, as root): the limit enforced by the kernel, not only sampled",
     )
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="also run another checkout's code (its folder or its src/) on the same tables, "
+        "each time right after this code's (e.g. git worktree add /tmp/old COMMIT)",
+    )
+    parser.add_argument(
+        "--committed",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results_alignment.json",
+        help="committed results to print beside this run's, with the ratios "
+        "[benchmarks/results_alignment.json]",
+    )
     args = parser.parse_args()
+    if len(args.repeat) not in (1, len(args.sizes or [0])):
+        parser.error(f"--repeat: expected 1 count or {len(args.sizes)}, got {len(args.repeat)}")
+    return args
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    key, policy = args.workdir / "platform-key.pem", args.workdir / "policy.toml"
-    _identity(key, policy)
-    psi_status = psi_available()
+
+class _Setup:
+    """What every size's in-memory runs share: the key, the policies, the PSI status."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        self.args = args
+        self.key, self.policy = args.workdir / "platform-key.pem", args.workdir / "policy.toml"
+        _identity(self.key, self.policy)
+        self.compare = (
+            None if args.compare_src is None else _Compare(args.compare_src, args.workdir)
+        )
+        self.committed = _committed(args.committed)
+        self.psi_status = psi_available()
+
+
+def _in_memory(n: int, setup: _Setup) -> dict[str, Any]:
+    """Every run of one size in memory (and bucketed with --memory-limit), one entry."""
+    args, key, policy, compare = setup.args, setup.key, setup.policy, setup.compare
+    folder = args.workdir / f"n{n}-o{args.overlap}-l{args.id_length}-s{args.seed}"
+    data = generate(folder, n, args.overlap, args.id_length, args.seed)
+    load_before = os.getloadavg()
+    # Interleaved, so that a change in the machine's load touches each the same way:
+    # the bare set, this code, and the code compared with (if any), in turn.
+    runs, baselines, compared = [], [], []
+    repeat = args.repeat[0] if len(args.repeat) == 1 else args.repeat[args.sizes.index(n)]
+    for _ in range(repeat):
+        baselines.append(run_script(_BASELINE, data, timeout=3600))
+        runs.append(run_pair(data, folder, key, policy))
+        if compare is not None:
+            compared.append(compare.run(data, folder))
+    median = _median(runs, "wall_seconds")
+    bucketed = None
+    if args.memory_limit is not None:
+        extra = ["--memory-limit", args.memory_limit]
+        bucketed_runs = [run_pair(data, folder, key, policy, extra) for _ in range(repeat)]
+        bucketed = _median(bucketed_runs, "wall_seconds")
+        bucketed["memory_limit"] = args.memory_limit
+        bucketed["max_party_peak_rss_bytes"] = max(
+            party["combined_peak_rss_bytes"] for party in bucketed["parties"].values()
+        )
+    baseline = dict(_median(baselines, "seconds"))
+    baseline["seconds_all"] = [round(run["seconds"], 3) for run in baselines]
+    entry: dict[str, Any] = {
+        "n_per_party": n,
+        "shared": data["shared"],
+        "wall_seconds": median["wall_seconds"],
+        "wall_seconds_all": [run["wall_seconds"] for run in runs],
+        "correct": all(run["correct"] for run in runs),
+        "connect_seconds_max": max(
+            party["stage_seconds"].get("connect", 0.0) for party in median["parties"].values()
+        ),
+        "connect_seconds_max_all": [
+            max(party["stage_seconds"].get("connect", 0.0) for party in run["parties"].values())
+            for run in runs
+        ],
+        "parties": median["parties"],
+        "max_party_peak_rss_bytes": max(
+            party["combined_peak_rss_bytes"] for party in median["parties"].values()
+        ),
+        "baseline_set_intersection": baseline,
+        "ratio_to_set_intersection": round(median["wall_seconds"] / baseline["seconds"], 3),
+        "load_average_before": [round(value, 2) for value in load_before],
+        "load_average_after": [round(value, 2) for value in os.getloadavg()],
+    }
+    if compare is not None:
+        entry["compared"] = compare.summary(compared, baseline["seconds"])
+    if n in setup.committed:
+        entry["committed"] = _against_committed(setup.committed[n], entry)
+    if bucketed is not None:
+        entry["bucketed"] = bucketed
+    if n in (args.psi_sizes or []):
+        if setup.psi_status is None:
+            try:
+                entry["openmined_psi"] = run_script(_PSI, data, timeout=7200)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                entry["openmined_psi"] = {"status": f"failed: {error}"}
+        else:
+            entry["openmined_psi"] = {"status": setup.psi_status}
+    return entry
+
+
+def main() -> None:
+    args = _arguments()
+    setup = _Setup(args)
     results = []
     for n in args.sizes:
-        folder = args.workdir / f"n{n}-o{args.overlap}-l{args.id_length}-s{args.seed}"
-        data = generate(folder, n, args.overlap, args.id_length, args.seed)
-        runs = [run_pair(data, folder, key, policy) for _ in range(args.repeat)]
-        runs.sort(key=lambda run: run["wall_seconds"])
-        median = runs[len(runs) // 2]
-        bucketed = None
-        if args.memory_limit is not None:
-            extra = ["--memory-limit", args.memory_limit]
-            bucketed_runs = [run_pair(data, folder, key, policy, extra) for _ in range(args.repeat)]
-            bucketed_runs.sort(key=lambda run: run["wall_seconds"])
-            bucketed = bucketed_runs[len(bucketed_runs) // 2]
-            bucketed["memory_limit"] = args.memory_limit
-            bucketed["max_party_peak_rss_bytes"] = max(
-                party["combined_peak_rss_bytes"] for party in bucketed["parties"].values()
-            )
-        baseline = run_script(_BASELINE, data, timeout=3600)
-        entry: dict[str, Any] = {
-            "n_per_party": n,
-            "shared": data["shared"],
-            "wall_seconds": median["wall_seconds"],
-            "wall_seconds_all": [run["wall_seconds"] for run in runs],
-            "correct": all(run["correct"] for run in runs),
-            "parties": median["parties"],
-            "max_party_peak_rss_bytes": max(
-                party["combined_peak_rss_bytes"] for party in median["parties"].values()
-            ),
-            "baseline_set_intersection": baseline,
-            "ratio_to_set_intersection": round(median["wall_seconds"] / baseline["seconds"], 3),
-        }
-        if bucketed is not None:
-            entry["bucketed"] = bucketed
-        if n in (args.psi_sizes or []):
-            if psi_status is None:
-                try:
-                    entry["openmined_psi"] = run_script(_PSI, data, timeout=7200)
-                except (RuntimeError, subprocess.TimeoutExpired) as error:
-                    entry["openmined_psi"] = {"status": f"failed: {error}"}
-            else:
-                entry["openmined_psi"] = {"status": psi_status}
+        entry = _in_memory(n, setup)
         results.append(entry)
-        print(json.dumps(entry), file=sys.stderr)
+        _say(entry)
     for n in args.large:
         limit = args.memory_limit or "2GiB"
         folder = args.workdir / f"large-n{n}-o{args.overlap}-s{args.seed}"
@@ -650,8 +845,8 @@ def main() -> None:  # noqa: PLR0915 - its owner refactors it
         run = run_pair(
             data,
             folder,
-            key,
-            policy,
+            setup.key,
+            setup.policy,
             ["--memory-limit", limit],
             check=False,
             cgroup_limit=parse_size(limit) if args.cgroup else None,
@@ -681,6 +876,7 @@ def main() -> None:  # noqa: PLR0915 - its owner refactors it
             {
                 "benchmark": "alignment (two parties, hosts and enclaves as processes, TCP)",
                 "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+                "commit": _commit(Path(__file__).resolve().parent),
                 "seed": args.seed,
                 "overlap": args.overlap,
                 "id_length": args.id_length,

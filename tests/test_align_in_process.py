@@ -70,6 +70,16 @@ def _settings(folder: Path, name: str, policy: Path, **extra: object) -> PartySe
     )
 
 
+def _pair_settings(folder: Path, policy: Path, buckets: int | None) -> list[PartySettings]:
+    """Parties a and b, in memory, or bucketed into ``buckets`` with run directories."""
+    return [
+        _settings(folder, name, policy)
+        if buckets is None
+        else _settings(folder, name, policy, buckets=buckets, run_dir=folder / f"run-{name}")
+        for name in ("a", "b")
+    ]
+
+
 async def _align(
     settings: Sequence[PartySettings], enclaves: Sequence[InProcessEnclave]
 ) -> list[PartySummary | BaseException]:
@@ -106,12 +116,7 @@ def test_two_parties_align_in_process_over_memory_links(
 ) -> None:
     expected = _tables(tmp_path)
     policy = _policy(tmp_path / "policy.toml", PLATFORM)
-    settings = [
-        _settings(tmp_path, name, policy)
-        if buckets is None
-        else _settings(tmp_path, name, policy, buckets=buckets, run_dir=tmp_path / f"run-{name}")
-        for name in ("a", "b")
-    ]
+    settings = _pair_settings(tmp_path, policy, buckets)
 
     results = asyncio.run(_align(settings, [_enclave(), _enclave()]))
 

@@ -274,7 +274,8 @@ def sort_bucket(
         raise ProtocolError(f"bucket rows: expected {len(array)} rows, got shape {row_array.shape}")
     order = sort_order(array)
     sorted_keys = np.take(array, order, axis=0)
-    sorted_rows = np.take(row_array, order)
+    # Rows 0..n-1 (no row dropped, one bucket): the order is the rows, no gather needed.
+    sorted_rows = order if _is_every_row(row_array) else np.take(row_array, order)
     del order
     survey = DuplicatePolicy.FIRST if policy is DuplicatePolicy.ERROR else policy
     report, keep = _apply_duplicate_policy(sorted_keys, sorted_rows, survey)
@@ -288,6 +289,17 @@ def sort_bucket(
         sorted_keys = np.compress(keep, sorted_keys, axis=0)
         sorted_rows = np.compress(keep, sorted_rows)
     return SortedBucket(keys=sorted_keys, rows=sorted_rows, duplicates=report)
+
+
+def _is_every_row(rows: np.ndarray) -> bool:
+    """True when ``rows`` is ``0, 1, ..., n - 1`` (one compare pass; a gather saved)."""
+    n = len(rows)
+    return (
+        n > 0
+        and int(rows[0]) == 0
+        and int(rows[-1]) == n - 1
+        and bool(np.all(rows[1:] > rows[:-1]))
+    )
 
 
 def merge_duplicates(

@@ -19,7 +19,6 @@ from accord.errors import ProtocolError
 __all__ = ["intersect"]
 
 _BUCKET_ROWS = 4096
-_CUT_CHUNK_ROWS = 1 << 20
 
 
 def intersect(own_digests: np.ndarray, peer_digests: Sequence[np.ndarray]) -> np.ndarray:
@@ -80,15 +79,12 @@ def _members(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _bucket_cuts(words: np.ndarray, bits: int) -> list[int]:
-    """Start of each of the ``2**bits`` buckets (by the top bits) in sorted ``words``."""
+    """Start of each of the ``2**bits`` buckets (by the top bits) in sorted ``words``: one
+    binary search per bucket boundary."""
     if bits == 0:
         return [0, len(words)]
-    counts = np.zeros(1 << bits, dtype=np.int64)
-    shift = np.uint64(64 - bits)
-    for start in range(0, len(words), _CUT_CHUNK_ROWS):
-        top = (words[start : start + _CUT_CHUNK_ROWS] >> shift).astype(np.intp)
-        counts += np.bincount(top, minlength=1 << bits)
-    return [0, *np.cumsum(counts).tolist()]
+    bounds = np.arange(1, 1 << bits, dtype=np.uint64) << np.uint64(64 - bits)
+    return [0, *np.searchsorted(words, bounds).tolist(), len(words)]
 
 
 def _members_small(queries: np.ndarray, table: np.ndarray) -> np.ndarray:

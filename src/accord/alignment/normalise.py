@@ -324,9 +324,16 @@ def _normalise_column(column: pa.Array) -> tuple[pa.Array, np.ndarray, np.ndarra
 # First or last bytes that may belong to whitespace: the ASCII whitespace of str.strip()
 # (\t \n \v \f \r space and U+001C..U+001F) and any non-ASCII byte (U+0085, U+00A0,
 # U+3000, ...). When no value starts or ends with one, trimming is the identity: skip it.
-_MAYBE_WHITESPACE = np.zeros(256, dtype=bool)
-_MAYBE_WHITESPACE[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20]] = True
-_MAYBE_WHITESPACE[0x80:] = True
+# The test takes every byte below 0x21 (a superset: a value starting with another control
+# byte is only trimmed, to no effect) and every byte from 0x80, in one comparison:
+# (b - 0x21) mod 256 >= 0x5F.
+_PRINTABLE_FIRST = np.uint8(0x21)
+_PRINTABLE_COUNT = np.uint8(0x80 - 0x21)
+
+
+def _maybe_whitespace(values: np.ndarray) -> bool:
+    """Whether any of the bytes ``values`` may begin or end a whitespace run."""
+    return bool(np.any((values - _PRINTABLE_FIRST) >= _PRINTABLE_COUNT))
 
 
 def _may_need_trim(text: pa.Array) -> bool:
@@ -336,6 +343,19 @@ def _may_need_trim(text: pa.Array) -> bool:
         return False
     data = np.frombuffer(buffer, dtype=np.uint8)
     offsets = value_offsets(text)
+    first, last = int(offsets[0]), int(offsets[-1])
+    count = len(offsets) - 1
+    width, remainder = divmod(last - first, count)
+    # Values of one width (IDs usually are): the data is an (n, width) matrix, and the first
+    # and last bytes are two of its columns.
+    if (
+        width
+        and not remainder
+        and int(offsets[1]) - first == width
+        and bool(np.all(np.diff(offsets) == width))
+    ):
+        matrix = data[first:last].reshape(count, width)
+        return _maybe_whitespace(matrix[:, 0]) or _maybe_whitespace(matrix[:, -1])
     starts = offsets[:-1]
     ends = offsets[1:]
     nonempty = ends > starts
@@ -344,7 +364,7 @@ def _may_need_trim(text: pa.Array) -> bool:
         ends = ends[nonempty]
     if starts.size == 0:
         return False
-    return bool(_MAYBE_WHITESPACE[data[starts]].any() or _MAYBE_WHITESPACE[data[ends - 1]].any())
+    return _maybe_whitespace(data[starts]) or _maybe_whitespace(data[ends - 1])
 
 
 def _is_ascii(column: pa.Array) -> bool:

@@ -204,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     # The enclave process starts first and loads while this host imports the rest.
     enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
-    from accord.tee.core.allocator import tune_allocator
+    from accord.tee.runtime.host import tune_host_memory
     from accord.tee.runtime.party import align_party
 
-    tune_allocator()  # big buffers come and go: keep freed memory for reuse
+    tune_host_memory()  # big buffers come and go: keep freed memory, no huge pages
     display = ProgressDisplay(args.progress)
     try:
         summary = align_party(

@@ -29,8 +29,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.core.allocator import tune_allocator
+from accord.tee.core.allocator import HUGEPAGE_VARIABLE, tune_allocator
 from accord.tee.core.backend import SimulatedBackend
 from accord.tee.core.session import EnclaveSession
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, decode_meta, encode_meta
@@ -42,10 +44,13 @@ __all__ = ["main", "serve"]
 logger = logging.getLogger(__name__)
 
 
-def _receive_exactly(sock: socket.socket, size: int) -> bytearray | None:
-    """``size`` bytes from ``sock``; ``None`` on a clean end of stream before the first."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+def _receive_exactly(sock: socket.socket, size: int) -> memoryview | None:
+    """``size`` bytes from ``sock``; ``None`` on a clean end of stream before the first.
+
+    The buffer is not zeroed first (a body is up to 16 MiB, every call): every byte of it
+    is written by the socket before it is returned.
+    """
+    view = np.empty(size, dtype=np.uint8).data.cast("B")
     received = 0
     while received < size:
         count = sock.recv_into(view[received:])
@@ -54,7 +59,7 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytearray | None:
                 return None
             raise PeerError(f"the host closed the enclave socket mid-frame ({received}/{size})")
         received += count
-    return buffer
+    return view
 
 
 def serve(sock: socket.socket, session: EnclaveSession) -> None:
@@ -66,13 +71,13 @@ def serve(sock: socket.socket, session: EnclaveSession) -> None:
         code, meta_size, body_size = CALL_HEADER.unpack(header)
         if meta_size > MAX_CALL_META:
             raise ProtocolError(f"call metadata of {meta_size} bytes is too large")
-        meta_bytes = _receive_exactly(sock, meta_size) if meta_size else bytearray()
-        body = _receive_exactly(sock, body_size) if body_size else bytearray()
+        meta_bytes = _receive_exactly(sock, meta_size) if meta_size else memoryview(b"")
+        body = _receive_exactly(sock, body_size) if body_size else memoryview(b"")
         if meta_bytes is None or body is None:
             raise PeerError("the host closed the enclave socket mid-frame")
         try:
             reply, reply_body = session.call(
-                code, decode_meta(bytes(meta_bytes), "enclave call"), memoryview(body)
+                code, decode_meta(bytes(meta_bytes), "enclave call"), body
             )
             status = 0
         except AccordError as error:
@@ -103,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s enclave[%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    tune_allocator()
+    # The host starts this process with HUGEPAGE_VARIABLE set ("0" unless the user chose).
+    tune_allocator(huge_pages=os.environ.get(HUGEPAGE_VARIABLE, "0") != "0")
     try:
         sock = socket.socket(fileno=args.fd)
     except OSError as error:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
+from accord.tee.core.allocator import HUGEPAGE_VARIABLE, tune_allocator
 from accord.tee.core.backend import EnclaveIdentity
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 from accord.tee.runtime.transport import receive_exactly
@@ -38,7 +39,7 @@ from accord.tee.runtime.transport import receive_exactly
 if TYPE_CHECKING:
     from accord.tee.core.session import EnclaveSession
 
-__all__ = ["EnclaveHandle", "EnclaveProcess", "InProcessEnclave"]
+__all__ = ["EnclaveHandle", "EnclaveProcess", "InProcessEnclave", "tune_host_memory"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ Buffer = bytes | bytearray | memoryview
 _ERRORS: dict[str, type[AccordError]] = {
     name: getattr(errors, name) for name in errors.__all__ if name != "AccordError"
 }
+
+
+def tune_host_memory() -> None:
+    """The host's allocator set as its enclave's (:mod:`accord.tee.core.allocator`): freed
+    memory kept for reuse, and no huge pages unless ``NUMPY_MADVISE_HUGEPAGE`` asks for them
+    (set to ``0`` here otherwise, so numpy imported later and child processes see it)."""
+    os.environ.setdefault(HUGEPAGE_VARIABLE, "0")
+    tune_allocator(huge_pages=os.environ[HUGEPAGE_VARIABLE] != "0")
 
 
 class EnclaveHandle(Protocol):
@@ -132,6 +141,8 @@ class EnclaveProcess:
         environment = dict(os.environ)
         # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
         environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        # Small pages: faulting in huge ones costs more here (accord.tee.core.allocator).
+        environment.setdefault(HUGEPAGE_VARIABLE, "0")
         try:
             process = subprocess.Popen(
                 command,
