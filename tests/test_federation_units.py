@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import socket
 import stat
 import threading
 from collections.abc import Iterator
@@ -1083,7 +1084,6 @@ def test_a_node_logs_once_per_state_and_gives_up_after_its_limit(
 ) -> None:
     # Arrange: nobody listens on the port; a fake clock moves 1 s per reading
     from accord.federation.client import NodeClient, NodeSettings
-    from accord.federation.launcher import free_port
 
     scenario = ScenarioSettings(nodes=3, seed=2)
     node = build_scenario(scenario).nodes[0]
@@ -1091,7 +1091,7 @@ def test_a_node_logs_once_per_state_and_gives_up_after_its_limit(
     ticks = iter(range(1000))
     client = NodeClient(
         worker,
-        NodeSettings(server=f"127.0.0.1:{free_port()}", insecure=True, give_up_after=5.0),
+        NodeSettings(server=f"127.0.0.1:{_closed_port()}", insecure=True, give_up_after=5.0),
         None,
         rng=np.random.default_rng(0),
         clock=lambda: float(next(ticks)),
@@ -1317,3 +1317,11 @@ def test_a_damaged_run_file_is_refused_with_one_line(
     (tmp_path / RUN_FILE).write_text(content)
     with pytest.raises(InputDataError, match=re.escape(expected)):
         read_run_file(tmp_path)
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on: bound, read back and closed again (the
+    one use of a port number that is not bound by its user)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -14,7 +14,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -47,7 +46,6 @@ from accord.settings_mapping import settings_to_mapping
 __all__ = [
     "Progress",
     "ServedRun",
-    "free_port",
     "peak_rss_bytes",
     "prepare_process",
     "serve",
@@ -70,12 +68,6 @@ def prepare_process() -> None:
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def _crash_after(env: Mapping[str, str]) -> int | None:
