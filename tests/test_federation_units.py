@@ -278,6 +278,21 @@ def test_a_client_certificate_must_name_the_node_and_be_for_clients(credentials:
     assert check.refusal("node-00", [], {}) == "no client certificate"
 
 
+def test_claimed_node_ids_do_not_grow_the_certificate_cache(credentials: Path) -> None:
+    # The node id a peer claims is unchecked input (up to a message's size): a cache keyed on
+    # it would keep every one an attacker sends.
+    from accord.credentials.auth import _parsed_certificate
+
+    check = Authenticator(None, require_client_cert=True)
+    _parsed_certificate.cache_clear()
+    for index in range(50):
+        claimed = f"{index}-" + "x" * 100_000
+        assert check.refusal(claimed, [], _context(credentials, "node-00/node.pem")) == (
+            f"client certificate is for 'node-00', not {claimed!r}"
+        )
+    assert _parsed_certificate.cache_info().currsize == 1
+
+
 def _presented(check: Authenticator, node: str, folder: Path) -> str | None:
     """``check``'s verdict on ``node`` presenting the token and certificate in ``folder``."""
     token = load_node_credentials(folder).token

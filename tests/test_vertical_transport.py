@@ -20,7 +20,7 @@ from accord.credentials.auth import Authenticator, load_server_credentials
 from accord.credentials.issue import make_credentials
 from accord.errors import ConfigurationError, PeerError
 from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
-from accord.vertical.feature_transport import DialSettings
+from accord.vertical.feature_transport import DialSettings, feature_hello
 from accord.vertical.network import announce, feature_credentials, run_feature_party
 from accord.vertical.transport import LabelServer, RemoteFeatureParty, _Session
 
@@ -121,6 +121,25 @@ def test_a_new_party_is_refused_by_a_label_party_that_continues_a_run(creds: Pat
         server.stop()
     (error,) = outcome
     assert isinstance(error, PeerError) and "needs --resume and its --checkpoint" in str(error)
+
+
+def test_a_party_redialling_after_epochs_ended_is_checked_against_the_latest_epoch(
+    creds: Path,
+) -> None:
+    # A feature party whose connection broke redials at once; the label party's loop has
+    # not noticed the loss yet, but the epochs it finished must count.
+    server = _server(creds)
+    try:
+        announcement = announce(FeatureParty(_table("insurer", 200), SETTINGS), FINGERPRINT)
+        assert isinstance(server.join(feature_hello(announcement), "first"), _Session)
+        server.wait_for_parties(10)
+        server.advance(5)  # five epochs ended, every party saved them
+        again = server.join(feature_hello(announcement, held=(4, 5)), "again")
+        assert isinstance(again, _Session), again
+        stale = server.join(feature_hello(announcement, held=(2, 3)), "stale")
+        assert isinstance(stale, str) and "continues after epoch 5" in stale
+    finally:
+        server.stop()
 
 
 def _joined(creds: Path, **dial: Any) -> tuple[LabelServer, threading.Thread, list[Any]]:

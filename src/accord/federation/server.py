@@ -600,6 +600,8 @@ class GrpcGrid(Grid):
                     # Cancel its session: it registers again and is refused (not in roster).
                     logger.warning("node %s is not in the roster; closing its session", node)
                     self._detach(connection, "left out of the roster")
+                    if connection.refused.done():  # already refused (revoked, say)
+                        continue
                     connection.refused.set_result(
                         (
                             grpc.StatusCode.FAILED_PRECONDITION,

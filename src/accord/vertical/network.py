@@ -158,6 +158,9 @@ def run_label_party(
                 link.checkpoint(done.next_epoch)
             write_label_checkpoint(folder.checkpoint, label, announcement, done)
             snapshot.take(label, done)
+            # A party that redials before the loss reaches this loop must be checked
+            # against the epoch every party now holds, not the one the run started from.
+            server.advance(done.next_epoch)
 
         while True:
             # Every party continues from the snapshot's epoch: at the start, and after a

@@ -397,7 +397,9 @@ class LabelServer:
                 f"party {party!r} is not a feature party of this run"
                 f" (expected {', '.join(expected.feature_parties)})"
             )
-        first, held = self._held_epoch, held_epochs(hello)
+        with self._changed:
+            first = self._held_epoch
+        held = held_epochs(hello)
         if first not in held:
             return self._refuse(
                 f"party {party!r} holds the state after epoch"
@@ -421,6 +423,13 @@ class LabelServer:
             previous.drop("it connected again")
             logger.info("party %r connected again from %s", party, peer)
         return session
+
+    def advance(self, next_epoch: int) -> None:
+        """Every party now holds the state after ``next_epoch``: a party rejoining from here
+        on continues from it (a feature party keeps its last two epochs, so one that
+        redials while the label party is still at the previous one is admitted too)."""
+        with self._changed:
+            self._held_epoch = next_epoch
 
     def _refuse(self, reason: str) -> str:
         with self._changed:
