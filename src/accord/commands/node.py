@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from dataclasses import dataclass
 from typing import Any
+
+_LOGGER = logging.getLogger(__name__)
 
 __all__ = ["STANDARDISE_CHOICES", "add_parser", "run"]
 
@@ -113,61 +117,116 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - split next
+def run(args: argparse.Namespace) -> int:
     from accord.commands.grpc_log import quiet_grpc_logging
 
     quiet_grpc_logging()
     from accord.federation.launcher import prepare_process
 
     prepare_process()
-    import logging
-    import zlib
-    from pathlib import Path
-
     import numpy as np
 
-    from accord.commands.server import scenario_from_args
-    from accord.credentials.auth import load_node_credentials
     from accord.errors import ConfigurationError
     from accord.federation.client import NodeClient
-    from accord.federation.fingerprint import Fingerprint
-    from accord.federation.node_data import split_validation
     from accord.federation.worker import NodeWorker
     from accord.training.device import resolve_device
 
-    logger = logging.getLogger("accord.commands.node")
     if args.sessions is not None:
         return _run_sessions(args)
     # Credentials first: a mistake there should not wait for the data to load.
-    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
-    if args.insecure:
-        if any(value is not None for value in given[:4]):
-            raise ConfigurationError("--insecure cannot be combined with TLS options")
-        logger.warning("--insecure: talking to the server in plaintext")
-        credentials = (
-            None
-            if args.token_file is None
-            else load_node_credentials(None, token_file=Path(args.token_file))
-        )
-    else:
-        if all(value is None for value in given):
-            raise ConfigurationError(
-                "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
-                "a token or client certificate, or --insecure for a local experiment"
-            )
-        credentials = load_node_credentials(
-            None if args.credentials is None else Path(args.credentials),
-            root_ca=None if args.tls_ca is None else Path(args.tls_ca),
-            certificate=None if args.tls_cert is None else Path(args.tls_cert),
-            private_key=None if args.tls_key is None else Path(args.tls_key),
-            token_file=None if args.token_file is None else Path(args.token_file),
-        )
+    credentials = _credentials(args)
     if args.app is not None:
         if args.standardise is not None:
             raise ConfigurationError("--standardise: only with --data (an app scales its data)")
         return _run_app(args, credentials)
     if args.app_config:
         raise ConfigurationError("--app-config: only with --app")
+    data = _node_data(args)
+    worker = NodeWorker(
+        data.node_name,
+        data.features,
+        data.labels,
+        seed=data.seed,
+        validation=data.validation,
+        fault=data.fault,
+        # --data with the default --standardise global: the server's transform, once sent
+        global_standardisation=args.data is not None and args.standardise in (None, "global"),
+        device=str(resolve_device(args.device)),
+    )
+    settings = _node_settings(args)
+    _LOGGER.info(
+        "node %s: %d samples, %d features; server %s",
+        data.node_name,
+        len(data.labels),
+        data.features.shape[1],
+        args.server,
+    )
+    client = NodeClient(
+        worker,
+        settings,
+        credentials,
+        rng=np.random.default_rng([data.seed, 5]),
+        fingerprint=data.fingerprint,
+    )
+    reason = client.run()
+    _LOGGER.info("node %s done: %s", data.node_name, reason)
+    return 0
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """The node's credentials from its options (``None``: plaintext without a token)."""
+    from pathlib import Path
+
+    from accord.credentials.auth import load_node_credentials
+    from accord.errors import ConfigurationError
+
+    given = [args.credentials, args.tls_ca, args.tls_cert, args.tls_key, args.token_file]
+    if args.insecure:
+        if any(value is not None for value in given[:4]):
+            raise ConfigurationError("--insecure cannot be combined with TLS options")
+        _LOGGER.warning("--insecure: talking to the server in plaintext")
+        if args.token_file is None:
+            return None
+        return load_node_credentials(None, token_file=Path(args.token_file))
+    if all(value is None for value in given):
+        raise ConfigurationError(
+            "no credentials: give --credentials DIR (from `accord certs`) or --tls-ca and "
+            "a token or client certificate, or --insecure for a local experiment"
+        )
+    return load_node_credentials(
+        None if args.credentials is None else Path(args.credentials),
+        root_ca=None if args.tls_ca is None else Path(args.tls_ca),
+        certificate=None if args.tls_cert is None else Path(args.tls_cert),
+        private_key=None if args.tls_key is None else Path(args.tls_key),
+        token_file=None if args.token_file is None else Path(args.token_file),
+    )
+
+
+@dataclass(frozen=True)
+class _NodeData:
+    """What a built-in node trains on: its name, seed, rows, held-out rows and fault."""
+
+    node_name: str
+    seed: int
+    features: Any
+    labels: Any
+    validation: Any
+    fault: Any
+    fingerprint: Any
+
+
+def _node_data(args: argparse.Namespace) -> _NodeData:
+    """The node's rows from ``--scenario-node`` or ``--data``, its validation split taken
+    and its scaling applied as ``--standardise`` says."""
+    import zlib
+    from pathlib import Path
+
+    from accord.commands.server import scenario_from_args
+    from accord.errors import ConfigurationError
+    from accord.federation.fingerprint import Fingerprint
+    from accord.federation.node_data import split_validation
+
+    feature_names: tuple[str, ...] | None = None
     if args.scenario_node is not None:
         from accord.scenario import build_scenario
 
@@ -194,15 +253,24 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
         node_name = args.node_id
         seed = args.seed if args.seed is not None else zlib.crc32(node_name.encode())
         features, labels, fault = table.features, table.labels, None
-        feature_names: tuple[str, ...] | None = table.feature_names
+        feature_names = table.feature_names
         fingerprint = Fingerprint.of(features=table.feature_names)
     features, labels, validation = split_validation(
         features, labels, args.node_validation_fraction, seed
     )
+    features, validation = _scaled(args, features, validation, feature_names)
+    return _NodeData(node_name, seed, features, labels, validation, fault, fingerprint)
+
+
+def _scaled(
+    args: argparse.Namespace, features: Any, validation: Any, feature_names: Any
+) -> tuple[Any, Any]:
+    """``--standardise own`` scales the rows with their own statistics; ``off`` only
+    warns when they are far from unit scale; ``global`` (the default) is the server's."""
     if args.standardise == "own":
         from accord.data.standardise import Standardisation
 
-        logger.warning(
+        _LOGGER.warning(
             "--standardise own: this node scales its data with its own statistics; on a "
             "non-IID split every node then has a different transform, and none matches the "
             "server's validation data (the default, global, avoids both)"
@@ -215,35 +283,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - spli
         from accord.data.standardise import warn_if_far_from_unit_scale
 
         warn_if_far_from_unit_scale(features, feature_names, str(args.data))
-    worker = NodeWorker(
-        node_name,
-        features,
-        labels,
-        seed=seed,
-        validation=validation,
-        fault=fault,
-        # --data with the default --standardise global: the server's transform, once sent
-        global_standardisation=args.data is not None and args.standardise in (None, "global"),
-        device=str(resolve_device(args.device)),
-    )
-    settings = _node_settings(args)
-    logger.info(
-        "node %s: %d samples, %d features; server %s",
-        node_name,
-        len(labels),
-        features.shape[1],
-        args.server,
-    )
-    client = NodeClient(
-        worker,
-        settings,
-        credentials,
-        rng=np.random.default_rng([seed, 5]),
-        fingerprint=fingerprint,
-    )
-    reason = client.run()
-    logger.info("node %s done: %s", node_name, reason)
-    return 0
+    return features, validation
 
 
 def _run_app(args: argparse.Namespace, credentials: Any) -> int:
