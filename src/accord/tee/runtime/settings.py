@@ -90,10 +90,21 @@ class PartySettings:
     #: output, ``accord-run-<session>-<party>``).
     run_dir: Path | None = None
 
-    def __post_init__(self) -> None:  # noqa: C901, PLR0912 - split next
+    def __post_init__(self) -> None:
         validate_party_name(self.party_name, "party_name")
         validate_party_name(self.session, "session")
         require_int("parties", self.parties, minimum=2)
+        self._check_keys()
+        self._check_links()
+        if self.pad_to is not None:
+            require_int("pad_to", self.pad_to, minimum=1)
+        require_number("connect_timeout", self.connect_timeout, minimum=0, exclusive_minimum=True)
+        require_number("idle_timeout", self.idle_timeout, minimum=0, exclusive_minimum=True)
+        require_int("max_pending_connections", self.max_pending_connections, minimum=1)
+        self._check_outputs()
+        self._check_buckets()
+
+    def _check_keys(self) -> None:
         if not self.key_columns:
             raise ConfigurationError("key_columns: expected at least one key column")
         if len(set(self.key_columns)) != len(self.key_columns):
@@ -103,6 +114,8 @@ class PartySettings:
                 f"duplicates: expected one of {', '.join(DUPLICATE_POLICIES)}; "
                 f"got {self.duplicates!r}"
             )
+
+    def _check_links(self) -> None:
         if self.listen is None and not self.peers:
             raise ConfigurationError("give --listen, --peer, or both: a party needs its peers")
         if len(self.peers) > self.parties - 1:
@@ -115,11 +128,8 @@ class PartySettings:
                 f"peers: {self.parties} parties need {self.parties - 1} peer links; give "
                 "--listen or more --peer"
             )
-        if self.pad_to is not None:
-            require_int("pad_to", self.pad_to, minimum=1)
-        require_number("connect_timeout", self.connect_timeout, minimum=0, exclusive_minimum=True)
-        require_number("idle_timeout", self.idle_timeout, minimum=0, exclusive_minimum=True)
-        require_int("max_pending_connections", self.max_pending_connections, minimum=1)
+
+    def _check_outputs(self) -> None:
         outputs = [p for p in (self.output_map, self.output_table, self.summary) if p is not None]
         resolved = [p.resolve() for p in outputs]
         if len(set(resolved)) != len(resolved):
@@ -130,6 +140,8 @@ class PartySettings:
             )
         if self.include_ids and self.output_map is None:
             raise ConfigurationError("include_ids needs an output_map to write the IDs into")
+
+    def _check_buckets(self) -> None:
         if self.memory_limit is not None:
             require_int("memory_limit", self.memory_limit, minimum=1 << 20)
         if self.buckets is not None:
