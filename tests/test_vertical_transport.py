@@ -142,6 +142,45 @@ def test_a_party_redialling_after_epochs_ended_is_checked_against_the_latest_epo
         server.stop()
 
 
+def test_two_parties_lost_together_are_waited_for_in_one_window(creds: Path) -> None:
+    from accord.vertical import LabelParty
+    from accord.vertical.transport import PartyLostError
+
+    parties = ["insurer", "merchant"]
+    label = LabelParty(_table("bank", 200, labels=True), SETTINGS, parties)
+    credentials = load_server_credentials(creds, "both")
+    check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
+    server = LabelServer(announce(label, FINGERPRINT), parties, credentials, check)
+    try:
+        hellos = {
+            name: feature_hello(announce(FeatureParty(_table(name, 200), SETTINGS), FINGERPRINT))
+            for name in parties
+        }
+        ended = {name: threading.Event() for name in parties}
+        sessions = {name: server.join(hellos[name], name, None, ended[name]) for name in parties}
+        server.wait_for_parties(10)
+        for event in ended.values():  # both streams end at once (a network blip)
+            event.set()
+        lost = sessions["insurer"]
+        assert isinstance(lost, _Session)
+        result: list[Any] = []
+        waiter = threading.Thread(
+            target=lambda: result.append(
+                server.recover(PartyLostError("insurer", "insurer is gone", lost), 0, 30)
+            ),
+            daemon=True,
+        )
+        waiter.start()
+        assert isinstance(server.join(hellos["insurer"], "insurer again"), _Session)
+        waiter.join(2.5)
+        assert waiter.is_alive(), "recovered while merchant's stream had ended too"
+        assert isinstance(server.join(hellos["merchant"], "merchant again"), _Session)
+        waiter.join(30)
+        assert not waiter.is_alive() and set(result[0]) == set(parties)
+    finally:
+        server.stop()
+
+
 def _joined(creds: Path, **dial: Any) -> tuple[LabelServer, threading.Thread, list[Any]]:
     server = _server(creds)
     party = FeatureParty(_table("insurer", 200), SETTINGS)

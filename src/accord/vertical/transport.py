@@ -121,11 +121,19 @@ class _Session:
     ``outbound`` (``END`` ends the stream), replies come in through ``inbound`` (a
     :class:`_Gone` once the stream has ended)."""
 
-    def __init__(self, party: str, peer: str, inbound: queue.Queue[Any] | None = None) -> None:
+    def __init__(
+        self,
+        party: str,
+        peer: str,
+        inbound: queue.Queue[Any] | None = None,
+        ended: threading.Event | None = None,
+    ) -> None:
         self.party = party
         self.peer = peer
         self.outbound: queue.Queue[Any] = queue.Queue()
         self.inbound: queue.Queue[Any] = queue.Queue() if inbound is None else inbound
+        #: Set by the stream's reader once the feature party's side has ended.
+        self.ended = threading.Event() if ended is None else ended
 
     def close(self) -> None:
         self.outbound.put(END)
@@ -242,7 +250,10 @@ class _Servicer(pb_grpc.VerticalServicer):
     ) -> Iterator[pb.LabelMessage]:
         peer = context.peer()
         inbound: queue.Queue[Any] = queue.Queue()
-        threading.Thread(target=_read_stream, args=(request_iterator, inbound), daemon=True).start()
+        ended = threading.Event()
+        threading.Thread(
+            target=_read_stream, args=(request_iterator, inbound, ended), daemon=True
+        ).start()
         timeout = self.server.hello_timeout
         try:
             first = inbound.get(timeout=timeout)
@@ -260,7 +271,7 @@ class _Servicer(pb_grpc.VerticalServicer):
         if refusal is not None:
             logger.warning("refused party %r from %s: %s", hello.party[:64], peer, refusal)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "credentials refused")
-        joined = self.server.join(hello, peer, inbound)
+        joined = self.server.join(hello, peer, inbound, ended)
         if isinstance(joined, str):
             yield pb.LabelMessage(refused=pb.Refused(reason=joined))
             return
@@ -273,8 +284,13 @@ class _Servicer(pb_grpc.VerticalServicer):
             yield message
 
 
-def _read_stream(messages: Iterator[pb.FeatureMessage], inbound: queue.Queue[Any]) -> None:
-    """Every message of a feature party's stream into ``inbound``, then a :class:`_Gone`."""
+def _read_stream(
+    messages: Iterator[pb.FeatureMessage],
+    inbound: queue.Queue[Any],
+    ended: threading.Event | None = None,
+) -> None:
+    """Every message of a feature party's stream into ``inbound``, then a :class:`_Gone`
+    (and ``ended`` set)."""
     why = "its stream ended"
     try:
         for message in messages:
@@ -285,6 +301,8 @@ def _read_stream(messages: Iterator[pb.FeatureMessage], inbound: queue.Queue[Any
         why = f"its stream broke ({type(error).__name__})"
     finally:
         inbound.put(_Gone(why))
+        if ended is not None:
+            ended.set()
 
 
 def grpc_details(error: grpc.RpcError) -> str:
@@ -380,7 +398,11 @@ class LabelServer:
         )
 
     def join(
-        self, hello: pb.Hello, peer: str, inbound: queue.Queue[Any] | None = None
+        self,
+        hello: pb.Hello,
+        peer: str,
+        inbound: queue.Queue[Any] | None = None,
+        ended: threading.Event | None = None,
     ) -> _Session | str:
         """Admit an authenticated party, or the one line that refuses it. Before training,
         a disagreement (alignment, rows, settings, epochs held) also ends the label party's
@@ -414,7 +436,7 @@ class LabelServer:
             return self._refuse(str(error))
         with self._changed:
             previous = self._sessions.get(party)
-            session = _Session(party, peer, inbound)
+            session = _Session(party, peer, inbound, ended)
             self._sessions[party] = session
             self._changed.notify_all()
         if previous is None:
@@ -486,7 +508,7 @@ class LabelServer:
         deadline = clock() + timeout
         expected = set(self._expected.feature_parties)
         with self._changed:
-            while set(self._sessions) != expected:
+            while self._forget_ended() != expected:
                 left = deadline - clock()
                 if left <= 0:
                     missing = sorted(expected - set(self._sessions))
@@ -496,6 +518,16 @@ class LabelServer:
                     )
                 self._changed.wait(min(left, 1.0))
             return self._links()
+
+    def _forget_ended(self) -> set[str]:
+        """The parties connected now; a session whose stream has ended (another party lost
+        at the same time) is forgotten, so it is waited for in the same window. Called
+        with ``_changed`` held."""
+        for party, session in list(self._sessions.items()):
+            if session.ended.is_set():
+                del self._sessions[party]
+                logger.warning("party %r is gone too; waiting for it as well", party)
+        return set(self._sessions)
 
     def stop(self, grace: float = 2.0) -> None:
         """End every stream and stop listening."""
