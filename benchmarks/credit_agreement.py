@@ -26,6 +26,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,54 +37,72 @@ from scipy.stats import spearmanr
 from accord.aggregation import credit
 from accord.aggregation.base import Aggregation, RoundInput
 from accord.aggregation.combine import data_size_probabilities
-from accord.aggregation.credit import leave_one_out_credit
+from accord.aggregation.credit import LeaveOneOut, leave_one_out_credit
 from accord.scenario import ScenarioSettings
 from accord.simulation import Simulation, SimulationSettings, StopConditions
 
 
-def agreement(seed: int, rounds: int, nodes: int = 10) -> dict[str, Any]:
+def _observe_actor_critic(
+    seed: int,
+    nodes: int,
+    rounds: int,
+    method: str,
+    from_round: int,
+    observe: Callable[[RoundInput, float], None],
+) -> None:
+    """Run an Actor-Critic with ``method`` credit on digits; before each aggregation from
+    ``from_round`` on, ``observe(round input, server learning rate)``."""
     settings = SimulationSettings(
         scenario=ScenarioSettings(seed=seed, nodes=nodes), stop=StopConditions(max_rounds=rounds)
     )
     simulation = Simulation(
         dataclasses.replace(
             settings,
-            actor_critic=dataclasses.replace(settings.actor_critic, credit_method="exact"),
+            actor_critic=dataclasses.replace(settings.actor_critic, credit_method=method),
         ),
         "actor-critic",
     )
     policy = simulation.engine.aggregator
     original = policy.aggregate
+
+    def observed(round_input: RoundInput) -> Aggregation:
+        if round_input.round_index >= from_round:
+            observe(round_input, settings.rounds.server_learning_rate)
+        return original(round_input)
+
+    policy.aggregate = observed  # type: ignore[method-assign]
+    simulation.run()
+
+
+def _leave_one_out(round_input: RoundInput, lr: float, first_order: bool) -> LeaveOneOut:
+    """The round's step-normalised leave-one-out credit at the data-size weights."""
+    assert round_input.validate is not None
+    assert round_input.validation_gradient is not None
+    return leave_one_out_credit(
+        round_input.validate,
+        round_input.global_weights,
+        data_size_probabilities(round_input.present_counts),
+        round_input.first_gradients,
+        lr,
+        step_normalised=True,
+        validation_gradient=round_input.validation_gradient if first_order else None,
+    )
+
+
+def agreement(seed: int, rounds: int, nodes: int = 10) -> dict[str, Any]:
     correlations: list[float] = []
     bottom_same: list[bool] = []
     exact_nodes: list[int] = []
 
-    def recording(round_input: RoundInput) -> Aggregation:
-        if round_input.round_index >= 9:
-            assert round_input.validate is not None
-            assert round_input.validation_gradient is not None
-            p = data_size_probabilities(round_input.present_counts)
-            common = (
-                round_input.validate,
-                round_input.global_weights,
-                p,
-                round_input.first_gradients,
-                settings.rounds.server_learning_rate,
-            )
-            exact = leave_one_out_credit(*common, step_normalised=True).credit
-            first_order = leave_one_out_credit(
-                *common,
-                step_normalised=True,
-                validation_gradient=round_input.validation_gradient,
-            )
-            first = first_order.credit
-            exact_nodes.append(first_order.exact_nodes or 0)
-            correlations.append(float(spearmanr(exact, first).statistic))
-            bottom_same.append(set(np.argsort(exact)[:3]) == set(np.argsort(first)[:3]))
-        return original(round_input)
+    def compare(round_input: RoundInput, lr: float) -> None:
+        exact = _leave_one_out(round_input, lr, first_order=False).credit
+        first_order = _leave_one_out(round_input, lr, first_order=True)
+        first = first_order.credit
+        exact_nodes.append(first_order.exact_nodes or 0)
+        correlations.append(float(spearmanr(exact, first).statistic))
+        bottom_same.append(set(np.argsort(exact)[:3]) == set(np.argsort(first)[:3]))
 
-    policy.aggregate = recording  # type: ignore[method-assign]
-    simulation.run()
+    _observe_actor_critic(seed, nodes, rounds, "exact", 9, compare)
     return {
         "seed": seed,
         "rounds_compared": len(correlations),
@@ -99,45 +118,20 @@ def recheck_cost(seed: int, nodes: int, rounds: int = 12) -> dict[str, Any]:
     """What certifying the lowest costs: each round's first-order leave-one-out credit with
     and without the extension (``RECHECK_EXTEND`` 10 and 0), timed interleaved on the same
     round inputs of a first-order Actor-Critic run; medians over rounds 3 onwards."""
-    settings = SimulationSettings(
-        scenario=ScenarioSettings(seed=seed, nodes=nodes), stop=StopConditions(max_rounds=rounds)
-    )
-    simulation = Simulation(
-        dataclasses.replace(
-            settings,
-            actor_critic=dataclasses.replace(settings.actor_critic, credit_method="first-order"),
-        ),
-        "actor-critic",
-    )
-    policy = simulation.engine.aggregator
-    original = policy.aggregate
-    seconds: dict[int, list[float]] = {0: [], credit.RECHECK_EXTEND: []}
-    checked: dict[int, list[int]] = {0: [], credit.RECHECK_EXTEND: []}
     extend = credit.RECHECK_EXTEND
+    seconds: dict[int, list[float]] = {0: [], extend: []}
+    checked: dict[int, list[int]] = {0: [], extend: []}
 
-    def timing(round_input: RoundInput) -> Aggregation:
-        if round_input.round_index >= 2:
-            assert round_input.validate is not None
-            assert round_input.validation_gradient is not None
-            for limit in (0, extend, 0, extend):
-                credit.RECHECK_EXTEND = limit
-                started = time.perf_counter()
-                result = leave_one_out_credit(
-                    round_input.validate,
-                    round_input.global_weights,
-                    data_size_probabilities(round_input.present_counts),
-                    round_input.first_gradients,
-                    settings.rounds.server_learning_rate,
-                    step_normalised=True,
-                    validation_gradient=round_input.validation_gradient,
-                )
-                seconds[limit].append(time.perf_counter() - started)
-                checked[limit].append(result.exact_nodes or 0)
-            credit.RECHECK_EXTEND = extend
-        return original(round_input)
+    def timing(round_input: RoundInput, lr: float) -> None:
+        for limit in (0, extend, 0, extend):
+            credit.RECHECK_EXTEND = limit
+            started = time.perf_counter()
+            result = _leave_one_out(round_input, lr, first_order=True)
+            seconds[limit].append(time.perf_counter() - started)
+            checked[limit].append(result.exact_nodes or 0)
+        credit.RECHECK_EXTEND = extend
 
-    policy.aggregate = timing  # type: ignore[method-assign]
-    simulation.run()
+    _observe_actor_critic(seed, nodes, rounds, "first-order", 2, timing)
     return {
         "seed": seed,
         "nodes": nodes,
