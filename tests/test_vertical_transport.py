@@ -47,15 +47,16 @@ def _server(
     fingerprint: str | None = FINGERPRINT,
     hello_timeout: float = 30.0,
     first_epoch: int = 0,
+    parties: tuple[str, ...] = ("insurer",),
 ) -> LabelServer:
     from accord.vertical import LabelParty
 
-    label = LabelParty(_table("bank", 200, labels=True), SETTINGS, ["insurer"])
+    label = LabelParty(_table("bank", 200, labels=True), SETTINGS, list(parties))
     credentials = load_server_credentials(creds, "both")
     check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
     server = LabelServer(
         announce(label, fingerprint),
-        ["insurer"],
+        list(parties),
         credentials,
         check,
         hello_timeout=hello_timeout,
@@ -94,7 +95,22 @@ def _dial(
 def test_a_disagreement_is_refused_on_both_sides(
     creds: Path, rows: int, fingerprint: str, message: str
 ) -> None:
-    server = _server(creds)
+    error = _refused(_server(creds), creds, rows, fingerprint, message)
+    assert str(error).startswith("the label party refused this party: ") and message in str(error)
+
+
+def test_a_new_party_is_refused_by_a_label_party_that_continues_a_run(creds: Path) -> None:
+    server = _server(creds, first_epoch=3)  # a label party resumed after 3 epochs
+    message = "party 'insurer' holds the state after epoch 0, the label party continues"
+    error = _refused(server, creds, 200, FINGERPRINT, message)  # it holds no saved epoch
+    assert "needs --resume and its --checkpoint" in str(error)
+
+
+def _refused(
+    server: LabelServer, creds: Path, rows: int, fingerprint: str, message: str
+) -> PeerError:
+    """A new insurer party of ``rows`` rows dials ``server``: both sides must end with a
+    :class:`PeerError` matching ``message``; the party's error."""
     try:
         party = FeatureParty(_table("insurer", rows), SETTINGS)
         thread, outcome = _dial(server, creds, party, fingerprint)
@@ -105,22 +121,7 @@ def test_a_disagreement_is_refused_on_both_sides(
         server.stop()
     (error,) = outcome
     assert isinstance(error, PeerError)
-    assert str(error).startswith("the label party refused this party: ") and message in str(error)
-
-
-def test_a_new_party_is_refused_by_a_label_party_that_continues_a_run(creds: Path) -> None:
-    server = _server(creds, first_epoch=3)  # a label party resumed after 3 epochs
-    try:
-        party = FeatureParty(_table("insurer", 200), SETTINGS)
-        thread, outcome = _dial(server, creds, party, FINGERPRINT)  # holds no saved epoch
-        message = "party 'insurer' holds the state after epoch 0, the label party continues"
-        with pytest.raises(PeerError, match=message):
-            server.wait_for_parties(60)
-        thread.join(60)
-    finally:
-        server.stop()
-    (error,) = outcome
-    assert isinstance(error, PeerError) and "needs --resume and its --checkpoint" in str(error)
+    return error
 
 
 def test_a_party_redialling_after_epochs_ended_is_checked_against_the_latest_epoch(
@@ -143,14 +144,10 @@ def test_a_party_redialling_after_epochs_ended_is_checked_against_the_latest_epo
 
 
 def test_two_parties_lost_together_are_waited_for_in_one_window(creds: Path) -> None:
-    from accord.vertical import LabelParty
     from accord.vertical.transport import PartyLostError
 
-    parties = ["insurer", "merchant"]
-    label = LabelParty(_table("bank", 200, labels=True), SETTINGS, parties)
-    credentials = load_server_credentials(creds, "both")
-    check = Authenticator(credentials.token_hashes, True, credentials.revoked_certificates)
-    server = LabelServer(announce(label, FINGERPRINT), parties, credentials, check)
+    parties = ("insurer", "merchant")
+    server = _server(creds, parties=parties)
     try:
         hellos = {
             name: feature_hello(announce(FeatureParty(_table(name, 200), SETTINGS), FINGERPRINT))
