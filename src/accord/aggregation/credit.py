@@ -382,32 +382,31 @@ def _first_order_leave_one_out(
     along_rows = rows @ gradient
     # ∇L·G₋ᵢ with G₋ᵢ = (G − pᵢ gᵢ) / (1 − pᵢ); a node holding all the weight leaves 0.
     along_without = np.where(rest > 1e-12, (along_total - p * along_rows) / safe, 0.0)
-    if step_normalised:
-        # |G₋ᵢ|² = (|G|² − 2 pᵢ G·gᵢ + pᵢ² |gᵢ|²) / (1 − pᵢ)², G₋ᵢ rescaled to |G|.
-        total_norm = float(np.sqrt(total @ total))
+    n = first_gradients.shape[0]
+    recheck = n > 1 and RECHECK > 0
+    total_sq = float(total @ total)
+    if step_normalised or recheck:
+        # The two (N, dim) passes both the step's scale and the recheck's error bound need.
         cross = rows @ total
         squares = np.einsum("ij,ij->i", rows, rows)
+    if step_normalised:
+        # |G₋ᵢ|² = (|G|² − 2 pᵢ G·gᵢ + pᵢ² |gᵢ|²) / (1 − pᵢ)², G₋ᵢ rescaled to |G|.
+        total_norm = float(np.sqrt(total_sq))
         without_sq = np.maximum(total_norm**2 - 2 * p * cross + p**2 * squares, 0.0) / safe**2
         without_norm = np.sqrt(without_sq)
         scale = np.where(without_norm > 1e-30, total_norm / np.maximum(without_norm, 1e-30), 0.0)
         along_without = np.where(rest > 1e-12, along_without * scale, 0.0)
     credit = lr * (along_total - along_without)
-    n = first_gradients.shape[0]
     if n == 1:
         credit = np.zeros(1)
     credit = np.nan_to_num(credit, nan=0.0, posinf=1e6, neginf=-1e6)
     exact_nodes = 0
-    if n > 1 and RECHECK > 0:
+    if recheck:
         # |G − G₋ᵢ|², from the same dot products: the size of the step first order drops.
-        total_sq = float(total @ total)
-        cross_total = rows @ total
-        without_dot = np.where(rest > 1e-12, (total_sq - p * cross_total) / safe, 0.0)
+        without_dot = np.where(rest > 1e-12, (total_sq - p * cross) / safe, 0.0)
         without_sq = np.where(
             rest > 1e-12,
-            np.maximum(
-                total_sq - 2 * p * cross_total + p**2 * np.einsum("ij,ij->i", rows, rows), 0.0
-            )
-            / safe**2,
+            np.maximum(total_sq - 2 * p * cross + p**2 * squares, 0.0) / safe**2,
             0.0,
         )
         row_scale = scale if step_normalised else np.ones(n)
