@@ -379,8 +379,9 @@ class TrialRun:
         if stage == "first run" and self.trial.victim == "host":
             # A SIGKILLed host cannot remove its staging files; the next run that writes the
             # same outputs does (they carry its process ID), which the later stages check.
-            killed = f".accord-partial-{processes[self.trial.party].process.pid}-"
-            left = [name for name in stray if name.lstrip(".").startswith(killed[1:])]
+            # A staging file, or (one dot more) the temporary file of its atomic write.
+            killed = f"accord-partial-{processes[self.trial.party].process.pid}-"
+            left = [name for name in stray if name.lstrip(".").startswith(killed)]
             if left:
                 self.events.append(f"the killed host left staging files {left}")
             stray = [name for name in stray if name not in left]
