@@ -195,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
 
     from accord.commands.align_config import resume_from_args, settings_from_args
     from accord.commands.align_display import ProgressDisplay
-    from accord.tee.runtime.host import EnclaveProcess
+    from accord.tee.runtime.host import EnclaveProcess, tune_host_memory
 
+    tune_host_memory()  # before numpy loads: freed memory kept, no huge pages, no BLAS threads
     resume = None
     if args.resume is not None:
         settings, resume = resume_from_args(args)
@@ -204,10 +205,8 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
     # The enclave process starts first and loads while this host imports the rest.
     enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
-    from accord.tee.runtime.host import tune_host_memory
     from accord.tee.runtime.party import align_party
 
-    tune_host_memory()  # big buffers come and go: keep freed memory, no huge pages
     display = ProgressDisplay(args.progress)
     try:
         summary = align_party(

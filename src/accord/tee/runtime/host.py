@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.core.allocator import HUGEPAGE_VARIABLE, tune_allocator
+from accord.tee.core.allocator import HUGEPAGE_VARIABLE, single_threaded_blas, tune_allocator
 from accord.tee.core.backend import EnclaveIdentity
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 from accord.tee.runtime.transport import receive_exactly
@@ -53,7 +53,9 @@ _ERRORS: dict[str, type[AccordError]] = {
 def tune_host_memory() -> None:
     """The host's allocator set as its enclave's (:mod:`accord.tee.core.allocator`): freed
     memory kept for reuse, and no huge pages unless ``NUMPY_MADVISE_HUGEPAGE`` asks for them
-    (set to ``0`` here otherwise, so numpy imported later and child processes see it)."""
+    (set to ``0`` here otherwise, so numpy imported later and child processes see it); no
+    BLAS threads unless asked for (call it before numpy is imported)."""
+    single_threaded_blas(os.environ)
     os.environ.setdefault(HUGEPAGE_VARIABLE, "0")
     tune_allocator(huge_pages=os.environ[HUGEPAGE_VARIABLE] != "0")
 
@@ -141,8 +143,10 @@ class EnclaveProcess:
         environment = dict(os.environ)
         # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
         environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-        # Small pages: faulting in huge ones costs more here (accord.tee.core.allocator).
+        # Small pages: faulting in huge ones costs more here, and no BLAS threads: starting
+        # them is a fifth of a small run's CPU (accord.tee.core.allocator).
         environment.setdefault(HUGEPAGE_VARIABLE, "0")
+        single_threaded_blas(environment)
         try:
             process = subprocess.Popen(
                 command,
