@@ -24,6 +24,12 @@ reports wall time, each party's peak RSS (host and enclave; also without file-ba
 the run directory's peak size and the outputs' size; the check is that both aligned tables
 are identical and hold exactly the shared rows.
 
+Before timing, the bytecode of the Accord code under test (this checkout's, and the one of
+``--compare-src``) is compiled (``compileall``), as ``pip install`` does for an installed
+package: run from a checkout with ``PYTHONDONTWRITEBYTECODE=1`` (as on the project's VMs),
+every one of a run's four processes would otherwise compile Accord's modules from source
+at every start (about 30 ms each). ``--as-found`` measures the code as it is found instead.
+
 The runs of a size alternate with the baseline's (bare set, this code, and with
 ``--compare-src DIR`` another checkout's code on the same tables, in turn), so a change in
 the machine's load touches each alike; the medians and their ratios are reported, with the
@@ -573,6 +579,23 @@ def _identity(key: Path, policy: Path, environment: dict[str, str] | None = None
     policy.write_text(identity["policy"])
 
 
+def compile_bytecode(environment: dict[str, str] | None = None) -> str:
+    """Compile the bytecode of the ``accord`` package that ``environment`` imports (as an
+    installation does); the package's folder."""
+    import compileall
+
+    folder = subprocess.run(
+        [sys.executable, "-c", "import accord, os; print(os.path.dirname(accord.__file__))"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=environment,
+    ).stdout.strip()
+    if not compileall.compile_dir(folder, quiet=1):
+        raise RuntimeError(f"cannot compile the bytecode of {folder}")
+    return folder
+
+
 def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """The run with the median ``key`` (the upper one of an even count)."""
     ordered = sorted(runs, key=lambda run: run[key])
@@ -584,7 +607,7 @@ class _Compare:
     run on the same tables, each pair right after this code's: a ``git worktree add`` of an
     older commit, say, to tell what the machine costs from what the code costs."""
 
-    def __init__(self, source: Path, workdir: Path) -> None:
+    def __init__(self, source: Path, workdir: Path, *, as_found: bool = False) -> None:
         source = source.resolve()
         if (source / "src" / "accord").is_dir():
             source = source / "src"
@@ -594,6 +617,7 @@ class _Compare:
         self.environment = {**os.environ, "PYTHONPATH": str(source)}
         self.key = workdir / "platform-key.pem"
         self.policy = workdir / "policy-compared.toml"
+        self.bytecode = None if as_found else compile_bytecode(self.environment)
         _identity(self.key, self.policy, self.environment)
         self.commit = _commit(source)
 
@@ -607,6 +631,7 @@ class _Compare:
         return {
             "source": str(self.source),
             "commit": self.commit,
+            "bytecode_compiled": self.bytecode is not None,
             "wall_seconds": median["wall_seconds"],
             "wall_seconds_all": [run["wall_seconds"] for run in runs],
             "correct": all(run["correct"] for run in runs),
@@ -735,6 +760,11 @@ def _arguments() -> argparse.Namespace:
         "each time right after this code's (e.g. git worktree add /tmp/old COMMIT)",
     )
     parser.add_argument(
+        "--as-found",
+        action="store_true",
+        help="do not compile the bytecode of the code under test first (see above)",
+    )
+    parser.add_argument(
         "--committed",
         type=Path,
         default=Path(__file__).resolve().parent / "results_alignment.json",
@@ -754,9 +784,12 @@ class _Setup:
         args.workdir.mkdir(parents=True, exist_ok=True)
         self.args = args
         self.key, self.policy = args.workdir / "platform-key.pem", args.workdir / "policy.toml"
+        self.bytecode = None if args.as_found else compile_bytecode()
         _identity(self.key, self.policy)
         self.compare = (
-            None if args.compare_src is None else _Compare(args.compare_src, args.workdir)
+            None
+            if args.compare_src is None
+            else _Compare(args.compare_src, args.workdir, as_found=args.as_found)
         )
         self.committed = _committed(args.committed)
         self.psi_status = psi_available()
@@ -878,6 +911,7 @@ def main() -> None:
                 "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
                 "commit": _commit(Path(__file__).resolve().parent),
                 "seed": args.seed,
+                "bytecode_compiled_first": not args.as_found,
                 "overlap": args.overlap,
                 "id_length": args.id_length,
                 "machine": _machine(),

@@ -99,7 +99,11 @@ def _lines_of(rows: np.ndarray, nonempty: np.ndarray | None) -> np.ndarray:
 def _write_lines(sink: BinaryIO, values: pa.Array, chosen: np.ndarray, unterminated: int) -> None:
     """Write the lines ``chosen`` of ``values`` in that order (a ``"\\n"`` after the last
     line of a file that lacks one)."""
-    taken = values.take(pa.array(chosen))
+    # The indices as an Arrow array without a copy (pa.array would first import numpy.ma).
+    indices = np.ascontiguousarray(chosen, dtype=np.int64)
+    taken = values.take(
+        pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)])
+    )
     bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
     data = memoryview(taken.buffers()[2])
     cut = int(bounds[0])

@@ -194,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from accord.commands.align_config import resume_from_args, settings_from_args
-    from accord.commands.align_display import ProgressDisplay
-    from accord.tee.runtime.host import EnclaveProcess, tune_host_memory
+    from accord.tee.runtime.launch import launch_enclave, tune_host_memory
 
     tune_host_memory()  # before numpy loads: freed memory kept, no huge pages, no BLAS threads
     resume = None
@@ -203,9 +202,14 @@ def run(args: argparse.Namespace) -> int:
         settings, resume = resume_from_args(args)
     else:
         settings = settings_from_args(args)
-    # The enclave process starts first and loads while this host imports the rest.
-    enclave = EnclaveProcess.spawn(platform_key=settings.platform_key, debug=settings.debug_enclave)
+    # The enclave process starts first (nothing heavy is loaded yet) and loads its modules
+    # while this host loads the rest.
+    launched = launch_enclave(platform_key=settings.platform_key, debug=settings.debug_enclave)
+    from accord.commands.align_display import ProgressDisplay
+    from accord.tee.runtime.host import EnclaveProcess
     from accord.tee.runtime.party import align_party
+
+    enclave = EnclaveProcess(*launched)
 
     display = ProgressDisplay(args.progress)
     try:

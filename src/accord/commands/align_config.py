@@ -154,8 +154,8 @@ def settings_from_args(args: argparse.Namespace) -> PartySettings:
     """Map the flags (over ``--config``) onto :class:`accord.tee.runtime.party.PartySettings`."""
     import socket
 
+    from accord.tee.runtime.endpoint import Endpoint
     from accord.tee.runtime.settings import PartySettings
-    from accord.tee.runtime.transport import Endpoint
 
     values = load_config(args.config) if args.config is not None else {}
     for name in AlignConfig.option_names():
@@ -251,8 +251,8 @@ def resume_from_args(
 ) -> tuple[PartySettings, tuple[RunDirectory, RunManifest]]:
     """``(settings, (run directory, manifest))`` of ``--resume RUN_DIR``."""
     from accord.tee.runtime.bucketed_host import settings_from_json
+    from accord.tee.runtime.endpoint import Endpoint
     from accord.tee.runtime.runstate import RunDirectory
-    from accord.tee.runtime.transport import Endpoint
 
     fixed = [
         name

@@ -16,22 +16,28 @@ The package is cut in two, as pyca/cryptography cuts hazmat from recipes:
 
 Only the core's public names are re-exported here: the enclave process loads this package,
 and everything it loads is measured (:mod:`~accord.tee.runtime.measurement`). Import the
-host side explicitly, e.g. ``from accord.tee.runtime.party import run_party``.
+host side explicitly, e.g. ``from accord.tee.runtime.party import run_party``. The names
+are loaded on first use (PEP 562): importing a runtime module, as ``accord align`` does
+before it starts its enclave, does not load the channel's and the quotes' crypto.
 """
 
 from __future__ import annotations
 
-from accord.tee.core.attestation import (
-    SIMULATED_BACKEND,
-    AttestationPolicy,
-    EvidenceClaims,
-    key_fingerprint,
-    parse_policy,
-    policy_toml,
-    verify_evidence,
-)
-from accord.tee.core.backend import EnclaveBackend, EnclaveIdentity, SimulatedBackend
-from accord.tee.core.channel import PROTOCOL_VERSION, ChannelReader, ChannelWriter
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accord.tee.core.attestation import (
+        SIMULATED_BACKEND,
+        AttestationPolicy,
+        EvidenceClaims,
+        key_fingerprint,
+        parse_policy,
+        policy_toml,
+        verify_evidence,
+    )
+    from accord.tee.core.backend import EnclaveBackend, EnclaveIdentity, SimulatedBackend
+    from accord.tee.core.channel import PROTOCOL_VERSION, ChannelReader, ChannelWriter
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -48,3 +54,29 @@ __all__ = [
     "policy_toml",
     "verify_evidence",
 ]
+
+#: Each re-exported name and the core module that defines it.
+_HOMES = {
+    "PROTOCOL_VERSION": "channel",
+    "SIMULATED_BACKEND": "attestation",
+    "AttestationPolicy": "attestation",
+    "ChannelReader": "channel",
+    "ChannelWriter": "channel",
+    "EnclaveBackend": "backend",
+    "EnclaveIdentity": "backend",
+    "EvidenceClaims": "attestation",
+    "SimulatedBackend": "backend",
+    "key_fingerprint": "attestation",
+    "parse_policy": "attestation",
+    "policy_toml": "attestation",
+    "verify_evidence": "attestation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"accord.tee.core.{home}"), name)
+    globals()[name] = value
+    return value

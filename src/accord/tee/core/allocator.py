@@ -16,8 +16,8 @@ told otherwise; the runtime takes that from ``NUMPY_MADVISE_HUGEPAGE`` (numpy's 
 read when numpy is imported), which it sets to ``0`` unless the user set it.
 
 Neither the host nor the enclave multiplies matrices, yet numpy's OpenBLAS starts one
-thread per core when numpy is imported, and their start-up cost a 1M-row run's four
-processes about 50 ms of CPU each on this project's 2-core VM (a fifth of the run).
+thread per core when numpy is imported: about 50 ms of CPU in each of a 1M-row run's four
+processes on this project's 2-core VM (``import numpy``: 0.14 s of CPU, 0.08 s without).
 :data:`THREAD_VARIABLES` are set to ``1`` unless the user set them
 (:func:`single_threaded_blas`), before numpy is imported, in the host and in the
 environment it gives its enclave.

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from accord._validation import require_int
 from accord.errors import AttestationError, ConfigurationError, ProtocolError
+from accord.tee.core.names import validate_party_name
 from accord.tee.core.wire import pack_fields, unpack_fields
 
 __all__ = [
@@ -76,17 +77,6 @@ _SECURITY_VERSION = struct.Struct("!I")
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RAW_KEY = re.compile(r"^ed25519:[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def validate_party_name(name: str, field: str = "party name") -> str:
-    """Party and session names: 1–64 characters of ``A-Z a-z 0-9 . _ -``."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigurationError(
-            f"{field}: expected 1-64 characters from A-Z a-z 0-9 . _ - "
-            f"(starting with a letter or digit), got {name!r}"
-        )
-    return name
 
 
 def _require_size(name: str, value: bytes, size: int) -> None:

@@ -2,7 +2,8 @@
 
 :class:`EnclaveHandle` is what a party's run calls (:mod:`accord.tee.runtime.relay`).
 :meth:`EnclaveProcess.spawn` launches ``python -m accord.tee.runtime.enclave`` with one end of a
-Unix socket pair, and :meth:`~EnclaveProcess.ready` awaits the identity it reports;
+Unix socket pair (:mod:`accord.tee.runtime.launch`; a host that launched it already wraps
+the process it got), and :meth:`~EnclaveProcess.ready` awaits the identity it reports;
 :meth:`EnclaveProcess.call` sends one call frame and awaits its reply. Calls are serialised
 (the enclave serves one at a time). Bulk bodies go out as a list of buffers, back to back,
 without being joined, and replies are received straight into one buffer. A failed call
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.core.allocator import HUGEPAGE_VARIABLE, single_threaded_blas, tune_allocator
 from accord.tee.core.backend import EnclaveIdentity
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
+from accord.tee.runtime.launch import launch_enclave
 from accord.tee.runtime.transport import receive_exactly
 
 if TYPE_CHECKING:
     from accord.tee.core.session import EnclaveSession
 
-__all__ = ["EnclaveHandle", "EnclaveProcess", "InProcessEnclave", "tune_host_memory"]
+__all__ = ["EnclaveHandle", "EnclaveProcess", "InProcessEnclave"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +48,6 @@ Buffer = bytes | bytearray | memoryview
 _ERRORS: dict[str, type[AccordError]] = {
     name: getattr(errors, name) for name in errors.__all__ if name != "AccordError"
 }
-
-
-def tune_host_memory() -> None:
-    """The host's allocator set as its enclave's (:mod:`accord.tee.core.allocator`): freed
-    memory kept for reuse, and no huge pages unless ``NUMPY_MADVISE_HUGEPAGE`` asks for them
-    (set to ``0`` here otherwise, so numpy imported later and child processes see it); no
-    BLAS threads unless asked for (call it before numpy is imported)."""
-    single_threaded_blas(os.environ)
-    os.environ.setdefault(HUGEPAGE_VARIABLE, "0")
-    tune_allocator(huge_pages=os.environ[HUGEPAGE_VARIABLE] != "0")
 
 
 class EnclaveHandle(Protocol):
@@ -122,47 +112,12 @@ class EnclaveProcess:
         log_level: str = "WARNING",
         python: str = sys.executable,
     ) -> EnclaveProcess:
-        """Launch the enclave process (it then measures itself and loads its code)."""
-        host_end, enclave_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for end in (host_end, enclave_end):
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        command = [
-            python,
-            "-m",
-            "accord.tee.runtime.enclave",
-            "--fd",
-            str(enclave_end.fileno()),
-            "--log-level",
-            log_level,
-        ]
-        if platform_key is not None:
-            command += ["--platform-key", str(platform_key)]
-        if debug:
-            command.append("--debug")
-        environment = dict(os.environ)
-        # pyarrow allocates through malloc, which the enclave tunes to keep freed memory.
-        environment.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-        # Small pages: faulting in huge ones costs more here, and no BLAS threads: starting
-        # them is a fifth of a small run's CPU (accord.tee.core.allocator).
-        environment.setdefault(HUGEPAGE_VARIABLE, "0")
-        single_threaded_blas(environment)
-        try:
-            process = subprocess.Popen(
-                command,
-                pass_fds=(enclave_end.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                env=environment,
+        """Launch the enclave process (:func:`~accord.tee.runtime.launch.launch_enclave`)."""
+        return cls(
+            *launch_enclave(
+                platform_key=platform_key, debug=debug, log_level=log_level, python=python
             )
-        except OSError as error:
-            host_end.close()
-            raise PeerError(f"cannot start the enclave process: {error}") from error
-        finally:
-            enclave_end.close()
-        host_end.setblocking(False)
-        logger.debug("enclave process %d spawned", process.pid)
-        return cls(process, host_end)
+        )
 
     async def ready(self) -> EnclaveIdentity:
         """Wait for the enclave's start-up frame: its identity, or why it could not start."""

@@ -385,9 +385,12 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
             disk_peak_bytes=None if outcome is None else outcome.disk_peak_bytes,
         )
 
-    # The enclave and the links have done their part: release them (and the enclave's
-    # memory) before the outputs are written.
-    await asyncio.gather(enclave.close(), *(link.close() for link in links))
+    # The enclave and the links have done their part: release them. A bucketed run waits
+    # until the enclave has exited (its memory is then free for the outputs); in memory the
+    # enclave exits while the outputs are written (its exit took a 1M-row run ~60 ms).
+    releasing = asyncio.gather(enclave.close(), *(link.close() for link in links))
+    if settings.bucketed:
+        await releasing
     try:
         summary = await asyncio.to_thread(
             write_outputs, settings, row_map, int(report["rows"]), ids, summary_of, report_progress
@@ -396,6 +399,8 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
         if bucketing is not None:
             bucketing.close(remove=False)  # stage "done": a resume needs no peer
         raise _with_resume_hint(error, bucketing) from error
+    finally:
+        await releasing
     if bucketing is not None:
         bucketing.close(remove=True)  # the run is complete: its sealed files are not needed
     report_progress("done", None)

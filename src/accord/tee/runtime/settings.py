@@ -15,9 +15,9 @@ from typing import Any
 
 from accord._validation import require_int, require_number
 from accord.errors import ConfigurationError
-from accord.tee.core.channel import validate_party_name
+from accord.tee.core.names import validate_party_name
+from accord.tee.runtime.endpoint import Endpoint
 from accord.tee.runtime.progress import ProgressEvent
-from accord.tee.runtime.transport import Endpoint
 
 __all__ = [
     "DUPLICATE_POLICIES",

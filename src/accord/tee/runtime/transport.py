@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import socket
@@ -38,6 +37,7 @@ from accord.errors import (
 from accord.rate_limits import RateLimitSettings, SourceLimiter
 from accord.tee.core.channel import PROTOCOL_VERSION, validate_party_name
 from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+from accord.tee.runtime.endpoint import Endpoint
 from accord.tee.runtime.links import abort_error
 
 __all__ = [
@@ -63,44 +63,6 @@ _FIRST_RETRY = 0.002
 _MAX_RETRY = 0.02
 #: For how long (seconds) a peer that is not listening is dialled again every _MAX_RETRY.
 _FAST_RETRIES = 10.0
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """A TCP address: ``host:port`` (IPv6 as ``[addr]:port``)."""
-
-    host: str
-    port: int
-
-    def __post_init__(self) -> None:
-        if not self.host:
-            raise ConfigurationError("address: the host part is empty")
-        if isinstance(self.port, bool) or not isinstance(self.port, int):
-            raise ConfigurationError(f"address: port must be an integer, got {self.port!r}")
-        if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"address: port must be 0-65535, got {self.port}")
-
-    @classmethod
-    def parse(cls, text: str, field: str = "address") -> Endpoint:
-        """Parse ``host:port`` or ``[ipv6]:port``; the error names ``field``."""
-        value = text.strip()
-        if value.startswith("["):
-            host, _, rest = value[1:].partition("]")
-            port_text = rest.removeprefix(":") if rest.startswith(":") else ""
-        else:
-            host, _, port_text = value.rpartition(":")
-        if not host or not port_text.isdigit():
-            raise ConfigurationError(f"{field}: expected HOST:PORT, got {text!r}")
-        try:
-            return cls(host, int(port_text))
-        except ConfigurationError as error:
-            raise ConfigurationError(f"{field}: {error} (in {text!r})") from error
-
-    def __str__(self) -> str:
-        with contextlib.suppress(ValueError):
-            if ipaddress.ip_address(self.host).version == 6:
-                return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
