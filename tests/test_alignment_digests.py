@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from accord.alignment import (
     DIGEST_BYTES,
     DuplicatePolicy,
+    check_words,
     digest_ids,
     digests_from_bytes,
     digests_to_bytes,
@@ -40,6 +41,47 @@ def oracle_digest(value: bytes, key: bytes, columns: int = 1) -> bytes:
 
 def as_bytes(digests: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in np.ascontiguousarray(digests)]
+
+
+def oracle_check_word(value: bytes, seed: int) -> int:
+    """The documented check word, computed per ID with Python integers."""
+    mask = (1 << 64) - 1
+    word = (seed ^ (len(value) * 0x9E3779B97F4A7C15)) & mask
+    for start in range(0, len(value), 8):
+        word ^= int.from_bytes(value[start : start + 8].ljust(8, b"\0"), "little")
+        word = (word * 0xBF58476D1CE4E5B9) & mask
+        word ^= word >> 31
+    word = (word * 0x94D049BB133111EB) & mask
+    return word ^ (word >> 29)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.binary(max_size=50), max_size=30),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 40),
+    st.integers(0, 30),
+)
+def test_check_words_equal_the_per_id_oracle_however_chunked(
+    values: list[bytes], seed: int, width: int, cut: int
+) -> None:
+    # Variable lengths, one length (the matrix path), and both split across chunks.
+    for batch in (values, [value.ljust(width, b"x")[:width] for value in values]):
+        array = pa.array(batch, type=pa.binary())
+        chunked = pa.chunked_array([array.slice(0, cut), array.slice(cut)], type=pa.binary())
+        expected = [oracle_check_word(value, seed) for value in batch]
+        assert check_words(array, seed).tolist() == expected
+        assert check_words(chunked, seed).tolist() == expected
+
+
+def test_check_words_tell_one_word_changes_apart_and_depend_on_the_seed() -> None:
+    base = b"0123456789abcdef0123456789abcdef"
+    changed = [base[:i] + bytes([base[i] ^ 1]) + base[i + 1 :] for i in range(len(base))]
+    words = check_words(pa.array([base, *changed, base + b"\0"]), 7)
+    assert len(set(words.tolist())) == len(words)
+    assert check_words(pa.array([base]), 8)[0] != words[0]
+    with pytest.raises(InputDataError, match="nulls"):
+        check_words(pa.array([b"a", None]), 7)
 
 
 def test_known_answers() -> None:

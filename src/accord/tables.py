@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from accord.atomic_files import atomic_output
 from accord.csv_lines import copy_lines
@@ -154,6 +153,8 @@ def read_table(path: StrPath) -> pa.Table:
     fmt = file_format(path)
     _check_readable(path)
     if fmt is TableFormat.PARQUET:
+        import pyarrow.parquet as pq  # loaded only for Parquet files (~10 ms)
+
         try:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
@@ -274,6 +275,8 @@ def _csv_source(path: StrPath, mapped: bool = True) -> str | pa.NativeFile:
 
 def _iter_parquet_keys(path: StrPath, columns: list[str]) -> Iterator[pa.RecordBatch]:
     _check_readable(path)
+    import pyarrow.parquet as pq
+
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
@@ -457,6 +460,8 @@ def _write_arrow(
                 write_options=pcsv.WriteOptions(include_header=False, delimiter=delimiter),
             )
         else:
+            import pyarrow.parquet as pq
+
             writer = pq.ParquetWriter(sink, table.schema)
         try:
             for start in range(0, max(total, 1), chunk_rows):

@@ -52,6 +52,7 @@ __all__ = [
     "DigestSet",
     "DuplicatePolicy",
     "DuplicateReport",
+    "check_words",
     "derive_key",
     "digest_ids",
     "digests_from_bytes",
@@ -148,6 +149,92 @@ def keyed_digests(
             out[position : position + len(piece)] = _digest_chunk(piece, encryptor)
             position += len(piece)
     return out
+
+
+#: The odd constants of :func:`check_words` (splitmix64's increment and multipliers).
+_CHECK_START = np.uint64(0x9E3779B97F4A7C15)
+_CHECK_ROUND = np.uint64(0xBF58476D1CE4E5B9)
+_CHECK_FINAL = np.uint64(0x94D049BB133111EB)
+
+
+def check_words(keys: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A fast seeded 64-bit hash of every key, in row order (``uint64``).
+
+    ``h = seed ⊕ (len(x) · c₀)``; then for each 8-byte little-endian word ``w`` of ``x``
+    (the last one zero-padded): ``h = (h ⊕ w) · c₁``, ``h ⊕= h >> 31``; finally
+    ``h = h · c₂``, ``h ⊕= h >> 29`` (all mod 2⁶⁴). Equal keys give equal words, so distinct
+    words mean distinct keys; keys of one length that differ in one word never share a
+    word (each step is a bijection). It is neither a digest nor a PRF, and it never leaves
+    an enclave: an enclave finds duplicated IDs with it before the session's digest key
+    exists, and confirms any equal words with :func:`keyed_digests` (a third of that cost:
+    no AES, and no message is built).
+    """
+    chunks = keys.chunks if isinstance(keys, pa.ChunkedArray) else [keys]
+    parts = []
+    for original in chunks:
+        chunk = _as_binary(original)
+        if chunk.null_count:
+            raise InputDataError(f"keys: expected no nulls, got {chunk.null_count}")
+        parts.append(_check_chunk(chunk, np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)))
+    if not parts:
+        return np.zeros(0, dtype=DIGEST_DTYPE)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _check_chunk(chunk: pa.Array, seed: np.uint64) -> np.ndarray:
+    n = len(chunk)
+    if n == 0:
+        return np.zeros(0, dtype=DIGEST_DTYPE)
+    offsets = value_offsets(chunk).astype(np.int64)
+    lengths = np.diff(offsets)
+    buffer = chunk.buffers()[2]
+    if buffer is None or offsets[-1] == offsets[0]:
+        data = np.zeros(0, dtype=np.uint8)
+    else:
+        data = np.frombuffer(buffer, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    words = lengths.astype(DIGEST_DTYPE)
+    words *= _CHECK_START
+    words ^= seed
+    low, high = int(lengths.min()), int(lengths.max())
+    if low == high:
+        # One length: the data is an (n, L) matrix; its word columns are read in place.
+        values = data.reshape(n, low)
+        full, tail = divmod(low, 8)
+        value_words = values[:, : 8 * full].view(DIGEST_DTYPE)
+        for word in range(full):
+            _check_round(words, value_words[:, word])
+        if tail:
+            padded = np.zeros((n, 8), dtype=np.uint8)
+            padded[:, :tail] = values[:, 8 * full :]
+            _check_round(words, padded.view(DIGEST_DTYPE)[:, 0])
+    else:
+        padded_data = np.zeros(data.size + 16, dtype=np.uint8)
+        padded_data[: data.size] = data
+        unaligned = np.ndarray(
+            shape=(padded_data.size - 7,), dtype=DIGEST_DTYPE, buffer=padded_data, strides=(1,)
+        )
+        starts = offsets[:-1] - offsets[0]
+        word_counts = (lengths + 7) // 8
+        for word in range(int(word_counts.max())):
+            rows = np.flatnonzero(word_counts > word)
+            value = np.take(unaligned, starts[rows] + 8 * word)
+            valid = np.clip(lengths[rows] - 8 * word, 0, 8).astype(np.uint64)
+            value &= np.where(
+                valid < 8, (np.uint64(1) << (valid * np.uint64(8))) - np.uint64(1), _ALL_ONES
+            )
+            mixed = words[rows]
+            _check_round(mixed, value)
+            words[rows] = mixed
+    words *= _CHECK_FINAL
+    words ^= words >> np.uint64(29)
+    return words
+
+
+def _check_round(words: np.ndarray, value: np.ndarray) -> None:
+    """One round of :func:`check_words`, in place: ``h = (h ⊕ w) · c₁; h ⊕= h >> 31``."""
+    words ^= value
+    words *= _CHECK_ROUND
+    words ^= words >> np.uint64(31)
 
 
 def digest_ids(

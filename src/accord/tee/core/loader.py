@@ -21,6 +21,7 @@ from accord.alignment import (
     DigestSet,
     DuplicatePolicy,
     IdReport,
+    check_words,
     keyed_digests,
     prepare_ids,
 )
@@ -120,9 +121,9 @@ class IdLoader:
         capacity = 0 if rows_hint is None else min(rows_hint + rows_hint // 8 + 4096, 1 << 31)
         self._digests = _Gathered(capacity, (2,), np.uint64)
         self._rows = _Gathered(capacity, (), np.int64)
-        #: The duplicate check before the session key (``error`` policy): a one-off key of
-        #: this enclave, drawn at the first batch, and each row's first digest word under it.
-        self._check_key: bytes | None = None
+        #: The duplicate check before the session key (``error`` policy): a one-off seed of
+        #: this enclave, drawn at the first batch, and each row's check word under it.
+        self._check_seed: int | None = None
         self._check_words = _Gathered(capacity, (), np.uint64)
         self.finished = False
 
@@ -143,14 +144,13 @@ class IdLoader:
             self._digest(prepared.keys, rows)
 
     def _check_batch(self, keys: pa.ChunkedArray) -> None:
-        """Digest a batch that waits for the session key under the one-off check key (as it
-        arrives, while the host reads the next one), keeping the first word of each."""
+        """Hash a batch that waits for the session key under the one-off check seed (as it
+        arrives, while the host reads the next one), keeping one word a row."""
         if self._config.duplicates is not DuplicatePolicy.ERROR or self._random_bytes is None:
             return
-        if self._check_key is None:
-            self._check_key = self._random_bytes(32)
-        columns = len(self._config.key_columns)
-        self._check_words.append(keyed_digests(keys, self._check_key, key_columns=columns)[:, 0])
+        if self._check_seed is None:
+            self._check_seed = int.from_bytes(self._random_bytes(8), "little")
+        self._check_words.append(check_words(keys, self._check_seed))
 
     def _digest(self, keys: pa.ChunkedArray, rows: np.ndarray) -> None:
         assert self._key is not None
@@ -188,22 +188,22 @@ class IdLoader:
     def _refuse_duplicates(self) -> None:
         """Refuse duplicated IDs before the session exists (so before any peer is contacted).
 
-        The IDs wait for the session's digest key. Each batch was digested on arrival under
-        a one-off key of this enclave (never used again), keeping the first 64-bit word of
-        each digest; here the words are sorted in place (8 bytes a row): distinct words mean
-        distinct IDs. Only when two words are equal (a duplicate, or once in 2**64 two IDs
-        sharing a word) are the full digests sorted to give the exact error, rows and
-        examples the keyed set would give.
+        The IDs wait for the session's digest key. Each batch was hashed on arrival
+        (:func:`~accord.alignment.check_words`, under a one-off seed of this enclave, never
+        used again), one 64-bit word a row; here the words are sorted in place (8 bytes a
+        row): distinct words mean distinct IDs. Only when two words are equal (a duplicate,
+        or about once in 2**64 two IDs sharing a word) are the IDs digested under a one-off
+        key and sorted, to give the exact error, rows and examples the keyed set would give.
         """
-        key = self._check_key
         words = self._check_words.take()
-        if key is None or len(self._waiting) == 0:
+        if self._check_seed is None or self._random_bytes is None or len(self._waiting) == 0:
             return
         words.sort()
         suspect = bool(np.any(words[1:] == words[:-1]))
         del words
         if not suspect:
             return
+        key = self._random_bytes(32)
         columns = len(self._config.key_columns)
         digests = np.concatenate(
             [keyed_digests(keys, key, key_columns=columns) for keys, _ in self._waiting]

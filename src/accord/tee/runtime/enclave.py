@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -149,5 +149,13 @@ def _ready_frame(status: int, reply: dict[str, Any]) -> bytes:
     return CALL_HEADER.pack(status, len(meta), 0) + meta
 
 
+def _exit(code: int) -> NoReturn:
+    """End the process at once: its only channel is closed and it holds no file, so the
+    interpreter's clean-up (freeing every module and array: ~50 ms of CPU at 1M rows,
+    beside its host's writing) has nothing to save."""
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -1,0 +1,89 @@
+"""What ``accord align`` loads before it starts its enclave, and what the enclave loads.
+
+A 1M-row run is mostly start-up on a 2-core machine (four Python processes), so these pin
+the start-up work that was cut: the host starts its enclave before it loads asyncio, numpy,
+pyarrow or the crypto; neither process starts BLAS threads; ASCII IDs never load
+``pyarrow.compute``. Each check runs in a fresh interpreter, as the commands do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from accord.tee.core.allocator import THREAD_VARIABLES, single_threaded_blas
+
+
+def _loaded(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter has loaded after running ``code``."""
+    probe = (
+        code
+        + "\nimport json, sys\n"
+        + "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
+        + "{'asyncio', 'cryptography', 'numpy', 'pyarrow'}) + sorted({'pyarrow.compute', "
+        + "'numpy.ma'} & set(sys.modules))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    return list(json.loads(done.stdout))
+
+
+def test_the_host_launches_its_enclave_before_loading_anything_heavy() -> None:
+    loaded = _loaded(
+        "from accord.cli import build_parser\n"
+        "from accord.commands.align_config import settings_from_args\n"
+        "argv = ['align', '--input', 'a.csv', '--key', 'id', '--policy', 'p.toml',"
+        " '--listen', '127.0.0.1:0']\n"
+        "settings = settings_from_args(build_parser(argv).parse_args(argv))\n"
+        "from accord.tee.runtime.launch import launch_enclave, tune_host_memory\n"
+        "import accord.tee\n"
+    )
+    assert loaded == []
+
+
+def test_ascii_ids_are_normalised_and_digested_without_pyarrow_compute() -> None:
+    loaded = _loaded(
+        "import pyarrow as pa\n"
+        "import accord.tee.runtime.enclave\n"
+        "from accord.alignment import check_words, keyed_digests, prepare_ids\n"
+        "ids = prepare_ids([pa.array([b'a1', b'b2 x', b'c3'])])\n"
+        "assert ids.keys.to_pylist() == [b'a1', b'b2 x', b'c3']\n"
+        "keyed_digests(ids.keys, bytes(32)); check_words(ids.keys, 1)\n"
+    )
+    assert "pyarrow.compute" not in loaded
+    # Non-ASCII IDs need it (NFC), and get it.
+    assert "pyarrow.compute" in _loaded(
+        "import pyarrow as pa\n"
+        "from accord.alignment import prepare_ids\n"
+        "assert prepare_ids([pa.array(['e\\u0301'])]).keys.to_pylist() == ['\\u00e9'.encode()]\n"
+    )
+
+
+def test_blas_threads_are_one_unless_the_user_chose() -> None:
+    environment = {"OPENBLAS_NUM_THREADS": "3"}
+    single_threaded_blas(environment)
+    assert environment == {
+        "OPENBLAS_NUM_THREADS": "3",
+        **{name: "1" for name in THREAD_VARIABLES if name != "OPENBLAS_NUM_THREADS"},
+    }
+    without = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
+    threads = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os\n"
+            "from accord.tee.runtime.launch import tune_host_memory\n"
+            "tune_host_memory()\n"
+            "import numpy\n"
+            "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=without,
+    ).stdout.split()
+    assert threads == ["1", "1"]
