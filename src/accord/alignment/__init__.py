@@ -31,25 +31,40 @@ What each value reveals, and to whom
   two parties only the full intersection is output, never a pairwise one.
 * ``fingerprint`` (a hash of the keyed digests in shared order) reveals nothing about IDs; it
   lets the enclaves confirm they agree before releasing results.
+
+The names below load on first use (PEP 562): a host that only checks its key columns
+(:func:`plain_key_column`) loads neither the digests' AES nor the rest.
 """
 
 from __future__ import annotations
 
-from accord.alignment.digests import (
-    DIGEST_BYTES,
-    DigestSet,
-    DuplicatePolicy,
-    DuplicateReport,
-    check_words,
-    digest_ids,
-    digests_from_bytes,
-    digests_to_bytes,
-    keyed_digests,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Bound at once: the function shares its module's name, which importing the module would
+# otherwise bind on this package in its place.
 from accord.alignment.intersect import intersect
-from accord.alignment.normalise import IdReport, PreparedIds, plain_key_column, prepare_ids
-from accord.alignment.order import shared_order, shared_seed
-from accord.alignment.result import AlignmentResult, align
+
+if TYPE_CHECKING:
+    from accord.alignment.digests import (
+        DIGEST_BYTES,
+        DigestSet,
+        DuplicatePolicy,
+        DuplicateReport,
+        check_words,
+        digest_ids,
+        digests_from_bytes,
+        digests_to_bytes,
+        keyed_digests,
+    )
+    from accord.alignment.normalise import (
+        IdReport,
+        PreparedIds,
+        plain_key_column,
+        prepare_ids,
+    )
+    from accord.alignment.order import shared_order, shared_seed
+    from accord.alignment.result import AlignmentResult, align
 
 __all__ = [
     "DIGEST_BYTES",
@@ -71,3 +86,33 @@ __all__ = [
     "shared_order",
     "shared_seed",
 ]
+
+#: Each public name and the module of this package that defines it.
+_HOMES = {
+    "DIGEST_BYTES": "digests",
+    "DigestSet": "digests",
+    "DuplicatePolicy": "digests",
+    "DuplicateReport": "digests",
+    "check_words": "digests",
+    "digest_ids": "digests",
+    "digests_from_bytes": "digests",
+    "digests_to_bytes": "digests",
+    "keyed_digests": "digests",
+    "IdReport": "normalise",
+    "PreparedIds": "normalise",
+    "plain_key_column": "normalise",
+    "prepare_ids": "normalise",
+    "shared_order": "order",
+    "shared_seed": "order",
+    "AlignmentResult": "result",
+    "align": "result",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"accord.alignment.{home}"), name)
+    globals()[name] = value
+    return value

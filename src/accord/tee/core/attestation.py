@@ -36,16 +36,18 @@ import struct
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typing import TYPE_CHECKING, Any
 
 from accord._validation import require_int
 from accord.errors import AttestationError, ConfigurationError, ProtocolError
 from accord.tee.core.names import validate_party_name
 from accord.tee.core.wire import pack_fields, unpack_fields
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 __all__ = [
     "DIGEST_SIZE",
@@ -95,6 +97,11 @@ def channel_report_data(channel_public_key: bytes, peer_nonce: bytes, session_id
 
 def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     """The raw 32-byte encoding of an Ed25519 public key."""
+    # Imported here, as in _verify_simulated: a host checks policies with this module
+    # without loading the signature code (its enclave does the signing and verifying).
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
@@ -197,6 +204,9 @@ def _verify_simulated(signed: bytes, signature: bytes) -> EvidenceClaims:
         or len(platform_key) != 32
     ):
         raise AttestationError("evidence is malformed: a quote field has the wrong size")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(platform_key).verify(signature, signed)
     except (InvalidSignature, ValueError) as error:

@@ -27,7 +27,6 @@ None of those can run on this machine, so none is shipped.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
@@ -39,24 +38,13 @@ from accord.tee.core.attestation import (
     make_simulated_evidence,
     public_key_bytes,
 )
+from accord.tee.core.identity import EnclaveIdentity
 from accord.tee.core.sealing import simulated_sealing_key
 
 __all__ = ["BACKENDS", "EnclaveBackend", "EnclaveIdentity", "SimulatedBackend"]
 
 #: Names of the backends this installation can run.
 BACKENDS = (SIMULATED_BACKEND,)
-
-
-@dataclass(frozen=True)
-class EnclaveIdentity:
-    """What an enclave says about itself (and what a peer's policy must accept)."""
-
-    backend: str
-    measurement: str  # hex
-    security_version: int
-    debug: bool
-    #: ``sha256:<hex>`` of the key that signs this enclave's evidence (``None`` if none).
-    platform_key: str | None
 
 
 class EnclaveBackend(ABC):

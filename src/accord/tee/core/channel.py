@@ -56,7 +56,7 @@ from accord.tee.core.attestation import (
     validate_party_name,
     verify_evidence,
 )
-from accord.tee.core.wire import pack_fields, unpack_fields
+from accord.tee.core.wire import PROTOCOL_VERSION, pack_fields, unpack_fields
 
 __all__ = [
     "MESSAGE_HEADER",
@@ -76,8 +76,6 @@ __all__ = [
     "validate_party_name",
 ]
 
-#: Version of the alignment protocol spoken between parties (hello, handshake, records).
-PROTOCOL_VERSION = 1
 #: Largest plaintext of one record (1 MiB): big enough that AEAD calls are never per ID.
 RECORD_SIZE = 1 << 20
 #: ``version, type, reserved, sequence number, ciphertext length``.

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CALL_META",
     "MAX_PEER_FRAME",
     "PEER_HEADER",
+    "PROTOCOL_VERSION",
     "SESSION_ALREADY_FAILED",
     "Call",
     "PeerFrame",
@@ -36,6 +37,9 @@ __all__ = [
     "pack_fields",
     "unpack_fields",
 ]
+
+#: Version of the alignment protocol spoken between parties (hello, handshake, records).
+PROTOCOL_VERSION = 1
 
 _LENGTH = struct.Struct("!I")
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from accord import errors
 from accord.errors import AccordError, PeerError, ProtocolError
-from accord.tee.core.backend import EnclaveIdentity
+from accord.tee.core.identity import EnclaveIdentity
 from accord.tee.core.wire import CALL_HEADER, MAX_CALL_META, Call, decode_meta, encode_meta
 from accord.tee.runtime.launch import launch_enclave
 from accord.tee.runtime.transport import receive_exactly

@@ -35,8 +35,8 @@ from accord.errors import (
     ProtocolError,
 )
 from accord.rate_limits import RateLimitSettings, SourceLimiter
-from accord.tee.core.channel import PROTOCOL_VERSION, validate_party_name
-from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PeerFrame
+from accord.tee.core.names import validate_party_name
+from accord.tee.core.wire import MAX_PEER_FRAME, PEER_HEADER, PROTOCOL_VERSION, PeerFrame
 from accord.tee.runtime.endpoint import Endpoint
 from accord.tee.runtime.links import abort_error
 
