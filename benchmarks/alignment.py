@@ -39,7 +39,7 @@ load average and the CPU model, beside the committed results (``--committed``, d
 Prints one JSON object. Usage::
 
     python3 benchmarks/alignment.py                       # 1M x 1M (+ OpenMined PSI)
-    python3 benchmarks/alignment.py --sizes 1000000 10000000 --psi-sizes --repeat 5 3
+    python3 benchmarks/alignment.py --sizes 1000000 10000000 --psi-sizes --repeat 5 3 --floor
     git worktree add /tmp/old COMMIT && python3 benchmarks/alignment.py --compare-src /tmp/old
     python3 benchmarks/alignment.py --sizes 10000000 --psi-sizes --memory-limit 2GiB \
         --large 100000000                                 # 10M in memory vs bucketed, 100M
@@ -499,6 +499,62 @@ print(json.dumps({"seconds": time.perf_counter() - start, "intersection": len(co
 """
 
 
+# The start-up floor: two "hosts" that each start an "enclave" (a Python process), load
+# modules and exit, doing no work. ``accord``: each loads what `accord align` loads before
+# it works (the host its command and party modules, the enclave its own module: every
+# module of the run is then loaded); ``libraries``: only the third-party modules each
+# needs (host: numpy, pyarrow's CSV reader, asyncio; enclave: numpy, pyarrow, the AEAD and
+# X25519/Ed25519 of cryptography). Both with one BLAS thread, as the run.
+_FLOOR_HOST = r"""
+import os, subprocess, sys
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+enclave = subprocess.Popen([sys.executable, "-c", sys.argv[2]])
+if sys.argv[1] == "accord":
+    import accord.cli, accord.commands.align, accord.commands.align_display
+    import accord.tee.runtime.party, accord.tee.runtime.outputs, accord.tables, accord.csv_lines
+    import accord.alignment.normalise, pyarrow.compute
+else:
+    import numpy, pyarrow, pyarrow.csv, asyncio
+enclave.wait()
+"""
+_FLOOR_ENCLAVE = {
+    "accord": "import accord.tee.runtime.enclave",
+    "libraries": "import numpy, pyarrow; import cryptography.hazmat.primitives.ciphers.aead, "
+    "cryptography.hazmat.primitives.asymmetric.x25519, "
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+}
+
+
+def startup_floor(kind: str) -> float:
+    """Wall seconds of the start-up floor ``kind`` (see ``_FLOOR_HOST``): two hosts at once,
+    each with its enclave, from launching both to both exiting."""
+    start = time.perf_counter()
+    hosts = [
+        subprocess.Popen([sys.executable, "-c", _FLOOR_HOST, kind, _FLOOR_ENCLAVE[kind]])
+        for _ in range(2)
+    ]
+    if any(host.wait() != 0 for host in hosts):
+        raise RuntimeError(f"start-up floor {kind}: a process failed")
+    return time.perf_counter() - start
+
+
+def _floor_entry(floors: dict[str, list[float]], baseline: float) -> dict[str, Any]:
+    """The start-up floors' medians (and ratios to the bare set), if timed."""
+    if not floors:
+        return {}
+    medians = {kind: float(np.median(walls)) for kind, walls in floors.items()}
+    return {
+        "startup_floor": {
+            "what": "two hosts each starting an enclave, loading modules, no work (--floor)",
+            **{f"{kind}_imports_seconds": round(value, 3) for kind, value in medians.items()},
+            **{
+                f"{kind}_imports_ratio_to_set_intersection": round(value / baseline, 3)
+                for kind, value in medians.items()
+            },
+        }
+    }
+
+
 def run_script(script: str, data: dict[str, Any], timeout: float) -> dict[str, Any]:
     process = subprocess.run(
         [sys.executable, "-c", script, data["a"], data["b"]],
@@ -694,6 +750,12 @@ def _say(entry: dict[str, Any]) -> None:
         f"set ({entry['baseline_set_intersection']['seconds']:.2f} s); connect "
         f"{entry['connect_seconds_max']:.3f} s; load {entry['load_average_before'][0]:.1f}"
     )
+    if "startup_floor" in entry:
+        floor = entry["startup_floor"]
+        line += (
+            f" | start-up floor {floor['accord_imports_seconds']:.2f} s "
+            f"({floor['libraries_imports_seconds']:.2f} s with the libraries alone)"
+        )
     if "compared" in entry:
         other = entry["compared"]
         line += (
@@ -760,6 +822,12 @@ def _arguments() -> argparse.Namespace:
         "each time right after this code's (e.g. git worktree add /tmp/old COMMIT)",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the start-up floor with each run: the four processes starting and "
+        "loading their modules, doing no work (Accord's modules, and the libraries alone)",
+    )
+    parser.add_argument(
         "--as-found",
         action="store_true",
         help="do not compile the bytecode of the code under test first (see above)",
@@ -804,12 +872,15 @@ def _in_memory(n: int, setup: _Setup) -> dict[str, Any]:
     # Interleaved, so that a change in the machine's load touches each the same way:
     # the bare set, this code, and the code compared with (if any), in turn.
     runs, baselines, compared = [], [], []
+    floors: dict[str, list[float]] = {kind: [] for kind in _FLOOR_ENCLAVE if args.floor}
     repeat = args.repeat[0] if len(args.repeat) == 1 else args.repeat[args.sizes.index(n)]
     for _ in range(repeat):
         baselines.append(run_script(_BASELINE, data, timeout=3600))
         runs.append(run_pair(data, folder, key, policy))
         if compare is not None:
             compared.append(compare.run(data, folder))
+        for kind, walls in floors.items():
+            walls.append(startup_floor(kind))
     median = _median(runs, "wall_seconds")
     bucketed = None
     if args.memory_limit is not None:
@@ -844,6 +915,7 @@ def _in_memory(n: int, setup: _Setup) -> dict[str, Any]:
         "load_average_before": [round(value, 2) for value in load_before],
         "load_average_after": [round(value, 2) for value in os.getloadavg()],
     }
+    entry.update(_floor_entry(floors, baseline["seconds"]))
     if compare is not None:
         entry["compared"] = compare.summary(compared, baseline["seconds"])
     if n in setup.committed:
