@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,34 @@ def _free_port() -> int:
         return port
 
 
+#: Flower's binaries take a port number, not a bound socket: a port found free can be taken
+#: before they bind it. A launch that fails on it is retried on another port.
+PORT_ATTEMPTS = 5
+
+
+def _launch_on_a_free_port(
+    args_for: Callable[[int], list[str]],
+    log: Path,
+    env: dict[str, str],
+    started: Callable[[], bool],
+    what: str,
+    logs: list[Path],
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``args_for(port)`` on a free port until ``started()``; a process that exits
+    because its port was taken meanwhile is started again on another (the race that
+    binding port 0 avoids, which these binaries do not offer)."""
+    for _ in range(PORT_ATTEMPTS):
+        port = _free_port()
+        process = _start(args_for(port), log, env)
+        _wait_for(lambda p=process: started() or p.poll() is not None, what, 120, logs)
+        if started():
+            return process, port
+        _stop(process)
+        if "address already in use" not in log.read_text(errors="replace").lower():
+            pytest.fail(f"{what} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+    pytest.fail(f"{what}: every one of {PORT_ATTEMPTS} free ports was taken before it bound")
+
+
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     with log.open("wb") as sink:
         return subprocess.Popen(
@@ -137,56 +165,52 @@ def flower_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_deployment_superlink_two_supernodes_and_flwr_run(
     tmp_path: Path, flower_env: dict[str, str]
 ) -> None:
-    port = _free_port()
     home = Path(flower_env["FLWR_HOME"])
     home.mkdir()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
     bin_dir = Path(sys.executable).parent
     logs = [tmp_path / "superlink.log", tmp_path / "node-0.log", tmp_path / "node-1.log"]
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        processes.append(
-            _start(
-                [
-                    str(bin_dir / "flower-superlink"),
-                    "--insecure",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--disable-runtime-dependency-installation",
-                ],
-                logs[0],
-                flower_env,
-            )
-        )
-        _wait_for(lambda: "Uvicorn running" in logs[0].read_text(), "the SuperLink", 120, logs)
-        for index in (0, 1):
-            processes.append(
-                _start(
-                    [
-                        str(bin_dir / "flower-supernode"),
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--port",
-                        str(_free_port()),
-                        "--node-config",
-                        f"partition-id={index} num-partitions=2",
-                    ],
-                    logs[1 + index],
-                    flower_env,
-                )
-            )
-        _wait_for(
-            lambda: logs[0].read_text().count("Activated node_id") >= 2,
-            "two SuperNodes",
-            120,
+        superlink, port = _launch_on_a_free_port(
+            lambda free: [
+                str(bin_dir / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free),
+                "--disable-runtime-dependency-installation",
+            ],
+            logs[0],
+            flower_env,
+            lambda: "Uvicorn running" in logs[0].read_text(),
+            "the SuperLink",
             logs,
         )
+        processes.append(superlink)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+            f'address = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        for index in (0, 1):
+            supernode, _ = _launch_on_a_free_port(
+                lambda free, index=index: [
+                    str(bin_dir / "flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{port}",
+                    "--port",
+                    str(free),
+                    "--node-config",
+                    f"partition-id={index} num-partitions=2",
+                ],
+                logs[1 + index],
+                flower_env,
+                lambda index=index: logs[0].read_text().count("Activated node_id") >= index + 1,
+                f"SuperNode {index}",
+                logs,
+            )
+            processes.append(supernode)
         run = subprocess.run(
             [
                 str(bin_dir / "flwr"),

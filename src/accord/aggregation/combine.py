@@ -17,6 +17,7 @@ __all__ = [
     "data_size_probabilities",
     "expand_to_roster",
     "leave_one_out_gradients",
+    "row_products",
     "second_gradient",
     "step_normalised_leave_one_out_gradients",
 ]
@@ -57,6 +58,31 @@ def leave_one_out_gradients(
     return leave_one_out_rows(probabilities, first_gradients, total, slice(None))
 
 
+def row_products(
+    rows: FloatArray, vectors: npt.NDArray[np.float64] | None = None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``rows @ vectors.T`` and each row's squared norm, accumulated in float64.
+
+    ``vectors`` is ``(k, dim)`` (or None for the squares alone). The float32 rows are
+    converted a column block at a time, small enough to stay in cache: converting the whole
+    ``(N, dim)`` stack at once costs a float64 copy twice its size and, for a 1M-parameter
+    model at 100 nodes, most of a policy's time (2.4 s against 0.15 s measured).
+    """
+    n, dim = rows.shape
+    k = 0 if vectors is None else vectors.shape[0]
+    products = np.zeros((n, k), dtype=np.float64)
+    squares = np.zeros(n, dtype=np.float64)
+    # A power of two, so that consecutive blocks do not alias in the cache (5,242 columns
+    # measured 10 times slower than 4,096 at 100 nodes); about 2 MB of float64 a block.
+    width = 1 << max(8, min(12, (2**18 // max(n, 1)).bit_length() - 1))
+    for start in range(0, dim, width):
+        block = rows[:, start : start + width].astype(np.float64)
+        squares += np.einsum("ij,ij->i", block, block)
+        if vectors is not None:
+            products += block @ vectors[:, start : start + width].T
+    return products, squares
+
+
 def bound_norms(
     first_gradients: FloatArray, factor: float
 ) -> tuple[FloatArray, npt.NDArray[np.float64]]:
@@ -69,7 +95,7 @@ def bound_norms(
     rows = first_gradients.shape[0]
     if factor <= 0 or rows == 0:
         return first_gradients, np.ones(rows)
-    norms = np.sqrt(np.einsum("ij,ij->i", first_gradients, first_gradients, dtype=np.float64))
+    norms = np.sqrt(row_products(first_gradients)[1])
     finite = np.isfinite(norms)
     limit = factor * float(np.median(norms[finite])) if finite.any() else 0.0
     scale = np.ones(rows)

@@ -41,6 +41,7 @@ from accord.aggregation.base import (
 from accord.aggregation.combine import (
     leave_one_out_rows,
     reweighted_gradients,
+    row_products,
     second_gradient,
 )
 from accord.errors import ConfigurationError
@@ -213,6 +214,7 @@ def node_features(
     if candidate_gradients is not None:
         extra.append(weights[None, :] - lr * candidate_gradients)
     scores: ValidationScores | None
+    towards: FloatArray | None = None
     if validation_gradient is None:
         extra_rows = np.concatenate(extra) if extra else np.empty((0, weights.shape[0]), np.float32)
         rows = _feature_rows(weights, first_gradients, lr, extra_rows)
@@ -222,24 +224,14 @@ def node_features(
         first = n + 1
     else:
         at_weights = validation_gradient(weights)
-        loss_now = at_weights.loss
-        alone_changes = -float(lr) * (
-            first_gradients.astype(np.float64) @ at_weights.gradient.astype(np.float64)
-        )
+        loss_now, towards = at_weights.loss, at_weights.gradient
         scores = validate(np.concatenate(extra)) if extra else None
         first = 0
+    log_norm, cosine, along = _row_geometry(first_gradients, previous_second_gradient, towards)
+    if along is not None:
+        alone_changes = -float(lr) * along
     # A diverging candidate scores inf or NaN; it still ranks as the worst, not as NaN.
-    alone_losses = np.nan_to_num(alone_changes, nan=1e6, posinf=1e6)
-    alone = robust_z(alone_losses)
-    norms = np.sqrt(np.einsum("ij,ij->i", first_gradients, first_gradients, dtype=np.float64))
-    median_norm = max(float(np.median(norms)), 1e-12)
-    log_norm = np.clip(np.log(np.maximum(norms, 1e-12) / median_norm), -3.0, 3.0)
-    if previous_second_gradient is None:
-        cosine = np.zeros(first_gradients.shape[0])
-    else:
-        reference = previous_second_gradient.astype(np.float64)
-        denominator = np.maximum(norms * float(np.linalg.norm(reference)), 1e-12)
-        cosine = (first_gradients.astype(np.float64) @ reference) / denominator
+    alone = robust_z(np.nan_to_num(alone_changes, nan=1e6, posinf=1e6))
     if bound_factors is None:
         bound_factors = np.ones(n)
     log_bound = np.clip(np.log(np.maximum(bound_factors, 1e-12)), -5.0, 0.0)
@@ -265,6 +257,28 @@ def node_features(
         candidate_losses=candidate_losses,
         candidate_sample_losses=candidate_sample_losses,
     )
+
+
+def _row_geometry(
+    first_gradients: FloatArray,
+    previous_second_gradient: FloatArray | None,
+    towards: FloatArray | None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float64] | None]:
+    """Each row's log norm against the median (clipped to ±3), its cosine to
+    ``previous_second_gradient`` (0 without one) and its dot product with ``towards`` (None
+    without), in one pass over the ``(N, dim)`` rows."""
+    along = [v for v in (previous_second_gradient, towards) if v is not None]
+    products, squares = row_products(
+        first_gradients, np.stack(along).astype(np.float64) if along else None
+    )
+    norms = np.sqrt(squares)
+    median_norm = max(float(np.median(norms)), 1e-12)
+    log_norm = np.clip(np.log(np.maximum(norms, 1e-12) / median_norm), -3.0, 3.0)
+    cosine = np.zeros(first_gradients.shape[0])
+    if previous_second_gradient is not None:
+        length = float(np.linalg.norm(previous_second_gradient.astype(np.float64)))
+        cosine = products[:, 0] / np.maximum(norms * length, 1e-12)
+    return log_norm, cosine, None if towards is None else products[:, -1]
 
 
 @dataclass(frozen=True)
@@ -373,22 +387,19 @@ def _first_order_leave_one_out(
     are formed)."""
     at_after = validation_gradient(after)
     gradient = at_after.gradient.astype(np.float64)
-    rows = first_gradients.astype(np.float64)
     total = combined.astype(np.float64)
     p = probabilities.astype(np.float64)
     rest = 1.0 - p
     safe = np.where(rest > 1e-12, rest, 1.0)
     along_total = float(gradient @ total)
-    along_rows = rows @ gradient
+    # One pass over the (N, dim) rows for every product below: ∇L·gᵢ, G·gᵢ and |gᵢ|².
+    products, squares = row_products(first_gradients, np.stack([gradient, total]))
+    along_rows, cross = products[:, 0], products[:, 1]
     # ∇L·G₋ᵢ with G₋ᵢ = (G − pᵢ gᵢ) / (1 − pᵢ); a node holding all the weight leaves 0.
     along_without = np.where(rest > 1e-12, (along_total - p * along_rows) / safe, 0.0)
     n = first_gradients.shape[0]
     recheck = n > 1 and RECHECK > 0
     total_sq = float(total @ total)
-    if step_normalised or recheck:
-        # The two (N, dim) passes both the step's scale and the recheck's error bound need.
-        cross = rows @ total
-        squares = np.einsum("ij,ij->i", rows, rows)
     if step_normalised:
         # |G₋ᵢ|² = (|G|² − 2 pᵢ G·gᵢ + pᵢ² |gᵢ|²) / (1 − pᵢ)², G₋ᵢ rescaled to |G|.
         total_norm = float(np.sqrt(total_sq))
@@ -414,14 +425,22 @@ def _first_order_leave_one_out(
             total_sq - 2 * row_scale * without_dot + row_scale**2 * without_sq, 0.0
         )
 
+        # w − ηG₋ᵢ = a + ηG − η sᵢ (G − pᵢ gᵢ)/(1 − pᵢ) = a + αᵢ G + βᵢ gᵢ: formed a row at
+        # a time in float64, so no (K, dim) float64 temporaries (a node holding all the
+        # weight leaves G₋ᵢ = 0: αᵢ = η, βᵢ = 0).
+        kept = rest > 1e-12
+        along = np.where(kept, lr * (1.0 - row_scale / safe), lr)
+        own = np.where(kept, lr * row_scale * p / safe, 0.0)
+        start = after.astype(np.float64)
+
         def exact(chosen: npt.NDArray[np.intp], with_after: bool) -> npt.NDArray[np.float64]:
-            rows_without = (total[None, :] - p[chosen, None] * rows[chosen]) / safe[chosen, None]
-            rows_without[rest[chosen] <= 1e-12] = 0.0
-            rows_without *= row_scale[chosen, None]
-            candidates = after[None, :] + lr * total[None, :] - lr * rows_without
+            first = 1 if with_after else 0
+            candidates = np.empty((first + chosen.size, after.shape[0]), dtype=np.float32)
             if with_after:
-                candidates = np.concatenate([after[None, :], candidates])
-            losses = validate(candidates.astype(np.float32)).losses
+                candidates[0] = after
+            for row, i in enumerate(chosen, start=first):
+                candidates[row] = start + along[i] * total + own[i] * first_gradients[i]
+            losses = validate(candidates).losses
             return np.nan_to_num(np.asarray(losses, dtype=np.float64), nan=1e6, posinf=1e6)
 
         credit, exact_nodes = _recheck_extremes(credit, lr**2 * change_sq, exact)

@@ -191,8 +191,32 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
 
 @dataclass
 class _Progress:
+    """The rounds played so far (those of the resumed checkpoint first) and the time."""
+
+    started: float  # time.perf_counter() when this process began the run
     rounds: list[TimedRecord] = field(default_factory=list)
     traffic: list[RoundTraffic] = field(default_factory=list)
+    elapsed_before: float = 0.0  # the run's seconds before this process resumed it
+    first_round_done_at: float | None = None  # time.time() when this process's first round ended
+
+    def add(self, timed: TimedRecord, traffic: RoundTraffic) -> None:
+        if self.first_round_done_at is None:
+            self.first_round_done_at = time.time()
+        self.rounds.append(timed)
+        self.traffic.append(traffic)
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.started)
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A run's engine and roster, new or resumed."""
+
+    engine: RoundEngine
+    roster: tuple[str, ...]
+    counts: dict[str, float]
+    resumed_at: int | None = None
 
 
 class FederatedRun:
@@ -297,148 +321,164 @@ class FederatedRun:
         finally:
             self.grid.shutdown(reason)
 
-    def _run(self) -> FederatedResult:  # noqa: C901, PLR0912, PLR0915 - split next
+    def _run(self) -> FederatedResult:
         started = time.perf_counter()
-        progress = _Progress()
-        elapsed_before = 0.0
-        resumed_at: int | None = None
-        if self.resume is not None:
-            state = self.resume
-            roster = tuple(state["roster"])
-            counts = {str(k): float(v) for k, v in state["sample_counts"].items()}
-            saved = state.get("standardisation")
-            self.standardisation = None if saved is None else Standardisation.from_json(saved)
-            engine = self.engine_factory(roster, counts, self.standardisation)
-            engine.load_state_dict(state["engine"])
-            for record, timing, traffic in zip(
-                state["records"], state["timings"], state["traffic"], strict=True
-            ):
-                progress.rounds.append(
-                    TimedRecord(record_from_json(record), float(timing[0]), float(timing[1]))
-                )
-                progress.traffic.append(RoundTraffic(int(traffic[0]), int(traffic[1])))
-            elapsed_before = float(state["elapsed_seconds"])
-            resumed_at = engine.round_index
-            if self.on_resume is not None:
-                self.on_resume(tuple(progress.rounds))
-            logger.info("resuming run %s after round %d", self.run_id, resumed_at)
-        else:
-            registered = self._register_roster()
-            if registered is None:
-                logger.info("stopping before the first round: %s", INTERRUPTED)
-                return FederatedResult(
-                    self.policy_name, (), (), (), INTERRUPTED, time.perf_counter() - started
-                )
-            roster, counts, registrations = registered
-            if self.fit_standardisation is not None:
-                self.standardisation = self.fit_standardisation(registrations)
-            engine = self.engine_factory(roster, counts, self.standardisation)
-        self.engine = engine
+        progress = _Progress(started=started)
+        begun = self._resume_engine(progress) if self.resume is not None else self._new_engine()
+        if begun is None:
+            logger.info("stopping before the first round: %s", INTERRUPTED)
+            return FederatedResult(
+                self.policy_name, (), (), (), INTERRUPTED, time.perf_counter() - started
+            )
+        self.engine = begun.engine
         self.grid.set_standardisation(self.standardisation)
-        self.grid.fix_roster(roster)
-        roster_set = frozenset(roster)
+        self.grid.fix_roster(begun.roster)
         if self.resume is not None and not self.resume.get("stop_reason"):
-            # The whole saved roster, not just a quorum, before the first resumed round, so
-            # that a resumed run equals an uninterrupted one when every node comes back.
-            logger.info(
-                "waiting for the %d nodes of the roster (%g s)",
+            self._wait_for_roster(begun.roster)
+        reason = self._play_rounds(begun, progress)
+        logger.info("stopping after round %d: %s", begun.engine.round_index, reason)
+        return FederatedResult(
+            policy=self.policy_name,
+            roster=begun.roster,
+            rounds=tuple(progress.rounds),
+            traffic=tuple(progress.traffic),
+            stop_reason=reason,
+            seconds=progress.elapsed(),
+            resumed_at=begun.resumed_at,
+            first_round_done_at=progress.first_round_done_at,
+            stage_seconds=tuple(self.stage_seconds),
+        )
+
+    def _resume_engine(self, progress: _Progress) -> _Begun:
+        """The engine, roster and finished rounds of the checkpoint being resumed."""
+        assert self.resume is not None
+        state = self.resume
+        roster = tuple(state["roster"])
+        counts = {str(k): float(v) for k, v in state["sample_counts"].items()}
+        saved = state.get("standardisation")
+        self.standardisation = None if saved is None else Standardisation.from_json(saved)
+        engine = self.engine_factory(roster, counts, self.standardisation)
+        engine.load_state_dict(state["engine"])
+        for record, timing, traffic in zip(
+            state["records"], state["timings"], state["traffic"], strict=True
+        ):
+            progress.rounds.append(
+                TimedRecord(record_from_json(record), float(timing[0]), float(timing[1]))
+            )
+            progress.traffic.append(RoundTraffic(int(traffic[0]), int(traffic[1])))
+        progress.elapsed_before = float(state["elapsed_seconds"])
+        if self.on_resume is not None:
+            self.on_resume(tuple(progress.rounds))
+        logger.info("resuming run %s after round %d", self.run_id, engine.round_index)
+        return _Begun(engine, roster, counts, resumed_at=engine.round_index)
+
+    def _new_engine(self) -> _Begun | None:
+        """The engine of a new run, once its roster has registered; None when interrupted
+        before that."""
+        registered = self._register_roster()
+        if registered is None:
+            return None
+        roster, counts, registrations = registered
+        if self.fit_standardisation is not None:
+            self.standardisation = self.fit_standardisation(registrations)
+        return _Begun(self.engine_factory(roster, counts, self.standardisation), roster, counts)
+
+    def _wait_for_roster(self, roster: tuple[str, ...]) -> None:
+        """Wait for the whole saved roster, not just a quorum, before the first resumed
+        round, so that a resumed run equals an uninterrupted one when every node comes back."""
+        timeout = self.settings.registration_timeout
+        logger.info("waiting for the %d nodes of the roster (%g s)", len(roster), timeout)
+        back = self.grid.wait_for_nodes(len(roster), timeout, among=frozenset(roster))
+        if len(back) < len(roster) and not self.stop_request.requested:
+            logger.warning(
+                "%d of %d nodes are back after %g s; missing: %s",
+                len(back),
                 len(roster),
-                self.settings.registration_timeout,
+                timeout,
+                ", ".join(sorted(set(roster) - set(back))),
             )
-            back = self.grid.wait_for_nodes(
-                len(roster), self.settings.registration_timeout, among=roster_set
-            )
-            if len(back) < len(roster) and not self.stop_request.requested:
-                logger.warning(
-                    "%d of %d nodes are back after %g s; missing: %s",
-                    len(back),
-                    len(roster),
-                    self.settings.registration_timeout,
-                    ", ".join(sorted(roster_set - set(back))),
-                )
-        tracker = StopTracker(self.stop, self.clock() - elapsed_before)
+
+    def _play_rounds(self, begun: _Begun, progress: _Progress) -> str:
+        """Rounds until a stop condition holds (or the run ends resumed at one); returns
+        the stop reason. Raises :class:`PeerError` when the quorum is lost or a round keeps
+        failing."""
+        engine, roster = begun.engine, begun.roster
+        tracker = StopTracker(self.stop, self.clock() - progress.elapsed_before)
         reason: str | None = None
         for timed in progress.rounds:
             reason = tracker.update(timed.record.validation_accuracy_after, tracker.started_at)
         if self.resume is not None and self.resume.get("stop_reason"):
             reason = str(self.resume["stop_reason"])
         failed_attempts = 0
-        first_round_done_at: float | None = None
         while reason is None:
-            if self.stop_request.requested:
-                reason = INTERRUPTED
-                break
-            connected = self.grid.wait_for_nodes(
-                self.quorum, self.settings.quorum_timeout, among=roster_set
-            )
-            if self.stop_request.requested:
-                reason = INTERRUPTED
-                break
-            if len(connected) < self.quorum:
-                raise PeerError(
-                    f"quorum lost before round {engine.round_index + 1}: {len(connected)} of "
-                    f"{self.quorum} nodes connected after {self.settings.quorum_timeout:g} s; "
-                    "the run can be continued with --resume"
-                )
+            connected = self._quorum(engine.round_index, frozenset(roster))
+            if connected is None:
+                return INTERRUPTED
             sent_before, received_before = self.grid.traffic()
-            round_index = engine.round_index
             try:
                 timed = self.play_round(engine, roster, connected)
             except DivergedError as error:
                 # No retry can help: the model (or the policy's answer) is not finite. The
                 # checkpoint keeps the reason, so --resume reports the run instead of redoing it.
                 reason = f"{DIVERGED}: {error.reason}"
-                elapsed = elapsed_before + (time.perf_counter() - started)
-                self._checkpoint(engine, roster, counts, progress, elapsed, reason)
+                self._checkpoint(engine, roster, begun.counts, progress, reason)
                 break
             except ProtocolError as error:
                 failed_attempts += 1
-                logger.warning(
-                    "round %d: attempt %d failed: %s", round_index + 1, failed_attempts, error
-                )
+                self._failed_attempt(engine.round_index, failed_attempts, error)
                 if self.stop_request.requested:
-                    reason = INTERRUPTED
-                    break
-                if failed_attempts >= self.settings.max_failed_rounds:
-                    raise PeerError(
-                        f"round {round_index + 1}: no usable first gradient in {failed_attempts} "
-                        "attempts; the run can be continued with --resume"
-                    ) from error
+                    return INTERRUPTED
                 continue
             failed_attempts = 0
-            record = timed.record
-            if first_round_done_at is None:
-                first_round_done_at = time.time()
             sent_after, received_after = self.grid.traffic()
-            progress.rounds.append(timed)
-            progress.traffic.append(
-                RoundTraffic(sent_after - sent_before, received_after - received_before)
+            progress.add(
+                timed, RoundTraffic(sent_after - sent_before, received_after - received_before)
             )
-            reason = tracker.update(record.validation_accuracy_after, self.clock())
-            if record.diverged is not None:
-                reason = f"{DIVERGED}: {record.diverged}"
-            if reason is None and self.stop_request.requested:
-                reason = INTERRUPTED
-            elapsed = elapsed_before + (time.perf_counter() - started)
+            reason = self._stop_reason_after(timed, tracker)
             saved_reason = None if reason == INTERRUPTED else reason  # resumable
-            self._checkpoint(engine, roster, counts, progress, elapsed, saved_reason)
+            self._checkpoint(engine, roster, begun.counts, progress, saved_reason)
             if self.on_round is not None:
                 self.on_round(timed)
             if self.after_round is not None:
                 self.after_round(engine.round_index)
-        assert reason is not None
-        logger.info("stopping after round %d: %s", engine.round_index, reason)
-        return FederatedResult(
-            policy=self.policy_name,
-            roster=roster,
-            rounds=tuple(progress.rounds),
-            traffic=tuple(progress.traffic),
-            stop_reason=reason,
-            seconds=elapsed_before + (time.perf_counter() - started),
-            resumed_at=resumed_at,
-            first_round_done_at=first_round_done_at,
-            stage_seconds=tuple(self.stage_seconds),
+        return reason
+
+    def _quorum(self, round_index: int, roster: frozenset[str]) -> Collection[str] | None:
+        """The connected nodes of the roster once a quorum is; None when interrupted."""
+        if self.stop_request.requested:
+            return None
+        connected = self.grid.wait_for_nodes(
+            self.quorum, self.settings.quorum_timeout, among=roster
         )
+        if self.stop_request.requested:
+            return None
+        if len(connected) < self.quorum:
+            raise PeerError(
+                f"quorum lost before round {round_index + 1}: {len(connected)} of "
+                f"{self.quorum} nodes connected after {self.settings.quorum_timeout:g} s; "
+                "the run can be continued with --resume"
+            )
+        return connected
+
+    def _failed_attempt(self, round_index: int, attempts: int, error: ProtocolError) -> None:
+        """Log a round attempt without a usable first gradient; raise :class:`PeerError`
+        once ``max_failed_rounds`` attempts in a row failed (unless interrupted)."""
+        logger.warning("round %d: attempt %d failed: %s", round_index + 1, attempts, error)
+        if attempts >= self.settings.max_failed_rounds and not self.stop_request.requested:
+            raise PeerError(
+                f"round {round_index + 1}: no usable first gradient in {attempts} "
+                "attempts; the run can be continued with --resume"
+            ) from error
+
+    def _stop_reason_after(self, timed: TimedRecord, tracker: StopTracker) -> str | None:
+        """Why the run stops after this round, or None to go on."""
+        record = timed.record
+        reason = tracker.update(record.validation_accuracy_after, self.clock())
+        if record.diverged is not None:
+            reason = f"{DIVERGED}: {record.diverged}"
+        if reason is None and self.stop_request.requested:
+            reason = INTERRUPTED
+        return reason
 
     def play_round(
         self, engine: RoundEngine, roster: tuple[str, ...], connected: Collection[str]
@@ -527,7 +567,6 @@ class FederatedRun:
         roster: tuple[str, ...],
         counts: Mapping[str, float],
         progress: _Progress,
-        elapsed: float,
         reason: str | None,
     ) -> None:
         if self.checkpoint_path is None:
@@ -544,7 +583,7 @@ class FederatedRun:
             "records": [timed.record.to_json() for timed in progress.rounds],
             "timings": [[t.round_seconds, t.local_training_seconds] for t in progress.rounds],
             "traffic": [[t.sent, t.received] for t in progress.traffic],
-            "elapsed_seconds": elapsed,
+            "elapsed_seconds": progress.elapsed(),
             "stop_reason": reason,
             "standardisation": (
                 None if self.standardisation is None else self.standardisation.to_json()
