@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from accord.tee.core.allocator import THREAD_VARIABLES, single_threaded_blas
 
@@ -87,3 +88,17 @@ def test_blas_threads_are_one_unless_the_user_chose() -> None:
         env=without,
     ).stdout.split()
     assert threads == ["1", "1"]
+
+
+def test_the_aligned_csv_copy_loads_neither_pyarrow_compute_nor_numpy_ma(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("id,x\na,1\nb,2\nc,3\n")
+    loaded = _loaded(
+        "import numpy as np\n"
+        "from accord.tables import write_aligned_table\n"
+        f"write_aligned_table({str(tmp_path / 'out.csv')!r}, {str(source)!r},"
+        " np.array([2, 0]), source_rows=3)\n"
+    )
+    assert (tmp_path / "out.csv").read_text() == "id,x\nc,3\na,1\n"
+    assert "pyarrow.compute" not in loaded
+    assert "numpy.ma" not in loaded

@@ -103,8 +103,8 @@ def _write_lines(sink: BinaryIO, values: pa.Array, chosen: np.ndarray, untermina
     line of a file that lacks one)."""
     # The indices as an Arrow array without a copy (pa.array would first import numpy.ma).
     indices = np.ascontiguousarray(chosen, dtype=np.int64)
-    taken = values.take(
-        pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)])
+    taken = _take(
+        values, pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)])
     )
     bounds = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1)
     data = memoryview(taken.buffers()[2])
@@ -114,6 +114,19 @@ def _write_lines(sink: BinaryIO, values: pa.Array, chosen: np.ndarray, untermina
         sink.write(b"\n")
         cut = int(bounds[at + 1])
     sink.write(data[cut : int(bounds[-1])])
+
+
+def _take(values: pa.Array, indices: pa.Array) -> pa.Array:
+    """``values.take(indices)`` (bounds checked) through Arrow's compiled function registry:
+    ``Array.take`` first imports ``pyarrow.compute``, whose Python wrappers (a signature and
+    a docstring for each of ~300 functions) cost a process ~30 ms of CPU, the last step of
+    an alignment's writing on its critical path."""
+    try:
+        from pyarrow._compute import call_function
+    except ImportError:  # pragma: no cover - a pyarrow without the compiled module's name
+        from pyarrow.compute import call_function
+    taken: pa.Array = call_function("take", [values, indices])
+    return taken
 
 
 class _PageRelease:
