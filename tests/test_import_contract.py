@@ -95,6 +95,7 @@ LAYERS: Mapping[int, tuple[str, tuple[str, ...]]] = {
             "accord.errors",
             "accord.types",
             "accord._validation",
+            "accord._lazy",  # packages' re-exports loaded on first use (PEP 562)
             "accord.atomic_files",
             "accord.settings_mapping",
             "accord.failpoints",

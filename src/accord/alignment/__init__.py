@@ -38,8 +38,9 @@ The names below load on first use (PEP 562): a host that only checks its key col
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from accord._lazy import lazy_attributes
 
 # Bound at once: the function shares its module's name, which importing the module would
 # otherwise bind on this package in its place.
@@ -109,10 +110,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"accord.alignment.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOMES)

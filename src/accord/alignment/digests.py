@@ -181,17 +181,22 @@ def check_words(keys: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _check_chunk(chunk: pa.Array, seed: np.uint64) -> np.ndarray:
-    n = len(chunk)
-    if n == 0:
-        return np.zeros(0, dtype=DIGEST_DTYPE)
+def _values(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A binary chunk's value offsets (int64), lengths, and the bytes its values cover."""
     offsets = value_offsets(chunk).astype(np.int64)
     lengths = np.diff(offsets)
     buffer = chunk.buffers()[2]
     if buffer is None or offsets[-1] == offsets[0]:
-        data = np.zeros(0, dtype=np.uint8)
-    else:
-        data = np.frombuffer(buffer, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+        return offsets, lengths, np.zeros(0, dtype=np.uint8)
+    data = np.frombuffer(buffer, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    return offsets, lengths, data
+
+
+def _check_chunk(chunk: pa.Array, seed: np.uint64) -> np.ndarray:
+    n = len(chunk)
+    if n == 0:
+        return np.zeros(0, dtype=DIGEST_DTYPE)
+    offsets, lengths, data = _values(chunk)
     words = lengths.astype(DIGEST_DTYPE)
     words *= _CHECK_START
     words ^= seed
@@ -311,13 +316,7 @@ def _digest_chunk(chunk: pa.Array, encryptor: CipherContext) -> np.ndarray:
     result = np.empty((n, 2), dtype=DIGEST_DTYPE)
     if n == 0:
         return result
-    offsets = value_offsets(chunk).astype(np.int64)
-    lengths = np.diff(offsets)
-    buffer = chunk.buffers()[2]
-    if buffer is None or offsets[-1] == offsets[0]:
-        data = np.zeros(0, dtype=np.uint8)
-    else:
-        data = np.frombuffer(buffer, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    offsets, lengths, data = _values(chunk)
     low, high = int(lengths.min()), int(lengths.max())
     if low == high:
         # Every value has the same length: the data buffer already is an (n, L) matrix.

@@ -23,8 +23,9 @@ before it starts its enclave, does not load the channel's and the quotes' crypto
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from accord._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from accord.tee.core.attestation import (
@@ -57,26 +58,20 @@ __all__ = [
 
 #: Each re-exported name and the core module that defines it.
 _HOMES = {
-    "PROTOCOL_VERSION": "channel",
-    "SIMULATED_BACKEND": "attestation",
-    "AttestationPolicy": "attestation",
-    "ChannelReader": "channel",
-    "ChannelWriter": "channel",
-    "EnclaveBackend": "backend",
-    "EnclaveIdentity": "backend",
-    "EvidenceClaims": "attestation",
-    "SimulatedBackend": "backend",
-    "key_fingerprint": "attestation",
-    "parse_policy": "attestation",
-    "policy_toml": "attestation",
-    "verify_evidence": "attestation",
+    "PROTOCOL_VERSION": "core.channel",
+    "SIMULATED_BACKEND": "core.attestation",
+    "AttestationPolicy": "core.attestation",
+    "ChannelReader": "core.channel",
+    "ChannelWriter": "core.channel",
+    "EnclaveBackend": "core.backend",
+    "EnclaveIdentity": "core.backend",
+    "EvidenceClaims": "core.attestation",
+    "SimulatedBackend": "core.backend",
+    "key_fingerprint": "core.attestation",
+    "parse_policy": "core.attestation",
+    "policy_toml": "core.attestation",
+    "verify_evidence": "core.attestation",
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"accord.tee.core.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _HOMES)

@@ -44,10 +44,11 @@ ENCLAVE_CONFIG: dict[str, Any] = {
 }
 
 #: Measured modules outside the alignment core and the tee core (paths relative to the
-#: ``accord`` package): the package roots, the exception tree and the enclave process's own
-#: runtime modules.
+#: ``accord`` package): the package roots (and their lazy re-exports), the exception tree
+#: and the enclave process's own runtime modules.
 ENCLAVE_FILES = (
     "__init__.py",
+    "_lazy.py",
     "_validation.py",
     "errors.py",
     "tee/__init__.py",
