@@ -381,6 +381,26 @@ def test_a_feature_party_that_dies_and_never_comes_back_ends_the_label_party_in_
     assert "party 'insurer' did not come back within 1.5 s (party 'insurer' is gone" in line
 
 
+def test_when_a_party_never_comes_back_the_label_party_tells_the_others_why(
+    world3: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "run"
+    label = _label(world3, run_dir, *LONGER, "--reconnect-timeout", "1.5")
+    processes.append(label)
+    port = _port(run_dir, label)
+    insurer = _feature(world3, port, *LONGER)  # would redial for 60 s if not told
+    merchant = _feature(world3, port, *LONGER, creds="merchant", name="merchant", die_in=2)
+    processes += [insurer, merchant]
+    assert merchant.wait(timeout=120) == -signal.SIGKILL  # and never restarted
+    label_code, _, label_err = _finish(label)
+    insurer_code, _, insurer_err = _finish(insurer)
+    assert (label_code, insurer_code) == (ExitCode.REFUSED, ExitCode.REFUSED), insurer_err
+    (label_line,) = _errors(label_err)
+    (insurer_line,) = _errors(insurer_err)
+    assert "party 'merchant' did not come back within 1.5 s" in label_line
+    assert "the label party ended the run: party 'merchant' did not come back" in insurer_line
+
+
 @pytest.mark.slow
 def test_predict_scores_new_rows_like_the_in_process_model(
     world: Path, tmp_path: Path, processes: list[subprocess.Popen[str]]

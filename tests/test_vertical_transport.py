@@ -21,7 +21,12 @@ from accord.credentials.issue import make_credentials
 from accord.errors import ConfigurationError, PeerError
 from accord.vertical import BatchRequest, FeatureParty, PartyTable, VerticalSettings
 from accord.vertical.feature_transport import DialSettings, feature_hello
-from accord.vertical.network import announce, feature_credentials, run_feature_party
+from accord.vertical.network import (
+    abort_reason,
+    announce,
+    feature_credentials,
+    run_feature_party,
+)
 from accord.vertical.transport import LabelServer, RemoteFeatureParty, _Session
 
 SETTINGS = VerticalSettings(batch_size=32, epochs=2, validation_fraction=0.2, test_fraction=0.2)
@@ -208,6 +213,29 @@ def test_a_label_party_that_never_comes_back_ends_the_feature_party_at_the_deadl
     server.stop()  # no Finish, and nobody listens any more: the party redials in vain
     _ends_with(outcome, thread, "; it did not come back within 1.5 s")
     assert "the label party closed the session before the run ended" in str(outcome[0])
+
+
+def test_a_label_party_that_fails_tells_the_feature_party_why_and_it_ends_at_once(
+    creds: Path,
+) -> None:
+    # A minute to redial: without the reason it would wait that long, then say only that
+    # the label party did not come back.
+    server, thread, outcome = _joined(creds, reconnect_timeout=60)
+    server.abort("party 'broker' did not come back within 60 s")
+    server.stop()
+    _ends_with(
+        outcome,
+        thread,
+        "the label party ended the run: party 'broker' did not come back within 60 s",
+    )
+
+
+def test_abort_reasons_name_accord_errors_and_only_the_kind_of_anything_else() -> None:
+    assert abort_reason(PeerError("party 'x' did not come back")) == ("party 'x' did not come back")
+    assert abort_reason(KeyboardInterrupt()) == "the label party was interrupted"
+    assert abort_reason(OSError("disk /secret/path full")) == (
+        "the label party failed (OSError; see its log)"
+    )
 
 
 def test_a_silent_label_party_ends_the_feature_party(creds: Path) -> None:

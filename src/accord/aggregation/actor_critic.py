@@ -107,6 +107,7 @@ from accord.aggregation.credit import (
     LeaveOneOut,
     NodeFeatures,
     credit_method_for,
+    descent_alignment,
     leave_one_out_credit,
     node_features,
 )
@@ -188,6 +189,7 @@ class RichActorCritic(Aggregator):
         self.updates = 0
         self.proposals = 0
         self.rejections = 0
+        self._warned_no_gradient = False
         self._diagnostics: dict[str, float] = {}
         self._diagnostics_shrinkage = 1.0
 
@@ -257,7 +259,14 @@ class RichActorCritic(Aggregator):
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
         rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
-        self._update_running_credit(credit, data_size, applied, present, bound_factors, ref)
+        self._update_running_credit(
+            self._evidence(round_input, gradients, credit),
+            data_size,
+            applied,
+            present,
+            bound_factors,
+            ref,
+        )
         full_probabilities = expand_to_roster(applied, present)
         reward_row = np.zeros(roster_size, dtype=np.float32)
         reward_row[present] = rewards
@@ -481,6 +490,33 @@ class RichActorCritic(Aggregator):
             bound_factors=bound_factors,
             cosines=cosines,
         )
+
+    def _evidence(
+        self, round_input: RoundInput, gradients: FloatArray, credit: np.ndarray
+    ) -> np.ndarray:
+        """What the running credit learns from this round (the ``evidence`` setting): the
+        leave-one-out credit, each node's descent alignment, or the two at equal scale."""
+        kind = self.settings.evidence
+        if kind == "leave-one-out":
+            return credit
+        if round_input.validation_gradient is None:
+            if not self._warned_no_gradient:
+                logger.warning(
+                    "evidence %r needs the validation loss's gradient, which this run does "
+                    "not give; the running credit uses the leave-one-out credit",
+                    kind,
+                )
+                self._warned_no_gradient = True
+            return credit
+        at_weights = round_input.validation_gradient(round_input.global_weights)
+        descent = descent_alignment(gradients, at_weights.gradient)
+        if kind == "descent":
+            return descent
+
+        def unit(values: np.ndarray) -> np.ndarray:
+            return np.asarray(values / max(float(np.mean(np.abs(values))), 1e-30))
+
+        return np.asarray(unit(credit) + unit(descent))
 
     def _reference_credit(self, present: np.ndarray) -> np.ndarray:
         """The running credit the reference acts on

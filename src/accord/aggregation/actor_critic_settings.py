@@ -11,9 +11,10 @@ from accord._validation import require_choice, require_int, require_number, requ
 from accord.aggregation.credit import CREDIT_METHODS
 from accord.errors import ConfigurationError
 
-__all__ = ["ANCHORS", "CREDITS", "MODES", "ActorCriticSettings"]
+__all__ = ["ANCHORS", "CREDITS", "EVIDENCE", "MODES", "ActorCriticSettings"]
 
 MODES = ("patent", "rich")
+EVIDENCE = ("leave-one-out", "descent", "both")
 ANCHORS = ("reference", "data-size")
 CREDITS = ("step-normalised", "renormalised")
 
@@ -113,6 +114,18 @@ class ActorCriticSettings:
       scaled node (its direction is honest) and noise nodes on shards: the faulty weight
       rose to 45 % (mixed faults), 3.2 % (shards noise) and 22 % while faulty (breast
       cancer), so it stays off.
+    - ``evidence``: what each round adds to the running credit: ``leave-one-out`` (default,
+      the leave-one-out credit), ``descent`` (each node's cosine to the validation loss's
+      gradient at ``w_t``: how well its own update descends the server's loss, whatever
+      weight it holds; one backward pass a round) or ``both`` (the two, each scaled by its
+      mean magnitude). Leave-one-out credit shrinks with a node's weight, so a node held
+      down cannot earn its way back by it and the large nodes of non-IID data are paid for
+      their size. Measured on 14 scenarios of the zoo (3 seeds): ``descent`` raised the
+      accuracy in 10 (clean non-IID 95.7 → 96.5, intermittent sign flips 84.4 → 85.7) and
+      cost 2.3 points on shards noise, but near convergence the cosines are noise, and
+      faulty nodes regained weight (sign flippers on breast cancer up to 60 % while
+      faulty, and the weight checks failed in 10 scenarios instead of 5), so it stays
+      off; see docs/learning-quality.md.
     - ``credit_method``: how the features and the leave-one-out credit are measured:
       ``exact`` (``2N + 2`` scored candidates), ``first-order`` (two backward passes and
       N dot products) or ``auto`` (default: first-order above 32 nodes or 20M candidate
@@ -166,6 +179,7 @@ class ActorCriticSettings:
     credit_method: str = "auto"
     alignment_fraction: float = 0.5
     lift_below: float = 0.0
+    evidence: str = "leave-one-out"
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
@@ -234,3 +248,4 @@ class ActorCriticSettings:
             "alignment_fraction", self.alignment_fraction, minimum=0.0, exclusive_minimum=True
         )
         require_number("lift_below", self.lift_below, minimum=0.0, maximum=1.0)
+        require_choice("evidence", self.evidence, EVIDENCE)

@@ -55,6 +55,7 @@ __all__ = [
     "LeaveOneOut",
     "NodeFeatures",
     "credit_method_for",
+    "descent_alignment",
     "leave_one_out_credit",
     "node_features",
     "robust_z",
@@ -279,6 +280,19 @@ def _row_geometry(
         length = float(np.linalg.norm(previous_second_gradient.astype(np.float64)))
         cosine = products[:, 0] / np.maximum(norms * length, 1e-12)
     return log_norm, cosine, None if towards is None else products[:, -1]
+
+
+def descent_alignment(
+    first_gradients: FloatArray, validation_gradient: FloatArray
+) -> npt.NDArray[np.float64]:
+    """Each node's cosine to the server's validation-loss gradient: how well its own update
+    descends the server's loss, whatever weight it holds (leave-one-out credit shrinks with
+    the weight, so a node held down can earn nothing back by it)."""
+    towards = np.asarray(validation_gradient, dtype=np.float64)[None, :]
+    products, squares = row_products(first_gradients, towards)
+    length = float(np.linalg.norm(towards))
+    cosine = products[:, 0] / np.maximum(np.sqrt(squares) * length, 1e-30)
+    return np.asarray(np.nan_to_num(cosine, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float64)
 
 
 @dataclass(frozen=True)

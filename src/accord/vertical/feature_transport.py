@@ -282,6 +282,8 @@ def _answer(
     """Carry out one instruction; the finish reason once the run is over."""
     kind = message.WhichOneof("body")
     if kind == "finish":
+        if message.finish.failed:
+            raise PeerError(f"the label party ended the run: {message.finish.reason}")
         return message.finish.reason or "finished"
     if kind == "refused":
         raise PeerError(f"the label party refused this party: {message.refused.reason}")

@@ -25,7 +25,7 @@ from accord.credentials.auth import (
     load_server_credentials,
 )
 from accord.credentials.tls import format_address
-from accord.errors import ConfigurationError, InputDataError
+from accord.errors import AccordError, ConfigurationError, InputDataError
 from accord.settings_mapping import settings_to_mapping
 from accord.vertical.agreement import PartyAnnouncement, settings_fingerprint
 from accord.vertical.checkpoints import (
@@ -203,11 +203,23 @@ def run_label_party(
             },
         )
         return result
-    except BaseException:
+    except BaseException as error:
+        server.abort(abort_reason(error))
         folder.discard()
         raise
     finally:
         server.stop()
+
+
+def abort_reason(error: BaseException) -> str:
+    """What the feature parties are told when the label party's run ends with ``error``:
+    Accord's own one-line reason; for anything else only its kind (the details stay in the
+    label party's log)."""
+    if isinstance(error, KeyboardInterrupt):
+        return "the label party was interrupted"
+    if isinstance(error, AccordError):
+        return str(error)
+    return f"the label party failed ({type(error).__name__}; see its log)"
 
 
 def _stepped(on_step: Callable[[int, int], None]) -> GradientObserver:
@@ -377,6 +389,9 @@ def predict_label_party(
         for link in links.values():
             link.finish("the new rows are scored")
         return probabilities
+    except BaseException as error:
+        server.abort(abort_reason(error))
+        raise
     finally:
         server.stop()
 

@@ -529,6 +529,16 @@ class LabelServer:
                 logger.warning("party %r is gone too; waiting for it as well", party)
         return set(self._sessions)
 
+    def abort(self, reason: str) -> None:
+        """Tell every connected feature party the run ended before it was over, and why,
+        and end its stream: it ends at once instead of redialling a label party that is
+        not coming back."""
+        with self._changed:
+            sessions = [s for s in self._sessions.values() if not s.ended.is_set()]
+        for session in sessions:
+            session.outbound.put(pb.LabelMessage(finish=pb.Finish(reason=reason, failed=True)))
+            session.close()
+
     def stop(self, grace: float = 2.0) -> None:
         """End every stream and stop listening."""
         with self._changed:

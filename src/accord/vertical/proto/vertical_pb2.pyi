@@ -98,10 +98,12 @@ class Restore(_message.Message):
     def __init__(self, next_epoch: _Optional[int] = ...) -> None: ...
 
 class Finish(_message.Message):
-    __slots__ = ("reason",)
+    __slots__ = ("reason", "failed")
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     reason: str
-    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+    failed: bool
+    def __init__(self, reason: _Optional[str] = ..., failed: bool = ...) -> None: ...
 
 class FeatureMessage(_message.Message):
     __slots__ = ("hello", "matrix")
