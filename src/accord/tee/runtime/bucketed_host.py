@@ -287,7 +287,7 @@ class _Checkpoints:
         return self.progress
 
 
-async def drive_buckets(  # noqa: C901, PLR0912, PLR0915 - split next
+async def drive_buckets(
     run: PartyRun,
     directory: RunDirectory,
     manifest: RunManifest,
@@ -307,73 +307,124 @@ async def drive_buckets(  # noqa: C901, PLR0912, PLR0915 - split next
     )
     report: dict[str, Any] = dict(manifest.notes.get("id_report") or {})
     started = time.perf_counter()
-
     if progress["stage"] == "spill":
-        directory.remove_all("spill")
-        directory.remove_all("sorted")
-        directory.remove_all("result")
-        tracker.stage("spill", total=estimated_rows or None, unit="rows")
-        rows = 0
-        try:
-            async for batch in run.keys:
-                meta, buffers = encode_columns(list(batch.columns))
-                reply, body = await run.call(Call.LOAD_IDS, meta, buffers)
-                await asyncio.to_thread(_append, directory, reply["pieces"], body)
-                rows += batch.num_rows
-                tracker.advance(rows)
-            reply, body = await run.call(Call.LOAD_DONE)
-            await asyncio.to_thread(_append, directory, reply["pieces"], body)
-        finally:
-            directory.close_appends()
-        report = dict(reply["ids"])
+        report = await _spill(run, directory, tracker, estimated_rows)
         manifest.notes["id_report"] = report
-        release_memory()  # the key reader's batches
-        tracker.advance(rows, force=True)
         progress = await checkpoints.save()
     run.seconds["spill"] = round(time.perf_counter() - started, 4)
-
     started = time.perf_counter()
     if progress["stage"] == "sort":
-        tracker.stage("sort", total=buckets, unit="buckets", done=int(progress["sorted"]))
-        for bucket in range(int(progress["sorted"]), buckets):
-            spill = await asyncio.to_thread(directory.read, "spill", bucket)
-            _, sorted_file = await run.call(Call.SORT_BUCKET, {"bucket": bucket}, [spill])
-            del spill
-            await asyncio.to_thread(directory.write, "sorted", bucket, sorted_file)
-            del sorted_file
-            progress = await checkpoints.save()
-            directory.remove("spill", bucket)
-            tracker.advance(bucket + 1)
+        progress = await _sort(run, directory, tracker, checkpoints, progress)
     run.seconds["sort"] = round(time.perf_counter() - started, 4)
-
     started = time.perf_counter()
     start = int(progress["start"])
     pause = _failpoint()
     if progress["stage"] == "exchange":
-        tracker.stage("exchange", total=buckets, unit="buckets", done=start)
-        for bucket in range(start, buckets):
-            sorted_file = await asyncio.to_thread(directory.read, "sorted", bucket)
-            await run.call(Call.LOAD_BUCKET, {"bucket": bucket}, [sorted_file])
-            del sorted_file
-            await run.wait_for(functools.partial(_bucket_ready, bucket))
-            _, result = await run.call(Call.INTERSECT, {"bucket": bucket})
-            await asyncio.to_thread(directory.write, "result", bucket, result)
-            del result
-            progress = await checkpoints.save()
-            tracker.advance(bucket + 1)
-            if pause == str(bucket):
-                await _pause(pause)
+        progress = await _exchange(run, directory, tracker, checkpoints, progress, pause)
     run.seconds["exchange"] = round(time.perf_counter() - started, 4)
-
     started = time.perf_counter()
     tracker.stage("confirm")
     await run.wait_for(lambda status: bool(status.get("done")))
     await checkpoints.save()  # stage "done": a crash from here on needs no peer to finish
     if pause == "done":
         await _pause(pause)
-    counts = checkpoints.counts
-    # Filled bucket by bucket: the pieces and a concatenation would hold it twice.
-    row_map = np.empty(int(counts["intersection_size"]), dtype=np.int64)
+    row_map = await _collect(run, directory, buckets, int(checkpoints.counts["intersection_size"]))
+    run.seconds["confirm_collect"] = round(time.perf_counter() - started, 4)
+    if not report:
+        raise ProtocolError("the run manifest lost the input report")
+    return BucketOutcome(
+        report=report,
+        counts=checkpoints.counts,
+        row_map=row_map,
+        buckets=buckets,
+        resumed_from_bucket=start if resumed else None,
+        disk_peak_bytes=checkpoints.disk_peak,
+    )
+
+
+async def _spill(
+    run: PartyRun, directory: RunDirectory, tracker: ProgressTracker, estimated_rows: int
+) -> dict[str, Any]:
+    """Stage "spill": every key batch through the enclave into the sealed spill files;
+    the enclave's report on the IDs."""
+    directory.remove_all("spill")
+    directory.remove_all("sorted")
+    directory.remove_all("result")
+    tracker.stage("spill", total=estimated_rows or None, unit="rows")
+    rows = 0
+    try:
+        async for batch in run.keys:
+            meta, buffers = encode_columns(list(batch.columns))
+            reply, body = await run.call(Call.LOAD_IDS, meta, buffers)
+            await asyncio.to_thread(_append, directory, reply["pieces"], body)
+            rows += batch.num_rows
+            tracker.advance(rows)
+        reply, body = await run.call(Call.LOAD_DONE)
+        await asyncio.to_thread(_append, directory, reply["pieces"], body)
+    finally:
+        directory.close_appends()
+    release_memory()  # the key reader's batches
+    tracker.advance(rows, force=True)
+    return dict(reply["ids"])
+
+
+async def _sort(
+    run: PartyRun,
+    directory: RunDirectory,
+    tracker: ProgressTracker,
+    checkpoints: _Checkpoints,
+    progress: dict[str, Any],
+) -> dict[str, Any]:
+    """Stage "sort": each spilled bucket sorted by the enclave, from where a resumed run
+    stopped; the progress after the last bucket."""
+    buckets = int(progress["buckets"])
+    tracker.stage("sort", total=buckets, unit="buckets", done=int(progress["sorted"]))
+    for bucket in range(int(progress["sorted"]), buckets):
+        spill = await asyncio.to_thread(directory.read, "spill", bucket)
+        _, sorted_file = await run.call(Call.SORT_BUCKET, {"bucket": bucket}, [spill])
+        del spill
+        await asyncio.to_thread(directory.write, "sorted", bucket, sorted_file)
+        del sorted_file
+        progress = await checkpoints.save()
+        directory.remove("spill", bucket)
+        tracker.advance(bucket + 1)
+    return progress
+
+
+async def _exchange(
+    run: PartyRun,
+    directory: RunDirectory,
+    tracker: ProgressTracker,
+    checkpoints: _Checkpoints,
+    progress: dict[str, Any],
+    pause: str | None,
+) -> dict[str, Any]:
+    """Stage "exchange": bucket by bucket, the enclaves exchange and intersect; the
+    progress after the last bucket (``pause``: a failpoint's bucket, for tests)."""
+    buckets = int(progress["buckets"])
+    start = int(progress["start"])
+    tracker.stage("exchange", total=buckets, unit="buckets", done=start)
+    for bucket in range(start, buckets):
+        sorted_file = await asyncio.to_thread(directory.read, "sorted", bucket)
+        await run.call(Call.LOAD_BUCKET, {"bucket": bucket}, [sorted_file])
+        del sorted_file
+        await run.wait_for(functools.partial(_bucket_ready, bucket))
+        _, result = await run.call(Call.INTERSECT, {"bucket": bucket})
+        await asyncio.to_thread(directory.write, "result", bucket, result)
+        del result
+        progress = await checkpoints.save()
+        tracker.advance(bucket + 1)
+        if pause == str(bucket):
+            await _pause(pause)
+    return progress
+
+
+async def _collect(
+    run: PartyRun, directory: RunDirectory, buckets: int, intersection: int
+) -> np.ndarray:
+    """The row map, bucket by bucket from the sealed results (filled in place: the pieces
+    and a concatenation would hold it twice); refused unless it has ``intersection`` rows."""
+    row_map = np.empty(intersection, dtype=np.int64)
     filled = 0
     for bucket in range(buckets):
         result = await asyncio.to_thread(directory.read, "result", bucket)
@@ -386,17 +437,7 @@ async def drive_buckets(  # noqa: C901, PLR0912, PLR0915 - split next
         del result, rows_body, piece
     if filled != len(row_map):
         raise ProtocolError("the enclave's row map does not match its counts")
-    run.seconds["confirm_collect"] = round(time.perf_counter() - started, 4)
-    if not report:
-        raise ProtocolError("the run manifest lost the input report")
-    return BucketOutcome(
-        report=report,
-        counts=counts,
-        row_map=row_map,
-        buckets=buckets,
-        resumed_from_bucket=start if resumed else None,
-        disk_peak_bytes=checkpoints.disk_peak,
-    )
+    return row_map
 
 
 def _bucket_ready(bucket: int, status: dict[str, Any]) -> bool:

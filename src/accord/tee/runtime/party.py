@@ -57,8 +57,8 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from accord.errors import (
@@ -214,7 +214,7 @@ def _with_resume_hint(error: BaseException, bucketing: _Bucketing | None) -> Bas
     return hint
 
 
-async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
+async def run_party(
     settings: PartySettings,
     *,
     enclave: EnclaveHandle | None = None,
@@ -242,74 +242,40 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
         enclave = EnclaveProcess.spawn(
             platform_key=settings.platform_key, debug=settings.debug_enclave
         )
-    keys: KeyReader | None = None
-    links: list[PeerLink] = []
-    link_start: asyncio.Future[Sequence[PeerLink]] | None = None
-    enclave_ready = asyncio.ensure_future(enclave.ready())
-    bucketing: _Bucketing | None = None
+    opened = _Opened(enclave, asyncio.ensure_future(enclave.ready()))
     try:
-        if resume is not None and not settings.bucketed:
-            raise ConfigurationError("resume: the run directory is not of a bucketed run")
-        # Everything about this party's own input is checked before any network: the files,
-        # the key columns and their types, and (in memory) every ID: empty, undecodable and
-        # duplicated IDs are refused before the listening socket opens or a peer is dialled.
-        policy_text = read_policy(settings.policy)
-        check_paths(settings)
-        if settings.bucketed:
-            bucketing = await _prepare_bucketing(settings, resume, events)
-        # A resumed run whose peers all confirmed before the stop (stage "done"): the enclave
-        # releases the sealed result without them (they may have removed their run
-        # directories), so no key is read and no peer is contacted.
-        done_before = (
-            bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done"
+        run, result = await _align(
+            settings, opened, report_progress, resume, events, connect, on_listening
         )
-        # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
-        keys = KeyReader(
-            settings.input,
-            settings.key_columns,
-            1 if settings.bucketed else 4,
-            mapped=not larger_than_memory(settings),
-        )
-        if not done_before:
-            await keys.start()  # a missing column, a refused type or an empty file fail here
-        run = PartyRun(settings, enclave, [], keys, report_progress)
-        await enclave_ready
-        await _init(run, policy_text, bucketing)
-        if not settings.bucketed:
-            await run.load(keep_ids=settings.include_ids)
-        if not done_before:
-            # Listen and dial only now: a party that dials every peer needs no listener.
-            report_progress("connect", None)
-            connecting = time.perf_counter()
-            opening = (
-                connect()
-                if connect is not None
-                else connect_links(
-                    Hello(settings.party_name, settings.session, settings.parties),
-                    listen=settings.listen,
-                    peers=settings.peers,
-                    connect_timeout=settings.connect_timeout,
-                    idle_timeout=settings.idle_timeout,
-                    on_listening=on_listening,
-                    limits=RateLimitSettings(
-                        max_pending=8 * settings.max_pending_connections,
-                        max_pending_per_source=settings.max_pending_connections,
-                    ),
-                )
-            )
-            link_start = asyncio.ensure_future(opening)
-            links = list(await link_start)
-            run.links = links
-            run.seconds["connect"] = round(time.perf_counter() - connecting, 4)
-        result = await _drive(run, bucketing)
-        keys.cancel()  # a resumed run past its spill reads no keys
     except BaseException as error:
-        if keys is not None:
-            keys.cancel()
-        enclave_ready.cancel()
-        if enclave_ready.done() and not enclave_ready.cancelled():
-            enclave_ready.exception()  # reported through `error` if it matters
-        await _cleanup(enclave, link_start, links, error)
+        leaf = await opened.abandon(error)
+        if leaf is error:
+            raise
+        raise leaf from None
+    return await _write(settings, run, opened, result, started, report_progress)
+
+
+@dataclass
+class _Opened:
+    """What a party's run has opened so far: what a failed run must close."""
+
+    enclave: EnclaveHandle
+    enclave_ready: asyncio.Future[Any]
+    keys: KeyReader | None = None
+    links: list[PeerLink] = field(default_factory=list)
+    link_start: asyncio.Future[Sequence[PeerLink]] | None = None
+    bucketing: _Bucketing | None = None
+
+    async def abandon(self, error: BaseException) -> BaseException:
+        """Close what was opened, after ``error``; the error to raise (the first one, with
+        how to continue when the run directory holds a resumable state)."""
+        if self.keys is not None:
+            self.keys.cancel()
+        self.enclave_ready.cancel()
+        if self.enclave_ready.done() and not self.enclave_ready.cancelled():
+            self.enclave_ready.exception()  # reported through `error` if it matters
+        await _cleanup(self.enclave, self.link_start, self.links, error)
+        bucketing = self.bucketing
         if bucketing is not None:
             if bucketing.inputs is not None:
                 bucketing.inputs.cancel()
@@ -317,10 +283,73 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
             bucketing.close(
                 remove=not bucketing.resumed and bucketing.manifest.sealed_state is None
             )
-        leaf = _with_resume_hint(_first_error(error), bucketing)
-        if leaf is error:
-            raise
-        raise leaf from None
+        return _with_resume_hint(_first_error(error), bucketing)
+
+
+async def _align(
+    settings: PartySettings,
+    opened: _Opened,
+    report_progress: Progress,
+    resume: tuple[RunDirectory, RunManifest] | None,
+    events: ProgressEvents | None,
+    connect: Connect | None,
+    on_listening: Callable[[Endpoint], None] | None,
+) -> tuple[PartyRun, Exchanged]:
+    """Check this party's input, start its enclave's session, connect to the peers and
+    exchange: the run and what the enclave released. Everything it opens is in
+    ``opened``."""
+    if resume is not None and not settings.bucketed:
+        raise ConfigurationError("resume: the run directory is not of a bucketed run")
+    # Everything about this party's own input is checked before any network: the files,
+    # the key columns and their types, and (in memory) every ID: empty, undecodable and
+    # duplicated IDs are refused before the listening socket opens or a peer is dialled.
+    policy_text = read_policy(settings.policy)
+    check_paths(settings)
+    if settings.bucketed:
+        opened.bucketing = await _prepare_bucketing(settings, resume, events)
+    bucketing = opened.bucketing
+    # A resumed run whose peers all confirmed before the stop (stage "done"): the enclave
+    # releases the sealed result without them (they may have removed their run
+    # directories), so no key is read and no peer is contacted.
+    done_before = bucketing is not None and bucketing.resumed and bucketing.manifest.stage == "done"
+    # A memory-limited run reads less ahead (its spill is bound by disk, not the read).
+    keys = opened.keys = KeyReader(
+        settings.input,
+        settings.key_columns,
+        1 if settings.bucketed else 4,
+        mapped=not larger_than_memory(settings),
+    )
+    if not done_before:
+        await keys.start()  # a missing column, a refused type or an empty file fail here
+    run = PartyRun(settings, opened.enclave, [], keys, report_progress)
+    await opened.enclave_ready
+    await _init(run, policy_text, bucketing)
+    if not settings.bucketed:
+        await run.load(keep_ids=settings.include_ids)
+    if not done_before:
+        # Listen and dial only now: a party that dials every peer needs no listener.
+        report_progress("connect", None)
+        connecting = time.perf_counter()
+        opening = connect() if connect is not None else _open_links(settings, on_listening)
+        opened.link_start = asyncio.ensure_future(opening)
+        opened.links = list(await opened.link_start)
+        run.links = opened.links
+        run.seconds["connect"] = round(time.perf_counter() - connecting, 4)
+    result = await _drive(run, bucketing)
+    keys.cancel()  # a resumed run past its spill reads no keys
+    return run, result
+
+
+async def _write(
+    settings: PartySettings,
+    run: PartyRun,
+    opened: _Opened,
+    result: Exchanged,
+    started: float,
+    report_progress: Progress,
+) -> PartySummary:
+    """Release the enclave and the links and write this party's outputs; its summary."""
+    enclave, links, bucketing = opened.enclave, opened.links, opened.bucketing
     report, counts, row_map, ids = result
     start = time.perf_counter()
     outcome = None if bucketing is None else bucketing.outcome
@@ -340,51 +369,9 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
                 mapped=not larger_than_memory(settings),
             )
         )
-
-    def summary_of(outputs: dict[str, str]) -> PartySummary:
-        duplicates = counts.get("duplicates", {})
-        return PartySummary(
-            party=settings.party_name,
-            session=settings.session,
-            parties=tuple(
-                sorted(
-                    [settings.party_name, *(link.name for link in links)]
-                    if links
-                    else [settings.party_name, *counts["peer_sizes"]]
-                )
-            ),
-            input_rows=int(report["rows"]),
-            own_ids=int(counts["own_size"]),
-            peer_ids=dict(counts["peer_sizes"]),
-            intersection=int(counts["intersection_size"]),
-            fingerprint=counts.get("fingerprint"),
-            input_report={
-                "empty_rows": report["empty_rows"],
-                "empty_examples": list(report["empty_examples"]),
-                "undecodable_rows": report["undecodable_rows"],
-                "undecodable_examples": list(report["undecodable_examples"]),
-                "duplicate_policy": duplicates.get("policy"),
-                "duplicated_ids": duplicates.get("duplicated_ids"),
-                "duplicate_rows": duplicates.get("duplicate_rows"),
-                # Every row left out: empty and undecodable IDs (--skip-invalid) and the
-                # duplicate policy's drops.
-                "dropped_rows": int(report["empty_rows"])
-                + int(report["undecodable_rows"])
-                + int(duplicates.get("dropped_rows") or 0),
-            },
-            enclave=asdict(enclave.identity),
-            peer_enclaves=dict(run.peer_enclaves),
-            outputs=outputs,
-            seconds={
-                **run.seconds,
-                "write": round(time.perf_counter() - start, 4),
-                "total": round(time.perf_counter() - started, 4),
-            },
-            buckets=None if outcome is None else outcome.buckets,
-            resumed_from_bucket=None if outcome is None else outcome.resumed_from_bucket,
-            disk_peak_bytes=None if outcome is None else outcome.disk_peak_bytes,
-        )
-
+    summary_of = functools.partial(
+        _summary, settings, run, enclave, links, report, counts, outcome, (started, start)
+    )
     # The enclave and the links have done their part: release them. A bucketed run waits
     # until the enclave has exited (its memory is then free for the outputs); in memory the
     # enclave exits while the outputs are written (its exit took a 1M-row run ~60 ms).
@@ -405,6 +392,83 @@ async def run_party(  # noqa: C901, PLR0912, PLR0915 - split next
         bucketing.close(remove=True)  # the run is complete: its sealed files are not needed
     report_progress("done", None)
     return summary
+
+
+def _open_links(
+    settings: PartySettings, on_listening: Callable[[Endpoint], None] | None
+) -> Coroutine[Any, Any, Sequence[PeerLink]]:
+    """The TCP links to the peers: listening on ``settings.listen``, dialling
+    ``settings.peers``, with the listener's rate limits."""
+    return connect_links(
+        Hello(settings.party_name, settings.session, settings.parties),
+        listen=settings.listen,
+        peers=settings.peers,
+        connect_timeout=settings.connect_timeout,
+        idle_timeout=settings.idle_timeout,
+        on_listening=on_listening,
+        limits=RateLimitSettings(
+            max_pending=8 * settings.max_pending_connections,
+            max_pending_per_source=settings.max_pending_connections,
+        ),
+    )
+
+
+def _summary(
+    settings: PartySettings,
+    run: PartyRun,
+    enclave: EnclaveHandle,
+    links: Sequence[PeerLink],
+    report: dict[str, Any],
+    counts: dict[str, Any],
+    outcome: BucketOutcome | None,
+    clocks: tuple[float, float],
+    outputs: dict[str, str],
+) -> PartySummary:
+    """The party's summary once its ``outputs`` are written; ``clocks``: when the run and
+    when the writing started (``time.perf_counter``)."""
+    started, start = clocks
+    duplicates = counts.get("duplicates", {})
+    return PartySummary(
+        party=settings.party_name,
+        session=settings.session,
+        parties=tuple(
+            sorted(
+                [settings.party_name, *(link.name for link in links)]
+                if links
+                else [settings.party_name, *counts["peer_sizes"]]
+            )
+        ),
+        input_rows=int(report["rows"]),
+        own_ids=int(counts["own_size"]),
+        peer_ids=dict(counts["peer_sizes"]),
+        intersection=int(counts["intersection_size"]),
+        fingerprint=counts.get("fingerprint"),
+        input_report={
+            "empty_rows": report["empty_rows"],
+            "empty_examples": list(report["empty_examples"]),
+            "undecodable_rows": report["undecodable_rows"],
+            "undecodable_examples": list(report["undecodable_examples"]),
+            "duplicate_policy": duplicates.get("policy"),
+            "duplicated_ids": duplicates.get("duplicated_ids"),
+            "duplicate_rows": duplicates.get("duplicate_rows"),
+            # Every row left out: empty and undecodable IDs (--skip-invalid) and the
+            # duplicate policy's drops.
+            "dropped_rows": int(report["empty_rows"])
+            + int(report["undecodable_rows"])
+            + int(duplicates.get("dropped_rows") or 0),
+        },
+        enclave=asdict(enclave.identity),
+        peer_enclaves=dict(run.peer_enclaves),
+        outputs=outputs,
+        seconds={
+            **run.seconds,
+            "write": round(time.perf_counter() - start, 4),
+            "total": round(time.perf_counter() - started, 4),
+        },
+        buckets=None if outcome is None else outcome.buckets,
+        resumed_from_bucket=None if outcome is None else outcome.resumed_from_bucket,
+        disk_peak_bytes=None if outcome is None else outcome.disk_peak_bytes,
+    )
 
 
 async def _init(run: PartyRun, policy_text: str, bucketing: _Bucketing | None) -> None:
