@@ -421,37 +421,12 @@ class EnclaveSession:
             link.closed = True
         return {"ended": link.reader.ended}, b""
 
-    def _receive(self, link: PeerState, peer: str, kind: int, message: bytearray) -> None:  # noqa: C901, PLR0912 - split next
+    def _receive(self, link: PeerState, peer: str, kind: int, message: bytearray) -> None:
+        """One decrypted message from ``peer``, by its kind; any other kind, or one out of
+        order, is a :class:`ProtocolError` (the session fails closed)."""
         assert self._config is not None
         if kind == MessageKind.ROSTER:
-            if link.roster is not None:
-                raise ProtocolError(f"peer {peer!r} sent its roster twice")
-            roster, share = decode_roster(message, peer)
-            bucketed = roster.pop("bucketed", None)
-            mine = self._roster_fields()
-            if roster != mine:
-                raise ProtocolError(
-                    f"peer {peer!r} sees a different session: parties {roster.get('parties')}, "
-                    f"{roster.get('key_columns')} key column(s); this party sees "
-                    f"{mine['parties']}, {mine['key_columns']} key column(s)"
-                )
-            if len(share) != SHARE_BYTES:
-                raise ProtocolError(f"peer {peer!r} sent a share of {len(share)} bytes")
-            if bucketed is not None and not isinstance(bucketed, dict):
-                raise ProtocolError(f"peer {peer!r} sent a malformed bucket proposal")
-            link.roster, link.share, link.bucketed = roster, share, bucketed
-            if all(other.share is not None for other in self._links.values()):
-                shares = [self._share] + [
-                    other.share for other in self._links.values() if other.share
-                ]
-                if self._resumed is not None:
-                    # A resumed run keeps its secret: the same digests, buckets and order.
-                    self._session_secret = bytes.fromhex(self._resumed.state.secret)
-                else:
-                    self._session_secret = shared_seed(shares)
-                self._agree_mode()
-                if self._mode == "memory":
-                    self._digest_if_ready()
+            self._receive_roster(link, peer, message)
         elif kind == MessageKind.DIGESTS:
             if link.share is None or link.got_digests:
                 raise ProtocolError(f"peer {peer!r} sent digests out of order")
@@ -472,6 +447,36 @@ class EnclaveSession:
                 self._check_confirm(link, peer)
         else:
             raise ProtocolError(f"peer {peer!r} sent an unknown message kind {kind}")
+
+    def _receive_roster(self, link: PeerState, peer: str, message: bytearray) -> None:
+        """A peer's roster: it must see this session exactly as this party does; once every
+        peer's share is in, the session secret and the run mode are agreed."""
+        if link.roster is not None:
+            raise ProtocolError(f"peer {peer!r} sent its roster twice")
+        roster, share = decode_roster(message, peer)
+        bucketed = roster.pop("bucketed", None)
+        mine = self._roster_fields()
+        if roster != mine:
+            raise ProtocolError(
+                f"peer {peer!r} sees a different session: parties {roster.get('parties')}, "
+                f"{roster.get('key_columns')} key column(s); this party sees "
+                f"{mine['parties']}, {mine['key_columns']} key column(s)"
+            )
+        if len(share) != SHARE_BYTES:
+            raise ProtocolError(f"peer {peer!r} sent a share of {len(share)} bytes")
+        if bucketed is not None and not isinstance(bucketed, dict):
+            raise ProtocolError(f"peer {peer!r} sent a malformed bucket proposal")
+        link.roster, link.share, link.bucketed = roster, share, bucketed
+        if all(other.share is not None for other in self._links.values()):
+            shares = [self._share] + [other.share for other in self._links.values() if other.share]
+            if self._resumed is not None:
+                # A resumed run keeps its secret: the same digests, buckets and order.
+                self._session_secret = bytes.fromhex(self._resumed.state.secret)
+            else:
+                self._session_secret = shared_seed(shares)
+            self._agree_mode()
+            if self._mode == "memory":
+                self._digest_if_ready()
 
     # -------------------------------------------------------------- INTERSECT / RESULT
 
