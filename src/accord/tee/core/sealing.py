@@ -255,7 +255,7 @@ def _fail(identity: SealedFile, reason: str) -> ChannelError:
     )
 
 
-def open_sealed(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
+def open_sealed(
     sealing_key: bytes,
     identity: SealedFile,
     data: bytes | bytearray | memoryview,
@@ -268,44 +268,9 @@ def open_sealed(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
     e.g. a numpy array's memory), else into a new buffer.
     """
     view = memoryview(data).cast("B")
-    if view.nbytes < FILE_HEADER.size:
-        raise _fail(identity, f"{view.nbytes} bytes, shorter than the header")
-    header = bytes(view[: FILE_HEADER.size])
-    magic, version, kind, _, bucket, generation, run_id, _ = FILE_HEADER.unpack(header)
-    if magic != _MAGIC or version != _VERSION:
-        raise _fail(identity, "not a sealed file of this version")
-    found = (kind, bucket, generation, run_id)
-    wanted = (int(identity.kind), identity.bucket, identity.generation, identity.run_id)
-    if found != wanted:
-        raise _fail(
-            identity,
-            f"header names kind {kind}, bucket {bucket}, generation {generation}; expected "
-            f"kind {int(identity.kind)}, bucket {identity.bucket}, generation "
-            f"{identity.generation} of this run",
-        )
+    header = _checked_header(identity, view)
     aead = _file_key(sealing_key, header)
-    # First pass: walk the record headers to size the payload (no decryption yet).
-    spans: list[tuple[int, int, int]] = []  # (offset of record, plaintext length, flags)
-    position = FILE_HEADER.size
-    payload_size = 0
-    final_at = -1
-    while position < view.nbytes:
-        if final_at >= 0:
-            raise _fail(identity, "data after the final record")
-        if position + RECORD_HEADER.size > view.nbytes:
-            raise _fail(identity, f"record {len(spans)} header cut short")
-        index, flags, length = RECORD_HEADER.unpack_from(view, position)
-        end = position + RECORD_HEADER.size + length + _TAG
-        if index != len(spans) or flags & ~_FINAL or end > view.nbytes:
-            raise _fail(identity, f"record {len(spans)}: bad index {index}, flags or length")
-        if flags & _FINAL:
-            final_at = len(spans)
-        else:
-            payload_size += length
-        spans.append((position, length, flags))
-        position = end
-    if final_at < 0:
-        raise _fail(identity, "no final record (the file was cut short)")
+    spans, payload_size, final_at = _record_spans(identity, view)
     if out is None:
         target = memoryview(bytearray(payload_size))
     else:
@@ -327,13 +292,69 @@ def open_sealed(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
         except InvalidTag as error:
             raise _fail(identity, f"record {index} failed authentication") from error
         if flags & _FINAL:
-            if len(final) < _FINAL_BODY.size:
-                raise _fail(identity, "final record too short")
-            count, total = _FINAL_BODY.unpack_from(final)
-            if count != final_at or total != payload_size:
-                raise _fail(identity, f"final record counts {count} records, {total} bytes")
-            trailer = bytes(final[_FINAL_BODY.size :])
+            trailer = _final_trailer(identity, final, final_at, payload_size)
         else:
             records.append(target[at : at + length])
             at += length
     return SealedContents(payload=target, records=records, trailer=trailer)
+
+
+def _checked_header(identity: SealedFile, view: memoryview) -> bytes:
+    """The file header, refused unless it is this version's and names ``identity``."""
+    if view.nbytes < FILE_HEADER.size:
+        raise _fail(identity, f"{view.nbytes} bytes, shorter than the header")
+    header = bytes(view[: FILE_HEADER.size])
+    magic, version, kind, _, bucket, generation, run_id, _ = FILE_HEADER.unpack(header)
+    if magic != _MAGIC or version != _VERSION:
+        raise _fail(identity, "not a sealed file of this version")
+    found = (kind, bucket, generation, run_id)
+    wanted = (int(identity.kind), identity.bucket, identity.generation, identity.run_id)
+    if found != wanted:
+        raise _fail(
+            identity,
+            f"header names kind {kind}, bucket {bucket}, generation {generation}; expected "
+            f"kind {int(identity.kind)}, bucket {identity.bucket}, generation "
+            f"{identity.generation} of this run",
+        )
+    return header
+
+
+def _record_spans(
+    identity: SealedFile, view: memoryview
+) -> tuple[list[tuple[int, int, int]], int, int]:
+    """Walk the record headers (no decryption yet): each record's (offset, plaintext
+    length, flags), the payload's size and the final record's index. Refused unless the
+    indices run in order, the lengths fit and exactly one final record ends the file."""
+    spans: list[tuple[int, int, int]] = []
+    position = FILE_HEADER.size
+    payload_size = 0
+    final_at = -1
+    while position < view.nbytes:
+        if final_at >= 0:
+            raise _fail(identity, "data after the final record")
+        if position + RECORD_HEADER.size > view.nbytes:
+            raise _fail(identity, f"record {len(spans)} header cut short")
+        index, flags, length = RECORD_HEADER.unpack_from(view, position)
+        end = position + RECORD_HEADER.size + length + _TAG
+        if index != len(spans) or flags & ~_FINAL or end > view.nbytes:
+            raise _fail(identity, f"record {len(spans)}: bad index {index}, flags or length")
+        if flags & _FINAL:
+            final_at = len(spans)
+        else:
+            payload_size += length
+        spans.append((position, length, flags))
+        position = end
+    if final_at < 0:
+        raise _fail(identity, "no final record (the file was cut short)")
+    return spans, payload_size, final_at
+
+
+def _final_trailer(identity: SealedFile, final: bytes, final_at: int, payload_size: int) -> bytes:
+    """The trailer of the decrypted final record, refused unless it counts exactly the
+    records and bytes before it."""
+    if len(final) < _FINAL_BODY.size:
+        raise _fail(identity, "final record too short")
+    count, total = _FINAL_BODY.unpack_from(final)
+    if count != final_at or total != payload_size:
+        raise _fail(identity, f"final record counts {count} records, {total} bytes")
+    return bytes(final[_FINAL_BODY.size :])

@@ -368,7 +368,7 @@ async def _dial(
         )
 
 
-async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors it
+async def connect_links(
     own: Hello,
     *,
     listen: Endpoint | None,
@@ -403,113 +403,26 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
         raise ConfigurationError(
             f"{own.parties} parties need {needed} peer links: give --listen or more --peer"
         )
-    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + connect_timeout
-    accepted: asyncio.Queue[TcpPeerLink | BaseException] = asyncio.Queue()
-    handlers: set[asyncio.Task[None]] = set()
-    # Why connections were refused at their hello: no unauthenticated connection (a port
-    # scanner, a stale peer of another session) can stop the listener, which keeps waiting
-    # until --connect-timeout and names these reasons if the peers never come.
-    refused: list[str] = []
-
-    limiter = SourceLimiter(limits or RateLimitSettings(), logger, what="connection")
-
-    async def on_accept(sock: socket.socket, name: Any) -> None:
-        address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
-        source = str(name[0]) if isinstance(name, tuple) else str(name)
-        wait = limiter.admit(source)
-        if wait is None:  # too many half-open connections, or a throttled source (logged)
-            sock.close()
-            return
-        failure: str | None = None
-        try:
-            if wait:
-                await asyncio.sleep(wait)
-            _tune(sock)
-            peer = await _exchange_hello(sock, own, address, hello_timeout)
-        except ProtocolError as error:
-            sock.close()
-            failure = f"ignored a connection from {address}: {error}"
-            if len(refused) < _MAX_REFUSALS_NAMED:
-                refused.append(str(error))
-            return
-        except TimeoutError:  # (an OSError: caught first)
-            sock.close()
-            failure = f"ignored a connection from {address}: no hello within {hello_timeout:g} s"
-            return
-        except (OSError, asyncio.IncompleteReadError) as error:
-            sock.close()
-            failure = f"ignored a connection from {address}: {error or type(error).__name__}"
-            return
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            limiter.finish(source, failure)
-        await accepted.put(
-            TcpPeerLink(
-                sock, peer=peer, address=address, initiator=False, idle_timeout=idle_timeout
-            )
-        )
-
-    async def serve(server: socket.socket) -> None:
-        while True:
-            sock, name = await loop.sock_accept(server)
-            task = asyncio.ensure_future(on_accept(sock, name))
-            handlers.add(task)
-            task.add_done_callback(handlers.discard)
-
+    listener = _Listener(own, idle_timeout, limits or RateLimitSettings(), hello_timeout)
     links: list[TcpPeerLink] = []
-    server: socket.socket | None = None
-    acceptor: asyncio.Task[None] | None = None
     try:
         if listen is not None and len(peers) < needed:
-            try:
-                server = socket.create_server(
-                    (listen.host, listen.port),
-                    family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
-                    backlog=64,
-                )
-            except OSError as error:
-                raise ConfigurationError(
-                    f"--listen {listen}: cannot listen: {error.strerror or error}"
-                ) from error
-            server.setblocking(False)
-            bound = server.getsockname()
-            listen = Endpoint(str(bound[0]), int(bound[1]))  # the port given may have been 0
-            logger.debug("listening on %s", listen)
-            acceptor = asyncio.ensure_future(serve(server))
+            listen = listener.open(listen)
             if on_listening is not None:
                 on_listening(listen)
-        dials = [
-            asyncio.ensure_future(_dial(p, own, deadline, idle_timeout, connect_timeout))
-            for p in peers
-        ]
-        try:
-            for dial in asyncio.as_completed(dials):
-                links.append(await dial)
-        except BaseException:
-            for dial in dials:
-                dial.cancel()
-            for dial in dials:
-                with contextlib.suppress(BaseException):
-                    link = await dial
-                    await link.close()
-            raise
+        links += await _dial_all(peers, own, deadline, idle_timeout, connect_timeout)
         while len(links) < needed:
-            remaining = deadline - time.monotonic()
             try:
-                item = await asyncio.wait_for(accepted.get(), max(remaining, 0.0))
+                links.append(await listener.next_link(deadline - time.monotonic()))
             except TimeoutError as error:
                 have = ", ".join(repr(link.name) for link in links) or "none"
+                refused = listener.refused
                 why = f"; refused: {'; '.join(refused)}" if refused else ""
                 raise PeerError(
                     f"waited {connect_timeout:g} s for {needed} peer(s) to connect on {listen}; "
                     f"connected: {have}{why}"
                 ) from error
-            if isinstance(item, BaseException):
-                raise item
-            links.append(item)
         names = [link.name for link in links]
         if len(set(names)) != len(names):
             raise ProtocolError(
@@ -522,18 +435,148 @@ async def connect_links(  # noqa: C901, PLR0912, PLR0915 - its owner refactors i
             await link.close()
         raise
     finally:
-        # Stop accepting; connections still saying hello are dropped, the links stay open.
-        if acceptor is not None:
-            acceptor.cancel()
+        await listener.close(keep=links)
+
+
+async def _dial_all(
+    peers: Sequence[Endpoint],
+    own: Hello,
+    deadline: float,
+    idle_timeout: float,
+    connect_timeout: float,
+) -> list[TcpPeerLink]:
+    """A link to each of ``peers``, dialled at once; if one fails, the others are
+    cancelled or closed."""
+    dials = [
+        asyncio.ensure_future(_dial(p, own, deadline, idle_timeout, connect_timeout)) for p in peers
+    ]
+    links: list[TcpPeerLink] = []
+    try:
+        for dial in asyncio.as_completed(dials):
+            links.append(await dial)
+    except BaseException:
+        for dial in dials:
+            dial.cancel()
+        for dial in dials:
             with contextlib.suppress(BaseException):
-                await acceptor
-        for task in list(handlers):
+                link = await dial
+                await link.close()
+        raise
+    return links
+
+
+class _Listener:
+    """The listening side of :func:`connect_links`: every accepted connection gets
+    ``hello_timeout`` seconds to say a valid hello, within the rate limits; the links that
+    did wait in a queue. No unauthenticated connection (a port scanner, a stale peer of
+    another session) can stop it: it keeps listening, and remembers why it refused hellos,
+    to name them if the peers never come."""
+
+    def __init__(
+        self, own: Hello, idle_timeout: float, limits: RateLimitSettings, hello_timeout: float
+    ) -> None:
+        self.own = own
+        self.idle_timeout = idle_timeout
+        self.hello_timeout = hello_timeout
+        self.limiter = SourceLimiter(limits, logger, what="connection")
+        self.accepted: asyncio.Queue[TcpPeerLink | BaseException] = asyncio.Queue()
+        self.handlers: set[asyncio.Task[None]] = set()
+        #: Why connections were refused at their hello (at most _MAX_REFUSALS_NAMED).
+        self.refused: list[str] = []
+        self.server: socket.socket | None = None
+        self.acceptor: asyncio.Task[None] | None = None
+
+    def open(self, listen: Endpoint) -> Endpoint:
+        """Listen on ``listen`` and start accepting; the endpoint bound (its port may have
+        been 0)."""
+        try:
+            server = socket.create_server(
+                (listen.host, listen.port),
+                family=socket.AF_INET6 if ":" in listen.host else socket.AF_INET,
+                backlog=64,
+            )
+        except OSError as error:
+            raise ConfigurationError(
+                f"--listen {listen}: cannot listen: {error.strerror or error}"
+            ) from error
+        server.setblocking(False)
+        self.server = server
+        bound = server.getsockname()
+        endpoint = Endpoint(str(bound[0]), int(bound[1]))
+        logger.debug("listening on %s", endpoint)
+        self.acceptor = asyncio.ensure_future(self._serve(server))
+        return endpoint
+
+    async def next_link(self, remaining: float) -> TcpPeerLink:
+        """The next peer that said a valid hello, within ``remaining`` seconds (else
+        :class:`TimeoutError`)."""
+        item = await asyncio.wait_for(self.accepted.get(), max(remaining, 0.0))
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def _serve(self, server: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, name = await loop.sock_accept(server)
+            task = asyncio.ensure_future(self._on_accept(sock, name))
+            self.handlers.add(task)
+            task.add_done_callback(self.handlers.discard)
+
+    async def _on_accept(self, sock: socket.socket, name: Any) -> None:
+        address = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+        source = str(name[0]) if isinstance(name, tuple) else str(name)
+        wait = self.limiter.admit(source)
+        if wait is None:  # too many half-open connections, or a throttled source (logged)
+            sock.close()
+            return
+        failure: str | None = None
+        try:
+            if wait:
+                await asyncio.sleep(wait)
+            _tune(sock)
+            peer = await _exchange_hello(sock, self.own, address, self.hello_timeout)
+        except ProtocolError as error:
+            sock.close()
+            failure = f"ignored a connection from {address}: {error}"
+            if len(self.refused) < _MAX_REFUSALS_NAMED:
+                self.refused.append(str(error))
+            return
+        except TimeoutError:  # (an OSError: caught first)
+            sock.close()
+            failure = (
+                f"ignored a connection from {address}: no hello within {self.hello_timeout:g} s"
+            )
+            return
+        except (OSError, asyncio.IncompleteReadError) as error:
+            sock.close()
+            failure = f"ignored a connection from {address}: {error or type(error).__name__}"
+            return
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self.limiter.finish(source, failure)
+        await self.accepted.put(
+            TcpPeerLink(
+                sock, peer=peer, address=address, initiator=False, idle_timeout=self.idle_timeout
+            )
+        )
+
+    async def close(self, keep: Sequence[TcpPeerLink]) -> None:
+        """Stop accepting: connections still saying hello are dropped, accepted links not
+        in ``keep`` are closed, the links in ``keep`` stay open."""
+        if self.acceptor is not None:
+            self.acceptor.cancel()
+            with contextlib.suppress(BaseException):
+                await self.acceptor
+        for task in list(self.handlers):
             task.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.gather(*handlers, return_exceptions=True)
-        while not accepted.empty():
-            item = accepted.get_nowait()
-            if isinstance(item, TcpPeerLink) and item not in links:
+            await asyncio.gather(*self.handlers, return_exceptions=True)
+        while not self.accepted.empty():
+            item = self.accepted.get_nowait()
+            if isinstance(item, TcpPeerLink) and item not in keep:
                 await item.close()
-        if server is not None:
-            server.close()
+        if self.server is not None:
+            self.server.close()
