@@ -20,8 +20,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -33,7 +32,6 @@ from accord.errors import ConfigurationError, ProtocolError
 from accord.federation.connection import (
     Connection,
     gather,
-    registration_info,
     retrieve,
     stop_writer,
 )
@@ -43,13 +41,12 @@ from accord.federation.grid import (
     NodeInfo,
     Replies,
     RunSpec,
-    admission_problem,
 )
 from accord.federation.proto import federation_pb2 as pb
 from accord.federation.proto import federation_pb2_grpc as pb_grpc
+from accord.federation.registration import Attempt, await_ready, check_register, read_register
 from accord.federation.scaling_wire import standardisation_to_proto
 from accord.federation.tensors import (
-    PROTOCOL_VERSION,
     TensorAssembler,
     decode_buffers,
     encode_buffers,
@@ -72,17 +69,6 @@ __all__ = ["GrpcGrid", "TransportSettings", "channel_options", "format_address"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-#: Seconds a user app's node has, after Welcome, to build its model and answer Ready.
-_READY_TIMEOUT = 300.0
-
-
-@dataclass
-class _Attempt:
-    """A registration in progress: the line to log if it ends now (``None``: it succeeded)."""
-
-    failure: str | None
 
 
 class _Servicer(pb_grpc.FederationServicer):
@@ -204,7 +190,7 @@ class GrpcGrid(Grid):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "too many registration attempts from this address; try again later",
             )
-        attempt = _Attempt(f"the stream from {context.peer()} ended before it registered")
+        attempt = Attempt(f"the stream from {context.peer()} ended before it registered")
         try:
             if wait:
                 await asyncio.sleep(wait)  # a throttled source waits for its turn
@@ -213,92 +199,15 @@ class GrpcGrid(Grid):
             self._limiter.finish(source, attempt.failure)
         await self._serve_node(context, connection, writer)
 
-    async def _refuse(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        attempt: _Attempt,
-        code: grpc.StatusCode,
-        reason: str,
-        line: str,
-    ) -> NoReturn:
-        """End a registration: ``reason`` to the node, ``line`` to the log (rate limited)."""
-        attempt.failure = line
-        await context.abort(code, reason)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
-
     async def _register(
-        self, context: grpc.aio.ServicerContext[Any, Any], attempt: _Attempt
+        self, context: grpc.aio.ServicerContext[Any, Any], attempt: Attempt
     ) -> tuple[Connection, asyncio.Task[None]]:
         """Read and check the node's Register (and, for a user app, its Ready); attach it."""
-        peer = context.peer()
-        try:
-            first = await asyncio.wait_for(context.read(), self.transport.registration_timeout)
-        except TimeoutError:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "no Register message in time",
-                f"peer {peer} sent no registration in time",
-            )
-        if first is grpc.aio.EOF or first.WhichOneof("body") != "register":
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message must be Register",
-                f"peer {peer} did not send Register first",
-            )
+        first = await read_register(context, attempt, self.transport.registration_timeout)
         self._received += first.ByteSize()
-        register = first.register
-        refused = f"refused node {register.node_id[:64]!r} from {peer}"
-        # Credentials first: a peer that cannot prove who it is learns nothing else.
-        refusal = None
-        credentials = (
-            [(m.key, m.value) for m in (context.invocation_metadata() or ())],
-            context.auth_context(),
+        info, credentials = await check_register(
+            context, attempt, first.register, self.authenticator, self.spec, self._roster
         )
-        if not self.authenticator.open:
-            refusal = self.authenticator.refusal(register.node_id, *credentials)
-        if refusal is not None:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "credentials refused",
-                f"{refused}: {refusal}",
-            )
-        if register.protocol_version != PROTOCOL_VERSION:
-            version = (
-                f"protocol version {register.protocol_version} is not supported; this server "
-                f"speaks version {PROTOCOL_VERSION}"
-            )
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                version,
-                f"{refused}: {version}",
-            )
-        try:
-            info = registration_info(register)
-        except (ConfigurationError, ProtocolError) as error:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                str(error),
-                f"{refused}: {error}",
-            )
-        problem = admission_problem(info, self.spec, self._roster)
-        if problem is not None:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                problem,
-                f"node {info.node_id} cannot join: {problem}",
-            )
         connection = Connection(info, context)
         connection.credentials = credentials
         connection.task = asyncio.current_task()
@@ -307,7 +216,7 @@ class GrpcGrid(Grid):
         )
         if self.spec.model is None:  # a user app: Welcome, then wait for Ready
             await context.write(welcome)
-            await self._await_ready(connection, context, attempt)
+            self._received += await await_ready(connection, context, attempt, self.spec)
             self._attach(connection)
             writer = asyncio.create_task(self._write_loop(connection))
         else:
@@ -351,54 +260,6 @@ class GrpcGrid(Grid):
             # the server then waited out every round's deadline for a dead node).
             self._detach(connection, "disconnected")
             await asyncio.shield(stop_writer(connection, writer))
-
-    async def _await_ready(
-        self,
-        connection: Connection,
-        context: grpc.aio.ServicerContext[Any, Any],
-        attempt: _Attempt,
-    ) -> None:
-        """A user app's node builds its model after Welcome and answers Ready; only then
-        does it count as connected. A node that cannot join says why, in one line."""
-        try:
-            message = await asyncio.wait_for(context.read(), _READY_TIMEOUT)
-        except TimeoutError:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "no Ready message in time",
-                f"node {connection.node_id} sent no Ready in time",
-            )
-        if message is grpc.aio.EOF or message.WhichOneof("body") != "ready":
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the message after Welcome must be Ready",
-                f"node {connection.node_id} did not answer Welcome with Ready",
-            )
-        self._received += message.ByteSize()
-        ready = message.ready
-        problem = ready.problem[:500]
-        if not problem:
-            connection.info = replace(
-                connection.info,
-                sample_count=int(ready.sample_count),
-                validation_sample_count=int(ready.validation_sample_count),
-            )
-            if connection.info.sample_count < 1:
-                problem = "a node needs at least one training sample"
-            elif self.spec.federated_evaluation and connection.info.validation_sample_count < 1:
-                problem = "this run uses federated evaluation; the node has no validation data"
-        if problem:
-            await self._refuse(
-                context,
-                attempt,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                problem,
-                f"node {connection.node_id} cannot join: {problem}",
-            )
 
     def _attach(self, connection: Connection) -> None:
         old = self._connections.get(connection.node_id)
