@@ -200,3 +200,21 @@ def test_a_welcome_naming_huge_layers_is_refused_before_the_model_is_built() -> 
     spec = RunSpec("run", ModelSpec(hidden=(10**9,)), 4, 3, 15, LocalTrainingSettings(), 1.0, False)
     with pytest.raises(ProtocolError, match=r"its layers \[4, 1000000000, 3\] have 8000000003"):
         worker.configure(spec)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((0, 17, 135637824071393762), "has a size larger than"),  # found by the fuzzer
+        ((1,) * 40, "40 dimensions, more than the 32 allowed"),
+    ],
+)
+def test_a_tensor_shape_numpy_cannot_hold_is_refused(shape: tuple[int, ...], message: str) -> None:
+    # Was ValueError ("array is too big"): the shape holds no bytes, so the size check
+    # passed, and numpy refused to reshape the empty buffer to it.
+    from accord.federation.proto import federation_pb2 as pb
+    from accord.federation.tensors import TensorAssembler
+
+    chunk = pb.TensorChunk(dtype=pb.DTYPE_FLOAT32, shape=list(shape), last=True)
+    with pytest.raises(ProtocolError, match=message):
+        TensorAssembler(1 << 20).add(chunk)

@@ -39,6 +39,8 @@ PROTOCOL_VERSION = 2
 
 #: Bytes of tensor data per message; well under gRPC's default 4 MiB message limit.
 DEFAULT_CHUNK_BYTES = 1 << 20
+#: The most dimensions a tensor on the wire may have (numpy allows 64; no model needs 32).
+MAX_DIMENSIONS = 32
 
 _TO_WIRE: dict[np.dtype[np.generic], int] = {
     np.dtype("<f4"): pb.DTYPE_FLOAT32,
@@ -138,6 +140,17 @@ class TensorAssembler:
         shape = tuple(int(size) for size in chunk.shape)
         if any(size < 0 for size in shape):
             raise ProtocolError(f"tensor chunk: negative size in shape {shape}")
+        if len(shape) > MAX_DIMENSIONS:
+            raise ProtocolError(
+                f"tensor chunk: {len(shape)} dimensions, more than the {MAX_DIMENSIONS} allowed"
+            )
+        # The non-zero sizes are bounded too: a shape of (0, 17, 10^17) holds no bytes, but
+        # numpy cannot make an array of it.
+        if math.prod(size for size in shape if size) * dtype.itemsize > self.max_bytes:
+            raise ProtocolError(
+                f"tensor chunk: shape {shape} of {dtype.name} has a size larger than the "
+                f"{self.max_bytes} bytes allowed here"
+            )
         total = math.prod(shape) * dtype.itemsize
         if total > self.max_bytes:
             raise ProtocolError(
