@@ -144,18 +144,18 @@ class TensorAssembler:
             raise ProtocolError(
                 f"tensor chunk: {len(shape)} dimensions, more than the {MAX_DIMENSIONS} allowed"
             )
+        total = math.prod(shape) * dtype.itemsize
+        if total > self.max_bytes:
+            raise ProtocolError(
+                f"tensor chunk: shape {shape} of {dtype.name} is {total} bytes, more than the "
+                f"{self.max_bytes} allowed here"
+            )
         # The non-zero sizes are bounded too: a shape of (0, 17, 10^17) holds no bytes, but
         # numpy cannot make an array of it.
         if math.prod(size for size in shape if size) * dtype.itemsize > self.max_bytes:
             raise ProtocolError(
                 f"tensor chunk: shape {shape} of {dtype.name} has a size larger than the "
                 f"{self.max_bytes} bytes allowed here"
-            )
-        total = math.prod(shape) * dtype.itemsize
-        if total > self.max_bytes:
-            raise ProtocolError(
-                f"tensor chunk: shape {shape} of {dtype.name} is {total} bytes, more than the "
-                f"{self.max_bytes} allowed here"
             )
         self._dtype_code = int(chunk.dtype)
         self._shape = shape
