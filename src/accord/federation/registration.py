@@ -50,31 +50,39 @@ async def refuse(
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+async def _read_expected(
+    context: grpc.aio.ServicerContext[Any, Any],
+    attempt: Attempt,
+    timeout: float,
+    body: str,
+    late: tuple[str, str],
+    wrong: tuple[str, str],
+) -> pb.NodeMessage:
+    """The stream's next message, which must have ``body`` and come within ``timeout``
+    seconds; ``late`` and ``wrong`` are the (reason, log line) of each refusal."""
+    try:
+        message = await asyncio.wait_for(context.read(), timeout)
+    except TimeoutError:
+        await refuse(context, attempt, grpc.StatusCode.DEADLINE_EXCEEDED, *late)
+    if message is grpc.aio.EOF or message.WhichOneof("body") != body:
+        await refuse(context, attempt, grpc.StatusCode.INVALID_ARGUMENT, *wrong)
+    read: pb.NodeMessage = message
+    return read
+
+
 async def read_register(
     context: grpc.aio.ServicerContext[Any, Any], attempt: Attempt, timeout: float
 ) -> pb.NodeMessage:
     """The stream's first message, which must be a ``Register`` within ``timeout`` seconds."""
     peer = context.peer()
-    try:
-        first = await asyncio.wait_for(context.read(), timeout)
-    except TimeoutError:
-        await refuse(
-            context,
-            attempt,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "no Register message in time",
-            f"peer {peer} sent no registration in time",
-        )
-    if first is grpc.aio.EOF or first.WhichOneof("body") != "register":
-        await refuse(
-            context,
-            attempt,
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "the first message must be Register",
-            f"peer {peer} did not send Register first",
-        )
-    message: pb.NodeMessage = first
-    return message
+    return await _read_expected(
+        context,
+        attempt,
+        timeout,
+        "register",
+        ("no Register message in time", f"peer {peer} sent no registration in time"),
+        ("the first message must be Register", f"peer {peer} did not send Register first"),
+    )
 
 
 async def check_register(
@@ -138,24 +146,18 @@ async def await_ready(
     """A user app's node builds its model after Welcome and answers Ready; only then
     does it count as connected. A node that cannot join says why, in one line. Returns
     the bytes read; the node's sample counts go into ``connection.info``."""
-    try:
-        message = await asyncio.wait_for(context.read(), READY_TIMEOUT)
-    except TimeoutError:
-        await refuse(
-            context,
-            attempt,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            "no Ready message in time",
-            f"node {connection.node_id} sent no Ready in time",
-        )
-    if message is grpc.aio.EOF or message.WhichOneof("body") != "ready":
-        await refuse(
-            context,
-            attempt,
-            grpc.StatusCode.INVALID_ARGUMENT,
+    node = connection.node_id
+    message = await _read_expected(
+        context,
+        attempt,
+        READY_TIMEOUT,
+        "ready",
+        ("no Ready message in time", f"node {node} sent no Ready in time"),
+        (
             "the message after Welcome must be Ready",
-            f"node {connection.node_id} did not answer Welcome with Ready",
-        )
+            f"node {node} did not answer Welcome with Ready",
+        ),
+    )
     ready = message.ready
     problem = ready.problem[:500]
     if not problem:
