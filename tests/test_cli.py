@@ -86,3 +86,40 @@ def test_align_help_says_resume_reuses_the_addresses(capsys: pytest.CaptureFixtu
     text = " ".join(capsys.readouterr().out.split())
     assert "its settings, --listen and --peer included, come from RUN_DIR" in text
     assert "give --listen/--peer again" not in text
+
+
+# A command that asked to exit at once (``exit_at_once``, as ``accord align`` does) skips
+# the interpreter's teardown (the finaliser below never runs) but not the exit handlers,
+# the buffered output or the exit code; with another thread alive it exits normally.
+_CONSOLE = """
+import atexit, sys, threading, time
+import accord.cli as cli
+
+class Finaliser:
+    def __del__(self):
+        sys.stderr.write("teardown\\n")
+
+kept = Finaliser()
+
+def command():
+    cli._exit["at_once"] = True
+    if sys.argv[1] == "thread":
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    sys.stdout.write("summary")
+    atexit.register(lambda: sys.stderr.write("handler ran\\n"))
+    return 3
+
+cli.main = command
+cli.console()
+"""
+
+
+@pytest.mark.parametrize(("mode", "teardown"), [("alone", False), ("thread", True)])
+def test_the_console_exits_at_once_only_when_nothing_else_runs(mode: str, teardown: bool) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _CONSOLE, mode], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 3
+    assert done.stdout == "summary"
+    assert "handler ran" in done.stderr
+    assert ("teardown" in done.stderr) is teardown

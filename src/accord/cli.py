@@ -8,9 +8,12 @@ so that ``accord align`` never pays for importing torch.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import NoReturn
@@ -23,7 +26,11 @@ from accord.errors import AccordError
 #: the console script's first step; a later call of main() in the same process restarts it.
 _entry: dict[str, float] = {"started": time.perf_counter(), "calls": 0}
 
-__all__ = ["build_parser", "entry_seconds", "main", "one_line_errors"]
+#: ``at_once``: set by :func:`main` when the command run asked to end without the
+#: interpreter's teardown (``exit_at_once`` in its parser defaults); read by :func:`console`.
+_exit: dict[str, bool] = {"at_once": False}
+
+__all__ = ["build_parser", "console", "entry_seconds", "main", "one_line_errors"]
 
 # name -> one-line help; the module accord.commands.<name> defines add_parser(subparsers).
 COMMANDS: dict[str, str] = {
@@ -117,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stdout)
         return int(ExitCode.USAGE)
     args = parser.parse_args(args_list)
+    _exit["at_once"] = bool(getattr(args, "exit_at_once", False))
     _configure_logging(args.verbose, args.quiet)
     try:
         result: int = args.run(args)
@@ -130,5 +138,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def console() -> NoReturn:
+    """The ``accord`` console script (and ``python -m accord.cli``): :func:`main`, then exit.
+
+    A command that asks for it (``exit_at_once`` in its parser defaults: ``accord align``,
+    whose outputs are closed and synced before it returns) ends the process with
+    ``os._exit`` once the exit handlers have run (logging's among them) and stdout and
+    stderr are flushed, if no other thread is running. The interpreter's teardown would
+    free every module and array one by one: 20–30 ms of each party's CPU on a 1M-row
+    alignment, whose four processes share two cores (0.76 s → 0.72–0.74 s, medians of 12
+    pairs, each run right after the other code's).
+    """
+    code = main()
+    if not _exit["at_once"] or threading.active_count() > 1:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: as the interpreter's own exit does
+            code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

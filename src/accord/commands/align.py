@@ -35,7 +35,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
         "`accord align demo`.",
     )
     _add_party_arguments(parser)
-    parser.set_defaults(run=run, align_command=None)
+    parser.set_defaults(run=run, align_command=None, exit_at_once=True)
     commands = parser.add_subparsers(dest="align_command", metavar="{identity,demo}")
     commands.required = False
 
@@ -48,7 +48,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     )
     identity.add_argument("--platform-key", type=Path, default=None, help=_PLATFORM_KEY_HELP)
     identity.add_argument("--json", action="store_true", help="print one JSON object instead")
-    identity.set_defaults(run=_run_identity)
+    identity.set_defaults(run=_run_identity, exit_at_once=False)
 
     demo = commands.add_parser(
         "demo",
@@ -82,7 +82,7 @@ def add_parser(subparsers: Any, help_text: str) -> argparse.ArgumentParser:
     demo.add_argument(
         "--buckets", metavar="B", default=None, help="run every party in B buckets [in memory]"
     )
-    demo.set_defaults(run=_run_demo)
+    demo.set_defaults(run=_run_demo, exit_at_once=False)
     return parser
 
 
