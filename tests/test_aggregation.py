@@ -218,6 +218,21 @@ def test_step_normalised_leave_one_out_keeps_the_step_length() -> None:
     np.testing.assert_allclose(cosines, np.ones(4), rtol=1e-5)
 
 
+def test_step_normalised_rows_of_a_long_update_keep_its_length_without_overflow() -> None:
+    # A scale attack (x1e20): the float32 square of the step overflows, its norm does not.
+    # Warnings are errors in the tests; a float32 norm would be inf and the rows NaN.
+    gradients = np.array([[3e20, 4e20], [1e20, 0.0], [0.0, 1e20]], dtype=np.float32)
+    p = np.array([0.5, 0.25, 0.25])
+    length = np.linalg.norm(second_gradient(p, gradients).astype(np.float64))
+    for rows in (
+        step_normalised_leave_one_out_gradients(p, gradients),
+        reweighted_gradients(p, gradients, np.full(3, 0.5), step_normalised=True),
+    ):
+        assert np.isfinite(rows).all()
+        norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+        np.testing.assert_allclose(norms, length, rtol=1e-5)
+
+
 def test_a_free_rider_earns_nothing_for_damping_under_the_step_normalised_credit() -> None:
     # Honest nodes overshoot the target: without the free rider's zero update the
     # renormalised step is longer and worse, so the renormalised credit pays the free rider.

@@ -126,12 +126,21 @@ def leave_one_out_rows(
     safe = np.where(rest > 1e-12, rest, 1.0)[:, None].astype(np.float32)
     without = (total[None, :] - p[:, None].astype(np.float32) * first_gradients[rows]) / safe
     without[rest <= 1e-12] = 0.0
-    if step_normalised:
-        target = float(np.sqrt(np.dot(total, total, out=None)))
-        norms = np.sqrt(np.einsum("ij,ij->i", without, without, dtype=np.float64))
-        scale = np.where(norms > 1e-30, target / np.maximum(norms, 1e-30), 0.0)
-        without = without * scale[:, None].astype(np.float32)
-    return np.asarray(without, dtype=np.float32)
+    rows_out = np.asarray(without, dtype=np.float32)
+    return _rescaled_to(rows_out, _norm64(total)) if step_normalised else rows_out
+
+
+def _norm64(vector: FloatArray) -> float:
+    """``‖vector‖`` accumulated in float64: the float32 square of a long update (a node's
+    first gradient scaled by 1e6, say) overflows, and its norm does not."""
+    return float(np.sqrt(np.einsum("i,i->", vector, vector, dtype=np.float64)))
+
+
+def _rescaled_to(rows: FloatArray, length: float) -> FloatArray:
+    """Each row rescaled to ``length`` (a zero row stays zero); norms in float64."""
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+    scale = np.where(norms > 1e-30, length / np.maximum(norms, 1e-30), 0.0)
+    return np.asarray(rows * scale[:, None].astype(np.float32), dtype=np.float32)
 
 
 def step_normalised_leave_one_out_gradients(
@@ -170,10 +179,7 @@ def reweighted_gradients(
     rows = rows + t[:, None].astype(np.float32) * first_gradients
     rows[rest <= 1e-12] = 0.0
     if step_normalised:
-        length = float(np.sqrt(np.dot(total, total)))
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
-        scale = np.where(norms > 1e-30, length / np.maximum(norms, 1e-30), 0.0)
-        rows = rows * scale[:, None].astype(np.float32)
+        rows = _rescaled_to(rows, _norm64(total))
     return np.asarray(rows, dtype=np.float32)
 
 
