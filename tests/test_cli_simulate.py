@@ -258,6 +258,12 @@ def test_bad_options_are_one_line_and_exit_2(
         (["--target-accuracy", "1.5"], "--target-accuracy: expected a number <= 1.0, got 1.5"),
         (["--nodes", "500"], "--nodes: 1259 samples cannot give 500 nodes 10 samples each"),
         (["--every", "0"], "--every: expected an integer >= 1, got 0"),
+        (["--validation-fraction", "0.5", "--test-fraction", "0.5"], "--test-fraction: expected "
+         "the validation and test fractions to sum below 1 (the nodes train on the rest), got "
+         "0.5 + 0.5"),
+        (["--dataset", "synthetic", "--samples", "3000", "--validation-fraction", "0.5",
+          "--test-fraction", "0.5"], "--test-fraction: expected the validation and test "
+         "fractions to sum below 1 (the nodes train on the rest), got 0.5 + 0.5"),
     ],
 )  # fmt: skip
 def test_bad_values_are_one_line_naming_the_option(

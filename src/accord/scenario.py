@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from accord._validation import require_int, require_number
+from accord._validation import require_int
 from accord.data.datasets import (
     MAX_SYNTHETIC_SAMPLES,
     SYNTHETIC,
     HoldoutSplit,
     load_dataset,
+    require_holdout_fractions,
     split_holdout,
 )
 from accord.data.faults import FaultSpec, NodeFault, flip_labels
@@ -68,8 +69,7 @@ class ScenarioSettings:
     def __post_init__(self) -> None:
         require_int("nodes", self.nodes, minimum=1)
         require_int("seed", self.seed, minimum=0)
-        require_number("validation_fraction", self.validation_fraction, minimum=0.01, maximum=0.5)
-        require_number("test_fraction", self.test_fraction, minimum=0.01, maximum=0.5)
+        require_holdout_fractions(self.validation_fraction, self.test_fraction)
         if not isinstance(self.faults, tuple) or not all(
             isinstance(group, FaultSpec) for group in self.faults
         ):

@@ -39,6 +39,7 @@ __all__ = [
     "SyntheticSpec",
     "load_dataset",
     "make_synthetic",
+    "require_holdout_fractions",
     "split_holdout",
 ]
 
@@ -213,6 +214,17 @@ def _subset(dataset: Dataset, index: npt.NDArray[np.intp]) -> Dataset:
     return Dataset(dataset.name, dataset.features[index], dataset.labels[index], dataset.n_classes)
 
 
+def require_holdout_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Each share in [0.01, 0.5], and together below 1: the nodes train on the rest."""
+    require_number("validation_fraction", validation_fraction, minimum=0.01, maximum=0.5)
+    require_number("test_fraction", test_fraction, minimum=0.01, maximum=0.5)
+    if validation_fraction + test_fraction >= 1.0:
+        raise ConfigurationError(
+            "test_fraction: expected the validation and test fractions to sum below 1 (the "
+            f"nodes train on the rest), got {validation_fraction!r} + {test_fraction!r}"
+        )
+
+
 def split_holdout(
     dataset: Dataset,
     rng: np.random.Generator,
@@ -220,8 +232,7 @@ def split_holdout(
     test_fraction: float = 0.2,
 ) -> HoldoutSplit:
     """Stratified split into training pool, validation and test; scales features."""
-    require_number("validation_fraction", validation_fraction, minimum=0.01, maximum=0.5)
-    require_number("test_fraction", test_fraction, minimum=0.01, maximum=0.5)
+    require_holdout_fractions(validation_fraction, test_fraction)
     train_index: list[int] = []
     validation_index: list[int] = []
     test_index: list[int] = []
