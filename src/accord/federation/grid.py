@@ -274,6 +274,11 @@ class InMemoryGrid(Grid):
         self._endpoints = dict(endpoints)
         self._connected: dict[str, NodeInfo] = {}
         self._roster: frozenset[str] | None = None
+        #: The state digest each node's copy holds, as far as this grid sent it; only a
+        #: node holding the round's ``w_t`` can apply its second gradient (a node left out
+        #: of a round's sample has an older copy, or none).
+        self._holds: dict[str, bytes] = {}
+        self._digest_of_current: bytes | None = None
         for node_id in self._endpoints:
             self.connect(node_id)
 
@@ -290,6 +295,7 @@ class InMemoryGrid(Grid):
                 problem = str(error)
         if problem is None and info.sample_count < 1:
             problem = "a node needs at least one training sample"
+        self._holds.pop(node_id, None)  # configured afresh: no copy of the weights
         if problem is not None:
             logger.warning("node %s refused: %s", node_id, problem)
             return problem
@@ -298,6 +304,7 @@ class InMemoryGrid(Grid):
 
     def disconnect(self, node_id: str) -> None:
         self._connected.pop(node_id, None)
+        self._holds.pop(node_id, None)
 
     def connected(self) -> dict[str, NodeInfo]:
         return dict(self._connected)
@@ -322,6 +329,7 @@ class InMemoryGrid(Grid):
     ) -> Replies:
         replies = Replies()
         digest = state_digest(weights, buffers or {})
+        self._digest_of_current = digest
         for node in node_ids:
             if node not in self._connected:
                 replies.failures[node] = "not connected"
@@ -335,7 +343,9 @@ class InMemoryGrid(Grid):
                 replies.values[node] = self._endpoints[node].start_round(
                     round_index, np.array(weights), digest, **extra
                 )
+                self._holds[node] = digest
             except AccordError as error:
+                self._holds.pop(node, None)
                 replies.failures[node] = f"node reported: {error}"
         return replies
 
@@ -348,13 +358,17 @@ class InMemoryGrid(Grid):
         next_weights: FloatArray,
         next_buffers: Weights | None = None,
     ) -> None:
+        before = self._digest_of_current or state_digest(weights, {})
         digest = state_digest(next_weights, next_buffers or {})
         for node in list(self._connected):
+            if self._holds.pop(node, None) != before:
+                continue  # not at w_t (left out of the round): full weights next round
             try:
                 extra = {"next_buffers": next_buffers} if next_buffers else {}
                 self._endpoints[node].apply_second_gradient(
                     round_index, np.array(second_gradient), server_learning_rate, digest, **extra
                 )
+                self._holds[node] = digest
             except AccordError as error:
                 logger.warning("node %s could not apply the second gradient: %s", node, error)
 
