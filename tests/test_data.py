@@ -61,6 +61,31 @@ def test_shards_give_each_node_few_labels() -> None:
     assert all(len(np.unique(labels[p])) <= 2 for p in parts)
 
 
+def test_shards_too_small_for_min_samples_are_a_clear_error() -> None:
+    labels = np.repeat(np.arange(2), 50)
+    # 4 nodes x 3 shards of 100 samples: shards of 8 or 9, every node at least 24.
+    parts = partition(
+        labels,
+        4,
+        PartitionSpec("shards", shards_per_node=3, min_samples=24),
+        np.random.default_rng(0),
+    )
+    assert min(len(p) for p in parts) >= 24
+    # 4 x 30 shards: 100 of the 120 shards hold one sample, the rest none: a node can get
+    # nothing at all.
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^shards_per_node: 30 shards per node of 100 "
+        r"samples over 4 nodes can leave a node 0 samples; expected at least 1 each",
+    ):
+        partition(
+            labels,
+            4,
+            PartitionSpec("shards", shards_per_node=30, min_samples=1),
+            np.random.default_rng(0),
+        )
+
+
 def test_too_many_nodes_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="nodes"):
         partition(np.arange(50), 10, PartitionSpec(kind="iid"), np.random.default_rng(0))

@@ -46,6 +46,15 @@ def partition(
     if spec.kind == "iid":
         return [np.sort(part) for part in np.array_split(rng.permutation(labels.size), n_nodes)]
     if spec.kind == "shards":
+        # Shards differ in size by at most one sample, so the smallest node gets at least
+        # this many, whatever the draw.
+        fewest = spec.shards_per_node * (labels.size // (n_nodes * spec.shards_per_node))
+        if fewest < spec.min_samples:
+            raise ConfigurationError(
+                f"shards_per_node: {spec.shards_per_node} shards per node of {labels.size} "
+                f"samples over {n_nodes} nodes can leave a node {fewest} samples; expected at "
+                f"least {spec.min_samples} each (fewer shards per node, or fewer nodes)"
+            )
         return _shards(labels, n_nodes, spec.shards_per_node, rng)
     return _dirichlet(labels, n_nodes, spec.alpha, spec.min_samples, rng)
 
