@@ -66,6 +66,8 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         ("alignment_penalty", -1.0),
         ("alignment_fraction", 0.0),
         ("evidence", "cosine"),
+        ("veto_k", -1.0),
+        ("descent_k", -2.0),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -427,3 +429,76 @@ def test_descent_evidence_credits_a_node_by_its_own_direction_whatever_its_weigh
     assert policy.running_credit is not None
     assert policy.running_credit[3] <= 0.0
     assert np.all(policy.running_credit[:3] > 1.0)
+
+
+def _scored(credit: list[float], after: float, candidates: list[float], lifted=None):
+    """A LeaveOneOut whose per-sample losses are each mean plus the same spread."""
+    from accord.aggregation.credit import LeaveOneOut
+
+    spread = np.random.default_rng(0).normal(0.0, 1.0, 400)
+    return LeaveOneOut(
+        credit=np.array(credit),
+        loss_after=after,
+        sample_losses_after=after + spread,
+        sample_losses_without=np.array([c + spread + 0.01 * i for i, c in enumerate(candidates)]),
+        lifted=None if lifted is None else np.array(lifted),
+    )
+
+
+def test_the_veto_leaves_out_the_node_whose_removal_validates_clearly_better() -> None:
+    policy = RichActorCritic(ActorCriticSettings(veto_k=2.0))
+    applied = np.full(4, 0.25)
+    # Node 3's removal lowers every sample's loss by 0.5: clearly better.
+    assert policy._veto(applied, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5])) == 3
+    # A gain within the noise (0.01 per sample here, with paired spread 0.01): kept.
+    noisy = _scored([0.1, 0.1, 0.0, -0.001], 2.0, [2.1, 2.1, 2.0, 1.999])
+    noisy.sample_losses_without[3] += np.random.default_rng(1).normal(0.0, 0.5, 400)
+    assert policy._veto(applied, noisy) is None
+    # Every removal validates worse: nobody is left out.
+    assert policy._veto(applied, _scored([0.1, 0.2, 0.3, 0.4], 2.0, [2.1, 2.2, 2.3, 2.4])) is None
+    # A node already at weight 0 is not "left out" again.
+    zero = np.array([1 / 3, 1 / 3, 1 / 3, 0.0])
+    assert policy._veto(zero, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5])) is None
+
+
+def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly_better() -> None:
+    from accord.aggregation.credit import LeaveOneOut, NodeFeatures
+
+    rng = np.random.default_rng(0)
+    target = np.array([1.0, 1.0])
+    validate = _per_sample_validation(target + 0.1 * rng.normal(size=(200, 2)))
+    policy = RichActorCritic(ActorCriticSettings(descent_k=2.0))
+    weights = np.zeros(2, dtype=np.float32)
+    honest = np.array([-0.3, -0.3], dtype=np.float32)  # a step towards the target
+    gradients = np.stack([honest, honest, honest * 0.9, -3 * honest, -3 * honest])
+    data_size = np.full(5, 0.2)
+    round_input = _round(0, weights, gradients[:4], validate)
+    round_input = dataclasses.replace(
+        round_input,
+        roster=("a", "b", "c", "d", "e"),
+        sample_counts=np.ones(5),
+        present=np.ones(5, dtype=bool),
+        first_gradients=gradients,
+    )
+    alone = validate(weights[None, :] - gradients).losses - validate(weights[None, :]).losses
+    features = NodeFeatures(values=np.zeros((5, 6)), loss_now=0.0, alone_changes=alone)
+
+    def scored(applied: np.ndarray) -> LeaveOneOut:
+        step = weights - (applied[:, None] * gradients).sum(axis=0)
+        after = validate(step[None, :])
+        return LeaveOneOut(np.zeros(5), float(after.losses[0]), after.sample_losses[0])
+
+    # Equal weights let the two harmful nodes undo the step: Zeno's weights keep the three
+    # honest nodes (the best 60 %), which validate clearly better, so they are applied.
+    equal = np.full(5, 0.2)
+    chosen, taken = policy._descent_choice(
+        round_input, gradients, equal, scored(equal), features, data_size
+    )
+    assert taken
+    np.testing.assert_allclose(chosen, [1 / 3, 1 / 3, 1 / 3, 0.0, 0.0])
+    # Weights already on the honest nodes: Zeno's are no clearly better; kept as they are.
+    good = np.array([0.4, 0.3, 0.3, 0.0, 0.0])
+    kept, taken = policy._descent_choice(
+        round_input, gradients, good, scored(good), features, data_size
+    )
+    assert not taken and kept is good

@@ -111,6 +111,7 @@ from accord.aggregation.credit import (
     leave_one_out_credit,
     node_features,
 )
+from accord.aggregation.zeno import zeno_keep_count
 from accord.optim import Adam
 
 __all__ = [
@@ -254,7 +255,12 @@ class RichActorCritic(Aggregator):
         )
         rejected = fell_back or worse
         applied = ref.weights if rejected else proposal
-        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
+        applied, credit, vetoed = self._round_guards(applied, loo, warm)
+        descended = False
+        if s.descent_k > 0 and not warm and vetoed is None:
+            applied, descended = self._descent_choice(
+                round_input, gradients, applied, loo, ref.features, data_size
+            )
         # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
@@ -292,6 +298,8 @@ class RichActorCritic(Aggregator):
             "norm_bounded_nodes": float(np.sum(bound_factors < 1.0)),
             "reference_is_data_size": float(ref.chosen == 1),
             "credit_kept": self._diagnostics_shrinkage,
+            "vetoed": float(vetoed is not None),
+            "descent_chosen": float(descended),
         }
         return Aggregation(probabilities=full_probabilities, second_gradient=combined)
 
@@ -463,6 +471,73 @@ class RichActorCritic(Aggregator):
             ),
             True,
         )
+
+    def _round_guards(
+        self, applied: np.ndarray, loo: LeaveOneOut, warm: bool
+    ) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """This round's veto (off at ``veto_k = 0``, and in the warm-up) on the candidates
+        the credit scored: (weights applied, credit, the node left out or None)."""
+        vetoed = self._veto(applied, loo) if self.settings.veto_k > 0 and not warm else None
+        if vetoed is not None:
+            applied = applied.copy()
+            applied[vetoed] = 0.0
+            applied /= applied.sum()
+        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
+        return applied, credit, vetoed
+
+    def _descent_choice(
+        self,
+        round_input: RoundInput,
+        gradients: FloatArray,
+        applied: np.ndarray,
+        loo: LeaveOneOut,
+        features: NodeFeatures,
+        data_size: np.ndarray,
+    ) -> tuple[np.ndarray, bool]:
+        """Zeno's weights for this round, from the features' alone losses: applied instead
+        when their step validates clearly better (``descent_k`` standard errors)."""
+        assert round_input.validate is not None
+        if features.alone_changes is None or loo.sample_losses_after is None:
+            return applied, False
+        norms = np.einsum("ij,ij->i", gradients, gradients, dtype=np.float64)
+        scores = -features.alone_changes - 0.0005 * norms
+        scores = np.where(np.isfinite(scores), scores, -np.inf)
+        keep = zeno_keep_count(scores.shape[0], 0.4)
+        kept = np.zeros(scores.shape[0], dtype=bool)
+        kept[np.argsort(-scores, kind="stable")[:keep]] = True
+        candidate = np.zeros(scores.shape[0])
+        candidate[kept] = data_size[kept] / data_size[kept].sum()
+        lr = np.float32(self.settings.server_learning_rate)
+        step = round_input.global_weights - lr * second_gradient(candidate, gradients)
+        scored = round_input.validate(step[None, :])
+        if scored.sample_losses is None:
+            return applied, False
+        if clearly_worse(
+            loo.sample_losses_after, np.asarray(scored.sample_losses[0]), self.settings.descent_k
+        ):
+            return candidate, True
+        return applied, False
+
+    def _veto(self, applied: np.ndarray, loo: LeaveOneOut) -> int | None:
+        """The node to leave out of this round's step, if any: the one whose leave-one-out
+        candidate (already scored for the credit) validates best, when the step with it
+        validates clearly worse than without it (``veto_k`` standard errors of the paired
+        per-sample losses). A node that strikes in some rounds only is left out in the
+        rounds it strikes, which a running credit learns a round late."""
+        without, after = loo.sample_losses_without, loo.sample_losses_after
+        if without is None or after is None or applied.size < 2:
+            return None
+        eligible = (applied > 0) & np.isfinite(loo.credit)
+        if loo.lifted is not None:
+            eligible &= ~loo.lifted
+        if not eligible.any():
+            return None
+        node = int(np.argmin(np.where(eligible, loo.credit, np.inf)))
+        if loo.credit[node] >= 0 or applied[node] >= 1.0:
+            return None
+        if not clearly_worse(after, without[node], self.settings.veto_k):
+            return None
+        return node
 
     def _update_running_credit(
         self,

@@ -180,6 +180,8 @@ class NodeFeatures:
         default_factory=lambda: np.zeros(0)
     )
     candidate_sample_losses: npt.NDArray[np.float64] | None = None
+    #: Each node's ``L(w − η g_i) − L(w)`` (first-order: ``−η ∇L·g_i``), unscaled.
+    alone_changes: npt.NDArray[np.float64] | None = None
 
 
 def node_features(
@@ -257,6 +259,7 @@ def node_features(
         reference_sample_losses=reference_sample_losses,
         candidate_losses=candidate_losses,
         candidate_sample_losses=candidate_sample_losses,
+        alone_changes=np.asarray(alone_changes, dtype=np.float64),
     )
 
 
@@ -305,6 +308,10 @@ class LeaveOneOut:
     sample_losses_after: npt.NDArray[np.float64] | None = None
     #: How many nodes' credit is exact (first-order credit: those it re-checked).
     exact_nodes: int | None = None
+    #: Exact credit: the per-sample losses of each node's candidate (row i: ``w − ηG₋ᵢ``, or
+    #: the lift for the nodes in ``lifted``), when the validation function gives them.
+    sample_losses_without: npt.NDArray[np.float64] | None = None
+    lifted: npt.NDArray[np.bool_] | None = None
 
 
 def leave_one_out_credit(
@@ -378,11 +385,18 @@ def leave_one_out_credit(
     if first_gradients.shape[0] == 1:
         credit = np.zeros(1)
     after = None if scores.sample_losses is None else np.asarray(scores.sample_losses[0])
+    candidates = (
+        None
+        if scores.sample_losses is None
+        else np.asarray(scores.sample_losses[1:], dtype=np.float64)
+    )
     return LeaveOneOut(
         credit=np.asarray(credit, dtype=np.float64),
         loss_after=loss_after,
         sample_losses_after=after,
         exact_nodes=n,
+        sample_losses_without=candidates,
+        lifted=lifted,
     )
 
 
