@@ -372,6 +372,37 @@ def test_policies_that_stop_at_different_rounds(tmp_path: Path) -> None:
     assert "(stopped)" in rows[-1]
 
 
+def test_a_policy_that_raises_ends_alone_and_the_others_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from accord.aggregation.baselines import CoordinateMedian
+
+    honest = CoordinateMedian.aggregate
+
+    def from_round_two(self: CoordinateMedian, round_input: Any) -> Any:
+        if round_input.round_index >= 1:
+            raise RuntimeError("a bug in the policy")
+        return honest(self, round_input)
+
+    monkeypatch.setattr(CoordinateMedian, "aggregate", from_round_two)
+    run_dir = tmp_path / "run"
+    code, out = _main_output(
+        ["simulate", "--policies", "median,fedavg", "--dataset", "wine", "--nodes", "3",
+         "--rounds", "3", "--quiet", "--out", str(run_dir)]
+    )  # fmt: skip
+    assert code == 1  # a policy failed
+    summary = json.loads((run_dir / "summary.json").read_text())
+    median, fedavg = summary["results"]["median"], summary["results"]["fedavg"]
+    assert median["stop_reason"] == "failed: RuntimeError at round 2: a bug in the policy"
+    assert median["rounds"] == 1
+    assert fedavg["stop_reason"] == "3 rounds done" and fedavg["rounds"] == 3
+    assert "probabilities-fedavg.png" in summary["plots"]
+    err = capsys.readouterr().err  # the log names the policy and round, with the traceback
+    assert "ERROR accord.commands.simulate: median failed at round 2" in err
+    assert "RuntimeError: a bug in the policy" in err
+    assert "run folder:" in out  # the final table was printed
+
+
 @pytest.mark.parametrize(("signal_name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
 def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(
     signal_name: str, code: int, tmp_path: Path

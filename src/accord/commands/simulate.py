@@ -427,6 +427,10 @@ class _Race:
             return self._stop(name, f"diverged: {error.reason}")
         except ProtocolError as error:  # a malformed answer from this policy
             return self._stop(name, f"failed: {error}")
+        except Exception as error:  # a bug in this policy's round: it ends, the others go on
+            number = self.simulations[name].engine.round_index + 1
+            logger.error("%s failed at round %d", name, number, exc_info=True)
+            return self._stop(name, f"failed: {type(error).__name__} at round {number}: {error}")
         if "process_to_first_round_done_seconds" not in self.timing:
             self.timing["process_to_first_round_done_seconds"] = entry_age()
         self.rounds[name].append(timed)
@@ -485,9 +489,9 @@ def _drive(
     export: Any,
 ) -> int:
     """Run the policies round by round; ``export`` writes each policy's models. A policy
-    whose model diverges, or that gives a malformed answer, ends alone (its stop reason says
-    why and in which round); the others go on. Exit: 130 on Ctrl-C, 1 if a policy failed,
-    4 if one diverged, else 0."""
+    whose model diverges, that gives a malformed answer or whose round raises, ends alone
+    (its stop reason says why and in which round); the others go on. Exit: 130 on Ctrl-C,
+    1 if a policy failed, 4 if one diverged, else 0."""
     from accord.scenario import describe_scenario
 
     max_rounds = settings.stop.max_rounds
