@@ -131,8 +131,13 @@ def leave_one_out_rows(
 
 
 def _norm64(vector: FloatArray) -> float:
-    """``‖vector‖`` accumulated in float64: the float32 square of a long update (a node's
-    first gradient scaled by 1e6, say) overflows, and its norm does not."""
+    """``‖vector‖``: the float32 dot the credit has always used (so every stored run stays
+    reproducible bit for bit), accumulated in float64 when that square overflows (a node's
+    first gradient scaled by 1e6, say), as the norm itself does not."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        length = float(np.sqrt(np.dot(vector, vector)))  # a float32 square root, as always
+    if np.isfinite(length):
+        return length
     return float(np.sqrt(np.einsum("i,i->", vector, vector, dtype=np.float64)))
 
 
