@@ -113,6 +113,11 @@ def test_gradient_faults_do_what_they_say() -> None:
     np.testing.assert_array_equal(
         corrupt_gradient(FaultSpec("free-rider", 1), honest, rng), [0.0, 0.0]
     )
+    # A factor past float32's range sends inf (the server leaves such a node out), with no
+    # numpy warning (warnings are errors here).
+    for kind, sign in (("scale", 1.0), ("sign-flip", -1.0)):
+        huge = corrupt_gradient(FaultSpec(kind, 1, 3e38), honest, rng)
+        np.testing.assert_array_equal(huge, [sign * np.inf, -sign * np.inf])
 
 
 def test_scenario_flips_labels_only_on_the_faulty_nodes() -> None:

@@ -306,10 +306,14 @@ class RoundEngine:
         dropped: dict[str, str] = dict(failures or {})
         usable, node_buffers = self._usable_answers(first_gradients, dropped, frozenset(not_asked))
         unknown = sorted(set(first_gradients) - set(self.roster))
+        # Named by policy: a side-by-side simulation runs one engine per policy.
+        policy = self.aggregator.name
         for node in unknown:
-            logger.warning("round %d: ignoring gradient from unknown node %s", number, node)
+            logger.warning(
+                "%s: round %d: ignoring gradient from unknown node %s", policy, number, node
+            )
         for node, reason in dropped.items():
-            logger.warning("round %d: node %s left out: %s", number, node, reason)
+            logger.warning("%s: round %d: node %s left out: %s", policy, number, node, reason)
         if not usable:
             # Diverged when every node that answered sent a non-finite gradient, whatever
             # the nodes that did not answer (disconnected, timed out) would have sent.

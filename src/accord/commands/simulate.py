@@ -424,6 +424,8 @@ class _Race:
         try:
             timed = self.simulations[name].run_round()
         except DivergedError as error:
+            if self.simulations[name].engine.diverged is None:  # found while aggregating
+                logger.warning("%s: diverged: %s", name, error.reason)
             return self._stop(name, f"diverged: {error.reason}")
         except ProtocolError as error:  # a malformed answer from this policy
             return self._stop(name, f"failed: {error}")

@@ -190,10 +190,12 @@ def corrupt_gradient(spec: FaultSpec, honest: FloatArray, rng: np.random.Generat
         return np.asarray(
             noise * (float(np.linalg.norm(honest)) / max(norm, 1e-12)), dtype=np.float32
         )
-    if spec.kind == "sign-flip":
-        return np.asarray(-spec.scale * honest, dtype=np.float32)
-    if spec.kind == "scale":
-        return np.asarray(spec.scale * honest, dtype=np.float32)
+    if spec.kind in ("sign-flip", "scale"):
+        factor = -spec.scale if spec.kind == "sign-flip" else spec.scale
+        # A factor past float32's range sends inf, as such an attacker would; the server
+        # then leaves the node out ("contains NaN or Inf"), without a numpy warning here.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(factor * honest, dtype=np.float32)
     if spec.kind == "free-rider":
         return np.zeros_like(honest, dtype=np.float32)
     return honest
