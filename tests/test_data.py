@@ -291,3 +291,23 @@ def test_node_first_gradient_follows_the_recipe_only_in_faulty_rounds(
     np.testing.assert_allclose(sent, faulty_round)
     assert calls == ({"free-rider": [], "label-flip": [True]}.get(kind, [False]))
     assert node_first_gradient(None, 2, _recording_train([]), 2).tolist() == [3.0, -4.0]
+
+
+def test_a_dirichlet_draw_too_skewed_for_every_node_tops_up_the_short_nodes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Alpha 0.1 over 100 nodes leaves some node short in every draw: the short nodes get
+    # random samples of the largest ones (it was refused: "could not give every one of 100
+    # nodes 10 samples"), and the split is still a partition of the pool.
+    labels = np.random.default_rng(0).integers(0, 10, size=5000)
+    with caplog.at_level("WARNING", logger="accord.data.partition"):
+        parts = partition(
+            labels, 100, PartitionSpec("dirichlet", alpha=0.1), np.random.default_rng(1)
+        )
+    assert min(len(part) for part in parts) == 10
+    joined = np.concatenate(parts)
+    assert joined.size == labels.size and np.unique(joined).size == labels.size
+    assert "topped up" in caplog.text
+    # Still skewed: most nodes hold few of the classes.
+    classes_held = [np.unique(labels[part]).size for part in parts]
+    assert np.median(classes_held) <= 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,8 @@ import numpy.typing as npt
 
 from accord._validation import require_choice, require_int, require_number
 from accord.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["PARTITIONS", "PartitionSpec", "partition"]
 
@@ -77,10 +80,30 @@ def _dirichlet(
                 parts[node] += chunk.tolist()
         if min(len(p) for p in parts) >= min_samples:
             return [np.sort(np.array(p, dtype=np.intp)) for p in parts]
-    raise ConfigurationError(
-        f"alpha: could not give every one of {n_nodes} nodes {min_samples} samples with "
-        f"alpha={alpha}; raise alpha or lower the number of nodes"
+    # So skewed a draw leaves some node short every time (alpha 0.1 over 40 nodes or
+    # more): the last draw, with the short nodes topped up by random samples of the
+    # largest ones. The skew of every other node is kept, and the total is enough (checked
+    # above), so this always succeeds.
+    short = sum(len(p) < min_samples for p in parts)
+    logger.warning(
+        "alpha=%s: no draw of 1000 gave each of %d nodes %d samples; %d short nodes were "
+        "topped up with random samples of the largest nodes",
+        alpha,
+        n_nodes,
+        min_samples,
+        short,
     )
+    return [np.sort(np.array(p, dtype=np.intp)) for p in _top_up(parts, min_samples, rng)]
+
+
+def _top_up(parts: list[list[int]], min_samples: int, rng: np.random.Generator) -> list[list[int]]:
+    """``parts`` with every node below ``min_samples`` given random samples of the node that
+    holds the most at that moment (smallest nodes first)."""
+    for node in np.argsort([len(p) for p in parts], kind="stable"):
+        while len(parts[node]) < min_samples:
+            donor = max(range(len(parts)), key=lambda k: len(parts[k]))
+            parts[node].append(parts[donor].pop(int(rng.integers(len(parts[donor])))))
+    return parts
 
 
 def _shards(
