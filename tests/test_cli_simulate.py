@@ -438,3 +438,30 @@ def test_an_interrupted_run_keeps_its_rounds_and_writes_the_summary(
     assert entry["rounds"] == len(_metrics(run_dir)) >= 3
     assert (run_dir / "accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
     assert out.splitlines()[-1] == f"run folder: {run_dir}"
+
+
+def test_the_scenario_helper_passes_the_split_s_warnings_on_and_keeps_its_errors(
+    tmp_path: Path,
+) -> None:
+    # Wine over 12 nodes at alpha 0.1: no Dirichlet draw gives every node 10 samples, so
+    # the split tops the short nodes up, in the helper process, and says so once.
+    done = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "simulate", "--dataset", "wine", "--nodes", "12",
+         "--alpha", "0.1", "--rounds", "1", "--policies", "fedavg", "--quiet",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("topped up with random samples of the largest nodes") == 1
+    # A bad setting: one line from the command, nothing from the helper.
+    done = subprocess.run(
+        [sys.executable, "-m", "accord.cli", "simulate", "--dataset", "wine",
+         "--validation-fraction", "0.5", "--test-fraction", "0.5", "--rounds", "1",
+         "--out", str(tmp_path / "bad")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "accord simulate: error: --test-fraction: expected the validation and test fractions "
+        "to sum below 1 (the nodes train on the rest), got 0.5 + 0.5"
+    ]

@@ -127,10 +127,21 @@ def scenario_helper_main() -> int:
     from accord.scenario import ScenarioSettings, build_scenario
     from accord.scenario_codec import scenario_to_npz
 
-    settings = settings_from_mapping(
-        ScenarioSettings, json.loads(sys.stdin.buffer.read()), source="scenario helper"
-    )
-    sys.stdout.buffer.write(scenario_to_npz(build_scenario(settings)))
+    # The split's warnings (a Dirichlet draw topped up, say) reach the user through this
+    # process's stderr, which is the command's; its errors do not: the command builds the
+    # scenario again and reports the real error itself.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        settings = settings_from_mapping(
+            ScenarioSettings, json.loads(sys.stdin.buffer.read()), source="scenario helper"
+        )
+        built = scenario_to_npz(build_scenario(settings))
+    except Exception:  # see above: the command reports it
+        return 2
+    sys.stdout.buffer.write(built)
     sys.stdout.buffer.flush()
     return 0
 
@@ -153,7 +164,6 @@ class _ScenarioHelper:
             [sys.executable, "-c", _HELPER_CODE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
         )
         # The settings go now, so the helper starts at once (a few hundred bytes: the pipe
         # takes them without blocking); its stdin is then closed.
