@@ -175,6 +175,16 @@ ZOO: dict[str, dict[str, Any]] = {
             "faulty": 30,
         }
     },
+    "synthetic-100-dir0.1-label-flip": {
+        "spec": {
+            "dataset": "synthetic",
+            "nodes": 100,
+            "samples": 20000,
+            "alpha": 0.1,
+            "faulty": 25,
+        },
+        "note": "no Dirichlet draw gives all 100 nodes 10 samples: the short ones are topped up",
+    },
     # ---- mixed and time-varying faults (per-round truth: ScenarioData.faulty_in_round)
     "digits-10-mixed": {
         "spec": {
