@@ -512,26 +512,25 @@ def _check_identical(data: dict[str, Any], out: Path, parties: dict[str, Any]) -
     )
 
 
+# :func:`_check` in a child process (see :func:`_check_in_child`): argv is the two inputs,
+# this folder, the outputs' folder and the shared count.
+_CHECK = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from alignment import _check
+data = {"a": sys.argv[1], "b": sys.argv[2], "shared": int(sys.argv[5])}
+print(json.dumps({"correct": _check(data, Path(sys.argv[4]))}))
+"""
+
+
 def _check_in_child(data: dict[str, Any], out: Path) -> bool:
     """:func:`_check` in a child process. Run here, pyarrow's allocator handed the freed
     tables back to the kernel while the next pair ran: the pair after a check took
     0.89 s instead of 0.77 s (1M, medians of 5)."""
-    script = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); from alignment import _check; "
-        "from pathlib import Path; "
-        "print(json.dumps(_check(json.loads(sys.argv[2]), Path(sys.argv[3]))))"
-    )
-    paths = {"a": str(data["a"]), "b": str(data["b"]), "shared": data["shared"]}
     here = str(Path(__file__).resolve().parent)
-    done = subprocess.run(
-        [sys.executable, "-c", script, here, json.dumps(paths), str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the output check failed:\n{done.stderr}")
-    return bool(json.loads(done.stdout))
+    extra = (here, str(out), str(data["shared"]))
+    return bool(run_script(_CHECK, data, 3600, *extra)["correct"])
 
 
 def _check(data: dict[str, Any], out: Path) -> bool:
@@ -641,9 +640,10 @@ def _floor_entry(floors: dict[str, list[float]], baseline: float) -> dict[str, A
     }
 
 
-def run_script(script: str, data: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_script(script: str, data: dict[str, Any], timeout: float, *extra: str) -> dict[str, Any]:
+    """``script`` in a child process, given the two inputs (then ``extra``); its JSON."""
     process = subprocess.run(
-        [sys.executable, "-c", script, data["a"], data["b"]],
+        [sys.executable, "-c", script, str(data["a"]), str(data["b"]), *extra],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -471,7 +471,6 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
     weights = np.zeros(2, dtype=np.float32)
     honest = np.array([-0.3, -0.3], dtype=np.float32)  # a step towards the target
     gradients = np.stack([honest, honest, honest * 0.9, -3 * honest, -3 * honest])
-    data_size = np.full(5, 0.2)
     round_input = _round(0, weights, gradients[:4], validate)
     round_input = dataclasses.replace(
         round_input,
@@ -491,14 +490,10 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
     # Equal weights let the two harmful nodes undo the step: Zeno's weights keep the three
     # honest nodes (the best 60 %), which validate clearly better, so they are applied.
     equal = np.full(5, 0.2)
-    chosen, taken = policy._descent_choice(
-        round_input, gradients, equal, scored(equal), features, data_size
-    )
+    chosen, taken = policy._descent_choice(round_input, gradients, equal, scored(equal), features)
     assert taken
     np.testing.assert_allclose(chosen, [1 / 3, 1 / 3, 1 / 3, 0.0, 0.0])
     # Weights already on the honest nodes: Zeno's are no clearly better; kept as they are.
     good = np.array([0.4, 0.3, 0.3, 0.0, 0.0])
-    kept, taken = policy._descent_choice(
-        round_input, gradients, good, scored(good), features, data_size
-    )
+    kept, taken = policy._descent_choice(round_input, gradients, good, scored(good), features)
     assert not taken and kept is good

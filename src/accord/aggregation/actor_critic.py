@@ -111,7 +111,7 @@ from accord.aggregation.credit import (
     leave_one_out_credit,
     node_features,
 )
-from accord.aggregation.zeno import zeno_keep_count
+from accord.aggregation.zeno import ZenoSettings, zeno_weights
 from accord.optim import Adam
 
 __all__ = [
@@ -255,12 +255,13 @@ class RichActorCritic(Aggregator):
         )
         rejected = fell_back or worse
         applied = ref.weights if rejected else proposal
-        applied, credit, vetoed = self._round_guards(applied, loo, warm)
-        descended = False
-        if s.descent_k > 0 and not warm and vetoed is None:
-            applied, descended = self._descent_choice(
-                round_input, gradients, applied, loo, ref.features, data_size
+        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
+        if not warm:
+            applied, vetoed, descended = self._round_guards(
+                round_input, gradients, applied, loo, ref.features
             )
+        else:
+            vetoed, descended = None, False
         # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
@@ -473,17 +474,28 @@ class RichActorCritic(Aggregator):
         )
 
     def _round_guards(
-        self, applied: np.ndarray, loo: LeaveOneOut, warm: bool
-    ) -> tuple[np.ndarray, np.ndarray, int | None]:
-        """This round's veto (off at ``veto_k = 0``, and in the warm-up) on the candidates
-        the credit scored: (weights applied, credit, the node left out or None)."""
-        vetoed = self._veto(applied, loo) if self.settings.veto_k > 0 and not warm else None
+        self,
+        round_input: RoundInput,
+        gradients: FloatArray,
+        applied: np.ndarray,
+        loo: LeaveOneOut,
+        features: NodeFeatures,
+    ) -> tuple[np.ndarray, int | None, bool]:
+        """This round's guards after the warm-up, each off at k = 0: the veto (``veto_k``),
+        then, if it left nobody out, the descent choice (``descent_k``). Returns (weights
+        applied, the node left out or None, whether Zeno's weights were chosen)."""
+        s = self.settings
+        vetoed = self._veto(applied, loo) if s.veto_k > 0 else None
         if vetoed is not None:
             applied = applied.copy()
             applied[vetoed] = 0.0
-            applied /= applied.sum()
-        credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
-        return applied, credit, vetoed
+            return applied / applied.sum(), vetoed, False
+        if s.descent_k > 0:
+            applied, descended = self._descent_choice(
+                round_input, gradients, applied, loo, features
+            )
+            return applied, None, descended
+        return applied, None, False
 
     def _descent_choice(
         self,
@@ -492,21 +504,18 @@ class RichActorCritic(Aggregator):
         applied: np.ndarray,
         loo: LeaveOneOut,
         features: NodeFeatures,
-        data_size: np.ndarray,
     ) -> tuple[np.ndarray, bool]:
-        """Zeno's weights for this round, from the features' alone losses: applied instead
-        when their step validates clearly better (``descent_k`` standard errors)."""
+        """Zeno's weights for this round (:func:`~accord.aggregation.zeno.zeno_weights`, its
+        default settings), from the features' alone losses: applied instead when their step
+        validates clearly better (``descent_k`` standard errors)."""
         assert round_input.validate is not None
         if features.alone_changes is None or loo.sample_losses_after is None:
             return applied, False
+        zeno = ZenoSettings()
         norms = np.einsum("ij,ij->i", gradients, gradients, dtype=np.float64)
-        scores = -features.alone_changes - 0.0005 * norms
+        scores = -features.alone_changes - zeno.norm_penalty * norms
         scores = np.where(np.isfinite(scores), scores, -np.inf)
-        keep = zeno_keep_count(scores.shape[0], 0.4)
-        kept = np.zeros(scores.shape[0], dtype=bool)
-        kept[np.argsort(-scores, kind="stable")[:keep]] = True
-        candidate = np.zeros(scores.shape[0])
-        candidate[kept] = data_size[kept] / data_size[kept].sum()
+        candidate, _, _ = zeno_weights(round_input, scores, zeno.suspect_fraction)
         lr = np.float32(self.settings.server_learning_rate)
         step = round_input.global_weights - lr * second_gradient(candidate, gradients)
         scored = round_input.validate(step[None, :])

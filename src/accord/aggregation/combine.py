@@ -127,10 +127,10 @@ def leave_one_out_rows(
     without = (total[None, :] - p[:, None].astype(np.float32) * first_gradients[rows]) / safe
     without[rest <= 1e-12] = 0.0
     rows_out = np.asarray(without, dtype=np.float32)
-    return _rescaled_to(rows_out, _norm64(total)) if step_normalised else rows_out
+    return _rescaled_to(rows_out, _step_length(total)) if step_normalised else rows_out
 
 
-def _norm64(vector: FloatArray) -> float:
+def _step_length(vector: FloatArray) -> float:
     """``‖vector‖``: the float32 dot the credit has always used (so every stored run stays
     reproducible bit for bit), accumulated in float64 when that square overflows (a node's
     first gradient scaled by 1e6, say), as the norm itself does not."""
@@ -184,7 +184,7 @@ def reweighted_gradients(
     rows = rows + t[:, None].astype(np.float32) * first_gradients
     rows[rest <= 1e-12] = 0.0
     if step_normalised:
-        rows = _rescaled_to(rows, _norm64(total))
+        rows = _rescaled_to(rows, _step_length(total))
     return np.asarray(rows, dtype=np.float32)
 
 

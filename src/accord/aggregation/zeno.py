@@ -26,7 +26,7 @@ from accord._validation import require_number
 from accord.aggregation.base import Aggregation, Aggregator, FloatArray, RoundInput, ValidationFn
 from accord.aggregation.combine import data_size_probabilities, expand_to_roster, second_gradient
 
-__all__ = ["Zeno", "ZenoSettings", "zeno_keep_count", "zeno_scores"]
+__all__ = ["Zeno", "ZenoSettings", "zeno_keep_count", "zeno_scores", "zeno_weights"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,25 @@ def zeno_scores(
     return np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
 
 
+def zeno_weights(
+    round_input: RoundInput, scores: npt.NDArray[np.float64], suspect_fraction: float
+) -> tuple[npt.NDArray[np.float64], list[int], int]:
+    """Data-size weights over the present nodes with the ``b`` best ``scores`` (zero for the
+    others), the ranking (best first) and ``b``."""
+    keep = zeno_keep_count(scores.shape[0], suspect_fraction)
+    # Best first; ties broken by data size, then by node id, never by roster position.
+    present_ids = [
+        node for node, here in zip(round_input.roster, round_input.present, strict=True) if here
+    ]
+    counts = round_input.present_counts
+    ranking = sorted(range(scores.shape[0]), key=lambda i: (-scores[i], -counts[i], present_ids[i]))
+    kept = np.zeros(scores.shape[0], dtype=bool)
+    kept[ranking[:keep]] = True
+    probabilities = np.zeros(scores.shape[0], dtype=np.float64)
+    probabilities[kept] = data_size_probabilities(counts[kept])
+    return probabilities, ranking, keep
+
+
 class Zeno(Aggregator):
     """Zeno: data-size weights over the ``b`` updates with the best descendant score."""
 
@@ -91,19 +110,7 @@ class Zeno(Aggregator):
             s.server_learning_rate,
             s.norm_penalty,
         )
-        keep = zeno_keep_count(scores.shape[0], s.suspect_fraction)
-        # Best first; ties broken by data size, then by node id, never by roster position.
-        present_ids = [
-            node for node, here in zip(round_input.roster, round_input.present, strict=True) if here
-        ]
-        counts = round_input.present_counts
-        ranking = sorted(
-            range(scores.shape[0]), key=lambda i: (-scores[i], -counts[i], present_ids[i])
-        )
-        kept = np.zeros(scores.shape[0], dtype=bool)
-        kept[ranking[:keep]] = True
-        probabilities = np.zeros(scores.shape[0], dtype=np.float64)
-        probabilities[kept] = data_size_probabilities(counts[kept])
+        probabilities, ranking, keep = zeno_weights(round_input, scores, s.suspect_fraction)
         figures = {
             "kept_nodes": float(keep),
             "best_score": float(scores[ranking[0]]),

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["PARTITIONS", "PartitionSpec", "partition"]
 
 PARTITIONS = ("dirichlet", "iid", "shards")
+#: Dirichlet draws tried before the short nodes of the last one are topped up.
+_DIRICHLET_DRAWS = 1000
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def _dirichlet(
     rng: np.random.Generator,
 ) -> list[npt.NDArray[np.intp]]:
     classes = np.unique(labels)
-    for _attempt in range(1000):
+    for _attempt in range(_DIRICHLET_DRAWS):
         parts: list[list[int]] = [[] for _ in range(n_nodes)]
         for label in classes:
             members = rng.permutation(np.flatnonzero(labels == label))
@@ -86,9 +88,10 @@ def _dirichlet(
     # above), so this always succeeds.
     short = sum(len(p) < min_samples for p in parts)
     logger.warning(
-        "alpha=%s: no draw of 1000 gave each of %d nodes %d samples; %d short nodes were "
+        "alpha=%s: no draw of %d gave each of %d nodes %d samples; %d short nodes were "
         "topped up with random samples of the largest nodes",
         alpha,
+        _DIRICHLET_DRAWS,
         n_nodes,
         min_samples,
         short,
