@@ -167,27 +167,32 @@ class ModuleScorer:
             name: piece[0].detach().clone().requires_grad_(True)
             for name, piece in self._unflatten(flat[None, :]).items()
         }
+        count = sum(int(targets.shape[0]) for _, targets in self.batches)
+        if count == 0:
+            raise InputDataError("the held-out data has no samples")
         totals = [torch.zeros_like(p) for p in params.values()]
         sample_losses: list[torch.Tensor] = []
         for raw_inputs, raw_targets in self.batches:
             inputs, targets = raw_inputs.to(self.device), raw_targets.to(self.device)
             outputs = functional_call(self.module, (params, self._buffers), (inputs,))
             per_sample = self.loss(outputs, targets)
-            grads = torch.autograd.grad(per_sample.sum(), list(params.values()), allow_unused=True)
+            # Each batch's share of the mean, differentiated as the mean itself is: with one
+            # batch, the same bits as the built-in models' gradient (a run through Flower or
+            # a user's app then matches `accord simulate` seed for seed).
+            grads = torch.autograd.grad(
+                per_sample.sum() / count, list(params.values()), allow_unused=True
+            )
             # A parameter the forward pass does not use has no gradient: zero, as in fit.
             present = [
                 g if g is not None else torch.zeros_like(t)
                 for g, t in zip(grads, totals, strict=True)
             ]
             torch._foreach_add_(totals, present)
-            sample_losses.append(per_sample.detach().double())
-        if not sample_losses:
-            raise InputDataError("the held-out data has no samples")
+            sample_losses.append(per_sample.detach())
         losses = torch.cat(sample_losses)
-        count = losses.shape[0]
-        joined = torch.cat([t.reshape(-1) for t in totals]) / count
+        joined = torch.cat([t.reshape(-1) for t in totals])
         return ValidationGradient(
             loss=float(losses.mean()),
             gradient=joined.detach().cpu().numpy().astype(np.float32),
-            sample_losses=losses.cpu().numpy(),
+            sample_losses=losses.double().cpu().numpy(),
         )
