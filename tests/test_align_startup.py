@@ -102,3 +102,28 @@ def test_the_aligned_csv_copy_loads_neither_pyarrow_compute_nor_numpy_ma(tmp_pat
     assert (tmp_path / "out.csv").read_text() == "id,x\nc,3\na,1\n"
     assert "pyarrow.compute" not in loaded
     assert "numpy.ma" not in loaded
+
+
+def _host_pool(environment: dict[str, str]) -> str:
+    """The backend of pyarrow's default pool in a fresh host tuned by tune_host_memory()."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from accord.tee.runtime.launch import tune_host_memory\n"
+            "tune_host_memory()\n"
+            "import pyarrow as pa\n"
+            "print(pa.default_memory_pool().backend_name)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=environment,
+    ).stdout.strip()
+
+
+def test_the_host_gives_pyarrow_malloc_unless_the_user_chose_a_pool() -> None:
+    without = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    assert _host_pool(without) == "system"
+    assert _host_pool({**without, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"
