@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -486,3 +487,29 @@ def test_the_key_reader_block_size_sets_the_batches(tmp_path: Path) -> None:
     small = list(tables.iter_key_batches(path, ["id"], block_bytes=4096))
     assert len(small) > 5
     assert sum(batch.num_rows for batch in small) == 5000
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        (b'"id","x"\na,1\nb,2\n', True),  # quoted names (pyarrow's writer), plain rows
+        (b"id,x\na,1\nb,2\n", True),
+        (b'"i\nd",x\na,1\nb,2\n', False),  # a line break inside the header's quotes
+        (b'"id",x\na,"1"\nb,2\n', False),  # a quote in a data row
+        (b'i"d,x\na,1\nb,2\n', False),  # a literal quote in the header
+        (b'"id",x\r\na,1\r\nb,2\r\n', False),
+    ],
+)
+def test_only_a_file_whose_newlines_all_end_lines_is_scanned_plainly(
+    tmp_path: Path, data: bytes, plain: bool
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    with open(source, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    assert csv_lines._is_plain(mapped, np.frombuffer(mapped, dtype=np.uint8), ord(",")) is plain
+    del mapped
+    target = tmp_path / "out.csv"
+    tables.write_aligned_table(target, source, np.array([1, 0]), source_rows=2)
+    rows = pcsv.read_csv(source).to_pylist()
+    assert pcsv.read_csv(target).to_pylist() == [rows[1], rows[0]]

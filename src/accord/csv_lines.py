@@ -68,9 +68,7 @@ def copy_lines(
         return _copy_lines_bounded(
             path, raw, delimiter, rows, source_rows, _PageRelease(mapped), progress, output
         )
-    # Without a quote or a carriage return (memchr-fast to rule out), every "\n" ends a line.
-    plain = mapped.find(b'"') < 0 and mapped.find(b"\r") < 0
-    lines = _csv_lines(raw, delimiter, plain=plain)
+    lines = _csv_lines(raw, delimiter, plain=_is_plain(mapped, raw, delimiter))
     if lines is None:
         return False
     offsets, nonempty = lines
@@ -94,6 +92,26 @@ def copy_lines(
             if progress is not None and (done % _WRITE_CHUNK_ROWS == 0 or done == len(rows)):
                 progress(done)
     return True
+
+
+def _is_plain(mapped: mmap.mmap, raw: np.ndarray, delimiter: int) -> bool:
+    """Whether every ``"\\n"`` of the file ends a line: no carriage return, and no quote
+    after the first line (memchr-fast to rule out). Quotes in the first line (a header
+    written with quoted names, as pyarrow's CSV writer does) are allowed when the
+    quote-aware scan of that line alone finds it well quoted and ending at its first
+    ``"\\n"``."""
+    if mapped.find(b"\r") >= 0:
+        return False
+    first = mapped.find(b"\n")
+    if first < 0 or mapped.find(b'"', first + 1) >= 0:
+        return False
+    if mapped.find(b'"', 0, first) < 0:
+        return True
+    try:
+        ends = [end for piece in _line_ends(raw[: first + 1], delimiter) for end in piece]
+    except _NotPlainCsvError:
+        return False
+    return [int(end) for end in ends] == [first + 1]
 
 
 def _lines_of(rows: np.ndarray, nonempty: np.ndarray | None) -> np.ndarray:
