@@ -40,6 +40,14 @@ def test_reward_base_below_one_is_rejected(g: float) -> None:
         reward(g, 0.0, 1.0)
 
 
+def test_a_reward_past_float32_range_is_refused_naming_both_fields() -> None:
+    ActorCriticSettings(reward_base=30.0, reward_scale=1.0)  # 30^10 = 5.9e14: accepted
+    with pytest.raises(ConfigurationError, match=r"reward_scale and reward_base.*1e\+15.*got"):
+        ActorCriticSettings(reward_base=1e10, reward_scale=1e30)
+    with pytest.raises(ConfigurationError, match="reward_scale and reward_base"):
+        ActorCriticSettings(reward_base=2.0, reward_scale=1e13)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
-from accord.aggregation.base import ValidationScores
+from accord.aggregation.base import ValidationFn, ValidationScores
 from accord.aggregation.credit import (
     AUTO_FIRST_ORDER_NODES,
     _recheck_extremes,
@@ -31,6 +33,17 @@ def _problem(seed: int = 0) -> tuple[FlatModel, np.ndarray, np.ndarray, np.ndarr
     gradients = 0.05 * (direction + 0.5 * rng.normal(size=(6, weights.size)))
     gradients[4:] *= -1.0
     return flat, features, labels, weights, gradients.astype(np.float32)
+
+
+def _counting(validate: ValidationFn) -> tuple[ValidationFn, list[int]]:
+    """``validate``, recording the row count of each stack it scores."""
+    rows: list[int] = []
+
+    def counting(stack: np.ndarray) -> ValidationScores:
+        rows.append(np.atleast_2d(stack).shape[0])
+        return validate(stack)
+
+    return counting, rows
 
 
 @pytest.mark.parametrize("step_normalised", [False, True])
@@ -69,11 +82,7 @@ def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
     flat, features, labels, weights, gradients = _problem(3)
     many = np.concatenate([gradients, gradients * 0.7]).astype(np.float32)  # 12 nodes
     validate = make_validation_fn(flat, features, labels)
-    rows_scored: list[int] = []
-
-    def counting(stack: np.ndarray) -> ValidationScores:
-        rows_scored.append(stack.shape[0])
-        return validate(stack)
+    counting, rows_scored = _counting(validate)
 
     probabilities = np.full(12, 1 / 12)
     exact = leave_one_out_credit(validate, weights, probabilities, many, 1.0).credit
@@ -133,11 +142,7 @@ def test_exact_first_order_credit_needs_no_further_check(monkeypatch: pytest.Mon
 def test_first_order_features_score_only_the_candidates_never_a_stack_per_node() -> None:
     flat, features, labels, weights, gradients = _problem(1)
     validate = make_validation_fn(flat, features, labels)
-    rows_scored: list[int] = []
-
-    def counting(stack: np.ndarray) -> ValidationScores:
-        rows_scored.append(stack.shape[0])
-        return validate(stack)
+    counting, rows_scored = _counting(validate)
 
     gradient = make_validation_gradient_fn(flat, features, labels)
     candidates = np.stack([gradients.mean(axis=0), gradients[:4].mean(axis=0)])
@@ -202,3 +207,79 @@ def test_a_simulation_with_first_order_credit_trains(policy: str) -> None:
     result = Simulation(settings, policy).run()
     assert len(result.rounds) == 8
     assert (result.rounds[-1].record.test_accuracy or 0.0) > 0.5
+
+
+@pytest.mark.parametrize("lift", [False, True])
+def test_extra_rows_are_scored_in_the_credit_pass_without_changing_the_credit(lift: bool) -> None:
+    flat, features, labels, weights, gradients = _problem(4)
+    validate = make_validation_fn(flat, features, labels)
+    counted, calls = _counting(validate)
+
+    probabilities = np.array([0.3, 0.25, 0.2, 0.15, 0.05, 0.05])
+    lift_to = np.full(6, 1 / 6) if lift else None
+    extra = (weights - np.float32(0.05) * gradients[:2]).astype(np.float32)
+    alone = leave_one_out_credit(validate, weights, probabilities, gradients, 0.05, lift_to=lift_to)
+    both = leave_one_out_credit(
+        counted, weights, probabilities, gradients, 0.05, lift_to=lift_to, extra_rows=extra
+    )
+    assert calls == [6 + 1 + 2]  # one pass: w − ηG, six candidates, the two extra rows
+    np.testing.assert_array_equal(both.credit, alone.credit)
+    assert both.loss_after == alone.loss_after
+    assert both.extra_scores is not None and both.extra_scores.sample_losses is not None
+    separately = validate(extra)
+    np.testing.assert_array_equal(both.extra_scores.losses, separately.losses)
+    np.testing.assert_array_equal(both.extra_scores.sample_losses, separately.sample_losses)
+    with pytest.raises(ValueError, match="exact credit only"):
+        leave_one_out_credit(
+            validate,
+            weights,
+            probabilities,
+            gradients,
+            0.05,
+            validation_gradient=make_validation_gradient_fn(flat, features, labels),
+            extra_rows=extra,
+        )
+
+
+def _policy_passes(monkeypatch: pytest.MonkeyPatch, alone_method: str) -> list[int]:
+    """The row counts of every validation call of a 6-round digits run of the Actor-Critic
+    (the engine's own call over w included; the test set's calls not)."""
+    import dataclasses
+
+    from accord.simulation import Simulation, SimulationSettings, StopConditions, driver
+
+    rows: list[int] = []
+    original = make_validation_fn
+    made: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        validate = original(*args, **kwargs)
+        made.append(1)
+        if len(made) > 1:  # the test set's function
+            return validate
+
+        def wrapped(stack: np.ndarray) -> ValidationScores:
+            rows.append(np.atleast_2d(stack).shape[0])
+            return validate(stack)
+
+        return wrapped
+
+    monkeypatch.setattr(driver, "make_validation_fn", counting)
+    settings = SimulationSettings(stop=StopConditions(max_rounds=6))
+    settings = dataclasses.replace(
+        settings,
+        actor_critic=dataclasses.replace(settings.actor_critic, alone_method=alone_method),
+    )
+    result = Simulation(settings, "actor-critic").run()
+    assert (result.rounds[-1].record.test_accuracy or 0.0) > 0.5
+    return rows
+
+
+def test_a_first_order_alone_feature_leaves_one_validation_pass_a_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After the warm-up (3 rounds), each round: the policy's passes, then the engine's own
+    # over w (1 row). Exact: the features' (w, 10 alone steps, the reference) and the
+    # credit's (the step, 10 left out); first-order: the credit's alone, with the reference.
+    assert _policy_passes(monkeypatch, "exact")[-3:] == [12, 11, 1]
+    assert _policy_passes(monkeypatch, "first-order")[-2:] == [12, 1]

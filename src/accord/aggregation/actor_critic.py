@@ -83,7 +83,7 @@ from accord.aggregation.actor_critic_networks import (
     torch_state,
 )
 from accord.aggregation.actor_critic_patent import PatentActorCritic, reward
-from accord.aggregation.actor_critic_settings import ActorCriticSettings
+from accord.aggregation.actor_critic_settings import MAX_CREDIT, ActorCriticSettings
 from accord.aggregation.actor_critic_update import td3_update
 from accord.aggregation.base import (
     Aggregation,
@@ -125,9 +125,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Largest |B − B₋ᵢ| (in nats of validation loss) that enters the reward.
-MAX_CREDIT = 10.0
-
 
 def make_actor_critic(settings: ActorCriticSettings | None = None) -> Aggregator:
     settings = settings or ActorCriticSettings()
@@ -158,6 +155,9 @@ class _Reference:
     features: NodeFeatures
     loss: float | None
     sample_losses: np.ndarray | None
+    #: Whether the reference is to be scored in the credit's pass (the features' pass did
+    #: not validate candidates: its alone feature is first-order).
+    deferred: bool = False
 
 
 class RichActorCritic(Aggregator):
@@ -350,6 +350,10 @@ class RichActorCritic(Aggregator):
         choose = s.data_size_reference
         candidates = [hedge, data_size] if choose else [hedge]
         scored = check or choose
+        alone_first_order = first_order is None and s.alone_method == "first-order"
+        # With a first-order alone feature the features' pass scores no candidate: the
+        # reference is scored in the credit's pass instead, one validation call a round.
+        deferred = scored and alone_first_order and not choose
         features = node_features(
             round_input.validate,
             round_input.global_weights,
@@ -360,9 +364,13 @@ class RichActorCritic(Aggregator):
             self.running_credit[present] * (1.0 - s.credit_decay),
             bound_factors=bound_factors,
             candidate_gradients=(
-                np.stack([second_gradient(c, gradients) for c in candidates]) if scored else None
+                np.stack([second_gradient(c, gradients) for c in candidates])
+                if scored and not deferred
+                else None
             ),
-            validation_gradient=first_order,
+            validation_gradient=round_input.validation_gradient
+            if alone_first_order
+            else first_order,
         )
         chosen = 0
         if choose:
@@ -375,12 +383,14 @@ class RichActorCritic(Aggregator):
                 hedge_better = clearly_worse(losses[1:2], losses[0:1], s.data_size_k)
             chosen = 0 if hedge_better else 1
         samples = features.candidate_sample_losses
+        scored_here = scored and not deferred
         return _Reference(
             weights=candidates[chosen],
             chosen=chosen,
             features=features,
-            loss=float(features.candidate_losses[chosen]) if scored else None,
-            sample_losses=samples[chosen] if scored and samples is not None else None,
+            loss=float(features.candidate_losses[chosen]) if scored_here else None,
+            sample_losses=samples[chosen] if scored_here and samples is not None else None,
+            deferred=deferred,
         )
 
     def _propose(
@@ -438,6 +448,11 @@ class RichActorCritic(Aggregator):
                 return None
             return np.where(weights < s.lift_below * data_size, data_size, 0.0)
 
+        reference_row = None
+        if ref.deferred and check:
+            lr = np.float32(s.server_learning_rate)
+            step = round_input.global_weights - lr * second_gradient(ref.weights, gradients)
+            reference_row = step[None, :]
         loo = leave_one_out_credit(
             round_input.validate,
             round_input.global_weights,
@@ -447,15 +462,23 @@ class RichActorCritic(Aggregator):
             step_normalised=step_normalised,
             validation_gradient=first_order,
             lift_to=lift_to(proposal),
+            extra_rows=reference_row,
         )
         if not check:
             return loo, False
         self.proposals += 1
-        if loo.sample_losses_after is not None and ref.sample_losses is not None:
-            rejected = clearly_worse(loo.sample_losses_after, ref.sample_losses, s.safety_k)
+        reference_loss, reference_samples = ref.loss, ref.sample_losses
+        if loo.extra_scores is not None:
+            reference_loss = float(loo.extra_scores.losses[0])
+            extra_samples = loo.extra_scores.sample_losses
+            reference_samples = None if extra_samples is None else np.asarray(extra_samples[0])
+        if loo.sample_losses_after is not None and reference_samples is not None:
+            rejected = clearly_worse(loo.sample_losses_after, reference_samples, s.safety_k)
         else:  # no per-sample losses: compare the means
-            assert ref.loss is not None
-            rejected = clearly_worse(np.array([loo.loss_after]), np.array([ref.loss]), s.safety_k)
+            assert reference_loss is not None
+            rejected = clearly_worse(
+                np.array([loo.loss_after]), np.array([reference_loss]), s.safety_k
+            )
         if not rejected:
             return loo, False
         self.rejections += 1

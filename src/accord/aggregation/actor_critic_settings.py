@@ -5,18 +5,34 @@ policy itself is :mod:`accord.aggregation.actor_critic`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from accord._validation import require_choice, require_int, require_number, require_probability
 from accord.aggregation.credit import CREDIT_METHODS
 from accord.errors import ConfigurationError
 
-__all__ = ["ANCHORS", "CREDITS", "EVIDENCE", "MODES", "ActorCriticSettings"]
+__all__ = [
+    "ANCHORS",
+    "CREDITS",
+    "EVIDENCE",
+    "MAX_CREDIT",
+    "MAX_REWARD",
+    "MODES",
+    "ActorCriticSettings",
+]
 
 MODES = ("patent", "rich")
 EVIDENCE = ("leave-one-out", "descent", "both")
 ANCHORS = ("reference", "data-size")
 CREDITS = ("step-normalised", "renormalised")
+
+#: Largest |B − B₋ᵢ| (in nats of validation loss) that enters the rich mode's reward.
+MAX_CREDIT = 10.0
+
+#: Largest reward ``reward_scale · reward_base^MAX_CREDIT`` the settings accept: the critics
+#: learn in float32 and square their errors, which overflow to inf past about 1e19.
+MAX_REWARD = 1e15
 
 
 @dataclass(frozen=True)
@@ -144,6 +160,14 @@ class ActorCriticSettings:
       of 3, but Zeno keeps noise nodes and norm-bounded scaled nodes: the weight checks
       passed 18 times instead of 26 (noise nodes up to 75 % while faulty), so it stays
       off.
+    - ``alone_method`` (default ``exact``): how the alone feature is measured. ``exact``
+      scores each node's step alone (N rows of the features' batched pass, with the
+      reference); ``first-order`` takes it as ``−η ∇L(w)·g_i`` from one backward pass, and
+      the reference is then scored in the credit's pass: one validation call a round
+      instead of two. Measured on the full zoo (5 seeds): accuracy −0.01 point on average,
+      weight checks 29 pass instead of 28 (breast cancer's flippers 8.8 % instead of 15.7 %
+      while faulty), but 45 % noise up to 38 % while faulty, and the floor met in 12
+      scenarios instead of 13, so it stays off.
     - ``credit_method``: how the features and the leave-one-out credit are measured:
       ``exact`` (``2N + 2`` scored candidates), ``first-order`` (two backward passes and
       N dot products) or ``auto`` (default: first-order above 32 nodes or 20M candidate
@@ -200,11 +224,13 @@ class ActorCriticSettings:
     evidence: str = "leave-one-out"
     veto_k: float = 0.0
     descent_k: float = 0.0
+    alone_method: str = "exact"
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
         require_number("reward_base", self.reward_base, minimum=1.0)
         require_number("reward_scale", self.reward_scale, minimum=0.0, exclusive_minimum=True)
+        _require_float32_reward(self.reward_scale, self.reward_base)
         require_probability("discount", self.discount)
         require_int("critics", self.critics, minimum=1)
         require_int("hidden", self.hidden, minimum=1)
@@ -259,6 +285,10 @@ class ActorCriticSettings:
         require_choice("credit_method", self.credit_method, CREDIT_METHODS)
         require_number("max_rise", self.max_rise, minimum=0.0)
         require_probability("harm_decay", self.harm_decay)
+        self._check_ablations()
+
+    def _check_ablations(self) -> None:
+        """The knobs of the ablations (most off by default)."""
         require_number("bound_penalty", self.bound_penalty, minimum=0.0)
         require_number("evidence_max_gain", self.evidence_max_gain, minimum=1.0)
         require_number("data_size_k", self.data_size_k, minimum=0.0)
@@ -271,3 +301,15 @@ class ActorCriticSettings:
         require_choice("evidence", self.evidence, EVIDENCE)
         require_number("veto_k", self.veto_k, minimum=0.0)
         require_number("descent_k", self.descent_k, minimum=0.0)
+        require_choice("alone_method", self.alone_method, ("exact", "first-order"))
+
+
+def _require_float32_reward(scale: float, base: float) -> None:
+    """The largest reward, ``scale · base^MAX_CREDIT``, at most :data:`MAX_REWARD`."""
+    largest = math.log10(scale) + MAX_CREDIT * math.log10(base)
+    if largest > math.log10(MAX_REWARD):
+        raise ConfigurationError(
+            f"reward_scale and reward_base: the largest reward, reward_scale · "
+            f"reward_base^{MAX_CREDIT:g}, must be at most {MAX_REWARD:g} (the critics learn in "
+            f"float32); got {scale:g} · {base:g}^{MAX_CREDIT:g} = 1e{largest:.0f}"
+        )

@@ -14,7 +14,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from accord.aggregation.actor_critic_networks import (
     Replay,
@@ -134,8 +133,7 @@ def actor_loss(
     # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
     # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
     own_action = own_share(logits, mask)
-    frozen = {name: p.detach() for name, p in critics.named_parameters()}
-    q_all = functional_call(critics, frozen, (batch["x"], own_action, mask))
+    q_all = critics(batch["x"], own_action, mask, detached=True)
     q = (q_all[0] * mask.float()).sum(dim=-1)
     log_action = torch.log(action.clamp_min(1e-12))
     kl = kl_to_anchor(action, batch["anchor"], mask)

@@ -312,6 +312,8 @@ class LeaveOneOut:
     #: the lift for the nodes in ``lifted``), when the validation function gives them.
     sample_losses_without: npt.NDArray[np.float64] | None = None
     lifted: npt.NDArray[np.bool_] | None = None
+    #: The scores of the ``extra_rows`` the caller asked to have scored in the same pass.
+    extra_scores: ValidationScores | None = None
 
 
 def leave_one_out_credit(
@@ -324,6 +326,7 @@ def leave_one_out_credit(
     step_normalised: bool = False,
     validation_gradient: ValidationGradientFn | None = None,
     lift_to: npt.NDArray[np.float64] | None = None,
+    extra_rows: FloatArray | None = None,
 ) -> LeaveOneOut:
     """Each present node's leave-one-out credit for the second gradient it was part of;
     first-order (see the module docstring) when a ``validation_gradient`` is given.
@@ -335,12 +338,18 @@ def leave_one_out_credit(
     exactly that, on the same scale as the leave-one-out credit of a node at that weight,
     at no extra cost (it replaces the node's leave-one-out candidate).
 
+    ``extra_rows`` (exact credit only): weight vectors the caller wants scored too, in the
+    same batched pass (one validation call a round instead of two); their scores are
+    :attr:`LeaveOneOut.extra_scores`.
+
     Non-finite losses (a candidate that diverges) give a finite credit: the candidate
     counts as very bad (loss 1e6), never as NaN.
     """
     lr = np.float32(server_learning_rate)
     combined = second_gradient(probabilities, first_gradients)
     if validation_gradient is not None:
+        if extra_rows is not None:
+            raise ValueError("extra_rows: exact credit only")
         return _first_order_leave_one_out(
             validate,
             validation_gradient,
@@ -354,27 +363,37 @@ def leave_one_out_credit(
     lifted = np.zeros(probabilities.shape, dtype=bool)
     stepped = weights - lr * combined
     n = first_gradients.shape[0]
+    extra = np.empty((0, weights.shape[0]), np.float32) if extra_rows is None else extra_rows
     if lift_to is not None:
         lifted = np.asarray(lift_to) > probabilities
         targets = np.where(lifted, lift_to, 0.0)
         without = reweighted_gradients(
             probabilities, first_gradients, targets, step_normalised=step_normalised
         )
-        scores = validate(np.concatenate([stepped[None, :], weights[None, :] - lr * without]))
+        scores = validate(
+            np.concatenate([stepped[None, :], weights[None, :] - lr * without, extra])
+        )
     else:
 
         def rows(start: int, stop: int) -> FloatArray:
-            # Row 0 is w − ηG, row i + 1 is w − ηG₋ᵢ: only this block's G₋ᵢ are formed.
+            # Row 0 is w − ηG, row i + 1 is w − ηG₋ᵢ, then the extra rows: only this
+            # block's G₋ᵢ are formed.
             parts = [stepped[None, :]] if start == 0 else []
-            nodes = slice(max(start, 1) - 1, stop - 1)
+            nodes = slice(max(start, 1) - 1, min(stop, n + 1) - 1)
             if nodes.stop > nodes.start:
                 without = leave_one_out_rows(
                     probabilities, first_gradients, combined, nodes, step_normalised=step_normalised
                 )
                 parts.append(weights[None, :] - lr * without)
+            if stop > n + 1:
+                parts.append(extra[max(start, n + 1) - n - 1 : stop - n - 1])
             return np.concatenate(parts)
 
-        scores = score_in_blocks(validate, n + 1, rows)
+        scores = score_in_blocks(validate, n + 1 + extra.shape[0], rows)
+    extra_scores = None
+    if extra_rows is not None:
+        extra_scores = _rows_of(scores, slice(n + 1, None))
+        scores = _rows_of(scores, slice(0, n + 1))
     # A diverging candidate (inf or NaN loss) counts as very bad, so removing the node
     # that makes a step diverge is credited, never NaN.
     losses = np.nan_to_num(scores.losses, nan=1e6, posinf=1e6)
@@ -397,6 +416,18 @@ def leave_one_out_credit(
         exact_nodes=n,
         sample_losses_without=candidates,
         lifted=lifted,
+        extra_scores=extra_scores,
+    )
+
+
+def _rows_of(scores: ValidationScores, rows: slice) -> ValidationScores:
+    """The scores of some rows of a scored stack."""
+    return ValidationScores(
+        losses=np.asarray(scores.losses)[rows],
+        accuracies=np.asarray(scores.accuracies)[rows],
+        sample_losses=None
+        if scores.sample_losses is None
+        else np.asarray(scores.sample_losses)[rows],
     )
 
 
