@@ -20,25 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accord.alignment import DuplicatePolicy, check_words, keyed_digests
+from accord.alignment import check_words, keyed_digests
 from accord.alignment.normalise import ByteColumn, plain_ids
 from accord.errors import InputDataError, ProtocolError
-from accord.tee.core.loader import IdLoader, SessionConfig, decode_columns
+from accord.tee.core.loader import IdLoader, decode_columns
 from accord.tee.core.wire import encode_columns
-
-KEY = bytes(range(32))
-
-
-def _config(duplicates: str, skip_invalid: bool) -> SessionConfig:
-    return SessionConfig(
-        party_name="a",
-        session="s",
-        parties=2,
-        key_columns=("id",),
-        duplicates=DuplicatePolicy(duplicates),
-        skip_invalid=skip_invalid,
-        pad_to=None,
-    )
+from tests.test_tee_protocol import KEY, config
 
 
 def _wire(array: pa.Array) -> tuple[dict[str, object], bytes]:
@@ -51,7 +38,7 @@ def _load(
     batches: Sequence[Sequence[object]], *, via_wire: bool, duplicates: str, skip_invalid: bool
 ) -> tuple[object, ...]:
     """Everything the loader gives for ``batches``, or the error it raises."""
-    loader = IdLoader(_config(duplicates, skip_invalid))
+    loader = IdLoader(config(duplicates, skip_invalid))
     loader.set_key(KEY)
     try:
         for values in batches:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -143,17 +143,8 @@ def keyed_digests(
     if isinstance(key_columns, bool) or not isinstance(key_columns, int) or key_columns < 1:
         raise ConfigurationError(f"key_columns: expected an integer >= 1, got {key_columns!r}")
     aes_key = derive_key(key, _DIGEST_LABEL + b"/columns=%d" % key_columns)
-    chunks = _binary_chunks(keys)
-    total = sum(len(c) for c in chunks)
-    out = np.empty((total, 2), dtype=DIGEST_DTYPE)
     encryptor = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
-    position = 0
-    for chunk in chunks:
-        for start in range(0, len(chunk), _CHUNK_ROWS):
-            piece = chunk.slice(start, _CHUNK_ROWS)
-            out[position : position + len(piece)] = _digest_chunk(piece, encryptor)
-            position += len(piece)
-    return out
+    return _in_steps(keys, (2,), lambda piece: _digest_chunk(piece, encryptor))
 
 
 #: The odd constants of :func:`check_words` (splitmix64's increment and multipliers).
@@ -174,14 +165,24 @@ def check_words(keys: pa.Array | pa.ChunkedArray | ByteColumn, seed: int) -> np.
     exists, and confirms any equal words with :func:`keyed_digests` (a third of that cost:
     no AES, and no message is built).
     """
-    chunks = _binary_chunks(keys)
-    out = np.empty(sum(len(c) for c in chunks), dtype=DIGEST_DTYPE)
     mixed_seed = np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF)
+    return _in_steps(keys, (), lambda piece: _check_chunk(piece, mixed_seed))
+
+
+def _in_steps(
+    keys: pa.Array | pa.ChunkedArray | ByteColumn,
+    tail: tuple[int, ...],
+    step: Callable[[pa.Array | ByteColumn], np.ndarray],
+) -> np.ndarray:
+    """``step`` of every ``_CHUNK_ROWS`` rows of ``keys`` (binary, no nulls), in row order,
+    gathered into one ``uint64`` array of shape ``(rows, *tail)``."""
+    chunks = _binary_chunks(keys)
+    out = np.empty((sum(len(c) for c in chunks), *tail), dtype=DIGEST_DTYPE)
     position = 0
     for chunk in chunks:
         for start in range(0, len(chunk), _CHUNK_ROWS):
             piece = chunk.slice(start, _CHUNK_ROWS)
-            out[position : position + len(piece)] = _check_chunk(piece, mixed_seed)
+            out[position : position + len(piece)] = step(piece)
             position += len(piece)
     return out
 
