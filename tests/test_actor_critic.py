@@ -198,12 +198,27 @@ class _FixedScores(torch.nn.Module):
         return self.scores.expand(x.shape[0], -1)
 
 
+def _per_sample_gradient(targets: np.ndarray):
+    """The gradient of :func:`_per_sample_validation`'s mean loss, with its losses."""
+
+    def gradient(weights: np.ndarray) -> ValidationGradient:
+        per_sample = ((weights[None, :] - targets) ** 2).sum(axis=1)
+        return ValidationGradient(
+            loss=float(per_sample.mean()),
+            gradient=(2.0 * (weights - targets.mean(axis=0))).astype(np.float32),
+            sample_losses=per_sample,
+        )
+
+    return gradient
+
+
 def _round(
     index: int,
     weights: np.ndarray,
     gradients: np.ndarray,
     validate,
     counts: np.ndarray | None = None,
+    validation_gradient=None,
 ) -> RoundInput:
     return RoundInput(
         round_index=index,
@@ -213,15 +228,30 @@ def _round(
         global_weights=weights.astype(np.float32),
         first_gradients=gradients.astype(np.float32),
         validate=validate,
+        validation_gradient=validation_gradient,
     )
 
 
-def test_a_clearly_worse_proposal_is_rejected_and_the_reference_applied() -> None:
+@pytest.mark.parametrize(
+    ("alone_method", "with_gradient"),
+    [("exact", False), ("exact", True), ("first-order", False), ("first-order", True)],
+)
+def test_a_clearly_worse_proposal_is_rejected_and_the_reference_applied(
+    alone_method: str, with_gradient: bool
+) -> None:
     rng = np.random.default_rng(0)
     target = np.array([1.0, 1.0])
-    validate = _per_sample_validation(target + 0.1 * rng.normal(size=(200, 2)))
+    samples = target + 0.1 * rng.normal(size=(200, 2))
+    validate = _per_sample_validation(samples)
+    gradient = _per_sample_gradient(samples) if with_gradient else None
     policy = RichActorCritic(
-        ActorCriticSettings(warmup_rounds=2, exploration_noise=0.0, max_rise=0.0, seed=0)
+        ActorCriticSettings(
+            warmup_rounds=2,
+            exploration_noise=0.0,
+            max_rise=0.0,
+            seed=0,
+            alone_method=alone_method,
+        )
     )
     weights = np.zeros(2)
     for index in range(4):
@@ -230,7 +260,9 @@ def test_a_clearly_worse_proposal_is_rejected_and_the_reference_applied() -> Non
         direction = (weights - target) * 0.3
         gradients = np.stack([direction, direction * 1.1, direction * 0.9, -direction])
         running = None if policy.running_credit is None else policy.running_credit.copy()
-        result = policy.aggregate(_round(index, weights, gradients, validate))
+        result = policy.aggregate(
+            _round(index, weights, gradients, validate, validation_gradient=gradient)
+        )
         assert policy.pending is not None
         if index < 2:  # the robust start applies the reference, which the check skips
             assert policy.diagnostics()["rejected"] == 0.0

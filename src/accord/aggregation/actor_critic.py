@@ -28,10 +28,11 @@
     - *robust start*: for the first ``warmup_rounds`` rounds the policy applies the
       reference.
     - *safe policy improvement*: the proposal and the reference are both scored on the
-      validation set (the reference in the features' batched pass, the proposal in the
-      credit's); a proposal whose mean per-sample loss exceeds the reference's by more than
-      ``safety_k`` standard errors is rejected and the reference applied instead. The replay
-      records the applied action, and on rejected rounds an imitation term
+      validation set, both in the credit's batched pass (with ``alone_method = "exact"``
+      the reference in the features' pass); a proposal whose mean per-sample loss exceeds
+      the reference's by more than ``safety_k`` standard errors is rejected and the
+      reference applied instead. The replay records the applied action, and on rejected
+      rounds an imitation term
       ``β·KL(reference ‖ π)`` pulls the actor toward the reference.
     - *step-normalised credit*: ``G₋ᵢ`` keeps the length of ``G``, so a free rider is not
       paid for damping the step.
@@ -331,7 +332,8 @@ class RichActorCritic(Aggregator):
     ) -> _Reference:
         """The node features and the reference weights: Hedge-LOO's on this policy's
         credit or (when the choice is on, and they validate no clearly worse) the data-size
-        weights, scored in the features' batched pass when the safety check needs it.
+        weights, scored in the features' batched pass when the safety check needs it (or,
+        with a first-order alone feature, marked to be scored in the credit's pass).
         ``first_order``: the validation gradient when the credit is first-order."""
         assert round_input.validate is not None
         assert self.previous_probabilities is not None and self.running_credit is not None
@@ -350,7 +352,11 @@ class RichActorCritic(Aggregator):
         choose = s.data_size_reference
         candidates = [hedge, data_size] if choose else [hedge]
         scored = check or choose
-        alone_first_order = first_order is None and s.alone_method == "first-order"
+        alone_first_order = (
+            first_order is None
+            and s.alone_method == "first-order"
+            and round_input.validation_gradient is not None
+        )
         # With a first-order alone feature the features' pass scores no candidate: the
         # reference is scored in the credit's pass instead, one validation call a round.
         deferred = scored and alone_first_order and not choose
