@@ -250,13 +250,15 @@ class RssSampler:
 
 
 def test_bucketed_memory_stays_well_below_the_in_memory_run(tmp_path: Path) -> None:
-    # 3M IDs per party, run in memory and then bucketed under a budget the in-memory run
+    # 5M IDs per party, run in memory and then bucketed under a budget the in-memory run
     # exceeds. The two peaks (each party's host and enclave, anonymous memory: the mapped
     # input and the libraries are file pages the kernel may reclaim) are compared with each
     # other, measured in this test on the same tables: absolute figures vary with the
-    # machine and belong to benchmarks/alignment.py. Measured here: 0.55 GB in memory,
-    # 0.32 GB bucketed; a sample missing a peak by 5 ms moves neither much.
-    n, limit_mib = 3_000_000, 512
+    # machine and belong to benchmarks/alignment.py. Measured here: 0.54 GB in memory,
+    # 0.40-0.41 GB bucketed; a sample missing a peak by 5 ms moves neither much. (At 3M IDs
+    # the in-memory run, 0.37-0.39 GB since the fourth speed pass, fits the 512 MiB budget
+    # the bucketed run needed (384 MiB is refused), and the peaks were within 15 %.)
+    n, limit_mib = 5_000_000, 640
     rng = np.random.default_rng(3)
     shared = rng.choice(10**12, size=n // 2, replace=False)
     tables = {}
@@ -282,7 +284,7 @@ def test_bucketed_memory_stays_well_below_the_in_memory_run(tmp_path: Path) -> N
             assert (summary["buckets"] or 0) >= (2 if mode == "bucketed" else 0)
         peaks[mode] = {name: sampler.peak_anon for name, sampler in samplers.items()}
     for name in tables:
-        assert peaks["bucketed"][name] <= 0.8 * peaks["memory"][name], (name, peaks)
+        assert peaks["bucketed"][name] <= 0.85 * peaks["memory"][name], (name, peaks)
 
 
 @pytest.mark.parametrize(

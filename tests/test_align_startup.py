@@ -71,23 +71,29 @@ def test_blas_threads_are_one_unless_the_user_chose() -> None:
         **{name: "1" for name in THREAD_VARIABLES if name != "OPENBLAS_NUM_THREADS"},
     }
     without = {key: value for key, value in os.environ.items() if key not in THREAD_VARIABLES}
-    threads = subprocess.run(
+    threads = _tuned_host(
+        "import numpy\n"
+        "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))",
+        without,
+    ).split()
+    assert threads == ["1", "1"]
+
+
+def _tuned_host(code: str, environment: dict[str, str]) -> str:
+    """What ``code`` prints in a fresh interpreter after the host's tune_host_memory()."""
+    return subprocess.run(
         [
             sys.executable,
             "-c",
-            "import os\n"
-            "from accord.tee.runtime.launch import tune_host_memory\n"
-            "tune_host_memory()\n"
-            "import numpy\n"
-            "print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))",
+            "import os\nfrom accord.tee.runtime.launch import tune_host_memory\n"
+            "tune_host_memory()\n" + code,
         ],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
-        env=without,
-    ).stdout.split()
-    assert threads == ["1", "1"]
+        env=environment,
+    ).stdout
 
 
 def test_the_aligned_csv_copy_loads_neither_pyarrow_compute_nor_numpy_ma(tmp_path: Path) -> None:
@@ -102,3 +108,15 @@ def test_the_aligned_csv_copy_loads_neither_pyarrow_compute_nor_numpy_ma(tmp_pat
     assert (tmp_path / "out.csv").read_text() == "id,x\nc,3\na,1\n"
     assert "pyarrow.compute" not in loaded
     assert "numpy.ma" not in loaded
+
+
+def _host_pool(environment: dict[str, str]) -> str:
+    """The backend of pyarrow's default pool in a fresh host tuned by tune_host_memory()."""
+    code = "import pyarrow as pa\nprint(pa.default_memory_pool().backend_name)"
+    return _tuned_host(code, environment).strip()
+
+
+def test_the_host_gives_pyarrow_malloc_unless_the_user_chose_a_pool() -> None:
+    without = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    assert _host_pool(without) == "system"
+    assert _host_pool({**without, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import mmap
 import subprocess
 import sys
 from pathlib import Path
@@ -461,3 +462,54 @@ def test_bounded_copy_stays_within_the_open_file_limit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     order = np.random.default_rng(1).permutation(2048)
     assert out.read_text().split("\n")[1:-1] == [str(i) for i in order]
+
+
+def test_a_plain_csv_larger_than_a_scan_piece_is_copied_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40k lines over 256 KiB scan pieces, gathered 4096 lines at a time: lines cut at piece
+    # edges and rows from several gathers come out whole and in the order asked.
+    monkeypatch.setattr(csv_lines, "_GATHER_ROWS", 4096)
+    lines = [f"id-{i:06d},{i * 7 % 1000},{'x' * (i % 13)}\n" for i in range(40_000)]
+    source = tmp_path / "big.csv"
+    source.write_text("id,a,b\n" + "".join(lines))
+    assert source.stat().st_size > 3 * csv_lines._NEWLINE_SCAN_BYTES
+    rows = np.random.default_rng(5).permutation(40_000)[:30_000]
+    target = tmp_path / "out.csv"
+    tables.write_aligned_table(target, source, rows, source_rows=40_000)
+    assert target.read_text() == "id,a,b\n" + "".join(lines[r] for r in rows.tolist())
+
+
+def test_the_key_reader_block_size_sets_the_batches(tmp_path: Path) -> None:
+    path = tmp_path / "keys.csv"
+    pcsv.write_csv(pa.table({"id": [f"id-{i:06d}" for i in range(5000)]}), path)
+    assert len(list(tables.iter_key_batches(path, ["id"]))) == 1
+    small = list(tables.iter_key_batches(path, ["id"], block_bytes=4096))
+    assert len(small) > 5
+    assert sum(batch.num_rows for batch in small) == 5000
+
+
+@pytest.mark.parametrize(
+    ("data", "plain"),
+    [
+        (b'"id","x"\na,1\nb,2\n', True),  # quoted names (pyarrow's writer), plain rows
+        (b"id,x\na,1\nb,2\n", True),
+        (b'"i\nd",x\na,1\nb,2\n', False),  # a line break inside the header's quotes
+        (b'"id",x\na,"1"\nb,2\n', False),  # a quote in a data row
+        (b'i"d,x\na,1\nb,2\n', False),  # a literal quote in the header
+        (b'"id",x\r\na,1\r\nb,2\r\n', False),
+    ],
+)
+def test_only_a_file_whose_newlines_all_end_lines_is_scanned_plainly(
+    tmp_path: Path, data: bytes, plain: bool
+) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(data)
+    with open(source, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    assert csv_lines._is_plain(mapped, np.frombuffer(mapped, dtype=np.uint8), ord(",")) is plain
+    del mapped
+    target = tmp_path / "out.csv"
+    tables.write_aligned_table(target, source, np.array([1, 0]), source_rows=2)
+    rows = pcsv.read_csv(source).to_pylist()
+    assert pcsv.read_csv(target).to_pylist() == [rows[1], rows[0]]

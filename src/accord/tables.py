@@ -114,13 +114,18 @@ def _delimiter(path: StrPath) -> str:
 
 
 def iter_key_batches(
-    path: StrPath, columns: Sequence[str], *, mapped: bool = True
+    path: StrPath,
+    columns: Sequence[str],
+    *,
+    mapped: bool = True,
+    block_bytes: int | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Stream the key column(s) of ``path`` as record batches, in row order.
 
     ``mapped``: an uncompressed CSV is read through a memory map (no copy); its pages then
     count in the process's resident size up to the file's size, so an input larger than
-    memory is read with plain reads instead (``mapped=False``).
+    memory is read with plain reads instead (``mapped=False``). ``block_bytes``: the CSV
+    reader's block (one batch each; 16 MiB by default); its working memory is a few blocks.
 
     Raises :class:`InputDataError` (naming the file) for a missing key column, an empty
     file, a file without data rows, or an unreadable or malformed file — the last possibly
@@ -129,7 +134,7 @@ def iter_key_batches(
     wanted = _check_key_names(path, columns)
     fmt = file_format(path)
     batches = (
-        _iter_csv_keys(path, wanted, mapped)
+        _iter_csv_keys(path, wanted, mapped, block_bytes)
         if fmt is TableFormat.CSV
         else _iter_parquet_keys(path, wanted)
     )
@@ -227,7 +232,7 @@ def _csv_header(path: StrPath) -> list[str]:
 
 
 def _iter_csv_keys(
-    path: StrPath, columns: list[str], mapped: bool = True
+    path: StrPath, columns: list[str], mapped: bool = True, block_bytes: int | None = None
 ) -> Iterator[pa.RecordBatch]:
     _check_readable(path)
     convert = pcsv.ConvertOptions(
@@ -239,7 +244,7 @@ def _iter_csv_keys(
     try:
         reader = pcsv.open_csv(
             _csv_source(path, mapped),
-            read_options=pcsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            read_options=pcsv.ReadOptions(block_size=block_bytes or _CSV_BLOCK_BYTES),
             parse_options=_parse_options(path),
             convert_options=convert,
         )

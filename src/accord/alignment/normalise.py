@@ -47,14 +47,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
+from accord._lazy import lazy_module
 from accord.errors import InputDataError
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-__all__ = ["EXAMPLE_ROWS", "IdReport", "PreparedIds", "plain_key_column", "prepare_ids"]
+    import pyarrow as pa
+else:
+    pa = lazy_module("pyarrow")
+
+__all__ = [
+    "EXAMPLE_ROWS",
+    "ByteColumn",
+    "IdReport",
+    "PreparedIds",
+    "plain_ids",
+    "plain_key_column",
+    "prepare_ids",
+]
 
 #: How many example row indices a report or an error message carries.
 EXAMPLE_ROWS = 5
@@ -99,6 +111,67 @@ class PreparedIds:
         return len(self.row_index)
 
 
+@dataclass(frozen=True, eq=False)
+class ByteColumn:
+    """A column of byte strings held in numpy arrays, as Arrow lays out a ``binary`` array:
+    value ``i`` is ``data[offsets[i]:offsets[i + 1]]``, and there are no nulls.
+
+    The enclave keeps a key column in this form when it is plain (:func:`plain_ids`), so its
+    common path never imports pyarrow (about 30 ms of a process's CPU). Whoever builds one
+    checks the offsets (:func:`accord.tee.core.loader.decode_columns` does): ``offsets`` is
+    non-decreasing, ``offsets[0] >= 0`` and ``offsets[-1] <= len(data)``.
+    """
+
+    offsets: np.ndarray
+    data: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def slice(self, start: int, length: int) -> ByteColumn:
+        """Values ``start`` to ``start + length`` (fewer at the end), sharing the buffers."""
+        stop = min(start + length, len(self))
+        return ByteColumn(self.offsets[start : stop + 1], self.data)
+
+    def value_bytes(self) -> np.ndarray:
+        """The bytes the values cover, ``data[offsets[0]:offsets[-1]]``."""
+        return self.data[int(self.offsets[0]) : int(self.offsets[-1])]
+
+    def to_arrow(self) -> pa.Array:
+        """The same values as an Arrow ``binary`` array (over the same buffers)."""
+        offsets = np.ascontiguousarray(self.offsets, dtype=np.int32)
+        return pa.Array.from_buffers(
+            pa.binary(), len(self), [None, pa.py_buffer(offsets), pa.py_buffer(self.data)]
+        )
+
+
+def plain_ids(column: ByteColumn) -> IdReport | None:
+    """The report :func:`prepare_ids` gives for the one key column ``column`` when its rule
+    leaves every value as it is: every byte ASCII (valid UTF-8, its own NFC form), no value
+    empty, none beginning or ending with a byte that could be whitespace. The normalised keys
+    are then ``column``'s bytes, every row kept. None when any value needs the rule's work
+    (give the column to :func:`prepare_ids`)."""
+    rows = len(column)
+    if rows == 0:
+        return None
+    offsets = column.offsets
+    data = column.value_bytes()
+    if data.size == 0 or int(data.max()) >= 0x80:
+        return None
+    if bool(np.any(offsets[1:] == offsets[:-1])):  # an empty value
+        return None
+    if _may_need_trim_values(offsets, column.data):
+        return None
+    return IdReport(
+        rows=rows,
+        kept_rows=rows,
+        empty_rows=0,
+        empty_examples=(),
+        undecodable_rows=0,
+        undecodable_examples=(),
+    )
+
+
 def prepare_ids(
     columns: Sequence[Any],
     *,
@@ -117,7 +190,10 @@ def prepare_ids(
     labels = list(names) if names is not None else [f"#{i}" for i in range(len(columns))]
     if len(labels) != len(columns):
         raise InputDataError(f"key column names: expected {len(columns)} names, got {len(labels)}")
-    arrays = [_as_chunked(column, label) for column, label in zip(columns, labels, strict=True)]
+    arrays = [
+        _as_chunked(column.to_arrow() if isinstance(column, ByteColumn) else column, label)
+        for column, label in zip(columns, labels, strict=True)
+    ]
     rows = len(arrays[0])
     for array, label in zip(arrays, labels, strict=True):
         if len(array) != rows:
@@ -357,8 +433,11 @@ def _may_need_trim(text: pa.Array) -> bool:
     buffer = text.buffers()[2]
     if buffer is None or len(text) == 0:
         return False
-    data = np.frombuffer(buffer, dtype=np.uint8)
-    offsets = value_offsets(text)
+    return _may_need_trim_values(value_offsets(text), np.frombuffer(buffer, dtype=np.uint8))
+
+
+def _may_need_trim_values(offsets: np.ndarray, data: np.ndarray) -> bool:
+    """:func:`_may_need_trim` of the values ``data[offsets[i]:offsets[i + 1]]``."""
     first, last = int(offsets[0]), int(offsets[-1])
     count = len(offsets) - 1
     width, remainder = divmod(last - first, count)

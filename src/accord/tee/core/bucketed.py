@@ -33,10 +33,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from accord.alignment import (
     DIGEST_BYTES,
@@ -68,6 +67,9 @@ from accord.tee.core.bucket_plan import (
 )
 from accord.tee.core.loader import SessionConfig
 from accord.tee.core.sealing import FileKind, SealedFile, SealedWriter, open_sealed, seal_blob
+
+if TYPE_CHECKING:
+    from accord.tee.core.loader import KeyColumn
 
 __all__ = ["BucketedRun", "agree_run"]
 
@@ -198,7 +200,7 @@ class BucketedRun:
 
     # -------------------------------------------------------------- 1. spill
 
-    def spill_batch(self, columns: Sequence[pa.Array]) -> list[tuple[int, bytearray]]:
+    def spill_batch(self, columns: Sequence[KeyColumn]) -> list[tuple[int, bytearray]]:
         """Seal one batch of key columns into its buckets: ``[(bucket, bytes to append)]``."""
         self._require("spill", "spilling a batch")
         pieces: list[tuple[int, bytearray]] = []
@@ -208,7 +210,7 @@ class BucketedRun:
             pieces += self._spill_slice([c.slice(start, _SPILL_SLICE_ROWS) for c in columns])
         return pieces
 
-    def _spill_slice(self, columns: Sequence[pa.Array]) -> list[tuple[int, bytearray]]:
+    def _spill_slice(self, columns: Sequence[KeyColumn]) -> list[tuple[int, bytearray]]:
         state = self.state
         prepared = prepare_ids(columns, names=state.key_columns, skip_invalid=True)
         first_row = self._tally.rows

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
+from accord._lazy import lazy_module
 from accord.alignment import (
     DigestSet,
     DuplicatePolicy,
@@ -26,59 +26,126 @@ from accord.alignment import (
     prepare_ids,
 )
 from accord.alignment.buckets import IdTally, duplicate_error, sort_bucket
+from accord.alignment.normalise import ByteColumn, plain_ids
 from accord.errors import InputDataError, ProtocolError
 from accord.tee.core.bucket_plan import Proposal
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pyarrow as pa
+
+    #: A key column off the wire: a plain one as a :class:`ByteColumn`, any other as Arrow.
+    KeyColumn: TypeAlias = ByteColumn | pa.Array
+else:
+    pa = lazy_module("pyarrow")  # plain key columns (ByteColumn) need no pyarrow
+
 __all__ = ["IdLoader", "SessionConfig", "decode_columns"]
 
+_COLUMN_TYPES = (
+    "binary",
+    "large_binary",
+    "string",
+    "large_string",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+)
 
-_COLUMN_TYPES: dict[str, pa.DataType] = {
-    "binary": pa.binary(),
-    "large_binary": pa.large_binary(),
-    "string": pa.string(),
-    "large_string": pa.large_string(),
-    "int8": pa.int8(),
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "uint8": pa.uint8(),
-    "uint16": pa.uint16(),
-    "uint32": pa.uint32(),
-    "uint64": pa.uint64(),
-}
 
-
-def decode_columns(meta: Mapping[str, Any], body: bytes | bytearray | memoryview) -> list[pa.Array]:
+def decode_columns(
+    meta: Mapping[str, Any], body: bytes | bytearray | memoryview
+) -> list[KeyColumn]:
     """Rebuild the arrays described by :func:`accord.tee.core.wire.encode_columns` over ``body``
-    (zero copy), validating every offset against the buffers."""
+    (zero copy), validating every offset against the buffers.
+
+    A ``binary`` column without nulls (what a host reads from a CSV), or a ``string`` one of
+    ASCII bytes, comes back as a :class:`ByteColumn` once its offsets are checked as Arrow's
+    full validation checks them; any other column, or one that fails a check, is rebuilt and
+    validated by Arrow (which then names what is wrong).
+    """
     try:
         columns = meta["columns"]
-        source = pa.py_buffer(body)
+        source = memoryview(body).cast("B")
         position = 0
-        arrays: list[pa.Array] = []
+        arrays: list[KeyColumn] = []
         for column in columns:
-            kind = _COLUMN_TYPES.get(column["type"])
-            if kind is None:
+            if column["type"] not in _COLUMN_TYPES:
                 raise ProtocolError(f"LOAD_IDS: unsupported key column type {column['type']!r}")
-            buffers: list[pa.Buffer | None] = []
+            spans: list[tuple[int, int] | None] = []
             for size in column["buffers"]:
                 if size is None:
-                    buffers.append(None)
+                    spans.append(None)
                     continue
                 if not isinstance(size, int) or size < 0 or position + size > len(source):
                     raise ProtocolError("LOAD_IDS: buffer sizes exceed the body")
-                buffers.append(source.slice(position, size))
+                spans.append((position, size))
                 position += size
-            array = pa.Array.from_buffers(
-                kind, column["length"], buffers, column["null_count"], column["offset"]
-            )
-            array.validate(full=True)
-            arrays.append(array)
+            plain = _byte_column(column, spans, source)
+            arrays.append(plain if plain is not None else _arrow_column(column, spans, source))
         if position != len(source):
             raise ProtocolError("LOAD_IDS: trailing bytes after the key columns")
         return arrays
-    except (KeyError, TypeError, ValueError, pa.ArrowException) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"LOAD_IDS: malformed key columns ({error})") from error
+
+
+def _byte_column(
+    column: Mapping[str, Any], spans: list[tuple[int, int] | None], source: memoryview
+) -> ByteColumn | None:
+    """The column as a :class:`ByteColumn` if it is plain and its offsets check out, else
+    None: ``binary`` (or ASCII ``string``), no validity buffer, no nulls, int32 offsets that
+    start at or after 0, never decrease and end within the data (Arrow's full validation of
+    a binary array)."""
+    kind, length = column["type"], column["length"]
+    nulls, offset = column["null_count"], column["offset"]
+    if kind not in ("binary", "string") or nulls != 0 or len(spans) != 3:
+        return None
+    if not isinstance(length, int) or not isinstance(offset, int) or length < 0 or offset < 0:
+        return None
+    validity, offset_span, data_span = spans
+    if validity is not None or offset_span is None or data_span is None:
+        return None
+    start, size = offset_span
+    if size < 4 * (offset + length + 1):
+        return None
+    offsets = np.frombuffer(source, dtype=np.int32, count=length + 1, offset=start + 4 * offset)
+    data = np.frombuffer(source, dtype=np.uint8, count=data_span[1], offset=data_span[0])
+    if int(offsets[0]) < 0 or int(offsets[-1]) > data.size:
+        return None
+    if length and not bool(np.all(offsets[1:] >= offsets[:-1])):
+        return None
+    plain = ByteColumn(offsets, data)
+    if kind == "string":  # Arrow validates text as UTF-8: ASCII is, else let Arrow check
+        values = plain.value_bytes()
+        if values.size and int(values.max()) >= 0x80:
+            return None
+    return plain
+
+
+def _arrow_column(
+    column: Mapping[str, Any], spans: list[tuple[int, int] | None], source: memoryview
+) -> pa.Array:
+    """The column rebuilt by Arrow over ``source`` and fully validated."""
+    try:
+        whole = pa.py_buffer(source)
+        buffers = [None if span is None else whole.slice(*span) for span in spans]
+        array = pa.Array.from_buffers(
+            getattr(pa, column["type"])(),
+            column["length"],
+            buffers,
+            column["null_count"],
+            column["offset"],
+        )
+        array.validate(full=True)
+    except pa.ArrowException as error:
+        raise ProtocolError(f"LOAD_IDS: malformed key columns ({error})") from error
+    return array
 
 
 @dataclass(frozen=True)
@@ -117,7 +184,7 @@ class IdLoader:
         self._random_bytes = random_bytes
         self._tally = IdTally()
         self._key: bytes | None = None
-        self._waiting: list[tuple[pa.ChunkedArray, np.ndarray]] = []  # before the key
+        self._waiting: list[tuple[pa.ChunkedArray | ByteColumn, np.ndarray]] = []  # no key yet
         capacity = 0 if rows_hint is None else min(rows_hint + rows_hint // 8 + 4096, 1 << 31)
         self._digests = _Gathered(capacity, (2,), np.uint64)
         self._rows = _Gathered(capacity, (), np.int64)
@@ -132,18 +199,27 @@ class IdLoader:
         """Data rows loaded so far."""
         return self._tally.rows
 
-    def add(self, columns: list[pa.Array]) -> None:
+    def add(self, columns: list[KeyColumn]) -> None:
         first_row = self._tally.rows
-        prepared = prepare_ids(columns, names=list(self._config.key_columns), skip_invalid=True)
-        self._tally.add(prepared.report)
-        rows = np.asarray(prepared.row_index, dtype=np.int64) + first_row
-        if self._key is None:
-            self._waiting.append((prepared.keys, rows))
-            self._check_batch(prepared.keys)
+        keys: pa.ChunkedArray | ByteColumn
+        only = columns[0] if len(columns) == 1 else None
+        report = plain_ids(only) if isinstance(only, ByteColumn) else None
+        if isinstance(only, ByteColumn) and report is not None:
+            # The rule leaves every value as it is (prepare_ids would return the same keys).
+            keys = only
+            rows = np.arange(first_row, first_row + len(only), dtype=np.int64)
         else:
-            self._digest(prepared.keys, rows)
+            prepared = prepare_ids(columns, names=list(self._config.key_columns), skip_invalid=True)
+            keys, report = prepared.keys, prepared.report
+            rows = np.asarray(prepared.row_index, dtype=np.int64) + first_row
+        self._tally.add(report)
+        if self._key is None:
+            self._waiting.append((keys, rows))
+            self._check_batch(keys)
+        else:
+            self._digest(keys, rows)
 
-    def _check_batch(self, keys: pa.ChunkedArray) -> None:
+    def _check_batch(self, keys: pa.ChunkedArray | ByteColumn) -> None:
         """Hash a batch that waits for the session key under the one-off check seed (as it
         arrives, while the host reads the next one), keeping one word a row."""
         if self._config.duplicates is not DuplicatePolicy.ERROR or self._random_bytes is None:
@@ -152,7 +228,7 @@ class IdLoader:
             self._check_seed = int.from_bytes(self._random_bytes(8), "little")
         self._check_words.append(check_words(keys, self._check_seed))
 
-    def _digest(self, keys: pa.ChunkedArray, rows: np.ndarray) -> None:
+    def _digest(self, keys: pa.ChunkedArray | ByteColumn, rows: np.ndarray) -> None:
         assert self._key is not None
         columns = len(self._config.key_columns)
         self._digests.append(keyed_digests(keys, self._key, key_columns=columns))

@@ -71,7 +71,13 @@ from accord.tee.core.wire import SESSION_ALREADY_FAILED, Call
 from accord.tee.runtime import bucketed_host
 from accord.tee.runtime.bucketed_host import BucketOutcome, larger_than_memory
 from accord.tee.runtime.host import EnclaveHandle, EnclaveProcess
-from accord.tee.runtime.inputs import KeyReader, check_paths, estimate_rows, read_policy
+from accord.tee.runtime.inputs import (
+    IN_MEMORY_BLOCK_BYTES,
+    KeyReader,
+    check_paths,
+    estimate_rows,
+    read_policy,
+)
 from accord.tee.runtime.links import PeerLink
 from accord.tee.runtime.outputs import write_outputs
 from accord.tee.runtime.progress import ProgressTracker
@@ -318,6 +324,7 @@ async def _align(
         settings.key_columns,
         1 if settings.bucketed else 4,
         mapped=not larger_than_memory(settings),
+        block_bytes=None if settings.bucketed else IN_MEMORY_BLOCK_BYTES,
     )
     if not done_before:
         await keys.start()  # a missing column, a refused type or an empty file fail here
