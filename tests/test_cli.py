@@ -79,6 +79,17 @@ def test_certs_renew_reports_a_new_id_as_issued_and_says_it_once(
     assert len(json.loads((directory / "revoked.json").read_text())["certificates"]) == 2
 
 
+@pytest.mark.parametrize("value", ["-1e6", "-2.5E-3", "-inf", "-1."])
+def test_a_negative_number_in_any_notation_is_a_value_not_an_option(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse alone took "-1e6" for an option and said "expected one argument".
+    assert main(["simulate", "--rounds", "1", "--fault-scale", value]) == ExitCode.USAGE
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("accord simulate: error: --fault-scale: expected a")
+    assert "expected one argument" not in line
+
+
 def test_align_help_says_resume_reuses_the_addresses(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["align", "--help"])

@@ -12,6 +12,7 @@ import atexit
 import importlib
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -56,6 +57,11 @@ def _configure_logging(verbosity: int, quiet: bool) -> None:
     root.setLevel(level)
 
 
+#: What a negative number looks like on the command line: argparse's own pattern, plus
+#: exponents ("-1e6", "-2.5E-3") and "-inf".
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+|\d*\.\d+)([eE][-+]?\d+)?$|^-\d+\.([eE][-+]?\d+)?$|^-inf$")
+
+
 def one_line_errors(parser: argparse.ArgumentParser) -> None:
     """Bad options end in one line, ``accord <cmd>: error: … (see accord <cmd> --help)``,
     exit code 2 (:attr:`ExitCode.USAGE`), instead of argparse's usage block; unknown
@@ -79,6 +85,9 @@ def one_line_errors(parser: argparse.ArgumentParser) -> None:
 
     parser.error = error  # type: ignore[method-assign]
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
+    # argparse takes "-1e6" for an option (only "-1" and "-1.5" look like numbers to it),
+    # so `--fault-scale -1e6` said "expected one argument" instead of what is wrong with it.
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
     for action in parser._actions:  # argparse keeps its sub-parsers only here
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
