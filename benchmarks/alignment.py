@@ -5,7 +5,8 @@ overlap, rows shuffled, generated to disk beforehand (not timed). Then, timed: b
 run ``accord align`` at once on 127.0.0.1 (each a host process that starts its own enclave
 process), CSV in → row map and aligned CSV out. Wall time is from launching both parties to
 both exiting, with nothing watching the parties (each party's CPU, host and enclave, and
-its largest process's peak come from ``wait4``). Memory comes from one more run of each size,
+an upper bound on its largest process's peak come from ``wait4``; Linux counts this process's
+RSS at the spawn in it). Memory comes from one more run of each size,
 not timed: each party's peak RSS is its host and enclave processes together, sampled
 every 10 ms (``combined_peak``), with each process's own high-water mark (``VmHWM``). The
 sampler runs in this process and took about 0.09 s of CPU from a 1M run on two cores (whose
@@ -375,7 +376,9 @@ def run_pair(
     the parties keep busy it took about 0.09 s from a 1M run's 0.77 s, a cost the bare set
     does not pay. Timed runs are therefore unobserved (``observe=False``): each party's CPU
     (host and enclave together) and its largest single-process peak RSS come from
-    ``wait4``, which the kernel keeps anyway.
+    ``wait4``, which the kernel keeps anyway. That peak is an upper bound only: Linux keeps
+    the pre-exec high-water mark, so it includes this process's RSS when the party was
+    started; the sampled ``observed_run`` gives the parties' own peaks.
 
     ``extra``: flags for both parties (e.g. ``--memory-limit 2GiB``; each party then gets
     its own ``--run-dir`` under ``work``). ``cgroup_limit``: each party (host and enclave)
