@@ -16,6 +16,7 @@ from accord.aggregation.actor_critic import (
     misalignment,
     reward,
 )
+from accord.aggregation.actor_critic_guards import descent_choice, veto
 from accord.aggregation.combine import bounded_prior_softmax
 from accord.aggregation.credit import descent_alignment
 from accord.data.faults import FaultSpec
@@ -486,19 +487,18 @@ def _scored(credit: list[float], after: float, candidates: list[float], lifted=N
 
 
 def test_the_veto_leaves_out_the_node_whose_removal_validates_clearly_better() -> None:
-    policy = RichActorCritic(ActorCriticSettings(veto_k=2.0))
     applied = np.full(4, 0.25)
     # Node 3's removal lowers every sample's loss by 0.5: clearly better.
-    assert policy._veto(applied, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5])) == 3
+    assert veto(applied, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5]), 2.0) == 3
     # A gain within the noise (0.01 per sample here, with paired spread 0.01): kept.
     noisy = _scored([0.1, 0.1, 0.0, -0.001], 2.0, [2.1, 2.1, 2.0, 1.999])
     noisy.sample_losses_without[3] += np.random.default_rng(1).normal(0.0, 0.5, 400)
-    assert policy._veto(applied, noisy) is None
+    assert veto(applied, noisy, 2.0) is None
     # Every removal validates worse: nobody is left out.
-    assert policy._veto(applied, _scored([0.1, 0.2, 0.3, 0.4], 2.0, [2.1, 2.2, 2.3, 2.4])) is None
+    assert veto(applied, _scored([0.1, 0.2, 0.3, 0.4], 2.0, [2.1, 2.2, 2.3, 2.4]), 2.0) is None
     # A node already at weight 0 is not "left out" again.
     zero = np.array([1 / 3, 1 / 3, 1 / 3, 0.0])
-    assert policy._veto(zero, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5])) is None
+    assert veto(zero, _scored([0.1, 0.1, 0.0, -0.5], 2.0, [2.1, 2.1, 2.0, 1.5]), 2.0) is None
 
 
 def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly_better() -> None:
@@ -507,7 +507,6 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
     rng = np.random.default_rng(0)
     target = np.array([1.0, 1.0])
     validate = _per_sample_validation(target + 0.1 * rng.normal(size=(200, 2)))
-    policy = RichActorCritic(ActorCriticSettings(descent_k=2.0))
     weights = np.zeros(2, dtype=np.float32)
     honest = np.array([-0.3, -0.3], dtype=np.float32)  # a step towards the target
     gradients = np.stack([honest, honest, honest * 0.9, -3 * honest, -3 * honest])
@@ -530,10 +529,10 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
     # Equal weights let the two harmful nodes undo the step: Zeno's weights keep the three
     # honest nodes (the best 60 %), which validate clearly better, so they are applied.
     equal = np.full(5, 0.2)
-    chosen, taken = policy._descent_choice(round_input, gradients, equal, scored(equal), features)
+    chosen, taken = descent_choice(round_input, gradients, equal, scored(equal), features, 2.0, 1.0)
     assert taken
     np.testing.assert_allclose(chosen, [1 / 3, 1 / 3, 1 / 3, 0.0, 0.0])
     # Weights already on the honest nodes: Zeno's are no clearly better; kept as they are.
     good = np.array([0.4, 0.3, 0.3, 0.0, 0.0])
-    kept, taken = policy._descent_choice(round_input, gradients, good, scored(good), features)
+    kept, taken = descent_choice(round_input, gradients, good, scored(good), features, 2.0, 1.0)
     assert not taken and kept is good

@@ -262,20 +262,14 @@ def _policy_passes(monkeypatch: pytest.MonkeyPatch, alone_method: str) -> list[i
 
     from accord.simulation import Simulation, SimulationSettings, StopConditions, driver
 
-    rows: list[int] = []
-    original = make_validation_fn
-    made: list[int] = []
+    counted: list[list[int]] = []
 
     def counting(*args: Any, **kwargs: Any) -> Any:
-        validate = original(*args, **kwargs)
-        made.append(1)
-        if len(made) > 1:  # the test set's function
+        validate = make_validation_fn(*args, **kwargs)
+        if counted:  # the test set's function
             return validate
-
-        def wrapped(stack: np.ndarray) -> ValidationScores:
-            rows.append(np.atleast_2d(stack).shape[0])
-            return validate(stack)
-
+        wrapped, rows = _counting(validate)
+        counted.append(rows)
         return wrapped
 
     monkeypatch.setattr(driver, "make_validation_fn", counting)
@@ -286,7 +280,7 @@ def _policy_passes(monkeypatch: pytest.MonkeyPatch, alone_method: str) -> list[i
     )
     result = Simulation(settings, "actor-critic").run()
     assert (result.rounds[-1].record.test_accuracy or 0.0) > 0.5
-    return rows
+    return counted[0]
 
 
 def test_a_first_order_alone_feature_leaves_one_validation_pass_a_round(

@@ -3,7 +3,8 @@
 (:mod:`~accord.aggregation.actor_critic_settings`, re-exported here), the networks
 (:mod:`~accord.aggregation.actor_critic_networks`), the update
 (:mod:`~accord.aggregation.actor_critic_update`), the running credit behind the reference
-(:mod:`~accord.aggregation.actor_critic_credit`) and the patent mode
+(:mod:`~accord.aggregation.actor_critic_credit`), the per-round guards
+(:mod:`~accord.aggregation.actor_critic_guards`) and the patent mode
 (:mod:`~accord.aggregation.actor_critic_patent`).
 
 ``rich`` (default)
@@ -76,6 +77,7 @@ from accord.aggregation.actor_critic_credit import (
     misalignment,
     reference_credit,
 )
+from accord.aggregation.actor_critic_guards import round_guards
 from accord.aggregation.actor_critic_networks import (
     ActionLinearCritics,
     Replay,
@@ -95,6 +97,7 @@ from accord.aggregation.base import (
     ValidationGradientFn,
 )
 from accord.aggregation.combine import (
+    applied_step,
     bound_norms,
     bounded_prior_softmax,
     cap_rise,
@@ -112,7 +115,6 @@ from accord.aggregation.credit import (
     leave_one_out_credit,
     node_features,
 )
-from accord.aggregation.zeno import ZenoSettings, zeno_weights
 from accord.optim import Adam
 
 __all__ = [
@@ -258,8 +260,8 @@ class RichActorCritic(Aggregator):
         applied = ref.weights if rejected else proposal
         credit = np.nan_to_num(loo.credit, nan=0.0, posinf=MAX_CREDIT, neginf=-MAX_CREDIT)
         if not warm:
-            applied, vetoed, descended = self._round_guards(
-                round_input, gradients, applied, loo, ref.features
+            applied, vetoed, descended = round_guards(
+                round_input, gradients, applied, loo, ref.features, s
             )
         else:
             vetoed, descended = None, False
@@ -456,9 +458,9 @@ class RichActorCritic(Aggregator):
 
         reference_row = None
         if ref.deferred and check:
-            lr = np.float32(s.server_learning_rate)
-            step = round_input.global_weights - lr * second_gradient(ref.weights, gradients)
-            reference_row = step[None, :]
+            reference_row = applied_step(
+                round_input.global_weights, ref.weights, gradients, s.server_learning_rate
+            )[None, :]
         loo = leave_one_out_credit(
             round_input.validate,
             round_input.global_weights,
@@ -501,81 +503,6 @@ class RichActorCritic(Aggregator):
             ),
             True,
         )
-
-    def _round_guards(
-        self,
-        round_input: RoundInput,
-        gradients: FloatArray,
-        applied: np.ndarray,
-        loo: LeaveOneOut,
-        features: NodeFeatures,
-    ) -> tuple[np.ndarray, int | None, bool]:
-        """This round's guards after the warm-up, each off at k = 0: the veto (``veto_k``),
-        then, if it left nobody out, the descent choice (``descent_k``). Returns (weights
-        applied, the node left out or None, whether Zeno's weights were chosen)."""
-        s = self.settings
-        vetoed = self._veto(applied, loo) if s.veto_k > 0 else None
-        if vetoed is not None:
-            applied = applied.copy()
-            applied[vetoed] = 0.0
-            return applied / applied.sum(), vetoed, False
-        if s.descent_k > 0:
-            applied, descended = self._descent_choice(
-                round_input, gradients, applied, loo, features
-            )
-            return applied, None, descended
-        return applied, None, False
-
-    def _descent_choice(
-        self,
-        round_input: RoundInput,
-        gradients: FloatArray,
-        applied: np.ndarray,
-        loo: LeaveOneOut,
-        features: NodeFeatures,
-    ) -> tuple[np.ndarray, bool]:
-        """Zeno's weights for this round (:func:`~accord.aggregation.zeno.zeno_weights`, its
-        default settings), from the features' alone losses: applied instead when their step
-        validates clearly better (``descent_k`` standard errors)."""
-        assert round_input.validate is not None
-        if features.alone_changes is None or loo.sample_losses_after is None:
-            return applied, False
-        zeno = ZenoSettings()
-        norms = np.einsum("ij,ij->i", gradients, gradients, dtype=np.float64)
-        scores = -features.alone_changes - zeno.norm_penalty * norms
-        scores = np.where(np.isfinite(scores), scores, -np.inf)
-        candidate, _, _ = zeno_weights(round_input, scores, zeno.suspect_fraction)
-        lr = np.float32(self.settings.server_learning_rate)
-        step = round_input.global_weights - lr * second_gradient(candidate, gradients)
-        scored = round_input.validate(step[None, :])
-        if scored.sample_losses is None:
-            return applied, False
-        if clearly_worse(
-            loo.sample_losses_after, np.asarray(scored.sample_losses[0]), self.settings.descent_k
-        ):
-            return candidate, True
-        return applied, False
-
-    def _veto(self, applied: np.ndarray, loo: LeaveOneOut) -> int | None:
-        """The node to leave out of this round's step, if any: the one whose leave-one-out
-        candidate (already scored for the credit) validates best, when the step with it
-        validates clearly worse than without it (``veto_k`` standard errors of the paired
-        per-sample losses). A node that strikes in some rounds only is left out in the
-        rounds it strikes, which a running credit learns a round late."""
-        without, after = loo.sample_losses_without, loo.sample_losses_after
-        if without is None or after is None or applied.size < 2:
-            return None
-        eligible = (applied > 0) & np.isfinite(loo.credit)
-        if loo.lifted is not None:
-            eligible &= ~loo.lifted
-        if not eligible.any():
-            return None
-        node = int(np.argmin(np.where(eligible, loo.credit, np.inf)))
-        if loo.credit[node] >= 0 or applied[node] >= 1.0:
-            return None
-        if not clearly_worse(after, without[node], self.settings.veto_k):
-            return None
-        return node
 
     def _update_running_credit(
         self,

@@ -9,6 +9,7 @@ from accord.aggregation.base import FloatArray
 from accord.errors import ProtocolError
 
 __all__ = [
+    "applied_step",
     "bound_norms",
     "bounded_logits",
     "bounded_prior_softmax",
@@ -41,6 +42,19 @@ def second_gradient(
         )
     combined = probabilities.astype(np.float32) @ first_gradients
     return np.asarray(combined, dtype=np.float32)
+
+
+def applied_step(
+    global_weights: FloatArray,
+    probabilities: npt.NDArray[np.float64],
+    first_gradients: FloatArray,
+    server_learning_rate: float,
+) -> FloatArray:
+    """``w − η·G`` in float32, the weights a round with these probabilities would give."""
+    lr = np.float32(server_learning_rate)
+    return np.asarray(
+        global_weights - lr * second_gradient(probabilities, first_gradients), dtype=np.float32
+    )
 
 
 def leave_one_out_gradients(
