@@ -206,6 +206,14 @@ ZOO: dict[str, dict[str, Any]] = {
         "quick": True,
         "note": "noise in rounds 0-49, honest from round 50",
     },
+    "digits-10-late-noise": {
+        "spec": {"fault": "noise", "faulty": 4, "start": 20},
+        "note": "honest for rounds 0-19, noise from round 20: nodes trusted before they turn",
+    },
+    "digits-10-half-free-riders": {
+        "spec": {"partition": "iid", "fault": "free-rider", "faulty": 5},
+        "note": "5 of 10 nodes send zero updates (half the data)",
+    },
     "synthetic-20-intermittent-sign-flip": {
         "spec": {
             "dataset": "synthetic",
@@ -581,13 +589,18 @@ def markdown(output: dict[str, Any]) -> str:
     for policy, gap in agg["worst_gap_to_oracle"].items():
         lines.append(f"| {policy} | {gap['points']:.1f} | {gap['scenario']} |")
     machine = output["machine"]
+    reused = machine.get("reused_runs") or 0
     lines.append(
         f"\n{output['setup']['seeds_count']} seeds, {output['setup']['rounds']} rounds, "
         f"{output['wall_seconds'] / 60:.1f} min with {output['setup']['workers']} workers on "
         f"{machine['cpu']} ({machine['cpus']} CPUs), load average "
         f"{machine['load_average_start'][0]:.2f} at the start, "
-        f"{machine['load_average_end'][0]:.2f} at the end."
+        f"{machine['load_average_end'][0]:.2f} at the end"
+        + (f"; {reused} runs reused from a --runs file (not timed here)." if reused else ".")
     )
+    total = sum(row.get("run_seconds_total", 0.0) for row in summary.values())
+    if total:
+        lines.append(f"Time in rounds over every run: {total / 3600:.2f} core-hours.")
     return "\n".join(lines) + "\n"
 
 

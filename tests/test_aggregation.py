@@ -202,6 +202,21 @@ def test_norm_bounding_scales_long_rows_to_the_bound_and_reports_the_factor() ->
     assert unbounded is gradients and np.all(ones == 1.0)
 
 
+def test_norm_bounding_takes_its_median_over_the_non_zero_rows() -> None:
+    # Half the nodes free riders (zero updates): a median over every row would be half the
+    # smallest honest norm, and every honest row but the shortest would be bounded (and its
+    # node penalised each round), which once handed the riders 97 % of the weight.
+    honest = np.array([[3.0, 4.0], [0.0, 6.0], [7.0, 0.0], [0.0, 8.0]], dtype=np.float32)
+    gradients = np.concatenate([honest, np.zeros((4, 2), dtype=np.float32)])
+    bounded, factors = bound_norms(gradients, 2.0)  # median of 5, 6, 7, 8 → bound 13
+    np.testing.assert_array_equal(factors, np.ones(8))
+    np.testing.assert_array_equal(bounded, gradients)
+    all_zero = np.zeros((3, 2), dtype=np.float32)
+    zeros, ones = bound_norms(all_zero, 2.0)
+    np.testing.assert_array_equal(zeros, all_zero)
+    np.testing.assert_array_equal(ones, np.ones(3))
+
+
 def test_step_normalised_leave_one_out_keeps_the_step_length() -> None:
     rng = np.random.default_rng(3)
     gradients = rng.normal(size=(4, 6)).astype(np.float32)

@@ -168,3 +168,30 @@ def test_kept_runs_are_found_by_scenario_spec_seed_policy_and_rounds(tmp_path: P
     with pytest.raises(SystemExit, match="line 1: not a kept run"):
         zoo.load_runs(kept)
     assert zoo.load_runs(tmp_path / "missing.jsonl") == {}
+
+
+def test_the_markdown_says_which_runs_were_reused_and_the_time_in_rounds() -> None:
+    runs = [
+        {**_run(policy, seed, 0.9), "run_seconds": 900.0}
+        for policy in ("oracle", "fedavg", "actor-critic")
+        for seed in range(2)
+    ]
+    machine = {"cpu": "cpu", "cpus": 2, "load_average_start": [1.0], "load_average_end": [2.0]}
+    output: dict[str, Any] = {
+        "setup": {
+            "policies": ["fedavg", "actor-critic"],
+            "seeds_count": 2,
+            "rounds": 100,
+            "workers": 2,
+        },
+        "scenarios": {"s": zoo.summarise_scenario(runs)},
+        "aggregate": zoo.aggregate({"s": runs}, ["fedavg", "actor-critic"]),
+        "wall_seconds": 60.0,
+        "machine": {**machine, "reused_runs": 4},
+    }
+    text = zoo.markdown(output)
+    assert "1.0 min with 2 workers" in text
+    assert "4 runs reused from a --runs file (not timed here)" in text
+    assert "Time in rounds over every run: 1.50 core-hours." in text
+    output["machine"] = {**machine, "reused_runs": 0}
+    assert "reused" not in zoo.markdown(output)

@@ -25,7 +25,8 @@
     Safety (each switchable, for ablations):
 
     - *norm bounding*: every first gradient is scaled down to at most ``norm_bound`` × the
-      median norm before anything else; the log of the factor is a feature.
+      median norm (of the non-zero updates: free riders set no scale) before anything
+      else; the log of the factor is a feature.
     - *robust start*: for the first ``warmup_rounds`` rounds the policy applies the
       reference.
     - *safe policy improvement*: the proposal and the reference are both scored on the

@@ -74,8 +74,11 @@ class ActorCriticSettings:
       ``safety_k`` k: "clearly worse" is a mean per-sample validation loss difference above
       k standard errors (default 2.0); ``imitation_weight`` β of the pull toward the
       reference on rejected rounds (default 1.0).
-    - ``norm_bound`` c: first gradients longer than c × the median norm are scaled down to
-      it (default 2.0; 0 switches bounding off).
+    - ``norm_bound`` c: first gradients longer than c × the median norm of the non-zero
+      updates are scaled down to it (default 2.0; 0 switches bounding off). Before
+      2026-12-04 the median counted zero updates too: with 5 free riders of 10 it was half
+      the shortest honest norm, every honest node but one was bounded and penalised each
+      round, and the riders ended with 97 % of the weight in 2 of 3 seeds.
     - ``credit``: ``step-normalised`` (default; ``G₋ᵢ`` keeps ``G``'s length) or
       ``renormalised`` (the original, which pays free riders for damping).
     - ``max_rise``: the most a node's offset from its prior may rise in one round, in nats

@@ -100,7 +100,7 @@ def row_products(
 def bound_norms(
     first_gradients: FloatArray, factor: float
 ) -> tuple[FloatArray, npt.NDArray[np.float64]]:
-    """Scale each row down to at most ``factor`` × the median row norm.
+    """Scale each row down to at most ``factor`` × the median norm of the non-zero rows.
 
     Returns the bounded rows and each row's scale factor in (0, 1] (1 where the row was
     within the bound). ``factor <= 0`` bounds nothing. Non-finite rows are not expected here
@@ -111,7 +111,11 @@ def bound_norms(
         return first_gradients, np.ones(rows)
     norms = np.sqrt(row_products(first_gradients)[1])
     finite = np.isfinite(norms)
-    limit = factor * float(np.median(norms[finite])) if finite.any() else 0.0
+    # The median of the non-zero rows: zero rows (free riders) carry no scale, and as
+    # many of them as honest rows would pull the median to half the smallest honest norm
+    # and bound (and penalise) every honest row but one.
+    sized = finite & (norms > 0)
+    limit = factor * float(np.median(norms[sized])) if sized.any() else 0.0
     scale = np.ones(rows)
     over = finite & (norms > limit) & (limit > 0)
     if finite.all() and not over.any():
