@@ -317,6 +317,25 @@ def test_sign_flippers_holding_a_third_of_the_data_do_not_blow_the_model_up() ->
     assert result.rounds[-1].record.test_accuracy > 0.85
 
 
+def test_an_empty_update_is_charged_as_one_cut_down_to_nothing() -> None:
+    # Leaving out an all-zero update changes nothing, so its credit is 0 and, held at its
+    # data share, it would only shorten the step: it is charged log(1e-6) per unit of
+    # bound_penalty, down to the running credit's floor of -2b.
+    rng = np.random.default_rng(0)
+    validate = _per_sample_validation(np.array([1.0, 1.0]) + 0.1 * rng.normal(size=(200, 2)))
+    direction = np.array([-0.3, -0.3])
+    gradients = np.stack([direction, direction * 1.1, direction * 0.9, np.zeros(2)])
+    for penalty in (1.0, 0.1, 0.0):
+        policy = RichActorCritic(ActorCriticSettings(bound_penalty=penalty, seed=0))
+        policy.aggregate(_round(0, np.zeros(2), gradients, validate))
+        running = policy.running_credit
+        assert running is not None
+        # Here every node's leave-one-out credit is about 0 (the same running credit each).
+        np.testing.assert_allclose(running[:3], running[0])
+        expected = max(-8.0, running[0] + penalty * np.log(1e-6))
+        assert running[3] == pytest.approx(expected, abs=1e-6)
+
+
 def test_a_free_rider_ends_below_half_its_share() -> None:
     settings = SimulationSettings(
         scenario=_scenario("wine", 4, PartitionSpec("iid"), FaultSpec("free-rider", 1), 0),

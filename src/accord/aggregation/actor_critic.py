@@ -26,7 +26,8 @@
 
     - *norm bounding*: every first gradient is scaled down to at most ``norm_bound`` × the
       median norm (of the non-zero updates: free riders set no scale) before anything
-      else; the log of the factor is a feature.
+      else; the log of the factor is a feature and is charged to the node's running credit,
+      and an empty update (all zeros, a free rider's) is charged as one cut to nothing.
     - *robust start*: for the first ``warmup_rounds`` rounds the policy applies the
       reference.
     - *safe policy improvement*: the proposal and the reference are both scored on the
@@ -270,12 +271,16 @@ class RichActorCritic(Aggregator):
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
         rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
+        # An empty update (all zeros) is charged as one cut down to nothing: whoever sends
+        # it, its weight can only shorten the step, which the step-normalised credit does
+        # not see (leaving it out changes nothing, so its credit is exactly 0).
+        empty = ~np.any(gradients, axis=1)
         self._update_running_credit(
             self._evidence(round_input, gradients, credit),
             data_size,
             applied,
             present,
-            bound_factors,
+            np.where(empty, 0.0, bound_factors),
             ref,
         )
         full_probabilities = expand_to_roster(applied, present)
