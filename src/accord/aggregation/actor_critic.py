@@ -106,6 +106,7 @@ from accord.aggregation.combine import (
     clearly_worse,
     data_size_probabilities,
     expand_to_roster,
+    row_norms,
     second_gradient,
 )
 from accord.aggregation.credit import (
@@ -229,7 +230,10 @@ class RichActorCritic(Aggregator):
         replay, log_prior_all = self._ensure_state(round_input)
         assert self.previous_probabilities is not None
         started = time.perf_counter()
-        gradients, bound_factors = bound_norms(round_input.first_gradients, s.norm_bound)
+        norms = row_norms(round_input.first_gradients)
+        gradients, bound_factors = bound_norms(
+            round_input.first_gradients, s.norm_bound, norms=norms
+        )
         log_prior = log_prior_all[present]
         data_size = data_size_probabilities(round_input.present_counts)
         warm = s.robust_start and self.rounds_seen < s.warmup_rounds
@@ -273,8 +277,9 @@ class RichActorCritic(Aggregator):
         rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
         # An empty update (all zeros) is charged as one cut down to nothing: whoever sends
         # it, its weight can only shorten the step, which the step-normalised credit does
-        # not see (leaving it out changes nothing, so its credit is exactly 0).
-        empty = ~np.any(gradients, axis=1)
+        # not see (leaving it out changes nothing, so its credit is exactly 0). A non-finite
+        # row has the factor 0 already.
+        empty = norms == 0
         self._update_running_credit(
             self._evidence(round_input, gradients, credit),
             data_size,

@@ -18,6 +18,7 @@ __all__ = [
     "data_size_probabilities",
     "expand_to_roster",
     "leave_one_out_gradients",
+    "row_norms",
     "row_products",
     "second_gradient",
     "step_normalised_leave_one_out_gradients",
@@ -97,19 +98,29 @@ def row_products(
     return products, squares
 
 
+def row_norms(rows: FloatArray) -> npt.NDArray[np.float64]:
+    """Each row's norm, accumulated in float64 (0 exactly for an all-zero row)."""
+    return np.sqrt(row_products(rows)[1])
+
+
 def bound_norms(
-    first_gradients: FloatArray, factor: float
+    first_gradients: FloatArray,
+    factor: float,
+    *,
+    norms: npt.NDArray[np.float64] | None = None,
 ) -> tuple[FloatArray, npt.NDArray[np.float64]]:
     """Scale each row down to at most ``factor`` × the median norm of the non-zero rows.
 
     Returns the bounded rows and each row's scale factor in (0, 1] (1 where the row was
     within the bound). ``factor <= 0`` bounds nothing. Non-finite rows are not expected here
-    (the round drops them) but would get the factor 0 rather than spread NaN.
+    (the round drops them) but would get the factor 0 rather than spread NaN. ``norms``:
+    the rows' :func:`row_norms`, when the caller has them already (one pass over the rows).
     """
     rows = first_gradients.shape[0]
     if factor <= 0 or rows == 0:
         return first_gradients, np.ones(rows)
-    norms = np.sqrt(row_products(first_gradients)[1])
+    if norms is None:
+        norms = row_norms(first_gradients)
     finite = np.isfinite(norms)
     # The median of the non-zero rows: zero rows (free riders) carry no scale, and as
     # many of them as honest rows would pull the median to half the smallest honest norm
