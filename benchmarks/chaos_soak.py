@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psutil
-from machine import cpu_model
+from machine import machine_record
 
 #: Growth of the last server's RSS allowed from the round the replay is full to the end.
 RSS_GROWTH_LIMIT = 0.10
@@ -515,12 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             report = run_soak(settings, Path(folder))
     report["settings"] = dataclasses.asdict(settings)
     report["wall_seconds"] = time.perf_counter() - started
-    report["machine"] = {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "load_average_start": list(load),
-        "load_average_end": list(os.getloadavg()),
-    }
+    report["machine"] = machine_record(load)
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0 if report["ok"] else 1

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from typing import Any
 
 import torch
-from machine import cpu_model
+from machine import machine_record
 
 from accord.scenario import ScenarioSettings
 from accord.simulation import Simulation, SimulationSettings, StopConditions
@@ -84,15 +83,7 @@ def measure(repeat: int, rounds: int) -> dict[str, Any]:
         "ratio": {"min": min(ratios), "median": statistics.median(ratios), "max": max(ratios)},
         "target_ratio": 3.0,
         "wall_seconds": time.perf_counter() - started,
-        "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "load_average_start": list(load_start),
-            "load_average_end": list(os.getloadavg()),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-        },
+        "machine": {**machine_record(load_start), "torch": torch.__version__},
     }
     return output
 

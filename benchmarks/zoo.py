@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_quality import ORACLE, SPEC_DEFAULTS, run_one, scenario_settings
-from machine import cpu_model
+from machine import machine_record
 
 #: The policies each scenario runs by default (the oracle is added to every scenario).
 POLICIES = (
@@ -786,12 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         "aggregate": aggregate(by_scenario, policies),
         "wall_seconds": time.perf_counter() - started,
         "machine": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "load_average_start": list(load_start),
-            "load_average_end": list(os.getloadavg()),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
+            **machine_record(load_start),
             "numpy": np.__version__,
             "torch": torch.__version__,
             "scikit-learn": sklearn.__version__,
