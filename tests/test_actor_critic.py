@@ -16,6 +16,7 @@ from accord.aggregation.actor_critic import (
     misalignment,
     reward,
 )
+from accord.aggregation.actor_critic_credit import RunningCredit, fold_evidence
 from accord.aggregation.actor_critic_guards import descent_choice, veto
 from accord.aggregation.combine import bounded_prior_softmax
 from accord.aggregation.credit import descent_alignment
@@ -334,6 +335,26 @@ def test_an_empty_update_is_charged_as_one_cut_down_to_nothing() -> None:
         np.testing.assert_allclose(running[:3], running[0])
         expected = max(-8.0, running[0] + penalty * np.log(1e-6))
         assert running[3] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_noise_like_update_earns_no_positive_credit_and_is_charged() -> None:
+    settings = ActorCriticSettings(noise_test_p=1e-6, noise_penalty=0.5)
+    credit = np.array([1.0, -1.0, 2.0, 0.0])  # mean |credit| 1: increments are the credit
+    noise_like = np.array([False, False, True, True])
+    memory = RunningCredit(np.zeros(4), np.zeros(4), np.zeros(4))
+    fold_evidence(
+        memory,
+        settings,
+        credit,
+        data_size=np.full(4, 0.25),
+        applied=np.full(4, 0.25),
+        present=np.ones(4, dtype=bool),
+        bound_factors=np.ones(4),
+        cosines=None,
+        noise_like=noise_like,
+    )
+    # Node 2 seemed to help (+2): a noise-like update's help is damping, so it earns 0.
+    np.testing.assert_allclose(memory.credit, [1.0, -1.0, -0.5, -0.5])
 
 
 def test_a_free_rider_ends_below_half_its_share() -> None:

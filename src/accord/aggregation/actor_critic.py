@@ -118,6 +118,7 @@ from accord.aggregation.credit import (
     leave_one_out_credit,
     node_features,
 )
+from accord.aggregation.noise_test import noise_like_rows
 from accord.optim import Adam
 
 __all__ = [
@@ -280,6 +281,7 @@ class RichActorCritic(Aggregator):
         # not see (leaving it out changes nothing, so its credit is exactly 0). A non-finite
         # row has the factor 0 already.
         empty = norms == 0
+        noise_like = noise_like_rows(gradients, s.noise_test_p)
         self._update_running_credit(
             self._evidence(round_input, gradients, credit),
             data_size,
@@ -287,6 +289,7 @@ class RichActorCritic(Aggregator):
             present,
             np.where(empty, 0.0, bound_factors),
             ref,
+            noise_like,
         )
         full_probabilities = expand_to_roster(applied, present)
         reward_row = np.zeros(roster_size, dtype=np.float32)
@@ -315,6 +318,7 @@ class RichActorCritic(Aggregator):
             "credit_kept": self._diagnostics_shrinkage,
             "vetoed": float(vetoed is not None),
             "descent_chosen": float(descended),
+            "noise_like_nodes": float(np.sum(noise_like)),
         }
         return Aggregation(probabilities=full_probabilities, second_gradient=combined)
 
@@ -523,6 +527,7 @@ class RichActorCritic(Aggregator):
         present: np.ndarray,
         bound_factors: np.ndarray,
         ref: _Reference,
+        noise_like: np.ndarray,
     ) -> None:
         """Fold this round's evidence into each node's running credit (the reference's
         memory): :func:`~accord.aggregation.actor_critic_credit.fold_evidence`."""
@@ -540,6 +545,7 @@ class RichActorCritic(Aggregator):
             present=present,
             bound_factors=bound_factors,
             cosines=cosines,
+            noise_like=noise_like,
         )
 
     def _evidence(

@@ -53,11 +53,14 @@ def fold_evidence(
     present: np.ndarray,
     bound_factors: np.ndarray,
     cosines: np.ndarray | None,
+    noise_like: np.ndarray | None = None,
 ) -> None:
     """Fold one round's leave-one-out ``credit`` of the present nodes into ``memory``, in
     place (absent nodes' records carry over unchanged): decay, the scaled increment, its
     running mean and variance, the norm-bound penalty, the alignment penalty (``cosines``
-    to the last second gradient; ``None`` in the first round) and the floor at −2b."""
+    to the last second gradient; ``None`` in the first round), the noise charge (the present
+    nodes whose update ``noise_like`` marks earn no positive credit and lose
+    ``noise_penalty``) and the floor at −2b."""
     s = settings
     running = memory.credit
     evidence = credit
@@ -73,6 +76,10 @@ def fold_evidence(
     # failed) carries its record over unchanged until it is heard from again.
     running[present] *= np.where(running[present] < 0, s.harm_decay, s.credit_decay)
     increment = evidence / credit_scale if credit_scale > 0 else np.zeros_like(evidence)
+    if noise_like is not None and np.any(noise_like):
+        # Such an update shares nothing with the others: whatever it seems to add is the
+        # damping of an overshooting step, which the credit does not pay for.
+        increment = np.where(noise_like, np.minimum(increment, 0.0) - s.noise_penalty, increment)
     running[present] += increment
     # Each node's per-round evidence, as an exponentially weighted mean and variance:
     # the noise against which the shrinkage judges the spread of the running credit.

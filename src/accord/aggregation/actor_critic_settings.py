@@ -99,6 +99,13 @@ class ActorCriticSettings:
       leaving it out changes nothing, so its credit is exactly 0, and its weight can only
       shorten the step. Without that charge, free riders holding half the data kept 57–59 %
       of their share in one seed of five (the target is under 50 %).
+    - ``noise_test_p``: each round, an update that puts no more of its length in the span
+      of the other updates than isotropic noise would (a χ² test at this p-value, see
+      :mod:`accord.aggregation.noise_test`) earns no positive credit that round and is
+      charged ``noise_penalty`` (in units of a round's mean evidence), as long as most
+      updates pass the test (default 0, off; ``noise_penalty`` default 1.0). Late in
+      training leaving a noise node out lengthens the honest part of the step, which the
+      leave-one-out credit pays as if the node had damped an overshoot.
 
     Ablations of the reference (each off by default; measured on digits, 10 nodes, where
     Hedge-LOO's rule piles the weight onto 3–4 nodes on clean non-IID data):
@@ -240,6 +247,8 @@ class ActorCriticSettings:
     veto_k: float = 0.0
     descent_k: float = 0.0
     alone_method: str = "first-order"
+    noise_test_p: float = 0.0
+    noise_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
@@ -317,6 +326,8 @@ class ActorCriticSettings:
         require_number("veto_k", self.veto_k, minimum=0.0)
         require_number("descent_k", self.descent_k, minimum=0.0)
         require_choice("alone_method", self.alone_method, ("exact", "first-order"))
+        require_number("noise_test_p", self.noise_test_p, minimum=0.0, maximum=0.5)
+        require_number("noise_penalty", self.noise_penalty, minimum=0.0)
 
 
 def _require_float32_reward(scale: float, base: float) -> None:

@@ -1,0 +1,150 @@
+"""Which updates carry nothing that the other updates share: a χ² test of each update's
+length in the span of the others.
+
+Late in training a leave-one-out credit cannot tell a node that sends noise from one that
+damps an overshooting step: leaving either out lengthens the honest part of the step, so
+both look useful. Their direction tells them apart. For an update ``g`` drawn isotropically
+and independently of the others, the share of its squared length that lies in the span of
+the other updates (rank ``r``), times the dimension ``d``, is ``d · Beta(r/2, (d − r)/2)``:
+about χ²_r. An honest update shares the task with the others, agreeing or (non-IID, late)
+opposing, and puts far more of itself in their span. Pure numpy and :mod:`math`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "MAX_TEST_COORDINATES",
+    "MIN_SPAN_SHARE",
+    "chi_square_quantile",
+    "noise_like_rows",
+    "span_statistics",
+]
+
+#: Above this many parameters the test reads every k-th coordinate only (an isotropic
+#: update restricted to fixed coordinates is still isotropic there, so the null is exact):
+#: the Gram matrix of 100 updates then costs 100² × 16,384 products, not 100² × d.
+MAX_TEST_COORDINATES = 16_384
+
+#: A row is tested only where an update keeping this share of its squared length in the
+#: others' span would pass: below that the test has no power (a logistic model of a few
+#: dozen parameters, say) and would flag honest nodes, so it stays out of the way.
+MIN_SPAN_SHARE = 0.1
+
+#: Eigenvalues of the others' Gram matrix below this fraction of the largest are left out
+#: of their span (nearly collinear updates early in training), so its rank is numerical.
+RANK_TOLERANCE = 1e-6
+
+
+def chi_square_survival(x: float, dof: int) -> float:
+    """``P(χ²_dof > x)`` for a positive integer ``dof``, in closed form."""
+    if dof < 1:
+        raise ValueError(f"dof must be a positive integer, got {dof}")
+    if x <= 0:
+        return 1.0
+    half = x / 2.0
+    if dof % 2 == 0:
+        term, total = 1.0, 1.0
+        for m in range(1, dof // 2):
+            term *= half / m
+            total += term
+        return min(1.0, math.exp(-half) * total)
+    # Odd: erfc(√(x/2)) + e^(−x/2) Σ_{j=1}^{(dof−1)/2} (x/2)^(j − 1/2) / Γ(j + 1/2).
+    total = math.erfc(math.sqrt(half))
+    term = math.sqrt(half) / math.gamma(1.5)
+    for j in range(1, (dof - 1) // 2 + 1):
+        if j > 1:
+            term *= half / (j - 0.5)
+        total += math.exp(-half) * term
+    return min(1.0, total)
+
+
+@lru_cache(maxsize=256)
+def chi_square_quantile(dof: int, p: float) -> float:
+    """The ``x`` with ``P(χ²_dof > x) = p`` (bisection to a relative 1e-10)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    low, high = 0.0, float(dof)
+    while chi_square_survival(high, dof) > p:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if chi_square_survival(middle, dof) > p:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 1e-10 * high:
+            break
+    return high
+
+
+def span_statistics(
+    first_gradients: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], int]:
+    """Per row: ``d′ · ‖P ĝᵢ‖²``, the squared length of the unit update in the span of the
+    other non-zero finite rows times the coordinates read (``d′``), and that span's rank.
+    Zero and non-finite rows get 0 and rank 0. Returns (statistics, ranks, d′)."""
+    n, dim = first_gradients.shape
+    step = max(1, -(-dim // MAX_TEST_COORDINATES))
+    # In float64, where no square of a float32 overflows, whatever the updates' scale; the
+    # Gram matrix gives the norms too.
+    rows = np.asarray(first_gradients[:, ::step], dtype=np.float64)
+    read = rows.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        gram = rows @ rows.T
+        norms = np.sqrt(np.abs(np.diag(gram)))
+    sized = np.isfinite(norms) & (norms > 0)
+    statistics = np.zeros(n)
+    ranks = np.zeros(n, dtype=np.int64)
+    index = np.flatnonzero(sized)
+    if index.size < 2:
+        return statistics, ranks, read
+    scale = norms[index]
+    unit_gram = gram[np.ix_(index, index)] / np.outer(scale, scale)
+    values = np.linalg.eigvalsh(unit_gram)
+    if values[0] > RANK_TOLERANCE * values[-1]:
+        # Full rank: regressing row i on the others leaves 1 / (K⁻¹)ᵢᵢ of its unit length,
+        # so one inverse gives every row's share in the others' span.
+        inverse_diagonal = np.diag(np.linalg.inv(unit_gram))
+        statistics[index] = read * np.clip(1.0 - 1.0 / inverse_diagonal, 0.0, 1.0)
+        ranks[index] = index.size - 1
+        return statistics, ranks, read
+    for position, row in enumerate(index):
+        others = np.delete(np.arange(index.size), position)
+        block = unit_gram[np.ix_(others, others)]
+        cross = unit_gram[others, position]
+        block_values, vectors = np.linalg.eigh(block)
+        keep = block_values > RANK_TOLERANCE * max(float(block_values[-1]), 1e-300)
+        coordinates = vectors[:, keep].T @ cross
+        statistics[row] = read * min(1.0, float(np.sum(coordinates**2 / block_values[keep])))
+        ranks[row] = int(np.sum(keep))
+    return statistics, ranks, read
+
+
+def noise_like_rows(first_gradients: npt.NDArray[np.float32], p: float) -> npt.NDArray[np.bool_]:
+    """The rows whose span statistic is below the χ² quantile at ``p`` (they look like
+    isotropic noise to the others), when most tested rows do not; otherwise none.
+
+    ``p`` is the chance that an isotropic noise update passes as one that shares the
+    others' task: a larger ``p`` lowers the bar a row must clear, so fewer honest rows
+    are flagged and more noise passes. "Noise" is only meaningful against a structured
+    majority: once training has converged every honest update is mostly minibatch noise,
+    and then no row is singled out. A ``p`` of 0 turns the test off.
+    """
+    flagged = np.zeros(first_gradients.shape[0], dtype=bool)
+    if p <= 0:
+        return flagged
+    statistics, ranks, read = span_statistics(first_gradients)
+    tested = ranks > 0
+    for row in np.flatnonzero(tested):
+        quantile = chi_square_quantile(int(ranks[row]), p)
+        tested[row] = quantile <= MIN_SPAN_SHARE * read
+        flagged[row] = tested[row] and statistics[row] < quantile
+    if 2 * int(np.sum(flagged)) >= int(np.sum(tested)):
+        flagged[:] = False
+    return flagged
