@@ -194,10 +194,13 @@ class _FixedScores(torch.nn.Module):
 
     def __init__(self, scores: list[float]) -> None:
         super().__init__()
-        self.scores = torch.tensor(scores)
+        self.fixed = torch.tensor(scores)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.scores.expand(x.shape[0], -1)
+        return self.fixed.expand(x.shape[0], -1)
+
+    def scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.fixed.numpy().astype(np.float32)
 
 
 def _per_sample_gradient(targets: np.ndarray):
@@ -335,6 +338,21 @@ def test_an_empty_update_is_charged_as_one_cut_down_to_nothing() -> None:
         np.testing.assert_allclose(running[:3], running[0])
         expected = max(-8.0, running[0] + penalty * np.log(1e-6))
         assert running[3] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_actors_numpy_scores_are_its_forward_pass() -> None:
+    from accord.aggregation.actor_critic_networks import ScoreActor
+
+    torch.manual_seed(0)
+    actor = ScoreActor(6, 16)
+    with torch.no_grad():
+        for parameter in actor.parameters():
+            parameter.uniform_(-1.0, 1.0)
+    x = np.random.default_rng(0).standard_normal((10, 6)).astype(np.float32)
+    mask = np.array([1, 1, 0, 1, 1, 1, 1, 0, 1, 1], dtype=bool)
+    with torch.no_grad():
+        expected = actor(torch.from_numpy(x)[None], torch.from_numpy(mask)[None])[0].numpy()
+    np.testing.assert_allclose(actor.scores(x, mask), expected, atol=1e-5)
 
 
 def test_a_noise_like_update_earns_no_positive_credit_and_is_charged() -> None:

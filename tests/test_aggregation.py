@@ -440,3 +440,14 @@ def test_node_features_score_their_candidates_a_block_at_a_time(
     np.testing.assert_array_equal(blocked.values, whole.values)
     assert blocked.reference_loss == whole.reference_loss
     np.testing.assert_array_equal(blocked.candidate_losses, whole.candidate_losses)
+
+
+def test_the_fast_median_is_numpys_bit_for_bit() -> None:
+    from accord.aggregation.combine import median
+
+    rng = np.random.default_rng(0)
+    for size in range(1, 24):
+        for dtype in (np.float64, np.float32):
+            values = (rng.standard_normal(size) * 10.0 ** rng.uniform(-30, 30)).astype(dtype)
+            assert median(values) == float(np.median(values))
+    assert np.isnan(median(np.array([1.0, np.nan, 3.0])))

@@ -11,6 +11,7 @@ from accord.aggregation.noise_test import (
     chi_square_quantile,
     chi_square_survival,
     noise_like_rows,
+    noise_like_rows_of_gram,
     span_statistics,
 )
 
@@ -142,3 +143,16 @@ def test_a_model_too_small_for_the_test_to_have_power_is_not_tested() -> None:
     # At p = 0.05 a noise row passes 1 time in 20: here one of the four does.
     assert not flagged[:6].any()
     assert flagged[6:].sum() == 3
+
+
+def test_the_gram_matrix_of_the_rows_gives_the_same_flags() -> None:
+    # The Actor-Critic passes the Gram matrix of the norms' own pass over the rows.
+    from accord.aggregation.combine import row_gram
+
+    rng = np.random.default_rng(8)
+    rows = _honest_and_noise(rng, honest=7, noise=3, dim=6570)
+    gram = row_gram(rows)
+    np.testing.assert_allclose(np.sqrt(np.diag(gram)), np.linalg.norm(rows, axis=1), rtol=1e-6)
+    flags = noise_like_rows_of_gram(gram, rows.shape[1], 0.05)
+    np.testing.assert_array_equal(flags, noise_like_rows(rows, 0.05))
+    assert flags.tolist() == [False] * 7 + [True] * 3

@@ -106,6 +106,7 @@ from accord.aggregation.combine import (
     clearly_worse,
     data_size_probabilities,
     expand_to_roster,
+    row_gram,
     row_norms,
     second_gradient,
 )
@@ -118,7 +119,11 @@ from accord.aggregation.credit import (
     leave_one_out_credit,
     node_features,
 )
-from accord.aggregation.noise_test import noise_like_rows
+from accord.aggregation.noise_test import (
+    MAX_TEST_COORDINATES,
+    noise_like_rows,
+    noise_like_rows_of_gram,
+)
 from accord.optim import Adam
 
 __all__ = [
@@ -231,10 +236,7 @@ class RichActorCritic(Aggregator):
         replay, log_prior_all = self._ensure_state(round_input)
         assert self.previous_probabilities is not None
         started = time.perf_counter()
-        norms = row_norms(round_input.first_gradients)
-        gradients, bound_factors = bound_norms(
-            round_input.first_gradients, s.norm_bound, norms=norms
-        )
+        gradients, bound_factors, norms, noise_like = self._bounded_updates(round_input)
         log_prior = log_prior_all[present]
         data_size = data_size_probabilities(round_input.present_counts)
         warm = s.robust_start and self.rounds_seen < s.warmup_rounds
@@ -281,7 +283,6 @@ class RichActorCritic(Aggregator):
         # not see (leaving it out changes nothing, so its credit is exactly 0). A non-finite
         # row has the factor 0 already.
         empty = norms == 0
-        noise_like = noise_like_rows(gradients, s.noise_test_p)
         self._update_running_credit(
             self._evidence(round_input, gradients, credit),
             data_size,
@@ -321,6 +322,29 @@ class RichActorCritic(Aggregator):
             "noise_like_nodes": float(np.sum(noise_like)),
         }
         return Aggregation(probabilities=full_probabilities, second_gradient=combined)
+
+    def _bounded_updates(
+        self, round_input: RoundInput
+    ) -> tuple[FloatArray, np.ndarray, np.ndarray, np.ndarray]:
+        """The first gradients after norm bounding, each one's bound factor and norm, and
+        which look like noise to the others
+        (:func:`~accord.aggregation.noise_test.noise_like_rows`)."""
+        s = self.settings
+        rows = round_input.first_gradients
+        noise_like: np.ndarray | None = None
+        if s.noise_test_p > 0 and rows.shape[1] <= MAX_TEST_COORDINATES:
+            # One pass over the rows gives both their norms and the noise test's Gram
+            # matrix (cosines, which norm bounding does not change).
+            gram = row_gram(rows)
+            with np.errstate(invalid="ignore"):
+                norms = np.sqrt(np.abs(np.diag(gram)))
+            noise_like = noise_like_rows_of_gram(gram, rows.shape[1], s.noise_test_p)
+        else:
+            norms = row_norms(rows)
+        gradients, bound_factors = bound_norms(rows, s.norm_bound, norms=norms)
+        if noise_like is None:
+            noise_like = noise_like_rows(gradients, s.noise_test_p)
+        return gradients, bound_factors, norms, noise_like
 
     def _ensure_state(self, round_input: RoundInput) -> tuple[Replay, np.ndarray]:
         """The replay buffer, the log data-size prior, the running credit and evidence,
@@ -429,9 +453,7 @@ class RichActorCritic(Aggregator):
         assert self.previous_probabilities is not None
         s = self.settings
         present = round_input.present
-        with torch.no_grad():
-            scores = self.actor(torch.from_numpy(x)[None], torch.from_numpy(present)[None])[0]
-        scores_np = scores.double().numpy()[present]
+        scores_np = self.actor.scores(x, present).astype(np.float64)[present]
         sigma = self._exploration_sigma()
         if sigma > 0:
             scores_np = scores_np + sigma * self.rng.standard_normal(scores_np.shape)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from accord.aggregation.actor_critic_settings import ActorCriticSettings
+from accord.aggregation.combine import median
 
 __all__ = ["RunningCredit", "fold_evidence", "misalignment", "reference_credit"]
 
@@ -37,10 +38,10 @@ def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
     of a noise node is about 0, like that of an honest node that the credit under-pays on
     non-IID data; its alignment tells them apart.
     """
-    median = float(np.median(cosines)) if cosines.size else 0.0
-    if median <= 0:
+    centre = median(cosines) if cosines.size else 0.0
+    if centre <= 0:
         return np.zeros_like(cosines)
-    return np.asarray(np.clip(1.0 - cosines / (fraction * median), 0.0, 2.0))
+    return np.asarray(np.clip(1.0 - cosines / (fraction * centre), 0.0, 2.0))
 
 
 def fold_evidence(

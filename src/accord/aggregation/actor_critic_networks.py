@@ -7,7 +7,7 @@ round's logic: what the policy observes, proposes, checks and learns from.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -170,6 +170,10 @@ def load_torch_state(module: nn.Module | Adam, blob: bytes) -> None:
     module.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
 
 
+def _array(parameter: torch.Tensor) -> np.ndarray:
+    return np.asarray(parameter.detach().numpy())
+
+
 class ScoreActor(nn.Module):
     """One MLP shared by every node: ``[x_i, mean_j x_j] → score_i``."""
 
@@ -184,6 +188,19 @@ class ScoreActor(nn.Module):
         context = torch.cat([x, masked_mean(x, mask)], dim=-1)
         scores: torch.Tensor = self.head(self.body(context)).squeeze(-1)
         return scores
+
+    def scores(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """:meth:`forward` for one round's ``(nodes, features)`` float32 state, in numpy
+        (no autograd): the same float32 arithmetic without torch's per-call overhead,
+        which on ten nodes is half the time of the actor's forward pass."""
+        first, second = cast(nn.Linear, self.body[0]), cast(nn.Linear, self.body[2])
+        head = self.head
+        weights = mask.astype(np.float32)[:, None]
+        mean = (x * weights).sum(axis=0, keepdims=True) / max(float(weights.sum()), 1.0)
+        context = np.concatenate([x, np.broadcast_to(mean, x.shape)], axis=1)
+        hidden = np.tanh(context @ _array(first.weight).T + _array(first.bias))
+        hidden = np.tanh(hidden @ _array(second.weight).T + _array(second.bias))
+        return np.asarray((hidden @ _array(head.weight).T + _array(head.bias))[:, 0])
 
 
 class _EnsembleLinear(nn.Module):

@@ -100,12 +100,16 @@ class ActorCriticSettings:
       shorten the step. Without that charge, free riders holding half the data kept 57–59 %
       of their share in one seed of five (the target is under 50 %).
     - ``noise_test_p``: each round, an update that puts no more of its length in the span
-      of the other updates than isotropic noise would (a χ² test at this p-value, see
-      :mod:`accord.aggregation.noise_test`) earns no positive credit that round and is
-      charged ``noise_penalty`` (in units of a round's mean evidence), as long as most
-      updates pass the test (default 0, off; ``noise_penalty`` default 1.0). Late in
-      training leaving a noise node out lengthens the honest part of the step, which the
-      leave-one-out credit pays as if the node had damped an overshoot.
+      of the other updates than isotropic noise would (a χ² test, see
+      :mod:`accord.aggregation.noise_test`; ``noise_test_p`` is the chance that such noise
+      passes) earns no positive credit that round and is charged ``noise_penalty`` (in
+      units of a round's mean evidence), as long as most updates pass the test (default
+      0.05; 0 off; ``noise_penalty`` default 1.0). Late in training leaving a noise node
+      out lengthens the honest part of the step, which the leave-one-out credit paid as if
+      the node had damped an overshoot: nodes that turned to noise after 20 trusted rounds
+      kept 53 % of the weight. At p = 1e-6 the bar is higher and honest nodes of converged
+      models were flagged in 7.5 % of their rounds (hard noise: −2.9 points); at 0.05,
+      0.5–1 %.
 
     Ablations of the reference (each off by default; measured on digits, 10 nodes, where
     Hedge-LOO's rule piles the weight onto 3–4 nodes on clean non-IID data):
@@ -247,7 +251,7 @@ class ActorCriticSettings:
     veto_k: float = 0.0
     descent_k: float = 0.0
     alone_method: str = "first-order"
-    noise_test_p: float = 0.0
+    noise_test_p: float = 0.05
     noise_penalty: float = 1.0
 
     def __post_init__(self) -> None:

@@ -25,6 +25,22 @@ __all__ = [
 ]
 
 
+def median(values: npt.NDArray[np.floating]) -> float:
+    """``np.median`` of a 1-D array, bit for bit (NaN if any value is NaN), without its
+    overhead: a policy takes half a dozen medians of ten values a round, and np.median's
+    partition and mean cost about 20 µs each where a sort costs 2."""
+    ordered = np.sort(values)
+    n = ordered.shape[0]
+    if n == 0:
+        return float(np.median(values))  # NaN, with numpy's warning
+    if np.isnan(ordered[-1]):
+        return float("nan")
+    middle = n // 2
+    if n % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
 def data_size_probabilities(sample_counts: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """FedAvg's weights ``n_i / Σ n``."""
     counts = np.asarray(sample_counts, dtype=np.float64)
@@ -98,6 +114,20 @@ def row_products(
     return products, squares
 
 
+def row_gram(rows: FloatArray) -> npt.NDArray[np.float64]:
+    """``rows @ rows.T``, accumulated in float64 a column block at a time (as
+    :func:`row_products`); its diagonal is each row's squared norm. A non-finite row gives
+    a NaN or inf row and column, not a warning."""
+    n, dim = rows.shape
+    gram = np.zeros((n, n), dtype=np.float64)
+    width = 1 << max(8, min(12, (2**18 // max(n, 1)).bit_length() - 1))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, dim, width):
+            block = rows[:, start : start + width].astype(np.float64)
+            gram += block @ block.T
+    return gram
+
+
 def row_norms(rows: FloatArray) -> npt.NDArray[np.float64]:
     """Each row's norm, accumulated in float64 (0 exactly for an all-zero row)."""
     return np.sqrt(row_products(rows)[1])
@@ -126,7 +156,7 @@ def bound_norms(
     # many of them as honest rows would pull the median to half the smallest honest norm
     # and bound (and penalise) every honest row but one.
     sized = finite & (norms > 0)
-    limit = factor * float(np.median(norms[sized])) if sized.any() else 0.0
+    limit = factor * median(norms[sized]) if sized.any() else 0.0
     scale = np.ones(rows)
     over = finite & (norms > limit) & (limit > 0)
     if finite.all() and not over.any():
@@ -277,10 +307,10 @@ def cap_rise(
     if not known.any():
         return probabilities
     offset = np.log(np.maximum(probabilities, 1e-300)) - log_prior
-    offset -= np.median(offset)
+    offset -= median(offset)
     before = np.full_like(offset, np.inf)
     before[known] = np.log(previous[known]) - log_prior[known]
-    before[known] -= np.median(before[known])
+    before[known] -= median(before[known])
     capped = np.minimum(offset, before + max_rise)
     logits = log_prior + capped
     weights = np.exp(logits - logits.max())

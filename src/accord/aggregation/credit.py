@@ -40,6 +40,7 @@ from accord.aggregation.base import (
 )
 from accord.aggregation.combine import (
     leave_one_out_rows,
+    median,
     reweighted_gradients,
     row_products,
     second_gradient,
@@ -157,10 +158,10 @@ def robust_z(values: npt.NDArray[np.float64], clip: float = 5.0) -> npt.NDArray[
         if finite.any():
             scores[finite] = robust_z(values[finite], clip)
         return scores
-    median = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - median)))
-    floor = 1e-3 * max(abs(median), float(np.abs(values).mean()), 1e-9)
-    scaled = (values - median) / max(spread, floor)
+    centre = median(values)
+    spread = 1.4826 * median(np.abs(values - centre))
+    floor = 1e-3 * max(abs(centre), float(np.abs(values).mean()), 1e-9)
+    scaled = (values - centre) / max(spread, floor)
     return np.asarray(np.clip(scaled, -clip, clip), dtype=np.float64)
 
 
@@ -276,7 +277,7 @@ def _row_geometry(
         first_gradients, np.stack(along).astype(np.float64) if along else None
     )
     norms = np.sqrt(squares)
-    median_norm = max(float(np.median(norms)), 1e-12)
+    median_norm = max(median(norms), 1e-12)
     log_norm = np.clip(np.log(np.maximum(norms, 1e-12) / median_norm), -3.0, 3.0)
     cosine = np.zeros(first_gradients.shape[0])
     if previous_second_gradient is not None:

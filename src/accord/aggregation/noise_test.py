@@ -22,8 +22,11 @@ __all__ = [
     "MAX_TEST_COORDINATES",
     "MIN_SPAN_SHARE",
     "chi_square_quantile",
+    "coordinates_read",
     "noise_like_rows",
+    "noise_like_rows_of_gram",
     "span_statistics",
+    "span_statistics_of_gram",
 ]
 
 #: Above this many parameters the test reads every k-th coordinate only (an isotropic
@@ -83,20 +86,33 @@ def chi_square_quantile(dof: int, p: float) -> float:
     return high
 
 
+def coordinates_read(dim: int) -> int:
+    """How many coordinates the test reads of a ``dim``-parameter update (every k-th)."""
+    return len(range(0, dim, max(1, -(-dim // MAX_TEST_COORDINATES))))
+
+
 def span_statistics(
     first_gradients: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], int]:
     """Per row: ``d′ · ‖P ĝᵢ‖²``, the squared length of the unit update in the span of the
     other non-zero finite rows times the coordinates read (``d′``), and that span's rank.
     Zero and non-finite rows get 0 and rank 0. Returns (statistics, ranks, d′)."""
-    n, dim = first_gradients.shape
+    dim = first_gradients.shape[1]
     step = max(1, -(-dim // MAX_TEST_COORDINATES))
-    # In float64, where no square of a float32 overflows, whatever the updates' scale; the
-    # Gram matrix gives the norms too.
+    # In float64, where no square of a float32 overflows, whatever the updates' scale.
     rows = np.asarray(first_gradients[:, ::step], dtype=np.float64)
-    read = rows.shape[1]
     with np.errstate(over="ignore", invalid="ignore"):
         gram = rows @ rows.T
+    return span_statistics_of_gram(gram, rows.shape[1])
+
+
+def span_statistics_of_gram(
+    gram: npt.NDArray[np.float64], read: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], int]:
+    """:func:`span_statistics` from the rows' Gram matrix over the ``read`` coordinates
+    (a caller that has it already saves the pass over the rows)."""
+    n = gram.shape[0]
+    with np.errstate(invalid="ignore"):
         norms = np.sqrt(np.abs(np.diag(gram)))
     sized = np.isfinite(norms) & (norms > 0)
     statistics = np.zeros(n)
@@ -105,7 +121,8 @@ def span_statistics(
     if index.size < 2:
         return statistics, ranks, read
     scale = norms[index]
-    unit_gram = gram[np.ix_(index, index)] / np.outer(scale, scale)
+    block = gram if index.size == n else gram[np.ix_(index, index)]
+    unit_gram = block / np.outer(scale, scale)
     values = np.linalg.eigvalsh(unit_gram)
     if values[0] > RANK_TOLERANCE * values[-1]:
         # Full rank: regressing row i on the others leaves 1 / (K⁻¹)ᵢᵢ of its unit length,
@@ -136,15 +153,28 @@ def noise_like_rows(first_gradients: npt.NDArray[np.float32], p: float) -> npt.N
     majority: once training has converged every honest update is mostly minibatch noise,
     and then no row is singled out. A ``p`` of 0 turns the test off.
     """
-    flagged = np.zeros(first_gradients.shape[0], dtype=bool)
     if p <= 0:
-        return flagged
-    statistics, ranks, read = span_statistics(first_gradients)
-    tested = ranks > 0
-    for row in np.flatnonzero(tested):
-        quantile = chi_square_quantile(int(ranks[row]), p)
-        tested[row] = quantile <= MIN_SPAN_SHARE * read
-        flagged[row] = tested[row] and statistics[row] < quantile
+        return np.zeros(first_gradients.shape[0], dtype=bool)
+    return _flag(*span_statistics(first_gradients), p)
+
+
+def noise_like_rows_of_gram(
+    gram: npt.NDArray[np.float64], read: int, p: float
+) -> npt.NDArray[np.bool_]:
+    """:func:`noise_like_rows` from the rows' Gram matrix over ``read`` coordinates."""
+    if p <= 0:
+        return np.zeros(gram.shape[0], dtype=bool)
+    return _flag(*span_statistics_of_gram(gram, read), p)
+
+
+def _flag(
+    statistics: npt.NDArray[np.float64], ranks: npt.NDArray[np.int64], read: int, p: float
+) -> npt.NDArray[np.bool_]:
+    quantiles = np.full(ranks.shape, np.inf)
+    for rank in np.unique(ranks[ranks > 0]):
+        quantiles[ranks == rank] = chi_square_quantile(int(rank), p)
+    tested = quantiles <= MIN_SPAN_SHARE * read
+    flagged = tested & (statistics < quantiles)
     if 2 * int(np.sum(flagged)) >= int(np.sum(tested)):
         flagged[:] = False
-    return flagged
+    return np.asarray(flagged)
