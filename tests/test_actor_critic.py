@@ -375,6 +375,28 @@ def test_a_noise_like_update_earns_no_positive_credit_and_is_charged() -> None:
     np.testing.assert_allclose(memory.credit, [1.0, -1.0, -0.5, -0.5])
 
 
+def test_nodes_trusted_before_they_turn_to_noise_are_held_down() -> None:
+    # Digits, 4 of 10 nodes honest for 10 rounds, then isotropic noise. Late in training
+    # leaving a noise node out lengthens the honest step, which the leave-one-out credit
+    # paid as damping: before the noise test such nodes kept 53 % of the weight (zoo,
+    # digits-10-late-noise); the test flags them and they are charged each round.
+    fault = FaultSpec("noise", 4, start=10)
+    settings = SimulationSettings(
+        scenario=_scenario("digits", 10, PartitionSpec("dirichlet", 0.5), fault, 0),
+        stop=StopConditions(max_rounds=30),
+    )
+    simulation = Simulation(settings, "actor-critic")
+    result = simulation.run()
+    noisy = result.faulty_nodes
+    assert len(noisy) == 4
+    last = result.rounds[-1].record.probabilities
+    assert sum(last[node] for node in noisy) < 0.02
+    flagged = [r.record.diagnostics.get("noise_like_nodes", 0.0) for r in result.rounds]
+    assert sum(flagged[:10]) == 0  # honest rounds: no node looks like noise
+    # Noise rounds: a noise node passes the test at p = 0.05 one round in 20.
+    assert sum(flagged[10:]) >= 0.85 * 4 * 20
+
+
 def test_a_free_rider_ends_below_half_its_share() -> None:
     settings = SimulationSettings(
         scenario=_scenario("wine", 4, PartitionSpec("iid"), FaultSpec("free-rider", 1), 0),
