@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from accord.aggregation.noise_test import (
+    GRAM_BUDGET,
     MAX_TEST_COORDINATES,
     MIN_SPAN_SHARE,
     chi_square_quantile,
     chi_square_survival,
+    coordinate_step,
+    has_power,
     noise_like_rows,
     noise_like_rows_of_gram,
     span_statistics,
@@ -93,21 +96,25 @@ def test_zero_and_non_finite_rows_are_left_out_of_the_test_and_the_spans() -> No
     huge = (gradients[:1] / np.linalg.norm(gradients[0]) * 1e30).astype(np.float32)
     rows = np.concatenate([gradients, np.zeros((2, 3000), np.float32), broken, huge])
     statistics, ranks, _ = span_statistics(rows)
-    # The scaled row is collinear with the first: each of them adds no rank to the span
-    # of the others' (6 = 4 honest + noise + its twin); every other row sees rank 5.
-    np.testing.assert_array_equal(ranks, [6, 5, 5, 5, 5, 5, 0, 0, 0, 6])
+    # Seven rows are tested, each against the six others (the scaled row is the first's
+    # twin: each of the two lies wholly in the others' span).
+    np.testing.assert_array_equal(ranks, [6] * 6 + [0, 0, 0, 6])
+    assert statistics[0] == pytest.approx(3000, rel=1e-6)
+    assert statistics[9] == pytest.approx(3000, rel=1e-6)
     np.testing.assert_array_equal(statistics[6:9], 0.0)
     np.testing.assert_array_equal(noise_like_rows(rows, 1e-6), [False] * 5 + [True] + [False] * 4)
 
 
-def test_collinear_updates_give_the_span_its_numerical_rank() -> None:
+def test_collinear_updates_still_give_every_row_its_share() -> None:
     # Early in training honest updates can be nearly collinear; two identical ones make
-    # the Gram matrix singular, and the span then has rank 2, not 3, for the noise row.
+    # the Gram matrix singular. The ridge keeps one inverse: the twins lie in the span,
+    # the noise row does not (its span has rank 2, and the bar is that of rank 3).
     rng = np.random.default_rng(4)
     honest = _honest_and_noise(rng, honest=2, noise=1, dim=4000)
     rows = np.concatenate([honest[:1], honest[:1], honest[1:]])
     statistics, ranks, _ = span_statistics(rows)
-    assert ranks[3] == 2
+    np.testing.assert_array_equal(ranks, [3, 3, 3, 3])
+    assert statistics[0] == pytest.approx(4000, rel=1e-6)
     assert statistics[3] < chi_square_quantile(2, 1e-3)
     assert noise_like_rows(rows, 1e-6).tolist() == [False, False, False, True]
 
@@ -156,3 +163,25 @@ def test_the_gram_matrix_of_the_rows_gives_the_same_flags() -> None:
     flags = noise_like_rows_of_gram(gram, rows.shape[1], 0.05)
     np.testing.assert_array_equal(flags, noise_like_rows(rows, 0.05))
     assert flags.tolist() == [False] * 7 + [True] * 3
+
+
+@pytest.mark.parametrize(
+    ("dof", "expected"), [(999, 1073.6426506574246), (4999, 5164.598068527191)]
+)
+def test_chi_square_quantile_of_many_nodes(dof: int, expected: float) -> None:
+    # The closed form's terms reach e^(x/2) before e^(−x/2) brings them back: summed
+    # directly they overflowed at about 700 nodes and the quantile's search never ended.
+    assert chi_square_quantile(dof, 0.05) == pytest.approx(expected, rel=1e-8)
+    assert chi_square_survival(1500.0, 999) == pytest.approx(8.513135655488133e-23, rel=1e-8)
+
+
+def test_many_nodes_read_fewer_coordinates_and_the_test_stands_aside_without_power() -> None:
+    # 1,000 updates of 20,000 parameters: the Gram matrix may cost 2^28 products, so 268
+    # coordinates are read, where no update could pass a chi2_999 bar: nothing is flagged
+    # and nothing is computed (this took minutes before the budget).
+    rows = np.random.default_rng(9).standard_normal((1000, 20_000)).astype(np.float32)
+    assert len(range(0, 20_000, coordinate_step(1000, 20_000))) <= GRAM_BUDGET // 1000**2
+    assert not has_power(1000, 268, 0.05)
+    assert not noise_like_rows(rows, 0.05).any()
+    # 200 nodes keep their power on 6,710 coordinates of a larger model.
+    assert has_power(200, GRAM_BUDGET // 200**2, 0.05)

@@ -120,7 +120,7 @@ from accord.aggregation.credit import (
     node_features,
 )
 from accord.aggregation.noise_test import (
-    MAX_TEST_COORDINATES,
+    coordinate_step,
     noise_like_rows,
     noise_like_rows_of_gram,
 )
@@ -332,7 +332,7 @@ class RichActorCritic(Aggregator):
         s = self.settings
         rows = round_input.first_gradients
         noise_like: np.ndarray | None = None
-        if s.noise_test_p > 0 and rows.shape[1] <= MAX_TEST_COORDINATES:
+        if s.noise_test_p > 0 and coordinate_step(*rows.shape) == 1:
             # One pass over the rows gives both their norms and the noise test's Gram
             # matrix (cosines, which norm bounding does not change).
             gram = row_gram(rows)
