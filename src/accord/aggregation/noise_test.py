@@ -187,6 +187,7 @@ def noise_like_rows_of_gram(
 def _flag(
     statistics: npt.NDArray[np.float64], ranks: npt.NDArray[np.int64], read: int, p: float
 ) -> npt.NDArray[np.bool_]:
+    """The tested rows below their χ² quantile, unless they are half or more of the tested."""
     quantiles = np.full(ranks.shape, np.inf)
     for rank in np.unique(ranks[ranks > 0]):
         quantiles[ranks == rank] = chi_square_quantile(int(rank), p)
