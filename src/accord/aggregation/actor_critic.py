@@ -106,6 +106,7 @@ from accord.aggregation.combine import (
     clearly_worse,
     data_size_probabilities,
     expand_to_roster,
+    gram_norms,
     row_gram,
     row_norms,
     second_gradient,
@@ -336,8 +337,7 @@ class RichActorCritic(Aggregator):
             # One pass over the rows gives both their norms and the noise test's Gram
             # matrix (cosines, which norm bounding does not change).
             gram = row_gram(rows)
-            with np.errstate(invalid="ignore"):
-                norms = np.sqrt(np.abs(np.diag(gram)))
+            norms = gram_norms(gram)
             noise_like = noise_like_rows_of_gram(gram, rows.shape[1], s.noise_test_p)
         else:
             norms = row_norms(rows)

@@ -18,6 +18,8 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
+from accord.aggregation.combine import gram_norms
+
 __all__ = [
     "GRAM_BUDGET",
     "MAX_TEST_COORDINATES",
@@ -140,8 +142,7 @@ def span_statistics_of_gram(
     the χ² bar higher for noise (more of it is flagged), not lower.
     """
     n = gram.shape[0]
-    with np.errstate(invalid="ignore"):
-        norms = np.sqrt(np.abs(np.diag(gram)))
+    norms = gram_norms(gram)
     sized = np.isfinite(norms) & (norms > 0)
     statistics = np.zeros(n)
     ranks = np.zeros(n, dtype=np.int64)
@@ -187,12 +188,13 @@ def noise_like_rows_of_gram(
 def _flag(
     statistics: npt.NDArray[np.float64], ranks: npt.NDArray[np.int64], read: int, p: float
 ) -> npt.NDArray[np.bool_]:
-    """The tested rows below their χ² quantile, unless they are half or more of the tested."""
-    quantiles = np.full(ranks.shape, np.inf)
-    for rank in np.unique(ranks[ranks > 0]):
-        quantiles[ranks == rank] = chi_square_quantile(int(rank), p)
-    tested = quantiles <= MIN_SPAN_SHARE * read
-    flagged = tested & (statistics < quantiles)
+    """The tested rows below the χ² quantile, unless they are half or more of the tested.
+    Every tested row is measured against all the others, so they share one rank."""
+    rank = int(ranks.max())
+    if rank == 0 or not has_power(rank + 1, read, p):
+        return np.zeros(ranks.shape, dtype=bool)
+    tested = ranks > 0
+    flagged = tested & (statistics < chi_square_quantile(rank, p))
     if 2 * int(np.sum(flagged)) >= int(np.sum(tested)):
         flagged[:] = False
     return np.asarray(flagged)
