@@ -16,7 +16,7 @@ from accord.aggregation.actor_critic import (
     misalignment,
     reward,
 )
-from accord.aggregation.actor_critic_credit import RunningCredit, fold_evidence
+from accord.aggregation.actor_critic_credit import RunningCredit, fold_evidence, lift_targets
 from accord.aggregation.actor_critic_guards import descent_choice, veto
 from accord.aggregation.combine import bounded_prior_softmax
 from accord.aggregation.credit import descent_alignment
@@ -78,6 +78,8 @@ def test_a_reward_past_float32_range_is_refused_naming_both_fields() -> None:
         ("evidence", "cosine"),
         ("veto_k", -1.0),
         ("descent_k", -2.0),
+        ("scale_memory", 1.5),
+        ("lift_below", -0.1),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -273,7 +275,9 @@ def test_a_clearly_worse_proposal_is_rejected_and_the_reference_applied(
             assert policy.diagnostics()["rejected"] == 0.0
         else:
             assert running is not None
-            reference = bounded_prior_softmax(np.zeros(4), running, 4.0)
+            reference = bounded_prior_softmax(
+                np.zeros(4), running, policy.settings.bound, policy.settings.reference_upper_bound
+            )
             assert policy.diagnostics()["rejected"] == 1.0
             np.testing.assert_allclose(result.probabilities, reference, rtol=1e-9)
             assert float(policy.pending["rejected"]) == 1.0
@@ -359,7 +363,7 @@ def test_a_noise_like_update_earns_no_positive_credit_and_is_charged() -> None:
     settings = ActorCriticSettings(noise_test_p=1e-6, noise_penalty=0.5)
     credit = np.array([1.0, -1.0, 2.0, 0.0])  # mean |credit| 1: increments are the credit
     noise_like = np.array([False, False, True, True])
-    memory = RunningCredit(np.zeros(4), np.zeros(4), np.zeros(4))
+    memory = RunningCredit(np.zeros(4), np.zeros(4), np.zeros(4), np.zeros(1))
     fold_evidence(
         memory,
         settings,
@@ -373,6 +377,46 @@ def test_a_noise_like_update_earns_no_positive_credit_and_is_charged() -> None:
     )
     # Node 2 seemed to help (+2): a noise-like update's help is damping, so it earns 0.
     np.testing.assert_allclose(memory.credit, [1.0, -1.0, -0.5, -0.5])
+
+
+def test_the_lift_skips_bounded_and_empty_updates() -> None:
+    weights = np.array([0.01, 0.01, 0.01, 0.30, 0.67])
+    share = np.array([0.2, 0.2, 0.2, 0.2, 0.2])
+    factors = np.array([1.0, 0.4, 0.0, 1.0, 1.0])  # node 1 cut to the bound, node 2 empty
+    assert lift_targets(weights, share, factors, 0.0) is None
+    np.testing.assert_allclose(lift_targets(weights, share, factors, 0.5), [0.2, 0, 0, 0, 0])
+
+
+def _fold_round(memory: RunningCredit, settings: ActorCriticSettings, credit: np.ndarray) -> None:
+    fold_evidence(
+        memory,
+        settings,
+        credit,
+        data_size=np.full(credit.size, 1 / credit.size),
+        applied=np.full(credit.size, 1 / credit.size),
+        present=np.ones(credit.size, dtype=bool),
+        bound_factors=np.ones(credit.size),
+        cosines=None,
+    )
+
+
+@pytest.mark.parametrize("memory_factor", [0.0, 0.9])
+def test_scale_memory_keeps_converged_noise_from_counting_like_an_attack(
+    memory_factor: float,
+) -> None:
+    settings = ActorCriticSettings(scale_memory=memory_factor, credit_decay=0.5)
+    memory = RunningCredit(np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(1))
+    _fold_round(memory, settings, np.array([1.0, -1.0]))  # a strong round: increments ±1
+    after_strong = memory.credit.copy()
+    _fold_round(memory, settings, np.array([-1e-4, 1e-4]))  # converged: noise reversed
+    if memory_factor == 0:
+        # Scaled to its own size, the noise undoes the strong round's evidence as much as
+        # a round of the same size would.
+        np.testing.assert_allclose(memory.credit[0], 0.5 * after_strong[0] - 1.0)
+    else:
+        # Measured against the remembered scale (0.9 × 1), it barely moves the record.
+        np.testing.assert_allclose(memory.credit[0], 0.5 * after_strong[0] - 1e-4 / 0.9)
+        assert memory.scale[0] == pytest.approx(0.9)
 
 
 def test_nodes_trusted_before_they_turn_to_noise_are_held_down() -> None:
@@ -411,6 +455,7 @@ def test_a_free_rider_ends_below_half_its_share() -> None:
 
 
 SKEWED = np.array([10.0, 20.0, 30.0, 40.0])
+REFERENCE_UPPER = ActorCriticSettings().reference_upper_bound
 
 
 def _reference_after(settings: ActorCriticSettings, credit: list[float], gradients: np.ndarray):
@@ -431,7 +476,7 @@ def test_on_clean_data_the_reference_is_the_data_size_weights_when_they_validate
     # Hedge-LOO's rule would still follow the noise in its credit; the choice does not.
     gradients = np.tile(np.array([-0.3, -0.3]), (4, 1))
     credit = [6.0, -6.0, 0.0, 0.0]
-    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0)
+    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0, REFERENCE_UPPER)
     chosen, policy = _reference_after(
         ActorCriticSettings(data_size_reference=True), credit, gradients
     )
@@ -448,7 +493,7 @@ def test_the_reference_stays_hedge_loo_when_the_data_size_weights_validate_worse
     # Node "bad" (the largest) pushes away from the target; its credit holds it down.
     gradients = np.array([[-0.3, -0.3], [-0.3, -0.3], [-0.3, -0.3], [0.6, 0.6]])
     credit = [0.0, 0.0, 0.0, -8.0]
-    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0)
+    hedge = bounded_prior_softmax(np.log(SKEWED), np.array(credit), 4.0, REFERENCE_UPPER)
     chosen, policy = _reference_after(
         ActorCriticSettings(data_size_reference=True), credit, gradients
     )
@@ -480,7 +525,7 @@ def test_credit_shrinkage_falls_back_to_data_size_when_noise_explains_the_spread
         policy.running_credit = np.array(credit)
         policy.evidence_variance = np.full(4, noise)
         result = policy.aggregate(_round(1, np.zeros(2), gradients, validate, SKEWED))
-        reference = bounded_prior_softmax(np.log(SKEWED), expected, 4.0)
+        reference = bounded_prior_softmax(np.log(SKEWED), expected, 4.0, REFERENCE_UPPER)
         np.testing.assert_allclose(result.probabilities, reference, rtol=1e-6)
 
 

@@ -46,28 +46,28 @@ def _counting(validate: ValidationFn) -> tuple[ValidationFn, list[int]]:
     return counting, rows
 
 
+@pytest.mark.parametrize("lift", [False, True])
 @pytest.mark.parametrize("step_normalised", [False, True])
 def test_first_order_leave_one_out_credit_approximates_exact_credit_for_a_small_step(
-    step_normalised: bool, monkeypatch: pytest.MonkeyPatch
+    step_normalised: bool, lift: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("accord.aggregation.credit.RECHECK", 0)  # the first-order part alone
     flat, features, labels, weights, gradients = _problem()
     validate = make_validation_fn(flat, features, labels)
     gradient = make_validation_gradient_fn(flat, features, labels)
-    probabilities = np.full(6, 1 / 6)
-    lr = 0.05
-    exact = leave_one_out_credit(
-        validate, weights, probabilities, gradients, lr, step_normalised=step_normalised
-    )
+    # With the lift, nodes 1 and 5 (one of each direction) are held near 0 and credited by
+    # lifting them to 1/6.
+    probabilities = np.array([0.3, 0.01, 0.3, 0.2, 0.18, 0.01]) if lift else np.full(6, 1 / 6)
+    lift_to = np.where(probabilities < 0.05, 1 / 6, 0.0) if lift else None
+    options = {"step_normalised": step_normalised, "lift_to": lift_to}
+    exact = leave_one_out_credit(validate, weights, probabilities, gradients, 0.05, **options)
     first = leave_one_out_credit(
-        validate,
-        weights,
-        probabilities,
-        gradients,
-        lr,
-        step_normalised=step_normalised,
-        validation_gradient=gradient,
+        validate, weights, probabilities, gradients, 0.05, validation_gradient=gradient, **options
     )
+    if lift:
+        assert first.lifted is not None and list(first.lifted) == [0, 1, 0, 0, 0, 1]
+        # The lift's sign is turned, as in exact credit: more of a node, not less.
+        assert np.sign(first.credit[[1, 5]]).tolist() == np.sign(exact.credit[[1, 5]]).tolist()
     np.testing.assert_allclose(first.credit, exact.credit, rtol=0.1, atol=1e-4)
     assert list(np.argsort(first.credit)) == list(np.argsort(exact.credit))
     assert first.loss_after == pytest.approx(exact.loss_after, rel=1e-5)
@@ -75,8 +75,9 @@ def test_first_order_leave_one_out_credit_approximates_exact_credit_for_a_small_
     np.testing.assert_allclose(first.sample_losses_after, exact.sample_losses_after, rtol=1e-4)
 
 
+@pytest.mark.parametrize("lift", [False, True])
 def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
-    monkeypatch: pytest.MonkeyPatch,
+    lift: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("accord.aggregation.credit.RECHECK", 2)
     flat, features, labels, weights, gradients = _problem(3)
@@ -85,7 +86,13 @@ def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
     counting, rows_scored = _counting(validate)
 
     probabilities = np.full(12, 1 / 12)
-    exact = leave_one_out_credit(validate, weights, probabilities, many, 1.0).credit
+    lift_to = None
+    if lift:  # nodes 5 and 7 held near 0, credited by their lift
+        probabilities = np.where(np.isin(np.arange(12), [5, 7]), 0.005, 0.099)
+        lift_to = np.where(probabilities < 0.05, 1 / 12, 0.0)
+    exact = leave_one_out_credit(
+        validate, weights, probabilities, many, 1.0, lift_to=lift_to
+    ).credit
     first = leave_one_out_credit(
         counting,
         weights,
@@ -93,6 +100,7 @@ def test_the_extremes_are_rechecked_exactly_and_only_they_are_scored(
         many,
         1.0,
         validation_gradient=make_validation_gradient_fn(flat, features, labels),
+        lift_to=lift_to,
     ).credit
     # w − ηG and the 2 lowest and 2 highest, then at most 2 more a pass while first order's
     # error bound says another node could be among the 2 lowest; never one stack of 12.

@@ -76,6 +76,7 @@ import torch
 from accord.aggregation.actor_critic_credit import (
     RunningCredit,
     fold_evidence,
+    lift_targets,
     misalignment,
     reference_credit,
 )
@@ -199,6 +200,7 @@ class RichActorCritic(Aggregator):
         self.running_credit: np.ndarray | None = None
         self.evidence_mean: np.ndarray | None = None
         self.evidence_variance: np.ndarray | None = None
+        self.credit_scale = np.zeros(1)
         self.rounds_seen = 0
         self.updates = 0
         self.proposals = 0
@@ -263,8 +265,13 @@ class RichActorCritic(Aggregator):
         else:
             proposal, fell_back = self._propose(x, anchor, log_prior, ref.weights, round_input)
         checked = check and not fell_back
+        # An empty update (all zeros) is charged as one cut down to nothing: whoever sends
+        # it, its weight can only shorten the step, which the step-normalised credit does
+        # not see (leaving it out changes nothing, so its credit is exactly 0). A non-finite
+        # row has the factor 0 already.
+        charged_factors = np.where(norms == 0, 0.0, bound_factors)
         loo, worse = self._checked_credit(
-            round_input, gradients, proposal, ref, checked, first_order, data_size
+            round_input, gradients, proposal, ref, checked, first_order, data_size, charged_factors
         )
         rejected = fell_back or worse
         applied = ref.weights if rejected else proposal
@@ -279,17 +286,12 @@ class RichActorCritic(Aggregator):
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
         rewards = s.reward_scale * (np.power(s.reward_base, delta) - 1.0)
-        # An empty update (all zeros) is charged as one cut down to nothing: whoever sends
-        # it, its weight can only shorten the step, which the step-normalised credit does
-        # not see (leaving it out changes nothing, so its credit is exactly 0). A non-finite
-        # row has the factor 0 already.
-        empty = norms == 0
         self._update_running_credit(
             self._evidence(round_input, gradients, credit),
             data_size,
             applied,
             present,
-            np.where(empty, 0.0, bound_factors),
+            charged_factors,
             ref,
             noise_like,
         )
@@ -478,6 +480,7 @@ class RichActorCritic(Aggregator):
         check: bool,
         first_order: ValidationGradientFn | None,
         data_size: np.ndarray,
+        charged_factors: np.ndarray,
     ) -> tuple[LeaveOneOut, bool]:
         """The leave-one-out credit of the proposal and, with ``check``, the safety test:
         a proposal clearly worse than the reference is rejected and the credit is the
@@ -487,11 +490,7 @@ class RichActorCritic(Aggregator):
         step_normalised = s.credit == "step-normalised"
 
         def lift_to(weights: np.ndarray) -> np.ndarray | None:
-            # A node held below lift_below × its data share is credited by lifting it
-            # back to its share (leaving out a node near 0 weight measures nothing).
-            if s.lift_below <= 0:
-                return None
-            return np.where(weights < s.lift_below * data_size, data_size, 0.0)
+            return lift_targets(weights, data_size, charged_factors, s.lift_below)
 
         reference_row = None
         if ref.deferred and check:
@@ -559,7 +558,9 @@ class RichActorCritic(Aggregator):
         if self.previous_second_gradient is not None:
             cosines = ref.features.values[:, FEATURE_NAMES.index("cosine_previous")]
         fold_evidence(
-            RunningCredit(self.running_credit, self.evidence_mean, self.evidence_variance),
+            RunningCredit(
+                self.running_credit, self.evidence_mean, self.evidence_variance, self.credit_scale
+            ),
             self.settings,
             credit,
             data_size=data_size,
@@ -654,6 +655,7 @@ class RichActorCritic(Aggregator):
             "running_credit": self.running_credit,
             "evidence_mean": self.evidence_mean,
             "evidence_variance": self.evidence_variance,
+            "credit_scale": self.credit_scale,
             "rounds_seen": self.rounds_seen,
             "updates": self.updates,
             "proposals": self.proposals,
@@ -675,6 +677,7 @@ class RichActorCritic(Aggregator):
         self.running_credit = state["running_credit"]
         self.evidence_mean = state.get("evidence_mean")
         self.evidence_variance = state.get("evidence_variance")
+        self.credit_scale = np.asarray(state.get("credit_scale", np.zeros(1)), dtype=np.float64)
         self.rounds_seen = int(state["rounds_seen"])
         self.updates = int(state["updates"])
         self.proposals = int(state["proposals"])

@@ -15,17 +15,25 @@ import numpy as np
 from accord.aggregation.actor_critic_settings import ActorCriticSettings
 from accord.aggregation.combine import median
 
-__all__ = ["RunningCredit", "fold_evidence", "misalignment", "reference_credit"]
+__all__ = [
+    "RunningCredit",
+    "fold_evidence",
+    "lift_targets",
+    "misalignment",
+    "reference_credit",
+]
 
 
 @dataclass(frozen=True)
 class RunningCredit:
-    """Per roster node: the running credit and its evidence's running mean and variance
-    (arrays updated in place by :func:`fold_evidence`)."""
+    """Per roster node: the running credit and its evidence's running mean and variance;
+    and the scale that rounds' credit is measured in (one element). Arrays updated in place
+    by :func:`fold_evidence`."""
 
     credit: np.ndarray
     evidence_mean: np.ndarray
     evidence_variance: np.ndarray
+    scale: np.ndarray
 
 
 def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
@@ -42,6 +50,25 @@ def misalignment(cosines: np.ndarray, fraction: float) -> np.ndarray:
     if centre <= 0:
         return np.zeros_like(cosines)
     return np.asarray(np.clip(1.0 - cosines / (fraction * centre), 0.0, 2.0))
+
+
+def lift_targets(
+    weights: np.ndarray, data_size: np.ndarray, charged_factors: np.ndarray, lift_below: float
+) -> np.ndarray | None:
+    """The weight each node's credit is measured at by lifting it (0: left out as usual),
+    or ``None`` when ``lift_below`` is 0 (no lift).
+
+    A node held below ``lift_below`` × its data share is credited by lifting it back to its
+    share: leaving out a node near 0 weight measures nothing, so a node whose fault ended
+    could never earn its way back, and a held-down attacker's record would fade. Not lifted:
+    a node whose update was cut down to the norm bound (``charged_factors`` < 1; a scaled
+    attack keeps an honest direction, which the lift would pay) or was empty (factor 0;
+    its lift only shortens the step).
+    """
+    if lift_below <= 0:
+        return None
+    liftable = (weights < lift_below * data_size) & (charged_factors >= 1.0)
+    return np.asarray(np.where(liftable, data_size, 0.0))
 
 
 def fold_evidence(
@@ -73,6 +100,12 @@ def fold_evidence(
         gain = np.clip(share / np.maximum(applied, 1e-12), np.exp(-s.upper_bound), None)
         evidence = credit * np.minimum(gain, s.evidence_max_gain)
     credit_scale = float(np.mean(np.abs(evidence)))
+    if s.scale_memory > 0:
+        # Once training has converged every node's credit is noise, and scaling each round
+        # to unit size would make that noise count as much as an attack did early on: the
+        # scale may fall only by the factor scale_memory a round.
+        credit_scale = max(credit_scale, s.scale_memory * float(memory.scale[0]))
+        memory.scale[0] = credit_scale
     # Only the present nodes' records age: a node not in this round (not sampled, or
     # failed) carries its record over unchanged until it is heard from again.
     running[present] *= np.where(running[present] < 0, s.harm_decay, s.credit_decay)

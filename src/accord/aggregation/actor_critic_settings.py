@@ -94,7 +94,10 @@ class ActorCriticSettings:
       let suppressed noise and scaled nodes climb back more often than it prevented it.
       ``evidence_max_gain``: the largest factor that rescaling may apply (default 54.6, e⁴).
     - ``bound_penalty``: each round, ``bound_penalty · log(factor)`` is added to the running
-      credit of a node whose update was scaled down by ``factor`` (default 1.0; 0 off). An
+      credit of a node whose update was scaled down by ``factor`` (default 3.0 since
+      2026-12-04, 1.0 before; 0 off). The lift (``lift_below``) skips such a node, so this
+      charge is what keeps a bounded attacker down once the reference lifts the honest
+      nodes less (``reference_upper_bound``). An
       empty update (all zeros) is charged as one cut down to nothing, ``log(1e-6)``:
       leaving it out changes nothing, so its credit is exactly 0, and its weight can only
       shorten the step. Without that charge, free riders holding half the data kept 57–59 %
@@ -110,9 +113,17 @@ class ActorCriticSettings:
       kept 53 % of the weight. At p = 1e-6 the bar is higher and honest nodes of converged
       models were flagged in 7.5 % of their rounds (hard noise: −2.9 points); at 0.05,
       0.5–1 %.
+    - ``scale_memory``: a round's credit is measured in units of
+      ``max(mean |credit|, scale_memory × the last round's unit)`` (default 0.95 since
+      2026-12-04; 0: each round's own mean, as before). Once training converges every
+      node's credit is noise, and scaled to unit size that noise counted as much as an
+      attack had early on: honest nodes drifted to the floor of the running credit
+      (harm fades more slowly than good credit) and a few nodes took the weight.
 
-    Ablations of the reference (each off by default; measured on digits, 10 nodes, where
-    Hedge-LOO's rule piles the weight onto 3–4 nodes on clean non-IID data):
+    The reference and what its credit is measured at (``reference_upper_bound`` and
+    ``lift_below`` are on by default since 2026-12-04; the others are ablations, off;
+    measured first on digits, 10 nodes, where Hedge-LOO's rule piles the weight onto 3–4
+    nodes on clean non-IID data):
 
     - ``data_size_reference``: score the data-size weights beside Hedge-LOO's in the
       features' batched pass and take them as the reference unless they validate clearly
@@ -124,7 +135,8 @@ class ActorCriticSettings:
       nodes recovered, but the faulty nodes ended with 3.4 % (3 flippers), 39 % (3 noise)
       and 22–34 % of the weight in 4 of the quick zoo's fault scenarios.
     - ``reference_upper_bound``: how many nats the reference may lift a node above its
-      data-size prior (default 4.0, ``bound``). 2.0 raised clean non-IID from 95.4 to 95.8
+      data-size prior (default 2.0 since 2026-12-04, 7 × its share; 4.0 before). Before
+      the noise test and the lift, 2.0 raised clean non-IID from 95.4 to 95.8
       and helped every accuracy, but the LOO credit of a noise node is about 0, as is that
       of an under-paid honest node: noise and mixed faults are held down only by the lift
       of the others, and at 2.0 they ended with 10–30 % of the weight. On the full zoo (5
@@ -146,13 +158,13 @@ class ActorCriticSettings:
       zoo at 1 with a lift of 2.5 it lost accuracy almost everywhere (floor 8 of 22) and
       the weight checks did not come back (20 pass, 14 fail).
     - ``lift_below``: a node whose weight is below this fraction of its data share is
-      credited by lifting it back to its share instead of leaving it out (exact credit
-      only; default 0, off): leaving out a node near 0 weight measures nothing, so its record
-      can only fade. Measured on the quick zoo (3 seeds) at 0.5: a node whose noise switched
-      off recovered in 5 of 7 cases where it had failed, but the lift pays a norm-bounded
-      scaled node (its direction is honest) and noise nodes on shards: the faulty weight
-      rose to 45 % (mixed faults), 3.2 % (shards noise) and 22 % while faulty (breast
-      cancer), so it stays off.
+      credited by lifting it back to its share instead of leaving it out (default 0.5
+      since 2026-12-04, 0 off; first-order credit lifts too): leaving out a node near 0 weight
+      measures nothing, so a held-down attacker's record fades and a reformed node's cannot
+      grow. A node whose update was cut down to the norm bound, or was empty, is not lifted
+      (:func:`~accord.aggregation.actor_critic_credit.lift_targets`). Off by default until
+      the noise test: the lift paid noise nodes (their lift damps an overshooting step),
+      and a scaled node's honest direction.
     - ``evidence``: what each round adds to the running credit: ``leave-one-out`` (default,
       the leave-one-out credit), ``descent`` (each node's cosine to the validation loss's
       gradient at ``w_t``: how well its own update descends the server's loss, whatever
@@ -238,21 +250,22 @@ class ActorCriticSettings:
     harm_decay: float = 0.97
     evidence_at_share: bool = False
     evidence_max_gain: float = 54.6
-    bound_penalty: float = 1.0
+    bound_penalty: float = 3.0
     data_size_reference: bool = False
     data_size_k: float = 0.0
-    reference_upper_bound: float = 4.0
+    reference_upper_bound: float = 2.0
     credit_shrinkage: bool = False
     alignment_penalty: float = 0.0
     credit_method: str = "auto"
     alignment_fraction: float = 0.5
-    lift_below: float = 0.0
+    lift_below: float = 0.5
     evidence: str = "leave-one-out"
     veto_k: float = 0.0
     descent_k: float = 0.0
     alone_method: str = "first-order"
     noise_test_p: float = 0.05
     noise_penalty: float = 1.0
+    scale_memory: float = 0.95
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
@@ -331,6 +344,7 @@ class ActorCriticSettings:
         require_number("descent_k", self.descent_k, minimum=0.0)
         require_choice("alone_method", self.alone_method, ("exact", "first-order"))
         require_number("noise_test_p", self.noise_test_p, minimum=0.0, maximum=0.5)
+        require_number("scale_memory", self.scale_memory, minimum=0.0, maximum=1.0)
         require_number("noise_penalty", self.noise_penalty, minimum=0.0)
 
 

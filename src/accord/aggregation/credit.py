@@ -332,7 +332,7 @@ def leave_one_out_credit(
     """Each present node's leave-one-out credit for the second gradient it was part of;
     first-order (see the module docstring) when a ``validation_gradient`` is given.
 
-    ``lift_to`` (exact credit only): a node whose weight is below its entry is credited the
+    ``lift_to``: a node whose weight is below its entry is credited the
     other way round, by lifting it to that weight (its data share, say) instead of leaving
     it out: ``L(G) − L(G₊ᵢ)``. Leaving out a node whose weight is near 0 changes nothing, so
     its credit says nothing about what it would do if it were trusted again; the lift asks
@@ -360,6 +360,7 @@ def leave_one_out_credit(
             combined,
             float(lr),
             step_normalised,
+            lift_to,
         )
     lifted = np.zeros(probabilities.shape, dtype=bool)
     stepped = weights - lr * combined
@@ -441,43 +442,52 @@ def _first_order_leave_one_out(
     combined: FloatArray,
     lr: float,
     step_normalised: bool,
+    lift_to: npt.NDArray[np.float64] | None = None,
 ) -> LeaveOneOut:
     """``credit_i = η ∇L(a)·(G − G₋ᵢ)`` at ``a = w − ηG``, from N dot products; the
     :data:`RECHECK` lowest and highest are then scored exactly (only their ``G₋ᵢ`` rows
-    are formed)."""
+    are formed). A lifted node (``lift_to`` above its weight) has ``G₊ᵢ``, its weight moved
+    to its entry, in place of ``G₋ᵢ``, and the sign turned, as in exact credit."""
     at_after = validation_gradient(after)
     gradient = at_after.gradient.astype(np.float64)
     total = combined.astype(np.float64)
     p = probabilities.astype(np.float64)
     rest = 1.0 - p
     safe = np.where(rest > 1e-12, rest, 1.0)
+    lifted = np.zeros(p.shape, dtype=bool) if lift_to is None else np.asarray(lift_to) > p
+    target = np.where(lifted, 0.0 if lift_to is None else lift_to, 0.0)
+    # Gₜ = a G + b gᵢ moves node i's weight from pᵢ to tᵢ and rescales the others by
+    # (1 − tᵢ)/(1 − pᵢ): t = 0 leaves it out (a = 1/(1 − p), b = −p/(1 − p)).
+    a = (1.0 - target) / safe
+    b = (target - p) / safe
+    sign = np.where(lifted, -1.0, 1.0)
     along_total = float(gradient @ total)
     # One pass over the (N, dim) rows for every product below: ∇L·gᵢ, G·gᵢ and |gᵢ|².
     products, squares = row_products(first_gradients, np.stack([gradient, total]))
     along_rows, cross = products[:, 0], products[:, 1]
-    # ∇L·G₋ᵢ with G₋ᵢ = (G − pᵢ gᵢ) / (1 − pᵢ); a node holding all the weight leaves 0.
-    along_without = np.where(rest > 1e-12, (along_total - p * along_rows) / safe, 0.0)
+    # ∇L·Gₜ; a node holding all the weight leaves 0.
+    along_without = np.where(rest > 1e-12, a * along_total + b * along_rows, 0.0)
     n = first_gradients.shape[0]
     recheck = n > 1 and RECHECK > 0
     total_sq = float(total @ total)
     if step_normalised:
-        # |G₋ᵢ|² = (|G|² − 2 pᵢ G·gᵢ + pᵢ² |gᵢ|²) / (1 − pᵢ)², G₋ᵢ rescaled to |G|.
+        # |Gₜ|² = a²|G|² + 2ab G·gᵢ + b²|gᵢ|², Gₜ rescaled to |G|.
         total_norm = float(np.sqrt(total_sq))
-        without_sq = np.maximum(total_norm**2 - 2 * p * cross + p**2 * squares, 0.0) / safe**2
+        without_sq = np.maximum(a**2 * total_sq + 2 * a * b * cross + b**2 * squares, 0.0)
         without_norm = np.sqrt(without_sq)
         scale = np.where(without_norm > 1e-30, total_norm / np.maximum(without_norm, 1e-30), 0.0)
         along_without = np.where(rest > 1e-12, along_without * scale, 0.0)
-    credit = lr * (along_total - along_without)
+    credit = sign * lr * (along_total - along_without)
     if n == 1:
         credit = np.zeros(1)
     credit = np.nan_to_num(credit, nan=0.0, posinf=1e6, neginf=-1e6)
     exact_nodes = 0
     if recheck:
-        # |G − G₋ᵢ|², from the same dot products: the size of the step first order drops.
-        without_dot = np.where(rest > 1e-12, (total_sq - p * cross) / safe, 0.0)
+        # |G − Gₜ|², from the same dot products: the size of the step first order drops.
+        without_dot = np.where(rest > 1e-12, a * total_sq + b * cross, 0.0)
         without_sq = np.where(
             rest > 1e-12,
-            np.maximum(total_sq - 2 * p * cross + p**2 * squares, 0.0) / safe**2,
+            np.maximum(a**2 * total_sq + 2 * a * b * cross + b**2 * squares, 0.0),
             0.0,
         )
         row_scale = scale if step_normalised else np.ones(n)
@@ -485,12 +495,12 @@ def _first_order_leave_one_out(
             total_sq - 2 * row_scale * without_dot + row_scale**2 * without_sq, 0.0
         )
 
-        # w − ηG₋ᵢ = a + ηG − η sᵢ (G − pᵢ gᵢ)/(1 − pᵢ) = a + αᵢ G + βᵢ gᵢ: formed a row at
-        # a time in float64, so no (K, dim) float64 temporaries (a node holding all the
-        # weight leaves G₋ᵢ = 0: αᵢ = η, βᵢ = 0).
+        # w − ηGₜ = (w − ηG) + ηG − η sᵢ (a G + b gᵢ) = (w − ηG) + αᵢ G + βᵢ gᵢ: formed a
+        # row at a time in float64, so no (K, dim) float64 temporaries (a node holding all
+        # the weight leaves Gₜ = 0: αᵢ = η, βᵢ = 0).
         kept = rest > 1e-12
-        along = np.where(kept, lr * (1.0 - row_scale / safe), lr)
-        own = np.where(kept, lr * row_scale * p / safe, 0.0)
+        along = np.where(kept, lr * (1.0 - row_scale * a), lr)
+        own = np.where(kept, -lr * row_scale * b, 0.0)
         start = after.astype(np.float64)
 
         def exact(chosen: npt.NDArray[np.intp], with_after: bool) -> npt.NDArray[np.float64]:
@@ -503,12 +513,13 @@ def _first_order_leave_one_out(
             losses = validate(candidates).losses
             return np.nan_to_num(np.asarray(losses, dtype=np.float64), nan=1e6, posinf=1e6)
 
-        credit, exact_nodes = _recheck_extremes(credit, lr**2 * change_sq, exact)
+        credit, exact_nodes = _recheck_extremes(credit, lr**2 * change_sq, exact, sign)
     return LeaveOneOut(
         credit=np.asarray(credit, dtype=np.float64),
         loss_after=at_after.loss,
         sample_losses_after=at_after.sample_losses,
         exact_nodes=exact_nodes,
+        lifted=lifted if lift_to is not None else None,
     )
 
 
@@ -522,6 +533,7 @@ def _recheck_extremes(
     first: npt.NDArray[np.float64],
     step_sq: npt.NDArray[np.float64],
     exact: Callable[[npt.NDArray[np.intp], bool], npt.NDArray[np.float64]],
+    sign: npt.NDArray[np.float64] | None = None,
 ) -> tuple[npt.NDArray[np.float64], int]:
     """First-order credit with its :data:`RECHECK` lowest and highest replaced by exact
     credit, and the lowest ``RECHECK`` *certified*: the same nodes exact credit would rank
@@ -533,15 +545,17 @@ def _recheck_extremes(
     ``first_j − c step_sq_j`` is below the ``RECHECK``-th lowest exact credit. While one
     could, the next ``RECHECK`` lowest unchecked nodes are checked, up to
     :data:`RECHECK_EXTEND` more. ``exact(chosen, with_after)`` scores the chosen nodes'
-    leave-one-out candidates (and first ``w − ηG``, the reference, when asked). Returns the
-    credit and how many nodes were checked."""
+    leave-one-out candidates (and first ``w − ηG``, the reference, when asked); ``sign``:
+    −1 for a node whose candidate lifts it (its exact credit is the reference's loss less
+    the candidate's). Returns the credit and how many nodes were checked."""
     n = first.size
+    turned = np.ones(n) if sign is None else sign
     order = np.argsort(first, kind="stable")
     chosen = np.unique(np.concatenate([order[:RECHECK], order[-RECHECK:]]))
     losses = exact(chosen, True)
     reference = losses[0]
     credit = first.copy()
-    credit[chosen] = losses[1:] - reference
+    credit[chosen] = turned[chosen] * (losses[1:] - reference)
     checked = np.zeros(n, dtype=bool)
     checked[chosen] = True
     extended = 0
@@ -555,7 +569,7 @@ def _recheck_extremes(
             break
         next_up = [i for i in order if could_be_lower[i]][: min(RECHECK, RECHECK_EXTEND - extended)]
         picked = np.asarray(next_up, dtype=np.intp)
-        credit[picked] = exact(picked, False) - reference
+        credit[picked] = turned[picked] * (exact(picked, False) - reference)
         checked[picked] = True
         extended += picked.size
     return credit, int(checked.sum())
