@@ -118,7 +118,10 @@ class ActorCriticSettings:
       2026-12-04; 0: each round's own mean, as before). Once training converges every
       node's credit is noise, and scaled to unit size that noise counted as much as an
       attack had early on: honest nodes drifted to the floor of the running credit
-      (harm fades more slowly than good credit) and a few nodes took the weight.
+      (harm fades more slowly than good credit) and a few nodes took the weight. Its cost:
+      after one round of huge credit (a candidate step that diverges) the unit takes
+      about 90 rounds to fall 100-fold, and meanwhile the records move mostly by the
+      charges that are not scaled (the norm bound's, the noise test's).
 
     The reference and what its credit is measured at (``reference_upper_bound`` and
     ``lift_below`` are on by default since 2026-12-04; the others are ablations, off;
