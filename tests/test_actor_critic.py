@@ -545,7 +545,10 @@ def test_an_orthogonal_update_loses_credit_under_the_alignment_penalty() -> None
     )
     ends = {}
     for penalty in (0.0, 1.0):
-        policy = RichActorCritic(ActorCriticSettings(alignment_penalty=penalty, warmup_rounds=5))
+        # The lift off: it would send the orthogonal node to the floor of the running
+        # credit with or without the penalty, which is what this test measures.
+        settings = ActorCriticSettings(alignment_penalty=penalty, warmup_rounds=5, lift_below=0)
+        policy = RichActorCritic(settings)
         weights = np.zeros(3)
         for index in range(4):
             weights = (
