@@ -16,7 +16,12 @@ from accord.aggregation.actor_critic import (
     misalignment,
     reward,
 )
-from accord.aggregation.actor_critic_credit import RunningCredit, fold_evidence, lift_targets
+from accord.aggregation.actor_critic_credit import (
+    RunningCredit,
+    fold_evidence,
+    lift_targets,
+    without_noise_like,
+)
 from accord.aggregation.actor_critic_guards import descent_choice, veto
 from accord.aggregation.combine import bounded_prior_softmax
 from accord.aggregation.credit import descent_alignment
@@ -80,6 +85,7 @@ def test_a_reward_past_float32_range_is_refused_naming_both_fields() -> None:
         ("descent_k", -2.0),
         ("scale_memory", 1.5),
         ("lift_below", -0.1),
+        ("noise_exclude", "yes"),
     ],
 )
 def test_every_setting_is_validated(field: str, value: object) -> None:
@@ -385,6 +391,17 @@ def test_the_lift_skips_bounded_and_empty_updates() -> None:
     factors = np.array([1.0, 0.4, 0.0, 1.0, 1.0])  # node 1 cut to the bound, node 2 empty
     assert lift_targets(weights, share, factors, 0.0) is None
     np.testing.assert_allclose(lift_targets(weights, share, factors, 0.5), [0.2, 0, 0, 0, 0])
+
+
+def test_noise_exclude_takes_a_marked_update_out_of_this_rounds_step() -> None:
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    marked = np.array([False, True, False, False])
+    np.testing.assert_allclose(without_noise_like(weights, marked), [4 / 7, 0, 2 / 7, 1 / 7])
+    assert without_noise_like(weights, None) is weights
+    assert without_noise_like(weights, np.zeros(4, dtype=bool)) is weights
+    # Every node with weight marked: nothing to renormalise onto, the weights stay.
+    only = np.array([0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(without_noise_like(only, marked), only)
 
 
 def _fold_round(memory: RunningCredit, settings: ActorCriticSettings, credit: np.ndarray) -> None:

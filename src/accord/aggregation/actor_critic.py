@@ -79,6 +79,7 @@ from accord.aggregation.actor_critic_credit import (
     lift_targets,
     misalignment,
     reference_credit,
+    without_noise_like,
 )
 from accord.aggregation.actor_critic_guards import round_guards
 from accord.aggregation.actor_critic_networks import (
@@ -282,6 +283,8 @@ class RichActorCritic(Aggregator):
             )
         else:
             vetoed, descended = None, False
+        if s.noise_exclude:
+            applied = without_noise_like(applied, noise_like)
         # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)

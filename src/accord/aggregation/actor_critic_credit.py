@@ -21,6 +21,7 @@ __all__ = [
     "lift_targets",
     "misalignment",
     "reference_credit",
+    "without_noise_like",
 ]
 
 
@@ -69,6 +70,24 @@ def lift_targets(
         return None
     liftable = (weights < lift_below * data_size) & (charged_factors >= 1.0)
     return np.asarray(np.where(liftable, data_size, 0.0))
+
+
+def without_noise_like(weights: np.ndarray, noise_like: np.ndarray | None) -> np.ndarray:
+    """``weights`` with the nodes whose update this round looks like noise set to 0 and
+    the rest renormalised; unchanged when no node, or every node with weight, is marked.
+
+    The running credit holds a noise node down from the next round on; a node that is
+    noise only in some rounds (an intermittent fault) earns credit in its honest ones, and
+    its noise would be applied at that weight. The test has already judged this round's
+    update, so its weight for this round can follow the judgement.
+    """
+    if noise_like is None or not np.any(noise_like):
+        return weights
+    kept = np.where(noise_like, 0.0, weights)
+    total = float(kept.sum())
+    if total <= 0:
+        return weights
+    return np.asarray(kept / total)
 
 
 def fold_evidence(

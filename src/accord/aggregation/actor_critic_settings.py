@@ -113,6 +113,10 @@ class ActorCriticSettings:
       kept 53 % of the weight. At p = 1e-6 the bar is higher and honest nodes of converged
       models were flagged in 7.5 % of their rounds (hard noise: −2.9 points); at 0.05,
       0.5–1 %.
+    - ``noise_exclude``: an update the noise test marks in this round gets no weight in
+      this round's step (the others renormalised; default False). The charge above acts
+      from the next round on, which leaves a node that is noise only in some rounds its
+      earned weight in the others.
     - ``scale_memory``: a round's credit is measured in units of
       ``max(mean |credit|, scale_memory × the last round's unit)`` (default 0, off: each
       round's own mean). Once training converges every node's credit is noise, and scaled
@@ -271,6 +275,7 @@ class ActorCriticSettings:
     alone_method: str = "first-order"
     noise_test_p: float = 0.05
     noise_penalty: float = 1.0
+    noise_exclude: bool = False
     scale_memory: float = 0.0
 
     def __post_init__(self) -> None:
@@ -313,6 +318,7 @@ class ActorCriticSettings:
             "evidence_at_share",
             "data_size_reference",
             "credit_shrinkage",
+            "noise_exclude",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
