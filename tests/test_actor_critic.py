@@ -23,7 +23,7 @@ from accord.aggregation.actor_critic_credit import (
     without_noise_like,
 )
 from accord.aggregation.actor_critic_guards import descent_choice, veto
-from accord.aggregation.combine import bounded_prior_softmax
+from accord.aggregation.combine import bounded_prior_softmax, second_gradient
 from accord.aggregation.credit import descent_alignment
 from accord.data.faults import FaultSpec
 from accord.data.partition import PartitionSpec
@@ -402,6 +402,38 @@ def test_noise_exclude_takes_a_marked_update_out_of_this_rounds_step() -> None:
     # Every node with weight marked: nothing to renormalise onto, the weights stay.
     only = np.array([0.0, 1.0, 0.0, 0.0])
     np.testing.assert_array_equal(without_noise_like(only, marked), only)
+
+
+def test_noise_exclude_leaves_a_noise_update_out_of_the_step_but_not_out_of_memory() -> None:
+    rng = np.random.default_rng(0)
+    dim = 2000
+    validate = _per_sample_validation(1.0 + 0.1 * rng.normal(size=(50, dim)))
+    direction = np.full(dim, -0.3)
+    honest = direction + 0.05 * rng.normal(size=(5, dim))
+    noise = rng.normal(size=(1, dim)) * np.linalg.norm(direction) / np.sqrt(dim)
+    gradients = np.concatenate([honest, noise]).astype(np.float32)
+    round_input = RoundInput(
+        round_index=0,
+        roster=tuple(f"n{i}" for i in range(6)),
+        sample_counts=np.ones(6),
+        present=np.ones(6, dtype=bool),
+        global_weights=np.zeros(dim, dtype=np.float32),
+        first_gradients=gradients,
+        validate=validate,
+    )
+    results = {}
+    for exclude in (False, True):
+        policy = RichActorCritic(ActorCriticSettings(noise_exclude=exclude, warmup_rounds=2))
+        results[exclude] = policy.aggregate(round_input)
+        assert policy.diagnostics()["noise_like_nodes"] == 1.0
+        assert policy.previous_probabilities is not None
+        assert policy.previous_probabilities[5] > 0.1  # the policy's own weight, kept
+    assert results[False].probabilities[5] > 0.1
+    assert results[True].probabilities[5] == 0.0
+    assert results[True].probabilities.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        results[True].second_gradient, second_gradient(results[True].probabilities, gradients)
+    )
 
 
 def _fold_round(memory: RunningCredit, settings: ActorCriticSettings, credit: np.ndarray) -> None:

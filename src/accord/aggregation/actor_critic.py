@@ -283,8 +283,10 @@ class RichActorCritic(Aggregator):
             )
         else:
             vetoed, descended = None, False
-        if s.noise_exclude:
-            applied = without_noise_like(applied, noise_like)
+        # The policy's weights stay its memory (the relapse guard caps a node's rise from
+        # them, and a node at 0 would count as absent and go uncapped); only this round's
+        # step leaves out an update the noise test marks.
+        stepped = without_noise_like(applied, noise_like) if s.noise_exclude else applied
         # A wildly harmful node (a scaled sign flip) can move the loss by tens of nats;
         # clipping Δ keeps g^Δ finite in float32 without changing any ordering that matters.
         delta = np.clip(credit, -MAX_CREDIT, MAX_CREDIT)
@@ -310,7 +312,7 @@ class RichActorCritic(Aggregator):
             "rejected": np.array(float(rejected), dtype=np.float32),
             "reward": reward_row,
         }
-        combined = second_gradient(applied, gradients)
+        combined = second_gradient(stepped, gradients)
         self.previous_second_gradient = combined
         self.previous_probabilities = full_probabilities
         self.rounds_seen += 1
@@ -327,7 +329,8 @@ class RichActorCritic(Aggregator):
             "descent_chosen": float(descended),
             "noise_like_nodes": float(np.sum(noise_like)),
         }
-        return Aggregation(probabilities=full_probabilities, second_gradient=combined)
+        reported = full_probabilities if stepped is applied else expand_to_roster(stepped, present)
+        return Aggregation(probabilities=reported, second_gradient=combined)
 
     def _bounded_updates(
         self, round_input: RoundInput
