@@ -348,6 +348,12 @@ def leave_one_out_credit(
     """
     lr = np.float32(server_learning_rate)
     combined = second_gradient(probabilities, first_gradients)
+    # Which nodes are lifted, and the weight each node's candidate gives it (0: left out).
+    lifted = np.zeros(probabilities.shape, dtype=bool)
+    targets = np.zeros(probabilities.shape)
+    if lift_to is not None:
+        lifted = np.asarray(lift_to) > probabilities
+        targets = np.where(lifted, lift_to, 0.0)
     if validation_gradient is not None:
         if extra_rows is not None:
             raise ValueError("extra_rows: exact credit only")
@@ -360,15 +366,12 @@ def leave_one_out_credit(
             combined,
             float(lr),
             step_normalised,
-            lift_to,
+            None if lift_to is None else (lifted, targets),
         )
-    lifted = np.zeros(probabilities.shape, dtype=bool)
     stepped = weights - lr * combined
     n = first_gradients.shape[0]
     extra = np.empty((0, weights.shape[0]), np.float32) if extra_rows is None else extra_rows
     if lift_to is not None:
-        lifted = np.asarray(lift_to) > probabilities
-        targets = np.where(lifted, lift_to, 0.0)
         without = reweighted_gradients(
             probabilities, first_gradients, targets, step_normalised=step_normalised
         )
@@ -442,20 +445,20 @@ def _first_order_leave_one_out(
     combined: FloatArray,
     lr: float,
     step_normalised: bool,
-    lift_to: npt.NDArray[np.float64] | None = None,
+    lift: tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64]] | None = None,
 ) -> LeaveOneOut:
     """``credit_i = η ∇L(a)·(G − G₋ᵢ)`` at ``a = w − ηG``, from N dot products; the
     :data:`RECHECK` lowest and highest are then scored exactly (only their ``G₋ᵢ`` rows
-    are formed). A lifted node (``lift_to`` above its weight) has ``G₊ᵢ``, its weight moved
-    to its entry, in place of ``G₋ᵢ``, and the sign turned, as in exact credit."""
+    are formed). ``lift``: (which nodes are lifted, the weight each is lifted to); a lifted
+    node has ``G₊ᵢ``, its weight moved there, in place of ``G₋ᵢ``, and the sign turned, as
+    in exact credit."""
     at_after = validation_gradient(after)
     gradient = at_after.gradient.astype(np.float64)
     total = combined.astype(np.float64)
     p = probabilities.astype(np.float64)
     rest = 1.0 - p
     safe = np.where(rest > 1e-12, rest, 1.0)
-    lifted = np.zeros(p.shape, dtype=bool) if lift_to is None else np.asarray(lift_to) > p
-    target = np.where(lifted, 0.0 if lift_to is None else lift_to, 0.0)
+    lifted, target = lift if lift is not None else (np.zeros(p.shape, dtype=bool), np.zeros_like(p))
     # Gₜ = a G + b gᵢ moves node i's weight from pᵢ to tᵢ and rescales the others by
     # (1 − tᵢ)/(1 − pᵢ): t = 0 leaves it out (a = 1/(1 − p), b = −p/(1 − p)).
     a = (1.0 - target) / safe
@@ -470,11 +473,12 @@ def _first_order_leave_one_out(
     n = first_gradients.shape[0]
     recheck = n > 1 and RECHECK > 0
     total_sq = float(total @ total)
+    # |Gₜ|² = a²|G|² + 2ab G·gᵢ + b²|gᵢ|², from the same dot products.
+    target_sq = np.maximum(a**2 * total_sq + 2 * a * b * cross + b**2 * squares, 0.0)
     if step_normalised:
-        # |Gₜ|² = a²|G|² + 2ab G·gᵢ + b²|gᵢ|², Gₜ rescaled to |G|.
+        # Gₜ rescaled to |G|.
         total_norm = float(np.sqrt(total_sq))
-        without_sq = np.maximum(a**2 * total_sq + 2 * a * b * cross + b**2 * squares, 0.0)
-        without_norm = np.sqrt(without_sq)
+        without_norm = np.sqrt(target_sq)
         scale = np.where(without_norm > 1e-30, total_norm / np.maximum(without_norm, 1e-30), 0.0)
         along_without = np.where(rest > 1e-12, along_without * scale, 0.0)
     credit = sign * lr * (along_total - along_without)
@@ -485,11 +489,7 @@ def _first_order_leave_one_out(
     if recheck:
         # |G − Gₜ|², from the same dot products: the size of the step first order drops.
         without_dot = np.where(rest > 1e-12, a * total_sq + b * cross, 0.0)
-        without_sq = np.where(
-            rest > 1e-12,
-            np.maximum(a**2 * total_sq + 2 * a * b * cross + b**2 * squares, 0.0),
-            0.0,
-        )
+        without_sq = np.where(rest > 1e-12, target_sq, 0.0)
         row_scale = scale if step_normalised else np.ones(n)
         change_sq = np.maximum(
             total_sq - 2 * row_scale * without_dot + row_scale**2 * without_sq, 0.0
@@ -519,7 +519,7 @@ def _first_order_leave_one_out(
         loss_after=at_after.loss,
         sample_losses_after=at_after.sample_losses,
         exact_nodes=exact_nodes,
-        lifted=lifted if lift_to is not None else None,
+        lifted=None if lift is None else lifted,
     )
 
 
