@@ -23,6 +23,15 @@ process). Prints one JSON object; ``--markdown FILE`` also writes the tables.
 reuses the runs already in it (same scenario spec, seed, policy and rounds): an interrupted
 zoo goes on where it stopped, and policies run at different times share one report. Reused
 runs are only valid for unchanged code; the file's lines carry the commit they ran at.
+
+``--merge-into REPORT`` re-runs only the listed policies (the oracle too, if listed) and
+rewrites REPORT with their runs in place of its own: every scenario they ran in is judged
+again against the other policies' stored per-seed results, and the pass (commit, machine,
+time) is added to the report's ``spliced`` list, which the tables' last lines name. After a
+change to the Actor-Critic::
+
+    python benchmarks/zoo.py --workers 2 --policies actor-critic,actor-critic-frozen \
+        --merge-into benchmarks/results_zoo.json --markdown benchmarks/results_zoo.md
 """
 
 from __future__ import annotations
@@ -296,9 +305,12 @@ def summarise_scenario(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     if r["policy_seconds_per_round"]
                 ]
             ),
+            "run_seconds": float(sum(r["run_seconds"] for r in group)),
         }
-    shares = [r["faulty_share"] for r in runs if r["policy"] == ORACLE] or [
-        r["faulty_share"] for r in runs
+    # Every run of a seed has the same split; runs rebuilt from a report carry no share.
+    known = [r for r in runs if r["faulty_share"] is not None]
+    shares = [r["faulty_share"] for r in known if r["policy"] == ORACLE] or [
+        r["faulty_share"] for r in known
     ]
     summary: dict[str, Any] = {
         "faulty_share": {"mean": float(np.mean(shares)), "min": min(shares), "max": max(shares)},
@@ -597,10 +609,126 @@ def markdown(output: dict[str, Any]) -> str:
         f"{machine['load_average_end'][0]:.2f} at the end"
         + (f"; {reused} runs reused from a --runs file (not timed here)." if reused else ".")
     )
+    for merged in machine.get("spliced", []):
+        commit = (merged.get("git_commit") or "unknown")[:7]
+        lines.append(
+            f"{', '.join(merged['policies'])} merged in later (`--merge-into`) in "
+            f"{len(merged['scenarios'])} scenarios: commit {commit}, "
+            f"{merged['wall_seconds'] / 60:.1f} min on {merged['cpu']}."
+        )
     total = sum(row.get("run_seconds_total", 0.0) for row in summary.values())
     if total:
         lines.append(f"Time in rounds over every run: {total / 3600:.2f} core-hours.")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+class MergeError(ValueError):
+    """A report that ``--merge-into`` cannot combine with this pass."""
+
+
+def _stored_runs(name: str, entry: dict[str, Any], policy: str) -> list[dict[str, Any]]:
+    """One policy's runs in a stored scenario, rebuilt from its per-seed results: what the
+    accuracy targets, the comparisons and the gaps need (the per-round weights are not
+    stored, so a kept judged policy keeps its stored weight targets)."""
+    stored = entry["policies"][policy]
+    end = (stored.get("faulty_weight_end") or {}).get("mean")
+    diverged = {str(seed): value for seed, value in stored.get("diverged", {}).items()}
+    return [
+        {
+            "scenario": name,
+            "policy": policy,
+            "seed": int(seed),
+            "final_accuracy": accuracy,
+            "diverged": diverged.get(str(seed)),
+            "weights": {"end": end},
+            "policy_seconds_per_round": None,
+            "faulty_share": None,
+            "run_seconds": 0.0,
+        }
+        for seed, accuracy in stored["final_accuracy_per_seed"].items()
+    ]
+
+
+def check_mergeable(report: Any, scenarios: list[str], setup: dict[str, Any]) -> None:
+    """Raise :class:`MergeError` unless ``report`` is a zoo report with ``setup``'s rounds
+    and seeds and each of ``scenarios`` under the zoo's current spec."""
+    if not isinstance(report, dict) or not isinstance(report.get("scenarios"), dict):
+        raise MergeError("it is not a zoo report (no 'scenarios' object)")
+    old = report.get("setup") or {}
+    for key in ("rounds", "seeds"):
+        if old.get(key) != setup[key]:
+            raise MergeError(f"its {key} are {old.get(key)}, this pass's are {setup[key]}")
+    for name in scenarios:
+        if name not in report["scenarios"]:
+            raise MergeError(f"it has no scenario {name!r}: run that one with every policy")
+        spec = report["scenarios"][name].get("spec")
+        if spec != ZOO[name]["spec"]:
+            raise MergeError(f"{name}'s spec there is {spec}, the zoo's is {ZOO[name]['spec']}")
+
+
+def merge_into(
+    report: dict[str, Any],
+    new_runs: dict[str, list[dict[str, Any]]],
+    rerun: list[str],
+    setup: dict[str, Any],
+    pass_record: dict[str, Any],
+) -> dict[str, Any]:
+    """``report`` with the policies in ``rerun`` replaced by ``new_runs`` (by scenario) and
+    every scenario summarised and judged again against the kept policies' stored per-seed
+    results. The report's scenarios, rounds and seeds must be this pass's; ``pass_record``
+    (commit, machine, load, time) is appended to the report's list of merged passes."""
+    check_mergeable(report, list(new_runs), setup)
+    old = report["setup"]
+    policies = list(old.get("policies", []))
+    policies += [p for p in rerun if p not in policies and p != ORACLE]
+    scenarios: dict[str, Any] = {}
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in report["scenarios"].items():
+        if name not in new_runs:
+            scenarios[name] = entry
+            by_scenario[name] = [
+                run for policy in entry["policies"] for run in _stored_runs(name, entry, policy)
+            ]
+            continue
+        kept = [p for p in entry["policies"] if p not in rerun]
+        runs = list(new_runs[name])
+        for policy in kept:
+            runs += _stored_runs(name, entry, policy)
+        summary = summarise_scenario(runs)
+        for policy in kept:
+            # Figures the per-seed results cannot rebuild stay as they were measured.
+            stored = entry["policies"][policy]
+            for key in ("faulty_weight_end", "policy_ms_per_round", "run_seconds"):
+                summary["policies"][policy][key] = stored.get(key)
+        if JUDGED in kept and "targets" in entry:
+            summary["targets"] = entry["targets"]
+        order = [p for p in [ORACLE, *policies] if p in summary["policies"]]
+        summary["policies"] = {p: summary["policies"][p] for p in order}
+        seconds = [summary["policies"][p].get("run_seconds") for p in order]
+        if all(value is not None for value in seconds):
+            summary["run_seconds_total"] = float(sum(seconds))
+        else:
+            # A report from before per-policy times: its total stays, plus this pass's runs.
+            summary["run_seconds_total"] = entry.get("run_seconds_total", 0.0) + sum(
+                r["run_seconds"] for r in new_runs[name]
+            )
+        scenarios[name] = {
+            "spec": entry.get("spec"),
+            "issue": entry.get("issue"),
+            "note": entry.get("note"),
+            **summary,
+        }
+        by_scenario[name] = runs
+    merged = dict(report)
+    merged["setup"] = {**old, "policies": policies}
+    merged["scenarios"] = scenarios
+    merged["aggregate"] = aggregate(by_scenario, policies)
+    merged["machine"] = dict(report.get("machine", {}))
+    merged["machine"]["spliced"] = [*merged["machine"].get("spliced", []), pass_record]
+    return merged
 
 
 # ----------------------------------------------------------------------------- main
@@ -657,6 +785,24 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
     return kept
 
 
+def _read_report(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise SystemExit(f"zoo: --merge-into {path}: cannot read it ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        message = f"zoo: --merge-into {path}: line {error.lineno}: not JSON ({error.msg})"
+        raise SystemExit(message) from None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, so a killed zoo
+    leaves the old file whole."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in accepted]
@@ -703,7 +849,7 @@ def _run_jobs(
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subset", choices=sorted(SUBSETS), default="full")
     parser.add_argument("--scenarios", help="comma-separated names (overrides --subset)")
@@ -718,7 +864,34 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="keep each finished run in this JSON-lines file and reuse the runs already in it",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--merge-into",
+        type=Path,
+        metavar="REPORT",
+        help="run only --policies (the oracle only if listed) and rewrite REPORT, a zoo "
+        "report with the same rounds and seeds, with their runs in place of its own; the "
+        "other policies' stored per-seed results are judged again against them",
+    )
+    return parser
+
+
+def _merge_record(output: dict[str, Any], scenarios: list[str], policies: list[str]) -> Any:
+    """What a merged report keeps of the pass that was merged into it."""
+    machine = output["machine"]
+    return {
+        "scenarios": scenarios,
+        "policies": policies,
+        "git_commit": machine["git_commit"],
+        "cpu": machine["cpu"],
+        "load_average_start": machine["load_average_start"],
+        "load_average_end": machine["load_average_end"],
+        "wall_seconds": output["wall_seconds"],
+        "reused_runs": machine["reused_runs"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.list:
         for name, entry in ZOO.items():
             quick = " (quick)" if entry.get("quick") else ""
@@ -731,15 +904,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenarios
         else list(SUBSETS[args.subset])
     )
-    policies = _names(args.policies, KNOWN, "policies")
+    listed = _names(args.policies, (*KNOWN, ORACLE), "policies")
+    policies = [p for p in listed if p != ORACLE]
     seeds = list(
         range(args.seeds if args.seeds is not None else (3 if args.subset == "quick" else 5))
     )
+    report = None
+    if args.merge_into:
+        report = _read_report(args.merge_into)
+        try:
+            check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds})
+        except MergeError as error:
+            raise SystemExit(f"zoo: --merge-into {args.merge_into}: {error}") from None
+    # A merge re-runs the oracle only when asked; a report of its own always has it.
+    run_policies = listed if report is not None else [ORACLE, *policies]
     jobs = [
         (name, scenario_settings(ZOO[name]["spec"], seed), policy, args.rounds)
         for name in sorted(scenarios, key=_cost, reverse=True)
         for seed in seeds
-        for policy in [ORACLE, *policies]
+        for policy in run_policies
     ]
     kept = load_runs(args.runs) if args.runs else {}
     runs: list[dict[str, Any]] = []
@@ -793,8 +976,16 @@ def main(argv: list[str] | None = None) -> int:
             "reused_runs": len(jobs) - len(to_run),
         },
     }
+    if report is not None:
+        record = _merge_record(output, scenarios, run_policies)
+        output = merge_into(report, by_scenario, run_policies, output["setup"], record)
+        _write_atomically(args.merge_into, json.dumps(output, indent=1) + "\n")
+        print(
+            f"zoo: merged {len(runs)} runs of {', '.join(run_policies)} into {args.merge_into}",
+            file=sys.stderr,
+        )
     if args.markdown:
-        Path(args.markdown).write_text(markdown(output), encoding="utf-8")
+        _write_atomically(Path(args.markdown), markdown(output))
     json.dump(output, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

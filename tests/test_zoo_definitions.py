@@ -12,8 +12,10 @@ from benchmark_support import load_benchmark
 from accord.data.faults import FAULT_KINDS
 from accord.scenario import build_scenario
 
-zoo = load_benchmark("zoo")
+# learning_quality first: zoo then imports this very module, so its run_one pickles into
+# the worker processes by name.
 learning_quality = load_benchmark("learning_quality")
+zoo = load_benchmark("zoo")
 
 
 def test_the_zoo_is_broad_enough() -> None:
@@ -195,3 +197,102 @@ def test_the_markdown_says_which_runs_were_reused_and_the_time_in_rounds() -> No
     assert "Time in rounds over every run: 1.50 core-hours." in text
     output["machine"] = {**machine, "reused_runs": 0}
     assert "reused" not in zoo.markdown(output)
+
+
+def _report(name: str, finals: dict[str, list[float]], seconds: float) -> dict[str, Any]:
+    runs = [
+        {**_run(policy, seed, accuracy), "scenario": name, "run_seconds": seconds}
+        for policy, values in finals.items()
+        for seed, accuracy in enumerate(values)
+    ]
+    policies = [p for p in finals if p != "oracle"]
+    return {
+        "setup": {"policies": policies, "rounds": 100, "seeds": [0, 1], "seeds_count": 2},
+        "scenarios": {name: {"spec": zoo.ZOO[name]["spec"], **zoo.summarise_scenario(runs)}},
+        "aggregate": zoo.aggregate({name: runs}, policies),
+        "machine": {"cpu": "cpu"},
+    }
+
+
+def test_a_merged_pass_replaces_its_policies_and_judges_the_rest_again() -> None:
+    name, other = list(zoo.ZOO)[:2]
+    finals = {
+        "oracle": [0.95, 0.95],
+        "fedavg": [0.90, 0.90],
+        "hedge-loo": [0.93, 0.93],
+        "actor-critic": [0.90, 0.90],
+    }
+    report = _report(name, finals, 10.0)
+    report["scenarios"][other] = _report(other, finals, 10.0)["scenarios"][other]
+    assert report["scenarios"][name]["accuracy_targets"]["floor"].startswith("fail")
+    new = [
+        {**_run("actor-critic", seed, 0.949), "scenario": name, "run_seconds": 4.0}
+        for seed in range(2)
+    ]
+    record = {"git_commit": "abc", "policies": ["actor-critic"]}
+    merged = zoo.merge_into(
+        report, {name: new}, ["actor-critic"], {"rounds": 100, "seeds": [0, 1]}, record
+    )
+    row = merged["scenarios"][name]
+    assert row["policies"]["actor-critic"]["final_accuracy_per_seed"] == {0: 0.949, 1: 0.949}
+    assert row["policies"]["fedavg"]["final_accuracy_per_seed"] == {0: 0.90, 1: 0.90}
+    assert list(row["policies"]) == ["oracle", "fedavg", "hedge-loo", "actor-critic"]
+    # Judged again against the kept policies: the floor and the ceiling now pass.
+    assert row["accuracy_targets"]["floor"] == "pass"
+    assert row["accuracy_targets"]["within_1_of_oracle"] == "pass"
+    assert row["spec"] == zoo.ZOO[name]["spec"]
+    # Three kept policies' stored 20 s each, and the new runs' 8 s.
+    assert row["run_seconds_total"] == pytest.approx(68.0)
+    against = merged["aggregate"]["actor-critic_against"]["fedavg"]
+    assert against["wins"]["scenarios"] == [name]  # +4.9 points; the other is a tie
+    assert against["ties"]["scenarios"] == [other]
+    assert merged["scenarios"][other] == report["scenarios"][other]
+    assert merged["machine"]["spliced"] == [record]
+    assert report["scenarios"][name]["accuracy_targets"]["floor"].startswith("fail")
+
+
+def test_a_merge_is_refused_when_the_report_does_not_match() -> None:
+    name = next(iter(zoo.ZOO))
+    report = _report(name, {"oracle": [0.9, 0.9], "fedavg": [0.9, 0.9]}, 1.0)
+    setup = {"rounds": 100, "seeds": [0, 1]}
+    zoo.check_mergeable(report, [name], setup)
+    with pytest.raises(zoo.MergeError, match=r"its rounds are 100, this pass's are 50"):
+        zoo.check_mergeable(report, [name], {**setup, "rounds": 50})
+    with pytest.raises(zoo.MergeError, match=r"its seeds are \[0, 1\], this pass's are \[0\]"):
+        zoo.check_mergeable(report, [name], {**setup, "seeds": [0]})
+    other = list(zoo.ZOO)[1]
+    with pytest.raises(zoo.MergeError, match=f"no scenario '{other}'"):
+        zoo.check_mergeable(report, [other], setup)
+    report["scenarios"][name]["spec"] = {"nodes": 3}
+    with pytest.raises(zoo.MergeError, match=f"{name}'s spec there is"):
+        zoo.check_mergeable(report, [name], setup)
+    with pytest.raises(zoo.MergeError, match="not a zoo report"):
+        zoo.check_mergeable([], [name], setup)
+
+
+@pytest.mark.slow
+def test_merge_into_reruns_only_the_listed_policies_and_rewrites_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "issue-wine-4-free-rider"
+    report, tables = tmp_path / "zoo.json", tmp_path / "zoo.md"
+    common = ["--scenarios", name, "--seeds", "1", "--rounds", "2", "--workers", "1"]
+    assert zoo.main([*common, "--policies", "fedavg,hedge-loo"]) == 0
+    report.write_text(capsys.readouterr().out, encoding="utf-8")
+    before = json.loads(report.read_text(encoding="utf-8"))
+    args = [*common, "--policies", "hedge-loo", "--merge-into", str(report)]
+    assert zoo.main([*args, "--markdown", str(tables)]) == 0
+    printed = capsys.readouterr()
+    assert "zoo: merged 1 runs of hedge-loo into" in printed.err
+    assert "oracle seed 0" not in printed.err  # the oracle is kept, not re-run
+    merged = json.loads(report.read_text(encoding="utf-8"))
+    assert json.loads(printed.out) == merged
+    assert list(merged["scenarios"][name]["policies"]) == ["oracle", "fedavg", "hedge-loo"]
+    kept = merged["scenarios"][name]["policies"]["fedavg"]
+    assert kept == before["scenarios"][name]["policies"]["fedavg"]
+    [record] = merged["machine"]["spliced"]
+    assert record["policies"] == ["hedge-loo"] and record["scenarios"] == [name]
+    assert "merged in later" in tables.read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match="its rounds are 2, this pass's are 3"):
+        zoo.main([*args[:5], "3", *args[6:]])
+    assert json.loads(report.read_text(encoding="utf-8")) == merged
