@@ -275,7 +275,7 @@ class ActorCriticSettings:
     alone_method: str = "first-order"
     noise_test_p: float = 0.05
     noise_penalty: float = 1.0
-    noise_exclude: bool = False
+    noise_exclude: bool = True
     scale_memory: float = 0.0
 
     def __post_init__(self) -> None:
