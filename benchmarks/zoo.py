@@ -610,11 +610,14 @@ def markdown(output: dict[str, Any]) -> str:
         + (f"; {reused} runs reused from a --runs file (not timed here)." if reused else ".")
     )
     for merged in machine.get("spliced", []):
+        # Passes spliced in before --merge-into existed may lack the policies or the time.
         commit = (merged.get("git_commit") or "unknown")[:7]
+        wall = merged.get("wall_seconds")
         lines.append(
-            f"{', '.join(merged['policies'])} merged in later (`--merge-into`) in "
-            f"{len(merged['scenarios'])} scenarios: commit {commit}, "
-            f"{merged['wall_seconds'] / 60:.1f} min on {merged['cpu']}."
+            f"{', '.join(merged.get('policies') or ['some policies'])} merged in later in "
+            f"{len(merged.get('scenarios', []))} scenarios: commit {commit}"
+            + ("" if wall is None else f", {wall / 60:.1f} min")
+            + f" on {merged.get('cpu', 'an unrecorded machine')}."
         )
     total = sum(row.get("run_seconds_total", 0.0) for row in summary.values())
     if total:
