@@ -111,21 +111,28 @@ def faulty_in_round(data: Any, round_index: int) -> frozenset[str]:
     return frozenset(data.faulty_in_round(round_index))
 
 
-def run_one(job: tuple[str, Any, str, int]) -> dict[str, Any]:
+def run_one(job: tuple[Any, ...]) -> dict[str, Any]:
     """One policy on one scenario and seed: ``(scenario name, ScenarioSettings, policy,
-    rounds)``. A run whose validation loss stops being finite, or whose policy fails, is
-    recorded as diverged at that round (never raised)."""
+    rounds)``, and optionally a fifth item, ``ActorCriticSettings`` field overrides for the
+    Actor-Critic's modes (an ablation). A run whose validation loss stops being finite, or
+    whose policy fails, is recorded as diverged at that round (never raised)."""
     import warnings
 
-    scenario_name, scenario, policy, rounds = job
+    scenario_name, scenario, policy, rounds = job[:4]
+    overrides: dict[str, Any] = job[4] if len(job) > 4 and job[4] else {}
     import torch
 
     torch.set_num_threads(1)
+    from accord.aggregation.actor_critic_settings import ActorCriticSettings
     from accord.errors import AccordError
     from accord.scenario import build_scenario
     from accord.simulation import Simulation, SimulationSettings, StopConditions
 
-    settings = SimulationSettings(scenario=scenario, stop=StopConditions(max_rounds=rounds))
+    settings = SimulationSettings(
+        scenario=scenario,
+        stop=StopConditions(max_rounds=rounds),
+        actor_critic=ActorCriticSettings(**overrides),
+    )
     data = build_scenario(scenario)
     simulation = Simulation(settings, _oracle(data) if policy == ORACLE else policy, data=data)
     counts = {node.node_id: float(node.sample_count) for node in data.nodes}

@@ -30,8 +30,17 @@ again against the other policies' stored per-seed results, and the pass (commit,
 time) is added to the report's ``spliced`` list, which the tables' last lines name. After a
 change to the Actor-Critic::
 
-    python benchmarks/zoo.py --workers 2 --policies actor-critic,actor-critic-frozen \
+    python benchmarks/zoo.py --workers 2 --policies actor-critic,actor-critic-frozen \\
         --merge-into benchmarks/results_zoo.json --markdown benchmarks/results_zoo.md
+
+``--against REPORT`` does the same without writing REPORT: the merged report goes to stdout
+and a one-line verdict (the targets met, the mean change in accuracy) to stderr. With
+``--actor-critic-set KEY=JSON`` (repeatable; any ``ActorCriticSettings`` field) the
+Actor-Critic's modes run with that setting changed: an ablation, judged against the stored
+runs of every other policy::
+
+    python benchmarks/zoo.py --workers 2 --policies actor-critic \\
+        --actor-critic-set harm_decay=0.9 --against benchmarks/results_zoo.json > ablation.json
 """
 
 from __future__ import annotations
@@ -520,6 +529,46 @@ def _target_table(title: str, rows: list[tuple[str, dict[str, str]]]) -> list[st
     return lines
 
 
+def judged_counts(output: dict[str, Any]) -> dict[str, int]:
+    """How many of issue 8's targets :data:`JUDGED` meets in a report: the floor, within a
+    point of the oracle, beating the best rule (scenarios), and the weight checks."""
+    rows = output["scenarios"].values()
+    accuracy = [r["accuracy_targets"] for r in rows if "accuracy_targets" in r]
+    ceiling = [t.get("within_1_of_oracle", "n/a") for t in accuracy]
+    ceiling = [c for c in ceiling if c != "n/a"]
+    checks = [v for r in rows for v in r.get("targets", {}).values()]
+    return {
+        "scenarios": len(accuracy),
+        "floor": sum(t.get("floor") == "pass" for t in accuracy),
+        "fault_scenarios": len(ceiling),
+        "within_1": sum(c == "pass" for c in ceiling),
+        "beats_best_rule": sum(t.get("beats_best_rule", "").startswith("yes") for t in accuracy),
+        "weight_pass": sum(v == "pass" for v in checks),
+        "weight_fail": sum(v.startswith("fail") for v in checks),
+    }
+
+
+def verdict(before: dict[str, Any], after: dict[str, Any], scenarios: list[str]) -> str:
+    """One line: :func:`judged_counts` of ``after`` against ``before``, and the mean change
+    of :data:`JUDGED`'s accuracy over ``scenarios`` (those run; an ablation's result)."""
+    old, new = judged_counts(before), judged_counts(after)
+    changes = []
+    for name in scenarios:
+        mine = after["scenarios"][name]["policies"].get(JUDGED, {}).get("final_accuracy")
+        theirs = before["scenarios"][name]["policies"].get(JUDGED, {}).get("final_accuracy")
+        if mine and theirs:
+            changes.append(100 * (mine["mean"] - theirs["mean"]))
+    mean = f"{sum(changes) / len(changes):+.2f}" if changes else "n/a"
+    return (
+        f"floor {new['floor']} of {new['scenarios']} (was {old['floor']}); within a point "
+        f"{new['within_1']} of {new['fault_scenarios']} (was {old['within_1']}); beats the "
+        f"best rule {new['beats_best_rule']} (was {old['beats_best_rule']}); weight checks "
+        f"{new['weight_pass']} pass / {new['weight_fail']} fail (was {old['weight_pass']} / "
+        f"{old['weight_fail']}); {JUDGED} accuracy {mean} points on average over the "
+        f"{len(changes)} scenarios run"
+    )
+
+
 def markdown(output: dict[str, Any]) -> str:
     policies = [ORACLE, *output["setup"]["policies"]]
     summary = output["scenarios"]
@@ -550,29 +599,27 @@ def markdown(output: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {'—' if cost is None else f'{cost:.1f}'} | " + " | ".join(cells) + " |"
         )
+    counts = judged_counts(output)
     target_rows = [(n, r["targets"]) for n, r in summary.items() if "targets" in r]
     if target_rows:
         lines += _target_table(
             f"Weight targets of issue 8 for `{JUDGED}` (every seed must pass)", target_rows
         )
-        passed = sum(v == "pass" for _, t in target_rows for v in t.values())
-        failed = sum(v.startswith("fail") for _, t in target_rows for v in t.values())
-        lines.append(f"\n{passed} checks pass, {failed} fail, the rest do not apply.")
+        lines.append(
+            f"\n{counts['weight_pass']} checks pass, {counts['weight_fail']} fail, the rest "
+            "do not apply."
+        )
     accuracy_rows = [
         (n, r["accuracy_targets"]) for n, r in summary.items() if "accuracy_targets" in r
     ]
     if accuracy_rows:
         lines += _target_table(f"Accuracy targets of issue 8 for `{JUDGED}`", accuracy_rows)
-        ceiling = [t.get("within_1_of_oracle", "n/a") for _, t in accuracy_rows]
-        judged_ceiling = [c for c in ceiling if c != "n/a"]
-        wins = sum(t.get("beats_best_rule", "").startswith("yes") for _, t in accuracy_rows)
-        floors = sum(t.get("floor") == "pass" for _, t in accuracy_rows)
         room = [float(t["headroom"].split()[0]) for _, t in accuracy_rows if "headroom" in t]
         lines.append(
-            f"\nFloor met in {floors} of {len(accuracy_rows)} scenarios; within 1 point of "
-            f"the oracle in {sum(c == 'pass' for c in judged_ceiling)} of "
-            f"{len(judged_ceiling)} fault scenarios (target: 80 %); beats the best rule in "
-            f"{wins} (target: 3). Headroom (oracle minus best rule) is at least 1 point in "
+            f"\nFloor met in {counts['floor']} of {counts['scenarios']} scenarios; within 1 "
+            f"point of the oracle in {counts['within_1']} of {counts['fault_scenarios']} fault "
+            f"scenarios (target: 80 %); beats the best rule in {counts['beats_best_rule']} "
+            f"(target: 3). Headroom (oracle minus best rule) is at least 1 point in "
             f"{sum(r >= 1.0 for r in room)} of {len(room)} fault scenarios."
         )
     agg = output["aggregate"]
@@ -760,11 +807,52 @@ def _git_commit() -> str | None:
     return out.stdout.strip()
 
 
-def run_key(scenario: str, seed: int, policy: str, rounds: int) -> str:
+def run_key(
+    scenario: str, seed: int, policy: str, rounds: int, overrides: dict[str, Any] | None = None
+) -> str:
     """The identity of one run in a ``--runs`` file: the scenario's spec (not only its name,
-    so an edited scenario is run again), the seed, the policy and the rounds."""
+    so an edited scenario is run again), the seed, the policy, the rounds and any
+    ``--actor-critic-set`` overrides it ran with."""
     spec = json.dumps(ZOO[scenario]["spec"], sort_keys=True)
-    return f"{scenario}|{spec}|{seed}|{policy}|{rounds}"
+    key = f"{scenario}|{spec}|{seed}|{policy}|{rounds}"
+    return key + f"|{json.dumps(overrides, sort_keys=True)}" if overrides else key
+
+
+def _is_actor_critic(policy: str) -> bool:
+    return policy.startswith("actor-critic")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--actor-critic-set KEY=JSON`` items as ``ActorCriticSettings`` overrides, checked
+    by the settings class itself; a clear ``SystemExit`` otherwise."""
+    import dataclasses
+
+    from accord.aggregation.actor_critic_settings import ActorCriticSettings
+    from accord.errors import AccordError
+
+    fields = {f.name for f in dataclasses.fields(ActorCriticSettings)}
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"zoo: --actor-critic-set {item!r}: expected KEY=JSON")
+        if key not in fields:
+            raise SystemExit(
+                f"zoo: --actor-critic-set {key}: not an ActorCriticSettings field; "
+                f"fields: {', '.join(sorted(fields))}"
+            )
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SystemExit(
+                f"zoo: --actor-critic-set {key}: {text!r} is not JSON (a string needs quotes: "
+                f"{key}='\"value\"')"
+            ) from None
+    try:
+        ActorCriticSettings(**overrides)
+    except (AccordError, TypeError, ValueError) as error:
+        raise SystemExit(f"zoo: --actor-critic-set: {error}") from None
+    return overrides
 
 
 def load_runs(path: Path) -> dict[str, dict[str, Any]]:
@@ -788,13 +876,13 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
     return kept
 
 
-def _read_report(path: Path) -> Any:
+def _read_report(path: Path, option: str = "--merge-into") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise SystemExit(f"zoo: --merge-into {path}: cannot read it ({error.strerror})") from None
+        raise SystemExit(f"zoo: {option} {path}: cannot read it ({error.strerror})") from None
     except json.JSONDecodeError as error:
-        message = f"zoo: --merge-into {path}: line {error.lineno}: not JSON ({error.msg})"
+        message = f"zoo: {option} {path}: line {error.lineno}: not JSON ({error.msg})"
         raise SystemExit(message) from None
 
 
@@ -822,6 +910,7 @@ def _run_jobs(
     commit: str | None,
     done_before: int,
     total: int,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``jobs`` in ``workers`` processes, each finished run kept in ``runs_path`` at once
     (so a killed zoo loses at most the runs in flight); progress on stderr."""
@@ -837,7 +926,8 @@ def _run_jobs(
                 run.pop("faulty_mass", None)
                 runs.append(run)
                 if runs_path:
-                    key = run_key(run["scenario"], run["seed"], run["policy"], rounds)
+                    ablated = overrides if _is_actor_critic(run["policy"]) else None
+                    key = run_key(run["scenario"], run["seed"], run["policy"], rounds, ablated)
                     with runs_path.open("a", encoding="utf-8") as kept_file:
                         kept_file.write(
                             json.dumps({"key": key, "commit": commit, "run": run}) + "\n"
@@ -875,6 +965,21 @@ def _parser() -> argparse.ArgumentParser:
         "report with the same rounds and seeds, with their runs in place of its own; the "
         "other policies' stored per-seed results are judged again against them",
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="REPORT",
+        help="as --merge-into, but REPORT is only read: the merged report goes to stdout "
+        "(and --markdown), with a one-line verdict on stderr (an ablation)",
+    )
+    parser.add_argument(
+        "--actor-critic-set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="an ActorCriticSettings field for the Actor-Critic's modes, e.g. "
+        "harm_decay=0.9 (repeatable; with --against, not --merge-into)",
+    )
     return parser
 
 
@@ -891,6 +996,30 @@ def _merge_record(output: dict[str, Any], scenarios: list[str], policies: list[s
         "wall_seconds": output["wall_seconds"],
         "reused_runs": machine["reused_runs"],
     }
+
+
+def _report_to_judge_against(
+    args: argparse.Namespace, scenarios: list[str], seeds: list[int], overrides: dict[str, Any]
+) -> Any:
+    """The report of ``--merge-into`` or ``--against``, checked against this pass (``None``
+    without either)."""
+    if args.merge_into and args.against:
+        raise SystemExit("zoo: --merge-into and --against: choose one")
+    if overrides and args.merge_into:
+        raise SystemExit(
+            "zoo: --actor-critic-set changes the policy: judge it with --against, and keep "
+            "--merge-into for the defaults"
+        )
+    path = args.merge_into or args.against
+    if not path:
+        return None
+    option = "--merge-into" if args.merge_into else "--against"
+    report = _read_report(path, option)
+    try:
+        check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds})
+    except MergeError as error:
+        raise SystemExit(f"zoo: {option} {path}: {error}") from None
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -912,17 +1041,18 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(
         range(args.seeds if args.seeds is not None else (3 if args.subset == "quick" else 5))
     )
-    report = None
-    if args.merge_into:
-        report = _read_report(args.merge_into)
-        try:
-            check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds})
-        except MergeError as error:
-            raise SystemExit(f"zoo: --merge-into {args.merge_into}: {error}") from None
+    overrides = parse_overrides(args.actor_critic_set)
+    report = _report_to_judge_against(args, scenarios, seeds, overrides)
     # A merge re-runs the oracle only when asked; a report of its own always has it.
     run_policies = listed if report is not None else [ORACLE, *policies]
     jobs = [
-        (name, scenario_settings(ZOO[name]["spec"], seed), policy, args.rounds)
+        (
+            name,
+            scenario_settings(ZOO[name]["spec"], seed),
+            policy,
+            args.rounds,
+            overrides if _is_actor_critic(policy) else None,
+        )
         for name in sorted(scenarios, key=_cost, reverse=True)
         for seed in seeds
         for policy in run_policies
@@ -931,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     to_run = []
     for job in jobs:
-        key = run_key(job[0], job[1].seed, job[2], job[3])
+        key = run_key(job[0], job[1].seed, job[2], job[3], job[4])
         if key in kept:
             runs.append(kept[key])
         else:
@@ -941,7 +1071,9 @@ def main(argv: list[str] | None = None) -> int:
     commit = _git_commit()
     load_start = os.getloadavg()
     started = time.perf_counter()
-    runs += _run_jobs(to_run, args.rounds, args.workers, args.runs, commit, len(runs), len(jobs))
+    runs += _run_jobs(
+        to_run, args.rounds, args.workers, args.runs, commit, len(runs), len(jobs), overrides
+    )
     by_scenario: dict[str, list[dict[str, Any]]] = {name: [] for name in scenarios}
     for run in runs:
         by_scenario[run["scenario"]].append(run)
@@ -958,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
             "policies": policies,
             "workers": args.workers,
             "model": "mlp, hidden 32 (accord simulate's default)",
+            **({"actor_critic_overrides": overrides} if overrides else {}),
         },
         "scenarios": {
             name: {
@@ -981,12 +1114,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     if report is not None:
         record = _merge_record(output, scenarios, run_policies)
+        if overrides:
+            record["actor_critic_overrides"] = overrides
         output = merge_into(report, by_scenario, run_policies, output["setup"], record)
-        _write_atomically(args.merge_into, json.dumps(output, indent=1) + "\n")
-        print(
-            f"zoo: merged {len(runs)} runs of {', '.join(run_policies)} into {args.merge_into}",
-            file=sys.stderr,
-        )
+        if args.merge_into:
+            _write_atomically(args.merge_into, json.dumps(output, indent=1) + "\n")
+            print(
+                f"zoo: merged {len(runs)} runs of {', '.join(run_policies)} into {args.merge_into}",
+                file=sys.stderr,
+            )
+        else:
+            line = verdict(report, output, scenarios)
+            print(f"zoo: against {args.against}: {line}", file=sys.stderr)
     if args.markdown:
         _write_atomically(Path(args.markdown), markdown(output))
     json.dump(output, sys.stdout, indent=1)

@@ -301,3 +301,71 @@ def test_merge_into_reruns_only_the_listed_policies_and_rewrites_the_report(
     with pytest.raises(SystemExit, match="its rounds are 2, this pass's are 3"):
         zoo.main([*args[:5], "3", *args[6:]])
     assert json.loads(report.read_text(encoding="utf-8")) == merged
+
+
+def test_actor_critic_overrides_are_checked_and_key_their_runs() -> None:
+    assert zoo.parse_overrides(["harm_decay=0.9", 'credit_method="exact"']) == {
+        "harm_decay": 0.9,
+        "credit_method": "exact",
+    }
+    with pytest.raises(SystemExit, match="harm_decai: not an ActorCriticSettings field"):
+        zoo.parse_overrides(["harm_decai=0.9"])
+    with pytest.raises(SystemExit, match="expected KEY=JSON"):
+        zoo.parse_overrides(["harm_decay"])
+    with pytest.raises(SystemExit, match="credit_method: 'exact' is not JSON"):
+        zoo.parse_overrides(["credit_method=exact"])
+    with pytest.raises(SystemExit, match="harm_decay"):
+        zoo.parse_overrides(["harm_decay=2.5"])  # the settings' own check: a probability
+    name = next(iter(zoo.ZOO))
+    plain = zoo.run_key(name, 0, "actor-critic", 100)
+    assert zoo.run_key(name, 0, "actor-critic", 100, {}) == plain
+    assert zoo.run_key(name, 0, "actor-critic", 100, {"harm_decay": 0.9}) != plain
+
+
+def test_run_one_builds_the_actor_critic_from_the_overrides() -> None:
+    name = "issue-wine-4-free-rider"
+    settings = learning_quality.scenario_settings(zoo.ZOO[name]["spec"], seed=0)
+    with pytest.raises(Exception, match="harm_decay"):
+        learning_quality.run_one((name, settings, "actor-critic", 1, {"harm_decay": 2.5}))
+
+
+def test_the_verdict_counts_the_targets_and_the_mean_change() -> None:
+    name, other = list(zoo.ZOO)[:2]
+    finals = {"oracle": [0.95, 0.95], "fedavg": [0.90, 0.90], "actor-critic": [0.90, 0.90]}
+    before = _report(name, finals, 1.0)
+    before["scenarios"][other] = _report(other, finals, 1.0)["scenarios"][other]
+    new = [
+        {**_run("actor-critic", seed, 0.95), "scenario": name, "run_seconds": 1.0}
+        for seed in range(2)
+    ]
+    setup = {"rounds": 100, "seeds": [0, 1]}
+    after = zoo.merge_into(before, {name: new}, ["actor-critic"], setup, {})
+    assert zoo.judged_counts(before)["floor"] == 2  # 90 against FedAvg's 90: met
+    assert zoo.judged_counts(before)["within_1"] == 0
+    assert zoo.verdict(before, after, [name]) == (
+        "floor 2 of 2 (was 2); within a point 1 of 2 (was 0); beats the best rule 0 (was 0); "
+        "weight checks 2 pass / 0 fail (was 2 / 0); actor-critic accuracy +5.00 points on "
+        "average over the 1 scenarios run"
+    )
+
+
+@pytest.mark.slow
+def test_against_judges_an_ablation_without_writing_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "issue-wine-4-free-rider"
+    report = tmp_path / "zoo.json"
+    common = ["--scenarios", name, "--seeds", "1", "--rounds", "2", "--workers", "1"]
+    assert zoo.main([*common, "--policies", "fedavg,actor-critic"]) == 0
+    report.write_text(capsys.readouterr().out, encoding="utf-8")
+    stored = report.read_text(encoding="utf-8")
+    ablation = ["--policies", "actor-critic", "--actor-critic-set", "harm_decay=0.9"]
+    assert zoo.main([*common, *ablation, "--against", str(report)]) == 0
+    printed = capsys.readouterr()
+    assert f"zoo: against {report}: floor 1 of 1 (was 1);" in printed.err
+    assert "over the 1 scenarios run" in printed.err
+    assert report.read_text(encoding="utf-8") == stored
+    [record] = json.loads(printed.out)["machine"]["spliced"]
+    assert record["actor_critic_overrides"] == {"harm_decay": 0.9}
+    with pytest.raises(SystemExit, match="judge it with --against"):
+        zoo.main([*common, *ablation, "--merge-into", str(report)])
