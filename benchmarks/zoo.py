@@ -242,6 +242,11 @@ ZOO: dict[str, dict[str, Any]] = {
         },
         "note": "each of 6 nodes sign-flips in a round with probability 0.5",
     },
+    "digits-10-intermittent-noise": {
+        "spec": {"fault": "noise", "faulty": 3, "probability": 0.5},
+        "note": "each of 3 nodes sends noise in a round with probability 0.5 (found off the "
+        "zoo's paths on 2026-12-04)",
+    },
 }
 SUBSETS = {"quick": tuple(n for n, s in ZOO.items() if s.get("quick")), "full": tuple(ZOO)}
 
@@ -555,7 +560,8 @@ def verdict(before: dict[str, Any], after: dict[str, Any], scenarios: list[str])
     changes = []
     for name in scenarios:
         mine = after["scenarios"][name]["policies"].get(JUDGED, {}).get("final_accuracy")
-        theirs = before["scenarios"][name]["policies"].get(JUDGED, {}).get("final_accuracy")
+        stored = before["scenarios"].get(name, {}).get("policies", {})
+        theirs = stored.get(JUDGED, {}).get("final_accuracy")
         if mine and theirs:
             changes.append(100 * (mine["mean"] - theirs["mean"]))
     mean = f"{sum(changes) / len(changes):+.2f}" if changes else "n/a"
@@ -702,18 +708,29 @@ def _stored_runs(name: str, entry: dict[str, Any], policy: str) -> list[dict[str
     ]
 
 
-def check_mergeable(report: Any, scenarios: list[str], setup: dict[str, Any]) -> None:
+def check_mergeable(
+    report: Any, scenarios: list[str], setup: dict[str, Any], policies: list[str] | None = None
+) -> None:
     """Raise :class:`MergeError` unless ``report`` is a zoo report with ``setup``'s rounds
-    and seeds and each of ``scenarios`` under the zoo's current spec."""
+    and seeds and each of ``scenarios`` under the zoo's current spec. A scenario the report
+    does not have yet may be added only by a pass that runs (``policies``) the oracle and
+    every policy of the report."""
     if not isinstance(report, dict) or not isinstance(report.get("scenarios"), dict):
         raise MergeError("it is not a zoo report (no 'scenarios' object)")
     old = report.get("setup") or {}
     for key in ("rounds", "seeds"):
         if old.get(key) != setup[key]:
             raise MergeError(f"its {key} are {old.get(key)}, this pass's are {setup[key]}")
+    needed = [ORACLE, *old.get("policies", [])]
     for name in scenarios:
         if name not in report["scenarios"]:
-            raise MergeError(f"it has no scenario {name!r}: run that one with every policy")
+            missing = [p for p in needed if p not in (policies or [])]
+            if missing:
+                raise MergeError(
+                    f"it has no scenario {name!r}: a new scenario needs the oracle and every "
+                    f"policy of the report (missing: {', '.join(missing)})"
+                )
+            continue
         spec = report["scenarios"][name].get("spec")
         if spec != ZOO[name]["spec"]:
             raise MergeError(f"{name}'s spec there is {spec}, the zoo's is {ZOO[name]['spec']}")
@@ -730,13 +747,23 @@ def merge_into(
     every scenario summarised and judged again against the kept policies' stored per-seed
     results. The report's scenarios, rounds and seeds must be this pass's; ``pass_record``
     (commit, machine, load, time) is appended to the report's list of merged passes."""
-    check_mergeable(report, list(new_runs), setup)
+    check_mergeable(report, list(new_runs), setup, rerun)
     old = report["setup"]
     policies = list(old.get("policies", []))
     policies += [p for p in rerun if p not in policies and p != ORACLE]
     scenarios: dict[str, Any] = {}
     by_scenario: dict[str, list[dict[str, Any]]] = {}
-    for name, entry in report["scenarios"].items():
+    added = {
+        name: {
+            "spec": ZOO[name]["spec"],
+            "issue": ZOO[name].get("issue"),
+            "note": ZOO[name].get("note"),
+            "policies": {},
+        }
+        for name in new_runs
+        if name not in report["scenarios"]
+    }
+    for name, entry in [*report["scenarios"].items(), *added.items()]:
         if name not in new_runs:
             scenarios[name] = entry
             by_scenario[name] = [
@@ -999,10 +1026,14 @@ def _merge_record(output: dict[str, Any], scenarios: list[str], policies: list[s
 
 
 def _report_to_judge_against(
-    args: argparse.Namespace, scenarios: list[str], seeds: list[int], overrides: dict[str, Any]
+    args: argparse.Namespace,
+    scenarios: list[str],
+    seeds: list[int],
+    overrides: dict[str, Any],
+    listed: list[str],
 ) -> Any:
-    """The report of ``--merge-into`` or ``--against``, checked against this pass (``None``
-    without either)."""
+    """The report of ``--merge-into`` or ``--against``, checked against this pass, which runs
+    the ``listed`` policies (``None`` without either)."""
     if args.merge_into and args.against:
         raise SystemExit("zoo: --merge-into and --against: choose one")
     if overrides and args.merge_into:
@@ -1016,7 +1047,7 @@ def _report_to_judge_against(
     option = "--merge-into" if args.merge_into else "--against"
     report = _read_report(path, option)
     try:
-        check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds})
+        check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds}, listed)
     except MergeError as error:
         raise SystemExit(f"zoo: {option} {path}: {error}") from None
     return report
@@ -1042,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
         range(args.seeds if args.seeds is not None else (3 if args.subset == "quick" else 5))
     )
     overrides = parse_overrides(args.actor_critic_set)
-    report = _report_to_judge_against(args, scenarios, seeds, overrides)
+    report = _report_to_judge_against(args, scenarios, seeds, overrides, listed)
     # A merge re-runs the oracle only when asked; a report of its own always has it.
     run_policies = listed if report is not None else [ORACLE, *policies]
     jobs = [

@@ -256,6 +256,26 @@ def test_a_merged_pass_replaces_its_policies_and_judges_the_rest_again() -> None
     assert report["scenarios"][name]["accuracy_targets"]["floor"].startswith("fail")
 
 
+def test_a_merged_pass_adds_a_scenario_run_with_every_policy() -> None:
+    name, new_name = list(zoo.ZOO)[:2]
+    finals = {"oracle": [0.95, 0.95], "fedavg": [0.90, 0.90], "actor-critic": [0.945, 0.945]}
+    report = _report(name, finals, 10.0)
+    runs = [
+        {**_run(policy, seed, accuracy), "scenario": new_name, "run_seconds": 1.0}
+        for policy, values in finals.items()
+        for seed, accuracy in enumerate(values)
+    ]
+    merged = zoo.merge_into(
+        report, {new_name: runs}, list(finals), {"rounds": 100, "seeds": [0, 1]}, {}
+    )
+    assert list(merged["scenarios"]) == [name, new_name]
+    added = merged["scenarios"][new_name]
+    assert added["spec"] == zoo.ZOO[new_name]["spec"]
+    assert list(added["policies"]) == ["oracle", "fedavg", "actor-critic"]
+    assert added["accuracy_targets"]["within_1_of_oracle"] == "pass"
+    assert merged["aggregate"]["actor-critic_against"]["fedavg"]["wins"]["count"] == 2
+
+
 def test_a_merge_is_refused_when_the_report_does_not_match() -> None:
     name = next(iter(zoo.ZOO))
     report = _report(name, {"oracle": [0.9, 0.9], "fedavg": [0.9, 0.9]}, 1.0)
@@ -266,8 +286,9 @@ def test_a_merge_is_refused_when_the_report_does_not_match() -> None:
     with pytest.raises(zoo.MergeError, match=r"its seeds are \[0, 1\], this pass's are \[0\]"):
         zoo.check_mergeable(report, [name], {**setup, "seeds": [0]})
     other = list(zoo.ZOO)[1]
-    with pytest.raises(zoo.MergeError, match=f"no scenario '{other}'"):
-        zoo.check_mergeable(report, [other], setup)
+    with pytest.raises(zoo.MergeError, match=f"no scenario '{other}'.*missing: oracle"):
+        zoo.check_mergeable(report, [other], setup, ["fedavg"])
+    zoo.check_mergeable(report, [other], setup, ["oracle", "fedavg"])  # a new, whole one
     report["scenarios"][name]["spec"] = {"nodes": 3}
     with pytest.raises(zoo.MergeError, match=f"{name}'s spec there is"):
         zoo.check_mergeable(report, [name], setup)
