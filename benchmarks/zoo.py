@@ -534,6 +534,10 @@ def _target_table(title: str, rows: list[tuple[str, dict[str, str]]]) -> list[st
     return lines
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def judged_counts(output: dict[str, Any]) -> dict[str, int]:
     """How many of issue 8's targets :data:`JUDGED` meets in a report: the floor, within a
     point of the oracle, beating the best rule (scenarios), and the weight checks."""
@@ -668,7 +672,7 @@ def markdown(output: dict[str, Any]) -> str:
         wall = merged.get("wall_seconds")
         lines.append(
             f"{', '.join(merged.get('policies') or ['some policies'])} merged in later in "
-            f"{len(merged.get('scenarios', []))} scenarios: commit {commit}"
+            f"{_count(len(merged.get('scenarios', [])), 'scenario')}: commit {commit}"
             + ("" if wall is None else f", {wall / 60:.1f} min")
             + f" on {merged.get('cpu', 'an unrecorded machine')}."
         )

@@ -199,7 +199,7 @@ def test_the_markdown_says_which_runs_were_reused_and_the_time_in_rounds() -> No
     assert "reused" not in zoo.markdown(output)
     # A pass spliced in by hand before --merge-into kept neither its policies nor its time.
     output["machine"]["spliced"] = [{"scenarios": ["s"], "git_commit": "f6458bfd7"}]
-    assert "some policies merged in later in 1 scenarios: commit f6458bf on an" in (
+    assert "some policies merged in later in 1 scenario: commit f6458bf on an" in (
         zoo.markdown(output)
     )
 
@@ -318,7 +318,7 @@ def test_merge_into_reruns_only_the_listed_policies_and_rewrites_the_report(
     assert kept == before["scenarios"][name]["policies"]["fedavg"]
     [record] = merged["machine"]["spliced"]
     assert record["policies"] == ["hedge-loo"] and record["scenarios"] == [name]
-    assert "hedge-loo merged in later in 1 scenarios: commit" in tables.read_text("utf-8")
+    assert "hedge-loo merged in later in 1 scenario: commit" in tables.read_text("utf-8")
     with pytest.raises(SystemExit, match="its rounds are 2, this pass's are 3"):
         zoo.main([*args[:5], "3", *args[6:]])
     assert json.loads(report.read_text(encoding="utf-8")) == merged
