@@ -1,0 +1,301 @@
+"""Off the zoo's paths: the Actor-Critic and Hedge-LOO under ``accord simulate`` settings that
+the scenario zoo does not vary (issue 8's "more scenarios are kept outside the project").
+
+The zoo fixes the training settings and varies the scenario; these cases take the main job
+(digits, 10 nodes, Dirichlet 0.5, 3 label flippers) and change one thing a user might: two
+nodes, sampled nodes, huge scale factors, another model, a server learning rate, a small
+validation set, intermittent noise, momentum, batch size 1, a faulty majority, Dirichlet
+0.01, shards with mixed faults, other datasets. Each case runs as a real ``accord simulate``
+process per seed (60 rounds, 3 seeds by default) and reports each policy's final test
+accuracy and the weight on the nodes faulty in the last round, per seed. Prints one JSON
+object.
+
+    python benchmarks/offpath.py --workers 2 > offpath.json          # 16 cases, ~6 min
+    python benchmarks/offpath.py --cases intermittent-noise --seeds 1
+    python benchmarks/offpath.py --policies actor-critic --actor-critic-set noise_exclude=false \\
+        --against benchmarks/results_offpath.json
+
+``--actor-critic-set KEY=JSON`` (repeatable) sets an ``ActorCriticSettings`` field through an
+``[actor_critic]`` config file; ``--against RESULTS`` adds, per case and policy, the change
+from a stored run of this benchmark (the same seeds and rounds) and prints one line per case
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_record
+
+#: Each case: the ``accord simulate`` options it adds to the main job.
+CASES: dict[str, list[str]] = {
+    "two-nodes-sign-flip": ["--nodes", "2", "--fault", "sign-flip", "--faulty", "1"],
+    "nodes-per-round-4": ["--nodes", "10", "--nodes-per-round", "4"],
+    "scale-1e6": ["--fault", "scale", "--fault-scale", "1000000"],
+    "sign-flip-x100": ["--fault", "sign-flip", "--fault-scale", "100"],
+    "logistic-model": ["--model", "logistic"],
+    "bigger-model-more-local-work": [
+        "--hidden",
+        "64,32",
+        "--local-epochs",
+        "5",
+        "--local-learning-rate",
+        "0.5",
+    ],
+    "server-learning-rate-0.5": ["--server-learning-rate", "0.5"],
+    "validation-2pct": ["--validation-fraction", "0.02"],
+    "intermittent-noise": ["--fault", "noise", "--fault-probability", "0.5"],
+    "momentum-0.9": ["--momentum", "0.9"],
+    "batch-size-1": ["--batch-size", "1"],
+    "faulty-majority": ["--nodes", "5", "--faulty", "4"],
+    "dirichlet-0.01": ["--alpha", "0.01"],
+    "shards-mixed": ["--partition", "shards", "--fault", "label-flip:2,noise:2"],
+    "wine-sign-flip": [
+        "--dataset",
+        "wine",
+        "--nodes",
+        "6",
+        "--fault",
+        "sign-flip",
+        "--faulty",
+        "2",
+    ],
+    "breast-cancer-iid-label-flip": [
+        "--dataset",
+        "breast-cancer",
+        "--nodes",
+        "10",
+        "--fault",
+        "label-flip",
+        "--faulty",
+        "3",
+        "--partition",
+        "iid",
+    ],
+}
+#: Cases whose rounds are slow (one local step per sample) run for fewer rounds.
+ROUNDS: dict[str, int] = {"batch-size-1": 30}
+POLICIES = ("actor-critic", "hedge-loo")
+
+
+def _config(overrides: dict[str, Any], folder: Path) -> Path | None:
+    """An ``[actor_critic]`` config file with ``overrides`` (``None`` without any)."""
+    if not overrides:
+        return None
+    lines = [
+        "[actor_critic]",
+        *(f"{key} = {json.dumps(value)}" for key, value in overrides.items()),
+    ]
+    path = folder / "actor-critic.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_case(
+    case: str, seed: int, rounds: int, policies: list[str], config: Path | None, out: Path
+) -> dict[str, Any]:
+    """One case and seed as a real ``accord simulate`` process; each policy's final test
+    accuracy and weight on the nodes faulty in the last round (``None`` and the stop reason
+    when it failed)."""
+    command = [
+        sys.executable,
+        "-m",
+        "accord.cli",
+        "simulate",
+        "--quiet",
+        "--rounds",
+        str(ROUNDS.get(case, rounds)),
+        "--policies",
+        ",".join(policies),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+        *CASES[case],
+        *(["--config", str(config)] if config else []),
+    ]
+    environment = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    record: dict[str, Any] = {
+        "case": case,
+        "seed": seed,
+        "exit_code": done.returncode,
+        "seconds": time.perf_counter() - started,
+    }
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        record["error"] = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return record
+    results = json.loads(summary_path.read_text(encoding="utf-8"))["results"]
+    record["policies"] = {
+        policy: {
+            "final_accuracy": results[policy].get("final_test_accuracy"),
+            "faulty_weight_end": results[policy].get("faulty_mass_final"),
+            "stop_reason": results[policy].get("stop_reason"),
+        }
+        for policy in policies
+        if policy in results
+    }
+    return record
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def summarise(runs: list[dict[str, Any]], policies: list[str]) -> dict[str, Any]:
+    """Per case and policy: the per-seed figures and their means."""
+    cases: dict[str, Any] = {}
+    for run in sorted(runs, key=lambda r: (r["case"], r["seed"])):
+        entry = cases.setdefault(run["case"], {"args": CASES[run["case"]], "policies": {}})
+        if "error" in run:
+            entry.setdefault("errors", {})[str(run["seed"])] = run["error"]
+            continue
+        for policy in policies:
+            figures = run["policies"].get(policy)
+            if figures is None:
+                continue
+            row = entry["policies"].setdefault(
+                policy, {"final_accuracy_per_seed": {}, "faulty_weight_end_per_seed": {}}
+            )
+            row["final_accuracy_per_seed"][str(run["seed"])] = figures["final_accuracy"]
+            row["faulty_weight_end_per_seed"][str(run["seed"])] = figures["faulty_weight_end"]
+    for entry in cases.values():
+        for row in entry["policies"].values():
+            row["final_accuracy"] = _mean(list(row["final_accuracy_per_seed"].values()))
+            row["faulty_weight_end"] = _mean(list(row["faulty_weight_end_per_seed"].values()))
+    return cases
+
+
+def compare(stored: dict[str, Any], cases: dict[str, Any]) -> list[str]:
+    """One line per case: each policy's mean accuracy and end weight on the faulty nodes,
+    stored → now, over the seeds both have."""
+    lines = []
+    for case, entry in cases.items():
+        before = stored.get("cases", {}).get(case, {}).get("policies", {})
+        parts = []
+        for policy, row in entry["policies"].items():
+            old = before.get(policy)
+            if old is None:
+                continue
+            seeds = [
+                s for s in row["final_accuracy_per_seed"] if s in old["final_accuracy_per_seed"]
+            ]
+
+            def mean(table: dict[str, Any], key: str, chosen: list[str] = seeds) -> str:
+                value = _mean([table[key][s] for s in chosen])
+                return "—" if value is None else f"{100 * value:.1f}"
+
+            parts.append(
+                f"{policy} {mean(old, 'final_accuracy_per_seed')} → "
+                f"{mean(row, 'final_accuracy_per_seed')} %, faulty "
+                f"{mean(old, 'faulty_weight_end_per_seed')} → "
+                f"{mean(row, 'faulty_weight_end_per_seed')} %"
+            )
+        if parts:
+            lines.append(f"{case}: " + "; ".join(parts))
+    return lines
+
+
+def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in accepted]
+    if unknown or not names:
+        raise SystemExit(f"offpath: --{what}: unknown {unknown}; accepted: {', '.join(accepted)}")
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--actor-critic-set", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--against", type=Path, metavar="RESULTS")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        for name, options in CASES.items():
+            print(f"{name}: {' '.join(options)}")
+        return 0
+    from zoo import parse_overrides
+
+    from accord.aggregation.registry import POLICIES as KNOWN
+
+    cases = _names(args.cases, tuple(CASES), "cases")
+    policies = _names(args.policies, KNOWN, "policies")
+    overrides = parse_overrides(args.actor_critic_set)
+    stored = None
+    if args.against:
+        try:
+            stored = json.loads(args.against.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"offpath: --against {args.against}: {error}") from None
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="accord-offpath-") as scratch:
+        folder = Path(scratch)
+        config = _config(overrides, folder)
+        jobs = [(case, seed) for case in cases for seed in range(args.seeds)]
+        # Each run is its own process; threads only wait on them.
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            futures = [
+                pool.submit(run_case, c, s, args.rounds, policies, config, folder / f"{c}-s{s}")
+                for c, s in jobs
+            ]
+            runs = []
+            for index, future in enumerate(futures, start=1):
+                run = future.result()
+                runs.append(run)
+                status = run.get("error") or ", ".join(
+                    f"{p} {100 * (f['final_accuracy'] or 0):.1f} %"
+                    for p, f in run["policies"].items()
+                )
+                print(
+                    f"[{index}/{len(jobs)}] {run['case']} seed {run['seed']}: {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    output = {
+        "benchmark": "offpath",
+        "setup": {
+            "rounds": args.rounds,
+            "rounds_by_case": ROUNDS,
+            "seeds": args.seeds,
+            "policies": policies,
+            "actor_critic_overrides": overrides,
+        },
+        "cases": summarise(runs, policies),
+        "wall_seconds": time.perf_counter() - started,
+        "machine": machine_record(load_start),
+    }
+    if stored is not None:
+        for line in compare(stored, output["cases"]):
+            print(f"offpath: {line}", file=sys.stderr)
+    json.dump(output, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
