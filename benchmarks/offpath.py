@@ -211,14 +211,6 @@ def compare(stored: dict[str, Any], cases: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in accepted]
-    if unknown or not names:
-        raise SystemExit(f"offpath: --{what}: unknown {unknown}; accepted: {', '.join(accepted)}")
-    return names
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names")
@@ -238,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, options in CASES.items():
             print(f"{name}: {' '.join(options)}")
         return 0
-    from zoo import parse_overrides
+    from zoo import _git_commit, names_from, parse_overrides
 
     from accord.aggregation.registry import POLICIES as KNOWN
 
-    cases = _names(args.cases, tuple(CASES), "cases")
-    policies = _names(args.policies, KNOWN, "policies")
+    cases = names_from(args.cases, tuple(CASES), "cases", "offpath")
+    policies = names_from(args.policies, KNOWN, "policies", "offpath")
     overrides = parse_overrides(args.actor_critic_set)
     stored = None
     if args.against:
@@ -287,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": summarise(runs, policies),
         "wall_seconds": time.perf_counter() - started,
-        "machine": machine_record(load_start),
+        "machine": {**machine_record(load_start), "git_commit": _git_commit()},
     }
     if stored is not None:
         for line in compare(stored, output["cases"]):

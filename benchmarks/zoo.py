@@ -925,11 +925,13 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _names(text: str, accepted: tuple[str, ...], what: str) -> list[str]:
+def names_from(text: str, accepted: tuple[str, ...], what: str, prog: str = "zoo") -> list[str]:
+    """A comma-separated option's names, each one of ``accepted`` (``SystemExit`` naming
+    the unknown ones otherwise)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in accepted]
     if unknown or not names:
-        raise SystemExit(f"zoo: --{what}: unknown {unknown}; accepted: {', '.join(accepted)}")
+        raise SystemExit(f"{prog}: --{what}: unknown {unknown}; accepted: {', '.join(accepted)}")
     return names
 
 
@@ -1067,11 +1069,11 @@ def main(argv: list[str] | None = None) -> int:
     from accord.aggregation.registry import POLICIES as KNOWN
 
     scenarios = (
-        _names(args.scenarios, tuple(ZOO), "scenarios")
+        names_from(args.scenarios, tuple(ZOO), "scenarios")
         if args.scenarios
         else list(SUBSETS[args.subset])
     )
-    listed = _names(args.policies, (*KNOWN, ORACLE), "policies")
+    listed = names_from(args.policies, (*KNOWN, ORACLE), "policies")
     policies = [p for p in listed if p != ORACLE]
     seeds = list(
         range(args.seeds if args.seeds is not None else (3 if args.subset == "quick" else 5))
