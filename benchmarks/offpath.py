@@ -230,19 +230,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, options in CASES.items():
             print(f"{name}: {' '.join(options)}")
         return 0
-    from zoo import _git_commit, names_from, parse_overrides
+    from zoo import _git_commit, names_from, parse_overrides, read_report
 
     from accord.aggregation.registry import POLICIES as KNOWN
 
     cases = names_from(args.cases, tuple(CASES), "cases", "offpath")
     policies = names_from(args.policies, KNOWN, "policies", "offpath")
     overrides = parse_overrides(args.actor_critic_set)
-    stored = None
-    if args.against:
-        try:
-            stored = json.loads(args.against.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"offpath: --against {args.against}: {error}") from None
+    stored = read_report(args.against, "--against", "offpath") if args.against else None
     load_start = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="accord-offpath-") as scratch:

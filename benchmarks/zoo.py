@@ -61,6 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_quality import ORACLE, SPEC_DEFAULTS, run_one, scenario_settings
 from machine import machine_record
 
+from accord.atomic_files import write_atomically
+
 #: The policies each scenario runs by default (the oracle is added to every scenario).
 POLICIES = (
     "fedavg",
@@ -854,36 +856,32 @@ def _is_actor_critic(policy: str) -> bool:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``--actor-critic-set KEY=JSON`` items as ``ActorCriticSettings`` overrides, checked
-    by the settings class itself; a clear ``SystemExit`` otherwise."""
-    import dataclasses
-
+    """``--actor-critic-set KEY=JSON`` items as ``ActorCriticSettings`` overrides, each key
+    and value checked (and converted) as an ``[actor_critic]`` config table is; a clear
+    ``SystemExit`` otherwise."""
     from accord.aggregation.actor_critic_settings import ActorCriticSettings
-    from accord.errors import AccordError
+    from accord.errors import ConfigurationError
+    from accord.settings_mapping import settings_from_mapping
 
-    fields = {f.name for f in dataclasses.fields(ActorCriticSettings)}
-    overrides: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep:
             raise SystemExit(f"zoo: --actor-critic-set {item!r}: expected KEY=JSON")
-        if key not in fields:
-            raise SystemExit(
-                f"zoo: --actor-critic-set {key}: not an ActorCriticSettings field; "
-                f"fields: {', '.join(sorted(fields))}"
-            )
         try:
-            overrides[key] = json.loads(text)
+            raw[key] = json.loads(text)
         except json.JSONDecodeError:
             raise SystemExit(
                 f"zoo: --actor-critic-set {key}: {text!r} is not JSON (a string needs quotes: "
                 f"{key}='\"value\"')"
             ) from None
     try:
-        ActorCriticSettings(**overrides)
-    except (AccordError, TypeError, ValueError) as error:
-        raise SystemExit(f"zoo: --actor-critic-set: {error}") from None
-    return overrides
+        settings = settings_from_mapping(
+            ActorCriticSettings, raw, source="--actor-critic-set", prefix="actor_critic."
+        )
+    except ConfigurationError as error:
+        raise SystemExit(f"zoo: {error}") from None
+    return {key: getattr(settings, key) for key in raw}
 
 
 def load_runs(path: Path) -> dict[str, dict[str, Any]]:
@@ -907,22 +905,16 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
     return kept
 
 
-def _read_report(path: Path, option: str = "--merge-into") -> Any:
+def read_report(path: Path, option: str = "--merge-into", prog: str = "zoo") -> Any:
+    """A stored benchmark report (JSON); ``SystemExit`` naming the option, the file and,
+    for bad JSON, the line otherwise."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise SystemExit(f"zoo: {option} {path}: cannot read it ({error.strerror})") from None
+        raise SystemExit(f"{prog}: {option} {path}: cannot read it ({error.strerror})") from None
     except json.JSONDecodeError as error:
-        message = f"zoo: {option} {path}: line {error.lineno}: not JSON ({error.msg})"
+        message = f"{prog}: {option} {path}: line {error.lineno}: not JSON ({error.msg})"
         raise SystemExit(message) from None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it, so a killed zoo
-    leaves the old file whole."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def names_from(text: str, accepted: tuple[str, ...], what: str, prog: str = "zoo") -> list[str]:
@@ -1051,7 +1043,7 @@ def _report_to_judge_against(
     if not path:
         return None
     option = "--merge-into" if args.merge_into else "--against"
-    report = _read_report(path, option)
+    report = read_report(path, option)
     try:
         check_mergeable(report, scenarios, {"rounds": args.rounds, "seeds": seeds}, listed)
     except MergeError as error:
@@ -1155,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
             record["actor_critic_overrides"] = overrides
         output = merge_into(report, by_scenario, run_policies, output["setup"], record)
         if args.merge_into:
-            _write_atomically(args.merge_into, json.dumps(output, indent=1) + "\n")
+            write_atomically(args.merge_into, (json.dumps(output, indent=1) + "\n").encode())
             print(
                 f"zoo: merged {len(runs)} runs of {', '.join(run_policies)} into {args.merge_into}",
                 file=sys.stderr,
@@ -1164,7 +1156,7 @@ def main(argv: list[str] | None = None) -> int:
             line = verdict(report, output, scenarios)
             print(f"zoo: against {args.against}: {line}", file=sys.stderr)
     if args.markdown:
-        _write_atomically(Path(args.markdown), markdown(output))
+        write_atomically(args.markdown, markdown(output).encode())
     json.dump(output, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
