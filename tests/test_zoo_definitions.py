@@ -329,7 +329,7 @@ def test_actor_critic_overrides_are_checked_and_key_their_runs() -> None:
         "harm_decay": 0.9,
         "credit_method": "exact",
     }
-    with pytest.raises(SystemExit, match="unknown key 'actor_critic.harm_decai'"):
+    with pytest.raises(SystemExit, match=r"unknown key 'actor_critic\.harm_decai'"):
         zoo.parse_overrides(["harm_decai=0.9"])
     with pytest.raises(SystemExit, match="expected KEY=JSON"):
         zoo.parse_overrides(["harm_decay"])
