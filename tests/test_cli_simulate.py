@@ -258,6 +258,10 @@ def test_bad_options_are_one_line_and_exit_2(
         (["--target-accuracy", "1.5"], "--target-accuracy: expected a number <= 1.0, got 1.5"),
         (["--nodes", "500"], "--nodes: 1259 samples cannot give 500 nodes 10 samples each"),
         (["--every", "0"], "--every: expected an integer >= 1, got 0"),
+        (["--dataset", "synthetic-hard", "--samples", "200", "--validation-fraction", "0.02"],
+         "--validation-fraction: 0.02 of 200 synthetic-hard samples in 10 classes holds out no "
+         "sample (the split is stratified: each class's share is rounded); expected a larger "
+         "fraction or more samples"),
         (["--validation-fraction", "0.5", "--test-fraction", "0.5"], "--test-fraction: expected "
          "the validation and test fractions to sum below 1 (the nodes train on the rest), got "
          "0.5 + 0.5"),

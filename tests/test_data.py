@@ -32,6 +32,21 @@ def test_holdout_split_is_disjoint_and_stratified() -> None:
     assert split.test.labels.size == pytest.approx(0.2 * data.labels.size, abs=10)
 
 
+@pytest.mark.parametrize(
+    ("fractions", "field"), [((0.02, 0.2), "validation_fraction"), ((0.2, 0.02), "test_fraction")]
+)
+def test_a_holdout_share_that_rounds_to_no_sample_is_refused(
+    fractions: tuple[float, float], field: str
+) -> None:
+    # 200 samples in 10 classes: 2 % of each class's 20 rounds to 0. The empty validation
+    # set scored NaN, and the run stopped as "diverged" at round 1.
+    data = load_dataset("synthetic-hard", seed=47, samples=200)
+    with pytest.raises(ConfigurationError, match=rf"^{field}: .* holds out no sample"):
+        split_holdout(data, np.random.default_rng(0), *fractions)
+    split = split_holdout(data, np.random.default_rng(0), 0.05, 0.2)
+    assert split.validation.labels.size == 10
+
+
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
 def test_every_sample_goes_to_exactly_one_node(kind: str) -> None:
     labels = np.repeat(np.arange(10), 100)

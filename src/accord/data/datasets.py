@@ -243,6 +243,18 @@ def split_holdout(
         test_index += members[:n_test].tolist()
         validation_index += members[n_test : n_test + n_validation].tolist()
         train_index += members[n_test + n_validation :].tolist()
+    # Stratified per class, so a small dataset with many classes can round every class's
+    # share to nothing: an empty validation set scores NaN and the run would look diverged.
+    for field, index, fraction in (
+        ("validation_fraction", validation_index, validation_fraction),
+        ("test_fraction", test_index, test_fraction),
+    ):
+        if not index:
+            raise ConfigurationError(
+                f"{field}: {fraction!r} of {dataset.labels.size} {dataset.name} samples in "
+                f"{dataset.n_classes} classes holds out no sample (the split is stratified: "
+                f"each class's share is rounded); expected a larger fraction or more samples"
+            )
     parts = [
         _subset(dataset, rng.permutation(np.array(index, dtype=np.intp)))
         for index in (train_index, validation_index, test_index)
