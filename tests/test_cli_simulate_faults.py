@@ -89,7 +89,7 @@ def test_mixed_fault_groups_in_one_run(tmp_path: Path) -> None:
          "give N and SCALE in --fault KIND:N[:SCALE],..."),
         (["--fault", "scale:1", "--fault-scale", "2"], "--fault-scale: does not apply"),
         (["--fault-start", "5", "--fault-end", "5"], "--fault-end: expected end > start (a fault "
-         "is active in rounds start <= round < end), got start 5, end 5"),
+         "is active in rounds start + 1 to end, counted from 1), got start 5, end 5"),
         (["--fault-probability", "1.5"], "--fault-probability: expected a number <= 1.0, got 1.5"),
         (["--fault", "noise:3,scale:1", "--nodes", "3"], "--fault: expected at most 3 faulty "
          "nodes (the node count), got 4"),

@@ -89,8 +89,8 @@ class FaultSpec:
             require_int("fault_end", self.end, minimum=1)
             if self.end <= self.start:
                 raise ConfigurationError(
-                    "fault_end: expected end > start (a fault is active in rounds "
-                    f"start <= round < end), got start {self.start}, end {self.end}"
+                    "fault_end: expected end > start (a fault is active in rounds start + 1 "
+                    f"to end, counted from 1), got start {self.start}, end {self.end}"
                 )
         require_number(
             "fault_probability",
