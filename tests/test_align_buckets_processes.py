@@ -254,10 +254,16 @@ def test_bucketed_memory_stays_well_below_the_in_memory_run(tmp_path: Path) -> N
     # exceeds. The two peaks (each party's host and enclave, anonymous memory: the mapped
     # input and the libraries are file pages the kernel may reclaim) are compared with each
     # other, measured in this test on the same tables: absolute figures vary with the
-    # machine and belong to benchmarks/alignment.py. Measured here: 0.54 GB in memory,
-    # 0.40-0.41 GB bucketed; a sample missing a peak by 5 ms moves neither much. (At 3M IDs
-    # the in-memory run, 0.37-0.39 GB since the fourth speed pass, fits the 512 MiB budget
-    # the bucketed run needed (384 MiB is refused), and the peaks were within 15 %.)
+    # machine and belong to benchmarks/alignment.py. Measured here: 0.53-0.57 GB in memory,
+    # 0.21-0.25 GB bucketed (ratios 0.39-0.45, 16 party runs); a sample missing a peak by
+    # 5 ms moves neither much. The bound of 0.6 catches what 0.85 let through: the bucketed
+    # host read 16 MiB CSV blocks, parsed ahead on Arrow's threads, whose freed blocks stayed
+    # in those threads' malloc arenas, as many as scheduling left there (accord.tee.runtime.
+    # inputs.KEY_BLOCK_BYTES): 0.37-0.45 GB, ratios 0.67-0.82 in 24 party runs here and above
+    # 0.85 one run in eight. Summing host and enclave at one instant is the right measure:
+    # both are the party's, under one --memory-limit. (At 3M IDs the in-memory run, 0.37-0.39
+    # GB since the fourth speed pass, fits the 512 MiB budget the bucketed run needed (384 MiB
+    # is refused), and the peaks were within 15 %.)
     n, limit_mib = 5_000_000, 640
     rng = np.random.default_rng(3)
     shared = rng.choice(10**12, size=n // 2, replace=False)
@@ -284,7 +290,7 @@ def test_bucketed_memory_stays_well_below_the_in_memory_run(tmp_path: Path) -> N
             assert (summary["buckets"] or 0) >= (2 if mode == "bucketed" else 0)
         peaks[mode] = {name: sampler.peak_anon for name, sampler in samplers.items()}
     for name in tables:
-        assert peaks["bucketed"][name] <= 0.85 * peaks["memory"][name], (name, peaks)
+        assert peaks["bucketed"][name] <= 0.6 * peaks["memory"][name], (name, peaks)
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,19 @@ from accord.tee.runtime.settings import PartySettings
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["IN_MEMORY_BLOCK_BYTES", "KeyReader", "check_paths", "estimate_rows", "read_policy"]
+__all__ = ["KEY_BLOCK_BYTES", "KeyReader", "check_paths", "estimate_rows", "read_policy"]
 
 _READ_AHEAD_BATCHES = 4
-#: The CSV reader's block in memory (one ``LOAD_IDS`` batch each, ~45k rows of 32-byte IDs).
-#: The reader's working memory is a few blocks: with 16 MiB ones a 1M-row host first-touched
-#: ~100 MB to read 44 MB (25k page faults, 90 ms of CPU), with 2 MiB ones ~30 MB (8k, 58 ms).
-#: A bucketed run keeps the reader's default (larger batches, fewer sealed spill records).
-IN_MEMORY_BLOCK_BYTES = 2 << 20
+#: The CSV reader's block, in memory and bucketed (one ``LOAD_IDS`` batch each, ~45k rows of
+#: 32-byte IDs). The reader's working memory is a few blocks: with 16 MiB ones a 1M-row host
+#: first-touched ~100 MB to read 44 MB (25k page faults, 90 ms of CPU), with 2 MiB ones ~30 MB
+#: (8k, 58 ms). Arrow parses blocks ahead on its own threads whatever the read-ahead below,
+#: and the blocks it frees stay in those threads' malloc arenas (freed memory is kept, see
+#: :mod:`accord.tee.core.allocator`): bucketed 5M-row runs, which read 16 MiB blocks, held
+#: 170-240 MB of freed memory in the host during the spill, as much as scheduling left there;
+#: host and enclave peaked at 0.37-0.45 GB (8 buckets; 64: 0.52-0.59 GB) against 0.21-0.25
+#: GB (0.22-0.27) with 2 MiB blocks, which cost the spill and sort ~0.1 s more at 64 buckets.
+KEY_BLOCK_BYTES = 2 << 20
 
 
 def read_policy(path: Path) -> str:
@@ -122,7 +127,7 @@ class KeyReader:
         self._iterator: Iterator[pa.RecordBatch] = _plain_batches(
             path, columns, iter_key_batches(path, columns, mapped=mapped, block_bytes=block_bytes)
         )
-        # A few batches of read-ahead (each ~13 MB at 32-byte IDs) bound the host's memory.
+        # A few batches of read-ahead (a block's IDs each) bound the host's memory.
         self._queue: asyncio.Queue[pa.RecordBatch | BaseException | None] = asyncio.Queue(
             maxsize=read_ahead
         )

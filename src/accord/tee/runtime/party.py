@@ -72,7 +72,7 @@ from accord.tee.runtime import bucketed_host
 from accord.tee.runtime.bucketed_host import BucketOutcome, larger_than_memory
 from accord.tee.runtime.host import EnclaveHandle, EnclaveProcess
 from accord.tee.runtime.inputs import (
-    IN_MEMORY_BLOCK_BYTES,
+    KEY_BLOCK_BYTES,
     KeyReader,
     check_paths,
     estimate_rows,
@@ -324,7 +324,7 @@ async def _align(
         settings.key_columns,
         1 if settings.bucketed else 4,
         mapped=not larger_than_memory(settings),
-        block_bytes=None if settings.bucketed else IN_MEMORY_BLOCK_BYTES,
+        block_bytes=KEY_BLOCK_BYTES,
     )
     if not done_before:
         await keys.start()  # a missing column, a refused type or an empty file fail here
