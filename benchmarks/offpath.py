@@ -5,12 +5,14 @@ The zoo fixes the training settings and varies the scenario; these cases take th
 (digits, 10 nodes, Dirichlet 0.5, 3 label flippers) and change one thing a user might: two
 nodes, sampled nodes, huge scale factors, another model, a server learning rate, a small
 validation set, intermittent noise, momentum, batch size 1, a faulty majority, Dirichlet
-0.01, shards with mixed faults, other datasets. Each case runs as a real ``accord simulate``
-process per seed (60 rounds, 3 seeds by default) and reports each policy's final test
-accuracy and the weight on the nodes faulty in the last round, per seed. Prints one JSON
-object.
+0.01, shards with mixed faults, other datasets; and faults at shares, times and sizes the
+zoo does not have (45 % label flips on wine, plain sign flips on 20 IID nodes, free riders
+and a late sign flip on breast cancer, 50 nodes, a fault window). Each case runs as a real
+``accord simulate`` process per seed (60 rounds, 3 seeds by default) and reports each
+policy's final test accuracy and the weight on the nodes faulty in the last round, per seed.
+Prints one JSON object.
 
-    python benchmarks/offpath.py --workers 2 > offpath.json          # 16 cases, ~6 min
+    python benchmarks/offpath.py --workers 2 > offpath.json          # 26 cases, ~6 min
     python benchmarks/offpath.py --cases intermittent-noise --seeds 1
     python benchmarks/offpath.py --policies actor-critic --actor-critic-set noise_exclude=false \\
         --against benchmarks/results_offpath.json
@@ -83,6 +85,77 @@ CASES: dict[str, list[str]] = {
         "3",
         "--partition",
         "iid",
+    ],
+    # Added 2026-12-05: faults at other shares, datasets and times than the zoo's.
+    "wine-45pct-label-flip": [
+        "--dataset",
+        "wine",
+        "--nodes",
+        "9",
+        "--partition",
+        "iid",
+        "--faulty",
+        "4",
+    ],
+    "twenty-nodes-iid-sign-flip-x1": [
+        "--nodes",
+        "20",
+        "--partition",
+        "iid",
+        "--fault",
+        "sign-flip",
+        "--faulty",
+        "5",
+        "--fault-scale",
+        "1",
+    ],
+    "breast-cancer-free-riders": [
+        "--dataset",
+        "breast-cancer",
+        "--nodes",
+        "8",
+        "--fault",
+        "free-rider",
+        "--faulty",
+        "3",
+    ],
+    "breast-cancer-late-sign-flip": [
+        "--dataset",
+        "breast-cancer",
+        "--nodes",
+        "8",
+        "--fault",
+        "sign-flip",
+        "--faulty",
+        "2",
+        "--fault-start",
+        "40",
+    ],
+    "intermittent-label-flip-0.3": ["--fault-probability", "0.3"],
+    "hard-iid-scale10": [
+        "--dataset",
+        "synthetic-hard",
+        "--partition",
+        "iid",
+        "--fault",
+        "scale",
+        "--fault-scale",
+        "10",
+    ],
+    "shards-label-flip": ["--partition", "shards"],
+    "noise-ends-at-20": ["--fault", "noise", "--fault-end", "20"],
+    "fifty-nodes-dirichlet-0.3": ["--nodes", "50", "--alpha", "0.3", "--faulty", "15"],
+    "synthetic-sign-flip-window": [
+        "--dataset",
+        "synthetic",
+        "--fault",
+        "sign-flip",
+        "--fault-start",
+        "10",
+        "--fault-end",
+        "40",
+        "--fault-probability",
+        "0.7",
     ],
 }
 #: Cases whose rounds are slow (one local step per sample) run for fewer rounds.
