@@ -23,6 +23,7 @@ from accord.aggregation.actor_critic_credit import (
     without_noise_like,
 )
 from accord.aggregation.actor_critic_guards import descent_choice, veto
+from accord.aggregation.actor_critic_update import actor_loss
 from accord.aggregation.combine import bounded_prior_softmax, second_gradient
 from accord.aggregation.credit import descent_alignment
 from accord.data.faults import FaultSpec
@@ -713,3 +714,44 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
     good = np.array([0.4, 0.3, 0.3, 0.0, 0.0])
     kept, taken = descent_choice(round_input, gradients, good, scored(good), features, 2.0, 1.0)
     assert not taken and kept is good
+
+
+def test_the_actor_s_loss_on_the_critic_pass_s_heads_equals_a_second_critic_pass() -> None:
+    # td3_update hands the actor's loss the heads of the critics' own pass (the action
+    # enters Q after them); the loss and the actor's gradient must be what a second,
+    # detached critic pass gives, and the critics must get no gradient from it.
+    policy = RichActorCritic(ActorCriticSettings(seed=3))
+    replay = policy._new_replay(5)
+    rng = np.random.default_rng(0)
+    for rejected in (0.0, 1.0, 0.0, 1.0):
+        mask = np.array([True, True, False, True, True])
+        action = rng.dirichlet(np.ones(5)).astype(np.float32) * mask
+        replay.add(
+            x=rng.normal(size=(5, 6)).astype(np.float32),
+            mask=mask,
+            anchor=np.log(np.full(5, 0.2, np.float32)),
+            action=action / action.sum(),
+            reference=np.full(5, 0.25, np.float32) * mask,
+            rejected=np.array(rejected, np.float32),
+            reward=rng.normal(size=5).astype(np.float32),
+            next_x=rng.normal(size=(5, 6)).astype(np.float32),
+            next_mask=mask,
+            next_anchor=np.log(np.full(5, 0.2, np.float32)),
+        )
+    batch = replay.sample(np.random.default_rng(1), 8)
+    settings = policy.settings
+    grads = []
+    for use_heads in (False, True):
+        policy.actor.zero_grad()
+        policy.critics.zero_grad()
+        heads = None
+        if use_heads:
+            value, baseline = policy.critics.heads_of(batch["x"], batch["mask"])
+            heads = (value.detach(), baseline.detach())
+        loss = actor_loss(policy.actor, policy.critics, batch, settings, heads=heads)
+        loss.backward()  # type: ignore[no-untyped-call]
+        assert all(p.grad is None or not p.grad.any() for p in policy.critics.parameters())
+        grads.append((loss.item(), [p.grad.clone() for p in policy.actor.parameters()]))
+    assert grads[0][0] == grads[1][0]
+    for first, second in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.equal(first, second)

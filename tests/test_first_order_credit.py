@@ -299,3 +299,38 @@ def test_a_first_order_alone_feature_leaves_one_validation_pass_a_round(
     # credit's (the step, 10 left out); first-order: the credit's alone, with the reference.
     assert _policy_passes(monkeypatch, "exact")[-3:] == [12, 11, 1]
     assert _policy_passes(monkeypatch, "first-order")[-2:] == [12, 1]
+
+
+def test_the_gradient_s_module_copy_gives_functional_call_s_results_and_follows_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A module with a buffer and a mode: batch norm, whose running statistics the original
+    # takes each round (a model with buffers) and which the copy must follow.
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+    )
+    module.eval()
+    flat = FlatModel(module)
+    _, features, labels, _, _ = _problem()
+    weights = (flat.get_flat() + 0.1).astype(np.float32)
+    with_copy = make_validation_gradient_fn(flat, features, labels)
+    monkeypatch.setattr("accord.training.evaluation._twin", lambda module: None)
+    general = make_validation_gradient_fn(flat, features, labels)
+
+    def same() -> None:
+        a, b = with_copy(weights), general(weights)
+        assert a.loss == b.loss
+        assert np.array_equal(a.gradient, b.gradient)
+        assert np.array_equal(a.sample_losses, b.sample_losses)
+
+    same()
+    batch_norm = module[1]
+    assert isinstance(batch_norm, torch.nn.BatchNorm1d)
+    with torch.no_grad():
+        batch_norm.running_mean.fill_(0.5)
+        batch_norm.running_var.fill_(2.0)
+    same()
+    module.train()  # batch statistics instead of the running ones
+    same()
+    assert not np.array_equal(with_copy(weights).gradient, general(flat.get_flat()).gradient)

@@ -238,6 +238,13 @@ class ActionLinearCritics(nn.Module):
     ) -> torch.Tensor:
         """x (B, R, F), action and mask (B, R) → Q of every critic, (K, B, R); with
         ``detached`` the parameters are detached (gradients reach the inputs only)."""
+        return self.q(*self.heads_of(x, mask, detached), action, mask)
+
+    def heads_of(
+        self, x: torch.Tensor, mask: torch.Tensor, detached: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every critic's ``V`` and ``U`` at each node, (K, B, R) each: all of Q but the
+        action, which enters it linearly (:meth:`q`)."""
         k = self.members
         batch, roster, _ = x.shape
         flat = x.reshape(1, batch * roster, -1).expand(k, -1, -1)
@@ -246,6 +253,13 @@ class ActionLinearCritics(nn.Module):
         z = torch.relu(self.trunk1(context.reshape(k, batch * roster, -1), detached))
         z = torch.relu(self.trunk2(z, detached))
         value, baseline = self.heads(z, detached).reshape(k, batch, roster, 2).unbind(-1)
+        return value, baseline
+
+    @staticmethod
+    def q(
+        value: torch.Tensor, baseline: torch.Tensor, action: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``Q_i = N · a_i · V_i + U_i`` from :meth:`heads_of`, N the present nodes."""
         count = mask.sum(dim=-1, keepdim=True).to(action.dtype)
         q: torch.Tensor = count * action * value + baseline
         return q

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from accord.aggregation.actor_critic_networks import (
+    ActionLinearCritics,
     Replay,
     bounded_logits_torch,
     critic_loss,
@@ -38,7 +39,7 @@ class ActorCriticNetworks(Protocol):
     def actor(self) -> nn.Module: ...
 
     @property
-    def critics(self) -> nn.Module: ...
+    def critics(self) -> ActionLinearCritics: ...
 
     @property
     def target_actor(self) -> nn.Module: ...
@@ -98,14 +99,17 @@ def td3_update(
             )
             next_q = nets.target_critics(batch["next_x"], next_action, next_mask)
             target = critic_target(batch["reward"], s.discount, next_q, next_mask)
-        loss = critic_loss(nets.critics(batch["x"], batch["action"], mask), target, mask)
+        value, baseline = nets.critics.heads_of(batch["x"], mask)
+        loss = critic_loss(nets.critics.q(value, baseline, batch["action"], mask), target, mask)
         critic_losses.append(loss.item())
-        # One backward pass for both: the actor's loss sees the critics through
-        # detached parameters, so it moves the actor only (as a separate step would,
-        # at about half the cost of the tiny networks' per-call overhead).
+        # One backward pass for both: the actor's loss sees the critics' heads detached,
+        # so it moves the actor only (as a separate step would, at about half the cost of
+        # the tiny networks' per-call overhead); the action enters Q only after the heads,
+        # so the critic pass above serves the actor's loss too.
         act = (step + 1) % s.policy_delay == 0
         if act:
-            loss = loss + actor_loss(nets.actor, nets.critics, batch, s)
+            heads = (value.detach(), baseline.detach())
+            loss = loss + actor_loss(nets.actor, nets.critics, batch, s, heads=heads)
             nets.actor_optimizer.zero_grad()
         nets.critic_optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
@@ -122,8 +126,11 @@ def actor_loss(
     critics: nn.Module,
     batch: dict[str, torch.Tensor],
     settings: ActorCriticSettings,
+    heads: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The actor's loss on a batch; the critics' parameters are detached."""
+    """The actor's loss on a batch; the critics' parameters are detached. ``heads``: the
+    critics' ``V`` and ``U`` on this batch, detached, when the caller has them already
+    (``ActionLinearCritics.heads_of``); otherwise the critics are run again."""
     s = settings
     mask = batch["mask"]
     logits = bounded_logits_torch(batch["anchor"], actor(batch["x"], mask), s.bound, s.upper_bound)
@@ -133,7 +140,10 @@ def actor_loss(
     # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
     # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
     own_action = own_share(logits, mask)
-    q_all = critics(batch["x"], own_action, mask, detached=True)
+    if heads is None:
+        q_all = critics(batch["x"], own_action, mask, detached=True)
+    else:
+        q_all = ActionLinearCritics.q(*heads, own_action, mask)
     q = (q_all[0] * mask.float()).sum(dim=-1)
     log_action = torch.log(action.clamp_min(1e-12))
     kl = kl_to_anchor(action, batch["anchor"], mask)

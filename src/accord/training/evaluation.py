@@ -7,6 +7,8 @@ score carries its per-sample losses too (:attr:`ValidationScores.sample_losses`)
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -81,17 +83,22 @@ def make_validation_gradient_fn(
     inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
     targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
     module = model.module
+    twin = _twin(module)
 
     def gradient(weights: FloatArray) -> ValidationGradient:
         flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # writable copy
-        params = {
-            name: piece[0].detach().clone().requires_grad_(True)
-            for name, piece in model.unflatten(flat[None, :]).items()
-        }
-        logits: torch.Tensor = functional_call(module, params, (inputs,))
+        if twin is not None:
+            values = twin.load(flat, model.sizes)
+            logits: torch.Tensor = twin.module(inputs)
+        else:
+            params = {
+                name: piece[0].detach().clone().requires_grad_(True)
+                for name, piece in model.unflatten(flat[None, :]).items()
+            }
+            values = list(params.values())
+            logits = functional_call(module, params, (inputs,))
         per_sample = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
         loss = per_sample.mean()
-        values = list(params.values())
         grads = torch.autograd.grad(loss, values, allow_unused=True)
         joined = (
             torch.cat(
@@ -111,3 +118,42 @@ def make_validation_gradient_fn(
         )
 
     return gradient
+
+
+class _Twin:
+    """A copy of the scoring module whose own parameters take each weight vector: the same
+    forward pass as ``functional_call`` on the original, without swapping its parameters in
+    and out on every call (a third of the gradient's time on the default MLP, measured). Its
+    buffers and training mode follow the original's at every call."""
+
+    def __init__(self, module: torch.nn.Module, original: torch.nn.Module) -> None:
+        self.module = module
+        self.original = original
+        self.parameters: list[torch.Tensor] = list(module.parameters())
+        self.buffers: list[torch.Tensor] = list(module.buffers())
+
+    def load(self, flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+        if self.module.training != self.original.training:
+            self.module.train(self.original.training)
+        with torch.no_grad():
+            for buffer, source in zip(self.buffers, self.original.buffers(), strict=True):
+                buffer.copy_(source)
+            for parameter, piece in zip(self.parameters, torch.split(flat, sizes), strict=True):
+                parameter.copy_(piece.view_as(parameter))
+        return self.parameters
+
+
+def _twin(module: torch.nn.Module) -> _Twin | None:
+    """A :class:`_Twin` of ``module``, or ``None`` when it cannot be deep-copied (the gradient
+    then goes through ``functional_call``)."""
+    try:
+        copied = copy.deepcopy(module)
+    except Exception:  # any module that refuses a copy keeps the general path
+        return None
+    if [tuple(p.shape) for p in copied.parameters()] != [
+        tuple(p.shape) for p in module.parameters()
+    ]:
+        return None
+    for parameter in copied.parameters():
+        parameter.requires_grad_(True)
+    return _Twin(copied, module)
