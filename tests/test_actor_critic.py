@@ -718,8 +718,8 @@ def test_the_descent_choice_applies_zeno_weights_only_when_they_validate_clearly
 
 def test_the_actor_s_loss_on_the_critic_pass_s_heads_equals_a_second_critic_pass() -> None:
     # td3_update hands the actor's loss the heads of the critics' own pass (the action
-    # enters Q after them); the loss and the actor's gradient must be what a second,
-    # detached critic pass gives, and the critics must get no gradient from it.
+    # enters Q after them), detached; the loss and the actor's gradient must be what a
+    # second critic pass without gradients gives, and the critics must get no gradient.
     policy = RichActorCritic(ActorCriticSettings(seed=3))
     replay = policy._new_replay(5)
     rng = np.random.default_rng(0)
@@ -741,14 +741,16 @@ def test_the_actor_s_loss_on_the_critic_pass_s_heads_equals_a_second_critic_pass
     batch = replay.sample(np.random.default_rng(1), 8)
     settings = policy.settings
     grads = []
-    for use_heads in (False, True):
+    for from_critic_pass in (False, True):
         policy.actor.zero_grad()
         policy.critics.zero_grad()
-        heads = None
-        if use_heads:
+        if from_critic_pass:
             value, baseline = policy.critics.heads_of(batch["x"], batch["mask"])
             heads = (value.detach(), baseline.detach())
-        loss = actor_loss(policy.actor, policy.critics, batch, settings, heads=heads)
+        else:
+            with torch.no_grad():
+                heads = policy.critics.heads_of(batch["x"], batch["mask"])
+        loss = actor_loss(policy.actor, heads, batch, settings)
         loss.backward()  # type: ignore[no-untyped-call]
         assert all(p.grad is None or not p.grad.any() for p in policy.critics.parameters())
         grads.append((loss.item(), [p.grad.clone() for p in policy.actor.parameters()]))

@@ -212,9 +212,7 @@ class _EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(members, inputs, outputs).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(members, 1, outputs).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor, detached: bool = False) -> torch.Tensor:
-        if detached:
-            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -233,26 +231,21 @@ class ActionLinearCritics(nn.Module):
         self.trunk2 = _EnsembleLinear(members, hidden, hidden)
         self.heads = _EnsembleLinear(members, hidden, 2)  # V and U
 
-    def forward(
-        self, x: torch.Tensor, action: torch.Tensor, mask: torch.Tensor, detached: bool = False
-    ) -> torch.Tensor:
-        """x (B, R, F), action and mask (B, R) → Q of every critic, (K, B, R); with
-        ``detached`` the parameters are detached (gradients reach the inputs only)."""
-        return self.q(*self.heads_of(x, mask, detached), action, mask)
+    def forward(self, x: torch.Tensor, action: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, R, F), action and mask (B, R) → Q of every critic, (K, B, R)."""
+        return self.q(*self.heads_of(x, mask), action, mask)
 
-    def heads_of(
-        self, x: torch.Tensor, mask: torch.Tensor, detached: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads_of(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every critic's ``V`` and ``U`` at each node, (K, B, R) each: all of Q but the
         action, which enters it linearly (:meth:`q`)."""
         k = self.members
         batch, roster, _ = x.shape
         flat = x.reshape(1, batch * roster, -1).expand(k, -1, -1)
-        h = torch.relu(self.phi(flat, detached)).reshape(k, batch, roster, -1)
+        h = torch.relu(self.phi(flat)).reshape(k, batch, roster, -1)
         context = torch.cat([h, masked_mean(h, mask.unsqueeze(0).expand(k, -1, -1))], dim=-1)
-        z = torch.relu(self.trunk1(context.reshape(k, batch * roster, -1), detached))
-        z = torch.relu(self.trunk2(z, detached))
-        value, baseline = self.heads(z, detached).reshape(k, batch, roster, 2).unbind(-1)
+        z = torch.relu(self.trunk1(context.reshape(k, batch * roster, -1)))
+        z = torch.relu(self.trunk2(z))
+        value, baseline = self.heads(z).reshape(k, batch, roster, 2).unbind(-1)
         return value, baseline
 
     @staticmethod

@@ -109,7 +109,7 @@ def td3_update(
         act = (step + 1) % s.policy_delay == 0
         if act:
             heads = (value.detach(), baseline.detach())
-            loss = loss + actor_loss(nets.actor, nets.critics, batch, s, heads=heads)
+            loss = loss + actor_loss(nets.actor, heads, batch, s)
             nets.actor_optimizer.zero_grad()
         nets.critic_optimizer.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
@@ -123,14 +123,12 @@ def td3_update(
 
 def actor_loss(
     actor: nn.Module,
-    critics: nn.Module,
+    heads: tuple[torch.Tensor, torch.Tensor],
     batch: dict[str, torch.Tensor],
     settings: ActorCriticSettings,
-    heads: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The actor's loss on a batch; the critics' parameters are detached. ``heads``: the
-    critics' ``V`` and ``U`` on this batch, detached, when the caller has them already
-    (``ActionLinearCritics.heads_of``); otherwise the critics are run again."""
+    """The actor's loss on a batch, through the critics' ``V`` and ``U`` on it
+    (``ActionLinearCritics.heads_of``), detached: it moves the actor only."""
     s = settings
     mask = batch["mask"]
     logits = bounded_logits_torch(batch["anchor"], actor(batch["x"], mask), s.bound, s.upper_bound)
@@ -140,10 +138,7 @@ def actor_loss(
     # on non-IID data, piled it onto 2-4 honest nodes; per node, a score rises while
     # its credit V_i is positive and saturates at the bound, as Hedge-LOO's does.
     own_action = own_share(logits, mask)
-    if heads is None:
-        q_all = critics(batch["x"], own_action, mask, detached=True)
-    else:
-        q_all = ActionLinearCritics.q(*heads, own_action, mask)
+    q_all = ActionLinearCritics.q(*heads, own_action, mask)
     q = (q_all[0] * mask.float()).sum(dim=-1)
     log_action = torch.log(action.clamp_min(1e-12))
     kl = kl_to_anchor(action, batch["anchor"], mask)
