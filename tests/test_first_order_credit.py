@@ -315,7 +315,7 @@ def test_the_gradient_s_module_copy_gives_functional_call_s_results_and_follows_
     _, features, labels, _, _ = _problem()
     weights = (flat.get_flat() + 0.1).astype(np.float32)
     with_copy = make_validation_gradient_fn(flat, features, labels)
-    monkeypatch.setattr("accord.training.evaluation._twin", lambda module: None)
+    monkeypatch.setattr("accord.training.evaluation._twin", lambda model: None)
     general = make_validation_gradient_fn(flat, features, labels)
 
     def same() -> None:

@@ -83,14 +83,14 @@ def make_validation_gradient_fn(
     inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
     targets = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).to(device)
     module = model.module
-    twin = _twin(module)
+    twin = _twin(model)
 
     def gradient(weights: FloatArray) -> ValidationGradient:
-        flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # writable copy
         if twin is not None:
-            values = twin.load(flat, model.sizes)
-            logits: torch.Tensor = twin.module(inputs)
+            values = twin.load(weights)
+            logits: torch.Tensor = twin.model.module(inputs)
         else:
+            flat = torch.from_numpy(np.array(weights, dtype=np.float32)).to(device)  # a copy
             params = {
                 name: piece[0].detach().clone().requires_grad_(True)
                 for name, piece in model.unflatten(flat[None, :]).items()
@@ -126,34 +126,33 @@ class _Twin:
     and out on every call (a third of the gradient's time on the default MLP, measured). Its
     buffers and training mode follow the original's at every call."""
 
-    def __init__(self, module: torch.nn.Module, original: torch.nn.Module) -> None:
-        self.module = module
+    def __init__(self, model: FlatModel, original: torch.nn.Module) -> None:
+        self.model = model
         self.original = original
-        self.parameters: list[torch.Tensor] = list(module.parameters())
-        self.buffers: list[torch.Tensor] = list(module.buffers())
+        self.parameters: list[torch.Tensor] = list(model.module.parameters())
+        self.buffers: list[torch.Tensor] = list(model.module.buffers())
 
-    def load(self, flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-        if self.module.training != self.original.training:
-            self.module.train(self.original.training)
+    def load(self, weights: FloatArray) -> list[torch.Tensor]:
+        """The copy at ``weights`` with the original's buffers and mode; its parameters."""
+        module = self.model.module
+        if module.training != self.original.training:
+            module.train(self.original.training)
         with torch.no_grad():
             for buffer, source in zip(self.buffers, self.original.buffers(), strict=True):
                 buffer.copy_(source)
-            for parameter, piece in zip(self.parameters, torch.split(flat, sizes), strict=True):
-                parameter.copy_(piece.view_as(parameter))
+        self.model.set_flat(np.array(weights, dtype=np.float32))  # writable: torch reads it
         return self.parameters
 
 
-def _twin(module: torch.nn.Module) -> _Twin | None:
-    """A :class:`_Twin` of ``module``, or ``None`` when it cannot be deep-copied (the gradient
-    then goes through ``functional_call``)."""
+def _twin(model: FlatModel) -> _Twin | None:
+    """A :class:`_Twin` of ``model``, or ``None`` when its module cannot be deep-copied (the
+    gradient then goes through ``functional_call``)."""
     try:
-        copied = copy.deepcopy(module)
+        copied = FlatModel(copy.deepcopy(model.module))
     except Exception:  # any module that refuses a copy keeps the general path
         return None
-    if [tuple(p.shape) for p in copied.parameters()] != [
-        tuple(p.shape) for p in module.parameters()
-    ]:
+    if copied.shapes != model.shapes:
         return None
-    for parameter in copied.parameters():
+    for parameter in copied.module.parameters():
         parameter.requires_grad_(True)
-    return _Twin(copied, module)
+    return _Twin(copied, model.module)
