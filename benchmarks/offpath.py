@@ -14,15 +14,20 @@ faulty IID synthetic data, two faulty nodes of three on wine). Each case runs as
 policy's final test accuracy and the weight on the nodes faulty in the last round, per seed.
 Prints one JSON object.
 
-    python benchmarks/offpath.py --workers 2 > offpath.json          # 30 cases, ~8 min
+    python benchmarks/offpath.py --workers 2 > offpath.json          # 30 cases, ~7 min
     python benchmarks/offpath.py --cases intermittent-noise --seeds 1
     python benchmarks/offpath.py --policies actor-critic --actor-critic-set noise_exclude=false \\
         --against benchmarks/results_offpath.json
+    python benchmarks/offpath.py --random 12 --random-seed 3 \\
+        --policies actor-critic,hedge-loo,fltrust,fedavg,zeno,median > sweep.json
 
 ``--actor-critic-set KEY=JSON`` (repeatable) sets an ``ActorCriticSettings`` field through an
 ``[actor_critic]`` config file; ``--against RESULTS`` adds, per case and policy, the change
 from a stored run of this benchmark (the same seeds and rounds) and prints one line per case
-on stderr.
+on stderr. ``--random N`` runs N option sets drawn at random (:func:`random_cases`; the same
+``--random-seed`` draws the same sets) instead of the fixed cases: new ground for a change
+that may have been fitted to the fixed ones. With FedAvg, Hedge-LOO and FLTrust among the
+policies, a last line on stderr says in how many cases the Actor-Critic met issue 8's floor.
 """
 
 from __future__ import annotations
@@ -204,6 +209,98 @@ CASES: dict[str, list[str]] = {
         "sign-flip:1,noise:1",
     ],
 }
+#: The datasets a random case draws from (digits twice: the main job's).
+RANDOM_DATASETS = ("digits", "digits", "breast-cancer", "wine", "synthetic", "synthetic-hard")
+
+
+def random_cases(count: int, seed: int) -> dict[str, list[str]]:
+    """``count`` option sets drawn at random (the same for the same ``seed``), named
+    ``random-<seed>-<i>``: a dataset, 3–24 nodes, an IID, Dirichlet (α 0.1–3) or shards
+    split, one fault kind or two mixed with up to half the nodes faulty, a scale factor,
+    and in half the cases a fault that starts late, ends, strikes with a probability, or
+    opens and closes. Wine (178 samples) gets at most 6 nodes and no shards."""
+    import random
+
+    draw = random.Random(seed)
+    cases: dict[str, list[str]] = {}
+    for index in range(count):
+        dataset = draw.choice(RANDOM_DATASETS)
+        small = dataset == "wine"
+        nodes = draw.choice((3, 4, 5, 6) if small else (4, 6, 8, 10, 12, 16, 24))
+        partition = draw.choice(("dirichlet", "iid") if small else ("dirichlet", "iid", "shards"))
+        options = ["--dataset", dataset, "--nodes", str(nodes), "--partition", partition]
+        if partition == "dirichlet":
+            options += ["--alpha", str(draw.choice((0.1, 0.3, 0.5, 1.0, 3.0)))]
+        kind = draw.choice(("free-rider", "label-flip", "noise", "scale", "sign-flip", "mixed"))
+        faulty = draw.randint(1, max(1, (nodes - 1) // 2))
+        if kind == "mixed":
+            first = max(1, faulty // 2)
+            second = max(1, faulty - first)
+            options += [
+                "--fault",
+                draw.choice(
+                    (
+                        f"label-flip:{first},sign-flip:{second}",
+                        f"noise:{first},scale:{second}:10",
+                        f"free-rider:{first},label-flip:{second}",
+                        f"sign-flip:{first},noise:{second}",
+                    )
+                ),
+            ]
+        else:
+            options += ["--fault", kind, "--faulty", str(faulty)]
+            if kind == "scale":
+                options += ["--fault-scale", str(draw.choice((3, 10, 30, 100, 1000)))]
+            elif kind == "sign-flip" and draw.random() < 0.5:
+                options += ["--fault-scale", str(draw.choice((1, 3, 10)))]
+            elif kind == "noise" and draw.random() < 0.5:
+                options += ["--fault-scale", str(draw.choice((0.3, 3.0, 10.0)))]
+        timing = draw.random()
+        if timing < 0.2:
+            options += ["--fault-start", str(draw.choice((10, 20, 30, 40)))]
+        elif timing < 0.35:
+            options += ["--fault-end", str(draw.choice((15, 25, 35)))]
+        elif timing < 0.5:
+            options += ["--fault-probability", str(draw.choice((0.2, 0.5, 0.8)))]
+        elif timing < 0.6:
+            start = draw.choice((5, 15))
+            options += [
+                "--fault-start",
+                str(start),
+                "--fault-end",
+                str(start + draw.choice((10, 20))),
+            ]
+        cases[f"random-{seed}-{index}"] = options
+    return cases
+
+
+#: The policies whose best mean, less half a point, is the Actor-Critic's floor (issue 8).
+FLOOR_POLICIES = ("fedavg", "hedge-loo", "fltrust")
+
+
+def floor_verdict(cases: dict[str, Any]) -> str | None:
+    """One line: in how many cases the Actor-Critic's mean accuracy is at least the best of
+    FedAvg, Hedge-LOO and FLTrust less half a point, and by how much it missed elsewhere;
+    ``None`` when no case ran all four."""
+    judged, missed = 0, []
+    for name, entry in cases.items():
+        rows = entry["policies"]
+        means = [rows.get(p, {}).get("final_accuracy") for p in ("actor-critic", *FLOOR_POLICIES)]
+        if any(m is None for m in means):
+            continue
+        judged += 1
+        gap = means[0] - max(means[1:])
+        if gap < -0.005:
+            missed.append(f"{name} ({100 * gap:+.1f})")
+    if not judged:
+        return None
+    line = (
+        f"floor (the best of FedAvg, Hedge-LOO and FLTrust, less half a point) met in "
+        f"{judged - len(missed)} of {judged} cases"
+    )
+    return line + (f"; missed: {', '.join(missed)}" if missed else "")
+
+
 #: Cases whose rounds are slow (one local step per sample) run for fewer rounds.
 ROUNDS: dict[str, int] = {"batch-size-1": 30}
 POLICIES = ("actor-critic", "hedge-loo")
@@ -340,12 +437,36 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--actor-critic-set", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--against", type=Path, metavar="RESULTS")
+    parser.add_argument(
+        "--random",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N option sets drawn at random instead of the fixed cases",
+    )
+    parser.add_argument(
+        "--random-seed", type=int, default=0, help="which draw of --random (default 0)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.random < 0:
+        parser.error(f"--random: expected a count of 0 or more, got {args.random}")
+    if args.random:
+        if args.cases != parser.get_default("cases"):
+            parser.error("--random draws its own cases: leave out --cases")
+        drawn = random_cases(args.random, args.random_seed)
+        CASES.update(drawn)
+        args.cases = ",".join(drawn)
     if args.list:
+        if args.random:
+            names = args.cases.split(",")
+            for name in names:
+                print(f"{name}: {' '.join(CASES[name])}")
+            return 0
         for name, options in CASES.items():
             print(f"{name}: {' '.join(options)}")
         return 0
@@ -390,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": args.seeds,
             "policies": policies,
             "actor_critic_overrides": overrides,
+            "random": {"count": args.random, "seed": args.random_seed} if args.random else None,
         },
         "cases": summarise(runs, policies),
         "wall_seconds": time.perf_counter() - started,
@@ -398,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     if stored is not None:
         for line in compare(stored, output["cases"]):
             print(f"offpath: {line}", file=sys.stderr)
+    verdict = floor_verdict(output["cases"])
+    if verdict is not None:
+        print(f"offpath: {verdict}", file=sys.stderr)
     json.dump(output, sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

@@ -70,3 +70,54 @@ def test_a_failing_run_is_recorded_not_raised(
     assert record["exit_code"] != 0
     assert "nodes" in record["error"]
     json.dumps(record)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_random_cases_are_valid_simulate_commands_and_the_seed_fixes_them(seed: int) -> None:
+    cases = offpath.random_cases(12, seed)
+    assert list(cases) == [f"random-{seed}-{i}" for i in range(12)]
+    assert cases == offpath.random_cases(12, seed)
+    assert cases != offpath.random_cases(12, seed + 100)
+    for options in cases.values():
+        argv = ["simulate", *options]
+        build_parser(argv).parse_args(argv)
+        value = dict(zip(options[::2], options[1::2], strict=False))
+        nodes, fault = int(value["--nodes"]), value["--fault"]
+        faulty = (
+            int(value["--faulty"])
+            if "--faulty" in value
+            else sum(int(part.split(":")[1]) for part in fault.split(","))
+        )
+        # Never a faulty majority (a mixed fault needs one node of each kind), and wine
+        # (178 samples) never split into more than six or into shards.
+        assert faulty >= 1 and (2 * faulty < nodes or (faulty == 2 and nodes <= 4))
+        if value["--dataset"] == "wine":
+            assert nodes <= 6 and value["--partition"] != "shards"
+
+
+def _case(accuracies: dict[str, float]) -> dict[str, Any]:
+    return {"policies": {p: {"final_accuracy": a} for p, a in accuracies.items()}}
+
+
+def test_the_floor_verdict_names_the_cases_below_the_best_rule_less_half_a_point() -> None:
+    rules = {"fedavg": 0.90, "hedge-loo": 0.95, "fltrust": 0.96}
+    cases = {
+        "met": _case({"actor-critic": 0.956, **rules}),  # 0.4 below: within the half point
+        "missed": _case({"actor-critic": 0.94, **rules}),
+        "not-judged": _case({"actor-critic": 0.5, "hedge-loo": 0.9}),
+    }
+    assert offpath.floor_verdict(cases) == (
+        "floor (the best of FedAvg, Hedge-LOO and FLTrust, less half a point) met in 1 of 2 "
+        "cases; missed: missed (-2.0)"
+    )
+    assert offpath.floor_verdict({"x": cases["not-judged"]}) is None
+
+
+def test_random_refuses_a_case_list_and_a_negative_count(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["--random", "2", "--cases", "wine-sign-flip"], ["--random", "-1"]):
+        with pytest.raises(SystemExit) as stop:
+            offpath.main([*argv, "--list"])
+        assert stop.value.code == 2
+    assert "--random draws its own cases" in capsys.readouterr().err
