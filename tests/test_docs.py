@@ -4,6 +4,7 @@ README's two commands are the ones CI runs."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,4 +79,9 @@ def test_readme_gives_two_commands_and_ci_runs_the_test_command() -> None:
     assert ci_install.replace(" --quiet --disable-pip-version-check", "") == (
         "python3 -m " + install
     )
-    assert ci[-1] == run_tests
+    # Then the README's test command, and last the slow tests it leaves out.
+    assert ci[-2:] == [run_tests, "scripts/test-slow"]
+    slow = (ROOT / "scripts" / "test-slow").read_text(encoding="utf-8").splitlines()
+    assert slow[-1] == 'exec python3 -m pytest -m slow "$@"'
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert '-m "not slow"' in options["tool"]["pytest"]["ini_options"]["addopts"]
