@@ -274,18 +274,16 @@ def random_cases(count: int, seed: int) -> dict[str, list[str]]:
     return cases
 
 
-#: The policies whose best mean, less half a point, is the Actor-Critic's floor (issue 8).
-FLOOR_POLICIES = ("fedavg", "hedge-loo", "fltrust")
-
-
 def floor_verdict(cases: dict[str, Any]) -> str | None:
     """One line: in how many cases the Actor-Critic's mean accuracy is at least the best of
-    FedAvg, Hedge-LOO and FLTrust less half a point, and by how much it missed elsewhere;
-    ``None`` when no case ran all four."""
+    the zoo's floor rules (FedAvg, Hedge-LOO, FLTrust) less half a point, and by how much it
+    missed elsewhere; ``None`` when no case ran all four."""
+    from zoo import FLOOR_RULES
+
     judged, missed = 0, []
     for name, entry in cases.items():
         rows = entry["policies"]
-        means = [rows.get(p, {}).get("final_accuracy") for p in ("actor-critic", *FLOOR_POLICIES)]
+        means = [rows.get(p, {}).get("final_accuracy") for p in ("actor-critic", *FLOOR_RULES)]
         if any(m is None for m in means):
             continue
         judged += 1
@@ -462,13 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         CASES.update(drawn)
         args.cases = ",".join(drawn)
     if args.list:
-        if args.random:
-            names = args.cases.split(",")
-            for name in names:
-                print(f"{name}: {' '.join(CASES[name])}")
-            return 0
-        for name, options in CASES.items():
-            print(f"{name}: {' '.join(options)}")
+        for name in args.cases.split(","):
+            print(f"{name}: {' '.join(CASES[name])}")
         return 0
     from zoo import _git_commit, names_from, parse_overrides, read_report
 
